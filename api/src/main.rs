@@ -1,0 +1,178 @@
+//! `tramite`: the command line of the engine.
+//!
+//! - `tramite validate <files|dirs>`: every problem of every definition,
+//!   compiler-style, exit 1 if any;
+//! - `tramite graph <file> --format mermaid|dot`: the procedure as a diagram;
+//! - `tramite schema`: the JSON Schema of the definition format.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tramite_engine::diagram::{self, Format};
+use tramite_engine::library;
+use tramite_engine::text::Lang;
+
+/// Errors of the command line.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    /// The engine refused or could not read something.
+    #[error(transparent)]
+    Engine(#[from] tramite_engine::Error),
+    /// Writing the output failed (a closed pipe, a full disk).
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+    /// A definition has problems; they were already printed.
+    #[error("{count} problem(s) found")]
+    Invalid {
+        /// How many.
+        count: usize,
+    },
+}
+
+#[derive(Parser)]
+#[command(
+    name = "tramite",
+    version,
+    about = "A workflow engine for business procedures written in YAML"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check definitions and print every problem with its line and column.
+    Validate {
+        /// Definition files, or folders whose *.yaml files are definitions.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// `human`: with the source line; `short`: one line per problem (file:line:col).
+        #[arg(long, value_enum, default_value_t = Style::Human)]
+        style: Style,
+    },
+    /// Print a definition as a Mermaid or Graphviz diagram.
+    Graph {
+        /// The definition file.
+        file: PathBuf,
+        /// Diagram format.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+        /// Language of labels.
+        #[arg(long, value_enum, default_value_t = Language::Es)]
+        lang: Language,
+    },
+    /// Print the JSON Schema of the definition format.
+    Schema,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Style {
+    Human,
+    Short,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Mermaid,
+    Dot,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Language {
+    Es,
+    En,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Error::Invalid { count }) => {
+            eprintln!("error: {count} problem(s) found");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    let mut stdout = std::io::stdout().lock();
+    match cli.command {
+        Command::Validate { paths, style } => validate(&paths, style, &mut stdout),
+        Command::Graph { file, format, lang } => {
+            let files = library::read(std::slice::from_ref(&file))?;
+            let context = library::neighbours(&files)?;
+            let catalog = tramite_connectors::catalog();
+            let (_, result) = library::compile(&files, &context, &catalog)
+                .into_iter()
+                .next()
+                .expect("one file in, one result out");
+            match result {
+                Ok(compiled) => {
+                    let format = match format {
+                        GraphFormat::Mermaid => Format::Mermaid,
+                        GraphFormat::Dot => Format::Dot,
+                    };
+                    let lang = match lang {
+                        Language::Es => Lang::Es,
+                        Language::En => Lang::En,
+                    };
+                    stdout.write_all(
+                        diagram::render(&compiled.definition, format, lang).as_bytes(),
+                    )?;
+                    Ok(())
+                }
+                Err(diagnostics) => {
+                    eprint!("{}", diagnostics.render(&files[0].text));
+                    Err(Error::Invalid {
+                        count: diagnostics.items.len(),
+                    })
+                }
+            }
+        }
+        Command::Schema => {
+            stdout.write_all(tramite_engine::schema::definition_schema_text().as_bytes())?;
+            Ok(())
+        }
+    }
+}
+
+fn validate(paths: &[PathBuf], style: Style, out: &mut impl Write) -> Result<(), Error> {
+    let files = library::read(paths)?;
+    let context = library::neighbours(&files)?;
+    let catalog = tramite_connectors::catalog();
+    let mut problems = 0;
+    for ((path, result), file) in library::compile(&files, &context, &catalog)
+        .into_iter()
+        .zip(&files)
+    {
+        match result {
+            Ok(compiled) => writeln!(
+                out,
+                "ok: {} ({} v{}, {} nodes)",
+                path.display(),
+                compiled.definition.code,
+                compiled.definition.version,
+                compiled.definition.nodes.len()
+            )?,
+            Err(diagnostics) => {
+                problems += diagnostics.items.len();
+                match style {
+                    Style::Human => eprint!("{}", diagnostics.render(&file.text)),
+                    Style::Short => eprintln!("{diagnostics}"),
+                }
+            }
+        }
+    }
+    if problems > 0 {
+        return Err(Error::Invalid { count: problems });
+    }
+    writeln!(out, "{} definition(s) valid", files.len())?;
+    Ok(())
+}

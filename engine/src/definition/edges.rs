@@ -1,0 +1,114 @@
+//! The edges that leave a node, with where each is written and how to label it.
+
+use super::{Node, NodeKind};
+use crate::duration::Duration;
+use crate::expr::Expr;
+use crate::position::YamlPath;
+use crate::text::Text;
+
+/// What an edge means, for diagrams and messages.
+#[derive(Debug, Clone, Copy)]
+pub enum EdgeLabel<'a> {
+    /// The only way on.
+    Next,
+    /// A user task's outcome button.
+    Outcome(&'a Text),
+    /// An exclusive gate's condition (and its label, if any).
+    Condition(&'a Expr, Option<&'a Text>),
+    /// An exclusive gate's default.
+    Default(Option<&'a Text>),
+    /// A parallel branch.
+    Branch,
+    /// A routed business error.
+    Error(&'a str),
+    /// A message wait's timeout.
+    Timeout(&'a Duration),
+    /// An overdue task's escalation.
+    Overdue(Option<&'a Duration>),
+}
+
+/// An edge from one node to another.
+#[derive(Debug, Clone)]
+pub struct Edge<'a> {
+    /// The target node's id.
+    pub to: &'a str,
+    /// Where the target is written.
+    pub path: YamlPath,
+    /// What the edge means.
+    pub label: EdgeLabel<'a>,
+}
+
+impl Node {
+    /// Every edge leaving this node; `base` is the node's own path.
+    pub fn edges(&self, base: &YamlPath) -> Vec<Edge<'_>> {
+        fn edge<'a>(to: &'a str, path: YamlPath, label: EdgeLabel<'a>) -> Edge<'a> {
+            Edge { to, path, label }
+        }
+        let mut out = Vec::new();
+        match &self.kind {
+            NodeKind::Start(s) => out.push(edge(&s.next, base.key("next"), EdgeLabel::Next)),
+            NodeKind::UserTask(t) => {
+                for (i, o) in t.outcomes.iter().enumerate() {
+                    out.push(edge(
+                        &o.next,
+                        base.key("outcomes").index(i).key("next"),
+                        EdgeLabel::Outcome(&o.label),
+                    ));
+                }
+                if let Some(e) = &t.escalation {
+                    out.push(edge(
+                        &e.next,
+                        base.key("escalation").key("next"),
+                        EdgeLabel::Overdue(t.due.as_ref()),
+                    ));
+                }
+            }
+            NodeKind::ServiceTask(s) => {
+                out.push(edge(&s.next, base.key("next"), EdgeLabel::Next));
+                for (i, r) in s.errors.iter().enumerate() {
+                    out.push(edge(
+                        &r.next,
+                        base.key("errors").index(i).key("next"),
+                        EdgeLabel::Error(&r.error),
+                    ));
+                }
+            }
+            NodeKind::ExclusiveGate(g) => {
+                for (i, b) in g.branches.iter().enumerate() {
+                    out.push(edge(
+                        &b.next,
+                        base.key("branches").index(i).key("next"),
+                        EdgeLabel::Condition(&b.when, b.label.as_ref()),
+                    ));
+                }
+                if let Some(d) = &g.default {
+                    out.push(edge(
+                        d,
+                        base.key("default"),
+                        EdgeLabel::Default(g.default_label.as_ref()),
+                    ));
+                }
+            }
+            NodeKind::Fork(f) => {
+                for (i, b) in f.branches.iter().enumerate() {
+                    out.push(edge(b, base.key("branches").index(i), EdgeLabel::Branch));
+                }
+            }
+            NodeKind::Join(j) => out.push(edge(&j.next, base.key("next"), EdgeLabel::Next)),
+            NodeKind::MessageWait(w) => {
+                out.push(edge(&w.next, base.key("next"), EdgeLabel::Next));
+                if let Some(t) = &w.timeout {
+                    out.push(edge(
+                        &t.next,
+                        base.key("timeout").key("next"),
+                        EdgeLabel::Timeout(&t.after),
+                    ));
+                }
+            }
+            NodeKind::TimerWait(t) => out.push(edge(&t.next, base.key("next"), EdgeLabel::Next)),
+            NodeKind::Call(c) => out.push(edge(&c.next, base.key("next"), EdgeLabel::Next)),
+            NodeKind::End(_) => {}
+        }
+        out
+    }
+}

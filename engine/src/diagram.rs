@@ -1,0 +1,224 @@
+//! Diagrams of a definition: Mermaid (renders on GitHub and in the UI) and
+//! Graphviz DOT. Nodes carry their step number and label; edges carry
+//! outcomes, conditions, error names and deadlines.
+
+use std::fmt::Write;
+
+use crate::definition::{Definition, EdgeLabel, Node, NodeKind};
+use crate::position::YamlPath;
+use crate::text::{Lang, Text};
+
+/// Diagram formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Mermaid flowchart.
+    Mermaid,
+    /// Graphviz DOT.
+    Dot,
+}
+
+/// Renders `definition` in `format`, with texts in `lang`.
+pub fn render(definition: &Definition, format: Format, lang: Lang) -> String {
+    match format {
+        Format::Mermaid => mermaid(definition, lang),
+        Format::Dot => dot(definition, lang),
+    }
+}
+
+fn node_text(node: &Node, lang: Lang) -> String {
+    let label = node
+        .label
+        .as_ref()
+        .map_or_else(|| node.id.clone(), |l| l.get(lang).to_owned());
+    let mut text = match &node.step {
+        Some(step) => format!("{step}. {label}"),
+        None => label,
+    };
+    match &node.kind {
+        NodeKind::ServiceTask(s) => text.push_str(&format!("\n{}.{}", s.connector, s.operation)),
+        NodeKind::Call(c) => text.push_str(&format!("\n→ {}", c.procedure)),
+        NodeKind::MessageWait(w) => text.push_str(&format!("\n✉ {}", w.message)),
+        NodeKind::End(e) => text.push_str(&format!("\n[{}]", e.outcome)),
+        _ => {}
+    }
+    text
+}
+
+fn edge_text(label: EdgeLabel<'_>, lang: Lang) -> Option<String> {
+    let es = lang == Lang::Es;
+    let t = |text: &Text| text.get(lang).to_owned();
+    match label {
+        EdgeLabel::Next | EdgeLabel::Branch => None,
+        EdgeLabel::Outcome(text) => Some(t(text)),
+        EdgeLabel::Condition(expr, text) => Some(text.map_or_else(|| expr.source().to_owned(), t)),
+        EdgeLabel::Default(text) => Some(text.map_or_else(
+            || if es { "en otro caso" } else { "otherwise" }.to_owned(),
+            t,
+        )),
+        EdgeLabel::Error(name) => Some(format!("error: {name}")),
+        EdgeLabel::Timeout(d) => Some(if es {
+            format!("sin respuesta en {d}")
+        } else {
+            format!("no answer within {d}")
+        }),
+        EdgeLabel::Overdue(d) => Some(match (d, es) {
+            (Some(d), true) => format!("vencida ({d})"),
+            (Some(d), false) => format!("overdue ({d})"),
+            (None, true) => "vencida".to_owned(),
+            (None, false) => "overdue".to_owned(),
+        }),
+    }
+}
+
+/// Mermaid reads a node called `end` as the end of a subgraph.
+fn mermaid_id(id: &str) -> String {
+    if id.eq_ignore_ascii_case("end") {
+        format!("{id}_")
+    } else {
+        id.to_owned()
+    }
+}
+
+fn mermaid_escape(text: &str) -> String {
+    text.replace('"', "#quot;").replace('\n', "<br/>")
+}
+
+fn mermaid(def: &Definition, lang: Lang) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "---\ntitle: \"{} — {}\"\n---",
+        def.code,
+        mermaid_escape(def.name.get(lang))
+    );
+    out.push_str("flowchart TD\n");
+    for node in &def.nodes {
+        let text = mermaid_escape(&node_text(node, lang));
+        let (open, close, class) = match node.kind {
+            NodeKind::Start(_) => ("([\"", "\"])", "startNode"),
+            NodeKind::End(_) => ("([\"", "\"])", "endNode"),
+            NodeKind::UserTask(_) => ("[\"", "\"]", "userTask"),
+            NodeKind::ServiceTask(_) => ("[[\"", "\"]]", "serviceTask"),
+            NodeKind::ExclusiveGate(_) => ("{\"", "\"}", "gate"),
+            NodeKind::Fork(_) | NodeKind::Join(_) => ("{{\"", "\"}}", "gate"),
+            NodeKind::MessageWait(_) => (">\"", "\"]", "waitNode"),
+            NodeKind::TimerWait(_) => ("[/\"", "\"/]", "waitNode"),
+            NodeKind::Call(_) => ("[[\"", "\"]]", "callNode"),
+        };
+        let _ = writeln!(
+            out,
+            "    {}{open}{text}{close}:::{class}",
+            mermaid_id(&node.id)
+        );
+    }
+    for (i, node) in def.nodes.iter().enumerate() {
+        let base = YamlPath::root().key("nodes").index(i);
+        for edge in node.edges(&base) {
+            let arrow = if matches!(edge.label, EdgeLabel::Overdue(_) | EdgeLabel::Timeout(_)) {
+                "-.->"
+            } else {
+                "-->"
+            };
+            match edge_text(edge.label, lang) {
+                Some(text) => {
+                    let _ = writeln!(
+                        out,
+                        "    {} {arrow}|\"{}\"| {}",
+                        mermaid_id(&node.id),
+                        mermaid_escape(&text),
+                        mermaid_id(edge.to)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "    {} {arrow} {}",
+                        mermaid_id(&node.id),
+                        mermaid_id(edge.to)
+                    );
+                }
+            }
+        }
+    }
+    out.push_str(
+        "    classDef startNode fill:#e8f5e9,stroke:#2e7d32\n\
+         \x20   classDef endNode fill:#eceff1,stroke:#37474f\n\
+         \x20   classDef userTask fill:#e3f2fd,stroke:#1565c0\n\
+         \x20   classDef serviceTask fill:#fff3e0,stroke:#ef6c00\n\
+         \x20   classDef gate fill:#fffde7,stroke:#f9a825\n\
+         \x20   classDef waitNode fill:#f3e5f5,stroke:#6a1b9a\n\
+         \x20   classDef callNode fill:#e0f7fa,stroke:#00838f\n",
+    );
+    out
+}
+
+fn dot_escape(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn dot(def: &Definition, lang: Lang) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "digraph \"{}\" {{", dot_escape(&def.code));
+    let _ = writeln!(
+        out,
+        "    label=\"{} — {}\";\n    labelloc=t;\n    rankdir=TB;\n    node [fontname=\"Helvetica\", fontsize=10];\n    edge [fontname=\"Helvetica\", fontsize=9];",
+        dot_escape(&def.code),
+        dot_escape(def.name.get(lang))
+    );
+    for node in &def.nodes {
+        let attrs = match node.kind {
+            NodeKind::Start(_) => "shape=ellipse, style=filled, fillcolor=\"#e8f5e9\"",
+            NodeKind::End(_) => "shape=doublecircle, style=filled, fillcolor=\"#eceff1\"",
+            NodeKind::UserTask(_) => "shape=box, style=\"rounded,filled\", fillcolor=\"#e3f2fd\"",
+            NodeKind::ServiceTask(_) => "shape=component, style=filled, fillcolor=\"#fff3e0\"",
+            NodeKind::ExclusiveGate(_) => "shape=diamond, style=filled, fillcolor=\"#fffde7\"",
+            NodeKind::Fork(_) | NodeKind::Join(_) => {
+                "shape=diamond, label=\"+\", style=filled, fillcolor=\"#fffde7\""
+            }
+            NodeKind::MessageWait(_) | NodeKind::TimerWait(_) => {
+                "shape=parallelogram, style=filled, fillcolor=\"#f3e5f5\""
+            }
+            NodeKind::Call(_) => "shape=box, peripheries=2, style=filled, fillcolor=\"#e0f7fa\"",
+        };
+        let xlabel = if matches!(node.kind, NodeKind::Fork(_) | NodeKind::Join(_)) {
+            "xlabel"
+        } else {
+            "label"
+        };
+        let _ = writeln!(
+            out,
+            "    \"{}\" [{xlabel}=\"{}\", {attrs}];",
+            dot_escape(&node.id),
+            dot_escape(&node_text(node, lang))
+        );
+    }
+    for (i, node) in def.nodes.iter().enumerate() {
+        let base = YamlPath::root().key("nodes").index(i);
+        for edge in node.edges(&base) {
+            let style = if matches!(edge.label, EdgeLabel::Overdue(_) | EdgeLabel::Timeout(_)) {
+                ", style=dashed"
+            } else {
+                ""
+            };
+            let label = edge_text(edge.label, lang)
+                .map(|t| format!(" [label=\"{}\"{style}]", dot_escape(&t)))
+                .unwrap_or_else(|| {
+                    if style.is_empty() {
+                        String::new()
+                    } else {
+                        " [style=dashed]".to_owned()
+                    }
+                });
+            let _ = writeln!(
+                out,
+                "    \"{}\" -> \"{}\"{label};",
+                dot_escape(&node.id),
+                dot_escape(edge.to)
+            );
+        }
+    }
+    out.push_str("}\n");
+    out
+}

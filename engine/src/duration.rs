@@ -1,0 +1,203 @@
+//! Durations written by process owners: `90s`, `15m`, `2h`, `1h30m`, `15d`,
+//! `2w`, or ISO 8601 (`PT30M`, `P15D`, `P1DT12H`).
+//!
+//! Months and years are refused on purpose: their length depends on the
+//! calendar, and a due time must mean the same thing on every day.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A positive, calendar-independent duration, remembering how it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duration {
+    value: std::time::Duration,
+    source: String,
+}
+
+/// Why a duration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Nothing was written.
+    #[error("a duration must not be empty")]
+    Empty,
+    /// A number was not followed by a unit, or the unit is unknown.
+    #[error(
+        "unknown unit in `{0}`: use s, m, h, d, w (e.g. `15m`, `2h`, `15d`) or ISO 8601 (`PT15M`)"
+    )]
+    Unit(String),
+    /// Months and years have no fixed length.
+    #[error("`{0}`: months and years have no fixed length; write days instead (e.g. `30d`)")]
+    Calendar(String),
+    /// The text is not a duration at all.
+    #[error("`{0}` is not a duration: use e.g. `15m`, `2h`, `1h30m`, `15d` or ISO 8601 `PT15M`")]
+    Syntax(String),
+    /// Zero is not a wait.
+    #[error("`{0}` is zero; a duration must be positive")]
+    Zero(String),
+    /// Too large to represent.
+    #[error("`{0}` is too large")]
+    Overflow(String),
+}
+
+impl Duration {
+    /// The duration as a standard library value.
+    pub fn as_std(&self) -> std::time::Duration {
+        self.value
+    }
+
+    /// The duration as written in the definition.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+fn unit_seconds(unit: char) -> Option<u64> {
+    Some(match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        'w' => 604_800,
+        _ => return None,
+    })
+}
+
+/// Parses `<n><unit>` runs (`1h30m`); with `iso`, `M` means minutes only after `T`.
+fn parse_runs(text: &str, whole: &str, iso: bool) -> Result<u64, Error> {
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    let mut in_time = false;
+    let mut any = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        if iso && c == 'T' && number.is_empty() {
+            in_time = true;
+            continue;
+        }
+        if c.is_whitespace() && number.is_empty() {
+            continue;
+        }
+        if number.is_empty() {
+            return Err(Error::Syntax(whole.to_owned()));
+        }
+        let lower = c.to_ascii_lowercase();
+        let seconds = match (iso, lower, in_time) {
+            (true, 'm', false) | (_, 'y', _) => return Err(Error::Calendar(whole.to_owned())),
+            (true, 'w' | 'd', true) => return Err(Error::Syntax(whole.to_owned())),
+            _ => unit_seconds(lower).ok_or_else(|| Error::Unit(whole.to_owned()))?,
+        };
+        let n: u64 = number
+            .parse()
+            .map_err(|_| Error::Overflow(whole.to_owned()))?;
+        total = n
+            .checked_mul(seconds)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(|| Error::Overflow(whole.to_owned()))?;
+        number.clear();
+        any = true;
+    }
+    if !number.is_empty() {
+        return Err(Error::Unit(whole.to_owned()));
+    }
+    if !any {
+        return Err(Error::Syntax(whole.to_owned()));
+    }
+    Ok(total)
+}
+
+impl FromStr for Duration {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let trimmed = s.trim();
+        if trimmed.is_empty() {
+            return Err(Error::Empty);
+        }
+        let seconds = match trimmed.strip_prefix('P') {
+            Some(iso) => parse_runs(iso, trimmed, true)?,
+            None => parse_runs(trimmed, trimmed, false)?,
+        };
+        if seconds == 0 {
+            return Err(Error::Zero(trimmed.to_owned()));
+        }
+        Ok(Duration {
+            value: std::time::Duration::from_secs(seconds),
+            source: trimmed.to_owned(),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.source)
+    }
+}
+
+impl JsonSchema for Duration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A duration: 90s, 15m, 2h, 1h30m, 15d, 2w, or ISO 8601 such as PT15M or P15D.",
+            "type": "string",
+            "pattern": "^(P(\\d+[WD])*(T(\\d+[HMS])+)?|(\\d+[smhdw])+)$"
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: &str) -> u64 {
+        s.parse::<Duration>().unwrap().as_std().as_secs()
+    }
+
+    #[test]
+    fn short_and_iso_forms() {
+        assert_eq!(secs("90s"), 90);
+        assert_eq!(secs("15m"), 900);
+        assert_eq!(secs("1h30m"), 5_400);
+        assert_eq!(secs("15d"), 15 * 86_400);
+        assert_eq!(secs("2w"), 14 * 86_400);
+        assert_eq!(secs("PT30M"), 1_800);
+        assert_eq!(secs("P15D"), 15 * 86_400);
+        assert_eq!(secs("P1DT12H"), 36 * 3_600);
+    }
+
+    #[test]
+    fn refuses_what_is_ambiguous_or_wrong() {
+        assert_eq!("".parse::<Duration>(), Err(Error::Empty));
+        assert!(matches!("P1M".parse::<Duration>(), Err(Error::Calendar(_))));
+        assert!(matches!("1y".parse::<Duration>(), Err(Error::Calendar(_))));
+        assert!(matches!("15".parse::<Duration>(), Err(Error::Unit(_))));
+        assert!(matches!("15x".parse::<Duration>(), Err(Error::Unit(_))));
+        assert!(matches!("soon".parse::<Duration>(), Err(Error::Syntax(_))));
+        assert!(matches!("0m".parse::<Duration>(), Err(Error::Zero(_))));
+        assert!(matches!(
+            "99999999999999999999d".parse::<Duration>(),
+            Err(Error::Overflow(_))
+        ));
+    }
+}

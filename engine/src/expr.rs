@@ -1,0 +1,261 @@
+//! CEL expressions: every condition and mapping in a definition.
+//!
+//! An expression is compiled once, when its definition is loaded. A compile
+//! error is kept (not raised) so that validation can report every broken
+//! expression of a file at once, each at its own line and column.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use cel::common::ast::{EntryExpr, Expr as Ast, IdedExpr};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why an expression did not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} (at {line}:{column} of the expression)")]
+pub struct CompileError {
+    /// What the CEL parser said.
+    pub message: String,
+    /// Line inside the expression, from 1.
+    pub line: u32,
+    /// Column inside the expression, from 1.
+    pub column: u32,
+}
+
+/// A variable an expression reads: `naf.debt` reads root `naf`, field `debt`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct VarRef {
+    /// The identifier the expression starts from.
+    pub root: String,
+    /// The first field selected from it, when there is one.
+    pub field: Option<String>,
+}
+
+/// A compiled CEL expression together with its source.
+#[derive(Clone)]
+pub struct Expr {
+    source: String,
+    compiled: Result<Arc<cel::Program>, CompileError>,
+    reads: Vec<VarRef>,
+}
+
+impl Expr {
+    /// Compiles `source`; a compile error is kept inside and reported by
+    /// [`Expr::program`] and by validation.
+    pub fn compile(source: &str) -> Expr {
+        match cel::Program::compile(source) {
+            Ok(program) => {
+                let mut reads = BTreeSet::new();
+                free_variables(program.expression(), &mut Vec::new(), &mut reads);
+                Expr {
+                    source: source.to_owned(),
+                    compiled: Ok(Arc::new(program)),
+                    reads: reads.into_iter().collect(),
+                }
+            }
+            Err(errors) => {
+                let first = errors.errors.first();
+                Expr {
+                    source: source.to_owned(),
+                    compiled: Err(CompileError {
+                        message: first.map_or_else(
+                            || "the expression does not compile".to_owned(),
+                            |e| e.msg.clone(),
+                        ),
+                        line: first.map_or(1, |e| e.pos.0.max(1) as u32),
+                        column: first.map_or(1, |e| e.pos.1.max(0) as u32 + 1),
+                    }),
+                    reads: Vec::new(),
+                }
+            }
+        }
+    }
+
+    /// The expression as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The compiled program, or why it did not compile.
+    pub fn program(&self) -> Result<&cel::Program, &CompileError> {
+        self.compiled.as_deref()
+    }
+
+    /// Free variables the expression reads (names bound by `all`, `exists`,
+    /// `map`, `filter` are not free), sorted and without duplicates.
+    pub fn reads(&self) -> &[VarRef] {
+        &self.reads
+    }
+}
+
+impl fmt::Debug for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Expr({:?})", self.source)
+    }
+}
+
+impl PartialEq for Expr {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+fn free_variables(expr: &IdedExpr, bound: &mut Vec<String>, out: &mut BTreeSet<VarRef>) {
+    match &expr.expr {
+        Ast::Unspecified | Ast::Literal(_) => {}
+        Ast::Ident(name) => {
+            if !name.starts_with('@') && !bound.contains(name) {
+                out.insert(VarRef {
+                    root: name.clone(),
+                    field: None,
+                });
+            }
+        }
+        Ast::Select(select) => {
+            if let Ast::Ident(name) = &select.operand.expr
+                && !name.starts_with('@')
+                && !bound.contains(name)
+            {
+                out.insert(VarRef {
+                    root: name.clone(),
+                    field: Some(select.field.clone()),
+                });
+            } else {
+                free_variables(&select.operand, bound, out);
+            }
+        }
+        Ast::Call(call) => {
+            if let Some(target) = &call.target {
+                free_variables(target, bound, out);
+            }
+            for arg in &call.args {
+                free_variables(arg, bound, out);
+            }
+        }
+        Ast::List(list) => {
+            for element in &list.elements {
+                free_variables(element, bound, out);
+            }
+        }
+        Ast::Map(map) => entries(&map.entries, bound, out),
+        Ast::Struct(s) => entries(&s.entries, bound, out),
+        Ast::Comprehension(c) => {
+            free_variables(&c.iter_range, bound, out);
+            free_variables(&c.accu_init, bound, out);
+            let before = bound.len();
+            bound.push(c.iter_var.clone());
+            bound.extend(c.iter_var2.clone());
+            bound.push(c.accu_var.clone());
+            free_variables(&c.loop_cond, bound, out);
+            free_variables(&c.loop_step, bound, out);
+            free_variables(&c.result, bound, out);
+            bound.truncate(before);
+        }
+    }
+}
+
+fn entries(
+    entries: &[cel::common::ast::IdedEntryExpr],
+    bound: &mut Vec<String>,
+    out: &mut BTreeSet<VarRef>,
+) {
+    for entry in entries {
+        match &entry.expr {
+            EntryExpr::StructField(field) => free_variables(&field.value, bound, out),
+            EntryExpr::MapEntry(e) => {
+                free_variables(&e.key, bound, out);
+                free_variables(&e.value, bound, out);
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Expr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ExprVisitor;
+        impl serde::de::Visitor<'_> for ExprVisitor {
+            type Value = Expr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a CEL expression (a string), or a constant")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Expr, E> {
+                Ok(Expr::compile(v))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Expr, E> {
+                Ok(Expr::compile(if v { "true" } else { "false" }))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Expr, E> {
+                Ok(Expr::compile(&v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Expr, E> {
+                Ok(Expr::compile(&v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Expr, E> {
+                Ok(Expr::compile(&format!("{v:?}")))
+            }
+        }
+        deserializer.deserialize_any(ExprVisitor)
+    }
+}
+
+impl Serialize for Expr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.source)
+    }
+}
+
+impl JsonSchema for Expr {
+    fn schema_name() -> Cow<'static, str> {
+        "Expression".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A CEL expression (https://cel.dev), e.g. `!naf_impedimento` or `instance.channel == 'ivr'`.",
+            "type": ["string", "boolean", "number"]
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roots(e: &Expr) -> Vec<(&str, Option<&str>)> {
+        e.reads()
+            .iter()
+            .map(|r| (r.root.as_str(), r.field.as_deref()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_free_variables_and_first_field() {
+        let e = Expr::compile("result.has_capacity && size(zona) > 0 && a.b.c == 1");
+        assert!(e.program().is_ok());
+        assert_eq!(
+            roots(&e),
+            vec![
+                ("a", Some("b")),
+                ("result", Some("has_capacity")),
+                ("zona", None)
+            ]
+        );
+    }
+
+    #[test]
+    fn comprehension_variables_are_bound() {
+        let e = Expr::compile("motivos.all(m, m != deuda) && motivos.exists(x, x == 'a')");
+        assert_eq!(roots(&e), vec![("deuda", None), ("motivos", None)]);
+    }
+
+    #[test]
+    fn compile_errors_are_kept_with_position() {
+        let e = Expr::compile("a &&");
+        let err = e.program().unwrap_err();
+        assert_eq!(err.line, 1);
+        assert!(err.column >= 4, "{err:?}");
+        assert!(e.reads().is_empty());
+    }
+}

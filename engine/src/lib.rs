@@ -1,0 +1,22 @@
+//! The tramite engine: process definitions (model, YAML loader, validation,
+//! diagrams) and, in later layers, the durable runtime.
+//!
+//! The engine is a library with no knowledge of HTTP, of any particular
+//! procedure, or of any particular external system: connectors describe
+//! themselves through a [`catalog::Catalog`] that the caller passes in.
+
+pub mod catalog;
+pub mod definition;
+pub mod diagnostic;
+pub mod diagram;
+pub mod duration;
+mod error;
+pub mod expr;
+pub mod library;
+pub mod loader;
+pub mod position;
+pub mod schema;
+pub mod text;
+pub mod validate;
+
+pub use error::Error;

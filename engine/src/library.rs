@@ -1,0 +1,141 @@
+//! A set of definition files validated together, so that a `call` node can
+//! be checked against the procedure it names.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::Error;
+use crate::catalog::Catalog;
+use crate::diagnostic::{Code, Diagnostic, Diagnostics};
+use crate::loader;
+use crate::position::YamlPath;
+use crate::validate::{self, Compiled, Context, ProcedureInterface};
+
+/// One definition file and its text.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// The path as the user gave it (used in messages).
+    pub path: PathBuf,
+    /// Its content.
+    pub text: String,
+}
+
+/// Whether `path` looks like a definition file.
+fn is_yaml(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
+/// Reads the files named, and the YAML files directly inside the folders
+/// named (not their subfolders, where scenarios and other YAML live).
+pub fn read(paths: &[PathBuf]) -> Result<Vec<SourceFile>, Error> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|source| Error::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let mut inside: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && is_yaml(p))
+                .collect();
+            inside.sort();
+            files.extend(inside);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    files.dedup();
+    files
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(SourceFile { path, text })
+        })
+        .collect()
+}
+
+/// The definition files beside `files` (same folders), for resolving calls.
+pub fn neighbours(files: &[SourceFile]) -> Result<Vec<SourceFile>, Error> {
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        .map(|f| match f.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let mut out = read(&dirs)?;
+    out.retain(|n| !files.iter().any(|f| same_file(&f.path, &n.path)));
+    Ok(out)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// The interfaces of every definition that parses, by code.
+pub fn interfaces<'a>(
+    files: impl IntoIterator<Item = &'a SourceFile>,
+) -> BTreeMap<String, ProcedureInterface> {
+    let mut out = BTreeMap::new();
+    for f in files {
+        let parsed = loader::parse(&f.text);
+        if !parsed.definition.code.is_empty() {
+            out.entry(parsed.definition.code.clone())
+                .or_insert_with(|| ProcedureInterface::of(&parsed.definition));
+        }
+    }
+    out
+}
+
+/// Validates `files` together, `context` files only resolving calls.
+/// Returns each file's result in order.
+pub fn compile(
+    files: &[SourceFile],
+    context: &[SourceFile],
+    catalog: &Catalog,
+) -> Vec<(PathBuf, Result<Compiled, Diagnostics>)> {
+    let procedures = interfaces(files.iter().chain(context));
+    let ctx = Context {
+        catalog,
+        procedures: &procedures,
+    };
+    let mut codes: BTreeMap<String, PathBuf> = BTreeMap::new();
+    files
+        .iter()
+        .map(|f| {
+            let name = f.path.display().to_string();
+            let mut result = validate::compile(&name, &f.text, &ctx);
+            if let Ok(compiled) = &result {
+                let code = compiled.definition.code.clone();
+                if let Some(first) = codes.get(&code) {
+                    let mut d = Diagnostic::new(
+                        Code::DuplicateId,
+                        YamlPath::root().key("code"),
+                        format!("procedure `{code}` is also defined in {}", first.display()),
+                    );
+                    loader::locate(&mut d, &compiled.index);
+                    result = Err(Diagnostics {
+                        file: name,
+                        items: vec![d],
+                    });
+                } else {
+                    codes.insert(code, f.path.clone());
+                }
+            }
+            (f.path.clone(), result)
+        })
+        .collect()
+}

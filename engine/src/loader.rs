@@ -1,0 +1,524 @@
+//! From YAML text to a [`Definition`], reporting every structural problem.
+//!
+//! The text is read with serde_yaml into a value, then each top-level
+//! section, each list item and each node is deserialized on its own, so one
+//! mistake does not hide the next. Positions come from a
+//! [`PositionIndex`] of the same text, looked up by the path of the problem.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_yaml::{Mapping, Value};
+
+use crate::definition::{
+    Call, Definition, End, ExclusiveGate, Fork, Join, Links, MessageWait, Node, NodeKind,
+    ServiceTask, Start, TimerWait, UserTask,
+};
+use crate::diagnostic::{Code, Diagnostic, did_you_mean};
+use crate::position::{PositionIndex, Segment, YamlPath};
+use crate::text::{Numbering, Text};
+
+/// The result of reading a definition's text, before semantic validation.
+#[derive(Debug)]
+pub struct Parsed {
+    /// What could be read; sections with errors are left empty.
+    pub definition: Definition,
+    /// Positions of the text.
+    pub index: PositionIndex,
+    /// Structural problems (syntax, types, unknown and missing fields).
+    pub diagnostics: Vec<Diagnostic>,
+    /// Ids of nodes that failed to load; references to them are not reported again.
+    pub broken_nodes: BTreeSet<String>,
+    /// Whether the text was a YAML map at all; if not, there is nothing to validate.
+    pub readable: bool,
+    /// For each list section (`nodes`, `roles`, ...), the YAML index of each
+    /// loaded item: items that failed are missing from the definition, so
+    /// the definition's index and the file's can differ.
+    origins: BTreeMap<&'static str, Vec<usize>>,
+}
+
+impl Parsed {
+    /// Whether everything in the text was read.
+    pub fn is_complete(&self) -> bool {
+        self.diagnostics.is_empty()
+    }
+
+    /// The path of item `i` of list `section` as loaded, in the file.
+    pub fn item_path(&self, section: &str, i: usize) -> YamlPath {
+        let original = self
+            .origins
+            .get(section)
+            .and_then(|o| o.get(i))
+            .copied()
+            .unwrap_or(i);
+        YamlPath::root().key(section).index(original)
+    }
+}
+
+const TOP_LEVEL: [&str; 11] = [
+    "code",
+    "name",
+    "version",
+    "description",
+    "owner_role",
+    "roles",
+    "variables",
+    "links",
+    "documents",
+    "indicators",
+    "nodes",
+];
+const REQUIRED: [&str; 6] = ["code", "name", "version", "owner_role", "roles", "nodes"];
+const NODE_COMMON: [&str; 4] = ["id", "kind", "step", "label"];
+
+/// Fills in a diagnostic's position from its path: an unknown field points
+/// at its key, anything else at its value (or the nearest ancestor).
+pub fn locate(diagnostic: &mut Diagnostic, index: &PositionIndex) {
+    if diagnostic.pos.is_some() {
+        return;
+    }
+    let key = match diagnostic.code {
+        Code::UnknownField | Code::UnknownInput => index.key(&diagnostic.path),
+        _ => None,
+    };
+    diagnostic.pos = key.or_else(|| index.locate(&diagnostic.path));
+}
+
+/// Reads a definition from YAML text.
+pub fn parse(text: &str) -> Parsed {
+    let index = PositionIndex::build(text);
+    let mut parsed = Parsed {
+        definition: blank(),
+        index,
+        diagnostics: Vec::new(),
+        broken_nodes: BTreeSet::new(),
+        readable: false,
+        origins: BTreeMap::new(),
+    };
+    let value: Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let mut d = Diagnostic::new(Code::YamlSyntax, YamlPath::root(), syntax_message(&e));
+            d.pos = e.location().map(|l| crate::position::Pos {
+                line: l.line() as u32,
+                column: l.column() as u32,
+            });
+            parsed.diagnostics.push(d);
+            return parsed;
+        }
+    };
+    let root = YamlPath::root();
+    let Value::Mapping(map) = value else {
+        parsed.diagnostics.push(Diagnostic::new(
+            Code::InvalidValue,
+            root,
+            "a definition is a map with `code`, `name`, `version`, `owner_role`, `roles` and `nodes`",
+        ));
+        return parsed;
+    };
+    parsed.readable = true;
+    let mut seen = BTreeSet::new();
+    let diags = &mut parsed.diagnostics;
+    let def = &mut parsed.definition;
+    let origins = &mut parsed.origins;
+    for (key, value) in map {
+        let Some(key) = key.as_str().map(str::to_owned) else {
+            diags.push(Diagnostic::new(
+                Code::InvalidValue,
+                root.clone(),
+                "keys must be text",
+            ));
+            continue;
+        };
+        let path = root.key(&key);
+        seen.insert(key.clone());
+        match key.as_str() {
+            "code" => set(&mut def.code, one::<String>(value, &path, diags)),
+            "name" => set(&mut def.name, one::<Text>(value, &path, diags)),
+            "version" => set(&mut def.version, one::<Numbering>(value, &path, diags)),
+            "description" => def.description = one::<Option<Text>>(value, &path, diags).flatten(),
+            "owner_role" => set(&mut def.owner_role, one::<String>(value, &path, diags)),
+            "roles" => def.roles = list(value, &path, diags, origins.entry("roles").or_default()),
+            "variables" => {
+                def.variables = list(value, &path, diags, origins.entry("variables").or_default())
+            }
+            "links" => set(&mut def.links, one::<Links>(value, &path, diags)),
+            "documents" => {
+                def.documents = list(value, &path, diags, origins.entry("documents").or_default())
+            }
+            "indicators" => {
+                def.indicators = list(
+                    value,
+                    &path,
+                    diags,
+                    origins.entry("indicators").or_default(),
+                )
+            }
+            "nodes" => {
+                let origin = origins.entry("nodes").or_default();
+                def.nodes = nodes(value, &path, diags, &mut parsed.broken_nodes, origin);
+            }
+            other => diags.push(unknown_field(&root, other, &TOP_LEVEL)),
+        }
+    }
+    for required in REQUIRED {
+        if !seen.contains(required) {
+            diags.push(Diagnostic::new(
+                Code::MissingField,
+                root.clone(),
+                format!("missing field `{required}`"),
+            ));
+        }
+    }
+    parsed
+}
+
+/// An empty definition that sections fill in as they load.
+fn blank() -> Definition {
+    Definition {
+        code: String::new(),
+        name: Text {
+            es: String::new(),
+            en: None,
+        },
+        version: Numbering(String::new()),
+        description: None,
+        owner_role: String::new(),
+        roles: Vec::new(),
+        variables: Vec::new(),
+        links: Links::default(),
+        documents: Vec::new(),
+        indicators: Vec::new(),
+        nodes: Vec::new(),
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+fn syntax_message(e: &serde_yaml::Error) -> String {
+    let text = e.to_string();
+    // serde_yaml appends "at line L column C"; the position is reported apart.
+    match text.find(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+/// Deserializes one value, reporting its first problem at its own path.
+fn one<T: DeserializeOwned>(
+    value: Value,
+    base: &YamlPath,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let mut path = base.clone();
+            for segment in e.path().iter() {
+                match segment {
+                    serde_path_to_error::Segment::Seq { index } => path = path.index(*index),
+                    serde_path_to_error::Segment::Map { key } => path = path.key(key.clone()),
+                    serde_path_to_error::Segment::Enum { .. }
+                    | serde_path_to_error::Segment::Unknown => {}
+                }
+            }
+            diags.push(serde_diagnostic(path, &e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+/// Deserializes a list item by item, so that every broken item is reported.
+fn list<T: DeserializeOwned>(
+    value: Value,
+    base: &YamlPath,
+    diags: &mut Vec<Diagnostic>,
+    origin: &mut Vec<usize>,
+) -> Vec<T> {
+    match value {
+        Value::Sequence(items) => items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                let v = one(item, &base.index(i), diags)?;
+                origin.push(i);
+                Some(v)
+            })
+            .collect(),
+        Value::Null => Vec::new(),
+        _ => {
+            diags.push(Diagnostic::new(
+                Code::InvalidValue,
+                base.clone(),
+                "expected a list",
+            ));
+            Vec::new()
+        }
+    }
+}
+
+/// Words between backticks, in order: serde names fields and variants so.
+fn backticked(message: &str) -> Vec<&str> {
+    message.split('`').skip(1).step_by(2).collect()
+}
+
+fn serde_diagnostic(path: YamlPath, message: &str) -> Diagnostic {
+    let words = backticked(message);
+    if message.starts_with("unknown field") {
+        let field = words.first().copied().unwrap_or_default();
+        let expected = &words[1.min(words.len())..];
+        let at = match path.segments().last() {
+            Some(Segment::Key(k)) if k == field => path.clone(),
+            _ => path.key(field),
+        };
+        let parent = at.parent().unwrap_or_default();
+        return unknown_field(&parent, field, expected);
+    }
+    if message.starts_with("missing field") {
+        let field = words.first().copied().unwrap_or_default();
+        return Diagnostic::new(Code::MissingField, path, format!("missing field `{field}`"));
+    }
+    if message.starts_with("unknown variant") {
+        let value = words.first().copied().unwrap_or_default();
+        let expected = &words[1.min(words.len())..];
+        let mut text = format!("`{value}` is not allowed here");
+        if let Some(close) = did_you_mean(value, expected.iter().copied()) {
+            text.push_str(&format!("; did you mean `{close}`?"));
+        }
+        text.push_str(&format!("; expected one of: {}", expected.join(", ")));
+        return Diagnostic::new(Code::InvalidValue, path, text);
+    }
+    Diagnostic::new(Code::InvalidValue, path, message.to_owned())
+}
+
+fn unknown_field(parent: &YamlPath, field: &str, expected: &[&str]) -> Diagnostic {
+    let mut text = format!("unknown field `{field}`");
+    if let Some(close) = did_you_mean(field, expected.iter().copied()) {
+        text.push_str(&format!("; did you mean `{close}`?"));
+    }
+    if !expected.is_empty() {
+        text.push_str(&format!("; expected one of: {}", expected.join(", ")));
+    }
+    if field.contains(' ') {
+        text.push_str(" (a comma inside `{...}` splits a text in two: put the text in quotes)");
+    }
+    Diagnostic::new(Code::UnknownField, parent.key(field), text)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    id: String,
+    step: Option<Numbering>,
+    label: Option<Text>,
+}
+
+fn nodes(
+    value: Value,
+    base: &YamlPath,
+    diags: &mut Vec<Diagnostic>,
+    broken: &mut BTreeSet<String>,
+    origin: &mut Vec<usize>,
+) -> Vec<Node> {
+    let items = match value {
+        Value::Sequence(items) => items,
+        _ => {
+            diags.push(Diagnostic::new(
+                Code::InvalidValue,
+                base.clone(),
+                "`nodes` is a list of nodes",
+            ));
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let path = base.index(i);
+        let before = diags.len();
+        // The id alone, so that a node broken elsewhere can still be named.
+        let id = item.get("id").and_then(Value::as_str).map(str::to_owned);
+        match node(item, &path, diags) {
+            Some(n) if diags.len() == before => {
+                out.push(n);
+                origin.push(i);
+            }
+            _ => broken.extend(id),
+        }
+    }
+    out
+}
+
+/// Reads one node: the common fields, then its kind's fields directly (not
+/// through serde's buffered tagged enums, which lose the field's line).
+fn node(item: Value, path: &YamlPath, diags: &mut Vec<Diagnostic>) -> Option<Node> {
+    let Value::Mapping(map) = item else {
+        diags.push(Diagnostic::new(
+            Code::InvalidValue,
+            path.clone(),
+            "a node is a map with `id`, `kind` and the fields of its kind",
+        ));
+        return None;
+    };
+    let mut common = Mapping::new();
+    let mut rest = Mapping::new();
+    let mut kind = None;
+    for (k, v) in map {
+        match k.as_str() {
+            Some("kind") => kind = Some(v),
+            Some(name) if NODE_COMMON.contains(&name) => {
+                common.insert(k, v);
+            }
+            _ => {
+                rest.insert(k, v);
+            }
+        }
+    }
+    let header: Option<Header> = one(Value::Mapping(common), path, diags);
+    let kind_path = path.key("kind");
+    let kind_name = match kind {
+        None => {
+            diags.push(Diagnostic::new(
+                Code::MissingField,
+                path.clone(),
+                format!(
+                    "missing field `kind` (one of: {})",
+                    NodeKind::NAMES.join(", ")
+                ),
+            ));
+            None
+        }
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            diags.push(Diagnostic::new(
+                Code::InvalidValue,
+                kind_path.clone(),
+                "`kind` must be text",
+            ));
+            None
+        }
+    };
+    let rest = Value::Mapping(rest);
+    let kind = match kind_name.as_deref() {
+        None => None,
+        Some("start") => one::<Start>(rest, path, diags).map(NodeKind::Start),
+        Some("user_task") => one::<UserTask>(rest, path, diags).map(NodeKind::UserTask),
+        Some("service_task") => one::<ServiceTask>(rest, path, diags).map(NodeKind::ServiceTask),
+        Some("exclusive_gate") => {
+            one::<ExclusiveGate>(rest, path, diags).map(NodeKind::ExclusiveGate)
+        }
+        Some("fork") => one::<Fork>(rest, path, diags).map(NodeKind::Fork),
+        Some("join") => one::<Join>(rest, path, diags).map(NodeKind::Join),
+        Some("message_wait") => one::<MessageWait>(rest, path, diags).map(NodeKind::MessageWait),
+        Some("timer_wait") => one::<TimerWait>(rest, path, diags).map(NodeKind::TimerWait),
+        Some("call") => one::<Call>(rest, path, diags).map(NodeKind::Call),
+        Some("end") => one::<End>(rest, path, diags).map(NodeKind::End),
+        Some(other) => {
+            let mut text = format!("unknown node kind `{other}`");
+            if let Some(close) = did_you_mean(other, NodeKind::NAMES) {
+                text.push_str(&format!("; did you mean `{close}`?"));
+            }
+            text.push_str(&format!(
+                "; expected one of: {}",
+                NodeKind::NAMES.join(", ")
+            ));
+            diags.push(Diagnostic::new(Code::InvalidValue, kind_path, text));
+            None
+        }
+    };
+    let header = header?;
+    // A node whose kind failed still has an id that others may name.
+    let kind = kind.unwrap_or(NodeKind::End(End {
+        outcome: String::new(),
+    }));
+    Some(Node {
+        id: header.id,
+        step: header.step,
+        label: header.label,
+        kind,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::position::Pos;
+
+    fn at(d: &Diagnostic) -> (Code, u32, u32) {
+        let Pos { line, column } = d.pos.expect("position");
+        (d.code, line, column)
+    }
+
+    fn located(text: &str) -> Vec<Diagnostic> {
+        let parsed = parse(text);
+        parsed
+            .diagnostics
+            .into_iter()
+            .map(|mut d| {
+                locate(&mut d, &parsed.index);
+                d
+            })
+            .collect()
+    }
+
+    const HEAD: &str = "code: X\nname: X\nversion: 1\nowner_role: r\nroles: [{id: r, name: R}]\n";
+
+    #[test]
+    fn wrong_field_inside_a_node_gets_its_own_line() {
+        let text =
+            format!("{HEAD}nodes:\n  - id: a\n    kind: user_task\n    rol: r\n    outcomes: []\n");
+        let d = located(&text);
+        // serde stops inside a node at its first problem: the missing `role`
+        // shows once `rol` is fixed.
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(at(&d[0]), (Code::UnknownField, 9, 5));
+        assert!(
+            d[0].message.contains("did you mean `role`?"),
+            "{}",
+            d[0].message
+        );
+    }
+
+    #[test]
+    fn every_broken_node_is_reported() {
+        let text = format!(
+            "{HEAD}nodes:\n  - id: a\n    kind: usertask\n  - id: b\n    kind: end\n    outcome: [x]\n  - kind: end\n    outcome: z\n"
+        );
+        let d = located(&text);
+        let got: Vec<_> = d.iter().map(at).collect();
+        assert_eq!(
+            got,
+            vec![
+                (Code::InvalidValue, 8, 11),
+                (Code::InvalidValue, 11, 14),
+                (Code::MissingField, 12, 5),
+            ]
+        );
+        assert!(d[0].message.contains("did you mean `user_task`?"));
+    }
+
+    #[test]
+    fn syntax_errors_have_a_position() {
+        let d = located("code: [unclosed\nname: x\n");
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].code, Code::YamlSyntax);
+        assert!(d[0].pos.is_some());
+    }
+
+    #[test]
+    fn unknown_and_missing_top_level_fields() {
+        let d = located("code: X\nnmae: y\n");
+        let codes: Vec<_> = d.iter().map(|d| d.code).collect();
+        assert!(codes.contains(&Code::UnknownField));
+        assert_eq!(at(&d[0]), (Code::UnknownField, 2, 1));
+        assert!(d[0].message.contains("did you mean `name`?"));
+        assert_eq!(
+            codes.iter().filter(|c| **c == Code::MissingField).count(),
+            5
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! Checks of the whole graph, with petgraph: every node is reachable, an
+//! end is reachable from every node, no cycle spins without waiting, and
+//! every fork's branches meet at its join.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use petgraph::Direction;
+use petgraph::algo::tarjan_scc;
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::unionfind::UnionFind;
+use petgraph::visit::{Bfs, EdgeRef, Reversed};
+
+use super::{Checker, list};
+use crate::definition::NodeKind;
+use crate::diagnostic::Code;
+
+/// The definition as a petgraph graph; node weights are indexes into `def.nodes`.
+struct Graph {
+    graph: DiGraph<usize, ()>,
+}
+
+impl Graph {
+    fn build(c: &Checker<'_>) -> Graph {
+        let mut graph = DiGraph::with_capacity(c.def.nodes.len(), c.def.nodes.len() * 2);
+        for i in 0..c.def.nodes.len() {
+            graph.add_node(i);
+        }
+        for (i, n) in c.def.nodes.iter().enumerate() {
+            for e in n.edges(&c.node_path(i)) {
+                if let Some(&j) = c.nodes.get(e.to) {
+                    graph.update_edge(NodeIndex::new(i), NodeIndex::new(j), ());
+                }
+            }
+        }
+        Graph { graph }
+    }
+}
+
+pub(super) fn check(c: &mut Checker<'_>) {
+    let g = Graph::build(c);
+    let Some(start) = c
+        .def
+        .nodes
+        .iter()
+        .position(|n| matches!(n.kind, NodeKind::Start(_)))
+    else {
+        return;
+    };
+    let reachable = reach(&g, start);
+    unreachable(c, &reachable);
+    trapped(c, &g, &reachable);
+    spin_cycles(c, &g);
+    forks(c, &g);
+}
+
+fn reach(g: &Graph, from: usize) -> BTreeSet<usize> {
+    let mut seen = BTreeSet::new();
+    let mut bfs = Bfs::new(&g.graph, NodeIndex::new(from));
+    while let Some(n) = bfs.next(&g.graph) {
+        seen.insert(n.index());
+    }
+    seen
+}
+
+fn unreachable(c: &mut Checker<'_>, reachable: &BTreeSet<usize>) {
+    for (i, n) in c.def.nodes.iter().enumerate() {
+        // A second node with a taken id is reported as a duplicate already.
+        let duplicate = c.nodes.get(n.id.as_str()) != Some(&i);
+        if !reachable.contains(&i) && !duplicate {
+            c.error(
+                Code::Unreachable,
+                c.node_path(i).key("id"),
+                format!("no path from the start reaches `{}`", n.id),
+            );
+        }
+    }
+}
+
+/// Reachable nodes from which no end can be reached, reported once per
+/// connected group at the group's first node.
+fn trapped(c: &mut Checker<'_>, g: &Graph, reachable: &BTreeSet<usize>) {
+    let reversed = Reversed(&g.graph);
+    let mut can_end = BTreeSet::new();
+    for (i, n) in c.def.nodes.iter().enumerate() {
+        if matches!(n.kind, NodeKind::End(_)) {
+            let mut bfs = Bfs::new(reversed, NodeIndex::new(i));
+            while let Some(x) = bfs.next(reversed) {
+                can_end.insert(x.index());
+            }
+        }
+    }
+    let trapped: Vec<usize> = reachable
+        .iter()
+        .copied()
+        .filter(|i| !can_end.contains(i))
+        .collect();
+    if trapped.is_empty() {
+        return;
+    }
+    let mut groups = UnionFind::new(c.def.nodes.len());
+    for e in g.graph.edge_references() {
+        let (a, b) = (e.source().index(), e.target().index());
+        if trapped.contains(&a) && trapped.contains(&b) {
+            groups.union(a, b);
+        }
+    }
+    let mut by_group: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &i in &trapped {
+        by_group.entry(groups.find(i)).or_default().push(i);
+    }
+    for members in by_group.values() {
+        let first = members[0];
+        let ids: Vec<&str> = members
+            .iter()
+            .map(|&i| c.def.nodes[i].id.as_str())
+            .collect();
+        let msg = if ids.len() == 1 {
+            format!(
+                "no end can be reached from `{}`: every path from it stops or loops",
+                ids[0]
+            )
+        } else {
+            format!(
+                "no end can be reached from {}: every path from them stops or loops",
+                list(&ids)
+            )
+        };
+        c.error(Code::NoEndReachable, c.node_path(first).key("id"), msg);
+    }
+}
+
+/// Cycles made only of nodes that never wait: the engine would loop
+/// forever inside one command. Names the whole path.
+fn spin_cycles(c: &mut Checker<'_>, g: &Graph) {
+    let nodes = &c.def.nodes;
+    let instant = g.graph.filter_map(
+        |_, &i| (!nodes[i].kind.waits()).then_some(i),
+        |_, _| Some(()),
+    );
+    for scc in tarjan_scc(&instant) {
+        let self_loop = scc.len() == 1 && instant.contains_edge(scc[0], scc[0]);
+        if scc.len() < 2 && !self_loop {
+            continue;
+        }
+        let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();
+        let first = *scc
+            .iter()
+            .min_by_key(|n| instant[**n])
+            .expect("non-empty scc");
+        let path = cycle_through(&instant, first, &members);
+        let ids: Vec<&str> = path
+            .iter()
+            .map(|&n| nodes[instant[n]].id.as_str())
+            .collect();
+        c.error(
+            Code::SpinCycle,
+            c.node_path(instant[first]).key("id"),
+            format!(
+                "cycle without a waiting step: {} → {}; the engine would loop forever. \
+                 Put a user task, service task, wait or waiting call on it",
+                ids.join(" → "),
+                ids[0]
+            ),
+        );
+    }
+}
+
+/// The shortest cycle from `start` back to itself inside `members`.
+fn cycle_through(
+    graph: &DiGraph<usize, ()>,
+    start: NodeIndex,
+    members: &BTreeSet<NodeIndex>,
+) -> Vec<NodeIndex> {
+    let mut parent: BTreeMap<NodeIndex, NodeIndex> = BTreeMap::new();
+    let mut queue = VecDeque::from([start]);
+    while let Some(n) = queue.pop_front() {
+        for next in graph.neighbors_directed(n, Direction::Outgoing) {
+            if next == start {
+                let mut path = vec![n];
+                let mut cur = n;
+                while let Some(&p) = parent.get(&cur) {
+                    path.push(p);
+                    cur = p;
+                }
+                path.reverse();
+                return path;
+            }
+            if members.contains(&next) && next != start && !parent.contains_key(&next) {
+                parent.insert(next, n);
+                queue.push_back(next);
+            }
+        }
+    }
+    vec![start]
+}
+
+/// Every branch of a fork must reach its join, and no branch may reach an
+/// end without passing it (the join would wait forever).
+fn forks(c: &mut Checker<'_>, g: &Graph) {
+    let nodes = &c.def.nodes;
+    let mut problems = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let NodeKind::Fork(fork) = &n.kind else {
+            continue;
+        };
+        let Some(&join) = c.nodes.get(fork.join.as_str()) else {
+            continue;
+        };
+        if !matches!(nodes[join].kind, NodeKind::Join(_)) {
+            continue;
+        }
+        for (b, branch) in fork.branches.iter().enumerate() {
+            let Some(&start) = c.nodes.get(branch.as_str()) else {
+                continue;
+            };
+            let mut seen = BTreeSet::from([start]);
+            let mut queue = VecDeque::from([start]);
+            let mut met_join = start == join;
+            let mut escaped = None;
+            while let Some(x) = queue.pop_front() {
+                if x == join {
+                    met_join = true;
+                    continue;
+                }
+                if matches!(nodes[x].kind, NodeKind::End(_)) && escaped.is_none() {
+                    escaped = Some(x);
+                }
+                for y in g.graph.neighbors(NodeIndex::new(x)) {
+                    if seen.insert(y.index()) {
+                        queue.push_back(y.index());
+                    }
+                }
+            }
+            let path = c.node_path(i).key("branches").index(b);
+            if let Some(end) = escaped {
+                problems.push((
+                    path,
+                    format!(
+                        "branch `{branch}` of fork `{}` reaches end `{}` without passing join `{}`",
+                        n.id, nodes[end].id, fork.join
+                    ),
+                ));
+            } else if !met_join {
+                problems.push((
+                    path,
+                    format!(
+                        "branch `{branch}` of fork `{}` never reaches join `{}`",
+                        n.id, fork.join
+                    ),
+                ));
+            }
+        }
+    }
+    for (path, msg) in problems {
+        c.error(Code::ForkWithoutJoin, path, msg);
+    }
+}

@@ -1,0 +1,168 @@
+//! Semantic validation of a parsed definition: references, roles,
+//! connectors, expressions and variables, and the shape of the graph.
+//!
+//! Like vector's config graph, validation collects **every** problem before
+//! answering. Graph-wide checks (reachability, cycles, fork/join) run only
+//! when every node loaded, so that one broken node does not cascade into
+//! dozens of "unreachable" messages.
+
+mod graph;
+mod references;
+mod variables;
+
+pub use variables::INSTANCE_FIELDS;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::catalog::Catalog;
+use crate::definition::{Definition, NodeKind, VarType};
+use crate::diagnostic::{Code, Diagnostic, Diagnostics};
+use crate::loader::{self, Parsed};
+use crate::position::{PositionIndex, YamlPath};
+
+/// What a definition may refer to outside itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// Connectors and their operations.
+    pub catalog: &'a Catalog,
+    /// Procedures a `call` node may start, by code.
+    pub procedures: &'a BTreeMap<String, ProcedureInterface>,
+}
+
+/// What a procedure offers to a caller: its start data and its variables.
+#[derive(Debug, Clone, Default)]
+pub struct ProcedureInterface {
+    /// Start data fields, with whether each is required.
+    pub start_fields: Vec<(String, bool)>,
+    /// Declared variables and their types (readable by a caller as `output`).
+    pub variables: BTreeMap<String, VarType>,
+    /// Whether its start accepts the `procedure` channel, i.e. may be called.
+    pub callable: bool,
+}
+
+impl ProcedureInterface {
+    /// The interface of a definition.
+    pub fn of(definition: &Definition) -> ProcedureInterface {
+        let starts = definition.nodes.iter().filter_map(|n| match &n.kind {
+            NodeKind::Start(s) => Some(s),
+            _ => None,
+        });
+        let start_fields = starts
+            .clone()
+            .flat_map(|s| s.data.iter().map(|f| (f.name.clone(), f.required)))
+            .collect();
+        let callable = starts
+            .clone()
+            .any(|s| s.channels.contains(&crate::definition::Channel::Procedure));
+        let variables = definition
+            .variables
+            .iter()
+            .map(|v| (v.name.clone(), v.ty))
+            .collect();
+        ProcedureInterface {
+            start_fields,
+            variables,
+            callable,
+        }
+    }
+}
+
+/// A definition that loaded and validated without a single problem.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The definition.
+    pub definition: Definition,
+    /// Positions in its text, for messages found later.
+    pub index: PositionIndex,
+}
+
+/// Parses and validates `text` (named `file` in messages).
+pub fn compile(file: &str, text: &str, ctx: &Context<'_>) -> Result<Compiled, Diagnostics> {
+    let parsed = loader::parse(text);
+    let mut items = parsed.diagnostics.clone();
+    items.extend(validate(&parsed, ctx));
+    if items.is_empty() {
+        return Ok(Compiled {
+            definition: parsed.definition,
+            index: parsed.index,
+        });
+    }
+    for d in &mut items {
+        loader::locate(d, &parsed.index);
+    }
+    items.sort_by(|a, b| (a.pos, a.code, &a.message).cmp(&(b.pos, b.code, &b.message)));
+    items.dedup();
+    Err(Diagnostics {
+        file: file.to_owned(),
+        items,
+    })
+}
+
+/// Every semantic problem of a parsed definition.
+pub fn validate(parsed: &Parsed, ctx: &Context<'_>) -> Vec<Diagnostic> {
+    if !parsed.readable {
+        return Vec::new();
+    }
+    let mut checker = Checker::new(parsed, ctx);
+    references::check(&mut checker);
+    variables::check(&mut checker);
+    if parsed.is_complete() && !checker.has(Code::StartCount) && !checker.has(Code::UnknownNode) {
+        graph::check(&mut checker);
+    }
+    checker.diagnostics
+}
+
+/// Shared state of the checks.
+struct Checker<'a> {
+    parsed: &'a Parsed,
+    def: &'a Definition,
+    ctx: &'a Context<'a>,
+    broken: &'a BTreeSet<String>,
+    /// Node id → position in `def.nodes` (first occurrence).
+    nodes: HashMap<&'a str, usize>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl<'a> Checker<'a> {
+    fn new(parsed: &'a Parsed, ctx: &'a Context<'a>) -> Checker<'a> {
+        let mut nodes = HashMap::new();
+        for (i, n) in parsed.definition.nodes.iter().enumerate() {
+            nodes.entry(n.id.as_str()).or_insert(i);
+        }
+        Checker {
+            parsed,
+            def: &parsed.definition,
+            ctx,
+            broken: &parsed.broken_nodes,
+            nodes,
+            diagnostics: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, code: Code, path: YamlPath, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic::new(code, path, message));
+    }
+
+    fn has(&self, code: Code) -> bool {
+        self.diagnostics.iter().any(|d| d.code == code)
+    }
+
+    /// The path of node `i` of the definition, in the file.
+    fn node_path(&self, i: usize) -> YamlPath {
+        self.parsed.item_path("nodes", i)
+    }
+
+    /// Whether `id` names a node (or one that failed to load).
+    fn node_exists(&self, id: &str) -> bool {
+        self.nodes.contains_key(id) || self.broken.contains(id)
+    }
+}
+
+/// Formats names as `a`, `b`, `c` for messages.
+fn list(names: impl IntoIterator<Item = impl AsRef<str>>) -> String {
+    names
+        .into_iter()
+        .map(|n| format!("`{}`", n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,647 @@
+//! Ids, references and settings: everything one node can get wrong alone.
+
+use std::collections::BTreeSet;
+
+use regex::Regex;
+
+use super::{Checker, list};
+use crate::definition::{EdgeLabel, Field, NodeKind, VarType};
+use crate::diagnostic::{Code, did_you_mean};
+use crate::position::YamlPath;
+
+pub(super) fn check(c: &mut Checker<'_>) {
+    duplicates(c);
+    start_count(c);
+    edges(c);
+    roles(c);
+    documents(c);
+    nodes(c);
+    services(c);
+    calls(c);
+    indicators(c);
+}
+
+fn duplicate_ids<'a>(
+    c: &mut Checker<'_>,
+    what: &str,
+    items: impl IntoIterator<Item = (&'a str, YamlPath)>,
+) {
+    let mut seen = BTreeSet::new();
+    for (id, path) in items {
+        if !seen.insert(id) {
+            c.error(
+                Code::DuplicateId,
+                path,
+                format!("{what} `{id}` is defined twice"),
+            );
+        }
+    }
+}
+
+fn duplicates(c: &mut Checker<'_>) {
+    let def = c.def;
+    let p = c.parsed;
+    let root = YamlPath::root();
+    duplicate_ids(
+        c,
+        "node",
+        def.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.as_str(), p.item_path("nodes", i).key("id"))),
+    );
+    duplicate_ids(
+        c,
+        "role",
+        def.roles
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.as_str(), root.key("roles").index(i).key("id"))),
+    );
+    duplicate_ids(
+        c,
+        "variable",
+        def.variables
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.name.as_str(), root.key("variables").index(i).key("name"))),
+    );
+    duplicate_ids(
+        c,
+        "document",
+        def.documents
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.as_str(), root.key("documents").index(i).key("id"))),
+    );
+    duplicate_ids(
+        c,
+        "indicator",
+        def.indicators
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.as_str(), root.key("indicators").index(i).key("id"))),
+    );
+    for (i, n) in def.nodes.iter().enumerate() {
+        let base = p.item_path("nodes", i);
+        match &n.kind {
+            NodeKind::UserTask(t) => {
+                duplicate_ids(
+                    c,
+                    "outcome",
+                    t.outcomes
+                        .iter()
+                        .enumerate()
+                        .map(|(j, o)| (o.id.as_str(), base.key("outcomes").index(j).key("id"))),
+                );
+                duplicate_ids(
+                    c,
+                    "form field",
+                    t.form
+                        .iter()
+                        .enumerate()
+                        .map(|(j, f)| (f.name.as_str(), base.key("form").index(j).key("name"))),
+                );
+            }
+            NodeKind::Start(s) => duplicate_ids(
+                c,
+                "start field",
+                s.data
+                    .iter()
+                    .enumerate()
+                    .map(|(j, f)| (f.name.as_str(), base.key("data").index(j).key("name"))),
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn start_count(c: &mut Checker<'_>) {
+    let starts: Vec<usize> = c
+        .def
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.kind, NodeKind::Start(_)))
+        .map(|(i, _)| i)
+        .collect();
+    match starts.as_slice() {
+        // A node that failed to load may have been the start.
+        [] if c.broken.is_empty() => c.error(
+            Code::StartCount,
+            YamlPath::root().key("nodes"),
+            "there is no start node: add one node with `kind: start`",
+        ),
+        [] | [_] => {}
+        [first, rest @ ..] => {
+            let first_id = c.def.nodes[*first].id.clone();
+            for i in rest {
+                c.error(
+                    Code::StartCount,
+                    c.node_path(*i).key("kind"),
+                    format!(
+                        "a definition has exactly one start node; `{first_id}` is already one \
+                         (route channels with an exclusive gate after the start)"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn edges(c: &mut Checker<'_>) {
+    let ids: Vec<&str> = c.def.nodes.iter().map(|n| n.id.as_str()).collect();
+    let mut problems = Vec::new();
+    for (i, n) in c.def.nodes.iter().enumerate() {
+        for e in n.edges(&c.node_path(i)) {
+            if !c.node_exists(e.to) {
+                let mut msg = format!("there is no node `{}`", e.to);
+                if let Some(close) = did_you_mean(e.to, ids.iter().copied()) {
+                    msg.push_str(&format!("; did you mean `{close}`?"));
+                }
+                problems.push((e.path, msg));
+            } else if let (EdgeLabel::Branch, Some(&j)) = (e.label, c.nodes.get(e.to))
+                && matches!(c.def.nodes[j].kind, NodeKind::Join(_))
+            {
+                problems.push((
+                    e.path,
+                    format!("fork branch `{}` goes straight to a join", e.to),
+                ));
+            }
+        }
+    }
+    for (path, msg) in problems {
+        let code = if msg.starts_with("fork") {
+            Code::InvalidSetting
+        } else {
+            Code::UnknownNode
+        };
+        c.error(code, path, msg);
+    }
+}
+
+fn role_exists(c: &Checker<'_>, role: &str) -> bool {
+    c.def.roles.iter().any(|r| r.id == role)
+}
+
+fn unknown_role(c: &mut Checker<'_>, role: &str, path: YamlPath) {
+    // An empty role is a missing field, reported by the loader.
+    if role.is_empty() || role_exists(c, role) {
+        return;
+    }
+    let ids: Vec<&str> = c.def.roles.iter().map(|r| r.id.as_str()).collect();
+    let mut msg = format!("role `{role}` is not declared under `roles`");
+    if let Some(close) = did_you_mean(role, ids.iter().copied()) {
+        msg.push_str(&format!("; did you mean `{close}`?"));
+    }
+    c.error(Code::UnknownRole, path, msg);
+}
+
+fn roles(c: &mut Checker<'_>) {
+    let def = c.def;
+    unknown_role(c, &def.owner_role, YamlPath::root().key("owner_role"));
+    for (i, n) in def.nodes.iter().enumerate() {
+        if let NodeKind::UserTask(t) = &n.kind {
+            unknown_role(c, &t.role, c.node_path(i).key("role"));
+        }
+    }
+    for (i, ind) in def.indicators.iter().enumerate() {
+        let path = c.parsed.item_path("indicators", i).key("responsible_role");
+        unknown_role(c, &ind.responsible_role, path);
+    }
+}
+
+fn documents(c: &mut Checker<'_>) {
+    let def = c.def;
+    for (i, d) in def.documents.iter().enumerate() {
+        for (j, node) in d.nodes.iter().enumerate() {
+            if !c.node_exists(node) {
+                let path = c.parsed.item_path("documents", i).key("nodes").index(j);
+                c.error(
+                    Code::UnknownNode,
+                    path,
+                    format!("there is no node `{node}`"),
+                );
+            }
+        }
+    }
+    for (i, n) in def.nodes.iter().enumerate() {
+        if let NodeKind::UserTask(t) = &n.kind {
+            for (j, doc) in t.documents.iter().enumerate() {
+                if !def.documents.iter().any(|d| &d.id == doc) {
+                    let path = c.node_path(i).key("documents").index(j);
+                    c.error(
+                        Code::UnknownDocument,
+                        path,
+                        format!("document `{doc}` is not declared under `documents`"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn fields(c: &mut Checker<'_>, fields: &[Field], base: &YamlPath) {
+    for (i, f) in fields.iter().enumerate() {
+        let path = base.index(i);
+        let textual = matches!(f.ty, VarType::String | VarType::Text);
+        let numeric = matches!(f.ty, VarType::Integer | VarType::Number);
+        if let Some(pattern) = &f.pattern {
+            if !textual {
+                c.error(
+                    Code::InvalidSetting,
+                    path.key("pattern"),
+                    format!("`pattern` applies to text fields, not to `{}`", f.ty),
+                );
+            } else if let Err(e) = Regex::new(pattern) {
+                let reason = e.to_string().lines().last().unwrap_or_default().to_owned();
+                c.error(
+                    Code::InvalidSetting,
+                    path.key("pattern"),
+                    format!("the pattern does not compile: {reason}"),
+                );
+            }
+        }
+        if !f.options.is_empty() && !textual {
+            c.error(
+                Code::InvalidSetting,
+                path.key("enum"),
+                format!("`enum` applies to text fields, not to `{}`", f.ty),
+            );
+        }
+        if (f.min.is_some() || f.max.is_some()) && !numeric {
+            c.error(
+                Code::InvalidSetting,
+                path.clone(),
+                format!("`min` and `max` apply to numbers, not to `{}`", f.ty),
+            );
+        }
+        if let (Some(min), Some(max)) = (f.min, f.max)
+            && min > max
+        {
+            c.error(
+                Code::InvalidSetting,
+                path.key("min"),
+                format!("`min` ({min}) is greater than `max` ({max})"),
+            );
+        }
+        if let (Some(min), Some(max)) = (f.min_length, f.max_length)
+            && min > max
+        {
+            c.error(
+                Code::InvalidSetting,
+                path.key("min_length"),
+                format!("`min_length` ({min}) is greater than `max_length` ({max})"),
+            );
+        }
+    }
+}
+
+fn nodes(c: &mut Checker<'_>) {
+    let def = c.def;
+    let forks: BTreeSet<&str> = def
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.kind {
+            NodeKind::Fork(f) => Some(f.join.as_str()),
+            _ => None,
+        })
+        .collect();
+    for (i, n) in def.nodes.iter().enumerate() {
+        let base = c.node_path(i);
+        match &n.kind {
+            NodeKind::Start(s) => {
+                if s.channels.is_empty() {
+                    c.error(
+                        Code::InvalidSetting,
+                        base.key("channels"),
+                        "a start needs at least one channel",
+                    );
+                }
+                fields(c, &s.data, &base.key("data"));
+            }
+            NodeKind::UserTask(t) => {
+                if t.outcomes.is_empty() {
+                    c.error(
+                        Code::InvalidSetting,
+                        base.key("outcomes"),
+                        "a user task needs at least one outcome (a button that completes it)",
+                    );
+                }
+                if t.escalation.is_some() && t.due.is_none() {
+                    c.error(
+                        Code::InvalidSetting,
+                        base.key("escalation"),
+                        "`escalation` needs `due`: when is the task overdue?",
+                    );
+                }
+                fields(c, &t.form, &base.key("form"));
+            }
+            NodeKind::ServiceTask(s) => {
+                if let Some(r) = &s.retry {
+                    if r.attempts == 0 {
+                        c.error(
+                            Code::InvalidSetting,
+                            base.key("retry").key("attempts"),
+                            "`attempts` counts the first try too; it must be at least 1",
+                        );
+                    }
+                    if r.initial_delay.as_std() > r.max_delay.as_std() {
+                        c.error(
+                            Code::InvalidSetting,
+                            base.key("retry").key("initial_delay"),
+                            format!(
+                                "`initial_delay` ({}) is longer than `max_delay` ({})",
+                                r.initial_delay, r.max_delay
+                            ),
+                        );
+                    }
+                }
+            }
+            NodeKind::ExclusiveGate(g) => {
+                if g.default.is_none() {
+                    c.error(
+                        Code::GateWithoutDefault,
+                        base.key("id"),
+                        format!(
+                            "exclusive gate `{}` has no `default`: when no condition holds the \
+                             token would be stuck; add `default: <node>`",
+                            n.id
+                        ),
+                    );
+                }
+                if g.branches.is_empty() {
+                    c.error(
+                        Code::InvalidSetting,
+                        base.key("branches"),
+                        "an exclusive gate needs at least one branch with a condition",
+                    );
+                }
+            }
+            NodeKind::Fork(f) => {
+                if f.branches.len() < 2 {
+                    c.error(
+                        Code::InvalidSetting,
+                        base.key("branches"),
+                        "a fork needs at least two branches",
+                    );
+                }
+                if let Some(&j) = c.nodes.get(f.join.as_str()) {
+                    if !matches!(def.nodes[j].kind, NodeKind::Join(_)) {
+                        c.error(
+                            Code::ForkWithoutJoin,
+                            base.key("join"),
+                            format!("`{}` is a {}, not a join", f.join, def.nodes[j].kind.name()),
+                        );
+                    }
+                } else if !c.broken.contains(&f.join) {
+                    c.error(
+                        Code::ForkWithoutJoin,
+                        base.key("join"),
+                        format!(
+                            "fork `{}` names join `{}`, which does not exist",
+                            n.id, f.join
+                        ),
+                    );
+                }
+            }
+            NodeKind::Join(_) => {
+                if !forks.contains(n.id.as_str()) {
+                    c.error(
+                        Code::JoinWithoutFork,
+                        base.key("id"),
+                        format!("no fork names join `{}` in its `join` field", n.id),
+                    );
+                }
+            }
+            NodeKind::TimerWait(t) => {
+                if t.after.is_some() == t.at.is_some() {
+                    c.error(
+                        Code::InvalidSetting,
+                        base.key("id"),
+                        "a timer wait needs exactly one of `after` (a duration) or `at` (a moment)",
+                    );
+                }
+            }
+            NodeKind::Call(call) => {
+                if !call.wait && !call.output.is_empty() {
+                    c.error(
+                        Code::InvalidSetting,
+                        base.key("output"),
+                        "`output` needs `wait: true`: a call that goes on at once has no output",
+                    );
+                }
+            }
+            NodeKind::End(e) => {
+                if e.outcome.trim().is_empty() && !c.broken.contains(&n.id) {
+                    c.error(
+                        Code::InvalidSetting,
+                        base.key("outcome"),
+                        "an end needs an outcome",
+                    );
+                }
+            }
+            NodeKind::MessageWait(_) => {}
+        }
+    }
+}
+
+fn services(c: &mut Checker<'_>) {
+    let def = c.def;
+    let catalog = c.ctx.catalog;
+    for (i, n) in def.nodes.iter().enumerate() {
+        let NodeKind::ServiceTask(s) = &n.kind else {
+            continue;
+        };
+        let base = c.node_path(i);
+        let Some(connector) = catalog.connector(&s.connector) else {
+            let names: Vec<&str> = catalog.connectors().map(|c| c.name.as_str()).collect();
+            let mut msg = format!("there is no connector `{}`", s.connector);
+            if let Some(close) = did_you_mean(&s.connector, names.iter().copied()) {
+                msg.push_str(&format!("; did you mean `{close}`?"));
+            }
+            msg.push_str(&format!("; known connectors: {}", list(&names)));
+            c.error(Code::UnknownConnector, base.key("connector"), msg);
+            continue;
+        };
+        let Some(op) = connector.operation(&s.operation) else {
+            let names: Vec<&str> = connector
+                .operations
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect();
+            let mut msg = format!(
+                "connector `{}` has no operation `{}`",
+                connector.name, s.operation
+            );
+            if let Some(close) = did_you_mean(&s.operation, names.iter().copied()) {
+                msg.push_str(&format!("; did you mean `{close}`?"));
+            }
+            msg.push_str(&format!("; it has {}", list(&names)));
+            c.error(Code::UnknownOperation, base.key("operation"), msg);
+            continue;
+        };
+        for key in s.input.keys() {
+            if !op.inputs.iter().any(|p| &p.name == key) {
+                let names: Vec<&str> = op.inputs.iter().map(|p| p.name.as_str()).collect();
+                c.error(
+                    Code::UnknownInput,
+                    base.key("input").key(key),
+                    format!(
+                        "`{}.{}` takes no input `{key}`; it takes {}",
+                        connector.name,
+                        op.name,
+                        list(&names)
+                    ),
+                );
+            }
+        }
+        for p in op.inputs.iter().filter(|p| p.required) {
+            if !s.input.contains_key(&p.name) {
+                c.error(
+                    Code::MissingInput,
+                    base.key("operation"),
+                    format!(
+                        "`{}.{}` needs input `{}` ({}); map it under `input`",
+                        connector.name, op.name, p.name, p.description
+                    ),
+                );
+            }
+        }
+        for (j, route) in s.errors.iter().enumerate() {
+            if !op.errors.iter().any(|e| e.name == route.error) {
+                let names: Vec<&str> = op.errors.iter().map(|e| e.name.as_str()).collect();
+                c.error(
+                    Code::UnknownBusinessError,
+                    base.key("errors").index(j).key("error"),
+                    format!(
+                        "`{}.{}` has no business error `{}`; it declares {}",
+                        connector.name,
+                        op.name,
+                        route.error,
+                        if names.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            list(&names)
+                        }
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn calls(c: &mut Checker<'_>) {
+    let def = c.def;
+    let procedures = c.ctx.procedures;
+    for (i, n) in def.nodes.iter().enumerate() {
+        let NodeKind::Call(call) = &n.kind else {
+            continue;
+        };
+        let base = c.node_path(i);
+        let linked = def
+            .links
+            .entry
+            .iter()
+            .chain(&def.links.exit)
+            .any(|l| l.code == call.procedure);
+        let Some(target) = procedures.get(&call.procedure) else {
+            let mut msg = format!("there is no procedure `{}`", call.procedure);
+            if let Some(close) =
+                did_you_mean(&call.procedure, procedures.keys().map(String::as_str))
+            {
+                msg.push_str(&format!("; did you mean `{close}`?"));
+            }
+            msg.push_str(&format!("; known procedures: {}", list(procedures.keys())));
+            c.error(Code::UnknownProcedure, base.key("procedure"), msg);
+            continue;
+        };
+        if !target.callable {
+            c.error(
+                Code::UnknownProcedure,
+                base.key("procedure"),
+                format!(
+                    "`{}` cannot be called: its start does not list the `procedure` channel",
+                    call.procedure
+                ),
+            );
+        }
+        if !linked {
+            c.error(
+                Code::UnknownProcedure,
+                base.key("procedure"),
+                format!(
+                    "`{}` is called but not listed under `links` (entry or exit)",
+                    call.procedure
+                ),
+            );
+        }
+        for key in call.input.keys() {
+            if !target.start_fields.iter().any(|(f, _)| f == key) {
+                let names: Vec<&str> = target
+                    .start_fields
+                    .iter()
+                    .map(|(f, _)| f.as_str())
+                    .collect();
+                c.error(
+                    Code::UnknownInput,
+                    base.key("input").key(key),
+                    format!(
+                        "the start of `{}` takes no field `{key}`; it takes {}",
+                        call.procedure,
+                        list(&names)
+                    ),
+                );
+            }
+        }
+        for (field, required) in &target.start_fields {
+            if *required && !call.input.contains_key(field) {
+                c.error(
+                    Code::MissingInput,
+                    base.key("procedure"),
+                    format!(
+                        "the start of `{}` requires `{field}`; map it under `input`",
+                        call.procedure
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn indicators(c: &mut Checker<'_>) {
+    let def = c.def;
+    let outcomes: BTreeSet<&str> = def
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.kind {
+            NodeKind::End(e) => Some(e.outcome.as_str()),
+            _ => None,
+        })
+        .collect();
+    for (i, ind) in def.indicators.iter().enumerate() {
+        let base = c.parsed.item_path("indicators", i);
+        for (part, population) in [
+            ("numerator", &ind.numerator),
+            ("denominator", &ind.denominator),
+        ] {
+            for (j, end) in population.ends.iter().enumerate() {
+                if !outcomes.contains(end.as_str()) {
+                    let mut msg = format!("no end node has outcome `{end}`");
+                    if let Some(close) = did_you_mean(end, outcomes.iter().copied()) {
+                        msg.push_str(&format!("; did you mean `{close}`?"));
+                    }
+                    msg.push_str(&format!("; the ends are {}", list(&outcomes)));
+                    c.error(Code::UnknownEnd, base.key(part).key("ends").index(j), msg);
+                }
+            }
+        }
+        if ind.scale <= 0.0 {
+            c.error(
+                Code::InvalidSetting,
+                base.key("scale"),
+                "`scale` must be positive",
+            );
+        }
+    }
+}

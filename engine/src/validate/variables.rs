@@ -1,0 +1,288 @@
+//! Variables and expressions: every expression compiles, reads only what
+//! exists, and reads nothing that no step ever writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{Checker, list};
+use crate::definition::{Field, Mapping, NodeKind, VarType};
+use crate::diagnostic::{Code, did_you_mean};
+use crate::expr::Expr;
+use crate::position::YamlPath;
+
+/// Fields of the `instance` every expression can read.
+pub const INSTANCE_FIELDS: [&str; 4] = ["id", "business_key", "channel", "started_at"];
+
+/// What else an expression can read, besides variables and `instance`.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// Only variables and `instance`.
+    Instance,
+    /// A service task's output: `result`, with the operation's outputs if known.
+    Result(Option<&'a [crate::catalog::ParamSpec]>),
+    /// A business error route: `error`.
+    Error,
+    /// A message wait's store: `message` (the payload).
+    Message,
+    /// A call's output: `output`, with the child's variables if known.
+    Output(Option<&'a BTreeMap<String, VarType>>),
+}
+
+pub(super) fn check(c: &mut Checker<'_>) {
+    let written = writes(c);
+    let exprs = expressions(c);
+    for (path, expr, scope) in exprs {
+        reads(c, &written, &path, expr, scope);
+    }
+}
+
+fn declared(c: &mut Checker<'_>, name: &str, path: YamlPath) -> Option<VarType> {
+    if let Some(v) = c.def.variable(name) {
+        return Some(v.ty);
+    }
+    let names: Vec<&str> = c.def.variables.iter().map(|v| v.name.as_str()).collect();
+    let mut msg = format!("`{name}` is not declared under `variables`");
+    if let Some(close) = did_you_mean(name, names.iter().copied()) {
+        msg.push_str(&format!("; did you mean `{close}`?"));
+    }
+    c.error(Code::UnknownVariable, path, msg);
+    None
+}
+
+fn field_writes(
+    c: &mut Checker<'_>,
+    fields: &[Field],
+    base: &YamlPath,
+    out: &mut BTreeSet<String>,
+) {
+    for (i, f) in fields.iter().enumerate() {
+        let path = base.index(i).key("name");
+        if let Some(ty) = declared(c, &f.name, path) {
+            if !f.ty.fits(ty) {
+                c.error(
+                    Code::TypeMismatch,
+                    base.index(i).key("type"),
+                    format!(
+                        "field `{}` is `{}` but the variable is declared `{ty}`",
+                        f.name, f.ty
+                    ),
+                );
+            }
+            out.insert(f.name.clone());
+        }
+    }
+}
+
+fn mapping_writes(
+    c: &mut Checker<'_>,
+    mapping: &Mapping,
+    base: &YamlPath,
+    out: &mut BTreeSet<String>,
+) {
+    for key in mapping.keys() {
+        if declared(c, key, base.key(key)).is_some() {
+            out.insert(key.clone());
+        }
+    }
+}
+
+/// Every variable some node writes.
+fn writes(c: &mut Checker<'_>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (i, n) in c.def.nodes.iter().enumerate() {
+        let base = c.node_path(i);
+        match &n.kind {
+            NodeKind::Start(s) => field_writes(c, &s.data, &base.key("data"), &mut out),
+            NodeKind::UserTask(t) => {
+                field_writes(c, &t.form, &base.key("form"), &mut out);
+                for (j, o) in t.outcomes.iter().enumerate() {
+                    mapping_writes(
+                        c,
+                        &o.set,
+                        &base.key("outcomes").index(j).key("set"),
+                        &mut out,
+                    );
+                }
+            }
+            NodeKind::ServiceTask(s) => {
+                mapping_writes(c, &s.output, &base.key("output"), &mut out);
+                for (j, r) in s.errors.iter().enumerate() {
+                    mapping_writes(c, &r.set, &base.key("errors").index(j).key("set"), &mut out);
+                }
+            }
+            NodeKind::MessageWait(w) => mapping_writes(c, &w.store, &base.key("store"), &mut out),
+            NodeKind::Call(call) => mapping_writes(c, &call.output, &base.key("output"), &mut out),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Every expression of the definition, with its path and scope.
+fn expressions<'a>(c: &Checker<'a>) -> Vec<(YamlPath, &'a Expr, Scope<'a>)> {
+    let def = c.def;
+    let mut out = Vec::new();
+    let mapping = |m: &'a Mapping, base: YamlPath, scope, out: &mut Vec<_>| {
+        for (k, e) in m {
+            out.push((base.key(k), e, scope));
+        }
+    };
+    for (i, n) in def.nodes.iter().enumerate() {
+        let base = c.node_path(i);
+        let defaults = |fields: &'a [Field], base: YamlPath, out: &mut Vec<_>| {
+            for (j, f) in fields.iter().enumerate() {
+                if let Some(d) = &f.default {
+                    out.push((base.index(j).key("default"), d, Scope::Instance));
+                }
+            }
+        };
+        match &n.kind {
+            NodeKind::Start(s) => defaults(&s.data, base.key("data"), &mut out),
+            NodeKind::UserTask(t) => {
+                defaults(&t.form, base.key("form"), &mut out);
+                for (j, o) in t.outcomes.iter().enumerate() {
+                    let p = base.key("outcomes").index(j).key("set");
+                    mapping(&o.set, p, Scope::Instance, &mut out);
+                }
+            }
+            NodeKind::ServiceTask(s) => {
+                let outputs = c
+                    .ctx
+                    .catalog
+                    .connector(&s.connector)
+                    .and_then(|k| k.operation(&s.operation))
+                    .map(|op| op.outputs.as_slice());
+                mapping(&s.input, base.key("input"), Scope::Instance, &mut out);
+                mapping(
+                    &s.output,
+                    base.key("output"),
+                    Scope::Result(outputs),
+                    &mut out,
+                );
+                for (j, r) in s.errors.iter().enumerate() {
+                    let p = base.key("errors").index(j).key("set");
+                    mapping(&r.set, p, Scope::Error, &mut out);
+                }
+            }
+            NodeKind::ExclusiveGate(g) => {
+                for (j, b) in g.branches.iter().enumerate() {
+                    out.push((
+                        base.key("branches").index(j).key("when"),
+                        &b.when,
+                        Scope::Instance,
+                    ));
+                }
+            }
+            NodeKind::MessageWait(w) => {
+                out.push((base.key("correlation"), &w.correlation, Scope::Instance));
+                mapping(&w.store, base.key("store"), Scope::Message, &mut out);
+            }
+            NodeKind::TimerWait(t) => {
+                if let Some(at) = &t.at {
+                    out.push((base.key("at"), at, Scope::Instance));
+                }
+            }
+            NodeKind::Call(call) => {
+                let child = c.ctx.procedures.get(&call.procedure).map(|p| &p.variables);
+                mapping(&call.input, base.key("input"), Scope::Instance, &mut out);
+                mapping(
+                    &call.output,
+                    base.key("output"),
+                    Scope::Output(child),
+                    &mut out,
+                );
+            }
+            NodeKind::Fork(_) | NodeKind::Join(_) | NodeKind::End(_) => {}
+        }
+    }
+    for (i, ind) in def.indicators.iter().enumerate() {
+        let base = c.parsed.item_path("indicators", i);
+        for (part, p) in [
+            ("numerator", &ind.numerator),
+            ("denominator", &ind.denominator),
+        ] {
+            if let Some(cond) = &p.condition {
+                out.push((base.key(part).key("condition"), cond, Scope::Instance));
+            }
+        }
+    }
+    out
+}
+
+fn reads(
+    c: &mut Checker<'_>,
+    written: &BTreeSet<String>,
+    path: &YamlPath,
+    expr: &Expr,
+    scope: Scope<'_>,
+) {
+    if let Err(e) = expr.program() {
+        c.error(
+            Code::Expression,
+            path.clone(),
+            format!("`{}` does not compile: {e}", expr.source()),
+        );
+        return;
+    }
+    for r in expr.reads() {
+        let field = r.field.as_deref();
+        match (r.root.as_str(), scope) {
+            ("instance", _) => {
+                if let Some(f) = field
+                    && !INSTANCE_FIELDS.contains(&f)
+                {
+                    c.error(
+                        Code::UnknownVariable,
+                        path.clone(),
+                        format!(
+                            "`instance` has no field `{f}`; it has {}",
+                            list(INSTANCE_FIELDS)
+                        ),
+                    );
+                }
+            }
+            ("result", Scope::Result(outputs)) => {
+                if let (Some(f), Some(outputs)) = (field, outputs)
+                    && !outputs.iter().any(|o| o.name == f)
+                {
+                    let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+                    let mut msg = format!("the operation returns no `{f}`");
+                    if let Some(close) = did_you_mean(f, names.iter().copied()) {
+                        msg.push_str(&format!("; did you mean `result.{close}`?"));
+                    }
+                    msg.push_str(&format!("; it returns {}", list(&names)));
+                    c.error(Code::UnknownOutput, path.clone(), msg);
+                }
+            }
+            ("output", Scope::Output(variables)) => {
+                if let (Some(f), Some(vars)) = (field, variables)
+                    && !vars.contains_key(f)
+                {
+                    c.error(
+                        Code::UnknownOutput,
+                        path.clone(),
+                        format!(
+                            "the called procedure has no variable `{f}`; it has {}",
+                            list(vars.keys())
+                        ),
+                    );
+                }
+            }
+            ("error", Scope::Error) | ("message", Scope::Message) => {}
+            (name, _) => {
+                // When some node failed to load, its writes are unknown.
+                let complete = c.parsed.is_complete();
+                if declared(c, name, path.clone()).is_some() && complete && !written.contains(name)
+                {
+                    c.error(
+                        Code::NeverWritten,
+                        path.clone(),
+                        format!(
+                            "`{name}` is read here but no step ever writes it (no start field, \
+                             form field, output, store or `set` names it)"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}

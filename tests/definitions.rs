@@ -1,0 +1,291 @@
+//! Definitions end to end: the shipped procedures validate clean, every
+//! invalid case in `tests/definitions/invalid/` reports exactly the errors
+//! it expects at the lines and columns it expects, P06 is faithful to the
+//! original, and its diagram and the format's schema do not drift.
+
+use std::collections::BTreeSet;
+
+use tramite_engine::definition::{NodeKind, Side};
+use tramite_engine::diagnostic::Code;
+use tramite_engine::diagram::{self, Format};
+use tramite_engine::text::Lang;
+use tramite_tests::{compile, expectations, processes, repo_root};
+
+fn p06_text() -> String {
+    std::fs::read_to_string(repo_root().join("processes/ope-sum-ven-p06.yaml")).unwrap()
+}
+
+#[test]
+fn shipped_definitions_validate_clean() {
+    let files = processes();
+    let codes: BTreeSet<String> = files
+        .iter()
+        .map(|f| {
+            let name = f.path.display().to_string();
+            match compile(&name, &f.text) {
+                Ok(c) => c.definition.code,
+                Err(d) => panic!("{name} does not validate:\n{}", d.render(&f.text)),
+            }
+        })
+        .collect();
+    let expected = ["COM-GCM-P01", "OPE-SUM-VEN-P06", "OPR-PAS-P02"];
+    assert_eq!(codes, expected.iter().map(|s| s.to_string()).collect());
+}
+
+#[test]
+fn every_invalid_case_reports_exactly_its_expected_errors() {
+    let dir = repo_root().join("tests/definitions/invalid");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 19, "the corpus shrank: {cases:?}");
+    let mut failures = Vec::new();
+    let mut codes_seen = BTreeSet::new();
+    for case in &cases {
+        let text = std::fs::read_to_string(case).unwrap();
+        let expected = expectations(&text);
+        assert!(
+            !expected.is_empty(),
+            "{} has no `# expect:` line",
+            case.display()
+        );
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let diagnostics = match compile(&name, &text) {
+            Ok(_) => {
+                failures.push(format!("{name}: validated clean, expected {expected:?}"));
+                continue;
+            }
+            Err(d) => d,
+        };
+        let mut actual: Vec<(u32, u32, String, String)> = diagnostics
+            .items
+            .iter()
+            .map(|d| {
+                let pos = d
+                    .pos
+                    .unwrap_or_else(|| panic!("{name}: no position for {d:?}"));
+                codes_seen.insert(d.code);
+                (pos.line, pos.column, d.code.to_string(), d.message.clone())
+            })
+            .collect();
+        actual.sort();
+        let matches = actual.len() == expected.len()
+            && actual.iter().zip(&expected).all(|(a, e)| {
+                a.0 == e.line && a.1 == e.column && a.2 == e.code && a.3.contains(&e.contains)
+            });
+        if !matches {
+            failures.push(format!(
+                "{name}:\n  expected:\n{}\n  actual:\n{}",
+                expected
+                    .iter()
+                    .map(|e| format!("    {}:{} {} {:?}", e.line, e.column, e.code, e.contains))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                actual
+                    .iter()
+                    .map(|a| format!("    {}:{} {} {:?}", a.0, a.1, a.2, a.3))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+    // The corpus exercises every check the validator has.
+    let all = [
+        Code::YamlSyntax,
+        Code::InvalidValue,
+        Code::UnknownField,
+        Code::MissingField,
+        Code::DuplicateId,
+        Code::StartCount,
+        Code::UnknownNode,
+        Code::Unreachable,
+        Code::NoEndReachable,
+        Code::GateWithoutDefault,
+        Code::Expression,
+        Code::SpinCycle,
+        Code::UnknownRole,
+        Code::UnknownConnector,
+        Code::UnknownOperation,
+        Code::UnknownInput,
+        Code::MissingInput,
+        Code::UnknownOutput,
+        Code::UnknownBusinessError,
+        Code::UnknownVariable,
+        Code::NeverWritten,
+        Code::TypeMismatch,
+        Code::ForkWithoutJoin,
+        Code::JoinWithoutFork,
+        Code::UnknownProcedure,
+        Code::UnknownEnd,
+        Code::InvalidSetting,
+    ];
+    let missing: Vec<_> = all.iter().filter(|c| !codes_seen.contains(c)).collect();
+    assert!(missing.is_empty(), "no corpus case covers {missing:?}");
+}
+
+#[test]
+fn a_broken_copy_of_p06_with_three_mistakes_gets_three_messages() {
+    let text = p06_text()
+        // 1. a misspelt field inside a node
+        .replacen(
+            "    role: agente_ventas_digitales\n",
+            "    rol: agente_ventas_digitales\n",
+            1,
+        )
+        // 2. an outcome leading to a node that does not exist
+        .replacen(
+            "        next: informar_imposibilidad\n",
+            "        next: informar_imposibilida\n",
+            1,
+        )
+        // 3. a gate condition that reads an undeclared variable
+        .replacen(
+            "      - when: gis_capacidad\n",
+            "      - when: gis_capacida\n",
+            1,
+        );
+    let diagnostics = compile("p06-broken.yaml", &text).expect_err("three mistakes");
+    let got: Vec<(Code, u32)> = diagnostics
+        .items
+        .iter()
+        .map(|d| (d.code, d.pos.expect("positioned").line))
+        .collect();
+    let line_of = |needle: &str| {
+        text.lines()
+            .position(|l| l.contains(needle))
+            .expect("mistake present") as u32
+            + 1
+    };
+    assert_eq!(
+        got,
+        vec![
+            (Code::UnknownField, line_of("rol: agente_ventas_digitales")),
+            (Code::UnknownVariable, line_of("when: gis_capacida")),
+            (Code::UnknownNode, line_of("next: informar_imposibilida")),
+        ],
+        "{diagnostics}"
+    );
+}
+
+#[test]
+fn p06_models_every_step_of_the_original() {
+    let compiled = compile("p06", &p06_text()).unwrap();
+    let def = compiled.definition;
+    assert_eq!(def.code, "OPE-SUM-VEN-P06");
+    let steps: BTreeSet<String> = def
+        .nodes
+        .iter()
+        .filter_map(|n| n.step.as_ref())
+        .map(|s| s.0.split('.').next().unwrap().to_owned())
+        .collect();
+    for step in 1..=14 {
+        assert!(steps.contains(&step.to_string()), "step {step} has no node");
+    }
+    // Both decision points lead to step 14 when they fail.
+    let step_of = |id: &str| def.node(id).and_then(|n| n.step.clone()).map(|s| s.0);
+    for gate in ["tiene_impedimento", "tiene_capacidad"] {
+        let NodeKind::ExclusiveGate(g) = &def.node(gate).unwrap().kind else {
+            panic!("{gate} is a gate");
+        };
+        assert_eq!(
+            step_of(g.default.as_deref().unwrap()).as_deref(),
+            Some("14")
+        );
+    }
+    // The WhatsApp wait correlates on the client's phone and has a timeout route.
+    let NodeKind::MessageWait(w) = &def.node("recibir_requisitos").unwrap().kind else {
+        panic!("step 9 is a message wait");
+    };
+    assert_eq!(w.correlation.source(), "telefono");
+    assert!(w.timeout.is_some());
+    // Lost call → call back (1.2), with a deadline that escalates.
+    let NodeKind::UserTask(t) = &def.node("devolver_llamada").unwrap().kind else {
+        panic!("1.2 is a user task");
+    };
+    assert!(t.due.is_some() && t.escalation.is_some());
+    // Step 14's reasons include the ones the original names.
+    let NodeKind::UserTask(t) = &def.node("informar_imposibilidad").unwrap().kind else {
+        panic!("14 is a user task");
+    };
+    let reasons: Vec<&str> = t.form[0].options.iter().map(|o| o.value.as_str()).collect();
+    for r in [
+        "central_riesgos",
+        "devolucion_equipo",
+        "sin_capacidad_tecnica",
+        "otro",
+    ] {
+        assert!(reasons.contains(&r), "reason {r} missing: {reasons:?}");
+    }
+    // Documents, indicator and links as in the original.
+    let docs: Vec<&str> = def.documents.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(docs, ["solicitud_servicio", "contrato_servicios"]);
+    let ind = &def.indicators[0];
+    assert_eq!(ind.verdict.threshold, 95.0);
+    assert_eq!(ind.verdict.at_threshold, Side::Above);
+    assert_eq!(ind.numerator.ends, ["venta_concretada"]);
+    assert_eq!(def.links.entry[0].code, "COM-GCM-P01");
+    assert_eq!(def.links.exit[0].code, "OPR-PAS-P02");
+    // Instructions of step 3 carry the Annex 1 protocol.
+    let NodeKind::UserTask(t) = &def.node("identificar_cliente").unwrap().kind else {
+        panic!("3 is a user task");
+    };
+    let instructions = t.instructions.as_ref().unwrap();
+    assert!(
+        instructions
+            .es
+            .contains("Bienvenido(a) a Ventas Digitales Comteco")
+    );
+    assert!(instructions.get(Lang::En).contains("Annex 1"));
+}
+
+#[test]
+fn p06_mermaid_diagram_matches_its_snapshot() {
+    let compiled = compile("p06", &p06_text()).unwrap();
+    let actual = diagram::render(&compiled.definition, Format::Mermaid, Lang::Es);
+    let path = repo_root().join("tests/snapshots/ope-sum-ven-p06.mmd");
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, &actual).unwrap();
+    }
+    let expected =
+        std::fs::read_to_string(&path).expect("snapshot exists (UPDATE_SNAPSHOTS=1 writes it)");
+    assert_eq!(
+        actual, expected,
+        "rerun with UPDATE_SNAPSHOTS=1 if the change is intended"
+    );
+}
+
+#[test]
+fn committed_schema_is_the_generated_one() {
+    let committed = std::fs::read_to_string(repo_root().join("docs/definition.schema.json"))
+        .expect("docs/definition.schema.json exists");
+    assert_eq!(
+        committed,
+        tramite_engine::schema::definition_schema_text(),
+        "regenerate with `cargo run -p tramite -- schema > docs/definition.schema.json`"
+    );
+}
+
+#[test]
+fn schema_accepts_the_shipped_definitions_and_flags_mistakes() {
+    let schema = tramite_engine::schema::definition_schema();
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    for f in processes() {
+        let doc: serde_json::Value = serde_yaml::from_str(&f.text).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{}: {errors:#?}", f.path.display());
+    }
+    let broken = p06_text().replacen(
+        "    role: agente_ventas_digitales\n",
+        "    rol: agente_ventas_digitales\n",
+        1,
+    );
+    let doc: serde_json::Value = serde_yaml::from_str(&broken).unwrap();
+    assert!(
+        !validator.is_valid(&doc),
+        "an unknown field must fail the schema"
+    );
+}
