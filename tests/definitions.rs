@@ -289,3 +289,23 @@ fn schema_accepts_the_shipped_definitions_and_flags_mistakes() {
         "an unknown field must fail the schema"
     );
 }
+
+#[test]
+fn the_worked_example_in_the_format_guide_validates() {
+    let guide = std::fs::read_to_string(repo_root().join("docs/definition-format.md")).unwrap();
+    let after = guide
+        .split("## A worked example")
+        .nth(1)
+        .expect("the guide has a worked example");
+    let example = after
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("a yaml block");
+    if let Err(d) = compile("docs/definition-format.md", example) {
+        panic!(
+            "the worked example does not validate:\n{}",
+            d.render(example)
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! The `tramite` binary as a process owner runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn tramite(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tramite"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn validate_accepts_the_shipped_processes() {
+    let out = tramite(&["validate", "processes/"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("ok: processes/ope-sum-ven-p06.yaml (OPE-SUM-VEN-P06 v1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("3 definition(s) valid"), "{stdout}");
+}
+
+#[test]
+fn validate_a_single_file_resolves_calls_against_its_folder() {
+    let out = tramite(&["validate", "processes/com-gcm-p01.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn validate_prints_every_error_compiler_style_and_exits_1() {
+    let out = tramite(&[
+        "validate",
+        "--style",
+        "short",
+        "tests/definitions/invalid/connectors.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(": error[")).collect();
+    assert_eq!(lines.len(), 6, "{stderr}");
+    assert!(
+        lines[0].starts_with(
+            "tests/definitions/invalid/connectors.yaml:18:16: error[unknown-connector]"
+        ),
+        "{stderr}"
+    );
+
+    let out = tramite(&["validate", "tests/definitions/invalid/unknown-node.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--> tests/definitions/invalid/unknown-node.yaml:17:15"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("17 |         next: final\n"), "{stderr}");
+    assert!(stderr.contains("error: 2 problem(s) found"), "{stderr}");
+}
+
+#[test]
+fn validate_reports_a_missing_file_without_panicking() {
+    let out = tramite(&["validate", "processes/nope.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read processes/nope.yaml"));
+}
+
+#[test]
+fn graph_prints_mermaid_and_dot() {
+    let out = tramite(&["graph", "processes/ope-sum-ven-p06.yaml"]);
+    assert!(out.status.success());
+    let mermaid = text(&out.stdout);
+    assert!(mermaid.contains("flowchart TD"));
+    assert!(
+        mermaid.contains(
+            "tiene_impedimento -->|\"Con impedimento → paso 14\"| informar_imposibilidad"
+        )
+    );
+
+    let out = tramite(&[
+        "graph",
+        "--format",
+        "dot",
+        "--lang",
+        "en",
+        "processes/ope-sum-ven-p06.yaml",
+    ]);
+    assert!(out.status.success());
+    let dot = text(&out.stdout);
+    assert!(dot.starts_with("digraph \"OPE-SUM-VEN-P06\""));
+    assert!(
+        dot.contains(
+            "\"tiene_capacidad\" -> \"informar_imposibilidad\" [label=\"No capacity → step 14\"]"
+        ),
+        "{dot}"
+    );
+
+    let out = tramite(&["graph", "tests/definitions/invalid/unreachable.yaml"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an invalid definition has no diagram"
+    );
+}
+
+#[test]
+fn schema_prints_the_committed_schema() {
+    let out = tramite(&["schema"]);
+    assert!(out.status.success());
+    let committed = std::fs::read_to_string(repo().join("docs/definition.schema.json")).unwrap();
+    assert_eq!(text(&out.stdout), committed);
+}
