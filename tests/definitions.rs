@@ -121,6 +121,7 @@ fn every_invalid_case_reports_exactly_its_expected_errors() {
         Code::JoinWithoutFork,
         Code::UnknownProcedure,
         Code::UnknownEnd,
+        Code::UnknownDocument,
         Code::InvalidSetting,
     ];
     let missing: Vec<_> = all.iter().filter(|c| !codes_seen.contains(c)).collect();
@@ -144,8 +145,8 @@ fn a_broken_copy_of_p06_with_three_mistakes_gets_three_messages() {
         )
         // 3. a gate condition that reads an undeclared variable
         .replacen(
-            "      - when: gis_capacidad\n",
-            "      - when: gis_capacida\n",
+            "      - when: capacidad_confirmada\n",
+            "      - when: capacidad_confirmda\n",
             1,
         );
     let diagnostics = compile("p06-broken.yaml", &text).expect_err("three mistakes");
@@ -164,10 +165,42 @@ fn a_broken_copy_of_p06_with_three_mistakes_gets_three_messages() {
         got,
         vec![
             (Code::UnknownField, line_of("rol: agente_ventas_digitales")),
-            (Code::UnknownVariable, line_of("when: gis_capacida")),
+            (Code::UnknownVariable, line_of("when: capacidad_confirmda")),
             (Code::UnknownNode, line_of("next: informar_imposibilida")),
         ],
         "{diagnostics}"
+    );
+}
+
+#[test]
+fn graph_mistakes_are_reported_beside_the_others() {
+    let text = p06_text()
+        // 1. an unknown top-level field
+        .replacen("owner_role:", "descripcion: x\nowner_role:", 1)
+        // 2. two gates whose defaults lead to each other: a cycle without waiting
+        .replacen(
+            "    default: informar_imposibilidad\n    default_label: {es: Con impedimento",
+            "    default: tiene_capacidad\n    default_label: {es: Con impedimento",
+            1,
+        )
+        .replacen(
+            "    default: informar_imposibilidad\n    default_label: {es: Sin capacidad",
+            "    default: tiene_impedimento\n    default_label: {es: Sin capacidad",
+            1,
+        )
+        // 3. an indicator counting an end that does not exist
+        .replacen("ends: [venta_concretada]", "ends: [venta_concretda]", 1);
+    let diagnostics = compile("p06-broken.yaml", &text).expect_err("three mistakes");
+    let codes: Vec<Code> = diagnostics.items.iter().map(|d| d.code).collect();
+    assert_eq!(
+        codes,
+        vec![Code::UnknownField, Code::UnknownEnd, Code::SpinCycle],
+        "{diagnostics}"
+    );
+    let cycle = &diagnostics.items[2].message;
+    assert!(
+        cycle.contains("tiene_impedimento → tiene_capacidad → tiene_impedimento"),
+        "{cycle}"
     );
 }
 
@@ -308,4 +341,15 @@ fn the_worked_example_in_the_format_guide_validates() {
             d.render(example)
         );
     }
+}
+
+#[test]
+fn the_readme_shows_the_current_p06_diagram() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let compiled = compile("p06", &p06_text()).unwrap();
+    let diagram = diagram::render(&compiled.definition, Format::Mermaid, Lang::Es);
+    assert!(
+        readme.contains(&format!("```mermaid\n{diagram}```")),
+        "README.md's P06 diagram is stale: paste `tramite graph processes/ope-sum-ven-p06.yaml`"
+    );
 }

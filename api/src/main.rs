@@ -23,6 +23,12 @@ enum Error {
     /// Writing the output failed (a closed pipe, a full disk).
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
+    /// `graph` draws one definition.
+    #[error("{} is a folder; `graph` draws one definition file", path.display())]
+    NotAFile {
+        /// What was given.
+        path: PathBuf,
+    },
     /// A definition has problems; they were already printed.
     #[error("{count} problem(s) found")]
     Invalid {
@@ -52,6 +58,10 @@ enum Command {
         /// `human`: with the source line; `short`: one line per problem (file:line:col).
         #[arg(long, value_enum, default_value_t = Style::Human)]
         style: Style,
+        /// More definitions (files or folders) that `call` nodes may name,
+        /// besides those given and those beside them.
+        #[arg(long = "library", value_name = "PATH")]
+        library: Vec<PathBuf>,
     },
     /// Print a definition as a Mermaid or Graphviz diagram.
     Graph {
@@ -96,7 +106,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            ExitCode::FAILURE
         }
     }
 }
@@ -104,8 +114,15 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Error> {
     let mut stdout = std::io::stdout().lock();
     match cli.command {
-        Command::Validate { paths, style } => validate(&paths, style, &mut stdout),
+        Command::Validate {
+            paths,
+            style,
+            library,
+        } => validate(&paths, &library, style, &mut stdout),
         Command::Graph { file, format, lang } => {
+            if file.is_dir() {
+                return Err(Error::NotAFile { path: file });
+            }
             let files = library::read(std::slice::from_ref(&file))?;
             let context = library::neighbours(&files)?;
             let catalog = tramite_connectors::catalog();
@@ -143,9 +160,15 @@ fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
-fn validate(paths: &[PathBuf], style: Style, out: &mut impl Write) -> Result<(), Error> {
+fn validate(
+    paths: &[PathBuf],
+    extra: &[PathBuf],
+    style: Style,
+    out: &mut impl Write,
+) -> Result<(), Error> {
     let files = library::read(paths)?;
-    let context = library::neighbours(&files)?;
+    let mut context = library::neighbours(&files)?;
+    context.extend(library::read(extra)?);
     let catalog = tramite_connectors::catalog();
     let mut problems = 0;
     for ((path, result), file) in library::compile(&files, &context, &catalog)

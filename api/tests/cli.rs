@@ -73,7 +73,7 @@ fn validate_prints_every_error_compiler_style_and_exits_1() {
 #[test]
 fn validate_reports_a_missing_file_without_panicking() {
     let out = tramite(&["validate", "processes/nope.yaml"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot read processes/nope.yaml"));
 }
 
@@ -121,4 +121,45 @@ fn schema_prints_the_committed_schema() {
     assert!(out.status.success());
     let committed = std::fs::read_to_string(repo().join("docs/definition.schema.json")).unwrap();
     assert_eq!(text(&out.stdout), committed);
+}
+
+#[test]
+fn validate_prints_every_expected_error_of_the_corpus() {
+    let dir = repo().join("tests/definitions/invalid");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    cases.sort();
+    for case in cases {
+        let rel = case
+            .strip_prefix(repo())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let out = tramite(&[
+            "validate",
+            "--style",
+            "short",
+            "--library",
+            "processes/",
+            &rel,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{rel} must fail");
+        let stderr = text(&out.stderr);
+        let expected = tramite_tests::expectations(&std::fs::read_to_string(&case).unwrap());
+        let printed = stderr.lines().filter(|l| l.contains(": error[")).count();
+        assert_eq!(printed, expected.len(), "{rel}:\n{stderr}");
+        for e in expected {
+            let head = format!("{rel}:{}:{}: error[{}]: ", e.line, e.column, e.code);
+            assert!(
+                stderr
+                    .lines()
+                    .any(|l| l.starts_with(&head) && l.contains(&e.contains)),
+                "{rel}: missing `{head}… {}`\n{stderr}",
+                e.contains
+            );
+        }
+    }
 }

@@ -87,17 +87,21 @@ fn parse_runs(text: &str, whole: &str, iso: bool) -> Result<u64, Error> {
             in_time = true;
             continue;
         }
-        if c.is_whitespace() && number.is_empty() {
-            continue;
-        }
         if number.is_empty() {
             return Err(Error::Syntax(whole.to_owned()));
         }
-        let lower = c.to_ascii_lowercase();
-        let seconds = match (iso, lower, in_time) {
-            (true, 'm', false) | (_, 'y', _) => return Err(Error::Calendar(whole.to_owned())),
-            (true, 'w' | 'd', true) => return Err(Error::Syntax(whole.to_owned())),
-            _ => unit_seconds(lower).ok_or_else(|| Error::Unit(whole.to_owned()))?,
+        // Short forms are lower case (`15m` is minutes; `M` would be ambiguous
+        // with months); ISO 8601 is upper case, with H, M, S only after `T`.
+        let seconds = match (iso, c, in_time) {
+            (false, 'M' | 'y' | 'Y', _) | (true, 'M' | 'Y', false) => {
+                return Err(Error::Calendar(whole.to_owned()));
+            }
+            (false, 's' | 'm' | 'h' | 'd' | 'w', _) => unit_seconds(c).expect("known unit"),
+            (true, 'W' | 'D', false) | (true, 'H' | 'M' | 'S', true) => {
+                unit_seconds(c.to_ascii_lowercase()).expect("known unit")
+            }
+            (true, 'W' | 'D' | 'H' | 'S', _) => return Err(Error::Syntax(whole.to_owned())),
+            _ => return Err(Error::Unit(whole.to_owned())),
         };
         let n: u64 = number
             .parse()
@@ -161,7 +165,7 @@ impl JsonSchema for Duration {
         json_schema!({
             "description": "A duration: 90s, 15m, 2h, 1h30m, 15d, 2w, or ISO 8601 such as PT15M or P15D.",
             "type": "string",
-            "pattern": "^(P(\\d+[WD])*(T(\\d+[HMS])+)?|(\\d+[smhdw])+)$"
+            "pattern": "^(P(?!$)(\\d+W)?(\\d+D)?(T(?=\\d)(\\d+H)?(\\d+M)?(\\d+S)?)?|(\\d+[smhdw])+)$"
         })
     }
 }
@@ -191,6 +195,15 @@ mod tests {
         assert_eq!("".parse::<Duration>(), Err(Error::Empty));
         assert!(matches!("P1M".parse::<Duration>(), Err(Error::Calendar(_))));
         assert!(matches!("1y".parse::<Duration>(), Err(Error::Calendar(_))));
+        assert!(matches!("1M".parse::<Duration>(), Err(Error::Calendar(_))));
+        assert!(matches!("P1H".parse::<Duration>(), Err(Error::Syntax(_))));
+        assert!(matches!("PT1D".parse::<Duration>(), Err(Error::Syntax(_))));
+        assert!(matches!("P".parse::<Duration>(), Err(Error::Syntax(_))));
+        assert!(matches!(
+            "1h 30m".parse::<Duration>(),
+            Err(Error::Syntax(_))
+        ));
+        assert!(matches!("2H".parse::<Duration>(), Err(Error::Unit(_))));
         assert!(matches!("15".parse::<Duration>(), Err(Error::Unit(_))));
         assert!(matches!("15x".parse::<Duration>(), Err(Error::Unit(_))));
         assert!(matches!("soon".parse::<Duration>(), Err(Error::Syntax(_))));

@@ -15,6 +15,7 @@ pub mod expr;
 pub mod library;
 pub mod loader;
 pub mod position;
+pub mod runtime;
 pub mod schema;
 pub mod text;
 pub mod validate;

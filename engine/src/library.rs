@@ -49,7 +49,9 @@ pub fn read(paths: &[PathBuf]) -> Result<Vec<SourceFile>, Error> {
             files.push(path.clone());
         }
     }
-    files.dedup();
+    // The same file named twice (`processes/` and `processes/x.yaml`) is read once.
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(f.canonicalize().unwrap_or_else(|_| f.clone())));
     files
         .into_iter()
         .map(|path| {

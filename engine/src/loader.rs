@@ -36,12 +36,20 @@ pub struct Parsed {
     /// loaded item: items that failed are missing from the definition, so
     /// the definition's index and the file's can differ.
     origins: BTreeMap<&'static str, Vec<usize>>,
+    /// Top-level sections with at least one structural problem.
+    failed: BTreeSet<String>,
 }
 
 impl Parsed {
     /// Whether everything in the text was read.
     pub fn is_complete(&self) -> bool {
         self.diagnostics.is_empty()
+    }
+
+    /// Whether `section` (`nodes`, `roles`, …) loaded without a problem, so
+    /// that checks depending on all of it can run.
+    pub fn section_complete(&self, section: &str) -> bool {
+        self.readable && !self.failed.contains(section)
     }
 
     /// The path of item `i` of list `section` as loaded, in the file.
@@ -95,11 +103,18 @@ pub fn parse(text: &str) -> Parsed {
         broken_nodes: BTreeSet::new(),
         readable: false,
         origins: BTreeMap::new(),
+        failed: BTreeSet::new(),
     };
     let value: Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            let mut d = Diagnostic::new(Code::YamlSyntax, YamlPath::root(), syntax_message(&e));
+            let mut message = syntax_message(&e);
+            if message.contains("duplicate entry") {
+                message.push_str(
+                    " (a comma inside `{...}` splits a text in two: put the text in quotes)",
+                );
+            }
+            let mut d = Diagnostic::new(Code::YamlSyntax, YamlPath::root(), message);
             d.pos = e.location().map(|l| crate::position::Pos {
                 line: l.line() as u32,
                 column: l.column() as u32,
@@ -133,6 +148,7 @@ pub fn parse(text: &str) -> Parsed {
         };
         let path = root.key(&key);
         seen.insert(key.clone());
+        let before = diags.len();
         match key.as_str() {
             "code" => set(&mut def.code, one::<String>(value, &path, diags)),
             "name" => set(&mut def.name, one::<Text>(value, &path, diags)),
@@ -161,10 +177,14 @@ pub fn parse(text: &str) -> Parsed {
             }
             other => diags.push(unknown_field(&root, other, &TOP_LEVEL)),
         }
+        if diags.len() > before {
+            parsed.failed.insert(key);
+        }
     }
     for required in REQUIRED {
         if !seen.contains(required) {
-            diags.push(Diagnostic::new(
+            parsed.failed.insert(required.to_owned());
+            parsed.diagnostics.push(Diagnostic::new(
                 Code::MissingField,
                 root.clone(),
                 format!("missing field `{required}`"),
@@ -339,15 +359,14 @@ fn nodes(
     let mut out = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         let path = base.index(i);
-        let before = diags.len();
         // The id alone, so that a node broken elsewhere can still be named.
         let id = item.get("id").and_then(Value::as_str).map(str::to_owned);
         match node(item, &path, diags) {
-            Some(n) if diags.len() == before => {
+            Some(n) => {
                 out.push(n);
                 origin.push(i);
             }
-            _ => broken.extend(id),
+            None => broken.extend(id),
         }
     }
     out
@@ -430,11 +449,7 @@ fn node(item: Value, path: &YamlPath, diags: &mut Vec<Diagnostic>) -> Option<Nod
             None
         }
     };
-    let header = header?;
-    // A node whose kind failed still has an id that others may name.
-    let kind = kind.unwrap_or(NodeKind::End(End {
-        outcome: String::new(),
-    }));
+    let (header, kind) = (header?, kind?);
     Some(Node {
         id: header.id,
         step: header.step,

@@ -83,7 +83,7 @@ pub struct Field {
     /// Must be filled in.
     #[serde(default)]
     pub required: bool,
-    /// Regular expression the whole value must match (strings only).
+    /// Regular expression the whole value must match (`string` and `text` fields).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern: Option<String>,
     /// The only values allowed.

@@ -58,7 +58,7 @@ pub struct Definition {
     /// Indicators the procedure is judged by.
     #[serde(default)]
     pub indicators: Vec<Indicator>,
-    /// The steps and gates, as a list; the first `start` node is where instances begin.
+    /// The steps and gates, as a list; exactly one is a `start`.
     pub nodes: Vec<Node>,
 }
 
@@ -90,7 +90,8 @@ pub struct Role {
 pub struct Variable {
     /// Name used in expressions and forms.
     pub name: String,
-    /// Its type; forms and mappings that write it must agree.
+    /// Its type. Form fields, and mappings that copy `result.x` or `output.x`,
+    /// must agree (`string` and `text` mix; an `integer` fits a `number`).
     #[serde(rename = "type")]
     pub ty: VarType,
     /// How people call it.

@@ -46,10 +46,19 @@ pub(super) fn check(c: &mut Checker<'_>) {
     else {
         return;
     };
+    spin_cycles(c, &g);
+    // A misspelt `next` cuts an edge: what it would have reached, and what
+    // could only end through it, would be reported for the same mistake.
+    let cut = c.diagnostics.iter().any(|d| {
+        d.code == Code::UnknownNode
+            && d.path.segments().first() == Some(&crate::position::Segment::Key("nodes".into()))
+    });
+    if cut {
+        return;
+    }
     let reachable = reach(&g, start);
     unreachable(c, &reachable);
     trapped(c, &g, &reachable);
-    spin_cycles(c, &g);
     forks(c, &g);
 }
 

@@ -2,9 +2,10 @@
 //! connectors, expressions and variables, and the shape of the graph.
 //!
 //! Like vector's config graph, validation collects **every** problem before
-//! answering. Graph-wide checks (reachability, cycles, fork/join) run only
-//! when every node loaded, so that one broken node does not cascade into
-//! dozens of "unreachable" messages.
+//! answering. A check that needs a whole section (the graph needs every
+//! node, "never written" needs every writer, "unknown role" needs every
+//! role) runs only when that section loaded, so one broken node does not
+//! cascade into dozens of "unreachable" messages; every other check runs.
 
 mod graph;
 mod references;
@@ -106,7 +107,8 @@ pub fn validate(parsed: &Parsed, ctx: &Context<'_>) -> Vec<Diagnostic> {
     let mut checker = Checker::new(parsed, ctx);
     references::check(&mut checker);
     variables::check(&mut checker);
-    if parsed.is_complete() && !checker.has(Code::StartCount) && !checker.has(Code::UnknownNode) {
+    // The graph is only known when every node loaded and there is one start.
+    if parsed.section_complete("nodes") && !checker.has(Code::StartCount) {
         graph::check(&mut checker);
     }
     checker.diagnostics

@@ -41,7 +41,6 @@ fn duplicate_ids<'a>(
 fn duplicates(c: &mut Checker<'_>) {
     let def = c.def;
     let p = c.parsed;
-    let root = YamlPath::root();
     duplicate_ids(
         c,
         "node",
@@ -56,7 +55,7 @@ fn duplicates(c: &mut Checker<'_>) {
         def.roles
             .iter()
             .enumerate()
-            .map(|(i, r)| (r.id.as_str(), root.key("roles").index(i).key("id"))),
+            .map(|(i, r)| (r.id.as_str(), p.item_path("roles", i).key("id"))),
     );
     duplicate_ids(
         c,
@@ -64,7 +63,7 @@ fn duplicates(c: &mut Checker<'_>) {
         def.variables
             .iter()
             .enumerate()
-            .map(|(i, v)| (v.name.as_str(), root.key("variables").index(i).key("name"))),
+            .map(|(i, v)| (v.name.as_str(), p.item_path("variables", i).key("name"))),
     );
     duplicate_ids(
         c,
@@ -72,7 +71,7 @@ fn duplicates(c: &mut Checker<'_>) {
         def.documents
             .iter()
             .enumerate()
-            .map(|(i, d)| (d.id.as_str(), root.key("documents").index(i).key("id"))),
+            .map(|(i, d)| (d.id.as_str(), p.item_path("documents", i).key("id"))),
     );
     duplicate_ids(
         c,
@@ -80,7 +79,7 @@ fn duplicates(c: &mut Checker<'_>) {
         def.indicators
             .iter()
             .enumerate()
-            .map(|(i, d)| (d.id.as_str(), root.key("indicators").index(i).key("id"))),
+            .map(|(i, d)| (d.id.as_str(), p.item_path("indicators", i).key("id"))),
     );
     for (i, n) in def.nodes.iter().enumerate() {
         let base = p.item_path("nodes", i);
@@ -185,8 +184,9 @@ fn role_exists(c: &Checker<'_>, role: &str) -> bool {
 }
 
 fn unknown_role(c: &mut Checker<'_>, role: &str, path: YamlPath) {
-    // An empty role is a missing field, reported by the loader.
-    if role.is_empty() || role_exists(c, role) {
+    // An empty role is a missing field, reported by the loader; with a
+    // broken `roles` section, the role may be the broken one.
+    if role.is_empty() || role_exists(c, role) || !c.parsed.section_complete("roles") {
         return;
     }
     let ids: Vec<&str> = c.def.roles.iter().map(|r| r.id.as_str()).collect();
@@ -228,7 +228,9 @@ fn documents(c: &mut Checker<'_>) {
     for (i, n) in def.nodes.iter().enumerate() {
         if let NodeKind::UserTask(t) = &n.kind {
             for (j, doc) in t.documents.iter().enumerate() {
-                if !def.documents.iter().any(|d| &d.id == doc) {
+                if !def.documents.iter().any(|d| &d.id == doc)
+                    && c.parsed.section_complete("documents")
+                {
                     let path = c.node_path(i).key("documents").index(j);
                     c.error(
                         Code::UnknownDocument,
@@ -557,6 +559,7 @@ fn calls(c: &mut Checker<'_>) {
             continue;
         };
         if !target.callable {
+            // Checked against the called procedure's start channels.
             c.error(
                 Code::UnknownProcedure,
                 base.key("procedure"),
@@ -611,6 +614,9 @@ fn calls(c: &mut Checker<'_>) {
 
 fn indicators(c: &mut Checker<'_>) {
     let def = c.def;
+    if !c.parsed.section_complete("nodes") {
+        return; // the end that is named may be in a node that failed to load
+    }
     let outcomes: BTreeSet<&str> = def
         .nodes
         .iter()

@@ -12,6 +12,20 @@ use crate::position::YamlPath;
 /// Fields of the `instance` every expression can read.
 pub const INSTANCE_FIELDS: [&str; 4] = ["id", "business_key", "channel", "started_at"];
 
+/// CEL's type identifiers.
+const CEL_TYPES: [&str; 10] = [
+    "bool",
+    "bytes",
+    "double",
+    "int",
+    "list",
+    "map",
+    "null_type",
+    "string",
+    "type",
+    "uint",
+];
+
 /// What else an expression can read, besides variables and `instance`.
 #[derive(Clone, Copy)]
 enum Scope<'a> {
@@ -38,6 +52,10 @@ pub(super) fn check(c: &mut Checker<'_>) {
 fn declared(c: &mut Checker<'_>, name: &str, path: YamlPath) -> Option<VarType> {
     if let Some(v) = c.def.variable(name) {
         return Some(v.ty);
+    }
+    // With a broken `variables` section, the variable may be the broken one.
+    if !c.parsed.section_complete("variables") {
+        return None;
     }
     let names: Vec<&str> = c.def.variables.iter().map(|v| v.name.as_str()).collect();
     let mut msg = format!("`{name}` is not declared under `variables`");
@@ -78,9 +96,42 @@ fn mapping_writes(
     base: &YamlPath,
     out: &mut BTreeSet<String>,
 ) {
-    for key in mapping.keys() {
-        if declared(c, key, base.key(key)).is_some() {
-            out.insert(key.clone());
+    mapping_writes_typed(c, mapping, base, out, None);
+}
+
+/// Like `mapping_writes`; where a value is a plain `<source>.<field>` with a
+/// known type, that type must fit the variable's.
+fn mapping_writes_typed(
+    c: &mut Checker<'_>,
+    mapping: &Mapping,
+    base: &YamlPath,
+    out: &mut BTreeSet<String>,
+    source: Option<(&str, &dyn Fn(&str) -> Option<VarType>)>,
+) {
+    for (key, expr) in mapping {
+        let Some(ty) = declared(c, key, base.key(key)) else {
+            continue;
+        };
+        out.insert(key.clone());
+        let Some((root, type_of)) = source else {
+            continue;
+        };
+        let plain = match expr.reads() {
+            [r] if r.root == root => r
+                .field
+                .as_deref()
+                .filter(|f| expr.source().trim() == format!("{root}.{f}")),
+            _ => None,
+        };
+        if let Some(field) = plain
+            && let Some(given) = type_of(field)
+            && !given.fits(ty)
+        {
+            c.error(
+                Code::TypeMismatch,
+                base.key(key),
+                format!("`{root}.{field}` is `{given}` but `{key}` is declared `{ty}`"),
+            );
         }
     }
 }
@@ -104,13 +155,38 @@ fn writes(c: &mut Checker<'_>) -> BTreeSet<String> {
                 }
             }
             NodeKind::ServiceTask(s) => {
-                mapping_writes(c, &s.output, &base.key("output"), &mut out);
+                let op = c
+                    .ctx
+                    .catalog
+                    .connector(&s.connector)
+                    .and_then(|k| k.operation(&s.operation));
+                let type_of = |f: &str| {
+                    op.and_then(|o| o.outputs.iter().find(|p| p.name == f))
+                        .map(|p| p.ty)
+                };
+                mapping_writes_typed(
+                    c,
+                    &s.output,
+                    &base.key("output"),
+                    &mut out,
+                    Some(("result", &type_of)),
+                );
                 for (j, r) in s.errors.iter().enumerate() {
                     mapping_writes(c, &r.set, &base.key("errors").index(j).key("set"), &mut out);
                 }
             }
             NodeKind::MessageWait(w) => mapping_writes(c, &w.store, &base.key("store"), &mut out),
-            NodeKind::Call(call) => mapping_writes(c, &call.output, &base.key("output"), &mut out),
+            NodeKind::Call(call) => {
+                let child = c.ctx.procedures.get(&call.procedure);
+                let type_of = |f: &str| child.and_then(|p| p.variables.get(f).copied());
+                mapping_writes_typed(
+                    c,
+                    &call.output,
+                    &base.key("output"),
+                    &mut out,
+                    Some(("output", &type_of)),
+                );
+            }
             _ => {}
         }
     }
@@ -268,9 +344,11 @@ fn reads(
                 }
             }
             ("error", Scope::Error) | ("message", Scope::Message) => {}
+            // CEL's type names (`type(x) == string`), unless a variable is called so.
+            (name, _) if CEL_TYPES.contains(&name) && c.def.variable(name).is_none() => {}
             (name, _) => {
                 // When some node failed to load, its writes are unknown.
-                let complete = c.parsed.is_complete();
+                let complete = c.parsed.section_complete("nodes");
                 if declared(c, name, path.clone()).is_some() && complete && !written.contains(name)
                 {
                     c.error(

@@ -1,0 +1,90 @@
+//! How the runtime calls external systems.
+//!
+//! The trait lives in the engine (the engine calls it); the `connectors`
+//! crate implements it for NAF, GIS, Smartflex and HTTP. A connector's
+//! answer is either a result, a **business error** (an answer the
+//! definition routes, never retried) or a **transient** failure (retried per
+//! the node's policy, then an incident).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+/// A boxed future, so that connectors can be stored as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One call of an operation.
+#[derive(Debug, Clone)]
+pub struct ConnectorCall<'a> {
+    /// The operation's name in the catalog.
+    pub operation: &'a str,
+    /// The evaluated input mapping.
+    pub input: &'a Map<String, Value>,
+    /// Stable across every retry of the same job: the system must not act twice on it.
+    pub idempotency_key: &'a str,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+}
+
+/// Why a call did not return a result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConnectorError {
+    /// The system answered with a named business error (`invalid_ci`).
+    #[error("business error `{code}`: {message}")]
+    Business {
+        /// The error's name, as declared in the catalog.
+        code: String,
+        /// What the system said.
+        message: String,
+    },
+    /// The call failed in a way that may pass: timeout, refused, 5xx.
+    #[error("transient failure: {message}")]
+    Transient {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// An external system.
+pub trait Connector: Send + Sync + 'static {
+    /// Calls an operation. Implementations must honour the idempotency key.
+    fn call<'a>(
+        &'a self,
+        call: ConnectorCall<'a>,
+    ) -> BoxFuture<'a, Result<Map<String, Value>, ConnectorError>>;
+}
+
+/// The connectors a running engine can call, by name.
+#[derive(Clone, Default)]
+pub struct Connectors {
+    by_name: HashMap<String, Arc<dyn Connector>>,
+}
+
+impl Connectors {
+    /// No connectors.
+    pub fn new() -> Connectors {
+        Connectors::default()
+    }
+
+    /// Adds (or replaces) the connector called `name`.
+    pub fn with(mut self, name: &str, connector: Arc<dyn Connector>) -> Connectors {
+        self.by_name.insert(name.to_owned(), connector);
+        self
+    }
+
+    /// The connector called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Connector>> {
+        self.by_name.get(name)
+    }
+}
+
+impl std::fmt::Debug for Connectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.by_name.keys().collect();
+        names.sort();
+        f.debug_struct("Connectors").field("names", &names).finish()
+    }
+}

@@ -1,0 +1,3 @@
+//! The durable runtime: instances, tasks, jobs, and the engine that runs them.
+
+pub mod connector;
