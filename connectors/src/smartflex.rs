@@ -1,8 +1,358 @@
 //! Smartflex: the commercial and operational platform where a sale is
 //! registered as a service request; its reports feed the indicator.
+//!
+//! [`Simulator`] registers requests in memory, numbered in sequence
+//! (`SF-2026-000001`, …). The job's idempotency key is the request's
+//! identity: a key seen before returns the request it registered, never a
+//! second one. [`Simulator::registrations`] lets tests check that.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
 use tramite_engine::catalog::{ConnectorSpec, ErrorSpec, OperationSpec, ParamSpec};
 use tramite_engine::definition::VarType;
+use tramite_engine::runtime::connector::{BoxFuture, Connector, ConnectorCall, ConnectorError};
+
+use crate::faults::Faults;
+use crate::naf::{self, Impediment};
+use crate::service::Service;
+use crate::sim::{Answer, Harness, business, fold, rfc3339_utc, text};
+
+/// The name of Smartflex's one operation.
+pub const OPERATION: &str = "register_service_request";
+
+/// A product Smartflex does not sell in a zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restriction {
+    /// The zone (compared case- and accent-insensitively).
+    pub zone: String,
+    /// The product.
+    pub service: Service,
+    /// Why, as Smartflex says it.
+    pub reason: String,
+}
+
+/// What the Smartflex simulator knows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// CIs Smartflex refuses (`client_blocked`). By default NAF's
+    /// `central_riesgos` clients and `6543210`, listed in Smartflex before
+    /// NAF's portfolio caught up.
+    pub blocked_cis: Vec<String>,
+    /// Products not sold in some zones (`product_not_available`).
+    pub not_sold: Vec<Restriction>,
+    /// Installation backlog per zone, in days, added to the product's own
+    /// lead time.
+    pub zone_backlog_days: Vec<(String, u32)>,
+    /// Backlog of a zone not in `zone_backlog_days`.
+    pub default_backlog_days: u32,
+    /// The sequence number of the first request (1: `SF-2026-000001`).
+    pub first_number: u64,
+    /// When set, every request is registered at this instant (reproducible
+    /// demos); otherwise at the system clock's time.
+    pub fixed_clock: Option<SystemTime>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        let mut blocked_cis: Vec<String> = naf::dataset()
+            .into_iter()
+            .filter(|c| c.impediments.contains(&Impediment::CentralRiesgos))
+            .map(|c| c.ci)
+            .collect();
+        blocked_cis.push("6543210".to_owned());
+        let backlog = [
+            ("Centro", 0),
+            ("Cala Cala", 0),
+            ("Queru Queru", 0),
+            ("Sarco", 1),
+            ("Villa Busch", 1),
+            ("Hipódromo", 1),
+            ("Tupuraya", 2),
+            ("Temporal", 2),
+            ("Muyurina", 4),
+            ("Pacata Alta", 4),
+            ("Sacaba Centro", 5),
+            ("Quillacollo Centro", 5),
+            ("Tiquipaya", 7),
+        ];
+        let no_landline = "numeración de telefonía fija no habilitada en la zona";
+        Config {
+            blocked_cis,
+            not_sold: vec![
+                Restriction {
+                    zone: "Tiquipaya".to_owned(),
+                    service: Service::TelefoniaFija,
+                    reason: no_landline.to_owned(),
+                },
+                Restriction {
+                    zone: "Tiquipaya".to_owned(),
+                    service: Service::Trio,
+                    reason: no_landline.to_owned(),
+                },
+            ],
+            zone_backlog_days: backlog
+                .iter()
+                .map(|&(zone, days)| (zone.to_owned(), days))
+                .collect(),
+            default_backlog_days: 3,
+            first_number: 1,
+            fixed_clock: None,
+        }
+    }
+}
+
+impl Config {
+    /// Estimated days to install `service` in `zone`: the product's lead
+    /// time (television 2, internet_fibra and telefonia_fija 3,
+    /// duo_internet_tv 4, trio 5) plus the zone's backlog, within 2–15.
+    pub fn estimated_days(&self, zone: &str, service: Service) -> u32 {
+        let lead = match service {
+            Service::Television => 2,
+            Service::InternetFibra | Service::TelefoniaFija => 3,
+            Service::DuoInternetTv => 4,
+            Service::Trio => 5,
+        };
+        let zone = fold(zone);
+        let backlog = self
+            .zone_backlog_days
+            .iter()
+            .find(|(z, _)| fold(z) == zone)
+            .map_or(self.default_backlog_days, |&(_, days)| days);
+        (lead + backlog).clamp(2, 15)
+    }
+}
+
+/// One registered service request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// Its number (`SF-2026-000001`).
+    pub request_number: String,
+    /// When it was registered (RFC 3339, UTC).
+    pub registered_at: String,
+    /// Estimated days to install.
+    pub estimated_days: u32,
+    /// The idempotency key of the job that registered it.
+    pub idempotency_key: String,
+    /// The attempt of that job that registered it.
+    pub attempt: u32,
+    /// Client's identity card.
+    pub ci: String,
+    /// Client's full name.
+    pub client_name: String,
+    /// Contact phone.
+    pub phone: String,
+    /// Installation address.
+    pub address: String,
+    /// Installation zone.
+    pub zone: String,
+    /// Product.
+    pub service: Service,
+    /// Channel the request came by.
+    pub channel: String,
+    /// The instance's business key, if given.
+    pub reference: Option<String>,
+}
+
+impl Registration {
+    fn answer(&self) -> Map<String, Value> {
+        let mut out = Map::new();
+        out.insert(
+            "request_number".to_owned(),
+            Value::String(self.request_number.clone()),
+        );
+        out.insert(
+            "registered_at".to_owned(),
+            Value::String(self.registered_at.clone()),
+        );
+        out.insert(
+            "estimated_days".to_owned(),
+            Value::from(self.estimated_days),
+        );
+        out
+    }
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    by_key: HashMap<String, usize>,
+    list: Vec<Registration>,
+    next: u64,
+}
+
+/// The Smartflex simulator.
+#[derive(Debug)]
+pub struct Simulator {
+    config: Config,
+    harness: Harness,
+    book: Mutex<Book>,
+}
+
+impl Default for Simulator {
+    fn default() -> Simulator {
+        Simulator::new(Config::default())
+    }
+}
+
+impl Simulator {
+    /// A simulator over `config`, with no registrations and its own
+    /// (inactive) faults.
+    pub fn new(config: Config) -> Simulator {
+        let book = Book {
+            next: config.first_number,
+            ..Book::default()
+        };
+        Simulator {
+            config,
+            harness: Harness::new("Smartflex"),
+            book: Mutex::new(book),
+        }
+    }
+
+    /// The same simulator, driven by `faults` (e.g. one handle shared by
+    /// several simulators).
+    pub fn with_faults(mut self, faults: Faults) -> Simulator {
+        self.harness.set_faults(faults);
+        self
+    }
+
+    /// Its faults; clones of the handle switch them.
+    pub fn faults(&self) -> &Faults {
+        self.harness.faults()
+    }
+
+    /// How many calls it has received, failed ones included.
+    pub fn calls(&self) -> u64 {
+        self.harness.calls()
+    }
+
+    /// Its rules.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Every request registered so far, in order.
+    pub fn registrations(&self) -> Vec<Registration> {
+        self.book().list.clone()
+    }
+
+    /// How many requests have been registered.
+    pub fn registration_count(&self) -> usize {
+        self.book().list.len()
+    }
+
+    /// The request registered under `idempotency_key`, if any.
+    pub fn registration(&self, idempotency_key: &str) -> Option<Registration> {
+        let book = self.book();
+        book.by_key
+            .get(idempotency_key)
+            .map(|&i| book.list[i].clone())
+    }
+
+    /// `register_service_request`, without faults. A key registered before
+    /// returns its request unchanged (whatever the input now says).
+    pub fn register(
+        &self,
+        idempotency_key: &str,
+        attempt: u32,
+        input: &Map<String, Value>,
+    ) -> Answer {
+        // One lock for look-up and insertion: concurrent attempts with one
+        // key register once.
+        let mut book = self.book();
+        if let Some(&i) = book.by_key.get(idempotency_key) {
+            return Ok(book.list[i].answer());
+        }
+        let field = |name: &str| {
+            text(input, name)
+                .map(str::to_owned)
+                .ok_or_else(|| self.harness.bad_input(OPERATION, name))
+        };
+        let (ci, client_name, phone, address, zone, service_code, channel) = (
+            field("ci")?.to_uppercase(),
+            field("client_name")?,
+            field("phone")?,
+            field("address")?,
+            field("zone")?,
+            field("service")?,
+            field("channel")?,
+        );
+        if self
+            .config
+            .blocked_cis
+            .iter()
+            .any(|b| b.eq_ignore_ascii_case(&ci))
+        {
+            return Err(business(
+                "client_blocked",
+                format!("client {ci} is blocked (registered in the central de riesgos)"),
+            ));
+        }
+        let Some(service) = Service::from_code(&service_code) else {
+            return Err(business(
+                "product_not_available",
+                format!("`{service_code}` is not a product on sale"),
+            ));
+        };
+        let folded_zone = fold(&zone);
+        if let Some(r) = self
+            .config
+            .not_sold
+            .iter()
+            .find(|r| r.service == service && fold(&r.zone) == folded_zone)
+        {
+            return Err(business(
+                "product_not_available",
+                format!("`{service}` is not sold in {zone}: {}", r.reason),
+            ));
+        }
+        let (registered_at, year) =
+            rfc3339_utc(self.config.fixed_clock.unwrap_or_else(SystemTime::now));
+        let number = book.next;
+        book.next += 1;
+        let registration = Registration {
+            request_number: format!("SF-{year:04}-{number:06}"),
+            registered_at,
+            estimated_days: self.config.estimated_days(&zone, service),
+            idempotency_key: idempotency_key.to_owned(),
+            attempt,
+            ci,
+            client_name,
+            phone,
+            address,
+            zone,
+            service,
+            channel,
+            reference: text(input, "reference").map(str::to_owned),
+        };
+        let answer = registration.answer();
+        let index = book.list.len();
+        book.list.push(registration);
+        book.by_key.insert(idempotency_key.to_owned(), index);
+        Ok(answer)
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        // Every update of the book is complete before the guard drops.
+        self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Connector for Simulator {
+    fn call<'a>(
+        &'a self,
+        call: ConnectorCall<'a>,
+    ) -> BoxFuture<'a, Result<Map<String, Value>, ConnectorError>> {
+        Box::pin(self.harness.run(move || {
+            if call.operation != OPERATION {
+                return Err(self.harness.unknown_operation(call.operation));
+            }
+            self.register(call.idempotency_key, call.attempt, call.input)
+        }))
+    }
+}
 
 /// Smartflex's operations.
 pub fn spec() -> ConnectorSpec {
@@ -10,7 +360,7 @@ pub fn spec() -> ConnectorSpec {
         name: "smartflex".to_owned(),
         title: "Smartflex — plataforma comercial y operativa".to_owned(),
         operations: vec![OperationSpec {
-            name: "register_service_request".to_owned(),
+            name: OPERATION.to_owned(),
             description: "Registers the sale as a service request (\"Procedimiento Venta\"); \
                           the same idempotency key never registers twice."
                 .to_owned(),
@@ -28,9 +378,13 @@ pub fn spec() -> ConnectorSpec {
                 ParamSpec::required(
                     "request_number",
                     VarType::String,
-                    "Smartflex service request number",
+                    "Smartflex service request number, e.g. SF-2026-000123",
                 ),
-                ParamSpec::required("registered_at", VarType::Datetime, "when it was registered"),
+                ParamSpec::required(
+                    "registered_at",
+                    VarType::Datetime,
+                    "when it was registered (RFC 3339, UTC)",
+                ),
                 ParamSpec::required(
                     "estimated_days",
                     VarType::Integer,
@@ -48,5 +402,312 @@ pub fn spec() -> ConnectorSpec {
                 ),
             ],
         }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::sim::tests::{assert_matches_spec, input};
+
+    /// 2026-03-14T15:24:05Z.
+    fn clock() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_773_501_845)
+    }
+
+    fn simulator() -> Simulator {
+        Simulator::new(Config {
+            fixed_clock: Some(clock()),
+            ..Config::default()
+        })
+    }
+
+    fn sale(ci: &str, zone: &str, service: &str) -> Map<String, Value> {
+        input(&[
+            ("ci", ci),
+            ("client_name", "María Elena Rojas Vargas"),
+            ("phone", "71712345"),
+            ("address", "Av. Santa Cruz 1450"),
+            ("zone", zone),
+            ("service", service),
+            ("channel", "telefono"),
+            ("reference", "P06-0001"),
+        ])
+    }
+
+    async fn register(
+        sim: &Simulator,
+        key: &str,
+        attempt: u32,
+        input: &Map<String, Value>,
+    ) -> Answer {
+        let answer = sim
+            .call(ConnectorCall {
+                operation: OPERATION,
+                input,
+                idempotency_key: key,
+                attempt,
+            })
+            .await;
+        if let Ok(out) = &answer {
+            assert_matches_spec(&spec(), OPERATION, out);
+        }
+        answer
+    }
+
+    fn code(answer: Answer) -> String {
+        match answer {
+            Err(ConnectorError::Business { code, .. }) => code,
+            other => panic!("expected a business error, got {other:?}"),
+        }
+    }
+
+    fn is_transient(answer: &Answer) -> bool {
+        matches!(answer, Err(ConnectorError::Transient { .. }))
+    }
+
+    #[tokio::test]
+    async fn registers_in_sequence() {
+        let sim = simulator();
+        let out = register(
+            &sim,
+            "job-1",
+            1,
+            &sale("4587213", "Cala Cala", "internet_fibra"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            Value::Object(out),
+            json!({
+                "request_number": "SF-2026-000001",
+                "registered_at": "2026-03-14T15:24:05Z",
+                "estimated_days": 3
+            })
+        );
+        let out = register(
+            &sim,
+            "job-2",
+            1,
+            &sale("1234567-1A", "Tiquipaya", "internet_fibra"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["request_number"], json!("SF-2026-000002"));
+        assert_eq!(out["estimated_days"], json!(10));
+        let r = sim.registration("job-1").unwrap();
+        assert_eq!(r.ci, "4587213");
+        assert_eq!(r.service, Service::InternetFibra);
+        assert_eq!(r.reference.as_deref(), Some("P06-0001"));
+        assert_eq!(sim.registration_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn system_clock_by_default() {
+        let sim = Simulator::new(Config {
+            first_number: 123,
+            ..Config::default()
+        });
+        let out = register(&sim, "k", 1, &sale("4587213", "Sarco", "trio"))
+            .await
+            .unwrap();
+        let number = out["request_number"].as_str().unwrap();
+        let at = out["registered_at"].as_str().unwrap();
+        assert_eq!(number, format!("SF-{}-000123", &at[..4]));
+        assert!(at.as_bytes()[..4].iter().all(u8::is_ascii_digit) && at >= "2026");
+    }
+
+    #[tokio::test]
+    async fn the_same_key_never_registers_twice() {
+        let sim = simulator();
+        let first = register(&sim, "job-7", 1, &sale("4587213", "Sarco", "trio"))
+            .await
+            .unwrap();
+        // A retry, even with changed data, returns the original request.
+        let again = register(&sim, "job-7", 2, &sale("4587213", "Centro", "television"))
+            .await
+            .unwrap();
+        assert_eq!(first, again);
+        assert_eq!(sim.registration_count(), 1);
+        assert_eq!(sim.registration("job-7").unwrap().attempt, 1);
+        let other = register(&sim, "job-8", 1, &sale("4587213", "Sarco", "trio"))
+            .await
+            .unwrap();
+        assert_ne!(first["request_number"], other["request_number"]);
+        assert_eq!(sim.registration_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn client_blocked() {
+        let sim = simulator();
+        for ci in ["5123987", "3344556", "8123456", "6543210"] {
+            let answer = register(&sim, ci, 1, &sale(ci, "Sarco", "trio")).await;
+            assert_eq!(code(answer), "client_blocked", "{ci}");
+        }
+        assert_eq!(sim.registration_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn product_not_available() {
+        let sim = simulator();
+        for (zone, service) in [
+            ("Sarco", "internet_satelital"),
+            ("Sarco", "TRIO"),
+            ("Tiquipaya", "trio"),
+            ("tiquipaya", "telefonia_fija"),
+        ] {
+            let answer = register(&sim, "k", 1, &sale("4587213", zone, service)).await;
+            assert_eq!(code(answer), "product_not_available", "{zone} {service}");
+        }
+        assert_eq!(sim.registration_count(), 0);
+        assert!(
+            register(
+                &sim,
+                "k",
+                1,
+                &sale("4587213", "Tiquipaya", "duo_internet_tv")
+            )
+            .await
+            .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_input_is_transient_and_registers_nothing() {
+        let sim = simulator();
+        let mut input = sale("4587213", "Sarco", "trio");
+        input.remove("phone");
+        assert!(is_transient(&register(&sim, "k", 1, &input).await));
+        assert_eq!(sim.registration_count(), 0);
+    }
+
+    #[test]
+    fn estimated_days_stay_within_2_and_15() {
+        let config = Config::default();
+        let zones = crate::gis::dataset();
+        for zone in zones
+            .iter()
+            .map(|z| z.name.as_str())
+            .chain(["Zona Desconocida"])
+        {
+            for service in Service::ALL {
+                let days = config.estimated_days(zone, service);
+                assert!((2..=15).contains(&days), "{zone} {service}: {days}");
+            }
+        }
+        assert_eq!(config.estimated_days("HIPODROMO", Service::Television), 3);
+        assert_eq!(config.estimated_days("Zona Desconocida", Service::Trio), 8);
+    }
+
+    #[tokio::test]
+    async fn transient_failures_register_nothing_then_one_request() {
+        let sim = simulator();
+        sim.faults().fail_next(3);
+        let input = sale("4587213", "Sarco", "trio");
+        for attempt in 1..=3 {
+            assert!(is_transient(
+                &register(&sim, "job-1", attempt, &input).await
+            ));
+            assert_eq!(sim.registration_count(), 0);
+        }
+        let out = register(&sim, "job-1", 4, &input).await.unwrap();
+        assert_eq!(out["request_number"], json!("SF-2026-000001"));
+        assert_eq!(sim.registration("job-1").unwrap().attempt, 4);
+        assert_eq!(sim.calls(), 4);
+    }
+
+    #[tokio::test]
+    async fn outage_registers_nothing() {
+        let sim = simulator();
+        sim.faults().start_outage();
+        let input = sale("4587213", "Sarco", "trio");
+        for attempt in 1..=5 {
+            assert!(is_transient(
+                &register(&sim, "job-1", attempt, &input).await
+            ));
+        }
+        assert_eq!(sim.registration_count(), 0);
+        sim.faults().end_outage();
+        assert!(register(&sim, "job-1", 6, &input).await.is_ok());
+        assert_eq!(sim.registration_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lost_reply_is_answered_by_the_retry() {
+        let sim = simulator();
+        sim.faults().lose_next_replies(1);
+        let input = sale("4587213", "Sarco", "trio");
+        assert!(is_transient(&register(&sim, "job-1", 1, &input).await));
+        // Smartflex acted: the request exists, the caller did not hear.
+        assert_eq!(sim.registration_count(), 1);
+        let out = register(&sim, "job-1", 2, &input).await.unwrap();
+        assert_eq!(out["request_number"], json!("SF-2026-000001"));
+        assert_eq!(sim.registration_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn random_failures_with_retries_register_each_key_once() {
+        let sim = simulator();
+        sim.faults().set_error_rate(0.5, 2026);
+        let input = sale("4587213", "Sarco", "trio");
+        let mut calls = 0;
+        for job in 0..20 {
+            let key = format!("job-{job}");
+            let mut attempt = 1;
+            calls += 1;
+            while is_transient(&register(&sim, &key, attempt, &input).await) {
+                attempt += 1;
+                calls += 1;
+                assert!(attempt < 64, "the error rate never let a call through");
+            }
+            // One more call with the same key changes nothing.
+            calls += 1;
+            register(&sim, &key, attempt + 1, &input).await.ok();
+        }
+        let regs = sim.registrations();
+        assert_eq!(regs.len(), 20);
+        let numbers: std::collections::HashSet<_> =
+            regs.iter().map(|r| &r.request_number).collect();
+        assert_eq!(numbers.len(), 20);
+        assert!(sim.faults().injected() > 0);
+        assert_eq!(sim.calls(), calls);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_attempts_with_one_key_register_once() {
+        let sim = std::sync::Arc::new(simulator());
+        let input = sale("4587213", "Sarco", "trio");
+        let mut handles = Vec::new();
+        for attempt in 1..=8 {
+            let sim = sim.clone();
+            let input = input.clone();
+            handles.push(tokio::spawn(async move {
+                register(&sim, "job-1", attempt, &input).await.unwrap()
+            }));
+        }
+        let mut answers = Vec::new();
+        for h in handles {
+            answers.push(h.await.unwrap());
+        }
+        assert!(answers.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(sim.registration_count(), 1);
+    }
+
+    #[test]
+    fn blocked_list_mirrors_naf() {
+        let blocked = Config::default().blocked_cis;
+        for c in naf::dataset() {
+            let listed = c.impediments.contains(&Impediment::CentralRiesgos);
+            assert_eq!(
+                blocked.contains(&c.ci),
+                listed || c.ci == "6543210",
+                "{}",
+                c.ci
+            );
+        }
     }
 }

@@ -1,8 +1,12 @@
 use std::path::PathBuf;
 
 use crate::diagnostic::Diagnostics;
+use crate::runtime::eval::EvalError;
+use crate::runtime::forms::FieldError;
+use crate::runtime::machine::MachineError;
 
-/// Errors of the engine layer.
+/// Errors of the engine layer. Each variant is one thing a caller can act
+/// on; the API maps them to status codes in one place.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A definition file could not be read.
@@ -13,7 +17,99 @@ pub enum Error {
         /// What the operating system said.
         source: std::io::Error,
     },
-    /// A definition did not load or did not validate; every problem found is inside.
-    #[error("{0}")]
-    Invalid(Diagnostics),
+    /// Definitions did not load or did not validate; every problem found is inside.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostics>),
+    /// The database failed (details are for logs, not for clients).
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// No such instance, task, incident, job or version.
+    #[error("{what} `{id}` does not exist")]
+    NotFound {
+        /// What was looked for.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// No version of this procedure is deployed.
+    #[error("procedure `{code}` is not deployed")]
+    NotDeployed {
+        /// The code asked for.
+        code: String,
+    },
+    /// The procedure's start does not accept this channel.
+    #[error("procedure `{code}` cannot be started by channel `{channel}`; it accepts {allowed:?}")]
+    ChannelNotAllowed {
+        /// Procedure.
+        code: String,
+        /// Channel given.
+        channel: String,
+        /// Channels accepted.
+        allowed: Vec<String>,
+    },
+    /// Submitted data does not fit the form (or the start's data); nothing was changed.
+    #[error("{} field(s) are wrong", errors.len())]
+    InvalidData {
+        /// One entry per wrong field.
+        errors: Vec<FieldError>,
+    },
+    /// The outcome is not one of the task's buttons.
+    #[error("outcome `{outcome}` is not one of {allowed:?}")]
+    UnknownOutcome {
+        /// Outcome given.
+        outcome: String,
+        /// Outcomes allowed.
+        allowed: Vec<String>,
+    },
+    /// The task was completed or withdrawn already.
+    #[error("task `{task}` is {status}, not open")]
+    TaskNotOpen {
+        /// Task.
+        task: String,
+        /// Its status.
+        status: String,
+    },
+    /// Someone else holds the task.
+    #[error("task `{task}` is claimed by {assignee}")]
+    TaskClaimedByOther {
+        /// Task.
+        task: String,
+        /// Who holds it.
+        assignee: String,
+    },
+    /// The instance has ended.
+    #[error("instance `{instance}` is {status}")]
+    InstanceNotRunning {
+        /// Instance.
+        instance: String,
+        /// Its status.
+        status: String,
+    },
+    /// The incident was already retried or resolved.
+    #[error("incident `{incident}` is not open")]
+    IncidentNotOpen {
+        /// Incident.
+        incident: String,
+    },
+    /// An expression failed while evaluating a command's own input.
+    #[error(transparent)]
+    Expression(#[from] EvalError),
+    /// The token machine refused to go on.
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    /// Another engine process changed the same instance first; retry.
+    #[error("instance `{instance}` changed concurrently")]
+    Concurrent {
+        /// Instance.
+        instance: String,
+    },
+    /// The engine is shutting down and takes no more commands.
+    #[error("the engine is shutting down")]
+    Stopped,
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Error {
+        Error::Store(crate::store::Error::Database(e))
+    }
 }

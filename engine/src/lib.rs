@@ -17,6 +17,7 @@ pub mod loader;
 pub mod position;
 pub mod runtime;
 pub mod schema;
+pub mod store;
 pub mod text;
 pub mod validate;
 

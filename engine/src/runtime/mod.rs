@@ -1,3 +1,418 @@
 //! The durable runtime: instances, tasks, jobs, and the engine that runs them.
+//!
+//! Execution model, in one paragraph: every change is a [`Command`] sent to
+//! one writer task, which runs commands in batches inside one transaction
+//! (a savepoint each) and acknowledges them only after the commit. A command
+//! loads the instance (one row: variables and tokens as JSON), runs the pure
+//! token [`machine`] until every token waits again, and writes what the
+//! machine asks for: tasks for people, jobs for connectors and timers,
+//! subscriptions for messages, child instances, incidents, journal entries.
+//! Jobs run outside any transaction, in a worker pool, under leases; their
+//! results come back as commands.
 
+pub mod clock;
+pub mod commands;
 pub mod connector;
+pub mod eval;
+pub mod forms;
+pub mod machine;
+pub mod process;
+pub mod state;
+mod worker;
+mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub use commands::{
+    Command, CompleteTask, Delivery, Deployed, PublishMessage, Reply, StartInstance,
+};
+pub use writer::Stats;
+
+use crate::Error;
+use crate::catalog::Catalog;
+use crate::store::incidents::IncidentRow;
+use crate::store::instances::InstanceRow;
+use crate::store::journal::Entry;
+use crate::store::tasks::{Filter, TaskRow};
+use crate::store::{self, Store};
+use clock::{Clock, SystemClock};
+use commands::ProcessCache;
+use connector::Connectors;
+use process::Process;
+use writer::{Envelope, Writer};
+
+/// How to run an engine.
+pub struct EngineConfig {
+    /// `sqlite://tramite.db` (created on first start) or `postgres://…`.
+    pub database_url: String,
+    /// Operations of the connectors, to validate deployments.
+    pub catalog: Catalog,
+    /// The connectors jobs call.
+    pub connectors: Connectors,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Jobs run at once by this engine.
+    pub workers: usize,
+    /// How long a claimed job is this engine's before others may take it over.
+    pub lease: Duration,
+    /// How often idle workers look for jobs that came due by time.
+    pub poll: Duration,
+    /// Attempt timeout of a service task that sets none.
+    pub default_timeout: Duration,
+    /// Most commands per commit.
+    pub max_batch: usize,
+    /// This engine's name in leases and logs.
+    pub node_name: String,
+}
+
+impl EngineConfig {
+    /// Defaults for `database_url`: no connectors, system clock, 32 workers,
+    /// 30 s leases.
+    pub fn new(database_url: impl Into<String>) -> EngineConfig {
+        EngineConfig {
+            database_url: database_url.into(),
+            catalog: Catalog::new(),
+            connectors: Connectors::new(),
+            clock: Arc::new(SystemClock),
+            workers: 32,
+            lease: Duration::from_secs(30),
+            poll: Duration::from_millis(200),
+            default_timeout: Duration::from_secs(30),
+            max_batch: 1024,
+            node_name: "tramite".to_owned(),
+        }
+    }
+}
+
+/// A running engine. Cheap to clone; all clones are the same engine.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    store: Store,
+    sender: Mutex<Option<mpsc::Sender<Envelope>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) connectors: Connectors,
+    pub(crate) config: EngineConfig,
+    pub(crate) jobs_changed: Arc<Notify>,
+    pub(crate) stop: watch::Sender<bool>,
+    processes: Arc<ProcessCache>,
+    stats: Arc<Stats>,
+}
+
+impl Engine {
+    /// Opens the database (creating and migrating it as needed) and starts
+    /// the writer. Workers start with [`Engine::start_workers`].
+    pub async fn open(config: EngineConfig) -> Result<Engine, Error> {
+        let store = Store::open(&config.database_url).await?;
+        let (sender, inbox) = mpsc::channel(config.max_batch * 4);
+        let jobs_changed = Arc::new(Notify::new());
+        let processes = Arc::new(ProcessCache::default());
+        let stats = Arc::new(Stats::default());
+        let writer = Writer {
+            store: store.clone(),
+            processes: Arc::clone(&processes),
+            catalog: Arc::new(config.catalog.clone()),
+            clock: Arc::clone(&config.clock),
+            max_batch: config.max_batch,
+            jobs_changed: Arc::clone(&jobs_changed),
+            stats: Arc::clone(&stats),
+        };
+        let handle = tokio::spawn(writer.run(inbox));
+        let (stop, _) = watch::channel(false);
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                connectors: config.connectors.clone(),
+                store,
+                sender: Mutex::new(Some(sender)),
+                writer: Mutex::new(Some(handle)),
+                workers: Mutex::new(Vec::new()),
+                config,
+                jobs_changed,
+                stop,
+                processes,
+                stats,
+            }),
+        };
+        // SQLite has one engine by construction: leases left by a previous
+        // run belong to nobody now.
+        if engine.inner.store.backend() == store::Backend::Sqlite {
+            engine.submit(Command::ReleaseLeases).await?;
+        }
+        Ok(engine)
+    }
+
+    /// Sends a command to the writer; returns once it is committed.
+    pub async fn submit(&self, command: Command) -> Result<Reply, Error> {
+        let sender = self
+            .inner
+            .sender
+            .lock()
+            .expect("sender lock")
+            .clone()
+            .ok_or(Error::Stopped)?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(Envelope { command, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Validates and stores definitions, together; unchanged ones keep their version.
+    pub async fn deploy(&self, sources: Vec<(String, String)>) -> Result<Vec<Deployed>, Error> {
+        match self.submit(Command::Deploy { sources }).await? {
+            Reply::Deployed(d) => Ok(d),
+            other => unreachable!("deploy answered {other:?}"),
+        }
+    }
+
+    /// Deploys every definition directly in `dir`.
+    pub async fn deploy_dir(&self, dir: &Path) -> Result<Vec<Deployed>, Error> {
+        let files = crate::library::read(&[dir.to_path_buf()])?;
+        self.deploy(
+            files
+                .into_iter()
+                .map(|f| (f.path.display().to_string(), f.text))
+                .collect(),
+        )
+        .await
+    }
+
+    /// Starts an instance; returns its id.
+    pub async fn start(&self, start: StartInstance) -> Result<String, Error> {
+        match self.submit(Command::Start(start)).await? {
+            Reply::Started(id) => Ok(id),
+            other => unreachable!("start answered {other:?}"),
+        }
+    }
+
+    /// Claims a task for `user`.
+    pub async fn claim(&self, task: &str, user: &str) -> Result<(), Error> {
+        self.submit(Command::Claim {
+            task: task.to_owned(),
+            user: user.to_owned(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Gives a claimed task back to its role.
+    pub async fn unclaim(&self, task: &str, user: &str) -> Result<(), Error> {
+        self.submit(Command::Unclaim {
+            task: task.to_owned(),
+            user: user.to_owned(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Completes a task with an outcome and the form's data.
+    pub async fn complete(&self, complete: CompleteTask) -> Result<(), Error> {
+        self.submit(Command::Complete(complete)).await.map(drop)
+    }
+
+    /// Publishes a message.
+    pub async fn publish(&self, message: PublishMessage) -> Result<Delivery, Error> {
+        match self.submit(Command::Publish(message)).await? {
+            Reply::Published(d) => Ok(d),
+            other => unreachable!("publish answered {other:?}"),
+        }
+    }
+
+    /// Cancels a running instance and the children it waits for.
+    pub async fn cancel(&self, instance: &str, reason: &str, actor: &str) -> Result<(), Error> {
+        self.submit(Command::Cancel {
+            instance: instance.to_owned(),
+            reason: reason.to_owned(),
+            actor: actor.to_owned(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Runs an incident's job (or node) again.
+    pub async fn retry_incident(&self, incident: &str, actor: &str) -> Result<(), Error> {
+        self.submit(Command::RetryIncident {
+            incident: incident.to_owned(),
+            actor: actor.to_owned(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Closes an incident by hand with `variables`, going on past the failed step.
+    pub async fn resolve_incident(
+        &self,
+        incident: &str,
+        actor: &str,
+        variables: Map<String, Value>,
+    ) -> Result<(), Error> {
+        self.submit(Command::ResolveIncident {
+            incident: incident.to_owned(),
+            actor: actor.to_owned(),
+            variables,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Starts the worker pool.
+    pub fn start_workers(&self) {
+        let handle = tokio::spawn(worker::pool(self.clone()));
+        self.inner
+            .workers
+            .lock()
+            .expect("workers lock")
+            .push(handle);
+    }
+
+    /// Claims and runs due jobs until none is due; returns how many ran.
+    /// For tests, scenarios and tools that drive time by hand.
+    pub async fn run_due_jobs(&self) -> Result<usize, Error> {
+        let owner = format!("{}:inline", self.inner.config.node_name);
+        let mut ran = 0;
+        loop {
+            let Reply::Jobs(jobs) = self
+                .submit(Command::ClaimJobs {
+                    owner: owner.clone(),
+                    lease_ms: self.inner.config.lease.as_millis() as i64,
+                    limit: 256,
+                })
+                .await?
+            else {
+                unreachable!("claim answers jobs");
+            };
+            if jobs.is_empty() {
+                return Ok(ran);
+            }
+            ran += jobs.len();
+            let runs = jobs.into_iter().map(|job| {
+                let engine = self.clone();
+                let owner = owner.clone();
+                async move { worker::run_job(&engine, &owner, job).await }
+            });
+            for handle in runs.map(tokio::spawn).collect::<Vec<_>>() {
+                let _ = handle.await;
+            }
+        }
+    }
+
+    /// Stops: workers finish their jobs, the writer commits what it holds,
+    /// connections close.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+        let workers: Vec<_> =
+            std::mem::take(&mut *self.inner.workers.lock().expect("workers lock"));
+        for w in workers {
+            let _ = w.await;
+        }
+        self.close_writer().await;
+    }
+
+    /// Stops abruptly, as a killed process would: running jobs are dropped
+    /// mid-call and never report. Only what was committed survives.
+    pub async fn halt(&self) {
+        let _ = self.inner.stop.send(true);
+        let workers: Vec<_> =
+            std::mem::take(&mut *self.inner.workers.lock().expect("workers lock"));
+        for w in workers {
+            w.abort();
+        }
+        self.close_writer().await;
+    }
+
+    async fn close_writer(&self) {
+        drop(self.inner.sender.lock().expect("sender lock").take());
+        let writer = self.inner.writer.lock().expect("writer lock").take();
+        if let Some(w) = writer {
+            let _ = w.await;
+        }
+        self.inner.store.close().await;
+    }
+
+    /// The engine's clock.
+    pub fn now(&self) -> i64 {
+        self.inner.config.clock.now()
+    }
+
+    /// Wakes idle workers (after moving a manual clock, for instance).
+    pub fn wake(&self) {
+        self.inner.jobs_changed.notify_waiters();
+    }
+
+    /// Write-path counters.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// The store, for reads.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// A deployed version, compiled.
+    pub async fn process(&self, definition_id: i64) -> Result<Arc<Process>, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        self.inner.processes.get(&mut conn, definition_id).await
+    }
+
+    /// An instance.
+    pub async fn instance(&self, id: &str) -> Result<InstanceRow, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        store::instances::get(&mut conn, self.inner.store.backend(), id, false)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: "instance",
+                id: id.to_owned(),
+            })
+    }
+
+    /// Instances started by `parent`.
+    pub async fn children(&self, parent: &str) -> Result<Vec<InstanceRow>, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        Ok(store::instances::children(&mut conn, parent).await?)
+    }
+
+    /// A task.
+    pub async fn task(&self, id: &str) -> Result<TaskRow, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        store::tasks::get(&mut conn, id)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: "task",
+                id: id.to_owned(),
+            })
+    }
+
+    /// Tasks matching `filter`, soonest due first.
+    pub async fn tasks(&self, filter: &Filter) -> Result<Vec<TaskRow>, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        Ok(store::tasks::list(&mut conn, filter).await?)
+    }
+
+    /// An instance's history, in order.
+    pub async fn history(&self, instance: &str) -> Result<Vec<Entry>, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        Ok(store::journal::of_instance(&mut conn, instance).await?)
+    }
+
+    /// Incidents, newest first.
+    pub async fn incidents(
+        &self,
+        status: Option<&str>,
+        instance: Option<&str>,
+    ) -> Result<Vec<IncidentRow>, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        Ok(store::incidents::list(&mut conn, status, instance, 500).await?)
+    }
+}

@@ -99,6 +99,9 @@ fn mapping_writes(
     mapping_writes_typed(c, mapping, base, out, None);
 }
 
+/// A root (`result`, `output`) and the type of each of its fields.
+type TypedSource<'a> = (&'a str, &'a dyn Fn(&str) -> Option<VarType>);
+
 /// Like `mapping_writes`; where a value is a plain `<source>.<field>` with a
 /// known type, that type must fit the variable's.
 fn mapping_writes_typed(
@@ -106,7 +109,7 @@ fn mapping_writes_typed(
     mapping: &Mapping,
     base: &YamlPath,
     out: &mut BTreeSet<String>,
-    source: Option<(&str, &dyn Fn(&str) -> Option<VarType>)>,
+    source: Option<TypedSource<'_>>,
 ) {
     for (key, expr) in mapping {
         let Some(ty) = declared(c, key, base.key(key)) else {

@@ -1,0 +1,292 @@
+//! Fault injection for the simulators: the network and availability
+//! problems a real NAF, GIS or Smartflex has, on demand and reproducibly.
+//!
+//! A [`Faults`] is a cheap handle (clones share one state), so a test can
+//! keep one while the simulator it was given to is registered in the
+//! engine's connectors. Every injected failure is a
+//! [`ConnectorError::Transient`](tramite_engine::runtime::connector::ConnectorError::Transient);
+//! only [`Faults::lose_next_replies`] lets the system act before failing —
+//! every other fault fails the call before the system sees it, so nothing
+//! is registered.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+/// Shared, switchable faults of one simulator (or of several, if the same
+/// handle is given to each).
+///
+/// For each call, in this order: the fixed latency is waited; an outage
+/// fails it; else a pending "fail next" fails it (and is used up); else the
+/// error rate may fail it; else the system acts, and a pending "lose next
+/// reply" turns its answer into a transient failure.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    fail_next: u32,
+    lose_next: u32,
+    outage: bool,
+    latency: Duration,
+    rate: Option<Rate>,
+    injected: u64,
+}
+
+#[derive(Debug)]
+struct Rate {
+    probability: f64,
+    rng: XorShift64,
+}
+
+/// What the faults decided for one call.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Plan {
+    /// Wait this long before answering.
+    pub(crate) latency: Duration,
+    /// Fail before the system acts, with this reason.
+    pub(crate) fail: Option<&'static str>,
+    /// Let the system act, then fail as if the reply were lost.
+    pub(crate) lose_reply: bool,
+}
+
+impl Faults {
+    /// No faults.
+    pub fn new() -> Faults {
+        Faults::default()
+    }
+
+    /// The next `n` calls fail transiently before reaching the system
+    /// (replaces any count still pending; 0 cancels it).
+    pub fn fail_next(&self, n: u32) {
+        self.lock().fail_next = n;
+    }
+
+    /// The next `n` calls that reach the system act (Smartflex registers)
+    /// but their reply is lost: the caller sees a transient failure, as on a
+    /// timeout after the system committed. A retry with the same
+    /// idempotency key must then get the original answer.
+    pub fn lose_next_replies(&self, n: u32) {
+        self.lock().lose_next = n;
+    }
+
+    /// Every call fails transiently until [`Faults::end_outage`].
+    pub fn start_outage(&self) {
+        self.lock().outage = true;
+    }
+
+    /// Ends an outage.
+    pub fn end_outage(&self) {
+        self.lock().outage = false;
+    }
+
+    /// Whether an outage is on.
+    pub fn in_outage(&self) -> bool {
+        self.lock().outage
+    }
+
+    /// Every call waits `latency` before answering (zero: no wait). The
+    /// wait is a `tokio` timer, so a test with paused time does not sleep.
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+
+    /// Each call that is not otherwise failed fails transiently with
+    /// probability `probability` (clamped to 0–1), drawn from a xorshift
+    /// generator seeded with `seed`: the same seed and the same sequence
+    /// of calls fail the same calls.
+    pub fn set_error_rate(&self, probability: f64, seed: u64) {
+        let probability = if probability.is_nan() {
+            0.0
+        } else {
+            probability.clamp(0.0, 1.0)
+        };
+        self.lock().rate = Some(Rate {
+            probability,
+            rng: XorShift64::new(seed),
+        });
+    }
+
+    /// Turns the error rate off.
+    pub fn clear_error_rate(&self) {
+        self.lock().rate = None;
+    }
+
+    /// Turns every fault off (the count of injected failures is kept).
+    pub fn clear(&self) {
+        let mut state = self.lock();
+        let injected = state.injected;
+        *state = State {
+            injected,
+            ..State::default()
+        };
+    }
+
+    /// How many calls have been failed by injection so far (lost replies
+    /// included).
+    pub fn injected(&self) -> u64 {
+        self.lock().injected
+    }
+
+    /// Decides the fate of one call.
+    pub(crate) fn plan(&self) -> Plan {
+        let mut state = self.lock();
+        let latency = state.latency;
+        let fail = if state.outage {
+            Some("outage: the service is unavailable (HTTP 503)")
+        } else if state.fail_next > 0 {
+            state.fail_next -= 1;
+            Some("connection reset by peer")
+        } else if let Some(rate) = state.rate.as_mut() {
+            let draw = rate.rng.next_unit();
+            (draw < rate.probability).then_some("bad gateway (HTTP 502)")
+        } else {
+            None
+        };
+        let lose_reply = fail.is_none() && state.lose_next > 0;
+        if lose_reply {
+            state.lose_next -= 1;
+        }
+        if fail.is_some() || lose_reply {
+            state.injected += 1;
+        }
+        Plan {
+            latency,
+            fail,
+            lose_reply,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent even if a holder panicked: every
+        // update is a plain assignment.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Marsaglia's xorshift64, seeded through splitmix64 (so that small or
+/// zero seeds still give a good stream).
+#[derive(Debug, Clone)]
+struct XorShift64(u64);
+
+impl XorShift64 {
+    fn new(seed: u64) -> XorShift64 {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // xorshift must never hold zero.
+        XorShift64(if z == 0 { 0x2545_F491_4F6C_DD1D } else { z })
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A number in [0, 1).
+    fn next_unit(&mut self) -> f64 {
+        // The top 53 bits fill an f64's mantissa exactly.
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failures(faults: &Faults, calls: usize) -> Vec<bool> {
+        (0..calls).map(|_| faults.plan().fail.is_some()).collect()
+    }
+
+    #[test]
+    fn no_faults_by_default() {
+        let f = Faults::new();
+        assert_eq!(
+            f.plan(),
+            Plan {
+                latency: Duration::ZERO,
+                fail: None,
+                lose_reply: false
+            }
+        );
+        assert_eq!(f.injected(), 0);
+    }
+
+    #[test]
+    fn fail_next_is_used_up() {
+        let f = Faults::new();
+        f.fail_next(2);
+        assert_eq!(failures(&f, 4), [true, true, false, false]);
+        assert_eq!(f.injected(), 2);
+    }
+
+    #[test]
+    fn outage_lasts_until_ended_and_keeps_pending_failures() {
+        let f = Faults::new();
+        f.fail_next(1);
+        f.start_outage();
+        assert!(f.in_outage());
+        assert_eq!(failures(&f, 3), [true, true, true]);
+        f.end_outage();
+        assert_eq!(failures(&f, 2), [true, false]);
+    }
+
+    #[test]
+    fn lost_replies_come_after_failures() {
+        let f = Faults::new();
+        f.fail_next(1);
+        f.lose_next_replies(1);
+        let first = f.plan();
+        assert!(first.fail.is_some() && !first.lose_reply);
+        let second = f.plan();
+        assert!(second.fail.is_none() && second.lose_reply);
+        assert!(!f.plan().lose_reply);
+        assert_eq!(f.injected(), 2);
+    }
+
+    #[test]
+    fn error_rate_is_reproducible() {
+        let a = Faults::new();
+        let b = Faults::new();
+        a.set_error_rate(0.3, 42);
+        b.set_error_rate(0.3, 42);
+        let fa = failures(&a, 1000);
+        assert_eq!(fa, failures(&b, 1000));
+        let n = fa.iter().filter(|x| **x).count();
+        assert!((200..400).contains(&n), "{n} failures of 1000 at 30 %");
+
+        let c = Faults::new();
+        c.set_error_rate(0.3, 43);
+        assert_ne!(fa, failures(&c, 1000));
+    }
+
+    #[test]
+    fn error_rate_extremes_and_clear() {
+        let f = Faults::new();
+        f.set_error_rate(1.5, 0);
+        assert!(failures(&f, 50).iter().all(|x| *x));
+        f.set_error_rate(f64::NAN, 0);
+        assert!(failures(&f, 50).iter().all(|x| !*x));
+        f.set_error_rate(1.0, 7);
+        f.set_latency(Duration::from_millis(5));
+        f.clear();
+        assert_eq!(f.plan().latency, Duration::ZERO);
+        assert!(failures(&f, 10).iter().all(|x| !*x));
+        assert_eq!(f.injected(), 50);
+    }
+
+    #[test]
+    fn clones_share_state() {
+        let f = Faults::new();
+        let g = f.clone();
+        g.fail_next(1);
+        assert!(f.plan().fail.is_some());
+        assert_eq!(g.injected(), 1);
+    }
+}

@@ -1,0 +1,1447 @@
+//! Commands: every change to the engine's state is one command, executed
+//! inside one transaction by the writer. A command reads what it needs,
+//! runs the token machine, and writes the instance, its tasks, jobs,
+//! subscriptions, incidents and journal — all or nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+
+use serde_json::{Map, Value, json};
+
+use crate::Error;
+use crate::definition::{Channel, NodeKind};
+use crate::runtime::connector::ConnectorError;
+use crate::runtime::machine::{Effect, InstanceMeta, JobKind, Machine, default_retry, new_id};
+use crate::runtime::process::Process;
+use crate::runtime::state::{InstanceState, Wait};
+use crate::store::instances::InstanceRow;
+use crate::store::jobs::ClaimedJob;
+use crate::store::messages::MessageRow;
+use crate::store::{
+    self, Backend, Conn, definitions, incidents, instances, jobs, journal, messages, tasks,
+};
+
+/// A request to change state.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Store validated definitions as new versions (or find them unchanged).
+    Deploy {
+        /// `(file name, source)` of each definition, validated together.
+        sources: Vec<(String, String)>,
+    },
+    /// Start an instance.
+    Start(StartInstance),
+    /// Claim a task.
+    Claim {
+        /// Task.
+        task: String,
+        /// User.
+        user: String,
+    },
+    /// Give a claimed task back.
+    Unclaim {
+        /// Task.
+        task: String,
+        /// User.
+        user: String,
+    },
+    /// Complete a task.
+    Complete(CompleteTask),
+    /// Claim due jobs for a worker.
+    ClaimJobs {
+        /// Worker's lease owner id.
+        owner: String,
+        /// How long the lease lasts, ms.
+        lease_ms: i64,
+        /// At most this many.
+        limit: i64,
+    },
+    /// A worker's result for a job.
+    JobDone {
+        /// The job as claimed.
+        job: ClaimedJob,
+        /// The lease owner.
+        owner: String,
+        /// What the connector answered (timers: `Ok` with nothing).
+        result: Result<Map<String, Value>, ConnectorError>,
+    },
+    /// Publish a message.
+    Publish(PublishMessage),
+    /// Cancel a running instance.
+    Cancel {
+        /// Instance.
+        instance: String,
+        /// Why.
+        reason: String,
+        /// Who.
+        actor: String,
+    },
+    /// Run an incident's job (or node) again.
+    RetryIncident {
+        /// Incident.
+        incident: String,
+        /// Who.
+        actor: String,
+    },
+    /// Close an incident by hand, writing `variables` and going on as if
+    /// the failing step had succeeded.
+    ResolveIncident {
+        /// Incident.
+        incident: String,
+        /// Who.
+        actor: String,
+        /// Variables to write.
+        variables: Map<String, Value>,
+    },
+    /// Release the leases of jobs whose worker is gone (single-node start-up).
+    ReleaseLeases,
+}
+
+/// What starting an instance takes.
+#[derive(Debug, Clone)]
+pub struct StartInstance {
+    /// Procedure code.
+    pub code: String,
+    /// Business key (the instance id when empty).
+    pub business_key: String,
+    /// Channel (`ivr`, `web`, …).
+    pub channel: String,
+    /// Start data, checked against the start's fields.
+    pub data: Map<String, Value>,
+    /// Who starts it.
+    pub actor: String,
+}
+
+/// What completing a task takes.
+#[derive(Debug, Clone)]
+pub struct CompleteTask {
+    /// Task.
+    pub task: String,
+    /// Who completes it.
+    pub user: String,
+    /// Which button.
+    pub outcome: String,
+    /// The form's data.
+    pub data: Map<String, Value>,
+}
+
+/// A message for waiting instances.
+#[derive(Debug, Clone)]
+pub struct PublishMessage {
+    /// Message name.
+    pub name: String,
+    /// Correlation key.
+    pub key: String,
+    /// Payload (readable as `message`).
+    pub payload: Value,
+    /// The publisher's id; the same id twice is delivered once.
+    pub id: String,
+    /// How long to keep it if no instance waits yet, ms.
+    pub ttl_ms: i64,
+}
+
+/// What a command answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// Nothing to say.
+    Done,
+    /// Deployed versions, one per source: `(code, version, new)`.
+    Deployed(Vec<Deployed>),
+    /// The new instance's id.
+    Started(String),
+    /// Jobs claimed.
+    Jobs(Vec<ClaimedJob>),
+    /// Where a message went.
+    Published(Delivery),
+}
+
+/// One deployed definition.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Deployed {
+    /// Code.
+    pub code: String,
+    /// Version.
+    pub version: i64,
+    /// False when the same content was deployed before.
+    pub new: bool,
+}
+
+/// Where a published message went.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum Delivery {
+    /// To a waiting instance.
+    Delivered {
+        /// The instance.
+        instance: String,
+    },
+    /// Kept until an instance waits for it (or it expires).
+    Kept,
+    /// Its id was seen before: nothing done.
+    Duplicate,
+}
+
+impl PartialEq for ClaimedJob {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.attempts == other.attempts
+    }
+}
+
+/// Deployed processes, by version row id (immutable, so cached forever).
+#[derive(Debug, Default)]
+pub struct ProcessCache {
+    by_id: RwLock<HashMap<i64, Arc<Process>>>,
+}
+
+impl ProcessCache {
+    /// The process of version `id`, loading and compiling it once.
+    pub async fn get(&self, conn: &mut Conn, id: i64) -> Result<Arc<Process>, Error> {
+        if let Some(p) = self.by_id.read().expect("cache lock").get(&id) {
+            return Ok(Arc::clone(p));
+        }
+        let row = definitions::by_id(conn, id)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: "version",
+                id: id.to_string(),
+            })?;
+        let process = Arc::new(compile_stored(&row)?);
+        self.by_id
+            .write()
+            .expect("cache lock")
+            .insert(id, Arc::clone(&process));
+        Ok(process)
+    }
+}
+
+/// Reads a stored version (validated when it was deployed).
+fn compile_stored(row: &definitions::DefinitionRow) -> Result<Process, Error> {
+    let parsed = crate::loader::parse(&row.source);
+    if !parsed.is_complete() {
+        return Err(Error::Invalid(vec![crate::diagnostic::Diagnostics {
+            file: row.file_name.clone(),
+            items: parsed.diagnostics,
+        }]));
+    }
+    Ok(Process::new(row.id, row.version, parsed.definition))
+}
+
+/// What every command can use.
+pub struct Ctx<'a> {
+    /// Which database.
+    pub backend: Backend,
+    /// Deployed processes.
+    pub processes: &'a ProcessCache,
+    /// Connectors' operations, to validate deployments.
+    pub catalog: &'a crate::catalog::Catalog,
+    /// Now, ms.
+    pub now: i64,
+}
+
+/// Work a command causes on other instances, done in the same transaction.
+enum Followup {
+    StartChild {
+        parent: String,
+        business_key: String,
+        token: u32,
+        id: String,
+        code: String,
+        input: Map<String, Value>,
+    },
+    ChildEnded {
+        parent: String,
+        token: u32,
+        child: String,
+        variables: Map<String, Value>,
+    },
+    Deliver {
+        instance: String,
+        subscription: String,
+        message: MessageRow,
+    },
+    Cancel {
+        instance: String,
+        reason: String,
+    },
+    ParentIncident {
+        parent: String,
+        token: u32,
+        message: String,
+    },
+}
+
+/// Executes one command on `conn` (inside the writer's transaction).
+pub async fn exec(conn: &mut Conn, ctx: &Ctx<'_>, command: Command) -> Result<Reply, Error> {
+    let mut followups = VecDeque::new();
+    let reply = match command {
+        Command::Deploy { sources } => deploy(conn, ctx, &sources).await?,
+        Command::Start(start) => {
+            let id = new_id();
+            start_instance(conn, ctx, &start, &id, None, &mut followups).await?;
+            Reply::Started(id)
+        }
+        Command::Claim { task, user } => {
+            claim(conn, ctx, &task, &user).await?;
+            Reply::Done
+        }
+        Command::Unclaim { task, user } => {
+            unclaim(conn, ctx, &task, &user).await?;
+            Reply::Done
+        }
+        Command::Complete(c) => {
+            complete(conn, ctx, &c, &mut followups).await?;
+            Reply::Done
+        }
+        Command::ClaimJobs {
+            owner,
+            lease_ms,
+            limit,
+        } => Reply::Jobs(
+            jobs::claim(
+                conn,
+                ctx.backend,
+                &owner,
+                ctx.now,
+                ctx.now + lease_ms,
+                limit,
+            )
+            .await?,
+        ),
+        Command::JobDone { job, owner, result } => {
+            job_done(conn, ctx, &job, &owner, result, &mut followups).await?;
+            Reply::Done
+        }
+        Command::Publish(m) => Reply::Published(publish(conn, ctx, &m, &mut followups).await?),
+        Command::Cancel {
+            instance,
+            reason,
+            actor,
+        } => {
+            cancel(conn, ctx, &instance, &reason, &actor, true, &mut followups).await?;
+            Reply::Done
+        }
+        Command::RetryIncident { incident, actor } => {
+            settle_incident(conn, ctx, &incident, &actor, None, &mut followups).await?;
+            Reply::Done
+        }
+        Command::ResolveIncident {
+            incident,
+            actor,
+            variables,
+        } => {
+            settle_incident(
+                conn,
+                ctx,
+                &incident,
+                &actor,
+                Some(variables),
+                &mut followups,
+            )
+            .await?;
+            Reply::Done
+        }
+        Command::ReleaseLeases => {
+            jobs::release_all(conn).await?;
+            Reply::Done
+        }
+    };
+    run_followups(conn, ctx, &mut followups).await?;
+    Ok(reply)
+}
+
+async fn run_followups(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    queue: &mut VecDeque<Followup>,
+) -> Result<(), Error> {
+    while let Some(f) = queue.pop_front() {
+        match f {
+            Followup::StartChild {
+                parent,
+                business_key,
+                token,
+                id,
+                code,
+                input,
+            } => {
+                let start = StartInstance {
+                    code: code.clone(),
+                    business_key,
+                    channel: "procedure".to_owned(),
+                    data: input,
+                    actor: "engine".to_owned(),
+                };
+                // A child that cannot start stops the parent's call, not the command.
+                let mut nested = VecDeque::new();
+                match start_instance(conn, ctx, &start, &id, Some((&parent, token)), &mut nested)
+                    .await
+                {
+                    Ok(()) => queue.extend(nested),
+                    Err(e @ (Error::Store(_) | Error::Concurrent { .. })) => return Err(e),
+                    Err(e) => queue.push_back(Followup::ParentIncident {
+                        parent,
+                        token,
+                        message: format!("cannot start `{code}`: {e}"),
+                    }),
+                }
+            }
+            Followup::ChildEnded {
+                parent,
+                token,
+                child,
+                variables,
+            } => {
+                let mut row = load(conn, ctx, &parent).await?;
+                if row.status != "running" {
+                    continue;
+                }
+                let process = ctx.processes.get(conn, row.definition_id).await?;
+                let waiting = matches!(row.state.token(token).map(|t| &t.wait), Some(Wait::Call { child: c }) if *c == child);
+                if !waiting {
+                    continue;
+                }
+                let node_id = row.state.token(token).expect("checked").node.clone();
+                let NodeKind::Call(call) = &process.definition.node(&node_id).expect("node").kind
+                else {
+                    continue;
+                };
+                let meta = meta(&row);
+                let mut state = row.state.clone();
+                let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
+                let output = Value::Object(variables);
+                match m.assign(&call.output, Some(("output", &output))) {
+                    Ok(written) => {
+                        m.note(
+                            "child_ended",
+                            Some(&node_id),
+                            json!({"child": child, "written": written}),
+                        );
+                        m.go(token, &call.next)?;
+                    }
+                    Err(e) => raise(&mut m, token, &node_id, e.to_string()),
+                }
+                let effects = std::mem::take(&mut m.effects);
+                row.state = state;
+                save(conn, ctx, &mut row, effects, "engine", queue, false).await?;
+            }
+            Followup::Deliver {
+                instance,
+                subscription,
+                message,
+            } => {
+                deliver(conn, ctx, &instance, &subscription, &message, queue).await?;
+            }
+            Followup::Cancel { instance, reason } => {
+                cancel(conn, ctx, &instance, &reason, "engine", false, queue).await?;
+            }
+            Followup::ParentIncident {
+                parent,
+                token,
+                message,
+            } => {
+                let mut row = load(conn, ctx, &parent).await?;
+                if row.status != "running" {
+                    continue;
+                }
+                let process = ctx.processes.get(conn, row.definition_id).await?;
+                let Some(node_id) = row.state.token(token).map(|t| t.node.clone()) else {
+                    continue;
+                };
+                let meta = meta(&row);
+                let mut state = row.state.clone();
+                let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
+                raise(&mut m, token, &node_id, message);
+                let effects = std::mem::take(&mut m.effects);
+                row.state = state;
+                save(conn, ctx, &mut row, effects, "engine", queue, false).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stops token `token` at `node` with an incident.
+fn raise(m: &mut Machine<'_>, token: u32, node: &str, message: String) {
+    let id = new_id();
+    if let Some(t) = m.state.token_mut(token) {
+        t.wait = Wait::Incident {
+            incident: id.clone(),
+        };
+    }
+    m.note(
+        "incident_raised",
+        Some(node),
+        json!({"incident": id, "message": message}),
+    );
+    m.effects.push(Effect::Incident {
+        id,
+        token,
+        node: node.to_owned(),
+        job: None,
+        message,
+    });
+}
+
+fn meta(row: &InstanceRow) -> InstanceMeta {
+    InstanceMeta {
+        id: row.id.clone(),
+        business_key: row.business_key.clone(),
+        channel: row.channel.clone(),
+        started_at: row.started_at,
+    }
+}
+
+async fn load(conn: &mut Conn, ctx: &Ctx<'_>, id: &str) -> Result<InstanceRow, Error> {
+    instances::get(conn, ctx.backend, id, true)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            what: "instance",
+            id: id.to_owned(),
+        })
+}
+
+/// FNV-1a: a stable content hash, so identical sources map to one version.
+fn content_hash(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}-{}", text.len())
+}
+
+async fn deploy(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    sources: &[(String, String)],
+) -> Result<Reply, Error> {
+    use crate::library::{self, SourceFile};
+    let files: Vec<SourceFile> = sources
+        .iter()
+        .map(|(name, text)| SourceFile {
+            path: name.into(),
+            text: text.clone(),
+        })
+        .collect();
+    // Calls resolve against what is being deployed and what is deployed already.
+    let mut context = Vec::new();
+    for row in definitions::all(conn).await? {
+        if !files
+            .iter()
+            .any(|f| crate::loader::parse(&f.text).definition.code == row.code)
+            && !context
+                .iter()
+                .any(|c: &SourceFile| crate::loader::parse(&c.text).definition.code == row.code)
+        {
+            context.push(SourceFile {
+                path: row.file_name.into(),
+                text: row.source,
+            });
+        }
+    }
+    let results = library::compile(&files, &context, ctx.catalog);
+    let failures: Vec<_> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().err().cloned())
+        .collect();
+    if !failures.is_empty() {
+        return Err(Error::Invalid(failures));
+    }
+    let mut out = Vec::new();
+    for ((name, text), (_, result)) in sources.iter().zip(results) {
+        let code = result.expect("checked").definition.code;
+        let hash = content_hash(text);
+        if let Some(row) = definitions::by_hash(conn, &code, &hash).await? {
+            out.push(Deployed {
+                code,
+                version: row.version,
+                new: false,
+            });
+            continue;
+        }
+        let row = definitions::insert(conn, &code, &hash, name, text, ctx.now).await?;
+        out.push(Deployed {
+            code,
+            version: row.version,
+            new: true,
+        });
+    }
+    Ok(Reply::Deployed(out))
+}
+
+fn channel_name(c: Channel) -> String {
+    serde_json::to_value(c)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+async fn start_instance(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    start: &StartInstance,
+    id: &str,
+    parent: Option<(&str, u32)>,
+    followups: &mut VecDeque<Followup>,
+) -> Result<(), Error> {
+    let latest = definitions::latest(conn, &start.code)
+        .await?
+        .ok_or_else(|| Error::NotDeployed {
+            code: start.code.clone(),
+        })?;
+    let process = ctx.processes.get(conn, latest.id).await?;
+    let (start_node, start_spec) = process.start().ok_or_else(|| Error::NotDeployed {
+        code: start.code.clone(),
+    })?;
+    let allowed: Vec<String> = start_spec
+        .channels
+        .iter()
+        .map(|c| channel_name(*c))
+        .collect();
+    if !allowed.contains(&start.channel) {
+        return Err(Error::ChannelNotAllowed {
+            code: start.code.clone(),
+            channel: start.channel.clone(),
+            allowed,
+        });
+    }
+    if let Some(form) = process.form(start_node) {
+        let errors = form.check(&Value::Object(start.data.clone()));
+        if !errors.is_empty() {
+            return Err(Error::InvalidData { errors });
+        }
+    }
+    let business_key = if start.business_key.trim().is_empty() {
+        id.to_owned()
+    } else {
+        start.business_key.clone()
+    };
+    let mut row = InstanceRow {
+        id: id.to_owned(),
+        definition_id: process.id,
+        code: process.code.clone(),
+        version: process.version,
+        business_key,
+        channel: start.channel.clone(),
+        status: "running".to_owned(),
+        outcome: None,
+        state: InstanceState::default(),
+        revision: 0,
+        parent_id: parent.map(|(p, _)| p.to_owned()),
+        parent_token: parent.map(|(_, t)| i64::from(t)),
+        started_at: ctx.now,
+        ended_at: None,
+        cancel_reason: None,
+    };
+    let meta = meta(&row);
+    let mut state = InstanceState::default();
+    let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
+    m.write(&start.data);
+    m.note(
+        "instance_started",
+        Some(start_node),
+        json!({"code": process.code, "version": process.version, "channel": start.channel, "data": start.data, "parent": parent.map(|(p, _)| p)}),
+    );
+    m.start()?;
+    let effects = std::mem::take(&mut m.effects);
+    row.state = state;
+    save(conn, ctx, &mut row, effects, &start.actor, followups, true).await
+}
+
+/// Persists an instance after a machine run and applies its effects.
+async fn save(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    row: &mut InstanceRow,
+    effects: Vec<Effect>,
+    actor: &str,
+    followups: &mut VecDeque<Followup>,
+    new: bool,
+) -> Result<(), Error> {
+    let mut entries: Vec<(String, Option<String>, Value)> = Vec::new();
+    let mut ended = None;
+    for effect in effects {
+        match effect {
+            Effect::Journal { kind, node, data } => entries.push((kind.to_owned(), node, data)),
+            Effect::Ended { outcome } => ended = Some(outcome),
+            other => apply(conn, ctx, row, other, followups).await?,
+        }
+    }
+    if let Some(outcome) = ended {
+        row.status = "completed".to_owned();
+        row.outcome = Some(outcome.clone());
+        row.ended_at = Some(ctx.now);
+        entries.push((
+            "instance_completed".to_owned(),
+            None,
+            json!({"outcome": outcome}),
+        ));
+        if let (Some(parent), Some(token)) = (&row.parent_id, row.parent_token) {
+            followups.push_back(Followup::ChildEnded {
+                parent: parent.clone(),
+                token: token as u32,
+                child: row.id.clone(),
+                variables: row.state.variables.clone(),
+            });
+        }
+    }
+    if new {
+        instances::insert(conn, row).await?;
+    } else if !instances::update(conn, row).await? {
+        return Err(Error::Concurrent {
+            instance: row.id.clone(),
+        });
+    }
+    row.revision += 1;
+    let new_entries: Vec<journal::NewEntry<'_>> = entries
+        .iter()
+        .map(|(kind, node, data)| journal::NewEntry {
+            instance_id: &row.id,
+            at: ctx.now,
+            actor,
+            kind,
+            node_id: node.as_deref(),
+            data,
+        })
+        .collect();
+    journal::append(conn, &new_entries).await?;
+    Ok(())
+}
+
+async fn apply(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    row: &InstanceRow,
+    effect: Effect,
+    followups: &mut VecDeque<Followup>,
+) -> Result<(), Error> {
+    match effect {
+        Effect::CreateTask {
+            id,
+            token,
+            node,
+            role,
+            due_at,
+        } => {
+            tasks::insert(
+                conn,
+                &tasks::NewTask {
+                    id: &id,
+                    instance_id: &row.id,
+                    token,
+                    node_id: &node,
+                    code: &row.code,
+                    business_key: &row.business_key,
+                    role: &role,
+                    created_at: ctx.now,
+                    due_at,
+                },
+            )
+            .await?
+        }
+        Effect::CancelTask { id } => tasks::cancel(conn, &id, ctx.now).await?,
+        Effect::CreateJob(job) => {
+            let (kind, connector, operation, input) = match &job.kind {
+                JobKind::Service {
+                    connector,
+                    operation,
+                    input,
+                } => (
+                    "service",
+                    Some(connector.as_str()),
+                    Some(operation.as_str()),
+                    Some(Value::Object(input.clone()).to_string()),
+                ),
+                JobKind::Timer => ("timer", None, None, None),
+            };
+            let timeout_ms = match &job.kind {
+                JobKind::Service { .. } => {
+                    let process = ctx.processes.get(conn, row.definition_id).await?;
+                    match process.definition.node(&job.node).map(|n| &n.kind) {
+                        Some(NodeKind::ServiceTask(s)) => {
+                            s.timeout.as_ref().map(|t| t.as_std().as_millis() as i64)
+                        }
+                        _ => None,
+                    }
+                }
+                JobKind::Timer => None,
+            };
+            jobs::insert(
+                conn,
+                &jobs::NewJob {
+                    id: &job.id,
+                    instance_id: &row.id,
+                    token: job.token,
+                    node_id: &job.node,
+                    kind,
+                    connector,
+                    operation,
+                    input,
+                    idempotency_key: format!("tramite:{}:{}:{}", row.id, job.node, job.id),
+                    max_attempts: job.max_attempts,
+                    timeout_ms,
+                    run_at: job.run_at,
+                    created_at: ctx.now,
+                },
+            )
+            .await?
+        }
+        Effect::CancelJob { id } => jobs::cancel(conn, &id).await?,
+        Effect::Subscribe {
+            id,
+            token,
+            node,
+            name,
+            key,
+        } => {
+            messages::subscribe(
+                conn,
+                messages::NewSubscription {
+                    id: &id,
+                    instance: &row.id,
+                    token,
+                    node: &node,
+                    name: &name,
+                    key: &key,
+                    now: ctx.now,
+                },
+            )
+            .await?;
+            // A message that came before the instance waited is delivered now.
+            if let Some(message) = messages::pending(conn, &name, &key, ctx.now).await? {
+                messages::delivered(conn, &message.id, &row.id).await?;
+                followups.push_back(Followup::Deliver {
+                    instance: row.id.clone(),
+                    subscription: id,
+                    message,
+                });
+            }
+        }
+        Effect::Unsubscribe { id } => messages::unsubscribe(conn, &id).await?,
+        Effect::StartChild {
+            id,
+            token,
+            code,
+            input,
+            wait: _,
+        } => followups.push_back(Followup::StartChild {
+            parent: row.id.clone(),
+            business_key: row.business_key.clone(),
+            token,
+            id,
+            code,
+            input,
+        }),
+        Effect::CancelChild { id } => followups.push_back(Followup::Cancel {
+            instance: id,
+            reason: format!("parent `{}` was cancelled", row.id),
+        }),
+        Effect::Incident {
+            id,
+            token,
+            node,
+            job,
+            message,
+        } => {
+            incidents::insert(
+                conn,
+                &incidents::IncidentRow {
+                    id,
+                    instance_id: row.id.clone(),
+                    job_id: job,
+                    node_id: node,
+                    token: i64::from(token),
+                    message,
+                    status: "open".to_owned(),
+                    created_at: ctx.now,
+                    resolved_at: None,
+                    resolved_by: None,
+                    resolution: None,
+                },
+            )
+            .await?
+        }
+        Effect::Ended { .. } | Effect::Journal { .. } => {}
+    }
+    Ok(())
+}
+
+async fn open_task(conn: &mut Conn, id: &str) -> Result<tasks::TaskRow, Error> {
+    let task = tasks::get(conn, id).await?.ok_or_else(|| Error::NotFound {
+        what: "task",
+        id: id.to_owned(),
+    })?;
+    if task.status != "open" && task.status != "claimed" {
+        return Err(Error::TaskNotOpen {
+            task: id.to_owned(),
+            status: task.status,
+        });
+    }
+    Ok(task)
+}
+
+async fn journal_one(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    instance: &str,
+    actor: &str,
+    kind: &str,
+    node: &str,
+    data: Value,
+) -> Result<(), Error> {
+    journal::append(
+        conn,
+        &[journal::NewEntry {
+            instance_id: instance,
+            at: ctx.now,
+            actor,
+            kind,
+            node_id: Some(node),
+            data: &data,
+        }],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn claim(conn: &mut Conn, ctx: &Ctx<'_>, id: &str, user: &str) -> Result<(), Error> {
+    let task = open_task(conn, id).await?;
+    if let Some(holder) = task.assignee.as_deref() {
+        if holder == user {
+            return Ok(()); // claiming twice is harmless
+        }
+        return Err(Error::TaskClaimedByOther {
+            task: id.to_owned(),
+            assignee: holder.to_owned(),
+        });
+    }
+    if !tasks::claim(conn, id, user).await? {
+        return Err(Error::TaskNotOpen {
+            task: id.to_owned(),
+            status: "taken".to_owned(),
+        });
+    }
+    journal_one(
+        conn,
+        ctx,
+        &task.instance_id,
+        user,
+        "task_claimed",
+        &task.node_id,
+        json!({"task": id}),
+    )
+    .await
+}
+
+async fn unclaim(conn: &mut Conn, ctx: &Ctx<'_>, id: &str, user: &str) -> Result<(), Error> {
+    let task = open_task(conn, id).await?;
+    match task.assignee.as_deref() {
+        Some(holder) if holder == user => {}
+        Some(holder) => {
+            return Err(Error::TaskClaimedByOther {
+                task: id.to_owned(),
+                assignee: holder.to_owned(),
+            });
+        }
+        None => return Ok(()),
+    }
+    tasks::unclaim(conn, id, user).await?;
+    journal_one(
+        conn,
+        ctx,
+        &task.instance_id,
+        user,
+        "task_unclaimed",
+        &task.node_id,
+        json!({"task": id}),
+    )
+    .await
+}
+
+async fn complete(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    c: &CompleteTask,
+    followups: &mut VecDeque<Followup>,
+) -> Result<(), Error> {
+    let task = open_task(conn, &c.task).await?;
+    if let Some(holder) = task.assignee.as_deref()
+        && holder != c.user
+    {
+        return Err(Error::TaskClaimedByOther {
+            task: c.task.clone(),
+            assignee: holder.to_owned(),
+        });
+    }
+    let mut row = load(conn, ctx, &task.instance_id).await?;
+    let process = ctx.processes.get(conn, row.definition_id).await?;
+    let NodeKind::UserTask(node) = &process
+        .definition
+        .node(&task.node_id)
+        .ok_or_else(|| Error::NotFound {
+            what: "node",
+            id: task.node_id.clone(),
+        })?
+        .kind
+    else {
+        return Err(Error::NotFound {
+            what: "user task",
+            id: task.node_id.clone(),
+        });
+    };
+    let outcome = node
+        .outcomes
+        .iter()
+        .find(|o| o.id == c.outcome)
+        .ok_or_else(|| Error::UnknownOutcome {
+            outcome: c.outcome.clone(),
+            allowed: node.outcomes.iter().map(|o| o.id.clone()).collect(),
+        })?;
+    let data = Value::Object(c.data.clone());
+    if let Some(form) = process.form(&task.node_id) {
+        let errors = form.check(&data);
+        if !errors.is_empty() {
+            return Err(Error::InvalidData { errors });
+        }
+    }
+    if !tasks::complete(conn, &c.task, &c.user, &c.outcome, &data, ctx.now).await? {
+        return Err(Error::TaskNotOpen {
+            task: c.task.clone(),
+            status: "completed".to_owned(),
+        });
+    }
+    let token = task.token as u32;
+    let meta = meta(&row);
+    let mut state = row.state.clone();
+    let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
+    if let Some(t) = m.state.token(token)
+        && let Wait::Task {
+            timer: Some(timer), ..
+        } = &t.wait
+    {
+        m.effects.push(Effect::CancelJob { id: timer.clone() });
+    }
+    m.write(&c.data);
+    let set = m.assign(&outcome.set, None)?;
+    m.note(
+        "task_completed",
+        Some(&task.node_id),
+        json!({"task": c.task, "outcome": c.outcome, "data": c.data, "set": set}),
+    );
+    m.go(token, &outcome.next)?;
+    let effects = std::mem::take(&mut m.effects);
+    row.state = state;
+    save(conn, ctx, &mut row, effects, &c.user, followups, false).await
+}
+
+/// Delay before attempt `attempt + 1`, with equal jitter (half fixed, half random).
+fn backoff(policy: &crate::definition::RetryPolicy, attempt: u32) -> i64 {
+    let initial = policy.initial_delay.as_std().as_millis() as i64;
+    let max = policy.max_delay.as_std().as_millis() as i64;
+    let delay = match policy.backoff {
+        crate::definition::Backoff::Fixed => initial,
+        crate::definition::Backoff::Exponential => {
+            initial.saturating_mul(1_i64 << attempt.saturating_sub(1).min(30))
+        }
+    }
+    .min(max);
+    if policy.jitter && delay > 1 {
+        delay / 2 + rand::random_range(0..=delay / 2)
+    } else {
+        delay
+    }
+}
+
+async fn job_done(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    job: &ClaimedJob,
+    owner: &str,
+    result: Result<Map<String, Value>, ConnectorError>,
+    followups: &mut VecDeque<Followup>,
+) -> Result<(), Error> {
+    let mut row = load(conn, ctx, &job.instance_id).await?;
+    let process = ctx.processes.get(conn, row.definition_id).await?;
+    let token = job.token as u32;
+    let node_id = job.node_id.clone();
+    // Transient failure with attempts left: back in the queue, instance untouched.
+    if let Err(ConnectorError::Transient { message }) = &result {
+        let policy = match process.definition.node(&node_id).map(|n| &n.kind) {
+            Some(NodeKind::ServiceTask(s)) => s.retry.clone().unwrap_or_else(default_retry),
+            _ => default_retry(),
+        };
+        if job.attempts < job.max_attempts {
+            let at = ctx.now + backoff(&policy, job.attempts as u32);
+            if jobs::reschedule(conn, &job.id, owner, at, message).await? {
+                journal_one(
+                    conn,
+                    ctx,
+                    &row.id,
+                    "worker",
+                    "job_failed",
+                    &node_id,
+                    json!({"job": job.id, "attempt": job.attempts, "error": message, "retry_at": at}),
+                )
+                .await?;
+            }
+            return Ok(());
+        }
+        if !jobs::finish(conn, &job.id, owner, "incident", Some(message)).await? {
+            return Ok(()); // lease lost: another worker owns the outcome
+        }
+        let incident = new_id();
+        let text = format!("{} attempt(s) failed; last: {message}", job.attempts);
+        incidents::insert(
+            conn,
+            &incidents::IncidentRow {
+                id: incident.clone(),
+                instance_id: row.id.clone(),
+                job_id: Some(job.id.clone()),
+                node_id: node_id.clone(),
+                token: job.token,
+                message: text.clone(),
+                status: "open".to_owned(),
+                created_at: ctx.now,
+                resolved_at: None,
+                resolved_by: None,
+                resolution: None,
+            },
+        )
+        .await?;
+        return journal_one(
+            conn,
+            ctx,
+            &row.id,
+            "worker",
+            "incident_raised",
+            &node_id,
+            json!({"incident": incident, "job": job.id, "message": text}),
+        )
+        .await;
+    }
+    let error_text = match &result {
+        Err(e) => Some(e.to_string()),
+        Ok(_) => None,
+    };
+    if !jobs::finish(conn, &job.id, owner, "done", error_text.as_deref()).await? {
+        return Ok(()); // lease lost or job cancelled: this result is stale
+    }
+    let waiting = row.state.token(token).map(|t| t.wait.clone());
+    let meta = meta(&row);
+    let mut state = row.state.clone();
+    let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
+    let node = process.definition.node(&node_id).map(|n| &n.kind);
+    match (job.kind.as_str(), waiting, node) {
+        ("service", Some(Wait::Job { job: j }), Some(NodeKind::ServiceTask(s))) if j == job.id => {
+            match result {
+                Ok(output) => {
+                    let output = Value::Object(output);
+                    match m.assign(&s.output, Some(("result", &output))) {
+                        Ok(written) => {
+                            m.note(
+                                "job_succeeded",
+                                Some(&node_id),
+                                json!({"job": job.id, "attempt": job.attempts, "written": written}),
+                            );
+                            m.go(token, &s.next)?;
+                        }
+                        Err(e) => raise(&mut m, token, &node_id, e.to_string()),
+                    }
+                }
+                Err(ConnectorError::Business { code, message }) => {
+                    let error = json!({"code": code, "message": message});
+                    m.note(
+                        "job_business_error",
+                        Some(&node_id),
+                        json!({"job": job.id, "error": error}),
+                    );
+                    match s.errors.iter().find(|r| r.error == code) {
+                        Some(route) => match m.assign(&route.set, Some(("error", &error))) {
+                            Ok(_) => m.go(token, &route.next)?,
+                            Err(e) => raise(&mut m, token, &node_id, e.to_string()),
+                        },
+                        None => raise(
+                            &mut m,
+                            token,
+                            &node_id,
+                            format!("unrouted business error `{code}`: {message}"),
+                        ),
+                    }
+                }
+                Err(ConnectorError::Transient { .. }) => unreachable!("handled above"),
+            }
+        }
+        ("timer", Some(wait), Some(kind)) => {
+            fire_timer(&mut m, token, &node_id, &job.id, &wait, kind)?
+        }
+        _ => return Ok(()), // the token moved on (cancelled, escalated): nothing to do
+    }
+    let effects = std::mem::take(&mut m.effects);
+    row.state = state;
+    save(conn, ctx, &mut row, effects, "worker", followups, false).await
+}
+
+fn fire_timer(
+    m: &mut Machine<'_>,
+    token: u32,
+    node_id: &str,
+    job: &str,
+    wait: &Wait,
+    kind: &NodeKind,
+) -> Result<(), Error> {
+    match (wait, kind) {
+        (
+            Wait::Task {
+                task,
+                timer: Some(t),
+            },
+            NodeKind::UserTask(u),
+        ) if t == job => {
+            let Some(escalation) = &u.escalation else {
+                return Ok(());
+            };
+            m.note(
+                "task_overdue",
+                Some(node_id),
+                json!({"task": task, "interrupting": escalation.interrupting}),
+            );
+            if escalation.interrupting {
+                m.effects.push(Effect::CancelTask { id: task.clone() });
+                m.go(token, &escalation.next)?;
+            } else {
+                if let Some(tk) = m.state.token_mut(token) {
+                    tk.wait = Wait::Task {
+                        task: task.clone(),
+                        timer: None,
+                    };
+                }
+                m.branch(token, &escalation.next)?;
+            }
+        }
+        (
+            Wait::Message {
+                subscription,
+                timer: Some(t),
+            },
+            NodeKind::MessageWait(w),
+        ) if t == job => {
+            m.effects.push(Effect::Unsubscribe {
+                id: subscription.clone(),
+            });
+            if let Some(timeout) = &w.timeout {
+                m.note(
+                    "message_timed_out",
+                    Some(node_id),
+                    json!({"message": w.message}),
+                );
+                m.go(token, &timeout.next)?;
+            }
+        }
+        (Wait::Timer { job: t }, NodeKind::TimerWait(tw)) if t == job => {
+            m.note("timer_fired", Some(node_id), Value::Null);
+            m.go(token, &tw.next)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn publish(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    msg: &PublishMessage,
+    followups: &mut VecDeque<Followup>,
+) -> Result<Delivery, Error> {
+    let waiting = messages::find(conn, &msg.name, &msg.key).await?;
+    let row = MessageRow {
+        id: msg.id.clone(),
+        message_name: msg.name.clone(),
+        correlation_key: msg.key.clone(),
+        payload: msg.payload.clone(),
+        status: if waiting.is_some() {
+            "delivered"
+        } else {
+            "pending"
+        }
+        .to_owned(),
+        instance_id: waiting.as_ref().map(|s| s.instance_id.clone()),
+        received_at: ctx.now,
+        expires_at: if waiting.is_some() {
+            None
+        } else {
+            Some(ctx.now + msg.ttl_ms)
+        },
+    };
+    if !messages::record(conn, &row).await? {
+        return Ok(Delivery::Duplicate);
+    }
+    match waiting {
+        Some(s) => {
+            followups.push_back(Followup::Deliver {
+                instance: s.instance_id.clone(),
+                subscription: s.id,
+                message: row,
+            });
+            Ok(Delivery::Delivered {
+                instance: s.instance_id,
+            })
+        }
+        None => Ok(Delivery::Kept),
+    }
+}
+
+async fn deliver(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    instance: &str,
+    subscription: &str,
+    message: &MessageRow,
+    followups: &mut VecDeque<Followup>,
+) -> Result<(), Error> {
+    let mut row = load(conn, ctx, instance).await?;
+    let process = ctx.processes.get(conn, row.definition_id).await?;
+    let found = row.state.tokens.iter().find_map(|t| match &t.wait {
+        Wait::Message {
+            subscription: s,
+            timer,
+        } if s == subscription => Some((t.id, t.node.clone(), timer.clone())),
+        _ => None,
+    });
+    let Some((token, node_id, timer)) = found else {
+        return Ok(());
+    };
+    let NodeKind::MessageWait(w) = &process.definition.node(&node_id).expect("node").kind else {
+        return Ok(());
+    };
+    messages::unsubscribe(conn, subscription).await?;
+    let meta = meta(&row);
+    let mut state = row.state.clone();
+    let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
+    if let Some(t) = timer {
+        m.effects.push(Effect::CancelJob { id: t });
+    }
+    match m.assign(&w.store, Some(("message", &message.payload))) {
+        Ok(written) => {
+            m.note(
+                "message_received",
+                Some(&node_id),
+                json!({"message": message.id, "name": message.message_name, "written": written}),
+            );
+            m.go(token, &w.next)?;
+        }
+        Err(e) => raise(&mut m, token, &node_id, e.to_string()),
+    }
+    let effects = std::mem::take(&mut m.effects);
+    row.state = state;
+    save(conn, ctx, &mut row, effects, "engine", followups, false).await
+}
+
+async fn cancel(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    id: &str,
+    reason: &str,
+    actor: &str,
+    strict: bool,
+    followups: &mut VecDeque<Followup>,
+) -> Result<(), Error> {
+    let mut row = load(conn, ctx, id).await?;
+    if row.status != "running" {
+        if strict {
+            return Err(Error::InstanceNotRunning {
+                instance: id.to_owned(),
+                status: row.status,
+            });
+        }
+        return Ok(());
+    }
+    let process = ctx.processes.get(conn, row.definition_id).await?;
+    let meta = meta(&row);
+    let mut state = row.state.clone();
+    let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
+    m.withdraw_all();
+    m.note("instance_cancelled", None, json!({"reason": reason}));
+    let effects = std::mem::take(&mut m.effects);
+    row.state = state;
+    row.status = "cancelled".to_owned();
+    row.ended_at = Some(ctx.now);
+    row.cancel_reason = Some(reason.to_owned());
+    incidents::close_all(conn, id, actor, ctx.now).await?;
+    save(conn, ctx, &mut row, effects, actor, followups, false).await
+}
+
+async fn settle_incident(
+    conn: &mut Conn,
+    ctx: &Ctx<'_>,
+    id: &str,
+    actor: &str,
+    resolve: Option<Map<String, Value>>,
+    followups: &mut VecDeque<Followup>,
+) -> Result<(), Error> {
+    let incident = incidents::get(conn, id)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            what: "incident",
+            id: id.to_owned(),
+        })?;
+    let resolution = if resolve.is_some() {
+        "resolved"
+    } else {
+        "retried"
+    };
+    if !incidents::close(conn, id, actor, resolution, ctx.now).await? {
+        return Err(Error::IncidentNotOpen {
+            incident: id.to_owned(),
+        });
+    }
+    let mut row = load(conn, ctx, &incident.instance_id).await?;
+    if row.status != "running" {
+        return Err(Error::InstanceNotRunning {
+            instance: row.id.clone(),
+            status: row.status,
+        });
+    }
+    let process = ctx.processes.get(conn, row.definition_id).await?;
+    let token = incident.token as u32;
+    let meta = meta(&row);
+    let mut state = row.state.clone();
+    let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
+    m.note(
+        if resolve.is_some() {
+            "incident_resolved"
+        } else {
+            "incident_retried"
+        },
+        Some(&incident.node_id),
+        json!({"incident": id, "variables": resolve}),
+    );
+    match (&incident.job_id, resolve) {
+        (Some(job), None) => {
+            jobs::revive(conn, job, ctx.now).await?;
+        }
+        (Some(job), Some(vars)) => {
+            jobs::cancel(conn, job).await?;
+            m.write(&vars);
+            let next = match process.definition.node(&incident.node_id).map(|n| &n.kind) {
+                Some(NodeKind::ServiceTask(s)) => s.next.clone(),
+                _ => incident.node_id.clone(),
+            };
+            m.go(token, &next)?;
+        }
+        (None, vars) => {
+            if let Some(vars) = vars {
+                m.write(&vars);
+            }
+            m.rerun(token)?;
+        }
+    }
+    let effects = std::mem::take(&mut m.effects);
+    row.state = state;
+    save(conn, ctx, &mut row, effects, actor, followups, false).await
+}
+
+/// The errors a command's storage can produce, for the writer's retry logic.
+pub fn is_retryable(e: &Error) -> bool {
+    matches!(e, Error::Concurrent { .. })
+        || matches!(e, Error::Store(store::Error::Database(sqlx::Error::Database(d))) if d.code().is_some_and(|c| c == "40001" || c == "40P01"))
+}

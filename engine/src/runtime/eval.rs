@@ -1,0 +1,148 @@
+//! Evaluating CEL expressions against an instance's data.
+
+use std::sync::{Arc, LazyLock};
+
+use serde_json::{Map, Value};
+
+use crate::expr::Expr;
+
+/// The standard CEL environment, built once: building it registers every
+/// function and is far too slow to do per evaluation.
+static ENV: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
+
+/// Why an expression could not be evaluated.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    /// It did not compile (validation prevents this for deployed definitions).
+    #[error("`{expression}` does not compile")]
+    Compile {
+        /// The expression.
+        expression: String,
+    },
+    /// CEL refused to evaluate it with these values.
+    #[error("`{expression}` failed: {reason}")]
+    Execution {
+        /// The expression.
+        expression: String,
+        /// CEL's reason.
+        reason: String,
+    },
+    /// A condition gave something other than true or false.
+    #[error("`{expression}` gave {value} where true or false was expected")]
+    NotBoolean {
+        /// The expression.
+        expression: String,
+        /// What it gave.
+        value: Value,
+    },
+}
+
+/// What an expression can read.
+#[derive(Clone, Copy)]
+pub struct Scope<'a> {
+    /// The instance's variables; a declared variable not yet written reads as null.
+    pub variables: &'a Map<String, Value>,
+    /// Names of declared variables.
+    pub declared: &'a dyn Fn(&str) -> bool,
+    /// `instance`: id, business_key, channel, started_at.
+    pub instance: &'a Value,
+    /// One more name where it applies: `result`, `error`, `message`, `output`.
+    pub extra: Option<(&'a str, &'a Value)>,
+}
+
+/// Evaluates `expr` to a JSON value.
+pub fn eval(expr: &Expr, scope: &Scope<'_>) -> Result<Value, EvalError> {
+    let program = expr.program().map_err(|_| EvalError::Compile {
+        expression: expr.source().to_owned(),
+    })?;
+    let mut context = cel::Context::with_env(Arc::clone(&ENV));
+    let fail = |reason: String| EvalError::Execution {
+        expression: expr.source().to_owned(),
+        reason,
+    };
+    for read in expr.reads() {
+        let name = read.root.as_str();
+        let value = match scope.extra {
+            Some((extra, value)) if extra == name => value,
+            _ if name == "instance" => scope.instance,
+            _ if (scope.declared)(name) => scope.variables.get(name).unwrap_or(&Value::Null),
+            _ => continue,
+        };
+        let value = cel::to_value(value).map_err(|e| fail(e.to_string()))?;
+        context.add_variable_from_value(name, value);
+    }
+    let value = program.execute(&context).map_err(|e| fail(e.to_string()))?;
+    value.json().map_err(|e| fail(e.to_string()))
+}
+
+/// Evaluates a condition.
+pub fn condition(expr: &Expr, scope: &Scope<'_>) -> Result<bool, EvalError> {
+    match eval(expr, scope)? {
+        Value::Bool(b) => Ok(b),
+        value => Err(EvalError::NotBoolean {
+            expression: expr.source().to_owned(),
+            value,
+        }),
+    }
+}
+
+/// Evaluates every expression of a mapping into an object.
+pub fn mapping(
+    mapping: &crate::definition::Mapping,
+    scope: &Scope<'_>,
+) -> Result<Map<String, Value>, EvalError> {
+    mapping
+        .iter()
+        .map(|(k, e)| Ok((k.clone(), eval(e, scope)?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(source: &str, vars: &Value) -> Result<Value, EvalError> {
+        let variables = vars.as_object().unwrap().clone();
+        let instance = json!({"channel": "ivr", "business_key": "BK-1"});
+        let declared = |n: &str| ["a", "b", "lista", "nulo"].contains(&n);
+        eval(
+            &Expr::compile(source),
+            &Scope {
+                variables: &variables,
+                declared: &declared,
+                instance: &instance,
+                extra: Some(("result", &json!({"ok": true, "n": 7}))),
+            },
+        )
+    }
+
+    #[test]
+    fn reads_variables_instance_and_extra() {
+        let vars = json!({"a": 2, "b": "x", "lista": ["p", "q"]});
+        assert_eq!(run("a * 3", &vars), Ok(json!(6)));
+        assert_eq!(run("instance.channel == 'ivr'", &vars), Ok(json!(true)));
+        assert_eq!(run("result.n + a", &vars), Ok(json!(9)));
+        assert_eq!(run("size(lista) > 1 ? lista[0] : b", &vars), Ok(json!("p")));
+        assert_eq!(run("nulo == null", &vars), Ok(json!(true)));
+    }
+
+    #[test]
+    fn runtime_failures_are_typed() {
+        let err = run("a + b", &json!({"a": 1, "b": "x"})).unwrap_err();
+        assert!(matches!(err, EvalError::Execution { .. }), "{err:?}");
+        let declared = |_: &str| true;
+        let variables = Map::new();
+        let err = condition(
+            &Expr::compile("a"),
+            &Scope {
+                variables: &variables,
+                declared: &declared,
+                instance: &Value::Null,
+                extra: None,
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, EvalError::NotBoolean { .. }));
+    }
+}

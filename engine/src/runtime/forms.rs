@@ -1,0 +1,184 @@
+//! Form and start-data validation: a JSON Schema is built from a list of
+//! fields once, when a definition is loaded, and every wrong field is
+//! reported, not just the first.
+
+use serde_json::{Map, Value, json};
+
+use crate::definition::{Field, VarType};
+
+/// A problem with one field of submitted data.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    /// The field (empty for the form as a whole).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A compiled form.
+pub struct Form {
+    validator: jsonschema::Validator,
+    fields: Vec<String>,
+}
+
+impl std::fmt::Debug for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Form")
+            .field("fields", &self.fields)
+            .finish()
+    }
+}
+
+/// The JSON Schema of a list of fields.
+pub fn schema(fields: &[Field]) -> Value {
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    for f in fields {
+        let mut p = Map::new();
+        let ty = match f.ty {
+            VarType::String | VarType::Text | VarType::Date | VarType::Datetime => "string",
+            VarType::Integer => "integer",
+            VarType::Number => "number",
+            VarType::Boolean => "boolean",
+            VarType::List => "array",
+            VarType::Object => "object",
+        };
+        // An optional field may be sent as null (cleared).
+        if f.required {
+            p.insert("type".into(), json!(ty));
+            required.push(json!(f.name));
+        } else {
+            p.insert("type".into(), json!([ty, "null"]));
+        }
+        match f.ty {
+            VarType::Date => {
+                p.insert("format".into(), json!("date"));
+            }
+            VarType::Datetime => {
+                p.insert("format".into(), json!("date-time"));
+            }
+            _ => {}
+        }
+        if let Some(pattern) = &f.pattern {
+            // A form pattern must match the whole value; JSON Schema's searches.
+            p.insert("pattern".into(), json!(format!("^(?:{pattern})$")));
+        }
+        if !f.options.is_empty() {
+            let mut values: Vec<Value> = f.options.iter().map(|o| json!(o.value)).collect();
+            if !f.required {
+                values.push(Value::Null);
+            }
+            p.insert("enum".into(), Value::Array(values));
+        }
+        if let Some(min) = f.min {
+            p.insert("minimum".into(), json!(min));
+        }
+        if let Some(max) = f.max {
+            p.insert("maximum".into(), json!(max));
+        }
+        if let Some(n) = f.min_length {
+            p.insert("minLength".into(), json!(n));
+        }
+        if let Some(n) = f.max_length {
+            p.insert("maxLength".into(), json!(n));
+        }
+        properties.insert(f.name.clone(), Value::Object(p));
+    }
+    json!({
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false,
+    })
+}
+
+impl Form {
+    /// Compiles the form of `fields`.
+    pub fn new(fields: &[Field]) -> Result<Form, jsonschema::ValidationError<'static>> {
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema(fields))?;
+        Ok(Form {
+            validator,
+            fields: fields.iter().map(|f| f.name.clone()).collect(),
+        })
+    }
+
+    /// Every problem of `data`, in field order.
+    pub fn check(&self, data: &Value) -> Vec<FieldError> {
+        let mut errors: Vec<FieldError> = self
+            .validator
+            .iter_errors(data)
+            .map(|e| {
+                let path = e.instance_path().to_string();
+                let mut field = path
+                    .trim_start_matches('/')
+                    .split('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                let message = match e.kind() {
+                    jsonschema::error::ValidationErrorKind::Required { property } => {
+                        field = property.as_str().unwrap_or_default().to_owned();
+                        "this field is required".to_owned()
+                    }
+                    jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+                        field = unexpected.join(", ");
+                        "this form has no such field".to_owned()
+                    }
+                    _ => e.to_string(),
+                };
+                FieldError { field, message }
+            })
+            .collect();
+        let order = |f: &FieldError| {
+            self.fields
+                .iter()
+                .position(|n| *n == f.field)
+                .unwrap_or(usize::MAX)
+        };
+        errors.sort_by_key(order);
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(yaml: &str) -> Form {
+        let fields: Vec<Field> = serde_yaml::from_str(yaml).unwrap();
+        Form::new(&fields).unwrap()
+    }
+
+    #[test]
+    fn reports_every_wrong_field() {
+        let f = form(
+            r#"
+- {name: ci, type: string, required: true, pattern: "[0-9]{5,10}"}
+- {name: dias, type: integer, required: true, min: 2, max: 15}
+- {name: zona, type: string, enum: [Centro, Sarco]}
+- {name: fecha, type: date}
+"#,
+        );
+        assert!(f.check(&json!({"ci": "1234567", "dias": 3})).is_empty());
+        let errors = f
+            .check(&json!({"ci": "12a", "dias": 40, "zona": "Marte", "fecha": "ayer", "extra": 1}));
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["ci", "dias", "zona", "fecha", "extra"],
+            "{errors:?}"
+        );
+        let missing = f.check(&json!({}));
+        assert_eq!(missing.len(), 2);
+        assert_eq!(missing[0].message, "this field is required");
+    }
+
+    #[test]
+    fn pattern_must_match_the_whole_value() {
+        let f = form(r#"[{name: tel, type: string, required: true, pattern: "[0-9]{7}"}]"#);
+        assert_eq!(f.check(&json!({"tel": "44400001234"})).len(), 1);
+        assert!(f.check(&json!({"tel": "4440000"})).is_empty());
+    }
+}

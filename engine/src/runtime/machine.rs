@@ -1,0 +1,775 @@
+//! The token machine: moves an instance's tokens through its graph until
+//! every token waits, producing effects (tasks, jobs, subscriptions, …) for
+//! the command layer to persist. Pure: no I/O, no clock of its own.
+
+use std::collections::VecDeque;
+
+use serde_json::{Map, Value, json};
+
+use crate::definition::{NodeKind, RetryPolicy};
+use crate::runtime::eval::{self, EvalError, Scope};
+use crate::runtime::process::Process;
+use crate::runtime::state::{ForkScope, InstanceState, JoinState, Token, Wait};
+
+/// What the machine asks the store to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Open a task in an inbox.
+    CreateTask {
+        /// Task id.
+        id: String,
+        /// Token waiting on it.
+        token: u32,
+        /// User task node.
+        node: String,
+        /// Candidate role.
+        role: String,
+        /// Due time, ms.
+        due_at: Option<i64>,
+    },
+    /// Withdraw an open task.
+    CancelTask {
+        /// Task id.
+        id: String,
+    },
+    /// Schedule a job.
+    CreateJob(NewJob),
+    /// Drop a job that has not run.
+    CancelJob {
+        /// Job id.
+        id: String,
+    },
+    /// Wait for a message.
+    Subscribe {
+        /// Subscription id.
+        id: String,
+        /// Token waiting.
+        token: u32,
+        /// Message wait node.
+        node: String,
+        /// Message name.
+        name: String,
+        /// Correlation key.
+        key: String,
+    },
+    /// Stop waiting for a message.
+    Unsubscribe {
+        /// Subscription id.
+        id: String,
+    },
+    /// Start a linked procedure.
+    StartChild {
+        /// The child's instance id.
+        id: String,
+        /// The calling token.
+        token: u32,
+        /// The procedure code.
+        code: String,
+        /// Its start data.
+        input: Map<String, Value>,
+        /// Whether the parent waits for it.
+        wait: bool,
+    },
+    /// Cancel a child the parent waits for.
+    CancelChild {
+        /// The child's id.
+        id: String,
+    },
+    /// Raise an incident.
+    Incident {
+        /// Incident id.
+        id: String,
+        /// Token stopped.
+        token: u32,
+        /// Where.
+        node: String,
+        /// The failing job, if any.
+        job: Option<String>,
+        /// What went wrong.
+        message: String,
+    },
+    /// The last token ended.
+    Ended {
+        /// The end's outcome label.
+        outcome: String,
+    },
+    /// A journal entry.
+    Journal {
+        /// What happened.
+        kind: &'static str,
+        /// Where.
+        node: Option<String>,
+        /// Data written or details.
+        data: Value,
+    },
+}
+
+/// A job to schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// Job id (also the base of the idempotency key).
+    pub id: String,
+    /// Token waiting on it.
+    pub token: u32,
+    /// Node.
+    pub node: String,
+    /// What it does.
+    pub kind: JobKind,
+    /// When to run it, ms.
+    pub run_at: i64,
+    /// Attempts in all.
+    pub max_attempts: u32,
+}
+
+/// What a job does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobKind {
+    /// Call a connector.
+    Service {
+        /// Connector name.
+        connector: String,
+        /// Operation.
+        operation: String,
+        /// Evaluated input.
+        input: Map<String, Value>,
+    },
+    /// Fire a timer.
+    Timer,
+}
+
+/// The instance fields expressions read as `instance`.
+#[derive(Debug, Clone)]
+pub struct InstanceMeta {
+    /// Instance id.
+    pub id: String,
+    /// Business key.
+    pub business_key: String,
+    /// Channel it started by.
+    pub channel: String,
+    /// Start time, ms.
+    pub started_at: i64,
+}
+
+impl InstanceMeta {
+    /// As a CEL value.
+    pub fn value(&self) -> Value {
+        json!({
+            "id": self.id,
+            "business_key": self.business_key,
+            "channel": self.channel,
+            "started_at": self.started_at,
+        })
+    }
+}
+
+/// Why the machine stopped with an error (the command is rolled back).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MachineError {
+    /// The definition names a node that is not there (validation prevents it).
+    #[error("node `{0}` does not exist")]
+    UnknownNode(String),
+    /// More steps than any sane definition takes in one command.
+    #[error("more than {0} steps in one command: the instance loops without waiting")]
+    Runaway(u32),
+}
+
+const MAX_STEPS: u32 = 10_000;
+
+/// Default retry policy of a service task without one.
+pub fn default_retry() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 3,
+        backoff: crate::definition::Backoff::Exponential,
+        initial_delay: "1s".parse().expect("valid"),
+        max_delay: "30s".parse().expect("valid"),
+        jitter: true,
+    }
+}
+
+/// One run of the machine over one instance.
+pub struct Machine<'a> {
+    process: &'a Process,
+    instance: Value,
+    now: i64,
+    /// The state being changed.
+    pub state: &'a mut InstanceState,
+    /// What to persist.
+    pub effects: Vec<Effect>,
+    queue: VecDeque<u32>,
+    steps: u32,
+}
+
+/// Fresh ids: time-ordered UUIDs.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+impl<'a> Machine<'a> {
+    /// A machine over `state`.
+    pub fn new(
+        process: &'a Process,
+        meta: &'a InstanceMeta,
+        state: &'a mut InstanceState,
+        now: i64,
+    ) -> Machine<'a> {
+        Machine {
+            process,
+            instance: meta.value(),
+            now,
+            state,
+            effects: Vec::new(),
+            queue: VecDeque::new(),
+            steps: 0,
+        }
+    }
+
+    fn journal(&mut self, kind: &'static str, node: Option<&str>, data: Value) {
+        self.effects.push(Effect::Journal {
+            kind,
+            node: node.map(str::to_owned),
+            data,
+        });
+    }
+
+    /// Evaluates with the instance's variables and `extra`.
+    pub fn eval(
+        &self,
+        expr: &crate::expr::Expr,
+        extra: Option<(&str, &Value)>,
+    ) -> Result<Value, EvalError> {
+        let declared = |n: &str| self.process.declares(n);
+        eval::eval(expr, &self.scope(&declared, extra))
+    }
+
+    fn scope<'s>(
+        &'s self,
+        declared: &'s dyn Fn(&str) -> bool,
+        extra: Option<(&'s str, &'s Value)>,
+    ) -> Scope<'s> {
+        Scope {
+            variables: &self.state.variables,
+            declared,
+            instance: &self.instance,
+            extra,
+        }
+    }
+
+    /// Evaluates a mapping with `extra` and writes the variables.
+    pub fn assign(
+        &mut self,
+        mapping: &crate::definition::Mapping,
+        extra: Option<(&str, &Value)>,
+    ) -> Result<Map<String, Value>, EvalError> {
+        let declared = |n: &str| self.process.declares(n);
+        let values = eval::mapping(mapping, &self.scope(&declared, extra))?;
+        for (k, v) in &values {
+            self.state.variables.insert(k.clone(), v.clone());
+        }
+        Ok(values)
+    }
+
+    /// Writes variables as given (form data, start data, resolutions).
+    pub fn write(&mut self, values: &Map<String, Value>) {
+        for (k, v) in values {
+            self.state.variables.insert(k.clone(), v.clone());
+        }
+    }
+
+    /// Creates the first token at the start node and runs.
+    pub fn start(&mut self) -> Result<(), MachineError> {
+        let (start, _) = self
+            .process
+            .start()
+            .ok_or_else(|| MachineError::UnknownNode("start".to_owned()))?;
+        let id = self.spawn(start, Vec::new());
+        self.queue.push_back(id);
+        self.run()
+    }
+
+    fn spawn(&mut self, node: &str, scopes: Vec<ForkScope>) -> u32 {
+        let id = self.state.next_token;
+        self.state.next_token += 1;
+        self.state.tokens.push(Token {
+            id,
+            node: node.to_owned(),
+            wait: Wait::Moving,
+            scopes,
+        });
+        id
+    }
+
+    /// Moves token `id` to `next` and runs until every token waits.
+    pub fn go(&mut self, id: u32, next: &str) -> Result<(), MachineError> {
+        if let Some(t) = self.state.token_mut(id) {
+            t.node = next.to_owned();
+            t.wait = Wait::Moving;
+            self.queue.push_back(id);
+        }
+        self.run()
+    }
+
+    /// Runs token `id` again at its current node (after an incident).
+    pub fn rerun(&mut self, id: u32) -> Result<(), MachineError> {
+        if let Some(t) = self.state.token_mut(id) {
+            t.wait = Wait::Moving;
+            self.queue.push_back(id);
+        }
+        self.run()
+    }
+
+    /// Starts a new token at `node` beside the others (non-interrupting escalation).
+    pub fn branch(&mut self, from: u32, node: &str) -> Result<(), MachineError> {
+        let scopes = self
+            .state
+            .token(from)
+            .map(|t| t.scopes.clone())
+            .unwrap_or_default();
+        let id = self.spawn(node, scopes);
+        self.queue.push_back(id);
+        self.run()
+    }
+
+    fn incident(&mut self, token: u32, node: &str, message: String) {
+        let id = new_id();
+        if let Some(t) = self.state.token_mut(token) {
+            t.wait = Wait::Incident {
+                incident: id.clone(),
+            };
+        }
+        self.journal(
+            "incident_raised",
+            Some(node),
+            json!({"incident": id, "message": message}),
+        );
+        self.effects.push(Effect::Incident {
+            id,
+            token,
+            node: node.to_owned(),
+            job: None,
+            message,
+        });
+    }
+
+    fn timer(&mut self, token: u32, node: &str, at: i64, purpose: &str) -> String {
+        let id = new_id();
+        self.effects.push(Effect::CreateJob(NewJob {
+            id: id.clone(),
+            token,
+            node: node.to_owned(),
+            kind: JobKind::Timer,
+            run_at: at,
+            max_attempts: 1,
+        }));
+        self.journal(
+            "timer_scheduled",
+            Some(node),
+            json!({"job": id, "at": at, "purpose": purpose}),
+        );
+        id
+    }
+
+    fn run(&mut self) -> Result<(), MachineError> {
+        while let Some(id) = self.queue.pop_front() {
+            self.advance(id)?;
+        }
+        Ok(())
+    }
+
+    /// Moves one token until it waits or ends.
+    fn advance(&mut self, id: u32) -> Result<(), MachineError> {
+        let process = self.process;
+        loop {
+            self.steps += 1;
+            if self.steps > MAX_STEPS {
+                return Err(MachineError::Runaway(MAX_STEPS));
+            }
+            let Some(token) = self.state.token(id) else {
+                return Ok(());
+            };
+            let node_id = token.node.clone();
+            let node = process
+                .definition
+                .node(&node_id)
+                .ok_or_else(|| MachineError::UnknownNode(node_id.clone()))?;
+            match &node.kind {
+                NodeKind::Start(s) => self.move_to(id, &s.next),
+                NodeKind::ExclusiveGate(g) => {
+                    let mut target = None;
+                    for (i, branch) in g.branches.iter().enumerate() {
+                        let declared = |n: &str| process.declares(n);
+                        match eval::condition(&branch.when, &self.scope(&declared, None)) {
+                            Ok(true) => {
+                                target = Some((branch.next.as_str(), Some(i)));
+                                break;
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                self.incident(id, &node_id, e.to_string());
+                                return Ok(());
+                            }
+                        }
+                    }
+                    let (next, branch) = match target {
+                        Some(t) => t,
+                        None => match &g.default {
+                            Some(d) => (d.as_str(), None),
+                            None => {
+                                self.incident(
+                                    id,
+                                    &node_id,
+                                    "no condition holds and there is no default".to_owned(),
+                                );
+                                return Ok(());
+                            }
+                        },
+                    };
+                    self.journal(
+                        "gate_passed",
+                        Some(&node_id),
+                        json!({"branch": branch, "next": next}),
+                    );
+                    self.move_to(id, next);
+                }
+                NodeKind::Fork(f) => {
+                    let token = self.state.remove_token(id).expect("token exists");
+                    let group = format!("{}#{}", node_id, token.id);
+                    self.state.joins.insert(
+                        group.clone(),
+                        JoinState {
+                            arrived: 0,
+                            expected: f.branches.len() as u32,
+                        },
+                    );
+                    for branch in &f.branches {
+                        let mut scopes = token.scopes.clone();
+                        scopes.push(ForkScope {
+                            group: group.clone(),
+                            join: f.join.clone(),
+                        });
+                        let t = self.spawn(branch, scopes);
+                        self.queue.push_back(t);
+                    }
+                    self.journal("forked", Some(&node_id), json!({"branches": f.branches}));
+                    return Ok(());
+                }
+                NodeKind::Join(j) => {
+                    let token = self.state.remove_token(id).expect("token exists");
+                    let mut scopes = token.scopes;
+                    let scope = match scopes.last() {
+                        Some(s) if s.join == node_id => scopes.pop().expect("last exists"),
+                        // A token reaching a join outside its fork passes through.
+                        _ => {
+                            let t = self.spawn(&j.next, scopes);
+                            self.queue.push_back(t);
+                            return Ok(());
+                        }
+                    };
+                    let done = {
+                        let entry =
+                            self.state
+                                .joins
+                                .entry(scope.group.clone())
+                                .or_insert(JoinState {
+                                    arrived: 0,
+                                    expected: 1,
+                                });
+                        entry.arrived += 1;
+                        entry.arrived >= entry.expected
+                    };
+                    if done {
+                        self.state.joins.remove(&scope.group);
+                        self.journal("joined", Some(&node_id), Value::Null);
+                        let t = self.spawn(&j.next, scopes);
+                        self.queue.push_back(t);
+                    }
+                    return Ok(());
+                }
+                NodeKind::UserTask(t) => {
+                    let task = new_id();
+                    let due_at = t
+                        .due
+                        .as_ref()
+                        .map(|d| self.now + d.as_std().as_millis() as i64);
+                    let timer = match (due_at, &t.escalation) {
+                        (Some(at), Some(_)) => Some(self.timer(id, &node_id, at, "escalation")),
+                        _ => None,
+                    };
+                    self.effects.push(Effect::CreateTask {
+                        id: task.clone(),
+                        token: id,
+                        node: node_id.clone(),
+                        role: t.role.clone(),
+                        due_at,
+                    });
+                    self.journal(
+                        "task_created",
+                        Some(&node_id),
+                        json!({"task": task, "role": t.role, "due_at": due_at}),
+                    );
+                    self.set_wait(id, Wait::Task { task, timer });
+                    return Ok(());
+                }
+                NodeKind::ServiceTask(s) => {
+                    let input = {
+                        let declared = |n: &str| process.declares(n);
+                        eval::mapping(&s.input, &self.scope(&declared, None))
+                    };
+                    let input = match input {
+                        Ok(i) => i,
+                        Err(e) => {
+                            self.incident(id, &node_id, e.to_string());
+                            return Ok(());
+                        }
+                    };
+                    let job = new_id();
+                    let attempts = s
+                        .retry
+                        .as_ref()
+                        .map_or(default_retry().attempts, |r| r.attempts);
+                    self.journal(
+                        "job_created",
+                        Some(&node_id),
+                        json!({"job": job, "connector": s.connector, "operation": s.operation, "input": input}),
+                    );
+                    self.effects.push(Effect::CreateJob(NewJob {
+                        id: job.clone(),
+                        token: id,
+                        node: node_id.clone(),
+                        kind: JobKind::Service {
+                            connector: s.connector.clone(),
+                            operation: s.operation.clone(),
+                            input,
+                        },
+                        run_at: self.now,
+                        max_attempts: attempts.max(1),
+                    }));
+                    self.set_wait(id, Wait::Job { job });
+                    return Ok(());
+                }
+                NodeKind::MessageWait(w) => {
+                    let key = match self.eval(&w.correlation, None) {
+                        Ok(Value::String(s)) => s,
+                        Ok(Value::Null) => {
+                            self.incident(
+                                id,
+                                &node_id,
+                                format!("correlation `{}` is null", w.correlation.source()),
+                            );
+                            return Ok(());
+                        }
+                        Ok(other) => other.to_string(),
+                        Err(e) => {
+                            self.incident(id, &node_id, e.to_string());
+                            return Ok(());
+                        }
+                    };
+                    let subscription = new_id();
+                    let timer = w.timeout.as_ref().map(|t| {
+                        let at = self.now + t.after.as_std().as_millis() as i64;
+                        self.timer(id, &node_id, at, "timeout")
+                    });
+                    self.effects.push(Effect::Subscribe {
+                        id: subscription.clone(),
+                        token: id,
+                        node: node_id.clone(),
+                        name: w.message.clone(),
+                        key: key.clone(),
+                    });
+                    self.journal(
+                        "message_awaited",
+                        Some(&node_id),
+                        json!({"message": w.message, "key": key}),
+                    );
+                    self.set_wait(
+                        id,
+                        Wait::Message {
+                            subscription,
+                            timer,
+                        },
+                    );
+                    return Ok(());
+                }
+                NodeKind::TimerWait(t) => {
+                    let at = match (&t.after, &t.at) {
+                        (Some(after), _) => self.now + after.as_std().as_millis() as i64,
+                        (None, Some(expr)) => match self.eval(expr, None).map(|v| timestamp_ms(&v))
+                        {
+                            Ok(Some(at)) => at,
+                            Ok(None) => {
+                                self.incident(
+                                    id,
+                                    &node_id,
+                                    format!("`{}` is not an RFC 3339 timestamp", expr.source()),
+                                );
+                                return Ok(());
+                            }
+                            Err(e) => {
+                                self.incident(id, &node_id, e.to_string());
+                                return Ok(());
+                            }
+                        },
+                        (None, None) => self.now,
+                    };
+                    let job = self.timer(id, &node_id, at, "timer");
+                    self.set_wait(id, Wait::Timer { job });
+                    return Ok(());
+                }
+                NodeKind::Call(c) => {
+                    let input = {
+                        let declared = |n: &str| process.declares(n);
+                        eval::mapping(&c.input, &self.scope(&declared, None))
+                    };
+                    let input = match input {
+                        Ok(i) => i,
+                        Err(e) => {
+                            self.incident(id, &node_id, e.to_string());
+                            return Ok(());
+                        }
+                    };
+                    let child = new_id();
+                    self.effects.push(Effect::StartChild {
+                        id: child.clone(),
+                        token: id,
+                        code: c.procedure.clone(),
+                        input,
+                        wait: c.wait,
+                    });
+                    self.journal(
+                        "child_started",
+                        Some(&node_id),
+                        json!({"child": child, "procedure": c.procedure, "wait": c.wait}),
+                    );
+                    if c.wait {
+                        self.set_wait(id, Wait::Call { child });
+                        return Ok(());
+                    }
+                    self.move_to(id, &c.next);
+                }
+                NodeKind::End(e) => {
+                    self.state.remove_token(id);
+                    self.journal("end_reached", Some(&node_id), json!({"outcome": e.outcome}));
+                    if self.state.tokens.is_empty() {
+                        self.effects.push(Effect::Ended {
+                            outcome: e.outcome.clone(),
+                        });
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn move_to(&mut self, id: u32, next: &str) {
+        if let Some(t) = self.state.token_mut(id) {
+            t.node = next.to_owned();
+        }
+    }
+
+    fn set_wait(&mut self, id: u32, wait: Wait) {
+        if let Some(t) = self.state.token_mut(id) {
+            t.wait = wait;
+        }
+    }
+
+    /// Withdraws everything the instance waits on (cancellation).
+    pub fn withdraw_all(&mut self) {
+        let tokens = std::mem::take(&mut self.state.tokens);
+        for t in tokens {
+            self.withdraw(&t.wait);
+        }
+        self.state.joins.clear();
+    }
+
+    /// Withdraws what one wait holds open.
+    pub fn withdraw(&mut self, wait: &Wait) {
+        match wait {
+            Wait::Moving | Wait::Incident { .. } => {}
+            Wait::Task { task, timer } => {
+                self.effects.push(Effect::CancelTask { id: task.clone() });
+                if let Some(t) = timer {
+                    self.effects.push(Effect::CancelJob { id: t.clone() });
+                }
+            }
+            Wait::Job { job } | Wait::Timer { job } => {
+                self.effects.push(Effect::CancelJob { id: job.clone() })
+            }
+            Wait::Message {
+                subscription,
+                timer,
+            } => {
+                self.effects.push(Effect::Unsubscribe {
+                    id: subscription.clone(),
+                });
+                if let Some(t) = timer {
+                    self.effects.push(Effect::CancelJob { id: t.clone() });
+                }
+            }
+            Wait::Call { child } => self.effects.push(Effect::CancelChild { id: child.clone() }),
+        }
+    }
+
+    /// Journals an event of the command layer.
+    pub fn note(&mut self, kind: &'static str, node: Option<&str>, data: Value) {
+        self.journal(kind, node, data);
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 timestamp (UTC `Z` or offset).
+pub fn timestamp_ms(value: &Value) -> Option<i64> {
+    let s = value.as_str()?;
+    let (date, time) = s.split_once(['T', 't', ' '])?;
+    let mut d = date.splitn(3, '-');
+    let (y, m, day): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    let (clock, offset_minutes) = if let Some(c) = time.strip_suffix(['Z', 'z']) {
+        (c, 0)
+    } else {
+        let i = time.rfind(['+', '-'])?;
+        let (c, off) = time.split_at(i);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let (h, mi) = off[1..].split_once(':')?;
+        (
+            c,
+            sign * (h.parse::<i64>().ok()? * 60 + mi.parse::<i64>().ok()?),
+        )
+    };
+    let mut parts = clock.splitn(3, ':');
+    let h: i64 = parts.next()?.parse().ok()?;
+    let mi: i64 = parts.next()?.parse().ok()?;
+    let sec: f64 = parts.next().unwrap_or("0").parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec >= 61.0 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + h * 3_600 + mi * 60 - offset_minutes * 60;
+    Some(seconds * 1_000 + (sec * 1_000.0) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rfc3339() {
+        assert_eq!(timestamp_ms(&json!("1970-01-01T00:00:00Z")), Some(0));
+        assert_eq!(
+            timestamp_ms(&json!("2026-11-27T14:00:00Z")),
+            Some(1_796_220_000_000)
+        );
+        assert_eq!(
+            timestamp_ms(&json!("2026-11-27T10:00:00-04:00")),
+            Some(1_796_220_000_000)
+        );
+        assert_eq!(timestamp_ms(&json!("mañana")), None);
+    }
+}

@@ -1,0 +1,76 @@
+//! A deployed definition, ready to run: the definition plus what is
+//! compiled from it once (forms, declared variables).
+
+use std::collections::{HashMap, HashSet};
+
+use crate::definition::{Definition, NodeKind};
+use crate::runtime::forms::Form;
+
+/// A deployed version of a definition.
+#[derive(Debug)]
+pub struct Process {
+    /// Row id of the version.
+    pub id: i64,
+    /// The definition's code.
+    pub code: String,
+    /// The deployment version (1, 2, …).
+    pub version: i64,
+    /// The definition.
+    pub definition: Definition,
+    /// Forms of user tasks by node id, and the start's data under its node id.
+    forms: HashMap<String, Form>,
+    declared: HashSet<String>,
+}
+
+impl Process {
+    /// Compiles the forms of a validated definition.
+    pub fn new(id: i64, version: i64, definition: Definition) -> Process {
+        let mut forms = HashMap::new();
+        for node in &definition.nodes {
+            let fields = match &node.kind {
+                NodeKind::UserTask(t) => &t.form,
+                NodeKind::Start(s) => &s.data,
+                _ => continue,
+            };
+            // Patterns were checked by validation; a form that still fails to
+            // compile accepts nothing rather than anything.
+            match Form::new(fields) {
+                Ok(form) => {
+                    forms.insert(node.id.clone(), form);
+                }
+                Err(e) => tracing::error!(node = %node.id, error = %e, "form does not compile"),
+            }
+        }
+        let declared = definition
+            .variables
+            .iter()
+            .map(|v| v.name.clone())
+            .collect();
+        Process {
+            id,
+            code: definition.code.clone(),
+            version,
+            definition,
+            forms,
+            declared,
+        }
+    }
+
+    /// The form of a user task or start node.
+    pub fn form(&self, node: &str) -> Option<&Form> {
+        self.forms.get(node)
+    }
+
+    /// Whether `name` is a declared variable.
+    pub fn declares(&self, name: &str) -> bool {
+        self.declared.contains(name)
+    }
+
+    /// The start node.
+    pub fn start(&self) -> Option<(&str, &crate::definition::Start)> {
+        self.definition.nodes.iter().find_map(|n| match &n.kind {
+            NodeKind::Start(s) => Some((n.id.as_str(), s)),
+            _ => None,
+        })
+    }
+}

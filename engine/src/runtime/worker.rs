@@ -1,0 +1,123 @@
+//! Job workers: claim due jobs under a lease, run them outside any
+//! transaction (connector calls can take seconds), and report each result
+//! as a command. At-least-once: a worker that dies leaves its lease to
+//! expire and another takes the job over, with the same idempotency key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Map;
+use tokio::sync::Semaphore;
+
+use crate::runtime::Engine;
+use crate::runtime::commands::{Command, Reply};
+use crate::runtime::connector::{ConnectorCall, ConnectorError};
+use crate::store::jobs::ClaimedJob;
+
+/// Runs one claimed job to its result command.
+pub(crate) async fn run_job(engine: &Engine, owner: &str, job: ClaimedJob) {
+    let result = if job.kind == "timer" {
+        Ok(Map::new())
+    } else {
+        call(engine, &job).await
+    };
+    if let Err(e) = &result {
+        tracing::debug!(job = %job.id, attempt = job.attempts, error = %e, "job failed");
+    }
+    let command = Command::JobDone {
+        job,
+        owner: owner.to_owned(),
+        result,
+    };
+    if let Err(e) = engine.submit(command).await {
+        // Not acknowledged: the lease will expire and the job run again.
+        tracing::warn!(error = %e, "job result not recorded; the job will run again");
+    }
+}
+
+async fn call(
+    engine: &Engine,
+    job: &ClaimedJob,
+) -> Result<Map<String, serde_json::Value>, ConnectorError> {
+    let name = job.connector.as_deref().unwrap_or_default();
+    let Some(connector) = engine.inner.connectors.get(name) else {
+        return Err(ConnectorError::Transient {
+            message: format!("no connector `{name}` is configured"),
+        });
+    };
+    let timeout = job
+        .timeout_ms
+        .map_or(engine.inner.config.default_timeout, |ms| {
+            Duration::from_millis(ms as u64)
+        });
+    let call = ConnectorCall {
+        operation: job.operation.as_deref().unwrap_or_default(),
+        input: &job.input,
+        idempotency_key: &job.idempotency_key,
+        attempt: job.attempts as u32,
+    };
+    match tokio::time::timeout(timeout, connector.call(call)).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectorError::Transient {
+            message: format!("no answer within {} ms", timeout.as_millis()),
+        }),
+    }
+}
+
+/// Claims and runs jobs until the engine stops.
+pub(crate) async fn pool(engine: Engine) {
+    let owner = format!("{}:{}", engine.inner.config.node_name, uuid::Uuid::now_v7());
+    let slots = Arc::new(Semaphore::new(engine.inner.config.workers.max(1)));
+    let mut stop = engine.inner.stop.subscribe();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let free = slots.available_permits() as i64;
+        let claimed = if free == 0 {
+            Vec::new()
+        } else {
+            match engine
+                .submit(Command::ClaimJobs {
+                    owner: owner.clone(),
+                    lease_ms: engine.inner.config.lease.as_millis() as i64,
+                    limit: free,
+                })
+                .await
+            {
+                Ok(Reply::Jobs(jobs)) => jobs,
+                Ok(_) => Vec::new(),
+                Err(crate::Error::Stopped) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim jobs");
+                    Vec::new()
+                }
+            }
+        };
+        let idle = claimed.is_empty();
+        for job in claimed {
+            let permit = Arc::clone(&slots)
+                .acquire_owned()
+                .await
+                .expect("semaphore open");
+            let engine = engine.clone();
+            let owner = owner.clone();
+            tokio::spawn(async move {
+                run_job(&engine, &owner, job).await;
+                drop(permit);
+            });
+        }
+        if idle {
+            // Woken by new jobs, or after the poll interval (retries and timers come due by time).
+            tokio::select! {
+                _ = engine.inner.jobs_changed.notified() => {}
+                _ = tokio::time::sleep(engine.inner.config.poll) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+    // Let running jobs report before returning.
+    let _ = slots
+        .acquire_many(engine.inner.config.workers.max(1) as u32)
+        .await;
+}

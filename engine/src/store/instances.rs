@@ -1,0 +1,158 @@
+//! Table `instances`: one row per instance, its state as one JSON document.
+
+use sqlx::Row;
+
+use super::{Backend, Conn, Error, json};
+use crate::runtime::state::InstanceState;
+
+/// An instance as stored.
+#[derive(Debug, Clone)]
+pub struct InstanceRow {
+    /// Id (UUID v7).
+    pub id: String,
+    /// Version row id.
+    pub definition_id: i64,
+    /// Procedure code.
+    pub code: String,
+    /// Version number.
+    pub version: i64,
+    /// Business key.
+    pub business_key: String,
+    /// Channel.
+    pub channel: String,
+    /// `running`, `completed` or `cancelled`.
+    pub status: String,
+    /// End outcome.
+    pub outcome: Option<String>,
+    /// Variables and tokens.
+    pub state: InstanceState,
+    /// Incremented by every change; guards against lost updates.
+    pub revision: i64,
+    /// The calling instance.
+    pub parent_id: Option<String>,
+    /// The calling token.
+    pub parent_token: Option<i64>,
+    /// Start, ms.
+    pub started_at: i64,
+    /// End, ms.
+    pub ended_at: Option<i64>,
+    /// Why it was cancelled.
+    pub cancel_reason: Option<String>,
+}
+
+pub(crate) const COLUMNS: &str = "id, definition_id, code, version, business_key, channel, status, \
+    outcome, state, revision, parent_id, parent_token, started_at, ended_at, cancel_reason";
+
+pub(crate) fn row(r: &sqlx::any::AnyRow) -> Result<InstanceRow, Error> {
+    let state: String = r.try_get("state")?;
+    Ok(InstanceRow {
+        id: r.try_get("id")?,
+        definition_id: r.try_get("definition_id")?,
+        code: r.try_get("code")?,
+        version: r.try_get("version")?,
+        business_key: r.try_get("business_key")?,
+        channel: r.try_get("channel")?,
+        status: r.try_get("status")?,
+        outcome: r.try_get("outcome")?,
+        state: json(&state, "instances", "state")?,
+        revision: r.try_get("revision")?,
+        parent_id: r.try_get("parent_id")?,
+        parent_token: r.try_get("parent_token")?,
+        started_at: r.try_get("started_at")?,
+        ended_at: r.try_get("ended_at")?,
+        cancel_reason: r.try_get("cancel_reason")?,
+    })
+}
+
+/// Reads an instance; on PostgreSQL `lock` takes its row lock first, so
+/// that commands on one instance from several nodes run one after another.
+pub async fn get(
+    conn: &mut Conn,
+    backend: Backend,
+    id: &str,
+    lock: bool,
+) -> Result<Option<InstanceRow>, Error> {
+    if lock && backend == Backend::Postgres {
+        sqlx::query(super::postgres::LOCK_INSTANCE)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    }
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM instances WHERE id = $1"));
+    let r = sqlx::query(sql).bind(id).fetch_optional(&mut *conn).await?;
+    r.as_ref().map(row).transpose()
+}
+
+/// Inserts a new instance.
+pub async fn insert(conn: &mut Conn, i: &InstanceRow) -> Result<(), Error> {
+    let state = serde_json::to_string(&i.state).expect("state serializes");
+    sqlx::query(
+        "INSERT INTO instances (id, definition_id, code, version, business_key, channel, status, \
+         outcome, state, revision, parent_id, parent_token, started_at, ended_at, cancel_reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(&i.id)
+    .bind(i.definition_id)
+    .bind(&i.code)
+    .bind(i.version)
+    .bind(&i.business_key)
+    .bind(&i.channel)
+    .bind(&i.status)
+    .bind(&i.outcome)
+    .bind(state)
+    .bind(i.revision)
+    .bind(&i.parent_id)
+    .bind(i.parent_token)
+    .bind(i.started_at)
+    .bind(i.ended_at)
+    .bind(&i.cancel_reason)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes an instance's changes if nobody changed it since it was read.
+/// Returns false on a lost race.
+pub async fn update(conn: &mut Conn, i: &InstanceRow) -> Result<bool, Error> {
+    let state = serde_json::to_string(&i.state).expect("state serializes");
+    let done = sqlx::query(
+        "UPDATE instances SET status = $2, outcome = $3, state = $4, revision = revision + 1, \
+         ended_at = $5, cancel_reason = $6 WHERE id = $1 AND revision = $7",
+    )
+    .bind(&i.id)
+    .bind(&i.status)
+    .bind(&i.outcome)
+    .bind(state)
+    .bind(i.ended_at)
+    .bind(&i.cancel_reason)
+    .bind(i.revision)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Children of an instance.
+pub async fn children(conn: &mut Conn, parent: &str) -> Result<Vec<InstanceRow>, Error> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM instances WHERE parent_id = $1 ORDER BY started_at"
+    ));
+    let rows = sqlx::query(sql).bind(parent).fetch_all(&mut *conn).await?;
+    rows.iter().map(row).collect()
+}
+
+/// Instances in a status, oldest first (bounded).
+pub async fn by_status(
+    conn: &mut Conn,
+    status: &str,
+    limit: i64,
+) -> Result<Vec<InstanceRow>, Error> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM instances WHERE status = $1 ORDER BY started_at LIMIT $2"
+    ));
+    let rows = sqlx::query(sql)
+        .bind(status)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(row).collect()
+}

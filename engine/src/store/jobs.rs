@@ -1,0 +1,232 @@
+//! Table `jobs`: connector calls and timers, claimed under leases.
+
+use sqlx::Row;
+
+use super::{Backend, Conn, Error, json};
+
+/// A job a worker has claimed.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    /// Id.
+    pub id: String,
+    /// Instance.
+    pub instance_id: String,
+    /// Token.
+    pub token: i64,
+    /// Node.
+    pub node_id: String,
+    /// `service` or `timer`.
+    pub kind: String,
+    /// Connector.
+    pub connector: Option<String>,
+    /// Operation.
+    pub operation: Option<String>,
+    /// Input.
+    pub input: serde_json::Map<String, serde_json::Value>,
+    /// Stable across retries.
+    pub idempotency_key: String,
+    /// This attempt's number, from 1.
+    pub attempts: i64,
+    /// Attempts allowed.
+    pub max_attempts: i64,
+    /// How long one attempt may take, ms.
+    pub timeout_ms: Option<i64>,
+}
+
+/// A new job.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    /// Id.
+    pub id: &'a str,
+    /// Instance.
+    pub instance_id: &'a str,
+    /// Token.
+    pub token: u32,
+    /// Node.
+    pub node_id: &'a str,
+    /// `service` or `timer`.
+    pub kind: &'a str,
+    /// Connector.
+    pub connector: Option<&'a str>,
+    /// Operation.
+    pub operation: Option<&'a str>,
+    /// Input as JSON.
+    pub input: Option<String>,
+    /// Idempotency key.
+    pub idempotency_key: String,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// How long one attempt may take, ms.
+    pub timeout_ms: Option<i64>,
+    /// When to run, ms.
+    pub run_at: i64,
+    /// Now, ms.
+    pub created_at: i64,
+}
+
+/// Schedules a job.
+pub async fn insert(conn: &mut Conn, j: &NewJob<'_>) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO jobs (id, instance_id, token, node_id, kind, connector, operation, input, \
+         idempotency_key, status, attempts, max_attempts, timeout_ms, run_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'ready', 0, $10, $11, $12, $13)",
+    )
+    .bind(j.id)
+    .bind(j.instance_id)
+    .bind(i64::from(j.token))
+    .bind(j.node_id)
+    .bind(j.kind)
+    .bind(j.connector)
+    .bind(j.operation)
+    .bind(j.input.as_deref())
+    .bind(&j.idempotency_key)
+    .bind(i64::from(j.max_attempts))
+    .bind(j.timeout_ms)
+    .bind(j.run_at)
+    .bind(j.created_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Claims up to `limit` due jobs (ready, or running with an expired lease)
+/// for `owner` until `lease_until`.
+pub async fn claim(
+    conn: &mut Conn,
+    backend: Backend,
+    owner: &str,
+    now: i64,
+    lease_until: i64,
+    limit: i64,
+) -> Result<Vec<ClaimedJob>, Error> {
+    let sql = match backend {
+        Backend::Sqlite => super::sqlite::CLAIM_JOBS,
+        Backend::Postgres => super::postgres::CLAIM_JOBS,
+    };
+    let rows = sqlx::query(sql)
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let input: Option<String> = r.try_get("input")?;
+            Ok(ClaimedJob {
+                id: r.try_get("id")?,
+                instance_id: r.try_get("instance_id")?,
+                token: r.try_get("token")?,
+                node_id: r.try_get("node_id")?,
+                kind: r.try_get("kind")?,
+                connector: r.try_get("connector")?,
+                operation: r.try_get("operation")?,
+                input: match input {
+                    Some(i) => json(&i, "jobs", "input")?,
+                    None => serde_json::Map::new(),
+                },
+                idempotency_key: r.try_get("idempotency_key")?,
+                attempts: r.try_get("attempts")?,
+                max_attempts: r.try_get("max_attempts")?,
+                timeout_ms: r.try_get("timeout_ms")?,
+            })
+        })
+        .collect()
+}
+
+/// Marks a job done if `owner` still holds its lease; false if the lease
+/// was lost (another worker took it over, or it was cancelled).
+pub async fn finish(
+    conn: &mut Conn,
+    id: &str,
+    owner: &str,
+    status: &str,
+    error: Option<&str>,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "UPDATE jobs SET status = $3, lease_owner = NULL, lease_until = NULL, last_error = $4 \
+         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(status)
+    .bind(error)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Puts a job held by `owner` back in the queue for `run_at`.
+pub async fn reschedule(
+    conn: &mut Conn,
+    id: &str,
+    owner: &str,
+    run_at: i64,
+    error: &str,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "UPDATE jobs SET status = 'ready', lease_owner = NULL, lease_until = NULL, run_at = $3, \
+         last_error = $4 WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(run_at)
+    .bind(error)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Makes a job in an incident runnable again, with a fresh set of attempts.
+pub async fn revive(conn: &mut Conn, id: &str, now: i64) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "UPDATE jobs SET status = 'ready', attempts = 0, run_at = $2 WHERE id = $1 AND status = 'incident'",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Drops a job that has not finished.
+pub async fn cancel(conn: &mut Conn, id: &str) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE jobs SET status = 'cancelled', lease_owner = NULL WHERE id = $1 AND status IN ('ready', 'running', 'incident')",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Releases every lease (a single-node SQLite engine starting up: whoever
+/// held them is gone).
+pub async fn release_all(conn: &mut Conn) -> Result<u64, Error> {
+    let done = sqlx::query(
+        "UPDATE jobs SET status = 'ready', lease_owner = NULL, lease_until = NULL \
+         WHERE status = 'running'",
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Counts jobs by status (for tests and metrics).
+pub async fn count(conn: &mut Conn, status: &str) -> Result<i64, Error> {
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = $1")
+            .bind(status)
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+/// The earliest `run_at` of a job waiting to run, ms.
+pub async fn next_due(conn: &mut Conn) -> Result<Option<i64>, Error> {
+    Ok(
+        sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE status IN ('ready', 'running')")
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}

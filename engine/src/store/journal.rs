@@ -1,0 +1,109 @@
+//! Table `journal`: the append-only history of every change.
+
+use sqlx::Row;
+
+use super::{Conn, Error};
+
+/// One change.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Entry {
+    /// Global order.
+    pub seq: i64,
+    /// Instance.
+    pub instance_id: String,
+    /// When, ms.
+    pub at: i64,
+    /// Who: a user, `engine`, `worker`, `operator:…`.
+    pub actor: String,
+    /// What happened (`task_completed`, `job_failed`, …).
+    pub kind: String,
+    /// Where.
+    pub node_id: Option<String>,
+    /// Data written, or details.
+    pub data: serde_json::Value,
+}
+
+/// An entry to append.
+#[derive(Debug, Clone)]
+pub struct NewEntry<'a> {
+    /// Instance.
+    pub instance_id: &'a str,
+    /// When.
+    pub at: i64,
+    /// Who.
+    pub actor: &'a str,
+    /// What.
+    pub kind: &'a str,
+    /// Where.
+    pub node_id: Option<&'a str>,
+    /// Details.
+    pub data: &'a serde_json::Value,
+}
+
+/// Appends entries in one statement.
+pub async fn append(conn: &mut Conn, entries: &[NewEntry<'_>]) -> Result<(), Error> {
+    for chunk in entries.chunks(100) {
+        let mut sql = String::from(
+            "INSERT INTO journal (instance_id, at, actor, kind, node_id, data) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 6;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6
+            ));
+        }
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in chunk {
+            let data = if e.data.is_null() {
+                None
+            } else {
+                Some(e.data.to_string())
+            };
+            q = q
+                .bind(e.instance_id.to_owned())
+                .bind(e.at)
+                .bind(e.actor.to_owned())
+                .bind(e.kind.to_owned())
+                .bind(e.node_id.map(str::to_owned))
+                .bind(data);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// An instance's history, in order.
+pub async fn of_instance(conn: &mut Conn, instance: &str) -> Result<Vec<Entry>, Error> {
+    let rows = sqlx::query(
+        "SELECT seq, instance_id, at, actor, kind, node_id, data FROM journal WHERE instance_id = $1 ORDER BY seq",
+    )
+    .bind(instance)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let data: Option<String> = r.try_get("data")?;
+            Ok(Entry {
+                seq: r.try_get("seq")?,
+                instance_id: r.try_get("instance_id")?,
+                at: r.try_get("at")?,
+                actor: r.try_get("actor")?,
+                kind: r.try_get("kind")?,
+                node_id: r.try_get("node_id")?,
+                data: match data {
+                    Some(d) => super::json(&d, "journal", "data")?,
+                    None => serde_json::Value::Null,
+                },
+            })
+        })
+        .collect()
+}

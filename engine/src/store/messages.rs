@@ -1,0 +1,185 @@
+//! Tables `subscriptions` (instances waiting for a message) and `messages`
+//! (messages received: delivered, or kept until an instance waits).
+
+use sqlx::Row;
+
+use super::{Conn, Error};
+
+/// An instance waiting for a message.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Id.
+    pub id: String,
+    /// Instance.
+    pub instance_id: String,
+    /// Token.
+    pub token: i64,
+    /// Node.
+    pub node_id: String,
+}
+
+/// A wait to register.
+#[derive(Debug, Clone, Copy)]
+pub struct NewSubscription<'a> {
+    /// Id.
+    pub id: &'a str,
+    /// Instance.
+    pub instance: &'a str,
+    /// Token.
+    pub token: u32,
+    /// Message wait node.
+    pub node: &'a str,
+    /// Message name.
+    pub name: &'a str,
+    /// Correlation key.
+    pub key: &'a str,
+    /// Now, ms.
+    pub now: i64,
+}
+
+/// Registers a wait.
+pub async fn subscribe(conn: &mut Conn, s: NewSubscription<'_>) -> Result<(), Error> {
+    let NewSubscription {
+        id,
+        instance,
+        token,
+        node,
+        name,
+        key,
+        now,
+    } = s;
+    sqlx::query(
+        "INSERT INTO subscriptions (id, instance_id, token, node_id, message_name, correlation_key, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(id)
+    .bind(instance)
+    .bind(i64::from(token))
+    .bind(node)
+    .bind(name)
+    .bind(key)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Removes a wait.
+pub async fn unsubscribe(conn: &mut Conn, id: &str) -> Result<(), Error> {
+    sqlx::query("DELETE FROM subscriptions WHERE id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The oldest wait for `name` with `key`.
+pub async fn find(conn: &mut Conn, name: &str, key: &str) -> Result<Option<Subscription>, Error> {
+    let r = sqlx::query(
+        "SELECT id, instance_id, token, node_id FROM subscriptions \
+         WHERE message_name = $1 AND correlation_key = $2 ORDER BY created_at LIMIT 1",
+    )
+    .bind(name)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    r.map(|r| {
+        Ok(Subscription {
+            id: r.try_get("id")?,
+            instance_id: r.try_get("instance_id")?,
+            token: r.try_get("token")?,
+            node_id: r.try_get("node_id")?,
+        })
+    })
+    .transpose()
+}
+
+/// A received message.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MessageRow {
+    /// Message id (the publisher's, for deduplication).
+    pub id: String,
+    /// Name.
+    pub message_name: String,
+    /// Correlation key.
+    pub correlation_key: String,
+    /// Payload.
+    pub payload: serde_json::Value,
+    /// `delivered` or `pending`.
+    pub status: String,
+    /// The instance it reached.
+    pub instance_id: Option<String>,
+    /// Received, ms.
+    pub received_at: i64,
+    /// Kept until, ms (pending only).
+    pub expires_at: Option<i64>,
+}
+
+/// Records a message; false if its id was seen before (deduplication).
+pub async fn record(conn: &mut Conn, m: &MessageRow) -> Result<bool, Error> {
+    let seen: Option<String> = sqlx::query_scalar("SELECT id FROM messages WHERE id = $1")
+        .bind(&m.id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if seen.is_some() {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO messages (id, message_name, correlation_key, payload, status, instance_id, \
+         received_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&m.id)
+    .bind(&m.message_name)
+    .bind(&m.correlation_key)
+    .bind(m.payload.to_string())
+    .bind(&m.status)
+    .bind(&m.instance_id)
+    .bind(m.received_at)
+    .bind(m.expires_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
+/// The oldest pending, unexpired message for `name` and `key`.
+pub async fn pending(
+    conn: &mut Conn,
+    name: &str,
+    key: &str,
+    now: i64,
+) -> Result<Option<MessageRow>, Error> {
+    let r = sqlx::query(
+        "SELECT id, message_name, correlation_key, payload, status, instance_id, received_at, expires_at \
+         FROM messages WHERE message_name = $1 AND correlation_key = $2 AND status = 'pending' \
+         AND (expires_at IS NULL OR expires_at > $3) ORDER BY received_at LIMIT 1",
+    )
+    .bind(name)
+    .bind(key)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    r.map(|r| {
+        let payload: String = r.try_get("payload")?;
+        Ok(MessageRow {
+            id: r.try_get("id")?,
+            message_name: r.try_get("message_name")?,
+            correlation_key: r.try_get("correlation_key")?,
+            payload: super::json(&payload, "messages", "payload")?,
+            status: r.try_get("status")?,
+            instance_id: r.try_get("instance_id")?,
+            received_at: r.try_get("received_at")?,
+            expires_at: r.try_get("expires_at")?,
+        })
+    })
+    .transpose()
+}
+
+/// Marks a pending message delivered to `instance`.
+pub async fn delivered(conn: &mut Conn, id: &str, instance: &str) -> Result<(), Error> {
+    sqlx::query("UPDATE messages SET status = 'delivered', instance_id = $2, expires_at = NULL WHERE id = $1")
+        .bind(id)
+        .bind(instance)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Storage: one SQL schema, two backends (SQLite embedded, PostgreSQL for
+//! several engine processes), behind one `Store` and its transactions.
+//!
+//! Queries are written once, with `$N` placeholders that both backends
+//! accept, and run through sqlx's `Any` driver; what differs (connection
+//! settings, migrations, how jobs are claimed) lives in `sqlite.rs` and
+//! `postgres.rs`. One module per table, restate-style: each adds functions
+//! over a connection inside a transaction.
+
+pub mod definitions;
+pub mod incidents;
+pub mod instances;
+pub mod jobs;
+pub mod journal;
+pub mod messages;
+mod postgres;
+mod sqlite;
+pub mod tasks;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions};
+use std::str::FromStr;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database refused or failed a statement.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A JSON column did not hold what it should.
+    #[error("corrupt JSON in {table}.{column}: {source}")]
+    Json {
+        /// Table.
+        table: &'static str,
+        /// Column.
+        column: &'static str,
+        /// Parser's complaint.
+        source: serde_json::Error,
+    },
+    /// The URL names no supported database.
+    #[error("unsupported database URL `{0}`: use sqlite://FILE or postgres://…")]
+    UnsupportedUrl(String),
+}
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// A connection pool to the engine's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A connection inside a transaction: what table functions take.
+pub type Conn = AnyConnection;
+
+impl Store {
+    /// Opens (creating a SQLite file if needed) and migrates the database at `url`.
+    pub async fn open(url: &str) -> Result<Store, Error> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(Error::UnsupportedUrl(url.to_owned()));
+        };
+        let url = match backend {
+            Backend::Sqlite => sqlite::url(url),
+            Backend::Postgres => url.to_owned(),
+        };
+        let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 8,
+                Backend::Postgres => 16,
+            })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        sqlite::configure(conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        match backend {
+            Backend::Sqlite => sqlite::migrator().run(&pool).await?,
+            Backend::Postgres => postgres::migrator().run(&pool).await?,
+        }
+        Ok(Store { pool, backend })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for reads.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Parses a JSON column.
+pub(crate) fn json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    table: &'static str,
+    column: &'static str,
+) -> Result<T, Error> {
+    serde_json::from_str(text).map_err(|source| Error::Json {
+        table,
+        column,
+        source,
+    })
+}

@@ -1,0 +1,33 @@
+//! PostgreSQL specifics: migrations and job claims that several engine
+//! processes can run at once.
+
+use std::borrow::Cow;
+
+use sqlx::SqlStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+/// The embedded migrations (applied under PostgreSQL's advisory lock, so
+/// that several nodes starting at once migrate exactly once).
+pub(super) fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        SqlStr::from_static(include_str!("../../migrations/postgres/0001_init.sql")),
+        false,
+    )])
+}
+
+/// Claims due jobs; `SKIP LOCKED` lets nodes claim side by side without
+/// waiting on each other's rows, and never the same row twice.
+pub(super) const CLAIM_JOBS: &str = "WITH due AS ( \
+         SELECT id FROM jobs WHERE status IN ('ready', 'running') AND run_at <= $3 \
+         ORDER BY run_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+     UPDATE jobs j SET status = 'running', lease_owner = $1, lease_until = $2, run_at = $2, \
+         attempts = j.attempts + 1 \
+     FROM due WHERE j.id = due.id \
+     RETURNING j.id, j.instance_id, j.token, j.node_id, j.kind, j.connector, j.operation, \
+               j.input, j.idempotency_key, j.attempts, j.max_attempts, j.timeout_ms";
+
+/// Locks an instance's row for the rest of the transaction.
+pub(super) const LOCK_INSTANCE: &str = "SELECT id FROM instances WHERE id = $1 FOR UPDATE";

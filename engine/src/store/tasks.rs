@@ -1,0 +1,248 @@
+//! Table `tasks`: user tasks in inboxes.
+
+use sqlx::Row;
+
+use super::{Conn, Error, json};
+
+/// A task as stored. Its form, instructions and outcomes come from the
+/// definition's node, not from the row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskRow {
+    /// Id.
+    pub id: String,
+    /// Instance.
+    pub instance_id: String,
+    /// Token waiting on it.
+    pub token: i64,
+    /// User task node.
+    pub node_id: String,
+    /// Procedure code.
+    pub code: String,
+    /// Instance's business key.
+    pub business_key: String,
+    /// Candidate role.
+    pub role: String,
+    /// `open`, `claimed`, `completed` or `cancelled`.
+    pub status: String,
+    /// Who claimed it.
+    pub assignee: Option<String>,
+    /// The outcome it was completed with.
+    pub outcome: Option<String>,
+    /// The data it was completed with.
+    pub data: Option<serde_json::Value>,
+    /// Created, ms.
+    pub created_at: i64,
+    /// Due, ms.
+    pub due_at: Option<i64>,
+    /// Completed, ms.
+    pub completed_at: Option<i64>,
+    /// Completed by.
+    pub completed_by: Option<String>,
+}
+
+const COLUMNS: &str = "id, instance_id, token, node_id, code, business_key, role, status, assignee, \
+    outcome, data, created_at, due_at, completed_at, completed_by";
+
+fn row(r: &sqlx::any::AnyRow) -> Result<TaskRow, Error> {
+    let data: Option<String> = r.try_get("data")?;
+    Ok(TaskRow {
+        id: r.try_get("id")?,
+        instance_id: r.try_get("instance_id")?,
+        token: r.try_get("token")?,
+        node_id: r.try_get("node_id")?,
+        code: r.try_get("code")?,
+        business_key: r.try_get("business_key")?,
+        role: r.try_get("role")?,
+        status: r.try_get("status")?,
+        assignee: r.try_get("assignee")?,
+        outcome: r.try_get("outcome")?,
+        data: data.map(|d| json(&d, "tasks", "data")).transpose()?,
+        created_at: r.try_get("created_at")?,
+        due_at: r.try_get("due_at")?,
+        completed_at: r.try_get("completed_at")?,
+        completed_by: r.try_get("completed_by")?,
+    })
+}
+
+/// A new open task.
+#[derive(Debug, Clone)]
+pub struct NewTask<'a> {
+    /// Id.
+    pub id: &'a str,
+    /// Instance.
+    pub instance_id: &'a str,
+    /// Token.
+    pub token: u32,
+    /// Node.
+    pub node_id: &'a str,
+    /// Code.
+    pub code: &'a str,
+    /// Business key.
+    pub business_key: &'a str,
+    /// Role.
+    pub role: &'a str,
+    /// Now, ms.
+    pub created_at: i64,
+    /// Due, ms.
+    pub due_at: Option<i64>,
+}
+
+/// Opens a task.
+pub async fn insert(conn: &mut Conn, t: &NewTask<'_>) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO tasks (id, instance_id, token, node_id, code, business_key, role, status, \
+         created_at, due_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9)",
+    )
+    .bind(t.id)
+    .bind(t.instance_id)
+    .bind(i64::from(t.token))
+    .bind(t.node_id)
+    .bind(t.code)
+    .bind(t.business_key)
+    .bind(t.role)
+    .bind(t.created_at)
+    .bind(t.due_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A task by id.
+pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<TaskRow>, Error> {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM tasks WHERE id = $1"));
+    let r = sqlx::query(sql).bind(id).fetch_optional(&mut *conn).await?;
+    r.as_ref().map(row).transpose()
+}
+
+/// Claims an open task for `user`; false if it is not open.
+pub async fn claim(conn: &mut Conn, id: &str, user: &str) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "UPDATE tasks SET status = 'claimed', assignee = $2 WHERE id = $1 AND status = 'open'",
+    )
+    .bind(id)
+    .bind(user)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Returns a claimed task to its role's inbox; false if `user` does not hold it.
+pub async fn unclaim(conn: &mut Conn, id: &str, user: &str) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "UPDATE tasks SET status = 'open', assignee = NULL WHERE id = $1 AND status = 'claimed' AND assignee = $2",
+    )
+    .bind(id)
+    .bind(user)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Completes a task still open or claimed; false if it is not.
+pub async fn complete(
+    conn: &mut Conn,
+    id: &str,
+    user: &str,
+    outcome: &str,
+    data: &serde_json::Value,
+    now: i64,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "UPDATE tasks SET status = 'completed', outcome = $2, data = $3, completed_at = $4, \
+         completed_by = $5, assignee = COALESCE(assignee, $5) \
+         WHERE id = $1 AND status IN ('open', 'claimed')",
+    )
+    .bind(id)
+    .bind(outcome)
+    .bind(data.to_string())
+    .bind(now)
+    .bind(user)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Withdraws a task that is still open or claimed.
+pub async fn cancel(conn: &mut Conn, id: &str, now: i64) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE tasks SET status = 'cancelled', completed_at = $2 WHERE id = $1 AND status IN ('open', 'claimed')",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// What an inbox shows.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only these roles (empty: any).
+    pub roles: Vec<String>,
+    /// Only this status (`open`, `claimed`, …); open and claimed when absent.
+    pub status: Option<String>,
+    /// Only tasks of this instance.
+    pub instance_id: Option<String>,
+    /// Only this assignee.
+    pub assignee: Option<String>,
+    /// Only this procedure.
+    pub code: Option<String>,
+    /// Only this business key.
+    pub business_key: Option<String>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// Tasks matching `filter`, soonest due first.
+pub async fn list(conn: &mut Conn, filter: &Filter) -> Result<Vec<TaskRow>, Error> {
+    let mut sql = format!("SELECT {COLUMNS} FROM tasks WHERE ");
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        format!("${n}")
+    };
+    let mut clauses = Vec::new();
+    match &filter.status {
+        Some(_) => clauses.push(format!("status = {}", next())),
+        None => clauses.push("status IN ('open', 'claimed')".to_owned()),
+    }
+    if !filter.roles.is_empty() {
+        let marks: Vec<String> = filter.roles.iter().map(|_| next()).collect();
+        clauses.push(format!("role IN ({})", marks.join(", ")));
+    }
+    for (present, column) in [
+        (filter.instance_id.is_some(), "instance_id"),
+        (filter.assignee.is_some(), "assignee"),
+        (filter.code.is_some(), "code"),
+        (filter.business_key.is_some(), "business_key"),
+    ] {
+        if present {
+            clauses.push(format!("{column} = {}", next()));
+        }
+    }
+    sql.push_str(&clauses.join(" AND "));
+    sql.push_str(&format!(
+        " ORDER BY CASE WHEN due_at IS NULL THEN 1 ELSE 0 END, due_at, created_at LIMIT {}",
+        next()
+    ));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    if let Some(s) = &filter.status {
+        q = q.bind(s.clone());
+    }
+    for r in &filter.roles {
+        q = q.bind(r.clone());
+    }
+    for value in [
+        &filter.instance_id,
+        &filter.assignee,
+        &filter.code,
+        &filter.business_key,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        q = q.bind(value.clone());
+    }
+    let rows = q.bind(filter.limit.max(1)).fetch_all(&mut *conn).await?;
+    rows.iter().map(row).collect()
+}
