@@ -1,6 +1,8 @@
 //! Helpers for tramite's whole-system tests: where the repository's files
 //! are, and how to validate definitions the way `tramite validate` does.
 
+pub mod engine;
+
 use std::path::{Path, PathBuf};
 
 use tramite_engine::diagnostic::Diagnostics;

@@ -660,11 +660,12 @@ async fn save(
 ) -> Result<(), Error> {
     let mut entries: Vec<(String, Option<String>, Value)> = Vec::new();
     let mut ended = None;
+    let mut writes = Vec::with_capacity(effects.len());
     for effect in effects {
         match effect {
             Effect::Journal { kind, node, data } => entries.push((kind.to_owned(), node, data)),
             Effect::Ended { outcome } => ended = Some(outcome),
-            other => apply(conn, ctx, row, other, followups).await?,
+            other => writes.push(other),
         }
     }
     if let Some(outcome) = ended {
@@ -693,6 +694,10 @@ async fn save(
         });
     }
     row.revision += 1;
+    // The instance row exists now: its tasks, jobs and subscriptions may refer to it.
+    for effect in writes {
+        apply(conn, ctx, row, effect, followups).await?;
+    }
     let new_entries: Vec<journal::NewEntry<'_>> = entries
         .iter()
         .map(|(kind, node, data)| journal::NewEntry {

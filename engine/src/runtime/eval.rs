@@ -68,11 +68,31 @@ pub fn eval(expr: &Expr, scope: &Scope<'_>) -> Result<Value, EvalError> {
             _ if (scope.declared)(name) => scope.variables.get(name).unwrap_or(&Value::Null),
             _ => continue,
         };
-        let value = cel::to_value(value).map_err(|e| fail(e.to_string()))?;
-        context.add_variable_from_value(name, value);
+        context.add_variable_from_value(name, to_cel(value));
     }
     let value = program.execute(&context).map_err(|e| fail(e.to_string()))?;
     value.json().map_err(|e| fail(e.to_string()))
+}
+
+/// JSON to CEL. Every JSON integer becomes a CEL `int` (serde's route would
+/// make positive ones `uint`, and CEL refuses `uint * int`).
+fn to_cel(value: &Value) -> cel::Value {
+    match value {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => cel::Value::Int(i),
+            (None, Some(u)) => cel::Value::UInt(u),
+            _ => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => cel::Value::String(Arc::new(s.clone())),
+        Value::Array(items) => cel::Value::List(Arc::new(items.iter().map(to_cel).collect())),
+        Value::Object(map) => cel::Value::from(
+            map.iter()
+                .map(|(k, v)| (k.clone(), to_cel(v)))
+                .collect::<std::collections::HashMap<String, cel::Value>>(),
+        ),
+    }
 }
 
 /// Evaluates a condition.
@@ -125,6 +145,7 @@ mod tests {
         assert_eq!(run("result.n + a", &vars), Ok(json!(9)));
         assert_eq!(run("size(lista) > 1 ? lista[0] : b", &vars), Ok(json!("p")));
         assert_eq!(run("nulo == null", &vars), Ok(json!(true)));
+        assert_eq!(run("result.ok && a >= 2", &vars), Ok(json!(true)));
     }
 
     #[test]

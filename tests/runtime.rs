@@ -1,0 +1,738 @@
+//! The durable runtime on both backends: P06 through every branch, forms,
+//! double completion, retries, incidents, restarts, versions, gates.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tramite_engine::Error;
+use tramite_engine::runtime::{CompleteTask, Delivery};
+use tramite_engine::store::tasks::Filter;
+use tramite_tests::engine::{Db, Harness};
+use tramite_tests::on_both_backends;
+
+const P06: &str = "OPE-SUM-VEN-P06";
+const PHONE: &str = "72345678";
+
+/// Starts P06 by IVR and walks it to the NAF check with `ci`.
+async fn through_identification(h: &Harness, ci: &str) -> String {
+    let id = h
+        .start(
+            P06,
+            "ivr",
+            json!({"telefono": PHONE, "nombre_cliente": "Juan Pérez"}),
+        )
+        .await;
+    h.complete(&id, "recibir_llamada", "atendida", json!({}))
+        .await;
+    h.complete(
+        &id,
+        "identificar_cliente",
+        "continuar",
+        json!({"nombre_cliente": "Juan Pérez Rojas", "servicio_solicitado": "internet_fibra", "ci": ci}),
+    )
+    .await;
+    assert_eq!(h.jobs().await, 1, "the NAF check runs");
+    id
+}
+
+/// From the address (step 5) to the requirements being asked for (step 8).
+async fn through_coverage(h: &Harness, id: &str, zone: &str) {
+    h.complete(
+        id,
+        "solicitar_domicilio",
+        "continuar",
+        json!({"direccion": "Av. América 1234", "zona": zone}),
+    )
+    .await;
+    assert_eq!(h.jobs().await, 1, "the GIS check runs");
+}
+
+/// From step 7.1 with capacity to the Smartflex registration (10).
+async fn through_requirements(h: &Harness, id: &str) {
+    h.complete(
+        id,
+        "verificar_capacidad",
+        "continuar",
+        json!({"capacidad_confirmada": true}),
+    )
+    .await;
+    h.complete(
+        id,
+        "solicitar_requisitos",
+        "requisitos_solicitados",
+        json!({}),
+    )
+    .await;
+    let delivery = h
+        .publish(
+            "requisitos_whatsapp",
+            PHONE,
+            &format!("wamid.{id}"),
+            json!({"media": ["ci_anverso.jpg", "ci_reverso.jpg", "factura.pdf"]}),
+        )
+        .await;
+    assert_eq!(
+        delivery,
+        Delivery::Delivered {
+            instance: id.to_owned()
+        }
+    );
+    h.complete(
+        id,
+        "imprimir_requisitos",
+        "impresos",
+        json!({"requisitos_impresos": true}),
+    )
+    .await;
+}
+
+/// From the request being communicated (11) to the end (13).
+async fn through_installation(h: &Harness, id: &str) {
+    h.complete(
+        id,
+        "comunicar_solicitud",
+        "comunicado",
+        json!({"dias_estimados": 5}),
+    )
+    .await;
+    let children = h.engine.children(id).await.unwrap();
+    assert_eq!(children.len(), 1);
+    let child = &children[0];
+    assert_eq!(child.code, "OPR-PAS-P02");
+    assert_eq!(child.channel, "procedure");
+    h.complete(
+        &child.id,
+        "programar",
+        "programada",
+        json!({"fecha_programada": "2026-12-01"}),
+    )
+    .await;
+    h.complete(
+        &child.id,
+        "instalar",
+        "cerrar",
+        json!({"instalacion_realizada": true, "dias_ejecucion": 4}),
+    )
+    .await;
+    assert_eq!(h.instance(&child.id).await.status, "completed");
+    h.complete(
+        id,
+        "seguimiento_venta",
+        "continuar",
+        json!({"contrato_firmado": true}),
+    )
+    .await;
+    h.complete(
+        id,
+        "control_calidad",
+        "registrado",
+        json!({"cliente_satisfecho": true, "comentario_calidad": "Conforme"}),
+    )
+    .await;
+}
+
+async fn sale_made(db: Db) {
+    let h = Harness::new(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    assert_eq!(h.jobs().await, 1, "the Smartflex registration runs");
+    through_installation(&h, &id).await;
+
+    let i = h.instance(&id).await;
+    assert_eq!(i.status, "completed");
+    assert_eq!(i.outcome.as_deref(), Some("venta_concretada"));
+    let v = &i.state.variables;
+    assert_eq!(v["naf_impedimento"], json!(false));
+    assert_eq!(v["gis_capacidad"], json!(true));
+    assert_eq!(
+        v["requisitos_adjuntos"],
+        json!(["ci_anverso.jpg", "ci_reverso.jpg", "factura.pdf"])
+    );
+    assert!(v["numero_solicitud"].as_str().unwrap().starts_with("SF-"));
+    assert_eq!(v["dias_ejecucion"], json!(4));
+    assert!(i.state.tokens.is_empty());
+    assert_eq!(h.sims.smartflex.registration_count(), 1);
+
+    let history = h.history(&id).await;
+    let first = |k: &str| {
+        history
+            .iter()
+            .position(|h| h == k)
+            .unwrap_or_else(|| panic!("{k} missing from {history:?}"))
+    };
+    assert_eq!(history[0], "instance_started");
+    assert!(first("job_succeeded") < first("message_received"));
+    assert!(first("message_received") < first("child_started"));
+    assert_eq!(
+        history.last().map(String::as_str),
+        Some("instance_completed")
+    );
+    let entries = h.engine.history(&id).await.unwrap();
+    assert!(
+        entries.windows(2).all(|w| w[0].seq < w[1].seq),
+        "history is in order"
+    );
+    let completion = entries
+        .iter()
+        .find(|e| e.kind == "task_completed" && e.node_id.as_deref() == Some("identificar_cliente"))
+        .unwrap();
+    assert_eq!(completion.actor, "agente1");
+    assert_eq!(completion.data["data"]["ci"], json!("4587213"));
+}
+on_both_backends!(p06_sale_made, super::sale_made);
+
+async fn naf_impediment(db: Db) {
+    let h = Harness::new(db).await;
+    let id = through_identification(&h, "5123987").await; // central_riesgos
+    let task = h.task(&id, "informar_imposibilidad").await;
+    assert_eq!(task.role, "agente_ventas_digitales");
+    let v = h.instance(&id).await.state.variables;
+    assert_eq!(v["naf_impedimento"], json!(true));
+    assert_eq!(v["naf_motivos"], json!(["central_riesgos"]));
+    h.complete(
+        &id,
+        "informar_imposibilidad",
+        "informado",
+        json!({"motivo_rechazo": "central_riesgos"}),
+    )
+    .await;
+    let i = h.instance(&id).await;
+    assert_eq!(i.outcome.as_deref(), Some("venta_no_concretada"));
+    assert_eq!(h.sims.smartflex.registration_count(), 0);
+}
+on_both_backends!(p06_naf_impediment, super::naf_impediment);
+
+async fn no_gis_capacity(db: Db) {
+    let h = Harness::new(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Valle Hermoso").await;
+    assert_eq!(
+        h.instance(&id).await.state.variables["gis_capacidad"],
+        json!(false)
+    );
+    h.complete(
+        &id,
+        "verificar_capacidad",
+        "continuar",
+        json!({"capacidad_confirmada": false}),
+    )
+    .await;
+    h.complete(
+        &id,
+        "informar_imposibilidad",
+        "informado",
+        json!({"motivo_rechazo": "sin_capacidad_tecnica", "detalle_rechazo": "Zona sin cobertura"}),
+    )
+    .await;
+    assert_eq!(
+        h.instance(&id).await.outcome.as_deref(),
+        Some("venta_no_concretada")
+    );
+}
+on_both_backends!(p06_no_gis_capacity, super::no_gis_capacity);
+
+async fn lost_call_then_call_back(db: Db) {
+    let h = Harness::new(db).await;
+    let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+    h.complete(&id, "recibir_llamada", "llamada_perdida", json!({}))
+        .await;
+    let task = h.task(&id, "devolver_llamada").await;
+    assert_eq!(task.due_at, Some(tramite_tests::engine::T0 + 30 * 60_000));
+    h.complete(&id, "devolver_llamada", "cliente_contactado", json!({}))
+        .await;
+    h.task(&id, "identificar_cliente").await;
+    // The escalation timer of the completed call-back was withdrawn.
+    h.advance(Duration::from_secs(3_600));
+    h.jobs().await;
+    h.task(&id, "identificar_cliente").await;
+    assert!(!h.history(&id).await.contains(&"task_overdue".to_owned()));
+}
+on_both_backends!(
+    p06_lost_call_then_call_back,
+    super::lost_call_then_call_back
+);
+
+async fn digital_lead(db: Db) {
+    let h = Harness::new(db).await;
+    let id = h.start(P06, "facebook", json!({"telefono": PHONE})).await;
+    h.complete(&id, "revisar_solicitud_digital", "sin_respuesta", json!({}))
+        .await;
+    assert_eq!(
+        h.instance(&id).await.outcome.as_deref(),
+        Some("cliente_no_contactado")
+    );
+    // A channel the start does not list is refused, and nothing is created.
+    let err = h
+        .engine
+        .start(tramite_engine::runtime::StartInstance {
+            code: P06.to_owned(),
+            business_key: "x".to_owned(),
+            channel: "fax".to_owned(),
+            data: tramite_tests::engine::object(json!({"telefono": PHONE})),
+            actor: "test".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ChannelNotAllowed { .. }), "{err:?}");
+}
+on_both_backends!(p06_digital_lead, super::digital_lead);
+
+async fn smartflex_transient_then_success(db: Db) {
+    let h = Harness::new(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    h.sims.smartflex.faults().fail_next(2);
+    let mut runs = 0;
+    for _ in 0..10 {
+        runs += h.jobs().await;
+        if h.task_open(&id, "comunicar_solicitud").await {
+            break;
+        }
+        h.advance(Duration::from_secs(60)); // past the backoff
+    }
+    assert_eq!(runs, 3, "two failures, then success");
+    assert_eq!(h.sims.smartflex.registration_count(), 1);
+    let history = h.history(&id).await;
+    assert_eq!(history.iter().filter(|k| *k == "job_failed").count(), 2);
+    assert!(
+        h.engine
+            .incidents(Some("open"), Some(&id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+on_both_backends!(
+    p06_smartflex_transient_then_success,
+    super::smartflex_transient_then_success
+);
+
+async fn smartflex_incident_then_retry(db: Db) {
+    let h = Harness::new(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    h.sims.smartflex.faults().start_outage();
+    for _ in 0..20 {
+        h.jobs().await;
+        h.advance(Duration::from_secs(300));
+    }
+    let incidents = h.engine.incidents(Some("open"), Some(&id)).await.unwrap();
+    assert_eq!(incidents.len(), 1, "retries exhausted: one incident");
+    assert_eq!(incidents[0].node_id, "registrar_venta_smartflex");
+    assert!(
+        incidents[0].message.starts_with("8 attempt(s) failed"),
+        "{}",
+        incidents[0].message
+    );
+    assert!(
+        !h.task_open(&id, "comunicar_solicitud").await,
+        "the instance waits"
+    );
+    // Retrying while the fault lasts is refused by nobody, but the operator
+    // fixes the fault first.
+    h.sims.smartflex.faults().end_outage();
+    h.engine
+        .retry_incident(&incidents[0].id, "operador1")
+        .await
+        .unwrap();
+    let again = h
+        .engine
+        .retry_incident(&incidents[0].id, "operador1")
+        .await
+        .unwrap_err();
+    assert!(matches!(again, Error::IncidentNotOpen { .. }));
+    assert_eq!(h.jobs().await, 1);
+    h.task(&id, "comunicar_solicitud").await;
+    assert_eq!(h.sims.smartflex.registration_count(), 1);
+    assert!(
+        h.history(&id)
+            .await
+            .contains(&"incident_retried".to_owned())
+    );
+}
+on_both_backends!(
+    p06_smartflex_incident_then_retry,
+    super::smartflex_incident_then_retry
+);
+
+async fn form_errors_change_nothing(db: Db) {
+    let h = Harness::new(db).await;
+    let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+    h.complete(&id, "recibir_llamada", "atendida", json!({}))
+        .await;
+    let before = h.instance(&id).await;
+    let task = h.task(&id, "identificar_cliente").await;
+    let err = h
+        .engine
+        .complete(CompleteTask {
+            task: task.id.clone(),
+            user: "agente1".to_owned(),
+            outcome: "continuar".to_owned(),
+            data: tramite_tests::engine::object(
+                json!({"ci": "12ab", "servicio_solicitado": "cable", "color": "rojo"}),
+            ),
+        })
+        .await
+        .unwrap_err();
+    let Error::InvalidData { errors } = err else {
+        panic!("expected form errors, got {err:?}");
+    };
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["nombre_cliente", "servicio_solicitado", "ci", "color"],
+        "{errors:?}"
+    );
+    let after = h.instance(&id).await;
+    assert_eq!(after.revision, before.revision, "nothing changed");
+    assert_eq!(h.task(&id, "identificar_cliente").await.status, "open");
+    // A wrong outcome is refused the same way.
+    let err = h
+        .engine
+        .complete(CompleteTask {
+            task: task.id,
+            user: "agente1".to_owned(),
+            outcome: "vender".to_owned(),
+            data: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownOutcome { .. }), "{err:?}");
+}
+on_both_backends!(
+    p06_form_errors_change_nothing,
+    super::form_errors_change_nothing
+);
+
+async fn completed_once(db: Db) {
+    let h = Harness::new(db).await;
+    let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+    let task = h.task(&id, "recibir_llamada").await;
+    // Twenty agents press the button at once: exactly one wins.
+    let attempts = (0..20).map(|n| {
+        let engine = h.engine.clone();
+        let task = task.id.clone();
+        tokio::spawn(async move {
+            engine
+                .complete(CompleteTask {
+                    task,
+                    user: format!("agente{n}"),
+                    outcome: "atendida".to_owned(),
+                    data: Default::default(),
+                })
+                .await
+        })
+    });
+    let results: Vec<_> = futures_join(attempts.collect()).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, Error::TaskNotOpen { .. }))
+    );
+    let tasks = h
+        .engine
+        .tasks(&Filter {
+            instance_id: Some(id.clone()),
+            status: Some("open".into()),
+            limit: 10,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(tasks.len(), 1, "one next task, not twenty");
+    assert_eq!(
+        h.history(&id)
+            .await
+            .iter()
+            .filter(|k| *k == "task_completed")
+            .count(),
+        1
+    );
+    // Claimed by one, completed by another: refused.
+    let next = h.task(&id, "identificar_cliente").await;
+    h.engine.claim(&next.id, "ana").await.unwrap();
+    let err = h
+        .engine
+        .complete(CompleteTask {
+            task: next.id,
+            user: "beto".into(),
+            outcome: "continuar".into(),
+            data: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::TaskClaimedByOther { .. }), "{err:?}");
+}
+on_both_backends!(p06_task_completed_once, super::completed_once);
+
+async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("task joins"));
+    }
+    out
+}
+
+async fn restart_mid_process(db: Db) {
+    let mut h = Harness::new(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    h.restart().await;
+    through_requirements(&h, &id).await;
+    h.restart().await;
+    assert_eq!(h.jobs().await, 1);
+    through_installation(&h, &id).await;
+    assert_eq!(
+        h.instance(&id).await.outcome.as_deref(),
+        Some("venta_concretada")
+    );
+    assert_eq!(h.sims.smartflex.registration_count(), 1);
+}
+on_both_backends!(p06_restart_mid_process, super::restart_mid_process);
+
+async fn restart_mid_connector_call(db: Db) {
+    let mut h = Harness::new(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    // Smartflex registers, then the engine dies before it hears back.
+    h.sims
+        .smartflex
+        .faults()
+        .set_latency(Duration::from_secs(3_600));
+    h.engine.start_workers();
+    for _ in 0..200 {
+        if h.sims.smartflex.calls() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.sims.smartflex.calls(), 1, "the call is in flight");
+    h.crash().await;
+    h.sims.smartflex.faults().set_latency(Duration::ZERO);
+    // The lease of the dead engine expires; the job runs again, same key.
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.jobs().await, 1);
+    h.task(&id, "comunicar_solicitud").await;
+    assert_eq!(h.sims.smartflex.calls(), 2, "run again: at least once");
+    assert_eq!(
+        h.sims.smartflex.registration_count(),
+        1,
+        "registered once, not twice"
+    );
+    // A lost reply (registered, then a timeout) is retried with the same key.
+    let id2 = through_identification(&h, "654321").await;
+    through_coverage(&h, &id2, "Sarco").await;
+    through_requirements(&h, &id2).await;
+    h.sims.smartflex.faults().lose_next_replies(1);
+    h.jobs().await;
+    h.advance(Duration::from_secs(60));
+    h.jobs().await;
+    h.task(&id2, "comunicar_solicitud").await;
+    let regs = h.sims.smartflex.registrations();
+    let keys: std::collections::BTreeSet<_> =
+        regs.iter().map(|r| r.idempotency_key.clone()).collect();
+    assert_eq!(keys.len(), regs.len(), "one registration per key");
+}
+on_both_backends!(
+    p06_restart_mid_connector_call,
+    super::restart_mid_connector_call
+);
+
+async fn versions(db: Db) {
+    let h = Harness::new(db).await;
+    let path = tramite_tests::repo_root().join("processes/opr-pas-p02.yaml");
+    let source = std::fs::read_to_string(&path).unwrap();
+    let same = h
+        .engine
+        .deploy(vec![("opr-pas-p02.yaml".into(), source.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        (same[0].version, same[0].new),
+        (1, false),
+        "identical content keeps its version"
+    );
+    let old = h
+        .start("OPR-PAS-P02", "other", json!({"numero_solicitud": "SF-1", "telefono": PHONE, "direccion": "Calle 1", "zona": "Centro", "servicio": "tv"}))
+        .await;
+    let changed = source.replace(
+        "label: {es: Programar la instalación, en: Schedule the installation}",
+        "label: {es: Programar la visita técnica, en: Schedule the visit}",
+    );
+    let v2 = h
+        .engine
+        .deploy(vec![("opr-pas-p02.yaml".into(), changed)])
+        .await
+        .unwrap();
+    assert_eq!((v2[0].version, v2[0].new), (2, true));
+    let new = h
+        .start("OPR-PAS-P02", "other", json!({"numero_solicitud": "SF-2", "telefono": PHONE, "direccion": "Calle 2", "zona": "Centro", "servicio": "tv"}))
+        .await;
+    assert_eq!(
+        h.instance(&old).await.version,
+        1,
+        "a running instance stays on its version"
+    );
+    assert_eq!(h.instance(&new).await.version, 2);
+    // A broken definition is refused with its diagnostics and deploys nothing.
+    let broken = source.replace(
+        "role: jefe_instalaciones\n    form:",
+        "role: jefe\n    form:",
+    );
+    let err = h
+        .engine
+        .deploy(vec![("opr-pas-p02.yaml".into(), broken)])
+        .await
+        .unwrap_err();
+    let Error::Invalid(d) = err else {
+        panic!("expected diagnostics")
+    };
+    assert_eq!(
+        d[0].items[0].code,
+        tramite_engine::diagnostic::Code::UnknownRole
+    );
+}
+on_both_backends!(versions_are_immutable, super::versions);
+
+async fn cancel_with_reason(db: Db) {
+    let h = Harness::new(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    h.jobs().await;
+    h.complete(
+        &id,
+        "comunicar_solicitud",
+        "comunicado",
+        json!({"dias_estimados": 5}),
+    )
+    .await;
+    let child = h.engine.children(&id).await.unwrap().remove(0);
+    h.engine
+        .cancel(&id, "cliente desiste por teléfono", "supervisor1")
+        .await
+        .unwrap();
+    let i = h.instance(&id).await;
+    assert_eq!(i.status, "cancelled");
+    assert_eq!(
+        i.cancel_reason.as_deref(),
+        Some("cliente desiste por teléfono")
+    );
+    assert_eq!(
+        h.instance(&child.id).await.status,
+        "cancelled",
+        "the child it waited for is cancelled"
+    );
+    let open = h
+        .engine
+        .tasks(&Filter {
+            instance_id: Some(child.id.clone()),
+            limit: 10,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert!(open.is_empty(), "its tasks are withdrawn");
+    let err = h
+        .engine
+        .cancel(&id, "again", "supervisor1")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InstanceNotRunning { .. }));
+}
+on_both_backends!(
+    cancel_with_reason_cancels_children,
+    super::cancel_with_reason
+);
+
+const PARALLEL: &str = r#"
+code: T-PARALLEL
+name: Paralelo
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables:
+  - {name: monto, type: number}
+  - {name: aprobado, type: boolean}
+nodes:
+  - {id: inicio, kind: start, channels: [web], data: [{name: monto, type: number, required: true}], next: grande}
+  - id: grande
+    kind: exclusive_gate
+    branches:
+      - {when: monto > 1000.0, next: dividir}
+    default: chico
+  - {id: dividir, kind: fork, branches: [legal, pago], join: unir}
+  - id: legal
+    kind: user_task
+    role: agente
+    form: [{name: aprobado, type: boolean, required: true}]
+    outcomes: [{id: ok, label: Listo, next: unir}]
+  - id: pago
+    kind: user_task
+    role: agente
+    outcomes: [{id: ok, label: Pagado, next: unir}]
+  - {id: unir, kind: join, next: grande_fin}
+  - {id: grande_fin, kind: end, outcome: grande}
+  - {id: chico, kind: end, outcome: chico}
+"#;
+
+async fn gates(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![("parallel.yaml".into(), PARALLEL.into())])
+        .await
+        .unwrap();
+    let small = h.start("T-PARALLEL", "web", json!({"monto": 10})).await;
+    assert_eq!(h.instance(&small).await.outcome.as_deref(), Some("chico"));
+    let big = h.start("T-PARALLEL", "web", json!({"monto": 5000.5})).await;
+    h.complete(&big, "pago", "ok", json!({})).await;
+    let i = h.instance(&big).await;
+    assert_eq!(i.status, "running", "the join waits for the other branch");
+    assert_eq!(i.state.tokens.len(), 1);
+    h.complete(&big, "legal", "ok", json!({"aprobado": true}))
+        .await;
+    let i = h.instance(&big).await;
+    assert_eq!(i.outcome.as_deref(), Some("grande"));
+    assert!(i.state.joins.is_empty());
+}
+on_both_backends!(exclusive_and_parallel_gates, super::gates);
+
+async fn workers_run_jobs_in_background(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine.start_workers();
+    let id = h.start(P06, "web", json!({"telefono": PHONE})).await;
+    h.complete(
+        &id,
+        "revisar_solicitud_digital",
+        "cliente_contactado",
+        json!({}),
+    )
+    .await;
+    h.complete(
+        &id,
+        "identificar_cliente",
+        "continuar",
+        json!({"nombre_cliente": "Ana Vargas", "servicio_solicitado": "television", "ci": "9999999"}),
+    )
+    .await;
+    // No `run_due_jobs` here: the pool claims the NAF job on its own.
+    let mut waited = 0;
+    while !h.task_open(&id, "solicitar_domicilio").await {
+        assert!(waited < 500, "the worker pool never ran the NAF job");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    assert_eq!(h.sims.naf.calls(), 1);
+    h.engine.shutdown().await;
+}
+on_both_backends!(
+    workers_run_jobs_in_background,
+    super::workers_run_jobs_in_background
+);

@@ -1,0 +1,293 @@
+//! A real engine on a real database for tests: a fresh SQLite file, or a
+//! fresh database on the PostgreSQL server (never skipped: a missing server
+//! fails the test), the shipped processes deployed, the simulators as
+//! connectors and a manual clock.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sqlx::Connection;
+use tramite_connectors::Simulators;
+use tramite_engine::runtime::clock::ManualClock;
+use tramite_engine::runtime::{CompleteTask, Engine, EngineConfig, PublishMessage, StartInstance};
+use tramite_engine::store::instances::InstanceRow;
+use tramite_engine::store::tasks::{Filter, TaskRow};
+
+/// Which backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    /// A SQLite file in a fresh temporary folder.
+    Sqlite,
+    /// A fresh database on the PostgreSQL server.
+    Postgres,
+}
+
+/// The PostgreSQL server tests use: `TRAMITE_TEST_POSTGRES_URL`, or the
+/// local server with trust authentication.
+pub fn postgres_url() -> String {
+    std::env::var("TRAMITE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database for one test.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    /// Its URL.
+    pub url: String,
+    /// Which backend.
+    pub kind: Db,
+    dir: Option<PathBuf>,
+}
+
+impl TestDb {
+    /// Creates an empty database.
+    pub async fn new(kind: Db) -> TestDb {
+        let name = format!("tramite_t_{}", uuid::Uuid::now_v7().simple());
+        match kind {
+            Db::Sqlite => {
+                let dir = std::env::temp_dir().join(&name);
+                std::fs::create_dir_all(&dir).expect("temp dir");
+                TestDb {
+                    url: format!("sqlite://{}/tramite.db", dir.display()),
+                    kind,
+                    dir: Some(dir),
+                }
+            }
+            Db::Postgres => {
+                let base = postgres_url();
+                let mut conn = sqlx::PgConnection::connect(&base)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "PostgreSQL is required at {base} (set TRAMITE_TEST_POSTGRES_URL): {e}"
+                        )
+                    });
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let url = with_database(&base, &name);
+                TestDb {
+                    url,
+                    kind,
+                    dir: None,
+                }
+            }
+        }
+    }
+}
+
+/// `postgres://user@host:port/db?x` with another database name.
+fn with_database(url: &str, name: &str) -> String {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let (head, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let authority_end = head[scheme_end..]
+        .find('/')
+        .map_or(head.len(), |i| scheme_end + i);
+    format!("{}/{name}{query}", &head[..authority_end])
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// An engine for a test.
+pub struct Harness {
+    /// The engine.
+    pub engine: Engine,
+    /// Its connectors.
+    pub sims: Simulators,
+    /// Its clock.
+    pub clock: Arc<ManualClock>,
+    /// Its database.
+    pub db: TestDb,
+}
+
+/// 2026-11-27 09:00 in Cochabamba (UTC−4).
+pub const T0: i64 = 1_795_784_400_000;
+
+impl Harness {
+    /// A fresh database with the shipped processes deployed.
+    pub async fn new(kind: Db) -> Harness {
+        let db = TestDb::new(kind).await;
+        let sims = Simulators::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let engine = open(&db, &sims, &clock).await;
+        engine
+            .deploy_dir(&crate::repo_root().join("processes"))
+            .await
+            .expect("processes deploy");
+        Harness {
+            engine,
+            sims,
+            clock,
+            db,
+        }
+    }
+
+    /// Stops the engine gracefully and opens a new one on the same database.
+    pub async fn restart(&mut self) {
+        self.engine.shutdown().await;
+        self.engine = open(&self.db, &self.sims, &self.clock).await;
+    }
+
+    /// Kills the engine (running jobs never report) and opens a new one.
+    pub async fn crash(&mut self) {
+        self.engine.halt().await;
+        self.engine = open(&self.db, &self.sims, &self.clock).await;
+    }
+
+    /// Moves the clock.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    /// Starts an instance of `code` by `channel`.
+    pub async fn start(&self, code: &str, channel: &str, data: Value) -> String {
+        self.engine
+            .start(StartInstance {
+                code: code.to_owned(),
+                business_key: String::new(),
+                channel: channel.to_owned(),
+                data: object(data),
+                actor: "test".to_owned(),
+            })
+            .await
+            .expect("instance starts")
+    }
+
+    /// The open task of `instance` at `node` (panics if there is none).
+    pub async fn task(&self, instance: &str, node: &str) -> TaskRow {
+        let tasks = self
+            .engine
+            .tasks(&Filter {
+                instance_id: Some(instance.to_owned()),
+                limit: 100,
+                ..Filter::default()
+            })
+            .await
+            .expect("tasks");
+        let open: Vec<&TaskRow> = tasks.iter().collect();
+        open.iter()
+            .find(|t| t.node_id == node)
+            .map(|t| (*t).clone())
+            .unwrap_or_else(|| {
+                let at: Vec<&str> = open.iter().map(|t| t.node_id.as_str()).collect();
+                panic!("no open task at `{node}`; open tasks are at {at:?}")
+            })
+    }
+
+    /// Completes the open task at `node` as `user`.
+    pub async fn complete(&self, instance: &str, node: &str, outcome: &str, data: Value) {
+        let task = self.task(instance, node).await;
+        self.engine
+            .complete(CompleteTask {
+                task: task.id,
+                user: "agente1".to_owned(),
+                outcome: outcome.to_owned(),
+                data: object(data),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("completing `{node}` with `{outcome}`: {e:?}"));
+    }
+
+    /// Whether `instance` has an open task at `node`.
+    pub async fn task_open(&self, instance: &str, node: &str) -> bool {
+        self.engine
+            .tasks(&Filter {
+                instance_id: Some(instance.to_owned()),
+                limit: 100,
+                ..Filter::default()
+            })
+            .await
+            .expect("tasks")
+            .iter()
+            .any(|t| t.node_id == node)
+    }
+
+    /// Runs every due job (connector calls, timers).
+    pub async fn jobs(&self) -> usize {
+        self.engine.run_due_jobs().await.expect("jobs run")
+    }
+
+    /// Publishes a message.
+    pub async fn publish(
+        &self,
+        name: &str,
+        key: &str,
+        id: &str,
+        payload: Value,
+    ) -> tramite_engine::runtime::Delivery {
+        self.engine
+            .publish(PublishMessage {
+                name: name.to_owned(),
+                key: key.to_owned(),
+                payload,
+                id: id.to_owned(),
+                ttl_ms: 24 * 3_600_000,
+            })
+            .await
+            .expect("publish")
+    }
+
+    /// The instance.
+    pub async fn instance(&self, id: &str) -> InstanceRow {
+        self.engine.instance(id).await.expect("instance")
+    }
+
+    /// The journal kinds of an instance, in order.
+    pub async fn history(&self, id: &str) -> Vec<String> {
+        self.engine
+            .history(id)
+            .await
+            .expect("history")
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    }
+}
+
+async fn open(db: &TestDb, sims: &Simulators, clock: &Arc<ManualClock>) -> Engine {
+    let mut config = EngineConfig::new(db.url.clone());
+    config.catalog = tramite_connectors::catalog();
+    config.connectors = sims.connectors();
+    config.clock = Arc::clone(clock) as Arc<dyn tramite_engine::runtime::clock::Clock>;
+    config.lease = Duration::from_secs(30);
+    config.node_name = "test".to_owned();
+    Engine::open(config).await.expect("engine opens")
+}
+
+/// A JSON object from `json!({...})`.
+pub fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(m) => m,
+        Value::Null => Map::new(),
+        other => panic!("expected an object, got {other}"),
+    }
+}
+
+/// Runs a test body once on SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($name:ident, $body:path) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $body($crate::engine::Db::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $body($crate::engine::Db::Postgres).await
+            }
+        }
+    };
+}
