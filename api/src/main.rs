@@ -5,6 +5,8 @@
 //! - `tramite graph <file> --format mermaid|dot`: the procedure as a diagram;
 //! - `tramite schema`: the JSON Schema of the definition format.
 
+mod bench;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +78,18 @@ enum Command {
     },
     /// Print the JSON Schema of the definition format.
     Schema,
+    /// Run N concurrent P06 happy paths end to end and print throughput and latency.
+    Bench {
+        /// Instances in all.
+        #[arg(long, default_value_t = 2_000)]
+        instances: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Database URL (default: a fresh SQLite file in a temporary folder).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -152,6 +166,23 @@ fn run(cli: Cli) -> Result<(), Error> {
                     })
                 }
             }
+        }
+        Command::Bench {
+            instances,
+            clients,
+            database_url,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(Error::Output)?;
+            let report = runtime.block_on(bench::run(bench::Settings {
+                instances,
+                clients,
+                database_url,
+            }))?;
+            writeln!(stdout, "{report}")?;
+            Ok(())
         }
         Command::Schema => {
             stdout.write_all(tramite_engine::schema::definition_schema_text().as_bytes())?;

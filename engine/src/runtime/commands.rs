@@ -236,6 +236,10 @@ pub struct Ctx<'a> {
     pub catalog: &'a crate::catalog::Catalog,
     /// Now, ms.
     pub now: i64,
+    /// Instances changed by the command, announced after the commit.
+    pub touched: std::sync::Mutex<Vec<String>>,
+    /// Whether the command scheduled a job (workers are woken only then).
+    pub scheduled: std::sync::atomic::AtomicBool,
 }
 
 /// Work a command causes on other instances, done in the same transaction.
@@ -342,6 +346,8 @@ pub async fn exec(conn: &mut Conn, ctx: &Ctx<'_>, command: Command) -> Result<Re
         }
         Command::ReleaseLeases => {
             jobs::release_all(conn).await?;
+            ctx.scheduled
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             Reply::Done
         }
     };
@@ -584,12 +590,12 @@ async fn start_instance(
     parent: Option<(&str, u32)>,
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
-    let latest = definitions::latest(conn, &start.code)
+    let latest = definitions::latest_id(conn, &start.code)
         .await?
         .ok_or_else(|| Error::NotDeployed {
             code: start.code.clone(),
         })?;
-    let process = ctx.processes.get(conn, latest.id).await?;
+    let process = ctx.processes.get(conn, latest).await?;
     let (start_node, start_spec) = process.start().ok_or_else(|| Error::NotDeployed {
         code: start.code.clone(),
     })?;
@@ -694,6 +700,10 @@ async fn save(
         });
     }
     row.revision += 1;
+    ctx.touched
+        .lock()
+        .expect("touched lock")
+        .push(row.id.clone());
     // The instance row exists now: its tasks, jobs and subscriptions may refer to it.
     for effect in writes {
         apply(conn, ctx, row, effect, followups).await?;
@@ -746,6 +756,8 @@ async fn apply(
         }
         Effect::CancelTask { id } => tasks::cancel(conn, &id, ctx.now).await?,
         Effect::CreateJob(job) => {
+            ctx.scheduled
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             let (kind, connector, operation, input) = match &job.kind {
                 JobKind::Service {
                     connector,
@@ -1078,6 +1090,8 @@ async fn job_done(
         if job.attempts < job.max_attempts {
             let at = ctx.now + backoff(&policy, job.attempts as u32);
             if jobs::reschedule(conn, &job.id, owner, at, message).await? {
+                ctx.scheduled
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 journal_one(
                     conn,
                     ctx,
@@ -1423,6 +1437,8 @@ async fn settle_incident(
     match (&incident.job_id, resolve) {
         (Some(job), None) => {
             jobs::revive(conn, job, ctx.now).await?;
+            ctx.scheduled
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         (Some(job), Some(vars)) => {
             jobs::cancel(conn, job).await?;

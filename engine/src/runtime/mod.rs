@@ -107,6 +107,7 @@ pub(crate) struct Inner {
     pub(crate) stop: watch::Sender<bool>,
     processes: Arc<ProcessCache>,
     stats: Arc<Stats>,
+    changes: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 impl Engine {
@@ -118,6 +119,7 @@ impl Engine {
         let jobs_changed = Arc::new(Notify::new());
         let processes = Arc::new(ProcessCache::default());
         let stats = Arc::new(Stats::default());
+        let (changes, _) = tokio::sync::broadcast::channel(16_384);
         let writer = Writer {
             store: store.clone(),
             processes: Arc::clone(&processes),
@@ -126,6 +128,7 @@ impl Engine {
             max_batch: config.max_batch,
             jobs_changed: Arc::clone(&jobs_changed),
             stats: Arc::clone(&stats),
+            changes: changes.clone(),
         };
         let handle = tokio::spawn(writer.run(inbox));
         let (stop, _) = watch::channel(false);
@@ -141,6 +144,7 @@ impl Engine {
                 stop,
                 processes,
                 stats,
+                changes,
             }),
         };
         // SQLite has one engine by construction: leases left by a previous
@@ -348,6 +352,13 @@ impl Engine {
     /// Wakes idle workers (after moving a manual clock, for instance).
     pub fn wake(&self) {
         self.inner.jobs_changed.notify_waiters();
+    }
+
+    /// Ids of instances as their changes commit (for waiting without polling:
+    /// long polls, live pages). A slow receiver may miss ids (`Lagged`) and
+    /// should then re-read what it watches.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.inner.changes.subscribe()
     }
 
     /// Write-path counters.

@@ -33,6 +33,8 @@ pub(crate) struct Writer {
     pub(crate) jobs_changed: Arc<Notify>,
     /// Counters for the benchmark.
     pub(crate) stats: Arc<Stats>,
+    /// Ids of instances changed by each committed batch.
+    pub(crate) changes: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 /// Write-path counters.
@@ -55,15 +57,18 @@ impl Writer {
     }
 
     async fn execute(&self, envelopes: Vec<Envelope>) {
-        let results = match self.batch(&envelopes).await {
+        let touched = std::sync::Mutex::new(Vec::new());
+        let scheduled = std::sync::atomic::AtomicBool::new(false);
+        let results = match self.batch(&envelopes, &touched, &scheduled).await {
             Ok(results) => results,
             Err(e) => {
                 // The commit itself failed (or the connection did): run each
                 // command alone so that one bad apple cannot sink the rest.
                 tracing::warn!(error = %e, size = envelopes.len(), "batch failed; running commands one by one");
+                touched.lock().expect("touched lock").clear();
                 let mut results = Vec::with_capacity(envelopes.len());
                 for env in &envelopes {
-                    results.push(self.single(&env.command).await);
+                    results.push(self.single(&env.command, &touched, &scheduled).await);
                 }
                 results
             }
@@ -71,7 +76,7 @@ impl Writer {
         self.stats
             .commands
             .fetch_add(envelopes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let wake = results.iter().any(|r| r.is_ok());
+        let wake = scheduled.load(std::sync::atomic::Ordering::Relaxed);
         for (env, result) in envelopes.into_iter().zip(results) {
             // The caller may have gone away; the command is committed all the same.
             let _ = env.reply.send(result);
@@ -79,23 +84,76 @@ impl Writer {
         if wake {
             self.jobs_changed.notify_waiters();
         }
+        if self.changes.receiver_count() > 0 {
+            let mut ids = touched.into_inner().expect("touched lock");
+            ids.sort_unstable();
+            ids.dedup();
+            for id in ids {
+                let _ = self.changes.send(Arc::from(id));
+            }
+        }
     }
 
-    async fn batch(&self, envelopes: &[Envelope]) -> Result<Vec<Result<Reply, Error>>, Error> {
-        let mut conn = self.store.pool().acquire().await?;
+    async fn batch(
+        &self,
+        envelopes: &[Envelope],
+        touched: &std::sync::Mutex<Vec<String>>,
+        scheduled: &std::sync::atomic::AtomicBool,
+    ) -> Result<Vec<Result<Reply, Error>>, Error> {
+        let mut conn = self.store.writes().acquire().await?;
         let mut tx = conn.begin().await?;
         let ctx = Ctx {
             backend: self.store.backend(),
             processes: &self.processes,
             catalog: &self.catalog,
             now: self.clock.now(),
+            touched: std::sync::Mutex::new(Vec::new()),
+            scheduled: std::sync::atomic::AtomicBool::new(false),
         };
         let mut results = Vec::with_capacity(envelopes.len());
+        if let [env] = envelopes {
+            // Alone in its batch, a command needs no savepoint: the transaction is its own.
+            let result = commands::exec(&mut tx, &ctx, env.command.clone()).await;
+            match &result {
+                Ok(_) => {
+                    tx.commit().await?;
+                    touched
+                        .lock()
+                        .expect("touched lock")
+                        .append(&mut ctx.touched.lock().expect("touched lock"));
+                    if ctx.scheduled.load(std::sync::atomic::Ordering::Relaxed) {
+                        scheduled.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    self.stats
+                        .commits
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) if commands::is_retryable(e) => {
+                    tx.rollback().await?;
+                    return Err(Error::Concurrent {
+                        instance: String::new(),
+                    });
+                }
+                Err(_) => tx.rollback().await?,
+            }
+            results.push(result);
+            return Ok(results);
+        }
         for env in envelopes {
             let mut savepoint = tx.begin().await?;
             let result = commands::exec(&mut savepoint, &ctx, env.command.clone()).await;
+            let mut changed = std::mem::take(&mut *ctx.touched.lock().expect("touched lock"));
+            let made_jobs = ctx
+                .scheduled
+                .swap(false, std::sync::atomic::Ordering::Relaxed);
             match &result {
-                Ok(_) => savepoint.commit().await?,
+                Ok(_) => {
+                    savepoint.commit().await?;
+                    touched.lock().expect("touched lock").append(&mut changed);
+                    if made_jobs {
+                        scheduled.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 Err(e) if commands::is_retryable(e) => {
                     savepoint.rollback().await?;
                     return Err(Error::Concurrent {
@@ -113,21 +171,35 @@ impl Writer {
         Ok(results)
     }
 
-    async fn single(&self, command: &Command) -> Result<Reply, Error> {
+    async fn single(
+        &self,
+        command: &Command,
+        touched: &std::sync::Mutex<Vec<String>>,
+        scheduled: &std::sync::atomic::AtomicBool,
+    ) -> Result<Reply, Error> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let result = async {
-                let mut conn = self.store.pool().acquire().await?;
+                let mut conn = self.store.writes().acquire().await?;
                 let mut tx = conn.begin().await?;
                 let ctx = Ctx {
                     backend: self.store.backend(),
                     processes: &self.processes,
                     catalog: &self.catalog,
                     now: self.clock.now(),
+                    touched: std::sync::Mutex::new(Vec::new()),
+                    scheduled: std::sync::atomic::AtomicBool::new(false),
                 };
                 let reply = commands::exec(&mut tx, &ctx, command.clone()).await?;
                 tx.commit().await?;
+                touched
+                    .lock()
+                    .expect("touched lock")
+                    .append(&mut ctx.touched.lock().expect("touched lock"));
+                if ctx.scheduled.load(std::sync::atomic::Ordering::Relaxed) {
+                    scheduled.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 self.stats
                     .commits
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

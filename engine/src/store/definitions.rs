@@ -66,6 +66,16 @@ pub async fn latest(conn: &mut Conn, code: &str) -> Result<Option<DefinitionRow>
     r.as_ref().map(row).transpose()
 }
 
+/// The row id of the latest version of `code`, without its source.
+pub async fn latest_id(conn: &mut Conn, code: &str) -> Result<Option<i64>, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM definitions WHERE code = $1 ORDER BY version DESC LIMIT 1",
+    )
+    .bind(code)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
 /// A version by row id.
 pub async fn by_id(conn: &mut Conn, id: i64) -> Result<Option<DefinitionRow>, Error> {
     let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM definitions WHERE id = $1"));

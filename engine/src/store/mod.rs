@@ -58,6 +58,7 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    writes: AnyPool,
     backend: Backend,
 }
 
@@ -80,26 +81,35 @@ impl Store {
             Backend::Postgres => url.to_owned(),
         };
         let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
-        let pool = AnyPoolOptions::new()
-            .max_connections(match backend {
-                Backend::Sqlite => 8,
-                Backend::Postgres => 16,
-            })
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        sqlite::configure(conn).await?;
-                    }
-                    Ok(())
+        let pool = |size: u32| {
+            AnyPoolOptions::new()
+                .max_connections(size)
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            sqlite::configure(conn).await?;
+                        }
+                        Ok(())
+                    })
                 })
-            })
-            .connect_with(options)
-            .await?;
+                .connect_with(options.clone())
+        };
+        // Reads never make the writer wait for a connection: it has its own.
+        let writes = pool(1).await?;
         match backend {
-            Backend::Sqlite => sqlite::migrator().run(&pool).await?,
-            Backend::Postgres => postgres::migrator().run(&pool).await?,
+            Backend::Sqlite => sqlite::migrator().run(&writes).await?,
+            Backend::Postgres => postgres::migrator().run(&writes).await?,
         }
-        Ok(Store { pool, backend })
+        let pool = pool(match backend {
+            Backend::Sqlite => 8,
+            Backend::Postgres => 16,
+        })
+        .await?;
+        Ok(Store {
+            pool,
+            writes,
+            backend,
+        })
     }
 
     /// The backend.
@@ -112,9 +122,15 @@ impl Store {
         &self.pool
     }
 
+    /// The writer's own connection.
+    pub(crate) fn writes(&self) -> &AnyPool {
+        &self.writes
+    }
+
     /// Closes every connection.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writes.close().await;
     }
 }
 

@@ -20,11 +20,12 @@ pub(super) fn url(url: &str) -> String {
 
 /// Durability first: WAL with `synchronous=FULL` fsyncs the log at every
 /// commit, so an acknowledged command survives a power cut. Group commit
-/// (see `runtime::writer`) is what keeps that affordable.
+/// (see `runtime::writer`) is what keeps that affordable. Temporary storage
+/// in memory keeps the per-command savepoints' sub-journal off the disk.
 pub(super) async fn configure(conn: &mut Conn) -> Result<(), sqlx::Error> {
     conn.execute(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
-         PRAGMA foreign_keys = ON; PRAGMA cache_size = -32000;",
+         PRAGMA foreign_keys = ON; PRAGMA cache_size = -32000; PRAGMA temp_store = MEMORY;",
     )
     .await?;
     Ok(())
