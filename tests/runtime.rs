@@ -736,3 +736,130 @@ on_both_backends!(
     workers_run_jobs_in_background,
     super::workers_run_jobs_in_background
 );
+
+async fn resolve_incident_by_hand(db: Db) {
+    let h = Harness::new(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    h.sims.smartflex.faults().start_outage();
+    for _ in 0..20 {
+        h.jobs().await;
+        h.advance(Duration::from_secs(300));
+    }
+    let incident = h
+        .engine
+        .incidents(Some("open"), Some(&id))
+        .await
+        .unwrap()
+        .remove(0);
+    // The operator registered the sale in Smartflex by hand and records its number.
+    h.engine
+        .resolve_incident(
+            &incident.id,
+            "operador1",
+            tramite_tests::engine::object(
+                json!({"numero_solicitud": "SF-2026-MANUAL", "dias_estimados": 7}),
+            ),
+        )
+        .await
+        .unwrap();
+    h.task(&id, "comunicar_solicitud").await;
+    let v = h.instance(&id).await.state.variables;
+    assert_eq!(v["numero_solicitud"], json!("SF-2026-MANUAL"));
+    assert_eq!(h.jobs().await, 0, "the failed job does not run again");
+    assert_eq!(h.sims.smartflex.registration_count(), 0);
+    let resolved = h
+        .engine
+        .incidents(Some("resolved"), Some(&id))
+        .await
+        .unwrap();
+    assert_eq!(resolved[0].resolved_by.as_deref(), Some("operador1"));
+}
+on_both_backends!(resolve_incident_by_hand, super::resolve_incident_by_hand);
+
+const SLOW: &str = r#"
+code: T-SLOW
+name: Consulta lenta
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables:
+  - {name: ci, type: string}
+  - {name: impedimento, type: boolean}
+nodes:
+  - {id: inicio, kind: start, channels: [web], data: [{name: ci, type: string, required: true}], next: consultar}
+  - id: consultar
+    kind: service_task
+    connector: naf
+    operation: check_portfolio
+    input: {ci: ci}
+    output: {impedimento: result.has_impediment}
+    timeout: 1s
+    retry: {attempts: 2, backoff: fixed, initial_delay: 1s, max_delay: 1s, jitter: false}
+    next: fin
+  - {id: fin, kind: end, outcome: listo}
+"#;
+
+async fn connector_timeout_is_a_transient_failure(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![("slow.yaml".into(), SLOW.into())])
+        .await
+        .unwrap();
+    h.sims.naf.faults().set_latency(Duration::from_secs(5));
+    let id = h.start("T-SLOW", "web", json!({"ci": "4587213"})).await;
+    let started = std::time::Instant::now();
+    h.jobs().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the attempt was cut at its timeout"
+    );
+    let history = h.engine.history(&id).await.unwrap();
+    let failed = history
+        .iter()
+        .find(|e| e.kind == "job_failed")
+        .expect("a failed attempt");
+    assert!(
+        failed.data["error"]
+            .as_str()
+            .unwrap()
+            .contains("no answer within 1000 ms"),
+        "{failed:?}"
+    );
+    h.sims.naf.faults().set_latency(Duration::ZERO);
+    h.advance(Duration::from_secs(2));
+    h.jobs().await;
+    assert_eq!(h.instance(&id).await.outcome.as_deref(), Some("listo"));
+}
+on_both_backends!(
+    connector_timeout_is_a_transient_failure,
+    super::connector_timeout_is_a_transient_failure
+);
+
+/// Two engines on one PostgreSQL database claim side by side: every job
+/// runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_never_run_the_same_job() {
+    let h = Harness::new(Db::Postgres).await;
+    h.engine
+        .deploy(vec![("slow.yaml".into(), SLOW.into())])
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        ids.push(
+            h.start("T-SLOW", "web", json!({"ci": format!("{}", 4_000_000 + n)}))
+                .await,
+        );
+    }
+    let second = tramite_tests::engine::second_engine(&h).await;
+    let (a, b) = tokio::join!(h.engine.run_due_jobs(), second.run_due_jobs());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a + b, 40, "each job claimed once: {a} + {b}");
+    assert_eq!(h.sims.naf.calls(), 40, "each job ran once");
+    for id in ids {
+        assert_eq!(h.instance(&id).await.outcome.as_deref(), Some("listo"));
+    }
+    second.shutdown().await;
+}

@@ -89,7 +89,7 @@ fn object(v: Value) -> Map<String, Value> {
 }
 
 /// What a client sends at each task of the happy path.
-fn answer(node: &str, n: usize) -> Option<(&'static str, Value)> {
+pub(crate) fn answer(node: &str, n: usize) -> Option<(&'static str, Value)> {
     Some(match node {
         "recibir_llamada" => ("atendida", json!({})),
         "identificar_cliente" => (
@@ -126,7 +126,7 @@ async fn timed<T>(latencies: &Mutex<Vec<f64>>, f: impl std::future::Future<Outpu
 }
 
 /// One instance from start to end.
-async fn drive(
+pub(crate) async fn drive(
     engine: &Engine,
     n: usize,
     latencies: &Mutex<Vec<f64>>,

@@ -6,6 +6,7 @@
 //! - `tramite schema`: the JSON Schema of the definition format.
 
 mod bench;
+mod demo;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -78,6 +79,16 @@ enum Command {
     },
     /// Print the JSON Schema of the definition format.
     Schema,
+    /// Run the engine with its embedded defaults (SQLite file, simulated
+    /// connectors) through one P06 request and print its history.
+    Demo {
+        /// Database URL; the SQLite file is created on first start.
+        #[arg(long, default_value = "sqlite://tramite.db")]
+        database_url: String,
+        /// Language of labels.
+        #[arg(long, value_enum, default_value_t = Language::Es)]
+        lang: Language,
+    },
     /// Run N concurrent P06 happy paths end to end and print throughput and latency.
     Bench {
         /// Instances in all.
@@ -166,6 +177,17 @@ fn run(cli: Cli) -> Result<(), Error> {
                     })
                 }
             }
+        }
+        Command::Demo { database_url, lang } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(Error::Output)?;
+            let lang = match lang {
+                Language::Es => Lang::Es,
+                Language::En => Lang::En,
+            };
+            runtime.block_on(demo::run(&database_url, lang, &mut stdout))
         }
         Command::Bench {
             instances,

@@ -163,3 +163,28 @@ fn validate_prints_every_expected_error_of_the_corpus() {
         }
     }
 }
+
+#[test]
+fn demo_runs_p06_on_a_sqlite_file_created_on_first_start() {
+    let dir = std::env::temp_dir().join(format!("tramite-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("tramite.db");
+    let url = format!("sqlite://{}", db.display());
+    let out = tramite(&["demo", "--database-url", &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(db.exists(), "the database file is created");
+    assert!(
+        stdout.contains("deployed OPE-SUM-VEN-P06 v1 (new)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("naf.check_portfolio"), "{stdout}");
+    assert!(stdout.contains("OPR-PAS-P02 →"), "{stdout}");
+    assert!(stdout.contains("[venta_concretada]"), "{stdout}");
+    // A second start finds everything where it was left.
+    let again = tramite(&["demo", "--database-url", &url]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let stdout = text(&again.stdout);
+    assert!(stdout.contains("deployed OPE-SUM-VEN-P06 v1\n"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

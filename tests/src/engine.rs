@@ -256,6 +256,11 @@ impl Harness {
     }
 }
 
+/// Another engine on the same database, connectors and clock (a second node).
+pub async fn second_engine(h: &Harness) -> Engine {
+    open(&h.db, &h.sims, &h.clock).await
+}
+
 async fn open(db: &TestDb, sims: &Simulators, clock: &Arc<ManualClock>) -> Engine {
     let mut config = EngineConfig::new(db.url.clone());
     config.catalog = tramite_connectors::catalog();
