@@ -18,7 +18,8 @@ use crate::store::instances::InstanceRow;
 use crate::store::jobs::ClaimedJob;
 use crate::store::messages::MessageRow;
 use crate::store::{
-    self, Backend, Conn, definitions, incidents, instances, jobs, journal, messages, tasks,
+    self, Backend, NewDefinition, TaskCompletion, Tx, definitions, incidents, journal, messages,
+    tasks,
 };
 
 /// A request to change state.
@@ -195,11 +196,12 @@ pub struct ProcessCache {
 
 impl ProcessCache {
     /// The process of version `id`, loading and compiling it once.
-    pub async fn get(&self, conn: &mut Conn, id: i64) -> Result<Arc<Process>, Error> {
+    pub async fn get(&self, conn: &mut impl Tx, id: i64) -> Result<Arc<Process>, Error> {
         if let Some(p) = self.by_id.read().expect("cache lock").get(&id) {
             return Ok(Arc::clone(p));
         }
-        let row = definitions::by_id(conn, id)
+        let row = conn
+            .definition_by_id(id)
             .await?
             .ok_or_else(|| Error::NotFound {
                 what: "version",
@@ -275,7 +277,7 @@ enum Followup {
 }
 
 /// Executes one command on `conn` (inside the writer's transaction).
-pub async fn exec(conn: &mut Conn, ctx: &Ctx<'_>, command: Command) -> Result<Reply, Error> {
+pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result<Reply, Error> {
     let mut followups = VecDeque::new();
     let reply = match command {
         Command::Deploy { sources } => deploy(conn, ctx, &sources).await?,
@@ -301,15 +303,8 @@ pub async fn exec(conn: &mut Conn, ctx: &Ctx<'_>, command: Command) -> Result<Re
             lease_ms,
             limit,
         } => Reply::Jobs(
-            jobs::claim(
-                conn,
-                ctx.backend,
-                &owner,
-                ctx.now,
-                ctx.now + lease_ms,
-                limit,
-            )
-            .await?,
+            conn.claim_jobs(&owner, ctx.now, ctx.now + lease_ms, limit)
+                .await?,
         ),
         Command::JobDone { job, owner, result } => {
             job_done(conn, ctx, &job, &owner, result, &mut followups).await?;
@@ -345,7 +340,7 @@ pub async fn exec(conn: &mut Conn, ctx: &Ctx<'_>, command: Command) -> Result<Re
             Reply::Done
         }
         Command::ReleaseLeases => {
-            jobs::release_all(conn).await?;
+            conn.release_leases().await?;
             ctx.scheduled
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             Reply::Done
@@ -356,7 +351,7 @@ pub async fn exec(conn: &mut Conn, ctx: &Ctx<'_>, command: Command) -> Result<Re
 }
 
 async fn run_followups(
-    conn: &mut Conn,
+    conn: &mut impl Tx,
     ctx: &Ctx<'_>,
     queue: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
@@ -397,7 +392,7 @@ async fn run_followups(
                 child,
                 variables,
             } => {
-                let mut row = load(conn, ctx, &parent).await?;
+                let mut row = load(conn, &parent).await?;
                 if row.status != "running" {
                     continue;
                 }
@@ -445,7 +440,7 @@ async fn run_followups(
                 token,
                 message,
             } => {
-                let mut row = load(conn, ctx, &parent).await?;
+                let mut row = load(conn, &parent).await?;
                 if row.status != "running" {
                     continue;
                 }
@@ -497,8 +492,8 @@ fn meta(row: &InstanceRow) -> InstanceMeta {
     }
 }
 
-async fn load(conn: &mut Conn, ctx: &Ctx<'_>, id: &str) -> Result<InstanceRow, Error> {
-    instances::get(conn, ctx.backend, id, true)
+async fn load(conn: &mut impl Tx, id: &str) -> Result<InstanceRow, Error> {
+    conn.instance(id, true)
         .await?
         .ok_or_else(|| Error::NotFound {
             what: "instance",
@@ -517,7 +512,7 @@ fn content_hash(text: &str) -> String {
 }
 
 async fn deploy(
-    conn: &mut Conn,
+    conn: &mut impl Tx,
     ctx: &Ctx<'_>,
     sources: &[(String, String)],
 ) -> Result<Reply, Error> {
@@ -531,7 +526,7 @@ async fn deploy(
         .collect();
     // Calls resolve against what is being deployed and what is deployed already.
     let mut context = Vec::new();
-    for row in definitions::all(conn).await? {
+    for row in conn.all_definitions().await? {
         if !files
             .iter()
             .any(|f| crate::loader::parse(&f.text).definition.code == row.code)
@@ -557,7 +552,7 @@ async fn deploy(
     for ((name, text), (_, result)) in sources.iter().zip(results) {
         let code = result.expect("checked").definition.code;
         let hash = content_hash(text);
-        if let Some(row) = definitions::by_hash(conn, &code, &hash).await? {
+        if let Some(row) = conn.definition_by_hash(&code, &hash).await? {
             out.push(Deployed {
                 code,
                 version: row.version,
@@ -565,7 +560,15 @@ async fn deploy(
             });
             continue;
         }
-        let row = definitions::insert(conn, &code, &hash, name, text, ctx.now).await?;
+        let row = conn
+            .insert_definition(NewDefinition {
+                code: &code,
+                hash: &hash,
+                file_name: name,
+                source: text,
+                now: ctx.now,
+            })
+            .await?;
         out.push(Deployed {
             code,
             version: row.version,
@@ -583,14 +586,15 @@ fn channel_name(c: Channel) -> String {
 }
 
 async fn start_instance(
-    conn: &mut Conn,
+    conn: &mut impl Tx,
     ctx: &Ctx<'_>,
     start: &StartInstance,
     id: &str,
     parent: Option<(&str, u32)>,
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
-    let latest = definitions::latest_id(conn, &start.code)
+    let latest = conn
+        .latest_definition_id(&start.code)
         .await?
         .ok_or_else(|| Error::NotDeployed {
             code: start.code.clone(),
@@ -656,7 +660,7 @@ async fn start_instance(
 
 /// Persists an instance after a machine run and applies its effects.
 async fn save(
-    conn: &mut Conn,
+    conn: &mut impl Tx,
     ctx: &Ctx<'_>,
     row: &mut InstanceRow,
     effects: Vec<Effect>,
@@ -693,8 +697,8 @@ async fn save(
         }
     }
     if new {
-        instances::insert(conn, row).await?;
-    } else if !instances::update(conn, row).await? {
+        conn.insert_instance(row).await?;
+    } else if !conn.update_instance(row).await? {
         return Err(Error::Concurrent {
             instance: row.id.clone(),
         });
@@ -719,12 +723,12 @@ async fn save(
             data,
         })
         .collect();
-    journal::append(conn, &new_entries).await?;
+    conn.append_journal(&new_entries).await?;
     Ok(())
 }
 
 async fn apply(
-    conn: &mut Conn,
+    conn: &mut impl Tx,
     ctx: &Ctx<'_>,
     row: &InstanceRow,
     effect: Effect,
@@ -738,23 +742,20 @@ async fn apply(
             role,
             due_at,
         } => {
-            tasks::insert(
-                conn,
-                &tasks::NewTask {
-                    id: &id,
-                    instance_id: &row.id,
-                    token,
-                    node_id: &node,
-                    code: &row.code,
-                    business_key: &row.business_key,
-                    role: &role,
-                    created_at: ctx.now,
-                    due_at,
-                },
-            )
+            conn.insert_task(&tasks::NewTask {
+                id: &id,
+                instance_id: &row.id,
+                token,
+                node_id: &node,
+                code: &row.code,
+                business_key: &row.business_key,
+                role: &role,
+                created_at: ctx.now,
+                due_at,
+            })
             .await?
         }
-        Effect::CancelTask { id } => tasks::cancel(conn, &id, ctx.now).await?,
+        Effect::CancelTask { id } => conn.cancel_task(&id, ctx.now).await?,
         Effect::CreateJob(job) => {
             ctx.scheduled
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -783,27 +784,24 @@ async fn apply(
                 }
                 JobKind::Timer => None,
             };
-            jobs::insert(
-                conn,
-                &jobs::NewJob {
-                    id: &job.id,
-                    instance_id: &row.id,
-                    token: job.token,
-                    node_id: &job.node,
-                    kind,
-                    connector,
-                    operation,
-                    input,
-                    idempotency_key: format!("tramite:{}:{}:{}", row.id, job.node, job.id),
-                    max_attempts: job.max_attempts,
-                    timeout_ms,
-                    run_at: job.run_at,
-                    created_at: ctx.now,
-                },
-            )
+            conn.insert_job(&store::jobs::NewJob {
+                id: &job.id,
+                instance_id: &row.id,
+                token: job.token,
+                node_id: &job.node,
+                kind,
+                connector,
+                operation,
+                input,
+                idempotency_key: format!("tramite:{}:{}:{}", row.id, job.node, job.id),
+                max_attempts: job.max_attempts,
+                timeout_ms,
+                run_at: job.run_at,
+                created_at: ctx.now,
+            })
             .await?
         }
-        Effect::CancelJob { id } => jobs::cancel(conn, &id).await?,
+        Effect::CancelJob { id } => conn.cancel_job(&id).await?,
         Effect::Subscribe {
             id,
             token,
@@ -811,22 +809,19 @@ async fn apply(
             name,
             key,
         } => {
-            messages::subscribe(
-                conn,
-                messages::NewSubscription {
-                    id: &id,
-                    instance: &row.id,
-                    token,
-                    node: &node,
-                    name: &name,
-                    key: &key,
-                    now: ctx.now,
-                },
-            )
+            conn.subscribe(messages::NewSubscription {
+                id: &id,
+                instance: &row.id,
+                token,
+                node: &node,
+                name: &name,
+                key: &key,
+                now: ctx.now,
+            })
             .await?;
             // A message that came before the instance waited is delivered now.
-            if let Some(message) = messages::pending(conn, &name, &key, ctx.now).await? {
-                messages::delivered(conn, &message.id, &row.id).await?;
+            if let Some(message) = conn.pending_message(&name, &key, ctx.now).await? {
+                conn.message_delivered(&message.id, &row.id).await?;
                 followups.push_back(Followup::Deliver {
                     instance: row.id.clone(),
                     subscription: id,
@@ -834,7 +829,7 @@ async fn apply(
                 });
             }
         }
-        Effect::Unsubscribe { id } => messages::unsubscribe(conn, &id).await?,
+        Effect::Unsubscribe { id } => conn.unsubscribe(&id).await?,
         Effect::StartChild {
             id,
             token,
@@ -860,22 +855,19 @@ async fn apply(
             job,
             message,
         } => {
-            incidents::insert(
-                conn,
-                &incidents::IncidentRow {
-                    id,
-                    instance_id: row.id.clone(),
-                    job_id: job,
-                    node_id: node,
-                    token: i64::from(token),
-                    message,
-                    status: "open".to_owned(),
-                    created_at: ctx.now,
-                    resolved_at: None,
-                    resolved_by: None,
-                    resolution: None,
-                },
-            )
+            conn.insert_incident(&incidents::IncidentRow {
+                id,
+                instance_id: row.id.clone(),
+                job_id: job,
+                node_id: node,
+                token: i64::from(token),
+                message,
+                status: "open".to_owned(),
+                created_at: ctx.now,
+                resolved_at: None,
+                resolved_by: None,
+                resolution: None,
+            })
             .await?
         }
         Effect::Ended { .. } | Effect::Journal { .. } => {}
@@ -883,8 +875,8 @@ async fn apply(
     Ok(())
 }
 
-async fn open_task(conn: &mut Conn, id: &str) -> Result<tasks::TaskRow, Error> {
-    let task = tasks::get(conn, id).await?.ok_or_else(|| Error::NotFound {
+async fn open_task(conn: &mut impl Tx, id: &str) -> Result<tasks::TaskRow, Error> {
+    let task = conn.task(id).await?.ok_or_else(|| Error::NotFound {
         what: "task",
         id: id.to_owned(),
     })?;
@@ -898,7 +890,7 @@ async fn open_task(conn: &mut Conn, id: &str) -> Result<tasks::TaskRow, Error> {
 }
 
 async fn journal_one(
-    conn: &mut Conn,
+    conn: &mut impl Tx,
     ctx: &Ctx<'_>,
     instance: &str,
     actor: &str,
@@ -906,22 +898,19 @@ async fn journal_one(
     node: &str,
     data: Value,
 ) -> Result<(), Error> {
-    journal::append(
-        conn,
-        &[journal::NewEntry {
-            instance_id: instance,
-            at: ctx.now,
-            actor,
-            kind,
-            node_id: Some(node),
-            data: &data,
-        }],
-    )
+    conn.append_journal(&[journal::NewEntry {
+        instance_id: instance,
+        at: ctx.now,
+        actor,
+        kind,
+        node_id: Some(node),
+        data: &data,
+    }])
     .await?;
     Ok(())
 }
 
-async fn claim(conn: &mut Conn, ctx: &Ctx<'_>, id: &str, user: &str) -> Result<(), Error> {
+async fn claim(conn: &mut impl Tx, ctx: &Ctx<'_>, id: &str, user: &str) -> Result<(), Error> {
     let task = open_task(conn, id).await?;
     if let Some(holder) = task.assignee.as_deref() {
         if holder == user {
@@ -932,7 +921,7 @@ async fn claim(conn: &mut Conn, ctx: &Ctx<'_>, id: &str, user: &str) -> Result<(
             assignee: holder.to_owned(),
         });
     }
-    if !tasks::claim(conn, id, user).await? {
+    if !conn.claim_task(id, user).await? {
         return Err(Error::TaskNotOpen {
             task: id.to_owned(),
             status: "taken".to_owned(),
@@ -950,7 +939,7 @@ async fn claim(conn: &mut Conn, ctx: &Ctx<'_>, id: &str, user: &str) -> Result<(
     .await
 }
 
-async fn unclaim(conn: &mut Conn, ctx: &Ctx<'_>, id: &str, user: &str) -> Result<(), Error> {
+async fn unclaim(conn: &mut impl Tx, ctx: &Ctx<'_>, id: &str, user: &str) -> Result<(), Error> {
     let task = open_task(conn, id).await?;
     match task.assignee.as_deref() {
         Some(holder) if holder == user => {}
@@ -962,7 +951,7 @@ async fn unclaim(conn: &mut Conn, ctx: &Ctx<'_>, id: &str, user: &str) -> Result
         }
         None => return Ok(()),
     }
-    tasks::unclaim(conn, id, user).await?;
+    conn.unclaim_task(id, user).await?;
     journal_one(
         conn,
         ctx,
@@ -976,7 +965,7 @@ async fn unclaim(conn: &mut Conn, ctx: &Ctx<'_>, id: &str, user: &str) -> Result
 }
 
 async fn complete(
-    conn: &mut Conn,
+    conn: &mut impl Tx,
     ctx: &Ctx<'_>,
     c: &CompleteTask,
     followups: &mut VecDeque<Followup>,
@@ -990,7 +979,7 @@ async fn complete(
             assignee: holder.to_owned(),
         });
     }
-    let mut row = load(conn, ctx, &task.instance_id).await?;
+    let mut row = load(conn, &task.instance_id).await?;
     let process = ctx.processes.get(conn, row.definition_id).await?;
     let NodeKind::UserTask(node) = &process
         .definition
@@ -1021,7 +1010,16 @@ async fn complete(
             return Err(Error::InvalidData { errors });
         }
     }
-    if !tasks::complete(conn, &c.task, &c.user, &c.outcome, &data, ctx.now).await? {
+    if !conn
+        .complete_task(TaskCompletion {
+            id: &c.task,
+            user: &c.user,
+            outcome: &c.outcome,
+            data: &data,
+            now: ctx.now,
+        })
+        .await?
+    {
         return Err(Error::TaskNotOpen {
             task: c.task.clone(),
             status: "completed".to_owned(),
@@ -1070,14 +1068,14 @@ fn backoff(policy: &crate::definition::RetryPolicy, attempt: u32) -> i64 {
 }
 
 async fn job_done(
-    conn: &mut Conn,
+    conn: &mut impl Tx,
     ctx: &Ctx<'_>,
     job: &ClaimedJob,
     owner: &str,
     result: Result<Map<String, Value>, ConnectorError>,
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
-    let mut row = load(conn, ctx, &job.instance_id).await?;
+    let mut row = load(conn, &job.instance_id).await?;
     let process = ctx.processes.get(conn, row.definition_id).await?;
     let token = job.token as u32;
     let node_id = job.node_id.clone();
@@ -1089,7 +1087,7 @@ async fn job_done(
         };
         if job.attempts < job.max_attempts {
             let at = ctx.now + backoff(&policy, job.attempts as u32);
-            if jobs::reschedule(conn, &job.id, owner, at, message).await? {
+            if conn.reschedule_job(&job.id, owner, at, message).await? {
                 ctx.scheduled
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 journal_one(
@@ -1105,27 +1103,27 @@ async fn job_done(
             }
             return Ok(());
         }
-        if !jobs::finish(conn, &job.id, owner, "incident", Some(message)).await? {
+        if !conn
+            .finish_job(&job.id, owner, "incident", Some(message))
+            .await?
+        {
             return Ok(()); // lease lost: another worker owns the outcome
         }
         let incident = new_id();
         let text = format!("{} attempt(s) failed; last: {message}", job.attempts);
-        incidents::insert(
-            conn,
-            &incidents::IncidentRow {
-                id: incident.clone(),
-                instance_id: row.id.clone(),
-                job_id: Some(job.id.clone()),
-                node_id: node_id.clone(),
-                token: job.token,
-                message: text.clone(),
-                status: "open".to_owned(),
-                created_at: ctx.now,
-                resolved_at: None,
-                resolved_by: None,
-                resolution: None,
-            },
-        )
+        conn.insert_incident(&incidents::IncidentRow {
+            id: incident.clone(),
+            instance_id: row.id.clone(),
+            job_id: Some(job.id.clone()),
+            node_id: node_id.clone(),
+            token: job.token,
+            message: text.clone(),
+            status: "open".to_owned(),
+            created_at: ctx.now,
+            resolved_at: None,
+            resolved_by: None,
+            resolution: None,
+        })
         .await?;
         return journal_one(
             conn,
@@ -1142,7 +1140,10 @@ async fn job_done(
         Err(e) => Some(e.to_string()),
         Ok(_) => None,
     };
-    if !jobs::finish(conn, &job.id, owner, "done", error_text.as_deref()).await? {
+    if !conn
+        .finish_job(&job.id, owner, "done", error_text.as_deref())
+        .await?
+    {
         return Ok(()); // lease lost or job cancelled: this result is stale
     }
     let waiting = row.state.token(token).map(|t| t.wait.clone());
@@ -1266,12 +1267,12 @@ fn fire_timer(
 }
 
 async fn publish(
-    conn: &mut Conn,
+    conn: &mut impl Tx,
     ctx: &Ctx<'_>,
     msg: &PublishMessage,
     followups: &mut VecDeque<Followup>,
 ) -> Result<Delivery, Error> {
-    let waiting = messages::find(conn, &msg.name, &msg.key).await?;
+    let waiting = conn.find_subscription(&msg.name, &msg.key).await?;
     let row = MessageRow {
         id: msg.id.clone(),
         message_name: msg.name.clone(),
@@ -1291,7 +1292,7 @@ async fn publish(
             Some(ctx.now + msg.ttl_ms)
         },
     };
-    if !messages::record(conn, &row).await? {
+    if !conn.record_message(&row).await? {
         return Ok(Delivery::Duplicate);
     }
     match waiting {
@@ -1310,14 +1311,14 @@ async fn publish(
 }
 
 async fn deliver(
-    conn: &mut Conn,
+    conn: &mut impl Tx,
     ctx: &Ctx<'_>,
     instance: &str,
     subscription: &str,
     message: &MessageRow,
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
-    let mut row = load(conn, ctx, instance).await?;
+    let mut row = load(conn, instance).await?;
     let process = ctx.processes.get(conn, row.definition_id).await?;
     let found = row.state.tokens.iter().find_map(|t| match &t.wait {
         Wait::Message {
@@ -1332,7 +1333,7 @@ async fn deliver(
     let NodeKind::MessageWait(w) = &process.definition.node(&node_id).expect("node").kind else {
         return Ok(());
     };
-    messages::unsubscribe(conn, subscription).await?;
+    conn.unsubscribe(subscription).await?;
     let meta = meta(&row);
     let mut state = row.state.clone();
     let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
@@ -1356,7 +1357,7 @@ async fn deliver(
 }
 
 async fn cancel(
-    conn: &mut Conn,
+    conn: &mut impl Tx,
     ctx: &Ctx<'_>,
     id: &str,
     reason: &str,
@@ -1364,7 +1365,7 @@ async fn cancel(
     strict: bool,
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
-    let mut row = load(conn, ctx, id).await?;
+    let mut row = load(conn, id).await?;
     if row.status != "running" {
         if strict {
             return Err(Error::InstanceNotRunning {
@@ -1385,35 +1386,33 @@ async fn cancel(
     row.status = "cancelled".to_owned();
     row.ended_at = Some(ctx.now);
     row.cancel_reason = Some(reason.to_owned());
-    incidents::close_all(conn, id, actor, ctx.now).await?;
+    conn.close_incidents_of(id, actor, ctx.now).await?;
     save(conn, ctx, &mut row, effects, actor, followups, false).await
 }
 
 async fn settle_incident(
-    conn: &mut Conn,
+    conn: &mut impl Tx,
     ctx: &Ctx<'_>,
     id: &str,
     actor: &str,
     resolve: Option<Map<String, Value>>,
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
-    let incident = incidents::get(conn, id)
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            what: "incident",
-            id: id.to_owned(),
-        })?;
+    let incident = conn.incident(id).await?.ok_or_else(|| Error::NotFound {
+        what: "incident",
+        id: id.to_owned(),
+    })?;
     let resolution = if resolve.is_some() {
         "resolved"
     } else {
         "retried"
     };
-    if !incidents::close(conn, id, actor, resolution, ctx.now).await? {
+    if !conn.close_incident(id, actor, resolution, ctx.now).await? {
         return Err(Error::IncidentNotOpen {
             incident: id.to_owned(),
         });
     }
-    let mut row = load(conn, ctx, &incident.instance_id).await?;
+    let mut row = load(conn, &incident.instance_id).await?;
     if row.status != "running" {
         return Err(Error::InstanceNotRunning {
             instance: row.id.clone(),
@@ -1436,12 +1435,12 @@ async fn settle_incident(
     );
     match (&incident.job_id, resolve) {
         (Some(job), None) => {
-            jobs::revive(conn, job, ctx.now).await?;
+            conn.revive_job(job, ctx.now).await?;
             ctx.scheduled
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         (Some(job), Some(vars)) => {
-            jobs::cancel(conn, job).await?;
+            conn.cancel_job(job).await?;
             m.write(&vars);
             let next = match process.definition.node(&incident.node_id).map(|n| &n.kind) {
                 Some(NodeKind::ServiceTask(s)) => s.next.clone(),

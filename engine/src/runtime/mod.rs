@@ -90,6 +90,12 @@ impl EngineConfig {
     }
 }
 
+/// The writer: a task on PostgreSQL, an OS thread with its own connection on SQLite.
+enum WriterHandle {
+    Task(JoinHandle<()>),
+    Thread(std::thread::JoinHandle<()>),
+}
+
 /// A running engine. Cheap to clone; all clones are the same engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -99,7 +105,7 @@ pub struct Engine {
 pub(crate) struct Inner {
     store: Store,
     sender: Mutex<Option<mpsc::Sender<Envelope>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: Mutex<Option<WriterHandle>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) connectors: Connectors,
     pub(crate) config: EngineConfig,
@@ -130,7 +136,15 @@ impl Engine {
             stats: Arc::clone(&stats),
             changes: changes.clone(),
         };
-        let handle = tokio::spawn(writer.run(inbox));
+        let handle = match store.sqlite_path() {
+            Some(path) => WriterHandle::Thread(writer::spawn_sqlite(
+                writer,
+                &path,
+                inbox,
+                tokio::runtime::Handle::current(),
+            )?),
+            None => WriterHandle::Task(tokio::spawn(writer.run(inbox))),
+        };
         let (stop, _) = watch::channel(false);
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -338,8 +352,14 @@ impl Engine {
     async fn close_writer(&self) {
         drop(self.inner.sender.lock().expect("sender lock").take());
         let writer = self.inner.writer.lock().expect("writer lock").take();
-        if let Some(w) = writer {
-            let _ = w.await;
+        match writer {
+            Some(WriterHandle::Task(w)) => {
+                let _ = w.await;
+            }
+            Some(WriterHandle::Thread(w)) => {
+                let _ = tokio::task::spawn_blocking(move || w.join()).await;
+            }
+            None => {}
         }
         self.inner.store.close().await;
     }
@@ -374,7 +394,7 @@ impl Engine {
     /// A deployed version, compiled.
     pub async fn process(&self, definition_id: i64) -> Result<Arc<Process>, Error> {
         let mut conn = self.inner.store.pool().acquire().await?;
-        self.inner.processes.get(&mut conn, definition_id).await
+        self.inner.processes.get(&mut *conn, definition_id).await
     }
 
     /// An instance.

@@ -73,6 +73,18 @@ impl Writer {
                 results
             }
         };
+        self.finish(envelopes, results, touched, &scheduled);
+    }
+
+    /// Counts, answers every caller (after the commit), wakes workers and
+    /// announces the changed instances.
+    fn finish(
+        &self,
+        envelopes: Vec<Envelope>,
+        results: Vec<Result<Reply, Error>>,
+        touched: std::sync::Mutex<Vec<String>>,
+        scheduled: &std::sync::atomic::AtomicBool,
+    ) {
         self.stats
             .commands
             .fetch_add(envelopes.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -113,7 +125,7 @@ impl Writer {
         let mut results = Vec::with_capacity(envelopes.len());
         if let [env] = envelopes {
             // Alone in its batch, a command needs no savepoint: the transaction is its own.
-            let result = commands::exec(&mut tx, &ctx, env.command.clone()).await;
+            let result = commands::exec(&mut *tx, &ctx, env.command.clone()).await;
             match &result {
                 Ok(_) => {
                     tx.commit().await?;
@@ -141,7 +153,7 @@ impl Writer {
         }
         for env in envelopes {
             let mut savepoint = tx.begin().await?;
-            let result = commands::exec(&mut savepoint, &ctx, env.command.clone()).await;
+            let result = commands::exec(&mut *savepoint, &ctx, env.command.clone()).await;
             let mut changed = std::mem::take(&mut *ctx.touched.lock().expect("touched lock"));
             let made_jobs = ctx
                 .scheduled
@@ -191,7 +203,7 @@ impl Writer {
                     touched: std::sync::Mutex::new(Vec::new()),
                     scheduled: std::sync::atomic::AtomicBool::new(false),
                 };
-                let reply = commands::exec(&mut tx, &ctx, command.clone()).await?;
+                let reply = commands::exec(&mut *tx, &ctx, command.clone()).await?;
                 tx.commit().await?;
                 touched
                     .lock()
@@ -211,5 +223,127 @@ impl Writer {
                 other => return other,
             }
         }
+    }
+}
+
+/// The SQLite writer: one OS thread owns a rusqlite connection and runs
+/// whole batches on it, synchronously. The command code is the same async
+/// code as on PostgreSQL; with rusqlite nothing in it actually waits, so
+/// `block_on` runs each command straight through.
+pub(crate) fn spawn_sqlite(
+    writer: Writer,
+    path: &std::path::Path,
+    mut inbox: mpsc::Receiver<Envelope>,
+    runtime: tokio::runtime::Handle,
+) -> Result<std::thread::JoinHandle<()>, Error> {
+    let mut conn = crate::store::sqlite_tx::open(path).map_err(Error::Store)?;
+    std::thread::Builder::new()
+        .name("tramite-writer".to_owned())
+        .spawn(move || {
+            while let Some(first) = inbox.blocking_recv() {
+                let mut batch = vec![first];
+                while batch.len() < writer.max_batch {
+                    match inbox.try_recv() {
+                        Ok(env) => batch.push(env),
+                        Err(_) => break,
+                    }
+                }
+                writer.execute_sqlite(&mut conn, batch, &runtime);
+            }
+        })
+        .map_err(|e| Error::Store(crate::store::Error::Thread(e.to_string())))
+}
+
+impl Writer {
+    fn execute_sqlite(
+        &self,
+        conn: &mut rusqlite::Connection,
+        envelopes: Vec<Envelope>,
+        runtime: &tokio::runtime::Handle,
+    ) {
+        let touched = std::sync::Mutex::new(Vec::new());
+        let scheduled = std::sync::atomic::AtomicBool::new(false);
+        let results = match self.sqlite_batch(conn, &envelopes, &touched, &scheduled, runtime) {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::warn!(error = %e, size = envelopes.len(), "batch failed; running commands one by one");
+                let _ = conn.execute_batch("ROLLBACK");
+                touched.lock().expect("touched lock").clear();
+                envelopes
+                    .iter()
+                    .map(|env| {
+                        self.sqlite_batch(
+                            conn,
+                            std::slice::from_ref(env),
+                            &touched,
+                            &scheduled,
+                            runtime,
+                        )
+                        .and_then(|mut r| r.pop().ok_or(Error::Stopped))
+                        .unwrap_or_else(|e| {
+                            let _ = conn.execute_batch("ROLLBACK");
+                            Err(e)
+                        })
+                    })
+                    .collect()
+            }
+        };
+        self.finish(envelopes, results, touched, &scheduled);
+    }
+
+    /// One transaction; each command in a savepoint when there are several.
+    fn sqlite_batch(
+        &self,
+        conn: &mut rusqlite::Connection,
+        envelopes: &[Envelope],
+        touched: &std::sync::Mutex<Vec<String>>,
+        scheduled: &std::sync::atomic::AtomicBool,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Vec<Result<Reply, Error>>, Error> {
+        let sql = |conn: &mut rusqlite::Connection, s: &str| {
+            conn.execute_batch(s)
+                .map_err(|e| Error::Store(crate::store::Error::Sqlite(e)))
+        };
+        sql(conn, "BEGIN IMMEDIATE")?;
+        let ctx = Ctx {
+            backend: crate::store::Backend::Sqlite,
+            processes: &self.processes,
+            catalog: &self.catalog,
+            now: self.clock.now(),
+            touched: std::sync::Mutex::new(Vec::new()),
+            scheduled: std::sync::atomic::AtomicBool::new(false),
+        };
+        let alone = envelopes.len() == 1;
+        let mut results = Vec::with_capacity(envelopes.len());
+        for env in envelopes {
+            if !alone {
+                sql(conn, "SAVEPOINT command")?;
+            }
+            let result = runtime.block_on(commands::exec(conn, &ctx, env.command.clone()));
+            let mut changed = std::mem::take(&mut *ctx.touched.lock().expect("touched lock"));
+            let made_jobs = ctx
+                .scheduled
+                .swap(false, std::sync::atomic::Ordering::Relaxed);
+            match (&result, alone) {
+                (Ok(_), false) => sql(conn, "RELEASE command")?,
+                (Err(_), false) => sql(conn, "ROLLBACK TO command; RELEASE command")?,
+                (Err(_), true) => sql(conn, "ROLLBACK")?,
+                (Ok(_), true) => {}
+            }
+            if result.is_ok() {
+                touched.lock().expect("touched lock").append(&mut changed);
+                if made_jobs {
+                    scheduled.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            results.push(result);
+        }
+        if !(alone && results[0].is_err()) {
+            sql(conn, "COMMIT")?;
+            self.stats
+                .commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(results)
     }
 }

@@ -117,16 +117,9 @@ pub struct MessageRow {
 
 /// Records a message; false if its id was seen before (deduplication).
 pub async fn record(conn: &mut Conn, m: &MessageRow) -> Result<bool, Error> {
-    let seen: Option<String> = sqlx::query_scalar("SELECT id FROM messages WHERE id = $1")
-        .bind(&m.id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if seen.is_some() {
-        return Ok(false);
-    }
-    sqlx::query(
+    let done = sqlx::query(
         "INSERT INTO messages (id, message_name, correlation_key, payload, status, instance_id, \
-         received_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         received_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
     )
     .bind(&m.id)
     .bind(&m.message_name)
@@ -138,7 +131,7 @@ pub async fn record(conn: &mut Conn, m: &MessageRow) -> Result<bool, Error> {
     .bind(m.expires_at)
     .execute(&mut *conn)
     .await?;
-    Ok(true)
+    Ok(done.rows_affected() == 1)
 }
 
 /// The oldest pending, unexpired message for `name` and `key`.

@@ -15,7 +15,11 @@ pub mod journal;
 pub mod messages;
 mod postgres;
 mod sqlite;
+pub mod sqlite_tx;
 pub mod tasks;
+mod tx;
+
+pub use tx::{NewDefinition, TaskCompletion, Tx};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, ConnectOptions};
@@ -40,6 +44,12 @@ pub enum Error {
         /// Parser's complaint.
         source: serde_json::Error,
     },
+    /// SQLite refused or failed a statement (the writer's connection).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The writer's thread could not start.
+    #[error("cannot start the writer thread: {0}")]
+    Thread(String),
     /// The URL names no supported database.
     #[error("unsupported database URL `{0}`: use sqlite://FILE or postgres://…")]
     UnsupportedUrl(String),
@@ -60,6 +70,7 @@ pub struct Store {
     pool: AnyPool,
     writes: AnyPool,
     backend: Backend,
+    sqlite_file: String,
 }
 
 /// A connection inside a transaction: what table functions take.
@@ -109,7 +120,13 @@ impl Store {
             pool,
             writes,
             backend,
+            sqlite_file: sqlite::file(&url),
         })
+    }
+
+    /// The SQLite database file, for the writer's own connection.
+    pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        (self.backend == Backend::Sqlite).then(|| std::path::PathBuf::from(&self.sqlite_file))
     }
 
     /// The backend.

@@ -18,6 +18,15 @@ pub(super) fn url(url: &str) -> String {
     }
 }
 
+/// The file of a `sqlite:` URL (`sqlite://x.db`, `sqlite:///abs/x.db`, `sqlite:x.db`).
+pub(super) fn file(url: &str) -> String {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    rest.split('?').next().unwrap_or(rest).to_owned()
+}
+
 /// Durability first: WAL with `synchronous=FULL` fsyncs the log at every
 /// commit, so an acknowledged command survives a power cut. Group commit
 /// (see `runtime::writer`) is what keeps that affordable. Temporary storage

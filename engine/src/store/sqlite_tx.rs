@@ -1,0 +1,577 @@
+//! The SQLite writer's storage: rusqlite on one thread. Every statement is a
+//! function call on a cached prepared statement — no channel and no thread
+//! switch per statement, which is what bounded the writer on sqlx's SQLite
+//! driver (see docs/benchmarks.md). Same schema and same semantics as the
+//! sqlx functions of the table modules.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::definitions::DefinitionRow;
+use super::incidents::IncidentRow;
+use super::instances::InstanceRow;
+use super::jobs::{ClaimedJob, NewJob};
+use super::messages::{MessageRow, NewSubscription, Subscription};
+use super::tasks::{NewTask, TaskRow};
+use super::tx::{NewDefinition, TaskCompletion, Tx};
+use super::{Backend, Error, journal, json};
+
+/// Opens the writer's connection on the database file at `path`.
+pub fn open(path: &std::path::Path) -> Result<Connection, Error> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
+         PRAGMA foreign_keys = ON; PRAGMA cache_size = -64000; PRAGMA temp_store = MEMORY;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(conn)
+}
+
+const DEFINITION: &str = "id, code, version, content_hash, file_name, source, deployed_at";
+
+fn definition(r: &Row<'_>) -> rusqlite::Result<DefinitionRow> {
+    Ok(DefinitionRow {
+        id: r.get("id")?,
+        code: r.get("code")?,
+        version: r.get("version")?,
+        content_hash: r.get("content_hash")?,
+        file_name: r.get("file_name")?,
+        source: r.get("source")?,
+        deployed_at: r.get("deployed_at")?,
+    })
+}
+
+fn instance(r: &Row<'_>) -> rusqlite::Result<(InstanceRow, String)> {
+    let state: String = r.get("state")?;
+    Ok((
+        InstanceRow {
+            id: r.get("id")?,
+            definition_id: r.get("definition_id")?,
+            code: r.get("code")?,
+            version: r.get("version")?,
+            business_key: r.get("business_key")?,
+            channel: r.get("channel")?,
+            status: r.get("status")?,
+            outcome: r.get("outcome")?,
+            state: Default::default(),
+            revision: r.get("revision")?,
+            parent_id: r.get("parent_id")?,
+            parent_token: r.get("parent_token")?,
+            started_at: r.get("started_at")?,
+            ended_at: r.get("ended_at")?,
+            cancel_reason: r.get("cancel_reason")?,
+        },
+        state,
+    ))
+}
+
+const TASK: &str = "id, instance_id, token, node_id, code, business_key, role, status, assignee, \
+    outcome, data, created_at, due_at, completed_at, completed_by";
+
+fn task(r: &Row<'_>) -> rusqlite::Result<(TaskRow, Option<String>)> {
+    Ok((
+        TaskRow {
+            id: r.get("id")?,
+            instance_id: r.get("instance_id")?,
+            token: r.get("token")?,
+            node_id: r.get("node_id")?,
+            code: r.get("code")?,
+            business_key: r.get("business_key")?,
+            role: r.get("role")?,
+            status: r.get("status")?,
+            assignee: r.get("assignee")?,
+            outcome: r.get("outcome")?,
+            data: None,
+            created_at: r.get("created_at")?,
+            due_at: r.get("due_at")?,
+            completed_at: r.get("completed_at")?,
+            completed_by: r.get("completed_by")?,
+        },
+        r.get("data")?,
+    ))
+}
+
+const INCIDENT: &str = "id, instance_id, job_id, node_id, token, message, status, created_at, \
+    resolved_at, resolved_by, resolution";
+
+fn incident(r: &Row<'_>) -> rusqlite::Result<IncidentRow> {
+    Ok(IncidentRow {
+        id: r.get("id")?,
+        instance_id: r.get("instance_id")?,
+        job_id: r.get("job_id")?,
+        node_id: r.get("node_id")?,
+        token: r.get("token")?,
+        message: r.get("message")?,
+        status: r.get("status")?,
+        created_at: r.get("created_at")?,
+        resolved_at: r.get("resolved_at")?,
+        resolved_by: r.get("resolved_by")?,
+        resolution: r.get("resolution")?,
+    })
+}
+
+impl Tx for Connection {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn definition_by_hash(
+        &mut self,
+        code: &str,
+        hash: &str,
+    ) -> Result<Option<DefinitionRow>, Error> {
+        let sql =
+            format!("SELECT {DEFINITION} FROM definitions WHERE code = ?1 AND content_hash = ?2");
+        Ok(self
+            .prepare_cached(&sql)?
+            .query_row(params![code, hash], definition)
+            .optional()?)
+    }
+
+    async fn latest_definition_id(&mut self, code: &str) -> Result<Option<i64>, Error> {
+        Ok(self
+            .prepare_cached(
+                "SELECT id FROM definitions WHERE code = ?1 ORDER BY version DESC LIMIT 1",
+            )?
+            .query_row(params![code], |r| r.get(0))
+            .optional()?)
+    }
+
+    async fn definition_by_id(&mut self, id: i64) -> Result<Option<DefinitionRow>, Error> {
+        let sql = format!("SELECT {DEFINITION} FROM definitions WHERE id = ?1");
+        Ok(self
+            .prepare_cached(&sql)?
+            .query_row(params![id], definition)
+            .optional()?)
+    }
+
+    async fn all_definitions(&mut self) -> Result<Vec<DefinitionRow>, Error> {
+        let sql = format!("SELECT {DEFINITION} FROM definitions ORDER BY code, version DESC");
+        let mut stmt = self.prepare_cached(&sql)?;
+        let rows = stmt.query_map([], definition)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    async fn insert_definition(&mut self, n: NewDefinition<'_>) -> Result<DefinitionRow, Error> {
+        let next: i64 = self
+            .prepare_cached(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM definitions WHERE code = ?1",
+            )?
+            .query_row(params![n.code], |r| r.get(0))?;
+        let sql = format!(
+            "INSERT INTO definitions (code, version, content_hash, file_name, source, deployed_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING {DEFINITION}"
+        );
+        Ok(self.prepare_cached(&sql)?.query_row(
+            params![n.code, next, n.hash, n.file_name, n.source, n.now],
+            definition,
+        )?)
+    }
+
+    async fn instance(&mut self, id: &str, _lock: bool) -> Result<Option<InstanceRow>, Error> {
+        let sql = format!(
+            "SELECT {} FROM instances WHERE id = ?1",
+            super::instances::COLUMNS
+        );
+        let found = self
+            .prepare_cached(&sql)?
+            .query_row(params![id], instance)
+            .optional()?;
+        found
+            .map(|(mut row, state)| {
+                row.state = json(&state, "instances", "state")?;
+                Ok(row)
+            })
+            .transpose()
+    }
+
+    async fn insert_instance(&mut self, i: &InstanceRow) -> Result<(), Error> {
+        let state = serde_json::to_string(&i.state).expect("state serializes");
+        self.prepare_cached(
+            "INSERT INTO instances (id, definition_id, code, version, business_key, channel, status, \
+             outcome, state, revision, parent_id, parent_token, started_at, ended_at, cancel_reason) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )?
+        .execute(params![
+            i.id,
+            i.definition_id,
+            i.code,
+            i.version,
+            i.business_key,
+            i.channel,
+            i.status,
+            i.outcome,
+            state,
+            i.revision,
+            i.parent_id,
+            i.parent_token,
+            i.started_at,
+            i.ended_at,
+            i.cancel_reason
+        ])?;
+        Ok(())
+    }
+
+    async fn update_instance(&mut self, i: &InstanceRow) -> Result<bool, Error> {
+        let state = serde_json::to_string(&i.state).expect("state serializes");
+        let n = self
+            .prepare_cached(
+                "UPDATE instances SET status = ?2, outcome = ?3, state = ?4, revision = revision + 1, \
+                 ended_at = ?5, cancel_reason = ?6 WHERE id = ?1 AND revision = ?7",
+            )?
+            .execute(params![i.id, i.status, i.outcome, state, i.ended_at, i.cancel_reason, i.revision])?;
+        Ok(n == 1)
+    }
+
+    async fn insert_task(&mut self, t: &NewTask<'_>) -> Result<(), Error> {
+        self.prepare_cached(
+            "INSERT INTO tasks (id, instance_id, token, node_id, code, business_key, role, status, \
+             created_at, due_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9)",
+        )?
+        .execute(params![
+            t.id,
+            t.instance_id,
+            i64::from(t.token),
+            t.node_id,
+            t.code,
+            t.business_key,
+            t.role,
+            t.created_at,
+            t.due_at
+        ])?;
+        Ok(())
+    }
+
+    async fn task(&mut self, id: &str) -> Result<Option<TaskRow>, Error> {
+        let sql = format!("SELECT {TASK} FROM tasks WHERE id = ?1");
+        let found = self
+            .prepare_cached(&sql)?
+            .query_row(params![id], task)
+            .optional()?;
+        found
+            .map(|(mut row, data)| {
+                row.data = data.map(|d| json(&d, "tasks", "data")).transpose()?;
+                Ok(row)
+            })
+            .transpose()
+    }
+
+    async fn claim_task(&mut self, id: &str, user: &str) -> Result<bool, Error> {
+        let n = self
+            .prepare_cached("UPDATE tasks SET status = 'claimed', assignee = ?2 WHERE id = ?1 AND status = 'open'")?
+            .execute(params![id, user])?;
+        Ok(n == 1)
+    }
+
+    async fn unclaim_task(&mut self, id: &str, user: &str) -> Result<bool, Error> {
+        let n = self
+            .prepare_cached(
+                "UPDATE tasks SET status = 'open', assignee = NULL WHERE id = ?1 AND status = 'claimed' AND assignee = ?2",
+            )?
+            .execute(params![id, user])?;
+        Ok(n == 1)
+    }
+
+    async fn complete_task(&mut self, d: TaskCompletion<'_>) -> Result<bool, Error> {
+        let n = self
+            .prepare_cached(
+                "UPDATE tasks SET status = 'completed', outcome = ?2, data = ?3, completed_at = ?4, \
+                 completed_by = ?5, assignee = COALESCE(assignee, ?5) \
+                 WHERE id = ?1 AND status IN ('open', 'claimed')",
+            )?
+            .execute(params![d.id, d.outcome, d.data.to_string(), d.now, d.user])?;
+        Ok(n == 1)
+    }
+
+    async fn cancel_task(&mut self, id: &str, now: i64) -> Result<(), Error> {
+        self.prepare_cached(
+            "UPDATE tasks SET status = 'cancelled', completed_at = ?2 WHERE id = ?1 AND status IN ('open', 'claimed')",
+        )?
+        .execute(params![id, now])?;
+        Ok(())
+    }
+
+    async fn insert_job(&mut self, j: &NewJob<'_>) -> Result<(), Error> {
+        self.prepare_cached(
+            "INSERT INTO jobs (id, instance_id, token, node_id, kind, connector, operation, input, \
+             idempotency_key, status, attempts, max_attempts, timeout_ms, run_at, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'ready', 0, ?10, ?11, ?12, ?13)",
+        )?
+        .execute(params![
+            j.id,
+            j.instance_id,
+            i64::from(j.token),
+            j.node_id,
+            j.kind,
+            j.connector,
+            j.operation,
+            j.input,
+            j.idempotency_key,
+            i64::from(j.max_attempts),
+            j.timeout_ms,
+            j.run_at,
+            j.created_at
+        ])?;
+        Ok(())
+    }
+
+    async fn claim_jobs(
+        &mut self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedJob>, Error> {
+        let sql = super::sqlite::CLAIM_JOBS.replace('$', "?");
+        let mut stmt = self.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![owner, lease_until, now, limit], |r| {
+            Ok((
+                ClaimedJob {
+                    id: r.get("id")?,
+                    instance_id: r.get("instance_id")?,
+                    token: r.get("token")?,
+                    node_id: r.get("node_id")?,
+                    kind: r.get("kind")?,
+                    connector: r.get("connector")?,
+                    operation: r.get("operation")?,
+                    input: serde_json::Map::new(),
+                    idempotency_key: r.get("idempotency_key")?,
+                    attempts: r.get("attempts")?,
+                    max_attempts: r.get("max_attempts")?,
+                    timeout_ms: r.get("timeout_ms")?,
+                },
+                r.get::<_, Option<String>>("input")?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut job, input) = row?;
+            if let Some(input) = input {
+                job.input = json(&input, "jobs", "input")?;
+            }
+            out.push(job);
+        }
+        Ok(out)
+    }
+
+    async fn finish_job(
+        &mut self,
+        id: &str,
+        owner: &str,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<bool, Error> {
+        let n = self
+            .prepare_cached(
+                "UPDATE jobs SET status = ?3, lease_owner = NULL, lease_until = NULL, last_error = ?4 \
+                 WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
+            )?
+            .execute(params![id, owner, status, error])?;
+        Ok(n == 1)
+    }
+
+    async fn reschedule_job(
+        &mut self,
+        id: &str,
+        owner: &str,
+        run_at: i64,
+        error: &str,
+    ) -> Result<bool, Error> {
+        let n = self
+            .prepare_cached(
+                "UPDATE jobs SET status = 'ready', lease_owner = NULL, lease_until = NULL, run_at = ?3, \
+                 last_error = ?4 WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
+            )?
+            .execute(params![id, owner, run_at, error])?;
+        Ok(n == 1)
+    }
+
+    async fn revive_job(&mut self, id: &str, now: i64) -> Result<bool, Error> {
+        let n = self
+            .prepare_cached("UPDATE jobs SET status = 'ready', attempts = 0, run_at = ?2 WHERE id = ?1 AND status = 'incident'")?
+            .execute(params![id, now])?;
+        Ok(n == 1)
+    }
+
+    async fn cancel_job(&mut self, id: &str) -> Result<(), Error> {
+        self.prepare_cached(
+            "UPDATE jobs SET status = 'cancelled', lease_owner = NULL WHERE id = ?1 AND status IN ('ready', 'running', 'incident')",
+        )?
+        .execute(params![id])?;
+        Ok(())
+    }
+
+    async fn release_leases(&mut self) -> Result<u64, Error> {
+        let n = self
+            .prepare_cached(
+                "UPDATE jobs SET status = 'ready', lease_owner = NULL, lease_until = NULL WHERE status = 'running'",
+            )?
+            .execute([])?;
+        Ok(n as u64)
+    }
+
+    async fn insert_incident(&mut self, i: &IncidentRow) -> Result<(), Error> {
+        self.prepare_cached(
+            "INSERT INTO incidents (id, instance_id, job_id, node_id, token, message, status, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7)",
+        )?
+        .execute(params![i.id, i.instance_id, i.job_id, i.node_id, i.token, i.message, i.created_at])?;
+        Ok(())
+    }
+
+    async fn incident(&mut self, id: &str) -> Result<Option<IncidentRow>, Error> {
+        let sql = format!("SELECT {INCIDENT} FROM incidents WHERE id = ?1");
+        Ok(self
+            .prepare_cached(&sql)?
+            .query_row(params![id], incident)
+            .optional()?)
+    }
+
+    async fn close_incident(
+        &mut self,
+        id: &str,
+        by: &str,
+        resolution: &str,
+        now: i64,
+    ) -> Result<bool, Error> {
+        let n = self
+            .prepare_cached(
+                "UPDATE incidents SET status = 'resolved', resolved_at = ?2, resolved_by = ?3, resolution = ?4 \
+                 WHERE id = ?1 AND status = 'open'",
+            )?
+            .execute(params![id, now, by, resolution])?;
+        Ok(n == 1)
+    }
+
+    async fn close_incidents_of(
+        &mut self,
+        instance: &str,
+        by: &str,
+        now: i64,
+    ) -> Result<(), Error> {
+        self.prepare_cached(
+            "UPDATE incidents SET status = 'resolved', resolved_at = ?2, resolved_by = ?3, \
+             resolution = 'cancelled' WHERE instance_id = ?1 AND status = 'open'",
+        )?
+        .execute(params![instance, now, by])?;
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, s: NewSubscription<'_>) -> Result<(), Error> {
+        self.prepare_cached(
+            "INSERT INTO subscriptions (id, instance_id, token, node_id, message_name, correlation_key, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![s.id, s.instance, i64::from(s.token), s.node, s.name, s.key, s.now])?;
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, id: &str) -> Result<(), Error> {
+        self.prepare_cached("DELETE FROM subscriptions WHERE id = ?1")?
+            .execute(params![id])?;
+        Ok(())
+    }
+
+    async fn find_subscription(
+        &mut self,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<Subscription>, Error> {
+        Ok(self
+            .prepare_cached(
+                "SELECT id, instance_id, token, node_id FROM subscriptions \
+                 WHERE message_name = ?1 AND correlation_key = ?2 ORDER BY created_at LIMIT 1",
+            )?
+            .query_row(params![name, key], |r| {
+                Ok(Subscription {
+                    id: r.get("id")?,
+                    instance_id: r.get("instance_id")?,
+                    token: r.get("token")?,
+                    node_id: r.get("node_id")?,
+                })
+            })
+            .optional()?)
+    }
+
+    async fn record_message(&mut self, m: &MessageRow) -> Result<bool, Error> {
+        let n = self
+            .prepare_cached(
+                "INSERT INTO messages (id, message_name, correlation_key, payload, status, instance_id, \
+                 received_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![
+                m.id,
+                m.message_name,
+                m.correlation_key,
+                m.payload.to_string(),
+                m.status,
+                m.instance_id,
+                m.received_at,
+                m.expires_at
+            ])?;
+        Ok(n == 1)
+    }
+
+    async fn pending_message(
+        &mut self,
+        name: &str,
+        key: &str,
+        now: i64,
+    ) -> Result<Option<MessageRow>, Error> {
+        let found = self
+            .prepare_cached(
+                "SELECT id, message_name, correlation_key, payload, status, instance_id, received_at, expires_at \
+                 FROM messages WHERE message_name = ?1 AND correlation_key = ?2 AND status = 'pending' \
+                 AND (expires_at IS NULL OR expires_at > ?3) ORDER BY received_at LIMIT 1",
+            )?
+            .query_row(params![name, key, now], |r| {
+                Ok((
+                    MessageRow {
+                        id: r.get("id")?,
+                        message_name: r.get("message_name")?,
+                        correlation_key: r.get("correlation_key")?,
+                        payload: serde_json::Value::Null,
+                        status: r.get("status")?,
+                        instance_id: r.get("instance_id")?,
+                        received_at: r.get("received_at")?,
+                        expires_at: r.get("expires_at")?,
+                    },
+                    r.get::<_, String>("payload")?,
+                ))
+            })
+            .optional()?;
+        found
+            .map(|(mut m, payload)| {
+                m.payload = json(&payload, "messages", "payload")?;
+                Ok(m)
+            })
+            .transpose()
+    }
+
+    async fn message_delivered(&mut self, id: &str, instance: &str) -> Result<(), Error> {
+        self.prepare_cached("UPDATE messages SET status = 'delivered', instance_id = ?2, expires_at = NULL WHERE id = ?1")?
+            .execute(params![id, instance])?;
+        Ok(())
+    }
+
+    async fn append_journal(&mut self, entries: &[journal::NewEntry<'_>]) -> Result<(), Error> {
+        let mut stmt = self.prepare_cached(
+            "INSERT INTO journal (instance_id, at, actor, kind, node_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for e in entries {
+            let data = if e.data.is_null() {
+                None
+            } else {
+                Some(e.data.to_string())
+            };
+            stmt.execute(params![
+                e.instance_id,
+                e.at,
+                e.actor,
+                e.kind,
+                e.node_id,
+                data
+            ])?;
+        }
+        Ok(())
+    }
+}

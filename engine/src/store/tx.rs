@@ -1,0 +1,372 @@
+//! The storage trait: what commands need inside one transaction. Two
+//! implementations: sqlx's connection (PostgreSQL, and reads on either
+//! backend) and rusqlite's (the SQLite writer, which runs a whole batch on
+//! one thread without a thread switch per statement).
+
+use std::future::Future;
+
+use serde_json::Value;
+
+use super::definitions::DefinitionRow;
+use super::incidents::IncidentRow;
+use super::instances::InstanceRow;
+use super::jobs::{ClaimedJob, NewJob};
+use super::messages::{MessageRow, NewSubscription, Subscription};
+use super::tasks::{NewTask, TaskRow};
+use super::{Backend, Error, journal};
+
+/// Storage inside a transaction.
+pub trait Tx: Send {
+    /// Which backend.
+    fn backend(&self) -> Backend;
+
+    /// The version of `code` with this content hash.
+    fn definition_by_hash(
+        &mut self,
+        code: &str,
+        hash: &str,
+    ) -> impl Future<Output = Result<Option<DefinitionRow>, Error>> + Send;
+    /// The row id of the latest version of `code`.
+    fn latest_definition_id(
+        &mut self,
+        code: &str,
+    ) -> impl Future<Output = Result<Option<i64>, Error>> + Send;
+    /// A version by row id.
+    fn definition_by_id(
+        &mut self,
+        id: i64,
+    ) -> impl Future<Output = Result<Option<DefinitionRow>, Error>> + Send;
+    /// Every version.
+    fn all_definitions(&mut self)
+    -> impl Future<Output = Result<Vec<DefinitionRow>, Error>> + Send;
+    /// Stores the next version of `code`.
+    fn insert_definition(
+        &mut self,
+        new: NewDefinition<'_>,
+    ) -> impl Future<Output = Result<DefinitionRow, Error>> + Send;
+
+    /// An instance; `lock` takes its row lock where the backend has them.
+    fn instance(
+        &mut self,
+        id: &str,
+        lock: bool,
+    ) -> impl Future<Output = Result<Option<InstanceRow>, Error>> + Send;
+    /// Inserts an instance.
+    fn insert_instance(
+        &mut self,
+        row: &InstanceRow,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Updates an instance if its revision is unchanged; false on a lost race.
+    fn update_instance(
+        &mut self,
+        row: &InstanceRow,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Opens a task.
+    fn insert_task(&mut self, task: &NewTask<'_>)
+    -> impl Future<Output = Result<(), Error>> + Send;
+    /// A task.
+    fn task(&mut self, id: &str) -> impl Future<Output = Result<Option<TaskRow>, Error>> + Send;
+    /// Claims an open task; false if it is not open.
+    fn claim_task(
+        &mut self,
+        id: &str,
+        user: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Gives a claimed task back; false if `user` does not hold it.
+    fn unclaim_task(
+        &mut self,
+        id: &str,
+        user: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Completes an open or claimed task; false if it is not.
+    fn complete_task(
+        &mut self,
+        done: TaskCompletion<'_>,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Withdraws an open or claimed task.
+    fn cancel_task(&mut self, id: &str, now: i64)
+    -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Schedules a job.
+    fn insert_job(&mut self, job: &NewJob<'_>) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Claims due jobs for `owner` until `lease_until`.
+    fn claim_jobs(
+        &mut self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<ClaimedJob>, Error>> + Send;
+    /// Ends a job held by `owner` with `status`; false if the lease was lost.
+    fn finish_job(
+        &mut self,
+        id: &str,
+        owner: &str,
+        status: &str,
+        error: Option<&str>,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Puts a job held by `owner` back in the queue.
+    fn reschedule_job(
+        &mut self,
+        id: &str,
+        owner: &str,
+        run_at: i64,
+        error: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Makes a job in an incident runnable again.
+    fn revive_job(
+        &mut self,
+        id: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Drops an unfinished job.
+    fn cancel_job(&mut self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Releases every lease.
+    fn release_leases(&mut self) -> impl Future<Output = Result<u64, Error>> + Send;
+
+    /// Raises an incident.
+    fn insert_incident(
+        &mut self,
+        row: &IncidentRow,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// An incident.
+    fn incident(
+        &mut self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<IncidentRow>, Error>> + Send;
+    /// Closes an open incident; false if it was not open.
+    fn close_incident(
+        &mut self,
+        id: &str,
+        by: &str,
+        resolution: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Closes every open incident of an instance.
+    fn close_incidents_of(
+        &mut self,
+        instance: &str,
+        by: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Registers a message wait.
+    fn subscribe(
+        &mut self,
+        s: NewSubscription<'_>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Removes a message wait.
+    fn unsubscribe(&mut self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    /// The oldest wait for `name` and `key`.
+    fn find_subscription(
+        &mut self,
+        name: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<Subscription>, Error>> + Send;
+    /// Records a message; false if its id was seen before.
+    fn record_message(
+        &mut self,
+        m: &MessageRow,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// The oldest pending, unexpired message for `name` and `key`.
+    fn pending_message(
+        &mut self,
+        name: &str,
+        key: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<Option<MessageRow>, Error>> + Send;
+    /// Marks a message delivered.
+    fn message_delivered(
+        &mut self,
+        id: &str,
+        instance: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Appends journal entries.
+    fn append_journal(
+        &mut self,
+        entries: &[journal::NewEntry<'_>],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// A version to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewDefinition<'a> {
+    /// Code.
+    pub code: &'a str,
+    /// Content hash.
+    pub hash: &'a str,
+    /// File name.
+    pub file_name: &'a str,
+    /// Source.
+    pub source: &'a str,
+    /// Now, ms.
+    pub now: i64,
+}
+
+/// A task completion.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskCompletion<'a> {
+    /// Task.
+    pub id: &'a str,
+    /// Who.
+    pub user: &'a str,
+    /// Outcome.
+    pub outcome: &'a str,
+    /// Form data.
+    pub data: &'a Value,
+    /// Now, ms.
+    pub now: i64,
+}
+
+/// sqlx: PostgreSQL commands, and reads on either backend.
+impl Tx for sqlx::AnyConnection {
+    fn backend(&self) -> Backend {
+        if self.backend_name() == "PostgreSQL" {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+    async fn definition_by_hash(
+        &mut self,
+        code: &str,
+        hash: &str,
+    ) -> Result<Option<DefinitionRow>, Error> {
+        super::definitions::by_hash(self, code, hash).await
+    }
+    async fn latest_definition_id(&mut self, code: &str) -> Result<Option<i64>, Error> {
+        super::definitions::latest_id(self, code).await
+    }
+    async fn definition_by_id(&mut self, id: i64) -> Result<Option<DefinitionRow>, Error> {
+        super::definitions::by_id(self, id).await
+    }
+    async fn all_definitions(&mut self) -> Result<Vec<DefinitionRow>, Error> {
+        super::definitions::all(self).await
+    }
+    async fn insert_definition(&mut self, n: NewDefinition<'_>) -> Result<DefinitionRow, Error> {
+        super::definitions::insert(self, n.code, n.hash, n.file_name, n.source, n.now).await
+    }
+    async fn instance(&mut self, id: &str, lock: bool) -> Result<Option<InstanceRow>, Error> {
+        let backend = Tx::backend(self);
+        super::instances::get(self, backend, id, lock).await
+    }
+    async fn insert_instance(&mut self, row: &InstanceRow) -> Result<(), Error> {
+        super::instances::insert(self, row).await
+    }
+    async fn update_instance(&mut self, row: &InstanceRow) -> Result<bool, Error> {
+        super::instances::update(self, row).await
+    }
+    async fn insert_task(&mut self, task: &NewTask<'_>) -> Result<(), Error> {
+        super::tasks::insert(self, task).await
+    }
+    async fn task(&mut self, id: &str) -> Result<Option<TaskRow>, Error> {
+        super::tasks::get(self, id).await
+    }
+    async fn claim_task(&mut self, id: &str, user: &str) -> Result<bool, Error> {
+        super::tasks::claim(self, id, user).await
+    }
+    async fn unclaim_task(&mut self, id: &str, user: &str) -> Result<bool, Error> {
+        super::tasks::unclaim(self, id, user).await
+    }
+    async fn complete_task(&mut self, d: TaskCompletion<'_>) -> Result<bool, Error> {
+        super::tasks::complete(self, d.id, d.user, d.outcome, d.data, d.now).await
+    }
+    async fn cancel_task(&mut self, id: &str, now: i64) -> Result<(), Error> {
+        super::tasks::cancel(self, id, now).await
+    }
+    async fn insert_job(&mut self, job: &NewJob<'_>) -> Result<(), Error> {
+        super::jobs::insert(self, job).await
+    }
+    async fn claim_jobs(
+        &mut self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedJob>, Error> {
+        let backend = Tx::backend(self);
+        super::jobs::claim(self, backend, owner, now, lease_until, limit).await
+    }
+    async fn finish_job(
+        &mut self,
+        id: &str,
+        owner: &str,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<bool, Error> {
+        super::jobs::finish(self, id, owner, status, error).await
+    }
+    async fn reschedule_job(
+        &mut self,
+        id: &str,
+        owner: &str,
+        run_at: i64,
+        error: &str,
+    ) -> Result<bool, Error> {
+        super::jobs::reschedule(self, id, owner, run_at, error).await
+    }
+    async fn revive_job(&mut self, id: &str, now: i64) -> Result<bool, Error> {
+        super::jobs::revive(self, id, now).await
+    }
+    async fn cancel_job(&mut self, id: &str) -> Result<(), Error> {
+        super::jobs::cancel(self, id).await
+    }
+    async fn release_leases(&mut self) -> Result<u64, Error> {
+        super::jobs::release_all(self).await
+    }
+    async fn insert_incident(&mut self, row: &IncidentRow) -> Result<(), Error> {
+        super::incidents::insert(self, row).await
+    }
+    async fn incident(&mut self, id: &str) -> Result<Option<IncidentRow>, Error> {
+        super::incidents::get(self, id).await
+    }
+    async fn close_incident(
+        &mut self,
+        id: &str,
+        by: &str,
+        resolution: &str,
+        now: i64,
+    ) -> Result<bool, Error> {
+        super::incidents::close(self, id, by, resolution, now).await
+    }
+    async fn close_incidents_of(
+        &mut self,
+        instance: &str,
+        by: &str,
+        now: i64,
+    ) -> Result<(), Error> {
+        super::incidents::close_all(self, instance, by, now).await
+    }
+    async fn subscribe(&mut self, s: NewSubscription<'_>) -> Result<(), Error> {
+        super::messages::subscribe(self, s).await
+    }
+    async fn unsubscribe(&mut self, id: &str) -> Result<(), Error> {
+        super::messages::unsubscribe(self, id).await
+    }
+    async fn find_subscription(
+        &mut self,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<Subscription>, Error> {
+        super::messages::find(self, name, key).await
+    }
+    async fn record_message(&mut self, m: &MessageRow) -> Result<bool, Error> {
+        super::messages::record(self, m).await
+    }
+    async fn pending_message(
+        &mut self,
+        name: &str,
+        key: &str,
+        now: i64,
+    ) -> Result<Option<MessageRow>, Error> {
+        super::messages::pending(self, name, key, now).await
+    }
+    async fn message_delivered(&mut self, id: &str, instance: &str) -> Result<(), Error> {
+        super::messages::delivered(self, id, instance).await
+    }
+    async fn append_journal(&mut self, entries: &[journal::NewEntry<'_>]) -> Result<(), Error> {
+        journal::append(self, entries).await
+    }
+}
