@@ -516,9 +516,14 @@ async fn restart_mid_connector_call(db: Db) {
     assert_eq!(h.sims.smartflex.calls(), 1, "the call is in flight");
     h.crash().await;
     h.sims.smartflex.faults().set_latency(Duration::ZERO);
-    // The lease of the dead engine expires; the job runs again, same key.
-    h.advance(Duration::from_secs(60));
-    assert_eq!(h.jobs().await, 1);
+    if db == Db::Postgres {
+        // Other nodes may be alive: the dead engine's lease must expire
+        // first (30 s lease + the node's 20 s timeout).
+        assert_eq!(h.jobs().await, 0, "the lease still holds");
+        h.advance(Duration::from_secs(51));
+    }
+    // SQLite has one engine: its restart releases the leases at once.
+    assert_eq!(h.jobs().await, 1, "the job runs again, with the same key");
     h.task(&id, "comunicar_solicitud").await;
     assert_eq!(h.sims.smartflex.calls(), 2, "run again: at least once");
     assert_eq!(
@@ -863,3 +868,158 @@ async fn two_engines_never_run_the_same_job() {
     }
     second.shutdown().await;
 }
+
+const AFTER_EFFECT: &str = r#"
+code: T-AFTER
+name: Mapeo fallido
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables:
+  - {name: ci, type: string}
+  - {name: deuda_doble, type: number}
+nodes:
+  - {id: inicio, kind: start, channels: [web], data: [{name: ci, type: string, required: true}], next: consultar}
+  - id: consultar
+    kind: service_task
+    connector: naf
+    operation: check_portfolio
+    input: {ci: ci}
+    output: {deuda_doble: "result.debt_bs * 2"}
+    next: fin
+  - {id: fin, kind: end, outcome: listo}
+"#;
+
+async fn incident_after_effect_is_resolved_not_retried(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![("after.yaml".into(), AFTER_EFFECT.into())])
+        .await
+        .unwrap();
+    // 4587213 has no debt: `debt_bs` is 0.0, and `0.0 * 2` (double times int) fails in CEL.
+    let id = h.start("T-AFTER", "web", json!({"ci": "4587213"})).await;
+    h.jobs().await;
+    let incident = h
+        .engine
+        .incidents(Some("open"), Some(&id))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(incident.after_effect, "{incident:?}");
+    let err = h
+        .engine
+        .retry_incident(&incident.id, "operador1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::IncidentNeedsResolution { .. }),
+        "{err:?}"
+    );
+    assert_eq!(h.sims.naf.calls(), 1);
+    h.engine
+        .resolve_incident(
+            &incident.id,
+            "operador1",
+            tramite_tests::engine::object(json!({"deuda_doble": 0.0})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.instance(&id).await.outcome.as_deref(), Some("listo"));
+    assert_eq!(h.sims.naf.calls(), 1, "the connector was not called again");
+}
+on_both_backends!(
+    incident_after_effect_is_resolved_not_retried,
+    super::incident_after_effect_is_resolved_not_retried
+);
+
+const ESCALATION_IN_FORK: &str = r#"
+code: T-ESCALATION
+name: Escalamiento en paralelo
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+nodes:
+  - {id: inicio, kind: start, channels: [web], next: dividir}
+  - {id: dividir, kind: fork, branches: [lenta, rapida], join: unir}
+  - id: lenta
+    kind: user_task
+    role: agente
+    outcomes: [{id: ok, label: Listo, next: unir}]
+    due: 1h
+    escalation: {next: aviso, interrupting: false}
+  - id: aviso
+    kind: user_task
+    role: agente
+    outcomes: [{id: ok, label: Avisado, next: unir}]
+  - id: rapida
+    kind: user_task
+    role: agente
+    outcomes: [{id: ok, label: Listo, next: unir}]
+  - {id: unir, kind: join, next: fin}
+  - {id: fin, kind: end, outcome: listo}
+"#;
+
+async fn non_interrupting_escalation_inside_a_fork(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![("escalation.yaml".into(), ESCALATION_IN_FORK.into())])
+        .await
+        .unwrap();
+    let id = h.start("T-ESCALATION", "web", json!({})).await;
+    h.advance(Duration::from_secs(2 * 3_600));
+    h.jobs().await;
+    h.task(&id, "aviso").await;
+    h.task(&id, "lenta").await; // still open beside its escalation
+    h.complete(&id, "rapida", "ok", json!({})).await;
+    h.complete(&id, "aviso", "ok", json!({})).await;
+    assert_eq!(
+        h.instance(&id).await.status,
+        "running",
+        "the join still waits for `lenta`"
+    );
+    h.complete(&id, "lenta", "ok", json!({})).await;
+    let i = h.instance(&id).await;
+    assert_eq!(i.outcome.as_deref(), Some("listo"));
+    let history = h.history(&id).await;
+    assert_eq!(
+        history.iter().filter(|k| *k == "joined").count(),
+        1,
+        "the join fired once"
+    );
+}
+on_both_backends!(
+    non_interrupting_escalation_inside_a_fork,
+    super::non_interrupting_escalation_inside_a_fork
+);
+
+async fn cancelling_a_child_stops_its_parent_with_an_incident(db: Db) {
+    let h = Harness::new(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    h.jobs().await;
+    h.complete(
+        &id,
+        "comunicar_solicitud",
+        "comunicado",
+        json!({"dias_estimados": 5}),
+    )
+    .await;
+    let child = h.engine.children(&id).await.unwrap().remove(0);
+    h.engine
+        .cancel(&child.id, "orden duplicada", "jefe1")
+        .await
+        .unwrap();
+    let incidents = h.engine.incidents(Some("open"), Some(&id)).await.unwrap();
+    assert_eq!(incidents.len(), 1);
+    assert_eq!(incidents[0].node_id, "instalacion");
+    assert!(
+        incidents[0]
+            .message
+            .contains("was cancelled: orden duplicada")
+    );
+}
+on_both_backends!(
+    cancelling_a_child_stops_its_parent_with_an_incident,
+    super::cancelling_a_child_stops_its_parent_with_an_incident
+);

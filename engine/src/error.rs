@@ -91,6 +91,16 @@ pub enum Error {
         /// Incident.
         incident: String,
     },
+    /// The incident came after its step's side effect (a connector answered,
+    /// a child ended, a message arrived): running the step again would repeat
+    /// it, so it can only be resolved with the variables the step should have written.
+    #[error(
+        "incident `{incident}` happened after its step took effect; resolve it instead of retrying"
+    )]
+    IncidentNeedsResolution {
+        /// Incident.
+        incident: String,
+    },
     /// An expression failed while evaluating a command's own input.
     #[error(transparent)]
     Expression(#[from] EvalError),

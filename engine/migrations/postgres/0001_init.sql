@@ -85,6 +85,7 @@ CREATE TABLE incidents (
     node_id     TEXT    NOT NULL,
     token       BIGINT NOT NULL,
     message     TEXT    NOT NULL,
+    after_effect BIGINT NOT NULL DEFAULT 0,
     status      TEXT    NOT NULL,
     created_at  BIGINT NOT NULL,
     resolved_at BIGINT,

@@ -85,6 +85,7 @@ CREATE TABLE incidents (
     node_id     TEXT    NOT NULL,
     token       INTEGER NOT NULL,
     message     TEXT    NOT NULL,
+    after_effect INTEGER NOT NULL DEFAULT 0,
     status      TEXT    NOT NULL,
     created_at  INTEGER NOT NULL,
     resolved_at INTEGER,

@@ -50,17 +50,19 @@ pub enum Command {
     Complete(CompleteTask),
     /// Claim due jobs for a worker.
     ClaimJobs {
-        /// Worker's lease owner id.
+        /// The worker pool's name; each claim gets its own lease owner.
         owner: String,
-        /// How long the lease lasts, ms.
+        /// How long the lease lasts beyond the job's timeout, ms.
         lease_ms: i64,
         /// At most this many.
         limit: i64,
+        /// Timeout of jobs that set none, ms.
+        default_timeout_ms: i64,
     },
     /// A worker's result for a job.
     JobDone {
         /// The job as claimed.
-        job: ClaimedJob,
+        job: Box<ClaimedJob>,
         /// The lease owner.
         owner: String,
         /// What the connector answered (timers: `Ok` with nothing).
@@ -272,6 +274,8 @@ enum Followup {
     ParentIncident {
         parent: String,
         token: u32,
+        /// Only if the parent's token still waits for this child.
+        child: Option<String>,
         message: String,
     },
 }
@@ -302,10 +306,22 @@ pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result
             owner,
             lease_ms,
             limit,
-        } => Reply::Jobs(
-            conn.claim_jobs(&owner, ctx.now, ctx.now + lease_ms, limit)
+            default_timeout_ms,
+        } => {
+            // A lease owner per claim: a job claimed again (its lease expired)
+            // by the same pool must not accept the earlier run's result.
+            let owner = format!("{owner}/{}", new_id());
+            Reply::Jobs(
+                conn.claim_jobs(store::JobClaim {
+                    owner: &owner,
+                    now: ctx.now,
+                    lease_until: ctx.now + lease_ms,
+                    limit,
+                    default_timeout_ms,
+                })
                 .await?,
-        ),
+            )
+        }
         Command::JobDone { job, owner, result } => {
             job_done(conn, ctx, &job, &owner, result, &mut followups).await?;
             Reply::Done
@@ -340,7 +356,7 @@ pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result
             Reply::Done
         }
         Command::ReleaseLeases => {
-            conn.release_leases().await?;
+            conn.release_leases(ctx.now).await?;
             ctx.scheduled
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             Reply::Done
@@ -382,6 +398,7 @@ async fn run_followups(
                     Err(e) => queue.push_back(Followup::ParentIncident {
                         parent,
                         token,
+                        child: None,
                         message: format!("cannot start `{code}`: {e}"),
                     }),
                 }
@@ -419,7 +436,7 @@ async fn run_followups(
                         );
                         m.go(token, &call.next)?;
                     }
-                    Err(e) => raise(&mut m, token, &node_id, e.to_string()),
+                    Err(e) => raise(&mut m, token, &node_id, e.to_string(), true),
                 }
                 let effects = std::mem::take(&mut m.effects);
                 row.state = state;
@@ -438,11 +455,18 @@ async fn run_followups(
             Followup::ParentIncident {
                 parent,
                 token,
+                child,
                 message,
             } => {
                 let mut row = load(conn, &parent).await?;
                 if row.status != "running" {
                     continue;
+                }
+                if let Some(child) = &child {
+                    let waits = matches!(row.state.token(token).map(|t| &t.wait), Some(Wait::Call { child: c }) if c == child);
+                    if !waits {
+                        continue;
+                    }
                 }
                 let process = ctx.processes.get(conn, row.definition_id).await?;
                 let Some(node_id) = row.state.token(token).map(|t| t.node.clone()) else {
@@ -451,7 +475,7 @@ async fn run_followups(
                 let meta = meta(&row);
                 let mut state = row.state.clone();
                 let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
-                raise(&mut m, token, &node_id, message);
+                raise(&mut m, token, &node_id, message, false);
                 let effects = std::mem::take(&mut m.effects);
                 row.state = state;
                 save(conn, ctx, &mut row, effects, "engine", queue, false).await?;
@@ -461,8 +485,9 @@ async fn run_followups(
     Ok(())
 }
 
-/// Stops token `token` at `node` with an incident.
-fn raise(m: &mut Machine<'_>, token: u32, node: &str, message: String) {
+/// Stops token `token` at `node` with an incident. `after_effect`: the
+/// step's side effect already happened, so the step must not run again.
+fn raise(m: &mut Machine<'_>, token: u32, node: &str, message: String, after_effect: bool) {
     let id = new_id();
     if let Some(t) = m.state.token_mut(token) {
         t.wait = Wait::Incident {
@@ -480,6 +505,7 @@ fn raise(m: &mut Machine<'_>, token: u32, node: &str, message: String) {
         node: node.to_owned(),
         job: None,
         message,
+        after_effect,
     });
 }
 
@@ -854,6 +880,7 @@ async fn apply(
             node,
             job,
             message,
+            after_effect,
         } => {
             conn.insert_incident(&incidents::IncidentRow {
                 id,
@@ -862,6 +889,7 @@ async fn apply(
                 node_id: node,
                 token: i64::from(token),
                 message,
+                after_effect,
                 status: "open".to_owned(),
                 created_at: ctx.now,
                 resolved_at: None,
@@ -951,7 +979,9 @@ async fn unclaim(conn: &mut impl Tx, ctx: &Ctx<'_>, id: &str, user: &str) -> Res
         }
         None => return Ok(()),
     }
-    conn.unclaim_task(id, user).await?;
+    if !conn.unclaim_task(id, user).await? {
+        return Ok(());
+    }
     journal_one(
         conn,
         ctx,
@@ -1067,7 +1097,7 @@ fn backoff(policy: &crate::definition::RetryPolicy, attempt: u32) -> i64 {
     }
 }
 
-async fn job_done(
+async fn apply_job_result(
     conn: &mut impl Tx,
     ctx: &Ctx<'_>,
     job: &ClaimedJob,
@@ -1118,6 +1148,7 @@ async fn job_done(
             node_id: node_id.clone(),
             token: job.token,
             message: text.clone(),
+            after_effect: false,
             status: "open".to_owned(),
             created_at: ctx.now,
             resolved_at: None,
@@ -1165,7 +1196,7 @@ async fn job_done(
                             );
                             m.go(token, &s.next)?;
                         }
-                        Err(e) => raise(&mut m, token, &node_id, e.to_string()),
+                        Err(e) => raise(&mut m, token, &node_id, e.to_string(), true),
                     }
                 }
                 Err(ConnectorError::Business { code, message }) => {
@@ -1178,13 +1209,14 @@ async fn job_done(
                     match s.errors.iter().find(|r| r.error == code) {
                         Some(route) => match m.assign(&route.set, Some(("error", &error))) {
                             Ok(_) => m.go(token, &route.next)?,
-                            Err(e) => raise(&mut m, token, &node_id, e.to_string()),
+                            Err(e) => raise(&mut m, token, &node_id, e.to_string(), true),
                         },
                         None => raise(
                             &mut m,
                             token,
                             &node_id,
                             format!("unrouted business error `{code}`: {message}"),
+                            false,
                         ),
                     }
                 }
@@ -1199,6 +1231,33 @@ async fn job_done(
     let effects = std::mem::take(&mut m.effects);
     row.state = state;
     save(conn, ctx, &mut row, effects, "worker", followups, false).await
+}
+
+/// Applies a job's result; if the machine refuses to go on (a runaway
+/// loop), the token stops with an incident instead of the job running
+/// again and again.
+async fn job_done(
+    conn: &mut impl Tx,
+    ctx: &Ctx<'_>,
+    job: &ClaimedJob,
+    owner: &str,
+    result: Result<Map<String, Value>, ConnectorError>,
+    followups: &mut VecDeque<Followup>,
+) -> Result<(), Error> {
+    match apply_job_result(conn, ctx, job, owner, result, followups).await {
+        Err(Error::Machine(e)) => {
+            let mut row = load(conn, &job.instance_id).await?;
+            let process = ctx.processes.get(conn, row.definition_id).await?;
+            let meta = meta(&row);
+            let mut state = row.state.clone();
+            let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
+            raise(&mut m, job.token as u32, &job.node_id, e.to_string(), true);
+            let effects = std::mem::take(&mut m.effects);
+            row.state = state;
+            save(conn, ctx, &mut row, effects, "worker", followups, false).await
+        }
+        other => other,
+    }
 }
 
 fn fire_timer(
@@ -1289,7 +1348,7 @@ async fn publish(
         expires_at: if waiting.is_some() {
             None
         } else {
-            Some(ctx.now + msg.ttl_ms)
+            Some(ctx.now.saturating_add(msg.ttl_ms.max(0)))
         },
     };
     if !conn.record_message(&row).await? {
@@ -1349,7 +1408,7 @@ async fn deliver(
             );
             m.go(token, &w.next)?;
         }
-        Err(e) => raise(&mut m, token, &node_id, e.to_string()),
+        Err(e) => raise(&mut m, token, &node_id, e.to_string(), true),
     }
     let effects = std::mem::take(&mut m.effects);
     row.state = state;
@@ -1387,6 +1446,15 @@ async fn cancel(
     row.ended_at = Some(ctx.now);
     row.cancel_reason = Some(reason.to_owned());
     conn.close_incidents_of(id, actor, ctx.now).await?;
+    // A parent waiting for this child would wait forever: stop it with an incident.
+    if let (Some(parent), Some(token)) = (row.parent_id.clone(), row.parent_token) {
+        followups.push_back(Followup::ParentIncident {
+            parent,
+            token: token as u32,
+            child: Some(row.id.clone()),
+            message: format!("called instance `{}` was cancelled: {reason}", row.id),
+        });
+    }
     save(conn, ctx, &mut row, effects, actor, followups, false).await
 }
 
@@ -1402,6 +1470,11 @@ async fn settle_incident(
         what: "incident",
         id: id.to_owned(),
     })?;
+    if incident.after_effect && resolve.is_none() {
+        return Err(Error::IncidentNeedsResolution {
+            incident: id.to_owned(),
+        });
+    }
     let resolution = if resolve.is_some() {
         "resolved"
     } else {
@@ -1447,6 +1520,20 @@ async fn settle_incident(
                 _ => incident.node_id.clone(),
             };
             m.go(token, &next)?;
+        }
+        (None, Some(vars)) if incident.after_effect => {
+            // The step took effect; the operator supplies what it should have written.
+            m.write(&vars);
+            let next = match process.definition.node(&incident.node_id).map(|n| &n.kind) {
+                Some(NodeKind::ServiceTask(s)) => Some(s.next.clone()),
+                Some(NodeKind::Call(c)) => Some(c.next.clone()),
+                Some(NodeKind::MessageWait(w)) => Some(w.next.clone()),
+                _ => None,
+            };
+            match next {
+                Some(next) => m.go(token, &next)?,
+                None => m.rerun(token)?,
+            }
         }
         (None, vars) => {
             if let Some(vars) = vars {

@@ -87,6 +87,8 @@ pub enum Effect {
         job: Option<String>,
         /// What went wrong.
         message: String,
+        /// Raised after the step's side effect: resolve only.
+        after_effect: bool,
     },
     /// The last token ended.
     Ended {
@@ -324,6 +326,12 @@ impl<'a> Machine<'a> {
             .token(from)
             .map(|t| t.scopes.clone())
             .unwrap_or_default();
+        // Inside a fork, the new token is one more arrival its join must wait for.
+        if let Some(scope) = scopes.last()
+            && let Some(join) = self.state.joins.get_mut(&scope.group)
+        {
+            join.expected += 1;
+        }
         let id = self.spawn(node, scopes);
         self.queue.push_back(id);
         self.run()
@@ -347,6 +355,7 @@ impl<'a> Machine<'a> {
             node: node.to_owned(),
             job: None,
             message,
+            after_effect: false,
         });
     }
 
@@ -740,7 +749,9 @@ pub fn timestamp_ms(value: &Value) -> Option<i64> {
     let h: i64 = parts.next()?.parse().ok()?;
     let mi: i64 = parts.next()?.parse().ok()?;
     let sec: f64 = parts.next().unwrap_or("0").parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec >= 61.0 {
+    let valid = (1..=9999).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&day);
+    if !valid || h > 23 || mi > 59 || !(0.0..61.0).contains(&sec) || offset_minutes.abs() > 24 * 60
+    {
         return None;
     }
     // Days from civil (Howard Hinnant's algorithm).
@@ -771,5 +782,9 @@ mod tests {
             Some(1_795_788_000_000)
         );
         assert_eq!(timestamp_ms(&json!("mañana")), None);
+        assert_eq!(
+            timestamp_ms(&json!("999999999999999-01-01T00:00:00Z")),
+            None
+        );
     }
 }

@@ -305,6 +305,7 @@ impl Engine {
                     owner: owner.clone(),
                     lease_ms: self.inner.config.lease.as_millis() as i64,
                     limit: 256,
+                    default_timeout_ms: self.inner.config.default_timeout.as_millis() as i64,
                 })
                 .await?
             else {
@@ -316,8 +317,7 @@ impl Engine {
             ran += jobs.len();
             let runs = jobs.into_iter().map(|job| {
                 let engine = self.clone();
-                let owner = owner.clone();
-                async move { worker::run_job(&engine, &owner, job).await }
+                async move { worker::run_job(&engine, job).await }
             });
             for handle in runs.map(tokio::spawn).collect::<Vec<_>>() {
                 let _ = handle.await;

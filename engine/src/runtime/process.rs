@@ -38,7 +38,10 @@ impl Process {
                 Ok(form) => {
                     forms.insert(node.id.clone(), form);
                 }
-                Err(e) => tracing::error!(node = %node.id, error = %e, "form does not compile"),
+                Err(e) => {
+                    tracing::error!(node = %node.id, error = %e, "form does not compile");
+                    forms.insert(node.id.clone(), Form::reject_all());
+                }
             }
         }
         let declared = definition

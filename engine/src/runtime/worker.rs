@@ -15,7 +15,7 @@ use crate::runtime::connector::{ConnectorCall, ConnectorError};
 use crate::store::jobs::ClaimedJob;
 
 /// Runs one claimed job to its result command.
-pub(crate) async fn run_job(engine: &Engine, owner: &str, job: ClaimedJob) {
+pub(crate) async fn run_job(engine: &Engine, job: ClaimedJob) {
     let result = if job.kind == "timer" {
         Ok(Map::new())
     } else {
@@ -25,8 +25,8 @@ pub(crate) async fn run_job(engine: &Engine, owner: &str, job: ClaimedJob) {
         tracing::debug!(job = %job.id, attempt = job.attempts, error = %e, "job failed");
     }
     let command = Command::JobDone {
-        job,
-        owner: owner.to_owned(),
+        owner: job.lease_owner.clone(),
+        job: Box::new(job),
         result,
     };
     if let Err(e) = engine.submit(command).await {
@@ -82,6 +82,7 @@ pub(crate) async fn pool(engine: Engine) {
                     owner: owner.clone(),
                     lease_ms: engine.inner.config.lease.as_millis() as i64,
                     limit: free,
+                    default_timeout_ms: engine.inner.config.default_timeout.as_millis() as i64,
                 })
                 .await
             {
@@ -101,9 +102,8 @@ pub(crate) async fn pool(engine: Engine) {
                 .await
                 .expect("semaphore open");
             let engine = engine.clone();
-            let owner = owner.clone();
             tokio::spawn(async move {
-                run_job(&engine, &owner, job).await;
+                run_job(&engine, job).await;
                 drop(permit);
             });
         }

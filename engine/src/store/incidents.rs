@@ -19,6 +19,9 @@ pub struct IncidentRow {
     pub token: i64,
     /// What went wrong.
     pub message: String,
+    /// Raised after the step's side effect happened (a connector answered,
+    /// a child ended, a message arrived): it can be resolved, not retried.
+    pub after_effect: bool,
     /// `open` or `resolved`.
     pub status: String,
     /// Raised, ms.
@@ -31,8 +34,8 @@ pub struct IncidentRow {
     pub resolution: Option<String>,
 }
 
-const COLUMNS: &str = "id, instance_id, job_id, node_id, token, message, status, created_at, \
-    resolved_at, resolved_by, resolution";
+const COLUMNS: &str = "id, instance_id, job_id, node_id, token, message, after_effect, status, \
+    created_at, resolved_at, resolved_by, resolution";
 
 fn row(r: &sqlx::any::AnyRow) -> Result<IncidentRow, Error> {
     Ok(IncidentRow {
@@ -42,6 +45,7 @@ fn row(r: &sqlx::any::AnyRow) -> Result<IncidentRow, Error> {
         node_id: r.try_get("node_id")?,
         token: r.try_get("token")?,
         message: r.try_get("message")?,
+        after_effect: r.try_get::<i64, _>("after_effect")? != 0,
         status: r.try_get("status")?,
         created_at: r.try_get("created_at")?,
         resolved_at: r.try_get("resolved_at")?,
@@ -53,8 +57,8 @@ fn row(r: &sqlx::any::AnyRow) -> Result<IncidentRow, Error> {
 /// Raises an incident.
 pub async fn insert(conn: &mut Conn, i: &IncidentRow) -> Result<(), Error> {
     sqlx::query(
-        "INSERT INTO incidents (id, instance_id, job_id, node_id, token, message, status, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'open', $7)",
+        "INSERT INTO incidents (id, instance_id, job_id, node_id, token, message, after_effect, \
+         status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8)",
     )
     .bind(&i.id)
     .bind(&i.instance_id)
@@ -62,6 +66,7 @@ pub async fn insert(conn: &mut Conn, i: &IncidentRow) -> Result<(), Error> {
     .bind(&i.node_id)
     .bind(i.token)
     .bind(&i.message)
+    .bind(i64::from(i.after_effect))
     .bind(i.created_at)
     .execute(&mut *conn)
     .await?;

@@ -31,6 +31,8 @@ pub struct ClaimedJob {
     pub max_attempts: i64,
     /// How long one attempt may take, ms.
     pub timeout_ms: Option<i64>,
+    /// This claim's lease owner: a result is applied only under it.
+    pub lease_owner: String,
 }
 
 /// A new job.
@@ -90,7 +92,8 @@ pub async fn insert(conn: &mut Conn, j: &NewJob<'_>) -> Result<(), Error> {
 }
 
 /// Claims up to `limit` due jobs (ready, or running with an expired lease)
-/// for `owner` until `lease_until`.
+/// for `owner` until `lease_until` plus the job's timeout (or
+/// `default_timeout_ms`): a lease never ends while its call may still run.
 pub async fn claim(
     conn: &mut Conn,
     backend: Backend,
@@ -98,6 +101,7 @@ pub async fn claim(
     now: i64,
     lease_until: i64,
     limit: i64,
+    default_timeout_ms: i64,
 ) -> Result<Vec<ClaimedJob>, Error> {
     let sql = match backend {
         Backend::Sqlite => super::sqlite::CLAIM_JOBS,
@@ -108,6 +112,7 @@ pub async fn claim(
         .bind(lease_until)
         .bind(now)
         .bind(limit)
+        .bind(default_timeout_ms)
         .fetch_all(&mut *conn)
         .await?;
     rows.iter()
@@ -129,6 +134,7 @@ pub async fn claim(
                 attempts: r.try_get("attempts")?,
                 max_attempts: r.try_get("max_attempts")?,
                 timeout_ms: r.try_get("timeout_ms")?,
+                lease_owner: owner.to_owned(),
             })
         })
         .collect()
@@ -202,11 +208,12 @@ pub async fn cancel(conn: &mut Conn, id: &str) -> Result<(), Error> {
 
 /// Releases every lease (a single-node SQLite engine starting up: whoever
 /// held them is gone).
-pub async fn release_all(conn: &mut Conn) -> Result<u64, Error> {
+pub async fn release_all(conn: &mut Conn, now: i64) -> Result<u64, Error> {
     let done = sqlx::query(
-        "UPDATE jobs SET status = 'ready', lease_owner = NULL, lease_until = NULL \
+        "UPDATE jobs SET status = 'ready', lease_owner = NULL, lease_until = NULL, run_at = $1 \
          WHERE status = 'running'",
     )
+    .bind(now)
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected())

@@ -19,7 +19,7 @@ pub mod sqlite_tx;
 pub mod tasks;
 mod tx;
 
-pub use tx::{NewDefinition, TaskCompletion, Tx};
+pub use tx::{JobClaim, NewDefinition, TaskCompletion, Tx};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, ConnectOptions};

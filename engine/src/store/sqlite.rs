@@ -53,7 +53,7 @@ pub(super) fn migrator() -> Migrator {
 
 /// Claims due jobs in one statement: SQLite has one writer, so no row locks are needed.
 pub(super) const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', lease_owner = $1, \
-     lease_until = $2, run_at = $2, attempts = attempts + 1 \
+     lease_until = $2 + COALESCE(timeout_ms, $5), run_at = $2 + COALESCE(timeout_ms, $5), attempts = attempts + 1 \
      WHERE id IN (SELECT id FROM jobs WHERE status IN ('ready', 'running') AND run_at <= $3 \
                   ORDER BY run_at LIMIT $4) \
      RETURNING id, instance_id, token, node_id, kind, connector, operation, input, \

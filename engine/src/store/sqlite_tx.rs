@@ -12,7 +12,7 @@ use super::instances::InstanceRow;
 use super::jobs::{ClaimedJob, NewJob};
 use super::messages::{MessageRow, NewSubscription, Subscription};
 use super::tasks::{NewTask, TaskRow};
-use super::tx::{NewDefinition, TaskCompletion, Tx};
+use super::tx::{JobClaim, NewDefinition, TaskCompletion, Tx};
 use super::{Backend, Error, journal, json};
 
 /// Opens the writer's connection on the database file at `path`.
@@ -90,8 +90,8 @@ fn task(r: &Row<'_>) -> rusqlite::Result<(TaskRow, Option<String>)> {
     ))
 }
 
-const INCIDENT: &str = "id, instance_id, job_id, node_id, token, message, status, created_at, \
-    resolved_at, resolved_by, resolution";
+const INCIDENT: &str = "id, instance_id, job_id, node_id, token, message, after_effect, status, \
+    created_at, resolved_at, resolved_by, resolution";
 
 fn incident(r: &Row<'_>) -> rusqlite::Result<IncidentRow> {
     Ok(IncidentRow {
@@ -101,6 +101,7 @@ fn incident(r: &Row<'_>) -> rusqlite::Result<IncidentRow> {
         node_id: r.get("node_id")?,
         token: r.get("token")?,
         message: r.get("message")?,
+        after_effect: r.get::<_, i64>("after_effect")? != 0,
         status: r.get("status")?,
         created_at: r.get("created_at")?,
         resolved_at: r.get("resolved_at")?,
@@ -276,7 +277,7 @@ impl Tx for Connection {
             .prepare_cached(
                 "UPDATE tasks SET status = 'completed', outcome = ?2, data = ?3, completed_at = ?4, \
                  completed_by = ?5, assignee = COALESCE(assignee, ?5) \
-                 WHERE id = ?1 AND status IN ('open', 'claimed')",
+                 WHERE id = ?1 AND status IN ('open', 'claimed') AND (assignee IS NULL OR assignee = ?5)",
             )?
             .execute(params![d.id, d.outcome, d.data.to_string(), d.now, d.user])?;
         Ok(n == 1)
@@ -314,34 +315,32 @@ impl Tx for Connection {
         Ok(())
     }
 
-    async fn claim_jobs(
-        &mut self,
-        owner: &str,
-        now: i64,
-        lease_until: i64,
-        limit: i64,
-    ) -> Result<Vec<ClaimedJob>, Error> {
+    async fn claim_jobs(&mut self, c: JobClaim<'_>) -> Result<Vec<ClaimedJob>, Error> {
         let sql = super::sqlite::CLAIM_JOBS.replace('$', "?");
         let mut stmt = self.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![owner, lease_until, now, limit], |r| {
-            Ok((
-                ClaimedJob {
-                    id: r.get("id")?,
-                    instance_id: r.get("instance_id")?,
-                    token: r.get("token")?,
-                    node_id: r.get("node_id")?,
-                    kind: r.get("kind")?,
-                    connector: r.get("connector")?,
-                    operation: r.get("operation")?,
-                    input: serde_json::Map::new(),
-                    idempotency_key: r.get("idempotency_key")?,
-                    attempts: r.get("attempts")?,
-                    max_attempts: r.get("max_attempts")?,
-                    timeout_ms: r.get("timeout_ms")?,
-                },
-                r.get::<_, Option<String>>("input")?,
-            ))
-        })?;
+        let rows = stmt.query_map(
+            params![c.owner, c.lease_until, c.now, c.limit, c.default_timeout_ms],
+            |r| {
+                Ok((
+                    ClaimedJob {
+                        id: r.get("id")?,
+                        instance_id: r.get("instance_id")?,
+                        token: r.get("token")?,
+                        node_id: r.get("node_id")?,
+                        kind: r.get("kind")?,
+                        connector: r.get("connector")?,
+                        operation: r.get("operation")?,
+                        input: serde_json::Map::new(),
+                        idempotency_key: r.get("idempotency_key")?,
+                        attempts: r.get("attempts")?,
+                        max_attempts: r.get("max_attempts")?,
+                        timeout_ms: r.get("timeout_ms")?,
+                        lease_owner: c.owner.to_owned(),
+                    },
+                    r.get::<_, Option<String>>("input")?,
+                ))
+            },
+        )?;
         let mut out = Vec::new();
         for row in rows {
             let (mut job, input) = row?;
@@ -400,21 +399,31 @@ impl Tx for Connection {
         Ok(())
     }
 
-    async fn release_leases(&mut self) -> Result<u64, Error> {
+    async fn release_leases(&mut self, now: i64) -> Result<u64, Error> {
         let n = self
             .prepare_cached(
-                "UPDATE jobs SET status = 'ready', lease_owner = NULL, lease_until = NULL WHERE status = 'running'",
+                "UPDATE jobs SET status = 'ready', lease_owner = NULL, lease_until = NULL, run_at = ?1 \
+                 WHERE status = 'running'",
             )?
-            .execute([])?;
+            .execute(params![now])?;
         Ok(n as u64)
     }
 
     async fn insert_incident(&mut self, i: &IncidentRow) -> Result<(), Error> {
         self.prepare_cached(
-            "INSERT INTO incidents (id, instance_id, job_id, node_id, token, message, status, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7)",
+            "INSERT INTO incidents (id, instance_id, job_id, node_id, token, message, after_effect, \
+             status, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8)",
         )?
-        .execute(params![i.id, i.instance_id, i.job_id, i.node_id, i.token, i.message, i.created_at])?;
+        .execute(params![
+            i.id,
+            i.instance_id,
+            i.job_id,
+            i.node_id,
+            i.token,
+            i.message,
+            i64::from(i.after_effect),
+            i.created_at
+        ])?;
         Ok(())
     }
 

@@ -150,7 +150,7 @@ pub async fn complete(
     let done = sqlx::query(
         "UPDATE tasks SET status = 'completed', outcome = $2, data = $3, completed_at = $4, \
          completed_by = $5, assignee = COALESCE(assignee, $5) \
-         WHERE id = $1 AND status IN ('open', 'claimed')",
+         WHERE id = $1 AND status IN ('open', 'claimed') AND (assignee IS NULL OR assignee = $5)",
     )
     .bind(id)
     .bind(outcome)

@@ -90,13 +90,10 @@ pub trait Tx: Send {
 
     /// Schedules a job.
     fn insert_job(&mut self, job: &NewJob<'_>) -> impl Future<Output = Result<(), Error>> + Send;
-    /// Claims due jobs for `owner` until `lease_until`.
+    /// Claims due jobs until `lease_until` plus each job's timeout.
     fn claim_jobs(
         &mut self,
-        owner: &str,
-        now: i64,
-        lease_until: i64,
-        limit: i64,
+        claim: JobClaim<'_>,
     ) -> impl Future<Output = Result<Vec<ClaimedJob>, Error>> + Send;
     /// Ends a job held by `owner` with `status`; false if the lease was lost.
     fn finish_job(
@@ -123,7 +120,7 @@ pub trait Tx: Send {
     /// Drops an unfinished job.
     fn cancel_job(&mut self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// Releases every lease.
-    fn release_leases(&mut self) -> impl Future<Output = Result<u64, Error>> + Send;
+    fn release_leases(&mut self, now: i64) -> impl Future<Output = Result<u64, Error>> + Send;
 
     /// Raises an incident.
     fn insert_incident(
@@ -205,6 +202,21 @@ pub struct NewDefinition<'a> {
     pub now: i64,
 }
 
+/// A claim of due jobs.
+#[derive(Debug, Clone, Copy)]
+pub struct JobClaim<'a> {
+    /// Lease owner, unique to this claim.
+    pub owner: &'a str,
+    /// Now, ms.
+    pub now: i64,
+    /// Lease end before the job's timeout is added, ms.
+    pub lease_until: i64,
+    /// At most this many.
+    pub limit: i64,
+    /// Timeout of jobs that set none, ms.
+    pub default_timeout_ms: i64,
+}
+
 /// A task completion.
 #[derive(Debug, Clone, Copy)]
 pub struct TaskCompletion<'a> {
@@ -279,15 +291,18 @@ impl Tx for sqlx::AnyConnection {
     async fn insert_job(&mut self, job: &NewJob<'_>) -> Result<(), Error> {
         super::jobs::insert(self, job).await
     }
-    async fn claim_jobs(
-        &mut self,
-        owner: &str,
-        now: i64,
-        lease_until: i64,
-        limit: i64,
-    ) -> Result<Vec<ClaimedJob>, Error> {
+    async fn claim_jobs(&mut self, c: JobClaim<'_>) -> Result<Vec<ClaimedJob>, Error> {
         let backend = Tx::backend(self);
-        super::jobs::claim(self, backend, owner, now, lease_until, limit).await
+        super::jobs::claim(
+            self,
+            backend,
+            c.owner,
+            c.now,
+            c.lease_until,
+            c.limit,
+            c.default_timeout_ms,
+        )
+        .await
     }
     async fn finish_job(
         &mut self,
@@ -313,8 +328,8 @@ impl Tx for sqlx::AnyConnection {
     async fn cancel_job(&mut self, id: &str) -> Result<(), Error> {
         super::jobs::cancel(self, id).await
     }
-    async fn release_leases(&mut self) -> Result<u64, Error> {
-        super::jobs::release_all(self).await
+    async fn release_leases(&mut self, now: i64) -> Result<u64, Error> {
+        super::jobs::release_all(self, now).await
     }
     async fn insert_incident(&mut self, row: &IncidentRow) -> Result<(), Error> {
         super::incidents::insert(self, row).await
