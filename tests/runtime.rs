@@ -1023,3 +1023,82 @@ on_both_backends!(
     cancelling_a_child_stops_its_parent_with_an_incident,
     super::cancelling_a_child_stops_its_parent_with_an_incident
 );
+
+/// Two nodes starting at once deploy the same definitions: both succeed,
+/// versions stay sequential, identical content stays one version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_deploy_at_once() {
+    let h = Harness::new(Db::Postgres).await;
+    let second = tramite_tests::engine::second_engine(&h).await;
+    let changed = PARALLEL.replace("name: Paralelo", "name: Paralelo v2");
+    let (a, b) = tokio::join!(
+        h.engine
+            .deploy(vec![("parallel.yaml".into(), changed.clone())]),
+        second.deploy(vec![("parallel.yaml".into(), changed)]),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a[0].version, 1);
+    assert_eq!(b[0].version, 1);
+    assert!(a[0].new != b[0].new, "exactly one of them stored it");
+    second.shutdown().await;
+}
+
+/// Two nodes publish two messages for one waiting instance at once: one is
+/// delivered, the other kept for the next wait; none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_publish_to_one_wait() {
+    let h = Harness::new(Db::Postgres).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    h.complete(
+        &id,
+        "verificar_capacidad",
+        "continuar",
+        json!({"capacidad_confirmada": true}),
+    )
+    .await;
+    h.complete(
+        &id,
+        "solicitar_requisitos",
+        "requisitos_solicitados",
+        json!({}),
+    )
+    .await;
+    let second = tramite_tests::engine::second_engine(&h).await;
+    let message = |n: u32| tramite_engine::runtime::PublishMessage {
+        name: "requisitos_whatsapp".into(),
+        key: PHONE.into(),
+        payload: json!({"media": [format!("doc{n}.jpg")]}),
+        id: format!("wamid.race.{n}"),
+        ttl_ms: 3_600_000,
+    };
+    let (a, b) = tokio::join!(h.engine.publish(message(1)), second.publish(message(2)));
+    let outcomes = [a.unwrap(), b.unwrap()];
+    let delivered = outcomes
+        .iter()
+        .filter(|d| matches!(d, Delivery::Delivered { .. }))
+        .count();
+    let kept = outcomes
+        .iter()
+        .filter(|d| matches!(d, Delivery::Kept))
+        .count();
+    assert_eq!((delivered, kept), (1, 1), "{outcomes:?}");
+    h.task(&id, "imprimir_requisitos").await;
+    // The kept one reaches the instance the next time it waits.
+    h.complete(
+        &id,
+        "imprimir_requisitos",
+        "incompletos",
+        json!({"requisitos_impresos": false}),
+    )
+    .await;
+    h.complete(
+        &id,
+        "solicitar_requisitos",
+        "requisitos_solicitados",
+        json!({}),
+    )
+    .await;
+    h.task(&id, "imprimir_requisitos").await;
+    second.shutdown().await;
+}

@@ -543,6 +543,8 @@ async fn deploy(
     sources: &[(String, String)],
 ) -> Result<Reply, Error> {
     use crate::library::{self, SourceFile};
+    // Nodes deploying at once (all starting up) take turns, so versions stay sequential.
+    conn.lock_key("deploy").await?;
     let files: Vec<SourceFile> = sources
         .iter()
         .map(|(name, text)| SourceFile {
@@ -835,6 +837,7 @@ async fn apply(
             name,
             key,
         } => {
+            conn.lock_key(&format!("message:{name}:{key}")).await?;
             conn.subscribe(messages::NewSubscription {
                 id: &id,
                 instance: &row.id,
@@ -1331,6 +1334,10 @@ async fn publish(
     msg: &PublishMessage,
     followups: &mut VecDeque<Followup>,
 ) -> Result<Delivery, Error> {
+    // Publishers and subscribers of one key take turns (several nodes on
+    // PostgreSQL): neither can miss the other's uncommitted row.
+    conn.lock_key(&format!("message:{}:{}", msg.name, msg.key))
+        .await?;
     let waiting = conn.find_subscription(&msg.name, &msg.key).await?;
     let row = MessageRow {
         id: msg.id.clone(),

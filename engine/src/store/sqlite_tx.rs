@@ -562,6 +562,10 @@ impl Tx for Connection {
         Ok(())
     }
 
+    async fn lock_key(&mut self, _key: &str) -> Result<(), Error> {
+        Ok(()) // one writer: already serialized
+    }
+
     async fn append_journal(&mut self, entries: &[journal::NewEntry<'_>]) -> Result<(), Error> {
         let mut stmt = self.prepare_cached(
             "INSERT INTO journal (instance_id, at, actor, kind, node_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

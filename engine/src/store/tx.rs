@@ -180,6 +180,11 @@ pub trait Tx: Send {
         instance: &str,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Serializes, until the transaction ends, every transaction that takes
+    /// the same key (PostgreSQL advisory lock; a no-op on SQLite, whose single
+    /// writer serializes everything anyway).
+    fn lock_key(&mut self, key: &str) -> impl Future<Output = Result<(), Error>> + Send;
+
     /// Appends journal entries.
     fn append_journal(
         &mut self,
@@ -380,6 +385,15 @@ impl Tx for sqlx::AnyConnection {
     }
     async fn message_delivered(&mut self, id: &str, instance: &str) -> Result<(), Error> {
         super::messages::delivered(self, id, instance).await
+    }
+    async fn lock_key(&mut self, key: &str) -> Result<(), Error> {
+        if Tx::backend(self) == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(key)
+                .fetch_one(&mut *self)
+                .await?;
+        }
+        Ok(())
     }
     async fn append_journal(&mut self, entries: &[journal::NewEntry<'_>]) -> Result<(), Error> {
         journal::append(self, entries).await
