@@ -1102,3 +1102,334 @@ async fn two_engines_publish_to_one_wait() {
     h.task(&id, "imprimir_requisitos").await;
     second.shutdown().await;
 }
+
+/// One P06 sale to the end; `satisfied` decides whether it is efficient.
+async fn one_sale(h: &Harness, satisfied: bool) {
+    let id = through_identification(h, "4587213").await;
+    through_coverage(h, &id, "Cala Cala").await;
+    through_requirements(h, &id).await;
+    assert_eq!(h.jobs().await, 1);
+    h.complete(
+        &id,
+        "comunicar_solicitud",
+        "comunicado",
+        json!({"dias_estimados": 5}),
+    )
+    .await;
+    let child = h.engine.children(&id).await.unwrap().remove(0);
+    h.complete(
+        &child.id,
+        "programar",
+        "programada",
+        json!({"fecha_programada": "2026-12-01"}),
+    )
+    .await;
+    h.complete(
+        &child.id,
+        "instalar",
+        "cerrar",
+        json!({"instalacion_realizada": true, "dias_ejecucion": 4}),
+    )
+    .await;
+    h.complete(
+        &id,
+        "seguimiento_venta",
+        "continuar",
+        json!({"contrato_firmado": true}),
+    )
+    .await;
+    h.complete(
+        &id,
+        "control_calidad",
+        "registrado",
+        json!({"cliente_satisfecho": satisfied}),
+    )
+    .await;
+    assert_eq!(
+        h.instance(&id).await.outcome.as_deref(),
+        Some("venta_concretada")
+    );
+}
+
+async fn p06_indicator_for_days_with_a_known_mix(db: Db) {
+    let h = Harness::new(db).await;
+    const DAY: Duration = Duration::from_secs(86_400);
+    // Day 1: 39 efficient of 40. Day 2: 18 of 20. Day 3: 19 of 20, exactly 95 %.
+    for (efficient, total) in [(39, 40), (18, 20), (19, 20)] {
+        for n in 0..total {
+            one_sale(&h, n < efficient).await;
+        }
+        h.advance(DAY);
+    }
+    let values = h
+        .engine
+        .indicator(&tramite_engine::runtime::IndicatorQuery {
+            code: P06.into(),
+            indicator: "venta_digital_eficiente".into(),
+            from: tramite_tests::engine::T0 - 86_400_000,
+            to: tramite_tests::engine::T0 + 5 * 86_400_000,
+            period: None,
+            utc_offset_minutes: -240,
+        })
+        .await
+        .unwrap();
+    let got: Vec<(String, u64, u64, Option<f64>, Option<String>)> = values
+        .into_iter()
+        .map(|v| {
+            (
+                v.period,
+                v.numerator,
+                v.denominator,
+                v.value,
+                v.verdict.map(|t| t.es),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "2026-11-27".into(),
+                39,
+                40,
+                Some(97.5),
+                Some("Aceptado".into())
+            ),
+            (
+                "2026-11-28".into(),
+                18,
+                20,
+                Some(90.0),
+                Some("Observado".into())
+            ),
+            // The original is silent on exactly 95 %; the definition says Aceptado.
+            (
+                "2026-11-29".into(),
+                19,
+                20,
+                Some(95.0),
+                Some("Aceptado".into())
+            ),
+        ]
+    );
+}
+on_both_backends!(
+    p06_indicator_for_days_with_a_known_mix,
+    super::p06_indicator_for_days_with_a_known_mix
+);
+
+async fn statistics_count_gate_branches_and_time_steps(db: Db) {
+    let h = Harness::new(db).await;
+    let rejected_by_naf = through_identification(&h, "5123987").await;
+    h.advance(Duration::from_secs(90));
+    h.complete(
+        &rejected_by_naf,
+        "informar_imposibilidad",
+        "informado",
+        json!({"motivo_rechazo": "central_riesgos"}),
+    )
+    .await;
+    let rejected_by_gis = through_identification(&h, "4587213").await;
+    through_coverage(&h, &rejected_by_gis, "Alalay").await;
+    h.complete(
+        &rejected_by_gis,
+        "verificar_capacidad",
+        "continuar",
+        json!({"capacidad_confirmada": false}),
+    )
+    .await;
+    let (steps, gates) = h
+        .engine
+        .statistics(
+            P06,
+            tramite_tests::engine::T0,
+            tramite_tests::engine::T0 + 86_400_000,
+        )
+        .await
+        .unwrap();
+    let count = |gate: &str, next: &str| {
+        gates
+            .iter()
+            .find(|g| g.gate == gate && g.next == next)
+            .map_or(0, |g| g.count)
+    };
+    assert_eq!(
+        count("tiene_impedimento", "informar_imposibilidad"),
+        1,
+        "NAF rejections: {gates:?}"
+    );
+    assert_eq!(count("tiene_impedimento", "solicitar_domicilio"), 1);
+    assert_eq!(
+        count("tiene_capacidad", "informar_imposibilidad"),
+        1,
+        "GIS rejections"
+    );
+    let step = steps
+        .iter()
+        .find(|s| s.node == "informar_imposibilidad")
+        .expect("timed");
+    assert_eq!((step.count, step.max_ms), (1, 90_000));
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.node == "consultar_naf" && s.count == 2)
+    );
+}
+on_both_backends!(
+    statistics_count_gate_branches_and_time_steps,
+    super::statistics_count_gate_branches_and_time_steps
+);
+
+async fn timer_pending_across_a_restart_fires_once(db: Db) {
+    let mut h = Harness::new(db).await;
+    let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+    h.complete(&id, "recibir_llamada", "llamada_perdida", json!({}))
+        .await;
+    h.crash().await;
+    h.advance(Duration::from_secs(31 * 60));
+    h.jobs().await;
+    h.task(&id, "devolucion_vencida").await;
+    assert!(
+        !h.task_open(&id, "devolver_llamada").await,
+        "the escalation interrupts the call-back"
+    );
+    h.restart().await;
+    h.advance(Duration::from_secs(3_600));
+    assert_eq!(h.jobs().await, 0, "nothing left to fire");
+    let history = h.history(&id).await;
+    assert_eq!(history.iter().filter(|k| *k == "task_overdue").count(), 1);
+    // The lost-call deadline's path ends the request without contact.
+    h.complete(&id, "devolucion_vencida", "cerrar", json!({}))
+        .await;
+    assert_eq!(
+        h.instance(&id).await.outcome.as_deref(),
+        Some("cliente_no_contactado")
+    );
+}
+on_both_backends!(
+    timer_pending_across_a_restart_fires_once,
+    super::timer_pending_across_a_restart_fires_once
+);
+
+async fn messages_early_twice_and_late(db: Db) {
+    let h = Harness::new(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    h.complete(
+        &id,
+        "verificar_capacidad",
+        "continuar",
+        json!({"capacidad_confirmada": true}),
+    )
+    .await;
+    // The client sends the documents before the agent asks for them.
+    let early = h
+        .publish(
+            "requisitos_whatsapp",
+            PHONE,
+            "wamid.early",
+            json!({"media": ["ci.jpg"]}),
+        )
+        .await;
+    assert_eq!(early, Delivery::Kept);
+    let pending = h.engine.messages("pending").await.unwrap();
+    assert_eq!(pending.len(), 1, "unmatched messages are listable");
+    // The same message again (provider retry): delivered once.
+    assert_eq!(
+        h.publish(
+            "requisitos_whatsapp",
+            PHONE,
+            "wamid.early",
+            json!({"media": ["ci.jpg"]})
+        )
+        .await,
+        Delivery::Duplicate
+    );
+    h.complete(
+        &id,
+        "solicitar_requisitos",
+        "requisitos_solicitados",
+        json!({}),
+    )
+    .await;
+    h.task(&id, "imprimir_requisitos").await;
+    assert!(h.engine.messages("pending").await.unwrap().is_empty());
+    assert_eq!(
+        h.history(&id)
+            .await
+            .iter()
+            .filter(|k| *k == "message_received")
+            .count(),
+        1
+    );
+    // Sent back to ask again, nobody writes: after 48 h the agent is reminded.
+    h.complete(
+        &id,
+        "imprimir_requisitos",
+        "incompletos",
+        json!({"requisitos_impresos": false}),
+    )
+    .await;
+    h.complete(
+        &id,
+        "solicitar_requisitos",
+        "requisitos_solicitados",
+        json!({}),
+    )
+    .await;
+    h.advance(Duration::from_secs(49 * 3_600));
+    h.jobs().await;
+    h.task(&id, "recordar_requisitos").await;
+    // A message after the timeout does not reach the withdrawn wait: it is kept.
+    assert_eq!(
+        h.publish(
+            "requisitos_whatsapp",
+            PHONE,
+            "wamid.late",
+            json!({"media": []})
+        )
+        .await,
+        Delivery::Kept
+    );
+    h.complete(&id, "recordar_requisitos", "cliente_desiste", json!({}))
+        .await;
+    let i = h.instance(&id).await;
+    assert_eq!(i.outcome.as_deref(), Some("venta_no_concretada"));
+    assert_eq!(
+        i.state.variables["motivo_rechazo"],
+        json!("requisitos_no_recibidos")
+    );
+}
+on_both_backends!(
+    messages_early_twice_and_late,
+    super::messages_early_twice_and_late
+);
+
+async fn entry_procedure_starts_p06_without_waiting(db: Db) {
+    let h = Harness::new(db).await;
+    let id = h.start("COM-GCM-P01", "other", json!({})).await;
+    h.complete(
+        &id,
+        "definir_producto",
+        "registrar",
+        json!({"codigo_producto": "internet_fibra", "aprobado": true, "telefono_interesado": PHONE}),
+    )
+    .await;
+    assert_eq!(
+        h.instance(&id).await.outcome.as_deref(),
+        Some("producto_definido"),
+        "it does not wait"
+    );
+    let child = h.engine.children(&id).await.unwrap().remove(0);
+    assert_eq!(
+        (child.code.as_str(), child.channel.as_str()),
+        (P06, "procedure")
+    );
+    assert_eq!(child.parent_id.as_deref(), Some(id.as_str()));
+    // A call by procedure is not an IVR call: P06 routes it to the digital review (2).
+    h.task(&child.id, "revisar_solicitud_digital").await;
+}
+on_both_backends!(
+    entry_procedure_starts_p06_without_waiting,
+    super::entry_procedure_starts_p06_without_waiting
+);

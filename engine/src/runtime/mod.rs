@@ -15,6 +15,7 @@ pub mod commands;
 pub mod connector;
 pub mod eval;
 pub mod forms;
+pub mod indicators;
 pub mod machine;
 pub mod process;
 pub mod state;
@@ -94,6 +95,23 @@ impl EngineConfig {
 enum WriterHandle {
     Task(JoinHandle<()>),
     Thread(std::thread::JoinHandle<()>),
+}
+
+/// Which indicator values to compute.
+#[derive(Debug, Clone)]
+pub struct IndicatorQuery {
+    /// Procedure code.
+    pub code: String,
+    /// Indicator id in its definition.
+    pub indicator: String,
+    /// Instances started from (ms, inclusive)…
+    pub from: i64,
+    /// …to (ms, exclusive).
+    pub to: i64,
+    /// Granularity; the indicator's own period when absent.
+    pub period: Option<crate::definition::Period>,
+    /// Local time's offset from UTC, for period boundaries (Bolivia: −240).
+    pub utc_offset_minutes: i32,
 }
 
 /// A running engine. Cheap to clone; all clones are the same engine.
@@ -435,6 +453,57 @@ impl Engine {
     pub async fn history(&self, instance: &str) -> Result<Vec<Entry>, Error> {
         let mut conn = self.inner.store.pool().acquire().await?;
         Ok(store::journal::of_instance(&mut conn, instance).await?)
+    }
+
+    /// An indicator's values per period over instances started in
+    /// `[from, to)`, as the latest version of `code` declares it.
+    pub async fn indicator(
+        &self,
+        q: &IndicatorQuery,
+    ) -> Result<Vec<indicators::IndicatorValue>, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        let id = store::definitions::latest_id(&mut conn, &q.code)
+            .await?
+            .ok_or_else(|| Error::NotDeployed {
+                code: q.code.clone(),
+            })?;
+        let process = self.inner.processes.get(&mut *conn, id).await?;
+        let indicator = process
+            .definition
+            .indicators
+            .iter()
+            .find(|i| i.id == q.indicator)
+            .ok_or_else(|| Error::NotFound {
+                what: "indicator",
+                id: q.indicator.clone(),
+            })?;
+        let instances = store::instances::started_between(&mut conn, &q.code, q.from, q.to).await?;
+        let period = q.period.unwrap_or(indicator.period);
+        Ok(indicators::compute(
+            indicator,
+            &instances,
+            period,
+            q.utc_offset_minutes,
+        ))
+    }
+
+    /// Per-step durations and per-branch counts of gates over instances of
+    /// `code` started in `[from, to)`.
+    pub async fn statistics(
+        &self,
+        code: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<(Vec<indicators::StepDuration>, Vec<indicators::GateCount>), Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        let entries = store::journal::of_code(&mut conn, code, from, to).await?;
+        Ok(indicators::statistics(&entries))
+    }
+
+    /// Messages with `status`: `pending` lists those no instance has taken yet.
+    pub async fn messages(&self, status: &str) -> Result<Vec<store::messages::MessageRow>, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        Ok(store::messages::list(&mut conn, status, 500).await?)
     }
 
     /// Incidents, newest first.

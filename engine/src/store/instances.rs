@@ -156,3 +156,23 @@ pub async fn by_status(
         .await?;
     rows.iter().map(row).collect()
 }
+
+/// Instances of `code` started in `[from, to)`, oldest first.
+pub async fn started_between(
+    conn: &mut Conn,
+    code: &str,
+    from: i64,
+    to: i64,
+) -> Result<Vec<InstanceRow>, Error> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM instances WHERE code = $1 AND started_at >= $2 AND started_at < $3 \
+         ORDER BY started_at"
+    ));
+    let rows = sqlx::query(sql)
+        .bind(code)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(row).collect()
+}

@@ -107,3 +107,38 @@ pub async fn of_instance(conn: &mut Conn, instance: &str) -> Result<Vec<Entry>, 
         })
         .collect()
 }
+
+/// Step and gate entries of every instance of `code` started in `[from, to)`,
+/// for statistics: `(kind, node, at, data)` in order.
+pub async fn of_code(
+    conn: &mut Conn,
+    code: &str,
+    from: i64,
+    to: i64,
+) -> Result<Vec<(String, Option<String>, i64, serde_json::Value)>, Error> {
+    let rows = sqlx::query(
+        "SELECT j.kind, j.node_id, j.at, j.data FROM journal j JOIN instances i ON i.id = j.instance_id \
+         WHERE i.code = $1 AND i.started_at >= $2 AND i.started_at < $3 \
+         AND j.kind IN ('task_created', 'task_completed', 'job_created', 'job_succeeded', \
+                        'job_business_error', 'gate_passed') ORDER BY j.seq",
+    )
+    .bind(code)
+    .bind(from)
+    .bind(to)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let data: Option<String> = r.try_get("data")?;
+            Ok((
+                r.try_get("kind")?,
+                r.try_get("node_id")?,
+                r.try_get("at")?,
+                match data {
+                    Some(d) => super::json(&d, "journal", "data")?,
+                    None => serde_json::Value::Null,
+                },
+            ))
+        })
+        .collect()
+}

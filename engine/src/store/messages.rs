@@ -176,3 +176,31 @@ pub async fn delivered(conn: &mut Conn, id: &str, instance: &str) -> Result<(), 
         .await?;
     Ok(())
 }
+
+/// Received messages with `status` (`pending`: kept, no instance waited yet;
+/// `delivered`), newest first.
+pub async fn list(conn: &mut Conn, status: &str, limit: i64) -> Result<Vec<MessageRow>, Error> {
+    let rows = sqlx::query(
+        "SELECT id, message_name, correlation_key, payload, status, instance_id, received_at, expires_at \
+         FROM messages WHERE status = $1 ORDER BY received_at DESC LIMIT $2",
+    )
+    .bind(status)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let payload: String = r.try_get("payload")?;
+            Ok(MessageRow {
+                id: r.try_get("id")?,
+                message_name: r.try_get("message_name")?,
+                correlation_key: r.try_get("correlation_key")?,
+                payload: super::json(&payload, "messages", "payload")?,
+                status: r.try_get("status")?,
+                instance_id: r.try_get("instance_id")?,
+                received_at: r.try_get("received_at")?,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,244 @@
+//! Indicators and process statistics, computed from instance data.
+//!
+//! What an indicator counts is written in the definition (which ends, which
+//! condition over the instance's variables); this module only buckets
+//! instances by the period they started in, counts, and judges.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::definition::{Indicator, Period, Population, Side};
+use crate::runtime::eval::{self, Scope};
+use crate::store::instances::InstanceRow;
+use crate::text::Text;
+
+/// One period's value of an indicator.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IndicatorValue {
+    /// The period's first day (`2026-11-27`; a week's Monday; a month's first day).
+    pub period: String,
+    /// Instances counted above the line.
+    pub numerator: u64,
+    /// Instances counted below the line.
+    pub denominator: u64,
+    /// `numerator × scale / denominator`; absent when nothing entered.
+    pub value: Option<f64>,
+    /// The verdict (`Aceptado`, `Observado`); absent without a value.
+    pub verdict: Option<Text>,
+}
+
+/// How long a step took.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepDuration {
+    /// The node.
+    pub node: String,
+    /// How many times it ran to completion.
+    pub count: u64,
+    /// Mean, ms.
+    pub mean_ms: i64,
+    /// Median, ms.
+    pub p50_ms: i64,
+    /// Longest, ms.
+    pub max_ms: i64,
+}
+
+/// How many tokens left a gate by each branch.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateCount {
+    /// The gate.
+    pub gate: String,
+    /// The node the branch leads to.
+    pub next: String,
+    /// How many times.
+    pub count: u64,
+}
+
+/// Days since the epoch to a civil date (Howard Hinnant's algorithm).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The period an instant falls in, as its first day, in local time.
+pub fn period_of(at_ms: i64, period: Period, utc_offset_minutes: i32) -> String {
+    let local_days = (at_ms + i64::from(utc_offset_minutes) * 60_000).div_euclid(86_400_000);
+    let start = match period {
+        Period::Daily => local_days,
+        // 1970-01-01 was a Thursday: Monday is 3 days before.
+        Period::Weekly => local_days - (local_days + 3).rem_euclid(7),
+        Period::Monthly => {
+            let (_, _, d) = civil(local_days);
+            local_days - i64::from(d) + 1
+        }
+    };
+    let (y, m, d) = civil(start);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn counts(population: &Population, instance: &InstanceRow) -> bool {
+    if !population.ends.is_empty()
+        && !instance
+            .outcome
+            .as_ref()
+            .is_some_and(|o| population.ends.contains(o))
+    {
+        return false;
+    }
+    let Some(condition) = &population.condition else {
+        return true;
+    };
+    let meta = serde_json::json!({
+        "id": instance.id,
+        "business_key": instance.business_key,
+        "channel": instance.channel,
+        "started_at": instance.started_at,
+    });
+    let declared = |_: &str| true;
+    let scope = Scope {
+        variables: &instance.state.variables,
+        declared: &declared,
+        instance: &meta,
+        extra: None,
+    };
+    // A condition that cannot be evaluated (a variable never written on this
+    // instance's path) does not count the instance.
+    eval::condition(condition, &scope).unwrap_or(false)
+}
+
+/// The verdict for `value`.
+pub fn verdict(indicator: &Indicator, value: f64) -> Text {
+    let v = &indicator.verdict;
+    let above = value > v.threshold || (value == v.threshold && v.at_threshold == Side::Above);
+    if above {
+        v.above.clone()
+    } else {
+        v.below.clone()
+    }
+}
+
+/// An indicator's values per period over `instances` (those started in the
+/// range asked for), in period order.
+pub fn compute(
+    indicator: &Indicator,
+    instances: &[InstanceRow],
+    period: Period,
+    utc_offset_minutes: i32,
+) -> Vec<IndicatorValue> {
+    let mut buckets: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for instance in instances {
+        let bucket = buckets
+            .entry(period_of(instance.started_at, period, utc_offset_minutes))
+            .or_default();
+        if counts(&indicator.numerator, instance) {
+            bucket.0 += 1;
+        }
+        if counts(&indicator.denominator, instance) {
+            bucket.1 += 1;
+        }
+    }
+    buckets
+        .into_iter()
+        .map(|(period, (numerator, denominator))| {
+            let value =
+                (denominator > 0).then(|| numerator as f64 * indicator.scale / denominator as f64);
+            IndicatorValue {
+                period,
+                numerator,
+                denominator,
+                verdict: value.map(|v| verdict(indicator, v)),
+                value,
+            }
+        })
+        .collect()
+}
+
+/// Step durations and gate branches from journal entries of many instances:
+/// `(kind, node, at, data)`.
+pub fn statistics(
+    entries: &[(String, Option<String>, i64, Value)],
+) -> (Vec<StepDuration>, Vec<GateCount>) {
+    let mut started: BTreeMap<String, (String, i64)> = BTreeMap::new();
+    let mut durations: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut gates: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (kind, node, at, data) in entries {
+        let Some(node) = node else { continue };
+        let key = |field: &str| data.get(field).and_then(Value::as_str).map(str::to_owned);
+        match kind.as_str() {
+            "task_created" => {
+                if let Some(task) = key("task") {
+                    started.insert(task, (node.clone(), *at));
+                }
+            }
+            "job_created" => {
+                if let Some(job) = key("job") {
+                    started.insert(job, (node.clone(), *at));
+                }
+            }
+            "task_completed" | "job_succeeded" | "job_business_error" => {
+                let id = key("task").or_else(|| key("job"));
+                if let Some((node, since)) = id.and_then(|id| started.remove(&id)) {
+                    durations.entry(node).or_default().push(at - since);
+                }
+            }
+            "gate_passed" => {
+                if let Some(next) = key("next") {
+                    *gates.entry((node.clone(), next)).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    let steps = durations
+        .into_iter()
+        .map(|(node, mut d)| {
+            d.sort_unstable();
+            StepDuration {
+                count: d.len() as u64,
+                mean_ms: d.iter().sum::<i64>() / d.len() as i64,
+                p50_ms: d[d.len() / 2],
+                max_ms: *d.last().expect("non-empty"),
+                node,
+            }
+        })
+        .collect();
+    let gates = gates
+        .into_iter()
+        .map(|((gate, next), count)| GateCount { gate, next, count })
+        .collect();
+    (steps, gates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn periods_in_local_time() {
+        // 2026-11-27 02:00 UTC is still the 26th in Cochabamba (UTC−4).
+        let at = 1_795_788_000_000 - 12 * 3_600_000;
+        assert_eq!(period_of(at, Period::Daily, 0), "2026-11-27");
+        assert_eq!(period_of(at, Period::Daily, -240), "2026-11-26");
+        assert_eq!(
+            period_of(1_795_788_000_000, Period::Weekly, 0),
+            "2026-11-23"
+        );
+        assert_eq!(
+            period_of(1_795_788_000_000, Period::Monthly, 0),
+            "2026-11-01"
+        );
+        assert_eq!(period_of(0, Period::Daily, 0), "1970-01-01");
+        assert_eq!(period_of(59 * DAY, Period::Monthly, 0), "1970-03-01");
+    }
+}
