@@ -89,6 +89,16 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Language::Es)]
         lang: Language,
     },
+    /// Run scenario files against the definitions, with scripted connector
+    /// answers and a virtual clock; print expected and actual paths on failure.
+    Test {
+        /// Scenario files, or folders of them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Where the definitions are.
+        #[arg(long, default_value = "processes")]
+        processes: PathBuf,
+    },
     /// Run N concurrent P06 happy paths end to end and print throughput and latency.
     Bench {
         /// Instances in all.
@@ -178,6 +188,13 @@ fn run(cli: Cli) -> Result<(), Error> {
                 }
             }
         }
+        Command::Test { paths, processes } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(Error::Output)?;
+            runtime.block_on(scenarios(&paths, &processes, &mut stdout))
+        }
         Command::Demo { database_url, lang } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -211,6 +228,52 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
     }
+}
+
+async fn scenarios(
+    paths: &[PathBuf],
+    processes: &std::path::Path,
+    out: &mut impl Write,
+) -> Result<(), Error> {
+    let definitions: Vec<(String, String)> = library::read(&[processes.to_path_buf()])?
+        .into_iter()
+        .map(|f| (f.path.display().to_string(), f.text))
+        .collect();
+    let catalog = tramite_connectors::catalog();
+    let (mut passed, mut failed) = (0, 0);
+    for file in library::read(paths)? {
+        let name = file.path.display().to_string();
+        let scenario: tramite_engine::runtime::scenario::Scenario =
+            match serde_yaml::from_str(&file.text) {
+                Ok(s) => s,
+                Err(e) => {
+                    failed += 1;
+                    writeln!(out, "FAIL {name}: {e}")?;
+                    continue;
+                }
+            };
+        let dir = std::env::temp_dir().join(format!(
+            "tramite-scenario-{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        let report =
+            tramite_engine::runtime::scenario::run(&scenario, &definitions, &catalog, &dir).await?;
+        if report.passed() {
+            passed += 1;
+            writeln!(out, "ok   {name} — {}", report.name)?;
+        } else {
+            failed += 1;
+            writeln!(out, "FAIL {name} — {}", report.name)?;
+            for f in &report.failures {
+                writeln!(out, "     {f}")?;
+            }
+        }
+    }
+    writeln!(out, "{passed} passed, {failed} failed")?;
+    if failed > 0 {
+        return Err(Error::Invalid { count: failed });
+    }
+    Ok(())
 }
 
 fn validate(

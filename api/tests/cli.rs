@@ -188,3 +188,38 @@ fn demo_runs_p06_on_a_sqlite_file_created_on_first_start() {
     assert!(stdout.contains("deployed OPE-SUM-VEN-P06 v1\n"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn test_runs_every_p06_scenario() {
+    let out = tramite(&["test", "processes/scenarios"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let scenarios = std::fs::read_dir(repo().join("processes/scenarios"))
+        .unwrap()
+        .count();
+    assert!(scenarios >= 15);
+    assert!(
+        stdout.contains(&format!("{scenarios} passed, 0 failed")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn test_prints_expected_and_actual_paths_on_failure() {
+    let out = tramite(&["test", "tests/scenarios/wrong-path.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("FAIL tests/scenarios/wrong-path.yaml"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("expected: inicio → canal_de_ingreso → recibir_llamada → identificar_cliente → consultar_naf → tiene_impedimento → solicitar_domicilio"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("actual:   inicio → canal_de_ingreso → recibir_llamada → identificar_cliente → consultar_naf → tiene_impedimento → informar_imposibilidad"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
+}

@@ -180,6 +180,10 @@ pub struct Outcome {
     /// Variables this outcome sets, besides the form.
     #[serde(default, skip_serializing_if = "Mapping::is_empty")]
     pub set: Mapping,
+    /// Whether the form's required fields must be filled for this button
+    /// (`false` for "the client gives up": what is filled is still checked).
+    #[serde(default = "yes")]
+    pub validate: bool,
 }
 
 /// What happens to an overdue task.

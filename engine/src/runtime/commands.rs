@@ -1037,7 +1037,12 @@ async fn complete(
             allowed: node.outcomes.iter().map(|o| o.id.clone()).collect(),
         })?;
     let data = Value::Object(c.data.clone());
-    if let Some(form) = process.form(&task.node_id) {
+    let form = if outcome.validate {
+        process.form(&task.node_id)
+    } else {
+        process.lenient_form(&task.node_id)
+    };
+    if let Some(form) = form {
         let errors = form.check(&data);
         if !errors.is_empty() {
             return Err(Error::InvalidData { errors });

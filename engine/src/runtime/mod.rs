@@ -18,6 +18,7 @@ pub mod forms;
 pub mod indicators;
 pub mod machine;
 pub mod process;
+pub mod scenario;
 pub mod state;
 mod worker;
 mod writer;

@@ -19,6 +19,8 @@ pub struct Process {
     pub definition: Definition,
     /// Forms of user tasks by node id, and the start's data under its node id.
     forms: HashMap<String, Form>,
+    /// The same forms with no field required, for outcomes with `validate: false`.
+    lenient: HashMap<String, Form>,
     declared: HashSet<String>,
 }
 
@@ -26,6 +28,7 @@ impl Process {
     /// Compiles the forms of a validated definition.
     pub fn new(id: i64, version: i64, definition: Definition) -> Process {
         let mut forms = HashMap::new();
+        let mut lenient = HashMap::new();
         for node in &definition.nodes {
             let fields = match &node.kind {
                 NodeKind::UserTask(t) => &t.form,
@@ -34,13 +37,23 @@ impl Process {
             };
             // Patterns were checked by validation; a form that still fails to
             // compile accepts nothing rather than anything.
-            match Form::new(fields) {
-                Ok(form) => {
+            let optional: Vec<_> = fields
+                .iter()
+                .cloned()
+                .map(|mut f| {
+                    f.required = false;
+                    f
+                })
+                .collect();
+            match (Form::new(fields), Form::new(&optional)) {
+                (Ok(form), Ok(relaxed)) => {
                     forms.insert(node.id.clone(), form);
+                    lenient.insert(node.id.clone(), relaxed);
                 }
-                Err(e) => {
+                (Err(e), _) | (_, Err(e)) => {
                     tracing::error!(node = %node.id, error = %e, "form does not compile");
                     forms.insert(node.id.clone(), Form::reject_all());
+                    lenient.insert(node.id.clone(), Form::reject_all());
                 }
             }
         }
@@ -55,6 +68,7 @@ impl Process {
             version,
             definition,
             forms,
+            lenient,
             declared,
         }
     }
@@ -62,6 +76,11 @@ impl Process {
     /// The form of a user task or start node.
     pub fn form(&self, node: &str) -> Option<&Form> {
         self.forms.get(node)
+    }
+
+    /// The form of a user task with no field required.
+    pub fn lenient_form(&self, node: &str) -> Option<&Form> {
+        self.lenient.get(node)
     }
 
     /// Whether `name` is a declared variable.

@@ -1,0 +1,460 @@
+//! Scenario tests for process owners: run a definition against scripted
+//! connector answers, task completions, messages and a virtual clock, on a
+//! throwaway database, and check the path taken, the end and variables.
+//!
+//! A scenario is YAML (see `docs/scenarios.md`):
+//!
+//! ```yaml
+//! scenario: Venta concretada
+//! procedure: OPE-SUM-VEN-P06
+//! start: {channel: ivr, data: {telefono: "72345678"}}
+//! answers:
+//!   naf.check_portfolio:
+//!     - result: {found: true, member: true, has_impediment: false, impediments: [], debt_bs: 0.0}
+//! steps:
+//!   - complete: recibir_llamada
+//!     outcome: atendida
+//!   - wait: 49h
+//! expect:
+//!   end: venta_concretada
+//! ```
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::Error;
+use crate::catalog::Catalog;
+use crate::duration::Duration;
+use crate::runtime::clock::ManualClock;
+use crate::runtime::connector::{BoxFuture, Connector, ConnectorCall, ConnectorError, Connectors};
+use crate::runtime::{CompleteTask, Engine, EngineConfig, PublishMessage, StartInstance};
+use crate::store::tasks::Filter;
+use crate::text::Text;
+
+/// A scenario file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// What it shows.
+    pub scenario: Text,
+    /// The procedure's code.
+    pub procedure: String,
+    /// How the instance starts.
+    pub start: Start,
+    /// Scripted answers per `connector.operation`, used in order.
+    #[serde(default)]
+    pub answers: BTreeMap<String, Vec<Answer>>,
+    /// What happens, in order.
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    /// What must hold at the end.
+    pub expect: Expect,
+}
+
+/// The start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Start {
+    /// Channel.
+    pub channel: String,
+    /// Start data.
+    #[serde(default)]
+    pub data: Map<String, Value>,
+}
+
+/// One scripted answer of an operation: exactly one of `result`,
+/// `business` or `transient`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Answer {
+    /// The operation's result.
+    #[serde(default)]
+    pub result: Option<Map<String, Value>>,
+    /// A named business error.
+    #[serde(default)]
+    pub business: Option<BusinessAnswer>,
+    /// A transient failure (timeout, refused, 5xx), with its message.
+    #[serde(default)]
+    pub transient: Option<String>,
+}
+
+/// A scripted business error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusinessAnswer {
+    /// Its code, as the catalog declares it.
+    pub code: String,
+    /// Its message.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// One step. Exactly one of `complete`, `message` or `wait`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Complete the open task at this node (of the instance or of a
+    /// procedure it called).
+    #[serde(default)]
+    pub complete: Option<String>,
+    /// With this outcome.
+    #[serde(default)]
+    pub outcome: Option<String>,
+    /// And this form data.
+    #[serde(default)]
+    pub data: Map<String, Value>,
+    /// Publish a message.
+    #[serde(default)]
+    pub message: Option<MessageStep>,
+    /// Move the clock.
+    #[serde(default)]
+    pub wait: Option<Duration>,
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageStep {
+    /// Name.
+    pub name: String,
+    /// Correlation key.
+    pub key: String,
+    /// Payload.
+    #[serde(default)]
+    pub payload: Value,
+    /// Message id (generated when absent).
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// What must hold at the end.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// The nodes the instance went through, in order.
+    #[serde(default)]
+    pub path: Option<Vec<String>>,
+    /// The end's outcome; `running` if it must still wait.
+    pub end: String,
+    /// Variables and their values.
+    #[serde(default)]
+    pub variables: Map<String, Value>,
+}
+
+/// The outcome of one scenario.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The scenario's title.
+    pub name: String,
+    /// What did not hold; empty when it passed.
+    pub failures: Vec<String>,
+    /// The path taken.
+    pub path: Vec<String>,
+}
+
+impl Report {
+    /// Whether everything held.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Answers connector calls from the script.
+struct Script {
+    answers: Mutex<HashMap<String, VecDeque<Answer>>>,
+}
+
+struct Scripted {
+    name: String,
+    script: Arc<Script>,
+}
+
+impl Connector for Scripted {
+    fn call<'a>(
+        &'a self,
+        call: ConnectorCall<'a>,
+    ) -> BoxFuture<'a, Result<Map<String, Value>, ConnectorError>> {
+        let key = format!("{}.{}", self.name, call.operation);
+        let next = self
+            .script
+            .answers
+            .lock()
+            .expect("script lock")
+            .get_mut(&key)
+            .and_then(VecDeque::pop_front);
+        Box::pin(async move {
+            match next {
+                Some(Answer {
+                    result: Some(r),
+                    business: None,
+                    transient: None,
+                }) => Ok(r),
+                Some(Answer {
+                    result: None,
+                    business: Some(b),
+                    transient: None,
+                }) => Err(ConnectorError::Business {
+                    code: b.code,
+                    message: b.message,
+                }),
+                Some(Answer {
+                    result: None,
+                    business: None,
+                    transient: Some(message),
+                }) => Err(ConnectorError::Transient { message }),
+                Some(_) => Err(ConnectorError::Transient {
+                    message: format!(
+                        "an answer for `{key}` needs exactly one of `result`, `business`, `transient`"
+                    ),
+                }),
+                None => Err(ConnectorError::Transient {
+                    message: format!("the scenario has no (more) answers for `{key}`"),
+                }),
+            }
+        })
+    }
+}
+
+/// Journal kinds that mean "the token entered this node".
+const ENTERED: [&str; 10] = [
+    "instance_started",
+    "gate_passed",
+    "forked",
+    "joined",
+    "task_created",
+    "job_created",
+    "message_awaited",
+    "timer_scheduled",
+    "child_started",
+    "end_reached",
+];
+
+/// Runs `scenario` against `definitions` (`(file name, source)`) on a fresh
+/// SQLite database under `dir`.
+pub async fn run(
+    scenario: &Scenario,
+    definitions: &[(String, String)],
+    catalog: &Catalog,
+    dir: &std::path::Path,
+) -> Result<Report, Error> {
+    let script = Arc::new(Script {
+        answers: Mutex::new(
+            scenario
+                .answers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
+                .collect(),
+        ),
+    });
+    let mut connectors = Connectors::new();
+    for c in catalog.connectors() {
+        connectors = connectors.with(
+            &c.name,
+            Arc::new(Scripted {
+                name: c.name.clone(),
+                script: Arc::clone(&script),
+            }),
+        );
+    }
+    std::fs::create_dir_all(dir).map_err(|source| Error::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let clock = Arc::new(ManualClock::new(1_795_784_400_000));
+    let mut config = EngineConfig::new(format!("sqlite://{}/scenario.db", dir.display()));
+    config.catalog = catalog.clone();
+    config.connectors = connectors;
+    config.clock = Arc::clone(&clock) as Arc<dyn crate::runtime::clock::Clock>;
+    let engine = Engine::open(config).await?;
+    let result = drive(&engine, &clock, scenario, definitions).await;
+    engine.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+    result
+}
+
+async fn drive(
+    engine: &Engine,
+    clock: &ManualClock,
+    scenario: &Scenario,
+    definitions: &[(String, String)],
+) -> Result<Report, Error> {
+    engine.deploy(definitions.to_vec()).await?;
+    let id = engine
+        .start(StartInstance {
+            code: scenario.procedure.clone(),
+            business_key: "SCENARIO".to_owned(),
+            channel: scenario.start.channel.clone(),
+            data: scenario.start.data.clone(),
+            actor: "scenario".to_owned(),
+        })
+        .await?;
+    let mut failures = Vec::new();
+    engine.run_due_jobs().await?;
+    for (n, step) in scenario.steps.iter().enumerate() {
+        let at = format!("step {}", n + 1);
+        match (&step.complete, &step.message, &step.wait) {
+            (Some(node), None, None) => {
+                let Some(task) = open_task(engine, &id, node).await? else {
+                    failures.push(format!(
+                        "{at}: no open task at `{node}`; open: {:?}",
+                        open_nodes(engine, &id).await?
+                    ));
+                    break;
+                };
+                let outcome = step.outcome.clone().unwrap_or_default();
+                if let Err(e) = engine
+                    .complete(CompleteTask {
+                        task: task.id,
+                        user: "scenario".to_owned(),
+                        outcome,
+                        data: step.data.clone(),
+                    })
+                    .await
+                {
+                    failures.push(format!(
+                        "{at}: completing `{node}` failed: {}",
+                        describe(&e)
+                    ));
+                    break;
+                }
+            }
+            (None, Some(m), None) => {
+                engine
+                    .publish(PublishMessage {
+                        name: m.name.clone(),
+                        key: m.key.clone(),
+                        payload: m.payload.clone(),
+                        id: m
+                            .id
+                            .clone()
+                            .unwrap_or_else(|| format!("scenario-{}", n + 1)),
+                        ttl_ms: 7 * 86_400_000,
+                    })
+                    .await?;
+            }
+            (None, None, Some(d)) => clock.advance(d.as_std()),
+            _ => {
+                failures.push(format!(
+                    "{at}: a step has exactly one of `complete`, `message`, `wait`"
+                ));
+                break;
+            }
+        }
+        engine.run_due_jobs().await?;
+    }
+    let instance = engine.instance(&id).await?;
+    let path = path_of(engine, &id).await?;
+    let end = instance
+        .outcome
+        .clone()
+        .unwrap_or_else(|| instance.status.clone());
+    if end != scenario.expect.end {
+        failures.push(format!(
+            "end: expected `{}`, got `{end}`",
+            scenario.expect.end
+        ));
+    }
+    if let Some(expected) = &scenario.expect.path
+        && *expected != path
+    {
+        failures.push(format!(
+            "path:\n      expected: {}\n      actual:   {}",
+            expected.join(" → "),
+            path.join(" → ")
+        ));
+    }
+    for (name, want) in &scenario.expect.variables {
+        let got = instance.state.variables.get(name).unwrap_or(&Value::Null);
+        if got != want {
+            failures.push(format!("variable `{name}`: expected {want}, got {got}"));
+        }
+    }
+    let open_incidents = engine.incidents(Some("open"), Some(&id)).await?;
+    if !open_incidents.is_empty() && scenario.expect.end != "running" {
+        failures.push(format!("open incident: {}", open_incidents[0].message));
+    }
+    Ok(Report {
+        name: scenario.scenario.es.clone(),
+        failures,
+        path,
+    })
+}
+
+fn describe(e: &Error) -> String {
+    match e {
+        Error::InvalidData { errors } => errors
+            .iter()
+            .map(|f| format!("{}: {}", f.field, f.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => other.to_string(),
+    }
+}
+
+/// The open task at `node` in the instance or in any procedure it called.
+async fn open_task(
+    engine: &Engine,
+    root: &str,
+    node: &str,
+) -> Result<Option<crate::store::tasks::TaskRow>, Error> {
+    for instance in family(engine, root).await? {
+        let tasks = engine
+            .tasks(&Filter {
+                instance_id: Some(instance),
+                limit: 100,
+                ..Filter::default()
+            })
+            .await?;
+        if let Some(t) = tasks.into_iter().find(|t| t.node_id == node) {
+            return Ok(Some(t));
+        }
+    }
+    Ok(None)
+}
+
+async fn open_nodes(engine: &Engine, root: &str) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    for instance in family(engine, root).await? {
+        let tasks = engine
+            .tasks(&Filter {
+                instance_id: Some(instance),
+                limit: 100,
+                ..Filter::default()
+            })
+            .await?;
+        out.extend(tasks.into_iter().map(|t| t.node_id));
+    }
+    Ok(out)
+}
+
+/// The instance and every instance it called, transitively.
+async fn family(engine: &Engine, root: &str) -> Result<Vec<String>, Error> {
+    let mut out = vec![root.to_owned()];
+    let mut i = 0;
+    while i < out.len() {
+        for child in engine.children(&out[i]).await? {
+            out.push(child.id);
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// The nodes the instance entered, in order (the same node twice in a row counts once).
+async fn path_of(engine: &Engine, id: &str) -> Result<Vec<String>, Error> {
+    let mut path: Vec<String> = Vec::new();
+    for entry in engine.history(id).await? {
+        if !ENTERED.contains(&entry.kind.as_str()) {
+            continue;
+        }
+        if let Some(node) = entry.node_id
+            && path.last() != Some(&node)
+        {
+            path.push(node);
+        }
+    }
+    Ok(path)
+}
