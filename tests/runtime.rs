@@ -1433,3 +1433,102 @@ on_both_backends!(
     entry_procedure_starts_p06_without_waiting,
     super::entry_procedure_starts_p06_without_waiting
 );
+
+const PARENT: &str = r#"
+code: T-PARENT
+name: Padre
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+links:
+  exit: [{code: T-CHILD, name: Hijo}]
+nodes:
+  - {id: inicio, kind: start, channels: [web], next: llamar}
+  - id: llamar
+    kind: call
+    procedure: T-CHILD
+    input: {telefono: "'no es un teléfono'"}
+    next: fin
+  - {id: fin, kind: end, outcome: listo}
+"#;
+
+const CHILD: &str = r#"
+code: T-CHILD
+name: Hijo
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables: [{name: telefono, type: string}]
+nodes:
+  - id: inicio
+    kind: start
+    channels: [procedure]
+    data: [{name: telefono, type: string, required: true, pattern: "[0-9]{7,8}"}]
+    next: fin
+  - {id: fin, kind: end, outcome: listo}
+"#;
+
+async fn a_child_that_cannot_start_raises_an_incident_on_the_call(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![
+            ("parent.yaml".into(), PARENT.into()),
+            ("child.yaml".into(), CHILD.into()),
+        ])
+        .await
+        .unwrap();
+    let id = h.start("T-PARENT", "web", json!({})).await;
+    let incidents = h.engine.incidents(Some("open"), Some(&id)).await.unwrap();
+    assert_eq!(incidents.len(), 1);
+    assert_eq!(incidents[0].node_id, "llamar");
+    assert!(
+        incidents[0].message.contains("cannot start `T-CHILD`"),
+        "{}",
+        incidents[0].message
+    );
+    assert!(h.engine.children(&id).await.unwrap().is_empty());
+    // Fixed by hand (the operator writes nothing: the call is re-run and fails again).
+    h.engine
+        .retry_incident(&incidents[0].id, "operador1")
+        .await
+        .unwrap();
+    assert_eq!(
+        h.engine
+            .incidents(Some("open"), Some(&id))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+on_both_backends!(
+    a_child_that_cannot_start_raises_an_incident_on_the_call,
+    super::a_child_that_cannot_start_raises_an_incident_on_the_call
+);
+
+/// Timers due on two nodes of one PostgreSQL database fire once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_fire_each_timer_once() {
+    let h = Harness::new(Db::Postgres).await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+        h.complete(&id, "recibir_llamada", "llamada_perdida", json!({}))
+            .await;
+        ids.push(id);
+    }
+    let second = tramite_tests::engine::second_engine(&h).await;
+    h.advance(Duration::from_secs(31 * 60));
+    let (a, b) = tokio::join!(h.engine.run_due_jobs(), second.run_due_jobs());
+    assert_eq!(a.unwrap() + b.unwrap(), 10);
+    for id in &ids {
+        let history = h.history(id).await;
+        assert_eq!(
+            history.iter().filter(|k| *k == "task_overdue").count(),
+            1,
+            "{id}"
+        );
+        h.task(id, "devolucion_vencida").await;
+    }
+    second.shutdown().await;
+}
