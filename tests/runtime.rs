@@ -1173,7 +1173,8 @@ async fn p06_indicator_for_days_with_a_known_mix(db: Db) {
         })
         .await
         .unwrap();
-    let got: Vec<(String, u64, u64, Option<f64>, Option<String>)> = values
+    type Row = (String, u64, u64, Option<f64>, Option<String>);
+    let got: Vec<Row> = values
         .into_iter()
         .map(|v| {
             (

@@ -151,20 +151,21 @@ pub async fn pending(
     .bind(now)
     .fetch_optional(&mut *conn)
     .await?;
-    r.map(|r| {
-        let payload: String = r.try_get("payload")?;
-        Ok(MessageRow {
-            id: r.try_get("id")?,
-            message_name: r.try_get("message_name")?,
-            correlation_key: r.try_get("correlation_key")?,
-            payload: super::json(&payload, "messages", "payload")?,
-            status: r.try_get("status")?,
-            instance_id: r.try_get("instance_id")?,
-            received_at: r.try_get("received_at")?,
-            expires_at: r.try_get("expires_at")?,
-        })
+    r.map(|r| message_row(&r)).transpose()
+}
+
+fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, Error> {
+    let payload: String = r.try_get("payload")?;
+    Ok(MessageRow {
+        id: r.try_get("id")?,
+        message_name: r.try_get("message_name")?,
+        correlation_key: r.try_get("correlation_key")?,
+        payload: super::json(&payload, "messages", "payload")?,
+        status: r.try_get("status")?,
+        instance_id: r.try_get("instance_id")?,
+        received_at: r.try_get("received_at")?,
+        expires_at: r.try_get("expires_at")?,
     })
-    .transpose()
 }
 
 /// Marks a pending message delivered to `instance`.
@@ -188,19 +189,5 @@ pub async fn list(conn: &mut Conn, status: &str, limit: i64) -> Result<Vec<Messa
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
-        .map(|r| {
-            let payload: String = r.try_get("payload")?;
-            Ok(MessageRow {
-                id: r.try_get("id")?,
-                message_name: r.try_get("message_name")?,
-                correlation_key: r.try_get("correlation_key")?,
-                payload: super::json(&payload, "messages", "payload")?,
-                status: r.try_get("status")?,
-                instance_id: r.try_get("instance_id")?,
-                received_at: r.try_get("received_at")?,
-                expires_at: r.try_get("expires_at")?,
-            })
-        })
-        .collect()
+    rows.iter().map(message_row).collect()
 }
