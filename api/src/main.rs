@@ -7,6 +7,7 @@
 
 mod bench;
 mod demo;
+mod serve;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,6 +27,9 @@ enum Error {
     /// Writing the output failed (a closed pipe, a full disk).
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
+    /// The server could not start.
+    #[error("{0}")]
+    Serve(String),
     /// `graph` draws one definition.
     #[error("{} is a folder; `graph` draws one definition file", path.display())]
     NotAFile {
@@ -79,6 +83,30 @@ enum Command {
     },
     /// Print the JSON Schema of the definition format.
     Schema,
+    /// Serve the HTTP API: opens (or creates) the database, deploys the
+    /// procedures, runs the simulated connectors.
+    Serve {
+        /// Database URL (SQLite file created on first start, or PostgreSQL).
+        #[arg(
+            long,
+            env = "TRAMITE_DATABASE_URL",
+            default_value = "sqlite://tramite.db"
+        )]
+        database_url: String,
+        /// Address to listen on.
+        #[arg(long, env = "TRAMITE_BIND", default_value = "127.0.0.1:8080")]
+        bind: String,
+        /// Procedures to deploy on start.
+        #[arg(long, env = "TRAMITE_PROCESSES", default_value = "processes")]
+        processes: PathBuf,
+        /// Users file (YAML: users with name, token_sha256, roles). Without it,
+        /// demo users are created and their tokens printed.
+        #[arg(long, env = "TRAMITE_USERS")]
+        users: Option<PathBuf>,
+        /// Log format.
+        #[arg(long, env = "TRAMITE_LOG_FORMAT", value_enum, default_value_t = serve::LogFormat::Pretty)]
+        log_format: serve::LogFormat,
+    },
     /// Run the engine with its embedded defaults (SQLite file, simulated
     /// connectors) through one P06 request and print its history.
     Demo {
@@ -187,6 +215,28 @@ fn run(cli: Cli) -> Result<(), Error> {
                     })
                 }
             }
+        }
+        Command::Serve {
+            database_url,
+            bind,
+            processes,
+            users,
+            log_format,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(Error::Output)?;
+            runtime.block_on(serve::run(
+                serve::Settings {
+                    database_url,
+                    bind,
+                    processes,
+                    users,
+                    log_format,
+                },
+                &mut stdout,
+            ))
         }
         Command::Test { paths, processes } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,173 @@
+//! One error type for the API, mapped to status codes in one place. Clients
+//! get problem+json (RFC 9457) with a stable `type`; internal details are
+//! logged, never returned.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tramite_engine::diagnostic::Diagnostics;
+use tramite_engine::runtime::forms::FieldError;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No token, or an unknown one.
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// The user lacks the role or right.
+    #[error("{reason}")]
+    Forbidden {
+        /// Why.
+        reason: String,
+    },
+    /// The body is not JSON, or too large, or of the wrong type.
+    #[error("{0}")]
+    Body(#[from] JsonRejection),
+    /// Query parameters that do not parse.
+    #[error("{0}")]
+    Query(#[from] axum::extract::rejection::QueryRejection),
+    /// Fields of the data that are wrong.
+    #[error("{} field(s) are wrong", errors.len())]
+    InvalidData {
+        /// One per field.
+        errors: Vec<FieldError>,
+    },
+    /// A definition that does not validate.
+    #[error("the definition has problems")]
+    InvalidDefinition(Vec<Diagnostics>),
+    /// What the engine said.
+    #[error(transparent)]
+    Engine(#[from] tramite_engine::Error),
+}
+
+impl Error {
+    fn parts(&self) -> (StatusCode, &'static str, String, Value) {
+        use tramite_engine::Error as E;
+        let none = Value::Null;
+        match self {
+            Error::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                self.to_string(),
+                none,
+            ),
+            Error::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden", self.to_string(), none),
+            Error::Body(r) => {
+                let status = r.status();
+                let kind = match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => "body-too-large",
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "not-json",
+                    StatusCode::UNPROCESSABLE_ENTITY => "invalid-body",
+                    _ => "malformed-body",
+                };
+                (status, kind, r.body_text(), none)
+            }
+            Error::Query(r) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-query",
+                r.body_text(),
+                none,
+            ),
+            Error::InvalidData { errors } | Error::Engine(E::InvalidData { errors }) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-data",
+                format!("{} field(s) are wrong", errors.len()),
+                json!({"errors": errors}),
+            ),
+            Error::InvalidDefinition(d) | Error::Engine(E::Invalid(d)) => {
+                let errors: Vec<Value> = d
+                    .iter()
+                    .flat_map(|file| {
+                        file.items.iter().map(move |i| {
+                            json!({
+                                "file": file.file,
+                                "line": i.pos.map(|p| p.line),
+                                "column": i.pos.map(|p| p.column),
+                                "path": i.path.to_string(),
+                                "code": i.code.as_str(),
+                                "message": i.message,
+                            })
+                        })
+                    })
+                    .collect();
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-definition",
+                    format!("{} problem(s) in the definition", errors.len()),
+                    json!({"errors": errors}),
+                )
+            }
+            Error::Engine(e) => match e {
+                E::NotFound { .. } | E::NotDeployed { .. } => {
+                    (StatusCode::NOT_FOUND, "not-found", e.to_string(), none)
+                }
+                E::ChannelNotAllowed { .. } | E::UnknownOutcome { .. } => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "not-allowed",
+                    e.to_string(),
+                    none,
+                ),
+                E::TaskNotOpen { .. } => {
+                    (StatusCode::CONFLICT, "task-not-open", e.to_string(), none)
+                }
+                E::TaskClaimedByOther { .. } => {
+                    (StatusCode::CONFLICT, "task-claimed", e.to_string(), none)
+                }
+                E::InstanceNotRunning { .. } => (
+                    StatusCode::CONFLICT,
+                    "instance-not-running",
+                    e.to_string(),
+                    none,
+                ),
+                E::IncidentNotOpen { .. } | E::IncidentNeedsResolution { .. } => {
+                    (StatusCode::CONFLICT, "incident-state", e.to_string(), none)
+                }
+                E::Concurrent { .. } => (
+                    StatusCode::CONFLICT,
+                    "concurrent-change",
+                    e.to_string(),
+                    none,
+                ),
+                E::Stopped => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting-down",
+                    e.to_string(),
+                    none,
+                ),
+                _ => {
+                    // Database, expression and machine failures: log, never show.
+                    tracing::error!(error = %e, "internal error");
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "internal error; see the server log".to_owned(),
+                        none,
+                    )
+                }
+            },
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, kind, detail, extra) = self.parts();
+        let mut body = json!({
+            "type": format!("https://tramite.dev/problems/{kind}"),
+            "title": status.canonical_reason().unwrap_or("error"),
+            "status": status.as_u16(),
+            "detail": detail,
+        });
+        if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+            b.extend(e);
+        }
+        let mut response = (status, Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}

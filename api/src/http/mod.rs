@@ -1,0 +1,521 @@
+//! The router: `/api/v1/…` over the engine, `/healthz`, `/readyz`.
+//!
+//! Every handler authenticates first, checks the user's role, calls the
+//! engine, and answers JSON; every failure is an [`Error`] rendered once as
+//! problem+json.
+
+pub mod auth;
+pub mod error;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tramite_engine::definition::NodeKind;
+use tramite_engine::runtime::{
+    CompleteTask, Engine, IndicatorQuery, PublishMessage, StartInstance,
+};
+use tramite_engine::store::tasks::Filter;
+
+pub use auth::{User, Users};
+pub use error::Error;
+
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// What every handler shares.
+pub struct AppState {
+    /// The engine.
+    pub engine: Engine,
+    /// Who may call.
+    pub users: Users,
+}
+
+type Shared = State<Arc<AppState>>;
+type Body<T> = Result<Json<T>, JsonRejection>;
+
+/// The API's router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/definitions", get(list_definitions).post(deploy))
+        .route("/api/v1/definitions/{code}/diagram", get(diagram))
+        .route("/api/v1/instances", post(start))
+        .route("/api/v1/instances/{id}", get(instance))
+        .route("/api/v1/instances/{id}/history", get(history))
+        .route("/api/v1/instances/{id}/cancel", post(cancel))
+        .route("/api/v1/tasks", get(inbox))
+        .route("/api/v1/tasks/{id}", get(task))
+        .route("/api/v1/tasks/{id}/claim", post(claim))
+        .route("/api/v1/tasks/{id}/unclaim", post(unclaim))
+        .route("/api/v1/tasks/{id}/complete", post(complete))
+        .route("/api/v1/messages", post(publish))
+        .route("/api/v1/incidents", get(incidents))
+        .route("/api/v1/incidents/{id}/retry", post(retry))
+        .route("/api/v1/incidents/{id}/resolve", post(resolve))
+        .route("/api/v1/indicators/{code}/{indicator}", get(indicator))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn readyz(State(s): Shared) -> impl IntoResponse {
+    let ok = sqlx_ping(&s.engine).await;
+    if ok {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
+    }
+}
+
+async fn sqlx_ping(engine: &Engine) -> bool {
+    engine
+        .tasks(&Filter {
+            limit: 1,
+            ..Filter::default()
+        })
+        .await
+        .is_ok()
+}
+
+async fn list_definitions(State(s): Shared, headers: HeaderMap) -> Result<Json<Value>, Error> {
+    s.users.authenticate(&headers)?;
+    let mut conn = s
+        .engine
+        .store()
+        .pool()
+        .acquire()
+        .await
+        .map_err(tramite_engine::Error::from)?;
+    let rows = tramite_engine::store::definitions::all(&mut conn)
+        .await
+        .map_err(tramite_engine::Error::from)?;
+    Ok(Json(json!(rows
+        .iter()
+        .map(|r| json!({"code": r.code, "version": r.version, "file": r.file_name, "deployed_at": r.deployed_at}))
+        .collect::<Vec<_>>())))
+}
+
+/// A deployment request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployRequest {
+    files: Vec<DeployFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployFile {
+    name: String,
+    source: String,
+}
+
+async fn deploy(
+    State(s): Shared,
+    headers: HeaderMap,
+    body: Body<DeployRequest>,
+) -> Result<impl IntoResponse, Error> {
+    s.users.authenticate(&headers)?.require("process_owner")?;
+    let Json(request) = body?;
+    let deployed = s
+        .engine
+        .deploy(
+            request
+                .files
+                .into_iter()
+                .map(|f| (f.name, f.source))
+                .collect(),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(deployed))))
+}
+
+async fn diagram(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+) -> Result<impl IntoResponse, Error> {
+    s.users.authenticate(&headers)?;
+    let mut conn = s
+        .engine
+        .store()
+        .pool()
+        .acquire()
+        .await
+        .map_err(tramite_engine::Error::from)?;
+    let id = tramite_engine::store::definitions::latest_id(&mut conn, &code)
+        .await
+        .map_err(tramite_engine::Error::from)?
+        .ok_or(tramite_engine::Error::NotDeployed { code })?;
+    let process = s.engine.process(id).await?;
+    let text = tramite_engine::diagram::render(
+        &process.definition,
+        tramite_engine::diagram::Format::Mermaid,
+        tramite_engine::text::Lang::Es,
+    );
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        text,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRequest {
+    code: String,
+    #[serde(default)]
+    business_key: String,
+    channel: String,
+    #[serde(default)]
+    data: Map<String, Value>,
+}
+
+async fn start(
+    State(s): Shared,
+    headers: HeaderMap,
+    body: Body<StartRequest>,
+) -> Result<impl IntoResponse, Error> {
+    let user = s.users.authenticate(&headers)?;
+    if !user.has("channel") && !user.has("operator") {
+        return Err(Error::Forbidden {
+            reason: "starting instances needs the `channel` or `operator` role".into(),
+        });
+    }
+    let Json(r) = body?;
+    let id = s
+        .engine
+        .start(StartInstance {
+            code: r.code,
+            business_key: r.business_key,
+            channel: r.channel,
+            data: r.data,
+            actor: user.name,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({"id": id}))))
+}
+
+async fn instance(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Error> {
+    s.users.authenticate(&headers)?;
+    let i = s.engine.instance(&id).await?;
+    let tasks = s
+        .engine
+        .tasks(&Filter {
+            instance_id: Some(id.clone()),
+            limit: 100,
+            ..Filter::default()
+        })
+        .await?;
+    let incidents = s.engine.incidents(None, Some(&id)).await?;
+    let children: Vec<String> = s
+        .engine
+        .children(&id)
+        .await?
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    Ok(Json(json!({
+        "id": i.id, "code": i.code, "version": i.version, "business_key": i.business_key,
+        "channel": i.channel, "status": i.status, "outcome": i.outcome,
+        "variables": i.state.variables, "tokens": i.state.tokens,
+        "parent": i.parent_id, "children": children,
+        "open_tasks": tasks, "incidents": incidents,
+        "started_at": i.started_at, "ended_at": i.ended_at, "cancel_reason": i.cancel_reason,
+    })))
+}
+
+async fn history(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Error> {
+    s.users.authenticate(&headers)?;
+    s.engine.instance(&id).await?;
+    Ok(Json(json!(s.engine.history(&id).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelRequest {
+    reason: String,
+}
+
+async fn cancel(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body<CancelRequest>,
+) -> Result<StatusCode, Error> {
+    let user = s.users.authenticate(&headers)?;
+    user.require("operator")?;
+    let Json(r) = body?;
+    s.engine.cancel(&id, &r.reason, &user.name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboxQuery {
+    role: Option<String>,
+    status: Option<String>,
+    code: Option<String>,
+    business_key: Option<String>,
+    assignee: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn inbox(
+    State(s): Shared,
+    headers: HeaderMap,
+    query: Result<Query<InboxQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, Error> {
+    let user = s.users.authenticate(&headers)?;
+    let Query(q) = query?;
+    // Agents see the tasks of their roles only.
+    let roles = match q.role {
+        Some(role) if user.has(&role) => vec![role],
+        Some(role) => {
+            return Err(Error::Forbidden {
+                reason: format!("you do not have the role `{role}`"),
+            });
+        }
+        None => user.roles.clone(),
+    };
+    let tasks = s
+        .engine
+        .tasks(&Filter {
+            roles,
+            status: q.status,
+            code: q.code,
+            business_key: q.business_key,
+            assignee: q.assignee,
+            limit: q.limit.unwrap_or(50).clamp(1, 500),
+            ..Filter::default()
+        })
+        .await?;
+    Ok(Json(json!(tasks)))
+}
+
+/// The task if the user may act on it.
+async fn visible_task(
+    s: &AppState,
+    user: &User,
+    id: &str,
+) -> Result<tramite_engine::store::tasks::TaskRow, Error> {
+    let task = s.engine.task(id).await?;
+    if !user.has(&task.role) {
+        return Err(Error::Forbidden {
+            reason: format!("this task is for the role `{}`", task.role),
+        });
+    }
+    Ok(task)
+}
+
+async fn task(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Error> {
+    let user = s.users.authenticate(&headers)?;
+    let task = visible_task(&s, &user, &id).await?;
+    let instance = s.engine.instance(&task.instance_id).await?;
+    let process = s.engine.process(instance.definition_id).await?;
+    let node = process.definition.node(&task.node_id);
+    let (instructions, form, outcomes) = match node.map(|n| &n.kind) {
+        Some(NodeKind::UserTask(t)) => (json!(t.instructions), json!(t.form), json!(t.outcomes)),
+        _ => (Value::Null, json!([]), json!([])),
+    };
+    Ok(Json(json!({
+        "task": task,
+        "title": node.and_then(|n| n.label.clone()),
+        "step": node.and_then(|n| n.step.clone()),
+        "instructions": instructions,
+        "form": form,
+        "outcomes": outcomes,
+        "instance": {"id": instance.id, "business_key": instance.business_key, "channel": instance.channel, "variables": instance.state.variables},
+    })))
+}
+
+async fn claim(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Error> {
+    let user = s.users.authenticate(&headers)?;
+    visible_task(&s, &user, &id).await?;
+    s.engine.claim(&id, &user.name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unclaim(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Error> {
+    let user = s.users.authenticate(&headers)?;
+    visible_task(&s, &user, &id).await?;
+    s.engine.unclaim(&id, &user.name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompleteRequest {
+    outcome: String,
+    #[serde(default)]
+    data: Map<String, Value>,
+}
+
+async fn complete(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body<CompleteRequest>,
+) -> Result<StatusCode, Error> {
+    let user = s.users.authenticate(&headers)?;
+    visible_task(&s, &user, &id).await?;
+    let Json(r) = body?;
+    s.engine
+        .complete(CompleteTask {
+            task: id,
+            user: user.name,
+            outcome: r.outcome,
+            data: r.data,
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageRequest {
+    name: String,
+    key: String,
+    id: String,
+    #[serde(default)]
+    payload: Value,
+    ttl_seconds: Option<i64>,
+}
+
+async fn publish(
+    State(s): Shared,
+    headers: HeaderMap,
+    body: Body<MessageRequest>,
+) -> Result<Json<Value>, Error> {
+    let user = s.users.authenticate(&headers)?;
+    if !user.has("channel") && !user.has("operator") {
+        return Err(Error::Forbidden {
+            reason: "publishing messages needs the `channel` or `operator` role".into(),
+        });
+    }
+    let Json(r) = body?;
+    let delivery = s
+        .engine
+        .publish(PublishMessage {
+            name: r.name,
+            key: r.key,
+            payload: r.payload,
+            id: r.id,
+            ttl_ms: r.ttl_seconds.unwrap_or(7 * 86_400).clamp(0, 365 * 86_400) * 1_000,
+        })
+        .await?;
+    Ok(Json(json!(delivery)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncidentQuery {
+    status: Option<String>,
+    instance: Option<String>,
+}
+
+async fn incidents(
+    State(s): Shared,
+    headers: HeaderMap,
+    query: Result<Query<IncidentQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, Error> {
+    s.users.authenticate(&headers)?.require("operator")?;
+    let Query(q) = query?;
+    Ok(Json(json!(
+        s.engine
+            .incidents(q.status.as_deref(), q.instance.as_deref())
+            .await?
+    )))
+}
+
+async fn retry(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Error> {
+    let user = s.users.authenticate(&headers)?;
+    user.require("operator")?;
+    s.engine.retry_incident(&id, &user.name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveRequest {
+    #[serde(default)]
+    variables: Map<String, Value>,
+}
+
+async fn resolve(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body<ResolveRequest>,
+) -> Result<StatusCode, Error> {
+    let user = s.users.authenticate(&headers)?;
+    user.require("operator")?;
+    let Json(r) = body?;
+    s.engine
+        .resolve_incident(&id, &user.name, r.variables)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndicatorParams {
+    from: i64,
+    to: i64,
+    period: Option<tramite_engine::definition::Period>,
+    utc_offset_minutes: Option<i32>,
+}
+
+async fn indicator(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path((code, indicator)): Path<(String, String)>,
+    query: Result<Query<IndicatorParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, Error> {
+    s.users.authenticate(&headers)?;
+    let Query(q) = query?;
+    let values = s
+        .engine
+        .indicator(&IndicatorQuery {
+            code,
+            indicator,
+            from: q.from,
+            to: q.to,
+            period: q.period,
+            utc_offset_minutes: q.utc_offset_minutes.unwrap_or(-240),
+        })
+        .await?;
+    Ok(Json(json!(values)))
+}

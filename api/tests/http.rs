@@ -1,0 +1,608 @@
+//! The HTTP API through the router and over a real socket, on SQLite and
+//! PostgreSQL: authentication and roles, P06 driven only over HTTP, and
+//! every kind of bad input answered with problem+json.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use tramite_api::http::{AppState, Users, router};
+use tramite_tests::engine::{Db, Harness};
+
+const AGENT: &str = "token-agente";
+const LEAD: &str = "token-responsable";
+const INSTALLER: &str = "token-instalaciones";
+const CHANNEL: &str = "token-canal";
+
+struct Api {
+    h: Harness,
+    app: axum::Router,
+}
+
+impl Api {
+    async fn new(db: Db) -> Api {
+        let h = Harness::new(db).await;
+        let users = Users::default()
+            .with("ana", AGENT, &["agente_ventas_digitales"])
+            .with(
+                "luis",
+                LEAD,
+                &["responsable_centro_llamadas", "operator", "process_owner"],
+            )
+            .with(
+                "tito",
+                INSTALLER,
+                &["jefe_instalaciones", "tecnico_instalaciones"],
+            )
+            .with("ivr", CHANNEL, &["channel"]);
+        let app = router(Arc::new(AppState {
+            engine: h.engine.clone(),
+            users,
+        }));
+        Api { h, app }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<String>,
+    ) -> (StatusCode, Value, String) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        let request = match body {
+            Some(b) => request
+                .header("content-type", "application/json")
+                .body(Body::from(b)),
+            None => request.body(Body::empty()),
+        }
+        .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, value, content_type)
+    }
+
+    async fn json(
+        &self,
+        method: Method,
+        uri: &str,
+        token: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let (s, v, _) = self
+            .call(method, uri, Some(token), Some(body.to_string()))
+            .await;
+        (s, v)
+    }
+
+    async fn get(&self, uri: &str, token: &str) -> (StatusCode, Value) {
+        let (s, v, _) = self.call(Method::GET, uri, Some(token), None).await;
+        (s, v)
+    }
+
+    /// The open task at `node` of `instance` (or its children), seen by `token`.
+    async fn task(&self, instance: &str, node: &str, token: &str) -> String {
+        let (status, tasks) = self.get("/api/v1/tasks?limit=500", token).await;
+        assert_eq!(status, StatusCode::OK);
+        let family: Vec<String> = std::iter::once(instance.to_owned())
+            .chain(
+                self.h
+                    .engine
+                    .children(instance)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|c| c.id),
+            )
+            .collect();
+        tasks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["node_id"] == node && family.iter().any(|i| t["instance_id"] == i.as_str()))
+            .unwrap_or_else(|| panic!("no task at {node}: {tasks}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn complete(&self, instance: &str, node: &str, token: &str, outcome: &str, data: Value) {
+        let task = self.task(instance, node, token).await;
+        let (status, body) = self
+            .json(
+                Method::POST,
+                &format!("/api/v1/tasks/{task}/complete"),
+                token,
+                json!({"outcome": outcome, "data": data}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{node}: {body}");
+        self.h.jobs().await;
+    }
+
+    async fn start_p06(&self) -> String {
+        let (status, body) = self
+            .json(
+                Method::POST,
+                "/api/v1/instances",
+                CHANNEL,
+                json!({"code": "OPE-SUM-VEN-P06", "channel": "ivr", "business_key": "LLAMADA-1", "data": {"telefono": "72345678"}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+}
+
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(tramite_tests::engine::Db::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(tramite_tests::engine::Db::Postgres).await
+            }
+        }
+    };
+}
+
+async fn p06_sale_over_http(db: Db) {
+    let api = Api::new(db).await;
+    let id = api.start_p06().await;
+    api.complete(&id, "recibir_llamada", AGENT, "atendida", json!({}))
+        .await;
+    api.complete(&id, "identificar_cliente", AGENT, "continuar", json!({"nombre_cliente": "Juan Pérez", "servicio_solicitado": "internet_fibra", "ci": "4587213"})).await;
+    api.complete(
+        &id,
+        "solicitar_domicilio",
+        AGENT,
+        "continuar",
+        json!({"direccion": "Av. América 1234", "zona": "Cala Cala"}),
+    )
+    .await;
+    api.complete(
+        &id,
+        "verificar_capacidad",
+        AGENT,
+        "continuar",
+        json!({"capacidad_confirmada": true}),
+    )
+    .await;
+    api.complete(
+        &id,
+        "solicitar_requisitos",
+        AGENT,
+        "requisitos_solicitados",
+        json!({}),
+    )
+    .await;
+    let (status, delivery) = api
+        .json(Method::POST, "/api/v1/messages", CHANNEL, json!({"name": "requisitos_whatsapp", "key": "72345678", "id": "wamid.1", "payload": {"media": ["ci.jpg"]}}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(delivery["status"], "delivered");
+    api.complete(
+        &id,
+        "imprimir_requisitos",
+        AGENT,
+        "impresos",
+        json!({"requisitos_impresos": true}),
+    )
+    .await;
+    api.complete(
+        &id,
+        "comunicar_solicitud",
+        AGENT,
+        "comunicado",
+        json!({"dias_estimados": 5}),
+    )
+    .await;
+    api.complete(
+        &id,
+        "programar",
+        INSTALLER,
+        "programada",
+        json!({"fecha_programada": "2026-12-01"}),
+    )
+    .await;
+    api.complete(
+        &id,
+        "instalar",
+        INSTALLER,
+        "cerrar",
+        json!({"instalacion_realizada": true, "dias_ejecucion": 4}),
+    )
+    .await;
+    api.complete(
+        &id,
+        "seguimiento_venta",
+        AGENT,
+        "continuar",
+        json!({"contrato_firmado": true}),
+    )
+    .await;
+    // The task page has what the agent needs.
+    let task = api.task(&id, "control_calidad", AGENT).await;
+    let (status, page) = api.get(&format!("/api/v1/tasks/{task}"), AGENT).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        page["title"]["es"],
+        "Llamar al cliente para verificar satisfacción del servicio"
+    );
+    assert_eq!(page["outcomes"][0]["id"], "registrado");
+    assert_eq!(page["instance"]["variables"]["telefono"], "72345678");
+    api.complete(
+        &id,
+        "control_calidad",
+        AGENT,
+        "registrado",
+        json!({"cliente_satisfecho": true}),
+    )
+    .await;
+    let (status, instance) = api.get(&format!("/api/v1/instances/{id}"), AGENT).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(instance["outcome"], "venta_concretada");
+    assert_eq!(instance["children"].as_array().unwrap().len(), 1);
+    let (_, history) = api
+        .get(&format!("/api/v1/instances/{id}/history"), AGENT)
+        .await;
+    assert_eq!(
+        history.as_array().unwrap().last().unwrap()["kind"],
+        "instance_completed"
+    );
+}
+both!(p06_sale_over_http);
+
+async fn p06_rejection_over_http(db: Db) {
+    let api = Api::new(db).await;
+    let id = api.start_p06().await;
+    api.complete(&id, "recibir_llamada", AGENT, "atendida", json!({}))
+        .await;
+    api.complete(&id, "identificar_cliente", AGENT, "continuar", json!({"nombre_cliente": "Rosa Quispe", "servicio_solicitado": "television", "ci": "5123987"})).await;
+    api.complete(
+        &id,
+        "informar_imposibilidad",
+        AGENT,
+        "informado",
+        json!({"motivo_rechazo": "central_riesgos"}),
+    )
+    .await;
+    let (_, instance) = api.get(&format!("/api/v1/instances/{id}"), AGENT).await;
+    assert_eq!(instance["outcome"], "venta_no_concretada");
+    let (status, values) = api
+        .get(
+            &format!(
+                "/api/v1/indicators/OPE-SUM-VEN-P06/venta_digital_eficiente?from={}&to={}",
+                tramite_tests::engine::T0 - 86_400_000,
+                tramite_tests::engine::T0 + 86_400_000
+            ),
+            LEAD,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(values[0]["numerator"], 0);
+    assert_eq!(values[0]["denominator"], 1);
+    assert_eq!(values[0]["verdict"]["es"], "Observado");
+}
+both!(p06_rejection_over_http);
+
+async fn authentication_and_roles(db: Db) {
+    let api = Api::new(db).await;
+    let id = api.start_p06().await;
+    let task = api.task(&id, "recibir_llamada", AGENT).await;
+    // No token, or a wrong one: 401 everywhere.
+    for uri in [
+        "/api/v1/tasks",
+        "/api/v1/definitions",
+        &format!("/api/v1/instances/{id}"),
+        &format!("/api/v1/tasks/{task}"),
+    ] {
+        let (status, body, content_type) = api.call(Method::GET, uri, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert_eq!(content_type, "application/problem+json");
+        assert_eq!(body["type"], "https://tramite.dev/problems/unauthorized");
+        let (status, _, _) = api.call(Method::GET, uri, Some("wrong"), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+    }
+    // (role, action) matrix.
+    let forbidden = [
+        (
+            AGENT,
+            Method::POST,
+            "/api/v1/definitions".to_owned(),
+            json!({"files": []}),
+        ),
+        (
+            AGENT,
+            Method::POST,
+            "/api/v1/instances".to_owned(),
+            json!({"code": "OPE-SUM-VEN-P06", "channel": "ivr"}),
+        ),
+        (
+            AGENT,
+            Method::POST,
+            format!("/api/v1/instances/{id}/cancel"),
+            json!({"reason": "x"}),
+        ),
+        (
+            AGENT,
+            Method::POST,
+            "/api/v1/messages".to_owned(),
+            json!({"name": "m", "key": "k", "id": "1"}),
+        ),
+        (
+            CHANNEL,
+            Method::POST,
+            format!("/api/v1/tasks/{task}/complete"),
+            json!({"outcome": "atendida"}),
+        ),
+        (
+            INSTALLER,
+            Method::POST,
+            format!("/api/v1/tasks/{task}/claim"),
+            json!({}),
+        ),
+        (
+            CHANNEL,
+            Method::POST,
+            format!("/api/v1/instances/{id}/cancel"),
+            json!({"reason": "x"}),
+        ),
+    ];
+    for (token, method, uri, body) in forbidden {
+        let (status, problem) = api.json(method.clone(), &uri, token, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {uri}: {problem}");
+    }
+    let (status, _) = api.get("/api/v1/incidents", AGENT).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api
+        .get("/api/v1/tasks?role=jefe_instalaciones", AGENT)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api.get(&format!("/api/v1/tasks/{task}"), INSTALLER).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "another role's task cannot be opened"
+    );
+    // An installer's inbox does not show the agent's task.
+    let (_, tasks) = api.get("/api/v1/tasks", INSTALLER).await;
+    assert!(tasks.as_array().unwrap().is_empty());
+    // A claimed task is completed only by its assignee.
+    let (status, _) = api
+        .json(
+            Method::POST,
+            &format!("/api/v1/tasks/{task}/claim"),
+            AGENT,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let other = api
+        .h
+        .engine
+        .complete(tramite_engine::runtime::CompleteTask {
+            task: task.clone(),
+            user: "otro".into(),
+            outcome: "atendida".into(),
+            data: Default::default(),
+        });
+    assert!(matches!(
+        other.await,
+        Err(tramite_engine::Error::TaskClaimedByOther { .. })
+    ));
+    // The operator cancels, with a reason.
+    let (status, _) = api
+        .json(
+            Method::POST,
+            &format!("/api/v1/instances/{id}/cancel"),
+            LEAD,
+            json!({"reason": "prueba"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, problem) = api
+        .json(
+            Method::POST,
+            &format!("/api/v1/instances/{id}/cancel"),
+            LEAD,
+            json!({"reason": "otra vez"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        problem["type"],
+        "https://tramite.dev/problems/instance-not-running"
+    );
+}
+both!(authentication_and_roles);
+
+async fn bad_input_gets_problem_json(db: Db) {
+    let api = Api::new(db).await;
+    let id = api.start_p06().await;
+    let task = api.task(&id, "recibir_llamada", AGENT).await;
+    let url = format!("/api/v1/tasks/{task}/complete");
+    // Malformed JSON → 400; wrong shape or unknown field → 422; not JSON → 415.
+    let (status, problem, _) = api
+        .call(
+            Method::POST,
+            &url,
+            Some(AGENT),
+            Some("{\"outcome\": ".into()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(
+        problem["type"],
+        "https://tramite.dev/problems/malformed-body"
+    );
+    let (status, problem) = api
+        .json(
+            Method::POST,
+            &url,
+            AGENT,
+            json!({"outcome": "atendida", "extra": 1}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `extra`"),
+        "{problem}"
+    );
+    let (status, _) = api
+        .json(Method::POST, &url, AGENT, json!({"outcome": 7}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(&url)
+        .header("authorization", format!("Bearer {AGENT}"))
+        .header("content-type", "text/plain")
+        .body(Body::from("{}"))
+        .unwrap();
+    assert_eq!(
+        api.app.clone().oneshot(request).await.unwrap().status(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    // Oversized → 413.
+    let huge =
+        json!({"outcome": "atendida", "data": {"x": "a".repeat(tramite_api::http::MAX_BODY + 10)}})
+            .to_string();
+    let (status, _, _) = api.call(Method::POST, &url, Some(AGENT), Some(huge)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Wrong outcome → 422; then a correct completion; the stale one → 409.
+    let (status, _) = api
+        .json(Method::POST, &url, AGENT, json!({"outcome": "vender"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    api.complete(&id, "recibir_llamada", AGENT, "atendida", json!({}))
+        .await;
+    let (status, problem) = api
+        .json(Method::POST, &url, AGENT, json!({"outcome": "atendida"}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        problem["type"],
+        "https://tramite.dev/problems/task-not-open"
+    );
+    // A form with wrong fields → 422 with a message per field; nothing changes.
+    let next = api.task(&id, "identificar_cliente", AGENT).await;
+    let (status, problem) = api
+        .json(
+            Method::POST,
+            &format!("/api/v1/tasks/{next}/complete"),
+            AGENT,
+            json!({"outcome": "continuar", "data": {"ci": "12ab"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["nombre_cliente", "servicio_solicitado", "ci"],
+        "{problem}"
+    );
+    // An unknown instance → 404; a broken definition → 422 with line and column.
+    let (status, _) = api.get("/api/v1/instances/nope", AGENT).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let broken = "code: X\nname: X\nversion: 1\nowner_role: r\nroles: [{id: r, name: R}]\nnodes:\n  - id: a\n    kind: start\n    channels: [web]\n    next: b\n";
+    let (status, problem) = api
+        .json(
+            Method::POST,
+            "/api/v1/definitions",
+            LEAD,
+            json!({"files": [{"name": "x.yaml", "source": broken}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem["errors"][0]["code"], "unknown-node");
+    assert_eq!(
+        (
+            problem["errors"][0]["line"].clone(),
+            problem["errors"][0]["column"].clone()
+        ),
+        (json!(10), json!(11))
+    );
+}
+both!(bad_input_gets_problem_json);
+
+async fn twenty_clients_complete_one_task(db: Db) {
+    let api = Arc::new(Api::new(db).await);
+    let id = api.start_p06().await;
+    let task = api.task(&id, "recibir_llamada", AGENT).await;
+    let mut handles = Vec::new();
+    for _ in 0..20 {
+        let api = Arc::clone(&api);
+        let url = format!("/api/v1/tasks/{task}/complete");
+        handles.push(tokio::spawn(async move {
+            api.json(Method::POST, &url, AGENT, json!({"outcome": "atendida"}))
+                .await
+                .0
+        }));
+    }
+    let mut codes = Vec::new();
+    for h in handles {
+        codes.push(h.await.unwrap());
+    }
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == StatusCode::NO_CONTENT)
+            .count(),
+        1,
+        "{codes:?}"
+    );
+    assert_eq!(
+        codes.iter().filter(|c| **c == StatusCode::CONFLICT).count(),
+        19,
+        "{codes:?}"
+    );
+}
+both!(twenty_clients_complete_one_task);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_real_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = Api::new(Db::Sqlite).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = api.app.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(format!("GET /api/v1/definitions HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {LEAD}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        response.contains("\"code\":\"OPE-SUM-VEN-P06\""),
+        "{response}"
+    );
+}
