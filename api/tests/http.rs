@@ -109,7 +109,7 @@ impl Api {
                     .map(|c| c.id),
             )
             .collect();
-        tasks
+        tasks["items"]
             .as_array()
             .unwrap()
             .iter()
@@ -384,7 +384,7 @@ async fn authentication_and_roles(db: Db) {
     );
     // An installer's inbox does not show the agent's task.
     let (_, tasks) = api.get("/api/v1/tasks", INSTALLER).await;
-    assert!(tasks.as_array().unwrap().is_empty());
+    assert!(tasks["items"].as_array().unwrap().is_empty());
     // A claimed task is completed only by its assignee.
     let (status, _) = api
         .json(
@@ -606,3 +606,94 @@ async fn over_a_real_socket() {
         "{response}"
     );
 }
+
+async fn pages_counts_assignment_and_lists(db: Db) {
+    let api = Api::new(db).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(api.start_p06().await);
+        api.h.advance(std::time::Duration::from_secs(1));
+    }
+    // Inbox pages, soonest due first.
+    let (_, first) = api.get("/api/v1/tasks?limit=2", AGENT).await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let (_, second) = api
+        .get(&format!("/api/v1/tasks?limit=2&cursor={cursor}"), AGENT)
+        .await;
+    assert_eq!(second["items"].as_array().unwrap().len(), 1);
+    assert!(second["next_cursor"].is_null());
+    let seen: std::collections::BTreeSet<String> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["items"].as_array().unwrap())
+        .map(|t| t["instance_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen.len(), 3, "every task once");
+    let (status, _) = api.get("/api/v1/tasks?cursor=garbage", AGENT).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    // Badge counts per role.
+    let (_, counts) = api.get("/api/v1/tasks/counts", AGENT).await;
+    assert_eq!(
+        counts,
+        json!([{"role": "agente_ventas_digitales", "count": 3}])
+    );
+    // The team lead assigns; an agent cannot.
+    let task = api.task(&ids[0], "recibir_llamada", AGENT).await;
+    let (status, _) = api
+        .json(
+            Method::POST,
+            &format!("/api/v1/tasks/{task}/assign"),
+            AGENT,
+            json!({"user": "ana"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api
+        .json(
+            Method::POST,
+            &format!("/api/v1/tasks/{task}/assign"),
+            LEAD,
+            json!({"user": "ana"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, page) = api.get(&format!("/api/v1/tasks/{task}"), AGENT).await;
+    assert_eq!(page["task"]["assignee"], "ana");
+    // Instances, filtered and paged, newest first.
+    let (_, list) = api
+        .get(
+            "/api/v1/instances?code=OPE-SUM-VEN-P06&status=running&limit=2",
+            LEAD,
+        )
+        .await;
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["id"], ids[2].as_str());
+    assert_eq!(items[0]["waiting_at"], json!(["recibir_llamada"]));
+    let cursor = list["next_cursor"].as_str().unwrap().to_owned();
+    let (_, rest) = api
+        .get(
+            &format!("/api/v1/instances?code=OPE-SUM-VEN-P06&limit=2&cursor={cursor}"),
+            LEAD,
+        )
+        .await;
+    assert_eq!(rest["items"][0]["id"], ids[0].as_str());
+    // A definition with its versions and source.
+    let (status, def) = api.get("/api/v1/definitions/OPE-SUM-VEN-P06", AGENT).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(def["versions"][0]["version"], 1);
+    assert!(
+        def["latest"]["source"]
+            .as_str()
+            .unwrap()
+            .contains("code: OPE-SUM-VEN-P06")
+    );
+    let (status, _) = api.get("/api/v1/definitions/NOPE", AGENT).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+both!(pages_counts_assignment_and_lists);

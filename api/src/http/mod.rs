@@ -21,7 +21,7 @@ use tramite_engine::definition::NodeKind;
 use tramite_engine::runtime::{
     CompleteTask, Engine, IndicatorQuery, PublishMessage, StartInstance,
 };
-use tramite_engine::store::tasks::Filter;
+use tramite_engine::store::tasks::{Filter, TaskCursor};
 
 pub use auth::{User, Users};
 pub use error::Error;
@@ -46,15 +46,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/definitions", get(list_definitions).post(deploy))
+        .route("/api/v1/definitions/{code}", get(definition))
         .route("/api/v1/definitions/{code}/diagram", get(diagram))
-        .route("/api/v1/instances", post(start))
+        .route("/api/v1/instances", post(start).get(instances))
         .route("/api/v1/instances/{id}", get(instance))
         .route("/api/v1/instances/{id}/history", get(history))
         .route("/api/v1/instances/{id}/cancel", post(cancel))
         .route("/api/v1/tasks", get(inbox))
+        .route("/api/v1/tasks/counts", get(counts))
         .route("/api/v1/tasks/{id}", get(task))
         .route("/api/v1/tasks/{id}/claim", post(claim))
         .route("/api/v1/tasks/{id}/unclaim", post(unclaim))
+        .route("/api/v1/tasks/{id}/assign", post(assign))
         .route("/api/v1/tasks/{id}/complete", post(complete))
         .route("/api/v1/messages", post(publish))
         .route("/api/v1/incidents", get(incidents))
@@ -275,6 +278,7 @@ struct InboxQuery {
     business_key: Option<String>,
     assignee: Option<String>,
     limit: Option<i64>,
+    cursor: Option<String>,
 }
 
 async fn inbox(
@@ -294,6 +298,16 @@ async fn inbox(
         }
         None => user.roles.clone(),
     };
+    let after = match &q.cursor {
+        Some(c) => Some(TaskCursor::decode(c).ok_or_else(|| Error::InvalidData {
+            errors: vec![tramite_engine::runtime::forms::FieldError {
+                field: "cursor".into(),
+                message: "not a cursor from a previous page".into(),
+            }],
+        })?),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let tasks = s
         .engine
         .tasks(&Filter {
@@ -302,11 +316,168 @@ async fn inbox(
             code: q.code,
             business_key: q.business_key,
             assignee: q.assignee,
-            limit: q.limit.unwrap_or(50).clamp(1, 500),
+            limit,
+            after,
             ..Filter::default()
         })
         .await?;
-    Ok(Json(json!(tasks)))
+    let next = (tasks.len() as i64 == limit)
+        .then(|| tasks.last().map(|t| TaskCursor::after(t).encode()))
+        .flatten();
+    Ok(Json(json!({"items": tasks, "next_cursor": next})))
+}
+
+async fn counts(State(s): Shared, headers: HeaderMap) -> Result<Json<Value>, Error> {
+    let user = s.users.authenticate(&headers)?;
+    let mut conn = s
+        .engine
+        .store()
+        .pool()
+        .acquire()
+        .await
+        .map_err(tramite_engine::Error::from)?;
+    let counts = tramite_engine::store::tasks::counts(&mut conn, &user.roles)
+        .await
+        .map_err(tramite_engine::Error::from)?;
+    Ok(Json(json!(
+        counts
+            .into_iter()
+            .map(|(role, count)| json!({"role": role, "count": count}))
+            .collect::<Vec<_>>()
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssignRequest {
+    user: String,
+}
+
+/// Team leads (the procedure's owner role) and operators give tasks to people.
+async fn assign(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body<AssignRequest>,
+) -> Result<StatusCode, Error> {
+    let user = s.users.authenticate(&headers)?;
+    let task = s.engine.task(&id).await?;
+    let instance = s.engine.instance(&task.instance_id).await?;
+    let process = s.engine.process(instance.definition_id).await?;
+    if !user.has(&process.definition.owner_role) && !user.has("operator") {
+        return Err(Error::Forbidden {
+            reason: format!(
+                "assigning needs the `{}` role",
+                process.definition.owner_role
+            ),
+        });
+    }
+    let Json(r) = body?;
+    s.engine.assign(&id, &r.user, &user.name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstancesQuery {
+    code: Option<String>,
+    version: Option<i64>,
+    status: Option<String>,
+    business_key: Option<String>,
+    started_from: Option<i64>,
+    started_to: Option<i64>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+async fn instances(
+    State(s): Shared,
+    headers: HeaderMap,
+    query: Result<Query<InstancesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, Error> {
+    s.users.authenticate(&headers)?;
+    let Query(q) = query?;
+    let after = match &q.cursor {
+        Some(c) => {
+            let parsed = c
+                .split_once('.')
+                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())));
+            Some(parsed.ok_or_else(|| Error::InvalidData {
+                errors: vec![tramite_engine::runtime::forms::FieldError {
+                    field: "cursor".into(),
+                    message: "not a cursor from a previous page".into(),
+                }],
+            })?)
+        }
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let mut conn = s
+        .engine
+        .store()
+        .pool()
+        .acquire()
+        .await
+        .map_err(tramite_engine::Error::from)?;
+    let rows = tramite_engine::store::instances::list(
+        &mut conn,
+        &tramite_engine::store::instances::InstanceFilter {
+            code: q.code,
+            version: q.version,
+            status: q.status,
+            business_key: q.business_key,
+            started_from: q.started_from,
+            started_to: q.started_to,
+            after,
+            limit,
+        },
+    )
+    .await
+    .map_err(tramite_engine::Error::from)?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| format!("{}.{}", r.started_at, r.id)))
+        .flatten();
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|i| {
+            let waiting: Vec<&str> = i.state.tokens.iter().map(|t| t.node.as_str()).collect();
+            json!({"id": i.id, "code": i.code, "version": i.version, "business_key": i.business_key,
+                   "channel": i.channel, "status": i.status, "outcome": i.outcome,
+                   "waiting_at": waiting, "started_at": i.started_at, "ended_at": i.ended_at})
+        })
+        .collect();
+    Ok(Json(json!({"items": items, "next_cursor": next})))
+}
+
+async fn definition(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+) -> Result<Json<Value>, Error> {
+    s.users.authenticate(&headers)?;
+    let mut conn = s
+        .engine
+        .store()
+        .pool()
+        .acquire()
+        .await
+        .map_err(tramite_engine::Error::from)?;
+    let versions: Vec<_> = tramite_engine::store::definitions::all(&mut conn)
+        .await
+        .map_err(tramite_engine::Error::from)?
+        .into_iter()
+        .filter(|r| r.code == code)
+        .collect();
+    let latest = versions
+        .first()
+        .ok_or(tramite_engine::Error::NotDeployed { code: code.clone() })?;
+    Ok(Json(json!({
+        "code": code,
+        "versions": versions.iter().map(|v| json!({"version": v.version, "file": v.file_name, "deployed_at": v.deployed_at, "hash": v.content_hash})).collect::<Vec<_>>(),
+        "latest": {"version": latest.version, "source": latest.source},
+        // Stored versions were validated when deployed.
+        "report": {"valid": true, "errors": []},
+    })))
 }
 
 /// The task if the user may act on it.

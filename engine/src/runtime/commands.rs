@@ -46,6 +46,15 @@ pub enum Command {
         /// User.
         user: String,
     },
+    /// Give a task to someone (a team lead's decision).
+    Assign {
+        /// Task.
+        task: String,
+        /// To whom.
+        user: String,
+        /// Who decided.
+        by: String,
+    },
     /// Complete a task.
     Complete(CompleteTask),
     /// Claim due jobs for a worker.
@@ -296,6 +305,26 @@ pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result
         }
         Command::Unclaim { task, user } => {
             unclaim(conn, ctx, &task, &user).await?;
+            Reply::Done
+        }
+        Command::Assign { task, user, by } => {
+            let row = open_task(conn, &task).await?;
+            if !conn.assign_task(&task, &user).await? {
+                return Err(Error::TaskNotOpen {
+                    task,
+                    status: "taken".to_owned(),
+                });
+            }
+            journal_one(
+                conn,
+                ctx,
+                &row.instance_id,
+                &by,
+                "task_assigned",
+                &row.node_id,
+                json!({"task": task, "to": user}),
+            )
+            .await?;
             Reply::Done
         }
         Command::Complete(c) => {

@@ -243,6 +243,17 @@ impl Engine {
         .map(drop)
     }
 
+    /// Gives a task to `user`, on `by`'s decision (a team lead).
+    pub async fn assign(&self, task: &str, user: &str, by: &str) -> Result<(), Error> {
+        self.submit(Command::Assign {
+            task: task.to_owned(),
+            user: user.to_owned(),
+            by: by.to_owned(),
+        })
+        .await
+        .map(drop)
+    }
+
     /// Gives a claimed task back to its role.
     pub async fn unclaim(&self, task: &str, user: &str) -> Result<(), Error> {
         self.submit(Command::Unclaim {

@@ -176,3 +176,85 @@ pub async fn started_between(
         .await?;
     rows.iter().map(row).collect()
 }
+
+/// Which instances to list.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    /// Procedure code.
+    pub code: Option<String>,
+    /// Version.
+    pub version: Option<i64>,
+    /// `running`, `completed`, `cancelled`.
+    pub status: Option<String>,
+    /// Business key.
+    pub business_key: Option<String>,
+    /// Started at or after, ms.
+    pub started_from: Option<i64>,
+    /// Started before, ms.
+    pub started_to: Option<i64>,
+    /// Only instances after this cursor: `(started_at, id)` of the previous page's last.
+    pub after: Option<(i64, String)>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// Instances matching `filter`, newest first.
+pub async fn list(conn: &mut Conn, f: &InstanceFilter) -> Result<Vec<InstanceRow>, Error> {
+    let mut clauses = vec!["1 = 1".to_owned()];
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        format!("${n}")
+    };
+    if f.code.is_some() {
+        clauses.push(format!("code = {}", next()));
+    }
+    if f.version.is_some() {
+        clauses.push(format!("version = {}", next()));
+    }
+    if f.status.is_some() {
+        clauses.push(format!("status = {}", next()));
+    }
+    if f.business_key.is_some() {
+        clauses.push(format!("business_key = {}", next()));
+    }
+    if f.started_from.is_some() {
+        clauses.push(format!("started_at >= {}", next()));
+    }
+    if f.started_to.is_some() {
+        clauses.push(format!("started_at < {}", next()));
+    }
+    if f.after.is_some() {
+        let (a, b) = (next(), next());
+        clauses.push(format!("(started_at, id) < ({a}, {b})"));
+    }
+    let sql = format!(
+        "SELECT {COLUMNS} FROM instances WHERE {} ORDER BY started_at DESC, id DESC LIMIT {}",
+        clauses.join(" AND "),
+        next()
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    if let Some(v) = &f.code {
+        q = q.bind(v.clone());
+    }
+    if let Some(v) = f.version {
+        q = q.bind(v);
+    }
+    if let Some(v) = &f.status {
+        q = q.bind(v.clone());
+    }
+    if let Some(v) = &f.business_key {
+        q = q.bind(v.clone());
+    }
+    if let Some(v) = f.started_from {
+        q = q.bind(v);
+    }
+    if let Some(v) = f.started_to {
+        q = q.bind(v);
+    }
+    if let Some((at, id)) = &f.after {
+        q = q.bind(*at).bind(id.clone());
+    }
+    let rows = q.bind(f.limit.max(1)).fetch_all(&mut *conn).await?;
+    rows.iter().map(row).collect()
+}

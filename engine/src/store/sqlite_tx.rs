@@ -272,6 +272,15 @@ impl Tx for Connection {
         Ok(n == 1)
     }
 
+    async fn assign_task(&mut self, id: &str, user: &str) -> Result<bool, Error> {
+        let n = self
+            .prepare_cached(
+                "UPDATE tasks SET status = 'claimed', assignee = ?2 WHERE id = ?1 AND status IN ('open', 'claimed')",
+            )?
+            .execute(params![id, user])?;
+        Ok(n == 1)
+    }
+
     async fn complete_task(&mut self, d: TaskCompletion<'_>) -> Result<bool, Error> {
         let n = self
             .prepare_cached(

@@ -191,6 +191,45 @@ pub struct Filter {
     pub business_key: Option<String>,
     /// At most this many.
     pub limit: i64,
+    /// Only tasks after this cursor (from the previous page).
+    pub after: Option<TaskCursor>,
+}
+
+/// Where a page of tasks ended, in inbox order (due time, creation, id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskCursor {
+    /// Due time, `i64::MAX` for none.
+    pub due: i64,
+    /// Creation time.
+    pub created: i64,
+    /// Id.
+    pub id: String,
+}
+
+impl TaskCursor {
+    /// The cursor after `task`.
+    pub fn after(task: &TaskRow) -> TaskCursor {
+        TaskCursor {
+            due: task.due_at.unwrap_or(i64::MAX),
+            created: task.created_at,
+            id: task.id.clone(),
+        }
+    }
+
+    /// As text for a URL.
+    pub fn encode(&self) -> String {
+        format!("{}.{}.{}", self.due, self.created, self.id)
+    }
+
+    /// From text; `None` if it is not a cursor.
+    pub fn decode(text: &str) -> Option<TaskCursor> {
+        let mut parts = text.splitn(3, '.');
+        Some(TaskCursor {
+            due: parts.next()?.parse().ok()?,
+            created: parts.next()?.parse().ok()?,
+            id: parts.next().filter(|id| !id.is_empty())?.to_owned(),
+        })
+    }
 }
 
 /// Tasks matching `filter`, soonest due first.
@@ -220,9 +259,15 @@ pub async fn list(conn: &mut Conn, filter: &Filter) -> Result<Vec<TaskRow>, Erro
             clauses.push(format!("{column} = {}", next()));
         }
     }
+    if filter.after.is_some() {
+        let (a, b, c) = (next(), next(), next());
+        clauses.push(format!(
+            "(COALESCE(due_at, 9223372036854775807), created_at, id) > ({a}, {b}, {c})"
+        ));
+    }
     sql.push_str(&clauses.join(" AND "));
     sql.push_str(&format!(
-        " ORDER BY CASE WHEN due_at IS NULL THEN 1 ELSE 0 END, due_at, created_at LIMIT {}",
+        " ORDER BY COALESCE(due_at, 9223372036854775807), created_at, id LIMIT {}",
         next()
     ));
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -243,6 +288,42 @@ pub async fn list(conn: &mut Conn, filter: &Filter) -> Result<Vec<TaskRow>, Erro
     {
         q = q.bind(value.clone());
     }
+    if let Some(c) = &filter.after {
+        q = q.bind(c.due).bind(c.created).bind(c.id.clone());
+    }
     let rows = q.bind(filter.limit.max(1)).fetch_all(&mut *conn).await?;
     rows.iter().map(row).collect()
+}
+
+/// Open and claimed tasks per role, for the inbox badge.
+pub async fn counts(conn: &mut Conn, roles: &[String]) -> Result<Vec<(String, i64)>, Error> {
+    if roles.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (1..=roles.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT role, COUNT(*) AS n FROM tasks WHERE status IN ('open', 'claimed') AND role IN ({}) \
+         GROUP BY role ORDER BY role",
+        marks.join(", ")
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for r in roles {
+        q = q.bind(r.clone());
+    }
+    let rows = q.fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("role")?, r.try_get("n")?)))
+        .collect()
+}
+
+/// Gives an open or claimed task to `user`.
+pub async fn assign(conn: &mut Conn, id: &str, user: &str) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "UPDATE tasks SET status = 'claimed', assignee = $2 WHERE id = $1 AND status IN ('open', 'claimed')",
+    )
+    .bind(id)
+    .bind(user)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

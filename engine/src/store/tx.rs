@@ -79,6 +79,12 @@ pub trait Tx: Send {
         id: &str,
         user: &str,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Gives an open or claimed task to `user`; false if it is not open.
+    fn assign_task(
+        &mut self,
+        id: &str,
+        user: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
     /// Completes an open or claimed task; false if it is not.
     fn complete_task(
         &mut self,
@@ -286,6 +292,9 @@ impl Tx for sqlx::AnyConnection {
     }
     async fn unclaim_task(&mut self, id: &str, user: &str) -> Result<bool, Error> {
         super::tasks::unclaim(self, id, user).await
+    }
+    async fn assign_task(&mut self, id: &str, user: &str) -> Result<bool, Error> {
+        super::tasks::assign(self, id, user).await
     }
     async fn complete_task(&mut self, d: TaskCompletion<'_>) -> Result<bool, Error> {
         super::tasks::complete(self, d.id, d.user, d.outcome, d.data, d.now).await
