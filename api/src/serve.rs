@@ -118,9 +118,13 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
             writeln!(out, "  {name:<14} {t}  {}", roles.join(", "))?;
         }
     }
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| Error::Serve(format!("cannot install the metrics recorder: {e}")))?;
     let app = router(Arc::new(AppState {
         engine: engine.clone(),
         users,
+        metrics: Some(metrics),
     }));
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

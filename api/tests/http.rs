@@ -16,6 +16,19 @@ const LEAD: &str = "token-responsable";
 const INSTALLER: &str = "token-instalaciones";
 const CHANNEL: &str = "token-canal";
 
+/// One recorder per test process (metrics are global).
+fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("one recorder")
+        })
+        .clone()
+}
+
 struct Api {
     h: Harness,
     app: axum::Router,
@@ -40,6 +53,7 @@ impl Api {
         let app = router(Arc::new(AppState {
             engine: h.engine.clone(),
             users,
+            metrics: Some(metrics_handle()),
         }));
         Api { h, app }
     }

@@ -35,6 +35,8 @@ pub struct AppState {
     pub engine: Engine,
     /// Who may call.
     pub users: Users,
+    /// Renders the Prometheus metrics, when a recorder is installed.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -45,6 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
         .route("/api/v1/definitions", get(list_definitions).post(deploy))
         .route("/api/v1/definitions/{code}", get(definition))
         .route("/api/v1/definitions/{code}/diagram", get(diagram))
@@ -85,6 +88,40 @@ async fn sqlx_ping(engine: &Engine) -> bool {
         })
         .await
         .is_ok()
+}
+
+/// Prometheus text: what the engine counted (connector calls, task waits)
+/// and a census of the database (instances, open tasks, open incidents).
+async fn prometheus(State(s): Shared) -> Result<impl IntoResponse, Error> {
+    let Some(handle) = &s.metrics else {
+        return Ok((StatusCode::NOT_FOUND, String::new()));
+    };
+    let mut conn = s
+        .engine
+        .store()
+        .pool()
+        .acquire()
+        .await
+        .map_err(tramite_engine::Error::from)?;
+    let store_error = |e| Error::Engine(tramite_engine::Error::from(e));
+    for (code, status, outcome, n) in tramite_engine::store::instances::census(&mut conn)
+        .await
+        .map_err(store_error)?
+    {
+        metrics::gauge!("tramite_instances", "process" => code, "status" => status, "outcome" => outcome.unwrap_or_default())
+            .set(n as f64);
+    }
+    for (role, n) in tramite_engine::store::tasks::open_by_role(&mut conn)
+        .await
+        .map_err(store_error)?
+    {
+        metrics::gauge!("tramite_tasks_open", "role" => role).set(n as f64);
+    }
+    let incidents = tramite_engine::store::incidents::open_count(&mut conn)
+        .await
+        .map_err(store_error)?;
+    metrics::gauge!("tramite_incidents_open").set(incidents as f64);
+    Ok((StatusCode::OK, handle.render()))
 }
 
 async fn list_definitions(State(s): Shared, headers: HeaderMap) -> Result<Json<Value>, Error> {
@@ -557,7 +594,7 @@ async fn complete(
     body: Body<CompleteRequest>,
 ) -> Result<StatusCode, Error> {
     let user = s.users.authenticate(&headers)?;
-    visible_task(&s, &user, &id).await?;
+    let task = visible_task(&s, &user, &id).await?;
     let Json(r) = body?;
     s.engine
         .complete(CompleteTask {
@@ -567,6 +604,10 @@ async fn complete(
             data: r.data,
         })
         .await?;
+    let waited = (s.engine.now() - task.created_at).max(0) as f64 / 1_000.0;
+    metrics::histogram!("tramite_task_wait_seconds", "process" => task.code.clone(), "node" => task.node_id.clone())
+        .record(waited);
+    metrics::counter!("tramite_tasks_completed_total", "process" => task.code, "node" => task.node_id).increment(1);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -16,11 +16,25 @@ use crate::store::jobs::ClaimedJob;
 
 /// Runs one claimed job to its result command.
 pub(crate) async fn run_job(engine: &Engine, job: ClaimedJob) {
+    let started = std::time::Instant::now();
     let result = if job.kind == "timer" {
         Ok(Map::new())
     } else {
         call(engine, &job).await
     };
+    if job.kind != "timer" {
+        let connector = job.connector.clone().unwrap_or_default();
+        let operation = job.operation.clone().unwrap_or_default();
+        metrics::histogram!("tramite_job_duration_seconds", "connector" => connector.clone(), "operation" => operation.clone())
+            .record(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ConnectorError::Business { .. }) => "business_error",
+            Err(ConnectorError::Transient { .. }) => "transient_failure",
+        };
+        metrics::counter!("tramite_jobs_total", "connector" => connector, "operation" => operation, "outcome" => outcome)
+            .increment(1);
+    }
     if let Err(e) = &result {
         tracing::debug!(job = %job.id, attempt = job.attempts, error = %e, "job failed");
     }

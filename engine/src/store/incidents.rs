@@ -134,3 +134,12 @@ pub async fn list(
         .await?;
     rows.iter().map(row).collect()
 }
+
+/// How many incidents are open.
+pub async fn open_count(conn: &mut Conn) -> Result<i64, Error> {
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM incidents WHERE status = 'open'")
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}

@@ -258,3 +258,22 @@ pub async fn list(conn: &mut Conn, f: &InstanceFilter) -> Result<Vec<InstanceRow
     let rows = q.bind(f.limit.max(1)).fetch_all(&mut *conn).await?;
     rows.iter().map(row).collect()
 }
+
+/// How many instances per procedure, status and outcome (for metrics).
+pub async fn census(conn: &mut Conn) -> Result<Vec<(String, String, Option<String>, i64)>, Error> {
+    let rows = sqlx::query(
+        "SELECT code, status, outcome, COUNT(*) AS n FROM instances GROUP BY code, status, outcome",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("code")?,
+                r.try_get("status")?,
+                r.try_get("outcome")?,
+                r.try_get("n")?,
+            ))
+        })
+        .collect()
+}

@@ -327,3 +327,15 @@ pub async fn assign(conn: &mut Conn, id: &str, user: &str) -> Result<bool, Error
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Open and claimed tasks per role, every role (for metrics).
+pub async fn open_by_role(conn: &mut Conn) -> Result<Vec<(String, i64)>, Error> {
+    let rows = sqlx::query(
+        "SELECT role, COUNT(*) AS n FROM tasks WHERE status IN ('open', 'claimed') GROUP BY role",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("role")?, r.try_get("n")?)))
+        .collect()
+}
