@@ -711,3 +711,67 @@ async fn pages_counts_assignment_and_lists(db: Db) {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 both!(pages_counts_assignment_and_lists);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_and_offline_docs_page() {
+    let api = Api::new(Db::Sqlite).await;
+    let (status, doc, _) = api.call(Method::GET, "/api/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/api/v1/tasks",
+        "/api/v1/tasks/{id}/complete",
+        "/api/v1/instances",
+        "/api/v1/messages",
+        "/api/v1/indicators/{code}/{indicator}",
+    ] {
+        assert!(paths.contains_key(path), "{path} missing");
+    }
+    assert!(doc["components"]["schemas"]["CompleteRequest"].is_object());
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    // Every route the router serves under /api/v1 is documented.
+    let source = include_str!("../src/http/mod.rs");
+    for line in source
+        .lines()
+        .filter(|l| l.trim_start().starts_with(".route(\"/api/v1"))
+    {
+        let path = line.split('"').nth(1).unwrap();
+        assert!(
+            paths.contains_key(path),
+            "route {path} is not in the OpenAPI document"
+        );
+    }
+    // The docs page is served from the binary (nothing fetched from a CDN).
+    let response = api
+        .app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/api/docs/")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let html = String::from_utf8(
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(html.contains("swagger"), "{html}");
+    assert!(
+        !html.contains("https://"),
+        "the page loads nothing from the internet"
+    );
+}

@@ -42,9 +42,36 @@ pub struct AppState {
 type Shared = State<Arc<AppState>>;
 type Body<T> = Result<Json<T>, JsonRejection>;
 
+/// The OpenAPI 3.1 document, generated from the handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "tramite", description = "Workflow engine for business procedures written in YAML: task inboxes, instances, definitions, messages, incidents, indicators. Every error is application/problem+json."),
+    paths(readyz, prometheus, list_definitions, deploy, definition, diagram, start, instances, instance, history, cancel, inbox, counts, task, claim, unclaim, assign, complete, publish, incidents, retry, resolve, indicator),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
 /// The API's router.
 pub fn router(state: Arc<AppState>) -> Router {
+    use utoipa::OpenApi;
     Router::new()
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/api/docs")
+                .url("/api/openapi.json", ApiDoc::openapi()),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
@@ -71,6 +98,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready when the database answers"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn readyz(State(s): Shared) -> impl IntoResponse {
     let ok = sqlx_ping(&s.engine).await;
     if ok {
@@ -92,6 +120,7 @@ async fn sqlx_ping(engine: &Engine) -> bool {
 
 /// Prometheus text: what the engine counted (connector calls, task waits)
 /// and a census of the database (instances, open tasks, open incidents).
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn prometheus(State(s): Shared) -> Result<impl IntoResponse, Error> {
     let Some(handle) = &s.metrics else {
         return Ok((StatusCode::NOT_FOUND, String::new()));
@@ -124,6 +153,7 @@ async fn prometheus(State(s): Shared) -> Result<impl IntoResponse, Error> {
     Ok((StatusCode::OK, handle.render()))
 }
 
+#[utoipa::path(get, path = "/api/v1/definitions", tag = "definitions", responses((status = 200, description = "Deployed versions"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn list_definitions(State(s): Shared, headers: HeaderMap) -> Result<Json<Value>, Error> {
     s.users.authenticate(&headers)?;
     let mut conn = s
@@ -143,19 +173,20 @@ async fn list_definitions(State(s): Shared, headers: HeaderMap) -> Result<Json<V
 }
 
 /// A deployment request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DeployRequest {
     files: Vec<DeployFile>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DeployFile {
     name: String,
     source: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/definitions", tag = "definitions", request_body = DeployRequest, responses((status = 201, description = "Deployed (422 lists every problem with its line and column)"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn deploy(
     State(s): Shared,
     headers: HeaderMap,
@@ -176,6 +207,7 @@ async fn deploy(
     Ok((StatusCode::CREATED, Json(json!(deployed))))
 }
 
+#[utoipa::path(get, path = "/api/v1/definitions/{code}/diagram", tag = "definitions", params(("code" = String, Path)), responses((status = 200, description = "Mermaid diagram of the latest version"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn diagram(
     State(s): Shared,
     headers: HeaderMap,
@@ -208,7 +240,7 @@ async fn diagram(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartRequest {
     code: String,
@@ -216,9 +248,11 @@ struct StartRequest {
     business_key: String,
     channel: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     data: Map<String, Value>,
 }
 
+#[utoipa::path(post, path = "/api/v1/instances", tag = "instances", request_body = StartRequest, responses((status = 201, description = "Started: the new instance's id (needs `channel` or `operator`)"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn start(
     State(s): Shared,
     headers: HeaderMap,
@@ -244,6 +278,7 @@ async fn start(
     Ok((StatusCode::CREATED, Json(json!({"id": id}))))
 }
 
+#[utoipa::path(get, path = "/api/v1/instances/{id}", tag = "instances", params(("id" = String, Path)), responses((status = 200, description = "Variables, tokens, open tasks, incidents, parent and children"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn instance(
     State(s): Shared,
     headers: HeaderMap,
@@ -277,6 +312,7 @@ async fn instance(
     })))
 }
 
+#[utoipa::path(get, path = "/api/v1/instances/{id}/history", tag = "instances", params(("id" = String, Path)), responses((status = 200, description = "The journal, in order"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn history(
     State(s): Shared,
     headers: HeaderMap,
@@ -287,12 +323,13 @@ async fn history(
     Ok(Json(json!(s.engine.history(&id).await?)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CancelRequest {
     reason: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/instances/{id}/cancel", tag = "instances", params(("id" = String, Path)), request_body = CancelRequest, responses((status = 204, description = "Cancelled (needs `operator`)"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn cancel(
     State(s): Shared,
     headers: HeaderMap,
@@ -306,8 +343,9 @@ async fn cancel(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct InboxQuery {
     role: Option<String>,
     status: Option<String>,
@@ -318,6 +356,7 @@ struct InboxQuery {
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", params(InboxQuery), responses((status = 200, description = "The inbox of the caller's roles, soonest due first, with `next_cursor`"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn inbox(
     State(s): Shared,
     headers: HeaderMap,
@@ -364,6 +403,7 @@ async fn inbox(
     Ok(Json(json!({"items": tasks, "next_cursor": next})))
 }
 
+#[utoipa::path(get, path = "/api/v1/tasks/counts", tag = "tasks", responses((status = 200, description = "Open tasks per role of the caller"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn counts(State(s): Shared, headers: HeaderMap) -> Result<Json<Value>, Error> {
     let user = s.users.authenticate(&headers)?;
     let mut conn = s
@@ -384,13 +424,14 @@ async fn counts(State(s): Shared, headers: HeaderMap) -> Result<Json<Value>, Err
     )))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AssignRequest {
     user: String,
 }
 
 /// Team leads (the procedure's owner role) and operators give tasks to people.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/assign", tag = "tasks", params(("id" = String, Path)), request_body = AssignRequest, responses((status = 204, description = "Assigned (the procedure's owner role or `operator`)"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn assign(
     State(s): Shared,
     headers: HeaderMap,
@@ -414,8 +455,9 @@ async fn assign(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct InstancesQuery {
     code: Option<String>,
     version: Option<i64>,
@@ -427,6 +469,7 @@ struct InstancesQuery {
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/instances", tag = "instances", params(InstancesQuery), responses((status = 200, description = "Instances, newest first, with `next_cursor`"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn instances(
     State(s): Shared,
     headers: HeaderMap,
@@ -486,6 +529,7 @@ async fn instances(
     Ok(Json(json!({"items": items, "next_cursor": next})))
 }
 
+#[utoipa::path(get, path = "/api/v1/definitions/{code}", tag = "definitions", params(("code" = String, Path)), responses((status = 200, description = "Versions and the latest source"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn definition(
     State(s): Shared,
     headers: HeaderMap,
@@ -532,6 +576,7 @@ async fn visible_task(
     Ok(task)
 }
 
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path)), responses((status = 200, description = "Form, instructions, outcomes and the instance's context"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn task(
     State(s): Shared,
     headers: HeaderMap,
@@ -557,6 +602,7 @@ async fn task(
     })))
 }
 
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/claim", tag = "tasks", params(("id" = String, Path)), responses((status = 204, description = "Claimed"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn claim(
     State(s): Shared,
     headers: HeaderMap,
@@ -568,6 +614,7 @@ async fn claim(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/unclaim", tag = "tasks", params(("id" = String, Path)), responses((status = 204, description = "Back in the role's inbox"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn unclaim(
     State(s): Shared,
     headers: HeaderMap,
@@ -579,14 +626,16 @@ async fn unclaim(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CompleteRequest {
     outcome: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     data: Map<String, Value>,
 }
 
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/complete", tag = "tasks", params(("id" = String, Path)), request_body = CompleteRequest, responses((status = 204, description = "Completed (422: a message per wrong field; 409: no longer open or claimed by someone else)"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn complete(
     State(s): Shared,
     headers: HeaderMap,
@@ -611,17 +660,19 @@ async fn complete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MessageRequest {
     name: String,
     key: String,
     id: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     payload: Value,
     ttl_seconds: Option<i64>,
 }
 
+#[utoipa::path(post, path = "/api/v1/messages", tag = "messages", request_body = MessageRequest, responses((status = 200, description = "Delivered, kept or duplicate (needs `channel` or `operator`)"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn publish(
     State(s): Shared,
     headers: HeaderMap,
@@ -647,13 +698,15 @@ async fn publish(
     Ok(Json(json!(delivery)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct IncidentQuery {
     status: Option<String>,
     instance: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/incidents", tag = "incidents", params(IncidentQuery), responses((status = 200, description = "Incidents, newest first (needs `operator`)"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn incidents(
     State(s): Shared,
     headers: HeaderMap,
@@ -668,6 +721,7 @@ async fn incidents(
     )))
 }
 
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/retry", tag = "incidents", params(("id" = String, Path)), responses((status = 204, description = "Retried"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn retry(
     State(s): Shared,
     headers: HeaderMap,
@@ -679,13 +733,15 @@ async fn retry(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResolveRequest {
     #[serde(default)]
+    #[schema(value_type = Object)]
     variables: Map<String, Value>,
 }
 
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/resolve", tag = "incidents", params(("id" = String, Path)), request_body = ResolveRequest, responses((status = 204, description = "Resolved with the operator's variables"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn resolve(
     State(s): Shared,
     headers: HeaderMap,
@@ -701,15 +757,18 @@ async fn resolve(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct IndicatorParams {
     from: i64,
     to: i64,
+    #[param(value_type = Option<String>)]
     period: Option<tramite_engine::definition::Period>,
     utc_offset_minutes: Option<i32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/indicators/{code}/{indicator}", tag = "indicators", params(("code" = String, Path), ("indicator" = String, Path), IndicatorParams), responses((status = 200, description = "Values per period with their verdict"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn indicator(
     State(s): Shared,
     headers: HeaderMap,
