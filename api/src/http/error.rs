@@ -37,6 +37,9 @@ pub enum Error {
     /// A definition that does not validate.
     #[error("the definition has problems")]
     InvalidDefinition(Vec<Diagnostics>),
+    /// The request took longer than the server allows.
+    #[error("the request took longer than {0:?}")]
+    Timeout(std::time::Duration),
     /// What the engine said.
     #[error(transparent)]
     Engine(#[from] tramite_engine::Error),
@@ -64,6 +67,12 @@ impl Error {
                 };
                 (status, kind, r.body_text(), none)
             }
+            Error::Timeout(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                self.to_string(),
+                none,
+            ),
             Error::Query(r) => (
                 StatusCode::BAD_REQUEST,
                 "invalid-query",

@@ -29,6 +29,9 @@ pub use error::Error;
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
 
+/// The longest a request may take before it is answered 503.
+pub const MAX_REQUEST_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What every handler shares.
 pub struct AppState {
     /// The engine.
@@ -95,6 +98,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/incidents/{id}/resolve", post(resolve))
         .route("/api/v1/indicators/{code}/{indicator}", get(indicator))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    |_: tower::BoxError| async { Error::Timeout(MAX_REQUEST_TIME) },
+                ))
+                .timeout(MAX_REQUEST_TIME),
+        )
         .with_state(state)
 }
 
