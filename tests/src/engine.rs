@@ -97,6 +97,28 @@ impl Drop for TestDb {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+        if self.kind == Db::Postgres {
+            // Best effort, on a thread of its own (drop cannot await): test
+            // databases must not pile up on the server across CI runs.
+            let name = self.url.rsplit('/').next().unwrap_or_default().to_owned();
+            let _ = std::thread::spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                runtime.block_on(async {
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_url()).await {
+                        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                            .execute(&mut conn)
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
     }
 }
 
