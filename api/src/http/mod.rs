@@ -108,6 +108,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The error for a `cursor` that no page produced.
+fn bad_cursor() -> Error {
+    Error::InvalidData {
+        errors: vec![tramite_engine::runtime::forms::FieldError {
+            field: "cursor".into(),
+            message: "not a cursor from a previous page".into(),
+        }],
+    }
+}
+
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready when the database answers"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn readyz(State(s): Shared) -> impl IntoResponse {
     let ok = sqlx_ping(&s.engine).await;
@@ -385,12 +395,7 @@ async fn inbox(
         None => user.roles.clone(),
     };
     let after = match &q.cursor {
-        Some(c) => Some(TaskCursor::decode(c).ok_or_else(|| Error::InvalidData {
-            errors: vec![tramite_engine::runtime::forms::FieldError {
-                field: "cursor".into(),
-                message: "not a cursor from a previous page".into(),
-            }],
-        })?),
+        Some(c) => Some(TaskCursor::decode(c).ok_or_else(bad_cursor)?),
         None => None,
     };
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
@@ -492,12 +497,7 @@ async fn instances(
             let parsed = c
                 .split_once('.')
                 .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())));
-            Some(parsed.ok_or_else(|| Error::InvalidData {
-                errors: vec![tramite_engine::runtime::forms::FieldError {
-                    field: "cursor".into(),
-                    message: "not a cursor from a previous page".into(),
-                }],
-            })?)
+            Some(parsed.ok_or_else(bad_cursor)?)
         }
         None => None,
     };

@@ -452,23 +452,21 @@ async fn run_followups(
                 else {
                     continue;
                 };
-                let meta = meta(&row);
-                let mut state = row.state.clone();
-                let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
                 let output = Value::Object(variables);
-                match m.assign(&call.output, Some(("output", &output))) {
-                    Ok(written) => {
-                        m.note(
-                            "child_ended",
-                            Some(&node_id),
-                            json!({"child": child, "written": written}),
-                        );
-                        m.go(token, &call.next)?;
+                let effects = run_machine(&mut row, &process, ctx.now, |m| {
+                    match m.assign(&call.output, Some(("output", &output))) {
+                        Ok(written) => {
+                            m.note(
+                                "child_ended",
+                                Some(&node_id),
+                                json!({"child": child, "written": written}),
+                            );
+                            m.go(token, &call.next)?;
+                        }
+                        Err(e) => raise(m, token, &node_id, e.to_string(), true),
                     }
-                    Err(e) => raise(&mut m, token, &node_id, e.to_string(), true),
-                }
-                let effects = std::mem::take(&mut m.effects);
-                row.state = state;
+                    Ok(())
+                })?;
                 save(conn, ctx, &mut row, effects, "engine", queue, false).await?;
             }
             Followup::Deliver {
@@ -501,17 +499,34 @@ async fn run_followups(
                 let Some(node_id) = row.state.token(token).map(|t| t.node.clone()) else {
                     continue;
                 };
-                let meta = meta(&row);
-                let mut state = row.state.clone();
-                let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
-                raise(&mut m, token, &node_id, message, false);
-                let effects = std::mem::take(&mut m.effects);
-                row.state = state;
+                let effects = run_machine(&mut row, &process, ctx.now, |m| {
+                    raise(m, token, &node_id, message, false);
+                    Ok(())
+                })?;
                 save(conn, ctx, &mut row, effects, "engine", queue, false).await?;
             }
         }
     }
     Ok(())
+}
+
+/// Runs `f` on a token machine over `row`'s state; the row takes the new
+/// state and the machine's effects are returned, for `save`.
+fn run_machine(
+    row: &mut InstanceRow,
+    process: &Process,
+    now: i64,
+    f: impl FnOnce(&mut Machine<'_>) -> Result<(), Error>,
+) -> Result<Vec<Effect>, Error> {
+    let meta = meta(row);
+    let mut state = row.state.clone();
+    let effects = {
+        let mut m = Machine::new(process, &meta, &mut state, now);
+        f(&mut m)?;
+        std::mem::take(&mut m.effects)
+    };
+    row.state = state;
+    Ok(effects)
 }
 
 /// Stops token `token` at `node` with an incident. `after_effect`: the
@@ -1285,12 +1300,10 @@ async fn job_done(
         Err(Error::Machine(e)) => {
             let mut row = load(conn, &job.instance_id).await?;
             let process = ctx.processes.get(conn, row.definition_id).await?;
-            let meta = meta(&row);
-            let mut state = row.state.clone();
-            let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
-            raise(&mut m, job.token as u32, &job.node_id, e.to_string(), true);
-            let effects = std::mem::take(&mut m.effects);
-            row.state = state;
+            let effects = run_machine(&mut row, &process, ctx.now, |m| {
+                raise(m, job.token as u32, &job.node_id, e.to_string(), true);
+                Ok(())
+            })?;
             save(conn, ctx, &mut row, effects, "worker", followups, false).await
         }
         other => other,
@@ -1476,13 +1489,11 @@ async fn cancel(
         return Ok(());
     }
     let process = ctx.processes.get(conn, row.definition_id).await?;
-    let meta = meta(&row);
-    let mut state = row.state.clone();
-    let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
-    m.withdraw_all();
-    m.note("instance_cancelled", None, json!({"reason": reason}));
-    let effects = std::mem::take(&mut m.effects);
-    row.state = state;
+    let effects = run_machine(&mut row, &process, ctx.now, |m| {
+        m.withdraw_all();
+        m.note("instance_cancelled", None, json!({"reason": reason}));
+        Ok(())
+    })?;
     row.status = "cancelled".to_owned();
     row.ended_at = Some(ctx.now);
     row.cancel_reason = Some(reason.to_owned());
