@@ -697,6 +697,41 @@ async fn pages_counts_assignment_and_lists(db: Db) {
         )
         .await;
     assert_eq!(rest["items"][0]["id"], ids[0].as_str());
+    // Filters: due before, a variable's value, the node an instance waits at.
+    let later = tramite_tests::engine::T0 + 10 * 60_000;
+    let (_, due) = api
+        .get(&format!("/api/v1/tasks?due_before={later}"), AGENT)
+        .await;
+    assert_eq!(
+        due["items"].as_array().unwrap().len(),
+        3,
+        "recibir_llamada is due in 2 minutes"
+    );
+    let (_, none_due) = api
+        .get(
+            &format!("/api/v1/tasks?due_before={}", tramite_tests::engine::T0),
+            AGENT,
+        )
+        .await;
+    assert!(none_due["items"].as_array().unwrap().is_empty());
+    let (_, by_phone) = api
+        .get("/api/v1/tasks?variable=telefono:72345678", AGENT)
+        .await;
+    assert_eq!(by_phone["items"].as_array().unwrap().len(), 3);
+    let (_, other_phone) = api
+        .get("/api/v1/tasks?variable=telefono:70000000", AGENT)
+        .await;
+    assert!(other_phone["items"].as_array().unwrap().is_empty());
+    let (status, _) = api.get("/api/v1/tasks?variable=no-colon", AGENT).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, waiting) = api
+        .get("/api/v1/instances?node=recibir_llamada", LEAD)
+        .await;
+    assert_eq!(waiting["items"].as_array().unwrap().len(), 3);
+    let (_, elsewhere) = api
+        .get("/api/v1/instances?node=control_calidad", LEAD)
+        .await;
+    assert!(elsewhere["items"].as_array().unwrap().is_empty());
     // A definition with its versions and source.
     let (status, def) = api.get("/api/v1/definitions/OPE-SUM-VEN-P06", AGENT).await;
     assert_eq!(status, StatusCode::OK);

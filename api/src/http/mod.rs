@@ -108,6 +108,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Parses `name:value` for the inbox's variable filter.
+fn variable_filter(text: &str) -> Result<(String, Value), Error> {
+    let bad = || Error::InvalidData {
+        errors: vec![tramite_engine::runtime::forms::FieldError {
+            field: "variable".into(),
+            message: "write `name:value`, with a name of letters, digits and `_`".into(),
+        }],
+    };
+    let (name, value) = text.split_once(':').ok_or_else(bad)?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(bad());
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Ok((name.to_owned(), value))
+}
+
 /// The error for a `cursor` that no page produced.
 fn bad_cursor() -> Error {
     Error::InvalidData {
@@ -374,6 +390,11 @@ struct InboxQuery {
     assignee: Option<String>,
     limit: Option<i64>,
     cursor: Option<String>,
+    /// Only tasks due before this moment (ms since the epoch).
+    due_before: Option<i64>,
+    /// `name:value`: only tasks whose instance has this variable value
+    /// (the value is read as JSON when it parses, else as text).
+    variable: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", params(InboxQuery), responses((status = 200, description = "The inbox of the caller's roles, soonest due first, with `next_cursor`"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
@@ -409,6 +430,8 @@ async fn inbox(
             assignee: q.assignee,
             limit,
             after,
+            due_before: q.due_before,
+            variable: q.variable.as_deref().map(variable_filter).transpose()?,
             ..Filter::default()
         })
         .await?;
@@ -480,6 +503,8 @@ struct InstancesQuery {
     business_key: Option<String>,
     started_from: Option<i64>,
     started_to: Option<i64>,
+    /// Only instances with a token at this node.
+    node: Option<String>,
     limit: Option<i64>,
     cursor: Option<String>,
 }
@@ -518,6 +543,7 @@ async fn instances(
             business_key: q.business_key,
             started_from: q.started_from,
             started_to: q.started_to,
+            node: q.node,
             after,
             limit,
         },

@@ -192,6 +192,8 @@ pub struct InstanceFilter {
     pub started_from: Option<i64>,
     /// Started before, ms.
     pub started_to: Option<i64>,
+    /// Only instances with a token at this node.
+    pub node: Option<String>,
     /// Only instances after this cursor: `(started_at, id)` of the previous page's last.
     pub after: Option<(i64, String)>,
     /// At most this many.
@@ -224,6 +226,14 @@ pub async fn list(conn: &mut Conn, f: &InstanceFilter) -> Result<Vec<InstanceRow
     if f.started_to.is_some() {
         clauses.push(format!("started_at < {}", next()));
     }
+    if f.node.is_some() {
+        let node = next();
+        clauses.push(if conn.backend_name() == "PostgreSQL" {
+            format!("(state::jsonb -> 'tokens') @> jsonb_build_array(jsonb_build_object('node', ({node})::text))")
+        } else {
+            format!("EXISTS (SELECT 1 FROM json_each(instances.state, '$.tokens') t WHERE json_extract(t.value, '$.node') = {node})")
+        });
+    }
     if f.after.is_some() {
         let (a, b) = (next(), next());
         clauses.push(format!("(started_at, id) < ({a}, {b})"));
@@ -251,6 +261,9 @@ pub async fn list(conn: &mut Conn, f: &InstanceFilter) -> Result<Vec<InstanceRow
     }
     if let Some(v) = f.started_to {
         q = q.bind(v);
+    }
+    if let Some(node) = &f.node {
+        q = q.bind(node.clone());
     }
     if let Some((at, id)) = &f.after {
         q = q.bind(*at).bind(id.clone());

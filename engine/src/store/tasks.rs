@@ -193,6 +193,10 @@ pub struct Filter {
     pub limit: i64,
     /// Only tasks after this cursor (from the previous page).
     pub after: Option<TaskCursor>,
+    /// Only tasks due before this moment, ms.
+    pub due_before: Option<i64>,
+    /// Only tasks whose instance has this variable with this (JSON) value.
+    pub variable: Option<(String, serde_json::Value)>,
 }
 
 /// Where a page of tasks ended, in inbox order (due time, creation, id).
@@ -259,6 +263,26 @@ pub async fn list(conn: &mut Conn, filter: &Filter) -> Result<Vec<TaskRow>, Erro
             clauses.push(format!("{column} = {}", next()));
         }
     }
+    if filter.due_before.is_some() {
+        clauses.push(format!("due_at IS NOT NULL AND due_at < {}", next()));
+    }
+    if filter.variable.is_some() {
+        let (name, value, text) = (next(), next(), next());
+        // JSON in TEXT: each backend reads it its own way. A value that looks
+        // like a number also matches the same digits stored as text.
+        let test = if conn.backend_name() == "PostgreSQL" {
+            format!(
+                "(i.state::jsonb -> 'variables' -> {name}) IN (({value})::jsonb, to_jsonb(({text})::text))"
+            )
+        } else {
+            format!(
+                "json_extract(i.state, '$.variables.' || {name}) IN (json_extract({value}, '$'), {text})"
+            )
+        };
+        clauses.push(format!(
+            "instance_id IN (SELECT i.id FROM instances i WHERE i.id = tasks.instance_id AND {test})"
+        ));
+    }
     if filter.after.is_some() {
         let (a, b, c) = (next(), next(), next());
         clauses.push(format!(
@@ -287,6 +311,16 @@ pub async fn list(conn: &mut Conn, filter: &Filter) -> Result<Vec<TaskRow>, Erro
     .flatten()
     {
         q = q.bind(value.clone());
+    }
+    if let Some(at) = filter.due_before {
+        q = q.bind(at);
+    }
+    if let Some((name, value)) = &filter.variable {
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        q = q.bind(name.clone()).bind(value.to_string()).bind(text);
     }
     if let Some(c) = &filter.after {
         q = q.bind(c.due).bind(c.created).bind(c.id.clone());
