@@ -810,3 +810,218 @@ async fn openapi_document_and_offline_docs_page() {
         "the page loads nothing from the internet"
     );
 }
+
+/// Every role × every endpoint: without a token 401; with a role the
+/// endpoint does not allow 403; with one it allows, neither. The table must
+/// name every route the router serves.
+async fn authorization_matrix(db: Db) {
+    let api = Api::new(db).await;
+    let id = api.start_p06().await;
+    let victim = api.start_p06().await; // the one the operator may cancel
+    let task = api.task(&id, "recibir_llamada", AGENT).await;
+    let all = [AGENT, LEAD, INSTALLER, CHANNEL];
+    let t0 = tramite_tests::engine::T0;
+    let table: Vec<(Method, String, &str, Vec<&str>, Value)> = vec![
+        (
+            Method::GET,
+            "/api/v1/definitions".into(),
+            "/api/v1/definitions",
+            all.to_vec(),
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            "/api/v1/definitions".into(),
+            "/api/v1/definitions",
+            vec![LEAD],
+            json!({"files": []}),
+        ),
+        (
+            Method::GET,
+            "/api/v1/definitions/OPE-SUM-VEN-P06".into(),
+            "/api/v1/definitions/{code}",
+            all.to_vec(),
+            Value::Null,
+        ),
+        (
+            Method::GET,
+            "/api/v1/definitions/OPE-SUM-VEN-P06/diagram".into(),
+            "/api/v1/definitions/{code}/diagram",
+            all.to_vec(),
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            "/api/v1/instances".into(),
+            "/api/v1/instances",
+            vec![CHANNEL, LEAD],
+            json!({"code": "OPE-SUM-VEN-P06", "channel": "ivr", "data": {"telefono": "72345678"}}),
+        ),
+        (
+            Method::GET,
+            "/api/v1/instances".into(),
+            "/api/v1/instances",
+            all.to_vec(),
+            Value::Null,
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/instances/{id}"),
+            "/api/v1/instances/{id}",
+            all.to_vec(),
+            Value::Null,
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/instances/{id}/history"),
+            "/api/v1/instances/{id}/history",
+            all.to_vec(),
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/instances/{victim}/cancel"),
+            "/api/v1/instances/{id}/cancel",
+            vec![LEAD],
+            json!({"reason": "matriz"}),
+        ),
+        (
+            Method::GET,
+            "/api/v1/tasks".into(),
+            "/api/v1/tasks",
+            all.to_vec(),
+            Value::Null,
+        ),
+        (
+            Method::GET,
+            "/api/v1/tasks/counts".into(),
+            "/api/v1/tasks/counts",
+            all.to_vec(),
+            Value::Null,
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/tasks/{task}"),
+            "/api/v1/tasks/{id}",
+            vec![AGENT],
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/tasks/{task}/claim"),
+            "/api/v1/tasks/{id}/claim",
+            vec![AGENT],
+            json!({}),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/tasks/{task}/unclaim"),
+            "/api/v1/tasks/{id}/unclaim",
+            vec![AGENT],
+            json!({}),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/tasks/{task}/assign"),
+            "/api/v1/tasks/{id}/assign",
+            vec![LEAD],
+            json!({"user": "ana"}),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/tasks/{task}/complete"),
+            "/api/v1/tasks/{id}/complete",
+            vec![AGENT],
+            json!({"outcome": "no-such-button"}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/messages".into(),
+            "/api/v1/messages",
+            vec![CHANNEL, LEAD],
+            json!({"name": "nada", "key": "k", "id": "matriz"}),
+        ),
+        (
+            Method::GET,
+            "/api/v1/incidents".into(),
+            "/api/v1/incidents",
+            vec![LEAD],
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            "/api/v1/incidents/nope/retry".into(),
+            "/api/v1/incidents/{id}/retry",
+            vec![LEAD],
+            json!({}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/incidents/nope/resolve".into(),
+            "/api/v1/incidents/{id}/resolve",
+            vec![LEAD],
+            json!({"variables": {}}),
+        ),
+        (
+            Method::GET,
+            format!(
+                "/api/v1/indicators/OPE-SUM-VEN-P06/venta_digital_eficiente?from={t0}&to={}",
+                t0 + 1
+            ),
+            "/api/v1/indicators/{code}/{indicator}",
+            all.to_vec(),
+            Value::Null,
+        ),
+    ];
+    let source = include_str!("../src/http/mod.rs");
+    for line in source
+        .lines()
+        .filter(|l| l.trim_start().starts_with(".route(\"/api/v1"))
+    {
+        let route = line.split('"').nth(1).unwrap();
+        let methods: Vec<&str> = ["get(", "post("]
+            .into_iter()
+            .filter(|m| line.contains(m))
+            .collect();
+        for m in methods {
+            let method = if m == "get(" {
+                Method::GET
+            } else {
+                Method::POST
+            };
+            assert!(
+                table
+                    .iter()
+                    .any(|(tm, _, tr, _, _)| *tm == method && *tr == route),
+                "{method} {route} is missing from the matrix"
+            );
+        }
+    }
+    for (method, uri, _, allowed, body) in &table {
+        let body = (!body.is_null()).then(|| body.to_string());
+        let (status, _, _) = api.call(method.clone(), uri, None, body.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {uri} without a token"
+        );
+        for token in all {
+            let (status, problem, _) = api
+                .call(method.clone(), uri, Some(token), body.clone())
+                .await;
+            if allowed.contains(&token) {
+                assert!(
+                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                    "{method} {uri} as {token}: {status} {problem}"
+                );
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{method} {uri} as {token}: {problem}"
+                );
+            }
+        }
+    }
+}
+both!(authorization_matrix);
