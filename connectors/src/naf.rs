@@ -377,22 +377,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::sim::tests::{assert_matches_spec, input};
+    use crate::sim::tests::{call_checked, input};
 
     async fn check(sim: &Simulator, pairs: &[(&str, &str)]) -> Answer {
-        let input = input(pairs);
-        let answer = sim
-            .call(ConnectorCall {
-                operation: OPERATION,
-                input: &input,
-                idempotency_key: "job-1",
-                attempt: 1,
-            })
-            .await;
-        if let Ok(out) = &answer {
-            assert_matches_spec(&spec(), OPERATION, out);
-        }
-        answer
+        call_checked(sim, &spec(), OPERATION, pairs).await
     }
 
     fn code(answer: Answer) -> String {

@@ -221,6 +221,29 @@ pub(crate) mod tests {
         }
     }
 
+    /// Calls `operation` of `connector` with `pairs` as input (idempotency key
+    /// `job-1`, first attempt) and checks any result against `spec`.
+    pub(crate) async fn call_checked(
+        connector: &dyn tramite_engine::runtime::connector::Connector,
+        spec: &ConnectorSpec,
+        operation: &str,
+        pairs: &[(&str, &str)],
+    ) -> Answer {
+        let input = input(pairs);
+        let answer = connector
+            .call(tramite_engine::runtime::connector::ConnectorCall {
+                operation,
+                input: &input,
+                idempotency_key: "job-1",
+                attempt: 1,
+            })
+            .await;
+        if let Ok(out) = &answer {
+            assert_matches_spec(spec, operation, out);
+        }
+        answer
+    }
+
     /// An input mapping from pairs.
     pub(crate) fn input(pairs: &[(&str, &str)]) -> Map<String, Value> {
         pairs
