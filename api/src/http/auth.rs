@@ -46,15 +46,20 @@ impl User {
         self.roles.iter().any(|r| r == role)
     }
 
+    /// Refuses unless the user has one of `roles`; `action` says what for.
+    pub fn require_any(&self, roles: &[&str], action: &str) -> Result<(), Error> {
+        if roles.iter().any(|r| self.has(r)) {
+            return Ok(());
+        }
+        let names: Vec<String> = roles.iter().map(|r| format!("`{r}`")).collect();
+        Err(Error::Forbidden {
+            reason: format!("{action} needs the {} role", names.join(" or ")),
+        })
+    }
+
     /// Refuses unless the user has `role`.
     pub fn require(&self, role: &str) -> Result<(), Error> {
-        if self.has(role) {
-            Ok(())
-        } else {
-            Err(Error::Forbidden {
-                reason: format!("this needs the `{role}` role"),
-            })
-        }
+        self.require_any(&[role], "this")
     }
 }
 

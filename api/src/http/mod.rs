@@ -295,11 +295,7 @@ async fn start(
     body: Body<StartRequest>,
 ) -> Result<impl IntoResponse, Error> {
     let user = s.users.authenticate(&headers)?;
-    if !user.has("channel") && !user.has("operator") {
-        return Err(Error::Forbidden {
-            reason: "starting instances needs the `channel` or `operator` role".into(),
-        });
-    }
+    user.require_any(&["channel", "operator"], "starting instances")?;
     let Json(r) = body?;
     let id = s
         .engine
@@ -715,11 +711,7 @@ async fn publish(
     body: Body<MessageRequest>,
 ) -> Result<Json<Value>, Error> {
     let user = s.users.authenticate(&headers)?;
-    if !user.has("channel") && !user.has("operator") {
-        return Err(Error::Forbidden {
-            reason: "publishing messages needs the `channel` or `operator` role".into(),
-        });
-    }
+    user.require_any(&["channel", "operator"], "publishing messages")?;
     let Json(r) = body?;
     let delivery = s
         .engine

@@ -1108,26 +1108,24 @@ async fn complete(
         });
     }
     let token = task.token as u32;
-    let meta = meta(&row);
-    let mut state = row.state.clone();
-    let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
-    if let Some(t) = m.state.token(token)
-        && let Wait::Task {
-            timer: Some(timer), ..
-        } = &t.wait
-    {
-        m.effects.push(Effect::CancelJob { id: timer.clone() });
-    }
-    m.write(&c.data);
-    let set = m.assign(&outcome.set, None)?;
-    m.note(
-        "task_completed",
-        Some(&task.node_id),
-        json!({"task": c.task, "outcome": c.outcome, "data": c.data, "set": set}),
-    );
-    m.go(token, &outcome.next)?;
-    let effects = std::mem::take(&mut m.effects);
-    row.state = state;
+    let effects = run_machine(&mut row, &process, ctx.now, |m| {
+        if let Some(t) = m.state.token(token)
+            && let Wait::Task {
+                timer: Some(timer), ..
+            } = &t.wait
+        {
+            m.effects.push(Effect::CancelJob { id: timer.clone() });
+        }
+        m.write(&c.data);
+        let set = m.assign(&outcome.set, None)?;
+        m.note(
+            "task_completed",
+            Some(&task.node_id),
+            json!({"task": c.task, "outcome": c.outcome, "data": c.data, "set": set}),
+        );
+        m.go(token, &outcome.next)?;
+        Ok(())
+    })?;
     save(conn, ctx, &mut row, effects, &c.user, followups, false).await
 }
 
@@ -1447,25 +1445,23 @@ async fn deliver(
         return Ok(());
     };
     conn.unsubscribe(subscription).await?;
-    let meta = meta(&row);
-    let mut state = row.state.clone();
-    let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
-    if let Some(t) = timer {
-        m.effects.push(Effect::CancelJob { id: t });
-    }
-    match m.assign(&w.store, Some(("message", &message.payload))) {
-        Ok(written) => {
-            m.note(
-                "message_received",
-                Some(&node_id),
-                json!({"message": message.id, "name": message.message_name, "written": written}),
-            );
-            m.go(token, &w.next)?;
+    let effects = run_machine(&mut row, &process, ctx.now, |m| {
+        if let Some(t) = timer {
+            m.effects.push(Effect::CancelJob { id: t });
         }
-        Err(e) => raise(&mut m, token, &node_id, e.to_string(), true),
-    }
-    let effects = std::mem::take(&mut m.effects);
-    row.state = state;
+        match m.assign(&w.store, Some(("message", &message.payload))) {
+            Ok(written) => {
+                m.note(
+                    "message_received",
+                    Some(&node_id),
+                    json!({"message": message.id, "name": message.message_name, "written": written}),
+                );
+                m.go(token, &w.next)?;
+            }
+            Err(e) => raise(m, token, &node_id, e.to_string(), true),
+        }
+        Ok(())
+    })?;
     save(conn, ctx, &mut row, effects, "engine", followups, false).await
 }
 
