@@ -1533,3 +1533,102 @@ async fn two_engines_fire_each_timer_once() {
     }
     second.shutdown().await;
 }
+
+const INBOX_LANES: &str = r#"
+code: T-INBOX
+name: Bandeja
+version: 1
+owner_role: jefe
+roles: [{id: agente, name: Agente}, {id: jefe, name: Jefe}]
+nodes:
+  - {id: inicio, kind: start, channels: [web], next: dividir}
+  - {id: dividir, kind: fork, branches: [pronto, tarde, sin_plazo, del_jefe], join: unir}
+  - {id: pronto, kind: user_task, role: agente, due: 10m, outcomes: [{id: ok, label: Listo, next: unir}]}
+  - {id: tarde, kind: user_task, role: agente, due: 1h, outcomes: [{id: ok, label: Listo, next: unir}]}
+  - {id: sin_plazo, kind: user_task, role: agente, outcomes: [{id: ok, label: Listo, next: unir}]}
+  - {id: del_jefe, kind: user_task, role: jefe, due: 30m, outcomes: [{id: ok, label: Listo, next: unir}]}
+  - {id: unir, kind: join, next: fin}
+  - {id: fin, kind: end, outcome: listo}
+"#;
+
+/// Every page of an inbox over several roles, open and claimed tasks, with
+/// and without due times, in due order (none last), each task exactly once.
+async fn inbox_pages_merge_roles_and_statuses_in_due_order(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![("inbox.yaml".into(), INBOX_LANES.into())])
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(h.start("T-INBOX", "web", json!({})).await);
+        h.advance(Duration::from_secs(60));
+    }
+    // Some tasks claimed, so the pages mix both statuses.
+    for id in ids.iter().step_by(2) {
+        let task = h.task(id, "tarde").await;
+        h.engine.claim(&task.id, "ana").await.unwrap();
+    }
+    let all = |after| Filter {
+        roles: vec!["agente".into(), "jefe".into()],
+        limit: 3,
+        after,
+        ..Filter::default()
+    };
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = h.engine.tasks(&all(after.clone())).await.unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = Some(tramite_engine::store::tasks::TaskCursor::after(last));
+        seen.extend(page);
+    }
+    assert_eq!(seen.len(), 20, "4 tasks × 5 instances, each once");
+    let keys: Vec<_> = seen
+        .iter()
+        .map(|t| (t.due_at.unwrap_or(i64::MAX), t.created_at, t.id.clone()))
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "pages come in due order");
+    let nodes: Vec<&str> = seen.iter().map(|t| t.node_id.as_str()).collect();
+    assert_eq!(
+        &nodes[..5],
+        ["pronto"; 5],
+        "the first five are due in 10 minutes"
+    );
+    assert_eq!(&nodes[15..], ["sin_plazo"; 5], "no due time: last");
+    assert_eq!(
+        seen.iter().filter(|t| t.status == "claimed").count(),
+        3,
+        "claimed tasks are in the inbox too"
+    );
+    // One role, one status, due before a moment.
+    let lead = h
+        .engine
+        .tasks(&Filter {
+            roles: vec!["jefe".into()],
+            due_before: Some(tramite_tests::engine::T0 + 33 * 60_000),
+            limit: 50,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(lead.len(), 3, "the lead's tasks due within 33 minutes");
+    assert!(lead.iter().all(|t| t.node_id == "del_jefe"));
+    let claimed = h
+        .engine
+        .tasks(&Filter {
+            status: Some("claimed".into()),
+            limit: 50,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+}
+on_both_backends!(
+    inbox_pages_merge_roles_and_statuses_in_due_order,
+    super::inbox_pages_merge_roles_and_statuses_in_due_order
+);

@@ -6,6 +6,7 @@
 //! - `tramite schema`: the JSON Schema of the definition format.
 
 mod bench;
+mod bench_http;
 mod demo;
 mod serve;
 
@@ -17,6 +18,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tramite_engine::diagram::{self, Format};
 use tramite_engine::library;
 use tramite_engine::text::Lang;
+
+/// mimalloc instead of glibc's allocator: the server allocates small objects
+/// on many threads (rows, JSON, requests), where glibc's arenas contend.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Errors of the command line.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +145,24 @@ enum Command {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Print the HTTP API's OpenAPI 3.1 document (as served at /api/openapi.json).
+    Openapi,
+    /// Inbox pages, badge counts and task completions over HTTP on loopback
+    /// with many open tasks in the database; prints p50/p99 and requests/s.
+    BenchHttp {
+        /// Open tasks in the database before measuring.
+        #[arg(long, default_value_t = 1_000_000)]
+        tasks: usize,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Requests per measured phase.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Database URL (default: a fresh SQLite file in a temporary folder).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -161,6 +185,9 @@ enum Language {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Outbound HTTPS uses rustls with the ring provider, chosen once per
+    // process (an error only means one is installed already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Error::Invalid { count }) => {
@@ -271,6 +298,33 @@ fn run(cli: Cli) -> Result<(), Error> {
                 database_url,
             }))?;
             writeln!(stdout, "{report}")?;
+            Ok(())
+        }
+        Command::BenchHttp {
+            tasks,
+            clients,
+            requests,
+            database_url,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(Error::Output)?;
+            let report = runtime.block_on(bench_http::run(bench_http::Settings {
+                tasks,
+                clients,
+                requests,
+                database_url,
+            }))?;
+            writeln!(stdout, "{report}")?;
+            Ok(())
+        }
+        Command::Openapi => {
+            use utoipa::OpenApi;
+            let doc = tramite_api::http::ApiDoc::openapi()
+                .to_pretty_json()
+                .map_err(|e| Error::Output(std::io::Error::other(e)))?;
+            writeln!(stdout, "{doc}")?;
             Ok(())
         }
         Command::Schema => {

@@ -654,7 +654,7 @@ async fn pages_counts_assignment_and_lists(db: Db) {
     let (_, counts) = api.get("/api/v1/tasks/counts", AGENT).await;
     assert_eq!(
         counts,
-        json!([{"role": "agente_ventas_digitales", "count": 3}])
+        json!([{"role": "agente_ventas_digitales", "count": 3, "more": false}])
     );
     // The team lead assigns; an agent cannot.
     let task = api.task(&ids[0], "recibir_llamada", AGENT).await;

@@ -9,13 +9,24 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 /// The embedded migrations (applied under PostgreSQL's advisory lock, so
 /// that several nodes starting at once migrate exactly once).
 pub(super) fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        SqlStr::from_static(include_str!("../../migrations/postgres/0001_init.sql")),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!("../../migrations/postgres/0001_init.sql")),
+            false,
+        ),
+        Migration::new(
+            2,
+            Cow::Borrowed("inbox order"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/postgres/0002_inbox_order.sql"
+            )),
+            false,
+        ),
+    ])
 }
 
 /// Claims due jobs; `SKIP LOCKED` lets nodes claim side by side without

@@ -42,13 +42,22 @@ pub(super) async fn configure(conn: &mut Conn) -> Result<(), sqlx::Error> {
 
 /// The embedded migrations.
 pub(super) fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        SqlStr::from_static(include_str!("../../migrations/sqlite/0001_init.sql")),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!("../../migrations/sqlite/0001_init.sql")),
+            false,
+        ),
+        Migration::new(
+            2,
+            Cow::Borrowed("inbox order"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!("../../migrations/sqlite/0002_inbox_order.sql")),
+            false,
+        ),
+    ])
 }
 
 /// Claims due jobs in one statement: SQLite has one writer, so no row locks are needed.

@@ -226,7 +226,8 @@ impl Tx for Connection {
     async fn insert_task(&mut self, t: &NewTask<'_>) -> Result<(), Error> {
         self.prepare_cached(
             "INSERT INTO tasks (id, instance_id, token, node_id, code, business_key, role, status, \
-             created_at, due_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9)",
+             created_at, due_at, due_order) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9, \
+             COALESCE(?9, 9223372036854775807))",
         )?
         .execute(params![
             t.id,
