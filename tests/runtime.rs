@@ -10,126 +10,10 @@ use tramite_engine::store::tasks::Filter;
 use tramite_tests::engine::{Db, Harness};
 use tramite_tests::on_both_backends;
 
-const P06: &str = "OPE-SUM-VEN-P06";
-const PHONE: &str = "72345678";
-
-/// Starts P06 by IVR and walks it to the NAF check with `ci`.
-async fn through_identification(h: &Harness, ci: &str) -> String {
-    let id = h
-        .start(
-            P06,
-            "ivr",
-            json!({"telefono": PHONE, "nombre_cliente": "Juan Pérez"}),
-        )
-        .await;
-    h.complete(&id, "recibir_llamada", "atendida", json!({}))
-        .await;
-    h.complete(
-        &id,
-        "identificar_cliente",
-        "continuar",
-        json!({"nombre_cliente": "Juan Pérez Rojas", "servicio_solicitado": "internet_fibra", "ci": ci}),
-    )
-    .await;
-    assert_eq!(h.jobs().await, 1, "the NAF check runs");
-    id
-}
-
-/// From the address (step 5) to the requirements being asked for (step 8).
-async fn through_coverage(h: &Harness, id: &str, zone: &str) {
-    h.complete(
-        id,
-        "solicitar_domicilio",
-        "continuar",
-        json!({"direccion": "Av. América 1234", "zona": zone}),
-    )
-    .await;
-    assert_eq!(h.jobs().await, 1, "the GIS check runs");
-}
-
-/// From step 7.1 with capacity to the Smartflex registration (10).
-async fn through_requirements(h: &Harness, id: &str) {
-    h.complete(
-        id,
-        "verificar_capacidad",
-        "continuar",
-        json!({"capacidad_confirmada": true}),
-    )
-    .await;
-    h.complete(
-        id,
-        "solicitar_requisitos",
-        "requisitos_solicitados",
-        json!({}),
-    )
-    .await;
-    let delivery = h
-        .publish(
-            "requisitos_whatsapp",
-            PHONE,
-            &format!("wamid.{id}"),
-            json!({"media": ["ci_anverso.jpg", "ci_reverso.jpg", "factura.pdf"]}),
-        )
-        .await;
-    assert_eq!(
-        delivery,
-        Delivery::Delivered {
-            instance: id.to_owned()
-        }
-    );
-    h.complete(
-        id,
-        "imprimir_requisitos",
-        "impresos",
-        json!({"requisitos_impresos": true}),
-    )
-    .await;
-}
-
-/// From the request being communicated (11) to the end (13).
-async fn through_installation(h: &Harness, id: &str) {
-    h.complete(
-        id,
-        "comunicar_solicitud",
-        "comunicado",
-        json!({"dias_estimados": 5}),
-    )
-    .await;
-    let children = h.engine.children(id).await.unwrap();
-    assert_eq!(children.len(), 1);
-    let child = &children[0];
-    assert_eq!(child.code, "OPR-PAS-P02");
-    assert_eq!(child.channel, "procedure");
-    h.complete(
-        &child.id,
-        "programar",
-        "programada",
-        json!({"fecha_programada": "2026-12-01"}),
-    )
-    .await;
-    h.complete(
-        &child.id,
-        "instalar",
-        "cerrar",
-        json!({"instalacion_realizada": true, "dias_ejecucion": 4}),
-    )
-    .await;
-    assert_eq!(h.instance(&child.id).await.status, "completed");
-    h.complete(
-        id,
-        "seguimiento_venta",
-        "continuar",
-        json!({"contrato_firmado": true}),
-    )
-    .await;
-    h.complete(
-        id,
-        "control_calidad",
-        "registrado",
-        json!({"cliente_satisfecho": true, "comentario_calidad": "Conforme"}),
-    )
-    .await;
-}
+use tramite_tests::p06::{
+    P06, PHONE, through_coverage, through_identification, through_installation,
+    through_requirements,
+};
 
 async fn sale_made(db: Db) {
     let h = Harness::new(db).await;
@@ -271,6 +155,7 @@ async fn digital_lead(db: Db) {
             channel: "fax".to_owned(),
             data: tramite_tests::engine::object(json!({"telefono": PHONE})),
             actor: "test".to_owned(),
+            request_id: None,
         })
         .await
         .unwrap_err();

@@ -151,6 +151,7 @@ pub(crate) async fn drive(
             channel: "ivr".to_owned(),
             data: object(json!({"telefono": phone})),
             actor: "bench".to_owned(),
+            request_id: None,
         }),
     )
     .await?;

@@ -136,6 +136,8 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, Error> {
         engine: engine.clone(),
         users: Users::default().with("bench", AGENT_TOKEN, &[ROLE]),
         metrics: None,
+        connectors: sims.connectors(),
+        webhooks: tramite_api::http::Webhooks::default(),
     }));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let base = format!("http://{address}");
@@ -309,6 +311,7 @@ async fn seed(engine: &Engine, tasks: usize, url_is_sqlite: bool) -> Result<(), 
                 channel: "ivr".to_owned(),
                 data: crate::bench::object(json!({"telefono": format!("7{n:07}")})),
                 actor: "bench".to_owned(),
+                request_id: None,
             })
             .await?;
     }

@@ -112,6 +112,34 @@ enum Command {
         /// Log format.
         #[arg(long, env = "TRAMITE_LOG_FORMAT", value_enum, default_value_t = serve::LogFormat::Pretty)]
         log_format: serve::LogFormat,
+        /// Folder of HTTP connector files (one YAML per system, see
+        /// connectors/README.md); systems without a file stay simulated.
+        #[arg(long, env = "TRAMITE_CONNECTORS")]
+        connectors: Option<PathBuf>,
+        /// The engine message a WhatsApp message from a client becomes (the
+        /// webhook is on when WHATSAPP_APP_SECRET and WHATSAPP_VERIFY_TOKEN are set).
+        #[arg(
+            long,
+            env = "TRAMITE_WHATSAPP_MESSAGE",
+            default_value = "requisitos_whatsapp"
+        )]
+        whatsapp_message: String,
+        /// Country prefix removed from WhatsApp senders' numbers to get the correlation key.
+        #[arg(long, env = "TRAMITE_WHATSAPP_COUNTRY_CODE", default_value = "591")]
+        whatsapp_country_code: String,
+    },
+    /// Serve the NAF, GIS and Smartflex simulators over HTTP (the systems
+    /// connectors/config/*.yaml point at), with optional faults.
+    Simulators {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        bind: std::net::SocketAddr,
+        /// Latency added to every call, ms.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Probability (0–1) that a call fails with 503.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
     },
     /// Run the engine with its embedded defaults (SQLite file, simulated
     /// connectors) through one P06 request and print its history.
@@ -187,7 +215,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Outbound HTTPS uses rustls with the ring provider, chosen once per
     // process (an error only means one is installed already).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    tramite_connectors::http::install_tls_provider();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Error::Invalid { count }) => {
@@ -249,7 +277,27 @@ fn run(cli: Cli) -> Result<(), Error> {
             processes,
             users,
             log_format,
+            connectors,
+            whatsapp_message,
+            whatsapp_country_code,
         } => {
+            let whatsapp = match (
+                std::env::var("WHATSAPP_APP_SECRET"),
+                std::env::var("WHATSAPP_VERIFY_TOKEN"),
+            ) {
+                (Ok(app_secret), Ok(verify_token))
+                    if !app_secret.is_empty() && !verify_token.is_empty() =>
+                {
+                    Some(tramite_api::http::WhatsApp {
+                        app_secret,
+                        verify_token,
+                        message: whatsapp_message,
+                        country_code: whatsapp_country_code,
+                        ttl_ms: 7 * 86_400_000,
+                    })
+                }
+                _ => None,
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -261,6 +309,26 @@ fn run(cli: Cli) -> Result<(), Error> {
                     processes,
                     users,
                     log_format,
+                    connectors,
+                    whatsapp,
+                },
+                &mut stdout,
+            ))
+        }
+        Command::Simulators {
+            bind,
+            latency_ms,
+            error_rate,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(Error::Output)?;
+            runtime.block_on(serve::simulators(
+                bind,
+                tramite_connectors::sim_http::StartFaults {
+                    latency: std::time::Duration::from_millis(latency_ms),
+                    error_rate,
                 },
                 &mut stdout,
             ))

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tramite_api::http::{AppState, Users, auth::UsersFile, router};
+use tramite_api::http::{AppState, Users, Webhooks, auth::UsersFile, router};
 use tramite_engine::runtime::{Engine, EngineConfig};
 
 use crate::Error;
@@ -24,6 +24,8 @@ pub(crate) struct Settings {
     pub(crate) processes: PathBuf,
     pub(crate) users: Option<PathBuf>,
     pub(crate) log_format: LogFormat,
+    pub(crate) connectors: Option<PathBuf>,
+    pub(crate) whatsapp: Option<tramite_api::http::WhatsApp>,
 }
 
 fn token() -> String {
@@ -76,9 +78,21 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
         }
     };
     let sims = tramite_connectors::Simulators::new();
+    let catalog = tramite_connectors::catalog();
+    let mut connectors = sims.connectors();
+    let mut remote = Vec::new();
+    if let Some(dir) = &s.connectors {
+        for c in tramite_connectors::http::load_dir(dir, &catalog)
+            .map_err(|e| Error::Serve(e.to_string()))?
+        {
+            remote.push(format!("{} → {}", c.system(), c.config().base_url));
+            let name = c.system().to_owned();
+            connectors = connectors.with(&name, Arc::new(c));
+        }
+    }
     let mut config = EngineConfig::new(s.database_url.clone());
-    config.catalog = tramite_connectors::catalog();
-    config.connectors = sims.connectors();
+    config.catalog = catalog;
+    config.connectors = connectors.clone();
     let engine = Engine::open(config).await?;
     let deployed = engine.deploy_dir(&s.processes).await?;
     engine.start_workers();
@@ -100,6 +114,18 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
             if d.new { " (new)" } else { "" }
         )?;
     }
+    for r in &remote {
+        writeln!(out, "  connector {r}")?;
+    }
+    writeln!(
+        out,
+        "  WhatsApp webhook {}",
+        if s.whatsapp.is_some() {
+            "on at /webhooks/whatsapp"
+        } else {
+            "off (set WHATSAPP_APP_SECRET and WHATSAPP_VERIFY_TOKEN)"
+        }
+    )?;
     if demo.is_empty() {
         writeln!(
             out,
@@ -121,10 +147,22 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| Error::Serve(format!("cannot install the metrics recorder: {e}")))?;
+    // Systems' health in the metrics even when nobody asks /readyz.
+    let watched = connectors.clone();
+    let health = tokio::spawn(async move {
+        loop {
+            tramite_api::http::check_systems(&watched).await;
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        }
+    });
     let app = router(Arc::new(AppState {
         engine: engine.clone(),
         users,
         metrics: Some(metrics),
+        connectors,
+        webhooks: Webhooks {
+            whatsapp: s.whatsapp,
+        },
     }));
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
@@ -132,6 +170,35 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
         })
         .await
         .map_err(Error::Output)?;
+    health.abort();
     engine.shutdown().await;
+    Ok(())
+}
+
+/// `tramite simulators`: the three simulators over HTTP until Ctrl-C.
+pub(crate) async fn simulators(
+    bind: std::net::SocketAddr,
+    faults: tramite_connectors::sim_http::StartFaults,
+    out: &mut impl std::io::Write,
+) -> Result<(), Error> {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .try_init();
+    let sims = tramite_connectors::Simulators::new();
+    faults.apply(&sims);
+    let server = tramite_connectors::sim_http::Server::start(bind, sims)
+        .await
+        .map_err(|e| Error::Serve(format!("cannot listen on {bind}: {e}")))?;
+    writeln!(out, "simulators listening on http://{}", server.address())?;
+    for system in ["naf", "gis", "smartflex"] {
+        writeln!(out, "  {system:<10} {}", server.base_url(system))?;
+    }
+    writeln!(
+        out,
+        "faults: POST /_admin/<system>/faults {{\"latency_ms\", \"error_rate\", \"outage\", \"fail_next\", \"lose_next\", \"clear\"}}"
+    )?;
+    out.flush()?;
+    let _ = tokio::signal::ctrl_c().await;
+    server.stop().await;
     Ok(())
 }

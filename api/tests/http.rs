@@ -8,13 +8,14 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use tramite_api::http::{AppState, Users, router};
+use tramite_api::http::{AppState, Users, Webhooks, WhatsApp, router};
 use tramite_tests::engine::{Db, Harness};
 
 const AGENT: &str = "token-agente";
 const LEAD: &str = "token-responsable";
 const INSTALLER: &str = "token-instalaciones";
 const CHANNEL: &str = "token-canal";
+const WHATSAPP_SECRET: &str = "whatsapp-app-secret";
 
 /// One recorder per test process (metrics are global).
 fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
@@ -54,6 +55,16 @@ impl Api {
             engine: h.engine.clone(),
             users,
             metrics: Some(metrics_handle()),
+            connectors: h.connectors.clone(),
+            webhooks: Webhooks {
+                whatsapp: Some(WhatsApp {
+                    app_secret: WHATSAPP_SECRET.to_owned(),
+                    verify_token: "verificar-tramite".to_owned(),
+                    message: "requisitos_whatsapp".to_owned(),
+                    country_code: "591".to_owned(),
+                    ttl_ms: 86_400_000,
+                }),
+            },
         }));
         Api { h, app }
     }
@@ -943,6 +954,27 @@ async fn authorization_matrix(db: Db) {
         ),
         (
             Method::GET,
+            "/api/v1/messages".into(),
+            "/api/v1/messages",
+            vec![LEAD],
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            "/webhooks/leads".into(),
+            "/webhooks/leads",
+            vec![CHANNEL],
+            json!({"id": "matriz", "process": "OPE-SUM-VEN-P06", "source": "web", "data": {"telefono": "71234567"}}),
+        ),
+        (
+            Method::POST,
+            "/webhooks/ivr".into(),
+            "/webhooks/ivr",
+            vec![CHANNEL],
+            json!({"id": "matriz", "process": "OPE-SUM-VEN-P06", "data": {"telefono": "71234567"}}),
+        ),
+        (
+            Method::GET,
             "/api/v1/incidents".into(),
             "/api/v1/incidents",
             vec![LEAD],
@@ -973,16 +1005,22 @@ async fn authorization_matrix(db: Db) {
             Value::Null,
         ),
     ];
+    // Every bearer-authenticated route of the router (the WhatsApp webhook
+    // is signed instead, and tested on its own).
     let source = include_str!("../src/http/mod.rs");
-    for line in source
-        .lines()
-        .filter(|l| l.trim_start().starts_with(".route(\"/api/v1"))
-    {
-        let route = line.split('"').nth(1).unwrap();
+    for chunk in source.split(".route(").skip(1) {
+        let chunk = chunk.split(".layer(").next().unwrap();
+        let route = chunk.split('"').nth(1).unwrap();
+        if !(route.starts_with("/api/v1") || route.starts_with("/webhooks/"))
+            || route == "/webhooks/whatsapp"
+        {
+            continue;
+        }
         let methods: Vec<&str> = ["get(", "post("]
             .into_iter()
-            .filter(|m| line.contains(m))
+            .filter(|m| chunk.contains(m))
             .collect();
+        assert!(!methods.is_empty(), "{route}: no method found");
         for m in methods {
             let method = if m == "get(" {
                 Method::GET
@@ -1025,3 +1063,244 @@ async fn authorization_matrix(db: Db) {
     }
 }
 both!(authorization_matrix);
+
+/// A WhatsApp Business Cloud API message event, as Meta documents it: an
+/// image from the client's phone (with its country code).
+fn whatsapp_event(wamid: &str, from: &str) -> String {
+    json!({
+        "object": "whatsapp_business_account",
+        "entry": [{
+            "id": "102290129340398",
+            "changes": [{
+                "field": "messages",
+                "value": {
+                    "messaging_product": "whatsapp",
+                    "metadata": {"display_phone_number": "59144000000", "phone_number_id": "106540352242922"},
+                    "contacts": [{"profile": {"name": "Juan Pérez"}, "wa_id": from}],
+                    "messages": [{
+                        "from": from,
+                        "id": wamid,
+                        "timestamp": "1795784400",
+                        "type": "image",
+                        "image": {
+                            "caption": "CI anverso",
+                            "mime_type": "image/jpeg",
+                            "sha256": "j1dUyJcn2h3Qp4XkOF5kO0nUUgEr6sU6TqPe7iVKTs8=",
+                            "id": "1234567890123456"
+                        }
+                    }]
+                }
+            }]
+        }]
+    })
+    .to_string()
+}
+
+fn signature(secret: &str, body: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let bytes = mac.finalize().into_bytes();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+impl Api {
+    /// POSTs a WhatsApp event with `X-Hub-Signature-256: sig` (none if `None`).
+    async fn whatsapp(&self, body: &str, sig: Option<String>) -> (StatusCode, Value) {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri("/webhooks/whatsapp")
+            .header("content-type", "application/json");
+        if let Some(sig) = sig {
+            request = request.header("x-hub-signature-256", sig);
+        }
+        let response = self
+            .app
+            .clone()
+            .oneshot(request.body(Body::from(body.to_owned())).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+}
+
+/// The documented WhatsApp payload, correctly signed, advances a P06
+/// waiting for the requirements; with a wrong signature it does not.
+async fn whatsapp_webhook_advances_a_waiting_p06(db: Db) {
+    use tramite_tests::p06::{through_coverage, through_identification};
+    let api = Api::new(db).await;
+    let h = &api.h;
+    // The verification handshake: the challenge comes back as plain text.
+    let handshake = |token: &str| {
+        Request::builder()
+            .uri(format!(
+                "/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=1158201444"
+            ))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let response = api
+        .app
+        .clone()
+        .oneshot(handshake("verificar-tramite"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(&text[..], b"1158201444");
+    let response = api.app.clone().oneshot(handshake("otro")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // P06 waiting at step 9 for the client's WhatsApp.
+    let id = through_identification(h, "4587213").await;
+    h.jobs().await;
+    through_coverage(h, &id, "Cala Cala").await;
+    h.jobs().await;
+    h.complete(
+        &id,
+        "verificar_capacidad",
+        "continuar",
+        json!({"capacidad_confirmada": true}),
+    )
+    .await;
+    h.complete(
+        &id,
+        "solicitar_requisitos",
+        "requisitos_solicitados",
+        json!({}),
+    )
+    .await;
+    let body = whatsapp_event("wamid.HBgLNTkxNzIzNDU2NzgVAgASGBQzQTdBNUE0", "59172345678");
+    for bad in [
+        None,
+        Some(signature("another-secret", &body)),
+        Some("sha256=zz".to_owned()),
+    ] {
+        let (status, problem) = api.whatsapp(&body, bad).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{problem}");
+        assert_eq!(
+            problem["type"],
+            "https://tramite.dev/problems/bad-signature"
+        );
+    }
+    assert!(
+        !h.task_open(&id, "imprimir_requisitos").await,
+        "nothing moved"
+    );
+    let (status, answer) = api
+        .whatsapp(&body, Some(signature(WHATSAPP_SECRET, &body)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["messages"][0]["key"], "72345678");
+    assert_eq!(
+        answer["messages"][0]["delivery"]["instance"],
+        id.as_str(),
+        "{answer}"
+    );
+    h.task(&id, "imprimir_requisitos").await;
+    let instance = h.instance(&id).await;
+    assert_eq!(
+        instance.state.variables["requisitos_adjuntos"],
+        json!(["1234567890123456"]),
+        "the media reference is kept on the instance"
+    );
+    // WhatsApp redelivers: the same wamid changes nothing.
+    let (_, again) = api
+        .whatsapp(&body, Some(signature(WHATSAPP_SECRET, &body)))
+        .await;
+    assert_eq!(
+        again["messages"][0]["delivery"]["status"], "duplicate",
+        "{again}"
+    );
+    // A message nobody waits for is kept and shown to operators.
+    let stray = whatsapp_event("wamid.stray", "59170000001");
+    let (_, kept) = api
+        .whatsapp(&stray, Some(signature(WHATSAPP_SECRET, &stray)))
+        .await;
+    assert_eq!(kept["messages"][0]["delivery"]["status"], "kept", "{kept}");
+    let (status, list) = api.get("/api/v1/messages?status=pending", LEAD).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["items"][0]["id"], "wamid.stray");
+    assert_eq!(list["items"][0]["key"], "70000001");
+    let (status, _) = api.get("/api/v1/messages", AGENT).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+both!(whatsapp_webhook_advances_a_waiting_p06);
+
+/// Leads and IVR calls start P06 with their channel; the same event twice
+/// starts one instance.
+async fn lead_and_ivr_webhooks_start_p06_once(db: Db) {
+    let api = Api::new(db).await;
+    let lead = json!({"id": "fb-lead-881", "process": "OPE-SUM-VEN-P06", "source": "facebook", "data": {"telefono": "71234567", "nombre_cliente": "Ana"}});
+    let (status, first) = api
+        .json(Method::POST, "/webhooks/leads", CHANNEL, lead.clone())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["new"], true);
+    let (status, again) = api
+        .json(Method::POST, "/webhooks/leads", CHANNEL, lead.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (again["id"].clone(), again["new"].clone()),
+        (first["id"].clone(), json!(false))
+    );
+    let instance = api.h.instance(first["id"].as_str().unwrap()).await;
+    assert_eq!(instance.channel, "facebook");
+    let (status, _) = api.json(Method::POST, "/webhooks/leads", AGENT, lead).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "agents do not post leads");
+    let (status, problem) = api
+        .json(
+            Method::POST,
+            "/webhooks/leads",
+            CHANNEL,
+            json!({"id": "x", "process": "OPE-SUM-VEN-P06", "data": {"telefono": "71234567"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    let call = json!({"id": "call-20261127-0001", "process": "OPE-SUM-VEN-P06", "data": {"telefono": "72345678"}});
+    let (status, started) = api
+        .json(Method::POST, "/webhooks/ivr", CHANNEL, call.clone())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let id = started["id"].as_str().unwrap().to_owned();
+    assert_eq!(api.h.instance(&id).await.channel, "ivr");
+    api.task(&id, "recibir_llamada", AGENT).await;
+    let (status, _) = api.json(Method::POST, "/webhooks/ivr", CHANNEL, call).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a repeated call event starts nothing"
+    );
+    // The start data is checked like any start's.
+    let (status, _) = api
+        .json(
+            Method::POST,
+            "/webhooks/ivr",
+            CHANNEL,
+            json!({"id": "call-2", "process": "OPE-SUM-VEN-P06", "data": {"telefono": "abc"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+both!(lead_and_ivr_webhooks_start_p06_once);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_shows_each_system() {
+    let api = Api::new(Db::Sqlite).await;
+    let (status, body, _) = api.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["database"], "up");
+    for system in ["naf", "gis", "smartflex"] {
+        assert_eq!(body["systems"][system]["status"], "in_process", "{body}");
+    }
+}

@@ -13,9 +13,11 @@
 
 pub mod faults;
 pub mod gis;
+pub mod http;
 pub mod naf;
 pub mod service;
 mod sim;
+pub mod sim_http;
 pub mod smartflex;
 
 use std::sync::Arc;

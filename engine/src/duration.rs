@@ -1,5 +1,6 @@
 //! Durations written by process owners: `90s`, `15m`, `2h`, `1h30m`, `15d`,
-//! `2w`, or ISO 8601 (`PT30M`, `P15D`, `P1DT12H`).
+//! `2w`, or ISO 8601 (`PT30M`, `P15D`, `P1DT12H`); `ms` for the short waits
+//! of connector settings (`200ms`).
 //!
 //! Months and years are refused on purpose: their length depends on the
 //! calendar, and a due time must mean the same thing on every day.
@@ -26,7 +27,7 @@ pub enum Error {
     Empty,
     /// A number was not followed by a unit, or the unit is unknown.
     #[error(
-        "unknown unit in `{0}`: use s, m, h, d, w (e.g. `15m`, `2h`, `15d`) or ISO 8601 (`PT15M`)"
+        "unknown unit in `{0}`: use ms, s, m, h, d, w (e.g. `15m`, `2h`, `15d`) or ISO 8601 (`PT15M`)"
     )]
     Unit(String),
     /// Months and years have no fixed length.
@@ -72,13 +73,15 @@ fn unit_seconds(unit: char) -> Option<u64> {
     })
 }
 
-/// Parses `<n><unit>` runs (`1h30m`); with `iso`, `M` means minutes only after `T`.
+/// Parses `<n><unit>` runs (`1h30m`, `200ms`) into milliseconds; with
+/// `iso`, `M` means minutes only after `T`.
 fn parse_runs(text: &str, whole: &str, iso: bool) -> Result<u64, Error> {
     let mut total: u64 = 0;
     let mut number = String::new();
     let mut in_time = false;
     let mut any = false;
-    for c in text.chars() {
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
         if c.is_ascii_digit() {
             number.push(c);
             continue;
@@ -92,13 +95,17 @@ fn parse_runs(text: &str, whole: &str, iso: bool) -> Result<u64, Error> {
         }
         // Short forms are lower case (`15m` is minutes; `M` would be ambiguous
         // with months); ISO 8601 is upper case, with H, M, S only after `T`.
-        let seconds = match (iso, c, in_time) {
+        let millis = match (iso, c, in_time) {
             (false, 'M' | 'y' | 'Y', _) | (true, 'M' | 'Y', false) => {
                 return Err(Error::Calendar(whole.to_owned()));
             }
-            (false, 's' | 'm' | 'h' | 'd' | 'w', _) => unit_seconds(c).expect("known unit"),
+            (false, 'm', _) if chars.peek() == Some(&'s') => {
+                chars.next();
+                1
+            }
+            (false, 's' | 'm' | 'h' | 'd' | 'w', _) => unit_seconds(c).expect("known unit") * 1_000,
             (true, 'W' | 'D', false) | (true, 'H' | 'M' | 'S', true) => {
-                unit_seconds(c.to_ascii_lowercase()).expect("known unit")
+                unit_seconds(c.to_ascii_lowercase()).expect("known unit") * 1_000
             }
             (true, 'W' | 'D' | 'H' | 'S', _) => return Err(Error::Syntax(whole.to_owned())),
             _ => return Err(Error::Unit(whole.to_owned())),
@@ -107,7 +114,7 @@ fn parse_runs(text: &str, whole: &str, iso: bool) -> Result<u64, Error> {
             .parse()
             .map_err(|_| Error::Overflow(whole.to_owned()))?;
         total = n
-            .checked_mul(seconds)
+            .checked_mul(millis)
             .and_then(|s| total.checked_add(s))
             .ok_or_else(|| Error::Overflow(whole.to_owned()))?;
         number.clear();
@@ -130,15 +137,15 @@ impl FromStr for Duration {
         if trimmed.is_empty() {
             return Err(Error::Empty);
         }
-        let seconds = match trimmed.strip_prefix('P') {
+        let millis = match trimmed.strip_prefix('P') {
             Some(iso) => parse_runs(iso, trimmed, true)?,
             None => parse_runs(trimmed, trimmed, false)?,
         };
-        if seconds == 0 {
+        if millis == 0 {
             return Err(Error::Zero(trimmed.to_owned()));
         }
         Ok(Duration {
-            value: std::time::Duration::from_secs(seconds),
+            value: std::time::Duration::from_millis(millis),
             source: trimmed.to_owned(),
         })
     }
@@ -163,9 +170,9 @@ impl JsonSchema for Duration {
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "A duration: 90s, 15m, 2h, 1h30m, 15d, 2w, or ISO 8601 such as PT15M or P15D.",
+            "description": "A duration: 200ms, 90s, 15m, 2h, 1h30m, 15d, 2w, or ISO 8601 such as PT15M or P15D.",
             "type": "string",
-            "pattern": "^(P(?!$)(\\d+W)?(\\d+D)?(T(?=\\d)(\\d+H)?(\\d+M)?(\\d+S)?)?|(\\d+[smhdw])+)$"
+            "pattern": "^(P(?!$)(\\d+W)?(\\d+D)?(T(?=\\d)(\\d+H)?(\\d+M)?(\\d+S)?)?|(\\d+(ms|[smhdw]))+)$"
         })
     }
 }
@@ -188,6 +195,10 @@ mod tests {
         assert_eq!(secs("PT30M"), 1_800);
         assert_eq!(secs("P15D"), 15 * 86_400);
         assert_eq!(secs("P1DT12H"), 36 * 3_600);
+        let ms = |s: &str| s.parse::<Duration>().unwrap().as_std().as_millis();
+        assert_eq!(ms("200ms"), 200);
+        assert_eq!(ms("1s500ms"), 1_500);
+        assert_eq!(ms("1m"), 60_000, "`m` alone is still minutes");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use sqlx::Connection;
 use tramite_connectors::Simulators;
 use tramite_engine::runtime::clock::ManualClock;
+use tramite_engine::runtime::connector::Connectors;
 use tramite_engine::runtime::{CompleteTask, Engine, EngineConfig, PublishMessage, StartInstance};
 use tramite_engine::store::instances::InstanceRow;
 use tramite_engine::store::tasks::{Filter, TaskRow};
@@ -132,6 +133,9 @@ pub struct Harness {
     pub clock: Arc<ManualClock>,
     /// Its database.
     pub db: TestDb,
+    /// What the engine calls: the simulators in process, unless the test
+    /// chose otherwise (HTTP connectors to them, say).
+    pub connectors: Connectors,
 }
 
 /// 2026-11-27 09:00 in Cochabamba (UTC−4).
@@ -140,10 +144,17 @@ pub const T0: i64 = 1_795_784_400_000;
 impl Harness {
     /// A fresh database with the shipped processes deployed.
     pub async fn new(kind: Db) -> Harness {
-        let db = TestDb::new(kind).await;
         let sims = Simulators::new();
+        let connectors = sims.connectors();
+        Harness::with_connectors(kind, sims, connectors).await
+    }
+
+    /// A fresh database with the shipped processes deployed, calling
+    /// `connectors` (`sims` are the simulators behind them, to inspect).
+    pub async fn with_connectors(kind: Db, sims: Simulators, connectors: Connectors) -> Harness {
+        let db = TestDb::new(kind).await;
         let clock = Arc::new(ManualClock::new(T0));
-        let engine = open(&db, &sims, &clock).await;
+        let engine = open(&db, &connectors, &clock).await;
         engine
             .deploy_dir(&crate::repo_root().join("processes"))
             .await
@@ -153,19 +164,20 @@ impl Harness {
             sims,
             clock,
             db,
+            connectors,
         }
     }
 
     /// Stops the engine gracefully and opens a new one on the same database.
     pub async fn restart(&mut self) {
         self.engine.shutdown().await;
-        self.engine = open(&self.db, &self.sims, &self.clock).await;
+        self.engine = open(&self.db, &self.connectors, &self.clock).await;
     }
 
     /// Kills the engine (running jobs never report) and opens a new one.
     pub async fn crash(&mut self) {
         self.engine.halt().await;
-        self.engine = open(&self.db, &self.sims, &self.clock).await;
+        self.engine = open(&self.db, &self.connectors, &self.clock).await;
     }
 
     /// Moves the clock.
@@ -182,6 +194,7 @@ impl Harness {
                 channel: channel.to_owned(),
                 data: object(data),
                 actor: "test".to_owned(),
+                request_id: None,
             })
             .await
             .expect("instance starts")
@@ -280,13 +293,13 @@ impl Harness {
 
 /// Another engine on the same database, connectors and clock (a second node).
 pub async fn second_engine(h: &Harness) -> Engine {
-    open(&h.db, &h.sims, &h.clock).await
+    open(&h.db, &h.connectors, &h.clock).await
 }
 
-async fn open(db: &TestDb, sims: &Simulators, clock: &Arc<ManualClock>) -> Engine {
+async fn open(db: &TestDb, connectors: &Connectors, clock: &Arc<ManualClock>) -> Engine {
     let mut config = EngineConfig::new(db.url.clone());
     config.catalog = tramite_connectors::catalog();
-    config.connectors = sims.connectors();
+    config.connectors = connectors.clone();
     config.clock = Arc::clone(clock) as Arc<dyn tramite_engine::runtime::clock::Clock>;
     config.lease = Duration::from_secs(30);
     config.node_name = "test".to_owned();

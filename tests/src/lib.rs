@@ -2,6 +2,7 @@
 //! are, and how to validate definitions the way `tramite validate` does.
 
 pub mod engine;
+pub mod p06;
 
 use std::path::{Path, PathBuf};
 

@@ -40,6 +40,15 @@ pub enum Error {
     /// The request took longer than the server allows.
     #[error("the request took longer than {0:?}")]
     Timeout(std::time::Duration),
+    /// A webhook whose signature does not match its body.
+    #[error("the request's signature does not match its body")]
+    BadSignature,
+    /// An optional endpoint this server was not set up for.
+    #[error("{what} is not configured on this server")]
+    NotConfigured {
+        /// What is missing.
+        what: &'static str,
+    },
     /// What the engine said.
     #[error(transparent)]
     Engine(#[from] tramite_engine::Error),
@@ -57,6 +66,18 @@ impl Error {
                 none,
             ),
             Error::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden", self.to_string(), none),
+            Error::BadSignature => (
+                StatusCode::UNAUTHORIZED,
+                "bad-signature",
+                self.to_string(),
+                none,
+            ),
+            Error::NotConfigured { .. } => (
+                StatusCode::NOT_FOUND,
+                "not-configured",
+                self.to_string(),
+                none,
+            ),
             Error::Body(r) => {
                 let status = r.status();
                 let kind = match status {

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tramite_engine::definition::NodeKind;
+use tramite_engine::runtime::connector::{Connectors, Health};
 use tramite_engine::runtime::{
     CompleteTask, Engine, IndicatorQuery, PublishMessage, StartInstance,
 };
@@ -25,6 +27,7 @@ use tramite_engine::store::tasks::{Filter, TaskCursor};
 
 pub use auth::{User, Users};
 pub use error::Error;
+pub use webhooks::{Webhooks, WhatsApp};
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -40,6 +43,10 @@ pub struct AppState {
     pub users: Users,
     /// Renders the Prometheus metrics, when a recorder is installed.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The engine's connectors, for their health checks.
+    pub connectors: Connectors,
+    /// Inbound channels.
+    pub webhooks: Webhooks,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -49,7 +56,7 @@ type Body<T> = Result<Json<T>, JsonRejection>;
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "tramite", description = "Workflow engine for business procedures written in YAML: task inboxes, instances, definitions, messages, incidents, indicators. Every error is application/problem+json."),
-    paths(readyz, prometheus, list_definitions, deploy, definition, diagram, start, instances, instance, history, cancel, inbox, counts, task, claim, unclaim, assign, complete, publish, incidents, retry, resolve, indicator),
+    paths(readyz, prometheus, webhooks::lead, webhooks::ivr, webhooks::list_messages, list_definitions, deploy, definition, diagram, start, instances, instance, history, cancel, inbox, counts, task, claim, unclaim, assign, complete, publish, incidents, retry, resolve, indicator),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -92,7 +99,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/tasks/{id}/unclaim", post(unclaim))
         .route("/api/v1/tasks/{id}/assign", post(assign))
         .route("/api/v1/tasks/{id}/complete", post(complete))
-        .route("/api/v1/messages", post(publish))
+        .route(
+            "/api/v1/messages",
+            post(publish).get(webhooks::list_messages),
+        )
+        .route(
+            "/webhooks/whatsapp",
+            get(webhooks::whatsapp_verify).post(webhooks::whatsapp_event),
+        )
+        .route("/webhooks/leads", post(webhooks::lead))
+        .route("/webhooks/ivr", post(webhooks::ivr))
         .route("/api/v1/incidents", get(incidents))
         .route("/api/v1/incidents/{id}/retry", post(retry))
         .route("/api/v1/incidents/{id}/resolve", post(resolve))
@@ -141,14 +157,44 @@ fn bad_cursor() -> Error {
     }
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready when the database answers"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready: the database answers. `systems` has each connector's health (a system that is down does not make the engine unready: its jobs wait and retry)"), (status = 503, description = "The database does not answer")))]
 async fn readyz(State(s): Shared) -> impl IntoResponse {
-    let ok = sqlx_ping(&s.engine).await;
-    if ok {
-        (StatusCode::OK, "ready")
+    let (database, systems) = tokio::join!(sqlx_ping(&s.engine), check_systems(&s.connectors));
+    let status = if database {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "status": if database { "ready" } else { "not ready" },
+            "database": if database { "up" } else { "down" },
+            "systems": systems,
+        })),
+    )
+}
+
+/// Checks every connector at once (each check has its own timeout) and
+/// records `tramite_connector_up`.
+pub async fn check_systems(connectors: &Connectors) -> Map<String, Value> {
+    let checks: Vec<_> = connectors
+        .iter()
+        .map(|(name, c)| {
+            let (name, c) = (name.to_owned(), std::sync::Arc::clone(c));
+            tokio::spawn(async move { (name, c.health().await) })
+        })
+        .collect();
+    let mut systems = Map::new();
+    for check in checks {
+        if let Ok((name, health)) = check.await {
+            let up = !matches!(health, Health::Down { .. });
+            metrics::gauge!("tramite_connector_up", "system" => name.clone())
+                .set(f64::from(u8::from(up)));
+            systems.insert(name, json!(health));
+        }
     }
+    systems
 }
 
 async fn sqlx_ping(engine: &Engine) -> bool {
@@ -293,9 +339,12 @@ struct StartRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     data: Map<String, Value>,
+    /// The caller's own id for this request (a lead id, a call id): sent
+    /// again, it answers the instance it started the first time.
+    request_id: Option<String>,
 }
 
-#[utoipa::path(post, path = "/api/v1/instances", tag = "instances", request_body = StartRequest, responses((status = 201, description = "Started: the new instance's id (needs `channel` or `operator`)"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/instances", tag = "instances", request_body = StartRequest, responses((status = 201, description = "Started: `{id, new: true}` (needs `channel` or `operator`)"), (status = 200, description = "Its `request_id` started this instance before: `{id, new: false}`"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn start(
     State(s): Shared,
     headers: HeaderMap,
@@ -304,17 +353,23 @@ async fn start(
     let user = s.users.authenticate(&headers)?;
     user.require_any(&["channel", "operator"], "starting instances")?;
     let Json(r) = body?;
-    let id = s
+    let (id, new) = s
         .engine
-        .start(StartInstance {
+        .start_once(StartInstance {
             code: r.code,
             business_key: r.business_key,
             channel: r.channel,
             data: r.data,
             actor: user.name,
+            request_id: r.request_id,
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({"id": id}))))
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({"id": id, "new": new}))))
 }
 
 #[utoipa::path(get, path = "/api/v1/instances/{id}", tag = "instances", params(("id" = String, Path)), responses((status = 200, description = "Variables, tokens, open tasks, incidents, parent and children"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]

@@ -122,6 +122,10 @@ pub struct StartInstance {
     pub data: Map<String, Value>,
     /// Who starts it.
     pub actor: String,
+    /// The caller's own id for this start (an IVR call id, a lead id): a
+    /// second start of the same procedure with the same id starts nothing
+    /// and answers the first instance.
+    pub request_id: Option<String>,
 }
 
 /// What completing a task takes.
@@ -159,8 +163,13 @@ pub enum Reply {
     Done,
     /// Deployed versions, one per source: `(code, version, new)`.
     Deployed(Vec<Deployed>),
-    /// The new instance's id.
-    Started(String),
+    /// The instance started (or found by its request id).
+    Started {
+        /// The instance.
+        id: String,
+        /// False when the start's request id had started it before.
+        new: bool,
+    },
     /// Jobs claimed.
     Jobs(Vec<ClaimedJob>),
     /// Where a message went.
@@ -295,9 +304,19 @@ pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result
     let reply = match command {
         Command::Deploy { sources } => deploy(conn, ctx, &sources).await?,
         Command::Start(start) => {
+            if let Some(request) = &start.request_id {
+                conn.lock_key(&format!("start:{}:{request}", start.code))
+                    .await?;
+                if let Some(id) = conn.instance_by_request(&start.code, request).await? {
+                    return Ok(Reply::Started { id, new: false });
+                }
+            }
             let id = new_id();
             start_instance(conn, ctx, &start, &id, None, &mut followups).await?;
-            Reply::Started(id)
+            if let Some(request) = &start.request_id {
+                conn.set_instance_request(&id, request).await?;
+            }
+            Reply::Started { id, new: true }
         }
         Command::Claim { task, user } => {
             claim(conn, ctx, &task, &user).await?;
@@ -416,6 +435,7 @@ async fn run_followups(
                     channel: "procedure".to_owned(),
                     data: input,
                     actor: "engine".to_owned(),
+                    request_id: None,
                 };
                 // A child that cannot start stops the parent's call, not the command.
                 let mut nested = VecDeque::new();

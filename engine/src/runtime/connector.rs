@@ -48,6 +48,24 @@ pub enum ConnectorError {
     },
 }
 
+/// Whether a system can be reached, for `/readyz` and metrics.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum Health {
+    /// Runs inside the engine (a simulator): up while the engine is.
+    InProcess,
+    /// Answered its health check.
+    Up {
+        /// How long the check took.
+        latency_ms: f64,
+    },
+    /// Did not answer, or answered that it is not well.
+    Down {
+        /// What the check saw.
+        reason: String,
+    },
+}
+
 /// An external system.
 pub trait Connector: Send + Sync + 'static {
     /// Calls an operation. Implementations must honour the idempotency key.
@@ -55,6 +73,12 @@ pub trait Connector: Send + Sync + 'static {
         &'a self,
         call: ConnectorCall<'a>,
     ) -> BoxFuture<'a, Result<Map<String, Value>, ConnectorError>>;
+
+    /// Checks that the system can be reached; connectors inside the
+    /// process are always up.
+    fn health(&self) -> BoxFuture<'_, Health> {
+        Box::pin(async { Health::InProcess })
+    }
 }
 
 /// The connectors a running engine can call, by name.
@@ -78,6 +102,13 @@ impl Connectors {
     /// The connector called `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Connector>> {
         self.by_name.get(name)
+    }
+
+    /// Every connector with its name, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<dyn Connector>)> {
+        let mut all: Vec<_> = self.by_name.iter().map(|(n, c)| (n.as_str(), c)).collect();
+        all.sort_by_key(|(n, _)| *n);
+        all.into_iter()
     }
 }
 

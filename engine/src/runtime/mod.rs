@@ -227,8 +227,14 @@ impl Engine {
 
     /// Starts an instance; returns its id.
     pub async fn start(&self, start: StartInstance) -> Result<String, Error> {
+        Ok(self.start_once(start).await?.0)
+    }
+
+    /// Starts an instance unless its request id started one before; returns
+    /// the instance's id and whether it is new.
+    pub async fn start_once(&self, start: StartInstance) -> Result<(String, bool), Error> {
         match self.submit(Command::Start(start)).await? {
-            Reply::Started(id) => Ok(id),
+            Reply::Started { id, new } => Ok((id, new)),
             other => unreachable!("start answered {other:?}"),
         }
     }

@@ -289,6 +289,7 @@ async fn drive(
             channel: scenario.start.channel.clone(),
             data: scenario.start.data.clone(),
             actor: "scenario".to_owned(),
+            request_id: None,
         })
         .await?;
     let mut failures = Vec::new();

@@ -83,6 +83,31 @@ pub async fn get(
     r.as_ref().map(row).transpose()
 }
 
+/// The instance of `code` started with the caller's `request` id, if any.
+pub async fn by_request(
+    conn: &mut Conn,
+    code: &str,
+    request: &str,
+) -> Result<Option<String>, Error> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM instances WHERE code = $1 AND request_id = $2")
+            .bind(code)
+            .bind(request)
+            .fetch_optional(&mut *conn)
+            .await?,
+    )
+}
+
+/// Records the caller's id of the start of instance `id`.
+pub async fn set_request(conn: &mut Conn, id: &str, request: &str) -> Result<(), Error> {
+    sqlx::query("UPDATE instances SET request_id = $2 WHERE id = $1")
+        .bind(id)
+        .bind(request)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Inserts a new instance.
 pub async fn insert(conn: &mut Conn, i: &InstanceRow) -> Result<(), Error> {
     let state = serde_json::to_string(&i.state).expect("state serializes");

@@ -26,6 +26,15 @@ pub(super) fn migrator() -> Migrator {
             )),
             false,
         ),
+        Migration::new(
+            3,
+            Cow::Borrowed("start request"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/postgres/0003_start_request.sql"
+            )),
+            false,
+        ),
     ])
 }
 

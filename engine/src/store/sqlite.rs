@@ -57,6 +57,15 @@ pub(super) fn migrator() -> Migrator {
             SqlStr::from_static(include_str!("../../migrations/sqlite/0002_inbox_order.sql")),
             false,
         ),
+        Migration::new(
+            3,
+            Cow::Borrowed("start request"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/sqlite/0003_start_request.sql"
+            )),
+            false,
+        ),
     ])
 }
 

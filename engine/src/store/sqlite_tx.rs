@@ -572,6 +572,23 @@ impl Tx for Connection {
         Ok(())
     }
 
+    async fn instance_by_request(
+        &mut self,
+        code: &str,
+        request: &str,
+    ) -> Result<Option<String>, Error> {
+        Ok(self
+            .prepare_cached("SELECT id FROM instances WHERE code = ?1 AND request_id = ?2")?
+            .query_row(params![code, request], |r| r.get(0))
+            .optional()?)
+    }
+
+    async fn set_instance_request(&mut self, id: &str, request: &str) -> Result<(), Error> {
+        self.prepare_cached("UPDATE instances SET request_id = ?2 WHERE id = ?1")?
+            .execute(params![id, request])?;
+        Ok(())
+    }
+
     async fn lock_key(&mut self, _key: &str) -> Result<(), Error> {
         Ok(()) // one writer: already serialized
     }

@@ -186,6 +186,20 @@ pub trait Tx: Send {
         instance: &str,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// The instance of `code` whose start carried the caller's `request` id.
+    fn instance_by_request(
+        &mut self,
+        code: &str,
+        request: &str,
+    ) -> impl Future<Output = Result<Option<String>, Error>> + Send;
+
+    /// Records the caller's id of an instance's start.
+    fn set_instance_request(
+        &mut self,
+        id: &str,
+        request: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
     /// Serializes, until the transaction ends, every transaction that takes
     /// the same key (PostgreSQL advisory lock; a no-op on SQLite, whose single
     /// writer serializes everything anyway).
@@ -394,6 +408,16 @@ impl Tx for sqlx::AnyConnection {
     }
     async fn message_delivered(&mut self, id: &str, instance: &str) -> Result<(), Error> {
         super::messages::delivered(self, id, instance).await
+    }
+    async fn instance_by_request(
+        &mut self,
+        code: &str,
+        request: &str,
+    ) -> Result<Option<String>, Error> {
+        super::instances::by_request(self, code, request).await
+    }
+    async fn set_instance_request(&mut self, id: &str, request: &str) -> Result<(), Error> {
+        super::instances::set_request(self, id, request).await
     }
     async fn lock_key(&mut self, key: &str) -> Result<(), Error> {
         if Tx::backend(self) == Backend::Postgres {

@@ -1,0 +1,930 @@
+//! The HTTP connector: a system reached over HTTP, described by one YAML
+//! file (`connectors/config/<system>.yaml`) instead of code.
+//!
+//! The file names the catalog system it implements and, per operation, the
+//! request (method, path and query templates, body fields) and how the
+//! answer maps back (output name → JSON pointer; status and error code →
+//! named business error). Everything is checked against the catalog when
+//! the file is loaded, so a misspelt input, output or error is a load error
+//! with its line and column, not an incident at three in the morning.
+//!
+//! Each attempt carries the job's idempotency key (`Idempotency-Key`) and a
+//! fresh W3C `traceparent`. Connection failures, timeouts, 429 and 5xx are
+//! retried inside the attempt with exponential backoff (`backon`); when
+//! those retries run out the engine sees a transient failure and applies
+//! the node's own retry policy, then raises an incident.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration as StdDuration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tramite_engine::catalog::{Catalog, OperationSpec};
+use tramite_engine::duration::Duration;
+use tramite_engine::position::{PositionIndex, YamlPath};
+use tramite_engine::runtime::connector::{
+    BoxFuture, Connector, ConnectorCall, ConnectorError, Health,
+};
+
+/// A system reached over HTTP, as its YAML file describes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// The catalog system this file implements (`naf`, `gis`, `smartflex`).
+    pub system: String,
+    /// Base URL; operation paths are appended (`https://naf.example.bo/api`).
+    pub base_url: String,
+    /// How requests authenticate; none when absent.
+    pub auth: Option<Auth>,
+    /// Longest wait for one HTTP exchange (default 10s). Keep it below the
+    /// service task's own timeout.
+    pub timeout: Option<Duration>,
+    /// Longest wait to connect (default 3s).
+    pub connect_timeout: Option<Duration>,
+    /// Retries inside one attempt of the job (default: 3 tries, 200ms doubling up to 2s).
+    pub retry: Option<Retry>,
+    /// The health check shown in `/readyz` and in metrics (default `GET /health`).
+    pub health: Option<HealthCheck>,
+    /// Each operation of the system that this file implements.
+    pub operations: BTreeMap<String, Operation>,
+}
+
+/// Exactly one way to authenticate. Secrets come from environment
+/// variables, never from the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// `Authorization: Bearer <$VAR>`.
+    pub bearer_env: Option<String>,
+    /// `Authorization: Basic`.
+    pub basic: Option<BasicAuth>,
+    /// A header carrying a key (`X-Api-Key: <$VAR>`).
+    pub api_key: Option<ApiKey>,
+}
+
+/// HTTP basic authentication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    /// User name.
+    pub user: String,
+    /// The variable holding the password.
+    pub password_env: String,
+}
+
+/// An API key in a header.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// The header (`X-Api-Key`).
+    pub header: String,
+    /// The variable holding the key.
+    pub value_env: String,
+}
+
+/// Retries inside one attempt of a job.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Tries in all (1: no retry).
+    pub attempts: u32,
+    /// Wait before the second try; doubles each time.
+    pub first_delay: Duration,
+    /// Longest wait between tries.
+    pub max_delay: Duration,
+}
+
+/// How to tell whether the system is up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Path under the base URL, answered with a 2xx when up.
+    pub path: String,
+}
+
+/// HTTP methods an operation may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    /// GET (no body).
+    Get,
+    /// POST.
+    Post,
+    /// PUT.
+    Put,
+    /// PATCH.
+    Patch,
+    /// DELETE.
+    Delete,
+}
+
+/// One operation: the request it sends and how its answer maps back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operation {
+    /// The method.
+    pub method: Method,
+    /// Path under the base URL; `{input}` takes an input's value, encoded.
+    pub path: String,
+    /// Query parameter → input; left out when the input is absent.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// JSON body field → input (values keep their JSON type); no body when empty.
+    #[serde(default)]
+    pub body: BTreeMap<String, String>,
+    /// Output → JSON pointer into a 2xx answer (`/data/found`).
+    #[serde(default)]
+    pub output: BTreeMap<String, String>,
+    /// Which non-2xx answers are business errors.
+    #[serde(default)]
+    pub errors: Vec<ErrorRule>,
+}
+
+/// Answers with one of `status` whose code (at the JSON pointer `code`)
+/// names a business error of the operation, directly or through `map`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorRule {
+    /// HTTP statuses this rule reads.
+    pub status: Vec<u16>,
+    /// JSON pointer to the system's error code.
+    pub code: String,
+    /// JSON pointer to the system's message, for the history.
+    pub message: Option<String>,
+    /// The system's code → the catalog's business error, where they differ.
+    #[serde(default)]
+    pub map: BTreeMap<String, String>,
+}
+
+/// Why a connector file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file or folder could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML does not have the shape of a connector file.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// serde's message (unknown field, wrong type, …).
+        message: String,
+    },
+    /// The file parses but disagrees with the catalog or itself.
+    #[error("{}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// Every problem found, in file order.
+        problems: Vec<Problem>,
+    },
+    /// The HTTP client could not be built (TLS roots, settings).
+    #[error("{path}: cannot build the HTTP client: {source}")]
+    Client {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: reqwest::Error,
+    },
+}
+
+/// One problem of a connector file, where it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// 1-based column (0 when unknown).
+    pub column: usize,
+    /// The YAML path (`operations.check_portfolio.output.found`).
+    pub at: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.path.display(),
+            self.line,
+            self.column,
+            self.at,
+            self.message
+        )
+    }
+}
+
+/// The resolved credentials of a connector.
+#[derive(Clone)]
+enum Credentials {
+    None,
+    Bearer(String),
+    Basic { user: String, password: String },
+    Header { name: String, value: String },
+}
+
+/// A system reached over HTTP.
+pub struct HttpConnector {
+    config: HttpConfig,
+    client: reqwest::Client,
+    credentials: Credentials,
+    backoff: ExponentialBuilder,
+}
+
+impl std::fmt::Debug for HttpConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConnector")
+            .field("system", &self.config.system)
+            .field("base_url", &self.config.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads every `*.yaml` in `dir` (sorted), each one system.
+pub fn load_dir(dir: &Path, catalog: &Catalog) -> Result<Vec<HttpConnector>, Error> {
+    let read = |source| Error::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(read)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    files.iter().map(|f| load_file(f, catalog)).collect()
+}
+
+/// Reads one connector file.
+pub fn load_file(path: &Path, catalog: &Catalog) -> Result<HttpConnector, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    HttpConnector::from_yaml(path, &text, catalog, &|name| std::env::var(name).ok())
+}
+
+impl HttpConnector {
+    /// Parses and checks `text` (the contents of `path`); `env` looks up
+    /// the secrets' variables.
+    pub fn from_yaml(
+        path: &Path,
+        text: &str,
+        catalog: &Catalog,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<HttpConnector, Error> {
+        let index = PositionIndex::build(text);
+        let config: HttpConfig = serde_yaml::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            let (line, column) = unknown_field_position(&message, &index)
+                .or_else(|| e.location().map(|l| (l.line(), l.column())))
+                .unwrap_or((0, 0));
+            Error::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        })?;
+        let mut problems = Vec::new();
+        let mut problem = |at: YamlPath, message: String| {
+            let pos = index.locate(&at);
+            problems.push(Problem {
+                path: path.to_path_buf(),
+                line: pos.map_or(0, |p| p.line as usize),
+                column: pos.map_or(0, |p| p.column as usize),
+                at: at.to_string(),
+                message,
+            });
+        };
+        let root = YamlPath::root();
+        let credentials = check_auth(&config, env, &mut problem);
+        if !(config.base_url.starts_with("http://") || config.base_url.starts_with("https://")) {
+            problem(
+                root.key("base_url"),
+                format!("`{}` is not an http:// or https:// URL", config.base_url),
+            );
+        }
+        if let Some(r) = &config.retry
+            && r.attempts == 0
+        {
+            problem(
+                root.key("retry").key("attempts"),
+                "must be at least 1 (1: no retry)".to_owned(),
+            );
+        }
+        match catalog.connector(&config.system) {
+            None => {
+                let known: Vec<&str> = catalog.connectors().map(|c| c.name.as_str()).collect();
+                problem(
+                    root.key("system"),
+                    format!(
+                        "`{}` is not a system of the catalog (known: {})",
+                        config.system,
+                        known.join(", ")
+                    ),
+                );
+            }
+            Some(spec) => {
+                for (name, op) in &config.operations {
+                    let at = root.key("operations").key(name.clone());
+                    match spec.operation(name) {
+                        None => problem(
+                            at,
+                            format!(
+                                "`{name}` is not an operation of `{}` (it has: {})",
+                                config.system,
+                                spec.operations
+                                    .iter()
+                                    .map(|o| o.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ),
+                        Some(op_spec) => check_operation(op, op_spec, &at, &mut problem),
+                    }
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::Invalid { problems });
+        }
+        let timeout = config
+            .timeout
+            .as_ref()
+            .map_or(StdDuration::from_secs(10), Duration::as_std);
+        let connect = config
+            .connect_timeout
+            .as_ref()
+            .map_or(StdDuration::from_secs(3), Duration::as_std);
+        install_tls_provider();
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(connect)
+            .user_agent(concat!("tramite/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| Error::Client {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let backoff = match &config.retry {
+            Some(r) => ExponentialBuilder::default()
+                .with_min_delay(r.first_delay.as_std())
+                .with_max_delay(r.max_delay.as_std())
+                .with_max_times(r.attempts.saturating_sub(1) as usize),
+            None => ExponentialBuilder::default()
+                .with_min_delay(StdDuration::from_millis(200))
+                .with_max_delay(StdDuration::from_secs(2))
+                .with_max_times(2),
+        }
+        .with_jitter();
+        Ok(HttpConnector {
+            config,
+            client,
+            credentials,
+            backoff,
+        })
+    }
+
+    /// The catalog system it implements.
+    pub fn system(&self) -> &str {
+        &self.config.system
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &HttpConfig {
+        &self.config
+    }
+
+    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.credentials {
+            Credentials::None => request,
+            Credentials::Bearer(token) => request.bearer_auth(token),
+            Credentials::Basic { user, password } => request.basic_auth(user, Some(password)),
+            Credentials::Header { name, value } => request.header(name.as_str(), value.as_str()),
+        }
+    }
+
+    /// One exchange: build, send, read and classify.
+    async fn exchange(
+        &self,
+        op: &Operation,
+        call: &ConnectorCall<'_>,
+        trace: &str,
+    ) -> Result<Map<String, Value>, Failure> {
+        let url = format!(
+            "{}{}",
+            self.config.base_url.trim_end_matches('/'),
+            render_path(&op.path, call.input)?
+        );
+        let method = match op.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            Method::Patch => reqwest::Method::PATCH,
+            Method::Delete => reqwest::Method::DELETE,
+        };
+        let query: Vec<(&str, String)> = op
+            .query
+            .iter()
+            .filter_map(|(param, input)| {
+                call.input
+                    .get(input)
+                    .filter(|v| !v.is_null())
+                    .map(|v| (param.as_str(), plain(v)))
+            })
+            .collect();
+        let mut request = self
+            .client
+            .request(method, &url)
+            .query(&query)
+            .header("Idempotency-Key", call.idempotency_key)
+            .header("traceparent", trace)
+            .header("Accept", "application/json");
+        if !op.body.is_empty() {
+            let body: Map<String, Value> = op
+                .body
+                .iter()
+                .filter_map(|(field, input)| {
+                    call.input.get(input).map(|v| (field.clone(), v.clone()))
+                })
+                .collect();
+            request = request.json(&body);
+        }
+        let response = self.authorize(request).send().await.map_err(|e| {
+            let what = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "could not connect"
+            } else {
+                "request failed"
+            };
+            Failure::retry(format!("{what}: {url}"))
+        })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Failure::retry(format!("reading the answer of {url} failed: {e}")))?;
+        let body: Option<Value> = serde_json::from_slice(&bytes).ok();
+        if status.is_success() {
+            let body =
+                body.ok_or_else(|| Failure::stop(format!("HTTP {status} from {url} is not JSON")))?;
+            return Ok(op
+                .output
+                .iter()
+                .filter_map(|(name, pointer)| {
+                    body.pointer(pointer).map(|v| (name.clone(), v.clone()))
+                })
+                .collect());
+        }
+        if let Some(body) = &body {
+            for rule in op
+                .errors
+                .iter()
+                .filter(|r| r.status.contains(&status.as_u16()))
+            {
+                if let Some(code) = body.pointer(&rule.code).and_then(Value::as_str) {
+                    let name = rule.map.get(code).map_or(code, String::as_str);
+                    let message = rule
+                        .message
+                        .as_deref()
+                        .and_then(|p| body.pointer(p))
+                        .map_or_else(|| format!("HTTP {status}"), plain);
+                    return Err(Failure::Business(ConnectorError::Business {
+                        code: name.to_owned(),
+                        message,
+                    }));
+                }
+            }
+        }
+        let excerpt: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
+        let message = format!("HTTP {status} from {url}: {excerpt}");
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            Err(Failure::retry(message))
+        } else {
+            // Another 4xx: the request itself is wrong; retrying the same
+            // request now will not help, so the engine's policy decides.
+            Err(Failure::stop(message))
+        }
+    }
+}
+
+/// What one exchange ended with, short of a result.
+#[derive(Debug)]
+enum Failure {
+    /// A business error: the definition routes it.
+    Business(ConnectorError),
+    /// Transient; `retry` says whether trying again now may help.
+    Transient { message: String, retry: bool },
+}
+
+impl Failure {
+    fn retry(message: String) -> Failure {
+        Failure::Transient {
+            message,
+            retry: true,
+        }
+    }
+
+    fn stop(message: String) -> Failure {
+        Failure::Transient {
+            message,
+            retry: false,
+        }
+    }
+}
+
+impl Connector for HttpConnector {
+    fn call<'a>(
+        &'a self,
+        call: ConnectorCall<'a>,
+    ) -> BoxFuture<'a, Result<Map<String, Value>, ConnectorError>> {
+        Box::pin(async move {
+            let Some(op) = self.config.operations.get(call.operation) else {
+                return Err(ConnectorError::Transient {
+                    message: format!(
+                        "`{}` has no HTTP mapping for `{}`",
+                        self.config.system, call.operation
+                    ),
+                });
+            };
+            let trace = traceparent();
+            let started = Instant::now();
+            let outcome = (|| self.exchange(op, &call, &trace))
+                .retry(self.backoff)
+                .sleep(tokio::time::sleep)
+                .when(|f| matches!(f, Failure::Transient { retry: true, .. }))
+                .notify(|f, wait| {
+                    tracing::info!(system = %self.config.system, operation = call.operation, %trace, failure = ?f, ?wait, "retrying");
+                })
+                .await;
+            let elapsed_ms = started.elapsed().as_millis();
+            match outcome {
+                Ok(out) => {
+                    tracing::debug!(system = %self.config.system, operation = call.operation, %trace, elapsed_ms, "answered");
+                    Ok(out)
+                }
+                Err(Failure::Business(e)) => Err(e),
+                Err(Failure::Transient { message, .. }) => {
+                    tracing::warn!(system = %self.config.system, operation = call.operation, %trace, elapsed_ms, %message, "failed");
+                    Err(ConnectorError::Transient { message })
+                }
+            }
+        })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Health> {
+        Box::pin(async move {
+            let path = self
+                .config
+                .health
+                .as_ref()
+                .map_or("/health", |h| h.path.as_str());
+            let url = format!("{}{path}", self.config.base_url.trim_end_matches('/'));
+            let started = Instant::now();
+            let request = self
+                .authorize(self.client.get(&url))
+                .timeout(StdDuration::from_secs(2));
+            match request.send().await {
+                Ok(r) if r.status().is_success() => Health::Up {
+                    latency_ms: started.elapsed().as_secs_f64() * 1_000.0,
+                },
+                Ok(r) => Health::Down {
+                    reason: format!("HTTP {} from {url}", r.status()),
+                },
+                Err(e) if e.is_timeout() => Health::Down {
+                    reason: format!("{url} timed out"),
+                },
+                Err(_) => Health::Down {
+                    reason: format!("cannot reach {url}"),
+                },
+            }
+        })
+    }
+}
+
+/// Chooses rustls' ring provider for this process's HTTPS (once; later
+/// calls, or a provider chosen elsewhere, leave it as it is).
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// serde_yaml places an unknown field at the start of its mapping; its
+/// message names the mapping's path and the field, so the field's own line
+/// is found in the position index.
+fn unknown_field_position(message: &str, index: &PositionIndex) -> Option<(usize, usize)> {
+    let (path, rest) = message.split_once(": unknown field `")?;
+    let field = rest.split('`').next()?;
+    let mut at = YamlPath::root();
+    for segment in path.split('.') {
+        let (name, indexes) = segment.split_once('[').unwrap_or((segment, ""));
+        if !name.is_empty() {
+            at = at.key(name);
+        }
+        for i in indexes.split('[').filter(|s| !s.is_empty()) {
+            at = at.index(i.trim_end_matches(']').parse().ok()?);
+        }
+    }
+    let pos = index.key(&at.key(field))?;
+    Some((pos.line as usize, pos.column as usize))
+}
+
+/// A value as text for a path or query (strings without quotes).
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `path` with each `{input}` replaced by its value, percent-encoded.
+fn render_path(path: &str, input: &Map<String, Value>) -> Result<String, Failure> {
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..]
+            .find('}')
+            .map(|c| open + c)
+            .ok_or_else(|| Failure::stop(format!("unclosed `{{` in path `{path}`")))?;
+        let name = &rest[open + 1..close];
+        let value = input
+            .get(name)
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| Failure::stop(format!("input `{name}` of path `{path}` is missing")))?;
+        out.push_str(&encode(&plain(value)));
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A W3C trace context for one call: new trace and span ids.
+fn traceparent() -> String {
+    let trace: u128 = rand::random();
+    let span: u64 = rand::random();
+    format!("00-{trace:032x}-{span:016x}-01")
+}
+
+fn placeholders(path: &str) -> Vec<&str> {
+    path.split('{')
+        .skip(1)
+        .filter_map(|s| s.split_once('}').map(|(name, _)| name))
+        .collect()
+}
+
+fn check_auth(
+    config: &HttpConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    problem: &mut impl FnMut(YamlPath, String),
+) -> Credentials {
+    let Some(auth) = &config.auth else {
+        return Credentials::None;
+    };
+    let at = YamlPath::root().key("auth");
+    let mut secret = |key: YamlPath, var: &str| match env(var) {
+        Some(v) if !v.is_empty() => v,
+        _ => {
+            problem(key, format!("the environment variable `{var}` is not set"));
+            String::new()
+        }
+    };
+    let set = [
+        auth.bearer_env.is_some(),
+        auth.basic.is_some(),
+        auth.api_key.is_some(),
+    ]
+    .iter()
+    .filter(|s| **s)
+    .count();
+    let credentials = if let Some(var) = &auth.bearer_env {
+        Credentials::Bearer(secret(at.key("bearer_env"), var))
+    } else if let Some(b) = &auth.basic {
+        Credentials::Basic {
+            user: b.user.clone(),
+            password: secret(at.key("basic").key("password_env"), &b.password_env),
+        }
+    } else if let Some(k) = &auth.api_key {
+        Credentials::Header {
+            name: k.header.clone(),
+            value: secret(at.key("api_key").key("value_env"), &k.value_env),
+        }
+    } else {
+        Credentials::None
+    };
+    if set != 1 {
+        problem(
+            at,
+            "give exactly one of `bearer_env`, `basic` or `api_key`".to_owned(),
+        );
+    }
+    credentials
+}
+
+fn check_operation(
+    op: &Operation,
+    spec: &OperationSpec,
+    at: &YamlPath,
+    problem: &mut impl FnMut(YamlPath, String),
+) {
+    let inputs: Vec<&str> = spec.inputs.iter().map(|p| p.name.as_str()).collect();
+    let outputs: Vec<&str> = spec.outputs.iter().map(|p| p.name.as_str()).collect();
+    let errors: Vec<&str> = spec.errors.iter().map(|e| e.name.as_str()).collect();
+    if !op.path.starts_with('/') {
+        problem(at.key("path"), "must start with `/`".to_owned());
+    }
+    let sent = placeholders(&op.path)
+        .into_iter()
+        .map(|name| (at.key("path"), name))
+        .chain(
+            op.query
+                .iter()
+                .map(|(param, name)| (at.key("query").key(param.clone()), name.as_str())),
+        )
+        .chain(
+            op.body
+                .iter()
+                .map(|(field, name)| (at.key("body").key(field.clone()), name.as_str())),
+        );
+    for (key, name) in sent {
+        if !inputs.contains(&name) {
+            problem(
+                key,
+                format!(
+                    "`{name}` is not an input of `{}` (inputs: {})",
+                    spec.name,
+                    inputs.join(", ")
+                ),
+            );
+        }
+    }
+    if op.method == Method::Get && !op.body.is_empty() {
+        problem(at.key("body"), "a GET request has no body".to_owned());
+    }
+    for (name, pointer) in &op.output {
+        let key = at.key("output").key(name.clone());
+        if !outputs.contains(&name.as_str()) {
+            problem(
+                key.clone(),
+                format!(
+                    "`{name}` is not an output of `{}` (outputs: {})",
+                    spec.name,
+                    outputs.join(", ")
+                ),
+            );
+        }
+        if !(pointer.is_empty() || pointer.starts_with('/')) {
+            problem(
+                key,
+                format!("`{pointer}` is not a JSON pointer (write `/data/{name}`)"),
+            );
+        }
+    }
+    for (i, rule) in op.errors.iter().enumerate() {
+        let key = at.key("errors").index(i);
+        if let Some(bad) = rule.status.iter().find(|s| !(400..=599).contains(*s)) {
+            problem(
+                key.key("status"),
+                format!("{bad} is not an error status (400–599)"),
+            );
+        }
+        for (code, name) in &rule.map {
+            if !errors.contains(&name.as_str()) {
+                problem(
+                    key.key("map").key(code.clone()),
+                    format!(
+                        "`{name}` is not a business error of `{}` (errors: {})",
+                        spec.name,
+                        errors.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    for required in spec.inputs.iter().filter(|p| p.required) {
+        let sent = placeholders(&op.path).contains(&required.name.as_str())
+            || op.query.values().any(|v| *v == required.name)
+            || op.body.values().any(|v| *v == required.name);
+        if !sent {
+            problem(
+                at.clone(),
+                format!(
+                    "the required input `{}` is sent nowhere (path, query or body)",
+                    required.name
+                ),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<HttpConnector, Error> {
+        HttpConnector::from_yaml(Path::new("naf.yaml"), text, &crate::catalog(), &|name| {
+            (name == "NAF_TOKEN").then(|| "secret".to_owned())
+        })
+    }
+
+    const GOOD: &str = "\
+system: naf
+base_url: http://127.0.0.1:1/naf
+auth: {bearer_env: NAF_TOKEN}
+operations:
+  check_portfolio:
+    method: GET
+    path: /v1/clientes/{ci}/cartera
+    query: {extension: ci_extension}
+    output: {found: /data/found}
+    errors:
+      - {status: [422], code: /error/code, message: /error/message}
+";
+
+    #[test]
+    fn a_good_file_loads() {
+        let c = load(GOOD).expect("loads");
+        assert_eq!(c.system(), "naf");
+    }
+
+    #[test]
+    fn every_mistake_is_reported_with_its_line_and_column() {
+        let bad = GOOD
+            .replace("{ci}", "{cedula}")
+            .replace("extension: ci_extension", "extension: ext")
+            .replace("found: /data/found", "encontrado: data.found")
+            .replace("NAF_TOKEN", "NAF_MISSING");
+        let Err(Error::Invalid { problems }) = load(&bad) else {
+            panic!("expected problems");
+        };
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let expect = [
+            "naf.yaml:3:20: auth.bearer_env: the environment variable `NAF_MISSING` is not set",
+            "naf.yaml:7:11: operations.check_portfolio.path: `cedula` is not an input of `check_portfolio`",
+            "naf.yaml:8:24: operations.check_portfolio.query.extension: `ext` is not an input",
+            "naf.yaml:9:26: operations.check_portfolio.output.encontrado: `encontrado` is not an output",
+            "naf.yaml:9:26: operations.check_portfolio.output.encontrado: `data.found` is not a JSON pointer",
+            "naf.yaml:6:5: operations.check_portfolio: the required input `ci` is sent nowhere",
+        ];
+        assert_eq!(text.len(), expect.len(), "{text:#?}");
+        for e in expect {
+            assert!(
+                text.iter().any(|t| t.starts_with(e)),
+                "missing {e:?} in {text:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_names_its_line() {
+        let bad = GOOD.replace("    method: GET", "    method: GET\n    timeout_ms: 5");
+        let Err(Error::Syntax { line, message, .. }) = load(&bad) else {
+            panic!("expected a syntax error");
+        };
+        assert_eq!(line, 7, "{message}");
+        assert!(message.contains("unknown field `timeout_ms`"), "{message}");
+    }
+
+    #[test]
+    fn paths_are_encoded_and_traces_are_w3c() {
+        let input: Map<String, Value> =
+            serde_json::from_value(serde_json::json!({"ci": "45 87/21", "n": 3})).unwrap();
+        let Ok(path) = render_path("/c/{ci}/x/{n}", &input) else {
+            panic!("renders");
+        };
+        assert_eq!(path, "/c/45%2087%2F21/x/3");
+        assert!(render_path("/c/{nope}", &input).is_err());
+        let t = traceparent();
+        let parts: Vec<&str> = t.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [2, 32, 16, 2]
+        );
+    }
+}

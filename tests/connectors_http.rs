@@ -1,0 +1,241 @@
+//! P06 with the engine calling NAF, GIS and Smartflex over real HTTP: the
+//! shipped connector files (`connectors/config/*.yaml`) pointed at the
+//! simulators served on a loopback socket, with faults injected on the
+//! wire — bursts of 5xx, slow answers past the timeout, refused
+//! connections, lost replies.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tramite_connectors::Simulators;
+use tramite_connectors::http::HttpConnector;
+use tramite_connectors::sim_http::{Server, duplicate_registrations};
+use tramite_engine::runtime::connector::{Connectors, Health};
+use tramite_tests::engine::{Db, Harness};
+use tramite_tests::on_both_backends;
+use tramite_tests::p06::{
+    through_coverage, through_identification, through_installation, through_requirements,
+};
+
+/// The shipped connector file of `system`, pointed at `server`, with the
+/// timeouts and retry waits of a test (1 s, 3 tries 20–100 ms apart).
+fn http_connector(system: &str, server: &Server) -> HttpConnector {
+    let path = tramite_tests::repo_root().join(format!("connectors/config/{system}.yaml"));
+    let text = std::fs::read_to_string(&path).expect("connector file");
+    let text: String = text
+        .replace(
+            &format!("http://127.0.0.1:8090/{system}"),
+            &server.base_url(system),
+        )
+        .lines()
+        .map(|l| {
+            if l.starts_with("timeout:") {
+                "timeout: 1s".to_owned()
+            } else if l.starts_with("retry:") {
+                "retry: {attempts: 3, first_delay: 20ms, max_delay: 100ms}".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let secrets = |name: &str| {
+        ["NAF_TOKEN", "GIS_API_KEY", "SMARTFLEX_PASSWORD"]
+            .contains(&name)
+            .then(|| "test-secret".to_owned())
+    };
+    tramite_connectors::http::install_tls_provider();
+    HttpConnector::from_yaml(&path, &text, &tramite_connectors::catalog(), &secrets)
+        .unwrap_or_else(|e| panic!("{system}: {e}"))
+}
+
+/// Simulators on a socket and a harness whose engine reaches them over HTTP.
+async fn remote(db: Db) -> (Harness, Server) {
+    let sims = Simulators::new();
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), sims.clone())
+        .await
+        .expect("simulators listen");
+    let mut connectors = Connectors::new();
+    for system in ["naf", "gis", "smartflex"] {
+        connectors = connectors.with(system, std::sync::Arc::new(http_connector(system, &server)));
+    }
+    (Harness::with_connectors(db, sims, connectors).await, server)
+}
+
+async fn sale_over_http(db: Db) {
+    let (h, _server) = remote(db).await;
+    let id = through_identification(&h, "4587213").await;
+    assert_eq!(h.sims.naf.calls(), 1, "NAF was called over HTTP");
+    h.task(&id, "solicitar_domicilio").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    assert_eq!(h.sims.gis.calls(), 1);
+    through_requirements(&h, &id).await;
+    assert_eq!(h.jobs().await, 1);
+    let registrations = h.sims.smartflex.registrations();
+    assert_eq!(registrations.len(), 1);
+    let r = &registrations[0];
+    assert_eq!(r.ci, "4587213");
+    assert_eq!(r.zone, "Cala Cala");
+    assert_eq!(r.phone, tramite_tests::p06::PHONE);
+    assert!(
+        !r.idempotency_key.is_empty(),
+        "the job's key crossed the wire"
+    );
+    // The outputs mapped back from the JSON answer reached the instance.
+    let instance = h.instance(&id).await;
+    assert_eq!(
+        instance.state.variables["numero_solicitud"],
+        json!(r.request_number)
+    );
+    through_installation(&h, &id).await;
+    assert_eq!(h.instance(&id).await.status, "completed");
+}
+on_both_backends!(p06_sale_over_http, super::sale_over_http);
+
+/// The systems' own error codes and statuses come back as the catalog's
+/// business errors, through each file's `errors` mapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_errors_over_http() {
+    use tramite_engine::runtime::connector::{Connector, ConnectorCall, ConnectorError};
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), Simulators::new())
+        .await
+        .unwrap();
+    let input = |pairs: serde_json::Value| pairs.as_object().unwrap().clone();
+    let cases = [
+        (
+            "naf",
+            "check_portfolio",
+            input(json!({"ci": "1234"})),
+            "invalid_ci",
+        ),
+        (
+            "gis",
+            "check_coverage",
+            input(json!({"address": "Calle Jordán", "zone": "Cala Cala", "service": "trio"})),
+            "address_not_found",
+        ),
+        (
+            "smartflex",
+            "register_service_request",
+            input(
+                json!({"ci": "6543210", "client_name": "X", "phone": "70000000", "address": "A 1",
+                         "zone": "Centro", "service": "trio", "channel": "ivr"}),
+            ),
+            "client_blocked",
+        ),
+    ];
+    for (system, operation, input, expected) in cases {
+        let connector = http_connector(system, &server);
+        let answer = connector
+            .call(ConnectorCall {
+                operation,
+                input: &input,
+                idempotency_key: "job-1",
+                attempt: 1,
+            })
+            .await;
+        match answer {
+            Err(ConnectorError::Business { code, message }) => {
+                assert_eq!(code, expected, "{system}: {message}");
+                assert!(!message.is_empty());
+            }
+            other => panic!("{system}: expected `{expected}`, got {other:?}"),
+        }
+    }
+}
+
+/// A burst of 503s and a slow answer are retried inside one attempt; a
+/// lost reply is retried with the same idempotency key and registers once.
+async fn bursts_timeouts_and_lost_replies(db: Db) {
+    let (h, _server) = remote(db).await;
+    h.sims.naf.faults().fail_next(2);
+    let id = through_identification(&h, "4587213").await; // runs the NAF job
+    assert_eq!(h.sims.naf.calls(), 3, "two 503s, then the answer");
+    assert_eq!(
+        h.history(&id)
+            .await
+            .iter()
+            .filter(|k| *k == "job_failed")
+            .count(),
+        0,
+        "retried inside the attempt: the engine saw one success"
+    );
+    // Slower than the 1 s timeout on every try: the attempt fails...
+    h.sims
+        .gis
+        .faults()
+        .set_latency(Duration::from_millis(1_500));
+    through_coverage(&h, &id, "Cala Cala").await; // runs the GIS job
+    assert!(!h.task_open(&id, "verificar_capacidad").await);
+    assert_eq!(h.sims.gis.calls(), 3, "three tries, each past the timeout");
+    assert_eq!(
+        h.history(&id)
+            .await
+            .iter()
+            .filter(|k| *k == "job_failed")
+            .count(),
+        1
+    );
+    // ...and the engine's own retry succeeds once GIS is fast again.
+    h.sims.gis.faults().set_latency(Duration::ZERO);
+    h.advance(Duration::from_secs(300));
+    h.jobs().await;
+    h.task(&id, "verificar_capacidad").await;
+    through_requirements(&h, &id).await;
+    h.sims.smartflex.faults().lose_next_replies(1);
+    assert_eq!(h.jobs().await, 1);
+    h.task(&id, "comunicar_solicitud").await;
+    assert_eq!(
+        h.sims.smartflex.calls(),
+        2,
+        "registered, reply lost, asked again"
+    );
+    assert_eq!(h.sims.smartflex.registration_count(), 1);
+    assert!(duplicate_registrations(&h.sims).is_empty());
+}
+on_both_backends!(
+    p06_bursts_timeouts_and_lost_replies_over_http,
+    super::bursts_timeouts_and_lost_replies
+);
+
+/// Smartflex down (connections refused): retries run out, an incident is
+/// raised; Smartflex comes back on the same port, the operator retries,
+/// and the sale is registered exactly once.
+async fn refused_connections_then_incident_then_recovery(db: Db) {
+    let (h, server) = remote(db).await;
+    let address = server.address();
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    let smartflex = h.connectors.get("smartflex").unwrap().clone();
+    assert!(matches!(smartflex.health().await, Health::Up { .. }));
+    server.stop().await;
+    assert!(matches!(smartflex.health().await, Health::Down { .. }));
+    for _ in 0..20 {
+        h.jobs().await;
+        h.advance(Duration::from_secs(300));
+    }
+    let incidents = h.engine.incidents(Some("open"), Some(&id)).await.unwrap();
+    assert_eq!(incidents.len(), 1, "retries exhausted: one incident");
+    assert!(
+        incidents[0].message.contains("could not connect"),
+        "{}",
+        incidents[0].message
+    );
+    assert_eq!(h.sims.smartflex.registration_count(), 0);
+    let _server = Server::start(address, h.sims.clone())
+        .await
+        .expect("back on the same port");
+    h.engine
+        .retry_incident(&incidents[0].id, "operador1")
+        .await
+        .unwrap();
+    assert_eq!(h.jobs().await, 1);
+    h.task(&id, "comunicar_solicitud").await;
+    assert_eq!(h.sims.smartflex.registration_count(), 1);
+    assert!(duplicate_registrations(&h.sims).is_empty());
+}
+on_both_backends!(
+    p06_refused_connections_then_incident_then_recovery,
+    super::refused_connections_then_incident_then_recovery
+);
