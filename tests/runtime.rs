@@ -988,61 +988,13 @@ async fn two_engines_publish_to_one_wait() {
     second.shutdown().await;
 }
 
-/// One P06 sale to the end; `satisfied` decides whether it is efficient.
-async fn one_sale(h: &Harness, satisfied: bool) {
-    let id = through_identification(h, "4587213").await;
-    through_coverage(h, &id, "Cala Cala").await;
-    through_requirements(h, &id).await;
-    assert_eq!(h.jobs().await, 1);
-    h.complete(
-        &id,
-        "comunicar_solicitud",
-        "comunicado",
-        json!({"dias_estimados": 5}),
-    )
-    .await;
-    let child = h.engine.children(&id).await.unwrap().remove(0);
-    h.complete(
-        &child.id,
-        "programar",
-        "programada",
-        json!({"fecha_programada": "2026-12-01"}),
-    )
-    .await;
-    h.complete(
-        &child.id,
-        "instalar",
-        "cerrar",
-        json!({"instalacion_realizada": true, "dias_ejecucion": 4}),
-    )
-    .await;
-    h.complete(
-        &id,
-        "seguimiento_venta",
-        "continuar",
-        json!({"contrato_firmado": true}),
-    )
-    .await;
-    h.complete(
-        &id,
-        "control_calidad",
-        "registrado",
-        json!({"cliente_satisfecho": satisfied}),
-    )
-    .await;
-    assert_eq!(
-        h.instance(&id).await.outcome.as_deref(),
-        Some("venta_concretada")
-    );
-}
-
 async fn p06_indicator_for_days_with_a_known_mix(db: Db) {
     let h = Harness::new(db).await;
     const DAY: Duration = Duration::from_secs(86_400);
     // Day 1: 39 efficient of 40. Day 2: 18 of 20. Day 3: 19 of 20, exactly 95 %.
     for (efficient, total) in [(39, 40), (18, 20), (19, 20)] {
         for n in 0..total {
-            one_sale(&h, n < efficient).await;
+            tramite_tests::p06::sale(&h, n < efficient).await;
         }
         h.advance(DAY);
     }

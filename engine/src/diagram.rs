@@ -70,6 +70,19 @@ fn edge_text(label: EdgeLabel<'_>, lang: Lang) -> Option<String> {
     }
 }
 
+/// Mermaid lines that mark `nodes` (where an instance waits) on a diagram
+/// from [`render`].
+pub fn mermaid_highlight(nodes: &[&str]) -> String {
+    if nodes.is_empty() {
+        return String::new();
+    }
+    let ids: Vec<String> = nodes.iter().map(|n| mermaid_id(n)).collect();
+    format!(
+        "    classDef here fill:#ffd966,stroke:#b45f06,stroke-width:4px\n    class {} here\n",
+        ids.join(",")
+    )
+}
+
 /// Mermaid reads a node called `end` as the end of a subgraph.
 fn mermaid_id(id: &str) -> String {
     if id.eq_ignore_ascii_case("end") {

@@ -127,3 +127,52 @@ pub async fn through_installation(h: &Harness, id: &str) {
     )
     .await;
 }
+
+/// One P06 sale from the call to the quality-control call, with the
+/// client satisfied or not (efficient or not for the indicator).
+pub async fn sale(h: &Harness, satisfied: bool) {
+    let id = through_identification(h, "4587213").await;
+    through_coverage(h, &id, "Cala Cala").await;
+    through_requirements(h, &id).await;
+    assert_eq!(h.jobs().await, 1);
+    h.complete(
+        &id,
+        "comunicar_solicitud",
+        "comunicado",
+        json!({"dias_estimados": 5}),
+    )
+    .await;
+    let child = h.engine.children(&id).await.unwrap().remove(0);
+    h.complete(
+        &child.id,
+        "programar",
+        "programada",
+        json!({"fecha_programada": "2026-12-01"}),
+    )
+    .await;
+    h.complete(
+        &child.id,
+        "instalar",
+        "cerrar",
+        json!({"instalacion_realizada": true, "dias_ejecucion": 4}),
+    )
+    .await;
+    h.complete(
+        &id,
+        "seguimiento_venta",
+        "continuar",
+        json!({"contrato_firmado": true}),
+    )
+    .await;
+    h.complete(
+        &id,
+        "control_calidad",
+        "registrado",
+        json!({"cliente_satisfecho": satisfied}),
+    )
+    .await;
+    assert_eq!(
+        h.instance(&id).await.outcome.as_deref(),
+        Some("venta_concretada")
+    );
+}

@@ -109,6 +109,11 @@ impl Users {
         self
     }
 
+    /// The user a token belongs to.
+    pub fn by_token(&self, token: &str) -> Option<User> {
+        self.by_hash.get(&hash(token.trim())).cloned()
+    }
+
     /// The user a request's `Authorization: Bearer …` names.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<User, Error> {
         let token = headers

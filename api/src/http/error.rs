@@ -55,7 +55,8 @@ pub enum Error {
 }
 
 impl Error {
-    fn parts(&self) -> (StatusCode, &'static str, String, Value) {
+    /// Status, stable kind, message for the client and extra members.
+    pub(crate) fn parts(&self) -> (StatusCode, &'static str, String, Value) {
         use tramite_engine::Error as E;
         let none = Value::Null;
         match self {

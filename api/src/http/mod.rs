@@ -113,6 +113,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/incidents/{id}/retry", post(retry))
         .route("/api/v1/incidents/{id}/resolve", post(resolve))
         .route("/api/v1/indicators/{code}/{indicator}", get(indicator))
+        .merge(crate::web::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(
             tower::ServiceBuilder::new()

@@ -3,3 +3,5 @@
 -- starting another, so a webhook delivered twice starts one instance.
 ALTER TABLE instances ADD COLUMN request_id TEXT;
 CREATE UNIQUE INDEX instances_by_request ON instances (code, request_id) WHERE request_id IS NOT NULL;
+-- The messages an instance received, for its page.
+CREATE INDEX messages_by_instance ON messages (instance_id);

@@ -135,6 +135,26 @@ impl Form {
                         field = unexpected.join(", ");
                         "this form has no such field".to_owned()
                     }
+                    // Messages a person can act on; the schema's own wording
+                    // (a regular expression, a JSON type) is for developers.
+                    jsonschema::error::ValidationErrorKind::Pattern { .. } => {
+                        "does not have the expected format".to_owned()
+                    }
+                    jsonschema::error::ValidationErrorKind::Enum { .. } => {
+                        "is not one of the allowed values".to_owned()
+                    }
+                    jsonschema::error::ValidationErrorKind::Minimum { limit } => {
+                        format!("must be at least {limit}")
+                    }
+                    jsonschema::error::ValidationErrorKind::Maximum { limit } => {
+                        format!("must be at most {limit}")
+                    }
+                    jsonschema::error::ValidationErrorKind::MinLength { limit } => {
+                        format!("must have at least {limit} characters")
+                    }
+                    jsonschema::error::ValidationErrorKind::MaxLength { limit } => {
+                        format!("must have at most {limit} characters")
+                    }
                     _ => e.to_string(),
                 };
                 FieldError { field, message }

@@ -524,6 +524,32 @@ impl Engine {
         Ok(store::messages::list(&mut conn, status, 500).await?)
     }
 
+    /// The latest deployed version of `code`, compiled.
+    pub async fn latest_process(&self, code: &str) -> Result<Arc<Process>, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        let id = store::definitions::latest_id(&mut conn, code)
+            .await?
+            .ok_or_else(|| Error::NotDeployed {
+                code: code.to_owned(),
+            })?;
+        self.inner.processes.get(&mut *conn, id).await
+    }
+
+    /// Every deployed version, by code, newest version first.
+    pub async fn definitions(&self) -> Result<Vec<store::definitions::DefinitionRow>, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        Ok(store::definitions::all(&mut conn).await?)
+    }
+
+    /// The messages delivered to an instance (WhatsApp documents, …).
+    pub async fn messages_of(
+        &self,
+        instance: &str,
+    ) -> Result<Vec<store::messages::MessageRow>, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        Ok(store::messages::of_instance(&mut conn, instance).await?)
+    }
+
     /// Incidents, newest first.
     pub async fn incidents(
         &self,

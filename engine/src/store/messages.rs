@@ -191,3 +191,15 @@ pub async fn list(conn: &mut Conn, status: &str, limit: i64) -> Result<Vec<Messa
     .await?;
     rows.iter().map(message_row).collect()
 }
+
+/// The messages delivered to `instance`, in arrival order.
+pub async fn of_instance(conn: &mut Conn, instance: &str) -> Result<Vec<MessageRow>, Error> {
+    let rows = sqlx::query(
+        "SELECT id, message_name, correlation_key, payload, status, instance_id, received_at, expires_at \
+         FROM messages WHERE instance_id = $1 ORDER BY received_at",
+    )
+    .bind(instance)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(message_row).collect()
+}

@@ -1,0 +1,935 @@
+//! The web UI: server-rendered pages (askama) with htmx for the inbox's
+//! refresh, served by `tramite serve` at `/`. Everything it needs is in the
+//! binary (templates compiled in, htmx and mermaid embedded); it calls the
+//! same engine functions as the JSON API, with the same role checks.
+//!
+//! Sign-in takes a user's token and keeps it in an HttpOnly, SameSite=Strict
+//! cookie; the language (Spanish by default) is another cookie. What a page
+//! shows of a procedure — steps, labels, forms, instructions, documents,
+//! indicators — comes from its definition; nothing here knows P06.
+
+mod text;
+mod views;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tramite_engine::definition::{NodeKind, VarType};
+use tramite_engine::runtime::{CompleteTask, IndicatorQuery};
+use tramite_engine::store::tasks::Filter;
+use tramite_engine::text::Lang;
+
+use crate::http::{AppState, Error, User};
+use text::{EN, ES, Words};
+use views::*;
+
+type Shared = State<Arc<AppState>>;
+
+const TOKEN_COOKIE: &str = "tramite_token";
+const LANG_COOKIE: &str = "tramite_lang";
+const HTMX: &[u8] = include_bytes!("../../assets/htmx-2.0.11.min.js");
+const MERMAID: &[u8] = include_bytes!("../../assets/mermaid-11.17.2.min.js");
+const CSS: &str = include_str!("../../assets/app.css");
+
+/// The pages' routes (merged into the API's router).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/inbox") }))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", get(logout))
+        .route("/lang/{lang}", get(set_lang))
+        .route("/inbox", get(inbox))
+        .route("/inbox/rows", get(inbox_rows))
+        .route("/tasks/{id}", get(task_page).post(task_submit))
+        .route("/tasks/{id}/claim", post(task_claim))
+        .route("/instances", get(instances))
+        .route("/instances/{id}", get(instance_page))
+        .route("/instances/{id}/documents/{doc}", get(document_page))
+        .route("/definitions", get(definitions))
+        .route("/definitions/{code}", get(definition_page))
+        .route("/incidents", get(incidents))
+        .route("/incidents/{id}/retry", post(incident_retry))
+        .route("/indicators", get(indicators))
+        .route(
+            "/assets/htmx.min.js",
+            get(|| asset(HTMX, "text/javascript")),
+        )
+        .route(
+            "/assets/mermaid.min.js",
+            get(|| asset(MERMAID, "text/javascript")),
+        )
+        .route("/assets/app.css", get(|| asset(CSS.as_bytes(), "text/css")))
+}
+
+async fn asset(bytes: &'static [u8], kind: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn words(headers: &HeaderMap) -> (&'static Words, Lang) {
+    match cookie(headers, LANG_COOKIE).as_deref() {
+        Some("en") => (&EN, Lang::En),
+        _ => (&ES, Lang::Es),
+    }
+}
+
+/// Who is asking, and in which language.
+struct Session {
+    user: User,
+    w: &'static Words,
+    lang: Lang,
+}
+
+/// A page's failure: sign in again, or an error page in the user's language.
+struct PageError {
+    w: &'static Words,
+    error: Error,
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let (status, _, _, _) = self.error.parts();
+        if status == StatusCode::UNAUTHORIZED {
+            return Redirect::to("/login").into_response();
+        }
+        if status.is_server_error() {
+            tracing::error!(error = %self.error, "page failed");
+        }
+        let message = match status {
+            StatusCode::FORBIDDEN => self.w.forbidden,
+            StatusCode::NOT_FOUND => self.w.not_found,
+            StatusCode::CONFLICT => self.w.conflict,
+            _ => self.w.error,
+        };
+        let page = ErrorPage {
+            w: self.w,
+            user: None,
+            message,
+        };
+        (status, render(&page)).into_response()
+    }
+}
+
+fn render(t: &impl Template) -> Response {
+    match t.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "template failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn session(s: &AppState, headers: &HeaderMap) -> Result<Session, PageError> {
+    let (w, lang) = words(headers);
+    cookie(headers, TOKEN_COOKIE)
+        .and_then(|t| s.users.by_token(&t))
+        .map(|user| Session { user, w, lang })
+        .ok_or(PageError {
+            w,
+            error: Error::Unauthorized,
+        })
+}
+
+impl Session {
+    fn fail(&self, error: impl Into<Error>) -> PageError {
+        PageError {
+            w: self.w,
+            error: error.into(),
+        }
+    }
+}
+
+async fn login_page(headers: HeaderMap) -> Response {
+    let (w, _) = words(&headers);
+    render(&LoginPage {
+        w,
+        user: None,
+        error: None,
+    })
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(State(s): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+    let (w, _) = words(&headers);
+    if s.users.by_token(&f.token).is_none() {
+        tracing::info!("sign-in refused");
+        let page = LoginPage {
+            w,
+            user: None,
+            error: Some(w.bad_token),
+        };
+        return (StatusCode::UNAUTHORIZED, render(&page)).into_response();
+    }
+    let mut response = Redirect::to("/inbox").into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{TOKEN_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+        f.token.trim()
+    )) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+async fn logout() -> Response {
+    let mut response = Redirect::to("/login").into_response();
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_static("tramite_token=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    response
+}
+
+async fn set_lang(Path(lang): Path<String>, headers: HeaderMap) -> Response {
+    let lang = if lang == "en" { "en" } else { "es" };
+    let back = headers
+        .get(header::REFERER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| r.find("://").map(|i| &r[i + 3..]))
+        .and_then(|r| r.find('/').map(|i| r[i..].to_owned()))
+        .unwrap_or_else(|| "/inbox".to_owned());
+    let mut response = Redirect::to(&back).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{LANG_COOKIE}={lang}; Path=/; SameSite=Strict; Max-Age=31536000"
+    )) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct InboxQuery {
+    role: Option<String>,
+    status: Option<String>,
+    business_key: Option<String>,
+    done: Option<String>,
+}
+
+async fn inbox_model(
+    s: &AppState,
+    ses: &Session,
+    q: &InboxQuery,
+) -> Result<Vec<TaskLine>, PageError> {
+    let role = q.role.clone().filter(|r| !r.is_empty());
+    if let Some(r) = &role
+        && !ses.user.has(r)
+    {
+        return Err(ses.fail(Error::Forbidden {
+            reason: format!("you do not have the role `{r}`"),
+        }));
+    }
+    let tasks = s
+        .engine
+        .tasks(&Filter {
+            roles: role.map_or_else(|| ses.user.roles.clone(), |r| vec![r]),
+            status: q.status.clone().filter(|x| x == "open" || x == "claimed"),
+            business_key: q.business_key.clone().filter(|b| !b.is_empty()),
+            limit: 100,
+            ..Filter::default()
+        })
+        .await
+        .map_err(|e| ses.fail(e))?;
+    let mut processes = HashMap::new();
+    let now = s.engine.now();
+    let mut lines = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        if !processes.contains_key(&t.code) {
+            let p = s
+                .engine
+                .latest_process(&t.code)
+                .await
+                .map_err(|e| ses.fail(e))?;
+            processes.insert(t.code.clone(), p);
+        }
+        let node = processes[&t.code].definition.node(&t.node_id);
+        lines.push(TaskLine::new(&t, node, ses, now));
+    }
+    Ok(lines)
+}
+
+async fn inbox(
+    State(s): Shared,
+    headers: HeaderMap,
+    Query(q): Query<InboxQuery>,
+) -> Result<Response, PageError> {
+    let ses = session(&s, &headers)?;
+    let lines = inbox_model(&s, &ses, &q).await?;
+    let mut roles = Vec::new();
+    for r in &ses.user.roles {
+        roles.push(Choice {
+            value: r.clone(),
+            label: r.clone(),
+            selected: q.role.as_deref() == Some(r),
+        });
+    }
+    let query = format!(
+        "role={}&status={}&business_key={}",
+        enc(q.role.as_deref().unwrap_or_default()),
+        enc(q.status.as_deref().unwrap_or_default()),
+        enc(q.business_key.as_deref().unwrap_or_default())
+    );
+    Ok(render(&InboxPage {
+        w: ses.w,
+        user: Some(&ses.user),
+        roles,
+        status: q.status.clone().unwrap_or_default(),
+        business_key: q.business_key.clone().unwrap_or_default(),
+        lines,
+        query,
+        done: q.done.is_some(),
+    }))
+}
+
+async fn inbox_rows(
+    State(s): Shared,
+    headers: HeaderMap,
+    Query(q): Query<InboxQuery>,
+) -> Result<Response, PageError> {
+    let ses = session(&s, &headers)?;
+    let lines = inbox_model(&s, &ses, &q).await?;
+    Ok(render(&InboxRows { w: ses.w, lines }))
+}
+
+async fn task_claim(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let ses = session(&s, &headers)?;
+    let task = s.engine.task(&id).await.map_err(|e| ses.fail(e))?;
+    if !ses.user.has(&task.role) {
+        return Err(ses.fail(Error::Forbidden {
+            reason: "not your role".into(),
+        }));
+    }
+    s.engine
+        .claim(&id, &ses.user.name)
+        .await
+        .map_err(|e| ses.fail(e))?;
+    Ok(Redirect::to(&format!("/tasks/{id}")).into_response())
+}
+
+async fn task_model(
+    s: &AppState,
+    ses: &Session,
+    id: &str,
+    submitted: Option<&HashMap<String, String>>,
+    errors: &[tramite_engine::runtime::forms::FieldError],
+) -> Result<TaskPage, PageError> {
+    let task = s.engine.task(id).await.map_err(|e| ses.fail(e))?;
+    if !ses.user.has(&task.role) {
+        return Err(ses.fail(Error::Forbidden {
+            reason: format!("this task is for the role `{}`", task.role),
+        }));
+    }
+    let instance = s
+        .engine
+        .instance(&task.instance_id)
+        .await
+        .map_err(|e| ses.fail(e))?;
+    let process = s
+        .engine
+        .process(instance.definition_id)
+        .await
+        .map_err(|e| ses.fail(e))?;
+    let def = &process.definition;
+    let node = def.node(&task.node_id);
+    let lang = ses.lang;
+    let Some(NodeKind::UserTask(ut)) = node.map(|n| &n.kind) else {
+        return Err(ses.fail(tramite_engine::Error::NotFound {
+            what: "user task",
+            id: task.node_id.clone(),
+        }));
+    };
+    let history = s
+        .engine
+        .history(&instance.id)
+        .await
+        .map_err(|e| ses.fail(e))?;
+    let received = s
+        .engine
+        .messages_of(&instance.id)
+        .await
+        .map_err(|e| ses.fail(e))?;
+    let fields = ut
+        .form
+        .iter()
+        .map(|f| FieldView::new(f, lang, &instance.state.variables, submitted, errors))
+        .collect();
+    Ok(TaskPage {
+        w: ses.w,
+        user: None,
+        id: task.id.clone(),
+        title: node_title(node, lang),
+        step: node
+            .and_then(|n| n.step.as_ref())
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        code: def.code.clone(),
+        procedure: def.name.get(lang).to_owned(),
+        instance_id: instance.id.clone(),
+        business_key: instance.business_key.clone(),
+        channel: instance.channel.clone(),
+        status: if task.status == "claimed" {
+            ses.w.claimed.to_owned()
+        } else {
+            ses.w.open.to_owned()
+        },
+        assignee: task.assignee.clone().unwrap_or_default(),
+        mine: task.assignee.as_deref() == Some(ses.user.name.as_str()),
+        instructions: ut
+            .instructions
+            .as_ref()
+            .map(|t| markdown(t.get(lang)))
+            .unwrap_or_default(),
+        context: context_lines(def, &instance.state.variables, lang),
+        earlier: earlier_steps(def, &history, lang),
+        fields,
+        outcomes: ut
+            .outcomes
+            .iter()
+            .map(|o| OutcomeView {
+                id: o.id.clone(),
+                label: o.label.get(lang).to_owned(),
+                validate: o.validate,
+            })
+            .collect(),
+        has_errors: !errors.is_empty(),
+        general_errors: errors
+            .iter()
+            .filter(|e| !ut.form.iter().any(|f| f.name == e.field))
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect(),
+        received: received.iter().flat_map(Attachment::from_message).collect(),
+        documents: documents_of(def, &history, &instance.id, lang, Some(&task.node_id)),
+    })
+}
+
+async fn task_page(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let ses = session(&s, &headers)?;
+    let mut page = task_model(&s, &ses, &id, None, &[]).await?;
+    page.user = Some(ses.user.clone());
+    Ok(render(&page))
+}
+
+async fn task_submit(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Response, PageError> {
+    let ses = session(&s, &headers)?;
+    let task = s.engine.task(&id).await.map_err(|e| ses.fail(e))?;
+    if !ses.user.has(&task.role) {
+        return Err(ses.fail(Error::Forbidden {
+            reason: "not your role".into(),
+        }));
+    }
+    let instance = s
+        .engine
+        .instance(&task.instance_id)
+        .await
+        .map_err(|e| ses.fail(e))?;
+    let process = s
+        .engine
+        .process(instance.definition_id)
+        .await
+        .map_err(|e| ses.fail(e))?;
+    let Some(NodeKind::UserTask(ut)) = process.definition.node(&task.node_id).map(|n| &n.kind)
+    else {
+        return Err(ses.fail(tramite_engine::Error::NotFound {
+            what: "user task",
+            id: task.node_id.clone(),
+        }));
+    };
+    let outcome = form.get("outcome").cloned().unwrap_or_default();
+    let (data, mut errors) = form_data(&ut.form, &form);
+    if errors.is_empty() {
+        match s
+            .engine
+            .complete(CompleteTask {
+                task: id.clone(),
+                user: ses.user.name.clone(),
+                outcome,
+                data,
+            })
+            .await
+        {
+            Ok(()) => return Ok(Redirect::to("/inbox?done=1").into_response()),
+            Err(tramite_engine::Error::InvalidData { errors: e }) => errors = e,
+            Err(e) => return Err(ses.fail(e)),
+        }
+    }
+    let mut page = task_model(&s, &ses, &id, Some(&form), &errors).await?;
+    page.user = Some(ses.user.clone());
+    Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&page)).into_response())
+}
+
+/// The form's values, typed as the fields declare; a value that cannot be
+/// read (letters in a number) is a field error, like the engine's own.
+fn form_data(
+    fields: &[tramite_engine::definition::Field],
+    form: &HashMap<String, String>,
+) -> (
+    Map<String, Value>,
+    Vec<tramite_engine::runtime::forms::FieldError>,
+) {
+    let mut data = Map::new();
+    let mut errors = Vec::new();
+    for f in fields {
+        let raw = form.get(&f.name).map(|v| v.trim()).unwrap_or_default();
+        let value = match f.ty {
+            VarType::Boolean => match raw {
+                "" if !form.contains_key(&format!("{}__present", f.name)) => continue,
+                "true" | "on" | "1" => Value::Bool(true),
+                _ => Value::Bool(false),
+            },
+            _ if raw.is_empty() => continue,
+            VarType::Integer => match raw.parse::<i64>() {
+                Ok(n) => Value::from(n),
+                Err(_) => {
+                    errors.push(tramite_engine::runtime::forms::FieldError {
+                        field: f.name.clone(),
+                        message: "must be a whole number".into(),
+                    });
+                    continue;
+                }
+            },
+            VarType::Number => match raw.replace(',', ".").parse::<f64>() {
+                Ok(n) => Value::from(n),
+                Err(_) => {
+                    errors.push(tramite_engine::runtime::forms::FieldError {
+                        field: f.name.clone(),
+                        message: "must be a number".into(),
+                    });
+                    continue;
+                }
+            },
+            _ => Value::String(raw.to_owned()),
+        };
+        data.insert(f.name.clone(), value);
+    }
+    (data, errors)
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct InstancesQuery {
+    code: Option<String>,
+    status: Option<String>,
+    business_key: Option<String>,
+}
+
+async fn instances(
+    State(s): Shared,
+    headers: HeaderMap,
+    Query(q): Query<InstancesQuery>,
+) -> Result<Response, PageError> {
+    let ses = session(&s, &headers)?;
+    let mut conn = s
+        .engine
+        .store()
+        .pool()
+        .acquire()
+        .await
+        .map_err(|e| ses.fail(tramite_engine::Error::from(e)))?;
+    let rows = tramite_engine::store::instances::list(
+        &mut conn,
+        &tramite_engine::store::instances::InstanceFilter {
+            code: q.code.clone().filter(|c| !c.is_empty()),
+            status: q.status.clone().filter(|c| !c.is_empty()),
+            business_key: q.business_key.clone().filter(|c| !c.is_empty()),
+            limit: 100,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| ses.fail(tramite_engine::Error::from(e)))?;
+    drop(conn);
+    let codes = codes(&s, &ses).await?;
+    let lines = rows
+        .iter()
+        .map(|i| InstanceLine {
+            id: i.id.clone(),
+            code: i.code.clone(),
+            version: i.version,
+            business_key: i.business_key.clone(),
+            channel: i.channel.clone(),
+            status: status_word(ses.w, &i.status).to_owned(),
+            status_class: i.status.clone(),
+            outcome: i.outcome.clone().unwrap_or_default(),
+            started: local_time(i.started_at),
+            waits: i
+                .state
+                .tokens
+                .iter()
+                .map(|t| t.node.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+        .collect();
+    Ok(render(&InstancesPage {
+        w: ses.w,
+        user: Some(&ses.user),
+        codes: codes
+            .into_iter()
+            .map(|c| Choice {
+                selected: q.code.as_deref() == Some(&c),
+                label: c.clone(),
+                value: c,
+            })
+            .collect(),
+        status: q.status.clone().unwrap_or_default(),
+        business_key: q.business_key.clone().unwrap_or_default(),
+        lines,
+    }))
+}
+
+async fn codes(s: &AppState, ses: &Session) -> Result<Vec<String>, PageError> {
+    let mut codes: Vec<String> = s
+        .engine
+        .definitions()
+        .await
+        .map_err(|e| ses.fail(e))?
+        .into_iter()
+        .map(|d| d.code)
+        .collect();
+    codes.dedup();
+    Ok(codes)
+}
+
+async fn instance_page(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let ses = session(&s, &headers)?;
+    let i = s.engine.instance(&id).await.map_err(|e| ses.fail(e))?;
+    let process = s
+        .engine
+        .process(i.definition_id)
+        .await
+        .map_err(|e| ses.fail(e))?;
+    let def = &process.definition;
+    let history = s.engine.history(&id).await.map_err(|e| ses.fail(e))?;
+    let incidents = s
+        .engine
+        .incidents(Some("open"), Some(&id))
+        .await
+        .map_err(|e| ses.fail(e))?;
+    let children = s.engine.children(&id).await.map_err(|e| ses.fail(e))?;
+    let waiting: Vec<&str> = i.state.tokens.iter().map(|t| t.node.as_str()).collect();
+    let mut diagram =
+        tramite_engine::diagram::render(def, tramite_engine::diagram::Format::Mermaid, ses.lang);
+    diagram.push_str(&tramite_engine::diagram::mermaid_highlight(&waiting));
+    Ok(render(&InstancePage {
+        w: ses.w,
+        user: Some(&ses.user),
+        id: i.id.clone(),
+        code: i.code.clone(),
+        procedure: def.name.get(ses.lang).to_owned(),
+        version: i.version,
+        business_key: i.business_key.clone(),
+        channel: i.channel.clone(),
+        status: status_word(ses.w, &i.status).to_owned(),
+        outcome: i.outcome.clone().unwrap_or_default(),
+        started: local_time(i.started_at),
+        ended: i.ended_at.map(local_time).unwrap_or_default(),
+        waits: waiting
+            .iter()
+            .map(|n| node_title(def.node(n), ses.lang))
+            .collect(),
+        diagram,
+        variables: context_lines(def, &i.state.variables, ses.lang),
+        timeline: timeline(def, &history, ses.lang),
+        documents: documents_of(def, &history, &i.id, ses.lang, None),
+        incidents: incidents
+            .iter()
+            .map(|x| (x.id.clone(), x.node_id.clone(), x.message.clone()))
+            .collect(),
+        parent: i.parent_id.clone().unwrap_or_default(),
+        children: children
+            .iter()
+            .map(|c| (c.id.clone(), c.code.clone()))
+            .collect(),
+    }))
+}
+
+async fn document_page(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path((id, doc)): Path<(String, String)>,
+) -> Result<Response, PageError> {
+    let ses = session(&s, &headers)?;
+    let i = s.engine.instance(&id).await.map_err(|e| ses.fail(e))?;
+    let process = s
+        .engine
+        .process(i.definition_id)
+        .await
+        .map_err(|e| ses.fail(e))?;
+    let def = &process.definition;
+    let Some(d) = def.documents.iter().find(|d| d.id == doc) else {
+        return Err(ses.fail(tramite_engine::Error::NotFound {
+            what: "document",
+            id: doc,
+        }));
+    };
+    let history = s.engine.history(&id).await.map_err(|e| ses.fail(e))?;
+    let received = s.engine.messages_of(&id).await.map_err(|e| ses.fail(e))?;
+    Ok(render(&DocumentPage {
+        w: ses.w,
+        user: None,
+        title: d.name.get(ses.lang).to_owned(),
+        procedure: format!("{} — {}", def.code, def.name.get(ses.lang)),
+        business_key: i.business_key.clone(),
+        channel: i.channel.clone(),
+        started: local_time(i.started_at),
+        printed: local_time(s.engine.now()),
+        manual: matches!(d.mode, tramite_engine::definition::DocumentMode::Manual),
+        status: document_done(d, &history),
+        copies: format!("{} + {}", d.originals, d.copies),
+        lines: context_lines(def, &i.state.variables, ses.lang),
+        received: received.iter().flat_map(Attachment::from_message).collect(),
+    }))
+}
+
+async fn definitions(State(s): Shared, headers: HeaderMap) -> Result<Response, PageError> {
+    let ses = session(&s, &headers)?;
+    let rows = s.engine.definitions().await.map_err(|e| ses.fail(e))?;
+    let mut lines: Vec<DefinitionLine> = Vec::new();
+    for r in rows {
+        if lines.iter().any(|l| l.code == r.code) {
+            continue;
+        }
+        let p = s.engine.process(r.id).await.map_err(|e| ses.fail(e))?;
+        lines.push(DefinitionLine {
+            code: r.code.clone(),
+            name: p.definition.name.get(ses.lang).to_owned(),
+            version: r.version,
+            deployed: local_time(r.deployed_at),
+            steps: p.definition.nodes.len(),
+        });
+    }
+    Ok(render(&DefinitionsPage {
+        w: ses.w,
+        user: Some(&ses.user),
+        lines,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct VersionQuery {
+    version: Option<i64>,
+}
+
+async fn definition_page(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> Result<Response, PageError> {
+    let ses = session(&s, &headers)?;
+    let rows: Vec<_> = s
+        .engine
+        .definitions()
+        .await
+        .map_err(|e| ses.fail(e))?
+        .into_iter()
+        .filter(|d| d.code == code)
+        .collect();
+    let chosen = match q.version {
+        Some(v) => rows.iter().find(|r| r.version == v),
+        None => rows.first(),
+    };
+    let Some(row) = chosen else {
+        return Err(ses.fail(tramite_engine::Error::NotDeployed { code }));
+    };
+    let p = s.engine.process(row.id).await.map_err(|e| ses.fail(e))?;
+    Ok(render(&DefinitionPage {
+        w: ses.w,
+        user: Some(&ses.user),
+        code: code.clone(),
+        name: p.definition.name.get(ses.lang).to_owned(),
+        version: row.version,
+        versions: rows
+            .iter()
+            .map(|r| {
+                (
+                    r.version,
+                    local_time(r.deployed_at),
+                    r.version == row.version,
+                )
+            })
+            .collect(),
+        diagram: tramite_engine::diagram::render(
+            &p.definition,
+            tramite_engine::diagram::Format::Mermaid,
+            ses.lang,
+        ),
+        source: row.source.clone(),
+    }))
+}
+
+async fn incidents(State(s): Shared, headers: HeaderMap) -> Result<Response, PageError> {
+    let ses = session(&s, &headers)?;
+    let rows = s
+        .engine
+        .incidents(Some("open"), None)
+        .await
+        .map_err(|e| ses.fail(e))?;
+    Ok(render(&IncidentsPage {
+        w: ses.w,
+        user: Some(&ses.user),
+        operator: ses.user.has("operator"),
+        lines: rows
+            .iter()
+            .map(|i| IncidentLine {
+                id: i.id.clone(),
+                instance: i.instance_id.clone(),
+                node: i.node_id.clone(),
+                message: i.message.clone(),
+                at: local_time(i.created_at),
+            })
+            .collect(),
+    }))
+}
+
+async fn incident_retry(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let ses = session(&s, &headers)?;
+    ses.user.require("operator").map_err(|e| ses.fail(e))?;
+    s.engine
+        .retry_incident(&id, &format!("operator:{}", ses.user.name))
+        .await
+        .map_err(|e| ses.fail(e))?;
+    Ok(Redirect::to("/incidents").into_response())
+}
+
+async fn indicators(State(s): Shared, headers: HeaderMap) -> Result<Response, PageError> {
+    let ses = session(&s, &headers)?;
+    let now = s.engine.now();
+    let day = 86_400_000;
+    // The last 30 local days, today included.
+    let offset = -240i64 * 60_000;
+    let today = (now + offset).div_euclid(day) * day - offset;
+    let (from, to) = (today - 29 * day, today + day);
+    let mut boards = Vec::new();
+    for code in codes(&s, &ses).await? {
+        let p = s
+            .engine
+            .latest_process(&code)
+            .await
+            .map_err(|e| ses.fail(e))?;
+        let def = &p.definition;
+        if def.indicators.is_empty() {
+            continue;
+        }
+        let (durations, gates) = s
+            .engine
+            .statistics(&code, from, to)
+            .await
+            .map_err(|e| ses.fail(e))?;
+        for ind in &def.indicators {
+            let values = s
+                .engine
+                .indicator(&IndicatorQuery {
+                    code: code.clone(),
+                    indicator: ind.id.clone(),
+                    from,
+                    to,
+                    period: Some(tramite_engine::definition::Period::Daily),
+                    utc_offset_minutes: -240,
+                })
+                .await
+                .map_err(|e| ses.fail(e))?;
+            // Every day of the window, those without requests too.
+            let days: Vec<_> = (0..30)
+                .map(|n| {
+                    let period = tramite_engine::runtime::indicators::period_of(
+                        from + n * day,
+                        tramite_engine::definition::Period::Daily,
+                        -240,
+                    );
+                    values
+                        .iter()
+                        .find(|v| v.period == period)
+                        .cloned()
+                        .unwrap_or(tramite_engine::runtime::indicators::IndicatorValue {
+                            period,
+                            numerator: 0,
+                            denominator: 0,
+                            value: None,
+                            verdict: None,
+                        })
+                })
+                .collect();
+            boards.push(Board::new(def, ind, &days, &durations, &gates, ses.lang));
+        }
+    }
+    Ok(render(&IndicatorsPage {
+        w: ses.w,
+        user: Some(&ses.user),
+        boards,
+    }))
+}
+
+/// Percent-encodes a query value.
+fn enc(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn markdown(text: &str) -> String {
+    let parser = pulldown_cmark::Parser::new_ext(text, pulldown_cmark::Options::ENABLE_TABLES)
+        .filter(|e| {
+            !matches!(
+                e,
+                pulldown_cmark::Event::Html(_) | pulldown_cmark::Event::InlineHtml(_)
+            )
+        });
+    let mut html = String::new();
+    pulldown_cmark::html::push_html(&mut html, parser);
+    html
+}

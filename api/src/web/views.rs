@@ -1,0 +1,760 @@
+//! What each page shows, already in the user's language: the templates'
+//! structs and the small views they list.
+
+use std::collections::HashMap;
+
+use askama::Template;
+use serde_json::{Map, Value};
+use tramite_engine::definition::{Definition, Document, Field, Indicator, Node, VarType};
+use tramite_engine::runtime::forms::FieldError;
+use tramite_engine::runtime::indicators::{GateCount, IndicatorValue, StepDuration};
+use tramite_engine::store::journal::Entry;
+use tramite_engine::store::messages::MessageRow;
+use tramite_engine::store::tasks::TaskRow;
+use tramite_engine::text::Lang;
+
+use super::Session;
+use super::text::Words;
+use crate::http::User;
+
+/// An option of a select.
+pub(super) struct Choice {
+    pub(super) value: String,
+    pub(super) label: String,
+    pub(super) selected: bool,
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub(super) struct LoginPage {
+    pub(super) w: &'static Words,
+    pub(super) user: Option<User>,
+    pub(super) error: Option<&'static str>,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+pub(super) struct ErrorPage {
+    pub(super) w: &'static Words,
+    pub(super) user: Option<User>,
+    pub(super) message: &'static str,
+}
+
+/// One inbox row.
+pub(super) struct TaskLine {
+    pub(super) id: String,
+    pub(super) title: String,
+    pub(super) step: String,
+    pub(super) code: String,
+    pub(super) business_key: String,
+    pub(super) status: String,
+    pub(super) status_word: String,
+    pub(super) assignee: String,
+    pub(super) due: String,
+    /// `overdue`, `soon` or empty.
+    pub(super) due_class: String,
+    pub(super) due_word: String,
+    pub(super) claimable: bool,
+}
+
+impl TaskLine {
+    pub(super) fn new(t: &TaskRow, node: Option<&Node>, ses: &Session, now: i64) -> TaskLine {
+        let w = ses.w;
+        let (due_class, due_word) = match t.due_at {
+            Some(d) if d <= now => ("overdue", w.overdue),
+            Some(d) if d - now <= 15 * 60_000 => ("soon", w.due_soon),
+            Some(_) => ("", ""),
+            None => ("", w.no_due),
+        };
+        TaskLine {
+            id: t.id.clone(),
+            title: node_title(node, ses.lang),
+            step: node
+                .and_then(|n| n.step.as_ref())
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            code: t.code.clone(),
+            business_key: t.business_key.clone(),
+            status: t.status.clone(),
+            status_word: if t.status == "claimed" {
+                w.claimed.to_owned()
+            } else {
+                w.open.to_owned()
+            },
+            assignee: t.assignee.clone().unwrap_or_default(),
+            due: t.due_at.map(local_time).unwrap_or_default(),
+            due_class: due_class.to_owned(),
+            due_word: due_word.to_owned(),
+            claimable: t.status == "open",
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "inbox.html")]
+pub(super) struct InboxPage<'a> {
+    pub(super) w: &'static Words,
+    pub(super) user: Option<&'a User>,
+    pub(super) roles: Vec<Choice>,
+    pub(super) status: String,
+    pub(super) business_key: String,
+    pub(super) lines: Vec<TaskLine>,
+    pub(super) query: String,
+    pub(super) done: bool,
+}
+
+#[derive(Template)]
+#[template(path = "inbox_rows.html")]
+pub(super) struct InboxRows {
+    pub(super) w: &'static Words,
+    pub(super) lines: Vec<TaskLine>,
+}
+
+/// One form field, ready for HTML.
+pub(super) struct FieldView {
+    pub(super) name: String,
+    pub(super) label: String,
+    pub(super) hint: String,
+    /// `text`, `textarea`, `number`, `checkbox`, `select`, `date`.
+    pub(super) kind: &'static str,
+    pub(super) step: &'static str,
+    pub(super) required: bool,
+    pub(super) pattern: String,
+    pub(super) min: String,
+    pub(super) max: String,
+    pub(super) minlength: String,
+    pub(super) maxlength: String,
+    pub(super) options: Vec<Choice>,
+    pub(super) value: String,
+    pub(super) checked: bool,
+    pub(super) error: String,
+}
+
+impl FieldView {
+    pub(super) fn new(
+        f: &Field,
+        lang: Lang,
+        variables: &Map<String, Value>,
+        submitted: Option<&HashMap<String, String>>,
+        errors: &[FieldError],
+    ) -> FieldView {
+        let value = match submitted {
+            Some(form) => form.get(&f.name).cloned().unwrap_or_default(),
+            None => variables.get(&f.name).map(plain).unwrap_or_default(),
+        };
+        let kind = if !f.options.is_empty() {
+            "select"
+        } else {
+            match f.ty {
+                VarType::Text => "textarea",
+                VarType::Integer | VarType::Number => "number",
+                VarType::Boolean => "checkbox",
+                VarType::Date => "date",
+                _ => "text",
+            }
+        };
+        let num = |v: Option<f64>| v.map(|n| n.to_string()).unwrap_or_default();
+        FieldView {
+            name: f.name.clone(),
+            label: f
+                .label
+                .as_ref()
+                .map_or_else(|| f.name.clone(), |l| l.get(lang).to_owned()),
+            hint: f
+                .hint
+                .as_ref()
+                .map(|h| h.get(lang).to_owned())
+                .unwrap_or_default(),
+            kind,
+            step: if f.ty == VarType::Number { "any" } else { "1" },
+            required: f.required && f.ty != VarType::Boolean,
+            pattern: f.pattern.clone().unwrap_or_default(),
+            min: num(f.min),
+            max: num(f.max),
+            minlength: f.min_length.map(|n| n.to_string()).unwrap_or_default(),
+            maxlength: f.max_length.map(|n| n.to_string()).unwrap_or_default(),
+            options: f
+                .options
+                .iter()
+                .map(|o| Choice {
+                    selected: o.value == value,
+                    label: o
+                        .label
+                        .as_ref()
+                        .map_or_else(|| o.value.clone(), |l| l.get(lang).to_owned()),
+                    value: o.value.clone(),
+                })
+                .collect(),
+            checked: matches!(value.as_str(), "true" | "on" | "1"),
+            error: errors
+                .iter()
+                .filter(|e| e.field == f.name)
+                .map(|e| in_words(&e.message, lang))
+                .collect::<Vec<_>>()
+                .join("; "),
+            value,
+        }
+    }
+}
+
+/// The engine's field messages, in Spanish for Spanish pages.
+fn in_words(message: &str, lang: Lang) -> String {
+    if lang == Lang::En {
+        return message.to_owned();
+    }
+    let known = [
+        ("this field is required", "Este dato es obligatorio."),
+        (
+            "does not have the expected format",
+            "No tiene el formato esperado (vea la indicación).",
+        ),
+        (
+            "is not one of the allowed values",
+            "No es una de las opciones permitidas.",
+        ),
+        ("must be a whole number", "Debe ser un número entero."),
+        ("must be a number", "Debe ser un número."),
+    ];
+    if let Some((_, es)) = known.iter().find(|(en, _)| *en == message) {
+        return (*es).to_owned();
+    }
+    for (en, es) in [
+        ("must be at least ", "Debe ser al menos "),
+        ("must be at most ", "Debe ser como máximo "),
+    ] {
+        if let Some(rest) = message.strip_prefix(en) {
+            return format!("{es}{rest}.");
+        }
+    }
+    message.to_owned()
+}
+
+/// A button that completes the task.
+pub(super) struct OutcomeView {
+    pub(super) id: String,
+    pub(super) label: String,
+    pub(super) validate: bool,
+}
+
+/// Something a client sent (a WhatsApp photo or file).
+pub(super) struct Attachment {
+    pub(super) at: String,
+    pub(super) kind: String,
+    pub(super) reference: String,
+    pub(super) caption: String,
+}
+
+impl Attachment {
+    pub(super) fn from_message(m: &MessageRow) -> Vec<Attachment> {
+        let at = local_time(m.received_at);
+        let listed = m.payload["attachments"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !listed.is_empty() {
+            return listed
+                .iter()
+                .map(|a| Attachment {
+                    at: at.clone(),
+                    kind: a["type"].as_str().unwrap_or_default().to_owned(),
+                    reference: a["id"].as_str().unwrap_or_default().to_owned(),
+                    caption: a["caption"]
+                        .as_str()
+                        .or(a["filename"].as_str())
+                        .unwrap_or_default()
+                        .to_owned(),
+                })
+                .collect();
+        }
+        m.payload["media"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| Attachment {
+                at: at.clone(),
+                kind: m.message_name.clone(),
+                reference: plain(x),
+                caption: String::new(),
+            })
+            .collect()
+    }
+}
+
+/// A document of the procedure on an instance.
+pub(super) struct DocView {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) manual: bool,
+    pub(super) done: bool,
+    pub(super) href: String,
+}
+
+#[derive(Template)]
+#[template(path = "task.html")]
+pub(super) struct TaskPage {
+    pub(super) w: &'static Words,
+    pub(super) user: Option<User>,
+    pub(super) id: String,
+    pub(super) title: String,
+    pub(super) step: String,
+    pub(super) code: String,
+    pub(super) procedure: String,
+    pub(super) instance_id: String,
+    pub(super) business_key: String,
+    pub(super) channel: String,
+    pub(super) status: String,
+    pub(super) assignee: String,
+    pub(super) mine: bool,
+    pub(super) instructions: String,
+    pub(super) context: Vec<(String, String)>,
+    pub(super) earlier: Vec<(String, String, String)>,
+    pub(super) fields: Vec<FieldView>,
+    pub(super) outcomes: Vec<OutcomeView>,
+    pub(super) has_errors: bool,
+    pub(super) general_errors: Vec<String>,
+    pub(super) received: Vec<Attachment>,
+    pub(super) documents: Vec<DocView>,
+}
+
+/// One line of the instances list.
+pub(super) struct InstanceLine {
+    pub(super) id: String,
+    pub(super) code: String,
+    pub(super) version: i64,
+    pub(super) business_key: String,
+    pub(super) channel: String,
+    pub(super) status: String,
+    pub(super) status_class: String,
+    pub(super) outcome: String,
+    pub(super) started: String,
+    pub(super) waits: String,
+}
+
+#[derive(Template)]
+#[template(path = "instances.html")]
+pub(super) struct InstancesPage<'a> {
+    pub(super) w: &'static Words,
+    pub(super) user: Option<&'a User>,
+    pub(super) codes: Vec<Choice>,
+    pub(super) status: String,
+    pub(super) business_key: String,
+    pub(super) lines: Vec<InstanceLine>,
+}
+
+/// One entry of an instance's timeline.
+pub(super) struct TimelineEntry {
+    pub(super) at: String,
+    pub(super) what: String,
+    pub(super) node: String,
+    pub(super) actor: String,
+    pub(super) detail: String,
+    pub(super) class: String,
+}
+
+#[derive(Template)]
+#[template(path = "instance.html")]
+pub(super) struct InstancePage<'a> {
+    pub(super) w: &'static Words,
+    pub(super) user: Option<&'a User>,
+    pub(super) id: String,
+    pub(super) code: String,
+    pub(super) procedure: String,
+    pub(super) version: i64,
+    pub(super) business_key: String,
+    pub(super) channel: String,
+    pub(super) status: String,
+    pub(super) outcome: String,
+    pub(super) started: String,
+    pub(super) ended: String,
+    pub(super) waits: Vec<String>,
+    pub(super) diagram: String,
+    pub(super) variables: Vec<(String, String)>,
+    pub(super) timeline: Vec<TimelineEntry>,
+    pub(super) documents: Vec<DocView>,
+    pub(super) incidents: Vec<(String, String, String)>,
+    pub(super) parent: String,
+    pub(super) children: Vec<(String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "document.html")]
+pub(super) struct DocumentPage {
+    pub(super) w: &'static Words,
+    pub(super) user: Option<User>,
+    pub(super) title: String,
+    pub(super) procedure: String,
+    pub(super) business_key: String,
+    pub(super) channel: String,
+    pub(super) started: String,
+    pub(super) printed: String,
+    pub(super) manual: bool,
+    pub(super) status: bool,
+    pub(super) copies: String,
+    pub(super) lines: Vec<(String, String)>,
+    pub(super) received: Vec<Attachment>,
+}
+
+/// One procedure in the list.
+pub(super) struct DefinitionLine {
+    pub(super) code: String,
+    pub(super) name: String,
+    pub(super) version: i64,
+    pub(super) deployed: String,
+    pub(super) steps: usize,
+}
+
+#[derive(Template)]
+#[template(path = "definitions.html")]
+pub(super) struct DefinitionsPage<'a> {
+    pub(super) w: &'static Words,
+    pub(super) user: Option<&'a User>,
+    pub(super) lines: Vec<DefinitionLine>,
+}
+
+#[derive(Template)]
+#[template(path = "definition.html")]
+pub(super) struct DefinitionPage<'a> {
+    pub(super) w: &'static Words,
+    pub(super) user: Option<&'a User>,
+    pub(super) code: String,
+    pub(super) name: String,
+    pub(super) version: i64,
+    pub(super) versions: Vec<(i64, String, bool)>,
+    pub(super) diagram: String,
+    pub(super) source: String,
+}
+
+/// One open incident.
+pub(super) struct IncidentLine {
+    pub(super) id: String,
+    pub(super) instance: String,
+    pub(super) node: String,
+    pub(super) message: String,
+    pub(super) at: String,
+}
+
+#[derive(Template)]
+#[template(path = "incidents.html")]
+pub(super) struct IncidentsPage<'a> {
+    pub(super) w: &'static Words,
+    pub(super) user: Option<&'a User>,
+    pub(super) operator: bool,
+    pub(super) lines: Vec<IncidentLine>,
+}
+
+/// One day of an indicator.
+pub(super) struct DayValue {
+    pub(super) period: String,
+    pub(super) numerator: u64,
+    pub(super) denominator: u64,
+    pub(super) value: String,
+    pub(super) verdict: String,
+    /// `ok`, `bad` or empty (no requests that day).
+    pub(super) class: String,
+}
+
+/// One indicator's dashboard.
+pub(super) struct Board {
+    pub(super) code: String,
+    pub(super) name: String,
+    pub(super) threshold: String,
+    pub(super) days: Vec<DayValue>,
+    pub(super) chart: String,
+    pub(super) gates: Vec<(String, String, u64)>,
+    pub(super) durations: Vec<(String, u64, String, String)>,
+}
+
+impl Board {
+    pub(super) fn new(
+        def: &Definition,
+        ind: &Indicator,
+        values: &[IndicatorValue],
+        durations: &[StepDuration],
+        gates: &[GateCount],
+        lang: Lang,
+    ) -> Board {
+        let threshold = ind.verdict.threshold;
+        let days: Vec<DayValue> = values
+            .iter()
+            .map(|v| DayValue {
+                period: v.period.clone(),
+                numerator: v.numerator,
+                denominator: v.denominator,
+                value: v
+                    .value
+                    .map(|x| format!("{x:.1}"))
+                    .unwrap_or_else(|| "—".into()),
+                verdict: v
+                    .verdict
+                    .as_ref()
+                    .map(|t| t.get(lang).to_owned())
+                    .unwrap_or_default(),
+                class: match v.value {
+                    Some(x) if crate::web::views::meets(ind, x) => "ok".into(),
+                    Some(_) => "bad".into(),
+                    None => String::new(),
+                },
+            })
+            .collect();
+        let title = |id: &str| node_title(def.node(id), lang);
+        Board {
+            code: def.code.clone(),
+            name: ind.name.get(lang).to_owned(),
+            threshold: format!("{threshold}"),
+            chart: chart(values, threshold, ind.scale),
+            days,
+            gates: gates
+                .iter()
+                .map(|g| (title(&g.gate), title(&g.next), g.count))
+                .collect(),
+            durations: durations
+                .iter()
+                .map(|d| (title(&d.node), d.count, span(d.mean_ms), span(d.max_ms)))
+                .collect(),
+        }
+    }
+}
+
+/// Whether `value` gets the indicator's "above" verdict.
+pub(super) fn meets(ind: &Indicator, value: f64) -> bool {
+    let text = tramite_engine::runtime::indicators::verdict(ind, value);
+    text.es == ind.verdict.above.es
+}
+
+/// A bar per day, the threshold as a dashed line: an SVG drawn here, so the
+/// dashboard needs no chart library.
+fn chart(values: &[IndicatorValue], threshold: f64, scale: f64) -> String {
+    let (w, h, left, bottom) = (720.0, 220.0, 36.0, 24.0);
+    let top = scale.max(threshold);
+    let n = values.len().max(1) as f64;
+    let slot = (w - left) / n;
+    let y = |v: f64| (h - bottom) - (v / top) * (h - bottom - 10.0);
+    let mut svg = format!(
+        r#"<svg class="chart" viewBox="0 0 {w} {h}" role="img" xmlns="http://www.w3.org/2000/svg">"#
+    );
+    for tick in [0.0, top / 2.0, top] {
+        svg.push_str(&format!(
+            r##"<text x="{}" y="{}" font-size="10" text-anchor="end" fill="#555">{tick:.0}</text>"##,
+            left - 4.0,
+            y(tick) + 3.0
+        ));
+    }
+    for (i, v) in values.iter().enumerate() {
+        let x = left + i as f64 * slot + slot * 0.15;
+        if let Some(value) = v.value {
+            let color = if value >= threshold {
+                "#2e7d32"
+            } else {
+                "#c62828"
+            };
+            svg.push_str(&format!(
+                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{}: {value:.1}</title></rect>"#,
+                y(value),
+                slot * 0.7,
+                (h - bottom) - y(value),
+                v.period
+            ));
+        }
+        if i % 5 == 0 || i + 1 == values.len() {
+            svg.push_str(&format!(
+                r##"<text x="{:.1}" y="{}" font-size="9" text-anchor="middle" fill="#555">{}</text>"##,
+                x + slot * 0.35,
+                h - 8.0,
+                v.period.get(5..).unwrap_or(&v.period)
+            ));
+        }
+    }
+    svg.push_str(&format!(
+        r##"<line x1="{left}" x2="{w}" y1="{t:.1}" y2="{t:.1}" stroke="#1565c0" stroke-width="2" stroke-dasharray="6 4"/><text x="{w}" y="{:.1}" font-size="10" text-anchor="end" fill="#1565c0">{threshold}</text></svg>"##,
+        y(threshold) - 4.0,
+        t = y(threshold)
+    ));
+    svg
+}
+
+#[derive(Template)]
+#[template(path = "indicators.html")]
+pub(super) struct IndicatorsPage<'a> {
+    pub(super) w: &'static Words,
+    pub(super) user: Option<&'a User>,
+    pub(super) boards: Vec<Board>,
+}
+
+/// A node's step and label (`3. Identificar al cliente`), or its id.
+pub(super) fn node_title(node: Option<&Node>, lang: Lang) -> String {
+    let Some(node) = node else {
+        return String::new();
+    };
+    let label = node
+        .label
+        .as_ref()
+        .map_or_else(|| node.id.clone(), |l| l.get(lang).to_owned());
+    match &node.step {
+        Some(step) => format!("{step}. {label}"),
+        None => label,
+    }
+}
+
+/// A value as a person reads it.
+pub(super) fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Array(items) => items.iter().map(plain).collect::<Vec<_>>().join(", "),
+        other => other.to_string(),
+    }
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::Bool(b) => if *b { "✔" } else { "✘" }.to_owned(),
+        _ => plain(v),
+    }
+}
+
+/// The instance's variables with their labels, in the definition's order.
+pub(super) fn context_lines(
+    def: &Definition,
+    variables: &Map<String, Value>,
+    lang: Lang,
+) -> Vec<(String, String)> {
+    def.variables
+        .iter()
+        .filter_map(|var| {
+            let v = variables.get(&var.name)?;
+            let label = var
+                .label
+                .as_ref()
+                .map_or_else(|| var.name.clone(), |l| l.get(lang).to_owned());
+            Some((label, value_text(v)))
+        })
+        .collect()
+}
+
+/// The tasks completed so far: when, which step, by whom.
+pub(super) fn earlier_steps(
+    def: &Definition,
+    history: &[Entry],
+    lang: Lang,
+) -> Vec<(String, String, String)> {
+    history
+        .iter()
+        .filter(|e| e.kind == "task_completed" || e.kind == "job_succeeded")
+        .map(|e| {
+            (
+                local_time(e.at),
+                node_title(e.node_id.as_deref().and_then(|n| def.node(n)), lang),
+                e.actor.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Every journal entry, as a timeline.
+pub(super) fn timeline(def: &Definition, history: &[Entry], lang: Lang) -> Vec<TimelineEntry> {
+    history
+        .iter()
+        .map(|e| {
+            let class = if e.kind.contains("fail") || e.kind.contains("incident") {
+                "bad"
+            } else if e.kind.contains("completed") || e.kind.contains("succeeded") {
+                "ok"
+            } else {
+                ""
+            };
+            let detail = match &e.data {
+                Value::Null => String::new(),
+                Value::Object(m) => m
+                    .iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "job" | "task" | "token"))
+                    .map(|(k, v)| format!("{k}: {}", plain(v)))
+                    .collect::<Vec<_>>()
+                    .join(" · "),
+                other => plain(other),
+            };
+            TimelineEntry {
+                at: local_time(e.at),
+                what: e.kind.replace('_', " "),
+                node: node_title(e.node_id.as_deref().and_then(|n| def.node(n)), lang),
+                actor: e.actor.clone(),
+                detail: detail.chars().take(240).collect(),
+                class: class.to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Whether a document has been produced or recorded: a task or job at one
+/// of its nodes has finished.
+pub(super) fn document_done(d: &Document, history: &[Entry]) -> bool {
+    history.iter().any(|e| {
+        (e.kind == "task_completed" || e.kind == "job_succeeded")
+            && e.node_id
+                .as_ref()
+                .is_some_and(|n| d.nodes.iter().any(|x| x == n))
+    })
+}
+
+/// The procedure's documents on an instance (only those of `at` when given).
+pub(super) fn documents_of(
+    def: &Definition,
+    history: &[Entry],
+    instance: &str,
+    lang: Lang,
+    at: Option<&str>,
+) -> Vec<DocView> {
+    def.documents
+        .iter()
+        .filter(|d| at.is_none_or(|n| d.nodes.iter().any(|x| x == n)))
+        .map(|d| DocView {
+            id: d.id.clone(),
+            name: d.name.get(lang).to_owned(),
+            manual: matches!(d.mode, tramite_engine::definition::DocumentMode::Manual),
+            done: document_done(d, history),
+            href: format!("/instances/{instance}/documents/{}", d.id),
+        })
+        .collect()
+}
+
+/// The instance status in words.
+pub(super) fn status_word(w: &Words, status: &str) -> &'static str {
+    match status {
+        "running" => w.running,
+        "completed" => w.completed,
+        "cancelled" => w.cancelled,
+        _ => w.error,
+    }
+}
+
+/// `27/11/2026 09:30` in Bolivia (UTC−4).
+pub(super) fn local_time(ms: i64) -> String {
+    let local = ms - 4 * 3_600_000;
+    let days = local.div_euclid(86_400_000);
+    let in_day = local.rem_euclid(86_400_000) / 60_000;
+    let (y, m, d) = tramite_engine::runtime::indicators::civil(days);
+    format!("{d:02}/{m:02}/{y} {:02}:{:02}", in_day / 60, in_day % 60)
+}
+
+/// A duration in words (`3 min`, `2 h 5 min`, `4 d 3 h`).
+fn span(ms: i64) -> String {
+    let minutes = ms / 60_000;
+    match minutes {
+        m if m < 1 => format!("{} s", ms / 1_000),
+        m if m < 60 => format!("{m} min"),
+        m if m < 1_440 => format!("{} h {} min", m / 60, m % 60),
+        m => format!("{} d {} h", m / 1_440, (m % 1_440) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_bolivian() {
+        // 2026-11-27 13:00 UTC is 09:00 in Cochabamba.
+        assert_eq!(local_time(1_795_784_400_000), "27/11/2026 09:00");
+        assert_eq!(span(90_000), "1 min");
+        assert_eq!(span(3_900_000), "1 h 5 min");
+    }
+}

@@ -1,0 +1,524 @@
+//! The web UI in a real browser: headless Chromium driven over WebDriver
+//! (chromedriver), against `tramite serve`'s router on a real socket.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
+//! them). With `TRAMITE_SCREENSHOTS=1` the main pages are saved to
+//! `docs/screenshots/` (1366×768, the call centre's screens).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+use tramite_api::http::{AppState, Users, Webhooks, router};
+use tramite_tests::engine::{Db, Harness};
+
+const AGENT: &str = "clave-agente";
+const LEAD: &str = "clave-responsable";
+const INSTALLER: &str = "clave-instalaciones";
+
+/// chromedriver on a free port, killed when dropped.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn driver() -> Driver {
+    let port = free_port();
+    // Owned by `Driver` at once, so that it is killed and waited for on
+    // every path (its `Drop`).
+    let driver = Driver {
+        child: Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver; .ci/run installs it)"),
+        port,
+    };
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return driver;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("chromedriver did not start on port {port}");
+}
+
+/// The engine, its pages on a socket, and a browser.
+struct Ui {
+    h: Harness,
+    base: String,
+    browser: Client,
+    _driver: Driver,
+    _profile: std::path::PathBuf,
+}
+
+impl Ui {
+    async fn new() -> Ui {
+        let h = Harness::new(Db::Sqlite).await;
+        let users = Users::default()
+            .with("ana", AGENT, &["agente_ventas_digitales"])
+            .with(
+                "luis",
+                LEAD,
+                &["responsable_centro_llamadas", "operator", "process_owner"],
+            )
+            .with(
+                "tito",
+                INSTALLER,
+                &["jefe_instalaciones", "tecnico_instalaciones"],
+            );
+        let app = router(Arc::new(AppState {
+            engine: h.engine.clone(),
+            users,
+            metrics: None,
+            connectors: h.connectors.clone(),
+            webhooks: Webhooks::default(),
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let driver = driver().await;
+        let profile = std::env::temp_dir().join(format!(
+            "tramite-chromium-{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--window-size=1366,768", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--lang=es-BO",
+                    format!("--user-data-dir={}", profile.display()),
+                ]
+            }),
+        );
+        let browser = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", driver.port))
+            .await
+            .expect("a Chromium session");
+        Ui {
+            h,
+            base,
+            browser,
+            _driver: driver,
+            _profile: profile,
+        }
+    }
+
+    async fn goto(&self, path: &str) {
+        self.browser
+            .goto(&format!("{}{path}", self.base))
+            .await
+            .unwrap();
+    }
+
+    async fn sign_in(&self, token: &str) {
+        self.goto("/logout").await;
+        self.goto("/login").await;
+        self.browser
+            .find(Locator::Css("#token"))
+            .await
+            .unwrap()
+            .send_keys(token)
+            .await
+            .unwrap();
+        self.click("#sign-in").await;
+        assert_eq!(self.wait_path("/inbox").await, "/inbox", "signed in");
+    }
+
+    async fn click(&self, css: &str) {
+        self.browser
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
+    /// Waits (up to 5 s) for an element to appear (after a page load).
+    async fn wait_for(&self, css: &str) {
+        for _ in 0..100 {
+            if self.browser.find(Locator::Css(css)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{css} never appeared");
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.browser
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits (up to 5 s) for the browser to reach `expected`; returns where it is.
+    async fn wait_path(&self, expected: &str) -> String {
+        let mut path = self.path().await;
+        for _ in 0..100 {
+            if path == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            path = self.path().await;
+        }
+        path
+    }
+
+    async fn path(&self) -> String {
+        let url = self.browser.current_url().await.unwrap();
+        match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        }
+    }
+
+    /// Fills a form field as a person would: types, picks or ticks.
+    async fn fill(&self, name: &str, value: &str) {
+        let css = format!("#f-{name}");
+        let el = self
+            .browser
+            .find(Locator::Css(&css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match el.attr("type").await.unwrap().as_deref() {
+            Some("checkbox") => {
+                if el.is_selected().await.unwrap() != (value == "true") {
+                    el.click().await.unwrap();
+                }
+            }
+            Some("date") => {
+                // Typing into a date input depends on the browser's locale.
+                self.browser
+                    .execute(
+                        "arguments[0].value = arguments[1];",
+                        vec![serde_json::to_value(&el).unwrap(), json!(value)],
+                    )
+                    .await
+                    .unwrap();
+            }
+            _ if el.tag_name().await.unwrap() == "select" => {
+                el.select_by_value(value).await.unwrap();
+            }
+            _ => {
+                el.clear().await.unwrap();
+                el.send_keys(value).await.unwrap();
+            }
+        }
+    }
+
+    /// From the inbox: claims the task at `node` of `instance` (or of its
+    /// child) in one click, fills `fields` and presses `outcome`.
+    async fn work(&self, instance: &str, node: &str, fields: &[(&str, &str)], outcome: &str) {
+        let task = self.h.task(instance, node).await;
+        self.goto("/inbox").await;
+        self.click(&format!("tr[data-task='{}'] button.claim", task.id))
+            .await;
+        let page = format!("/tasks/{}", task.id);
+        assert_eq!(self.wait_path(&page).await, page);
+        for (name, value) in fields {
+            self.fill(name, value).await;
+        }
+        self.click(&format!("#outcome-{outcome}")).await;
+        assert_eq!(
+            self.wait_path("/inbox?done=1").await,
+            "/inbox?done=1",
+            "`{node}` completed with `{outcome}`"
+        );
+    }
+
+    async fn screenshot(&self, name: &str) {
+        self.screenshot_at(name, "body").await;
+    }
+
+    /// A screenshot with `css` scrolled into view (the page's top for `body`).
+    async fn screenshot_at(&self, name: &str, css: &str) {
+        if std::env::var_os("TRAMITE_SCREENSHOTS").is_none() {
+            return;
+        }
+        self.browser
+            .execute(
+                "document.querySelector(arguments[0]).scrollIntoView({block: 'start'});",
+                vec![json!(css)],
+            )
+            .await
+            .unwrap();
+        let png = self.browser.screenshot().await.unwrap();
+        let dir = tramite_tests::repo_root().join("docs/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn close(self) {
+        let _ = self.browser.close().await;
+    }
+}
+
+/// An agent signs in and takes a P06 request from the call to the
+/// quality-control call only through the pages; the installers do their
+/// part (OPR-PAS-P02) through theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_completes_p06_through_the_pages() {
+    let ui = Ui::new().await;
+    let id =
+        ui.h.start("OPE-SUM-VEN-P06", "ivr", json!({"telefono": "72345678"}))
+            .await;
+    ui.sign_in(AGENT).await;
+    assert_eq!(ui.text("#user").await, "ana");
+    let rows = ui.text("#rows").await;
+    assert!(rows.contains("Recibir llamada"), "{rows}");
+    ui.screenshot("inbox").await;
+    ui.work(&id, "recibir_llamada", &[], "atendida").await;
+    assert!(ui.text("#done").await.contains("completada"));
+    // Step 3, with the Annex 1 call protocol on the page.
+    let task = ui.h.task(&id, "identificar_cliente").await;
+    ui.goto("/inbox").await;
+    ui.click(&format!("tr[data-task='{}'] button.claim", task.id))
+        .await;
+    ui.wait_path(&format!("/tasks/{}", task.id)).await;
+    let protocol = ui.text("#instructions").await;
+    assert!(protocol.contains("Mi nombre es"), "{protocol}");
+    ui.fill("nombre_cliente", "María Elena Rojas Vargas").await;
+    ui.fill("servicio_solicitado", "internet_fibra").await;
+    ui.fill("ci", "4587213").await;
+    ui.screenshot("task").await;
+    ui.click("#outcome-continuar").await;
+    assert_eq!(ui.wait_path("/inbox?done=1").await, "/inbox?done=1");
+    assert_eq!(ui.h.jobs().await, 1, "the NAF check runs");
+    ui.work(
+        &id,
+        "solicitar_domicilio",
+        &[("direccion", "Av. América 1234"), ("zona", "Cala Cala")],
+        "continuar",
+    )
+    .await;
+    assert_eq!(ui.h.jobs().await, 1, "the GIS check runs");
+    ui.work(
+        &id,
+        "verificar_capacidad",
+        &[("capacidad_confirmada", "true")],
+        "continuar",
+    )
+    .await;
+    ui.work(&id, "solicitar_requisitos", &[], "requisitos_solicitados")
+        .await;
+    // The client sends the documents by WhatsApp.
+    ui.h.publish(
+        "requisitos_whatsapp",
+        "72345678",
+        "wamid.ui",
+        json!({"media": ["1234567890"], "attachments": [{"id": "1234567890", "type": "image", "caption": "CI anverso"}]}),
+    )
+    .await;
+    let task = ui.h.task(&id, "imprimir_requisitos").await;
+    ui.goto(&format!("/tasks/{}", task.id)).await;
+    let received = ui.text("#received").await;
+    assert!(received.contains("CI anverso"), "{received}");
+    ui.work(
+        &id,
+        "imprimir_requisitos",
+        &[("requisitos_impresos", "true")],
+        "impresos",
+    )
+    .await;
+    assert_eq!(ui.h.jobs().await, 1, "Smartflex registers the sale");
+    ui.work(
+        &id,
+        "comunicar_solicitud",
+        &[("dias_estimados", "5")],
+        "comunicado",
+    )
+    .await;
+    // The installation, by the installers.
+    let child = ui.h.engine.children(&id).await.unwrap().remove(0);
+    ui.sign_in(INSTALLER).await;
+    ui.work(
+        &child.id,
+        "programar",
+        &[("fecha_programada", "2026-12-01")],
+        "programada",
+    )
+    .await;
+    ui.work(
+        &child.id,
+        "instalar",
+        &[("instalacion_realizada", "true"), ("dias_ejecucion", "4")],
+        "cerrar",
+    )
+    .await;
+    ui.sign_in(AGENT).await;
+    ui.work(
+        &id,
+        "seguimiento_venta",
+        &[("contrato_firmado", "true")],
+        "continuar",
+    )
+    .await;
+    ui.work(
+        &id,
+        "control_calidad",
+        &[("cliente_satisfecho", "true")],
+        "registrado",
+    )
+    .await;
+    let instance = ui.h.instance(&id).await;
+    assert_eq!(instance.status, "completed");
+    assert_eq!(instance.outcome.as_deref(), Some("venta_concretada"));
+    // The instance page: status, timeline, documents.
+    ui.goto(&format!("/instances/{id}")).await;
+    assert_eq!(ui.text("#outcome").await, "venta_concretada");
+    assert!(ui.text("#timeline").await.contains("task completed"));
+    assert!(
+        ui.text("#doc-contrato_servicios")
+            .await
+            .contains("Registrado")
+    );
+    ui.goto(&format!("/instances/{id}/documents/solicitud_servicio"))
+        .await;
+    let doc = ui.text("#document").await;
+    assert!(
+        doc.contains("Solicitud de Servicio") && doc.contains("4587213"),
+        "{doc}"
+    );
+    ui.screenshot("document").await;
+    // English on request.
+    ui.goto(&format!("/instances/{id}")).await;
+    ui.click("#lang").await;
+    assert!(ui.text("h2").await.contains("Diagram"));
+    ui.screenshot("instance").await;
+    ui.click("#lang").await;
+    ui.close().await;
+}
+
+/// A wrong CI shows an inline error — from the browser's own check, and
+/// from the server's when the browser's is bypassed — and nothing is saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ci_is_caught_inline_and_nothing_is_saved() {
+    let ui = Ui::new().await;
+    let id =
+        ui.h.start("OPE-SUM-VEN-P06", "ivr", json!({"telefono": "72345678"}))
+            .await;
+    ui.h.complete(&id, "recibir_llamada", "atendida", json!({}))
+        .await;
+    let task = ui.h.task(&id, "identificar_cliente").await;
+    ui.sign_in(AGENT).await;
+    ui.goto(&format!("/tasks/{}", task.id)).await;
+    ui.fill("nombre_cliente", "Juan Pérez").await;
+    ui.fill("servicio_solicitado", "trio").await;
+    ui.fill("ci", "12A4").await;
+    ui.click("#outcome-continuar").await;
+    // The browser refused to send it and said why under the field.
+    assert_eq!(ui.path().await, format!("/tasks/{}", task.id));
+    assert!(!ui.text("#error-ci").await.is_empty());
+    // Without the browser's check, the server refuses it the same way.
+    ui.browser
+        .execute(
+            "document.getElementById('f-ci').removeAttribute('pattern');",
+            vec![],
+        )
+        .await
+        .unwrap();
+    ui.click("#outcome-continuar").await;
+    ui.wait_for("#form-errors").await;
+    assert!(ui.text("#form-errors").await.contains("no se guardó nada"));
+    let message = ui.text("#error-ci").await;
+    assert_eq!(message, "No tiene el formato esperado (vea la indicación).");
+    ui.screenshot_at("task-error", "#task-form").await;
+    // Nothing was saved: the task is still open, the CI never written.
+    assert!(ui.h.task_open(&id, "identificar_cliente").await);
+    assert!(!ui.h.instance(&id).await.state.variables.contains_key("ci"));
+    ui.close().await;
+}
+
+/// An agent cannot open a task of a role they do not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_open_another_roles_task() {
+    let ui = Ui::new().await;
+    let id =
+        ui.h.start(
+            "OPR-PAS-P02",
+            "procedure",
+            json!({"numero_solicitud": "SF-2026-000001", "telefono": "72345678",
+                   "direccion": "Av. América 1234", "zona": "Cala Cala", "servicio": "trio"}),
+        )
+        .await;
+    let tasks =
+        ui.h.engine
+            .tasks(&tramite_engine::store::tasks::Filter {
+                instance_id: Some(id.clone()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    let task = tasks.first().expect("an installation task");
+    ui.sign_in(AGENT).await;
+    ui.goto(&format!("/tasks/{}", task.id)).await;
+    assert!(ui.text("#error").await.contains("No tiene acceso"));
+    ui.goto("/inbox").await;
+    assert!(!ui.text("#rows").await.contains(&task.id));
+    ui.close().await;
+}
+
+/// The dashboard shows a known day's value and verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_known_days_value_and_verdict() {
+    let ui = Ui::new().await;
+    // 2026-11-27: one efficient sale of two → 50 %, Observado (below 95 %).
+    tramite_tests::p06::sale(&ui.h, true).await;
+    tramite_tests::p06::sale(&ui.h, false).await;
+    ui.sign_in(LEAD).await;
+    ui.goto("/indicators").await;
+    let row = ui
+        .text(".board[data-code='OPE-SUM-VEN-P06'] tr[data-day='2026-11-27']")
+        .await;
+    assert!(row.contains("1 / 2"), "{row}");
+    assert!(row.contains("50.0"), "{row}");
+    assert!(row.contains("Observado"), "{row}");
+    ui.screenshot("indicators").await;
+    ui.goto("/definitions/OPE-SUM-VEN-P06").await;
+    // mermaid drew the diagram from the YAML in the page.
+    for _ in 0..50 {
+        if ui.browser.find(Locator::Css("#diagram svg")).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ui.browser
+        .find(Locator::Css("#diagram svg"))
+        .await
+        .expect("the diagram is drawn");
+    ui.screenshot("definition").await;
+    ui.close().await;
+}
