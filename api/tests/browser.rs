@@ -280,6 +280,28 @@ impl Ui {
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
+    /// The page fits a 1366-pixel screen: no horizontal scrolling, and no
+    /// text cut off by its box.
+    async fn assert_fits(&self) {
+        let found = self
+            .browser
+            .execute(
+                r#"const cut = [...document.querySelectorAll("body *")].filter(e => {
+                     const s = getComputedStyle(e);
+                     return e.children.length === 0 && e.textContent.trim() !== ""
+                       && e.scrollWidth > e.clientWidth + 1
+                       && (s.overflowX === "hidden" || s.overflowX === "clip" || s.textOverflow === "ellipsis");
+                   }).map(e => e.textContent.trim().slice(0, 60));
+                   return {wide: document.documentElement.scrollWidth > window.innerWidth, cut};"#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        let path = self.path().await;
+        assert_eq!(found["wide"], json!(false), "{path} scrolls sideways");
+        assert_eq!(found["cut"], json!([]), "{path} cuts text off");
+    }
+
     async fn close(self) {
         let _ = self.browser.close().await;
     }
@@ -412,12 +434,25 @@ async fn agent_completes_p06_through_the_pages() {
         "{doc}"
     );
     ui.screenshot("document").await;
-    // English on request.
+    // English on request; every main page fits the screen in both languages.
     ui.goto(&format!("/instances/{id}")).await;
+    ui.assert_fits().await;
     ui.click("#lang").await;
     assert!(ui.text("h2").await.contains("Diagram"));
     ui.screenshot("instance").await;
-    ui.click("#lang").await;
+    for page in [
+        "/inbox",
+        "/instances",
+        "/definitions",
+        "/incidents",
+        "/indicators",
+    ] {
+        for _ in ["en", "es"] {
+            ui.goto(page).await;
+            ui.assert_fits().await;
+            ui.click("#lang").await;
+        }
+    }
     ui.close().await;
 }
 
@@ -487,7 +522,23 @@ async fn an_agent_cannot_open_another_roles_task() {
     ui.goto(&format!("/tasks/{}", task.id)).await;
     assert!(ui.text("#error").await.contains("No tiene acceso"));
     ui.goto("/inbox").await;
-    assert!(!ui.text("#rows").await.contains(&task.id));
+    assert!(ui.text("#empty").await.contains("No hay tareas"));
+    // A call comes in while the inbox is open: it appears without a reload.
+    let call =
+        ui.h.start("OPE-SUM-VEN-P06", "ivr", json!({"telefono": "72345678"}))
+            .await;
+    let new = ui.h.task(&call, "recibir_llamada").await;
+    let row = format!("tr[data-task='{}']", new.id);
+    let mut seen = false;
+    for _ in 0..60 {
+        if ui.browser.find(Locator::Css(&row)).await.is_ok() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(seen, "the inbox refreshed by itself");
+    assert!(!ui.text("#rows").await.contains("Programar"));
     ui.close().await;
 }
 
