@@ -493,6 +493,16 @@ async fn a_wrong_ci_is_caught_inline_and_nothing_is_saved() {
     // Nothing was saved: the task is still open, the CI never written.
     assert!(ui.h.task_open(&id, "identificar_cliente").await);
     assert!(!ui.h.instance(&id).await.state.variables.contains_key("ci"));
+    // The request's page marks where it waits, on the diagram and in words.
+    ui.goto(&format!("/instances/{id}")).await;
+    assert!(
+        ui.text("#waits")
+            .await
+            .contains("Identificarse según protocolo")
+    );
+    ui.wait_for("#diagram svg g.here").await;
+    let marked = ui.text("#diagram svg g.here").await;
+    assert!(marked.contains("Identificarse"), "{marked}");
     ui.close().await;
 }
 

@@ -214,15 +214,11 @@ pub struct Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}: {}",
-            self.path.display(),
-            self.line,
-            self.column,
-            self.at,
-            self.message
-        )
+        write!(f, "{}:{}:{}: ", self.path.display(), self.line, self.column)?;
+        if !self.at.is_empty() {
+            write!(f, "{}: ", self.at)?;
+        }
+        f.write_str(&self.message)
     }
 }
 
@@ -264,7 +260,33 @@ pub fn load_dir(dir: &Path, catalog: &Catalog) -> Result<Vec<HttpConnector>, Err
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
     files.sort();
-    files.iter().map(|f| load_file(f, catalog)).collect()
+    // Every file is read, so that one broken file does not hide the next.
+    let mut loaded = Vec::new();
+    let mut problems = Vec::new();
+    for f in &files {
+        match load_file(f, catalog) {
+            Ok(c) => loaded.push(c),
+            Err(Error::Invalid { problems: p }) => problems.extend(p),
+            Err(Error::Syntax {
+                path,
+                line,
+                column,
+                message,
+            }) => problems.push(Problem {
+                path,
+                line,
+                column,
+                at: String::new(),
+                message,
+            }),
+            Err(other) => return Err(other),
+        }
+    }
+    if problems.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(Error::Invalid { problems })
+    }
 }
 
 /// Reads one connector file.
@@ -568,6 +590,10 @@ impl Connector for HttpConnector {
                 .sleep(tokio::time::sleep)
                 .when(|f| matches!(f, Failure::Transient { retry: true, .. }))
                 .notify(|f, wait| {
+                    // Per-attempt outcomes are the engine's job metrics;
+                    // these are the HTTP retries inside an attempt.
+                    metrics::counter!("tramite_connector_retries_total", "system" => self.config.system.clone())
+                        .increment(1);
                     tracing::info!(system = %self.config.system, operation = call.operation, %trace, failure = ?f, ?wait, "retrying");
                 })
                 .await;
@@ -909,6 +935,39 @@ operations:
         };
         assert_eq!(line, 7, "{message}");
         assert!(message.contains("unknown field `timeout_ms`"), "{message}");
+    }
+
+    #[test]
+    fn a_folder_reports_the_problems_of_every_file() {
+        let dir =
+            std::env::temp_dir().join(format!("tramite-connectors-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("a.yaml"),
+            GOOD.replace("system: naf", "system: nafx"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("b.yaml"),
+            "system: gis\nbase_url: 5\nsurprise: 1\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("notes.txt"), "not a connector").unwrap();
+        let Err(Error::Invalid { problems }) = load_dir(&dir, &crate::catalog()) else {
+            panic!("expected problems");
+        };
+        let mut files: Vec<String> = problems
+            .iter()
+            .map(|p| p.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        files.dedup();
+        assert_eq!(files, ["a.yaml", "b.yaml"], "{problems:#?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.message.contains("`nafx` is not a system"))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
