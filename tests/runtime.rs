@@ -1469,3 +1469,45 @@ on_both_backends!(
     inbox_pages_merge_roles_and_statuses_in_due_order,
     super::inbox_pages_merge_roles_and_statuses_in_due_order
 );
+
+/// Nodes sharing PostgreSQL hear of each other's jobs: a node whose workers
+/// poll only every minute runs a job another node scheduled within moments,
+/// woken by `NOTIFY` on the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_node_is_woken_by_another_nodes_job() {
+    use std::sync::Arc;
+    use tramite_engine::runtime::{Engine, EngineConfig};
+    let h = Harness::new(Db::Postgres).await;
+    let mut config = EngineConfig::new(h.db.url.clone());
+    config.catalog = tramite_connectors::catalog();
+    config.connectors = h.connectors.clone();
+    config.clock =
+        Arc::clone(&h.clock) as Arc<dyn tramite_engine::runtime::clock::Clock>;
+    config.node_name = "node-b".to_owned();
+    config.poll = Duration::from_secs(60);
+    let b = Engine::open(config).await.unwrap();
+    b.start_workers();
+    // Node B listens, finds nothing to do and sleeps for a minute.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Node A (the harness's engine, without workers) schedules the NAF check.
+    let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+    h.complete(&id, "recibir_llamada", "atendida", json!({}))
+        .await;
+    h.complete(
+        &id,
+        "identificar_cliente",
+        "continuar",
+        json!({"nombre_cliente": "Juan Pérez", "servicio_solicitado": "trio", "ci": "4587213"}),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    while !h.task_open(&id, "solicitar_domicilio").await {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "node B did not wake up for the job"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.sims.naf.calls(), 1, "run once, by node B");
+    b.shutdown().await;
+}

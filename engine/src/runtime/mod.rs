@@ -320,14 +320,19 @@ impl Engine {
         .map(drop)
     }
 
-    /// Starts the worker pool.
+    /// Starts the worker pool (and, on PostgreSQL, the listener through
+    /// which other nodes' new jobs wake it).
     pub fn start_workers(&self) {
         let handle = tokio::spawn(worker::pool(self.clone()));
-        self.inner
-            .workers
-            .lock()
-            .expect("workers lock")
-            .push(handle);
+        let mut workers = self.inner.workers.lock().expect("workers lock");
+        workers.push(handle);
+        if self.inner.store.backend() == store::Backend::Postgres {
+            workers.push(tokio::spawn(writer::listen_for_jobs(
+                self.inner.config.database_url.clone(),
+                Arc::clone(&self.inner.jobs_changed),
+                self.inner.stop.subscribe(),
+            )));
+        }
     }
 
     /// Claims and runs due jobs until none is due; returns how many ran.

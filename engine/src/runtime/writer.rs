@@ -128,6 +128,9 @@ impl Writer {
             let result = commands::exec(&mut *tx, &ctx, env.command.clone()).await;
             match &result {
                 Ok(_) => {
+                    if ctx.scheduled.load(std::sync::atomic::Ordering::Relaxed) {
+                        announce_jobs(&mut tx, ctx.backend).await?;
+                    }
                     tx.commit().await?;
                     touched
                         .lock()
@@ -176,6 +179,9 @@ impl Writer {
             }
             results.push(result);
         }
+        if scheduled.load(std::sync::atomic::Ordering::Relaxed) {
+            announce_jobs(&mut tx, ctx.backend).await?;
+        }
         tx.commit().await?;
         self.stats
             .commits
@@ -204,6 +210,9 @@ impl Writer {
                     scheduled: std::sync::atomic::AtomicBool::new(false),
                 };
                 let reply = commands::exec(&mut *tx, &ctx, command.clone()).await?;
+                if ctx.scheduled.load(std::sync::atomic::Ordering::Relaxed) {
+                    announce_jobs(&mut tx, ctx.backend).await?;
+                }
                 tx.commit().await?;
                 touched
                     .lock()
@@ -222,6 +231,62 @@ impl Writer {
                 Err(e) if commands::is_retryable(&e) && attempt < 5 => continue,
                 other => return other,
             }
+        }
+    }
+}
+
+/// The channel on which PostgreSQL tells every engine node that jobs were
+/// scheduled (see [`listen_for_jobs`]).
+pub(crate) const JOBS_CHANNEL: &str = "tramite_jobs";
+
+/// Tells every node, when this transaction commits, that new jobs wait:
+/// PostgreSQL delivers a `NOTIFY` only on commit, so an idle node never
+/// looks for a job that is not there yet. (SQLite has one node: its
+/// in-process wake-up is enough.)
+async fn announce_jobs(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: crate::store::Backend,
+) -> Result<(), Error> {
+    if backend == crate::store::Backend::Postgres {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(JOBS_CHANNEL)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| Error::Store(e.into()))?;
+    }
+    Ok(())
+}
+
+/// Wakes this node's idle workers whenever any node schedules jobs on the
+/// shared PostgreSQL database, until `stop`; reconnects after a failure
+/// (meanwhile the workers' poll interval still finds every job).
+pub(crate) async fn listen_for_jobs(
+    url: String,
+    wake: Arc<Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(mut listener) => match listener.listen(JOBS_CHANNEL).await {
+                Ok(()) => loop {
+                    tokio::select! {
+                        got = listener.recv() => match got {
+                            Ok(_) => wake.notify_waiters(),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "job notifications interrupted; reconnecting");
+                                break;
+                            }
+                        },
+                        _ = stop.changed() => return,
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot listen for job notifications"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot connect for job notifications"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
         }
     }
 }
