@@ -1481,8 +1481,7 @@ async fn an_idle_node_is_woken_by_another_nodes_job() {
     let mut config = EngineConfig::new(h.db.url.clone());
     config.catalog = tramite_connectors::catalog();
     config.connectors = h.connectors.clone();
-    config.clock =
-        Arc::clone(&h.clock) as Arc<dyn tramite_engine::runtime::clock::Clock>;
+    config.clock = Arc::clone(&h.clock) as Arc<dyn tramite_engine::runtime::clock::Clock>;
     config.node_name = "node-b".to_owned();
     config.poll = Duration::from_secs(60);
     let b = Engine::open(config).await.unwrap();
