@@ -127,6 +127,10 @@ enum Command {
         /// Country prefix removed from WhatsApp senders' numbers to get the correlation key.
         #[arg(long, env = "TRAMITE_WHATSAPP_COUNTRY_CODE", default_value = "591")]
         whatsapp_country_code: String,
+        /// How long a node holds a job it claimed before another node may
+        /// take it over (plus the job's own timeout), seconds.
+        #[arg(long, env = "TRAMITE_LEASE_SECONDS", default_value_t = 30)]
+        lease_seconds: u64,
     },
     /// Serve the NAF, GIS and Smartflex simulators over HTTP (the systems
     /// connectors/config/*.yaml point at), with optional faults.
@@ -280,6 +284,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             connectors,
             whatsapp_message,
             whatsapp_country_code,
+            lease_seconds,
         } => {
             let whatsapp = match (
                 std::env::var("WHATSAPP_APP_SECRET"),
@@ -311,6 +316,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     log_format,
                     connectors,
                     whatsapp,
+                    lease: std::time::Duration::from_secs(lease_seconds.max(1)),
                 },
                 &mut stdout,
             ))

@@ -26,6 +26,7 @@ pub(crate) struct Settings {
     pub(crate) log_format: LogFormat,
     pub(crate) connectors: Option<PathBuf>,
     pub(crate) whatsapp: Option<tramite_api::http::WhatsApp>,
+    pub(crate) lease: std::time::Duration,
 }
 
 fn token() -> String {
@@ -93,6 +94,8 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
     let mut config = EngineConfig::new(s.database_url.clone());
     config.catalog = catalog;
     config.connectors = connectors.clone();
+    config.lease = s.lease;
+    config.node_name = format!("{}-{}", s.bind, std::process::id());
     let engine = Engine::open(config).await?;
     let deployed = engine.deploy_dir(&s.processes).await?;
     engine.start_workers();

@@ -415,6 +415,7 @@ async fn stats(State(sims): Shared, Path(system): Path<String>) -> Response {
             "calls": sims.smartflex.calls(),
             "faults_injected": sims.smartflex.faults().injected(),
             "registrations": sims.smartflex.registration_count(),
+            "duplicates": duplicate_registrations(&sims),
         }),
         _ => return error(StatusCode::NOT_FOUND, "SISTEMA_DESCONOCIDO", &system),
     };

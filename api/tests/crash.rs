@@ -1,0 +1,431 @@
+//! Crash test, at a size CI can afford: P06 requests driven over HTTP
+//! against real `tramite serve` processes reaching the simulators over HTTP,
+//! while a node is killed with SIGKILL at random moments and restarted —
+//! two nodes on one PostgreSQL database, and one node on SQLite. Then the
+//! invariants: every request reached its end once, every task was completed
+//! at most once, every history is whole, Smartflex registered each sale once.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const TOKEN: &str = "clave-de-la-prueba-de-caidas";
+const REQUESTS: usize = 24;
+const KILLS: usize = 3;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed (SIGKILL) when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Everything one run needs on disk: users, connector files.
+struct Setup {
+    dir: PathBuf,
+    simulators: u16,
+    _sims: Process,
+}
+
+async fn setup() -> Setup {
+    tramite_connectors::http::install_tls_provider();
+    let dir = std::env::temp_dir().join(format!("tramite-crash-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(dir.join("connectors")).unwrap();
+    let hash: String = Sha256::digest(TOKEN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(
+        dir.join("users.yaml"),
+        format!(
+            "users:\n  - name: prueba\n    token_sha256: {hash}\n    roles: [channel, operator, agente_ventas_digitales, \
+             responsable_centro_llamadas, jefe_instalaciones, tecnico_instalaciones]\n"
+        ),
+    )
+    .unwrap();
+    let simulators = free_port();
+    for system in ["naf", "gis", "smartflex"] {
+        let text = std::fs::read_to_string(repo().join(format!("connectors/config/{system}.yaml")))
+            .unwrap()
+            .replace("127.0.0.1:8090", &format!("127.0.0.1:{simulators}"));
+        std::fs::write(dir.join(format!("connectors/{system}.yaml")), text).unwrap();
+    }
+    let sims = Process(
+        Command::new(env!("CARGO_BIN_EXE_tramite"))
+            // Calls take a while, so that kills catch some in flight.
+            .args([
+                "simulators",
+                "--bind",
+                &format!("127.0.0.1:{simulators}"),
+                "--latency-ms",
+                "40",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_up(&format!("http://127.0.0.1:{simulators}/naf/health")).await;
+    Setup {
+        dir,
+        simulators,
+        _sims: sims,
+    }
+}
+
+async fn wait_up(url: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} never came up");
+}
+
+/// One `tramite serve` on `port`.
+fn node(setup: &Setup, database_url: &str, port: u16) -> Process {
+    let log = std::fs::File::create(setup.dir.join(format!("node-{port}.log"))).unwrap();
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_tramite"))
+            .args([
+                "serve",
+                "--database-url",
+                database_url,
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--users",
+                setup.dir.join("users.yaml").to_str().unwrap(),
+                "--connectors",
+                setup.dir.join("connectors").to_str().unwrap(),
+                "--processes",
+                repo().join("processes").to_str().unwrap(),
+                "--lease-seconds",
+                "1",
+            ])
+            .env("NAF_TOKEN", "x")
+            .env("GIS_API_KEY", "x")
+            .env("SMARTFLEX_PASSWORD", "x")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// What the test's agent answers at each step (the happy path).
+fn answer(node: &str, n: usize) -> Option<(&'static str, Value)> {
+    Some(match node {
+        "recibir_llamada" => ("atendida", json!({})),
+        "identificar_cliente" => (
+            "continuar",
+            json!({"nombre_cliente": format!("Cliente {n}"), "servicio_solicitado": "internet_fibra", "ci": "4587213"}),
+        ),
+        "solicitar_domicilio" => (
+            "continuar",
+            json!({"direccion": format!("Av. América {n}"), "zona": "Cala Cala"}),
+        ),
+        "verificar_capacidad" => ("continuar", json!({"capacidad_confirmada": true})),
+        "solicitar_requisitos" => ("requisitos_solicitados", json!({})),
+        "imprimir_requisitos" => ("impresos", json!({"requisitos_impresos": true})),
+        "comunicar_solicitud" => ("comunicado", json!({"dias_estimados": 5})),
+        "programar" => ("programada", json!({"fecha_programada": "2026-12-01"})),
+        "instalar" => (
+            "cerrar",
+            json!({"instalacion_realizada": true, "dias_ejecucion": 4}),
+        ),
+        "seguimiento_venta" => ("continuar", json!({"contrato_firmado": true})),
+        "control_calidad" => ("registrado", json!({"cliente_satisfecho": true})),
+        _ => return None,
+    })
+}
+
+/// Sends `request` to the first node of `ports` that answers.
+async fn call(
+    ports: &[u16],
+    build: impl Fn(&str) -> reqwest::RequestBuilder,
+) -> Option<(reqwest::StatusCode, Value)> {
+    for port in ports {
+        let base = format!("http://127.0.0.1:{port}");
+        if let Ok(r) = build(&base).bearer_auth(TOKEN).send().await {
+            let status = r.status();
+            let body = r.json().await.unwrap_or(Value::Null);
+            return Some((status, body));
+        }
+    }
+    None
+}
+
+/// Drives `REQUESTS` P06 requests to their end through whichever node
+/// answers, while `chaos` kills and restarts nodes.
+async fn drive(ports: &[u16], kill: tokio::sync::mpsc::Sender<()>) {
+    // The kills come at random points of the work: after a random share
+    // (10–90 %) of the task completions, so they always hit a running load.
+    let total = (REQUESTS * TASKS_PER_REQUEST) as f64;
+    let mut at: Vec<usize> = (0..KILLS)
+        .map(|_| (total * rand::rng().random_range(0.1..0.9)) as usize)
+        .collect();
+    at.sort_unstable();
+    drive_to_the_end(ports, &mut at, &kill).await;
+}
+
+/// Task completions of one P06 happy path, OPR-PAS-P02's included.
+const TASKS_PER_REQUEST: usize = 11;
+
+async fn drive_to_the_end(
+    ports: &[u16],
+    kill_at: &mut Vec<usize>,
+    kill: &tokio::sync::mpsc::Sender<()>,
+) {
+    let mut completed = 0usize;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut started = vec![false; REQUESTS];
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the requests did not finish in time"
+        );
+        // Starts (idempotent by call id) and the clients' WhatsApp messages
+        // (kept until the request waits for them; deduplicated by id).
+        for n in 0..REQUESTS {
+            if started[n] {
+                continue;
+            }
+            let phone = format!("7{:07}", 1_000 + n);
+            let start = call(ports, |b| {
+                client.post(format!("{b}/webhooks/ivr")).json(&json!({
+                    "id": format!("llamada-{n}"), "process": "OPE-SUM-VEN-P06", "data": {"telefono": phone}
+                }))
+            })
+            .await;
+            let message = call(ports, |b| {
+                client.post(format!("{b}/api/v1/messages")).json(&json!({
+                    "name": "requisitos_whatsapp", "key": phone, "id": format!("wamid.crash.{n}"),
+                    "payload": {"media": [format!("media-{n}")]}
+                }))
+            })
+            .await;
+            started[n] = matches!(start, Some((s, _)) if s.is_success())
+                && matches!(message, Some((s, _)) if s.is_success());
+        }
+        let done = call(ports, |b| {
+            client.get(format!(
+                "{b}/api/v1/instances?code=OPE-SUM-VEN-P06&status=completed&limit=500"
+            ))
+        })
+        .await;
+        if let Some((_, body)) = &done
+            && body["items"].as_array().map_or(0, Vec::len) == REQUESTS
+        {
+            return;
+        }
+        let Some((_, tasks)) =
+            call(ports, |b| client.get(format!("{b}/api/v1/tasks?limit=500"))).await
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let tasks = tasks["items"].as_array().cloned().unwrap_or_default();
+        if tasks.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for t in tasks {
+            let Some((outcome, data)) = answer(t["node_id"].as_str().unwrap_or_default(), 0) else {
+                continue;
+            };
+            // A 409 or 404 here means an earlier attempt did it (its answer
+            // was lost with the node): the test goes on.
+            let answer = call(ports, |b| {
+                client
+                    .post(format!(
+                        "{b}/api/v1/tasks/{}/complete",
+                        t["id"].as_str().unwrap()
+                    ))
+                    .json(&json!({"outcome": outcome, "data": data}))
+            })
+            .await;
+            if matches!(answer, Some((s, _)) if s.is_success()) {
+                completed += 1;
+                if kill_at.first().is_some_and(|k| completed >= *k) {
+                    kill_at.remove(0);
+                    let _ = kill.try_send(());
+                }
+            }
+        }
+    }
+}
+
+/// Kills the node on `port` (SIGKILL) each time the driver says so, and
+/// starts it again; returns it and how many times it was killed.
+async fn chaos(
+    setup: &Setup,
+    url: &str,
+    port: u16,
+    mut victim: Process,
+    mut kill: tokio::sync::mpsc::Receiver<()>,
+) -> (Process, usize) {
+    let mut kills = 0;
+    while kill.recv().await.is_some() {
+        drop(victim); // SIGKILL: no graceful anything
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        victim = node(setup, url, port);
+        wait_up(&format!("http://127.0.0.1:{port}/healthz")).await;
+    }
+    (victim, kills)
+}
+
+/// The invariants, read from the database and from Smartflex.
+async fn check(setup: &Setup, url: &str) {
+    sqlx::any::install_default_drivers();
+    let mut db = <sqlx::AnyConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
+    let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql);
+    let p06_done = count(
+        "SELECT COUNT(*) FROM instances WHERE code = 'OPE-SUM-VEN-P06' AND status = 'completed' \
+         AND outcome = 'venta_concretada'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(p06_done, REQUESTS as i64, "every request reached its end");
+    let p06_all = count("SELECT COUNT(*) FROM instances WHERE code = 'OPE-SUM-VEN-P06'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(p06_all, REQUESTS as i64, "each call started one request");
+    let twice = count(
+        "SELECT COUNT(*) FROM (SELECT instance_id, node_id FROM journal WHERE kind = 'task_completed' \
+         GROUP BY instance_id, node_id HAVING COUNT(*) > 1) AS t",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(twice, 0, "no task was completed twice");
+    let open = count("SELECT COUNT(*) FROM tasks WHERE status IN ('open', 'claimed')")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(open, 0, "no task left behind");
+    let ends = count(
+        "SELECT COUNT(*) FROM (SELECT instance_id FROM journal WHERE kind = 'instance_completed' \
+         GROUP BY instance_id HAVING COUNT(*) <> 1) AS t",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(ends, 0, "every history ends exactly once");
+    let pending_jobs = count("SELECT COUNT(*) FROM jobs WHERE status IN ('ready', 'running')")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(pending_jobs, 0, "no job left behind");
+    let incidents = count("SELECT COUNT(*) FROM incidents WHERE status = 'open'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(incidents, 0);
+    let stats: Value = reqwest::get(format!(
+        "http://127.0.0.1:{}/_admin/smartflex/stats",
+        setup.simulators
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(stats["registrations"], json!(REQUESTS), "{stats}");
+    assert_eq!(stats["duplicates"], json!([]), "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_postgresql_survive_kill_9() {
+    let admin = tramite_tests::engine::postgres_url();
+    let name = format!("tramite_t_crash_{}", uuid::Uuid::now_v7().simple());
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let url = match admin.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("{admin} has no database name"),
+    };
+    let setup = setup().await;
+    let (a, b) = (free_port(), free_port());
+    let steady = node(&setup, &url, a);
+    wait_up(&format!("http://127.0.0.1:{a}/healthz")).await;
+    let victim = node(&setup, &url, b);
+    wait_up(&format!("http://127.0.0.1:{b}/healthz")).await;
+    let ports = [b, a];
+    let (kill, killed) = tokio::sync::mpsc::channel(KILLS);
+    let ((victim, kills), ()) =
+        tokio::join!(chaos(&setup, &url, b, victim, killed), drive(&ports, kill));
+    assert_eq!(kills, KILLS, "every kill hit the running load");
+    check(&setup, &url).await;
+    eprintln!("PostgreSQL, two nodes: {kills} kills under load");
+    drop((steady, victim));
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await;
+    let _ = std::fs::remove_dir_all(&setup.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_on_sqlite_survives_kill_9() {
+    let setup = setup().await;
+    let url = format!("sqlite://{}", setup.dir.join("tramite.db").display());
+    let port = free_port();
+    let victim = node(&setup, &url, port);
+    wait_up(&format!("http://127.0.0.1:{port}/healthz")).await;
+    let ports = [port];
+    let (kill, killed) = tokio::sync::mpsc::channel(KILLS);
+    let ((victim, kills), ()) = tokio::join!(
+        chaos(&setup, &url, port, victim, killed),
+        drive(&ports, kill)
+    );
+    assert_eq!(kills, KILLS, "every kill hit the running load");
+    drop(victim);
+    check(&setup, &url).await;
+    eprintln!("SQLite, one node: {kills} kills under load");
+    let _ = std::fs::remove_dir_all(&setup.dir);
+}
