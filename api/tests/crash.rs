@@ -212,7 +212,7 @@ async fn drive_to_the_end(
         .build()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(150);
-    let mut started = vec![false; REQUESTS];
+    let mut started = [false; REQUESTS];
     loop {
         assert!(
             Instant::now() < deadline,
@@ -220,8 +220,8 @@ async fn drive_to_the_end(
         );
         // Starts (idempotent by call id) and the clients' WhatsApp messages
         // (kept until the request waits for them; deduplicated by id).
-        for n in 0..REQUESTS {
-            if started[n] {
+        for (n, started) in started.iter_mut().enumerate() {
+            if *started {
                 continue;
             }
             let phone = format!("7{:07}", 1_000 + n);
@@ -238,7 +238,7 @@ async fn drive_to_the_end(
                 }))
             })
             .await;
-            started[n] = matches!(start, Some((s, _)) if s.is_success())
+            *started = matches!(start, Some((s, _)) if s.is_success())
                 && matches!(message, Some((s, _)) if s.is_success());
         }
         let done = call(ports, |b| {
