@@ -142,33 +142,6 @@ fn node(setup: &Setup, database_url: &str, port: u16) -> Process {
     )
 }
 
-/// What the test's agent answers at each step (the happy path).
-fn answer(node: &str, n: usize) -> Option<(&'static str, Value)> {
-    Some(match node {
-        "recibir_llamada" => ("atendida", json!({})),
-        "identificar_cliente" => (
-            "continuar",
-            json!({"nombre_cliente": format!("Cliente {n}"), "servicio_solicitado": "internet_fibra", "ci": "4587213"}),
-        ),
-        "solicitar_domicilio" => (
-            "continuar",
-            json!({"direccion": format!("Av. América {n}"), "zona": "Cala Cala"}),
-        ),
-        "verificar_capacidad" => ("continuar", json!({"capacidad_confirmada": true})),
-        "solicitar_requisitos" => ("requisitos_solicitados", json!({})),
-        "imprimir_requisitos" => ("impresos", json!({"requisitos_impresos": true})),
-        "comunicar_solicitud" => ("comunicado", json!({"dias_estimados": 5})),
-        "programar" => ("programada", json!({"fecha_programada": "2026-12-01"})),
-        "instalar" => (
-            "cerrar",
-            json!({"instalacion_realizada": true, "dias_ejecucion": 4}),
-        ),
-        "seguimiento_venta" => ("continuar", json!({"contrato_firmado": true})),
-        "control_calidad" => ("registrado", json!({"cliente_satisfecho": true})),
-        _ => return None,
-    })
-}
-
 /// Sends `request` to the first node of `ports` that answers.
 async fn call(
     ports: &[u16],
@@ -263,7 +236,9 @@ async fn drive_to_the_end(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         for t in tasks {
-            let Some((outcome, data)) = answer(t["node_id"].as_str().unwrap_or_default(), 0) else {
+            let Some((outcome, data)) =
+                tramite_tests::p06::answer(t["node_id"].as_str().unwrap_or_default(), 0)
+            else {
                 continue;
             };
             // A 409 or 404 here means an earlier attempt did it (its answer

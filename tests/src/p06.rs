@@ -1,6 +1,6 @@
 //! P06 walked step by step, for tests that need an instance at a given step.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tramite_engine::runtime::Delivery;
 
 use crate::engine::Harness;
@@ -175,4 +175,33 @@ pub async fn sale(h: &Harness, satisfied: bool) {
         h.instance(&id).await.outcome.as_deref(),
         Some("venta_concretada")
     );
+}
+
+/// What an agent answers at each task of the happy path (P06 and the
+/// OPR-PAS-P02 it calls): the outcome and the form's data; `n` varies the
+/// client.
+pub fn answer(node: &str, n: usize) -> Option<(&'static str, Value)> {
+    Some(match node {
+        "recibir_llamada" => ("atendida", json!({})),
+        "identificar_cliente" => (
+            "continuar",
+            json!({"nombre_cliente": format!("Cliente {n}"), "servicio_solicitado": "internet_fibra", "ci": "4587213"}),
+        ),
+        "solicitar_domicilio" => (
+            "continuar",
+            json!({"direccion": format!("Av. América {n}"), "zona": "Cala Cala"}),
+        ),
+        "verificar_capacidad" => ("continuar", json!({"capacidad_confirmada": true})),
+        "solicitar_requisitos" => ("requisitos_solicitados", json!({})),
+        "imprimir_requisitos" => ("impresos", json!({"requisitos_impresos": true})),
+        "comunicar_solicitud" => ("comunicado", json!({"dias_estimados": 5})),
+        "programar" => ("programada", json!({"fecha_programada": "2026-12-01"})),
+        "instalar" => (
+            "cerrar",
+            json!({"instalacion_realizada": true, "dias_ejecucion": 4}),
+        ),
+        "seguimiento_venta" => ("continuar", json!({"contrato_firmado": true})),
+        "control_calidad" => ("registrado", json!({"cliente_satisfecho": true})),
+        _ => return None,
+    })
 }
