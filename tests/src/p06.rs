@@ -83,8 +83,15 @@ pub async fn through_requirements(h: &Harness, id: &str) {
     .await;
 }
 
-/// From the request being communicated (11) to the end (13).
+/// From the request being communicated (11) to the end (13), the client
+/// satisfied.
 pub async fn through_installation(h: &Harness, id: &str) {
+    through_installation_rated(h, id, true).await;
+}
+
+/// From the request being communicated (11) to the end (13), the client
+/// `satisfied` or not at the quality-control call.
+pub async fn through_installation_rated(h: &Harness, id: &str, satisfied: bool) {
     h.complete(
         id,
         "comunicar_solicitud",
@@ -123,7 +130,7 @@ pub async fn through_installation(h: &Harness, id: &str) {
         id,
         "control_calidad",
         "registrado",
-        json!({"cliente_satisfecho": true, "comentario_calidad": "Conforme"}),
+        json!({"cliente_satisfecho": satisfied, "comentario_calidad": "Conforme"}),
     )
     .await;
 }
@@ -135,42 +142,7 @@ pub async fn sale(h: &Harness, satisfied: bool) {
     through_coverage(h, &id, "Cala Cala").await;
     through_requirements(h, &id).await;
     assert_eq!(h.jobs().await, 1);
-    h.complete(
-        &id,
-        "comunicar_solicitud",
-        "comunicado",
-        json!({"dias_estimados": 5}),
-    )
-    .await;
-    let child = h.engine.children(&id).await.unwrap().remove(0);
-    h.complete(
-        &child.id,
-        "programar",
-        "programada",
-        json!({"fecha_programada": "2026-12-01"}),
-    )
-    .await;
-    h.complete(
-        &child.id,
-        "instalar",
-        "cerrar",
-        json!({"instalacion_realizada": true, "dias_ejecucion": 4}),
-    )
-    .await;
-    h.complete(
-        &id,
-        "seguimiento_venta",
-        "continuar",
-        json!({"contrato_firmado": true}),
-    )
-    .await;
-    h.complete(
-        &id,
-        "control_calidad",
-        "registrado",
-        json!({"cliente_satisfecho": satisfied}),
-    )
-    .await;
+    through_installation_rated(h, &id, satisfied).await;
     assert_eq!(
         h.instance(&id).await.outcome.as_deref(),
         Some("venta_concretada")

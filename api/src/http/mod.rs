@@ -365,12 +365,18 @@ async fn start(
             request_id: r.request_id,
         })
         .await?;
+    Ok(started(&id, new))
+}
+
+/// The answer to a start: 201 for a new instance, 200 for the one an
+/// earlier start with the same request id made.
+pub(crate) fn started(id: &str, new: bool) -> (StatusCode, Json<Value>) {
     let status = if new {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(json!({"id": id, "new": new}))))
+    (status, Json(json!({"id": id, "new": new})))
 }
 
 #[utoipa::path(get, path = "/api/v1/instances/{id}", tag = "instances", params(("id" = String, Path)), responses((status = 200, description = "Variables, tokens, open tasks, incidents, parent and children"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]

@@ -282,12 +282,7 @@ async fn channel_start(
             actor: user.name,
         })
         .await?;
-    let status = if new {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(json!({"id": id, "new": new}))))
+    Ok(super::started(&id, new))
 }
 
 /// Kept (or delivered) inbound messages, for operators.

@@ -338,13 +338,21 @@ async fn task_claim(
     Ok(Redirect::to(&format!("/tasks/{id}")).into_response())
 }
 
-async fn task_model(
+/// A task the session's user may see and act on, with its instance and the
+/// compiled version it runs on: 403 for another role's task, 404 for a node
+/// that is not a user task.
+async fn user_task(
     s: &AppState,
     ses: &Session,
     id: &str,
-    submitted: Option<&HashMap<String, String>>,
-    errors: &[tramite_engine::runtime::forms::FieldError],
-) -> Result<TaskPage, PageError> {
+) -> Result<
+    (
+        tramite_engine::store::tasks::TaskRow,
+        tramite_engine::store::instances::InstanceRow,
+        Arc<tramite_engine::runtime::process::Process>,
+    ),
+    PageError,
+> {
     let task = s.engine.task(id).await.map_err(|e| ses.fail(e))?;
     if !ses.user.has(&task.role) {
         return Err(ses.fail(Error::Forbidden {
@@ -361,15 +369,36 @@ async fn task_model(
         .process(instance.definition_id)
         .await
         .map_err(|e| ses.fail(e))?;
+    user_task_node(&process, &task.node_id).map_err(|e| ses.fail(e))?;
+    Ok((task, instance, process))
+}
+
+/// The user task at `node` of a compiled version.
+fn user_task_node<'a>(
+    process: &'a tramite_engine::runtime::process::Process,
+    node: &str,
+) -> Result<&'a tramite_engine::definition::UserTask, tramite_engine::Error> {
+    match process.definition.node(node).map(|n| &n.kind) {
+        Some(NodeKind::UserTask(ut)) => Ok(ut),
+        _ => Err(tramite_engine::Error::NotFound {
+            what: "user task",
+            id: node.to_owned(),
+        }),
+    }
+}
+
+async fn task_model(
+    s: &AppState,
+    ses: &Session,
+    id: &str,
+    submitted: Option<&HashMap<String, String>>,
+    errors: &[tramite_engine::runtime::forms::FieldError],
+) -> Result<TaskPage, PageError> {
+    let (task, instance, process) = user_task(s, ses, id).await?;
     let def = &process.definition;
     let node = def.node(&task.node_id);
     let lang = ses.lang;
-    let Some(NodeKind::UserTask(ut)) = node.map(|n| &n.kind) else {
-        return Err(ses.fail(tramite_engine::Error::NotFound {
-            what: "user task",
-            id: task.node_id.clone(),
-        }));
-    };
+    let ut = user_task_node(&process, &task.node_id).map_err(|e| ses.fail(e))?;
     let history = s
         .engine
         .history(&instance.id)
@@ -452,29 +481,8 @@ async fn task_submit(
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response, PageError> {
     let ses = session(&s, &headers)?;
-    let task = s.engine.task(&id).await.map_err(|e| ses.fail(e))?;
-    if !ses.user.has(&task.role) {
-        return Err(ses.fail(Error::Forbidden {
-            reason: "not your role".into(),
-        }));
-    }
-    let instance = s
-        .engine
-        .instance(&task.instance_id)
-        .await
-        .map_err(|e| ses.fail(e))?;
-    let process = s
-        .engine
-        .process(instance.definition_id)
-        .await
-        .map_err(|e| ses.fail(e))?;
-    let Some(NodeKind::UserTask(ut)) = process.definition.node(&task.node_id).map(|n| &n.kind)
-    else {
-        return Err(ses.fail(tramite_engine::Error::NotFound {
-            what: "user task",
-            id: task.node_id.clone(),
-        }));
-    };
+    let (task, _, process) = user_task(&s, &ses, &id).await?;
+    let ut = user_task_node(&process, &task.node_id).map_err(|e| ses.fail(e))?;
     let outcome = form.get("outcome").cloned().unwrap_or_default();
     let (data, mut errors) = form_data(&ut.form, &form);
     if errors.is_empty() {
