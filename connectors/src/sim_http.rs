@@ -85,14 +85,22 @@ impl Server {
         format!("http://{}/{system}", self.address)
     }
 
-    /// Stops listening; connections are refused from then on.
+    /// Stops listening and closes every connection, idle keep-alive ones
+    /// included (they would otherwise go on answering): from then on the
+    /// system is down, its connections refused.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        // Open keep-alive connections would otherwise outlive the listener.
-        self.task.abort();
-        let _ = (&mut self.task).await;
+        // Graceful shutdown closes idle connections and waits for the busy
+        // ones; a call stuck in a simulated latency is cut after a while.
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+            let _ = (&mut self.task).await;
+        }
     }
 }
 
