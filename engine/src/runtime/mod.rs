@@ -412,7 +412,9 @@ impl Engine {
 
     /// Wakes idle workers (after moving a manual clock, for instance).
     pub fn wake(&self) {
-        self.inner.jobs_changed.notify_waiters();
+        // One stored permit: a pool busy claiming when this happens still
+        // wakes at once when it next waits, instead of at its next poll.
+        self.inner.jobs_changed.notify_one();
     }
 
     /// Ids of instances as their changes commit (for waiting without polling:

@@ -94,7 +94,9 @@ impl Writer {
             let _ = env.reply.send(result);
         }
         if wake {
-            self.jobs_changed.notify_waiters();
+            // A stored permit if the pool is not waiting right now: no
+            // wake-up is lost between its claim and its wait.
+            self.jobs_changed.notify_one();
         }
         if self.changes.receiver_count() > 0 {
             let mut ids = touched.into_inner().expect("touched lock");
@@ -271,7 +273,7 @@ pub(crate) async fn listen_for_jobs(
                 Ok(()) => loop {
                     tokio::select! {
                         got = listener.recv() => match got {
-                            Ok(_) => wake.notify_waiters(),
+                            Ok(_) => wake.notify_one(),
                             Err(e) => {
                                 tracing::warn!(error = %e, "job notifications interrupted; reconnecting");
                                 break;
