@@ -1304,3 +1304,39 @@ async fn readyz_shows_each_system() {
         assert_eq!(body["systems"][system]["status"], "in_process", "{body}");
     }
 }
+
+/// The language switch goes back to the page it came from, and only to a
+/// page of this site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn language_switch_stays_on_the_site() {
+    let api = Api::new(Db::Sqlite).await;
+    for (referer, back) in [
+        (
+            "http://tramite.local/instances?status=running",
+            "/instances?status=running",
+        ),
+        ("http://tramite.local//evil.example/x", "/inbox"),
+        ("http://tramite.local/\\evil.example", "/inbox"),
+    ] {
+        let response = api
+            .app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .uri("/lang/en")
+                    .header("referer", referer)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        assert_eq!(response.headers()["location"], back, "{referer}");
+        assert!(
+            response.headers()["set-cookie"]
+                .to_str()
+                .unwrap()
+                .starts_with("tramite_lang=en")
+        );
+    }
+}

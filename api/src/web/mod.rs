@@ -216,6 +216,8 @@ async fn set_lang(Path(lang): Path<String>, headers: HeaderMap) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|r| r.find("://").map(|i| &r[i + 3..]))
         .and_then(|r| r.find('/').map(|i| r[i..].to_owned()))
+        // Back to a page of this site only (`//host` would leave it).
+        .filter(|p| !p.starts_with("//") && !p.contains('\\'))
         .unwrap_or_else(|| "/inbox".to_owned());
     let mut response = Redirect::to(&back).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!(
