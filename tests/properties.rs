@@ -203,17 +203,14 @@ async fn first_outcome(h: &Harness, t: &tramite_engine::store::tasks::TaskRow) -
 
 /// Everything that must hold after any step.
 async fn check(h: &Harness) {
-    let mut conn = h.engine.store().pool().acquire().await.unwrap();
-    let instances = tramite_engine::store::instances::list(
-        &mut conn,
-        &tramite_engine::store::instances::InstanceFilter {
+    let instances = h
+        .engine
+        .instances(&tramite_engine::store::instances::InstanceFilter {
             limit: 1_000,
             ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    drop(conn);
+        })
+        .await
+        .unwrap();
     let tasks = open_tasks(h).await;
     let open: HashMap<&str, &str> = tasks
         .iter()

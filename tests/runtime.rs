@@ -1170,7 +1170,7 @@ async fn messages_early_twice_and_late(db: Db) {
         )
         .await;
     assert_eq!(early, Delivery::Kept);
-    let pending = h.engine.messages("pending").await.unwrap();
+    let pending = h.engine.messages("pending", 500).await.unwrap();
     assert_eq!(pending.len(), 1, "unmatched messages are listable");
     // The same message again (provider retry): delivered once.
     assert_eq!(
@@ -1191,7 +1191,7 @@ async fn messages_early_twice_and_late(db: Db) {
     )
     .await;
     h.task(&id, "imprimir_requisitos").await;
-    assert!(h.engine.messages("pending").await.unwrap().is_empty());
+    assert!(h.engine.messages("pending", 500).await.unwrap().is_empty());
     assert_eq!(
         h.history(&id)
             .await

@@ -215,6 +215,14 @@ enum Language {
     En,
 }
 
+/// The async runtime the commands that run an engine share.
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Output)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Outbound HTTPS uses rustls with the ring provider, chosen once per
@@ -303,10 +311,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 }
                 _ => None,
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(Error::Output)?;
+            let runtime = runtime()?;
             runtime.block_on(serve::run(
                 serve::Settings {
                     database_url,
@@ -326,10 +331,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             latency_ms,
             error_rate,
         } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(Error::Output)?;
+            let runtime = runtime()?;
             runtime.block_on(serve::simulators(
                 bind,
                 tramite_connectors::sim_http::StartFaults {
@@ -340,17 +342,11 @@ fn run(cli: Cli) -> Result<(), Error> {
             ))
         }
         Command::Test { paths, processes } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(Error::Output)?;
+            let runtime = runtime()?;
             runtime.block_on(scenarios(&paths, &processes, &mut stdout))
         }
         Command::Demo { database_url, lang } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(Error::Output)?;
+            let runtime = runtime()?;
             let lang = match lang {
                 Language::Es => Lang::Es,
                 Language::En => Lang::En,
@@ -362,10 +358,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             clients,
             database_url,
         } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(Error::Output)?;
+            let runtime = runtime()?;
             let report = runtime.block_on(bench::run(bench::Settings {
                 instances,
                 clients,
@@ -380,10 +373,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             requests,
             database_url,
         } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(Error::Output)?;
+            let runtime = runtime()?;
             let report = runtime.block_on(bench_http::run(bench_http::Settings {
                 tasks,
                 clients,

@@ -513,17 +513,8 @@ async fn inbox(
 #[utoipa::path(get, path = "/api/v1/tasks/counts", tag = "tasks", responses((status = 200, description = "Open and claimed tasks per role of the caller, up to 1,000 each (`more: true` beyond)"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn counts(State(s): Shared, headers: HeaderMap) -> Result<Json<Value>, Error> {
     let user = s.users.authenticate(&headers)?;
-    let mut conn = s
-        .engine
-        .store()
-        .pool()
-        .acquire()
-        .await
-        .map_err(tramite_engine::Error::from)?;
     use tramite_engine::store::tasks::COUNT_CAP;
-    let counts = tramite_engine::store::tasks::counts(&mut conn, &user.roles)
-        .await
-        .map_err(tramite_engine::Error::from)?;
+    let counts = s.engine.task_counts(&user.roles).await?;
     Ok(Json(json!(
         counts
             .into_iter()
@@ -600,16 +591,9 @@ async fn instances(
         None => None,
     };
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let mut conn = s
+    let rows = s
         .engine
-        .store()
-        .pool()
-        .acquire()
-        .await
-        .map_err(tramite_engine::Error::from)?;
-    let rows = tramite_engine::store::instances::list(
-        &mut conn,
-        &tramite_engine::store::instances::InstanceFilter {
+        .instances(&tramite_engine::store::instances::InstanceFilter {
             code: q.code,
             version: q.version,
             status: q.status,
@@ -619,10 +603,8 @@ async fn instances(
             node: q.node,
             after,
             limit,
-        },
-    )
-    .await
-    .map_err(tramite_engine::Error::from)?;
+        })
+        .await?;
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| format!("{}.{}", r.started_at, r.id)))
         .flatten();

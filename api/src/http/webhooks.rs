@@ -314,20 +314,10 @@ pub(super) async fn list_messages(
             }],
         });
     }
-    let mut conn = s
+    let rows = s
         .engine
-        .store()
-        .pool()
-        .acquire()
-        .await
-        .map_err(tramite_engine::Error::from)?;
-    let rows = tramite_engine::store::messages::list(
-        &mut conn,
-        &status,
-        q.limit.unwrap_or(50).clamp(1, 500),
-    )
-    .await
-    .map_err(tramite_engine::Error::from)?;
+        .messages(&status, q.limit.unwrap_or(50).clamp(1, 500))
+        .await?;
     let items: Vec<Value> = rows
         .into_iter()
         .map(|m| {

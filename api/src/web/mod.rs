@@ -568,26 +568,17 @@ async fn instances(
     Query(q): Query<InstancesQuery>,
 ) -> Result<Response, PageError> {
     let ses = session(&s, &headers)?;
-    let mut conn = s
+    let rows = s
         .engine
-        .store()
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| ses.fail(tramite_engine::Error::from(e)))?;
-    let rows = tramite_engine::store::instances::list(
-        &mut conn,
-        &tramite_engine::store::instances::InstanceFilter {
+        .instances(&tramite_engine::store::instances::InstanceFilter {
             code: q.code.clone().filter(|c| !c.is_empty()),
             status: q.status.clone().filter(|c| !c.is_empty()),
             business_key: q.business_key.clone().filter(|c| !c.is_empty()),
             limit: 100,
             ..Default::default()
-        },
-    )
-    .await
-    .map_err(|e| ses.fail(tramite_engine::Error::from(e)))?;
-    drop(conn);
+        })
+        .await
+        .map_err(|e| ses.fail(e))?;
     let codes = codes(&s, &ses).await?;
     let lines = rows
         .iter()

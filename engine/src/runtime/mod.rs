@@ -526,9 +526,30 @@ impl Engine {
     }
 
     /// Messages with `status`: `pending` lists those no instance has taken yet.
-    pub async fn messages(&self, status: &str) -> Result<Vec<store::messages::MessageRow>, Error> {
+    /// At most `limit`, newest first.
+    pub async fn messages(
+        &self,
+        status: &str,
+        limit: i64,
+    ) -> Result<Vec<store::messages::MessageRow>, Error> {
         let mut conn = self.inner.store.pool().acquire().await?;
-        Ok(store::messages::list(&mut conn, status, 500).await?)
+        Ok(store::messages::list(&mut conn, status, limit).await?)
+    }
+
+    /// Instances matching `filter`, newest first.
+    pub async fn instances(
+        &self,
+        filter: &store::instances::InstanceFilter,
+    ) -> Result<Vec<InstanceRow>, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        Ok(store::instances::list(&mut conn, filter).await?)
+    }
+
+    /// Open and claimed tasks per role, for a badge (capped: see
+    /// [`store::tasks::COUNT_CAP`]).
+    pub async fn task_counts(&self, roles: &[String]) -> Result<Vec<(String, i64)>, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        Ok(store::tasks::counts(&mut conn, roles).await?)
     }
 
     /// The latest deployed version of `code`, compiled.
