@@ -142,8 +142,10 @@ async fn apply(h: &mut Harness, step: &Step, phones: &mut Vec<String>) {
                             user: USERS[*user as usize].into(),
                             outcome,
                             data: tramite_tests::engine::object(data),
+                            roles: None,
                         })
                         .await
+                        .map(drop)
                 }
                 None => Ok(()),
             }

@@ -259,6 +259,7 @@ async fn form_errors_change_nothing(db: Db) {
             data: tramite_tests::engine::object(
                 json!({"ci": "12ab", "servicio_solicitado": "cable", "color": "rojo"}),
             ),
+            roles: None,
         })
         .await
         .unwrap_err();
@@ -282,6 +283,7 @@ async fn form_errors_change_nothing(db: Db) {
             user: "agente1".to_owned(),
             outcome: "vender".to_owned(),
             data: Default::default(),
+            roles: None,
         })
         .await
         .unwrap_err();
@@ -307,6 +309,7 @@ async fn completed_once(db: Db) {
                     user: format!("agente{n}"),
                     outcome: "atendida".to_owned(),
                     data: Default::default(),
+                    roles: None,
                 })
                 .await
         })
@@ -349,6 +352,7 @@ async fn completed_once(db: Db) {
             user: "beto".into(),
             outcome: "continuar".into(),
             data: Default::default(),
+            roles: None,
         })
         .await
         .unwrap_err();

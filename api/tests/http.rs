@@ -395,6 +395,23 @@ async fn authentication_and_roles(db: Db) {
         let (status, problem) = api.json(method.clone(), &uri, token, body).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{method} {uri}: {problem}");
     }
+    // The refused completion (checked inside the engine's transaction) left
+    // the task as it was and said whose it is.
+    let (status, problem) = api
+        .json(
+            Method::POST,
+            &format!("/api/v1/tasks/{task}/complete"),
+            INSTALLER,
+            json!({"outcome": "atendida"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        problem["detail"],
+        "this task is for the role `agente_ventas_digitales`"
+    );
+    let (_, open) = api.get(&format!("/api/v1/tasks/{task}"), AGENT).await;
+    assert_eq!(open["task"]["status"], "open", "{open}");
     let (status, _) = api.get("/api/v1/incidents", AGENT).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = api
@@ -428,6 +445,7 @@ async fn authentication_and_roles(db: Db) {
             user: "otro".into(),
             outcome: "atendida".into(),
             data: Default::default(),
+            roles: None,
         });
     assert!(matches!(
         other.await,

@@ -69,6 +69,14 @@ pub enum Error {
         /// Its status.
         status: String,
     },
+    /// The caller has none of the task's role.
+    #[error("this task is for the role `{role}`")]
+    TaskForOtherRole {
+        /// Task.
+        task: String,
+        /// Its role.
+        role: String,
+    },
     /// Someone else holds the task.
     #[error("task `{task}` is claimed by {assignee}")]
     TaskClaimedByOther {

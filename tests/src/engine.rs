@@ -230,6 +230,7 @@ impl Harness {
                 user: "agente1".to_owned(),
                 outcome: outcome.to_owned(),
                 data: object(data),
+                roles: None,
             })
             .await
             .unwrap_or_else(|e| panic!("completing `{node}` with `{outcome}`: {e:?}"));

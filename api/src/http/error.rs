@@ -143,6 +143,9 @@ impl Error {
                 E::TaskNotOpen { .. } => {
                     (StatusCode::CONFLICT, "task-not-open", e.to_string(), none)
                 }
+                E::TaskForOtherRole { .. } => {
+                    (StatusCode::FORBIDDEN, "forbidden", e.to_string(), none)
+                }
                 E::TaskClaimedByOther { .. } => {
                     (StatusCode::CONFLICT, "task-claimed", e.to_string(), none)
                 }

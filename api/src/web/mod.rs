@@ -495,10 +495,11 @@ async fn task_submit(
                 user: ses.user.name.clone(),
                 outcome,
                 data,
+                roles: Some(ses.user.roles.clone()),
             })
             .await
         {
-            Ok(()) => return Ok(Redirect::to("/inbox?done=1").into_response()),
+            Ok(_) => return Ok(Redirect::to("/inbox?done=1").into_response()),
             Err(tramite_engine::Error::InvalidData { errors: e }) => errors = e,
             Err(e) => return Err(ses.fail(e)),
         }

@@ -139,6 +139,21 @@ pub struct CompleteTask {
     pub outcome: String,
     /// The form's data.
     pub data: Map<String, Value>,
+    /// The caller's roles, when the task's role must be one of them. Checked
+    /// inside the completion's own transaction, so an API needs no read of
+    /// the task before it (and cannot act on a stale one).
+    pub roles: Option<Vec<String>>,
+}
+
+/// What a completion finished: for the caller's metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedTask {
+    /// The procedure's code.
+    pub code: String,
+    /// The task's node.
+    pub node_id: String,
+    /// When the task was created (ms).
+    pub created_at: i64,
 }
 
 /// A message for waiting instances.
@@ -174,6 +189,8 @@ pub enum Reply {
     Jobs(Vec<ClaimedJob>),
     /// Where a message went.
     Published(Delivery),
+    /// A task completed.
+    Completed(CompletedTask),
 }
 
 /// One deployed definition.
@@ -346,10 +363,7 @@ pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result
             .await?;
             Reply::Done
         }
-        Command::Complete(c) => {
-            complete(conn, ctx, &c, &mut followups).await?;
-            Reply::Done
-        }
+        Command::Complete(c) => Reply::Completed(complete(conn, ctx, &c, &mut followups).await?),
         Command::ClaimJobs {
             owner,
             lease_ms,
@@ -975,9 +989,14 @@ async fn open_task(conn: &mut impl Tx, id: &str) -> Result<tasks::TaskRow, Error
         what: "task",
         id: id.to_owned(),
     })?;
+    still_open(task)
+}
+
+/// The task, if it is open or claimed.
+fn still_open(task: tasks::TaskRow) -> Result<tasks::TaskRow, Error> {
     if task.status != "open" && task.status != "claimed" {
         return Err(Error::TaskNotOpen {
-            task: id.to_owned(),
+            task: task.id,
             status: task.status,
         });
     }
@@ -1066,8 +1085,21 @@ async fn complete(
     ctx: &Ctx<'_>,
     c: &CompleteTask,
     followups: &mut VecDeque<Followup>,
-) -> Result<(), Error> {
-    let task = open_task(conn, &c.task).await?;
+) -> Result<CompletedTask, Error> {
+    // The role first: who may not see the task learns nothing of its state.
+    let task = conn.task(&c.task).await?.ok_or_else(|| Error::NotFound {
+        what: "task",
+        id: c.task.clone(),
+    })?;
+    if let Some(roles) = &c.roles
+        && !roles.contains(&task.role)
+    {
+        return Err(Error::TaskForOtherRole {
+            task: c.task.clone(),
+            role: task.role,
+        });
+    }
+    let task = still_open(task)?;
     if let Some(holder) = task.assignee.as_deref()
         && holder != c.user
     {
@@ -1146,7 +1178,12 @@ async fn complete(
         m.go(token, &outcome.next)?;
         Ok(())
     })?;
-    save(conn, ctx, &mut row, effects, &c.user, followups, false).await
+    save(conn, ctx, &mut row, effects, &c.user, followups, false).await?;
+    Ok(CompletedTask {
+        code: task.code,
+        node_id: task.node_id,
+        created_at: task.created_at,
+    })
 }
 
 /// Delay before attempt `attempt + 1`, with equal jitter (half fixed, half random).

@@ -32,7 +32,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use commands::{
-    Command, CompleteTask, Delivery, Deployed, PublishMessage, Reply, StartInstance,
+    Command, CompleteTask, CompletedTask, Delivery, Deployed, PublishMessage, Reply, StartInstance,
 };
 pub use writer::Stats;
 
@@ -271,8 +271,11 @@ impl Engine {
     }
 
     /// Completes a task with an outcome and the form's data.
-    pub async fn complete(&self, complete: CompleteTask) -> Result<(), Error> {
-        self.submit(Command::Complete(complete)).await.map(drop)
+    pub async fn complete(&self, complete: CompleteTask) -> Result<CompletedTask, Error> {
+        match self.submit(Command::Complete(complete)).await? {
+            Reply::Completed(c) => Ok(c),
+            other => unreachable!("complete answered {other:?}"),
+        }
     }
 
     /// Publishes a message.

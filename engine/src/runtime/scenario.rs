@@ -312,6 +312,7 @@ async fn drive(
                         user: "scenario".to_owned(),
                         outcome,
                         data: step.data.clone(),
+                        roles: None,
                     })
                     .await
                 {
