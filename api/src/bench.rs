@@ -20,6 +20,9 @@ pub(crate) struct Settings {
     pub(crate) clients: usize,
     /// Database URL; a fresh SQLite file in a temporary folder when absent.
     pub(crate) database_url: Option<String>,
+    /// Engines sharing the database (more than one needs PostgreSQL);
+    /// client `i` sends its commands to engine `i % nodes`.
+    pub(crate) nodes: usize,
 }
 
 /// What was measured.
@@ -32,18 +35,30 @@ pub(crate) struct Report {
     pub(crate) latencies_ms: Vec<f64>,
     pub(crate) peak_rss_mb: f64,
     pub(crate) database: String,
+    pub(crate) nodes: usize,
+}
+
+impl Report {
+    /// The `p`-quantile of command latency, ms.
+    pub(crate) fn pct(&self, p: f64) -> f64 {
+        percentile(&self.latencies_ms, p)
+    }
+}
+
+/// The `p`-quantile of sorted values (0 when there are none).
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
 }
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let pct = |p: f64| {
-            if self.latencies_ms.is_empty() {
-                return 0.0;
-            }
-            let i = ((self.latencies_ms.len() as f64 - 1.0) * p).round() as usize;
-            self.latencies_ms[i]
-        };
+        let pct = |p: f64| self.pct(p);
         writeln!(f, "database            {}", self.database)?;
+        writeln!(f, "engines             {}", self.nodes)?;
         writeln!(f, "instances           {}", self.instances)?;
         writeln!(f, "elapsed             {:.2} s", self.seconds)?;
         writeln!(
@@ -138,11 +153,13 @@ async fn timed<T>(latencies: &Mutex<Vec<f64>>, f: impl std::future::Future<Outpu
 /// One instance from start to end.
 pub(crate) async fn drive(
     engine: &Engine,
+    changes: &mut tokio::sync::broadcast::Receiver<Arc<str>>,
     n: usize,
     latencies: &Mutex<Vec<f64>>,
 ) -> Result<(), tramite_engine::Error> {
     let phone = format!("7{:07}", n % 10_000_000);
-    let mut changes = engine.changes();
+    // Changes that came while this client was busy with another instance.
+    while changes.try_recv().is_ok() {}
     let id = timed(
         latencies,
         engine.start(StartInstance {
@@ -186,6 +203,7 @@ pub(crate) async fn drive(
                     user: "bench".to_owned(),
                     outcome: outcome.to_owned(),
                     data: object(data),
+                    roles: None,
                 }),
             )
             .await?;
@@ -240,28 +258,53 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, tramite_engine::Er
         }
     };
     let sims = tramite_connectors::Simulators::new();
-    let mut config = EngineConfig::new(url.clone());
-    config.catalog = tramite_connectors::catalog();
-    config.connectors = sims.connectors();
-    config.workers = 256;
-    config.poll = Duration::from_millis(5);
-    let engine = Engine::open(config).await?;
-    engine.deploy_dir(std::path::Path::new("processes")).await?;
-    engine.start_workers();
+    let mut engines = Vec::new();
+    for node in 0..settings.nodes.max(1) {
+        let mut config = EngineConfig::new(url.clone());
+        config.catalog = tramite_connectors::catalog();
+        config.connectors = sims.connectors();
+        config.workers = 256;
+        config.poll = Duration::from_millis(5);
+        config.node_name = format!("bench-{node}");
+        let engine = Engine::open(config).await?;
+        engine.deploy_dir(std::path::Path::new("processes")).await?;
+        engine.start_workers();
+        engines.push(engine);
+    }
+    // A client hears of a change whichever engine made it (a job of its
+    // instance may run on another node), as a UI refreshed by any node would.
+    let (changed, _) = tokio::sync::broadcast::channel::<Arc<str>>(4_096);
+    for engine in &engines {
+        let mut from = engine.changes();
+        let to = changed.clone();
+        tokio::spawn(async move {
+            loop {
+                match from.recv().await {
+                    Ok(id) => {
+                        let _ = to.send(id);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+    let counter = |f: fn(&tramite_engine::runtime::Stats) -> u64| -> u64 {
+        engines.iter().map(|e| f(e.stats())).sum()
+    };
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(settings.instances * 20)));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let commands_before = engine
-        .stats()
-        .commands
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let commits_before = engine
-        .stats()
-        .commits
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let commands =
+        |s: &tramite_engine::runtime::Stats| s.commands.load(std::sync::atomic::Ordering::Relaxed);
+    let commits =
+        |s: &tramite_engine::runtime::Stats| s.commits.load(std::sync::atomic::Ordering::Relaxed);
+    let commands_before = counter(commands);
+    let commits_before = counter(commits);
     let started = Instant::now();
     let mut clients = Vec::new();
-    for _ in 0..settings.clients.max(1) {
-        let engine = engine.clone();
+    for client in 0..settings.clients.max(1) {
+        let engine = engines[client % engines.len()].clone();
+        let mut changes = changed.subscribe();
         let latencies = Arc::clone(&latencies);
         let next = Arc::clone(&next);
         let total = settings.instances;
@@ -271,7 +314,7 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, tramite_engine::Er
                 if n >= total {
                     return Ok::<(), tramite_engine::Error>(());
                 }
-                drive(&engine, n, &latencies).await?;
+                drive(&engine, &mut changes, n, &latencies).await?;
             }
         }));
     }
@@ -279,17 +322,11 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, tramite_engine::Er
         c.await.expect("client task")?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let commands = engine
-        .stats()
-        .commands
-        .load(std::sync::atomic::Ordering::Relaxed)
-        - commands_before;
-    let commits = engine
-        .stats()
-        .commits
-        .load(std::sync::atomic::Ordering::Relaxed)
-        - commits_before;
-    engine.shutdown().await;
+    let commands = counter(commands) - commands_before;
+    let commits = counter(commits) - commits_before;
+    for engine in engines {
+        engine.shutdown().await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     let mut latencies = Arc::try_unwrap(latencies)
         .expect("clients done")
@@ -307,5 +344,6 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, tramite_engine::Er
         } else {
             "PostgreSQL".to_owned()
         },
+        nodes: settings.nodes.max(1),
     })
 }

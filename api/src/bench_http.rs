@@ -30,6 +30,11 @@ pub(crate) struct Settings {
     pub(crate) requests: usize,
     /// Database URL; a fresh SQLite file in a temporary folder when absent.
     pub(crate) database_url: Option<String>,
+    /// Engines, each behind its own HTTP server, sharing the database (more
+    /// than one needs PostgreSQL); client `i` calls server `i % nodes`.
+    pub(crate) nodes: usize,
+    /// The completion phase is run once for each of these client counts.
+    pub(crate) completion_clients: Vec<usize>,
 }
 
 const AGENT_TOKEN: &str = "bench-agent-token";
@@ -40,31 +45,32 @@ const TEMPLATES: usize = 1_000;
 /// One measured phase.
 #[derive(Debug)]
 pub(crate) struct Phase {
-    name: &'static str,
-    seconds: f64,
-    failures: usize,
-    latencies_ms: Vec<f64>,
+    pub(crate) name: &'static str,
+    pub(crate) clients: usize,
+    pub(crate) seconds: f64,
+    pub(crate) failures: usize,
+    pub(crate) latencies_ms: Vec<f64>,
 }
 
 impl Phase {
-    fn pct(&self, p: f64) -> f64 {
-        if self.latencies_ms.is_empty() {
-            return 0.0;
-        }
-        let i = ((self.latencies_ms.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies_ms[i]
+    pub(crate) fn pct(&self, p: f64) -> f64 {
+        crate::bench::percentile(&self.latencies_ms, p)
+    }
+
+    pub(crate) fn per_second(&self) -> f64 {
+        self.latencies_ms.len() as f64 / self.seconds
     }
 }
 
 /// What was measured.
 #[derive(Debug)]
 pub(crate) struct Report {
-    database: String,
-    tasks: i64,
-    clients: usize,
-    seed_seconds: f64,
-    phases: Vec<Phase>,
-    rss_mb: f64,
+    pub(crate) database: String,
+    pub(crate) nodes: usize,
+    pub(crate) tasks: i64,
+    pub(crate) seed_seconds: f64,
+    pub(crate) phases: Vec<Phase>,
+    pub(crate) rss_mb: f64,
 }
 
 impl std::fmt::Display for Report {
@@ -75,19 +81,20 @@ impl std::fmt::Display for Report {
             "open tasks    {} (seeded in {:.1} s)",
             self.tasks, self.seed_seconds
         )?;
-        writeln!(f, "clients       {}", self.clients)?;
+        writeln!(f, "engines       {}", self.nodes)?;
         writeln!(
             f,
-            "{:<22} {:>8} {:>10} {:>9} {:>9} {:>9} {:>8}",
-            "phase", "requests", "req/s", "p50 ms", "p99 ms", "max ms", "failed"
+            "{:<22} {:>7} {:>8} {:>10} {:>9} {:>9} {:>9} {:>8}",
+            "phase", "clients", "requests", "req/s", "p50 ms", "p99 ms", "max ms", "failed"
         )?;
         for p in &self.phases {
             writeln!(
                 f,
-                "{:<22} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8}",
+                "{:<22} {:>7} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8}",
                 p.name,
+                p.clients,
                 p.latencies_ms.len(),
-                p.latencies_ms.len() as f64 / p.seconds,
+                p.per_second(),
                 p.pct(0.50),
                 p.pct(0.99),
                 p.pct(1.0),
@@ -116,42 +123,63 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, Error> {
         }
     };
     let sims = tramite_connectors::Simulators::new();
-    let mut config = EngineConfig::new(url.clone());
-    config.catalog = tramite_connectors::catalog();
-    config.connectors = sims.connectors();
-    let engine = Engine::open(config).await?;
-    engine.deploy_dir(std::path::Path::new("processes")).await?;
-    engine.start_workers();
+    let mut engines = Vec::new();
+    for node in 0..settings.nodes.max(1) {
+        let mut config = EngineConfig::new(url.clone());
+        config.catalog = tramite_connectors::catalog();
+        config.connectors = sims.connectors();
+        config.node_name = format!("bench-http-{node}");
+        let engine = Engine::open(config).await?;
+        engine.deploy_dir(std::path::Path::new("processes")).await?;
+        engine.start_workers();
+        engines.push(engine);
+    }
+    let engine = engines[0].clone();
 
     let started = Instant::now();
     seed(&engine, settings.tasks, url.starts_with("sqlite")).await?;
     let seed_seconds = started.elapsed().as_secs_f64();
     let tasks = open_tasks(&engine).await?;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(Error::Output)?;
-    let address = listener.local_addr().map_err(Error::Output)?;
-    let app = router(Arc::new(AppState {
-        engine: engine.clone(),
-        users: Users::default().with("bench", AGENT_TOKEN, &[ROLE]),
-        metrics: None,
-        connectors: sims.connectors(),
-        webhooks: tramite_api::http::Webhooks::default(),
-    }));
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let base = format!("http://{address}");
+    let mut servers = Vec::new();
+    let mut bases = Vec::new();
+    for engine in &engines {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(Error::Output)?;
+        let address = listener.local_addr().map_err(Error::Output)?;
+        let app = router(Arc::new(AppState {
+            engine: engine.clone(),
+            users: Users::default().with("bench", AGENT_TOKEN, &[ROLE]),
+            metrics: None,
+            connectors: sims.connectors(),
+            webhooks: tramite_api::http::Webhooks::default(),
+        }));
+        servers.push(tokio::spawn(
+            async move { axum::serve(listener, app).await },
+        ));
+        bases.push(format!("http://{address}"));
+    }
+    let bases = Arc::new(bases);
+    let base_of = move |client_no: usize| bases[client_no % bases.len()].clone();
+    let most_clients = settings
+        .completion_clients
+        .iter()
+        .copied()
+        .chain([settings.clients])
+        .max()
+        .unwrap_or(1);
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(settings.clients.max(1))
+        .pool_max_idle_per_host(most_clients.max(1))
         .build()
         .map_err(|e| Error::Serve(format!("HTTP client: {e}")))?;
 
     let mut phases = Vec::new();
     // First pages, as an inbox refresh asks.
-    let (c, b) = (client.clone(), base.clone());
+    let (c, b) = (client.clone(), base_of.clone());
     phases.push(
-        measure("inbox first page", &settings, move |_| {
-            let (client, base) = (c.clone(), b.clone());
+        measure("inbox first page", &settings, settings.clients, move |n| {
+            let (client, base) = (c.clone(), b(n));
             async move {
                 let page: PageSeen = get(&client, &format!("{base}/api/v1/tasks?limit=50")).await?;
                 Some(page.items.len() == 50)
@@ -165,28 +193,33 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, Error> {
             .map(|_| Mutex::new(None))
             .collect(),
     );
-    let (c, b) = (client.clone(), base.clone());
+    let (c, b) = (client.clone(), base_of.clone());
     phases.push(
-        measure("inbox next pages", &settings, move |client_no| {
-            let (client, base, cursors) = (c.clone(), b.clone(), Arc::clone(&cursors));
-            async move {
-                let mut cursor = cursors[client_no].lock().await;
-                let url = match cursor.as_deref() {
-                    Some(c) => format!("{base}/api/v1/tasks?limit=50&cursor={c}"),
-                    None => format!("{base}/api/v1/tasks?limit=50"),
-                };
-                let page: PageSeen = get(&client, &url).await?;
-                // The last page (possibly empty) starts the walk again.
-                *cursor = page.next_cursor;
-                Some(page.items.len() <= 50)
-            }
-        })
+        measure(
+            "inbox next pages",
+            &settings,
+            settings.clients,
+            move |client_no| {
+                let (client, base, cursors) = (c.clone(), b(client_no), Arc::clone(&cursors));
+                async move {
+                    let mut cursor = cursors[client_no].lock().await;
+                    let url = match cursor.as_deref() {
+                        Some(c) => format!("{base}/api/v1/tasks?limit=50&cursor={c}"),
+                        None => format!("{base}/api/v1/tasks?limit=50"),
+                    };
+                    let page: PageSeen = get(&client, &url).await?;
+                    // The last page (possibly empty) starts the walk again.
+                    *cursor = page.next_cursor;
+                    Some(page.items.len() <= 50)
+                }
+            },
+        )
         .await,
     );
-    let (c, b) = (client.clone(), base.clone());
+    let (c, b) = (client.clone(), base_of.clone());
     phases.push(
-        measure("badge counts", &settings, move |_| {
-            let (client, base) = (c.clone(), b.clone());
+        measure("badge counts", &settings, settings.clients, move |n| {
+            let (client, base) = (c.clone(), b(n));
             async move {
                 let r: Value = get(&client, &format!("{base}/api/v1/tasks/counts")).await?;
                 Some(r[0]["count"].as_i64()? > 0)
@@ -195,34 +228,41 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, Error> {
         .await,
     );
     // Completions: each request takes the next task of a shuffled list of
-    // the copies' first tasks, so clients do not queue on one instance.
-    let ids = Arc::new(first_tasks(&engine, settings.requests).await?);
-    let next = Arc::new(AtomicUsize::new(0));
-    phases.push(
-        measure("task completion", &settings, move |_| {
-            let (client, base, ids, next) = (
-                client.clone(),
-                base.clone(),
-                Arc::clone(&ids),
-                Arc::clone(&next),
-            );
-            async move {
-                let id = ids.get(next.fetch_add(1, Ordering::Relaxed))?;
-                let r = client
-                    .post(format!("{base}/api/v1/tasks/{id}/complete"))
-                    .bearer_auth(AGENT_TOKEN)
-                    .json(&json!({"outcome": "atendida", "data": {}}))
-                    .send()
-                    .await
-                    .ok()?;
-                Some(r.status() == reqwest::StatusCode::NO_CONTENT)
-            }
-        })
-        .await,
-    );
+    // the copies' first tasks, so clients do not queue on one instance; each
+    // client count gets tasks of its own.
+    let phases_of_completion = settings.completion_clients.len().max(1);
+    let mut all_ids = first_tasks(&engine, settings.requests * phases_of_completion).await?;
+    for &clients in &settings.completion_clients {
+        let take = settings.requests.min(all_ids.len());
+        let ids = Arc::new(all_ids.split_off(all_ids.len() - take));
+        let next = Arc::new(AtomicUsize::new(0));
+        let (c, b) = (client.clone(), base_of.clone());
+        phases.push(
+            measure("task completion", &settings, clients, move |n| {
+                let (client, base, ids, next) =
+                    (c.clone(), b(n), Arc::clone(&ids), Arc::clone(&next));
+                async move {
+                    let id = ids.get(next.fetch_add(1, Ordering::Relaxed))?;
+                    let r = client
+                        .post(format!("{base}/api/v1/tasks/{id}/complete"))
+                        .bearer_auth(AGENT_TOKEN)
+                        .json(&json!({"outcome": "atendida", "data": {}}))
+                        .send()
+                        .await
+                        .ok()?;
+                    Some(r.status() == reqwest::StatusCode::NO_CONTENT)
+                }
+            })
+            .await,
+        );
+    }
     let rss_mb = crate::bench::rss_mb();
-    server.abort();
-    engine.shutdown().await;
+    for server in servers {
+        server.abort();
+    }
+    for engine in engines {
+        engine.shutdown().await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Report {
         database: if url.starts_with("sqlite") {
@@ -230,8 +270,8 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, Error> {
         } else {
             "PostgreSQL".to_owned()
         },
+        nodes: settings.nodes.max(1),
         tasks,
-        clients: settings.clients,
         seed_seconds,
         phases,
         rss_mb,
@@ -256,7 +296,7 @@ async fn get<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url: &str
 
 /// `settings.requests` calls of `call` from `settings.clients` clients at
 /// once; a call answers whether it succeeded (`None`: it could not be made).
-async fn measure<F, Fut>(name: &'static str, settings: &Settings, call: F) -> Phase
+async fn measure<F, Fut>(name: &'static str, settings: &Settings, count: usize, call: F) -> Phase
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Option<bool>> + Send,
@@ -264,7 +304,7 @@ where
     let left = Arc::new(AtomicUsize::new(settings.requests));
     let started = Instant::now();
     let mut clients = Vec::new();
-    for client_no in 0..settings.clients.max(1) {
+    for client_no in 0..count.max(1) {
         let (call, left) = (call.clone(), Arc::clone(&left));
         clients.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -293,6 +333,7 @@ where
     latencies_ms.sort_by(f64::total_cmp);
     Phase {
         name,
+        clients: count.max(1),
         seconds,
         failures,
         latencies_ms,
@@ -301,7 +342,7 @@ where
 
 /// Fills the database with `tasks` open tasks: [`TEMPLATES`] real P06
 /// instances waiting at their first task, then copies of them.
-async fn seed(engine: &Engine, tasks: usize, url_is_sqlite: bool) -> Result<(), Error> {
+pub(crate) async fn seed(engine: &Engine, tasks: usize, url_is_sqlite: bool) -> Result<(), Error> {
     let templates = tasks.clamp(1, TEMPLATES);
     for n in 0..templates {
         engine

@@ -34,7 +34,7 @@ pub(crate) async fn run(
     engine.start_workers();
     let n = (engine.now() % 1_000_000) as usize;
     let latencies = Mutex::new(Vec::new());
-    crate::bench::drive(&engine, n, &latencies).await?;
+    crate::bench::drive(&engine, &mut engine.changes(), n, &latencies).await?;
     let business_key = format!("BENCH-{n}");
     let instance = engine
         .tasks(&tramite_engine::store::tasks::Filter {

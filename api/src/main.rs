@@ -8,6 +8,7 @@
 mod bench;
 mod bench_http;
 mod demo;
+mod perf;
 mod serve;
 
 use std::io::Write;
@@ -176,6 +177,26 @@ enum Command {
         /// Database URL (default: a fresh SQLite file in a temporary folder).
         #[arg(long)]
         database_url: Option<String>,
+        /// Engines in this process sharing the database (PostgreSQL only
+        /// beyond 1); clients are spread over them.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+    },
+    /// The performance suite: every benchmark on SQLite and, with
+    /// --postgres, on PostgreSQL with one and two nodes; prints a table
+    /// against the aims and writes the numbers as JSON. Run from the
+    /// repository (it deploys processes/); build with --release.
+    Perf {
+        /// Small sizes: checks that every part runs, in seconds.
+        #[arg(long)]
+        quick: bool,
+        /// A PostgreSQL server where databases `tramite_perf_*` may be created
+        /// and dropped, e.g. postgres://postgres@127.0.0.1:5432
+        #[arg(long)]
+        postgres: Option<String>,
+        /// Where to write the JSON.
+        #[arg(long, default_value = "perf.json")]
+        json: PathBuf,
     },
     /// Print the HTTP API's OpenAPI 3.1 document (as served at /api/openapi.json).
     Openapi,
@@ -194,6 +215,14 @@ enum Command {
         /// Database URL (default: a fresh SQLite file in a temporary folder).
         #[arg(long)]
         database_url: Option<String>,
+        /// Engines, each with its own HTTP server, sharing the database
+        /// (PostgreSQL only beyond 1); clients are spread over them.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// Client counts for the completion phase, run once per count
+        /// (default: --clients).
+        #[arg(long, value_delimiter = ',')]
+        completion_clients: Vec<usize>,
     },
 }
 
@@ -357,12 +386,14 @@ fn run(cli: Cli) -> Result<(), Error> {
             instances,
             clients,
             database_url,
+            nodes,
         } => {
             let runtime = runtime()?;
             let report = runtime.block_on(bench::run(bench::Settings {
                 instances,
                 clients,
                 database_url,
+                nodes,
             }))?;
             writeln!(stdout, "{report}")?;
             Ok(())
@@ -372,6 +403,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             clients,
             requests,
             database_url,
+            nodes,
+            completion_clients,
         } => {
             let runtime = runtime()?;
             let report = runtime.block_on(bench_http::run(bench_http::Settings {
@@ -379,9 +412,30 @@ fn run(cli: Cli) -> Result<(), Error> {
                 clients,
                 requests,
                 database_url,
+                nodes,
+                completion_clients: if completion_clients.is_empty() {
+                    vec![clients]
+                } else {
+                    completion_clients
+                },
             }))?;
             writeln!(stdout, "{report}")?;
             Ok(())
+        }
+        Command::Perf {
+            quick,
+            postgres,
+            json,
+        } => {
+            let runtime = runtime()?;
+            runtime.block_on(perf::run(
+                perf::Settings {
+                    quick,
+                    postgres,
+                    json,
+                },
+                &mut stdout,
+            ))
         }
         Command::Openapi => {
             use utoipa::OpenApi;

@@ -1,0 +1,871 @@
+//! `tramite perf`: the performance suite. One command runs every benchmark
+//! of `docs/benchmarks.md` on each backend — SQLite, PostgreSQL with one
+//! node, PostgreSQL with two — prints one table against the aims and writes
+//! every number as JSON.
+//!
+//! In-process numbers come from [`crate::bench`] and [`crate::bench_http`];
+//! what a deployment would see comes from real `tramite serve` processes
+//! (this same executable) driven over loopback HTTP: P06 end to end,
+//! start-up time and resident memory with many waiting instances.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tramite_engine::runtime::{Engine, EngineConfig};
+
+use crate::Error;
+
+/// Suite settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Small sizes: checks that every part runs (seconds, not minutes).
+    pub(crate) quick: bool,
+    /// A PostgreSQL server (`postgres://user@host:port`) on which the suite
+    /// may create and drop databases named `tramite_perf_*`; PostgreSQL is
+    /// skipped without it.
+    pub(crate) postgres: Option<String>,
+    /// Where the JSON goes.
+    pub(crate) json: PathBuf,
+}
+
+/// How much work each benchmark does.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Size {
+    /// P06 instances driven in-process.
+    instances: usize,
+    /// P06 instances driven over HTTP.
+    http_instances: usize,
+    /// Clients of the P06 runs and the inbox reads.
+    clients: usize,
+    /// Client counts of the completion runs.
+    completion_clients: [usize; 2],
+    /// Open tasks in the database of the inbox benchmark.
+    inbox_tasks: usize,
+    /// Requests per inbox or completion phase.
+    requests: usize,
+    /// Waiting instances of the memory benchmark.
+    waiting: usize,
+}
+
+impl Size {
+    fn of(quick: bool, postgres: bool) -> Size {
+        match (quick, postgres) {
+            (true, _) => Size {
+                instances: 40,
+                http_instances: 20,
+                clients: 8,
+                completion_clients: [8, 32],
+                inbox_tasks: 3_000,
+                requests: 300,
+                waiting: 2_000,
+            },
+            // PostgreSQL runs take several times longer per instance here
+            // (see docs/benchmarks.md): fewer of them keep the suite short.
+            (false, true) => Size {
+                instances: 1_000,
+                http_instances: 500,
+                clients: 64,
+                completion_clients: [64, 256],
+                inbox_tasks: 1_000_000,
+                requests: 5_000,
+                waiting: 100_000,
+            },
+            (false, false) => Size {
+                instances: 3_000,
+                http_instances: 1_500,
+                clients: 64,
+                completion_clients: [64, 256],
+                inbox_tasks: 1_000_000,
+                requests: 20_000,
+                waiting: 100_000,
+            },
+        }
+    }
+}
+
+/// One line of the table.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Measurement {
+    backend: &'static str,
+    nodes: usize,
+    /// Stable id, e.g. `p06_in_process`.
+    name: &'static str,
+    /// What a reader of the table sees.
+    label: String,
+    clients: Option<usize>,
+    value: f64,
+    unit: &'static str,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    aim: Option<Aim>,
+}
+
+/// An aim of issue #8 and whether this run met it.
+#[derive(Debug, Clone, Serialize)]
+struct Aim {
+    text: &'static str,
+    met: bool,
+}
+
+/// The whole run, as written to JSON.
+#[derive(Debug, Serialize)]
+struct Document {
+    date_ms: i64,
+    machine: Value,
+    commit: Option<String>,
+    quick: bool,
+    sizes: Value,
+    seconds: f64,
+    measurements: Vec<Measurement>,
+}
+
+/// Runs the suite; prints the table as it goes and at the end.
+pub(crate) async fn run(settings: Settings, out: &mut impl std::io::Write) -> Result<(), Error> {
+    let started = Instant::now();
+    let dir = std::env::temp_dir().join(format!("tramite-perf-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).map_err(Error::Output)?;
+    let users = write_users(&dir)?;
+    let mut all = Vec::new();
+    let mut sizes = serde_json::Map::new();
+
+    let size = Size::of(settings.quick, false);
+    sizes.insert("sqlite".into(), json!(size));
+    let sqlite = Backend::Sqlite { dir: dir.clone() };
+    for m in suite(&sqlite, 1, size, &users, out).await? {
+        all.push(m);
+    }
+    if let Some(server) = &settings.postgres {
+        let size = Size::of(settings.quick, true);
+        sizes.insert("postgres".into(), json!(size));
+        let pg = Backend::Postgres {
+            server: server.trim_end_matches('/').to_owned(),
+        };
+        let one = suite(&pg, 1, size, &users, out).await?;
+        let two = suite(&pg, 2, size, &users, out).await?;
+        let ratios = scale_out(&one, &two);
+        all.extend(one);
+        all.extend(two);
+        all.extend(ratios);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    writeln!(out)?;
+    table(&all, out)?;
+    let document = Document {
+        date_ms: now_ms(),
+        machine: machine(),
+        commit: commit(),
+        quick: settings.quick,
+        sizes: Value::Object(sizes),
+        seconds: started.elapsed().as_secs_f64(),
+        measurements: all,
+    };
+    let text = serde_json::to_string_pretty(&document)
+        .map_err(|e| Error::Output(std::io::Error::other(e)))?;
+    std::fs::write(&settings.json, text + "\n").map_err(Error::Output)?;
+    writeln!(
+        out,
+        "\nwritten to {} ({:.0} s in all)",
+        settings.json.display(),
+        started.elapsed().as_secs_f64()
+    )?;
+    Ok(())
+}
+
+/// Where the databases of one backend come from: each benchmark gets a new
+/// one, so none measures what an earlier one left behind.
+enum Backend {
+    Sqlite { dir: PathBuf },
+    Postgres { server: String },
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite { .. } => "sqlite",
+            Backend::Postgres { .. } => "postgres",
+        }
+    }
+
+    /// A new, empty database's URL.
+    async fn fresh(&self, what: &str) -> Result<String, Error> {
+        let tag = uuid::Uuid::now_v7().simple().to_string();
+        match self {
+            Backend::Sqlite { dir } => Ok(format!(
+                "sqlite://{}",
+                dir.join(format!("{what}-{tag}.db")).display()
+            )),
+            Backend::Postgres { server } => {
+                let name = format!("tramite_perf_{what}_{}", &tag[tag.len() - 12..]);
+                admin(server, &format!("CREATE DATABASE {name}")).await?;
+                Ok(format!("{server}/{name}"))
+            }
+        }
+    }
+
+    /// Drops a database made by [`Backend::fresh`].
+    async fn drop_database(&self, url: &str) -> Result<(), Error> {
+        match self {
+            Backend::Sqlite { .. } => {
+                let path = url.trim_start_matches("sqlite://");
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{path}{suffix}"));
+                }
+                Ok(())
+            }
+            Backend::Postgres { server } => {
+                let name = url.rsplit('/').next().unwrap_or_default();
+                admin(
+                    server,
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// One statement on the server's `postgres` database.
+async fn admin(server: &str, sql: &str) -> Result<(), Error> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .map_err(|e| Error::Serve(format!("PostgreSQL at {server}: {e}")))?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| Error::Serve(format!("{sql}: {e}")))?;
+    Ok(())
+}
+
+/// Every benchmark on one backend with `nodes` engine nodes.
+async fn suite(
+    backend: &Backend,
+    nodes: usize,
+    size: Size,
+    users: &Path,
+    out: &mut impl std::io::Write,
+) -> Result<Vec<Measurement>, Error> {
+    let name = backend.name();
+    let mut found = Vec::new();
+    let m = |label: String, id: &'static str| Measurement {
+        backend: name,
+        nodes,
+        name: id,
+        label,
+        clients: None,
+        value: 0.0,
+        unit: "",
+        p50_ms: None,
+        p99_ms: None,
+        aim: None,
+    };
+    writeln!(out, "== {name}, {nodes} node(s)")?;
+
+    // P06 end to end, in-process.
+    let url = backend.fresh("p06").await?;
+    let r = crate::bench::run(crate::bench::Settings {
+        instances: size.instances,
+        clients: size.clients,
+        database_url: Some(url.clone()),
+        nodes,
+    })
+    .await?;
+    backend.drop_database(&url).await?;
+    let per_second = r.instances as f64 / r.seconds;
+    found.push(Measurement {
+        clients: Some(size.clients),
+        value: per_second,
+        unit: "P06/s",
+        p50_ms: Some(r.pct(0.5)),
+        p99_ms: Some(r.pct(0.99)),
+        aim: (name == "sqlite").then_some(Aim {
+            text: "≥ 2,000 P06/s",
+            met: per_second >= 2_000.0,
+        }),
+        ..m(
+            "P06 end to end, in-process (command latency)".into(),
+            "p06_in_process",
+        )
+    });
+    show(found.last(), out)?;
+
+    // P06 end to end over HTTP, against `tramite serve` processes.
+    let url = backend.fresh("http").await?;
+    let r = p06_over_http(&url, nodes, size, users).await?;
+    backend.drop_database(&url).await?;
+    found.push(Measurement {
+        clients: Some(size.clients),
+        value: r.instances as f64 / r.seconds,
+        unit: "P06/s",
+        p50_ms: Some(crate::bench::percentile(&r.latencies_ms, 0.5)),
+        p99_ms: Some(crate::bench::percentile(&r.latencies_ms, 0.99)),
+        ..m(
+            "P06 end to end over HTTP, `tramite serve` (command latency)".into(),
+            "p06_http",
+        )
+    });
+    show(found.last(), out)?;
+    found.push(Measurement {
+        value: r.peak_rss_mb,
+        unit: "MB",
+        ..m(
+            "peak RSS of a `tramite serve` under that load".into(),
+            "p06_http_rss",
+        )
+    });
+    show(found.last(), out)?;
+
+    // Inbox and completions over HTTP with many open tasks.
+    let url = backend.fresh("inbox").await?;
+    let r = crate::bench_http::run(crate::bench_http::Settings {
+        tasks: size.inbox_tasks,
+        clients: size.clients,
+        requests: size.requests,
+        database_url: Some(url.clone()),
+        nodes,
+        completion_clients: size.completion_clients.to_vec(),
+    })
+    .await?;
+    backend.drop_database(&url).await?;
+    for p in &r.phases {
+        let (id, completion) = match p.name {
+            "inbox first page" => ("inbox_first_page", false),
+            "inbox next pages" => ("inbox_next_pages", false),
+            "badge counts" => ("badge_counts", false),
+            _ => ("task_completion", true),
+        };
+        let p99 = p.pct(0.99);
+        found.push(Measurement {
+            clients: Some(p.clients),
+            value: p.per_second(),
+            unit: "req/s",
+            p50_ms: Some(p.pct(0.5)),
+            p99_ms: Some(p99),
+            aim: (completion && p.clients == 64).then_some(Aim {
+                text: "p99 < 20 ms at 64 clients",
+                met: p99 < 20.0,
+            }),
+            ..m(format!("{} over HTTP, {} open tasks", p.name, r.tasks), id)
+        });
+        show(found.last(), out)?;
+        if p.failures > 0 {
+            return Err(Error::Serve(format!(
+                "{}: {} of {} requests failed",
+                p.name,
+                p.failures,
+                p.latencies_ms.len()
+            )));
+        }
+    }
+
+    // Start-up and memory: what one node does, so measured with one.
+    if nodes == 1 {
+        let url = backend.fresh("memory").await?;
+        let r = start_and_memory(&url, size, users).await?;
+        backend.drop_database(&url).await?;
+        found.push(Measurement {
+            value: r.cold_start_ms,
+            unit: "ms",
+            aim: Some(Aim {
+                text: "< 200 ms",
+                met: r.cold_start_ms < 200.0,
+            }),
+            ..m(
+                "start-up on a new database (schema, deploy processes/) to /readyz".into(),
+                "start_up_empty",
+            )
+        });
+        show(found.last(), out)?;
+        found.push(Measurement {
+            value: r.warm_start_ms,
+            unit: "ms",
+            aim: Some(Aim {
+                text: "< 200 ms",
+                met: r.warm_start_ms < 200.0,
+            }),
+            ..m(
+                format!("start-up with {} waiting instances to /readyz", r.waiting),
+                "start_up_loaded",
+            )
+        });
+        show(found.last(), out)?;
+        found.push(Measurement {
+            value: r.peak_rss_mb,
+            unit: "MB",
+            aim: Some(Aim {
+                text: "< 200 MB",
+                met: r.peak_rss_mb < 200.0,
+            }),
+            ..m(
+                format!(
+                    "peak RSS of `tramite serve` with {} waiting instances, after inbox pages and completions",
+                    r.waiting
+                ),
+                "rss_waiting",
+            )
+        });
+        show(found.last(), out)?;
+    }
+    Ok(found)
+}
+
+/// How two nodes compare with one on PostgreSQL.
+fn scale_out(one: &[Measurement], two: &[Measurement]) -> Vec<Measurement> {
+    let mut found = Vec::new();
+    for (id, label) in [
+        ("p06_in_process", "two nodes ÷ one node, P06 in-process"),
+        ("p06_http", "two nodes ÷ one node, P06 over HTTP"),
+    ] {
+        let value = |ms: &[Measurement]| ms.iter().find(|m| m.name == id).map(|m| m.value);
+        if let (Some(a), Some(b)) = (value(one), value(two)) {
+            let ratio = 100.0 * b / a.max(f64::MIN_POSITIVE);
+            found.push(Measurement {
+                backend: "postgres",
+                nodes: 2,
+                name: if id == "p06_http" {
+                    "scale_out_http"
+                } else {
+                    "scale_out_in_process"
+                },
+                label: label.to_owned(),
+                clients: None,
+                value: ratio,
+                unit: "%",
+                p50_ms: None,
+                p99_ms: None,
+                aim: Some(Aim {
+                    text: "≥ 90 %",
+                    met: ratio >= 90.0,
+                }),
+            });
+        }
+    }
+    found
+}
+
+fn show(m: Option<&Measurement>, out: &mut impl std::io::Write) -> Result<(), Error> {
+    if let Some(m) = m {
+        writeln!(out, "  {}", line(m))?;
+    }
+    Ok(())
+}
+
+fn line(m: &Measurement) -> String {
+    let ms = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.2}"));
+    let aim = m.aim.as_ref().map_or(String::new(), |a| {
+        format!("{} {}", a.text, if a.met { "met" } else { "NOT met" })
+    });
+    format!(
+        "{:<9} {:>5} {:>7} {:>10.1} {:<6} {:>8} {:>8}  {:<28} {}",
+        m.backend,
+        m.nodes,
+        m.clients.map_or("—".to_owned(), |c| c.to_string()),
+        m.value,
+        m.unit,
+        ms(m.p50_ms),
+        ms(m.p99_ms),
+        aim,
+        m.label
+    )
+}
+
+fn table(all: &[Measurement], out: &mut impl std::io::Write) -> Result<(), Error> {
+    writeln!(
+        out,
+        "{:<9} {:>5} {:>7} {:>10} {:<6} {:>8} {:>8}  {:<28} what",
+        "backend", "nodes", "clients", "value", "unit", "p50 ms", "p99 ms", "aim"
+    )?;
+    for m in all {
+        writeln!(out, "{}", line(m))?;
+    }
+    Ok(())
+}
+
+/// A `tramite serve` child process, killed when dropped.
+struct Node {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    fn spawn(url: &str, users: &Path) -> Result<Node, Error> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(Error::Output)?
+            .port();
+        let exe = std::env::current_exe().map_err(Error::Output)?;
+        let child = Command::new(exe)
+            .args([
+                "serve",
+                "--database-url",
+                url,
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--users",
+                &users.display().to_string(),
+                "--processes",
+                "processes",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(Error::Output)?;
+        Ok(Node { child, port })
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits until `/readyz` answers 200; how long since `since`.
+    async fn ready(&mut self, client: &reqwest::Client, since: Instant) -> Result<f64, Error> {
+        let url = format!("{}/readyz", self.base());
+        while since.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(Error::Serve(format!("tramite serve exited: {status}")));
+            }
+            if client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(since.elapsed().as_secs_f64() * 1_000.0);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Err(Error::Serve(format!("{url} not ready after 60 s")))
+    }
+
+    /// The child's peak resident memory (VmHWM), MB.
+    fn peak_rss_mb(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+const TOKEN: &str = "perf-token";
+
+/// A users file with one user who may do everything P06 and P02 ask.
+fn write_users(dir: &Path) -> Result<PathBuf, Error> {
+    let path = dir.join("users.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "users:\n  - name: perf\n    token_sha256: {}\n    roles: [channel, operator, agente_ventas_digitales, \
+             responsable_centro_llamadas, jefe_instalaciones, tecnico_instalaciones]\n",
+            tramite_api::http::auth::hash(TOKEN)
+        ),
+    )
+    .map_err(Error::Output)?;
+    Ok(path)
+}
+
+fn http_client(clients: usize) -> Result<reqwest::Client, Error> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(clients.max(1))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| Error::Serve(format!("HTTP client: {e}")))
+}
+
+struct HttpP06 {
+    instances: usize,
+    seconds: f64,
+    latencies_ms: Vec<f64>,
+    peak_rss_mb: f64,
+}
+
+/// P06 happy paths driven over HTTP only, as a channel and the agents would:
+/// start, each task from the inbox (filtered by the request's business key,
+/// which OPR-PAS-P02's tasks share), the client's WhatsApp message. Waits for
+/// the connectors' jobs by asking again every 2 ms.
+async fn p06_over_http(
+    url: &str,
+    nodes: usize,
+    size: Size,
+    users: &Path,
+) -> Result<HttpP06, Error> {
+    let client = http_client(size.clients)?;
+    let mut servers = Vec::new();
+    for _ in 0..nodes.max(1) {
+        let mut node = Node::spawn(url, users)?;
+        node.ready(&client, Instant::now()).await?;
+        servers.push(node);
+    }
+    let bases: Arc<Vec<String>> = Arc::new(servers.iter().map(Node::base).collect());
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for c in 0..size.clients.max(1) {
+        let (client, bases, next) = (client.clone(), Arc::clone(&bases), Arc::clone(&next));
+        let total = size.http_instances;
+        clients.push(tokio::spawn(async move {
+            let base = &bases[c % bases.len()];
+            let mut latencies = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return Ok::<_, Error>(latencies);
+                }
+                drive_http(&client, base, n, &mut latencies).await?;
+            }
+        }));
+    }
+    let mut latencies_ms = Vec::new();
+    for c in clients {
+        latencies_ms.extend(
+            c.await
+                .map_err(|e| Error::Serve(format!("client: {e}")))??,
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies_ms.sort_by(f64::total_cmp);
+    let peak_rss_mb = servers.iter().map(Node::peak_rss_mb).fold(0.0, f64::max);
+    Ok(HttpP06 {
+        instances: size.http_instances,
+        seconds,
+        latencies_ms,
+        peak_rss_mb,
+    })
+}
+
+/// One request sent and its answer read; a non-2xx answer is an error.
+async fn send(
+    request: reqwest::RequestBuilder,
+    latencies: Option<&mut Vec<f64>>,
+) -> Result<Value, Error> {
+    let t = Instant::now();
+    let r = request
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .map_err(|e| Error::Serve(format!("HTTP: {e}")))?;
+    let status = r.status();
+    let body = r
+        .bytes()
+        .await
+        .map_err(|e| Error::Serve(format!("HTTP: {e}")))?;
+    if let Some(l) = latencies {
+        l.push(t.elapsed().as_secs_f64() * 1_000.0);
+    }
+    if !status.is_success() {
+        return Err(Error::Serve(format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        )));
+    }
+    Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn drive_http(
+    client: &reqwest::Client,
+    base: &str,
+    n: usize,
+    latencies: &mut Vec<f64>,
+) -> Result<(), Error> {
+    let phone = format!("6{:07}", n % 10_000_000);
+    let key = format!("PERF-{n}");
+    let started = send(
+        client
+            .post(format!("{base}/api/v1/instances"))
+            .json(&json!({
+                "code": "OPE-SUM-VEN-P06", "business_key": key, "channel": "ivr",
+                "data": {"telefono": phone}
+            })),
+        Some(latencies),
+    )
+    .await?;
+    let id = started["id"].as_str().unwrap_or_default().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut published = false;
+    while Instant::now() < deadline {
+        let page = send(
+            client.get(format!("{base}/api/v1/tasks?business_key={key}&limit=10")),
+            None,
+        )
+        .await?;
+        if let Some(task) = page["items"].as_array().and_then(|items| items.first()) {
+            let node = task["node_id"].as_str().unwrap_or_default();
+            let (outcome, data) = crate::bench::answer(node, n).unwrap_or(("", json!({})));
+            let task_id = task["id"].as_str().unwrap_or_default();
+            send(
+                client
+                    .post(format!("{base}/api/v1/tasks/{task_id}/complete"))
+                    .json(&json!({"outcome": outcome, "data": data})),
+                Some(latencies),
+            )
+            .await?;
+            if node == "solicitar_requisitos" && !published {
+                published = true;
+                send(
+                    client.post(format!("{base}/api/v1/messages")).json(&json!({
+                        "name": "requisitos_whatsapp", "key": phone,
+                        "id": format!("wamid.perf.{n}"), "payload": {"media": ["ci.jpg"]}
+                    })),
+                    Some(latencies),
+                )
+                .await?;
+            }
+            continue;
+        }
+        let instance = send(client.get(format!("{base}/api/v1/instances/{id}")), None).await?;
+        if instance["status"] != "running" {
+            if instance["outcome"] != "venta_concretada" {
+                return Err(Error::Serve(format!(
+                    "{key} ended {} / {}",
+                    instance["status"], instance["outcome"]
+                )));
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Err(Error::Serve(format!("{key} did not end in 120 s")))
+}
+
+struct StartAndMemory {
+    cold_start_ms: f64,
+    warm_start_ms: f64,
+    waiting: usize,
+    peak_rss_mb: f64,
+}
+
+/// Start-up on a new database; then, with `size.waiting` instances waiting
+/// at a task, start-up again and the peak memory after some inbox pages and
+/// completions.
+async fn start_and_memory(url: &str, size: Size, users: &Path) -> Result<StartAndMemory, Error> {
+    let client = http_client(64)?;
+    let t = Instant::now();
+    let mut node = Node::spawn(url, users)?;
+    let cold_start_ms = node.ready(&client, t).await?;
+    drop(node);
+
+    // The waiting instances, written by an engine in this process.
+    let mut config = EngineConfig::new(url.to_owned());
+    config.catalog = tramite_connectors::catalog();
+    config.connectors = tramite_connectors::Simulators::new().connectors();
+    let engine = Engine::open(config).await?;
+    engine.deploy_dir(Path::new("processes")).await?;
+    crate::bench_http::seed(&engine, size.waiting, url.starts_with("sqlite")).await?;
+    engine.shutdown().await;
+
+    let t = Instant::now();
+    let mut node = Node::spawn(url, users)?;
+    let warm_start_ms = node.ready(&client, t).await?;
+    // Work as a call centre would: 64 agents read pages of the inbox and
+    // complete the first task of a request.
+    let base = node.base();
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    while ids.len() < size.requests.min(size.waiting) {
+        let url = match &cursor {
+            Some(c) => format!("{base}/api/v1/tasks?limit=100&cursor={c}"),
+            None => format!("{base}/api/v1/tasks?limit=100"),
+        };
+        let page = send(client.get(url), None).await?;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        ids.extend(
+            items
+                .iter()
+                .filter(|t| t["node_id"] == "recibir_llamada")
+                .filter_map(|t| t["id"].as_str().map(str::to_owned)),
+        );
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let ids = Arc::new(ids);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut agents = Vec::new();
+    for _ in 0..64 {
+        let (client, base, ids, next) = (
+            client.clone(),
+            base.clone(),
+            Arc::clone(&ids),
+            Arc::clone(&next),
+        );
+        agents.push(tokio::spawn(async move {
+            while let Some(id) = ids.get(next.fetch_add(1, Ordering::Relaxed)) {
+                send(client.get(format!("{base}/api/v1/tasks?limit=50")), None).await?;
+                send(
+                    client
+                        .post(format!("{base}/api/v1/tasks/{id}/complete"))
+                        .json(&json!({"outcome": "atendida", "data": {}})),
+                    None,
+                )
+                .await?;
+            }
+            Ok::<(), Error>(())
+        }));
+    }
+    for a in agents {
+        a.await.map_err(|e| Error::Serve(format!("agent: {e}")))??;
+    }
+    let peak_rss_mb = node.peak_rss_mb();
+    drop(node);
+    Ok(StartAndMemory {
+        cold_start_ms,
+        warm_start_ms,
+        waiting: size.waiting,
+        peak_rss_mb,
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What the numbers were measured on.
+fn machine() -> Value {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_owned());
+    let memory_kb = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok());
+    json!({
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu": cpu,
+        "memory_gib": memory_kb.map(|kb| (kb as f64 / 1_048_576.0 * 10.0).round() / 10.0),
+        "os": std::env::consts::OS,
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+    })
+}
+
+fn commit() -> Option<String> {
+    let out = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
