@@ -69,6 +69,10 @@ pub struct EngineConfig {
     pub default_timeout: Duration,
     /// Most commands per commit.
     pub max_batch: usize,
+    /// PostgreSQL: write transactions this engine runs side by side, each on
+    /// its own connection (SQLite has one writer by construction). One
+    /// writer's round trips would cap a node at what one connection does.
+    pub writers: usize,
     /// This engine's name in leases and logs.
     pub node_name: String,
 }
@@ -87,6 +91,7 @@ impl EngineConfig {
             poll: Duration::from_millis(200),
             default_timeout: Duration::from_secs(30),
             max_batch: 1024,
+            writers: 4,
             node_name: "tramite".to_owned(),
         }
     }
@@ -94,7 +99,7 @@ impl EngineConfig {
 
 /// The writer: a task on PostgreSQL, an OS thread with its own connection on SQLite.
 enum WriterHandle {
-    Task(JoinHandle<()>),
+    Tasks(Vec<JoinHandle<()>>),
     Thread(std::thread::JoinHandle<()>),
 }
 
@@ -139,7 +144,7 @@ impl Engine {
     /// Opens the database (creating and migrating it as needed) and starts
     /// the writer. Workers start with [`Engine::start_workers`].
     pub async fn open(config: EngineConfig) -> Result<Engine, Error> {
-        let store = Store::open(&config.database_url).await?;
+        let store = Store::open_with_writers(&config.database_url, config.writers as u32).await?;
         let (sender, inbox) = mpsc::channel(config.max_batch * 4);
         let jobs_changed = Arc::new(Notify::new());
         let processes = Arc::new(ProcessCache::default());
@@ -162,7 +167,17 @@ impl Engine {
                 inbox,
                 tokio::runtime::Handle::current(),
             )?),
-            None => WriterHandle::Task(tokio::spawn(writer.run(inbox))),
+            None if config.writers <= 1 => {
+                WriterHandle::Tasks(vec![tokio::spawn(writer.run(inbox))])
+            }
+            None => {
+                let inbox = Arc::new(tokio::sync::Mutex::new(inbox));
+                WriterHandle::Tasks(
+                    (0..config.writers)
+                        .map(|_| tokio::spawn(writer.clone().run_lane(Arc::clone(&inbox))))
+                        .collect(),
+                )
+            }
         };
         let (stop, _) = watch::channel(false);
         let engine = Engine {
@@ -397,8 +412,10 @@ impl Engine {
         drop(self.inner.sender.lock().expect("sender lock").take());
         let writer = self.inner.writer.lock().expect("writer lock").take();
         match writer {
-            Some(WriterHandle::Task(w)) => {
-                let _ = w.await;
+            Some(WriterHandle::Tasks(lanes)) => {
+                for w in lanes {
+                    let _ = w.await;
+                }
             }
             Some(WriterHandle::Thread(w)) => {
                 let _ = tokio::task::spawn_blocking(move || w.join()).await;

@@ -23,6 +23,7 @@ pub(crate) struct Envelope {
 }
 
 /// What the writer needs.
+#[derive(Clone)]
 pub(crate) struct Writer {
     pub(crate) store: Store,
     pub(crate) processes: Arc<ProcessCache>,
@@ -51,6 +52,27 @@ impl Writer {
     pub(crate) async fn run(self, mut inbox: mpsc::Receiver<Envelope>) {
         let mut batch: Vec<Envelope> = Vec::with_capacity(self.max_batch);
         while inbox.recv_many(&mut batch, self.max_batch).await > 0 {
+            let envelopes = std::mem::take(&mut batch);
+            self.execute(envelopes).await;
+        }
+    }
+
+    /// One of several lanes sharing `inbox` (PostgreSQL): each takes what
+    /// is waiting when it is free and runs it as one transaction, side by
+    /// side with the others. Lanes are as safe as engine nodes are: every
+    /// command locks its instance's row, and a deadlock between two lanes'
+    /// batches falls back to running their commands one by one.
+    pub(crate) async fn run_lane(self, inbox: Arc<tokio::sync::Mutex<mpsc::Receiver<Envelope>>>) {
+        let mut batch: Vec<Envelope> = Vec::with_capacity(self.max_batch);
+        loop {
+            let got = inbox
+                .lock()
+                .await
+                .recv_many(&mut batch, self.max_batch)
+                .await;
+            if got == 0 {
+                return;
+            }
             let envelopes = std::mem::take(&mut batch);
             self.execute(envelopes).await;
         }

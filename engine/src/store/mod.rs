@@ -77,8 +77,15 @@ pub struct Store {
 pub type Conn = AnyConnection;
 
 impl Store {
-    /// Opens (creating a SQLite file if needed) and migrates the database at `url`.
+    /// Opens (creating a SQLite file if needed) and migrates the database at
+    /// `url`, with one write connection (see [`Store::open_with_writers`]).
     pub async fn open(url: &str) -> Result<Store, Error> {
+        Store::open_with_writers(url, 1).await
+    }
+
+    /// Like [`Store::open`], with `writers` write connections on PostgreSQL
+    /// (SQLite has one writer by construction).
+    pub async fn open_with_writers(url: &str, writers: u32) -> Result<Store, Error> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -106,7 +113,11 @@ impl Store {
                 .connect_with(options.clone())
         };
         // Reads never make the writer wait for a connection: it has its own.
-        let writes = pool(1).await?;
+        let writes = pool(match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => writers.max(1),
+        })
+        .await?;
         match backend {
             Backend::Sqlite => sqlite::migrator().run(&writes).await?,
             Backend::Postgres => postgres::migrator().run(&writes).await?,
