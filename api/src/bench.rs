@@ -273,8 +273,9 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, tramite_engine::Er
     }
     // A client hears of a change whichever engine made it (a job of its
     // instance may run on another node), as a UI refreshed by any node would.
+    // With one engine, its own channel serves (no hop through a forwarder).
     let (changed, _) = tokio::sync::broadcast::channel::<Arc<str>>(4_096);
-    for engine in &engines {
+    for engine in engines.iter().filter(|_| engines.len() > 1) {
         let mut from = engine.changes();
         let to = changed.clone();
         tokio::spawn(async move {
@@ -304,7 +305,11 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, tramite_engine::Er
     let mut clients = Vec::new();
     for client in 0..settings.clients.max(1) {
         let engine = engines[client % engines.len()].clone();
-        let mut changes = changed.subscribe();
+        let mut changes = if engines.len() > 1 {
+            changed.subscribe()
+        } else {
+            engine.changes()
+        };
         let latencies = Arc::clone(&latencies);
         let next = Arc::clone(&next);
         let total = settings.instances;
