@@ -22,6 +22,9 @@ use tramite_engine::text::Lang;
 
 /// mimalloc instead of glibc's allocator: the server allocates small objects
 /// on many threads (rows, JSON, requests), where glibc's arenas contend.
+/// Its `override` feature also takes C's `malloc`, so the bundled SQLite's
+/// page cache and values (15 % of a busy server's samples went to glibc's
+/// `malloc`/`free`) use it too.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -335,6 +335,18 @@ async fn suite(
         )
     });
     show(found.last(), out)?;
+    found.push(Measurement {
+        value: r.commands as f64 / r.instances as f64,
+        unit: "commands",
+        ..m(
+            format!(
+                "engine commands per P06 instance ({:.1} per write transaction)",
+                r.commands as f64 / r.commits.max(1) as f64
+            ),
+            "commands_per_p06",
+        )
+    });
+    show(found.last(), out)?;
     if let (Some(before), Some(after)) = (before, after) {
         let per = |a: f64, b: f64| (b - a) / r.instances as f64;
         for (id, label, unit, value) in [
@@ -346,7 +358,7 @@ async fn suite(
             ),
             (
                 "commits_per_p06",
-                "transactions committed per P06 instance",
+                "PostgreSQL transactions per P06 instance (reads included)",
                 "commits",
                 per(before.commits, after.commits),
             ),
