@@ -200,6 +200,9 @@ enum Command {
         /// Where to write the JSON.
         #[arg(long, default_value = "perf.json")]
         json: PathBuf,
+        /// Also write the table as Markdown to this file.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
     },
     /// Print the HTTP API's OpenAPI 3.1 document (as served at /api/openapi.json).
     Openapi,
@@ -429,6 +432,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             quick,
             postgres,
             json,
+            markdown,
         } => {
             let runtime = runtime()?;
             runtime.block_on(perf::run(
@@ -436,6 +440,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     quick,
                     postgres,
                     json,
+                    markdown,
                 },
                 &mut stdout,
             ))

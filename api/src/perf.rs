@@ -31,6 +31,9 @@ pub(crate) struct Settings {
     pub(crate) postgres: Option<String>,
     /// Where the JSON goes.
     pub(crate) json: PathBuf,
+    /// Where the table goes as Markdown, if anywhere (docs/benchmarks.md
+    /// takes it as it is).
+    pub(crate) markdown: Option<PathBuf>,
 }
 
 /// How much work each benchmark does.
@@ -168,6 +171,9 @@ pub(crate) async fn run(settings: Settings, out: &mut impl std::io::Write) -> Re
     let text = serde_json::to_string_pretty(&document)
         .map_err(|e| Error::Output(std::io::Error::other(e)))?;
     std::fs::write(&settings.json, text + "\n").map_err(Error::Output)?;
+    if let Some(path) = &settings.markdown {
+        std::fs::write(path, markdown(&document.measurements)).map_err(Error::Output)?;
+    }
     writeln!(
         out,
         "\nwritten to {} ({:.0} s in all)",
@@ -473,7 +479,10 @@ async fn suite(
                 met: r.warm_start_ms < 200.0,
             }),
             ..m(
-                format!("start-up with {} waiting instances to /readyz", r.waiting),
+                format!(
+                    "start-up with {} waiting instances to /readyz",
+                    thousands(r.waiting as u64)
+                ),
                 "start_up_loaded",
             )
         });
@@ -488,7 +497,7 @@ async fn suite(
             ..m(
                 format!(
                     "peak RSS of `tramite serve` with {} waiting instances, after inbox pages and completions",
-                    r.waiting
+                    thousands(r.waiting as u64)
                 ),
                 "rss_waiting",
             )
@@ -568,6 +577,44 @@ fn table(all: &[Measurement], out: &mut impl std::io::Write) -> Result<(), Error
         writeln!(out, "{}", line(m))?;
     }
     Ok(())
+}
+
+/// The table as Markdown: one row per measurement, aims marked.
+fn markdown(all: &[Measurement]) -> String {
+    let ms = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.1}"));
+    let mut text = String::from(
+        "| backend | nodes | what | clients | value | p50 ms | p99 ms | aim |\n\
+         | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |\n",
+    );
+    for m in all {
+        let aim = m.aim.as_ref().map_or(String::new(), |a| {
+            format!(
+                "{} {}",
+                a.text,
+                if a.met { "**met**" } else { "**not met**" }
+            )
+        });
+        let value = if m.value >= 1_000.0 {
+            thousands(m.value.round() as u64)
+        } else {
+            format!("{:.1}", m.value)
+        };
+        text.push_str(&format!(
+            "| {} | {} | {} | {} | {value} {} | {} | {} | {aim} |\n",
+            if m.backend == "sqlite" {
+                "SQLite"
+            } else {
+                "PostgreSQL"
+            },
+            m.nodes,
+            m.label,
+            m.clients.map_or("—".to_owned(), |c| c.to_string()),
+            m.unit,
+            ms(m.p50_ms),
+            ms(m.p99_ms),
+        ));
+    }
+    text
 }
 
 /// A `tramite serve` child process, killed when dropped.
@@ -930,6 +977,19 @@ async fn start_and_memory(url: &str, size: Size, users: &Path) -> Result<StartAn
     })
 }
 
+/// 1000000 as "1 000 000".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -965,4 +1025,18 @@ fn commit() -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn thousands_are_grouped_by_three() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1 000");
+        assert_eq!(thousands(100_000), "100 000");
+        assert_eq!(thousands(1_000_000), "1 000 000");
+    }
 }
