@@ -440,7 +440,14 @@ async fn suite(
                 text: "p99 < 20 ms at 64 clients",
                 met: p99 < 20.0,
             }),
-            ..m(format!("{} over HTTP, {} open tasks", p.name, r.tasks), id)
+            ..m(
+                format!(
+                    "{} over HTTP, {} open tasks",
+                    p.name,
+                    thousands(r.tasks as u64)
+                ),
+                id,
+            )
         });
         show(found.last(), out)?;
         if p.failures > 0 {
