@@ -1514,3 +1514,123 @@ async fn an_idle_node_is_woken_by_another_nodes_job() {
     assert_eq!(h.sims.naf.calls(), 1, "run once, by node B");
     b.shutdown().await;
 }
+
+/// A TCP relay in front of PostgreSQL that can lose a COMMIT's answer.
+/// Armed with 1, the next COMMIT reaches the server and the connection is
+/// cut before the server's answer comes back (committed, but the engine
+/// cannot know); armed with 2, the connection is cut instead of sending it
+/// (never committed). Returns the relay's port and its trigger.
+async fn lossy_relay(upstream: String) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU8>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::SeqCst};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const COMMIT: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let armed = Arc::new(AtomicU8::new(0));
+    let trigger = Arc::clone(&armed);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let armed = Arc::clone(&armed);
+            tokio::spawn(async move {
+                let (mut client_in, mut client_out) = client.into_split();
+                let (mut server_in, mut server_out) = server.into_split();
+                let cut = Arc::new(AtomicBool::new(false));
+                let cut_down = Arc::clone(&cut);
+                let down = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65_536];
+                    while let Ok(n @ 1..) = server_in.read(&mut buf).await {
+                        if cut_down.load(SeqCst) || client_out.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let mut buf = vec![0u8; 65_536];
+                while let Ok(n @ 1..) = client_in.read(&mut buf).await {
+                    let chunk = &buf[..n];
+                    // The simple-protocol query `COMMIT`, as sqlx sends it.
+                    if chunk.windows(COMMIT.len()).any(|w| w == COMMIT) {
+                        match armed.swap(0, SeqCst) {
+                            1 => {
+                                cut.store(true, SeqCst);
+                                let _ = server_out.write_all(chunk).await;
+                                // Time for the server to commit before the cut.
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                                break;
+                            }
+                            2 => {
+                                cut.store(true, SeqCst);
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    if server_out.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                // Dropping both halves of both sockets closes them.
+                down.abort();
+            });
+        }
+    });
+    (port, trigger)
+}
+
+/// A commit whose answer is lost is looked up (PostgreSQL's `txid_status`),
+/// not guessed: a start that did commit is acknowledged once, not run again
+/// (which would start a second instance); one that did not is run again.
+#[tokio::test]
+async fn a_lost_commit_answer_is_looked_up_not_guessed() {
+    use sqlx::Connection;
+    use std::sync::atomic::Ordering::SeqCst;
+    use tramite_engine::runtime::{Engine, EngineConfig, StartInstance};
+    use tramite_tests::engine::TestDb;
+    let db = TestDb::new(Db::Postgres).await;
+    let authority_start = db
+        .url
+        .find('@')
+        .map_or(db.url.find("://").unwrap() + 3, |i| i + 1);
+    let authority_end = authority_start + db.url[authority_start..].find('/').unwrap();
+    let upstream = db.url[authority_start..authority_end].to_owned();
+    let (port, trigger) = lossy_relay(upstream.clone()).await;
+    let mut config = EngineConfig::new(db.url.replace(&upstream, &format!("127.0.0.1:{port}")));
+    config.catalog = tramite_connectors::catalog();
+    config.connectors = tramite_connectors::Simulators::new().connectors();
+    let engine = Engine::open(config).await.unwrap();
+    engine
+        .deploy_dir(&tramite_tests::repo_root().join("processes"))
+        .await
+        .unwrap();
+    let mut direct = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    for (mode, key) in [(1, "RESPUESTA-PERDIDA-1"), (2, "RESPUESTA-PERDIDA-2")] {
+        trigger.store(mode, SeqCst);
+        let id = engine
+            .start(StartInstance {
+                code: P06.to_owned(),
+                business_key: key.to_owned(),
+                channel: "ivr".to_owned(),
+                data: tramite_tests::engine::object(json!({"telefono": PHONE})),
+                actor: "test".to_owned(),
+                request_id: None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("mode {mode}: the start is acknowledged: {e}"));
+        assert_eq!(
+            trigger.load(SeqCst),
+            0,
+            "mode {mode}: the relay cut a COMMIT"
+        );
+        let stored: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM instances WHERE business_key = $1")
+                .bind(key)
+                .fetch_all(&mut direct)
+                .await
+                .unwrap();
+        assert_eq!(stored, vec![id], "mode {mode}: started exactly once");
+    }
+    engine.shutdown().await;
+}

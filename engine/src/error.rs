@@ -124,6 +124,13 @@ pub enum Error {
     /// The engine is shutting down and takes no more commands.
     #[error("the engine is shutting down")]
     Stopped,
+    /// The connection broke while committing and the database could not be
+    /// asked afterwards whether the commit happened: the command may or may
+    /// not have taken effect. Never answered as success, never run again.
+    #[error(
+        "the database connection was lost while committing; the change may or may not have been made"
+    )]
+    CommitOutcomeUnknown,
 }
 
 impl From<sqlx::Error> for Error {

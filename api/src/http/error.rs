@@ -164,6 +164,12 @@ impl Error {
                     e.to_string(),
                     none,
                 ),
+                E::CommitOutcomeUnknown => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "commit-outcome-unknown",
+                    e.to_string(),
+                    none,
+                ),
                 E::Stopped => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "shutting-down",

@@ -83,6 +83,12 @@ impl Writer {
         let scheduled = std::sync::atomic::AtomicBool::new(false);
         let results = match self.batch(&envelopes, &touched, &scheduled).await {
             Ok(results) => results,
+            // Running them again could do them twice; answering success
+            // could be a lie.
+            Err(Error::CommitOutcomeUnknown) => envelopes
+                .iter()
+                .map(|_| Err(Error::CommitOutcomeUnknown))
+                .collect(),
             Err(e) => {
                 // The commit itself failed (or the connection did): run each
                 // command alone so that one bad apple cannot sink the rest.
@@ -138,6 +144,7 @@ impl Writer {
     ) -> Result<Vec<Result<Reply, Error>>, Error> {
         let mut conn = self.store.writes().acquire().await?;
         let mut tx = conn.begin().await?;
+        let xid = transaction_id(&mut tx, self.store.backend()).await?;
         let ctx = Ctx {
             backend: self.store.backend(),
             processes: &self.processes,
@@ -155,7 +162,7 @@ impl Writer {
                     if ctx.scheduled.load(std::sync::atomic::Ordering::Relaxed) {
                         announce_jobs(&mut tx, ctx.backend).await?;
                     }
-                    tx.commit().await?;
+                    self.commit(tx, xid).await?;
                     touched
                         .lock()
                         .expect("touched lock")
@@ -206,7 +213,7 @@ impl Writer {
         if scheduled.load(std::sync::atomic::Ordering::Relaxed) {
             announce_jobs(&mut tx, ctx.backend).await?;
         }
-        tx.commit().await?;
+        self.commit(tx, xid).await?;
         self.stats
             .commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -225,6 +232,7 @@ impl Writer {
             let result = async {
                 let mut conn = self.store.writes().acquire().await?;
                 let mut tx = conn.begin().await?;
+                let xid = transaction_id(&mut tx, self.store.backend()).await?;
                 let ctx = Ctx {
                     backend: self.store.backend(),
                     processes: &self.processes,
@@ -237,7 +245,7 @@ impl Writer {
                 if ctx.scheduled.load(std::sync::atomic::Ordering::Relaxed) {
                     announce_jobs(&mut tx, ctx.backend).await?;
                 }
-                tx.commit().await?;
+                self.commit(tx, xid).await?;
                 touched
                     .lock()
                     .expect("touched lock")
@@ -257,6 +265,74 @@ impl Writer {
             }
         }
     }
+}
+
+impl Writer {
+    /// Commits `tx`. When the commit fails — typically the connection broke
+    /// after COMMIT was sent — PostgreSQL is asked what became of the
+    /// transaction `xid`: committed means the batch's results stand (running
+    /// it again would start an instance twice); aborted means it can run
+    /// again; no answer means nobody can tell.
+    async fn commit(
+        &self,
+        tx: sqlx::Transaction<'_, sqlx::Any>,
+        xid: Option<i64>,
+    ) -> Result<(), Error> {
+        let Err(e) = tx.commit().await else {
+            return Ok(());
+        };
+        let Some(xid) = xid else {
+            return Err(Error::Store(e.into()));
+        };
+        match self.transaction_status(xid).await {
+            Some(true) => {
+                tracing::warn!(error = %e, xid, "the commit's answer was lost; the transaction committed");
+                Ok(())
+            }
+            Some(false) => Err(Error::Store(e.into())),
+            None => {
+                tracing::error!(error = %e, xid, "the commit's answer was lost and its outcome cannot be read");
+                Err(Error::CommitOutcomeUnknown)
+            }
+        }
+    }
+
+    /// Whether PostgreSQL's transaction `xid` committed (`None`: it could
+    /// not be told within a few seconds).
+    async fn transaction_status(&self, xid: i64) -> Option<bool> {
+        for _ in 0..50 {
+            let status: Result<Option<String>, sqlx::Error> =
+                sqlx::query_scalar("SELECT txid_status($1)")
+                    .bind(xid)
+                    .fetch_one(self.store.pool())
+                    .await;
+            match status.as_ref().map(Option::as_deref) {
+                Ok(Some("committed")) => return Some(true),
+                Ok(Some("aborted")) => return Some(false),
+                // Still in progress on the server (its backend has not seen
+                // the connection go), or the database is unreachable.
+                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+        None
+    }
+}
+
+/// PostgreSQL's id of the transaction `tx` (assigned now), so that the
+/// outcome of a commit whose answer is lost can be asked for; `None` on
+/// SQLite, whose commits are local calls.
+async fn transaction_id(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: crate::store::Backend,
+) -> Result<Option<i64>, Error> {
+    if backend != crate::store::Backend::Postgres {
+        return Ok(None);
+    }
+    let xid: i64 = sqlx::query_scalar("SELECT txid_current()")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(|e| Error::Store(e.into()))?;
+    Ok(Some(xid))
 }
 
 /// The channel on which PostgreSQL tells every engine node that jobs were
