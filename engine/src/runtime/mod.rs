@@ -91,7 +91,7 @@ impl EngineConfig {
             poll: Duration::from_millis(200),
             default_timeout: Duration::from_secs(30),
             max_batch: 1024,
-            writers: 4,
+            writers: 8,
             node_name: "tramite".to_owned(),
         }
     }

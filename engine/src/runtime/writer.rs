@@ -22,6 +22,12 @@ pub(crate) struct Envelope {
     pub(crate) reply: oneshot::Sender<Result<Reply, Error>>,
 }
 
+/// Most commands a PostgreSQL lane takes into one transaction. Its
+/// statements are round trips one after another, so a batch's callers all
+/// wait for the whole batch: many small batches on parallel lanes answer
+/// sooner than one large batch on one lane.
+const LANE_BATCH: usize = 8;
+
 /// What the writer needs.
 #[derive(Clone)]
 pub(crate) struct Writer {
@@ -63,13 +69,10 @@ impl Writer {
     /// command locks its instance's row, and a deadlock between two lanes'
     /// batches falls back to running their commands one by one.
     pub(crate) async fn run_lane(self, inbox: Arc<tokio::sync::Mutex<mpsc::Receiver<Envelope>>>) {
-        let mut batch: Vec<Envelope> = Vec::with_capacity(self.max_batch);
+        let most = self.max_batch.min(LANE_BATCH);
+        let mut batch: Vec<Envelope> = Vec::with_capacity(most);
         loop {
-            let got = inbox
-                .lock()
-                .await
-                .recv_many(&mut batch, self.max_batch)
-                .await;
+            let got = inbox.lock().await.recv_many(&mut batch, most).await;
             if got == 0 {
                 return;
             }

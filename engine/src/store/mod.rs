@@ -122,9 +122,11 @@ impl Store {
             Backend::Sqlite => sqlite::migrator().run(&writes).await?,
             Backend::Postgres => postgres::migrator().run(&writes).await?,
         }
+        // PostgreSQL: 12 for reads, with 8 write lanes and one listener a
+        // node holds 21 connections, so 4 nodes fit the server's default 100.
         let pool = pool(match backend {
             Backend::Sqlite => 8,
-            Backend::Postgres => 16,
+            Backend::Postgres => 12,
         })
         .await?;
         Ok(Store {
