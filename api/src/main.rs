@@ -135,6 +135,10 @@ enum Command {
         /// take it over (plus the job's own timeout), seconds.
         #[arg(long, env = "TRAMITE_LEASE_SECONDS", default_value_t = 30)]
         lease_seconds: u64,
+        /// PostgreSQL: write transactions this node runs side by side. Size
+        /// the sum over all nodes to the database's cores (docs/scaling.md).
+        #[arg(long, env = "TRAMITE_WRITERS", default_value_t = 8)]
+        writers: usize,
     },
     /// Serve the NAF, GIS and Smartflex simulators over HTTP (the systems
     /// connectors/config/*.yaml point at), with optional faults.
@@ -328,6 +332,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             whatsapp_message,
             whatsapp_country_code,
             lease_seconds,
+            writers,
         } => {
             let whatsapp = match (
                 std::env::var("WHATSAPP_APP_SECRET"),
@@ -357,6 +362,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     connectors,
                     whatsapp,
                     lease: std::time::Duration::from_secs(lease_seconds.max(1)),
+                    writers: writers.max(1),
                 },
                 &mut stdout,
             ))

@@ -27,6 +27,8 @@ pub(crate) struct Settings {
     pub(crate) connectors: Option<PathBuf>,
     pub(crate) whatsapp: Option<tramite_api::http::WhatsApp>,
     pub(crate) lease: std::time::Duration,
+    /// PostgreSQL write lanes.
+    pub(crate) writers: usize,
 }
 
 fn token() -> String {
@@ -95,6 +97,7 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
     config.catalog = catalog;
     config.connectors = connectors.clone();
     config.lease = s.lease;
+    config.writers = s.writers;
     config.node_name = format!("{}-{}", s.bind, std::process::id());
     let engine = Engine::open(config).await?;
     let deployed = engine.deploy_dir(&s.processes).await?;
