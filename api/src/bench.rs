@@ -84,17 +84,17 @@ impl std::fmt::Display for Report {
 }
 
 pub(crate) fn peak_rss_mb() -> f64 {
-    status_mb("VmHWM:")
+    status_mb("/proc/self/status", "VmHWM:")
 }
 
 /// Resident memory now, MB.
 pub(crate) fn rss_mb() -> f64 {
-    status_mb("VmRSS:")
+    status_mb("/proc/self/status", "VmRSS:")
 }
 
-/// A `/proc/self/status` line in kB, as MB (0 where there is no /proc).
-fn status_mb(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A line of a `/proc/<pid>/status` file in kB, as MB (0 where there is no /proc).
+pub(crate) fn status_mb(status: &str, field: &str) -> f64 {
+    std::fs::read_to_string(status)
         .ok()
         .and_then(|s| {
             s.lines().find(|l| l.starts_with(field)).and_then(|l| {

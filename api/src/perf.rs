@@ -690,14 +690,7 @@ impl Node {
 
     /// The child's peak resident memory (VmHWM), MB.
     fn peak_rss_mb(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            })
-            .map_or(0.0, |kb| kb / 1024.0)
+        crate::bench::status_mb(&format!("/proc/{}/status", self.child.id()), "VmHWM:")
     }
 }
 

@@ -167,13 +167,10 @@ impl Engine {
                 inbox,
                 tokio::runtime::Handle::current(),
             )?),
-            None if config.writers <= 1 => {
-                WriterHandle::Tasks(vec![tokio::spawn(writer.run(inbox))])
-            }
             None => {
                 let inbox = Arc::new(tokio::sync::Mutex::new(inbox));
                 WriterHandle::Tasks(
-                    (0..config.writers)
+                    (0..config.writers.max(1))
                         .map(|_| tokio::spawn(writer.clone().run_lane(Arc::clone(&inbox))))
                         .collect(),
                 )

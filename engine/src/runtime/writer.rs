@@ -54,17 +54,8 @@ pub struct Stats {
 }
 
 impl Writer {
-    /// Runs until every sender is gone, then returns.
-    pub(crate) async fn run(self, mut inbox: mpsc::Receiver<Envelope>) {
-        let mut batch: Vec<Envelope> = Vec::with_capacity(self.max_batch);
-        while inbox.recv_many(&mut batch, self.max_batch).await > 0 {
-            let envelopes = std::mem::take(&mut batch);
-            self.execute(envelopes).await;
-        }
-    }
-
-    /// One of several lanes sharing `inbox` (PostgreSQL): each takes what
-    /// is waiting when it is free and runs it as one transaction, side by
+    /// One of the lanes sharing `inbox` (PostgreSQL), until every sender is
+    /// gone: each takes what is waiting when it is free and runs it as one transaction, side by
     /// side with the others. Lanes are as safe as engine nodes are: every
     /// command locks its instance's row, and a deadlock between two lanes'
     /// batches falls back to running their commands one by one.
