@@ -1,5 +1,6 @@
-//! The write path: one task owns a database connection and executes
-//! commands in batches. Every command of a batch runs in its own savepoint
+//! The write path: on SQLite one thread owns the database connection, on
+//! PostgreSQL a few lanes each own one; each executes commands in batches.
+//! Every command of a batch runs in its own savepoint
 //! (so one failing command changes nothing and does not disturb the others)
 //! and the batch commits once: with SQLite's `synchronous=FULL`, one fsync
 //! acknowledges many commands (group commit). A command's reply is sent only
@@ -55,10 +56,11 @@ pub struct Stats {
 
 impl Writer {
     /// One of the lanes sharing `inbox` (PostgreSQL), until every sender is
-    /// gone: each takes what is waiting when it is free and runs it as one transaction, side by
-    /// side with the others. Lanes are as safe as engine nodes are: every
-    /// command locks its instance's row, and a deadlock between two lanes'
-    /// batches falls back to running their commands one by one.
+    /// gone: each takes what is waiting when it is free (at most
+    /// [`LANE_BATCH`]) and runs it as one transaction, side by side with the
+    /// others. Lanes are as safe as engine nodes are: every command locks its
+    /// instance's row, and a deadlock between two lanes' batches falls back
+    /// to running their commands one by one.
     pub(crate) async fn run_lane(self, inbox: Arc<tokio::sync::Mutex<mpsc::Receiver<Envelope>>>) {
         let most = self.max_batch.min(LANE_BATCH);
         let mut batch: Vec<Envelope> = Vec::with_capacity(most);
@@ -259,9 +261,7 @@ impl Writer {
             }
         }
     }
-}
 
-impl Writer {
     /// Commits `tx`. When the commit fails — typically the connection broke
     /// after COMMIT was sent — PostgreSQL is asked what became of the
     /// transaction `xid`: committed means the batch's results stand (running
