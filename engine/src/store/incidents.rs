@@ -124,7 +124,7 @@ pub async fn list(
 ) -> Result<Vec<IncidentRow>, Error> {
     let sql = sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM incidents WHERE ($1 IS NULL OR status = $1) \
-         AND ($2 IS NULL OR instance_id = $2) ORDER BY created_at DESC LIMIT $3"
+         AND ($2 IS NULL OR instance_id = $2) ORDER BY created_at DESC LIMIT CAST($3 AS BIGINT)"
     ));
     let rows = sqlx::query(sql)
         .bind(status)

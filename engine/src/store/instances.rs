@@ -172,7 +172,7 @@ pub async fn by_status(
     limit: i64,
 ) -> Result<Vec<InstanceRow>, Error> {
     let sql = sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM instances WHERE status = $1 ORDER BY started_at LIMIT $2"
+        "SELECT {COLUMNS} FROM instances WHERE status = $1 ORDER BY started_at LIMIT CAST($2 AS BIGINT)"
     ));
     let rows = sqlx::query(sql)
         .bind(status)
@@ -264,7 +264,7 @@ pub async fn list(conn: &mut Conn, f: &InstanceFilter) -> Result<Vec<InstanceRow
         clauses.push(format!("(started_at, id) < ({a}, {b})"));
     }
     let sql = format!(
-        "SELECT {COLUMNS} FROM instances WHERE {} ORDER BY started_at DESC, id DESC LIMIT {}",
+        "SELECT {COLUMNS} FROM instances WHERE {} ORDER BY started_at DESC, id DESC LIMIT CAST({} AS BIGINT)",
         clauses.join(" AND "),
         next()
     );

@@ -183,7 +183,7 @@ pub async fn delivered(conn: &mut Conn, id: &str, instance: &str) -> Result<(), 
 pub async fn list(conn: &mut Conn, status: &str, limit: i64) -> Result<Vec<MessageRow>, Error> {
     let rows = sqlx::query(
         "SELECT id, message_name, correlation_key, payload, status, instance_id, received_at, expires_at \
-         FROM messages WHERE status = $1 ORDER BY received_at DESC LIMIT $2",
+         FROM messages WHERE status = $1 ORDER BY received_at DESC LIMIT CAST($2 AS BIGINT)",
     )
     .bind(status)
     .bind(limit)

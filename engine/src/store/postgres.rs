@@ -42,7 +42,7 @@ pub(super) fn migrator() -> Migrator {
 /// waiting on each other's rows, and never the same row twice.
 pub(super) const CLAIM_JOBS: &str = "WITH due AS ( \
          SELECT id FROM jobs WHERE status IN ('ready', 'running') AND run_at <= $3 \
-         ORDER BY run_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+         ORDER BY run_at LIMIT CAST($4 AS BIGINT) FOR UPDATE SKIP LOCKED) \
      UPDATE jobs j SET status = 'running', lease_owner = $1, lease_until = $2 + COALESCE(timeout_ms, $5), run_at = $2 + COALESCE(timeout_ms, $5), \
          attempts = j.attempts + 1 \
      FROM due WHERE j.id = due.id \

@@ -73,6 +73,6 @@ pub(super) fn migrator() -> Migrator {
 pub(super) const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', lease_owner = $1, \
      lease_until = $2 + COALESCE(timeout_ms, $5), run_at = $2 + COALESCE(timeout_ms, $5), attempts = attempts + 1 \
      WHERE id IN (SELECT id FROM jobs WHERE status IN ('ready', 'running') AND run_at <= $3 \
-                  ORDER BY run_at LIMIT $4) \
+                  ORDER BY run_at LIMIT CAST($4 AS BIGINT)) \
      RETURNING id, instance_id, token, node_id, kind, connector, operation, input, \
                idempotency_key, attempts, max_attempts, timeout_ms";
