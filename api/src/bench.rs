@@ -23,6 +23,8 @@ pub(crate) struct Settings {
     /// Engines sharing the database (more than one needs PostgreSQL);
     /// client `i` sends its commands to engine `i % nodes`.
     pub(crate) nodes: usize,
+    /// PostgreSQL write lanes per engine (`None`: the engine's default).
+    pub(crate) writers: Option<usize>,
 }
 
 /// What was measured.
@@ -266,6 +268,9 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, tramite_engine::Er
         config.workers = 256;
         config.poll = Duration::from_millis(5);
         config.node_name = format!("bench-{node}");
+        if let Some(writers) = settings.writers {
+            config.writers = writers.max(1);
+        }
         let engine = Engine::open(config).await?;
         engine.deploy_dir(std::path::Path::new("processes")).await?;
         engine.start_workers();

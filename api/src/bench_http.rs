@@ -35,6 +35,8 @@ pub(crate) struct Settings {
     pub(crate) nodes: usize,
     /// The completion phase is run once for each of these client counts.
     pub(crate) completion_clients: Vec<usize>,
+    /// PostgreSQL write lanes per engine (`None`: the engine's default).
+    pub(crate) writers: Option<usize>,
 }
 
 const AGENT_TOKEN: &str = "bench-agent-token";
@@ -129,6 +131,9 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, Error> {
         config.catalog = tramite_connectors::catalog();
         config.connectors = sims.connectors();
         config.node_name = format!("bench-http-{node}");
+        if let Some(writers) = settings.writers {
+            config.writers = writers.max(1);
+        }
         let engine = Engine::open(config).await?;
         engine.deploy_dir(std::path::Path::new("processes")).await?;
         engine.start_workers();

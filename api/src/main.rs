@@ -188,6 +188,9 @@ enum Command {
         /// beyond 1); clients are spread over them.
         #[arg(long, default_value_t = 1)]
         nodes: usize,
+        /// PostgreSQL write lanes per engine (default: the engine's own, 8).
+        #[arg(long)]
+        writers: Option<usize>,
     },
     /// The performance suite: every benchmark on SQLite and, with
     /// --postgres, on PostgreSQL with one and two nodes; prints a table
@@ -207,6 +210,12 @@ enum Command {
         /// Also write the table as Markdown to this file.
         #[arg(long)]
         markdown: Option<PathBuf>,
+        /// PostgreSQL write lanes in all, divided among the nodes of a run,
+        /// so that one and two nodes put the same write concurrency on the
+        /// database (the two-node ratio then measures contention, not
+        /// oversubscribed cores).
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
     },
     /// Print the HTTP API's OpenAPI 3.1 document (as served at /api/openapi.json).
     Openapi,
@@ -233,6 +242,9 @@ enum Command {
         /// (default: --clients).
         #[arg(long, value_delimiter = ',')]
         completion_clients: Vec<usize>,
+        /// PostgreSQL write lanes per engine (default: the engine's own, 8).
+        #[arg(long)]
+        writers: Option<usize>,
     },
 }
 
@@ -399,6 +411,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             clients,
             database_url,
             nodes,
+            writers,
         } => {
             let runtime = runtime()?;
             let report = runtime.block_on(bench::run(bench::Settings {
@@ -406,6 +419,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 clients,
                 database_url,
                 nodes,
+                writers,
             }))?;
             writeln!(stdout, "{report}")?;
             Ok(())
@@ -417,6 +431,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             database_url,
             nodes,
             completion_clients,
+            writers,
         } => {
             let runtime = runtime()?;
             let report = runtime.block_on(bench_http::run(bench_http::Settings {
@@ -430,6 +445,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 } else {
                     completion_clients
                 },
+                writers,
             }))?;
             writeln!(stdout, "{report}")?;
             Ok(())
@@ -439,6 +455,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             postgres,
             json,
             markdown,
+            writers,
         } => {
             let runtime = runtime()?;
             runtime.block_on(perf::run(
@@ -447,6 +464,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     postgres,
                     json,
                     markdown,
+                    writers: writers.max(1),
                 },
                 &mut stdout,
             ))

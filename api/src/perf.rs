@@ -34,6 +34,8 @@ pub(crate) struct Settings {
     /// Where the table goes as Markdown, if anywhere (docs/benchmarks.md
     /// takes it as it is).
     pub(crate) markdown: Option<PathBuf>,
+    /// PostgreSQL write lanes in all, divided among a run's nodes.
+    pub(crate) writers: usize,
 }
 
 /// How much work each benchmark does.
@@ -139,7 +141,13 @@ pub(crate) async fn run(settings: Settings, out: &mut impl std::io::Write) -> Re
     let size = Size::of(settings.quick, false);
     sizes.insert("sqlite".into(), json!(size));
     let sqlite = Backend::Sqlite { dir: dir.clone() };
-    for m in suite(&sqlite, 1, size, &users, out).await? {
+    let run = Run {
+        nodes: 1,
+        size,
+        users: &users,
+        writers: None,
+    };
+    for m in suite(&sqlite, run, out).await? {
         all.push(m);
     }
     if let Some(server) = &settings.postgres {
@@ -148,8 +156,16 @@ pub(crate) async fn run(settings: Settings, out: &mut impl std::io::Write) -> Re
         let pg = Backend::Postgres {
             server: server.trim_end_matches('/').to_owned(),
         };
-        let one = suite(&pg, 1, size, &users, out).await?;
-        let two = suite(&pg, 2, size, &users, out).await?;
+        // One budget of write lanes, divided among the nodes: the same
+        // write concurrency on the database's cores either way.
+        let run = |nodes: usize| Run {
+            nodes,
+            size,
+            users: &users,
+            writers: Some((settings.writers / nodes).max(1)),
+        };
+        let one = suite(&pg, run(1), out).await?;
+        let two = suite(&pg, run(2), out).await?;
         let ratios = scale_out(&one, &two);
         all.extend(one);
         all.extend(two);
@@ -288,14 +304,29 @@ async fn admin(server: &str, sql: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Every benchmark on one backend with `nodes` engine nodes.
-async fn suite(
-    backend: &Backend,
+/// One backend's runs: how many nodes, how big.
+#[derive(Clone, Copy)]
+struct Run<'a> {
     nodes: usize,
     size: Size,
-    users: &Path,
+    /// The users file the `tramite serve` children read.
+    users: &'a Path,
+    /// Write lanes per node (PostgreSQL; `None`: the engine's default).
+    writers: Option<usize>,
+}
+
+/// Every benchmark on one backend with `run.nodes` engine nodes.
+async fn suite(
+    backend: &Backend,
+    run: Run<'_>,
     out: &mut impl std::io::Write,
 ) -> Result<Vec<Measurement>, Error> {
+    let Run {
+        nodes,
+        size,
+        writers,
+        ..
+    } = run;
     let name = backend.name();
     let mut found = Vec::new();
     let m = |label: String, id: &'static str| Measurement {
@@ -310,7 +341,10 @@ async fn suite(
         p99_ms: None,
         aim: None,
     };
-    writeln!(out, "== {name}, {nodes} node(s)")?;
+    match writers {
+        Some(w) => writeln!(out, "== {name}, {nodes} node(s), {w} write lanes each")?,
+        None => writeln!(out, "== {name}, {nodes} node(s)")?,
+    }
 
     // P06 end to end, in-process.
     let url = backend.fresh("p06").await?;
@@ -320,6 +354,7 @@ async fn suite(
         clients: size.clients,
         database_url: Some(url.clone()),
         nodes,
+        writers,
     })
     .await?;
     let after = Counters::read(backend, &url).await?;
@@ -386,7 +421,7 @@ async fn suite(
 
     // P06 end to end over HTTP, against `tramite serve` processes.
     let url = backend.fresh("http").await?;
-    let r = p06_over_http(&url, nodes, size, users).await?;
+    let r = p06_over_http(&url, run).await?;
     backend.drop_database(&url).await?;
     found.push(Measurement {
         clients: Some(size.clients),
@@ -419,6 +454,7 @@ async fn suite(
         database_url: Some(url.clone()),
         nodes,
         completion_clients: size.completion_clients.to_vec(),
+        writers,
     })
     .await?;
     backend.drop_database(&url).await?;
@@ -463,7 +499,7 @@ async fn suite(
     // Start-up and memory: what one node does, so measured with one.
     if nodes == 1 {
         let url = backend.fresh("memory").await?;
-        let r = start_and_memory(&url, size, users).await?;
+        let r = start_and_memory(&url, run).await?;
         backend.drop_database(&url).await?;
         found.push(Measurement {
             value: r.cold_start_ms,
@@ -638,24 +674,28 @@ impl Drop for Node {
 }
 
 impl Node {
-    fn spawn(url: &str, users: &Path) -> Result<Node, Error> {
+    fn spawn(url: &str, users: &Path, writers: Option<usize>) -> Result<Node, Error> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(Error::Output)?
             .port();
         let exe = std::env::current_exe().map_err(Error::Output)?;
-        let child = Command::new(exe)
-            .args([
-                "serve",
-                "--database-url",
-                url,
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-                "--users",
-                &users.display().to_string(),
-                "--processes",
-                "processes",
-            ])
+        let mut command = Command::new(exe);
+        command.args([
+            "serve",
+            "--database-url",
+            url,
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--users",
+            &users.display().to_string(),
+            "--processes",
+            "processes",
+        ]);
+        if let Some(writers) = writers {
+            command.args(["--writers", &writers.to_string()]);
+        }
+        let child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -730,16 +770,17 @@ struct HttpP06 {
 /// start, each task from the inbox (filtered by the request's business key,
 /// which OPR-PAS-P02's tasks share), the client's WhatsApp message. Waits for
 /// the connectors' jobs by asking again every 2 ms.
-async fn p06_over_http(
-    url: &str,
-    nodes: usize,
-    size: Size,
-    users: &Path,
-) -> Result<HttpP06, Error> {
+async fn p06_over_http(url: &str, run: Run<'_>) -> Result<HttpP06, Error> {
+    let Run {
+        nodes,
+        size,
+        users,
+        writers,
+    } = run;
     let client = http_client(size.clients)?;
     let mut servers = Vec::new();
     for _ in 0..nodes.max(1) {
-        let mut node = Node::spawn(url, users)?;
+        let mut node = Node::spawn(url, users, writers)?;
         node.ready(&client, Instant::now()).await?;
         servers.push(node);
     }
@@ -898,10 +939,16 @@ struct StartAndMemory {
 /// Start-up on a new database; then, with `size.waiting` instances waiting
 /// at a task, start-up again and the peak memory after some inbox pages and
 /// completions.
-async fn start_and_memory(url: &str, size: Size, users: &Path) -> Result<StartAndMemory, Error> {
+async fn start_and_memory(url: &str, run: Run<'_>) -> Result<StartAndMemory, Error> {
+    let Run {
+        size,
+        users,
+        writers,
+        ..
+    } = run;
     let client = http_client(64)?;
     let t = Instant::now();
-    let mut node = Node::spawn(url, users)?;
+    let mut node = Node::spawn(url, users, writers)?;
     let cold_start_ms = node.ready(&client, t).await?;
     drop(node);
 
@@ -915,7 +962,7 @@ async fn start_and_memory(url: &str, size: Size, users: &Path) -> Result<StartAn
     engine.shutdown().await;
 
     let t = Instant::now();
-    let mut node = Node::spawn(url, users)?;
+    let mut node = Node::spawn(url, users, writers)?;
     let warm_start_ms = node.ready(&client, t).await?;
     // Work as a call centre would: 64 agents read pages of the inbox and
     // complete the first task of a request.
