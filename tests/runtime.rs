@@ -360,6 +360,76 @@ async fn completed_once(db: Db) {
 }
 on_both_backends!(p06_task_completed_once, super::completed_once);
 
+/// Good and bad completions sent at once share the writer's batches: every
+/// good one commits and every bad one changes nothing, whatever the mix.
+async fn good_and_bad_commands_at_once(db: Db) {
+    let h = Harness::new(db).await;
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+        h.complete(&id, "recibir_llamada", "atendida", json!({}))
+            .await;
+        ids.push(id);
+    }
+    let mut before = Vec::new();
+    let mut sends = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        before.push(h.instance(id).await.revision);
+        let task = h.task(id, "identificar_cliente").await;
+        // Every third one has a form error (`ci` must be digits).
+        let data = if n % 3 == 0 {
+            json!({"nombre_cliente": "Ana", "servicio_solicitado": "internet_fibra", "ci": "12ab"})
+        } else {
+            json!({"nombre_cliente": "Ana", "servicio_solicitado": "internet_fibra", "ci": format!("{}", 4_000_000 + n)})
+        };
+        let engine = h.engine.clone();
+        sends.push(tokio::spawn(async move {
+            engine
+                .complete(CompleteTask {
+                    task: task.id,
+                    user: "agente1".to_owned(),
+                    outcome: "continuar".to_owned(),
+                    data: tramite_tests::engine::object(data),
+                    roles: None,
+                })
+                .await
+        }));
+    }
+    let results = futures_join(sends).await;
+    for (n, (id, result)) in ids.iter().zip(&results).enumerate() {
+        let after = h.instance(id).await;
+        if n % 3 == 0 {
+            assert!(
+                matches!(result, Err(Error::InvalidData { .. })),
+                "{n}: {result:?}"
+            );
+            assert_eq!(
+                after.revision, before[n],
+                "{n}: a refused command changed nothing"
+            );
+            assert_eq!(h.task(id, "identificar_cliente").await.status, "open");
+        } else {
+            assert!(result.is_ok(), "{n}: {result:?}");
+            assert!(
+                after.revision > before[n],
+                "{n}: the good command committed"
+            );
+            assert!(
+                h.history(id)
+                    .await
+                    .iter()
+                    .filter(|k| *k == "task_completed")
+                    .count()
+                    == 2
+            );
+        }
+    }
+}
+on_both_backends!(
+    good_and_bad_commands_share_batches,
+    super::good_and_bad_commands_at_once
+);
+
 async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::with_capacity(handles.len());
     for h in handles {
