@@ -564,6 +564,7 @@ impl Writer {
 }
 
 /// One SQLite batch: its commands and where its side results go.
+#[derive(Clone, Copy)]
 struct SqliteBatch<'a> {
     envelopes: &'a [Envelope],
     touched: &'a std::sync::Mutex<Vec<String>>,
