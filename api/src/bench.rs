@@ -269,7 +269,7 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, tramite_engine::Er
         config.poll = Duration::from_millis(5);
         config.node_name = format!("bench-{node}");
         if let Some(writers) = settings.writers {
-            config.writers = writers.max(1);
+            config.writers = writers;
         }
         let engine = Engine::open(config).await?;
         engine.deploy_dir(std::path::Path::new("processes")).await?;

@@ -132,7 +132,7 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, Error> {
         config.connectors = sims.connectors();
         config.node_name = format!("bench-http-{node}");
         if let Some(writers) = settings.writers {
-            config.writers = writers.max(1);
+            config.writers = writers;
         }
         let engine = Engine::open(config).await?;
         engine.deploy_dir(std::path::Path::new("processes")).await?;

@@ -374,7 +374,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     connectors,
                     whatsapp,
                     lease: std::time::Duration::from_secs(lease_seconds.max(1)),
-                    writers: writers.max(1),
+                    writers,
                 },
                 &mut stdout,
             ))
@@ -464,7 +464,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     postgres,
                     json,
                     markdown,
-                    writers: writers.max(1),
+                    writers,
                 },
                 &mut stdout,
             ))

@@ -535,15 +535,16 @@ impl Writer {
             let made_jobs = ctx
                 .scheduled
                 .swap(false, std::sync::atomic::Ordering::Relaxed);
-            match (&result, alone, savepoints) {
-                (Ok(_), false, true) => sql(conn, "RELEASE command")?,
-                (Err(_), false, true) => sql(conn, "ROLLBACK TO command; RELEASE command")?,
-                (Err(_), false, false) => {
+            match (&result, savepoints) {
+                (Ok(_), true) => sql(conn, "RELEASE command")?,
+                (Err(_), true) => sql(conn, "ROLLBACK TO command; RELEASE command")?,
+                (Err(_), false) => {
                     sql(conn, "ROLLBACK")?;
-                    return Ok(None);
+                    if !alone {
+                        return Ok(None);
+                    }
                 }
-                (Err(_), true, _) => sql(conn, "ROLLBACK")?,
-                (Ok(_), _, _) => {}
+                (Ok(_), false) => {}
             }
             if result.is_ok() {
                 touched.lock().expect("touched lock").append(&mut changed);

@@ -76,3 +76,92 @@ pub(super) const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', lease_o
                   ORDER BY run_at LIMIT CAST($4 AS BIGINT)) \
      RETURNING id, instance_id, token, node_id, kind, connector, operation, input, \
                idempotency_key, attempts, max_attempts, timeout_ms";
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::{Connection, StatementStatus};
+
+    use super::super::tasks::{Filter, list_sql};
+    use super::{CLAIM_JOBS, migrator};
+
+    /// The schema the engine migrates to, in memory.
+    fn schema() -> Connection {
+        let conn = Connection::open_in_memory().expect("in-memory SQLite");
+        for migration in migrator().iter() {
+            conn.execute_batch(migration.sql.as_str())
+                .expect("migration");
+        }
+        conn
+    }
+
+    /// Runs `sql` once per set of values (bound by `$N` name) and tells how
+    /// often SQLite re-prepared it.
+    fn reprepares(conn: &Connection, sql: &str, runs: &[Vec<rusqlite::types::Value>]) -> i32 {
+        let mut stmt = conn.prepare(sql).expect("statement");
+        for values in runs {
+            for (i, v) in values.iter().enumerate() {
+                let at = stmt
+                    .parameter_index(&format!("${}", i + 1))
+                    .expect("parameter name")
+                    .expect("parameter present");
+                stmt.raw_bind_parameter(at, v).expect("bind");
+            }
+            let mut rows = stmt.raw_query();
+            while rows.next().expect("step").is_some() {}
+        }
+        stmt.get_status(StatementStatus::RePrepare)
+    }
+
+    /// A bare `LIMIT $1` makes SQLite plan with the bound value, so each
+    /// new value re-prepares the statement (it was half the read path's CPU
+    /// under load); the inbox's statement must stay prepared.
+    #[test]
+    fn an_inbox_page_is_not_re_prepared_for_new_values() {
+        use rusqlite::types::Value::{Integer, Text};
+        let conn = schema();
+        let filter = Filter {
+            roles: vec!["agente".to_owned()],
+            instance_id: Some("i".to_owned()),
+            limit: 10,
+            ..Filter::default()
+        };
+        let sql = list_sql(&filter, false);
+        // $1 limit; per lane (open, claimed): role, status, instance.
+        let run = |limit: i64, instance: &str| {
+            let lane = |status: &str| {
+                vec![
+                    Text("agente".into()),
+                    Text(status.into()),
+                    Text(instance.into()),
+                ]
+            };
+            let mut v = vec![Integer(limit)];
+            v.extend(lane("open"));
+            v.extend(lane("claimed"));
+            v
+        };
+        let runs = [run(10, "a"), run(20, "b"), run(50, "c")];
+        assert_eq!(reprepares(&conn, &sql, &runs), 0, "{sql}");
+        // The control: the same statement with a bare LIMIT is re-prepared,
+        // so the assertion above can fail.
+        let bare = sql.replace("CAST($1 AS BIGINT)", "$1");
+        assert!(reprepares(&conn, &bare, &runs) > 0, "{bare}");
+    }
+
+    #[test]
+    fn the_job_claim_is_not_re_prepared_for_new_values() {
+        use rusqlite::types::Value::{Integer, Text};
+        let conn = schema();
+        let sql = CLAIM_JOBS;
+        let run = |n: i64| {
+            vec![
+                Text(format!("owner-{n}")),
+                Integer(1_000 + n),
+                Integer(n),
+                Integer(n),
+                Integer(30_000),
+            ]
+        };
+        assert_eq!(reprepares(&conn, sql, &[run(1), run(2), run(3)]), 0);
+    }
+}
