@@ -1704,3 +1704,190 @@ async fn a_lost_commit_answer_is_looked_up_not_guessed() {
     }
     engine.shutdown().await;
 }
+
+/// SQLite serves a task, an instance, its children and inbox pages on
+/// read connections of its own, in place (`store::sqlite_reads`): they
+/// must read exactly what the sqlx pool reads, for every shape of filter
+/// the inbox and the API use.
+#[tokio::test]
+async fn sqlite_reads_in_place_match_the_pool() {
+    use tramite_engine::store::tasks::{TaskCursor, list};
+    let h = Harness::new(Db::Sqlite).await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let id = h
+            .start(P06, "ivr", json!({"telefono": format!("7{i:07}")}))
+            .await;
+        ids.push(id);
+    }
+    // Some further along (NAF waits, new tasks), some claimed.
+    for id in &ids[..4] {
+        h.complete(id, "recibir_llamada", "atendida", json!({}))
+            .await;
+    }
+    for id in &ids[4..7] {
+        let task = h.task(id, "recibir_llamada").await;
+        h.engine.claim(&task.id, "ana").await.unwrap();
+    }
+    let first = h
+        .engine
+        .tasks(&Filter {
+            limit: 3,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    let filters = [
+        Filter {
+            limit: 50,
+            ..Filter::default()
+        },
+        Filter {
+            limit: 5,
+            ..Filter::default()
+        },
+        Filter {
+            roles: vec![
+                "agente_ventas_digitales".to_owned(),
+                "supervisor".to_owned(),
+            ],
+            limit: 50,
+            ..Filter::default()
+        },
+        Filter {
+            status: Some("completed".to_owned()),
+            limit: 50,
+            ..Filter::default()
+        },
+        Filter {
+            status: Some("claimed".to_owned()),
+            assignee: Some("ana".to_owned()),
+            limit: 50,
+            ..Filter::default()
+        },
+        Filter {
+            instance_id: Some(ids[0].clone()),
+            limit: 10,
+            ..Filter::default()
+        },
+        Filter {
+            code: Some(P06.to_owned()),
+            limit: 50,
+            ..Filter::default()
+        },
+        Filter {
+            after: Some(TaskCursor::after(first.last().unwrap())),
+            limit: 4,
+            ..Filter::default()
+        },
+        Filter {
+            due_before: Some(i64::MAX - 1),
+            limit: 50,
+            ..Filter::default()
+        },
+    ];
+    let mut pool = h.engine.store().pool().acquire().await.unwrap();
+    for filter in &filters {
+        let in_place: Vec<String> = h
+            .engine
+            .store()
+            .tasks(filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        let pooled: Vec<String> = list(&mut pool, filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert!(!pooled.is_empty(), "{filter:?} finds tasks");
+        assert_eq!(in_place, pooled, "{filter:?}");
+    }
+    let done = h
+        .engine
+        .tasks(&Filter {
+            status: Some("completed".to_owned()),
+            limit: 1,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    let task = h.engine.store().task(&done[0].id).await.unwrap().unwrap();
+    let pooled = tramite_engine::store::tasks::get(&mut pool, &done[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&task).unwrap(),
+        serde_json::to_value(&pooled).unwrap()
+    );
+    assert!(task.data.is_some(), "a completed task's data is read back");
+    let instance = h.engine.store().instance(&ids[0]).await.unwrap().unwrap();
+    let pooled = tramite_engine::store::instances::get(
+        &mut pool,
+        tramite_engine::store::Backend::Sqlite,
+        &ids[0],
+        false,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(format!("{instance:?}"), format!("{pooled:?}"));
+    assert!(
+        h.engine
+            .store()
+            .instance("no-such-instance")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        h.engine
+            .store()
+            .task("no-such-task")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// The WAL is copied back into the database file by a thread of its own,
+/// soon after commits, not only when the writer's log reaches its mark:
+/// with the engine still running, the database file alone (no WAL) holds
+/// what was committed a moment ago.
+#[tokio::test]
+async fn sqlite_checkpoints_follow_the_commits() {
+    use sqlx::Connection;
+    let h = Harness::new(Db::Sqlite).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(
+            h.start(P06, "ivr", json!({"telefono": format!("7{i:07}")}))
+                .await,
+        );
+    }
+    let file = h.db.url.trim_start_matches("sqlite://").to_owned();
+    let copy = format!("{file}.copy");
+    let mut found = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::fs::copy(&file, &copy).unwrap();
+        let _ = std::fs::remove_file(format!("{copy}-wal"));
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{copy}"))
+            .await
+            .unwrap();
+        // Not checkpointed at all yet: the file has not even the schema.
+        found = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM instances")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or(0);
+        conn.close().await.unwrap();
+        if found == 20 {
+            break;
+        }
+    }
+    assert_eq!(found, 20, "the database file holds every committed start");
+}

@@ -459,8 +459,9 @@ impl Engine {
 
     /// An instance.
     pub async fn instance(&self, id: &str) -> Result<InstanceRow, Error> {
-        let mut conn = self.inner.store.pool().acquire().await?;
-        store::instances::get(&mut conn, self.inner.store.backend(), id, false)
+        self.inner
+            .store
+            .instance(id)
             .await?
             .ok_or_else(|| Error::NotFound {
                 what: "instance",
@@ -470,14 +471,14 @@ impl Engine {
 
     /// Instances started by `parent`.
     pub async fn children(&self, parent: &str) -> Result<Vec<InstanceRow>, Error> {
-        let mut conn = self.inner.store.pool().acquire().await?;
-        Ok(store::instances::children(&mut conn, parent).await?)
+        Ok(self.inner.store.children(parent).await?)
     }
 
     /// A task.
     pub async fn task(&self, id: &str) -> Result<TaskRow, Error> {
-        let mut conn = self.inner.store.pool().acquire().await?;
-        store::tasks::get(&mut conn, id)
+        self.inner
+            .store
+            .task(id)
             .await?
             .ok_or_else(|| Error::NotFound {
                 what: "task",
@@ -487,8 +488,7 @@ impl Engine {
 
     /// Tasks matching `filter`, soonest due first.
     pub async fn tasks(&self, filter: &Filter) -> Result<Vec<TaskRow>, Error> {
-        let mut conn = self.inner.store.pool().acquire().await?;
-        Ok(store::tasks::list(&mut conn, filter).await?)
+        Ok(self.inner.store.tasks(filter).await?)
     }
 
     /// An instance's history, in order.

@@ -20,6 +20,7 @@ pub mod journal;
 pub mod messages;
 mod postgres;
 mod sqlite;
+pub mod sqlite_reads;
 pub mod sqlite_tx;
 pub mod tasks;
 mod tx;
@@ -76,6 +77,8 @@ pub struct Store {
     writes: AnyPool,
     backend: Backend,
     sqlite_file: String,
+    /// SQLite: the hot reads, in place (see [`sqlite_reads`]).
+    reads: Option<std::sync::Arc<sqlite_reads::Reads>>,
 }
 
 /// A connection inside a transaction: what table functions take.
@@ -134,11 +137,24 @@ impl Store {
             Backend::Postgres => 12,
         })
         .await?;
+        let sqlite_file = sqlite::file(&url);
+        let reads = match backend {
+            // One per thread that may read at once, and a spare or two.
+            Backend::Sqlite if !url.contains(":memory:") => {
+                let threads = std::thread::available_parallelism().map_or(2, usize::from);
+                Some(std::sync::Arc::new(sqlite_reads::Reads::open(
+                    std::path::Path::new(&sqlite_file),
+                    threads + 2,
+                )?))
+            }
+            _ => None,
+        };
         Ok(Store {
             pool,
             writes,
             backend,
-            sqlite_file: sqlite::file(&url),
+            sqlite_file,
+            reads,
         })
     }
 
@@ -150,6 +166,40 @@ impl Store {
     /// The backend.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// A task.
+    pub async fn task(&self, id: &str) -> Result<Option<tasks::TaskRow>, Error> {
+        match &self.reads {
+            Some(reads) => reads.task(id),
+            None => tasks::get(&mut *self.pool.acquire().await?, id).await,
+        }
+    }
+
+    /// An instance (read, not locked).
+    pub async fn instance(&self, id: &str) -> Result<Option<instances::InstanceRow>, Error> {
+        match &self.reads {
+            Some(reads) => reads.instance(id),
+            None => instances::get(&mut *self.pool.acquire().await?, self.backend, id, false).await,
+        }
+    }
+
+    /// Instances started by `parent`, oldest first.
+    pub async fn children(&self, parent: &str) -> Result<Vec<instances::InstanceRow>, Error> {
+        match &self.reads {
+            Some(reads) => reads.children(parent),
+            None => instances::children(&mut *self.pool.acquire().await?, parent).await,
+        }
+    }
+
+    /// Tasks matching `filter`, soonest due first ([`tasks::list`]). A
+    /// filter on a variable reads instances' states, so it may scan: it
+    /// always runs on the pool.
+    pub async fn tasks(&self, filter: &tasks::Filter) -> Result<Vec<tasks::TaskRow>, Error> {
+        match &self.reads {
+            Some(reads) if filter.variable.is_none() => reads.tasks(filter),
+            _ => tasks::list(&mut *self.pool.acquire().await?, filter).await,
+        }
     }
 
     /// The pool, for reads.

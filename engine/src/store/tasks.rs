@@ -245,15 +245,35 @@ impl TaskCursor {
 /// the same with a thousand tasks as with a million, where one scan over
 /// `role IN (…) AND status IN (…)` would sort every matching task.
 pub async fn list(conn: &mut Conn, filter: &Filter) -> Result<Vec<TaskRow>, Error> {
-    let (roles, statuses) = lanes(filter);
     let sql = list_sql(filter, conn.backend_name() == "PostgreSQL");
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(filter.limit.max(1));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for value in list_values(filter) {
+        q = match value {
+            Value::Int(i) => q.bind(i),
+            Value::Text(t) => q.bind(t),
+        };
+    }
+    let rows = q.fetch_all(&mut *conn).await?;
+    rows.iter().map(row).collect()
+}
+
+/// A value bound to a statement built at run time, whichever driver runs it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Value {
+    Int(i64),
+    Text(String),
+}
+
+/// The values of [`list_sql`]'s placeholders, in order.
+pub(super) fn list_values(filter: &Filter) -> Vec<Value> {
+    let (roles, statuses) = lanes(filter);
+    let mut values = vec![Value::Int(filter.limit.max(1))];
     for role in &roles {
         for status in &statuses {
             if let Some(role) = role {
-                q = q.bind(role.to_string());
+                values.push(Value::Text(role.to_string()));
             }
-            q = q.bind(status.to_string());
+            values.push(Value::Text(status.to_string()));
             for value in [
                 &filter.instance_id,
                 &filter.assignee,
@@ -263,29 +283,32 @@ pub async fn list(conn: &mut Conn, filter: &Filter) -> Result<Vec<TaskRow>, Erro
             .into_iter()
             .flatten()
             {
-                q = q.bind(value.clone());
+                values.push(Value::Text(value.clone()));
             }
             if let Some(at) = filter.due_before {
-                q = q.bind(at);
+                values.push(Value::Int(at));
             }
             if let Some((name, value)) = &filter.variable {
                 let text = match value {
                     serde_json::Value::String(s) => s.clone(),
                     other => other.to_string(),
                 };
-                q = q.bind(name.clone()).bind(value.to_string()).bind(text);
+                values.push(Value::Text(name.clone()));
+                values.push(Value::Text(value.to_string()));
+                values.push(Value::Text(text));
             }
             if let Some(c) = &filter.after {
-                q = q.bind(c.due).bind(c.created).bind(c.id.clone());
+                values.push(Value::Int(c.due));
+                values.push(Value::Int(c.created));
+                values.push(Value::Text(c.id.clone()));
             }
         }
     }
-    let rows = q.fetch_all(&mut *conn).await?;
-    rows.iter().map(row).collect()
+    values
 }
 
 /// The (role, status) pairs [`list`] reads one lane each of.
-fn lanes(filter: &Filter) -> (Vec<Option<&str>>, Vec<&str>) {
+pub(super) fn lanes(filter: &Filter) -> (Vec<Option<&str>>, Vec<&str>) {
     let statuses: Vec<&str> = match &filter.status {
         Some(s) => vec![s.as_str()],
         None => vec!["open", "claimed"],

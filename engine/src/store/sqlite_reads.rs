@@ -1,0 +1,155 @@
+//! SQLite's hot reads — a task, an instance, an instance's children, one
+//! inbox page — on rusqlite connections, run in place on the caller's
+//! thread.
+//!
+//! Through sqlx, each of these reads crossed to a connection's own worker
+//! thread and back: a profile of the P06 benchmark put about half of the
+//! process's CPU in that crossing (waking the thread, parking it, returning
+//! the connection to its pool) and in the driver's row conversion, more
+//! than the SQLite work itself. A read here is an index lookup of a few
+//! pages, tens of microseconds, so it runs where it is asked for, as a
+//! mutex would be taken. Reads that can scan (statistics, indicators,
+//! history, an inbox filtered by a variable) stay on the sqlx pool, whose
+//! threads keep them off the async runtime.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rusqlite::{Connection, OpenFlags, params};
+
+use super::Error;
+use super::instances::InstanceRow;
+use super::sqlite_tx::{instance, instance_by_id, task, task_by_id, with_data, with_state};
+use super::tasks::{self, Filter, TaskRow};
+
+/// A few read-only connections to one database file.
+pub struct Reads {
+    connections: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for Reads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reads")
+            .field("connections", &self.connections.len())
+            .finish()
+    }
+}
+
+/// Page cache per read connection, KiB. Every commit of the writer empties
+/// a reader's cache (SQLite drops it when the log changed), so under load
+/// a large one only costs memory.
+const CACHE_KIB: i64 = 8_000;
+
+impl Reads {
+    /// Opens `count` read-only connections to the (existing, migrated)
+    /// database at `path`.
+    pub fn open(path: &std::path::Path, count: usize) -> Result<Reads, Error> {
+        let connections = (0..count.max(1))
+            .map(|_| {
+                let conn = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                        | OpenFlags::SQLITE_OPEN_URI,
+                )?;
+                conn.execute_batch(&format!(
+                    "PRAGMA busy_timeout = 10000; PRAGMA cache_size = -{CACHE_KIB};"
+                ))?;
+                conn.set_prepared_statement_cache_capacity(64);
+                Ok(Mutex::new(conn))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Reads {
+            connections,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `f` on a free connection (or waits for one, when every one is
+    /// busy on another thread).
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
+        let n = self.connections.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        for i in 0..n {
+            if let Ok(conn) = self.connections[(first + i) % n].try_lock() {
+                return f(&conn);
+            }
+        }
+        // A poisoned connection only means a panic elsewhere mid-read: the
+        // connection itself is still usable.
+        let conn = self.connections[first]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&conn)
+    }
+
+    /// A task.
+    pub fn task(&self, id: &str) -> Result<Option<TaskRow>, Error> {
+        self.with(|conn| task_by_id(conn, id))
+    }
+
+    /// An instance.
+    pub fn instance(&self, id: &str) -> Result<Option<InstanceRow>, Error> {
+        self.with(|conn| instance_by_id(conn, id))
+    }
+
+    /// Instances started by `parent`, oldest first.
+    pub fn children(&self, parent: &str) -> Result<Vec<InstanceRow>, Error> {
+        let sql = format!(
+            "SELECT {} FROM instances WHERE parent_id = ?1 ORDER BY started_at",
+            super::instances::COLUMNS
+        );
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![parent], instance)?;
+            rows.map(|r| with_state(r?)).collect()
+        })
+    }
+
+    /// One inbox page, as [`tasks::list`] reads it.
+    pub fn tasks(&self, filter: &Filter) -> Result<Vec<TaskRow>, Error> {
+        let sql = numbered(&tasks::list_sql(filter, false));
+        let values: Vec<rusqlite::types::Value> = tasks::list_values(filter)
+            .into_iter()
+            .map(|v| match v {
+                tasks::Value::Int(i) => rusqlite::types::Value::Integer(i),
+                tasks::Value::Text(t) => rusqlite::types::Value::Text(t),
+            })
+            .collect();
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), task)?;
+            rows.map(|r| with_data(r?)).collect()
+        })
+    }
+}
+
+/// `$N` placeholders as SQLite's numbered `?N`: SQLite reads `$1` as a
+/// *named* parameter, numbered by first appearance, which is not the
+/// order the values are bound in when `$1` appears last.
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered;
+
+    #[test]
+    fn placeholders_become_numbered_and_json_paths_stay() {
+        assert_eq!(
+            numbered("a = $2 AND json_extract(s, '$.variables.' || $3) LIMIT $1"),
+            "a = ?2 AND json_extract(s, '$.variables.' || ?3) LIMIT ?1"
+        );
+    }
+}
