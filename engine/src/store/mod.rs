@@ -2,7 +2,9 @@
 //! several engine processes), behind one `Store` and its transactions.
 //!
 //! Queries are written once, with `$N` placeholders that both backends
-//! accept, and run through sqlx's `Any` driver; what differs (connection
+//! accept, and run through sqlx's `Any` driver — except on SQLite the
+//! writer's statements (`sqlite_tx`) and the hot reads (`sqlite_reads`),
+//! which run on rusqlite without a thread hop; what differs (connection
 //! settings, migrations, how jobs are claimed) lives in `sqlite.rs` and
 //! `postgres.rs`. One module per table, restate-style: each adds functions
 //! over a connection inside a transaction.
