@@ -449,10 +449,11 @@ fn spawn_checkpointer(path: &std::path::Path, stats: Arc<Stats>) -> Result<Check
             let commits = || stats.commits.load(std::sync::atomic::Ordering::Relaxed);
             let mut seen = commits();
             loop {
-                let last = match stopped.recv_timeout(CHECKPOINT_EVERY) {
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
-                    _ => true,
-                };
+                // Nothing is ever sent: the sender dropped means stop.
+                let last = !matches!(
+                    stopped.recv_timeout(CHECKPOINT_EVERY),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                );
                 let now = commits();
                 if now != seen || last {
                     seen = now;
