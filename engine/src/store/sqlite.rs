@@ -66,6 +66,15 @@ pub(super) fn migrator() -> Migrator {
             )),
             false,
         ),
+        Migration::new(
+            4,
+            Cow::Borrowed("journal rowid"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/sqlite/0004_journal_rowid.sql"
+            )),
+            false,
+        ),
     ])
 }
 
@@ -163,5 +172,67 @@ mod tests {
             ]
         };
         assert_eq!(reprepares(&conn, sql, &[run(1), run(2), run(3)]), 0);
+    }
+
+    /// A database written before migration 4 keeps its history and its
+    /// numbers, new entries continue after the last one, and the journal no
+    /// longer touches `sqlite_sequence`.
+    #[test]
+    fn the_journal_keeps_its_sequence_across_the_rowid_migration() {
+        let conn = Connection::open_in_memory().expect("in-memory SQLite");
+        let migrations: Vec<_> = migrator().iter().cloned().collect();
+        let (before, after): (Vec<_>, Vec<_>) = migrations.into_iter().partition(|m| m.version < 4);
+        assert!(!after.is_empty(), "migration 4 exists");
+        for m in &before {
+            conn.execute_batch(m.sql.as_str()).expect("old migration");
+        }
+        let append = |instance: &str| {
+            conn.execute(
+                "INSERT INTO journal (instance_id, at, actor, kind) VALUES (?1, 1, 'engine', 'started')",
+                [instance],
+            )
+            .expect("journal insert")
+        };
+        for i in ["a", "b", "a"] {
+            append(i);
+        }
+        // An old journal whose numbers have a gap, as any history may.
+        conn.execute("DELETE FROM journal WHERE seq = 2", [])
+            .expect("gap");
+        for m in &after {
+            conn.execute_batch(m.sql.as_str()).expect("new migration");
+        }
+        append("b");
+        let rows: Vec<(i64, String)> = conn
+            .prepare("SELECT seq, instance_id FROM journal ORDER BY seq")
+            .expect("query")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            rows,
+            vec![
+                (1, "a".to_owned()),
+                (3, "a".to_owned()),
+                (4, "b".to_owned())
+            ]
+        );
+        let sequences: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_sequence WHERE name = 'journal'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("sqlite_sequence");
+        assert_eq!(sequences, 0, "the journal no longer uses AUTOINCREMENT");
+        let index: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'journal_by_instance'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("index");
+        assert_eq!(index, 1, "the history's index is back");
     }
 }
