@@ -397,7 +397,7 @@ pub(crate) fn spawn_sqlite(
     mut inbox: mpsc::Receiver<Envelope>,
     runtime: tokio::runtime::Handle,
 ) -> Result<std::thread::JoinHandle<()>, Error> {
-    let mut conn = crate::store::sqlite_tx::open(path).map_err(Error::Store)?;
+    let mut conn = crate::store::sqlite_tx::Writing::open(path).map_err(Error::Store)?;
     let checkpoints = spawn_checkpointer(path, Arc::clone(&writer.stats))?;
     std::thread::Builder::new()
         .name("tramite-writer".to_owned())
@@ -487,7 +487,7 @@ enum Isolation {
 impl Writer {
     fn execute_sqlite(
         &self,
-        conn: &mut rusqlite::Connection,
+        conn: &mut crate::store::sqlite_tx::Writing,
         envelopes: Vec<Envelope>,
         runtime: &tokio::runtime::Handle,
     ) {
@@ -523,7 +523,7 @@ impl Writer {
                 if let Err(e) = &outcome {
                     tracing::warn!(error = %e, size = envelopes.len(), "batch failed; running commands one by one");
                 }
-                let _ = conn.execute_batch("ROLLBACK");
+                let _ = conn.rollback();
                 touched.lock().expect("touched lock").clear();
                 scheduled.store(false, std::sync::atomic::Ordering::Relaxed);
                 envelopes
@@ -541,7 +541,7 @@ impl Writer {
                         )
                         .and_then(|r| r.and_then(|mut r| r.pop()).ok_or(Error::Stopped))
                         .unwrap_or_else(|e| {
-                            let _ = conn.execute_batch("ROLLBACK");
+                            let _ = conn.rollback();
                             Err(e)
                         })
                     })
@@ -555,7 +555,7 @@ impl Writer {
     /// and was rolled back whole.
     fn sqlite_batch(
         &self,
-        conn: &mut rusqlite::Connection,
+        conn: &mut crate::store::sqlite_tx::Writing,
         b: SqliteBatch<'_>,
     ) -> Result<Option<Vec<Result<Reply, Error>>>, Error> {
         let SqliteBatch {
@@ -565,11 +565,7 @@ impl Writer {
             runtime,
             isolation,
         } = b;
-        let sql = |conn: &mut rusqlite::Connection, s: &str| {
-            conn.execute_batch(s)
-                .map_err(|e| Error::Store(crate::store::Error::Sqlite(e)))
-        };
-        sql(conn, "BEGIN IMMEDIATE")?;
+        conn.begin()?;
         let ctx = Ctx {
             backend: crate::store::Backend::Sqlite,
             processes: &self.processes,
@@ -583,7 +579,7 @@ impl Writer {
         let mut results = Vec::with_capacity(envelopes.len());
         for env in envelopes {
             if savepoints {
-                sql(conn, "SAVEPOINT command")?;
+                conn.savepoint()?;
             }
             let result = runtime.block_on(commands::exec(conn, &ctx, env.command.clone()));
             let mut changed = std::mem::take(&mut *ctx.touched.lock().expect("touched lock"));
@@ -591,10 +587,10 @@ impl Writer {
                 .scheduled
                 .swap(false, std::sync::atomic::Ordering::Relaxed);
             match (&result, savepoints) {
-                (Ok(_), true) => sql(conn, "RELEASE command")?,
-                (Err(_), true) => sql(conn, "ROLLBACK TO command; RELEASE command")?,
+                (Ok(_), true) => conn.release()?,
+                (Err(_), true) => conn.rollback_to_savepoint()?,
                 (Err(_), false) => {
-                    sql(conn, "ROLLBACK")?;
+                    conn.rollback()?;
                     if !alone {
                         return Ok(None);
                     }
@@ -610,7 +606,7 @@ impl Writer {
             results.push(result);
         }
         if !(alone && results[0].is_err()) {
-            sql(conn, "COMMIT")?;
+            conn.commit()?;
             self.stats
                 .commits
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

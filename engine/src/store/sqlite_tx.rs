@@ -25,7 +25,7 @@ use super::{Backend, Error, journal, json};
 /// cache misses come from the operating system's cache. The automatic
 /// checkpoint is a backstop at 10,000 pages: a thread of its own
 /// checkpoints (see `runtime::writer`).
-pub fn open(path: &std::path::Path) -> Result<Connection, Error> {
+fn open(path: &std::path::Path) -> Result<Connection, Error> {
     let conn = Connection::open(path)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
@@ -34,6 +34,134 @@ pub fn open(path: &std::path::Path) -> Result<Connection, Error> {
     )?;
     conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
+}
+
+/// The SQLite writer's connection, with the instances it read or wrote
+/// lately.
+///
+/// SQLite has one writer by construction, so what this connection last
+/// wrote to an instance is what the database holds: a command on an
+/// instance the writer saw lately skips the row's read and the parse of its
+/// JSON state. The cache follows the transaction: what a rolled-back
+/// transaction or savepoint wrote is dropped from it, and a commit that fails
+/// drops everything. Should anything else ever write an instance, the
+/// update's revision guard still refuses the stale copy (and drops it).
+pub struct Writing {
+    conn: Connection,
+    instances: InstanceCache,
+}
+
+impl Writing {
+    /// Opens the writer's connection on the database file at `path`.
+    pub fn open(path: &std::path::Path) -> Result<Writing, Error> {
+        Ok(Writing {
+            conn: open(path)?,
+            instances: InstanceCache::default(),
+        })
+    }
+
+    /// Starts a write transaction.
+    pub fn begin(&mut self) -> Result<(), Error> {
+        self.instances.mark = 0;
+        self.instances.written.clear();
+        Ok(self.conn.execute_batch("BEGIN IMMEDIATE")?)
+    }
+
+    /// Commits the transaction.
+    pub fn commit(&mut self) -> Result<(), Error> {
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                self.instances.written.clear();
+                self.instances.mark = 0;
+                Ok(())
+            }
+            Err(e) => {
+                // Whatever became of the transaction, the cache no longer vouches for it.
+                self.instances.rows.clear();
+                self.instances.written.clear();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Rolls the transaction back (if one is open).
+    pub fn rollback(&mut self) -> Result<(), Error> {
+        self.instances.forget_since(0);
+        if self.conn.is_autocommit() {
+            return Ok(());
+        }
+        Ok(self.conn.execute_batch("ROLLBACK")?)
+    }
+
+    /// Opens the savepoint of one command.
+    pub fn savepoint(&mut self) -> Result<(), Error> {
+        self.instances.mark = self.instances.written.len();
+        Ok(self.conn.execute_batch("SAVEPOINT command")?)
+    }
+
+    /// Keeps what the command did.
+    pub fn release(&mut self) -> Result<(), Error> {
+        Ok(self.conn.execute_batch("RELEASE command")?)
+    }
+
+    /// Undoes what the command did.
+    pub fn rollback_to_savepoint(&mut self) -> Result<(), Error> {
+        self.instances.forget_since(self.instances.mark);
+        Ok(self
+            .conn
+            .execute_batch("ROLLBACK TO command; RELEASE command")?)
+    }
+}
+
+/// Most instances the writer keeps: far more than the instances in flight
+/// under load (a few hundred), few enough to stay small next to SQLite's
+/// page caches.
+const CACHED_INSTANCES: usize = 2_048;
+
+/// Instances as the writer's connection last read or wrote them.
+#[derive(Default)]
+struct InstanceCache {
+    rows: std::collections::HashMap<String, InstanceRow>,
+    /// Ids written in the open transaction, in order.
+    written: Vec<String>,
+    /// Where in `written` the open savepoint began.
+    mark: usize,
+}
+
+impl InstanceCache {
+    fn get(&self, id: &str) -> Option<InstanceRow> {
+        self.rows.get(id).cloned()
+    }
+
+    /// Keeps `row` as the database now holds it; an ended instance is not
+    /// kept (commands on it are rare and refused anyway).
+    fn put(&mut self, row: InstanceRow) {
+        if row.status != "running" {
+            self.rows.remove(&row.id);
+            return;
+        }
+        if self.rows.len() >= CACHED_INSTANCES && !self.rows.contains_key(&row.id) {
+            // Any entry: a miss only costs the read this cache saves.
+            if let Some(evict) = self.rows.keys().next().cloned() {
+                self.rows.remove(&evict);
+            }
+        }
+        self.rows.insert(row.id.clone(), row);
+    }
+
+    /// Records a write of `row` in the open transaction.
+    fn wrote(&mut self, row: InstanceRow) {
+        self.written.push(row.id.clone());
+        self.put(row);
+    }
+
+    /// Drops what the transaction wrote after position `from` of `written`.
+    fn forget_since(&mut self, from: usize) {
+        for id in self.written.drain(from.min(self.written.len())..) {
+            self.rows.remove(&id);
+        }
+        self.mark = self.mark.min(self.written.len());
+    }
 }
 
 const DEFINITION: &str = "id, code, version, content_hash, file_name, source, deployed_at";
@@ -155,7 +283,7 @@ pub(super) fn with_data((mut row, data): (TaskRow, Option<String>)) -> Result<Ta
     Ok(row)
 }
 
-impl Tx for Connection {
+impl Tx for Writing {
     fn backend(&self) -> Backend {
         Backend::Sqlite
     }
@@ -168,6 +296,7 @@ impl Tx for Connection {
         let sql =
             format!("SELECT {DEFINITION} FROM definitions WHERE code = ?1 AND content_hash = ?2");
         Ok(self
+            .conn
             .prepare_cached(&sql)?
             .query_row(params![code, hash], definition)
             .optional()?)
@@ -175,6 +304,7 @@ impl Tx for Connection {
 
     async fn latest_definition_id(&mut self, code: &str) -> Result<Option<i64>, Error> {
         Ok(self
+            .conn
             .prepare_cached(
                 "SELECT id FROM definitions WHERE code = ?1 ORDER BY version DESC LIMIT 1",
             )?
@@ -185,6 +315,7 @@ impl Tx for Connection {
     async fn definition_by_id(&mut self, id: i64) -> Result<Option<DefinitionRow>, Error> {
         let sql = format!("SELECT {DEFINITION} FROM definitions WHERE id = ?1");
         Ok(self
+            .conn
             .prepare_cached(&sql)?
             .query_row(params![id], definition)
             .optional()?)
@@ -192,13 +323,14 @@ impl Tx for Connection {
 
     async fn all_definitions(&mut self) -> Result<Vec<DefinitionRow>, Error> {
         let sql = format!("SELECT {DEFINITION} FROM definitions ORDER BY code, version DESC");
-        let mut stmt = self.prepare_cached(&sql)?;
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map([], definition)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     async fn insert_definition(&mut self, n: NewDefinition<'_>) -> Result<DefinitionRow, Error> {
         let next: i64 = self
+            .conn
             .prepare_cached(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM definitions WHERE code = ?1",
             )?
@@ -207,19 +339,23 @@ impl Tx for Connection {
             "INSERT INTO definitions (code, version, content_hash, file_name, source, deployed_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING {DEFINITION}"
         );
-        Ok(self.prepare_cached(&sql)?.query_row(
+        Ok(self.conn.prepare_cached(&sql)?.query_row(
             params![n.code, next, n.hash, n.file_name, n.source, n.now],
             definition,
         )?)
     }
 
     async fn instance(&mut self, id: &str, _lock: bool) -> Result<Option<InstanceRow>, Error> {
-        instance_by_id(self, id)
+        if let Some(row) = self.instances.get(id) {
+            return Ok(Some(row));
+        }
+        // Not kept on a read: the command's write keeps it, should it succeed.
+        instance_by_id(&self.conn, id)
     }
 
     async fn insert_instance(&mut self, i: &InstanceRow) -> Result<(), Error> {
         let state = serde_json::to_string(&i.state).expect("state serializes");
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "INSERT INTO instances (id, definition_id, code, version, business_key, channel, status, \
              outcome, state, revision, parent_id, parent_token, started_at, ended_at, cancel_reason) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
@@ -241,22 +377,31 @@ impl Tx for Connection {
             i.ended_at,
             i.cancel_reason
         ])?;
+        self.instances.wrote(i.clone());
         Ok(())
     }
 
     async fn update_instance(&mut self, i: &InstanceRow) -> Result<bool, Error> {
         let state = serde_json::to_string(&i.state).expect("state serializes");
         let n = self
-            .prepare_cached(
+            .conn.prepare_cached(
                 "UPDATE instances SET status = ?2, outcome = ?3, state = ?4, revision = revision + 1, \
                  ended_at = ?5, cancel_reason = ?6 WHERE id = ?1 AND revision = ?7",
             )?
             .execute(params![i.id, i.status, i.outcome, state, i.ended_at, i.cancel_reason, i.revision])?;
+        if n == 1 {
+            let mut stored = i.clone();
+            stored.revision += 1;
+            self.instances.wrote(stored);
+        } else {
+            // The copy this command started from was not the stored one.
+            self.instances.rows.remove(&i.id);
+        }
         Ok(n == 1)
     }
 
     async fn insert_task(&mut self, t: &NewTask<'_>) -> Result<(), Error> {
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "INSERT INTO tasks (id, instance_id, token, node_id, code, business_key, role, status, \
              created_at, due_at, due_order) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9, \
              COALESCE(?9, 9223372036854775807))",
@@ -276,19 +421,19 @@ impl Tx for Connection {
     }
 
     async fn task(&mut self, id: &str) -> Result<Option<TaskRow>, Error> {
-        task_by_id(self, id)
+        task_by_id(&self.conn, id)
     }
 
     async fn claim_task(&mut self, id: &str, user: &str) -> Result<bool, Error> {
         let n = self
-            .prepare_cached("UPDATE tasks SET status = 'claimed', assignee = ?2 WHERE id = ?1 AND status = 'open'")?
+            .conn.prepare_cached("UPDATE tasks SET status = 'claimed', assignee = ?2 WHERE id = ?1 AND status = 'open'")?
             .execute(params![id, user])?;
         Ok(n == 1)
     }
 
     async fn unclaim_task(&mut self, id: &str, user: &str) -> Result<bool, Error> {
         let n = self
-            .prepare_cached(
+            .conn.prepare_cached(
                 "UPDATE tasks SET status = 'open', assignee = NULL WHERE id = ?1 AND status = 'claimed' AND assignee = ?2",
             )?
             .execute(params![id, user])?;
@@ -297,7 +442,7 @@ impl Tx for Connection {
 
     async fn assign_task(&mut self, id: &str, user: &str) -> Result<bool, Error> {
         let n = self
-            .prepare_cached(
+            .conn.prepare_cached(
                 "UPDATE tasks SET status = 'claimed', assignee = ?2 WHERE id = ?1 AND status IN ('open', 'claimed')",
             )?
             .execute(params![id, user])?;
@@ -306,7 +451,7 @@ impl Tx for Connection {
 
     async fn complete_task(&mut self, d: TaskCompletion<'_>) -> Result<bool, Error> {
         let n = self
-            .prepare_cached(
+            .conn.prepare_cached(
                 "UPDATE tasks SET status = 'completed', outcome = ?2, data = ?3, completed_at = ?4, \
                  completed_by = ?5, assignee = COALESCE(assignee, ?5) \
                  WHERE id = ?1 AND status IN ('open', 'claimed') AND (assignee IS NULL OR assignee = ?5)",
@@ -316,7 +461,7 @@ impl Tx for Connection {
     }
 
     async fn cancel_task(&mut self, id: &str, now: i64) -> Result<(), Error> {
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "UPDATE tasks SET status = 'cancelled', completed_at = ?2 WHERE id = ?1 AND status IN ('open', 'claimed')",
         )?
         .execute(params![id, now])?;
@@ -324,7 +469,7 @@ impl Tx for Connection {
     }
 
     async fn insert_job(&mut self, j: &NewJob<'_>) -> Result<(), Error> {
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "INSERT INTO jobs (id, instance_id, token, node_id, kind, connector, operation, input, \
              idempotency_key, status, attempts, max_attempts, timeout_ms, run_at, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'ready', 0, ?10, ?11, ?12, ?13)",
@@ -349,7 +494,7 @@ impl Tx for Connection {
 
     async fn claim_jobs(&mut self, c: JobClaim<'_>) -> Result<Vec<ClaimedJob>, Error> {
         let sql = super::sqlite::CLAIM_JOBS.replace('$', "?");
-        let mut stmt = self.prepare_cached(&sql)?;
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(
             params![c.owner, c.lease_until, c.now, c.limit, c.default_timeout_ms],
             |r| {
@@ -392,7 +537,7 @@ impl Tx for Connection {
         error: Option<&str>,
     ) -> Result<bool, Error> {
         let n = self
-            .prepare_cached(
+            .conn.prepare_cached(
                 "UPDATE jobs SET status = ?3, lease_owner = NULL, lease_until = NULL, last_error = ?4 \
                  WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
             )?
@@ -408,7 +553,7 @@ impl Tx for Connection {
         error: &str,
     ) -> Result<bool, Error> {
         let n = self
-            .prepare_cached(
+            .conn.prepare_cached(
                 "UPDATE jobs SET status = 'ready', lease_owner = NULL, lease_until = NULL, run_at = ?3, \
                  last_error = ?4 WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
             )?
@@ -418,13 +563,13 @@ impl Tx for Connection {
 
     async fn revive_job(&mut self, id: &str, now: i64) -> Result<bool, Error> {
         let n = self
-            .prepare_cached("UPDATE jobs SET status = 'ready', attempts = 0, run_at = ?2 WHERE id = ?1 AND status = 'incident'")?
+            .conn.prepare_cached("UPDATE jobs SET status = 'ready', attempts = 0, run_at = ?2 WHERE id = ?1 AND status = 'incident'")?
             .execute(params![id, now])?;
         Ok(n == 1)
     }
 
     async fn cancel_job(&mut self, id: &str) -> Result<(), Error> {
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "UPDATE jobs SET status = 'cancelled', lease_owner = NULL WHERE id = ?1 AND status IN ('ready', 'running', 'incident')",
         )?
         .execute(params![id])?;
@@ -433,7 +578,7 @@ impl Tx for Connection {
 
     async fn release_leases(&mut self, now: i64) -> Result<u64, Error> {
         let n = self
-            .prepare_cached(
+            .conn.prepare_cached(
                 "UPDATE jobs SET status = 'ready', lease_owner = NULL, lease_until = NULL, run_at = ?1 \
                  WHERE status = 'running'",
             )?
@@ -442,7 +587,7 @@ impl Tx for Connection {
     }
 
     async fn insert_incident(&mut self, i: &IncidentRow) -> Result<(), Error> {
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "INSERT INTO incidents (id, instance_id, job_id, node_id, token, message, after_effect, \
              status, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8)",
         )?
@@ -462,6 +607,7 @@ impl Tx for Connection {
     async fn incident(&mut self, id: &str) -> Result<Option<IncidentRow>, Error> {
         let sql = format!("SELECT {INCIDENT} FROM incidents WHERE id = ?1");
         Ok(self
+            .conn
             .prepare_cached(&sql)?
             .query_row(params![id], incident)
             .optional()?)
@@ -475,7 +621,7 @@ impl Tx for Connection {
         now: i64,
     ) -> Result<bool, Error> {
         let n = self
-            .prepare_cached(
+            .conn.prepare_cached(
                 "UPDATE incidents SET status = 'resolved', resolved_at = ?2, resolved_by = ?3, resolution = ?4 \
                  WHERE id = ?1 AND status = 'open'",
             )?
@@ -489,16 +635,17 @@ impl Tx for Connection {
         by: &str,
         now: i64,
     ) -> Result<(), Error> {
-        self.prepare_cached(
-            "UPDATE incidents SET status = 'resolved', resolved_at = ?2, resolved_by = ?3, \
+        self.conn
+            .prepare_cached(
+                "UPDATE incidents SET status = 'resolved', resolved_at = ?2, resolved_by = ?3, \
              resolution = 'cancelled' WHERE instance_id = ?1 AND status = 'open'",
-        )?
-        .execute(params![instance, now, by])?;
+            )?
+            .execute(params![instance, now, by])?;
         Ok(())
     }
 
     async fn subscribe(&mut self, s: NewSubscription<'_>) -> Result<(), Error> {
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "INSERT INTO subscriptions (id, instance_id, token, node_id, message_name, correlation_key, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
@@ -507,7 +654,8 @@ impl Tx for Connection {
     }
 
     async fn unsubscribe(&mut self, id: &str) -> Result<(), Error> {
-        self.prepare_cached("DELETE FROM subscriptions WHERE id = ?1")?
+        self.conn
+            .prepare_cached("DELETE FROM subscriptions WHERE id = ?1")?
             .execute(params![id])?;
         Ok(())
     }
@@ -518,6 +666,7 @@ impl Tx for Connection {
         key: &str,
     ) -> Result<Option<Subscription>, Error> {
         Ok(self
+            .conn
             .prepare_cached(
                 "SELECT id, instance_id, token, node_id FROM subscriptions \
                  WHERE message_name = ?1 AND correlation_key = ?2 ORDER BY created_at LIMIT 1",
@@ -535,7 +684,7 @@ impl Tx for Connection {
 
     async fn record_message(&mut self, m: &MessageRow) -> Result<bool, Error> {
         let n = self
-            .prepare_cached(
+            .conn.prepare_cached(
                 "INSERT INTO messages (id, message_name, correlation_key, payload, status, instance_id, \
                  received_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
             )?
@@ -559,7 +708,7 @@ impl Tx for Connection {
         now: i64,
     ) -> Result<Option<MessageRow>, Error> {
         let found = self
-            .prepare_cached(
+            .conn.prepare_cached(
                 "SELECT id, message_name, correlation_key, payload, status, instance_id, received_at, expires_at \
                  FROM messages WHERE message_name = ?1 AND correlation_key = ?2 AND status = 'pending' \
                  AND (expires_at IS NULL OR expires_at > ?3) ORDER BY received_at LIMIT 1",
@@ -589,7 +738,7 @@ impl Tx for Connection {
     }
 
     async fn message_delivered(&mut self, id: &str, instance: &str) -> Result<(), Error> {
-        self.prepare_cached("UPDATE messages SET status = 'delivered', instance_id = ?2, expires_at = NULL WHERE id = ?1")?
+        self.conn.prepare_cached("UPDATE messages SET status = 'delivered', instance_id = ?2, expires_at = NULL WHERE id = ?1")?
             .execute(params![id, instance])?;
         Ok(())
     }
@@ -600,13 +749,15 @@ impl Tx for Connection {
         request: &str,
     ) -> Result<Option<String>, Error> {
         Ok(self
+            .conn
             .prepare_cached("SELECT id FROM instances WHERE code = ?1 AND request_id = ?2")?
             .query_row(params![code, request], |r| r.get(0))
             .optional()?)
     }
 
     async fn set_instance_request(&mut self, id: &str, request: &str) -> Result<(), Error> {
-        self.prepare_cached("UPDATE instances SET request_id = ?2 WHERE id = ?1")?
+        self.conn
+            .prepare_cached("UPDATE instances SET request_id = ?2 WHERE id = ?1")?
             .execute(params![id, request])?;
         Ok(())
     }
@@ -616,7 +767,7 @@ impl Tx for Connection {
     }
 
     async fn append_journal(&mut self, entries: &[journal::NewEntry<'_>]) -> Result<(), Error> {
-        let mut stmt = self.prepare_cached(
+        let mut stmt = self.conn.prepare_cached(
             "INSERT INTO journal (instance_id, at, actor, kind, node_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         for e in entries {
@@ -635,5 +786,139 @@ impl Tx for Connection {
             ])?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::instances::InstanceRow;
+    use super::super::tx::{NewDefinition, Tx};
+    use super::Writing;
+
+    /// A writer on a new database file, migrated, with one running instance.
+    async fn writer_with_instance() -> (Writing, InstanceRow, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("tramite-writing-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("temporary folder");
+        let mut w = Writing::open(&dir.join("t.db")).expect("writer");
+        for m in super::super::sqlite::migrator().iter() {
+            w.conn.execute_batch(m.sql.as_str()).expect("migration");
+        }
+        w.begin().expect("begin");
+        let def = w
+            .insert_definition(NewDefinition {
+                code: "X",
+                hash: "h",
+                file_name: "x.yaml",
+                source: "",
+                now: 0,
+            })
+            .await
+            .expect("definition");
+        let row = InstanceRow {
+            id: "i1".to_owned(),
+            definition_id: def.id,
+            code: "X".to_owned(),
+            version: 1,
+            business_key: "K".to_owned(),
+            channel: "web".to_owned(),
+            status: "running".to_owned(),
+            outcome: None,
+            state: Default::default(),
+            revision: 0,
+            parent_id: None,
+            parent_token: None,
+            started_at: 0,
+            ended_at: None,
+            cancel_reason: None,
+        };
+        w.insert_instance(&row).await.expect("insert");
+        w.commit().expect("commit");
+        (w, row, dir)
+    }
+
+    async fn stored(w: &mut Writing) -> InstanceRow {
+        w.instance("i1", true)
+            .await
+            .expect("read")
+            .expect("present")
+    }
+
+    /// An update that a rollback undid must not be served from the cache.
+    #[tokio::test]
+    async fn a_rolled_back_update_is_not_served_from_the_cache() {
+        let (mut w, row, path) = writer_with_instance().await;
+        w.begin().expect("begin");
+        let mut changed = stored(&mut w).await;
+        changed.state.variables.insert("x".to_owned(), json!(1));
+        assert!(w.update_instance(&changed).await.expect("update"));
+        assert_eq!(
+            stored(&mut w).await.revision,
+            1,
+            "the transaction sees its write"
+        );
+        w.rollback().expect("rollback");
+        let after = stored(&mut w).await;
+        assert_eq!(after.revision, row.revision);
+        assert!(
+            after.state.variables.is_empty(),
+            "{:?}",
+            after.state.variables
+        );
+        let _ = std::fs::remove_dir_all(path);
+    }
+
+    /// A command rolled back to its savepoint leaves the batch's earlier
+    /// write of the same instance as the database holds it.
+    #[tokio::test]
+    async fn a_savepoint_rollback_keeps_the_earlier_write() {
+        let (mut w, _, path) = writer_with_instance().await;
+        w.begin().expect("begin");
+        let mut first = stored(&mut w).await;
+        first.state.variables.insert("x".to_owned(), json!(1));
+        assert!(w.update_instance(&first).await.expect("first update"));
+        w.savepoint().expect("savepoint");
+        let mut second = stored(&mut w).await;
+        second.state.variables.insert("x".to_owned(), json!(2));
+        assert!(w.update_instance(&second).await.expect("second update"));
+        w.rollback_to_savepoint().expect("rollback to savepoint");
+        w.commit().expect("commit");
+        let after = stored(&mut w).await;
+        assert_eq!(after.revision, 1);
+        assert_eq!(after.state.variables.get("x"), Some(&json!(1)));
+        let _ = std::fs::remove_dir_all(path);
+    }
+
+    /// Should anything write an instance behind the writer's back, the
+    /// revision guard refuses the stale copy and the next read is fresh.
+    #[tokio::test]
+    async fn a_stale_copy_is_refused_and_dropped() {
+        let (mut w, _, path) = writer_with_instance().await;
+        w.begin().expect("begin");
+        let mut first = stored(&mut w).await;
+        first.state.variables.insert("x".to_owned(), json!(1));
+        assert!(w.update_instance(&first).await.expect("update"));
+        w.commit().expect("commit");
+        w.conn
+            .execute(
+                "UPDATE instances SET revision = revision + 1 WHERE id = 'i1'",
+                [],
+            )
+            .expect("write behind the cache");
+        w.begin().expect("begin");
+        let stale = stored(&mut w).await;
+        assert_eq!(stale.revision, 1, "served from the cache");
+        assert!(
+            !w.update_instance(&stale).await.expect("update"),
+            "the guard refuses it"
+        );
+        assert_eq!(
+            stored(&mut w).await.revision,
+            2,
+            "read again from the database"
+        );
+        w.rollback().expect("rollback");
+        let _ = std::fs::remove_dir_all(path);
     }
 }
