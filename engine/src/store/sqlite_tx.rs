@@ -36,13 +36,13 @@ fn open(path: &std::path::Path) -> Result<Connection, Error> {
     Ok(conn)
 }
 
-/// The SQLite writer's connection, with the instances it read or wrote
+/// The SQLite writer's connection, with the running instances it wrote
 /// lately.
 ///
 /// SQLite has one writer by construction, so what this connection last
 /// wrote to an instance is what the database holds: a command on an
-/// instance the writer saw lately skips the row's read and the parse of its
-/// JSON state. The cache follows the transaction: what a rolled-back
+/// instance the writer wrote lately skips the row's read and the parse of
+/// its JSON state. The cache follows the transaction: what a rolled-back
 /// transaction or savepoint wrote is dropped from it, and a commit that fails
 /// drops everything. Should anything else ever write an instance, the
 /// update's revision guard still refuses the stale copy (and drops it).
@@ -62,26 +62,18 @@ impl Writing {
 
     /// Starts a write transaction.
     pub fn begin(&mut self) -> Result<(), Error> {
-        self.instances.mark = 0;
-        self.instances.written.clear();
         Ok(self.conn.execute_batch("BEGIN IMMEDIATE")?)
     }
 
     /// Commits the transaction.
     pub fn commit(&mut self) -> Result<(), Error> {
-        match self.conn.execute_batch("COMMIT") {
-            Ok(()) => {
-                self.instances.written.clear();
-                self.instances.mark = 0;
-                Ok(())
-            }
-            Err(e) => {
-                // Whatever became of the transaction, the cache no longer vouches for it.
-                self.instances.rows.clear();
-                self.instances.written.clear();
-                Err(e.into())
-            }
+        let committed = self.conn.execute_batch("COMMIT");
+        if committed.is_err() {
+            // Whatever became of the transaction, the cache no longer vouches for it.
+            self.instances.rows.clear();
         }
+        self.instances.settled();
+        Ok(committed?)
     }
 
     /// Rolls the transaction back (if one is open).
@@ -118,7 +110,7 @@ impl Writing {
 /// page caches.
 const CACHED_INSTANCES: usize = 2_048;
 
-/// Instances as the writer's connection last read or wrote them.
+/// Running instances as the writer's connection last wrote them.
 #[derive(Default)]
 struct InstanceCache {
     rows: std::collections::HashMap<String, InstanceRow>,
@@ -161,6 +153,12 @@ impl InstanceCache {
             self.rows.remove(&id);
         }
         self.mark = self.mark.min(self.written.len());
+    }
+
+    /// The transaction ended with its writes kept: nothing left to undo.
+    fn settled(&mut self) {
+        self.written.clear();
+        self.mark = 0;
     }
 }
 
@@ -854,14 +852,20 @@ mod tests {
             .expect("present")
     }
 
+    /// Reads the instance, sets its variable `x` and writes it back; whether
+    /// the revision guard let the write through.
+    async fn set_x(w: &mut Writing, x: i64) -> bool {
+        let mut row = stored(w).await;
+        row.state.variables.insert("x".to_owned(), json!(x));
+        w.update_instance(&row).await.expect("update")
+    }
+
     /// An update that a rollback undid must not be served from the cache.
     #[tokio::test]
     async fn a_rolled_back_update_is_not_served_from_the_cache() {
         let (mut w, row, path) = writer_with_instance().await;
         w.begin().expect("begin");
-        let mut changed = stored(&mut w).await;
-        changed.state.variables.insert("x".to_owned(), json!(1));
-        assert!(w.update_instance(&changed).await.expect("update"));
+        assert!(set_x(&mut w, 1).await);
         assert_eq!(
             stored(&mut w).await.revision,
             1,
@@ -884,13 +888,9 @@ mod tests {
     async fn a_savepoint_rollback_keeps_the_earlier_write() {
         let (mut w, _, path) = writer_with_instance().await;
         w.begin().expect("begin");
-        let mut first = stored(&mut w).await;
-        first.state.variables.insert("x".to_owned(), json!(1));
-        assert!(w.update_instance(&first).await.expect("first update"));
+        assert!(set_x(&mut w, 1).await, "first update");
         w.savepoint().expect("savepoint");
-        let mut second = stored(&mut w).await;
-        second.state.variables.insert("x".to_owned(), json!(2));
-        assert!(w.update_instance(&second).await.expect("second update"));
+        assert!(set_x(&mut w, 2).await, "second update");
         w.rollback_to_savepoint().expect("rollback to savepoint");
         w.commit().expect("commit");
         let after = stored(&mut w).await;
@@ -905,9 +905,7 @@ mod tests {
     async fn a_stale_copy_is_refused_and_dropped() {
         let (mut w, _, path) = writer_with_instance().await;
         w.begin().expect("begin");
-        let mut first = stored(&mut w).await;
-        first.state.variables.insert("x".to_owned(), json!(1));
-        assert!(w.update_instance(&first).await.expect("update"));
+        assert!(set_x(&mut w, 1).await);
         w.commit().expect("commit");
         w.conn
             .execute(
