@@ -350,7 +350,7 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, tramite_engine::Er
         latencies_ms: latencies,
         peak_rss_mb: peak_rss_mb(),
         database: if url.starts_with("sqlite") {
-            "SQLite (WAL, synchronous=FULL)".to_owned()
+            "SQLite (WAL, log synced before every answer)".to_owned()
         } else {
             "PostgreSQL".to_owned()
         },

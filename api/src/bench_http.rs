@@ -271,7 +271,7 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, Error> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Report {
         database: if url.starts_with("sqlite") {
-            "SQLite (WAL, synchronous=FULL)".to_owned()
+            "SQLite (WAL, log synced before every answer)".to_owned()
         } else {
             "PostgreSQL".to_owned()
         },

@@ -131,6 +131,15 @@ pub enum Error {
         "the database connection was lost while committing; the change may or may not have been made"
     )]
     CommitOutcomeUnknown,
+    /// The database's log could not be synced to disk. Commits since the
+    /// last good sync may not survive a power loss, and a later sync
+    /// proves nothing about them (the operating system may have dropped the
+    /// pages it failed to write), so the engine takes no more changes until
+    /// it is restarted.
+    #[error(
+        "the database's log could not be written to disk; the engine takes no more changes until it is restarted"
+    )]
+    LogSyncFailed,
 }
 
 impl From<sqlx::Error> for Error {

@@ -170,6 +170,12 @@ impl Error {
                     e.to_string(),
                     none,
                 ),
+                E::LogSyncFailed => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "log-sync-failed",
+                    e.to_string(),
+                    none,
+                ),
                 E::Stopped => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "shutting-down",

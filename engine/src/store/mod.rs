@@ -55,6 +55,12 @@ pub enum Error {
     /// SQLite refused or failed a statement (the writer's connection).
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The SQLite log could not be opened or its folder synced.
+    #[error("cannot open the SQLite write-ahead log: {source}")]
+    LogFile {
+        /// Operating system's complaint.
+        source: std::io::Error,
+    },
     /// The writer's thread could not start.
     #[error("cannot start the writer thread: {0}")]
     Thread(String),

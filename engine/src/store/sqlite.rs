@@ -27,10 +27,11 @@ pub(super) fn file(url: &str) -> String {
     rest.split('?').next().unwrap_or(rest).to_owned()
 }
 
-/// Durability first: WAL with `synchronous=FULL` fsyncs the log at every
-/// commit, so an acknowledged command survives a power cut. Group commit
-/// (see `runtime::writer`) is what keeps that affordable. Temporary storage
-/// in memory keeps the per-command savepoints' sub-journal off the disk.
+/// The pool's connections (reads, and the migrations at start): WAL with
+/// `synchronous=FULL`, so what they commit is on disk when COMMIT returns.
+/// (The writer's own connection commits with `NORMAL` and syncs the log on
+/// a thread of its own before answering: see `runtime::writer`.) Temporary
+/// storage in memory keeps temporary B-trees off the disk.
 pub(super) async fn configure(conn: &mut Conn) -> Result<(), sqlx::Error> {
     conn.execute(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
