@@ -35,6 +35,15 @@ pub(super) fn migrator() -> Migrator {
             )),
             false,
         ),
+        Migration::new(
+            4,
+            Cow::Borrowed("tasks by instance"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/postgres/0004_tasks_by_instance.sql"
+            )),
+            false,
+        ),
     ])
 }
 

@@ -76,6 +76,15 @@ pub(super) fn migrator() -> Migrator {
             )),
             false,
         ),
+        Migration::new(
+            5,
+            Cow::Borrowed("tasks by instance"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/sqlite/0005_tasks_by_instance.sql"
+            )),
+            false,
+        ),
     ])
 }
 

@@ -144,6 +144,68 @@ fn numbered(sql: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::numbered;
+    use crate::store::tasks::{self, Filter};
+
+    /// How SQLite would run the inbox query for `filter` on a migrated
+    /// database: the details of its query plan, one per step.
+    fn plan(filter: &Filter) -> Vec<String> {
+        let conn = rusqlite::Connection::open_in_memory().expect("database");
+        for m in crate::store::sqlite::migrator().iter() {
+            conn.execute_batch(m.sql.as_str()).expect("migration");
+        }
+        let sql = numbered(&tasks::list_sql(filter, false));
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("plan");
+        let values = tasks::list_values(filter).into_iter().map(|v| match v {
+            tasks::Value::Int(i) => rusqlite::types::Value::Integer(i),
+            tasks::Value::Text(t) => rusqlite::types::Value::Text(t),
+        });
+        stmt.query_map(rusqlite::params_from_iter(values), |r| {
+            r.get::<_, String>(3)
+        })
+        .expect("query plan")
+        .collect::<Result<_, _>>()
+        .expect("plan rows")
+    }
+
+    /// An instance's tasks are found through that instance's index entries,
+    /// not by walking every open task in the inbox's order.
+    #[test]
+    fn an_instances_tasks_are_looked_up_by_instance() {
+        let steps = plan(&Filter {
+            instance_id: Some("i1".to_owned()),
+            limit: 10,
+            ..Filter::default()
+        });
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("USING INDEX tasks_by_instance")),
+            "{steps:?}"
+        );
+        assert!(
+            !steps.iter().any(|s| s.contains("tasks_queue")),
+            "{steps:?}"
+        );
+    }
+
+    /// A role's inbox page stays one ordered range scan per lane, no sort
+    /// of the whole inbox.
+    #[test]
+    fn an_inbox_page_walks_its_lanes_in_order() {
+        let steps = plan(&Filter {
+            roles: vec!["vendedor".to_owned()],
+            limit: 50,
+            ..Filter::default()
+        });
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("USING INDEX tasks_inbox (role=? AND status=?)")),
+            "{steps:?}"
+        );
+    }
 
     #[test]
     fn placeholders_become_numbered_and_json_paths_stay() {
