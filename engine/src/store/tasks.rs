@@ -321,6 +321,40 @@ pub(super) fn lanes(filter: &Filter) -> (Vec<Option<&str>>, Vec<&str>) {
     (roles, statuses)
 }
 
+/// What the text of [`list_sql`] depends on: how many lanes, and which of
+/// the filter's conditions are present (not their values, which are bound).
+/// Filters of one shape share one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Shape {
+    roles: usize,
+    statuses: usize,
+    conditions: u8,
+}
+
+impl Shape {
+    pub(super) fn of(filter: &Filter) -> Shape {
+        let (roles, statuses) = lanes(filter);
+        let present = [
+            !filter.roles.is_empty(),
+            filter.instance_id.is_some(),
+            filter.assignee.is_some(),
+            filter.code.is_some(),
+            filter.business_key.is_some(),
+            filter.due_before.is_some(),
+            filter.variable.is_some(),
+            filter.after.is_some(),
+        ];
+        Shape {
+            roles: roles.len(),
+            statuses: statuses.len(),
+            conditions: present
+                .iter()
+                .enumerate()
+                .fold(0, |bits, (i, &on)| bits | (u8::from(on) << i)),
+        }
+    }
+}
+
 /// The statement of [`list`]: `$1` is the page size, then each lane's values.
 pub(super) fn list_sql(filter: &Filter, postgres: bool) -> String {
     let (roles, statuses) = lanes(filter);
