@@ -504,7 +504,7 @@ impl Tx for Writing {
                  completed_by = ?5, assignee = COALESCE(assignee, ?5) \
                  WHERE id = ?1 AND status IN ('open', 'claimed') AND (assignee IS NULL OR assignee = ?5)",
             )?
-            .execute(params![d.id, d.outcome, d.data.to_string(), d.now, d.user])?;
+            .execute(params![d.id, d.outcome, serde_json::to_string(&d.data).expect("JSON serializes"), d.now, d.user])?;
         Ok(n == 1)
     }
 
@@ -819,10 +819,12 @@ impl Tx for Writing {
             "INSERT INTO journal (instance_id, at, actor, kind, node_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         for e in entries {
+            // serde_json's writer, not `Display`: the same text without a
+            // formatter call per token.
             let data = if e.data.is_null() {
                 None
             } else {
-                Some(e.data.to_string())
+                Some(serde_json::to_string(&e.data).expect("JSON serializes"))
             };
             stmt.execute(params![
                 e.instance_id,
