@@ -44,6 +44,15 @@ pub(super) fn migrator() -> Migrator {
             )),
             false,
         ),
+        Migration::new(
+            5,
+            Cow::Borrowed("tasks by business key"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/postgres/0005_tasks_by_business_key.sql"
+            )),
+            false,
+        ),
     ])
 }
 

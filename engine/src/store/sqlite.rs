@@ -85,6 +85,15 @@ pub(super) fn migrator() -> Migrator {
             )),
             false,
         ),
+        Migration::new(
+            6,
+            Cow::Borrowed("tasks by business key"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/sqlite/0006_tasks_by_business_key.sql"
+            )),
+            false,
+        ),
     ])
 }
 

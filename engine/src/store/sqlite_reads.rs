@@ -301,6 +301,27 @@ mod tests {
         );
     }
 
+    /// A search by business key seeks the key in every lane, with or
+    /// without roles, instead of walking the lane in page order.
+    #[test]
+    fn a_business_key_search_seeks_the_key() {
+        for roles in [vec![], vec!["vendedor".to_owned(), "backoffice".to_owned()]] {
+            let steps = plan(&Filter {
+                roles,
+                business_key: Some("BK-1".to_owned()),
+                limit: 50,
+                ..Filter::default()
+            });
+            assert!(
+                steps
+                    .iter()
+                    .filter(|s| s.starts_with("SEARCH tasks"))
+                    .all(|s| s.contains("INDEX tasks_by_business_key (business_key=?")),
+                "{steps:?}"
+            );
+        }
+    }
+
     /// A role's inbox page stays one ordered range scan per lane, no sort
     /// of the whole inbox.
     #[test]

@@ -426,8 +426,18 @@ fn lane_sql(
         let (a, b, c) = (next(), next(), next());
         clauses.push(format!("(due_order, created_at, id) > ({a}, {b}, {c})"));
     }
+    // SQLite keeps no statistics: left to itself it walks `tasks_queue` or
+    // `tasks_inbox`, which give the page's order, and reads every task's
+    // row to compare its key. A business key matches a handful of tasks,
+    // so its index is named. (PostgreSQL weighs the indexes with its
+    // statistics; an instance's own index already wins on SQLite.)
+    let from = if !postgres && filter.business_key.is_some() && filter.instance_id.is_none() {
+        "tasks INDEXED BY tasks_by_business_key"
+    } else {
+        "tasks"
+    };
     format!(
-        "SELECT * FROM (SELECT {COLUMNS}, due_order FROM tasks WHERE {} \
+        "SELECT * FROM (SELECT {COLUMNS}, due_order FROM {from} WHERE {} \
          ORDER BY due_order, created_at, id LIMIT {limit}) AS lane",
         clauses.join(" AND ")
     )
