@@ -449,7 +449,8 @@ pub(crate) fn spawn_sqlite(
         .map_err(|e| Error::Store(crate::store::Error::Thread(e.to_string())))
 }
 
-/// A SQLite batch, committed (or not) and waiting to be answered.
+/// A batch, committed (or not) and waiting to be answered: on SQLite by
+/// the log sync thread, on PostgreSQL by its lane once COMMIT returned.
 pub(crate) struct Settled {
     envelopes: Vec<Envelope>,
     results: Vec<Result<Reply, Error>>,
