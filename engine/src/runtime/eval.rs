@@ -4,7 +4,7 @@ use std::sync::{Arc, LazyLock};
 
 use serde_json::{Map, Value};
 
-use crate::expr::Expr;
+use crate::expr::{Expr, Form};
 
 /// The standard CEL environment, built once: building it registers every
 /// function and is far too slow to do per evaluation.
@@ -51,7 +51,40 @@ pub struct Scope<'a> {
 }
 
 /// Evaluates `expr` to a JSON value.
+///
+/// A constant, or a path whose every step is there, is read directly (see
+/// [`Form`]); anything else, including a path that CEL would refuse, runs in
+/// CEL, so the result and the error are CEL's either way.
 pub fn eval(expr: &Expr, scope: &Scope<'_>) -> Result<Value, EvalError> {
+    match expr.form() {
+        Form::Constant(value) => return Ok(value.clone()),
+        Form::Path { root, fields } => {
+            let found = lookup(root, scope).and_then(|value| {
+                fields
+                    .iter()
+                    .try_fold(value, |at, field| at.as_object()?.get(field))
+            });
+            if let Some(value) = found {
+                return Ok(value.clone());
+            }
+        }
+        Form::General => {}
+    }
+    eval_cel(expr, scope)
+}
+
+/// The value `name` stands for in `scope`, if it stands for one.
+fn lookup<'a>(name: &str, scope: &Scope<'a>) -> Option<&'a Value> {
+    match scope.extra {
+        Some((extra, value)) if extra == name => Some(value),
+        _ if name == "instance" => Some(scope.instance),
+        _ if (scope.declared)(name) => Some(scope.variables.get(name).unwrap_or(&Value::Null)),
+        _ => None,
+    }
+}
+
+/// Evaluates `expr` in CEL.
+fn eval_cel(expr: &Expr, scope: &Scope<'_>) -> Result<Value, EvalError> {
     let program = expr.program().map_err(|_| EvalError::Compile {
         expression: expr.source().to_owned(),
     })?;
@@ -62,13 +95,9 @@ pub fn eval(expr: &Expr, scope: &Scope<'_>) -> Result<Value, EvalError> {
     };
     for read in expr.reads() {
         let name = read.root.as_str();
-        let value = match scope.extra {
-            Some((extra, value)) if extra == name => value,
-            _ if name == "instance" => scope.instance,
-            _ if (scope.declared)(name) => scope.variables.get(name).unwrap_or(&Value::Null),
-            _ => continue,
-        };
-        context.add_variable_from_value(name, to_cel(value));
+        if let Some(value) = lookup(name, scope) {
+            context.add_variable_from_value(name, to_cel(value));
+        }
     }
     let value = program.execute(&context).map_err(|e| fail(e.to_string()))?;
     value.json().map_err(|e| fail(e.to_string()))
@@ -120,6 +149,7 @@ pub fn mapping(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn run(source: &str, vars: &Value) -> Result<Value, EvalError> {
@@ -146,6 +176,77 @@ mod tests {
         assert_eq!(run("size(lista) > 1 ? lista[0] : b", &vars), Ok(json!("p")));
         assert_eq!(run("nulo == null", &vars), Ok(json!(true)));
         assert_eq!(run("result.ok && a >= 2", &vars), Ok(json!(true)));
+    }
+
+    /// Any JSON value, a few levels deep, with keys a path may select.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            "[a-z ]{0,6}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+                prop::collection::btree_map("[xyz]", inner, 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// A path or a constant read directly gives what CEL gives, error
+        /// included, whatever the data.
+        #[test]
+        fn direct_reads_agree_with_cel(
+            a in json_value(),
+            result in json_value(),
+            channel in json_value(),
+            root in prop::sample::select(vec!["a", "nulo", "unset", "undeclared", "instance", "result"]),
+            fields in prop::collection::vec(prop::sample::select(vec!["x", "y", "z", "channel"]), 0..4),
+        ) {
+            let mut variables = Map::new();
+            variables.insert("a".to_owned(), a);
+            variables.insert("nulo".to_owned(), Value::Null);
+            let instance = json!({"channel": channel, "business_key": "BK-1"});
+            let declared = |n: &str| ["a", "nulo", "unset"].contains(&n);
+            let scope = Scope {
+                variables: &variables,
+                declared: &declared,
+                instance: &instance,
+                extra: Some(("result", &result)),
+            };
+            let source = std::iter::once(root).chain(fields).collect::<Vec<_>>().join(".");
+            let expr = Expr::compile(&source);
+            prop_assert!(matches!(expr.form(), Form::Path { .. }), "{source}");
+            prop_assert_eq!(eval(&expr, &scope), eval_cel(&expr, &scope), "{}", source);
+        }
+
+        #[test]
+        fn constants_agree_with_cel(
+            source in prop_oneof![
+                any::<i64>().prop_map(|i| i.to_string()),
+                "[a-zA-Z0-9_ áñ]{0,8}".prop_map(|s| format!("'{s}'")),
+                Just("true".to_owned()),
+                Just("false".to_owned()),
+                Just("null".to_owned()),
+            ],
+        ) {
+            let variables = Map::new();
+            let declared = |_: &str| false;
+            let scope = Scope {
+                variables: &variables,
+                declared: &declared,
+                instance: &Value::Null,
+                extra: None,
+            };
+            let expr = Expr::compile(&source);
+            prop_assert!(matches!(expr.form(), Form::Constant(_)), "{source}");
+            prop_assert_eq!(eval(&expr, &scope), eval_cel(&expr, &scope), "{}", source);
+        }
     }
 
     #[test]
