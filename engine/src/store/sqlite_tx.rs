@@ -815,6 +815,8 @@ impl Tx for Writing {
     }
 
     async fn append_journal(&mut self, entries: &[journal::NewEntry<'_>]) -> Result<(), Error> {
+        // One row per statement: a multi-row `VALUES` runs as a co-routine in
+        // SQLite, and made the journal's appends 10 % dearer (measured).
         let mut stmt = self.conn.prepare_cached(
             "INSERT INTO journal (instance_id, at, actor, kind, node_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
@@ -901,6 +903,67 @@ mod tests {
         let mut row = stored(w).await;
         row.state.variables.insert("x".to_owned(), json!(x));
         w.update_instance(&row).await.expect("update")
+    }
+
+    /// Entries appended in one call and over two calls keep their order and
+    /// their contents, a null `data` included.
+    #[tokio::test]
+    async fn journal_entries_keep_their_order_across_statements() {
+        let (mut w, _, path) = writer_with_instance().await;
+        let data: Vec<serde_json::Value> = (0..19)
+            .map(|i| {
+                if i % 3 == 0 {
+                    json!(null)
+                } else {
+                    json!({"n": i})
+                }
+            })
+            .collect();
+        let kinds: Vec<String> = (0..data.len()).map(|i| format!("k{i}")).collect();
+        let entries: Vec<_> = data
+            .iter()
+            .zip(&kinds)
+            .enumerate()
+            .map(|(i, (data, kind))| super::journal::NewEntry {
+                instance_id: "i1",
+                at: i as i64,
+                actor: "engine",
+                kind,
+                node_id: (i % 2 == 0).then_some("n"),
+                data,
+            })
+            .collect();
+        w.begin().expect("begin");
+        w.append_journal(&entries[..1]).await.expect("one entry");
+        w.append_journal(&entries[1..]).await.expect("the rest");
+        w.commit().expect("commit");
+        let mut stmt = w
+            .conn
+            .prepare("SELECT seq, at, kind, node_id, data FROM journal WHERE instance_id = 'i1' ORDER BY seq")
+            .expect("prepare");
+        let rows: Vec<(i64, i64, String, Option<String>, Option<String>)> = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(rows.len(), entries.len());
+        for (i, (row, e)) in rows.iter().zip(&entries).enumerate() {
+            assert_eq!(row.1, e.at, "entry {i} in its place");
+            assert_eq!(row.2, e.kind);
+            assert_eq!(row.3.as_deref(), e.node_id);
+            assert_eq!(
+                row.4
+                    .as_deref()
+                    .map(|d| serde_json::from_str::<serde_json::Value>(d).expect("JSON")),
+                (!e.data.is_null()).then(|| e.data.clone()),
+                "entry {i}'s data"
+            );
+        }
+        assert!(rows.windows(2).all(|p| p[0].0 < p[1].0), "sequence grows");
+        drop(stmt);
+        let _ = std::fs::remove_dir_all(path);
     }
 
     /// An update that a rollback undid must not be served from the cache.
