@@ -109,7 +109,7 @@ pub(super) const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', lease_o
 mod tests {
     use rusqlite::{Connection, StatementStatus};
 
-    use super::super::tasks::{Filter, list_sql};
+    use super::super::tasks::{Filter, Value, list_sql, list_values};
     use super::{CLAIM_JOBS, migrator};
 
     /// The schema the engine migrates to, in memory.
@@ -147,33 +147,39 @@ mod tests {
     fn an_inbox_page_is_not_re_prepared_for_new_values() {
         use rusqlite::types::Value::{Integer, Text};
         let conn = schema();
-        let filter = Filter {
-            roles: vec!["agente".to_owned()],
-            instance_id: Some("i".to_owned()),
-            limit: 10,
+        // A role's inbox (lanes merged) and an instance's tasks (one sorted
+        // statement): both statement forms.
+        let inbox = |limit: i64, _: &str| Filter {
+            roles: vec!["agente".to_owned(), "supervisor".to_owned()],
+            limit,
             ..Filter::default()
         };
-        let sql = list_sql(&filter, false);
-        // $1 limit; per lane (open, claimed): role, status, instance.
-        let run = |limit: i64, instance: &str| {
-            let lane = |status: &str| {
-                vec![
-                    Text("agente".into()),
-                    Text(status.into()),
-                    Text(instance.into()),
-                ]
-            };
-            let mut v = vec![Integer(limit)];
-            v.extend(lane("open"));
-            v.extend(lane("claimed"));
-            v
+        let instance = |limit: i64, id: &str| Filter {
+            roles: vec!["agente".to_owned()],
+            instance_id: Some(id.to_owned()),
+            limit,
+            ..Filter::default()
         };
-        let runs = [run(10, "a"), run(20, "b"), run(50, "c")];
-        assert_eq!(reprepares(&conn, &sql, &runs), 0, "{sql}");
-        // The control: the same statement with a bare LIMIT is re-prepared,
-        // so the assertion above can fail.
-        let bare = sql.replace("CAST($1 AS BIGINT)", "$1");
-        assert!(reprepares(&conn, &bare, &runs) > 0, "{bare}");
+        for filter in [inbox, instance] {
+            let sql = list_sql(&filter(10, "a"), false);
+            let runs: Vec<Vec<rusqlite::types::Value>> = [(10, "a"), (20, "b"), (50, "c")]
+                .into_iter()
+                .map(|(limit, id)| {
+                    list_values(&filter(limit, id))
+                        .into_iter()
+                        .map(|v| match v {
+                            Value::Int(i) => Integer(i),
+                            Value::Text(t) => Text(t),
+                        })
+                        .collect()
+                })
+                .collect();
+            assert_eq!(reprepares(&conn, &sql, &runs), 0, "{sql}");
+            // The control: the same statement with a bare LIMIT is
+            // re-prepared, so the assertion above can fail.
+            let bare = sql.replace("CAST($1 AS BIGINT)", "$1");
+            assert!(reprepares(&conn, &bare, &runs) > 0, "{bare}");
+        }
     }
 
     #[test]

@@ -288,13 +288,123 @@ mod tests {
         assert!(
             steps
                 .iter()
-                .any(|s| s.contains("USING INDEX tasks_by_instance (instance_id=? AND status=?)")),
+                .any(|s| s.contains("USING INDEX tasks_by_instance (instance_id=?)")),
             "{steps:?}"
         );
         assert!(
             !steps.iter().any(|s| s.contains("tasks_queue")),
             "{steps:?}"
         );
+        assert_eq!(
+            steps.iter().filter(|s| s.starts_with("SEARCH")).count(),
+            1,
+            "one seek for both statuses, not a lane each: {steps:?}"
+        );
+    }
+
+    /// An instance's or a business key's tasks, read by one sorted
+    /// statement, are the tasks the filter names in inbox order, page by
+    /// page: checked against the same filter applied in Rust.
+    #[test]
+    fn narrow_filters_give_the_inbox_order() {
+        let conn = rusqlite::Connection::open_in_memory().expect("database");
+        for m in crate::store::sqlite::migrator().iter() {
+            conn.execute_batch(m.sql.as_str()).expect("migration");
+        }
+        // Tasks without their instances: only the tasks table is read.
+        conn.execute_batch("PRAGMA foreign_keys = OFF")
+            .expect("pragma");
+        // (id, instance, key, role, status, due)
+        let mut tasks = Vec::new();
+        for n in 0..40_i64 {
+            let instance = if n % 3 == 0 { "i2" } else { "i1" };
+            let key = if n % 4 == 0 { "K2" } else { "K1" };
+            let role = if n % 5 < 2 { "supervisor" } else { "agente" };
+            let status = ["open", "claimed", "completed"][(n % 7 % 3) as usize];
+            let due = (n * 37 % 11 != 0).then_some(n * 7919 % 5);
+            tasks.push((format!("t{n:02}"), instance, key, role, status, due));
+            conn.execute(
+                "INSERT INTO tasks (id, instance_id, token, node_id, code, business_key, role, status, \
+                 created_at, due_at, due_order) VALUES (?1, ?2, 0, 'n', 'X', ?3, ?4, ?5, ?6, ?7, ?8)",
+                rusqlite::params![
+                    format!("t{n:02}"),
+                    instance,
+                    key,
+                    role,
+                    status,
+                    n * 3 % 4,
+                    due,
+                    due.unwrap_or(i64::MAX)
+                ],
+            )
+            .expect("task");
+        }
+        let read = |filter: &Filter| -> Vec<String> {
+            let sql = numbered(&tasks::list_sql(filter, false));
+            let mut stmt = conn.prepare(&sql).expect("statement");
+            stmt.query_map(rusqlite::params_from_iter(inbox_values(filter)), |r| {
+                r.get::<_, String>(0)
+            })
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+        };
+        let filters = [
+            (Some("i1"), None, vec![], None),
+            (Some("i1"), None, vec!["agente"], None),
+            (
+                Some("i2"),
+                None,
+                vec!["agente", "supervisor"],
+                Some("completed"),
+            ),
+            (None, Some("K1"), vec![], None),
+            (None, Some("K2"), vec!["agente"], None),
+            (Some("i1"), Some("K1"), vec![], None),
+        ];
+        for (instance, key, roles, status) in filters {
+            let mut expected: Vec<_> = tasks
+                .iter()
+                .filter(|t| instance.is_none_or(|i| t.1 == i))
+                .filter(|t| key.is_none_or(|k| t.2 == k))
+                .filter(|t| roles.is_empty() || roles.contains(&t.3))
+                .filter(|t| status.map_or(t.4 != "completed", |s| t.4 == s))
+                .map(|t| {
+                    (
+                        t.5.unwrap_or(i64::MAX),
+                        t.0[1..].parse::<i64>().unwrap() * 3 % 4,
+                        t.0.clone(),
+                    )
+                })
+                .collect();
+            expected.sort();
+            assert!(expected.len() > 3, "the case reads several tasks");
+            // Pages of three, each after the last one's cursor.
+            let mut got = Vec::new();
+            let mut after = None;
+            loop {
+                let filter = Filter {
+                    roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+                    status: status.map(str::to_owned),
+                    instance_id: instance.map(str::to_owned),
+                    business_key: key.map(str::to_owned),
+                    limit: 3,
+                    after: after.clone(),
+                    ..Filter::default()
+                };
+                let page = read(&filter);
+                let Some(last) = page.last() else { break };
+                let (due, created, id) = expected
+                    .iter()
+                    .find(|e| &e.2 == last)
+                    .cloned()
+                    .expect("a task the filter names");
+                after = Some(tasks::TaskCursor { due, created, id });
+                got.extend(page);
+            }
+            let expected: Vec<String> = expected.into_iter().map(|e| e.2).collect();
+            assert_eq!(got, expected, "{instance:?} {key:?} {roles:?} {status:?}");
+        }
     }
 
     /// A search by business key seeks the key in every lane, with or

@@ -268,43 +268,62 @@ pub(super) enum Value {
 pub(super) fn list_values(filter: &Filter) -> Vec<Value> {
     let (roles, statuses) = lanes(filter);
     let mut values = vec![Value::Int(filter.limit.max(1))];
+    if narrow(filter) {
+        values.extend(roles.iter().flatten().map(|r| Value::Text((*r).to_owned())));
+        values.extend(statuses.iter().map(|s| Value::Text((*s).to_owned())));
+        condition_values(filter, &mut values);
+        return values;
+    }
     for role in &roles {
         for status in &statuses {
             if let Some(role) = role {
                 values.push(Value::Text(role.to_string()));
             }
             values.push(Value::Text(status.to_string()));
-            for value in [
-                &filter.instance_id,
-                &filter.assignee,
-                &filter.code,
-                &filter.business_key,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                values.push(Value::Text(value.clone()));
-            }
-            if let Some(at) = filter.due_before {
-                values.push(Value::Int(at));
-            }
-            if let Some((name, value)) = &filter.variable {
-                let text = match value {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                values.push(Value::Text(name.clone()));
-                values.push(Value::Text(value.to_string()));
-                values.push(Value::Text(text));
-            }
-            if let Some(c) = &filter.after {
-                values.push(Value::Int(c.due));
-                values.push(Value::Int(c.created));
-                values.push(Value::Text(c.id.clone()));
-            }
+            condition_values(filter, &mut values);
         }
     }
     values
+}
+
+/// The values of [`conditions`]' placeholders, in order.
+fn condition_values(filter: &Filter, values: &mut Vec<Value>) {
+    for value in [
+        &filter.instance_id,
+        &filter.assignee,
+        &filter.code,
+        &filter.business_key,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        values.push(Value::Text(value.clone()));
+    }
+    if let Some(at) = filter.due_before {
+        values.push(Value::Int(at));
+    }
+    if let Some((name, value)) = &filter.variable {
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        values.push(Value::Text(name.clone()));
+        values.push(Value::Text(value.to_string()));
+        values.push(Value::Text(text));
+    }
+    if let Some(c) = &filter.after {
+        values.push(Value::Int(c.due));
+        values.push(Value::Int(c.created));
+        values.push(Value::Text(c.id.clone()));
+    }
+}
+
+/// Whether `filter` picks out a handful of tasks: one instance's, or one
+/// business key's. Those are read by one statement and sorted, where an
+/// inbox is read lane by lane in index order: the lanes' merge cost a
+/// client looking up its instance's next task more than the few rows did.
+fn narrow(filter: &Filter) -> bool {
+    filter.instance_id.is_some() || filter.business_key.is_some()
 }
 
 /// The (role, status) pairs [`list`] reads one lane each of.
@@ -355,7 +374,8 @@ impl Shape {
     }
 }
 
-/// The statement of [`list`]: `$1` is the page size, then each lane's values.
+/// The statement of [`list`]: `$1` is the page size, then each lane's values
+/// (or, for a [`narrow`] filter, the roles, the statuses and the conditions).
 pub(super) fn list_sql(filter: &Filter, postgres: bool) -> String {
     let (roles, statuses) = lanes(filter);
     let mut n = 0;
@@ -365,6 +385,25 @@ pub(super) fn list_sql(filter: &Filter, postgres: bool) -> String {
     };
     // See the module documentation of `store` on why a bound LIMIT is cast.
     let limit = format!("CAST({} AS BIGINT)", next());
+    if narrow(filter) {
+        // On SQLite, `+` keeps role and status out of the index search: an
+        // `IN` that searches builds a temporary table of its values on every
+        // run, where a test of the instance's few entries is two comparisons.
+        let plus = if postgres { "" } else { "+" };
+        let mut clauses = Vec::new();
+        if !filter.roles.is_empty() {
+            let roles: Vec<String> = roles.iter().map(|_| next()).collect();
+            clauses.push(format!("{plus}role IN ({})", roles.join(", ")));
+        }
+        let statuses: Vec<String> = statuses.iter().map(|_| next()).collect();
+        clauses.push(format!("{plus}status IN ({})", statuses.join(", ")));
+        let clauses = conditions(filter, postgres, &mut next, clauses);
+        return format!(
+            "SELECT {COLUMNS} FROM {} WHERE {} ORDER BY due_order, created_at, id LIMIT {limit}",
+            table(filter, postgres),
+            clauses.join(" AND ")
+        );
+    }
     let mut lanes = Vec::new();
     for role in &roles {
         for _ in &statuses {
@@ -373,7 +412,13 @@ pub(super) fn list_sql(filter: &Filter, postgres: bool) -> String {
                 clauses.push(format!("role = {}", next()));
             }
             clauses.push(format!("status = {}", next()));
-            lanes.push(lane_sql(filter, postgres, &mut next, clauses, &limit));
+            let clauses = conditions(filter, postgres, &mut next, clauses);
+            lanes.push(format!(
+                "SELECT * FROM (SELECT {COLUMNS}, due_order FROM {} WHERE {} \
+                 ORDER BY due_order, created_at, id LIMIT {limit}) AS lane",
+                table(filter, postgres),
+                clauses.join(" AND ")
+            ));
         }
     }
     format!(
@@ -382,16 +427,15 @@ pub(super) fn list_sql(filter: &Filter, postgres: bool) -> String {
     )
 }
 
-/// One lane of [`list`]: the filter's other conditions on top of `clauses`,
-/// in index order, one page at most. Placeholders are numbered by `next` in
-/// the order [`list`] binds them.
-fn lane_sql(
+/// The filter's conditions other than role and status, after `clauses`, in
+/// index order. Placeholders are numbered by `next` in the order
+/// [`condition_values`] gives the values.
+fn conditions(
     filter: &Filter,
     postgres: bool,
     next: &mut impl FnMut() -> String,
     mut clauses: Vec<String>,
-    limit: &str,
-) -> String {
+) -> Vec<String> {
     for (present, column) in [
         (filter.instance_id.is_some(), "instance_id"),
         (filter.assignee.is_some(), "assignee"),
@@ -426,21 +470,22 @@ fn lane_sql(
         let (a, b, c) = (next(), next(), next());
         clauses.push(format!("(due_order, created_at, id) > ({a}, {b}, {c})"));
     }
-    // SQLite keeps no statistics: left to itself it walks `tasks_queue` or
-    // `tasks_inbox`, which give the page's order, and reads every task's
-    // row to compare its key. A business key matches a handful of tasks,
-    // so its index is named. (PostgreSQL weighs the indexes with its
-    // statistics; an instance's own index already wins on SQLite.)
-    let from = if !postgres && filter.business_key.is_some() && filter.instance_id.is_none() {
+    clauses
+}
+
+/// The table as the statement names it.
+///
+/// SQLite keeps no statistics: left to itself it walks `tasks_queue` or
+/// `tasks_inbox`, which give the page's order, and reads every task's row
+/// to compare its key. A business key matches a handful of tasks, so its
+/// index is named. (PostgreSQL weighs the indexes with its statistics; an
+/// instance's own index already wins on SQLite.)
+fn table(filter: &Filter, postgres: bool) -> &'static str {
+    if !postgres && filter.business_key.is_some() && filter.instance_id.is_none() {
         "tasks INDEXED BY tasks_by_business_key"
     } else {
         "tasks"
-    };
-    format!(
-        "SELECT * FROM (SELECT {COLUMNS}, due_order FROM {from} WHERE {} \
-         ORDER BY due_order, created_at, id LIMIT {limit}) AS lane",
-        clauses.join(" AND ")
-    )
+    }
 }
 
 /// A badge counts up to this many tasks per role and then says "more": an
