@@ -160,8 +160,6 @@ pub(crate) async fn drive(
     latencies: &Mutex<Vec<f64>>,
 ) -> Result<(), tramite_engine::Error> {
     let phone = format!("7{:07}", n % 10_000_000);
-    // Changes that came while this client was busy with another instance.
-    while changes.try_recv().is_ok() {}
     let id = timed(
         latencies,
         engine.start(StartInstance {
@@ -187,6 +185,11 @@ pub(crate) async fn drive(
     };
     let mut child: Option<String> = None;
     loop {
+        // Changes already committed are in what the reads below see: only a
+        // change after this point is worth waking up for. (Without this, a
+        // client woke for its own earlier commands and read everything again
+        // for nothing: 18 reads of the instance per request instead of 8.)
+        while changes.try_recv().is_ok() {}
         let mut tasks = engine.tasks(&filter).await?;
         if tasks.is_empty() {
             if child.is_none() {
