@@ -6,7 +6,7 @@ use super::{Conn, Error, json};
 
 /// A task as stored. Its form, instructions and outcomes come from the
 /// definition's node, not from the row.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TaskRow {
     /// Id.
     pub id: String,
