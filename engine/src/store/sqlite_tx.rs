@@ -1003,7 +1003,9 @@ mod tests {
             .conn
             .prepare("SELECT seq, at, kind, node_id, data FROM journal WHERE instance_id = 'i1' ORDER BY seq")
             .expect("prepare");
-        let rows: Vec<(i64, i64, String, Option<String>, Option<String>)> = stmt
+        // seq, at, kind, node_id, data
+        type Stored = (i64, i64, String, Option<String>, Option<String>);
+        let rows: Vec<Stored> = stmt
             .query_map([], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
