@@ -31,37 +31,41 @@ impl Drop for Driver {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// chromedriver on a port of its own choosing (`--port=0`): a port picked
+/// here and freed before chromedriver bound it could be taken by another
+/// test's chromedriver in between, which made a test talk to a driver that
+/// its owner then killed (seen once as "connection refused" in CI).
 async fn driver() -> Driver {
-    let port = free_port();
+    use std::io::BufRead;
     // Owned by `Driver` at once, so that it is killed and waited for on
     // every path (its `Drop`).
-    let driver = Driver {
-        child: Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver (Debian package chromium-driver; .ci/run installs it)"),
-        port,
-    };
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return driver;
+    let mut child = Command::new("chromedriver")
+        .arg("--port=0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian package chromium-driver; .ci/run installs it)");
+    let stdout = child.stdout.take().expect("chromedriver's output");
+    let mut driver = Driver { child, port: 0 };
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads the announced port, then keeps draining the output so that
+    // chromedriver never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Some(port) = line
+                .strip_prefix("ChromeDriver was started successfully on port ")
+                .and_then(|rest| rest.trim_end_matches('.').parse::<u16>().ok())
+            {
+                let _ = tx.send(port);
+            }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("chromedriver did not start on port {port}");
+    });
+    driver.port = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(10)))
+        .await
+        .expect("waiting for chromedriver")
+        .expect("chromedriver announced its port");
+    driver
 }
 
 /// The engine, its pages on a socket, and a browser.
