@@ -463,12 +463,33 @@ impl Tx for Writing {
 
     async fn update_instance(&mut self, i: &InstanceRow) -> Result<bool, Error> {
         let state = serde_json::to_string(&i.state).expect("state serializes");
-        let n = self
-            .conn.prepare_cached(
-                "UPDATE instances SET status = ?2, outcome = ?3, state = ?4, revision = revision + 1, \
-                 ended_at = ?5, cancel_reason = ?6 WHERE id = ?1 AND revision = ?7",
-            )?
-            .execute(params![i.id, i.status, i.outcome, state, i.ended_at, i.cancel_reason, i.revision])?;
+        let still_running = i.status == "running"
+            && i.outcome.is_none()
+            && i.ended_at.is_none()
+            && i.cancel_reason.is_none();
+        // SQLite moves an index entry for every column a SET names, changed
+        // or not: setting `status` to what it was moved the instance's entry
+        // in `instances_by_code` on every command. An instance that runs on,
+        // as nearly every update leaves it, gets its state and revision only
+        // (the guard makes sure nothing else had to change); any other
+        // update, or that one failing its guard, writes every column.
+        let mut n = 0;
+        if still_running {
+            n = self
+                .conn.prepare_cached(
+                    "UPDATE instances SET state = ?2, revision = revision + 1 WHERE id = ?1 AND revision = ?3 \
+                     AND status = 'running' AND outcome IS NULL AND ended_at IS NULL AND cancel_reason IS NULL",
+                )?
+                .execute(params![i.id, state, i.revision])?;
+        }
+        if n == 0 {
+            n = self
+                .conn.prepare_cached(
+                    "UPDATE instances SET status = ?2, outcome = ?3, state = ?4, revision = revision + 1, \
+                     ended_at = ?5, cancel_reason = ?6 WHERE id = ?1 AND revision = ?7",
+                )?
+                .execute(params![i.id, i.status, i.outcome, state, i.ended_at, i.cancel_reason, i.revision])?;
+        }
         if n == 1 {
             let stored = running(i).map(|mut stored| {
                 stored.revision += 1;
@@ -1078,6 +1099,58 @@ mod tests {
         w.insert_task(&new_task("t3")).await.expect("insert");
         w.rollback().expect("rollback");
         assert_eq!(w.task("t3").await.expect("task"), None);
+        let _ = std::fs::remove_dir_all(path);
+    }
+
+    /// A running instance's update that changes nothing but its state leaves
+    /// its other columns as stored; one that changes its status (here from a
+    /// status set behind the writer's back) writes them all.
+    #[tokio::test]
+    async fn an_update_writes_the_columns_that_changed() {
+        let (mut w, _, path) = writer_with_instance().await;
+        w.begin().expect("begin");
+        assert!(set_x(&mut w, 1).await, "a running instance's update");
+        w.commit().expect("commit");
+        let read = |w: &Writing| -> (String, Option<i64>, i64, String) {
+            w.conn
+                .query_row(
+                    "SELECT status, ended_at, revision, state FROM instances WHERE id = 'i1'",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .expect("row")
+        };
+        let (status, ended, revision, state) = read(&w);
+        assert_eq!((status.as_str(), ended, revision), ("running", None, 1));
+        assert!(state.contains("\"x\":1"), "{state}");
+
+        // Suspended behind the writer's back: the running copy's update must
+        // not take the short form, whose guard now fails, but write it all.
+        w.conn
+            .execute(
+                "UPDATE instances SET status = 'suspended' WHERE id = 'i1'",
+                [],
+            )
+            .expect("suspend");
+        w.begin().expect("begin");
+        assert!(set_x(&mut w, 2).await, "the full update");
+        w.commit().expect("commit");
+        let (status, _, revision, state) = read(&w);
+        assert_eq!((status.as_str(), revision), ("running", 2));
+        assert!(state.contains("\"x\":2"), "{state}");
+
+        // Ending it writes the end.
+        w.begin().expect("begin");
+        let mut row = stored(&mut w).await;
+        row.status = "completed".to_owned();
+        row.ended_at = Some(7);
+        assert!(w.update_instance(&row).await.expect("update"));
+        w.commit().expect("commit");
+        let (status, ended, revision, _) = read(&w);
+        assert_eq!(
+            (status.as_str(), ended, revision),
+            ("completed", Some(7), 3)
+        );
         let _ = std::fs::remove_dir_all(path);
     }
 
