@@ -472,7 +472,7 @@ async fn run_followups(
                 child,
                 variables,
             } => {
-                let mut row = load(conn, &parent).await?;
+                let row = load(conn, &parent).await?;
                 if row.status != "running" {
                     continue;
                 }
@@ -487,7 +487,7 @@ async fn run_followups(
                     continue;
                 };
                 let output = Value::Object(variables);
-                let effects = run_machine(&mut row, &process, ctx.now, |m| {
+                let (mut row, effects) = run_machine(row, &process, ctx.now, |m| {
                     match m.assign(&call.output, Some(("output", &output))) {
                         Ok(written) => {
                             m.note(
@@ -519,7 +519,7 @@ async fn run_followups(
                 child,
                 message,
             } => {
-                let mut row = load(conn, &parent).await?;
+                let row = load(conn, &parent).await?;
                 if row.status != "running" {
                     continue;
                 }
@@ -533,7 +533,7 @@ async fn run_followups(
                 let Some(node_id) = row.state.token(token).map(|t| t.node.clone()) else {
                     continue;
                 };
-                let effects = run_machine(&mut row, &process, ctx.now, |m| {
+                let (mut row, effects) = run_machine(row, &process, ctx.now, |m| {
                     raise(m, token, &node_id, message, false);
                     Ok(())
                 })?;
@@ -544,23 +544,26 @@ async fn run_followups(
     Ok(())
 }
 
-/// Runs `f` on a token machine over `row`'s state; the row takes the new
-/// state and the machine's effects are returned, for `save`.
+/// Runs `f` on a token machine over `row`'s state; the row, with the new
+/// state, and the machine's effects are returned, for `save`.
+///
+/// The row is taken and given back: on an error the machine may have left
+/// its state half changed, and the row is dropped with the error rather
+/// than kept for a later write (it used to be copied first, 1.8 % of the
+/// writer's instructions).
 fn run_machine(
-    row: &mut InstanceRow,
+    mut row: InstanceRow,
     process: &Process,
     now: i64,
     f: impl FnOnce(&mut Machine<'_>) -> Result<(), Error>,
-) -> Result<Vec<Effect>, Error> {
-    let meta = meta(row);
-    let mut state = row.state.clone();
+) -> Result<(InstanceRow, Vec<Effect>), Error> {
+    let meta = meta(&row);
     let effects = {
-        let mut m = Machine::new(process, &meta, &mut state, now);
+        let mut m = Machine::new(process, &meta, &mut row.state, now);
         f(&mut m)?;
         std::mem::take(&mut m.effects)
     };
-    row.state = state;
-    Ok(effects)
+    Ok((row, effects))
 }
 
 /// Stops token `token` at `node` with an incident. `after_effect`: the
@@ -1108,7 +1111,7 @@ async fn complete(
             assignee: holder.to_owned(),
         });
     }
-    let mut row = load(conn, &task.instance_id).await?;
+    let row = load(conn, &task.instance_id).await?;
     let process = ctx.processes.get(conn, row.definition_id).await?;
     let NodeKind::UserTask(node) = &process
         .definition
@@ -1160,7 +1163,7 @@ async fn complete(
         });
     }
     let token = task.token as u32;
-    let effects = run_machine(&mut row, &process, ctx.now, |m| {
+    let (mut row, effects) = run_machine(row, &process, ctx.now, |m| {
         if let Some(t) = m.state.token(token)
             && let Wait::Task {
                 timer: Some(timer), ..
@@ -1353,9 +1356,9 @@ async fn job_done(
 ) -> Result<(), Error> {
     match apply_job_result(conn, ctx, job, owner, result, followups).await {
         Err(Error::Machine(e)) => {
-            let mut row = load(conn, &job.instance_id).await?;
+            let row = load(conn, &job.instance_id).await?;
             let process = ctx.processes.get(conn, row.definition_id).await?;
-            let effects = run_machine(&mut row, &process, ctx.now, |m| {
+            let (mut row, effects) = run_machine(row, &process, ctx.now, |m| {
                 raise(m, job.token as u32, &job.node_id, e.to_string(), true);
                 Ok(())
             })?;
@@ -1486,7 +1489,7 @@ async fn deliver(
     message: &MessageRow,
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
-    let mut row = load(conn, instance).await?;
+    let row = load(conn, instance).await?;
     let process = ctx.processes.get(conn, row.definition_id).await?;
     let found = row.state.tokens.iter().find_map(|t| match &t.wait {
         Wait::Message {
@@ -1502,7 +1505,7 @@ async fn deliver(
         return Ok(());
     };
     conn.unsubscribe(subscription).await?;
-    let effects = run_machine(&mut row, &process, ctx.now, |m| {
+    let (mut row, effects) = run_machine(row, &process, ctx.now, |m| {
         if let Some(t) = timer {
             m.effects.push(Effect::CancelJob { id: t });
         }
@@ -1531,7 +1534,7 @@ async fn cancel(
     strict: bool,
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
-    let mut row = load(conn, id).await?;
+    let row = load(conn, id).await?;
     if row.status != "running" {
         if strict {
             return Err(Error::InstanceNotRunning {
@@ -1542,7 +1545,7 @@ async fn cancel(
         return Ok(());
     }
     let process = ctx.processes.get(conn, row.definition_id).await?;
-    let effects = run_machine(&mut row, &process, ctx.now, |m| {
+    let (mut row, effects) = run_machine(row, &process, ctx.now, |m| {
         m.withdraw_all();
         m.note("instance_cancelled", None, json!({"reason": reason}));
         Ok(())
