@@ -243,7 +243,9 @@ impl TaskCursor {
 /// one range scan of the `tasks_inbox` index in due order that stops after
 /// one page; one statement takes the page off their union. So a page costs
 /// the same with a thousand tasks as with a million, where one scan over
-/// `role IN (…) AND status IN (…)` would sort every matching task.
+/// `role IN (…) AND status IN (…)` would sort every matching task. An
+/// instance's or a business key's tasks, a handful, are read by one seek and
+/// sorted (see `narrow`).
 pub async fn list(conn: &mut Conn, filter: &Filter) -> Result<Vec<TaskRow>, Error> {
     let sql = list_sql(filter, conn.backend_name() == "PostgreSQL");
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
