@@ -111,6 +111,18 @@ impl Writing {
         Ok(self.conn.execute_batch("RELEASE command")?)
     }
 
+    /// Keeps `row`, now stored at `revision`; an ended instance is not kept
+    /// (commands on it are rare and refused anyway).
+    fn wrote_instance(&mut self, row: &InstanceRow, revision: i64) {
+        if row.status == "running" {
+            let mut kept = row.clone();
+            kept.revision = revision;
+            self.instances.wrote(&row.id, kept);
+        } else {
+            self.instances.forget(&row.id);
+        }
+    }
+
     /// Undoes what the command did.
     pub fn rollback_to_savepoint(&mut self) -> Result<(), Error> {
         self.instances.forget_since(self.instances.mark);
@@ -192,14 +204,9 @@ impl<T: Clone> Kept<T> {
         self.rows.get(id).cloned()
     }
 
-    /// Records that the open transaction wrote `row` (or, with `None`, wrote
-    /// `id` in a way not worth keeping).
-    fn wrote(&mut self, id: &str, row: Option<T>) {
+    /// Records that the open transaction wrote `row`.
+    fn wrote(&mut self, id: &str, row: T) {
         self.written.push(id.to_owned());
-        let Some(row) = row else {
-            self.rows.remove(id);
-            return;
-        };
         if self.rows.len() >= self.capacity && !self.rows.contains_key(id) {
             // Any entry: a miss only costs the read this cache saves.
             if let Some(evict) = self.rows.keys().next().cloned() {
@@ -207,6 +214,13 @@ impl<T: Clone> Kept<T> {
             }
         }
         self.rows.insert(id.to_owned(), row);
+    }
+
+    /// Drops the copy of `id`, if any: the row changed in a way not kept.
+    /// Nothing to undo should the change be rolled back: a row not kept is
+    /// read from the database.
+    fn forget(&mut self, id: &str) {
+        self.rows.remove(id);
     }
 
     /// Drops what the transaction wrote after position `from` of `written`.
@@ -227,12 +241,6 @@ impl<T: Clone> Kept<T> {
         self.written.clear();
         self.mark = 0;
     }
-}
-
-/// `row`, if it is worth keeping: an ended instance is not kept (commands
-/// on it are rare and refused anyway).
-fn running(row: &InstanceRow) -> Option<InstanceRow> {
-    (row.status == "running").then(|| row.clone())
 }
 
 const DEFINITION: &str = "id, code, version, content_hash, file_name, source, deployed_at";
@@ -457,7 +465,7 @@ impl Tx for Writing {
             i.ended_at,
             i.cancel_reason
         ])?;
-        self.instances.wrote(&i.id, running(i));
+        self.wrote_instance(i, i.revision);
         Ok(())
     }
 
@@ -491,14 +499,10 @@ impl Tx for Writing {
                 .execute(params![i.id, i.status, i.outcome, state, i.ended_at, i.cancel_reason, i.revision])?;
         }
         if n == 1 {
-            let stored = running(i).map(|mut stored| {
-                stored.revision += 1;
-                stored
-            });
-            self.instances.wrote(&i.id, stored);
+            self.wrote_instance(i, i.revision + 1);
         } else {
             // The copy this command started from was not the stored one.
-            self.instances.rows.remove(&i.id);
+            self.instances.forget(&i.id);
         }
         Ok(n == 1)
     }
@@ -539,7 +543,7 @@ impl Tx for Writing {
             completed_at: None,
             completed_by: None,
         };
-        self.tasks.wrote(t.id, Some(row));
+        self.tasks.wrote(t.id, row);
         Ok(())
     }
 
@@ -551,7 +555,7 @@ impl Tx for Writing {
     }
 
     async fn claim_task(&mut self, id: &str, user: &str) -> Result<bool, Error> {
-        self.tasks.wrote(id, None);
+        self.tasks.forget(id);
         let n = self
             .conn.prepare_cached("UPDATE tasks SET status = 'claimed', assignee = ?2 WHERE id = ?1 AND status = 'open'")?
             .execute(params![id, user])?;
@@ -559,7 +563,7 @@ impl Tx for Writing {
     }
 
     async fn unclaim_task(&mut self, id: &str, user: &str) -> Result<bool, Error> {
-        self.tasks.wrote(id, None);
+        self.tasks.forget(id);
         let n = self
             .conn.prepare_cached(
                 "UPDATE tasks SET status = 'open', assignee = NULL WHERE id = ?1 AND status = 'claimed' AND assignee = ?2",
@@ -569,7 +573,7 @@ impl Tx for Writing {
     }
 
     async fn assign_task(&mut self, id: &str, user: &str) -> Result<bool, Error> {
-        self.tasks.wrote(id, None);
+        self.tasks.forget(id);
         let n = self
             .conn.prepare_cached(
                 "UPDATE tasks SET status = 'claimed', assignee = ?2 WHERE id = ?1 AND status IN ('open', 'claimed')",
@@ -579,7 +583,7 @@ impl Tx for Writing {
     }
 
     async fn complete_task(&mut self, d: TaskCompletion<'_>) -> Result<bool, Error> {
-        self.tasks.wrote(d.id, None);
+        self.tasks.forget(d.id);
         let n = self
             .conn.prepare_cached(
                 "UPDATE tasks SET status = 'completed', outcome = ?2, data = ?3, completed_at = ?4, \
@@ -591,7 +595,7 @@ impl Tx for Writing {
     }
 
     async fn cancel_task(&mut self, id: &str, now: i64) -> Result<(), Error> {
-        self.tasks.wrote(id, None);
+        self.tasks.forget(id);
         self.conn.prepare_cached(
             "UPDATE tasks SET status = 'cancelled', completed_at = ?2 WHERE id = ?1 AND status IN ('open', 'claimed')",
         )?
