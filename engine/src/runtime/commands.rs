@@ -487,7 +487,7 @@ async fn run_followups(
                     continue;
                 };
                 let output = Value::Object(variables);
-                let (mut row, effects) = run_machine(row, &process, ctx.now, |m| {
+                let (row, effects) = run_machine(row, &process, ctx.now, |m| {
                     match m.assign(&call.output, Some(("output", &output))) {
                         Ok(written) => {
                             m.note(
@@ -501,7 +501,7 @@ async fn run_followups(
                     }
                     Ok(())
                 })?;
-                save(conn, ctx, &mut row, effects, "engine", queue, false).await?;
+                save(conn, ctx, row, effects, "engine", queue, false).await?;
             }
             Followup::Deliver {
                 instance,
@@ -533,11 +533,11 @@ async fn run_followups(
                 let Some(node_id) = row.state.token(token).map(|t| t.node.clone()) else {
                     continue;
                 };
-                let (mut row, effects) = run_machine(row, &process, ctx.now, |m| {
+                let (row, effects) = run_machine(row, &process, ctx.now, |m| {
                     raise(m, token, &node_id, message, false);
                     Ok(())
                 })?;
-                save(conn, ctx, &mut row, effects, "engine", queue, false).await?;
+                save(conn, ctx, row, effects, "engine", queue, false).await?;
             }
         }
     }
@@ -764,14 +764,14 @@ async fn start_instance(
     m.start()?;
     let effects = std::mem::take(&mut m.effects);
     row.state = state;
-    save(conn, ctx, &mut row, effects, &start.actor, followups, true).await
+    save(conn, ctx, row, effects, &start.actor, followups, true).await
 }
 
 /// Persists an instance after a machine run and applies its effects.
 async fn save(
     conn: &mut impl Tx,
     ctx: &Ctx<'_>,
-    row: &mut InstanceRow,
+    mut row: InstanceRow,
     effects: Vec<Effect>,
     actor: &str,
     followups: &mut VecDeque<Followup>,
@@ -806,20 +806,22 @@ async fn save(
         }
     }
     if new {
-        conn.insert_instance(row).await?;
-    } else if !conn.update_instance(row).await? {
+        conn.insert_instance(&row).await?;
+    } else if conn.update_instance(&row).await? {
+        // What the database holds now, for `keep_instance`.
+        row.revision += 1;
+    } else {
         return Err(Error::Concurrent {
             instance: row.id.clone(),
         });
     }
-    row.revision += 1;
     ctx.touched
         .lock()
         .expect("touched lock")
         .push(row.id.clone());
     // The instance row exists now: its tasks, jobs and subscriptions may refer to it.
     for effect in writes {
-        apply(conn, ctx, row, effect, followups).await?;
+        apply(conn, ctx, &row, effect, followups).await?;
     }
     let new_entries: Vec<journal::NewEntry<'_>> = entries
         .iter()
@@ -833,6 +835,8 @@ async fn save(
         })
         .collect();
     conn.append_journal(&new_entries).await?;
+    drop(new_entries);
+    conn.keep_instance(row);
     Ok(())
 }
 
@@ -1163,7 +1167,7 @@ async fn complete(
         });
     }
     let token = task.token as u32;
-    let (mut row, effects) = run_machine(row, &process, ctx.now, |m| {
+    let (row, effects) = run_machine(row, &process, ctx.now, |m| {
         if let Some(t) = m.state.token(token)
             && let Wait::Task {
                 timer: Some(timer), ..
@@ -1181,7 +1185,7 @@ async fn complete(
         m.go(token, &outcome.next)?;
         Ok(())
     })?;
-    save(conn, ctx, &mut row, effects, &c.user, followups, false).await?;
+    save(conn, ctx, row, effects, &c.user, followups, false).await?;
     Ok(CompletedTask {
         code: task.code,
         node_id: task.node_id,
@@ -1340,7 +1344,7 @@ async fn apply_job_result(
     }
     let effects = std::mem::take(&mut m.effects);
     row.state = state;
-    save(conn, ctx, &mut row, effects, "worker", followups, false).await
+    save(conn, ctx, row, effects, "worker", followups, false).await
 }
 
 /// Applies a job's result; if the machine refuses to go on (a runaway
@@ -1358,11 +1362,11 @@ async fn job_done(
         Err(Error::Machine(e)) => {
             let row = load(conn, &job.instance_id).await?;
             let process = ctx.processes.get(conn, row.definition_id).await?;
-            let (mut row, effects) = run_machine(row, &process, ctx.now, |m| {
+            let (row, effects) = run_machine(row, &process, ctx.now, |m| {
                 raise(m, job.token as u32, &job.node_id, e.to_string(), true);
                 Ok(())
             })?;
-            save(conn, ctx, &mut row, effects, "worker", followups, false).await
+            save(conn, ctx, row, effects, "worker", followups, false).await
         }
         other => other,
     }
@@ -1505,7 +1509,7 @@ async fn deliver(
         return Ok(());
     };
     conn.unsubscribe(subscription).await?;
-    let (mut row, effects) = run_machine(row, &process, ctx.now, |m| {
+    let (row, effects) = run_machine(row, &process, ctx.now, |m| {
         if let Some(t) = timer {
             m.effects.push(Effect::CancelJob { id: t });
         }
@@ -1522,7 +1526,7 @@ async fn deliver(
         }
         Ok(())
     })?;
-    save(conn, ctx, &mut row, effects, "engine", followups, false).await
+    save(conn, ctx, row, effects, "engine", followups, false).await
 }
 
 async fn cancel(
@@ -1563,7 +1567,7 @@ async fn cancel(
             message: format!("called instance `{}` was cancelled: {reason}", row.id),
         });
     }
-    save(conn, ctx, &mut row, effects, actor, followups, false).await
+    save(conn, ctx, row, effects, actor, followups, false).await
 }
 
 async fn settle_incident(
@@ -1652,7 +1656,7 @@ async fn settle_incident(
     }
     let effects = std::mem::take(&mut m.effects);
     row.state = state;
-    save(conn, ctx, &mut row, effects, actor, followups, false).await
+    save(conn, ctx, row, effects, actor, followups, false).await
 }
 
 /// The errors a command's storage can produce, for the writer's retry logic.

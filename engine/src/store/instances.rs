@@ -6,7 +6,7 @@ use super::{Backend, Conn, Error, json};
 use crate::runtime::state::InstanceState;
 
 /// An instance as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InstanceRow {
     /// Id (UUID v7).
     pub id: String,
