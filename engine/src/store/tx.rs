@@ -61,9 +61,9 @@ pub trait Tx: Send {
         &mut self,
         row: &InstanceRow,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
-    /// The command that read `row` for update wrote it, and `row` is what
-    /// the database now holds (its revision included): a backend may keep
-    /// it for the instance's next command. Nothing to keep by default.
+    /// A command inserted or updated `row`, which is now what the database
+    /// holds (its revision included): a backend may keep it for the
+    /// instance's next command. Nothing to keep by default.
     fn keep_instance(&mut self, row: InstanceRow) {
         let _ = row;
     }
