@@ -430,6 +430,133 @@ on_both_backends!(
     super::good_and_bad_commands_at_once
 );
 
+/// Sends the completion of `id`'s client identification through `lane`;
+/// every third (`n % 3 == 1`) with a form error (`ci` must be digits).
+async fn send_completion(
+    h: &Harness,
+    lane: &tramite_engine::runtime::Engine,
+    id: &str,
+    n: usize,
+) -> tokio::task::JoinHandle<Result<tramite_engine::runtime::CompletedTask, Error>> {
+    let task = h.task(id, "identificar_cliente").await;
+    let ci = if n % 3 == 1 {
+        "12ab".to_owned()
+    } else {
+        format!("{}", 5_000_000 + n)
+    };
+    let data = json!({"nombre_cliente": "Ana", "servicio_solicitado": "internet_fibra", "ci": ci});
+    let lane = lane.clone();
+    tokio::spawn(async move {
+        lane.complete(CompleteTask {
+            task: task.id,
+            user: "agente1".to_owned(),
+            outcome: "continuar".to_owned(),
+            data: tramite_tests::engine::object(data),
+            roles: None,
+        })
+        .await
+    })
+}
+
+/// On PostgreSQL a lane runs its batch without savepoints and, when a
+/// command fails, rolls it back and runs it again with one per command:
+/// the failing commands change nothing, the others commit, and they still
+/// share a transaction. The lane is held on a row lock so that the
+/// commands queue up behind it and arrive as one batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_command_in_a_postgres_batch_leaves_the_others() {
+    use sqlx::Connection;
+    use std::sync::atomic::Ordering::Relaxed;
+    let h = Harness::new(Db::Postgres).await;
+    let mut ids = Vec::new();
+    for _ in 0..9 {
+        let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+        h.complete(&id, "recibir_llamada", "atendida", json!({}))
+            .await;
+        ids.push(id);
+    }
+    let lane = tramite_tests::engine::engine_with_lanes(&h, 1).await;
+    let before: Vec<i64> = {
+        let mut v = Vec::new();
+        for id in &ids {
+            v.push(h.instance(id).await.revision);
+        }
+        v
+    };
+
+    // Hold the first instance's row: the lane's first command waits on it.
+    let mut holder = sqlx::PgConnection::connect(&h.db.url)
+        .await
+        .expect("PostgreSQL");
+    sqlx::query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT id FROM instances WHERE id = $1 FOR UPDATE")
+        .bind(&ids[0])
+        .execute(&mut holder)
+        .await
+        .expect("row lock");
+    let first = send_completion(&h, &lane, &ids[0], 0).await;
+    let mut waited = 0;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut holder)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 500, "the lane never waited on the row lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let commits = lane.stats().commits.load(Relaxed);
+    let mut rest = Vec::new();
+    for (n, id) in ids.iter().enumerate().skip(1) {
+        rest.push(send_completion(&h, &lane, id, n).await);
+    }
+    // The eight commands are queued behind the held lane.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("release");
+    assert!(first.await.expect("joins").is_ok());
+    let mut results = Vec::new();
+    for r in rest {
+        results.push(r.await.expect("joins"));
+    }
+    let good = (1..ids.len()).filter(|n| n % 3 != 1).count();
+    for (n, result) in (1..ids.len()).zip(&results) {
+        let after = h.instance(&ids[n]).await;
+        if n % 3 == 1 {
+            assert!(
+                matches!(result, Err(Error::InvalidData { .. })),
+                "{n}: {result:?}"
+            );
+            assert_eq!(
+                after.revision, before[n],
+                "{n}: the refused command changed nothing"
+            );
+            assert_eq!(h.task(&ids[n], "identificar_cliente").await.status, "open");
+        } else {
+            assert!(result.is_ok(), "{n}: {result:?}");
+            assert!(
+                after.revision > before[n],
+                "{n}: the good command committed"
+            );
+        }
+    }
+    let batched = lane.stats().commits.load(Relaxed) - commits;
+    assert!(
+        (batched as usize) < 1 + good,
+        "the first command and {good} good ones in {batched} transactions: they did not share a batch"
+    );
+}
+
 async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::with_capacity(handles.len());
     for h in handles {

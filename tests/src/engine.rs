@@ -297,13 +297,29 @@ pub async fn second_engine(h: &Harness) -> Engine {
     open(&h.db, &h.connectors, &h.clock).await
 }
 
+/// Another engine on the same database with `lanes` write lanes
+/// (PostgreSQL; SQLite has one writer whatever the setting).
+pub async fn engine_with_lanes(h: &Harness, lanes: usize) -> Engine {
+    open_with(&h.db, &h.connectors, &h.clock, |c| c.writers = lanes).await
+}
+
 async fn open(db: &TestDb, connectors: &Connectors, clock: &Arc<ManualClock>) -> Engine {
+    open_with(db, connectors, clock, |_| {}).await
+}
+
+async fn open_with(
+    db: &TestDb,
+    connectors: &Connectors,
+    clock: &Arc<ManualClock>,
+    tweak: impl FnOnce(&mut EngineConfig),
+) -> Engine {
     let mut config = EngineConfig::new(db.url.clone());
     config.catalog = tramite_connectors::catalog();
     config.connectors = connectors.clone();
     config.clock = Arc::clone(clock) as Arc<dyn tramite_engine::runtime::clock::Clock>;
     config.lease = Duration::from_secs(30);
     config.node_name = "test".to_owned();
+    tweak(&mut config);
     Engine::open(config).await.expect("engine opens")
 }
 
