@@ -85,14 +85,7 @@ impl Writer {
             .batch(&envelopes, &touched, &scheduled, Isolation::Optimistic)
             .await;
         if matches!(outcome, Ok(None)) {
-            // A command failed and the batch was rolled back: again, each
-            // command in its savepoint.
-            tracing::debug!(
-                size = envelopes.len(),
-                "a command of the batch failed; running it again with savepoints"
-            );
-            touched.lock().expect("touched lock").clear();
-            scheduled.store(false, std::sync::atomic::Ordering::Relaxed);
+            again_with_savepoints(envelopes.len(), &touched, &scheduled);
             outcome = self
                 .batch(&envelopes, &touched, &scheduled, Isolation::PerCommand)
                 .await;
@@ -648,6 +641,21 @@ enum Isolation {
     PerCommand,
 }
 
+/// An `Optimistic` batch met a failing command and was rolled back whole,
+/// so nothing it announced happened: it runs again `PerCommand`.
+fn again_with_savepoints(
+    size: usize,
+    touched: &std::sync::Mutex<Vec<String>>,
+    scheduled: &std::sync::atomic::AtomicBool,
+) {
+    tracing::debug!(
+        size,
+        "a command of the batch failed; running it again with savepoints"
+    );
+    touched.lock().expect("touched lock").clear();
+    scheduled.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Writer {
     /// Runs a batch; its callers are answered once its commit is durable.
     fn execute_sqlite(
@@ -678,14 +686,7 @@ impl Writer {
         };
         let mut outcome = batch(Isolation::Optimistic);
         if matches!(outcome, Ok(None)) {
-            // A command failed and nothing was written: again, each command
-            // in its savepoint.
-            tracing::debug!(
-                size = envelopes.len(),
-                "a command of the batch failed; running it again with savepoints"
-            );
-            touched.lock().expect("touched lock").clear();
-            scheduled.store(false, std::sync::atomic::Ordering::Relaxed);
+            again_with_savepoints(envelopes.len(), &touched, &scheduled);
             outcome = batch(Isolation::PerCommand);
         }
         let results = match outcome {
