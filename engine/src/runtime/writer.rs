@@ -171,38 +171,10 @@ impl Writer {
             scheduled: std::sync::atomic::AtomicBool::new(false),
         };
         let mut results = Vec::with_capacity(envelopes.len());
-        if let [env] = envelopes {
-            // Alone in its batch, a command needs no savepoint: the transaction is its own.
-            let result = commands::exec(&mut *tx, &ctx, env.command.clone()).await;
-            match &result {
-                Ok(_) => {
-                    if ctx.scheduled.load(std::sync::atomic::Ordering::Relaxed) {
-                        announce_jobs(&mut tx, ctx.backend).await?;
-                    }
-                    self.commit(tx, xid).await?;
-                    touched
-                        .lock()
-                        .expect("touched lock")
-                        .append(&mut ctx.touched.lock().expect("touched lock"));
-                    if ctx.scheduled.load(std::sync::atomic::Ordering::Relaxed) {
-                        scheduled.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    self.stats
-                        .commits
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                Err(e) if commands::is_retryable(e) => {
-                    tx.rollback().await?;
-                    return Err(Error::Concurrent {
-                        instance: String::new(),
-                    });
-                }
-                Err(_) => tx.rollback().await?,
-            }
-            results.push(result);
-            return Ok(Some(results));
-        }
-        if isolation == Isolation::Optimistic {
+        // Alone in its batch, a command needs no savepoint: the transaction
+        // is its own.
+        let alone = envelopes.len() == 1;
+        if alone || isolation == Isolation::Optimistic {
             for env in envelopes {
                 let result = commands::exec(&mut *tx, &ctx, env.command.clone()).await;
                 if let Err(e) = &result {
@@ -213,22 +185,12 @@ impl Writer {
                             instance: String::new(),
                         });
                     }
-                    return Ok(None);
+                    return Ok(if alone { Some(vec![result]) } else { None });
                 }
                 results.push(result);
             }
-            touched
-                .lock()
-                .expect("touched lock")
-                .append(&mut ctx.touched.lock().expect("touched lock"));
-            if ctx.scheduled.load(std::sync::atomic::Ordering::Relaxed) {
-                scheduled.store(true, std::sync::atomic::Ordering::Relaxed);
-                announce_jobs(&mut tx, ctx.backend).await?;
-            }
-            self.commit(tx, xid).await?;
-            self.stats
-                .commits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.commit_and_announce(tx, xid, &ctx, touched, scheduled)
+                .await?;
             return Ok(Some(results));
         }
         for env in envelopes {
@@ -260,9 +222,6 @@ impl Writer {
             announce_jobs(&mut tx, ctx.backend).await?;
         }
         self.commit(tx, xid).await?;
-        self.stats
-            .commits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Some(results))
     }
 
@@ -288,20 +247,8 @@ impl Writer {
                     scheduled: std::sync::atomic::AtomicBool::new(false),
                 };
                 let reply = commands::exec(&mut *tx, &ctx, command.clone()).await?;
-                if ctx.scheduled.load(std::sync::atomic::Ordering::Relaxed) {
-                    announce_jobs(&mut tx, ctx.backend).await?;
-                }
-                self.commit(tx, xid).await?;
-                touched
-                    .lock()
-                    .expect("touched lock")
-                    .append(&mut ctx.touched.lock().expect("touched lock"));
-                if ctx.scheduled.load(std::sync::atomic::Ordering::Relaxed) {
-                    scheduled.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                self.stats
-                    .commits
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.commit_and_announce(tx, xid, &ctx, touched, scheduled)
+                    .await?;
                 Ok::<_, Error>(reply)
             }
             .await;
@@ -312,7 +259,33 @@ impl Writer {
         }
     }
 
-    /// Commits `tx`. When the commit fails — typically the connection broke
+    /// Wakes the job pollers if `ctx`'s commands scheduled jobs, commits
+    /// `tx` and hands on the instances they changed and whether they made
+    /// jobs.
+    async fn commit_and_announce(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+        xid: Option<i64>,
+        ctx: &Ctx<'_>,
+        touched: &std::sync::Mutex<Vec<String>>,
+        scheduled: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), Error> {
+        let made_jobs = ctx.scheduled.load(std::sync::atomic::Ordering::Relaxed);
+        if made_jobs {
+            announce_jobs(&mut tx, ctx.backend).await?;
+        }
+        self.commit(tx, xid).await?;
+        touched
+            .lock()
+            .expect("touched lock")
+            .append(&mut ctx.touched.lock().expect("touched lock"));
+        if made_jobs {
+            scheduled.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Commits `tx` (and counts it). When the commit fails — typically the connection broke
     /// after COMMIT was sent — PostgreSQL is asked what became of the
     /// transaction `xid`: committed means the batch's results stand (running
     /// it again would start an instance twice); aborted means it can run
@@ -322,7 +295,13 @@ impl Writer {
         tx: sqlx::Transaction<'_, sqlx::Any>,
         xid: Option<i64>,
     ) -> Result<(), Error> {
+        let committed = || {
+            self.stats
+                .commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
         let Err(e) = tx.commit().await else {
+            committed();
             return Ok(());
         };
         let Some(xid) = xid else {
@@ -331,6 +310,7 @@ impl Writer {
         match self.transaction_status(xid).await {
             Some(true) => {
                 tracing::warn!(error = %e, xid, "the commit's answer was lost; the transaction committed");
+                committed();
                 Ok(())
             }
             Some(false) => Err(Error::Store(e.into())),
