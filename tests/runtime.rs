@@ -364,56 +364,18 @@ on_both_backends!(p06_task_completed_once, super::completed_once);
 /// good one commits and every bad one changes nothing, whatever the mix.
 async fn good_and_bad_commands_at_once(db: Db) {
     let h = Harness::new(db).await;
-    let mut ids = Vec::new();
-    for _ in 0..12 {
-        let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
-        h.complete(&id, "recibir_llamada", "atendida", json!({}))
-            .await;
-        ids.push(id);
-    }
+    let ids = tramite_tests::p06::waiting_for_identification(&h, 12).await;
     let mut before = Vec::new();
     let mut sends = Vec::new();
     for (n, id) in ids.iter().enumerate() {
         before.push(h.instance(id).await.revision);
-        let task = h.task(id, "identificar_cliente").await;
-        // Every third one has a form error (`ci` must be digits).
-        let data = if n % 3 == 0 {
-            json!({"nombre_cliente": "Ana", "servicio_solicitado": "internet_fibra", "ci": "12ab"})
-        } else {
-            json!({"nombre_cliente": "Ana", "servicio_solicitado": "internet_fibra", "ci": format!("{}", 4_000_000 + n)})
-        };
-        let engine = h.engine.clone();
-        sends.push(tokio::spawn(async move {
-            engine
-                .complete(CompleteTask {
-                    task: task.id,
-                    user: "agente1".to_owned(),
-                    outcome: "continuar".to_owned(),
-                    data: tramite_tests::engine::object(data),
-                    roles: None,
-                })
-                .await
-        }));
+        sends.push(send_identification(&h, &h.engine, id, n, n % 3 == 0).await);
     }
     let results = futures_join(sends).await;
     for (n, (id, result)) in ids.iter().zip(&results).enumerate() {
-        let after = h.instance(id).await;
-        if n % 3 == 0 {
-            assert!(
-                matches!(result, Err(Error::InvalidData { .. })),
-                "{n}: {result:?}"
-            );
-            assert_eq!(
-                after.revision, before[n],
-                "{n}: a refused command changed nothing"
-            );
-            assert_eq!(h.task(id, "identificar_cliente").await.status, "open");
-        } else {
-            assert!(result.is_ok(), "{n}: {result:?}");
-            assert!(
-                after.revision > before[n],
-                "{n}: the good command committed"
-            );
+        let bad = n % 3 == 0;
+        settled(&h, id, before[n], result, bad).await;
+        if !bad {
             assert!(
                 h.history(id)
                     .await
@@ -430,32 +392,61 @@ on_both_backends!(
     super::good_and_bad_commands_at_once
 );
 
-/// Sends the completion of `id`'s client identification through `lane`;
-/// every third (`n % 3 == 1`) with a form error (`ci` must be digits).
-async fn send_completion(
+/// Sends the completion of `id`'s client identification through `engine`,
+/// `bad` with a form error (`ci` must be digits); `n` makes the good one's
+/// `ci` its own.
+async fn send_identification(
     h: &Harness,
-    lane: &tramite_engine::runtime::Engine,
+    engine: &tramite_engine::runtime::Engine,
     id: &str,
     n: usize,
+    bad: bool,
 ) -> tokio::task::JoinHandle<Result<tramite_engine::runtime::CompletedTask, Error>> {
     let task = h.task(id, "identificar_cliente").await;
-    let ci = if n % 3 == 1 {
+    let ci = if bad {
         "12ab".to_owned()
     } else {
-        format!("{}", 5_000_000 + n)
+        format!("{}", 4_000_000 + n)
     };
     let data = json!({"nombre_cliente": "Ana", "servicio_solicitado": "internet_fibra", "ci": ci});
-    let lane = lane.clone();
+    let engine = engine.clone();
     tokio::spawn(async move {
-        lane.complete(CompleteTask {
-            task: task.id,
-            user: "agente1".to_owned(),
-            outcome: "continuar".to_owned(),
-            data: tramite_tests::engine::object(data),
-            roles: None,
-        })
-        .await
+        engine
+            .complete(CompleteTask {
+                task: task.id,
+                user: "agente1".to_owned(),
+                outcome: "continuar".to_owned(),
+                data: tramite_tests::engine::object(data),
+                roles: None,
+            })
+            .await
     })
+}
+
+/// A bad identification was refused and changed nothing (the instance at
+/// revision `before`, its task open); a good one committed.
+async fn settled(
+    h: &Harness,
+    id: &str,
+    before: i64,
+    result: &Result<tramite_engine::runtime::CompletedTask, Error>,
+    bad: bool,
+) {
+    let after = h.instance(id).await;
+    if bad {
+        assert!(
+            matches!(result, Err(Error::InvalidData { .. })),
+            "{id}: {result:?}"
+        );
+        assert_eq!(
+            after.revision, before,
+            "{id}: a refused command changed nothing"
+        );
+        assert_eq!(h.task(id, "identificar_cliente").await.status, "open");
+    } else {
+        assert!(result.is_ok(), "{id}: {result:?}");
+        assert!(after.revision > before, "{id}: the good command committed");
+    }
 }
 
 /// On PostgreSQL a lane runs its batch without savepoints and, when a
@@ -468,13 +459,7 @@ async fn a_failing_command_in_a_postgres_batch_leaves_the_others() {
     use sqlx::Connection;
     use std::sync::atomic::Ordering::Relaxed;
     let h = Harness::new(Db::Postgres).await;
-    let mut ids = Vec::new();
-    for _ in 0..9 {
-        let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
-        h.complete(&id, "recibir_llamada", "atendida", json!({}))
-            .await;
-        ids.push(id);
-    }
+    let ids = tramite_tests::p06::waiting_for_identification(&h, 9).await;
     let lane = tramite_tests::engine::engine_with_lanes(&h, 1).await;
     let before: Vec<i64> = {
         let mut v = Vec::new();
@@ -497,7 +482,7 @@ async fn a_failing_command_in_a_postgres_batch_leaves_the_others() {
         .execute(&mut holder)
         .await
         .expect("row lock");
-    let first = send_completion(&h, &lane, &ids[0], 0).await;
+    let first = send_identification(&h, &lane, &ids[0], 0, false).await;
     let mut waited = 0;
     loop {
         let waiting: i64 = sqlx::query_scalar(
@@ -516,7 +501,7 @@ async fn a_failing_command_in_a_postgres_batch_leaves_the_others() {
     let commits = lane.stats().commits.load(Relaxed);
     let mut rest = Vec::new();
     for (n, id) in ids.iter().enumerate().skip(1) {
-        rest.push(send_completion(&h, &lane, id, n).await);
+        rest.push(send_identification(&h, &lane, id, n, n % 3 == 1).await);
     }
     // The eight commands are queued behind the held lane.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -531,24 +516,7 @@ async fn a_failing_command_in_a_postgres_batch_leaves_the_others() {
     }
     let good = (1..ids.len()).filter(|n| n % 3 != 1).count();
     for (n, result) in (1..ids.len()).zip(&results) {
-        let after = h.instance(&ids[n]).await;
-        if n % 3 == 1 {
-            assert!(
-                matches!(result, Err(Error::InvalidData { .. })),
-                "{n}: {result:?}"
-            );
-            assert_eq!(
-                after.revision, before[n],
-                "{n}: the refused command changed nothing"
-            );
-            assert_eq!(h.task(&ids[n], "identificar_cliente").await.status, "open");
-        } else {
-            assert!(result.is_ok(), "{n}: {result:?}");
-            assert!(
-                after.revision > before[n],
-                "{n}: the good command committed"
-            );
-        }
+        settled(&h, &ids[n], before[n], result, n % 3 == 1).await;
     }
     let batched = lane.stats().commits.load(Relaxed) - commits;
     assert!(

@@ -32,6 +32,19 @@ pub async fn through_identification(h: &Harness, ci: &str) -> String {
     id
 }
 
+/// Starts `count` P06 requests by IVR and answers each call: each waits at
+/// the client's identification (step 2).
+pub async fn waiting_for_identification(h: &Harness, count: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+        h.complete(&id, "recibir_llamada", "atendida", json!({}))
+            .await;
+        ids.push(id);
+    }
+    ids
+}
+
 /// From the address (step 5) to the requirements being asked for (step 8).
 pub async fn through_coverage(h: &Harness, id: &str, zone: &str) {
     h.complete(

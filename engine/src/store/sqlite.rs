@@ -109,7 +109,8 @@ pub(super) const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', lease_o
 mod tests {
     use rusqlite::{Connection, StatementStatus};
 
-    use super::super::tasks::{Filter, Value, list_sql, list_values};
+    use super::super::sqlite_reads::inbox_values;
+    use super::super::tasks::{Filter, list_sql};
     use super::{CLAIM_JOBS, migrator};
 
     /// The schema the engine migrates to, in memory.
@@ -145,7 +146,6 @@ mod tests {
     /// under load); the inbox's statement must stay prepared.
     #[test]
     fn an_inbox_page_is_not_re_prepared_for_new_values() {
-        use rusqlite::types::Value::{Integer, Text};
         let conn = schema();
         // A role's inbox (lanes merged) and an instance's tasks (one sorted
         // statement): both statement forms.
@@ -164,15 +164,7 @@ mod tests {
             let sql = list_sql(&filter(10, "a"), false);
             let runs: Vec<Vec<rusqlite::types::Value>> = [(10, "a"), (20, "b"), (50, "c")]
                 .into_iter()
-                .map(|(limit, id)| {
-                    list_values(&filter(limit, id))
-                        .into_iter()
-                        .map(|v| match v {
-                            Value::Int(i) => Integer(i),
-                            Value::Text(t) => Text(t),
-                        })
-                        .collect()
-                })
+                .map(|(limit, id)| inbox_values(&filter(limit, id)))
                 .collect();
             assert_eq!(reprepares(&conn, &sql, &runs), 0, "{sql}");
             // The control: the same statement with a bare LIMIT is

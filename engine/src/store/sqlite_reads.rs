@@ -154,7 +154,7 @@ impl Reads {
 }
 
 /// The values of the inbox statement for `filter`, as rusqlite binds them.
-fn inbox_values(filter: &Filter) -> Vec<rusqlite::types::Value> {
+pub(super) fn inbox_values(filter: &Filter) -> Vec<rusqlite::types::Value> {
     tasks::list_values(filter)
         .into_iter()
         .map(|v| match v {
