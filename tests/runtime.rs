@@ -1986,3 +1986,161 @@ async fn sqlite_checkpoints_follow_the_commits() {
     }
     assert_eq!(found, 20, "the database file holds every committed start");
 }
+
+/// `Tx::write_instance` writes an instance's change and its history
+/// together — on PostgreSQL in one statement — or, on a lost race, reports
+/// it so that the transaction is rolled back and neither remains.
+async fn an_instance_and_its_history_are_written_together(db: Db) {
+    use sqlx::Connection;
+    use tramite_engine::store::Tx;
+    use tramite_engine::store::journal::{NewEntry, of_instance};
+    let h = Harness::new(db).await;
+    let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+    let before = h.instance(&id).await;
+    let mut conn = h.engine.store().pool().acquire().await.unwrap();
+    let history = of_instance(&mut conn, &id).await.unwrap();
+    let data = json!({"nota": "escrita con la instancia"});
+    let entries = [
+        NewEntry {
+            instance_id: &id,
+            at: before.started_at + 1,
+            actor: "test",
+            kind: "first_note",
+            node_id: Some("recibir_llamada"),
+            data: &data,
+        },
+        NewEntry {
+            instance_id: &id,
+            at: before.started_at + 1,
+            actor: "test",
+            kind: "second_note",
+            node_id: None,
+            data: &serde_json::Value::Null,
+        },
+    ];
+
+    // A revision someone else has moved past: false, and the rollback
+    // leaves neither the row nor the entries.
+    let mut stale = before.clone();
+    stale.revision -= 1;
+    stale.cancel_reason = Some("stale".to_owned());
+    let mut tx = conn.begin().await.unwrap();
+    assert!(
+        !Tx::write_instance(&mut *tx, &stale, false, &entries)
+            .await
+            .unwrap(),
+        "a stale revision loses the race"
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(h.instance(&id).await, before);
+    assert_eq!(of_instance(&mut conn, &id).await.unwrap(), history);
+
+    // The current revision: the row moves on and the entries follow the
+    // history in their order.
+    let mut changed = before.clone();
+    changed.cancel_reason = Some("escrita".to_owned());
+    let mut tx = conn.begin().await.unwrap();
+    assert!(
+        Tx::write_instance(&mut *tx, &changed, false, &entries)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    let stored = h.engine.store().instance(&id).await.unwrap().unwrap();
+    assert_eq!(stored.revision, before.revision + 1);
+    assert_eq!(stored.cancel_reason.as_deref(), Some("escrita"));
+    let after = of_instance(&mut conn, &id).await.unwrap();
+    assert_eq!(after[..history.len()], history[..]);
+    let added: Vec<_> = after[history.len()..]
+        .iter()
+        .map(|e| {
+            (
+                e.kind.as_str(),
+                e.node_id.as_deref(),
+                e.actor.as_str(),
+                &e.data,
+            )
+        })
+        .collect();
+    assert_eq!(
+        added,
+        [
+            ("first_note", Some("recibir_llamada"), "test", &data),
+            ("second_note", None, "test", &serde_json::Value::Null),
+        ]
+    );
+
+    // A new instance and its first entries.
+    let mut fresh = before.clone();
+    fresh.id = uuid::Uuid::now_v7().to_string();
+    fresh.business_key = "NUEVA".to_owned();
+    fresh.revision = 0;
+    let first = [NewEntry {
+        instance_id: &fresh.id,
+        ..entries[0].clone()
+    }];
+    let mut tx = conn.begin().await.unwrap();
+    assert!(
+        Tx::write_instance(&mut *tx, &fresh, true, &first)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(
+        h.engine.store().instance(&fresh.id).await.unwrap(),
+        Some(fresh.clone())
+    );
+    let kinds: Vec<String> = of_instance(&mut conn, &fresh.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["first_note"]);
+}
+on_both_backends!(
+    an_instance_and_its_history_are_written_together,
+    super::an_instance_and_its_history_are_written_together
+);
+
+/// `Tx::task_and_instance` reads what a task's and an instance's own reads
+/// give, and on PostgreSQL holds the instance's row lock until the
+/// transaction ends, as a read for update does: a completion from another
+/// node waits for it.
+async fn a_task_is_read_with_its_instance_locked(db: Db) {
+    use sqlx::Connection;
+    use tramite_engine::store::Tx;
+    let h = Harness::new(db).await;
+    let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+    let task = h.task(&id, "recibir_llamada").await;
+    let mut conn = h.engine.store().pool().acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let (read, instance) = Tx::task_and_instance(&mut *tx, &task.id)
+        .await
+        .unwrap()
+        .expect("the task is there");
+    assert_eq!(read, task);
+    assert_eq!(instance, h.instance(&id).await);
+    assert_eq!(
+        Tx::task_and_instance(&mut *tx, "no-such-task")
+            .await
+            .unwrap(),
+        None
+    );
+    if db == Db::Postgres {
+        let mut other = sqlx::PgConnection::connect(&h.db.url).await.unwrap();
+        let lock = "SELECT id FROM instances WHERE id = $1 FOR UPDATE NOWAIT";
+        let held = sqlx::query(lock).bind(&id).fetch_one(&mut other).await;
+        assert!(held.is_err(), "the instance's row is locked");
+        tx.rollback().await.unwrap();
+        sqlx::query(lock)
+            .bind(&id)
+            .fetch_one(&mut other)
+            .await
+            .expect("the lock ends with the transaction");
+    }
+}
+on_both_backends!(
+    a_task_is_read_with_its_instance_locked,
+    super::a_task_is_read_with_its_instance_locked
+);

@@ -805,24 +805,6 @@ async fn save(
             });
         }
     }
-    if new {
-        conn.insert_instance(&row).await?;
-    } else if conn.update_instance(&row).await? {
-        // What the database holds now, for `keep_instance`.
-        row.revision += 1;
-    } else {
-        return Err(Error::Concurrent {
-            instance: row.id.clone(),
-        });
-    }
-    ctx.touched
-        .lock()
-        .expect("touched lock")
-        .push(row.id.clone());
-    // The instance row exists now: its tasks, jobs and subscriptions may refer to it.
-    for effect in writes {
-        apply(conn, ctx, &row, effect, followups).await?;
-    }
     let new_entries: Vec<journal::NewEntry<'_>> = entries
         .iter()
         .map(|(kind, node, data)| journal::NewEntry {
@@ -834,8 +816,26 @@ async fn save(
             data,
         })
         .collect();
-    conn.append_journal(&new_entries).await?;
+    // The instance row and its history first: its tasks, jobs and
+    // subscriptions refer to it.
+    let written = conn.write_instance(&row, new, &new_entries).await?;
     drop(new_entries);
+    if !written {
+        return Err(Error::Concurrent {
+            instance: row.id.clone(),
+        });
+    }
+    if !new {
+        // What the database holds now, for `keep_instance`.
+        row.revision += 1;
+    }
+    ctx.touched
+        .lock()
+        .expect("touched lock")
+        .push(row.id.clone());
+    for effect in writes {
+        apply(conn, ctx, &row, effect, followups).await?;
+    }
     conn.keep_instance(row);
     Ok(())
 }
@@ -1094,10 +1094,13 @@ async fn complete(
     followups: &mut VecDeque<Followup>,
 ) -> Result<CompletedTask, Error> {
     // The role first: who may not see the task learns nothing of its state.
-    let task = conn.task(&c.task).await?.ok_or_else(|| Error::NotFound {
-        what: "task",
-        id: c.task.clone(),
-    })?;
+    let (task, row) = conn
+        .task_and_instance(&c.task)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            what: "task",
+            id: c.task.clone(),
+        })?;
     if let Some(roles) = &c.roles
         && !roles.contains(&task.role)
     {
@@ -1115,7 +1118,6 @@ async fn complete(
             assignee: holder.to_owned(),
         });
     }
-    let row = load(conn, &task.instance_id).await?;
     let process = ctx.processes.get(conn, row.definition_id).await?;
     let NodeKind::UserTask(node) = &process
         .definition

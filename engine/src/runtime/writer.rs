@@ -161,7 +161,6 @@ impl Writer {
     ) -> Result<Option<Vec<Result<Reply, Error>>>, Error> {
         let mut conn = self.store.writes().acquire().await?;
         let mut tx = conn.begin().await?;
-        let xid = transaction_id(&mut tx, self.store.backend()).await?;
         let ctx = Ctx {
             backend: self.store.backend(),
             processes: &self.processes,
@@ -189,7 +188,7 @@ impl Writer {
                 }
                 results.push(result);
             }
-            self.commit_and_announce(tx, xid, &ctx, touched, scheduled)
+            self.commit_and_announce(tx, &ctx, touched, scheduled)
                 .await?;
             return Ok(Some(results));
         }
@@ -218,10 +217,8 @@ impl Writer {
             }
             results.push(result);
         }
-        if scheduled.load(std::sync::atomic::Ordering::Relaxed) {
-            announce_jobs(&mut tx, ctx.backend).await?;
-        }
-        self.commit(tx, xid).await?;
+        self.commit(tx, scheduled.load(std::sync::atomic::Ordering::Relaxed))
+            .await?;
         Ok(Some(results))
     }
 
@@ -237,7 +234,6 @@ impl Writer {
             let result = async {
                 let mut conn = self.store.writes().acquire().await?;
                 let mut tx = conn.begin().await?;
-                let xid = transaction_id(&mut tx, self.store.backend()).await?;
                 let ctx = Ctx {
                     backend: self.store.backend(),
                     processes: &self.processes,
@@ -247,7 +243,7 @@ impl Writer {
                     scheduled: std::sync::atomic::AtomicBool::new(false),
                 };
                 let reply = commands::exec(&mut *tx, &ctx, command.clone()).await?;
-                self.commit_and_announce(tx, xid, &ctx, touched, scheduled)
+                self.commit_and_announce(tx, &ctx, touched, scheduled)
                     .await?;
                 Ok::<_, Error>(reply)
             }
@@ -264,17 +260,13 @@ impl Writer {
     /// jobs.
     async fn commit_and_announce(
         &self,
-        mut tx: sqlx::Transaction<'_, sqlx::Any>,
-        xid: Option<i64>,
+        tx: sqlx::Transaction<'_, sqlx::Any>,
         ctx: &Ctx<'_>,
         touched: &std::sync::Mutex<Vec<String>>,
         scheduled: &std::sync::atomic::AtomicBool,
     ) -> Result<(), Error> {
         let made_jobs = ctx.scheduled.load(std::sync::atomic::Ordering::Relaxed);
-        if made_jobs {
-            announce_jobs(&mut tx, ctx.backend).await?;
-        }
-        self.commit(tx, xid).await?;
+        self.commit(tx, made_jobs).await?;
         touched
             .lock()
             .expect("touched lock")
@@ -285,16 +277,18 @@ impl Writer {
         Ok(())
     }
 
-    /// Commits `tx` (and counts it). When the commit fails — typically the connection broke
-    /// after COMMIT was sent — PostgreSQL is asked what became of the
-    /// transaction `xid`: committed means the batch's results stand (running
-    /// it again would start an instance twice); aborted means it can run
-    /// again; no answer means nobody can tell.
+    /// Commits `tx` (and counts it), telling every node first that it
+    /// scheduled jobs if `announce`. When the commit fails — typically the
+    /// connection broke after COMMIT was sent — PostgreSQL is asked what
+    /// became of the transaction: committed means the batch's results
+    /// stand (running it again would start an instance twice); aborted
+    /// means it can run again; no answer means nobody can tell.
     async fn commit(
         &self,
-        tx: sqlx::Transaction<'_, sqlx::Any>,
-        xid: Option<i64>,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+        announce: bool,
     ) -> Result<(), Error> {
+        let xid = before_commit(&mut tx, self.store.backend(), announce).await?;
         let committed = || {
             self.stats
                 .commits
@@ -342,43 +336,40 @@ impl Writer {
     }
 }
 
-/// PostgreSQL's id of the transaction `tx` (assigned now), so that the
-/// outcome of a commit whose answer is lost can be asked for; `None` on
-/// SQLite, whose commits are local calls.
-async fn transaction_id(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    backend: crate::store::Backend,
-) -> Result<Option<i64>, Error> {
-    if backend != crate::store::Backend::Postgres {
-        return Ok(None);
-    }
-    let xid: i64 = sqlx::query_scalar("SELECT txid_current()")
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(|e| Error::Store(e.into()))?;
-    Ok(Some(xid))
-}
-
 /// The channel on which PostgreSQL tells every engine node that jobs were
 /// scheduled (see [`listen_for_jobs`]).
 pub(crate) const JOBS_CHANNEL: &str = "tramite_jobs";
 
-/// Tells every node, when this transaction commits, that new jobs wait:
-/// PostgreSQL delivers a `NOTIFY` only on commit, so an idle node never
-/// looks for a job that is not there yet. (SQLite has one node: its
-/// in-process wake-up is enough.)
-async fn announce_jobs(
+/// PostgreSQL, just before COMMIT and in one round trip: the transaction's
+/// id, so that the outcome of a commit whose answer is lost can be asked
+/// for; and, if `announce`, a `NOTIFY` that tells every node new jobs
+/// wait (PostgreSQL delivers it only on commit, so an idle node never looks
+/// for a job that is not there yet). `None` on SQLite, whose commits are
+/// local calls and whose one node wakes its workers in-process.
+async fn before_commit(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     backend: crate::store::Backend,
-) -> Result<(), Error> {
-    if backend == crate::store::Backend::Postgres {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(JOBS_CHANNEL)
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| Error::Store(e.into()))?;
+    announce: bool,
+) -> Result<Option<i64>, Error> {
+    if backend != crate::store::Backend::Postgres {
+        return Ok(None);
     }
-    Ok(())
+    let query = if announce {
+        // Read from, so it runs; `pg_notify` returns `void`, which is not
+        // a column to fetch.
+        sqlx::query_scalar(
+            "WITH notified AS MATERIALIZED (SELECT pg_notify($1, '')) \
+             SELECT txid_current() FROM notified",
+        )
+        .bind(JOBS_CHANNEL)
+    } else {
+        sqlx::query_scalar("SELECT txid_current()")
+    };
+    let xid: i64 = query
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(|e| Error::Store(e.into()))?;
+    Ok(Some(xid))
 }
 
 /// Wakes this node's idle workers whenever any node schedules jobs on the

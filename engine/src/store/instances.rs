@@ -44,42 +44,50 @@ pub(crate) const COLUMNS: &str = "id, definition_id, code, version, business_key
     outcome, state, revision, parent_id, parent_token, started_at, ended_at, cancel_reason";
 
 pub(crate) fn row(r: &sqlx::any::AnyRow) -> Result<InstanceRow, Error> {
-    let state: String = r.try_get("state")?;
+    row_at(r, 0)
+}
+
+/// The instance in [`COLUMNS`] from column `at` on (a join reads two
+/// tables' columns, some of the same name, from one row).
+pub(crate) fn row_at(r: &sqlx::any::AnyRow, at: usize) -> Result<InstanceRow, Error> {
+    let state: String = r.try_get(at + 8)?;
     Ok(InstanceRow {
-        id: r.try_get("id")?,
-        definition_id: r.try_get("definition_id")?,
-        code: r.try_get("code")?,
-        version: r.try_get("version")?,
-        business_key: r.try_get("business_key")?,
-        channel: r.try_get("channel")?,
-        status: r.try_get("status")?,
-        outcome: r.try_get("outcome")?,
+        id: r.try_get(at)?,
+        definition_id: r.try_get(at + 1)?,
+        code: r.try_get(at + 2)?,
+        version: r.try_get(at + 3)?,
+        business_key: r.try_get(at + 4)?,
+        channel: r.try_get(at + 5)?,
+        status: r.try_get(at + 6)?,
+        outcome: r.try_get(at + 7)?,
         state: json(&state, "instances", "state")?,
-        revision: r.try_get("revision")?,
-        parent_id: r.try_get("parent_id")?,
-        parent_token: r.try_get("parent_token")?,
-        started_at: r.try_get("started_at")?,
-        ended_at: r.try_get("ended_at")?,
-        cancel_reason: r.try_get("cancel_reason")?,
+        revision: r.try_get(at + 9)?,
+        parent_id: r.try_get(at + 10)?,
+        parent_token: r.try_get(at + 11)?,
+        started_at: r.try_get(at + 12)?,
+        ended_at: r.try_get(at + 13)?,
+        cancel_reason: r.try_get(at + 14)?,
     })
 }
 
-/// Reads an instance; on PostgreSQL `lock` takes its row lock first, so
-/// that commands on one instance from several nodes run one after another.
+/// Reads an instance; on PostgreSQL `lock` takes its row lock in the same
+/// statement, so that commands on one instance from several nodes run one
+/// after another (and each reads what the one before it committed).
 pub async fn get(
     conn: &mut Conn,
     backend: Backend,
     id: &str,
     lock: bool,
 ) -> Result<Option<InstanceRow>, Error> {
-    if lock && backend == Backend::Postgres {
-        sqlx::query(super::postgres::LOCK_INSTANCE)
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    }
-    let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM instances WHERE id = $1"));
-    let r = sqlx::query(sql).bind(id).fetch_optional(&mut *conn).await?;
+    let sql = if lock && backend == Backend::Postgres {
+        format!("SELECT {COLUMNS} FROM instances WHERE id = $1 FOR UPDATE")
+    } else {
+        format!("SELECT {COLUMNS} FROM instances WHERE id = $1")
+    };
+    let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
     r.as_ref().map(row).transpose()
 }
 
@@ -108,51 +116,92 @@ pub async fn set_request(conn: &mut Conn, id: &str, request: &str) -> Result<(),
     Ok(())
 }
 
+const INSERT: &str = "INSERT INTO instances (id, definition_id, code, version, business_key, channel, status, \
+     outcome, state, revision, parent_id, parent_token, started_at, ended_at, cancel_reason) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+const INSERT_PARAMS: usize = 15;
+
+const UPDATE: &str = "UPDATE instances SET status = $2, outcome = $3, state = $4, revision = revision + 1, \
+     ended_at = $5, cancel_reason = $6 WHERE id = $1 AND revision = $7";
+const UPDATE_PARAMS: usize = 7;
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+fn bind_insert<'q>(q: Query<'q>, i: &InstanceRow) -> Query<'q> {
+    let state = serde_json::to_string(&i.state).expect("state serializes");
+    q.bind(i.id.clone())
+        .bind(i.definition_id)
+        .bind(i.code.clone())
+        .bind(i.version)
+        .bind(i.business_key.clone())
+        .bind(i.channel.clone())
+        .bind(i.status.clone())
+        .bind(i.outcome.clone())
+        .bind(state)
+        .bind(i.revision)
+        .bind(i.parent_id.clone())
+        .bind(i.parent_token)
+        .bind(i.started_at)
+        .bind(i.ended_at)
+        .bind(i.cancel_reason.clone())
+}
+
+fn bind_update<'q>(q: Query<'q>, i: &InstanceRow) -> Query<'q> {
+    let state = serde_json::to_string(&i.state).expect("state serializes");
+    q.bind(i.id.clone())
+        .bind(i.status.clone())
+        .bind(i.outcome.clone())
+        .bind(state)
+        .bind(i.ended_at)
+        .bind(i.cancel_reason.clone())
+        .bind(i.revision)
+}
+
 /// Inserts a new instance.
 pub async fn insert(conn: &mut Conn, i: &InstanceRow) -> Result<(), Error> {
-    let state = serde_json::to_string(&i.state).expect("state serializes");
-    sqlx::query(
-        "INSERT INTO instances (id, definition_id, code, version, business_key, channel, status, \
-         outcome, state, revision, parent_id, parent_token, started_at, ended_at, cancel_reason) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-    )
-    .bind(&i.id)
-    .bind(i.definition_id)
-    .bind(&i.code)
-    .bind(i.version)
-    .bind(&i.business_key)
-    .bind(&i.channel)
-    .bind(&i.status)
-    .bind(&i.outcome)
-    .bind(state)
-    .bind(i.revision)
-    .bind(&i.parent_id)
-    .bind(i.parent_token)
-    .bind(i.started_at)
-    .bind(i.ended_at)
-    .bind(&i.cancel_reason)
-    .execute(&mut *conn)
-    .await?;
+    bind_insert(sqlx::query(INSERT), i)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
 /// Writes an instance's changes if nobody changed it since it was read.
 /// Returns false on a lost race.
 pub async fn update(conn: &mut Conn, i: &InstanceRow) -> Result<bool, Error> {
-    let state = serde_json::to_string(&i.state).expect("state serializes");
-    let done = sqlx::query(
-        "UPDATE instances SET status = $2, outcome = $3, state = $4, revision = revision + 1, \
-         ended_at = $5, cancel_reason = $6 WHERE id = $1 AND revision = $7",
-    )
-    .bind(&i.id)
-    .bind(&i.status)
-    .bind(&i.outcome)
-    .bind(state)
-    .bind(i.ended_at)
-    .bind(&i.cancel_reason)
-    .bind(i.revision)
-    .execute(&mut *conn)
-    .await?;
+    let done = bind_update(sqlx::query(UPDATE), i)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// PostgreSQL: inserts (`new`) or updates an instance, as [`insert`] and
+/// [`update`] do, and appends its journal entries in the same statement
+/// (`WITH journal_rows AS (INSERT INTO journal …) UPDATE instances …`):
+/// each statement is a round trip, and every change of an instance has
+/// both. False on a lost race, the entries appended all the same: the
+/// caller rolls the transaction back.
+pub async fn write_with_journal(
+    conn: &mut Conn,
+    i: &InstanceRow,
+    new: bool,
+    entries: &[super::journal::NewEntry<'_>],
+) -> Result<bool, Error> {
+    let (statement, params) = if new {
+        (INSERT, INSERT_PARAMS)
+    } else {
+        (UPDATE, UPDATE_PARAMS)
+    };
+    let mut sql = String::from("WITH journal_rows AS (");
+    super::journal::insert_sql(&mut sql, params + 1, entries.len());
+    sql.push_str(") ");
+    sql.push_str(statement);
+    let q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let q = if new {
+        bind_insert(q, i)
+    } else {
+        bind_update(q, i)
+    };
+    let done = super::journal::bind(q, entries).execute(&mut *conn).await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -43,42 +43,63 @@ pub struct NewEntry<'a> {
 /// Appends entries in one statement.
 pub async fn append(conn: &mut Conn, entries: &[NewEntry<'_>]) -> Result<(), Error> {
     for chunk in entries.chunks(100) {
-        let mut sql = String::from(
-            "INSERT INTO journal (instance_id, at, actor, kind, node_id, data) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let b = i * 6;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6
-            ));
-        }
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for e in chunk {
-            let data = if e.data.is_null() {
-                None
-            } else {
-                Some(e.data.to_string())
-            };
-            q = q
-                .bind(e.instance_id.to_owned())
-                .bind(e.at)
-                .bind(e.actor.to_owned())
-                .bind(e.kind.to_owned())
-                .bind(e.node_id.map(str::to_owned))
-                .bind(data);
-        }
-        q.execute(&mut *conn).await?;
+        let mut sql = String::new();
+        insert_sql(&mut sql, 1, chunk.len());
+        bind(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
+}
+
+/// Parameters per entry in [`insert_sql`].
+pub(super) const PARAMS: usize = 6;
+
+/// Writes `INSERT INTO journal … VALUES …` for `n` entries whose
+/// parameters are numbered from `$first`, [`PARAMS`] each, bound by
+/// [`bind`]. Other statements embed it in a `WITH` so that an instance's
+/// change and its history are one round trip.
+pub(super) fn insert_sql(sql: &mut String, first: usize, n: usize) {
+    use std::fmt::Write as _;
+    sql.push_str("INSERT INTO journal (instance_id, at, actor, kind, node_id, data) VALUES ");
+    for i in 0..n {
+        let b = first + i * PARAMS;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(
+            sql,
+            "(${}, ${}, ${}, ${}, ${}, ${})",
+            b,
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5
+        );
+    }
+}
+
+/// Binds the parameters of [`insert_sql`], after those already bound.
+pub(super) fn bind<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    entries: &[NewEntry<'_>],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for e in entries {
+        let data = if e.data.is_null() {
+            None
+        } else {
+            Some(e.data.to_string())
+        };
+        q = q
+            .bind(e.instance_id.to_owned())
+            .bind(e.at)
+            .bind(e.actor.to_owned())
+            .bind(e.kind.to_owned())
+            .bind(e.node_id.map(str::to_owned))
+            .bind(data);
+    }
+    q
 }
 
 /// An instance's history, in order.

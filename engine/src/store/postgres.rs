@@ -66,6 +66,3 @@ pub(super) const CLAIM_JOBS: &str = "WITH due AS ( \
      FROM due WHERE j.id = due.id \
      RETURNING j.id, j.instance_id, j.token, j.node_id, j.kind, j.connector, j.operation, \
                j.input, j.idempotency_key, j.attempts, j.max_attempts, j.timeout_ms";
-
-/// Locks an instance's row for the rest of the transaction.
-pub(super) const LOCK_INSTANCE: &str = "SELECT id FROM instances WHERE id = $1 FOR UPDATE";

@@ -44,23 +44,23 @@ const COLUMNS: &str = "id, instance_id, token, node_id, code, business_key, role
     outcome, data, created_at, due_at, completed_at, completed_by";
 
 fn row(r: &sqlx::any::AnyRow) -> Result<TaskRow, Error> {
-    let data: Option<String> = r.try_get("data")?;
+    let data: Option<String> = r.try_get(10)?;
     Ok(TaskRow {
-        id: r.try_get("id")?,
-        instance_id: r.try_get("instance_id")?,
-        token: r.try_get("token")?,
-        node_id: r.try_get("node_id")?,
-        code: r.try_get("code")?,
-        business_key: r.try_get("business_key")?,
-        role: r.try_get("role")?,
-        status: r.try_get("status")?,
-        assignee: r.try_get("assignee")?,
-        outcome: r.try_get("outcome")?,
+        id: r.try_get(0)?,
+        instance_id: r.try_get(1)?,
+        token: r.try_get(2)?,
+        node_id: r.try_get(3)?,
+        code: r.try_get(4)?,
+        business_key: r.try_get(5)?,
+        role: r.try_get(6)?,
+        status: r.try_get(7)?,
+        assignee: r.try_get(8)?,
+        outcome: r.try_get(9)?,
         data: data.map(|d| json(&d, "tasks", "data")).transpose()?,
-        created_at: r.try_get("created_at")?,
-        due_at: r.try_get("due_at")?,
-        completed_at: r.try_get("completed_at")?,
-        completed_by: r.try_get("completed_by")?,
+        created_at: r.try_get(11)?,
+        due_at: r.try_get(12)?,
+        completed_at: r.try_get(13)?,
+        completed_by: r.try_get(14)?,
     })
 }
 
@@ -113,6 +113,40 @@ pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<TaskRow>, Error> {
     let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM tasks WHERE id = $1"));
     let r = sqlx::query(sql).bind(id).fetch_optional(&mut *conn).await?;
     r.as_ref().map(row).transpose()
+}
+
+/// PostgreSQL: a task and its instance, the instance's row locked for the
+/// rest of the transaction (as [`super::instances::get`] locks it), in one
+/// statement: a completion needs both, the task first to find its instance,
+/// and each statement is a round trip.
+pub async fn with_instance(
+    conn: &mut Conn,
+    id: &str,
+) -> Result<Option<(TaskRow, super::instances::InstanceRow)>, Error> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let qualified = |table: &str, columns: &str| {
+            columns
+                .split(',')
+                .map(|c| format!("{table}.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "SELECT {}, {} FROM tasks t JOIN instances i ON i.id = t.instance_id \
+             WHERE t.id = $1 FOR UPDATE OF i",
+            qualified("t", COLUMNS),
+            qualified("i", super::instances::COLUMNS)
+        )
+    });
+    let r = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    r.map(|r| {
+        let columns = COLUMNS.split(',').count();
+        Ok((row(&r)?, super::instances::row_at(&r, columns)?))
+    })
+    .transpose()
 }
 
 /// Claims an open task for `user`; false if it is not open.

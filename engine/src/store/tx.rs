@@ -61,6 +61,20 @@ pub trait Tx: Send {
         &mut self,
         row: &InstanceRow,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Inserts (`new`) or updates `row`, as [`Tx::insert_instance`] and
+    /// [`Tx::update_instance`] do, and appends the change's `journal`
+    /// entries. False on a lost race, after which the transaction must be
+    /// rolled back: a backend may have appended the entries already
+    /// (PostgreSQL writes both in one statement, one round trip instead of
+    /// two).
+    fn write_instance(
+        &mut self,
+        row: &InstanceRow,
+        new: bool,
+        journal: &[journal::NewEntry<'_>],
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        one_then_the_other::write_instance(self, row, new, journal)
+    }
     /// A command inserted or updated `row`, which is now what the database
     /// holds (its revision included): a backend may keep it for the
     /// instance's next command. Nothing to keep by default.
@@ -73,6 +87,16 @@ pub trait Tx: Send {
     -> impl Future<Output = Result<(), Error>> + Send;
     /// A task.
     fn task(&mut self, id: &str) -> impl Future<Output = Result<Option<TaskRow>, Error>> + Send;
+    /// A task and its instance, the instance read for update as
+    /// [`Tx::instance`] reads it with `lock`: a completion needs both, the
+    /// task first to find its instance (one round trip on PostgreSQL instead
+    /// of two). `None` if there is no such task.
+    fn task_and_instance(
+        &mut self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<(TaskRow, InstanceRow)>, Error>> + Send {
+        one_then_the_other::task_and_instance(self, id)
+    }
     /// Claims an open task; false if it is not open.
     fn claim_task(
         &mut self,
@@ -218,6 +242,38 @@ pub trait Tx: Send {
     ) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
+/// What a backend does in two statements that PostgreSQL does in one.
+mod one_then_the_other {
+    use super::{Error, InstanceRow, TaskRow, Tx, journal};
+
+    pub(super) async fn write_instance<T: Tx + ?Sized>(
+        tx: &mut T,
+        row: &InstanceRow,
+        new: bool,
+        entries: &[journal::NewEntry<'_>],
+    ) -> Result<bool, Error> {
+        if new {
+            tx.insert_instance(row).await?;
+        } else if !tx.update_instance(row).await? {
+            return Ok(false);
+        }
+        tx.append_journal(entries).await?;
+        Ok(true)
+    }
+
+    pub(super) async fn task_and_instance<T: Tx + ?Sized>(
+        tx: &mut T,
+        id: &str,
+    ) -> Result<Option<(TaskRow, InstanceRow)>, Error> {
+        let Some(task) = tx.task(id).await? else {
+            return Ok(None);
+        };
+        // A task's instance outlives it (a foreign key).
+        let instance = tx.instance(&task.instance_id, true).await?;
+        Ok(instance.map(|i| (task, i)))
+    }
+}
+
 /// A version to store.
 #[derive(Debug, Clone, Copy)]
 pub struct NewDefinition<'a> {
@@ -301,11 +357,33 @@ impl Tx for sqlx::AnyConnection {
     async fn update_instance(&mut self, row: &InstanceRow) -> Result<bool, Error> {
         super::instances::update(self, row).await
     }
+    async fn write_instance(
+        &mut self,
+        row: &InstanceRow,
+        new: bool,
+        entries: &[journal::NewEntry<'_>],
+    ) -> Result<bool, Error> {
+        // SQLite has no `INSERT` inside `WITH`; a statement's parameters
+        // are bounded.
+        if Tx::backend(self) != Backend::Postgres || entries.is_empty() || entries.len() > 100 {
+            return one_then_the_other::write_instance(self, row, new, entries).await;
+        }
+        super::instances::write_with_journal(self, row, new, entries).await
+    }
     async fn insert_task(&mut self, task: &NewTask<'_>) -> Result<(), Error> {
         super::tasks::insert(self, task).await
     }
     async fn task(&mut self, id: &str) -> Result<Option<TaskRow>, Error> {
         super::tasks::get(self, id).await
+    }
+    async fn task_and_instance(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<(TaskRow, InstanceRow)>, Error> {
+        if Tx::backend(self) == Backend::Postgres {
+            return super::tasks::with_instance(self, id).await;
+        }
+        one_then_the_other::task_and_instance(self, id).await
     }
     async fn claim_task(&mut self, id: &str, user: &str) -> Result<bool, Error> {
         super::tasks::claim(self, id, user).await
