@@ -1987,13 +1987,16 @@ async fn sqlite_checkpoints_follow_the_commits() {
     assert_eq!(found, 20, "the database file holds every committed start");
 }
 
-/// `Tx::write_instance` writes an instance's change and its history
-/// together — on PostgreSQL in one statement — or, on a lost race, reports
-/// it so that the transaction is rolled back and neither remains.
+/// `Tx::write_instance` writes an instance's change with its history, new
+/// tasks and new jobs — on PostgreSQL in one statement — or, on a lost
+/// race, reports it so that the transaction is rolled back and none of it
+/// remains.
 async fn an_instance_and_its_history_are_written_together(db: Db) {
     use sqlx::Connection;
-    use tramite_engine::store::Tx;
+    use tramite_engine::store::jobs::NewJob;
     use tramite_engine::store::journal::{NewEntry, of_instance};
+    use tramite_engine::store::tasks::NewTask;
+    use tramite_engine::store::{InstanceWrite, Tx};
     let h = Harness::new(db).await;
     let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
     let before = h.instance(&id).await;
@@ -2026,9 +2029,18 @@ async fn an_instance_and_its_history_are_written_together(db: Db) {
     stale.cancel_reason = Some("stale".to_owned());
     let mut tx = conn.begin().await.unwrap();
     assert!(
-        !Tx::write_instance(&mut *tx, &stale, false, &entries)
-            .await
-            .unwrap(),
+        !Tx::write_instance(
+            &mut *tx,
+            InstanceWrite {
+                row: &stale,
+                new: false,
+                journal: &entries,
+                tasks: &[],
+                jobs: &[],
+            }
+        )
+        .await
+        .unwrap(),
         "a stale revision loses the race"
     );
     tx.rollback().await.unwrap();
@@ -2041,9 +2053,18 @@ async fn an_instance_and_its_history_are_written_together(db: Db) {
     changed.cancel_reason = Some("escrita".to_owned());
     let mut tx = conn.begin().await.unwrap();
     assert!(
-        Tx::write_instance(&mut *tx, &changed, false, &entries)
-            .await
-            .unwrap()
+        Tx::write_instance(
+            &mut *tx,
+            InstanceWrite {
+                row: &changed,
+                new: false,
+                journal: &entries,
+                tasks: &[],
+                jobs: &[],
+            }
+        )
+        .await
+        .unwrap()
     );
     tx.commit().await.unwrap();
     let stored = h.engine.store().instance(&id).await.unwrap().unwrap();
@@ -2070,7 +2091,8 @@ async fn an_instance_and_its_history_are_written_together(db: Db) {
         ]
     );
 
-    // A new instance and its first entries.
+    // A new instance with its first entries, two tasks and a job: on
+    // PostgreSQL they refer to a row the same statement inserts.
     let mut fresh = before.clone();
     fresh.id = uuid::Uuid::now_v7().to_string();
     fresh.business_key = "NUEVA".to_owned();
@@ -2079,11 +2101,59 @@ async fn an_instance_and_its_history_are_written_together(db: Db) {
         instance_id: &fresh.id,
         ..entries[0].clone()
     }];
+    let task_ids = [
+        uuid::Uuid::now_v7().to_string(),
+        uuid::Uuid::now_v7().to_string(),
+    ];
+    let due = NewTask {
+        id: &task_ids[0],
+        instance_id: &fresh.id,
+        token: 1,
+        node_id: "recibir_llamada",
+        code: &fresh.code,
+        business_key: &fresh.business_key,
+        role: "agente_ventas",
+        created_at: before.started_at + 2,
+        due_at: Some(before.started_at + 60_000),
+    };
+    let new_tasks = [
+        due.clone(),
+        NewTask {
+            id: &task_ids[1],
+            due_at: None,
+            ..due
+        },
+    ];
+    let job_id = uuid::Uuid::now_v7().to_string();
+    let new_jobs = [NewJob {
+        id: &job_id,
+        instance_id: &fresh.id,
+        token: 2,
+        node_id: "recordatorio",
+        kind: "timer",
+        connector: None,
+        operation: None,
+        input: None,
+        idempotency_key: format!("test:{job_id}"),
+        max_attempts: 1,
+        timeout_ms: None,
+        run_at: before.started_at + 3_600_000,
+        created_at: before.started_at + 2,
+    }];
     let mut tx = conn.begin().await.unwrap();
     assert!(
-        Tx::write_instance(&mut *tx, &fresh, true, &first)
-            .await
-            .unwrap()
+        Tx::write_instance(
+            &mut *tx,
+            InstanceWrite {
+                row: &fresh,
+                new: true,
+                journal: &first,
+                tasks: &new_tasks,
+                jobs: &new_jobs,
+            }
+        )
+        .await
+        .unwrap()
     );
     tx.commit().await.unwrap();
     assert_eq!(
@@ -2097,6 +2167,48 @@ async fn an_instance_and_its_history_are_written_together(db: Db) {
         .map(|e| e.kind)
         .collect();
     assert_eq!(kinds, ["first_note"]);
+    let mut stored = Vec::new();
+    for id in &task_ids {
+        let t = h
+            .engine
+            .store()
+            .task(id)
+            .await
+            .unwrap()
+            .expect("task stored");
+        stored.push((t.instance_id, t.status, t.role, t.due_at));
+    }
+    assert_eq!(
+        stored,
+        [
+            (
+                fresh.id.clone(),
+                "open".to_owned(),
+                "agente_ventas".to_owned(),
+                Some(before.started_at + 60_000)
+            ),
+            (
+                fresh.id.clone(),
+                "open".to_owned(),
+                "agente_ventas".to_owned(),
+                None
+            ),
+        ]
+    );
+    let job: (String, String, i64) =
+        sqlx::query_as("SELECT instance_id, status, run_at FROM jobs WHERE id = $1")
+            .bind(&job_id)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        job,
+        (
+            fresh.id.clone(),
+            "ready".to_owned(),
+            before.started_at + 3_600_000
+        )
+    );
 }
 on_both_backends!(
     an_instance_and_its_history_are_written_together,

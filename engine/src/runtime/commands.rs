@@ -18,8 +18,8 @@ use crate::store::instances::InstanceRow;
 use crate::store::jobs::ClaimedJob;
 use crate::store::messages::MessageRow;
 use crate::store::{
-    self, Backend, NewDefinition, TaskCompletion, Tx, definitions, incidents, journal, messages,
-    tasks,
+    self, Backend, InstanceWrite, NewDefinition, TaskCompletion, Tx, definitions, incidents,
+    journal, messages, tasks,
 };
 
 /// A request to change state.
@@ -816,10 +816,35 @@ async fn save(
             data,
         })
         .collect();
-    // The instance row and its history first: its tasks, jobs and
-    // subscriptions refer to it.
-    let written = conn.write_instance(&row, new, &new_entries).await?;
-    drop(new_entries);
+    // The instance row first, with its history and the tasks and jobs it
+    // opens (one statement on PostgreSQL); then what refers to it.
+    let (created, writes): (Vec<Effect>, Vec<Effect>) = writes
+        .into_iter()
+        .partition(|e| matches!(e, Effect::CreateTask { .. } | Effect::CreateJob(_)));
+    let new_tasks: Vec<_> = created
+        .iter()
+        .filter_map(|e| task_row(ctx, &row, e))
+        .collect();
+    let mut new_jobs = Vec::new();
+    for effect in &created {
+        if let Effect::CreateJob(job) = effect {
+            new_jobs.push(job_row(conn, ctx, &row, job).await?);
+        }
+    }
+    let written = conn
+        .write_instance(InstanceWrite {
+            row: &row,
+            new,
+            journal: &new_entries,
+            tasks: &new_tasks,
+            jobs: &new_jobs,
+        })
+        .await?;
+    if !new_jobs.is_empty() {
+        ctx.scheduled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    drop((new_entries, new_tasks, new_jobs));
     if !written {
         return Err(Error::Concurrent {
             instance: row.id.clone(),
@@ -848,71 +873,17 @@ async fn apply(
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
     match effect {
-        Effect::CreateTask {
-            id,
-            token,
-            node,
-            role,
-            due_at,
-        } => {
-            conn.insert_task(&tasks::NewTask {
-                id: &id,
-                instance_id: &row.id,
-                token,
-                node_id: &node,
-                code: &row.code,
-                business_key: &row.business_key,
-                role: &role,
-                created_at: ctx.now,
-                due_at,
-            })
-            .await?
+        Effect::CreateTask { .. } => {
+            if let Some(task) = task_row(ctx, row, &effect) {
+                conn.insert_task(&task).await?;
+            }
         }
         Effect::CancelTask { id } => conn.cancel_task(&id, ctx.now).await?,
         Effect::CreateJob(job) => {
             ctx.scheduled
                 .store(true, std::sync::atomic::Ordering::Relaxed);
-            let (kind, connector, operation, input) = match &job.kind {
-                JobKind::Service {
-                    connector,
-                    operation,
-                    input,
-                } => (
-                    "service",
-                    Some(connector.as_str()),
-                    Some(operation.as_str()),
-                    Some(Value::Object(input.clone()).to_string()),
-                ),
-                JobKind::Timer => ("timer", None, None, None),
-            };
-            let timeout_ms = match &job.kind {
-                JobKind::Service { .. } => {
-                    let process = ctx.processes.get(conn, row.definition_id).await?;
-                    match process.definition.node(&job.node).map(|n| &n.kind) {
-                        Some(NodeKind::ServiceTask(s)) => {
-                            s.timeout.as_ref().map(|t| t.as_std().as_millis() as i64)
-                        }
-                        _ => None,
-                    }
-                }
-                JobKind::Timer => None,
-            };
-            conn.insert_job(&store::jobs::NewJob {
-                id: &job.id,
-                instance_id: &row.id,
-                token: job.token,
-                node_id: &job.node,
-                kind,
-                connector,
-                operation,
-                input,
-                idempotency_key: format!("tramite:{}:{}:{}", row.id, job.node, job.id),
-                max_attempts: job.max_attempts,
-                timeout_ms,
-                run_at: job.run_at,
-                created_at: ctx.now,
-            })
-            .await?
+            let job = job_row(conn, ctx, row, &job).await?;
+            conn.insert_job(&job).await?
         }
         Effect::CancelJob { id } => conn.cancel_job(&id).await?,
         Effect::Subscribe {
@@ -989,6 +960,84 @@ async fn apply(
         Effect::Ended { .. } | Effect::Journal { .. } => {}
     }
     Ok(())
+}
+
+/// The row of a task that `effect` opens, if it opens one.
+fn task_row<'a>(
+    ctx: &Ctx<'_>,
+    row: &'a InstanceRow,
+    effect: &'a Effect,
+) -> Option<tasks::NewTask<'a>> {
+    let Effect::CreateTask {
+        id,
+        token,
+        node,
+        role,
+        due_at,
+    } = effect
+    else {
+        return None;
+    };
+    Some(tasks::NewTask {
+        id,
+        instance_id: &row.id,
+        token: *token,
+        node_id: node,
+        code: &row.code,
+        business_key: &row.business_key,
+        role,
+        created_at: ctx.now,
+        due_at: *due_at,
+    })
+}
+
+/// The row of a job the machine scheduled.
+async fn job_row<'a>(
+    conn: &mut impl Tx,
+    ctx: &Ctx<'_>,
+    row: &'a InstanceRow,
+    job: &'a crate::runtime::machine::NewJob,
+) -> Result<store::jobs::NewJob<'a>, Error> {
+    let (kind, connector, operation, input) = match &job.kind {
+        JobKind::Service {
+            connector,
+            operation,
+            input,
+        } => (
+            "service",
+            Some(connector.as_str()),
+            Some(operation.as_str()),
+            Some(Value::Object(input.clone()).to_string()),
+        ),
+        JobKind::Timer => ("timer", None, None, None),
+    };
+    let timeout_ms = match &job.kind {
+        JobKind::Service { .. } => {
+            let process = ctx.processes.get(conn, row.definition_id).await?;
+            match process.definition.node(&job.node).map(|n| &n.kind) {
+                Some(NodeKind::ServiceTask(s)) => {
+                    s.timeout.as_ref().map(|t| t.as_std().as_millis() as i64)
+                }
+                _ => None,
+            }
+        }
+        JobKind::Timer => None,
+    };
+    Ok(store::jobs::NewJob {
+        id: &job.id,
+        instance_id: &row.id,
+        token: job.token,
+        node_id: &job.node,
+        kind,
+        connector,
+        operation,
+        input,
+        idempotency_key: format!("tramite:{}:{}:{}", row.id, job.node, job.id),
+        max_attempts: job.max_attempts,
+        timeout_ms,
+        run_at: job.run_at,
+        created_at: ctx.now,
+    })
 }
 
 async fn open_task(conn: &mut impl Tx, id: &str) -> Result<tasks::TaskRow, Error> {

@@ -174,34 +174,54 @@ pub async fn update(conn: &mut Conn, i: &InstanceRow) -> Result<bool, Error> {
     Ok(done.rows_affected() == 1)
 }
 
-/// PostgreSQL: inserts (`new`) or updates an instance, as [`insert`] and
-/// [`update`] do, and appends its journal entries in the same statement
-/// (`WITH journal_rows AS (INSERT INTO journal …) UPDATE instances …`):
-/// each statement is a round trip, and every change of an instance has
-/// both. False on a lost race, the entries appended all the same: the
-/// caller rolls the transaction back.
-pub async fn write_with_journal(
-    conn: &mut Conn,
-    i: &InstanceRow,
-    new: bool,
-    entries: &[super::journal::NewEntry<'_>],
-) -> Result<bool, Error> {
-    let (statement, params) = if new {
-        (INSERT, INSERT_PARAMS)
+/// PostgreSQL: inserts or updates an instance, as [`insert`] and
+/// [`update`] do, and writes what the change adds — journal entries, tasks,
+/// jobs — in the same statement (`WITH journal_rows AS (INSERT INTO journal
+/// …), task_rows AS (INSERT INTO tasks …) UPDATE instances …`): each
+/// statement is a round trip, and nearly every change has journal entries
+/// and a new task or job. A task's or job's reference to a new instance is
+/// checked at the end of the statement, once the instance is there. False
+/// on a lost race, the rest written all the same: the caller rolls the
+/// transaction back.
+pub async fn write_all(conn: &mut Conn, w: crate::store::InstanceWrite<'_>) -> Result<bool, Error> {
+    use super::{jobs, journal, tasks};
+    let (statement, mut next) = if w.new {
+        (INSERT, INSERT_PARAMS + 1)
     } else {
-        (UPDATE, UPDATE_PARAMS)
+        (UPDATE, UPDATE_PARAMS + 1)
     };
-    let mut sql = String::from("WITH journal_rows AS (");
-    super::journal::insert_sql(&mut sql, params + 1, entries.len());
-    sql.push_str(") ");
-    sql.push_str(statement);
+    let mut ctes = Vec::new();
+    if !w.journal.is_empty() {
+        let mut sql = String::from("journal_rows AS (");
+        journal::insert_sql(&mut sql, next, w.journal.len());
+        next += journal::PARAMS * w.journal.len();
+        ctes.push(sql + ")");
+    }
+    if !w.tasks.is_empty() {
+        let mut sql = String::from("task_rows AS (");
+        tasks::insert_sql(&mut sql, next, w.tasks.len());
+        next += tasks::PARAMS * w.tasks.len();
+        ctes.push(sql + ")");
+    }
+    if !w.jobs.is_empty() {
+        let mut sql = String::from("job_rows AS (");
+        jobs::insert_sql(&mut sql, next, w.jobs.len());
+        ctes.push(sql + ")");
+    }
+    let sql = if ctes.is_empty() {
+        statement.to_owned()
+    } else {
+        format!("WITH {} {statement}", ctes.join(", "))
+    };
     let q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    let q = if new {
-        bind_insert(q, i)
+    let q = if w.new {
+        bind_insert(q, w.row)
     } else {
-        bind_update(q, i)
+        bind_update(q, w.row)
     };
-    let done = super::journal::bind(q, entries).execute(&mut *conn).await?;
+    let q = journal::bind(q, w.journal);
+    let q = tasks::bind(q, w.tasks);
+    let done = jobs::bind(q, w.jobs).execute(&mut *conn).await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -68,27 +68,76 @@ pub struct NewJob<'a> {
 
 /// Schedules a job.
 pub async fn insert(conn: &mut Conn, j: &NewJob<'_>) -> Result<(), Error> {
-    sqlx::query(
-        "INSERT INTO jobs (id, instance_id, token, node_id, kind, connector, operation, input, \
-         idempotency_key, status, attempts, max_attempts, timeout_ms, run_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'ready', 0, $10, $11, $12, $13)",
+    let mut sql = String::new();
+    insert_sql(&mut sql, 1, 1);
+    bind(
+        sqlx::query(sqlx::AssertSqlSafe(sql)),
+        std::slice::from_ref(j),
     )
-    .bind(j.id)
-    .bind(j.instance_id)
-    .bind(i64::from(j.token))
-    .bind(j.node_id)
-    .bind(j.kind)
-    .bind(j.connector)
-    .bind(j.operation)
-    .bind(j.input.as_deref())
-    .bind(&j.idempotency_key)
-    .bind(i64::from(j.max_attempts))
-    .bind(j.timeout_ms)
-    .bind(j.run_at)
-    .bind(j.created_at)
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Parameters per job in [`insert_sql`].
+pub(super) const PARAMS: usize = 13;
+
+/// Writes `INSERT INTO jobs … VALUES …` for `n` ready jobs whose parameters
+/// are numbered from `$first`, [`PARAMS`] each, bound by [`bind`] (see
+/// [`super::journal::insert_sql`] on why other statements embed it).
+pub(super) fn insert_sql(sql: &mut String, first: usize, n: usize) {
+    use std::fmt::Write as _;
+    sql.push_str(
+        "INSERT INTO jobs (id, instance_id, token, node_id, kind, connector, operation, input, \
+         idempotency_key, status, attempts, max_attempts, timeout_ms, run_at, created_at) VALUES ",
+    );
+    for i in 0..n {
+        let b = first + i * PARAMS;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(
+            sql,
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'ready', 0, ${}, ${}, ${}, ${})",
+            b,
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7,
+            b + 8,
+            b + 9,
+            b + 10,
+            b + 11,
+            b + 12
+        );
+    }
+}
+
+/// Binds the parameters of [`insert_sql`], after those already bound.
+pub(super) fn bind<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    jobs: &[NewJob<'_>],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for j in jobs {
+        q = q
+            .bind(j.id.to_owned())
+            .bind(j.instance_id.to_owned())
+            .bind(i64::from(j.token))
+            .bind(j.node_id.to_owned())
+            .bind(j.kind.to_owned())
+            .bind(j.connector.map(str::to_owned))
+            .bind(j.operation.map(str::to_owned))
+            .bind(j.input.clone())
+            .bind(j.idempotency_key.clone())
+            .bind(i64::from(j.max_attempts))
+            .bind(j.timeout_ms)
+            .bind(j.run_at)
+            .bind(j.created_at);
+    }
+    q
 }
 
 /// Claims up to `limit` due jobs (ready, or running with an expired lease)

@@ -89,23 +89,70 @@ pub struct NewTask<'a> {
 
 /// Opens a task.
 pub async fn insert(conn: &mut Conn, t: &NewTask<'_>) -> Result<(), Error> {
-    sqlx::query(
-        "INSERT INTO tasks (id, instance_id, token, node_id, code, business_key, role, status, \
-         created_at, due_at, due_order) VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, \
-             COALESCE($9, 9223372036854775807))",
+    let mut sql = String::new();
+    insert_sql(&mut sql, 1, 1);
+    bind(
+        sqlx::query(sqlx::AssertSqlSafe(sql)),
+        std::slice::from_ref(t),
     )
-    .bind(t.id)
-    .bind(t.instance_id)
-    .bind(i64::from(t.token))
-    .bind(t.node_id)
-    .bind(t.code)
-    .bind(t.business_key)
-    .bind(t.role)
-    .bind(t.created_at)
-    .bind(t.due_at)
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Parameters per task in [`insert_sql`].
+pub(super) const PARAMS: usize = 9;
+
+/// Writes `INSERT INTO tasks … VALUES …` for `n` open tasks whose
+/// parameters are numbered from `$first`, [`PARAMS`] each, bound by
+/// [`bind`] (see [`super::journal::insert_sql`] on why other statements
+/// embed it).
+pub(super) fn insert_sql(sql: &mut String, first: usize, n: usize) {
+    use std::fmt::Write as _;
+    sql.push_str(
+        "INSERT INTO tasks (id, instance_id, token, node_id, code, business_key, role, status, \
+         created_at, due_at, due_order) VALUES ",
+    );
+    for i in 0..n {
+        let b = first + i * PARAMS;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(
+            sql,
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, 'open', ${}, ${}, COALESCE(${}, 9223372036854775807))",
+            b,
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7,
+            b + 8,
+            b + 8
+        );
+    }
+}
+
+/// Binds the parameters of [`insert_sql`], after those already bound.
+pub(super) fn bind<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    tasks: &[NewTask<'_>],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for t in tasks {
+        q = q
+            .bind(t.id.to_owned())
+            .bind(t.instance_id.to_owned())
+            .bind(i64::from(t.token))
+            .bind(t.node_id.to_owned())
+            .bind(t.code.to_owned())
+            .bind(t.business_key.to_owned())
+            .bind(t.role.to_owned())
+            .bind(t.created_at)
+            .bind(t.due_at);
+    }
+    q
 }
 
 /// A task by id.

@@ -61,19 +61,17 @@ pub trait Tx: Send {
         &mut self,
         row: &InstanceRow,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
-    /// Inserts (`new`) or updates `row`, as [`Tx::insert_instance`] and
-    /// [`Tx::update_instance`] do, and appends the change's `journal`
-    /// entries. False on a lost race, after which the transaction must be
-    /// rolled back: a backend may have appended the entries already
-    /// (PostgreSQL writes both in one statement, one round trip instead of
-    /// two).
+    /// Inserts (`w.new`) or updates an instance, as [`Tx::insert_instance`]
+    /// and [`Tx::update_instance`] do, with what the change adds: its
+    /// journal entries, its new tasks and its new jobs. False on a lost
+    /// race, after which the transaction must be rolled back: a backend may
+    /// have written the rest already (PostgreSQL writes it all in one
+    /// statement, one round trip instead of one per row kind and task).
     fn write_instance(
         &mut self,
-        row: &InstanceRow,
-        new: bool,
-        journal: &[journal::NewEntry<'_>],
+        w: InstanceWrite<'_>,
     ) -> impl Future<Output = Result<bool, Error>> + Send {
-        one_then_the_other::write_instance(self, row, new, journal)
+        one_then_the_other::write_instance(self, w)
     }
     /// A command inserted or updated `row`, which is now what the database
     /// holds (its revision included): a backend may keep it for the
@@ -244,20 +242,24 @@ pub trait Tx: Send {
 
 /// What a backend does in two statements that PostgreSQL does in one.
 mod one_then_the_other {
-    use super::{Error, InstanceRow, TaskRow, Tx, journal};
+    use super::{Error, InstanceRow, InstanceWrite, TaskRow, Tx};
 
     pub(super) async fn write_instance<T: Tx + ?Sized>(
         tx: &mut T,
-        row: &InstanceRow,
-        new: bool,
-        entries: &[journal::NewEntry<'_>],
+        w: InstanceWrite<'_>,
     ) -> Result<bool, Error> {
-        if new {
-            tx.insert_instance(row).await?;
-        } else if !tx.update_instance(row).await? {
+        if w.new {
+            tx.insert_instance(w.row).await?;
+        } else if !tx.update_instance(w.row).await? {
             return Ok(false);
         }
-        tx.append_journal(entries).await?;
+        tx.append_journal(w.journal).await?;
+        for task in w.tasks {
+            tx.insert_task(task).await?;
+        }
+        for job in w.jobs {
+            tx.insert_job(job).await?;
+        }
         Ok(true)
     }
 
@@ -272,6 +274,22 @@ mod one_then_the_other {
         let instance = tx.instance(&task.instance_id, true).await?;
         Ok(instance.map(|i| (task, i)))
     }
+}
+
+/// An instance's change and what it adds ([`Tx::write_instance`]).
+#[derive(Debug, Clone, Copy)]
+pub struct InstanceWrite<'a> {
+    /// The row as it is to be stored; its revision is the one read (an
+    /// update is made only if the stored revision is still that).
+    pub row: &'a InstanceRow,
+    /// Insert rather than update.
+    pub new: bool,
+    /// Its journal entries.
+    pub journal: &'a [journal::NewEntry<'a>],
+    /// Tasks it opens.
+    pub tasks: &'a [NewTask<'a>],
+    /// Jobs it schedules.
+    pub jobs: &'a [NewJob<'a>],
 }
 
 /// A version to store.
@@ -357,18 +375,14 @@ impl Tx for sqlx::AnyConnection {
     async fn update_instance(&mut self, row: &InstanceRow) -> Result<bool, Error> {
         super::instances::update(self, row).await
     }
-    async fn write_instance(
-        &mut self,
-        row: &InstanceRow,
-        new: bool,
-        entries: &[journal::NewEntry<'_>],
-    ) -> Result<bool, Error> {
+    async fn write_instance(&mut self, w: InstanceWrite<'_>) -> Result<bool, Error> {
         // SQLite has no `INSERT` inside `WITH`; a statement's parameters
-        // are bounded.
-        if Tx::backend(self) != Backend::Postgres || entries.is_empty() || entries.len() > 100 {
-            return one_then_the_other::write_instance(self, row, new, entries).await;
+        // are bounded (65,535 on PostgreSQL).
+        let many = w.journal.len() > 100 || w.tasks.len() > 100 || w.jobs.len() > 100;
+        if Tx::backend(self) != Backend::Postgres || many {
+            return one_then_the_other::write_instance(self, w).await;
         }
-        super::instances::write_with_journal(self, row, new, entries).await
+        super::instances::write_all(self, w).await
     }
     async fn insert_task(&mut self, task: &NewTask<'_>) -> Result<(), Error> {
         super::tasks::insert(self, task).await
