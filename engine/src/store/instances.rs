@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Backend, Conn, Error, json};
+use super::{Backend, Conn, Error, Query, json};
 use crate::runtime::state::InstanceState;
 
 /// An instance as stored.
@@ -124,8 +124,6 @@ const INSERT_PARAMS: usize = 15;
 const UPDATE: &str = "UPDATE instances SET status = $2, outcome = $3, state = $4, revision = revision + 1, \
      ended_at = $5, cancel_reason = $6 WHERE id = $1 AND revision = $7";
 const UPDATE_PARAMS: usize = 7;
-
-type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
 fn bind_insert<'q>(q: Query<'q>, i: &InstanceRow) -> Query<'q> {
     let state = serde_json::to_string(&i.state).expect("state serializes");

@@ -86,41 +86,19 @@ pub(super) const PARAMS: usize = 13;
 /// are numbered from `$first`, [`PARAMS`] each, bound by [`bind`] (see
 /// [`super::journal::insert_sql`] on why other statements embed it).
 pub(super) fn insert_sql(sql: &mut String, first: usize, n: usize) {
-    use std::fmt::Write as _;
-    sql.push_str(
+    super::insert_rows(
+        sql,
         "INSERT INTO jobs (id, instance_id, token, node_id, kind, connector, operation, input, \
          idempotency_key, status, attempts, max_attempts, timeout_ms, run_at, created_at) VALUES ",
+        "($1, $2, $3, $4, $5, $6, $7, $8, $9, 'ready', 0, $10, $11, $12, $13)",
+        PARAMS,
+        first,
+        n,
     );
-    for i in 0..n {
-        let b = first + i * PARAMS;
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        let _ = write!(
-            sql,
-            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'ready', 0, ${}, ${}, ${}, ${})",
-            b,
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6,
-            b + 7,
-            b + 8,
-            b + 9,
-            b + 10,
-            b + 11,
-            b + 12
-        );
-    }
 }
 
 /// Binds the parameters of [`insert_sql`], after those already bound.
-pub(super) fn bind<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    jobs: &[NewJob<'_>],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+pub(super) fn bind<'q>(mut q: super::Query<'q>, jobs: &[NewJob<'_>]) -> super::Query<'q> {
     for j in jobs {
         q = q
             .bind(j.id.to_owned())

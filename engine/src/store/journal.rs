@@ -60,31 +60,18 @@ pub(super) const PARAMS: usize = 6;
 /// [`bind`]. Other statements embed it in a `WITH` so that an instance's
 /// change and its history are one round trip.
 pub(super) fn insert_sql(sql: &mut String, first: usize, n: usize) {
-    use std::fmt::Write as _;
-    sql.push_str("INSERT INTO journal (instance_id, at, actor, kind, node_id, data) VALUES ");
-    for i in 0..n {
-        let b = first + i * PARAMS;
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        let _ = write!(
-            sql,
-            "(${}, ${}, ${}, ${}, ${}, ${})",
-            b,
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5
-        );
-    }
+    super::insert_rows(
+        sql,
+        "INSERT INTO journal (instance_id, at, actor, kind, node_id, data) VALUES ",
+        "($1, $2, $3, $4, $5, $6)",
+        PARAMS,
+        first,
+        n,
+    );
 }
 
 /// Binds the parameters of [`insert_sql`], after those already bound.
-pub(super) fn bind<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    entries: &[NewEntry<'_>],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+pub(super) fn bind<'q>(mut q: super::Query<'q>, entries: &[NewEntry<'_>]) -> super::Query<'q> {
     for e in entries {
         let data = if e.data.is_null() {
             None

@@ -227,6 +227,42 @@ impl Store {
     }
 }
 
+/// A statement being bound (sqlx's `Any` driver).
+pub(crate) type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Appends `head` and `n` copies of `row` to `sql`, renumbering `row`'s
+/// parameters (`$1` to `$params`) from `$first` on, one run of `params` per
+/// copy: a multi-row `INSERT` that other statements can embed in a `WITH`
+/// after their own parameters.
+pub(crate) fn insert_rows(
+    sql: &mut String,
+    head: &str,
+    row: &str,
+    params: usize,
+    first: usize,
+    n: usize,
+) {
+    use std::fmt::Write as _;
+    sql.push_str(head);
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let mut rest = row;
+        while let Some(at) = rest.find('$') {
+            sql.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let k: usize = rest[..digits].parse().expect("a numbered parameter");
+            let _ = write!(sql, "{}", first + i * params + k - 1);
+            rest = &rest[digits..];
+        }
+        sql.push_str(rest);
+    }
+}
+
 /// Parses a JSON column.
 pub(crate) fn json<T: serde::de::DeserializeOwned>(
     text: &str,
@@ -238,4 +274,28 @@ pub(crate) fn json<T: serde::de::DeserializeOwned>(
         column,
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Rows embedded after another statement's parameters: each copy's
+    /// parameters follow the last, a repeated one stays repeated, and
+    /// two-digit numbers are read whole.
+    #[test]
+    fn insert_rows_renumber_each_copy() {
+        let mut sql = String::from("WITH r AS (");
+        super::insert_rows(
+            &mut sql,
+            "INSERT INTO t (a, b, c) VALUES ",
+            "($1, $2, COALESCE($2, 0), $10)",
+            10,
+            8,
+            2,
+        );
+        assert_eq!(
+            sql,
+            "WITH r AS (INSERT INTO t (a, b, c) VALUES \
+             ($8, $9, COALESCE($9, 0), $17), ($18, $19, COALESCE($19, 0), $27)"
+        );
+    }
 }

@@ -108,38 +108,19 @@ pub(super) const PARAMS: usize = 9;
 /// [`bind`] (see [`super::journal::insert_sql`] on why other statements
 /// embed it).
 pub(super) fn insert_sql(sql: &mut String, first: usize, n: usize) {
-    use std::fmt::Write as _;
-    sql.push_str(
+    super::insert_rows(
+        sql,
         "INSERT INTO tasks (id, instance_id, token, node_id, code, business_key, role, status, \
          created_at, due_at, due_order) VALUES ",
+        "($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, COALESCE($9, 9223372036854775807))",
+        PARAMS,
+        first,
+        n,
     );
-    for i in 0..n {
-        let b = first + i * PARAMS;
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        let _ = write!(
-            sql,
-            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, 'open', ${}, ${}, COALESCE(${}, 9223372036854775807))",
-            b,
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6,
-            b + 7,
-            b + 8,
-            b + 8
-        );
-    }
 }
 
 /// Binds the parameters of [`insert_sql`], after those already bound.
-pub(super) fn bind<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    tasks: &[NewTask<'_>],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+pub(super) fn bind<'q>(mut q: super::Query<'q>, tasks: &[NewTask<'_>]) -> super::Query<'q> {
     for t in tasks {
         q = q
             .bind(t.id.to_owned())
