@@ -779,11 +779,23 @@ async fn save(
 ) -> Result<(), Error> {
     let mut entries: Vec<(String, Option<String>, Value)> = Vec::new();
     let mut ended = None;
+    // What the instance's own write carries (one statement on PostgreSQL),
+    // and what is applied after it because it refers to the instance.
+    let mut created_tasks = Vec::new();
+    let mut created_jobs = Vec::new();
     let mut writes = Vec::with_capacity(effects.len());
     for effect in effects {
         match effect {
             Effect::Journal { kind, node, data } => entries.push((kind.to_owned(), node, data)),
             Effect::Ended { outcome } => ended = Some(outcome),
+            Effect::CreateTask {
+                id,
+                token,
+                node,
+                role,
+                due_at,
+            } => created_tasks.push((id, token, node, role, due_at)),
+            Effect::CreateJob(job) => created_jobs.push(job),
             other => writes.push(other),
         }
     }
@@ -816,20 +828,23 @@ async fn save(
             data,
         })
         .collect();
-    // The instance row first, with its history and the tasks and jobs it
-    // opens (one statement on PostgreSQL); then what refers to it.
-    let (created, writes): (Vec<Effect>, Vec<Effect>) = writes
-        .into_iter()
-        .partition(|e| matches!(e, Effect::CreateTask { .. } | Effect::CreateJob(_)));
-    let new_tasks: Vec<_> = created
+    let new_tasks: Vec<tasks::NewTask<'_>> = created_tasks
         .iter()
-        .filter_map(|e| task_row(ctx, &row, e))
+        .map(|(id, token, node, role, due_at)| tasks::NewTask {
+            id,
+            instance_id: &row.id,
+            token: *token,
+            node_id: node,
+            code: &row.code,
+            business_key: &row.business_key,
+            role,
+            created_at: ctx.now,
+            due_at: *due_at,
+        })
         .collect();
-    let mut new_jobs = Vec::new();
-    for effect in &created {
-        if let Effect::CreateJob(job) = effect {
-            new_jobs.push(job_row(conn, ctx, &row, job).await?);
-        }
+    let mut new_jobs = Vec::with_capacity(created_jobs.len());
+    for job in &created_jobs {
+        new_jobs.push(job_row(conn, ctx, &row, job).await?);
     }
     let written = conn
         .write_instance(InstanceWrite {
@@ -873,18 +888,7 @@ async fn apply(
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
     match effect {
-        Effect::CreateTask { .. } => {
-            if let Some(task) = task_row(ctx, row, &effect) {
-                conn.insert_task(&task).await?;
-            }
-        }
         Effect::CancelTask { id } => conn.cancel_task(&id, ctx.now).await?,
-        Effect::CreateJob(job) => {
-            ctx.scheduled
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            let job = job_row(conn, ctx, row, &job).await?;
-            conn.insert_job(&job).await?
-        }
         Effect::CancelJob { id } => conn.cancel_job(&id).await?,
         Effect::Subscribe {
             id,
@@ -957,38 +961,13 @@ async fn apply(
             })
             .await?
         }
-        Effect::Ended { .. } | Effect::Journal { .. } => {}
+        // `save` writes these with the instance's row.
+        Effect::Ended { .. }
+        | Effect::Journal { .. }
+        | Effect::CreateTask { .. }
+        | Effect::CreateJob(_) => {}
     }
     Ok(())
-}
-
-/// The row of a task that `effect` opens, if it opens one.
-fn task_row<'a>(
-    ctx: &Ctx<'_>,
-    row: &'a InstanceRow,
-    effect: &'a Effect,
-) -> Option<tasks::NewTask<'a>> {
-    let Effect::CreateTask {
-        id,
-        token,
-        node,
-        role,
-        due_at,
-    } = effect
-    else {
-        return None;
-    };
-    Some(tasks::NewTask {
-        id,
-        instance_id: &row.id,
-        token: *token,
-        node_id: node,
-        code: &row.code,
-        business_key: &row.business_key,
-        role,
-        created_at: ctx.now,
-        due_at: *due_at,
-    })
 }
 
 /// The row of a job the machine scheduled.

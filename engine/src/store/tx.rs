@@ -240,7 +240,7 @@ pub trait Tx: Send {
     ) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
-/// What a backend does in two statements that PostgreSQL does in one.
+/// What a backend does statement by statement that PostgreSQL does in one.
 mod one_then_the_other {
     use super::{Error, InstanceRow, InstanceWrite, TaskRow, Tx};
 
