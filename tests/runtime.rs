@@ -1996,7 +1996,7 @@ async fn an_instance_and_its_history_are_written_together(db: Db) {
     use tramite_engine::store::jobs::NewJob;
     use tramite_engine::store::journal::{NewEntry, of_instance};
     use tramite_engine::store::tasks::NewTask;
-    use tramite_engine::store::{InstanceWrite, Tx};
+    use tramite_engine::store::{InstanceWrite, Tx, Written};
     let h = Harness::new(db).await;
     let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
     let before = h.instance(&id).await;
@@ -2028,12 +2028,13 @@ async fn an_instance_and_its_history_are_written_together(db: Db) {
     stale.revision -= 1;
     stale.cancel_reason = Some("stale".to_owned());
     let mut tx = conn.begin().await.unwrap();
-    assert!(
-        !Tx::write_instance(
+    assert_eq!(
+        Tx::write_instance(
             &mut *tx,
             InstanceWrite {
                 row: &stale,
                 new: false,
+                completes: None,
                 journal: &entries,
                 tasks: &[],
                 jobs: &[],
@@ -2041,6 +2042,7 @@ async fn an_instance_and_its_history_are_written_together(db: Db) {
         )
         .await
         .unwrap(),
+        Written::Stale,
         "a stale revision loses the race"
     );
     tx.rollback().await.unwrap();
@@ -2052,19 +2054,21 @@ async fn an_instance_and_its_history_are_written_together(db: Db) {
     let mut changed = before.clone();
     changed.cancel_reason = Some("escrita".to_owned());
     let mut tx = conn.begin().await.unwrap();
-    assert!(
+    assert_eq!(
         Tx::write_instance(
             &mut *tx,
             InstanceWrite {
                 row: &changed,
                 new: false,
+                completes: None,
                 journal: &entries,
                 tasks: &[],
                 jobs: &[],
             }
         )
         .await
-        .unwrap()
+        .unwrap(),
+        Written::Done
     );
     tx.commit().await.unwrap();
     let stored = h.engine.store().instance(&id).await.unwrap().unwrap();
@@ -2141,19 +2145,21 @@ async fn an_instance_and_its_history_are_written_together(db: Db) {
         created_at: before.started_at + 2,
     }];
     let mut tx = conn.begin().await.unwrap();
-    assert!(
+    assert_eq!(
         Tx::write_instance(
             &mut *tx,
             InstanceWrite {
                 row: &fresh,
                 new: true,
+                completes: None,
                 journal: &first,
                 tasks: &new_tasks,
                 jobs: &new_jobs,
             }
         )
         .await
-        .unwrap()
+        .unwrap(),
+        Written::Done
     );
     tx.commit().await.unwrap();
     assert_eq!(
@@ -2255,4 +2261,108 @@ async fn a_task_is_read_with_its_instance_locked(db: Db) {
 on_both_backends!(
     a_task_is_read_with_its_instance_locked,
     super::a_task_is_read_with_its_instance_locked
+);
+
+/// A completion's `UPDATE` of its task travels with the instance's write
+/// (`InstanceWrite::completes`; on PostgreSQL one statement): a task that
+/// someone else claimed since it was read is not completed and the instance
+/// is not written; a stale revision writes neither; the holder's completion
+/// writes both.
+async fn a_task_is_completed_with_its_instance(db: Db) {
+    use sqlx::Connection;
+    use tramite_engine::store::journal::{NewEntry, of_instance};
+    use tramite_engine::store::{InstanceWrite, TaskCompletion, Tx, Written};
+    let h = Harness::new(db).await;
+    let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+    let task = h.task(&id, "recibir_llamada").await;
+    let before = h.instance(&id).await;
+    let mut conn = h.engine.store().pool().acquire().await.unwrap();
+    let history = of_instance(&mut conn, &id).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    assert!(Tx::claim_task(&mut *tx, &task.id, "ana").await.unwrap());
+    tx.commit().await.unwrap();
+    let claimed = h.engine.store().task(&task.id).await.unwrap().unwrap();
+
+    let mut changed = before.clone();
+    changed.cancel_reason = Some("completada".to_owned());
+    let data = json!({"nota": "con la tarea"});
+    let entries = [NewEntry {
+        instance_id: &id,
+        at: before.started_at + 1,
+        actor: "test",
+        kind: "task_completed",
+        node_id: Some("recibir_llamada"),
+        data: &data,
+    }];
+    let by = |user| TaskCompletion {
+        id: &task.id,
+        user,
+        outcome: "atendida",
+        data: &data,
+        now: before.started_at + 1,
+    };
+    let write = |row, user| InstanceWrite {
+        row,
+        new: false,
+        completes: Some(by(user)),
+        journal: &entries,
+        tasks: &[],
+        jobs: &[],
+    };
+    let mut stale = changed.clone();
+    stale.revision -= 1;
+    for (row, user, expected) in [
+        (&changed, "beto", Written::TaskNotOpen),
+        (&stale, "ana", Written::Stale),
+    ] {
+        let mut tx = conn.begin().await.unwrap();
+        let got = Tx::write_instance(&mut *tx, write(row, user))
+            .await
+            .unwrap();
+        assert_eq!(got, expected, "{user} at revision {}", row.revision);
+        tx.rollback().await.unwrap();
+        assert_eq!(h.instance(&id).await, before, "the instance is as it was");
+        assert_eq!(
+            h.engine.store().task(&task.id).await.unwrap().unwrap(),
+            claimed,
+            "the task is still ana's"
+        );
+        assert_eq!(of_instance(&mut conn, &id).await.unwrap(), history);
+    }
+
+    let mut tx = conn.begin().await.unwrap();
+    let got = Tx::write_instance(&mut *tx, write(&changed, "ana"))
+        .await
+        .unwrap();
+    assert_eq!(got, Written::Done);
+    tx.commit().await.unwrap();
+    let done = h.engine.store().task(&task.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            done.status.as_str(),
+            done.outcome.as_deref(),
+            done.completed_by.as_deref(),
+            done.completed_at
+        ),
+        (
+            "completed",
+            Some("atendida"),
+            Some("ana"),
+            Some(before.started_at + 1)
+        )
+    );
+    assert_eq!(done.data, Some(data.clone()));
+    let stored = h.instance(&id).await;
+    assert_eq!(stored.revision, before.revision + 1);
+    assert_eq!(stored.cancel_reason.as_deref(), Some("completada"));
+    let after = of_instance(&mut conn, &id).await.unwrap();
+    assert_eq!(after.len(), history.len() + 1);
+    assert_eq!(
+        after.last().map(|e| e.kind.as_str()),
+        Some("task_completed")
+    );
+}
+on_both_backends!(
+    a_task_is_completed_with_its_instance,
+    super::a_task_is_completed_with_its_instance
 );

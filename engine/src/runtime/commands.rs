@@ -18,8 +18,8 @@ use crate::store::instances::InstanceRow;
 use crate::store::jobs::ClaimedJob;
 use crate::store::messages::MessageRow;
 use crate::store::{
-    self, Backend, InstanceWrite, NewDefinition, TaskCompletion, Tx, definitions, incidents,
-    journal, messages, tasks,
+    self, Backend, InstanceWrite, NewDefinition, TaskCompletion, Tx, Written, definitions,
+    incidents, journal, messages, tasks,
 };
 
 /// A request to change state.
@@ -501,7 +501,7 @@ async fn run_followups(
                     }
                     Ok(())
                 })?;
-                save(conn, ctx, row, effects, "engine", queue, false).await?;
+                save(conn, ctx, Change::of(row, effects, "engine"), queue).await?;
             }
             Followup::Deliver {
                 instance,
@@ -537,7 +537,7 @@ async fn run_followups(
                     raise(m, token, &node_id, message, false);
                     Ok(())
                 })?;
-                save(conn, ctx, row, effects, "engine", queue, false).await?;
+                save(conn, ctx, Change::of(row, effects, "engine"), queue).await?;
             }
         }
     }
@@ -764,19 +764,57 @@ async fn start_instance(
     m.start()?;
     let effects = std::mem::take(&mut m.effects);
     row.state = state;
-    save(conn, ctx, row, effects, &start.actor, followups, true).await
+    save(
+        conn,
+        ctx,
+        Change {
+            new: true,
+            ..Change::of(row, effects, &start.actor)
+        },
+        followups,
+    )
+    .await
+}
+
+/// An instance after a machine run, for [`save`].
+struct Change<'a> {
+    row: InstanceRow,
+    effects: Vec<Effect>,
+    /// Who made the change, for its journal entries.
+    actor: &'a str,
+    /// A new instance, inserted rather than updated.
+    new: bool,
+    /// The task whose completion made the change, written with it.
+    completes: Option<TaskCompletion<'a>>,
+}
+
+impl<'a> Change<'a> {
+    /// A running instance's change that completes no task.
+    fn of(row: InstanceRow, effects: Vec<Effect>, actor: &'a str) -> Self {
+        Change {
+            row,
+            effects,
+            actor,
+            new: false,
+            completes: None,
+        }
+    }
 }
 
 /// Persists an instance after a machine run and applies its effects.
 async fn save(
     conn: &mut impl Tx,
     ctx: &Ctx<'_>,
-    mut row: InstanceRow,
-    effects: Vec<Effect>,
-    actor: &str,
+    change: Change<'_>,
     followups: &mut VecDeque<Followup>,
-    new: bool,
 ) -> Result<(), Error> {
+    let Change {
+        mut row,
+        effects,
+        actor,
+        new,
+        completes,
+    } = change;
     let mut entries: Vec<(String, Option<String>, Value)> = Vec::new();
     let mut ended = None;
     // What the instance's own write carries (one statement on PostgreSQL),
@@ -850,6 +888,7 @@ async fn save(
         .write_instance(InstanceWrite {
             row: &row,
             new,
+            completes,
             journal: &new_entries,
             tasks: &new_tasks,
             jobs: &new_jobs,
@@ -860,10 +899,21 @@ async fn save(
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
     drop((new_entries, new_tasks, new_jobs));
-    if !written {
-        return Err(Error::Concurrent {
-            instance: row.id.clone(),
-        });
+    match written {
+        Written::Done => {}
+        Written::Stale => {
+            return Err(Error::Concurrent {
+                instance: row.id.clone(),
+            });
+        }
+        // Claimed by someone else since it was read (a claim does not
+        // lock the instance).
+        Written::TaskNotOpen => {
+            return Err(Error::TaskNotOpen {
+                task: completes.map_or_else(String::new, |c| c.id.to_owned()),
+                status: "completed".to_owned(),
+            });
+        }
     }
     if !new {
         // What the database holds now, for `keep_instance`.
@@ -1181,21 +1231,6 @@ async fn complete(
             return Err(Error::InvalidData { errors });
         }
     }
-    if !conn
-        .complete_task(TaskCompletion {
-            id: &c.task,
-            user: &c.user,
-            outcome: &c.outcome,
-            data: &data,
-            now: ctx.now,
-        })
-        .await?
-    {
-        return Err(Error::TaskNotOpen {
-            task: c.task.clone(),
-            status: "completed".to_owned(),
-        });
-    }
     let token = task.token as u32;
     let (row, effects) = run_machine(row, &process, ctx.now, |m| {
         if let Some(t) = m.state.token(token)
@@ -1215,7 +1250,25 @@ async fn complete(
         m.go(token, &outcome.next)?;
         Ok(())
     })?;
-    save(conn, ctx, row, effects, &c.user, followups, false).await?;
+    // The task's completion is written with the instance (one statement on
+    // PostgreSQL); a task claimed by someone else meanwhile writes neither.
+    let completes = Some(TaskCompletion {
+        id: &c.task,
+        user: &c.user,
+        outcome: &c.outcome,
+        data: &data,
+        now: ctx.now,
+    });
+    save(
+        conn,
+        ctx,
+        Change {
+            completes,
+            ..Change::of(row, effects, &c.user)
+        },
+        followups,
+    )
+    .await?;
     Ok(CompletedTask {
         code: task.code,
         node_id: task.node_id,
@@ -1374,7 +1427,7 @@ async fn apply_job_result(
     }
     let effects = std::mem::take(&mut m.effects);
     row.state = state;
-    save(conn, ctx, row, effects, "worker", followups, false).await
+    save(conn, ctx, Change::of(row, effects, "worker"), followups).await
 }
 
 /// Applies a job's result; if the machine refuses to go on (a runaway
@@ -1396,7 +1449,7 @@ async fn job_done(
                 raise(m, job.token as u32, &job.node_id, e.to_string(), true);
                 Ok(())
             })?;
-            save(conn, ctx, row, effects, "worker", followups, false).await
+            save(conn, ctx, Change::of(row, effects, "worker"), followups).await
         }
         other => other,
     }
@@ -1556,7 +1609,7 @@ async fn deliver(
         }
         Ok(())
     })?;
-    save(conn, ctx, row, effects, "engine", followups, false).await
+    save(conn, ctx, Change::of(row, effects, "engine"), followups).await
 }
 
 async fn cancel(
@@ -1597,7 +1650,7 @@ async fn cancel(
             message: format!("called instance `{}` was cancelled: {reason}", row.id),
         });
     }
-    save(conn, ctx, row, effects, actor, followups, false).await
+    save(conn, ctx, Change::of(row, effects, actor), followups).await
 }
 
 async fn settle_incident(
@@ -1686,7 +1739,7 @@ async fn settle_incident(
     }
     let effects = std::mem::take(&mut m.effects);
     row.state = state;
-    save(conn, ctx, row, effects, actor, followups, false).await
+    save(conn, ctx, Change::of(row, effects, actor), followups).await
 }
 
 /// The errors a command's storage can produce, for the writer's retry logic.

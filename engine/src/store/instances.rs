@@ -173,16 +173,24 @@ pub async fn update(conn: &mut Conn, i: &InstanceRow) -> Result<bool, Error> {
 }
 
 /// PostgreSQL: inserts or updates an instance, as [`insert`] and
-/// [`update`] do, and writes what the change adds — journal entries, tasks,
-/// jobs — in the same statement (`WITH journal_rows AS (INSERT INTO journal
-/// …), task_rows AS (INSERT INTO tasks …) UPDATE instances …`): each
-/// statement is a round trip, and nearly every change has journal entries
-/// and a new task or job. A task's or job's reference to a new instance is
-/// checked at the end of the statement, once the instance is there. False
-/// on a lost race, the rest written all the same: the caller rolls the
-/// transaction back.
-pub async fn write_all(conn: &mut Conn, w: crate::store::InstanceWrite<'_>) -> Result<bool, Error> {
+/// [`update`] do, and writes what the change adds — the completion of the
+/// task that caused it, journal entries, tasks, jobs — in the same
+/// statement (`WITH completed AS (UPDATE tasks …), journal_rows AS (INSERT
+/// INTO journal …), task_rows AS (INSERT INTO tasks …) UPDATE instances
+/// …`): each statement is a round trip, and nearly every change has
+/// journal entries and a new task or job. A task's or job's reference to a
+/// new instance is checked at the end of the statement, once the instance
+/// is there. The instance is updated only if its task was completed; on
+/// anything but [`Written::Done`] the rest is written all the same and the
+/// caller rolls the transaction back.
+///
+/// [`Written::Done`]: crate::store::Written::Done
+pub async fn write_all(
+    conn: &mut Conn,
+    w: crate::store::InstanceWrite<'_>,
+) -> Result<crate::store::Written, Error> {
     use super::{jobs, journal, tasks};
+    use crate::store::Written;
     let (statement, mut next) = if w.new {
         (INSERT, INSERT_PARAMS + 1)
     } else {
@@ -204,9 +212,32 @@ pub async fn write_all(conn: &mut Conn, w: crate::store::InstanceWrite<'_>) -> R
     if !w.jobs.is_empty() {
         let mut sql = String::from("job_rows AS (");
         jobs::insert_sql(&mut sql, next, w.jobs.len());
+        next += jobs::PARAMS * w.jobs.len();
         ctes.push(sql + ")");
     }
-    let sql = if ctes.is_empty() {
+    // An `INSERT … VALUES` cannot wait on the task's `UPDATE`: a new
+    // instance's completion (the engine makes none) is a statement first.
+    let completes = match w.completes {
+        Some(done) if w.new => {
+            if !tasks::complete(conn, &done).await? {
+                return Ok(Written::TaskNotOpen);
+            }
+            None
+        }
+        other => other,
+    };
+    let sql = if completes.is_some() {
+        // Defined before the instance's update, which reads it.
+        ctes.insert(
+            0,
+            format!("completed AS ({} RETURNING 1)", tasks::complete_sql(next)),
+        );
+        format!(
+            "WITH {}, changed AS ({statement} AND EXISTS (SELECT 1 FROM completed) RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM completed), EXISTS (SELECT 1 FROM changed)",
+            ctes.join(", ")
+        )
+    } else if ctes.is_empty() {
         statement.to_owned()
     } else {
         format!("WITH {} {statement}", ctes.join(", "))
@@ -219,8 +250,24 @@ pub async fn write_all(conn: &mut Conn, w: crate::store::InstanceWrite<'_>) -> R
     };
     let q = journal::bind(q, w.journal);
     let q = tasks::bind(q, w.tasks);
-    let done = jobs::bind(q, w.jobs).execute(&mut *conn).await?;
-    Ok(done.rows_affected() == 1)
+    let q = jobs::bind(q, w.jobs);
+    let Some(done) = completes else {
+        let written = q.execute(&mut *conn).await?.rows_affected() == 1;
+        return Ok(if written {
+            Written::Done
+        } else {
+            Written::Stale
+        });
+    };
+    let r = tasks::bind_completion(q, &done)
+        .fetch_one(&mut *conn)
+        .await?;
+    let (completed, changed): (bool, bool) = (r.try_get(0)?, r.try_get(1)?);
+    Ok(match (completed, changed) {
+        (false, _) => Written::TaskNotOpen,
+        (true, false) => Written::Stale,
+        (true, true) => Written::Done,
+    })
 }
 
 /// Children of an instance.

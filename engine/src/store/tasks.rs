@@ -204,25 +204,35 @@ pub async fn unclaim(conn: &mut Conn, id: &str, user: &str) -> Result<bool, Erro
 /// Completes a task still open or claimed; false if it is not.
 pub async fn complete(
     conn: &mut Conn,
-    id: &str,
-    user: &str,
-    outcome: &str,
-    data: &serde_json::Value,
-    now: i64,
+    done: &crate::store::TaskCompletion<'_>,
 ) -> Result<bool, Error> {
-    let done = sqlx::query(
-        "UPDATE tasks SET status = 'completed', outcome = $2, data = $3, completed_at = $4, \
-         completed_by = $5, assignee = COALESCE(assignee, $5) \
-         WHERE id = $1 AND status IN ('open', 'claimed') AND (assignee IS NULL OR assignee = $5)",
-    )
-    .bind(id)
-    .bind(outcome)
-    .bind(data.to_string())
-    .bind(now)
-    .bind(user)
-    .execute(&mut *conn)
-    .await?;
+    let q = sqlx::query(sqlx::AssertSqlSafe(complete_sql(1)));
+    let done = bind_completion(q, done).execute(&mut *conn).await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The `UPDATE` of [`complete`], its parameters numbered from `$first` and
+/// bound by [`bind_completion`]: PostgreSQL runs it inside the statement
+/// that writes the instance (`instances::write_all`).
+pub(super) fn complete_sql(first: usize) -> String {
+    let [id, outcome, data, now, user] = std::array::from_fn(|k| first + k);
+    format!(
+        "UPDATE tasks SET status = 'completed', outcome = ${outcome}, data = ${data}, \
+         completed_at = ${now}, completed_by = ${user}, assignee = COALESCE(assignee, ${user}) \
+         WHERE id = ${id} AND status IN ('open', 'claimed') AND (assignee IS NULL OR assignee = ${user})"
+    )
+}
+
+/// Binds the parameters of [`complete_sql`], after those already bound.
+pub(super) fn bind_completion<'q>(
+    q: super::Query<'q>,
+    done: &crate::store::TaskCompletion<'_>,
+) -> super::Query<'q> {
+    q.bind(done.id.to_owned())
+        .bind(done.outcome.to_owned())
+        .bind(done.data.to_string())
+        .bind(done.now)
+        .bind(done.user.to_owned())
 }
 
 /// Withdraws a task that is still open or claimed.

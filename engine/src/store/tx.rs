@@ -62,15 +62,16 @@ pub trait Tx: Send {
         row: &InstanceRow,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
     /// Inserts (`w.new`) or updates an instance, as [`Tx::insert_instance`]
-    /// and [`Tx::update_instance`] do, with what the change adds: its
-    /// journal entries, its new tasks and its new jobs. False on a lost
-    /// race, after which the transaction must be rolled back: a backend may
-    /// have written the rest already (PostgreSQL writes it all in one
-    /// statement, one round trip instead of one per row kind and task).
+    /// and [`Tx::update_instance`] do, with what the change adds: the
+    /// completion of the task that caused it, its journal entries, its new
+    /// tasks and its new jobs. Anything but [`Written::Done`] means the
+    /// transaction must be rolled back: a backend may have written the rest
+    /// already (PostgreSQL writes it all in one statement, one round trip
+    /// instead of one per row kind and task).
     fn write_instance(
         &mut self,
         w: InstanceWrite<'_>,
-    ) -> impl Future<Output = Result<bool, Error>> + Send {
+    ) -> impl Future<Output = Result<Written, Error>> + Send {
         one_then_the_other::write_instance(self, w)
     }
     /// A command inserted or updated `row`, which is now what the database
@@ -242,16 +243,21 @@ pub trait Tx: Send {
 
 /// What a backend does statement by statement that PostgreSQL does in one.
 mod one_then_the_other {
-    use super::{Error, InstanceRow, InstanceWrite, TaskRow, Tx};
+    use super::{Error, InstanceRow, InstanceWrite, TaskRow, Tx, Written};
 
     pub(super) async fn write_instance<T: Tx + ?Sized>(
         tx: &mut T,
         w: InstanceWrite<'_>,
-    ) -> Result<bool, Error> {
+    ) -> Result<Written, Error> {
+        if let Some(done) = w.completes
+            && !tx.complete_task(done).await?
+        {
+            return Ok(Written::TaskNotOpen);
+        }
         if w.new {
             tx.insert_instance(w.row).await?;
         } else if !tx.update_instance(w.row).await? {
-            return Ok(false);
+            return Ok(Written::Stale);
         }
         tx.append_journal(w.journal).await?;
         for task in w.tasks {
@@ -260,7 +266,7 @@ mod one_then_the_other {
         for job in w.jobs {
             tx.insert_job(job).await?;
         }
-        Ok(true)
+        Ok(Written::Done)
     }
 
     pub(super) async fn task_and_instance<T: Tx + ?Sized>(
@@ -284,12 +290,27 @@ pub struct InstanceWrite<'a> {
     pub row: &'a InstanceRow,
     /// Insert rather than update.
     pub new: bool,
+    /// The task whose completion made the change, completed with it: if
+    /// the task is no longer open to `completes.user` (claimed by someone
+    /// else meanwhile), nothing is written.
+    pub completes: Option<TaskCompletion<'a>>,
     /// Its journal entries.
     pub journal: &'a [journal::NewEntry<'a>],
     /// Tasks it opens.
     pub tasks: &'a [NewTask<'a>],
     /// Jobs it schedules.
     pub jobs: &'a [NewJob<'a>],
+}
+
+/// What became of a [`Tx::write_instance`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The instance, its task's completion and what it adds are written.
+    Done,
+    /// The stored instance has moved past the revision read: a lost race.
+    Stale,
+    /// The task it completes is no longer open to its user.
+    TaskNotOpen,
 }
 
 /// A version to store.
@@ -375,7 +396,7 @@ impl Tx for sqlx::AnyConnection {
     async fn update_instance(&mut self, row: &InstanceRow) -> Result<bool, Error> {
         super::instances::update(self, row).await
     }
-    async fn write_instance(&mut self, w: InstanceWrite<'_>) -> Result<bool, Error> {
+    async fn write_instance(&mut self, w: InstanceWrite<'_>) -> Result<Written, Error> {
         // SQLite has no `INSERT` inside `WITH`; a statement's parameters
         // are bounded (65,535 on PostgreSQL).
         let many = w.journal.len() > 100 || w.tasks.len() > 100 || w.jobs.len() > 100;
@@ -409,7 +430,7 @@ impl Tx for sqlx::AnyConnection {
         super::tasks::assign(self, id, user).await
     }
     async fn complete_task(&mut self, d: TaskCompletion<'_>) -> Result<bool, Error> {
-        super::tasks::complete(self, d.id, d.user, d.outcome, d.data, d.now).await
+        super::tasks::complete(self, &d).await
     }
     async fn cancel_task(&mut self, id: &str, now: i64) -> Result<(), Error> {
         super::tasks::cancel(self, id, now).await
