@@ -2068,7 +2068,7 @@ async fn an_instance_and_its_history_are_written_together(db: Db) {
         )
         .await
         .unwrap(),
-        Written::Done
+        Written::Done(receipt_of(&mut tx, db, false).await)
     );
     tx.commit().await.unwrap();
     let stored = h.engine.store().instance(&id).await.unwrap().unwrap();
@@ -2144,6 +2144,20 @@ async fn an_instance_and_its_history_are_written_together(db: Db) {
         run_at: before.started_at + 3_600_000,
         created_at: before.started_at + 2,
     }];
+    // On PostgreSQL the statement that schedules the job tells every node,
+    // once the transaction commits.
+    let mut listener = match db {
+        Db::Postgres => {
+            let mut l = sqlx::postgres::PgListener::connect(&h.db.url)
+                .await
+                .unwrap();
+            l.listen(tramite_engine::store::jobs::CHANNEL)
+                .await
+                .unwrap();
+            Some(l)
+        }
+        Db::Sqlite => None,
+    };
     let mut tx = conn.begin().await.unwrap();
     assert_eq!(
         Tx::write_instance(
@@ -2159,9 +2173,20 @@ async fn an_instance_and_its_history_are_written_together(db: Db) {
         )
         .await
         .unwrap(),
-        Written::Done
+        Written::Done(receipt_of(&mut tx, db, true).await)
     );
+    if let Some(l) = &mut listener {
+        let early = tokio::time::timeout(std::time::Duration::from_millis(300), l.recv()).await;
+        assert!(early.is_err(), "no notice before the commit");
+    }
     tx.commit().await.unwrap();
+    if let Some(l) = &mut listener {
+        let notice = tokio::time::timeout(std::time::Duration::from_secs(5), l.recv())
+            .await
+            .expect("the job's notice arrives after the commit")
+            .unwrap();
+        assert_eq!(notice.channel(), tramite_engine::store::jobs::CHANNEL);
+    }
     assert_eq!(
         h.engine.store().instance(&fresh.id).await.unwrap(),
         Some(fresh.clone())
@@ -2220,6 +2245,29 @@ on_both_backends!(
     an_instance_and_its_history_are_written_together,
     super::an_instance_and_its_history_are_written_together
 );
+
+/// What `Tx::write_instance` should report to the commit in `tx`: on
+/// PostgreSQL the transaction's own id and whether it sent the notice of
+/// new jobs, so that the commit needs no statement for either; nothing on
+/// SQLite.
+async fn receipt_of(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    db: Db,
+    jobs: bool,
+) -> tramite_engine::store::Receipt {
+    match db {
+        Db::Sqlite => tramite_engine::store::Receipt::default(),
+        Db::Postgres => tramite_engine::store::Receipt {
+            xid: Some(
+                sqlx::query_scalar("SELECT txid_current()")
+                    .fetch_one(&mut **tx)
+                    .await
+                    .unwrap(),
+            ),
+            announced: jobs,
+        },
+    }
+}
 
 /// `Tx::task_and_instance` reads what a task's and an instance's own reads
 /// give, and on PostgreSQL holds the instance's row lock until the
@@ -2334,7 +2382,7 @@ async fn a_task_is_completed_with_its_instance(db: Db) {
     let got = Tx::write_instance(&mut *tx, write(&changed, "ana"))
         .await
         .unwrap();
-    assert_eq!(got, Written::Done);
+    assert_eq!(got, Written::Done(receipt_of(&mut tx, db, false).await));
     tx.commit().await.unwrap();
     let done = h.engine.store().task(&task.id).await.unwrap().unwrap();
     assert_eq!(

@@ -18,7 +18,7 @@ use crate::store::instances::InstanceRow;
 use crate::store::jobs::ClaimedJob;
 use crate::store::messages::MessageRow;
 use crate::store::{
-    self, Backend, InstanceWrite, NewDefinition, TaskCompletion, Tx, Written, definitions,
+    self, Backend, InstanceWrite, NewDefinition, Receipt, TaskCompletion, Tx, Written, definitions,
     incidents, journal, messages, tasks,
 };
 
@@ -279,6 +279,9 @@ pub struct Ctx<'a> {
     pub touched: std::sync::Mutex<Vec<String>>,
     /// Whether the command scheduled a job (workers are woken only then).
     pub scheduled: std::sync::atomic::AtomicBool,
+    /// What the command's instance writes told the commit (on PostgreSQL
+    /// the transaction's id, and whether their jobs' notice is sent).
+    pub receipt: std::sync::Mutex<Receipt>,
 }
 
 /// Work a command causes on other instances, done in the same transaction.
@@ -900,7 +903,11 @@ async fn save(
     }
     drop((new_entries, new_tasks, new_jobs));
     match written {
-        Written::Done => {}
+        Written::Done(receipt) => {
+            let mut kept = ctx.receipt.lock().expect("receipt lock");
+            kept.xid = kept.xid.or(receipt.xid);
+            kept.announced |= receipt.announced;
+        }
         Written::Stale => {
             return Err(Error::Concurrent {
                 instance: row.id.clone(),

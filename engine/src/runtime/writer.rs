@@ -19,7 +19,7 @@ use crate::Error;
 use crate::catalog::Catalog;
 use crate::runtime::clock::Clock;
 use crate::runtime::commands::{self, Command, Ctx, ProcessCache, Reply};
-use crate::store::Store;
+use crate::store::{Receipt, Store, jobs};
 
 /// A command and where its answer goes.
 pub(crate) struct Envelope {
@@ -168,6 +168,7 @@ impl Writer {
             now: self.clock.now(),
             touched: std::sync::Mutex::new(Vec::new()),
             scheduled: std::sync::atomic::AtomicBool::new(false),
+            receipt: std::sync::Mutex::default(),
         };
         let mut results = Vec::with_capacity(envelopes.len());
         // Alone in its batch, a command needs no savepoint: the transaction
@@ -192,6 +193,7 @@ impl Writer {
                 .await?;
             return Ok(Some(results));
         }
+        let mut receipt = Receipt::default();
         for env in envelopes {
             let mut savepoint = tx.begin().await?;
             let result = commands::exec(&mut *savepoint, &ctx, env.command.clone()).await;
@@ -199,8 +201,13 @@ impl Writer {
             let made_jobs = ctx
                 .scheduled
                 .swap(false, std::sync::atomic::Ordering::Relaxed);
+            let told = std::mem::take(&mut *ctx.receipt.lock().expect("receipt lock"));
+            // The transaction's id stands whatever became of the command;
+            // its notice is undone with its savepoint.
+            receipt.xid = receipt.xid.or(told.xid);
             match &result {
                 Ok(_) => {
+                    receipt.announced |= told.announced;
                     savepoint.commit().await?;
                     touched.lock().expect("touched lock").append(&mut changed);
                     if made_jobs {
@@ -217,8 +224,8 @@ impl Writer {
             }
             results.push(result);
         }
-        self.commit(tx, scheduled.load(std::sync::atomic::Ordering::Relaxed))
-            .await?;
+        let scheduled = scheduled.load(std::sync::atomic::Ordering::Relaxed);
+        self.commit(tx, scheduled, receipt).await?;
         Ok(Some(results))
     }
 
@@ -241,6 +248,7 @@ impl Writer {
                     now: self.clock.now(),
                     touched: std::sync::Mutex::new(Vec::new()),
                     scheduled: std::sync::atomic::AtomicBool::new(false),
+                    receipt: std::sync::Mutex::default(),
                 };
                 let reply = commands::exec(&mut *tx, &ctx, command.clone()).await?;
                 self.commit_and_announce(tx, &ctx, touched, scheduled)
@@ -266,7 +274,8 @@ impl Writer {
         scheduled: &std::sync::atomic::AtomicBool,
     ) -> Result<(), Error> {
         let made_jobs = ctx.scheduled.load(std::sync::atomic::Ordering::Relaxed);
-        self.commit(tx, made_jobs).await?;
+        let receipt = *ctx.receipt.lock().expect("receipt lock");
+        self.commit(tx, made_jobs, receipt).await?;
         touched
             .lock()
             .expect("touched lock")
@@ -278,7 +287,8 @@ impl Writer {
     }
 
     /// Commits `tx` (and counts it), telling every node first that it
-    /// scheduled jobs if `announce`. When the commit fails — typically the
+    /// scheduled jobs if `scheduled` and the `receipt` of its writes does
+    /// not say the notice is sent already. When the commit fails — typically the
     /// connection broke after COMMIT was sent — PostgreSQL is asked what
     /// became of the transaction: committed means the batch's results
     /// stand (running it again would start an instance twice); aborted
@@ -286,9 +296,10 @@ impl Writer {
     async fn commit(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Any>,
-        announce: bool,
+        scheduled: bool,
+        receipt: Receipt,
     ) -> Result<(), Error> {
-        let xid = before_commit(&mut tx, self.store.backend(), announce).await?;
+        let xid = before_commit(&mut tx, self.store.backend(), scheduled, receipt).await?;
         let committed = || {
             self.stats
                 .commits
@@ -336,23 +347,27 @@ impl Writer {
     }
 }
 
-/// The channel on which PostgreSQL tells every engine node that jobs were
-/// scheduled (see [`listen_for_jobs`]).
-pub(crate) const JOBS_CHANNEL: &str = "tramite_jobs";
-
 /// PostgreSQL, just before COMMIT and in one round trip: the transaction's
 /// id, so that the outcome of a commit whose answer is lost can be asked
-/// for; and, if `announce`, a `NOTIFY` that tells every node new jobs
+/// for; and, if `scheduled`, a `NOTIFY` that tells every node new jobs
 /// wait (PostgreSQL delivers it only on commit, so an idle node never looks
-/// for a job that is not there yet). `None` on SQLite, whose commits are
-/// local calls and whose one node wakes its workers in-process.
+/// for a job that is not there yet). Nothing to send when the `receipt` of
+/// the transaction's instance writes has both already — the usual case: an
+/// instance's statement reads the id and notifies of the jobs it inserts.
+/// `None` on SQLite, whose commits are local calls and whose one node
+/// wakes its workers in-process.
 async fn before_commit(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     backend: crate::store::Backend,
-    announce: bool,
+    scheduled: bool,
+    receipt: Receipt,
 ) -> Result<Option<i64>, Error> {
     if backend != crate::store::Backend::Postgres {
         return Ok(None);
+    }
+    let announce = scheduled && !receipt.announced;
+    if let (false, Some(xid)) = (announce, receipt.xid) {
+        return Ok(Some(xid));
     }
     let query = if announce {
         // Read from, so it runs; `pg_notify` returns `void`, which is not
@@ -361,7 +376,7 @@ async fn before_commit(
             "WITH notified AS MATERIALIZED (SELECT pg_notify($1, '')) \
              SELECT txid_current() FROM notified",
         )
-        .bind(JOBS_CHANNEL)
+        .bind(jobs::CHANNEL)
     } else {
         sqlx::query_scalar("SELECT txid_current()")
     };
@@ -382,7 +397,7 @@ pub(crate) async fn listen_for_jobs(
 ) {
     loop {
         match sqlx::postgres::PgListener::connect(&url).await {
-            Ok(mut listener) => match listener.listen(JOBS_CHANNEL).await {
+            Ok(mut listener) => match listener.listen(jobs::CHANNEL).await {
                 Ok(()) => loop {
                     tokio::select! {
                         got = listener.recv() => match got {
@@ -722,6 +737,7 @@ impl Writer {
             now: self.clock.now(),
             touched: std::sync::Mutex::new(Vec::new()),
             scheduled: std::sync::atomic::AtomicBool::new(false),
+            receipt: std::sync::Mutex::default(),
         };
         let alone = envelopes.len() == 1;
         let savepoints = !alone && isolation == Isolation::PerCommand;

@@ -182,7 +182,10 @@ pub async fn update(conn: &mut Conn, i: &InstanceRow) -> Result<bool, Error> {
 /// new instance is checked at the end of the statement, once the instance
 /// is there. The instance is updated only if its task was completed; on
 /// anything but [`Written::Done`] the rest is written all the same and the
-/// caller rolls the transaction back.
+/// caller rolls the transaction back. The statement also reads the
+/// transaction's id and, if it schedules jobs, sends their notice on
+/// [`crate::store::jobs::CHANNEL`] (delivered on commit): the commit then needs no
+/// statement of its own (see [`crate::store::Receipt`]).
 ///
 /// [`Written::Done`]: crate::store::Written::Done
 pub async fn write_all(
@@ -226,21 +229,40 @@ pub async fn write_all(
         }
         other => other,
     };
+    // What the commit needs, read and sent here rather than in a round
+    // trip of its own: the transaction's id and, with new jobs, their
+    // notice (`pg_notify` returns `void`: read from, so that it runs).
+    let announced = !w.jobs.is_empty();
+    let mut receipt = String::from("txid_current()");
+    if announced {
+        ctes.push(format!(
+            "notified AS MATERIALIZED (SELECT pg_notify('{}', ''))",
+            jobs::CHANNEL
+        ));
+        receipt.push_str(", (SELECT count(*) FROM notified)");
+    }
+    let with = |ctes: &[String]| {
+        if ctes.is_empty() {
+            String::new()
+        } else {
+            format!("WITH {} ", ctes.join(", "))
+        }
+    };
     let sql = if completes.is_some() {
         // Defined before the instance's update, which reads it.
         ctes.insert(
             0,
             format!("completed AS ({} RETURNING 1)", tasks::complete_sql(next)),
         );
+        ctes.push(format!(
+            "changed AS ({statement} AND EXISTS (SELECT 1 FROM completed) RETURNING 1)"
+        ));
         format!(
-            "WITH {}, changed AS ({statement} AND EXISTS (SELECT 1 FROM completed) RETURNING 1) \
-             SELECT EXISTS (SELECT 1 FROM completed), EXISTS (SELECT 1 FROM changed)",
-            ctes.join(", ")
+            "{}SELECT EXISTS (SELECT 1 FROM completed), EXISTS (SELECT 1 FROM changed), {receipt}",
+            with(&ctes)
         )
-    } else if ctes.is_empty() {
-        statement.to_owned()
     } else {
-        format!("WITH {} {statement}", ctes.join(", "))
+        format!("{}{statement} RETURNING {receipt}", with(&ctes))
     };
     let q = sqlx::query(sqlx::AssertSqlSafe(sql));
     let q = if w.new {
@@ -251,23 +273,27 @@ pub async fn write_all(
     let q = journal::bind(q, w.journal);
     let q = tasks::bind(q, w.tasks);
     let q = jobs::bind(q, w.jobs);
-    let Some(done) = completes else {
-        let written = q.execute(&mut *conn).await?.rows_affected() == 1;
-        return Ok(if written {
-            Written::Done
-        } else {
-            Written::Stale
-        });
+    let done = |r: &sqlx::any::AnyRow, at: usize| -> Result<Written, Error> {
+        Ok(Written::Done(crate::store::Receipt {
+            xid: Some(r.try_get(at)?),
+            announced,
+        }))
     };
-    let r = tasks::bind_completion(q, &done)
+    let Some(completion) = completes else {
+        return match q.fetch_optional(&mut *conn).await? {
+            Some(r) => done(&r, 0),
+            None => Ok(Written::Stale),
+        };
+    };
+    let r = tasks::bind_completion(q, &completion)
         .fetch_one(&mut *conn)
         .await?;
     let (completed, changed): (bool, bool) = (r.try_get(0)?, r.try_get(1)?);
-    Ok(match (completed, changed) {
-        (false, _) => Written::TaskNotOpen,
-        (true, false) => Written::Stale,
-        (true, true) => Written::Done,
-    })
+    match (completed, changed) {
+        (false, _) => Ok(Written::TaskNotOpen),
+        (true, false) => Ok(Written::Stale),
+        (true, true) => done(&r, 2),
+    }
 }
 
 /// Children of an instance.

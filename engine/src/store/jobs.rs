@@ -79,6 +79,11 @@ pub async fn insert(conn: &mut Conn, j: &NewJob<'_>) -> Result<(), Error> {
     Ok(())
 }
 
+/// The PostgreSQL channel on which a transaction that scheduled jobs tells
+/// every engine node, when it commits, that jobs wait (the nodes LISTEN on
+/// it), so that an idle node never looks for a job that is not there yet.
+pub const CHANNEL: &str = "tramite_jobs";
+
 /// Parameters per job in [`insert_sql`].
 pub(super) const PARAMS: usize = 13;
 

@@ -27,7 +27,7 @@ pub mod sqlite_tx;
 pub mod tasks;
 mod tx;
 
-pub use tx::{InstanceWrite, JobClaim, NewDefinition, TaskCompletion, Tx, Written};
+pub use tx::{InstanceWrite, JobClaim, NewDefinition, Receipt, TaskCompletion, Tx, Written};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, ConnectOptions};

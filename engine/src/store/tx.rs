@@ -266,7 +266,7 @@ mod one_then_the_other {
         for job in w.jobs {
             tx.insert_job(job).await?;
         }
-        Ok(Written::Done)
+        Ok(Written::Done(super::Receipt::default()))
     }
 
     pub(super) async fn task_and_instance<T: Tx + ?Sized>(
@@ -306,11 +306,25 @@ pub struct InstanceWrite<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
     /// The instance, its task's completion and what it adds are written.
-    Done,
+    Done(Receipt),
     /// The stored instance has moved past the revision read: a lost race.
     Stale,
     /// The task it completes is no longer open to its user.
     TaskNotOpen,
+}
+
+/// What a backend learned while writing an instance that its commit needs:
+/// on PostgreSQL the statement that writes the instance also reads the
+/// transaction's id and sends the notice of the jobs it scheduled, so
+/// that the commit needs no statement of its own for either.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Receipt {
+    /// The transaction's id (PostgreSQL's `txid_current()`), by which the
+    /// outcome of a commit whose answer is lost can be asked for.
+    pub xid: Option<i64>,
+    /// The new jobs' notice to every node ([`super::jobs::CHANNEL`]) is
+    /// sent, delivered when the transaction commits.
+    pub announced: bool,
 }
 
 /// A version to store.
