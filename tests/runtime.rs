@@ -2314,7 +2314,8 @@ on_both_backends!(
 /// A completion's `UPDATE` of its task travels with the instance's write
 /// (`InstanceWrite::completes`; on PostgreSQL one statement): a task that
 /// someone else claimed since it was read is not completed and the instance
-/// is not written; a stale revision writes neither; the holder's completion
+/// is not written; a stale revision does not write the instance, and the
+/// rollback the caller then makes leaves neither; the holder's completion
 /// writes both.
 async fn a_task_is_completed_with_its_instance(db: Db) {
     use sqlx::Connection;
@@ -2368,6 +2369,14 @@ async fn a_task_is_completed_with_its_instance(db: Db) {
             .await
             .unwrap();
         assert_eq!(got, expected, "{user} at revision {}", row.revision);
+        // Inside the transaction, before the rollback: the instance is not
+        // updated, and a task that was not open to its user not completed.
+        let inside = Tx::instance(&mut *tx, &id, false).await.unwrap().unwrap();
+        assert_eq!(inside, before, "{user}: the instance is not updated");
+        if expected == Written::TaskNotOpen {
+            let inside = Tx::task(&mut *tx, &task.id).await.unwrap().unwrap();
+            assert_eq!(inside, claimed, "{user}: the task is not completed");
+        }
         tx.rollback().await.unwrap();
         assert_eq!(h.instance(&id).await, before, "the instance is as it was");
         assert_eq!(
@@ -2413,4 +2422,56 @@ async fn a_task_is_completed_with_its_instance(db: Db) {
 on_both_backends!(
     a_task_is_completed_with_its_instance,
     super::a_task_is_completed_with_its_instance
+);
+
+/// A completion whose task row still reads open while the task's token has
+/// moved on is refused: on PostgreSQL a completion that waited for another
+/// one's lock on the instance reads the task as it was before (only the
+/// instance's row is read again), and the task's own `UPDATE` now comes
+/// after the state machine has run. Simulated by reopening a completed
+/// task's row behind the engine's back.
+async fn a_task_whose_token_moved_on_is_not_completed(db: Db) {
+    let h = Harness::new(db).await;
+    let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+    let task = h.task(&id, "recibir_llamada").await;
+    h.complete(&id, "recibir_llamada", "atendida", json!({}))
+        .await;
+    let mut conn = h.engine.store().pool().acquire().await.unwrap();
+    sqlx::query(
+        "UPDATE tasks SET status = 'open', outcome = NULL, data = NULL, completed_at = NULL, \
+         completed_by = NULL, assignee = NULL WHERE id = $1",
+    )
+    .bind(&task.id)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let before = h.instance(&id).await;
+    let history = tramite_engine::store::journal::of_instance(&mut conn, &id)
+        .await
+        .unwrap();
+    let err = h
+        .engine
+        .complete(CompleteTask {
+            task: task.id.clone(),
+            user: "agente2".to_owned(),
+            outcome: "atendida".to_owned(),
+            data: Default::default(),
+            roles: None,
+        })
+        .await
+        .expect_err("the token no longer waits on the task");
+    assert!(matches!(err, Error::TaskNotOpen { .. }), "{err:?}");
+    assert_eq!(h.instance(&id).await, before, "the instance is untouched");
+    assert_eq!(
+        tramite_engine::store::journal::of_instance(&mut conn, &id)
+            .await
+            .unwrap(),
+        history
+    );
+    let row = h.engine.store().task(&task.id).await.unwrap().unwrap();
+    assert_eq!((row.status.as_str(), row.completed_by), ("open", None));
+}
+on_both_backends!(
+    a_task_whose_token_moved_on_is_not_completed,
+    super::a_task_whose_token_moved_on_is_not_completed
 );

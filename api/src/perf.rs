@@ -549,7 +549,8 @@ async fn suite(
     Ok(found)
 }
 
-/// Pairs of one-node and two-node runs behind each scale-out ratio.
+/// Mirrored pairs behind each scale-out ratio: four runs each (one node,
+/// two, two, one), in-process and over HTTP.
 const SCALE_OUT_PAIRS: usize = 3;
 
 /// How two nodes compare with one on PostgreSQL: P06 in-process and over

@@ -1195,6 +1195,20 @@ async fn complete(
         });
     }
     let task = still_open(task)?;
+    // The task's token must still wait on it. On PostgreSQL a completion
+    // that waited for another's lock on the instance reads the instance
+    // as that one left it but the task as it was before (only the locked
+    // row is read again): the task looks open, its token has moved on.
+    let waits_here = row
+        .state
+        .token(task.token as u32)
+        .is_some_and(|t| matches!(&t.wait, Wait::Task { task: waited, .. } if *waited == task.id));
+    if !waits_here {
+        return Err(Error::TaskNotOpen {
+            task: c.task.clone(),
+            status: "completed".to_owned(),
+        });
+    }
     if let Some(holder) = task.assignee.as_deref()
         && holder != c.user
     {

@@ -292,7 +292,9 @@ pub struct InstanceWrite<'a> {
     pub new: bool,
     /// The task whose completion made the change, completed with it: if
     /// the task is no longer open to `completes.user` (claimed by someone
-    /// else meanwhile), nothing is written.
+    /// else meanwhile), the write reports [`Written::TaskNotOpen`] and the
+    /// transaction must be rolled back (the instance is not updated, but a
+    /// backend may have written its journal entries, tasks and jobs).
     pub completes: Option<TaskCompletion<'a>>,
     /// Its journal entries.
     pub journal: &'a [journal::NewEntry<'a>],
