@@ -903,11 +903,7 @@ async fn save(
     }
     drop((new_entries, new_tasks, new_jobs));
     match written {
-        Written::Done(receipt) => {
-            let mut kept = ctx.receipt.lock().expect("receipt lock");
-            kept.xid = kept.xid.or(receipt.xid);
-            kept.announced |= receipt.announced;
-        }
+        Written::Done(receipt) => ctx.receipt.lock().expect("receipt lock").merge(receipt),
         Written::Stale => {
             return Err(Error::Concurrent {
                 instance: row.id.clone(),

@@ -202,12 +202,9 @@ impl Writer {
                 .scheduled
                 .swap(false, std::sync::atomic::Ordering::Relaxed);
             let told = std::mem::take(&mut *ctx.receipt.lock().expect("receipt lock"));
-            // The transaction's id stands whatever became of the command;
-            // its notice is undone with its savepoint.
-            receipt.xid = receipt.xid.or(told.xid);
             match &result {
                 Ok(_) => {
-                    receipt.announced |= told.announced;
+                    receipt.merge(told);
                     savepoint.commit().await?;
                     touched.lock().expect("touched lock").append(&mut changed);
                     if made_jobs {
@@ -220,7 +217,15 @@ impl Writer {
                         instance: String::new(),
                     });
                 }
-                Err(_) => savepoint.rollback().await?,
+                Err(_) => {
+                    savepoint.rollback().await?;
+                    // The transaction's id stands whatever became of the
+                    // command; its notice is undone with its savepoint.
+                    receipt.merge(Receipt {
+                        announced: false,
+                        ..told
+                    });
+                }
             }
             results.push(result);
         }
@@ -370,15 +375,12 @@ async fn before_commit(
         return Ok(Some(xid));
     }
     let query = if announce {
-        // Read from, so it runs; `pg_notify` returns `void`, which is not
-        // a column to fetch.
-        sqlx::query_scalar(
-            "WITH notified AS MATERIALIZED (SELECT pg_notify($1, '')) \
-             SELECT txid_current() FROM notified",
-        )
-        .bind(jobs::CHANNEL)
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "WITH {} SELECT txid_current() FROM notified",
+            jobs::NOTIFIED
+        )))
     } else {
-        sqlx::query_scalar("SELECT txid_current()")
+        sqlx::query_scalar(sqlx::AssertSqlSafe("SELECT txid_current()".to_owned()))
     };
     let xid: i64 = query
         .fetch_one(&mut **tx)

@@ -231,14 +231,11 @@ pub async fn write_all(
     };
     // What the commit needs, read and sent here rather than in a round
     // trip of its own: the transaction's id and, with new jobs, their
-    // notice (`pg_notify` returns `void`: read from, so that it runs).
+    // notice.
     let announced = !w.jobs.is_empty();
     let mut receipt = String::from("txid_current()");
     if announced {
-        ctes.push(format!(
-            "notified AS MATERIALIZED (SELECT pg_notify('{}', ''))",
-            jobs::CHANNEL
-        ));
+        ctes.push(jobs::NOTIFIED.to_owned());
         receipt.push_str(", (SELECT count(*) FROM notified)");
     }
     let with = |ctes: &[String]| {

@@ -79,10 +79,26 @@ pub async fn insert(conn: &mut Conn, j: &NewJob<'_>) -> Result<(), Error> {
     Ok(())
 }
 
+/// [`CHANNEL`] as a literal, so that [`NOTIFIED`] can be built from it.
+macro_rules! channel {
+    () => {
+        "tramite_jobs"
+    };
+}
+
 /// The PostgreSQL channel on which a transaction that scheduled jobs tells
 /// every engine node, when it commits, that jobs wait (the nodes LISTEN on
 /// it), so that an idle node never looks for a job that is not there yet.
-pub const CHANNEL: &str = "tramite_jobs";
+pub const CHANNEL: &str = channel!();
+
+/// A `WITH` item that sends the notice on [`CHANNEL`] (delivered when the
+/// transaction commits). `pg_notify` returns `void`, which is no column to
+/// fetch: a statement reads `notified` (a count of it) so that it runs.
+pub(crate) const NOTIFIED: &str = concat!(
+    "notified AS MATERIALIZED (SELECT pg_notify('",
+    channel!(),
+    "', ''))"
+);
 
 /// Parameters per job in [`insert_sql`].
 pub(super) const PARAMS: usize = 13;

@@ -329,6 +329,14 @@ pub struct Receipt {
     pub announced: bool,
 }
 
+impl Receipt {
+    /// Adds what a later write of the same transaction reported.
+    pub fn merge(&mut self, later: Receipt) {
+        self.xid = self.xid.or(later.xid);
+        self.announced |= later.announced;
+    }
+}
+
 /// A version to store.
 #[derive(Debug, Clone, Copy)]
 pub struct NewDefinition<'a> {
