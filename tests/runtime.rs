@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tramite_engine::Error;
-use tramite_engine::runtime::{CompleteTask, Delivery};
+use tramite_engine::runtime::{CompleteTask, Delivery, PublishMessage};
 use tramite_engine::store::tasks::Filter;
 use tramite_tests::engine::{Db, Harness};
 use tramite_tests::on_both_backends;
@@ -1513,6 +1513,157 @@ on_both_backends!(
     super::a_child_that_cannot_start_raises_an_incident_on_the_call
 );
 
+/// The parent of [`PARENT`], with a call that does not wait for its child's
+/// end; `phone` is the start data the child gets.
+fn parent_not_waiting(phone: &str) -> String {
+    PARENT
+        .replace("'no es un teléfono'", phone)
+        .replace("    next: fin\n", "    wait: false\n    next: fin\n")
+}
+
+/// A call that does not wait still waits for its child's start: a child
+/// that cannot start leaves the token at the call with an incident (it used
+/// to have moved on, so the failure was dropped once the parent had ended).
+async fn a_child_that_cannot_start_stops_a_call_that_does_not_wait(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![
+            (
+                "parent.yaml".into(),
+                parent_not_waiting("'no es un teléfono'"),
+            ),
+            ("child.yaml".into(), CHILD.into()),
+        ])
+        .await
+        .unwrap();
+    let id = h.start("T-PARENT", "web", json!({})).await;
+    let parent = h.instance(&id).await;
+    assert_eq!(parent.status, "running", "it did not move on to its end");
+    let incidents = h.engine.incidents(Some("open"), Some(&id)).await.unwrap();
+    assert_eq!(incidents.len(), 1);
+    assert_eq!(incidents[0].node_id, "llamar");
+    assert!(
+        incidents[0].message.contains("cannot start `T-CHILD`"),
+        "{}",
+        incidents[0].message
+    );
+    assert!(h.engine.children(&id).await.unwrap().is_empty());
+    assert!(!h.history(&id).await.contains(&"end_reached".to_owned()));
+}
+on_both_backends!(
+    a_child_that_cannot_start_stops_a_call_that_does_not_wait,
+    super::a_child_that_cannot_start_stops_a_call_that_does_not_wait
+);
+
+/// A call that does not wait moves on once its child has started, even when
+/// the child ends at once in the same transaction (its end is not taken as
+/// the call's).
+async fn a_call_that_does_not_wait_moves_on_once_its_child_started(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![
+            ("parent.yaml".into(), parent_not_waiting("'72345678'")),
+            ("child.yaml".into(), CHILD.into()),
+        ])
+        .await
+        .unwrap();
+    let id = h.start("T-PARENT", "web", json!({})).await;
+    let parent = h.instance(&id).await;
+    assert_eq!(
+        (parent.status.as_str(), parent.outcome.as_deref()),
+        ("completed", Some("listo"))
+    );
+    let children = h.engine.children(&id).await.unwrap();
+    assert_eq!(children.len(), 1);
+    assert_eq!(children[0].status, "completed");
+    let history = h.history(&id).await;
+    assert_eq!(
+        history.iter().filter(|k| *k == "child_started").count(),
+        1,
+        "{history:?}"
+    );
+    assert!(!history.contains(&"child_ended".to_owned()), "{history:?}");
+    assert!(
+        h.engine
+            .incidents(Some("open"), Some(&id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+on_both_backends!(
+    a_call_that_does_not_wait_moves_on_once_its_child_started,
+    super::a_call_that_does_not_wait_moves_on_once_its_child_started
+);
+
+/// Procedures that call each other in a ring: one command starts at most
+/// `MAX_STARTS_PER_COMMAND` instances, and the call that would start one
+/// more gets an incident (the writer used to start instances without end).
+async fn procedures_calling_each_other_in_a_ring_stop_at_the_limit(db: Db) {
+    let ring = |me: &str, other: &str| {
+        format!(
+            r#"
+code: {me}
+name: Anillo
+version: 1
+owner_role: agente
+roles: [{{id: agente, name: Agente}}]
+links:
+  exit: [{{code: {other}, name: Otro}}]
+nodes:
+  - {{id: inicio, kind: start, channels: [web, procedure], next: llamar}}
+  - {{id: llamar, kind: call, procedure: {other}, next: fin}}
+  - {{id: fin, kind: end, outcome: listo}}
+"#
+        )
+    };
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![
+            ("a.yaml".into(), ring("T-RING-A", "T-RING-B")),
+            ("b.yaml".into(), ring("T-RING-B", "T-RING-A")),
+        ])
+        .await
+        .unwrap();
+    let first = h.start("T-RING-A", "web", json!({})).await;
+    let limit = tramite_engine::runtime::commands::MAX_STARTS_PER_COMMAND;
+    // Walk the chain: each instance's one child, down to the last.
+    let mut chain = vec![first.clone()];
+    loop {
+        let children = h.engine.children(chain.last().unwrap()).await.unwrap();
+        assert!(children.len() <= 1);
+        let Some(child) = children.into_iter().next() else {
+            break;
+        };
+        chain.push(child.id);
+    }
+    assert_eq!(
+        chain.len(),
+        limit + 1,
+        "the first and {limit} started by calls"
+    );
+    let last = chain.last().unwrap();
+    let incidents = h.engine.incidents(Some("open"), Some(last)).await.unwrap();
+    assert_eq!(incidents.len(), 1);
+    assert_eq!(incidents[0].node_id, "llamar");
+    assert!(
+        incidents[0].message.contains("ring"),
+        "{}",
+        incidents[0].message
+    );
+    assert!(
+        h.engine
+            .incidents(Some("open"), Some(&first))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+on_both_backends!(
+    procedures_calling_each_other_in_a_ring_stop_at_the_limit,
+    super::procedures_calling_each_other_in_a_ring_stop_at_the_limit
+);
+
 /// Timers due on two nodes of one PostgreSQL database fire once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_engines_fire_each_timer_once() {
@@ -2474,4 +2625,145 @@ async fn a_task_whose_token_moved_on_is_not_completed(db: Db) {
 on_both_backends!(
     a_task_whose_token_moved_on_is_not_completed,
     super::a_task_whose_token_moved_on_is_not_completed
+);
+
+const WAITS_FOR_PAYMENT: &str = r#"
+code: T-PAGO
+name: Pago
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables: [{name: telefono, type: string}, {name: monto, type: number}]
+nodes:
+  - id: inicio
+    kind: start
+    channels: [web]
+    data: [{name: telefono, type: string, required: true}]
+    next: esperar
+  - id: esperar
+    kind: message_wait
+    message: pago
+    correlation: telefono
+    store: {monto: message.monto}
+    next: fin
+  - {id: fin, kind: end, outcome: pagado}
+"#;
+
+/// A message published to a wait that was withdrawn after the publisher
+/// read it (on PostgreSQL, another lane's or node's timeout or cancellation
+/// committing in between) goes to the next wait, or is kept: it used to be
+/// answered `Delivered` and dropped. The race is set up behind the engine's
+/// back: the subscription row of a cancelled instance is put back, as the
+/// publisher would have read it.
+async fn a_message_for_a_withdrawn_wait_is_not_dropped(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![("pago.yaml".into(), WAITS_FOR_PAYMENT.into())])
+        .await
+        .unwrap();
+    let gone = h.start("T-PAGO", "web", json!({"telefono": PHONE})).await;
+    let mut conn = h.engine.store().pool().acquire().await.unwrap();
+    let stale: (String, i64, String, i64) = sqlx::query_as(
+        "SELECT id, token, node_id, created_at FROM subscriptions WHERE instance_id = $1",
+    )
+    .bind(&gone)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    h.engine.cancel(&gone, "prueba", "jefe1").await.unwrap();
+    let put_back = || async {
+        let mut conn = h.engine.store().pool().acquire().await.unwrap();
+        sqlx::query(
+            "INSERT INTO subscriptions (id, instance_id, token, node_id, message_name, correlation_key, created_at) \
+             VALUES ($1, $2, $3, $4, 'pago', $5, $6)",
+        )
+        .bind(&stale.0)
+        .bind(&gone)
+        .bind(stale.1)
+        .bind(&stale.2)
+        .bind(PHONE)
+        .bind(stale.3)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    };
+    // Nobody else waits: the message is kept for a later wait.
+    put_back().await;
+    assert_eq!(
+        h.publish("pago", PHONE, "pago-1", json!({"monto": 120}))
+            .await,
+        Delivery::Kept
+    );
+    let pending = h.engine.messages("pending", 500).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["pago-1"]
+    );
+    assert_eq!(pending[0].instance_id, None);
+    assert!(pending[0].expires_at.is_some());
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM subscriptions")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the left-over wait is gone");
+    // A later wait gets the kept message.
+    let later = h.start("T-PAGO", "web", json!({"telefono": PHONE})).await;
+    assert_eq!(h.instance(&later).await.outcome.as_deref(), Some("pagado"));
+    // Another wait behind the withdrawn one: it gets the message.
+    let waiting = h.start("T-PAGO", "web", json!({"telefono": PHONE})).await;
+    put_back().await;
+    assert_eq!(
+        h.publish("pago", PHONE, "pago-2", json!({"monto": 80}))
+            .await,
+        Delivery::Delivered {
+            instance: waiting.clone()
+        }
+    );
+    let row = h.instance(&waiting).await;
+    assert_eq!(row.outcome.as_deref(), Some("pagado"));
+    assert_eq!(row.state.variables["monto"], json!(80));
+    assert_eq!(h.instance(&gone).await.status, "cancelled");
+}
+on_both_backends!(
+    a_message_for_a_withdrawn_wait_is_not_dropped,
+    super::a_message_for_a_withdrawn_wait_is_not_dropped
+);
+
+/// A message id names one message: the same message again is a duplicate,
+/// another message (name or key) under a used id is refused, not dropped
+/// as a duplicate.
+async fn a_message_id_used_by_another_message_is_refused(db: Db) {
+    let h = Harness::new(db).await;
+    assert_eq!(
+        h.publish("pago", PHONE, "m-1", json!({"monto": 1})).await,
+        Delivery::Kept
+    );
+    assert_eq!(
+        h.publish("pago", PHONE, "m-1", json!({"monto": 1})).await,
+        Delivery::Duplicate
+    );
+    for (name, key) in [("documentos", PHONE), ("pago", "70000000")] {
+        let err = h
+            .engine
+            .publish(PublishMessage {
+                name: name.to_owned(),
+                key: key.to_owned(),
+                payload: json!({}),
+                id: "m-1".to_owned(),
+                ttl_ms: 60_000,
+            })
+            .await
+            .expect_err("another message under a used id");
+        assert!(
+            matches!(err, Error::MessageIdTaken { ref id } if id == "m-1"),
+            "{err:?}"
+        );
+    }
+    let pending = h.engine.messages("pending", 500).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].message_name, "pago");
+}
+on_both_backends!(
+    a_message_id_used_by_another_message_is_refused,
+    super::a_message_id_used_by_another_message_is_refused
 );

@@ -93,6 +93,22 @@ pub enum Error {
         /// Its status.
         status: String,
     },
+    /// One command's calls would start more instances than
+    /// [`crate::runtime::commands::MAX_STARTS_PER_COMMAND`] (procedures
+    /// that call each other in a ring).
+    #[error(
+        "one command may start at most {limit} instances through calls; do the procedures call each other in a ring?"
+    )]
+    TooManyStarts {
+        /// The limit.
+        limit: usize,
+    },
+    /// A message's id was used before by a message of another name or key.
+    #[error("message id `{id}` was used before by another message (another name or key)")]
+    MessageIdTaken {
+        /// The id.
+        id: String,
+    },
     /// The incident was already retried or resolved.
     #[error("incident `{incident}` is not open")]
     IncidentNotOpen {

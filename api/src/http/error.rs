@@ -149,6 +149,12 @@ impl Error {
                 E::TaskClaimedByOther { .. } => {
                     (StatusCode::CONFLICT, "task-claimed", e.to_string(), none)
                 }
+                E::MessageIdTaken { .. } => (
+                    StatusCode::CONFLICT,
+                    "message-id-taken",
+                    e.to_string(),
+                    none,
+                ),
                 E::InstanceNotRunning { .. } => (
                     StatusCode::CONFLICT,
                     "instance-not-running",

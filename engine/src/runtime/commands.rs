@@ -16,7 +16,7 @@ use crate::runtime::process::Process;
 use crate::runtime::state::{InstanceState, Wait};
 use crate::store::instances::InstanceRow;
 use crate::store::jobs::ClaimedJob;
-use crate::store::messages::MessageRow;
+use crate::store::messages::{MessageRow, Recorded};
 use crate::store::{
     self, Backend, InstanceWrite, NewDefinition, Receipt, TaskCompletion, Tx, Written, definitions,
     incidents, journal, messages, tasks,
@@ -284,6 +284,12 @@ pub struct Ctx<'a> {
     pub receipt: std::sync::Mutex<Receipt>,
 }
 
+/// How many instances one command may start through calls. Procedures
+/// that call each other in a ring would otherwise start instances without
+/// end inside one transaction, and stop the writer; past the limit the
+/// call that would start one more gets an incident.
+pub const MAX_STARTS_PER_COMMAND: usize = 100;
+
 /// Work a command causes on other instances, done in the same transaction.
 enum Followup {
     StartChild {
@@ -293,6 +299,9 @@ enum Followup {
         id: String,
         code: String,
         input: Map<String, Value>,
+        /// Whether the parent waits for the child's end (else it moves on
+        /// once the child has started).
+        wait: bool,
     },
     ChildEnded {
         parent: String,
@@ -313,7 +322,7 @@ enum Followup {
         parent: String,
         token: u32,
         /// Only if the parent's token still waits for this child.
-        child: Option<String>,
+        child: String,
         message: String,
     },
 }
@@ -436,6 +445,7 @@ async fn run_followups(
     ctx: &Ctx<'_>,
     queue: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
+    let mut started = 0;
     while let Some(f) = queue.pop_front() {
         match f {
             Followup::StartChild {
@@ -445,6 +455,7 @@ async fn run_followups(
                 id,
                 code,
                 input,
+                wait,
             } => {
                 let start = StartInstance {
                     code: code.clone(),
@@ -455,16 +466,29 @@ async fn run_followups(
                     request_id: None,
                 };
                 // A child that cannot start stops the parent's call, not the command.
-                let mut nested = VecDeque::new();
-                match start_instance(conn, ctx, &start, &id, Some((&parent, token)), &mut nested)
-                    .await
-                {
-                    Ok(()) => queue.extend(nested),
+                started += 1;
+                let result = if started > MAX_STARTS_PER_COMMAND {
+                    Err(Error::TooManyStarts {
+                        limit: MAX_STARTS_PER_COMMAND,
+                    })
+                } else {
+                    let mut nested = VecDeque::new();
+                    start_instance(conn, ctx, &start, &id, Some((&parent, token)), &mut nested)
+                        .await
+                        .map(|()| nested)
+                };
+                match result {
+                    Ok(nested) => {
+                        if !wait {
+                            move_past_call(conn, ctx, &parent, token, &id, queue).await?;
+                        }
+                        queue.extend(nested);
+                    }
                     Err(e @ (Error::Store(_) | Error::Concurrent { .. })) => return Err(e),
                     Err(e) => queue.push_back(Followup::ParentIncident {
                         parent,
                         token,
-                        child: None,
+                        child: id,
                         message: format!("cannot start `{code}`: {e}"),
                     }),
                 }
@@ -489,6 +513,9 @@ async fn run_followups(
                 else {
                     continue;
                 };
+                if !call.wait {
+                    continue; // it moves on once the child has started
+                }
                 let output = Value::Object(variables);
                 let (row, effects) = run_machine(row, &process, ctx.now, |m| {
                     match m.assign(&call.output, Some(("output", &output))) {
@@ -511,7 +538,10 @@ async fn run_followups(
                 subscription,
                 message,
             } => {
-                deliver(conn, ctx, &instance, &subscription, &message, queue).await?;
+                if !deliver(conn, ctx, &instance, &subscription, &message, queue).await? {
+                    let expires_at = message.expires_at.unwrap_or(ctx.now);
+                    conn.message_kept(&message.id, expires_at).await?;
+                }
             }
             Followup::Cancel { instance, reason } => {
                 cancel(conn, ctx, &instance, &reason, "engine", false, queue).await?;
@@ -526,11 +556,9 @@ async fn run_followups(
                 if row.status != "running" {
                     continue;
                 }
-                if let Some(child) = &child {
-                    let waits = matches!(row.state.token(token).map(|t| &t.wait), Some(Wait::Call { child: c }) if c == child);
-                    if !waits {
-                        continue;
-                    }
+                let waits = matches!(row.state.token(token).map(|t| &t.wait), Some(Wait::Call { child: c }) if *c == child);
+                if !waits {
+                    continue;
                 }
                 let process = ctx.processes.get(conn, row.definition_id).await?;
                 let Some(node_id) = row.state.token(token).map(|t| t.node.clone()) else {
@@ -545,6 +573,30 @@ async fn run_followups(
         }
     }
     Ok(())
+}
+
+/// Moves the token of a call that does not wait for its child past the
+/// call, now that the child has started (in the same transaction).
+async fn move_past_call(
+    conn: &mut impl Tx,
+    ctx: &Ctx<'_>,
+    parent: &str,
+    token: u32,
+    child: &str,
+    queue: &mut VecDeque<Followup>,
+) -> Result<(), Error> {
+    let row = load(conn, parent).await?;
+    let waiting = matches!(row.state.token(token).map(|t| &t.wait), Some(Wait::Call { child: c }) if c == child);
+    if row.status != "running" || !waiting {
+        return Ok(());
+    }
+    let process = ctx.processes.get(conn, row.definition_id).await?;
+    let node_id = row.state.token(token).expect("checked").node.clone();
+    let NodeKind::Call(call) = &process.definition.node(&node_id).expect("node").kind else {
+        return Ok(());
+    };
+    let (row, effects) = run_machine(row, &process, ctx.now, |m| Ok(m.go(token, &call.next)?))?;
+    save(conn, ctx, Change::of(row, effects, "engine"), queue).await
 }
 
 /// Runs `f` on a token machine over `row`'s state; the row, with the new
@@ -977,7 +1029,7 @@ async fn apply(
             token,
             code,
             input,
-            wait: _,
+            wait,
         } => followups.push_back(Followup::StartChild {
             parent: row.id.clone(),
             business_key: row.business_key.clone(),
@@ -985,6 +1037,7 @@ async fn apply(
             id,
             code,
             input,
+            wait,
         }),
         Effect::CancelChild { id } => followups.push_back(Followup::Cancel {
             instance: id,
@@ -1547,7 +1600,8 @@ async fn publish(
     // PostgreSQL): neither can miss the other's uncommitted row.
     conn.lock_key(&format!("message:{}:{}", msg.name, msg.key))
         .await?;
-    let waiting = conn.find_subscription(&msg.name, &msg.key).await?;
+    let mut waiting = conn.find_subscription(&msg.name, &msg.key).await?;
+    let expires_at = ctx.now.saturating_add(msg.ttl_ms.max(0));
     let row = MessageRow {
         id: msg.id.clone(),
         message_name: msg.name.clone(),
@@ -1564,25 +1618,42 @@ async fn publish(
         expires_at: if waiting.is_some() {
             None
         } else {
-            Some(ctx.now.saturating_add(msg.ttl_ms.max(0)))
+            Some(expires_at)
         },
     };
-    if !conn.record_message(&row).await? {
-        return Ok(Delivery::Duplicate);
-    }
-    match waiting {
-        Some(s) => {
-            followups.push_back(Followup::Deliver {
-                instance: s.instance_id.clone(),
-                subscription: s.id,
-                message: row,
-            });
-            Ok(Delivery::Delivered {
-                instance: s.instance_id,
-            })
+    match conn.record_message(&row).await? {
+        Recorded::New => {}
+        // The same message again (a provider's retry): nothing more to do.
+        Recorded::Seen {
+            message_name,
+            correlation_key,
+        } if message_name == msg.name && correlation_key == msg.key => {
+            return Ok(Delivery::Duplicate);
         }
-        None => Ok(Delivery::Kept),
+        // Another message under a used id would be lost as a "duplicate".
+        Recorded::Seen { .. } => {
+            return Err(Error::MessageIdTaken { id: msg.id.clone() });
+        }
     }
+    let recorded_delivered = waiting.is_some();
+    while let Some(s) = waiting {
+        if deliver(conn, ctx, &s.instance_id, &s.id, &row, followups).await? {
+            return Ok(Delivery::Delivered {
+                instance: s.instance_id,
+            });
+        }
+        // That wait was withdrawn after it was read (on PostgreSQL, another
+        // lane's or node's timeout or cancellation that committed since):
+        // the next wait gets the message, or it is kept.
+        waiting = conn.find_subscription(&msg.name, &msg.key).await?;
+        if let Some(next) = &waiting {
+            conn.message_delivered(&row.id, &next.instance_id).await?;
+        }
+    }
+    if recorded_delivered {
+        conn.message_kept(&row.id, expires_at).await?;
+    }
+    Ok(Delivery::Kept)
 }
 
 async fn deliver(
@@ -1592,7 +1663,7 @@ async fn deliver(
     subscription: &str,
     message: &MessageRow,
     followups: &mut VecDeque<Followup>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let row = load(conn, instance).await?;
     let process = ctx.processes.get(conn, row.definition_id).await?;
     let found = row.state.tokens.iter().find_map(|t| match &t.wait {
@@ -1602,13 +1673,16 @@ async fn deliver(
         } if s == subscription => Some((t.id, t.node.clone(), timer.clone())),
         _ => None,
     });
+    // The subscription goes whether or not a token still waits on it: one
+    // that none waits on is left over from a wait withdrawn since it was
+    // read, and must not be found again.
+    conn.unsubscribe(subscription).await?;
     let Some((token, node_id, timer)) = found else {
-        return Ok(());
+        return Ok(false);
     };
     let NodeKind::MessageWait(w) = &process.definition.node(&node_id).expect("node").kind else {
-        return Ok(());
+        return Ok(false);
     };
-    conn.unsubscribe(subscription).await?;
     let (row, effects) = run_machine(row, &process, ctx.now, |m| {
         if let Some(t) = timer {
             m.effects.push(Effect::CancelJob { id: t });
@@ -1626,7 +1700,8 @@ async fn deliver(
         }
         Ok(())
     })?;
-    save(conn, ctx, Change::of(row, effects, "engine"), followups).await
+    save(conn, ctx, Change::of(row, effects, "engine"), followups).await?;
+    Ok(true)
 }
 
 async fn cancel(
@@ -1663,7 +1738,7 @@ async fn cancel(
         followups.push_back(Followup::ParentIncident {
             parent,
             token: token as u32,
-            child: Some(row.id.clone()),
+            child: row.id.clone(),
             message: format!("called instance `{}` was cancelled: {reason}", row.id),
         });
     }

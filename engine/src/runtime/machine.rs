@@ -648,11 +648,13 @@ impl<'a> Machine<'a> {
                         Some(&node_id),
                         json!({"child": child, "procedure": c.procedure, "wait": c.wait}),
                     );
-                    if c.wait {
-                        self.set_wait(id, Wait::Call { child });
-                        return Ok(());
-                    }
-                    self.move_to(id, &c.next);
+                    // Even a call that does not wait for its child's end
+                    // waits for its start (a follow-up in the same
+                    // transaction): a child that cannot start leaves the
+                    // token here with an incident, not somewhere it has
+                    // since moved on to.
+                    self.set_wait(id, Wait::Call { child });
+                    return Ok(());
                 }
                 NodeKind::End(e) => {
                     self.state.remove_token(id);

@@ -116,7 +116,7 @@ pub struct MessageRow {
 }
 
 /// Records a message; false if its id was seen before (deduplication).
-pub async fn record(conn: &mut Conn, m: &MessageRow) -> Result<bool, Error> {
+pub async fn record(conn: &mut Conn, m: &MessageRow) -> Result<Recorded, Error> {
     let done = sqlx::query(
         "INSERT INTO messages (id, message_name, correlation_key, payload, status, instance_id, \
          received_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
@@ -131,7 +131,33 @@ pub async fn record(conn: &mut Conn, m: &MessageRow) -> Result<bool, Error> {
     .bind(m.expires_at)
     .execute(&mut *conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    if done.rows_affected() == 1 {
+        return Ok(Recorded::New);
+    }
+    let (message_name, correlation_key): (String, String) =
+        sqlx::query_as("SELECT message_name, correlation_key FROM messages WHERE id = $1")
+            .bind(&m.id)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(Recorded::Seen {
+        message_name,
+        correlation_key,
+    })
+}
+
+/// What [`record`] did with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Stored: its id is new.
+    New,
+    /// Not stored: a message with its id was received before, with this
+    /// name and key (the same message again, if they are its own).
+    Seen {
+        /// The earlier message's name.
+        message_name: String,
+        /// The earlier message's correlation key.
+        correlation_key: String,
+    },
 }
 
 /// The oldest pending, unexpired message for `name` and `key`.
@@ -175,6 +201,18 @@ pub async fn delivered(conn: &mut Conn, id: &str, instance: &str) -> Result<(), 
         .bind(instance)
         .execute(&mut *conn)
         .await?;
+    Ok(())
+}
+
+/// Keeps a message marked delivered for a later wait after all.
+pub async fn kept(conn: &mut Conn, id: &str, expires_at: i64) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE messages SET status = 'pending', instance_id = NULL, expires_at = $2 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(expires_at)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

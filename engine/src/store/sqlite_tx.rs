@@ -10,7 +10,7 @@ use super::definitions::DefinitionRow;
 use super::incidents::IncidentRow;
 use super::instances::InstanceRow;
 use super::jobs::{ClaimedJob, NewJob};
-use super::messages::{MessageRow, NewSubscription, Subscription};
+use super::messages::{MessageRow, NewSubscription, Recorded, Subscription};
 use super::tasks::{NewTask, TaskRow};
 use super::tx::{JobClaim, NewDefinition, TaskCompletion, Tx};
 use super::{Backend, Error, journal, json};
@@ -830,7 +830,7 @@ impl Tx for Writing {
             .optional()?)
     }
 
-    async fn record_message(&mut self, m: &MessageRow) -> Result<bool, Error> {
+    async fn record_message(&mut self, m: &MessageRow) -> Result<Recorded, Error> {
         let n = self
             .conn.prepare_cached(
                 "INSERT INTO messages (id, message_name, correlation_key, payload, status, instance_id, \
@@ -846,7 +846,17 @@ impl Tx for Writing {
                 m.received_at,
                 m.expires_at
             ])?;
-        Ok(n == 1)
+        if n == 1 {
+            return Ok(Recorded::New);
+        }
+        let (message_name, correlation_key) = self
+            .conn
+            .prepare_cached("SELECT message_name, correlation_key FROM messages WHERE id = ?1")?
+            .query_row(params![m.id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(Recorded::Seen {
+            message_name,
+            correlation_key,
+        })
     }
 
     async fn pending_message(
@@ -888,6 +898,12 @@ impl Tx for Writing {
     async fn message_delivered(&mut self, id: &str, instance: &str) -> Result<(), Error> {
         self.conn.prepare_cached("UPDATE messages SET status = 'delivered', instance_id = ?2, expires_at = NULL WHERE id = ?1")?
             .execute(params![id, instance])?;
+        Ok(())
+    }
+
+    async fn message_kept(&mut self, id: &str, expires_at: i64) -> Result<(), Error> {
+        self.conn.prepare_cached("UPDATE messages SET status = 'pending', instance_id = NULL, expires_at = ?2 WHERE id = ?1")?
+            .execute(params![id, expires_at])?;
         Ok(())
     }
 

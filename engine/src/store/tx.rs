@@ -11,7 +11,7 @@ use super::definitions::DefinitionRow;
 use super::incidents::IncidentRow;
 use super::instances::InstanceRow;
 use super::jobs::{ClaimedJob, NewJob};
-use super::messages::{MessageRow, NewSubscription, Subscription};
+use super::messages::{MessageRow, NewSubscription, Recorded, Subscription};
 use super::tasks::{NewTask, TaskRow};
 use super::{Backend, Error, journal};
 
@@ -196,11 +196,11 @@ pub trait Tx: Send {
         name: &str,
         key: &str,
     ) -> impl Future<Output = Result<Option<Subscription>, Error>> + Send;
-    /// Records a message; false if its id was seen before.
+    /// Records a message, unless its id was seen before.
     fn record_message(
         &mut self,
         m: &MessageRow,
-    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    ) -> impl Future<Output = Result<Recorded, Error>> + Send;
     /// The oldest pending, unexpired message for `name` and `key`.
     fn pending_message(
         &mut self,
@@ -213,6 +213,13 @@ pub trait Tx: Send {
         &mut self,
         id: &str,
         instance: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Keeps a message marked delivered for later after all (the wait it
+    /// was for had been withdrawn), until `expires_at`.
+    fn message_kept(
+        &mut self,
+        id: &str,
+        expires_at: i64,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// The instance of `code` whose start carried the caller's `request` id.
@@ -538,7 +545,7 @@ impl Tx for sqlx::AnyConnection {
     ) -> Result<Option<Subscription>, Error> {
         super::messages::find(self, name, key).await
     }
-    async fn record_message(&mut self, m: &MessageRow) -> Result<bool, Error> {
+    async fn record_message(&mut self, m: &MessageRow) -> Result<Recorded, Error> {
         super::messages::record(self, m).await
     }
     async fn pending_message(
@@ -551,6 +558,9 @@ impl Tx for sqlx::AnyConnection {
     }
     async fn message_delivered(&mut self, id: &str, instance: &str) -> Result<(), Error> {
         super::messages::delivered(self, id, instance).await
+    }
+    async fn message_kept(&mut self, id: &str, expires_at: i64) -> Result<(), Error> {
+        super::messages::kept(self, id, expires_at).await
     }
     async fn instance_by_request(
         &mut self,
