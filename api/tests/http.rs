@@ -15,6 +15,7 @@ const AGENT: &str = "token-agente";
 const LEAD: &str = "token-responsable";
 const INSTALLER: &str = "token-instalaciones";
 const CHANNEL: &str = "token-canal";
+const NO_ROLES: &str = "token-sin-roles";
 const WHATSAPP_SECRET: &str = "whatsapp-app-secret";
 
 /// One recorder per test process (metrics are global).
@@ -50,7 +51,8 @@ impl Api {
                 INSTALLER,
                 &["jefe_instalaciones", "tecnico_instalaciones"],
             )
-            .with("ivr", CHANNEL, &["channel"]);
+            .with("ivr", CHANNEL, &["channel"])
+            .with("nadie", NO_ROLES, &[]);
         let app = router(Arc::new(AppState {
             engine: h.engine.clone(),
             users,
@@ -593,6 +595,111 @@ async fn bad_input_gets_problem_json(db: Db) {
     );
 }
 both!(bad_input_gets_problem_json);
+
+/// Refusals before any handler (a NUL character, a path that is not UTF-8,
+/// an unknown route or method, a webhook's query or body) are problem+json
+/// too, and change nothing.
+async fn refusals_before_the_handler_are_problem_json(db: Db) {
+    let api = Api::new(db).await;
+    let id = api.start_p06().await;
+    let problem = |status: StatusCode, kind: &str, got: (StatusCode, Value, String)| {
+        assert_eq!(got.0, status, "{}", got.1);
+        assert_eq!(got.2, "application/problem+json", "{}", got.1);
+        assert_eq!(
+            got.1["type"],
+            format!("https://tramite.dev/problems/{kind}"),
+            "{}",
+            got.1
+        );
+    };
+    // A NUL in a path, a query, a JSON body (escaped) or a form.
+    for uri in ["/api/v1/tasks/%00", "/api/v1/tasks?variable=telefono:%00"] {
+        let got = api.call(Method::GET, uri, Some(AGENT), None).await;
+        problem(StatusCode::BAD_REQUEST, "nul-character", got);
+    }
+    let with_nul = r#"{"code": "OPE-SUM-VEN-P06", "channel": "ivr", "data": {"telefono": "72345678", "nombre_cliente": "x\u0000"}}"#;
+    let got = api
+        .call(
+            Method::POST,
+            "/api/v1/instances",
+            Some(CHANNEL),
+            Some(with_nul.into()),
+        )
+        .await;
+    problem(StatusCode::BAD_REQUEST, "nul-character", got);
+    let (_, started) = api
+        .get("/api/v1/instances?code=OPE-SUM-VEN-P06&limit=500", LEAD)
+        .await;
+    assert_eq!(
+        started["items"].as_array().map(Vec::len),
+        Some(1),
+        "nothing started: {started}"
+    );
+    // The text `\u0000` (its backslash escaped) is no NUL.
+    let text = r#"{"code": "OPE-SUM-VEN-P06", "channel": "ivr", "data": {"telefono": "72345678", "nombre_cliente": "x\\u0000"}}"#;
+    let (status, _, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/instances",
+            Some(CHANNEL),
+            Some(text.into()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // A path that is not UTF-8 once decoded.
+    let got = api
+        .call(Method::GET, "/api/v1/tasks/%FF", Some(AGENT), None)
+        .await;
+    problem(StatusCode::BAD_REQUEST, "invalid-path", got);
+    // No such route; no such method.
+    let got = api
+        .call(Method::GET, "/api/v1/nada", Some(AGENT), None)
+        .await;
+    problem(StatusCode::NOT_FOUND, "not-found", got);
+    let got = api
+        .call(
+            Method::POST,
+            "/api/v1/tasks",
+            Some(AGENT),
+            Some("{}".into()),
+        )
+        .await;
+    problem(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", got);
+    // The WhatsApp webhook: a repeated query field; a body over the limit.
+    let got = api
+        .call(
+            Method::GET,
+            "/webhooks/whatsapp?hub.mode=a&hub.mode=b",
+            None,
+            None,
+        )
+        .await;
+    problem(StatusCode::BAD_REQUEST, "invalid-query", got);
+    let huge = "a".repeat(tramite_api::http::MAX_BODY + 10);
+    let got = api
+        .call(Method::POST, "/webhooks/whatsapp", None, Some(huge))
+        .await;
+    problem(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", got);
+    // What was refused changed nothing: the first instance waits as it did.
+    api.task(&id, "recibir_llamada", AGENT).await;
+}
+both!(refusals_before_the_handler_are_problem_json);
+
+/// A user without roles sees no inbox (the engine reads no roles as any).
+async fn a_user_without_roles_sees_no_inbox(db: Db) {
+    let api = Api::new(db).await;
+    api.start_p06().await;
+    let (status, page) = api.get("/api/v1/tasks", AGENT).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1));
+    let (status, page) = api.get("/api/v1/tasks", NO_ROLES).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["items"], json!([]), "{page}");
+    assert_eq!(page["next_cursor"], Value::Null);
+    let (status, counts) = api.get("/api/v1/tasks/counts", NO_ROLES).await;
+    assert_eq!(status, StatusCode::OK, "{counts}");
+}
+both!(a_user_without_roles_sees_no_inbox);
 
 async fn twenty_clients_complete_one_task(db: Db) {
     let api = Arc::new(Api::new(db).await);

@@ -13,6 +13,27 @@ use tramite_engine::runtime::forms::FieldError;
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Text with the NUL character (U+0000), which no field may hold.
+    #[error("text may not contain the NUL character (U+0000)")]
+    NulCharacter,
+    /// The path does not decode to UTF-8.
+    #[error("the path is not valid UTF-8 once decoded")]
+    InvalidPath,
+    /// The body is larger than the limit.
+    #[error("the body is larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The limit, bytes.
+        limit: usize,
+    },
+    /// The body could not be read (the client stopped sending it).
+    #[error("the body could not be read")]
+    BodyUnreadable,
+    /// No such route.
+    #[error("no such resource")]
+    NoRoute,
+    /// The route exists, not with this method.
+    #[error("this resource does not accept this method")]
+    WrongMethod,
     /// No token, or an unknown one.
     #[error("a valid bearer token is required")]
     Unauthorized,
@@ -67,6 +88,37 @@ impl Error {
                 none,
             ),
             Error::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden", self.to_string(), none),
+            Error::NulCharacter => (
+                StatusCode::BAD_REQUEST,
+                "nul-character",
+                self.to_string(),
+                none,
+            ),
+            Error::InvalidPath => (
+                StatusCode::BAD_REQUEST,
+                "invalid-path",
+                self.to_string(),
+                none,
+            ),
+            Error::BodyTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                self.to_string(),
+                none,
+            ),
+            Error::BodyUnreadable => (
+                StatusCode::BAD_REQUEST,
+                "malformed-body",
+                self.to_string(),
+                none,
+            ),
+            Error::NoRoute => (StatusCode::NOT_FOUND, "not-found", self.to_string(), none),
+            Error::WrongMethod => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                self.to_string(),
+                none,
+            ),
             Error::BadSignature => (
                 StatusCode::UNAUTHORIZED,
                 "bad-signature",

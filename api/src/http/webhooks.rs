@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -80,9 +81,10 @@ pub(super) struct Handshake {
 /// `GET /webhooks/whatsapp`: echoes the challenge when the token matches.
 pub(super) async fn whatsapp_verify(
     State(s): Shared,
-    Query(q): Query<Handshake>,
+    query: Result<Query<Handshake>, QueryRejection>,
 ) -> Result<String, Error> {
     let w = whatsapp(&s)?;
+    let Query(q) = query?;
     let token_ok = q
         .verify_token
         .as_deref()

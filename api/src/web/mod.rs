@@ -249,10 +249,14 @@ async fn inbox_model(
             reason: format!("you do not have the role `{r}`"),
         }));
     }
+    let roles = role.map_or_else(|| ses.user.roles.clone(), |r| vec![r]);
+    if roles.is_empty() {
+        return Ok(Vec::new()); // no roles is no inbox (the engine reads it as any role)
+    }
     let tasks = s
         .engine
         .tasks(&Filter {
-            roles: role.map_or_else(|| ses.user.roles.clone(), |r| vec![r]),
+            roles,
             status: q.status.clone().filter(|x| x == "open" || x == "claimed"),
             business_key: q.business_key.clone().filter(|b| !b.is_empty()),
             limit: 100,

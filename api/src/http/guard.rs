@@ -1,0 +1,114 @@
+//! What every request passes before a handler sees it: a path that decodes
+//! to UTF-8, no NUL character anywhere, a body within [`MAX_BODY`].
+//!
+//! One place rather than one check per extractor: PostgreSQL's `text`
+//! cannot hold U+0000 (a NUL reaching a query is a 500, and one written
+//! into an instance's JSON state as `\u0000` breaks every later `::jsonb`
+//! read of that row), and SQLite would store what PostgreSQL refuses; a
+//! path that is not UTF-8 would be axum's own plain-text 400.
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{Error, MAX_BODY};
+
+/// Refuses a request whose path, query or body holds a NUL, whose path is
+/// not UTF-8 once decoded, or whose body is larger than [`MAX_BODY`].
+pub(super) async fn check(request: Request, next: Next) -> Response {
+    let uri = request.uri();
+    let Some(path) = percent_decoded(uri.path()) else {
+        return Error::InvalidPath.into_response();
+    };
+    if path.contains('\0') || uri.query().is_some_and(|q| q.contains("%00")) {
+        return Error::NulCharacter.into_response();
+    }
+    let (parts, body) = request.into_parts();
+    // Handlers buffer their bodies anyway; reading it here costs no copy.
+    let bytes: Bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                Error::BodyTooLarge { limit: MAX_BODY }
+            } else {
+                Error::BodyUnreadable
+            }
+            .into_response();
+        }
+    };
+    if has_nul(&bytes) {
+        return Error::NulCharacter.into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// `text` with its `%XX` escapes decoded, if that is UTF-8.
+fn percent_decoded(text: &str) -> Option<String> {
+    if !text.contains('%') {
+        return Some(text.to_owned());
+    }
+    let hex = |b: u8| (b as char).to_digit(16);
+    let raw = text.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match (
+            raw[i],
+            raw.get(i + 1).copied().and_then(hex),
+            raw.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Whether a body holds a NUL: a raw 0 byte, a form's `%00`, or JSON's
+/// `\u0000` escape (not when its backslash is itself escaped, `\\u0000`,
+/// which is the text `\u0000`).
+fn has_nul(body: &[u8]) -> bool {
+    if body.contains(&0) || body.windows(3).any(|w| w == b"%00") {
+        return true;
+    }
+    body.windows(6).enumerate().any(|(at, w)| {
+        w == b"\\u0000" && body[..at].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{has_nul, percent_decoded};
+
+    #[test]
+    fn nul_in_a_body_is_found_in_each_spelling() {
+        assert!(has_nul(b"{\"a\": \"x\\u0000\"}"));
+        assert!(has_nul(b"{\"a\\u0000\": 1}"));
+        assert!(has_nul(b"nombre=x%00y"));
+        assert!(has_nul(b"a\0b"));
+        assert!(has_nul(b"\"\\\\\\u0000\"")); // an escaped backslash, then a NUL
+        assert!(!has_nul(b"{\"a\": \"x\\\\u0000\"}")); // the text \u0000
+        assert!(!has_nul(b"{\"a\": \"x\\u0001 %01\"}"));
+        assert!(!has_nul(b""));
+    }
+
+    #[test]
+    fn paths_are_decoded() {
+        assert_eq!(percent_decoded("/a%20b").as_deref(), Some("/a b"));
+        assert_eq!(percent_decoded("/x%00").as_deref(), Some("/x\0"));
+        assert_eq!(percent_decoded("/%C3%B1").as_deref(), Some("/ñ"));
+        assert_eq!(percent_decoded("/%FF"), None);
+        assert_eq!(percent_decoded("/100%").as_deref(), Some("/100%"));
+        assert_eq!(percent_decoded("/%zz").as_deref(), Some("/%zz"));
+    }
+}
