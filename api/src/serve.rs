@@ -171,9 +171,7 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
         },
     }));
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(stop_signal())
         .await
         .map_err(Error::Output)?;
     health.abort();
@@ -181,7 +179,27 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
     Ok(())
 }
 
-/// `tramite simulators`: the three simulators over HTTP until Ctrl-C.
+/// Ctrl-C, or SIGTERM (what `docker stop`, systemd and Kubernetes send
+/// first): either starts the graceful stop.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `tramite simulators`: the three simulators over HTTP until Ctrl-C or SIGTERM.
 pub(crate) async fn simulators(
     bind: std::net::SocketAddr,
     faults: tramite_connectors::sim_http::StartFaults,
@@ -204,7 +222,7 @@ pub(crate) async fn simulators(
         "faults: POST /_admin/<system>/faults {{\"latency_ms\", \"error_rate\", \"outage\", \"fail_next\", \"lose_next\", \"clear\"}}"
     )?;
     out.flush()?;
-    let _ = tokio::signal::ctrl_c().await;
+    stop_signal().await;
     server.stop().await;
     Ok(())
 }

@@ -404,3 +404,56 @@ async fn one_node_on_sqlite_survives_kill_9() {
     eprintln!("SQLite, one node: {kills} kills under load");
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
+
+/// SIGTERM (what `docker stop`, systemd and Kubernetes send first) stops a
+/// node gracefully: it exits with status 0 instead of dying of the signal,
+/// and its database opens again with what it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stops_gracefully_on_sigterm() {
+    let setup = setup().await;
+    let url = format!("sqlite://{}", setup.dir.join("tramite.db").display());
+    let port = free_port();
+    let mut serving = node(&setup, &url, port);
+    wait_up(&format!("http://127.0.0.1:{port}/readyz")).await;
+    let client = reqwest::Client::new();
+    let (status, started) = call(&[port], |base| {
+        client.post(format!("{base}/api/v1/instances")).json(
+            &json!({"code": "OPE-SUM-VEN-P06", "channel": "ivr", "data": {"telefono": "72345678"}}),
+        )
+    })
+    .await
+    .expect("the node answers");
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{started}");
+    let id = started["id"].as_str().expect("an instance id").to_owned();
+    let term = Command::new("kill")
+        .args(["-TERM", &serving.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = serving.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 20 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    drop(serving);
+    let port = free_port();
+    let _again = node(&setup, &url, port);
+    wait_up(&format!("http://127.0.0.1:{port}/readyz")).await;
+    let instance: Value = client
+        .get(format!("http://127.0.0.1:{port}/api/v1/instances/{id}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(instance["id"], id.as_str(), "{instance}");
+}
