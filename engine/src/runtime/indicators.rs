@@ -126,96 +126,131 @@ pub fn verdict(indicator: &Indicator, value: f64) -> Text {
     }
 }
 
-/// An indicator's values per period over `instances` (those started in the
-/// range asked for), in period order.
-pub fn compute(
-    indicator: &Indicator,
-    instances: &[InstanceRow],
+/// An indicator's counts per period, one instance at a time: a range can
+/// hold more instances than are worth keeping in memory at once.
+pub struct Tally<'a> {
+    indicator: &'a Indicator,
     period: Period,
     utc_offset_minutes: i32,
-) -> Vec<IndicatorValue> {
-    let mut buckets: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for instance in instances {
-        let bucket = buckets
-            .entry(period_of(instance.started_at, period, utc_offset_minutes))
+    buckets: BTreeMap<String, (u64, u64)>,
+}
+
+impl<'a> Tally<'a> {
+    /// Counts for `indicator` per `period`, in local time at the offset.
+    pub fn new(indicator: &'a Indicator, period: Period, utc_offset_minutes: i32) -> Tally<'a> {
+        Tally {
+            indicator,
+            period,
+            utc_offset_minutes,
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    /// Counts `instance` in the period it started in.
+    pub fn add(&mut self, instance: &InstanceRow) {
+        let bucket = self
+            .buckets
+            .entry(period_of(
+                instance.started_at,
+                self.period,
+                self.utc_offset_minutes,
+            ))
             .or_default();
-        if counts(&indicator.numerator, instance) {
+        if counts(&self.indicator.numerator, instance) {
             bucket.0 += 1;
         }
-        if counts(&indicator.denominator, instance) {
+        if counts(&self.indicator.denominator, instance) {
             bucket.1 += 1;
         }
     }
-    buckets
-        .into_iter()
-        .map(|(period, (numerator, denominator))| {
-            let value =
-                (denominator > 0).then(|| numerator as f64 * indicator.scale / denominator as f64);
-            IndicatorValue {
-                period,
-                numerator,
-                denominator,
-                verdict: value.map(|v| verdict(indicator, v)),
-                value,
-            }
-        })
-        .collect()
+
+    /// The values per period, in period order.
+    pub fn finish(self) -> Vec<IndicatorValue> {
+        let indicator = self.indicator;
+        self.buckets
+            .into_iter()
+            .map(|(period, (numerator, denominator))| {
+                let value = (denominator > 0)
+                    .then(|| numerator as f64 * indicator.scale / denominator as f64);
+                IndicatorValue {
+                    period,
+                    numerator,
+                    denominator,
+                    verdict: value.map(|v| verdict(indicator, v)),
+                    value,
+                }
+            })
+            .collect()
+    }
 }
 
-/// Step durations and gate branches from journal entries of many instances:
-/// `(kind, node, at, data)`.
-pub fn statistics(
-    entries: &[(String, Option<String>, i64, Value)],
-) -> (Vec<StepDuration>, Vec<GateCount>) {
-    let mut started: BTreeMap<String, (String, i64)> = BTreeMap::new();
-    let mut durations: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    let mut gates: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for (kind, node, at, data) in entries {
-        let Some(node) = node else { continue };
+/// One journal entry as statistics read it: `(kind, node, at, data)`.
+pub type StatEntry = (String, Option<String>, i64, Value);
+
+/// Step durations and gate branches, one journal entry at a time (in the
+/// journal's order): what is kept is a duration per finished step, not the
+/// entries.
+#[derive(Debug, Default)]
+pub struct Statistics {
+    started: BTreeMap<String, (String, i64)>,
+    durations: BTreeMap<String, Vec<i64>>,
+    gates: BTreeMap<(String, String), u64>,
+}
+
+impl Statistics {
+    /// Takes in one entry.
+    pub fn add(&mut self, (kind, node, at, data): StatEntry) {
+        let Some(node) = node else { return };
         let key = |field: &str| data.get(field).and_then(Value::as_str).map(str::to_owned);
         match kind.as_str() {
             "task_created" => {
                 if let Some(task) = key("task") {
-                    started.insert(task, (node.clone(), *at));
+                    self.started.insert(task, (node, at));
                 }
             }
             "job_created" => {
                 if let Some(job) = key("job") {
-                    started.insert(job, (node.clone(), *at));
+                    self.started.insert(job, (node, at));
                 }
             }
             "task_completed" | "job_succeeded" | "job_business_error" => {
                 let id = key("task").or_else(|| key("job"));
-                if let Some((node, since)) = id.and_then(|id| started.remove(&id)) {
-                    durations.entry(node).or_default().push(at - since);
+                if let Some((node, since)) = id.and_then(|id| self.started.remove(&id)) {
+                    self.durations.entry(node).or_default().push(at - since);
                 }
             }
             "gate_passed" => {
                 if let Some(next) = key("next") {
-                    *gates.entry((node.clone(), next)).or_default() += 1;
+                    *self.gates.entry((node, next)).or_default() += 1;
                 }
             }
             _ => {}
         }
     }
-    let steps = durations
-        .into_iter()
-        .map(|(node, mut d)| {
-            d.sort_unstable();
-            StepDuration {
-                count: d.len() as u64,
-                mean_ms: d.iter().sum::<i64>() / d.len() as i64,
-                p50_ms: d[d.len() / 2],
-                max_ms: *d.last().expect("non-empty"),
-                node,
-            }
-        })
-        .collect();
-    let gates = gates
-        .into_iter()
-        .map(|((gate, next), count)| GateCount { gate, next, count })
-        .collect();
-    (steps, gates)
+
+    /// Per-step durations and per-branch gate counts.
+    pub fn finish(self) -> (Vec<StepDuration>, Vec<GateCount>) {
+        let steps = self
+            .durations
+            .into_iter()
+            .map(|(node, mut d)| {
+                d.sort_unstable();
+                StepDuration {
+                    count: d.len() as u64,
+                    mean_ms: d.iter().sum::<i64>() / d.len() as i64,
+                    p50_ms: d[d.len() / 2],
+                    max_ms: *d.last().expect("non-empty"),
+                    node,
+                }
+            })
+            .collect();
+        let gates = self
+            .gates
+            .into_iter()
+            .map(|((gate, next), count)| GateCount { gate, next, count })
+            .collect();
+        (steps, gates)
+    }
 }
 
 #[cfg(test)]

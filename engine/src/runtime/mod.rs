@@ -519,14 +519,11 @@ impl Engine {
                 what: "indicator",
                 id: q.indicator.clone(),
             })?;
-        let instances = store::instances::started_between(&mut conn, &q.code, q.from, q.to).await?;
         let period = q.period.unwrap_or(indicator.period);
-        Ok(indicators::compute(
-            indicator,
-            &instances,
-            period,
-            q.utc_offset_minutes,
-        ))
+        let mut tally = indicators::Tally::new(indicator, period, q.utc_offset_minutes);
+        store::instances::each_started_between(&mut conn, &q.code, q.from, q.to, |i| tally.add(&i))
+            .await?;
+        Ok(tally.finish())
     }
 
     /// Per-step durations and per-branch counts of gates over instances of
@@ -538,8 +535,9 @@ impl Engine {
         to: i64,
     ) -> Result<(Vec<indicators::StepDuration>, Vec<indicators::GateCount>), Error> {
         let mut conn = self.inner.store.pool().acquire().await?;
-        let entries = store::journal::of_code(&mut conn, code, from, to).await?;
-        Ok(indicators::statistics(&entries))
+        let mut stats = indicators::Statistics::default();
+        store::journal::each_of_code(&mut conn, code, from, to, |e| stats.add(e)).await?;
+        Ok(stats.finish())
     }
 
     /// Messages with `status`: `pending` lists those no instance has taken yet.

@@ -319,25 +319,38 @@ pub async fn by_status(
     rows.iter().map(row).collect()
 }
 
-/// Instances of `code` started in `[from, to)`, oldest first.
-pub async fn started_between(
+/// Hands `each` the instances of `code` started in `[from, to)`, one at a
+/// time as they are read (a range may hold more than memory should);
+/// returns how many.
+pub async fn each_started_between(
     conn: &mut Conn,
     code: &str,
     from: i64,
     to: i64,
-) -> Result<Vec<InstanceRow>, Error> {
+    mut each: impl FnMut(InstanceRow),
+) -> Result<u64, Error> {
+    use futures_util::TryStreamExt;
     let sql = sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM instances WHERE code = $1 AND started_at >= $2 AND started_at < $3 \
-         ORDER BY started_at"
+        "SELECT {COLUMNS} FROM instances WHERE code = $1 AND started_at >= $2 AND started_at < $3"
     ));
-    let rows = sqlx::query(sql)
+    let mut rows = sqlx::query(sql)
         .bind(code)
         .bind(from)
         .bind(to)
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter().map(row).collect()
+        .fetch(&mut *conn);
+    let mut n = 0u64;
+    while let Some(r) = rows.try_next().await? {
+        each(row(&r)?);
+        n += 1;
+        if n.is_multiple_of(YIELD_EVERY) {
+            tokio::task::yield_now().await; // `each` may be CPU work
+        }
+    }
+    Ok(n)
 }
+
+/// Rows a streamed read hands over before letting other tasks run.
+pub(crate) const YIELD_EVERY: u64 = 256;
 
 /// Which instances to list.
 #[derive(Debug, Clone, Default)]
