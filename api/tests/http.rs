@@ -646,6 +646,16 @@ async fn refusals_before_the_handler_are_problem_json(db: Db) {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
+    // In JSON, `%00` is text, not a NUL.
+    let (status, body) = api
+        .json(
+            Method::POST,
+            "/api/v1/messages",
+            CHANNEL,
+            json!({"name": "pago", "key": "72345678", "id": "m-url", "payload": {"url": "https://x/?a=%00"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     // A path that is not UTF-8 once decoded.
     let got = api
         .call(Method::GET, "/api/v1/tasks/%FF", Some(AGENT), None)

@@ -1,5 +1,6 @@
 //! What every request passes before a handler sees it: a path that decodes
-//! to UTF-8, no NUL character anywhere, a body within [`MAX_BODY`].
+//! to UTF-8, no NUL character in the path, the query or a body, a body
+//! within [`MAX_BODY`].
 //!
 //! One place rather than one check per extractor: PostgreSQL's `text`
 //! cannot hold U+0000 (a NUL reaching a query is a 500, and one written
@@ -9,6 +10,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -24,6 +26,18 @@ pub(super) async fn check(request: Request, next: Next) -> Response {
     if path.contains('\0') || uri.query().is_some_and(|q| q.contains("%00")) {
         return Error::NulCharacter.into_response();
     }
+    // No handler reads the body of these: leave it unread.
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return next.run(request).await;
+    }
+    let form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
     let (parts, body) = request.into_parts();
     // Handlers buffer their bodies anyway; reading it here costs no copy.
     let bytes: Bytes = match axum::body::to_bytes(body, MAX_BODY).await {
@@ -39,7 +53,7 @@ pub(super) async fn check(request: Request, next: Next) -> Response {
             .into_response();
         }
     };
-    if has_nul(&bytes) {
+    if has_nul(&bytes, form) {
         return Error::NulCharacter.into_response();
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
@@ -74,12 +88,15 @@ fn percent_decoded(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Whether a body holds a NUL: a raw 0 byte, a form's `%00`, or JSON's
+/// Whether a body holds a NUL: a raw 0 byte, a `form`'s `%00`, or JSON's
 /// `\u0000` escape (not when its backslash is itself escaped, `\\u0000`,
-/// which is the text `\u0000`).
-fn has_nul(body: &[u8]) -> bool {
-    if body.contains(&0) || body.windows(3).any(|w| w == b"%00") {
+/// which is the text `\u0000`). In JSON, `%00` is text.
+fn has_nul(body: &[u8], form: bool) -> bool {
+    if body.contains(&0) {
         return true;
+    }
+    if form {
+        return body.windows(3).any(|w| w == b"%00");
     }
     body.windows(6).enumerate().any(|(at, w)| {
         w == b"\\u0000" && body[..at].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 0
@@ -92,14 +109,16 @@ mod tests {
 
     #[test]
     fn nul_in_a_body_is_found_in_each_spelling() {
-        assert!(has_nul(b"{\"a\": \"x\\u0000\"}"));
-        assert!(has_nul(b"{\"a\\u0000\": 1}"));
-        assert!(has_nul(b"nombre=x%00y"));
-        assert!(has_nul(b"a\0b"));
-        assert!(has_nul(b"\"\\\\\\u0000\"")); // an escaped backslash, then a NUL
-        assert!(!has_nul(b"{\"a\": \"x\\\\u0000\"}")); // the text \u0000
-        assert!(!has_nul(b"{\"a\": \"x\\u0001 %01\"}"));
-        assert!(!has_nul(b""));
+        assert!(has_nul(b"{\"a\": \"x\\u0000\"}", false));
+        assert!(has_nul(b"{\"a\\u0000\": 1}", false));
+        assert!(has_nul(b"nombre=x%00y", true));
+        assert!(has_nul(b"a\0b", false));
+        assert!(has_nul(b"\"\\\\\\u0000\"", false)); // an escaped backslash, then a NUL
+        assert!(!has_nul(b"{\"a\": \"x\\\\u0000\"}", false)); // the text \u0000
+        assert!(!has_nul(b"{\"a\": \"x\\u0001 %01\"}", false));
+        assert!(!has_nul(b"{\"url\": \"https://x/?a=%00\"}", false)); // text in JSON
+        assert!(!has_nul(b"", false));
+        assert!(!has_nul(b"nota=a%5Cu0000", true)); // the text \u0000 in a form
     }
 
     #[test]

@@ -538,10 +538,16 @@ async fn run_followups(
                 subscription,
                 message,
             } => {
-                if !deliver(conn, ctx, &instance, &subscription, &message, queue).await? {
-                    let expires_at = message.expires_at.unwrap_or(ctx.now);
-                    conn.message_kept(&message.id, expires_at).await?;
-                }
+                let expires_at = message.expires_at.unwrap_or(ctx.now);
+                hand_over(
+                    conn,
+                    ctx,
+                    &message,
+                    (instance, subscription),
+                    expires_at,
+                    queue,
+                )
+                .await?;
             }
             Followup::Cancel { instance, reason } => {
                 cancel(conn, ctx, &instance, &reason, "engine", false, queue).await?;
@@ -1600,7 +1606,7 @@ async fn publish(
     // PostgreSQL): neither can miss the other's uncommitted row.
     conn.lock_key(&format!("message:{}:{}", msg.name, msg.key))
         .await?;
-    let mut waiting = conn.find_subscription(&msg.name, &msg.key).await?;
+    let waiting = conn.find_subscription(&msg.name, &msg.key).await?;
     let expires_at = ctx.now.saturating_add(msg.ttl_ms.max(0));
     let row = MessageRow {
         id: msg.id.clone(),
@@ -1635,25 +1641,54 @@ async fn publish(
             return Err(Error::MessageIdTaken { id: msg.id.clone() });
         }
     }
-    let recorded_delivered = waiting.is_some();
-    while let Some(s) = waiting {
-        if deliver(conn, ctx, &s.instance_id, &s.id, &row, followups).await? {
-            return Ok(Delivery::Delivered {
-                instance: s.instance_id,
-            });
+    let Some(s) = waiting else {
+        return Ok(Delivery::Kept);
+    };
+    let taken = hand_over(
+        conn,
+        ctx,
+        &row,
+        (s.instance_id, s.id),
+        expires_at,
+        followups,
+    )
+    .await?;
+    Ok(match taken {
+        Some(instance) => Delivery::Delivered { instance },
+        None => Delivery::Kept,
+    })
+}
+
+/// Hands `message`, recorded as delivered to `first`'s instance, to the
+/// first wait that still waits: `first` (instance, subscription), else the
+/// oldest other wait for its name and key; if none, it is kept (pending,
+/// until `expires_at`). Returns the instance that took it.
+///
+/// A wait can be withdrawn after it was read: on PostgreSQL, another lane's
+/// or node's timeout or cancellation that committed since.
+async fn hand_over(
+    conn: &mut impl Tx,
+    ctx: &Ctx<'_>,
+    message: &MessageRow,
+    first: (String, String),
+    expires_at: i64,
+    followups: &mut VecDeque<Followup>,
+) -> Result<Option<String>, Error> {
+    let mut waiting = Some(first);
+    while let Some((instance, subscription)) = waiting {
+        if deliver(conn, ctx, &instance, &subscription, message, followups).await? {
+            return Ok(Some(instance));
         }
-        // That wait was withdrawn after it was read (on PostgreSQL, another
-        // lane's or node's timeout or cancellation that committed since):
-        // the next wait gets the message, or it is kept.
-        waiting = conn.find_subscription(&msg.name, &msg.key).await?;
-        if let Some(next) = &waiting {
-            conn.message_delivered(&row.id, &next.instance_id).await?;
+        waiting = conn
+            .find_subscription(&message.message_name, &message.correlation_key)
+            .await?
+            .map(|s| (s.instance_id, s.id));
+        if let Some((next, _)) = &waiting {
+            conn.message_delivered(&message.id, next).await?;
         }
     }
-    if recorded_delivered {
-        conn.message_kept(&row.id, expires_at).await?;
-    }
-    Ok(Delivery::Kept)
+    conn.message_kept(&message.id, expires_at).await?;
+    Ok(None)
 }
 
 async fn deliver(
