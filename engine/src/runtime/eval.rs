@@ -27,6 +27,13 @@ pub enum EvalError {
         /// CEL's reason.
         reason: String,
     },
+    /// It gave text with the NUL character (U+0000), which PostgreSQL's
+    /// text cannot hold (a connector's answer, a `"\x00"` literal).
+    #[error("`{expression}` gave text with the NUL character (U+0000)")]
+    NulCharacter {
+        /// The expression.
+        expression: String,
+    },
     /// A condition gave something other than true or false.
     #[error("`{expression}` gave {value} where true or false was expected")]
     NotBoolean {
@@ -142,8 +149,27 @@ pub fn mapping(
 ) -> Result<Map<String, Value>, EvalError> {
     mapping
         .iter()
-        .map(|(k, e)| Ok((k.clone(), eval(e, scope)?)))
+        .map(|(k, e)| {
+            let value = eval(e, scope)?;
+            // Stored, it would break every later `::jsonb` read of the row.
+            if holds_nul(&value) {
+                return Err(EvalError::NulCharacter {
+                    expression: e.source().to_owned(),
+                });
+            }
+            Ok((k.clone(), value))
+        })
         .collect()
+}
+
+/// Whether any text in `value` (a string, an object's key) holds U+0000.
+pub fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +191,39 @@ mod tests {
                 extra: Some(("result", &json!({"ok": true, "n": 7}))),
             },
         )
+    }
+
+    /// A mapping whose value holds a NUL (from a result, from a literal) is
+    /// refused, whatever the depth; the rest of the text is fine.
+    #[test]
+    fn a_mapping_that_gives_a_nul_is_refused() {
+        let variables = Map::new();
+        let instance = json!({"channel": "ivr"});
+        let declared = |_: &str| true;
+        let result =
+            json!({"nombre": "Ana\u{0}", "datos": {"lista": ["ok", {"c\u{0}": 1}]}, "ok": "bien"});
+        let scope = Scope {
+            variables: &variables,
+            declared: &declared,
+            instance: &instance,
+            extra: Some(("result", &result)),
+        };
+        for source in ["result.nombre", "result.datos", "'a\\x00b'"] {
+            let m: crate::definition::Mapping = [("v".to_owned(), Expr::compile(source))]
+                .into_iter()
+                .collect();
+            assert_eq!(
+                mapping(&m, &scope),
+                Err(EvalError::NulCharacter {
+                    expression: source.to_owned()
+                }),
+                "{source}"
+            );
+        }
+        let m: crate::definition::Mapping = [("v".to_owned(), Expr::compile("result.ok"))]
+            .into_iter()
+            .collect();
+        assert_eq!(mapping(&m, &scope).unwrap()["v"], json!("bien"));
     }
 
     #[test]
