@@ -2767,3 +2767,64 @@ on_both_backends!(
     a_message_id_used_by_another_message_is_refused,
     super::a_message_id_used_by_another_message_is_refused
 );
+
+/// An outcome whose `set` cannot be computed from the data given (a field
+/// left empty under `validate: false`) refuses the completion as wrong data,
+/// and changes nothing; it used to be an internal error (HTTP 500).
+async fn an_outcome_that_cannot_record_its_values_refuses_the_data(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![(
+            "montos.yaml".into(),
+            r#"
+code: T-MONTO
+name: Monto
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables: [{name: monto, type: number}, {name: doble, type: number}]
+nodes:
+  - {id: inicio, kind: start, channels: [web], next: anotar}
+  - id: anotar
+    kind: user_task
+    role: agente
+    form: [{name: monto, type: number, required: true}]
+    outcomes:
+      - {id: ok, label: Listo, next: fin, set: {doble: "monto * 2.0"}}
+      - {id: rapido, label: Rápido, next: fin, validate: false, set: {doble: "monto * 2.0"}}
+  - {id: fin, kind: end, outcome: listo}
+"#
+            .into(),
+        )])
+        .await
+        .unwrap();
+    let id = h.start("T-MONTO", "web", json!({})).await;
+    let task = h.task(&id, "anotar").await;
+    let before = h.instance(&id).await;
+    let err = h
+        .engine
+        .complete(CompleteTask {
+            task: task.id.clone(),
+            user: "ana".to_owned(),
+            outcome: "rapido".to_owned(),
+            data: Default::default(),
+            roles: None,
+        })
+        .await
+        .expect_err("doble cannot be computed without monto");
+    match &err {
+        Error::InvalidData { errors } => {
+            assert!(errors[0].message.contains("`rapido`"), "{errors:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.instance(&id).await, before, "nothing changed");
+    h.complete(&id, "anotar", "rapido", json!({"monto": 4.5}))
+        .await;
+    let done = h.instance(&id).await;
+    assert_eq!(done.state.variables["doble"], json!(9.0));
+}
+on_both_backends!(
+    an_outcome_that_cannot_record_its_values_refuses_the_data,
+    super::an_outcome_that_cannot_record_its_values_refuses_the_data
+);

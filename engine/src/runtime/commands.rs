@@ -1317,7 +1317,20 @@ async fn complete(
             m.effects.push(Effect::CancelJob { id: timer.clone() });
         }
         m.write(&c.data);
-        let set = m.assign(&outcome.set, None)?;
+        // What the outcome records is computed from the data given: data it
+        // cannot be computed from (a field left empty under `validate:
+        // false`) is the caller's to fix, not a server error.
+        let set = m
+            .assign(&outcome.set, None)
+            .map_err(|e| Error::InvalidData {
+                errors: vec![crate::runtime::forms::FieldError {
+                    field: String::new(),
+                    message: format!(
+                        "the outcome `{}` cannot record its values from this data: {e}",
+                        outcome.id
+                    ),
+                }],
+            })?;
         m.note(
             "task_completed",
             Some(&task.node_id),
