@@ -53,6 +53,15 @@ pub(super) fn migrator() -> Migrator {
             )),
             false,
         ),
+        Migration::new(
+            6,
+            Cow::Borrowed("jobs without key index"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/postgres/0006_jobs_without_key_index.sql"
+            )),
+            false,
+        ),
     ])
 }
 

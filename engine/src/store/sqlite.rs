@@ -94,6 +94,15 @@ pub(super) fn migrator() -> Migrator {
             )),
             false,
         ),
+        Migration::new(
+            7,
+            Cow::Borrowed("jobs without key index"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/sqlite/0007_jobs_without_key_index.sql"
+            )),
+            false,
+        ),
     ])
 }
 
@@ -189,6 +198,69 @@ mod tests {
             ]
         };
         assert_eq!(reprepares(&conn, sql, &[run(1), run(2), run(3)]), 0);
+    }
+
+    /// Migration 7 keeps every job as it was (columns, order, the foreign
+    /// key to its instance), drops the idempotency key's index and keeps
+    /// the others.
+    #[test]
+    fn jobs_keep_their_rows_across_the_key_index_migration() {
+        let conn = Connection::open_in_memory().expect("in-memory SQLite");
+        conn.execute_batch("PRAGMA foreign_keys = ON;")
+            .expect("pragma");
+        let migrations: Vec<_> = migrator().iter().cloned().collect();
+        let (before, after): (Vec<_>, Vec<_>) = migrations.into_iter().partition(|m| m.version < 7);
+        assert!(!after.is_empty(), "migration 7 exists");
+        for m in &before {
+            conn.execute_batch(m.sql.as_str()).expect("old migration");
+        }
+        conn.execute_batch(
+            "INSERT INTO definitions (id, code, version, content_hash, file_name, source, deployed_at) \
+             VALUES (1, 'P', 1, 'h', 'p.yaml', '', 0); \
+             INSERT INTO instances (id, definition_id, code, version, business_key, channel, status, \
+                state, revision, started_at) VALUES ('i1', 1, 'P', 1, 'k', 'web', 'running', '{}', 1, 0); \
+             INSERT INTO jobs (id, instance_id, token, node_id, kind, connector, operation, input, \
+                idempotency_key, status, attempts, max_attempts, timeout_ms, run_at, lease_owner, \
+                lease_until, last_error, created_at) VALUES \
+             ('j2', 'i1', 1, 'n', 'service', 'naf', 'consultar', '{}', 'tramite:i1:n:j2', 'done', 1, 3, 500, 10, NULL, NULL, NULL, 5), \
+             ('j1', 'i1', 2, 'm', 'timer', NULL, NULL, NULL, 'tramite:i1:m:j1', 'running', 2, 1, NULL, 20, 'nodo/1', 30, 'x', 6);",
+        )
+        .expect("old jobs");
+        let rows = |conn: &Connection| -> Vec<Vec<rusqlite::types::Value>> {
+            let mut stmt = conn
+                .prepare("SELECT * FROM jobs ORDER BY rowid")
+                .expect("query");
+            let n = stmt.column_count();
+            stmt.query_map([], |r| (0..n).map(|i| r.get(i)).collect())
+                .expect("rows")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        };
+        let old = rows(&conn);
+        for m in &after {
+            conn.execute_batch(m.sql.as_str()).expect("new migration");
+        }
+        assert_eq!(rows(&conn), old, "every job, every column, in order");
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' ORDER BY name")
+            .expect("query")
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            indexes,
+            ["jobs_by_instance", "jobs_due", "sqlite_autoindex_jobs_1"],
+            "the key's unique index is gone, the others are there"
+        );
+        let fks: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_foreign_key_list('jobs')",
+                [],
+                |r| r.get(0),
+            )
+            .expect("foreign keys");
+        assert_eq!(fks, 1, "a job still refers to its instance");
     }
 
     /// A database written before migration 4 keeps its history and its
