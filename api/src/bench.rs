@@ -220,7 +220,9 @@ pub(crate) async fn drive(
                         name: "requisitos_whatsapp".to_owned(),
                         key: phone.clone(),
                         payload: json!({"media": ["ci.jpg"]}),
-                        id: format!("wamid.bench.{n}"),
+                        // Unique per instance: a database that holds an
+                        // earlier run would take a per-run number as a duplicate.
+                        id: format!("wamid.bench.{id}"),
                         ttl_ms: 3_600_000,
                     }),
                 )
