@@ -504,8 +504,7 @@ async fn run_followups(
                     continue;
                 }
                 let process = ctx.processes.get(conn, row.definition_id).await?;
-                let waiting = matches!(row.state.token(token).map(|t| &t.wait), Some(Wait::Call { child: c }) if *c == child);
-                if !waiting {
+                if !waits_for_child(&row, token, &child) {
                     continue;
                 }
                 let node_id = row.state.token(token).expect("checked").node.clone();
@@ -562,8 +561,7 @@ async fn run_followups(
                 if row.status != "running" {
                     continue;
                 }
-                let waits = matches!(row.state.token(token).map(|t| &t.wait), Some(Wait::Call { child: c }) if *c == child);
-                if !waits {
+                if !waits_for_child(&row, token, &child) {
                     continue;
                 }
                 let process = ctx.processes.get(conn, row.definition_id).await?;
@@ -581,6 +579,12 @@ async fn run_followups(
     Ok(())
 }
 
+/// Whether `row`'s token `token` waits at a call for `child`: not if it
+/// has moved on since the child's follow-up was queued.
+fn waits_for_child(row: &InstanceRow, token: u32, child: &str) -> bool {
+    matches!(row.state.token(token).map(|t| &t.wait), Some(Wait::Call { child: c }) if c == child)
+}
+
 /// Moves the token of a call that does not wait for its child past the
 /// call, now that the child has started (in the same transaction).
 async fn move_past_call(
@@ -592,8 +596,7 @@ async fn move_past_call(
     queue: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
     let row = load(conn, parent).await?;
-    let waiting = matches!(row.state.token(token).map(|t| &t.wait), Some(Wait::Call { child: c }) if c == child);
-    if row.status != "running" || !waiting {
+    if row.status != "running" || !waits_for_child(&row, token, child) {
         return Ok(());
     }
     let process = ctx.processes.get(conn, row.definition_id).await?;

@@ -163,7 +163,7 @@ pub fn mapping(
 }
 
 /// Whether any text in `value` (a string, an object's key) holds U+0000.
-pub fn holds_nul(value: &Value) -> bool {
+fn holds_nul(value: &Value) -> bool {
     match value {
         Value::String(s) => s.contains('\0'),
         Value::Array(items) => items.iter().any(holds_nul),

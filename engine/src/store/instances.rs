@@ -320,37 +320,28 @@ pub async fn by_status(
 }
 
 /// Hands `each` the instances of `code` started in `[from, to)`, one at a
-/// time as they are read (a range may hold more than memory should);
-/// returns how many.
+/// time as they are read (see [`super::for_each_row`]).
 pub async fn each_started_between(
     conn: &mut Conn,
     code: &str,
     from: i64,
     to: i64,
     mut each: impl FnMut(InstanceRow),
-) -> Result<u64, Error> {
-    use futures_util::TryStreamExt;
+) -> Result<(), Error> {
     let sql = sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM instances WHERE code = $1 AND started_at >= $2 AND started_at < $3"
     ));
-    let mut rows = sqlx::query(sql)
+    let rows = sqlx::query(sql)
         .bind(code)
         .bind(from)
         .bind(to)
         .fetch(&mut *conn);
-    let mut n = 0u64;
-    while let Some(r) = rows.try_next().await? {
-        each(row(&r)?);
-        n += 1;
-        if n.is_multiple_of(YIELD_EVERY) {
-            tokio::task::yield_now().await; // `each` may be CPU work
-        }
-    }
-    Ok(n)
+    super::for_each_row(rows, |r| {
+        each(row(r)?);
+        Ok(())
+    })
+    .await
 }
-
-/// Rows a streamed read hands over before letting other tasks run.
-pub(crate) const YIELD_EVERY: u64 = 256;
 
 /// Which instances to list.
 #[derive(Debug, Clone, Default)]

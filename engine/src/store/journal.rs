@@ -118,16 +118,16 @@ pub async fn of_instance(conn: &mut Conn, instance: &str) -> Result<Vec<Entry>, 
 
 /// Hands `each` the step and gate entries of every instance of `code`
 /// started in `[from, to)`, for statistics: `(kind, node, at, data)` in the
-/// journal's order, one at a time as they are read; returns how many.
+/// journal's order, one at a time as they are read (see
+/// [`super::for_each_row`]).
 pub async fn each_of_code(
     conn: &mut Conn,
     code: &str,
     from: i64,
     to: i64,
     mut each: impl FnMut((String, Option<String>, i64, serde_json::Value)),
-) -> Result<u64, Error> {
-    use futures_util::TryStreamExt;
-    let mut rows = sqlx::query(
+) -> Result<(), Error> {
+    let rows = sqlx::query(
         "SELECT j.kind, j.node_id, j.at, j.data FROM journal j JOIN instances i ON i.id = j.instance_id \
          WHERE i.code = $1 AND i.started_at >= $2 AND i.started_at < $3 \
          AND j.kind IN ('task_created', 'task_completed', 'job_created', 'job_succeeded', \
@@ -137,8 +137,7 @@ pub async fn each_of_code(
     .bind(from)
     .bind(to)
     .fetch(&mut *conn);
-    let mut n = 0u64;
-    while let Some(r) = rows.try_next().await? {
+    super::for_each_row(rows, |r| {
         let data: Option<String> = r.try_get("data")?;
         each((
             r.try_get("kind")?,
@@ -149,10 +148,7 @@ pub async fn each_of_code(
                 None => serde_json::Value::Null,
             },
         ));
-        n += 1;
-        if n.is_multiple_of(super::instances::YIELD_EVERY) {
-            tokio::task::yield_now().await;
-        }
-    }
-    Ok(n)
+        Ok(())
+    })
+    .await
 }

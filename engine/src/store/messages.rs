@@ -115,7 +115,7 @@ pub struct MessageRow {
     pub expires_at: Option<i64>,
 }
 
-/// Records a message; false if its id was seen before (deduplication).
+/// Records a message, unless its id was seen before (deduplication).
 pub async fn record(conn: &mut Conn, m: &MessageRow) -> Result<Recorded, Error> {
     let done = sqlx::query(
         "INSERT INTO messages (id, message_name, correlation_key, payload, status, instance_id, \

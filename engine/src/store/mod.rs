@@ -263,6 +263,25 @@ pub(crate) fn insert_rows(
     }
 }
 
+/// Hands `each` the rows of `rows` one at a time as they are read (a
+/// range may hold more than memory should), letting other tasks run every
+/// 256 rows: `each` may be CPU work (an indicator's condition per row).
+pub(crate) async fn for_each_row(
+    mut rows: impl futures_util::Stream<Item = Result<sqlx::any::AnyRow, sqlx::Error>> + Unpin,
+    mut each: impl FnMut(&sqlx::any::AnyRow) -> Result<(), Error>,
+) -> Result<(), Error> {
+    use futures_util::TryStreamExt;
+    let mut n = 0u32;
+    while let Some(r) = rows.try_next().await? {
+        each(&r)?;
+        n += 1;
+        if n.is_multiple_of(256) {
+            tokio::task::yield_now().await;
+        }
+    }
+    Ok(())
+}
+
 /// Parses a JSON column.
 pub(crate) fn json<T: serde::de::DeserializeOwned>(
     text: &str,
