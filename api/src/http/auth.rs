@@ -57,6 +57,20 @@ impl User {
         })
     }
 
+    /// The roles whose tasks the user's inbox shows: `asked`, if it is one
+    /// of theirs, else all of theirs. Empty for a user without roles, which
+    /// the caller must read as no inbox: the engine's task filter reads no
+    /// roles as any role.
+    pub fn inbox_roles(&self, asked: Option<String>) -> Result<Vec<String>, Error> {
+        match asked {
+            Some(role) if self.has(&role) => Ok(vec![role]),
+            Some(role) => Err(Error::Forbidden {
+                reason: format!("you do not have the role `{role}`"),
+            }),
+            None => Ok(self.roles.clone()),
+        }
+    }
+
     /// Refuses unless the user has `role`.
     pub fn require(&self, role: &str) -> Result<(), Error> {
         self.require_any(&[role], "this")

@@ -474,18 +474,8 @@ async fn inbox(
 ) -> Result<Json<Page<tramite_engine::store::tasks::TaskRow>>, Error> {
     let user = s.users.authenticate(&headers)?;
     let Query(q) = query?;
-    // Agents see the tasks of their roles only.
-    let roles = match q.role {
-        Some(role) if user.has(&role) => vec![role],
-        Some(role) => {
-            return Err(Error::Forbidden {
-                reason: format!("you do not have the role `{role}`"),
-            });
-        }
-        None => user.roles.clone(),
-    };
-    // The engine reads no roles as any role: a user without roles sees
-    // no inbox, not every inbox.
+    // Agents see the tasks of their roles only; no roles, no inbox.
+    let roles = user.inbox_roles(q.role)?;
     if roles.is_empty() {
         return Ok(Json(Page {
             items: Vec::new(),

@@ -242,16 +242,9 @@ async fn inbox_model(
     q: &InboxQuery,
 ) -> Result<Vec<TaskLine>, PageError> {
     let role = q.role.clone().filter(|r| !r.is_empty());
-    if let Some(r) = &role
-        && !ses.user.has(r)
-    {
-        return Err(ses.fail(Error::Forbidden {
-            reason: format!("you do not have the role `{r}`"),
-        }));
-    }
-    let roles = role.map_or_else(|| ses.user.roles.clone(), |r| vec![r]);
+    let roles = ses.user.inbox_roles(role).map_err(|e| ses.fail(e))?;
     if roles.is_empty() {
-        return Ok(Vec::new()); // no roles is no inbox (the engine reads it as any role)
+        return Ok(Vec::new()); // no roles, no inbox
     }
     let tasks = s
         .engine
