@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tramite_engine::Error;
+use tramite_engine::runtime::connector::ConnectorError;
 use tramite_engine::runtime::{CompleteTask, Delivery, PublishMessage};
 use tramite_engine::store::tasks::Filter;
 use tramite_tests::engine::{Db, Harness};
@@ -241,6 +242,58 @@ async fn smartflex_incident_then_retry(db: Db) {
 on_both_backends!(
     p06_smartflex_incident_then_retry,
     super::smartflex_incident_then_retry
+);
+
+/// A Smartflex behind a proxy that answers its error page with NUL bytes.
+struct NulSmartflex;
+
+impl tramite_engine::runtime::connector::Connector for NulSmartflex {
+    fn call<'a>(
+        &'a self,
+        _call: tramite_engine::runtime::connector::ConnectorCall<'a>,
+    ) -> tramite_engine::runtime::connector::BoxFuture<
+        'a,
+        Result<serde_json::Map<String, serde_json::Value>, ConnectorError>,
+    > {
+        Box::pin(async {
+            Err(ConnectorError::Transient {
+                message: "HTTP 502 from http://proxy/v1/solicitudes: \u{1f}\u{8b}\0\0gz".to_owned(),
+            })
+        })
+    }
+}
+
+async fn a_connector_error_holding_nul_ends_in_an_incident(db: Db) {
+    let sims = tramite_connectors::Simulators::new();
+    let connectors = sims
+        .connectors()
+        .with("smartflex", std::sync::Arc::new(NulSmartflex));
+    let h = Harness::with_connectors(db, sims, connectors).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    let mut attempts = 0;
+    for _ in 0..20 {
+        attempts += h.jobs().await;
+        h.advance(Duration::from_secs(300));
+    }
+    // Each failure was recorded (a NUL refused by PostgreSQL would have
+    // left the job running and called again after its lease, forever).
+    assert_eq!(attempts, 8, "the retry policy's attempts, then no more");
+    let incidents = h.engine.incidents(Some("open"), Some(&id)).await.unwrap();
+    assert_eq!(incidents.len(), 1, "retries exhausted: one incident");
+    assert!(
+        incidents[0].message.contains("\u{FFFD}\u{FFFD}gz") && !incidents[0].message.contains('\0'),
+        "{:?}",
+        incidents[0].message
+    );
+    let history = h.engine.history(&id).await.unwrap();
+    let failed = history.iter().filter(|e| e.kind == "job_failed").count();
+    assert_eq!(failed, 7, "every retried failure is in the history");
+}
+on_both_backends!(
+    p06_connector_error_holding_nul,
+    super::a_connector_error_holding_nul_ends_in_an_incident
 );
 
 async fn form_errors_change_nothing(db: Db) {

@@ -1394,6 +1394,7 @@ async fn apply_job_result(
     result: Result<Map<String, Value>, ConnectorError>,
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
+    let result = result.map_err(ConnectorError::printable);
     let mut row = load(conn, &job.instance_id).await?;
     let process = ctx.processes.get(conn, row.definition_id).await?;
     let token = job.token as u32;

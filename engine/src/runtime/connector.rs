@@ -48,6 +48,34 @@ pub enum ConnectorError {
     },
 }
 
+impl ConnectorError {
+    /// The same error with every U+0000 in its text replaced by U+FFFD.
+    ///
+    /// A system's text reaches the jobs', incidents' and journal's columns,
+    /// and PostgreSQL refuses a NUL in text and JSON: one such character
+    /// (a proxy's gzip page, a remote message) would make recording the
+    /// result fail on every attempt, so the call would run again and again
+    /// with no incident.
+    pub fn printable(self) -> ConnectorError {
+        fn clean(text: String) -> String {
+            if text.contains('\0') {
+                text.replace('\0', "\u{FFFD}")
+            } else {
+                text
+            }
+        }
+        match self {
+            ConnectorError::Business { code, message } => ConnectorError::Business {
+                code: clean(code),
+                message: clean(message),
+            },
+            ConnectorError::Transient { message } => ConnectorError::Transient {
+                message: clean(message),
+            },
+        }
+    }
+}
+
 /// Whether a system can be reached, for `/readyz` and metrics.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "status")]
