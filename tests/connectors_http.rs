@@ -20,13 +20,20 @@ use tramite_tests::p06::{
 /// The shipped connector file of `system`, pointed at `server`, with the
 /// timeouts and retry waits of a test (1 s, 3 tries 20–100 ms apart).
 fn http_connector(system: &str, server: &Server) -> HttpConnector {
+    http_connector_at(system, &server.base_url(system), |text| text)
+}
+
+/// The shipped connector file of `system` at `base_url`, edited by `edit`,
+/// with the test's timeouts and retry waits.
+fn http_connector_at(
+    system: &str,
+    base_url: &str,
+    edit: impl FnOnce(String) -> String,
+) -> HttpConnector {
     let path = tramite_tests::repo_root().join(format!("connectors/config/{system}.yaml"));
-    let text = std::fs::read_to_string(&path).expect("connector file");
+    let text = edit(std::fs::read_to_string(&path).expect("connector file"));
     let text: String = text
-        .replace(
-            &format!("http://127.0.0.1:8090/{system}"),
-            &server.base_url(system),
-        )
+        .replace(&format!("http://127.0.0.1:8090/{system}"), base_url)
         .lines()
         .map(|l| {
             if l.starts_with("timeout:") {
@@ -210,7 +217,13 @@ async fn refused_connections_then_incident_then_recovery(db: Db) {
     let smartflex = h.connectors.get("smartflex").unwrap().clone();
     assert!(matches!(smartflex.health().await, Health::Up { .. }));
     server.stop().await;
-    assert!(matches!(smartflex.health().await, Health::Down { .. }));
+    match smartflex.health().await {
+        Health::Down { reason } => assert_eq!(
+            reason, "cannot reach the system",
+            "no internal address for /readyz's anonymous callers"
+        ),
+        other => panic!("expected down, got {other:?}"),
+    }
     for _ in 0..20 {
         h.jobs().await;
         h.advance(Duration::from_secs(300));
@@ -239,3 +252,154 @@ on_both_backends!(
     p06_refused_connections_then_incident_then_recovery,
     super::refused_connections_then_incident_then_recovery
 );
+
+/// A server that answers every request with the raw HTTP `answer`, then
+/// closes the connection; its base URL for `system` and how many requests
+/// it answered.
+fn canned(
+    system: &str,
+    answer: Vec<u8>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/{system}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(mut socket) = socket else { return };
+            // Read the head and the body its Content-Length announces.
+            let mut seen = Vec::new();
+            let mut buf = [0_u8; 4096];
+            while let Ok(n) = socket.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&seen).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if seen.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = socket.write_all(&answer);
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    (base, count)
+}
+
+fn answer(status: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+async fn register(
+    connector: &HttpConnector,
+) -> Result<
+    serde_json::Map<String, serde_json::Value>,
+    tramite_engine::runtime::connector::ConnectorError,
+> {
+    use tramite_engine::runtime::connector::{Connector, ConnectorCall};
+    let input = json!({"ci": "4587213", "client_name": "María Elena Rojas Vargas",
+        "phone": "71712345", "address": "Calle Baptista 345", "zone": "Centro",
+        "service": "trio", "channel": "telefono"});
+    connector
+        .call(ConnectorCall {
+            operation: "register_service_request",
+            input: input.as_object().unwrap(),
+            idempotency_key: "tramite:i:registrar:j",
+            attempt: 1,
+        })
+        .await
+}
+
+/// A code under a business-error status that the catalog does not declare
+/// (a "request in progress" for a key still being processed) is no answer
+/// the definition could route: it is a failure the engine retries with the
+/// same idempotency key. A declared one still routes, numeric codes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_declared_codes_are_business_errors() {
+    use tramite_engine::runtime::connector::ConnectorError;
+    let (base, count) = canned(
+        "smartflex",
+        answer(
+            "409 Conflict",
+            r#"{"error":{"code":"SOLICITUD_EN_PROCESO","message":"en proceso"}}"#,
+        ),
+    );
+    let connector = http_connector_at("smartflex", &base, |text| text);
+    match register(&connector).await {
+        Err(ConnectorError::Transient { message }) => {
+            assert!(
+                message.contains("409") && message.contains("SOLICITUD_EN_PROCESO"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "a 4xx is not retried inside the attempt"
+    );
+
+    let (base, _) = canned(
+        "smartflex",
+        answer(
+            "422 Unprocessable Entity",
+            r#"{"error":{"code":1001,"message":"bloqueado"}}"#,
+        ),
+    );
+    let connector = http_connector_at("smartflex", &base, |text| {
+        text.replace(
+            "CLIENTE_BLOQUEADO: client_blocked",
+            "\"1001\": client_blocked",
+        )
+    });
+    match register(&connector).await {
+        Err(ConnectorError::Business { code, message }) => {
+            assert_eq!(
+                (code.as_str(), message.as_str()),
+                ("client_blocked", "bloqueado")
+            )
+        }
+        other => panic!("expected client_blocked, got {other:?}"),
+    }
+}
+
+/// An answer larger than the connector reads is refused, whether its size
+/// is announced or only streamed, instead of being held in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_answer_is_refused() {
+    use tramite_engine::runtime::connector::ConnectorError;
+    let big = "x".repeat(tramite_connectors::http::MAX_ANSWER_BYTES + 1);
+    let announced = answer("200 OK", &big);
+    let mut streamed =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n".to_vec();
+    streamed.extend_from_slice(big.as_bytes());
+    for raw in [announced, streamed] {
+        let (base, _) = canned("smartflex", raw);
+        let connector = http_connector_at("smartflex", &base, |text| text);
+        match register(&connector).await {
+            Err(ConnectorError::Transient { message }) => {
+                assert!(message.contains("larger than 4 MiB"), "{message}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}

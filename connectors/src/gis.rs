@@ -24,7 +24,7 @@ use tramite_engine::runtime::connector::{BoxFuture, Connector, ConnectorCall, Co
 
 use crate::faults::Faults;
 use crate::service::Service;
-use crate::sim::{Answer, Harness, business, fold, text};
+use crate::sim::{Answer, Harness, business, fold, text, zone_key};
 
 /// The name of GIS's one operation.
 pub const OPERATION: &str = "check_coverage";
@@ -334,8 +334,8 @@ impl Simulator {
     /// or `Tiquipaya`, the zones of that municipality (so `Centro` in
     /// `Sacaba` is `Sacaba Centro`); any other city is outside it.
     pub fn find_zone(&self, zone: &str, city: Option<&str>) -> Option<&Zone> {
-        let folded = fold(zone);
-        let wanted = folded.strip_prefix("zona ").unwrap_or(&folded);
+        let wanted = zone_key(zone);
+        let wanted = wanted.as_str();
         let names = |z: &'_ Zone| {
             std::iter::once(fold(&z.name))
                 .chain(z.aliases.iter().map(|a| fold(a)))

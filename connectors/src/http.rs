@@ -237,7 +237,14 @@ pub struct HttpConnector {
     client: reqwest::Client,
     credentials: Credentials,
     backoff: ExponentialBuilder,
+    /// Operation → the business errors the catalog declares for it: an
+    /// answer naming anything else is not routed as a business error.
+    business_errors: BTreeMap<String, Vec<String>>,
 }
+
+/// The largest answer read from a system (4 MiB): a backend that streams
+/// more is failing, and up to one answer per worker is held in memory.
+pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 impl std::fmt::Debug for HttpConnector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -383,6 +390,18 @@ impl HttpConnector {
         if !problems.is_empty() {
             return Err(Error::Invalid { problems });
         }
+        let business_errors = catalog
+            .connector(&config.system)
+            .map(|spec| {
+                spec.operations
+                    .iter()
+                    .map(|o| {
+                        let names = o.errors.iter().map(|e| e.name.clone()).collect();
+                        (o.name.clone(), names)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let timeout = config
             .timeout
             .as_ref()
@@ -417,6 +436,7 @@ impl HttpConnector {
             client,
             credentials,
             backoff,
+            business_errors,
         })
     }
 
@@ -428,6 +448,27 @@ impl HttpConnector {
     /// Its configuration.
     pub fn config(&self) -> &HttpConfig {
         &self.config
+    }
+
+    /// The longest one job attempt can take through this connector: every
+    /// try running to its timeout, with the longest waits between tries
+    /// (jitter at most doubles a wait). A service task whose own `timeout`
+    /// is shorter cuts the last tries off, and its incident then says "no
+    /// answer in time" instead of the system's own failure.
+    pub fn longest_attempt(&self) -> StdDuration {
+        let timeout = self
+            .config
+            .timeout
+            .as_ref()
+            .map_or(StdDuration::from_secs(10), Duration::as_std);
+        let (tries, first, max) = match &self.config.retry {
+            Some(r) => (r.attempts, r.first_delay.as_std(), r.max_delay.as_std()),
+            None => (3, StdDuration::from_millis(200), StdDuration::from_secs(2)),
+        };
+        let waits: StdDuration = (0..tries.saturating_sub(1))
+            .map(|i| first.saturating_mul(1 << i.min(20)).min(max) * 2)
+            .sum();
+        timeout.saturating_mul(tries) + waits
     }
 
     fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -496,10 +537,7 @@ impl HttpConnector {
             Failure::retry(format!("{what}: {url}"))
         })?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| Failure::retry(format!("reading the answer of {url} failed: {e}")))?;
+        let bytes = read_answer(response, &url).await?;
         let body: Option<Value> = serde_json::from_slice(&bytes).ok();
         if status.is_success() {
             let body =
@@ -512,21 +550,36 @@ impl HttpConnector {
                 })
                 .collect());
         }
+        let declared = self
+            .business_errors
+            .get(call.operation)
+            .map_or(&[][..], Vec::as_slice);
         if let Some(body) = &body {
             for rule in op
                 .errors
                 .iter()
                 .filter(|r| r.status.contains(&status.as_u16()))
             {
-                if let Some(code) = body.pointer(&rule.code).and_then(Value::as_str) {
-                    let name = rule.map.get(code).map_or(code, String::as_str);
+                let code = match body.pointer(&rule.code) {
+                    Some(Value::String(code)) => code.clone(),
+                    Some(Value::Number(code)) => code.to_string(),
+                    _ => continue,
+                };
+                let name = rule.map.get(&code).unwrap_or(&code);
+                // A code the catalog does not declare ("request in
+                // progress", a new code of the system's) is no business
+                // answer the definition could route: it falls through to
+                // the transient path below, so the engine retries it with
+                // the same idempotency key rather than an incident whose
+                // retry would start over with a new key.
+                if declared.contains(name) {
                     let message = rule
                         .message
                         .as_deref()
                         .and_then(|p| body.pointer(p))
                         .map_or_else(|| format!("HTTP {status}"), plain);
                     return Err(Failure::Business(ConnectorError::Business {
-                        code: name.to_owned(),
+                        code: name.clone(),
                         message,
                     }));
                 }
@@ -542,6 +595,35 @@ impl HttpConnector {
             Err(Failure::stop(message))
         }
     }
+}
+
+/// Reads an answer's body, refusing one over [`MAX_ANSWER_BYTES`] without
+/// holding more than that.
+async fn read_answer(mut response: reqwest::Response, url: &str) -> Result<Vec<u8>, Failure> {
+    let too_large = || {
+        Failure::stop(format!(
+            "the answer of {url} is larger than {} MiB",
+            MAX_ANSWER_BYTES / (1024 * 1024)
+        ))
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| Failure::retry(format!("reading the answer of {url} failed: {e}")))?
+    {
+        if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// What one exchange ended with, short of a result.
@@ -628,18 +710,60 @@ impl Connector for HttpConnector {
                 Ok(r) if r.status().is_success() => Health::Up {
                     latency_ms: started.elapsed().as_secs_f64() * 1_000.0,
                 },
-                Ok(r) => Health::Down {
-                    reason: format!("HTTP {} from {url}", r.status()),
-                },
+                // `/readyz` is open to load balancers: the reasons name no
+                // internal address (the log and the file have it).
+                Ok(r) => {
+                    tracing::info!(system = %self.config.system, %url, status = %r.status(), "health check failed");
+                    Health::Down {
+                        reason: format!("health check answered HTTP {}", r.status().as_u16()),
+                    }
+                }
                 Err(e) if e.is_timeout() => Health::Down {
-                    reason: format!("{url} timed out"),
+                    reason: "health check timed out (2 s)".to_owned(),
                 },
-                Err(_) => Health::Down {
-                    reason: format!("cannot reach {url}"),
-                },
+                Err(e) => {
+                    tracing::info!(system = %self.config.system, %url, error = %e, "health check failed");
+                    Health::Down {
+                        reason: "cannot reach the system".to_owned(),
+                    }
+                }
             }
         })
     }
+}
+
+/// The service tasks of `definition` whose attempt budget (their `timeout`,
+/// else `default_timeout`) is shorter than the longest attempt of the HTTP
+/// connector they call (`longest`, by system), one line each.
+pub fn attempts_cut_short(
+    definition: &tramite_engine::definition::Definition,
+    longest: &BTreeMap<String, StdDuration>,
+    default_timeout: StdDuration,
+) -> Vec<String> {
+    definition
+        .nodes
+        .iter()
+        .filter_map(|node| match &node.kind {
+            tramite_engine::definition::NodeKind::ServiceTask(task) => {
+                let longest = *longest.get(&task.connector)?;
+                let budget = task
+                    .timeout
+                    .as_ref()
+                    .map_or(default_timeout, Duration::as_std);
+                (longest >= budget).then(|| {
+                    format!(
+                        "{} `{}`: its timeout ({} s) is shorter than {}'s tries can take ({} s: `timeout` × `retry.attempts` and the waits)",
+                        definition.code,
+                        node.id,
+                        budget.as_secs_f64(),
+                        task.connector,
+                        longest.as_secs_f64()
+                    )
+                })
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Chooses rustls' ring provider for this process's HTTPS (once; later
@@ -892,6 +1016,42 @@ operations:
     errors:
       - {status: [422], code: /error/code, message: /error/message}
 ";
+
+    /// The shipped files give every P06 service task's attempt room for
+    /// all of its HTTP tries; a slower file is named with its node.
+    #[test]
+    fn shipped_files_fit_the_p06_timeouts() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let p06 = std::fs::read_to_string(root.join("processes/ope-sum-ven-p06.yaml")).unwrap();
+        let parsed = tramite_engine::loader::parse(&p06);
+        assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+        let definition = parsed.definition;
+        let secrets = |_: &str| Some("secret".to_owned());
+        let file = |system: &str, edit: &dyn Fn(String) -> String| {
+            let path = root.join(format!("connectors/config/{system}.yaml"));
+            let text = edit(std::fs::read_to_string(&path).unwrap());
+            HttpConnector::from_yaml(&path, &text, &crate::catalog(), &secrets).unwrap()
+        };
+        let longest = |edit: &dyn Fn(String) -> String| -> BTreeMap<String, StdDuration> {
+            ["naf", "gis", "smartflex"]
+                .into_iter()
+                .map(|s| (s.to_owned(), file(s, edit).longest_attempt()))
+                .collect()
+        };
+        let default = StdDuration::from_secs(30);
+        assert_eq!(
+            attempts_cut_short(&definition, &longest(&|t| t), default),
+            Vec::<String>::new()
+        );
+        let slow = longest(&|t: String| t.replace("timeout: 3s", "timeout: 5s"));
+        assert_eq!(slow["naf"], StdDuration::from_millis(15_600));
+        let problems = attempts_cut_short(&definition, &slow, default);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("OPE-SUM-VEN-P06 `consultar_naf`: its timeout (10 s)"),
+            "{problems:?}"
+        );
+    }
 
     #[test]
     fn a_good_file_loads() {

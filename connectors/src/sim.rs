@@ -109,6 +109,16 @@ pub(crate) fn text<'a>(input: &'a Map<String, Value>, name: &str) -> Option<&'a 
 /// A name folded for comparison: lower case, without accents, every run of
 /// other characters than letters and digits made one space, trimmed.
 /// `"  Hipódromo "` and `"HIPODROMO"` fold alike.
+/// A zone as systems compare it: folded, and a leading "zona" dropped
+/// ("Zona Tiquipaya" is Tiquipaya), as agents type it either way.
+pub(crate) fn zone_key(zone: &str) -> String {
+    let folded = fold(zone);
+    match folded.strip_prefix("zona ") {
+        Some(rest) => rest.to_owned(),
+        None => folded,
+    }
+}
+
 pub(crate) fn fold(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut space = false;

@@ -18,7 +18,7 @@ use tramite_engine::runtime::connector::{BoxFuture, Connector, ConnectorCall, Co
 use crate::faults::Faults;
 use crate::naf::{self, Impediment};
 use crate::service::Service;
-use crate::sim::{Answer, Harness, business, fold, rfc3339_utc, text};
+use crate::sim::{Answer, Harness, business, rfc3339_utc, text, zone_key};
 
 /// The name of Smartflex's one operation.
 pub const OPERATION: &str = "register_service_request";
@@ -115,11 +115,11 @@ impl Config {
             Service::DuoInternetTv => 4,
             Service::Trio => 5,
         };
-        let zone = fold(zone);
+        let zone = zone_key(zone);
         let backlog = self
             .zone_backlog_days
             .iter()
-            .find(|(z, _)| fold(z) == zone)
+            .find(|(z, _)| zone_key(z) == zone)
             .map_or(self.default_backlog_days, |&(_, days)| days);
         (lead + backlog).clamp(2, 15)
     }
@@ -296,12 +296,12 @@ impl Simulator {
                 format!("`{service_code}` is not a product on sale"),
             ));
         };
-        let folded_zone = fold(&zone);
+        let folded_zone = zone_key(&zone);
         if let Some(r) = self
             .config
             .not_sold
             .iter()
-            .find(|r| r.service == service && fold(&r.zone) == folded_zone)
+            .find(|r| r.service == service && zone_key(&r.zone) == folded_zone)
         {
             return Err(business(
                 "product_not_available",
@@ -559,6 +559,7 @@ mod tests {
             ("Sarco", "TRIO"),
             ("Tiquipaya", "trio"),
             ("tiquipaya", "telefonia_fija"),
+            ("Zona Tiquipaya", "trio"),
         ] {
             let answer = register(&sim, "k", 1, &sale("4587213", zone, service)).await;
             assert_eq!(code(answer), "product_not_available", "{zone} {service}");
@@ -601,6 +602,10 @@ mod tests {
         }
         assert_eq!(config.estimated_days("HIPODROMO", Service::Television), 3);
         assert_eq!(config.estimated_days("Zona Desconocida", Service::Trio), 8);
+        assert_eq!(
+            config.estimated_days("Zona Tiquipaya", Service::Television),
+            9
+        );
     }
 
     #[tokio::test]
