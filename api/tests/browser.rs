@@ -424,7 +424,7 @@ async fn agent_completes_p06_through_the_pages() {
     // The instance page: status, timeline, documents.
     ui.goto(&format!("/instances/{id}")).await;
     assert_eq!(ui.text("#outcome").await, "venta_concretada");
-    assert!(ui.text("#timeline").await.contains("task completed"));
+    assert!(ui.text("#timeline").await.contains("tarea completada"));
     assert!(
         ui.text("#doc-contrato_servicios")
             .await

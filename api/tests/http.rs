@@ -12,6 +12,7 @@ use tramite_api::http::{AppState, Users, Webhooks, WhatsApp, router};
 use tramite_tests::engine::{Db, Harness};
 
 const AGENT: &str = "token-agente";
+const AGENT2: &str = "token-agente-2";
 const LEAD: &str = "token-responsable";
 const INSTALLER: &str = "token-instalaciones";
 const CHANNEL: &str = "token-canal";
@@ -41,6 +42,7 @@ impl Api {
         let h = Harness::new(db).await;
         let users = Users::default()
             .with("ana", AGENT, &["agente_ventas_digitales"])
+            .with("bea", AGENT2, &["agente_ventas_digitales"])
             .with(
                 "luis",
                 LEAD,
@@ -1475,3 +1477,114 @@ async fn language_switch_stays_on_the_site() {
         );
     }
 }
+
+/// A web page request as the browser sends it: the session cookie, a form
+/// body where there is one; its status, headers and HTML.
+async fn page(
+    api: &Api,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    form: Option<&str>,
+    htmx: bool,
+) -> (StatusCode, axum::http::HeaderMap, String) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        request = request.header("cookie", format!("tramite_token={t}"));
+    }
+    if htmx {
+        request = request.header("hx-request", "true");
+    }
+    let request = match form {
+        Some(f) => request
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(f.to_owned())),
+        None => request.body(Body::empty()),
+    }
+    .unwrap();
+    let response = api.app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, headers, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+/// The task page proposes each field's `default` (step 7.1 opens with GIS's
+/// verdict ticked), as the API's task does; once completed, the page says
+/// so instead of offering the form again, a second click of the same
+/// agent lands in the inbox, and another agent's late submit is a 409 that
+/// shows the task closed. Pages are never cached by the browser.
+async fn task_pages_propose_defaults_and_close_once_done(db: Db) {
+    use tramite_tests::p06::{through_coverage, through_identification};
+    let api = Api::new(db).await;
+    let id = through_identification(&api.h, "4587213").await;
+    through_coverage(&api.h, &id, "Cala Cala").await;
+    assert_eq!(
+        api.h.instance(&id).await.state.variables["gis_capacidad"],
+        json!(true)
+    );
+    let task = api.h.task(&id, "verificar_capacidad").await.id;
+    let (status, view) = api.get(&format!("/api/v1/tasks/{task}"), AGENT).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        view["proposed"]["capacidad_confirmada"],
+        json!(true),
+        "{view}"
+    );
+
+    let uri = format!("/tasks/{task}");
+    let (status, headers, html) = page(&api, Method::GET, &uri, Some(AGENT), None, false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(
+        html.contains(
+            r#"id="f-capacidad_confirmada" name="capacidad_confirmada" value="true" checked>"#
+        ),
+        "GIS's verdict is proposed: {html}"
+    );
+    let title = &html[html.find("<title>").unwrap()..html.find("</title>").unwrap()];
+    assert!(!title.contains("<script"), "{title}");
+    assert!(html.contains(r#"id="task-form""#));
+
+    let form = "capacidad_confirmada__present=1&capacidad_confirmada=true&outcome=continuar";
+    for _ in 0..2 {
+        // The second is the agent's double click.
+        let (status, headers, _) =
+            page(&api, Method::POST, &uri, Some(AGENT), Some(form), false).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(headers["location"], "/inbox?done=1");
+    }
+    let history = api.h.history(&id).await;
+    assert_eq!(
+        history.iter().filter(|k| *k == "task_completed").count(),
+        4,
+        "steps 2, 3, 5 and 7.1, each once: {history:?}"
+    );
+    let (status, _, html) = page(&api, Method::GET, &uri, Some(AGENT), None, false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains(r#"id="task-closed""#) && html.contains("ana"),
+        "{html}"
+    );
+    assert!(
+        !html.contains(r#"id="task-form""#),
+        "no form to fill in again"
+    );
+    assert!(html.contains("Concluida"));
+    let (status, _, html) = page(&api, Method::POST, &uri, Some(AGENT2), Some(form), false).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(html.contains(r#"id="task-closed""#), "{html}");
+
+    // The inbox's refresh after the session ended goes to the sign-in page
+    // rather than pasting it into the table.
+    let (status, headers, html) = page(&api, Method::GET, "/inbox/rows", None, None, true).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["hx-redirect"], "/login");
+    assert!(html.is_empty());
+    let (status, headers, _) = page(&api, Method::GET, "/inbox/rows", None, None, false).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/login");
+}
+both!(task_pages_propose_defaults_and_close_once_done);

@@ -680,9 +680,14 @@ async fn task(
     let instance = s.engine.instance(&task.instance_id).await?;
     let process = s.engine.process(instance.definition_id).await?;
     let node = process.definition.node(&task.node_id);
-    let (instructions, form, outcomes) = match node.map(|n| &n.kind) {
-        Some(NodeKind::UserTask(t)) => (json!(t.instructions), json!(t.form), json!(t.outcomes)),
-        _ => (Value::Null, json!([]), json!([])),
+    let (instructions, form, outcomes, proposed) = match node.map(|n| &n.kind) {
+        Some(NodeKind::UserTask(t)) => (
+            json!(t.instructions),
+            json!(t.form),
+            json!(t.outcomes),
+            process.proposed(&t.form, &instance),
+        ),
+        _ => (Value::Null, json!([]), json!([]), Map::new()),
     };
     Ok(Json(json!({
         "task": task,
@@ -690,6 +695,7 @@ async fn task(
         "step": node.and_then(|n| n.step.clone()),
         "instructions": instructions,
         "form": form,
+        "proposed": proposed,
         "outcomes": outcomes,
         "instance": {"id": instance.id, "business_key": instance.business_key, "channel": instance.channel, "variables": instance.state.variables},
     })))

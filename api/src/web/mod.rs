@@ -67,6 +67,31 @@ pub fn routes() -> Router<Arc<AppState>> {
             get(|| asset(MERMAID, "text/javascript")),
         )
         .route("/assets/app.css", get(|| asset(CSS.as_bytes(), "text/css")))
+        .layer(axum::middleware::from_fn(page_headers))
+}
+
+/// Pages hold clients' data, so none is kept by the browser: on a shared
+/// call-centre PC the Back button after "Salir" must not bring back the
+/// last agent's task (assets set their own caching). An htmx request
+/// whose session has ended (the inbox's refresh) is told to load the
+/// sign-in page, instead of having it pasted into the task table.
+async fn page_headers(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let htmx = request.headers().contains_key("hx-request");
+    let mut response = next.run(request).await;
+    let to_login = response.status() == StatusCode::SEE_OTHER
+        && response
+            .headers()
+            .get(header::LOCATION)
+            .is_some_and(|l| l == "/login");
+    if htmx && to_login {
+        response = (StatusCode::UNAUTHORIZED, [("hx-redirect", "/login")]).into_response();
+    }
+    if !response.headers().contains_key(header::CACHE_CONTROL) {
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
 }
 
 async fn asset(bytes: &'static [u8], kind: &'static str) -> Response {
@@ -408,11 +433,13 @@ async fn task_model(
         .messages_of(&instance.id)
         .await
         .map_err(|e| ses.fail(e))?;
+    let proposed = process.proposed(&ut.form, &instance);
     let fields = ut
         .form
         .iter()
-        .map(|f| FieldView::new(f, lang, &instance.state.variables, submitted, errors))
+        .map(|f| FieldView::new(f, lang, &proposed, submitted, errors))
         .collect();
+    let open = matches!(task.status.as_str(), "open" | "claimed");
     Ok(TaskPage {
         w: ses.w,
         user: None,
@@ -427,11 +454,17 @@ async fn task_model(
         instance_id: instance.id.clone(),
         business_key: instance.business_key.clone(),
         channel: instance.channel.clone(),
-        status: if task.status == "claimed" {
-            ses.w.claimed.to_owned()
-        } else {
-            ses.w.open.to_owned()
-        },
+        status: match task.status.as_str() {
+            "open" => ses.w.open,
+            "claimed" => ses.w.claimed,
+            "completed" => ses.w.completed,
+            "cancelled" => ses.w.cancelled,
+            other => other,
+        }
+        .to_owned(),
+        open,
+        closed_by: task.completed_by.clone().unwrap_or_default(),
+        closed_at: task.completed_at.map(local_time).unwrap_or_default(),
         assignee: task.assignee.clone().unwrap_or_default(),
         mine: task.assignee.as_deref() == Some(ses.user.name.as_str()),
         instructions: ut
@@ -481,6 +514,11 @@ async fn task_submit(
 ) -> Result<Response, PageError> {
     let ses = session(&s, &headers)?;
     let (task, _, process) = user_task(&s, &ses, &id).await?;
+    if task.status == "completed" && task.completed_by.as_deref() == Some(ses.user.name.as_str()) {
+        // A second click on the button (or a resent form): the first one
+        // completed the task, which is what the agent asked for.
+        return Ok(Redirect::to("/inbox?done=1").into_response());
+    }
     let ut = user_task_node(&process, &task.node_id).map_err(|e| ses.fail(e))?;
     let outcome = form.get("outcome").cloned().unwrap_or_default();
     let (data, mut errors) = form_data(&ut.form, &form);
@@ -498,6 +536,12 @@ async fn task_submit(
         {
             Ok(_) => return Ok(Redirect::to("/inbox?done=1").into_response()),
             Err(tramite_engine::Error::InvalidData { errors: e }) => errors = e,
+            Err(tramite_engine::Error::TaskNotOpen { .. }) => {
+                // Completed or cancelled meanwhile: the page says by whom.
+                let mut page = task_model(&s, &ses, &id, None, &[]).await?;
+                page.user = Some(ses.user.clone());
+                return Ok((StatusCode::CONFLICT, render(&page)).into_response());
+            }
             Err(e) => return Err(ses.fail(e)),
         }
     }
@@ -920,15 +964,96 @@ fn enc(text: &str) -> String {
         .collect()
 }
 
+/// A definition's instructions as HTML: no raw HTML, and links and images
+/// only to web, mail and phone addresses or to this site (a `javascript:`
+/// link would run in every agent's session who clicks it).
 fn markdown(text: &str) -> String {
+    use pulldown_cmark::{Event, Tag};
     let parser = pulldown_cmark::Parser::new_ext(text, pulldown_cmark::Options::ENABLE_TABLES)
-        .filter(|e| {
-            !matches!(
-                e,
-                pulldown_cmark::Event::Html(_) | pulldown_cmark::Event::InlineHtml(_)
-            )
+        .filter(|e| !matches!(e, Event::Html(_) | Event::InlineHtml(_)))
+        .map(|e| match e {
+            Event::Start(Tag::Link {
+                link_type,
+                dest_url,
+                title,
+                id,
+            }) if !safe_url(&dest_url) => Event::Start(Tag::Link {
+                link_type,
+                dest_url: "#".into(),
+                title,
+                id,
+            }),
+            Event::Start(Tag::Image {
+                link_type,
+                dest_url,
+                title,
+                id,
+            }) if !safe_url(&dest_url) => Event::Start(Tag::Image {
+                link_type,
+                dest_url: "#".into(),
+                title,
+                id,
+            }),
+            other => other,
         });
     let mut html = String::new();
     pulldown_cmark::html::push_html(&mut html, parser);
     html
+}
+
+/// A relative address, or one whose scheme is http, https, mailto or tel.
+fn safe_url(url: &str) -> bool {
+    let scheme_end = url.find(':');
+    let path_start = url.find(['/', '?', '#']);
+    match (scheme_end, path_start) {
+        (None, _) => true,
+        (Some(colon), Some(slash)) if slash < colon => true,
+        (Some(colon), _) => matches!(
+            url[..colon].to_ascii_lowercase().as_str(),
+            "http" | "https" | "mailto" | "tel"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instructions_link_only_to_safe_addresses() {
+        for bad in [
+            "[Ver protocolo](javascript:fetch('/incidents/x/retry'))",
+            "<javascript:alert(1)>",
+            "[x](JaVaScRiPt:alert(1))",
+            "[x](vbscript:msgbox)",
+            "![i](data:text/html;base64,PHNjcmlwdD4=)",
+            "[x][ref]\n\n[ref]: javascript:alert(1)",
+        ] {
+            let html = markdown(bad);
+            let targets: Vec<&str> = [" href=\"", " src=\""]
+                .iter()
+                .flat_map(|attr| html.split(attr).skip(1))
+                .filter_map(|rest| rest.split('"').next())
+                .collect();
+            assert!(
+                !targets.is_empty() && targets.iter().all(|t| *t == "#"),
+                "{bad} gave {html}"
+            );
+        }
+        for good in [
+            "[web](https://www.entel.bo/planes)",
+            "[inbox](/inbox?role=x)",
+            "[correo](mailto:ventas@example.bo)",
+            "[llamar](tel:+59171712345)",
+            "[abajo](#paso-3)",
+            "[rel](docs/protocolo.pdf)",
+            "[hora](/x?at=10:30)",
+        ] {
+            let target = &good[good.find('(').unwrap() + 1..good.len() - 1];
+            assert!(
+                markdown(good).contains(&format!("href=\"{target}\"")),
+                "{good}"
+            );
+        }
+    }
 }

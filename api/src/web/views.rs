@@ -134,13 +134,13 @@ impl FieldView {
     pub(super) fn new(
         f: &Field,
         lang: Lang,
-        variables: &Map<String, Value>,
+        proposed: &Map<String, Value>,
         submitted: Option<&HashMap<String, String>>,
         errors: &[FieldError],
     ) -> FieldView {
         let value = match submitted {
             Some(form) => form.get(&f.name).cloned().unwrap_or_default(),
-            None => variables.get(&f.name).map(plain).unwrap_or_default(),
+            None => proposed.get(&f.name).map(plain).unwrap_or_default(),
         };
         let kind = if !f.options.is_empty() {
             "select"
@@ -219,10 +219,13 @@ fn in_words(message: &str, lang: Lang) -> String {
         return (*es).to_owned();
     }
     for (en, es) in [
+        ("must have at least ", "Debe tener al menos "),
+        ("must have at most ", "Debe tener como máximo "),
         ("must be at least ", "Debe ser al menos "),
         ("must be at most ", "Debe ser como máximo "),
     ] {
         if let Some(rest) = message.strip_prefix(en) {
+            let rest = rest.replace(" characters", " caracteres");
             return format!("{es}{rest}.");
         }
     }
@@ -303,6 +306,11 @@ pub(super) struct TaskPage {
     pub(super) business_key: String,
     pub(super) channel: String,
     pub(super) status: String,
+    /// Open or claimed: the form is shown.
+    pub(super) open: bool,
+    /// Who completed it and when, once it is no longer open.
+    pub(super) closed_by: String,
+    pub(super) closed_at: String,
     pub(super) assignee: String,
     pub(super) mine: bool,
     pub(super) instructions: String,
@@ -674,7 +682,7 @@ pub(super) fn timeline(def: &Definition, history: &[Entry], lang: Lang) -> Vec<T
             };
             TimelineEntry {
                 at: local_time(e.at),
-                what: e.kind.replace('_', " "),
+                what: event_words(&e.kind, lang),
                 node: node_title(e.node_id.as_deref().and_then(|n| def.node(n)), lang),
                 actor: e.actor.clone(),
                 detail: detail.chars().take(240).collect(),
@@ -682,6 +690,46 @@ pub(super) fn timeline(def: &Definition, history: &[Entry], lang: Lang) -> Vec<T
             }
         })
         .collect()
+}
+
+/// A history entry's kind as a person reads it: in Spanish on Spanish
+/// pages, else the kind with spaces.
+fn event_words(kind: &str, lang: Lang) -> String {
+    let spanish = match kind {
+        "instance_started" => "solicitud iniciada",
+        "instance_completed" => "solicitud concluida",
+        "instance_cancelled" => "solicitud cancelada",
+        "gate_passed" => "decisión tomada",
+        "forked" => "pasos en paralelo",
+        "joined" => "pasos en paralelo unidos",
+        "task_created" => "tarea creada",
+        "task_claimed" => "tarea tomada",
+        "task_unclaimed" => "tarea devuelta",
+        "task_assigned" => "tarea asignada",
+        "task_completed" => "tarea completada",
+        "task_overdue" => "tarea vencida",
+        "job_created" => "consulta a sistema",
+        "job_succeeded" => "sistema respondió",
+        "job_failed" => "sistema falló (se reintenta)",
+        "job_business_error" => "sistema rechazó",
+        "incident_raised" => "incidente",
+        "incident_retried" => "incidente reintentado",
+        "incident_resolved" => "incidente resuelto",
+        "message_awaited" => "espera de mensaje",
+        "message_received" => "mensaje recibido",
+        "message_timed_out" => "mensaje no llegó a tiempo",
+        "timer_scheduled" => "espera programada",
+        "timer_fired" => "plazo cumplido",
+        "child_started" => "procedimiento iniciado",
+        "child_ended" => "procedimiento concluido",
+        "end_reached" => "fin",
+        _ => "",
+    };
+    if lang == Lang::Es && !spanish.is_empty() {
+        spanish.to_owned()
+    } else {
+        kind.replace('_', " ")
+    }
 }
 
 /// Whether a document has been produced or recorded: a task or job at one
@@ -756,5 +804,32 @@ mod tests {
         assert_eq!(local_time(1_795_784_400_000), "27/11/2026 09:00");
         assert_eq!(span(90_000), "1 min");
         assert_eq!(span(3_900_000), "1 h 5 min");
+    }
+
+    #[test]
+    fn history_reads_in_the_pages_language() {
+        assert_eq!(event_words("task_completed", Lang::Es), "tarea completada");
+        assert_eq!(event_words("task_completed", Lang::En), "task completed");
+        assert_eq!(event_words("something_new", Lang::Es), "something new");
+    }
+
+    #[test]
+    fn field_messages_read_in_spanish() {
+        assert_eq!(
+            in_words("must have at least 3 characters", Lang::Es),
+            "Debe tener al menos 3 caracteres."
+        );
+        assert_eq!(
+            in_words("must have at most 1000 characters", Lang::Es),
+            "Debe tener como máximo 1000 caracteres."
+        );
+        assert_eq!(
+            in_words("must be at least 1", Lang::Es),
+            "Debe ser al menos 1."
+        );
+        assert_eq!(
+            in_words("must have at least 3 characters", Lang::En),
+            "must have at least 3 characters"
+        );
     }
 }

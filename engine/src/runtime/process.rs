@@ -88,6 +88,51 @@ impl Process {
         self.declared.contains(name)
     }
 
+    /// The values a form opens with for `instance`: each field's `default`
+    /// expression where it gives a value, else the variable of the field's
+    /// name where it is set. A default that cannot be computed (it reads a
+    /// variable still null, say) proposes nothing rather than failing the
+    /// page: the agent fills the field in.
+    pub fn proposed(
+        &self,
+        fields: &[crate::definition::Field],
+        instance: &crate::store::instances::InstanceRow,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let meta = crate::runtime::machine::InstanceMeta {
+            id: instance.id.clone(),
+            business_key: instance.business_key.clone(),
+            channel: instance.channel.clone(),
+            started_at: instance.started_at,
+        }
+        .value();
+        let variables = &instance.state.variables;
+        let declared = |name: &str| self.declares(name);
+        let scope = crate::runtime::eval::Scope {
+            variables,
+            declared: &declared,
+            instance: &meta,
+            extra: None,
+        };
+        fields
+            .iter()
+            .filter_map(|f| {
+                let proposed = f
+                    .default
+                    .as_ref()
+                    .and_then(|expr| match crate::runtime::eval::eval(expr, &scope) {
+                        Ok(value) => Some(value),
+                        Err(e) => {
+                            tracing::debug!(field = %f.name, error = %e, "no proposed value");
+                            None
+                        }
+                    })
+                    .filter(|v| !v.is_null())
+                    .or_else(|| variables.get(&f.name).filter(|v| !v.is_null()).cloned())?;
+                Some((f.name.clone(), proposed))
+            })
+            .collect()
+    }
+
     /// The start node.
     pub fn start(&self) -> Option<(&str, &crate::definition::Start)> {
         self.definition.nodes.iter().find_map(|n| match &n.kind {
