@@ -39,10 +39,14 @@ pub enum Error {
     /// Zero is not a wait.
     #[error("`{0}` is zero; a duration must be positive")]
     Zero(String),
-    /// Too large to represent.
-    #[error("`{0}` is too large")]
+    /// Longer than [`MAX_DAYS`]: no procedure waits that long, and a due
+    /// time that far ahead would overflow the clock's arithmetic.
+    #[error("`{0}` is too long: at most 3650 days (ten years)")]
     Overflow(String),
 }
+
+/// The longest duration accepted, in days (ten years).
+pub const MAX_DAYS: u64 = 3_650;
 
 impl Duration {
     /// The duration as a standard library value.
@@ -144,6 +148,9 @@ impl FromStr for Duration {
         if millis == 0 {
             return Err(Error::Zero(trimmed.to_owned()));
         }
+        if millis > MAX_DAYS * 86_400_000 {
+            return Err(Error::Overflow(trimmed.to_owned()));
+        }
         Ok(Duration {
             value: std::time::Duration::from_millis(millis),
             source: trimmed.to_owned(),
@@ -223,5 +230,17 @@ mod tests {
             "99999999999999999999d".parse::<Duration>(),
             Err(Error::Overflow(_))
         ));
+        // Fits in u64 milliseconds, but would wrap as the i64 due times
+        // are computed (an escalation firing at once).
+        assert!(matches!(
+            "16000000000w".parse::<Duration>(),
+            Err(Error::Overflow(_))
+        ));
+        assert!(matches!(
+            "3651d".parse::<Duration>(),
+            Err(Error::Overflow(_))
+        ));
+        assert_eq!(secs("3650d"), 3_650 * 86_400);
+        assert_eq!(secs("P521W"), 521 * 604_800);
     }
 }

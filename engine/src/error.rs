@@ -17,6 +17,20 @@ pub enum Error {
         /// What the operating system said.
         source: std::io::Error,
     },
+    /// A definition file is not UTF-8 (saved by an editor in Windows-1252,
+    /// say): where its first byte that is not.
+    #[error(
+        "{}:{line}:{column}: the file is not UTF-8 (saved as Windows-1252 or Latin-1?); save it as UTF-8",
+        path.display()
+    )]
+    NotUtf8 {
+        /// The file.
+        path: PathBuf,
+        /// Line of the first byte that is not UTF-8, from 1.
+        line: usize,
+        /// Its column (in characters), from 1.
+        column: usize,
+    },
     /// Definitions did not load or did not validate; every problem found is inside.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Diagnostics>),

@@ -55,9 +55,26 @@ pub fn read(paths: &[PathBuf]) -> Result<Vec<SourceFile>, Error> {
     files
         .into_iter()
         .map(|path| {
-            let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+            let bytes = std::fs::read(&path).map_err(|source| Error::Read {
                 path: path.clone(),
                 source,
+            })?;
+            let text = String::from_utf8(bytes).map_err(|e| {
+                let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+                let valid = std::str::from_utf8(valid).unwrap_or_default();
+                let line = valid.matches('\n').count() + 1;
+                let column = valid
+                    .rsplit('\n')
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .count()
+                    + 1;
+                Error::NotUtf8 {
+                    path: path.clone(),
+                    line,
+                    column,
+                }
             })?;
             Ok(SourceFile { path, text })
         })
@@ -140,4 +157,25 @@ pub fn compile(
             (f.path.clone(), result)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_not_in_utf8_is_named_with_its_first_bad_byte() {
+        let dir = std::env::temp_dir().join(format!("tramite-latin1-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.yaml");
+        // "Señal" saved in Windows-1252: ñ is the single byte 0xF1.
+        std::fs::write(&path, b"code: X\nname: Se\xf1al\n").unwrap();
+        let err = read(std::slice::from_ref(&dir)).unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        match &err {
+            Error::NotUtf8 { line, column, .. } => assert_eq!((*line, *column), (2, 9)),
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().ends_with("p.yaml:2:9: the file is not UTF-8 (saved as Windows-1252 or Latin-1?); save it as UTF-8"), "{err}");
+    }
 }

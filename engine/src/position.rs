@@ -99,8 +99,20 @@ impl PositionIndex {
     /// was read before the error (syntax errors are reported by the loader).
     pub fn build(text: &str) -> PositionIndex {
         let mut builder = Builder::default();
-        // A parse error leaves the positions found so far; good enough.
-        let _ = Parser::new_from_str(text).load(&mut builder, false);
+        let mut parser = Parser::new_from_str(text);
+        // Events one by one rather than `Parser::load`, which recurses once
+        // per nesting level (a few KB of `- - - …` would overflow the
+        // stack); past serde_yaml's own limit the loader reports the
+        // nesting itself, so the index stops there. A parse error leaves
+        // the positions found so far; good enough.
+        while let Ok((event, mark)) = parser.next_token() {
+            if matches!(event, Event::StreamEnd | Event::DocumentEnd)
+                || builder.stack.len() > MAX_DEPTH
+            {
+                break;
+            }
+            builder.on_event(event, mark);
+        }
         builder.index
     }
 
@@ -139,6 +151,9 @@ enum Frame {
         next: usize,
     },
 }
+
+/// Nesting indexed at most: serde_yaml refuses deeper documents.
+const MAX_DEPTH: usize = 128;
 
 #[derive(Default)]
 struct Builder {
@@ -229,6 +244,22 @@ impl MarkedEventReceiver for Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_nesting_is_indexed_to_a_limit_without_recursion() {
+        // 200,000 levels in 400 KB: `Parser::load` overflowed the stack here.
+        let text = format!("{}x", "- ".repeat(200_000));
+        let index = PositionIndex::build(&text);
+        let mut deep = YamlPath::root();
+        for _ in 0..MAX_DEPTH {
+            deep = deep.index(0);
+        }
+        assert!(index.value(&deep).is_some(), "indexed down to the limit");
+        assert!(index.value(&deep.index(0).index(0)).is_none());
+        let diagnostics = crate::loader::parse(&text).diagnostics;
+        assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+        assert_eq!(diagnostics[0].code, crate::diagnostic::Code::YamlSyntax);
+    }
 
     #[test]
     fn indexes_keys_values_and_sequence_items() {

@@ -145,6 +145,11 @@ impl<'a> Checker<'a> {
         self.diagnostics.push(Diagnostic::new(code, path, message));
     }
 
+    /// How many problems were found so far.
+    fn error_count(&self) -> usize {
+        self.diagnostics.len()
+    }
+
     fn has(&self, code: Code) -> bool {
         self.diagnostics.iter().any(|d| d.code == code)
     }

@@ -38,9 +38,31 @@ fn duplicate_ids<'a>(
     }
 }
 
+/// Whether `id` is letters, digits and `_`, starting with a letter.
+fn is_identifier(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 fn duplicates(c: &mut Checker<'_>) {
     let def = c.def;
     let p = c.parsed;
+    // A node id travels: in diagrams (Mermaid and DOT identifiers), in the
+    // idempotency keys sent to systems as an HTTP header (ASCII only), in
+    // URLs and in metrics labels.
+    for (i, n) in def.nodes.iter().enumerate() {
+        if !is_identifier(&n.id) {
+            c.error(
+                Code::InvalidValue,
+                p.item_path("nodes", i).key("id"),
+                format!(
+                    "node id `{}` must be letters, digits and `_`, starting with a letter (e.g. `paso_1`): it names the step in diagrams, in the keys sent to systems and in addresses",
+                    n.id
+                ),
+            );
+        }
+    }
     duplicate_ids(
         c,
         "node",
@@ -246,6 +268,7 @@ fn documents(c: &mut Checker<'_>) {
 fn fields(c: &mut Checker<'_>, fields: &[Field], base: &YamlPath) {
     for (i, f) in fields.iter().enumerate() {
         let path = base.index(i);
+        let before = c.error_count();
         let textual = matches!(f.ty, VarType::String | VarType::Text);
         let numeric = matches!(f.ty, VarType::Integer | VarType::Number);
         if let Some(pattern) = &f.pattern {
@@ -294,6 +317,29 @@ fn fields(c: &mut Checker<'_>, fields: &[Field], base: &YamlPath) {
                 Code::InvalidSetting,
                 path.key("min_length"),
                 format!("`min_length` ({min}) is greater than `max_length` ({max})"),
+            );
+        }
+        for (key, limit) in [("min", f.min), ("max", f.max)] {
+            if let Some(n) = limit
+                && !n.is_finite()
+            {
+                c.error(
+                    Code::InvalidSetting,
+                    path.key(key),
+                    format!("`{key}` must be a finite number, not {n}"),
+                );
+            }
+        }
+        // The runtime checks submissions with a JSON Schema built from the
+        // fields; one that does not compile would refuse every submission,
+        // so it is refused here, where the owner can fix it.
+        if c.error_count() == before
+            && let Err(e) = crate::runtime::forms::Form::new(std::slice::from_ref(f))
+        {
+            c.error(
+                Code::InvalidSetting,
+                path.clone(),
+                format!("the field cannot be checked at run time: {e}"),
             );
         }
     }
