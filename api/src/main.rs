@@ -511,7 +511,17 @@ async fn scenarios(
             uuid::Uuid::now_v7().simple()
         ));
         let report =
-            tramite_engine::runtime::scenario::run(&scenario, &definitions, &catalog, &dir).await?;
+            match tramite_engine::runtime::scenario::run(&scenario, &definitions, &catalog, &dir)
+                .await
+            {
+                Ok(report) => report,
+                Err(e) => {
+                    // One scenario that cannot run does not stop the others.
+                    failed += 1;
+                    writeln!(out, "FAIL {name}: {e}")?;
+                    continue;
+                }
+            };
         if report.passed() {
             passed += 1;
             writeln!(out, "ok   {name} — {}", report.name)?;

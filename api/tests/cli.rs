@@ -223,3 +223,85 @@ fn test_prints_expected_and_actual_paths_on_failure() {
     );
     assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
 }
+
+/// Scenario mistakes are reported, each in its own scenario, and the run
+/// goes on to the next: a misspelt answer key, a start the procedure
+/// refuses, an outcome on a wait, an answer never used, an expected
+/// variable the procedure does not declare.
+#[test]
+fn test_reports_every_scenario_mistake_and_goes_on() {
+    let out = tramite(&[
+        "test",
+        "tests/scenarios/mistakes",
+        "processes/scenarios/01-venta-concretada.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    for expected in [
+        "answers: `naf.check_portfolo` is not an operation of the catalog",
+        "FAIL tests/scenarios/mistakes/2-channel-not-allowed.yaml",
+        "start: ",
+        "step 1: `outcome` and `data` belong to a `complete` step",
+        "answers: 1 scripted answer(s) for `gis.check_coverage` were never used",
+        "variable `naf_impedimeto` is not declared by OPE-SUM-VEN-P06",
+        "ok   processes/scenarios/01-venta-concretada.yaml",
+        "1 passed, 4 failed",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "`{expected}` missing from:\n{stdout}"
+        );
+    }
+}
+
+/// `serve --connectors DIR` says which systems stay simulated (a folder
+/// without Smartflex's file must not go unnoticed in production) and warns
+/// of a service task whose timeout would cut its connector's tries short.
+#[test]
+fn serve_names_simulated_systems_and_short_timeouts() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("tramite-serve-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("connectors")).unwrap();
+    let naf = std::fs::read_to_string(repo().join("connectors/config/naf.yaml")).unwrap();
+    std::fs::write(
+        dir.join("connectors/naf.yaml"),
+        naf.replace("timeout: 3s", "timeout: 5s"),
+    )
+    .unwrap();
+    let url = format!("sqlite://{}", dir.join("tramite.db").display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tramite"))
+        .args(["serve", "--database-url", &url, "--bind", "127.0.0.1:0"])
+        .arg("--connectors")
+        .arg(dir.join("connectors"))
+        .current_dir(repo())
+        .env("NAF_TOKEN", "x")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let last = line.contains("WhatsApp webhook");
+        lines.push(line);
+        if last {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = lines.join("\n");
+    for expected in [
+        "connector naf → http://127.0.0.1:8090/naf",
+        "connector gis → SIMULATED (no file for it in",
+        "connector smartflex → SIMULATED (no file for it in",
+        "warning: OPE-SUM-VEN-P06 `consultar_naf`: its timeout (10 s) is shorter than naf's tries can take (15.6 s",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "`{expected}` missing from:\n{stdout}"
+        );
+    }
+}

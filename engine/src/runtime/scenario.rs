@@ -269,10 +269,72 @@ pub async fn run(
     config.connectors = connectors;
     config.clock = Arc::clone(&clock) as Arc<dyn crate::runtime::clock::Clock>;
     let engine = Engine::open(config).await?;
-    let result = drive(&engine, &clock, scenario, definitions).await;
+    let result = drive(&engine, &clock, scenario, definitions)
+        .await
+        .map(|mut report| {
+            report
+                .failures
+                .splice(0..0, unknown_answers(scenario, catalog));
+            report.failures.extend(unused_answers(&script));
+            report
+        });
     engine.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
     result
+}
+
+/// Scripted answers for an operation the catalog does not have: a misspelt
+/// key would otherwise only show as a call without answers.
+fn unknown_answers(scenario: &Scenario, catalog: &Catalog) -> Vec<String> {
+    scenario
+        .answers
+        .keys()
+        .filter(|key| {
+            let (connector, operation) = key.split_once('.').unwrap_or((key.as_str(), ""));
+            catalog
+                .connector(connector)
+                .and_then(|c| c.operation(operation))
+                .is_none()
+        })
+        .map(|key| {
+            let known: Vec<String> = catalog
+                .connectors()
+                .flat_map(|c| {
+                    c.operations
+                        .iter()
+                        .map(move |o| format!("{}.{}", c.name, o.name))
+                })
+                .collect();
+            format!(
+                "answers: `{key}` is not an operation of the catalog (known: {})",
+                known.join(", ")
+            )
+        })
+        .collect()
+}
+
+/// Scripted answers no call took: the scenario expected calls that did
+/// not happen.
+fn unused_answers(script: &Script) -> Vec<String> {
+    let left = script.answers.lock().expect("script lock");
+    let mut keys: Vec<_> = left.iter().filter(|(_, a)| !a.is_empty()).collect();
+    keys.sort_by_key(|(k, _)| k.as_str());
+    keys.into_iter()
+        .map(|(key, answers)| {
+            format!(
+                "answers: {} scripted answer(s) for `{key}` were never used",
+                answers.len()
+            )
+        })
+        .collect()
+}
+
+fn report_failure(scenario: &Scenario, failure: String) -> Report {
+    Report {
+        name: scenario.scenario.es.clone(),
+        failures: vec![failure],
+        path: Vec::new(),
+    }
 }
 
 async fn drive(
@@ -282,7 +344,7 @@ async fn drive(
     definitions: &[(String, String)],
 ) -> Result<Report, Error> {
     engine.deploy(definitions.to_vec()).await?;
-    let id = engine
+    let started = engine
         .start(StartInstance {
             code: scenario.procedure.clone(),
             business_key: "SCENARIO".to_owned(),
@@ -291,11 +353,21 @@ async fn drive(
             actor: "scenario".to_owned(),
             request_id: None,
         })
-        .await?;
+        .await;
+    let id = match started {
+        Ok(id) => id,
+        Err(e) => return Ok(report_failure(scenario, format!("start: {}", describe(&e)))),
+    };
     let mut failures = Vec::new();
     engine.run_due_jobs().await?;
     for (n, step) in scenario.steps.iter().enumerate() {
         let at = format!("step {}", n + 1);
+        if step.complete.is_none() && (step.outcome.is_some() || !step.data.is_empty()) {
+            failures.push(format!(
+                "{at}: `outcome` and `data` belong to a `complete` step"
+            ));
+            break;
+        }
         match (&step.complete, &step.message, &step.wait) {
             (Some(node), None, None) => {
                 let Some(task) = open_task(engine, &id, node).await? else {
@@ -324,7 +396,7 @@ async fn drive(
                 }
             }
             (None, Some(m), None) => {
-                engine
+                let published = engine
                     .publish(PublishMessage {
                         name: m.name.clone(),
                         key: m.key.clone(),
@@ -335,7 +407,15 @@ async fn drive(
                             .unwrap_or_else(|| format!("scenario-{}", n + 1)),
                         ttl_ms: 7 * 86_400_000,
                     })
-                    .await?;
+                    .await;
+                if let Err(e) = published {
+                    failures.push(format!(
+                        "{at}: publishing `{}` failed: {}",
+                        m.name,
+                        describe(&e)
+                    ));
+                    break;
+                }
             }
             (None, None, Some(d)) => clock.advance(d.as_std()),
             _ => {
@@ -368,7 +448,15 @@ async fn drive(
             path.join(" → ")
         ));
     }
+    let process = engine.process(instance.definition_id).await?;
     for (name, want) in &scenario.expect.variables {
+        if !process.declares(name) {
+            failures.push(format!(
+                "variable `{name}` is not declared by {}",
+                scenario.procedure
+            ));
+            continue;
+        }
         let got = instance.state.variables.get(name).unwrap_or(&Value::Null);
         if got != want {
             failures.push(format!("variable `{name}`: expected {want}, got {got}"));
