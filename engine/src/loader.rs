@@ -111,13 +111,19 @@ pub fn parse(text: &str) -> Parsed {
             let mut message = syntax_message(&e);
             if message.contains("duplicate entry") {
                 message.push_str(
-                    " (a comma inside `{...}` splits a text in two: put the text in quotes)",
+                    " (inside `{...}`, a comma splits a text in two: put the text in quotes)",
                 );
             }
+            let duplicate = message
+                .contains("duplicate entry")
+                .then(|| parsed.index.first_duplicate())
+                .flatten();
             let mut d = Diagnostic::new(Code::YamlSyntax, YamlPath::root(), message);
-            d.pos = e.location().map(|l| crate::position::Pos {
-                line: l.line() as u32,
-                column: l.column() as u32,
+            d.pos = duplicate.or_else(|| {
+                e.location().map(|l| crate::position::Pos {
+                    line: l.line() as u32,
+                    column: l.column() as u32,
+                })
             });
             parsed.diagnostics.push(d);
             return parsed;

@@ -92,6 +92,8 @@ impl fmt::Display for Pos {
 pub struct PositionIndex {
     values: HashMap<YamlPath, Pos>,
     keys: HashMap<YamlPath, Pos>,
+    /// The first key written a second time in its mapping.
+    duplicate: Option<Pos>,
 }
 
 impl PositionIndex {
@@ -119,6 +121,12 @@ impl PositionIndex {
     /// Where the value at `path` starts.
     pub fn value(&self, path: &YamlPath) -> Option<Pos> {
         self.values.get(path).copied()
+    }
+
+    /// Where the first key repeated within its mapping is (serde_yaml
+    /// reports a duplicate at the mapping's start, which may be far above).
+    pub fn first_duplicate(&self) -> Option<Pos> {
+        self.duplicate
     }
 
     /// Where the key of the entry at `path` is.
@@ -193,7 +201,9 @@ impl Builder {
                         self.index.values.insert(path.clone(), at);
                         *located = true;
                     }
-                    self.index.keys.insert(key_path, at);
+                    if self.index.keys.insert(key_path, at).is_some() {
+                        self.index.duplicate.get_or_insert(at);
+                    }
                     *key = Some(name);
                     None
                 }
