@@ -358,27 +358,43 @@ async fn only_declared_codes_are_business_errors() {
         "a 4xx is not retried inside the attempt"
     );
 
-    let (base, _) = canned(
-        "smartflex",
-        answer(
-            "422 Unprocessable Entity",
-            r#"{"error":{"code":1001,"message":"bloqueado"}}"#,
-        ),
-    );
-    let connector = http_connector_at("smartflex", &base, |text| {
-        text.replace(
-            "CLIENTE_BLOQUEADO: client_blocked",
-            "\"1001\": client_blocked",
-        )
-    });
-    match register(&connector).await {
-        Err(ConnectorError::Business { code, message }) => {
-            assert_eq!(
-                (code.as_str(), message.as_str()),
-                ("client_blocked", "bloqueado")
-            )
+    // A number (written either way) looked up in `map`, and a code that is
+    // already the catalog's name.
+    for (code, numeric_map) in [
+        ("1001", true),
+        ("1001.0", true),
+        ("\"client_blocked\"", false),
+    ] {
+        let (base, _) = canned(
+            "smartflex",
+            answer(
+                "422 Unprocessable Entity",
+                &format!(r#"{{"error":{{"code":{code},"message":"bloqueado"}}}}"#),
+            ),
+        );
+        let connector = http_connector_at("smartflex", &base, |text| {
+            if numeric_map {
+                text.replace(
+                    "CLIENTE_BLOQUEADO: client_blocked",
+                    "\"1001\": client_blocked",
+                )
+            } else {
+                text
+            }
+        });
+        match register(&connector).await {
+            Err(ConnectorError::Business {
+                code: name,
+                message,
+            }) => {
+                assert_eq!(
+                    (name.as_str(), message.as_str()),
+                    ("client_blocked", "bloqueado"),
+                    "{code}"
+                )
+            }
+            other => panic!("{code}: expected client_blocked, got {other:?}"),
         }
-        other => panic!("expected client_blocked, got {other:?}"),
     }
 }
 

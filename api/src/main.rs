@@ -495,8 +495,17 @@ async fn scenarios(
         .collect();
     let catalog = tramite_connectors::catalog();
     let (mut passed, mut failed) = (0, 0);
-    for file in library::read(paths)? {
-        let name = file.path.display().to_string();
+    for path in library::list(paths)? {
+        let name = path.display().to_string();
+        // One file that cannot be read (not UTF-8, say) fails alone.
+        let file = match library::read_file(path) {
+            Ok(file) => file,
+            Err(e) => {
+                failed += 1;
+                writeln!(out, "FAIL {name}: {e}")?;
+                continue;
+            }
+        };
         let scenario: tramite_engine::runtime::scenario::Scenario =
             match serde_yaml::from_str(&file.text) {
                 Ok(s) => s,

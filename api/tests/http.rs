@@ -1564,9 +1564,10 @@ async fn task_pages_propose_defaults_and_close_once_done(db: Db) {
     );
     let (status, _, html) = page(&api, Method::GET, &uri, Some(AGENT), None, false).await;
     assert_eq!(status, StatusCode::OK);
+    let closed = &html[html.find(r#"id="task-closed""#).expect("the closed card")..];
     assert!(
-        html.contains(r#"id="task-closed""#) && html.contains("ana"),
-        "{html}"
+        closed[..closed.find("</div>").unwrap()].contains("(ana, "),
+        "who completed it: {closed}"
     );
     assert!(
         !html.contains(r#"id="task-form""#),

@@ -242,6 +242,17 @@ pub struct HttpConnector {
     business_errors: BTreeMap<String, Vec<String>>,
 }
 
+/// Per-exchange timeout when the file sets none.
+const DEFAULT_TIMEOUT: StdDuration = StdDuration::from_secs(10);
+/// Connection timeout when the file sets none.
+const DEFAULT_CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(3);
+/// Tries per attempt, first and longest wait, when the file sets no `retry`.
+const DEFAULT_TRIES: u32 = 3;
+const DEFAULT_FIRST_DELAY: StdDuration = StdDuration::from_millis(200);
+const DEFAULT_MAX_DELAY: StdDuration = StdDuration::from_secs(2);
+/// How long a health check may take.
+const HEALTH_TIMEOUT: StdDuration = StdDuration::from_secs(2);
+
 /// The largest answer read from a system (4 MiB): a backend that streams
 /// more is failing, and up to one answer per worker is held in memory.
 pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
@@ -405,11 +416,11 @@ impl HttpConnector {
         let timeout = config
             .timeout
             .as_ref()
-            .map_or(StdDuration::from_secs(10), Duration::as_std);
+            .map_or(DEFAULT_TIMEOUT, Duration::as_std);
         let connect = config
             .connect_timeout
             .as_ref()
-            .map_or(StdDuration::from_secs(3), Duration::as_std);
+            .map_or(DEFAULT_CONNECT_TIMEOUT, Duration::as_std);
         install_tls_provider();
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -426,9 +437,9 @@ impl HttpConnector {
                 .with_max_delay(r.max_delay.as_std())
                 .with_max_times(r.attempts.saturating_sub(1) as usize),
             None => ExponentialBuilder::default()
-                .with_min_delay(StdDuration::from_millis(200))
-                .with_max_delay(StdDuration::from_secs(2))
-                .with_max_times(2),
+                .with_min_delay(DEFAULT_FIRST_DELAY)
+                .with_max_delay(DEFAULT_MAX_DELAY)
+                .with_max_times(DEFAULT_TRIES as usize - 1),
         }
         .with_jitter();
         Ok(HttpConnector {
@@ -460,10 +471,10 @@ impl HttpConnector {
             .config
             .timeout
             .as_ref()
-            .map_or(StdDuration::from_secs(10), Duration::as_std);
+            .map_or(DEFAULT_TIMEOUT, Duration::as_std);
         let (tries, first, max) = match &self.config.retry {
             Some(r) => (r.attempts, r.first_delay.as_std(), r.max_delay.as_std()),
-            None => (3, StdDuration::from_millis(200), StdDuration::from_secs(2)),
+            None => (DEFAULT_TRIES, DEFAULT_FIRST_DELAY, DEFAULT_MAX_DELAY),
         };
         let waits: StdDuration = (0..tries.saturating_sub(1))
             .map(|i| first.saturating_mul(1 << i.min(20)).min(max) * 2)
@@ -562,7 +573,15 @@ impl HttpConnector {
             {
                 let code = match body.pointer(&rule.code) {
                     Some(Value::String(code)) => code.clone(),
-                    Some(Value::Number(code)) => code.to_string(),
+                    // `1001` and `1001.0` are one code, as `map` writes it.
+                    Some(Value::Number(code)) => match code.as_f64() {
+                        Some(f)
+                            if code.as_i64().is_none() && f.fract() == 0.0 && f.abs() < 9.0e15 =>
+                        {
+                            format!("{}", f as i64)
+                        }
+                        _ => code.to_string(),
+                    },
                     _ => continue,
                 };
                 let name = rule.map.get(&code).unwrap_or(&code);
@@ -705,7 +724,7 @@ impl Connector for HttpConnector {
             let started = Instant::now();
             let request = self
                 .authorize(self.client.get(&url))
-                .timeout(StdDuration::from_secs(2));
+                .timeout(HEALTH_TIMEOUT);
             match request.send().await {
                 Ok(r) if r.status().is_success() => Health::Up {
                     latency_ms: started.elapsed().as_secs_f64() * 1_000.0,
@@ -719,7 +738,7 @@ impl Connector for HttpConnector {
                     }
                 }
                 Err(e) if e.is_timeout() => Health::Down {
-                    reason: "health check timed out (2 s)".to_owned(),
+                    reason: format!("health check timed out ({} s)", HEALTH_TIMEOUT.as_secs()),
                 },
                 Err(e) => {
                     tracing::info!(system = %self.config.system, %url, error = %e, "health check failed");

@@ -106,9 +106,6 @@ pub(crate) fn text<'a>(input: &'a Map<String, Value>, name: &str) -> Option<&'a 
         .filter(|s| !s.is_empty())
 }
 
-/// A name folded for comparison: lower case, without accents, every run of
-/// other characters than letters and digits made one space, trimmed.
-/// `"  Hipódromo "` and `"HIPODROMO"` fold alike.
 /// A zone as systems compare it: folded, and a leading "zona" dropped
 /// ("Zona Tiquipaya" is Tiquipaya), as agents type it either way.
 pub(crate) fn zone_key(zone: &str) -> String {
@@ -119,6 +116,9 @@ pub(crate) fn zone_key(zone: &str) -> String {
     }
 }
 
+/// A name folded for comparison: lower case, without accents, every run of
+/// other characters than letters and digits made one space, trimmed.
+/// `"  Hipódromo "` and `"HIPODROMO"` fold alike.
 pub(crate) fn fold(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut space = false;

@@ -40,13 +40,15 @@ pub enum Error {
     #[error("`{0}` is zero; a duration must be positive")]
     Zero(String),
     /// Longer than [`MAX_DAYS`]: no procedure waits that long, and a due
-    /// time that far ahead would overflow the clock's arithmetic.
-    #[error("`{0}` is too long: at most 3650 days (ten years)")]
+    /// time far enough ahead would overflow the clock's arithmetic. The
+    /// bound is generous on purpose: stored versions are parsed again at
+    /// every start, and one must never stop loading.
+    #[error("`{0}` is too long: at most 36500 days (a hundred years)")]
     Overflow(String),
 }
 
-/// The longest duration accepted, in days (ten years).
-pub const MAX_DAYS: u64 = 3_650;
+/// The longest duration accepted, in days (a hundred years).
+pub const MAX_DAYS: u64 = 36_500;
 
 impl Duration {
     /// The duration as a standard library value.
@@ -237,10 +239,10 @@ mod tests {
             Err(Error::Overflow(_))
         ));
         assert!(matches!(
-            "3651d".parse::<Duration>(),
+            "36501d".parse::<Duration>(),
             Err(Error::Overflow(_))
         ));
-        assert_eq!(secs("3650d"), 3_650 * 86_400);
-        assert_eq!(secs("P521W"), 521 * 604_800);
+        assert_eq!(secs("36500d"), 36_500 * 86_400);
+        assert_eq!(secs("P5214W"), 5_214 * 604_800);
     }
 }

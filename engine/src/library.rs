@@ -31,6 +31,11 @@ fn is_yaml(path: &Path) -> bool {
 /// Reads the files named, and the YAML files directly inside the folders
 /// named (not their subfolders, where scenarios and other YAML live).
 pub fn read(paths: &[PathBuf]) -> Result<Vec<SourceFile>, Error> {
+    list(paths)?.into_iter().map(read_file).collect()
+}
+
+/// The files [`read`] reads, in order, without reading them.
+pub fn list(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
@@ -52,33 +57,33 @@ pub fn read(paths: &[PathBuf]) -> Result<Vec<SourceFile>, Error> {
     // The same file named twice (`processes/` and `processes/x.yaml`) is read once.
     let mut seen = std::collections::HashSet::new();
     files.retain(|f| seen.insert(f.canonicalize().unwrap_or_else(|_| f.clone())));
-    files
-        .into_iter()
-        .map(|path| {
-            let bytes = std::fs::read(&path).map_err(|source| Error::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let text = String::from_utf8(bytes).map_err(|e| {
-                let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-                let valid = std::str::from_utf8(valid).unwrap_or_default();
-                let line = valid.matches('\n').count() + 1;
-                let column = valid
-                    .rsplit('\n')
-                    .next()
-                    .unwrap_or_default()
-                    .chars()
-                    .count()
-                    + 1;
-                Error::NotUtf8 {
-                    path: path.clone(),
-                    line,
-                    column,
-                }
-            })?;
-            Ok(SourceFile { path, text })
-        })
-        .collect()
+    Ok(files)
+}
+
+/// Reads one file, which must be UTF-8.
+pub fn read_file(path: PathBuf) -> Result<SourceFile, Error> {
+    let bytes = std::fs::read(&path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let valid = std::str::from_utf8(valid).unwrap_or_default();
+        let line = valid.matches('\n').count() + 1;
+        let column = valid
+            .rsplit('\n')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .count()
+            + 1;
+        Error::NotUtf8 {
+            path: path.clone(),
+            line,
+            column,
+        }
+    })?;
+    Ok(SourceFile { path, text })
 }
 
 /// The definition files beside `files` (same folders), for resolving calls.

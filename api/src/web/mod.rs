@@ -454,14 +454,7 @@ async fn task_model(
         instance_id: instance.id.clone(),
         business_key: instance.business_key.clone(),
         channel: instance.channel.clone(),
-        status: match task.status.as_str() {
-            "open" => ses.w.open,
-            "claimed" => ses.w.claimed,
-            "completed" => ses.w.completed,
-            "cancelled" => ses.w.cancelled,
-            other => other,
-        }
-        .to_owned(),
+        status: task_status_word(ses.w, &task.status).to_owned(),
         open,
         closed_by: task.completed_by.clone().unwrap_or_default(),
         closed_at: task.completed_at.map(local_time).unwrap_or_default(),

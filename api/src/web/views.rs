@@ -76,11 +76,7 @@ impl TaskLine {
             code: t.code.clone(),
             business_key: t.business_key.clone(),
             status: t.status.clone(),
-            status_word: if t.status == "claimed" {
-                w.claimed.to_owned()
-            } else {
-                w.open.to_owned()
-            },
+            status_word: task_status_word(w, &t.status).to_owned(),
             assignee: t.assignee.clone().unwrap_or_default(),
             due: t.due_at.map(local_time).unwrap_or_default(),
             due_class: due_class.to_owned(),
@@ -140,7 +136,10 @@ impl FieldView {
     ) -> FieldView {
         let value = match submitted {
             Some(form) => form.get(&f.name).cloned().unwrap_or_default(),
-            None => proposed.get(&f.name).map(plain).unwrap_or_default(),
+            None => proposed
+                .get(&f.name)
+                .map(|v| input_value(f.ty, v))
+                .unwrap_or_default(),
         };
         let kind = if !f.options.is_empty() {
             "select"
@@ -194,6 +193,25 @@ impl FieldView {
                 .join("; "),
             value,
         }
+    }
+}
+
+/// A proposed value as its input takes it: a whole number without `.0`
+/// (a connector's `5.0` in an integer field would be refused on submit), a
+/// date as `YYYY-MM-DD` (a date input shows nothing for a timestamp).
+fn input_value(ty: VarType, value: &Value) -> String {
+    match (ty, value) {
+        (VarType::Integer, Value::Number(n)) => match n.as_f64() {
+            Some(f) if n.as_i64().is_none() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                format!("{}", f as i64)
+            }
+            _ => n.to_string(),
+        },
+        (VarType::Date, Value::String(s)) => match s.get(..10) {
+            Some(day) if s.len() > 10 && s.as_bytes()[10] == b'T' => day.to_owned(),
+            _ => s.clone(),
+        },
+        _ => plain(value),
     }
 }
 
@@ -765,6 +783,17 @@ pub(super) fn documents_of(
 }
 
 /// The instance status in words.
+/// A task's status in the page's words.
+pub(super) fn task_status_word<'a>(w: &Words, status: &'a str) -> &'a str {
+    match status {
+        "open" => w.open,
+        "claimed" => w.claimed,
+        "completed" => w.completed,
+        "cancelled" => w.cancelled,
+        other => other,
+    }
+}
+
 pub(super) fn status_word(w: &Words, status: &str) -> &'static str {
     match status {
         "running" => w.running,
@@ -804,6 +833,28 @@ mod tests {
         assert_eq!(local_time(1_795_784_400_000), "27/11/2026 09:00");
         assert_eq!(span(90_000), "1 min");
         assert_eq!(span(3_900_000), "1 h 5 min");
+    }
+
+    #[test]
+    fn proposed_values_fit_their_inputs() {
+        use serde_json::json;
+        assert_eq!(input_value(VarType::Integer, &json!(5.0)), "5");
+        assert_eq!(input_value(VarType::Integer, &json!(7)), "7");
+        assert_eq!(input_value(VarType::Number, &json!(2.5)), "2.5");
+        assert_eq!(
+            input_value(VarType::Date, &json!("2026-12-06T14:30:00Z")),
+            "2026-12-06"
+        );
+        assert_eq!(
+            input_value(VarType::Date, &json!("2026-12-06")),
+            "2026-12-06"
+        );
+        assert_eq!(input_value(VarType::Date, &json!("mañana")), "mañana");
+        assert_eq!(input_value(VarType::Boolean, &json!(true)), "true");
+        assert_eq!(
+            input_value(VarType::String, &json!("Cala Cala")),
+            "Cala Cala"
+        );
     }
 
     #[test]
