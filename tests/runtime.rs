@@ -296,6 +296,30 @@ on_both_backends!(
     super::a_connector_error_holding_nul_ends_in_an_incident
 );
 
+/// One SQLite file, one engine: a second `serve` on it (an overlapping
+/// restart, two pods on one volume) is refused before it releases the
+/// first one's leases; once the first has stopped, it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_engine_on_one_sqlite_file_is_refused() {
+    let h = Harness::new(Db::Sqlite).await;
+    let id = through_identification(&h, "4587213").await;
+    match tramite_tests::engine::try_second_engine(&h).await {
+        Err(Error::DatabaseInUse { lock, .. }) => {
+            assert!(lock.to_string_lossy().ends_with(".lock"), "{lock:?}")
+        }
+        Err(other) => panic!("expected DatabaseInUse, got {other:?}"),
+        Ok(_) => panic!("a second engine opened the same SQLite file"),
+    }
+    // The first engine is untouched.
+    h.task(&id, "solicitar_domicilio").await;
+    h.engine.shutdown().await;
+    let second = tramite_tests::engine::try_second_engine(&h)
+        .await
+        .expect("opens once the first has stopped");
+    assert_eq!(second.instance(&id).await.unwrap().status, "running");
+    second.shutdown().await;
+}
+
 async fn form_errors_change_nothing(db: Db) {
     let h = Harness::new(db).await;
     let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;

@@ -151,6 +151,20 @@ pub enum Error {
         /// Instance.
         instance: String,
     },
+    /// Another engine (another `tramite serve`, say) has this SQLite file
+    /// open: two would each release the other's leases and run its jobs
+    /// again. (Several engines share PostgreSQL, not SQLite.)
+    #[error(
+        "{} is in use by another tramite process (its lock {} is held); stop it first, or use PostgreSQL for several nodes",
+        database.display(),
+        lock.display()
+    )]
+    DatabaseInUse {
+        /// The database file.
+        database: PathBuf,
+        /// The lock file held beside it.
+        lock: PathBuf,
+    },
     /// The engine is shutting down and takes no more commands.
     #[error("the engine is shutting down")]
     Stopped,

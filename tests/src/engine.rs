@@ -297,6 +297,16 @@ pub async fn second_engine(h: &Harness) -> Engine {
     open(&h.db, &h.connectors, &h.clock).await
 }
 
+/// Another engine on the same database, or why it could not open.
+pub async fn try_second_engine(h: &Harness) -> Result<Engine, tramite_engine::Error> {
+    let mut config = EngineConfig::new(h.db.url.clone());
+    config.catalog = tramite_connectors::catalog();
+    config.connectors = h.connectors.clone();
+    config.clock = Arc::clone(&h.clock) as Arc<dyn tramite_engine::runtime::clock::Clock>;
+    config.node_name = "second".to_owned();
+    Engine::open(config).await
+}
+
 /// Another engine on the same database with `lanes` write lanes
 /// (PostgreSQL; SQLite has one writer whatever the setting).
 pub async fn engine_with_lanes(h: &Harness, lanes: usize) -> Engine {

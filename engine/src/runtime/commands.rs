@@ -225,13 +225,22 @@ impl PartialEq for ClaimedJob {
     }
 }
 
-/// Deployed processes, by version row id (immutable, so cached forever).
+/// Deployed processes, by version row id (immutable, so cached while the
+/// transactions that read them commit).
 #[derive(Debug, Default)]
 pub struct ProcessCache {
     by_id: RwLock<HashMap<i64, Arc<Process>>>,
 }
 
 impl ProcessCache {
+    /// Forgets every process: a transaction was rolled back, and it may have
+    /// read a version it inserted itself, whose id SQLite gives the next
+    /// insert (`INTEGER PRIMARY KEY` takes the highest id plus one), maybe
+    /// of other content. Rollbacks are rare; compiling again is cheap.
+    pub fn forget_all(&self) {
+        self.by_id.write().expect("cache lock").clear();
+    }
+
     /// The process of version `id`, loading and compiling it once.
     pub async fn get(&self, conn: &mut impl Tx, id: i64) -> Result<Arc<Process>, Error> {
         if let Some(p) = self.by_id.read().expect("cache lock").get(&id) {
@@ -621,7 +630,7 @@ fn run_machine(
     now: i64,
     f: impl FnOnce(&mut Machine<'_>) -> Result<(), Error>,
 ) -> Result<(InstanceRow, Vec<Effect>), Error> {
-    let meta = meta(&row);
+    let meta = InstanceMeta::from(&row);
     let effects = {
         let mut m = Machine::new(process, &meta, &mut row.state, now);
         f(&mut m)?;
@@ -652,15 +661,6 @@ fn raise(m: &mut Machine<'_>, token: u32, node: &str, message: String, after_eff
         message,
         after_effect,
     });
-}
-
-fn meta(row: &InstanceRow) -> InstanceMeta {
-    InstanceMeta {
-        id: row.id.clone(),
-        business_key: row.business_key.clone(),
-        channel: row.channel.clone(),
-        started_at: row.started_at,
-    }
 }
 
 async fn load(conn: &mut impl Tx, id: &str) -> Result<InstanceRow, Error> {
@@ -816,7 +816,7 @@ async fn start_instance(
         ended_at: None,
         cancel_reason: None,
     };
-    let meta = meta(&row);
+    let meta = InstanceMeta::from(&row);
     let mut state = InstanceState::default();
     let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
     m.write(&start.data);
@@ -1468,7 +1468,7 @@ async fn apply_job_result(
         return Ok(()); // lease lost or job cancelled: this result is stale
     }
     let waiting = row.state.token(token).map(|t| t.wait.clone());
-    let meta = meta(&row);
+    let meta = InstanceMeta::from(&row);
     let mut state = row.state.clone();
     let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
     let node = process.definition.node(&node_id).map(|n| &n.kind);
@@ -1833,7 +1833,7 @@ async fn settle_incident(
     }
     let process = ctx.processes.get(conn, row.definition_id).await?;
     let token = incident.token as u32;
-    let meta = meta(&row);
+    let meta = InstanceMeta::from(&row);
     let mut state = row.state.clone();
     let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
     m.note(

@@ -97,12 +97,7 @@ fn counts(population: &Population, instance: &InstanceRow) -> bool {
     let Some(condition) = &population.condition else {
         return true;
     };
-    let meta = serde_json::json!({
-        "id": instance.id,
-        "business_key": instance.business_key,
-        "channel": instance.channel,
-        "started_at": instance.started_at,
-    });
+    let meta = crate::runtime::machine::InstanceMeta::from(instance).value();
     let declared = |_: &str| true;
     let scope = Scope {
         variables: &instance.state.variables,

@@ -152,6 +152,17 @@ pub struct InstanceMeta {
     pub started_at: i64,
 }
 
+impl From<&crate::store::instances::InstanceRow> for InstanceMeta {
+    fn from(row: &crate::store::instances::InstanceRow) -> InstanceMeta {
+        InstanceMeta {
+            id: row.id.clone(),
+            business_key: row.business_key.clone(),
+            channel: row.channel.clone(),
+            started_at: row.started_at,
+        }
+    }
+}
+
 impl InstanceMeta {
     /// As a CEL value.
     pub fn value(&self) -> Value {

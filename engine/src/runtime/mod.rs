@@ -138,6 +138,36 @@ pub(crate) struct Inner {
     processes: Arc<ProcessCache>,
     stats: Arc<Stats>,
     changes: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// SQLite: the lock file held while the writer runs (see [`lock_sqlite`]).
+    lock: Mutex<Option<std::fs::File>>,
+}
+
+/// Takes the lock beside a SQLite database that says one engine has it.
+///
+/// SQLite's own locks let two processes share a file, and the second
+/// engine's start would release the first one's job leases and run its
+/// connector calls again. An advisory lock (`flock`) on a file of its own
+/// (not the database, whose POSIX locks are SQLite's) is released by the
+/// operating system when the process dies, so a crash never leaves it held.
+fn lock_sqlite(database: &std::path::Path) -> Result<std::fs::File, Error> {
+    let lock = std::path::PathBuf::from(format!("{}.lock", database.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|source| Error::Read {
+            path: lock.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::DatabaseInUse {
+            database: database.to_path_buf(),
+            lock,
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(Error::Read { path: lock, source }),
+    }
 }
 
 impl Engine {
@@ -159,6 +189,16 @@ impl Engine {
             jobs_changed: Arc::clone(&jobs_changed),
             stats: Arc::clone(&stats),
             changes: changes.clone(),
+        };
+        let lock = match store.sqlite_path() {
+            Some(path) => match lock_sqlite(&path) {
+                Ok(file) => Some(file),
+                Err(e) => {
+                    store.close().await;
+                    return Err(e);
+                }
+            },
+            None => None,
         };
         let handle = match store.sqlite_path() {
             Some(path) => WriterHandle::Thread(writer::spawn_sqlite(
@@ -190,6 +230,7 @@ impl Engine {
                 processes,
                 stats,
                 changes,
+                lock: Mutex::new(lock),
             }),
         };
         // SQLite has one engine by construction: leases left by a previous
@@ -420,6 +461,8 @@ impl Engine {
             None => {}
         }
         self.inner.store.close().await;
+        // Only once the writer and every connection are gone.
+        drop(self.inner.lock.lock().expect("lock lock").take());
     }
 
     /// The engine's clock.

@@ -90,21 +90,15 @@ impl Process {
 
     /// The values a form opens with for `instance`: each field's `default`
     /// expression where it gives a value, else the variable of the field's
-    /// name where it is set. A default that cannot be computed (it reads a
-    /// variable still null, say) proposes nothing rather than failing the
-    /// page: the agent fills the field in.
+    /// name where it is set. A default that gives null or cannot be
+    /// computed (it reads a variable still null, say) falls back to that
+    /// variable rather than failing the page.
     pub fn proposed(
         &self,
         fields: &[crate::definition::Field],
         instance: &crate::store::instances::InstanceRow,
     ) -> serde_json::Map<String, serde_json::Value> {
-        let meta = crate::runtime::machine::InstanceMeta {
-            id: instance.id.clone(),
-            business_key: instance.business_key.clone(),
-            channel: instance.channel.clone(),
-            started_at: instance.started_at,
-        }
-        .value();
+        let meta = crate::runtime::machine::InstanceMeta::from(instance).value();
         let variables = &instance.state.variables;
         let declared = |name: &str| self.declares(name);
         let scope = crate::runtime::eval::Scope {

@@ -94,14 +94,18 @@ impl Writer {
             Ok(results) => results,
             // Running them again could do them twice; answering success
             // could be a lie.
-            Err(Error::CommitOutcomeUnknown) => envelopes
-                .iter()
-                .map(|_| Err(Error::CommitOutcomeUnknown))
-                .collect(),
+            Err(Error::CommitOutcomeUnknown) => {
+                self.processes.forget_all();
+                envelopes
+                    .iter()
+                    .map(|_| Err(Error::CommitOutcomeUnknown))
+                    .collect()
+            }
             Err(e) => {
                 // The commit itself failed (or the connection did): run each
                 // command alone so that one bad apple cannot sink the rest.
                 tracing::warn!(error = %e, size = envelopes.len(), "batch failed; running commands one by one");
+                self.processes.forget_all();
                 touched.lock().expect("touched lock").clear();
                 let mut results = Vec::with_capacity(envelopes.len());
                 for env in &envelopes {
@@ -180,6 +184,7 @@ impl Writer {
                 if let Err(e) = &result {
                     let retryable = commands::is_retryable(e);
                     tx.rollback().await?;
+                    self.processes.forget_all();
                     if retryable {
                         return Err(Error::Concurrent {
                             instance: String::new(),
@@ -213,12 +218,14 @@ impl Writer {
                 }
                 Err(e) if commands::is_retryable(e) => {
                     savepoint.rollback().await?;
+                    self.processes.forget_all();
                     return Err(Error::Concurrent {
                         instance: String::new(),
                     });
                 }
                 Err(_) => {
                     savepoint.rollback().await?;
+                    self.processes.forget_all();
                     // The transaction's id stands whatever became of the
                     // command; its notice is undone with its savepoint.
                     receipt.merge(Receipt {
@@ -435,8 +442,8 @@ pub(crate) fn spawn_sqlite(
 ) -> Result<std::thread::JoinHandle<()>, Error> {
     let mut conn = crate::store::sqlite_tx::Writing::open(path).map_err(Error::Store)?;
     let log = crate::store::sqlite_tx::LogFile::open(path).map_err(Error::Store)?;
-    let checkpoints = spawn_checkpointer(path, Arc::clone(&writer.stats))?;
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checkpoints = spawn_checkpointer(path, Arc::clone(&writer.stats), Arc::clone(&failed))?;
     let answers = writer.clone();
     let sync = spawn_log_sync(
         move || log.sync(),
@@ -474,6 +481,19 @@ pub(crate) fn spawn_sqlite(
             let _ = sync.thread.join();
             drop(checkpoints.stop);
             let _ = checkpoints.thread.join();
+            if failed.load(std::sync::atomic::Ordering::Acquire) {
+                // After a failed sync the log may hold pages the disk lost:
+                // copying it into the database (the last connection to
+                // close checkpoints) could write stale pages over good
+                // ones. The connection is left open until the process
+                // exits, so no connection of this process is the last to
+                // close; the next start recovers the log, whose checksums
+                // stop at the first frame that did not reach the disk.
+                tracing::error!(
+                    "the SQLite log was not synced: it is left for recovery at the next start"
+                );
+                std::mem::forget(conn);
+            }
         })
         .map_err(|e| Error::Store(crate::store::Error::Thread(e.to_string())))
 }
@@ -579,7 +599,16 @@ struct Checkpoints {
 /// fsync), time every waiting caller paid. A passive checkpoint never
 /// blocks the writer; the writer's own automatic checkpoint stays, at a
 /// higher mark, should this thread fall behind.
-fn spawn_checkpointer(path: &std::path::Path, stats: Arc<Stats>) -> Result<Checkpoints, Error> {
+///
+/// Once a sync of the log has failed (`failed`), it copies nothing more:
+/// the log may hold frames the disk never got, and a checkpoint reads them
+/// without checking their checksums. Its own I/O error counts as such a
+/// failure too.
+fn spawn_checkpointer(
+    path: &std::path::Path,
+    stats: Arc<Stats>,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Checkpoints, Error> {
     let conn = rusqlite::Connection::open(path)
         .and_then(|c| {
             c.execute_batch("PRAGMA busy_timeout = 10000;")?;
@@ -599,13 +628,27 @@ fn spawn_checkpointer(path: &std::path::Path, stats: Arc<Stats>) -> Result<Check
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout)
                 );
                 let now = commits();
-                if now != seen || last {
+                let broken = failed.load(std::sync::atomic::Ordering::Acquire);
+                if (now != seen || last) && !broken {
                     seen = now;
-                    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
-                        tracing::warn!(error = %e, "WAL checkpoint failed; the writer's own will run");
+                    match conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                        Ok(()) => {}
+                        Err(rusqlite::Error::SqliteFailure(e, _))
+                            if e.code == rusqlite::ErrorCode::SystemIoFailure =>
+                        {
+                            tracing::error!(error = %e, "WAL checkpoint could not write or sync; the engine takes no more changes until it is restarted");
+                            failed.store(true, std::sync::atomic::Ordering::Release);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "WAL checkpoint failed; the writer's own will run");
+                        }
                     }
                 }
                 if last {
+                    if failed.load(std::sync::atomic::Ordering::Acquire) {
+                        // Not the last connection to close (see the writer).
+                        std::mem::forget(conn);
+                    }
                     return;
                 }
             }
@@ -684,6 +727,7 @@ impl Writer {
                     tracing::warn!(error = %e, size = envelopes.len(), "batch failed; running commands one by one");
                 }
                 let _ = conn.rollback();
+                self.processes.forget_all();
                 touched.lock().expect("touched lock").clear();
                 scheduled.store(false, std::sync::atomic::Ordering::Relaxed);
                 envelopes
@@ -702,6 +746,7 @@ impl Writer {
                         .and_then(|r| r.and_then(|mut r| r.pop()).ok_or(Error::Stopped))
                         .unwrap_or_else(|e| {
                             let _ = conn.rollback();
+                            self.processes.forget_all();
                             Err(e)
                         })
                     })
@@ -755,9 +800,13 @@ impl Writer {
                 .swap(false, std::sync::atomic::Ordering::Relaxed);
             match (&result, savepoints) {
                 (Ok(_), true) => conn.release()?,
-                (Err(_), true) => conn.rollback_to_savepoint()?,
+                (Err(_), true) => {
+                    conn.rollback_to_savepoint()?;
+                    self.processes.forget_all();
+                }
                 (Err(_), false) => {
                     conn.rollback()?;
+                    self.processes.forget_all();
                     if !alone {
                         return Ok(None);
                     }
@@ -889,6 +938,55 @@ mod tests {
         drop(sync.batches);
         sync.thread.join().expect("sync thread ends");
         assert_eq!(syncs.load(Ordering::SeqCst), 0);
+    }
+
+    /// Rows committed to the log of a fresh database at `path`, and whether
+    /// they reached the database file itself once `failed` is as given
+    /// and the checkpointer has stopped (read from a copy of the file alone).
+    fn checkpointed(failed: bool) -> bool {
+        let dir = std::env::temp_dir().join(format!(
+            "tramite-ckpt-{}-{failed}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("db.sqlite");
+        // A connection that never checkpoints itself, and stays open so the
+        // log stays: as the writer's.
+        let writer = rusqlite::Connection::open(&path).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; \
+                 CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);",
+            )
+            .unwrap();
+        let stats = Arc::new(super::Stats::default());
+        let flag = Arc::new(AtomicBool::new(failed));
+        let checkpoints =
+            super::spawn_checkpointer(&path, Arc::clone(&stats), Arc::clone(&flag)).unwrap();
+        stats.commits.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(super::CHECKPOINT_EVERY * 3);
+        drop(checkpoints.stop);
+        checkpoints.thread.join().unwrap();
+        let copy = dir.join("copy.sqlite");
+        std::fs::copy(&path, &copy).unwrap();
+        let found = rusqlite::Connection::open(&copy)
+            .and_then(|c| c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0)))
+            .is_ok_and(|n| n == 1);
+        drop(writer);
+        let _ = std::fs::remove_dir_all(&dir);
+        found
+    }
+
+    #[test]
+    fn no_checkpoint_copies_a_log_whose_sync_failed() {
+        assert!(
+            checkpointed(false),
+            "the checkpointer copies committed rows"
+        );
+        assert!(
+            !checkpointed(true),
+            "after a failed sync nothing is copied, not even at the end"
+        );
     }
 
     #[test]

@@ -1006,6 +1006,52 @@ mod tests {
         (w, row, dir)
     }
 
+    /// A version rolled back leaves its id to the next insert, maybe of
+    /// other content: the writer's process cache must forget what such a
+    /// transaction read (the writer calls `forget_all` on every rollback).
+    #[tokio::test]
+    async fn a_rolled_back_version_id_is_given_again() {
+        let (mut w, _, dir) = writer_with_instance().await;
+        let cache = crate::runtime::commands::ProcessCache::default();
+        let source = |name: &str| {
+            format!(
+                "code: X\nname: {name}\nversion: 1\nowner_role: r\nroles: [{{id: r, name: R}}]\nnodes:\n  - {{id: inicio, kind: start, channels: [web], next: fin}}\n  - {{id: fin, kind: end, outcome: listo}}\n"
+            )
+        };
+        let (first, second) = (source("Primera"), source("Segunda"));
+        fn deploy<'a>(source: &'a str, hash: &'a str) -> NewDefinition<'a> {
+            NewDefinition {
+                code: "X",
+                hash,
+                file_name: "x.yaml",
+                source,
+                now: 0,
+            }
+        }
+        w.begin().expect("begin");
+        let a = w
+            .insert_definition(deploy(&first, "a"))
+            .await
+            .expect("insert");
+        let read = cache.get(&mut w, a.id).await.expect("compiles");
+        assert_eq!(read.definition.name.es, "Primera");
+        w.rollback().expect("rollback");
+        cache.forget_all();
+        w.begin().expect("begin");
+        let b = w
+            .insert_definition(deploy(&second, "b"))
+            .await
+            .expect("insert");
+        assert_eq!(a.id, b.id, "SQLite gives the rolled-back id again");
+        let read = cache.get(&mut w, b.id).await.expect("compiles");
+        assert_eq!(
+            read.definition.name.es, "Segunda",
+            "not the rolled-back content"
+        );
+        w.commit().expect("commit");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// The instance as a plain read sees it: the kept copy if there is
     /// one (not taken), else the database's row.
     async fn stored(w: &mut Writing) -> InstanceRow {
