@@ -353,3 +353,58 @@ fn the_readme_shows_the_current_p06_diagram() {
         "README.md's P06 diagram is stale: paste `tramite graph processes/ope-sum-ven-p06.yaml`"
     );
 }
+
+/// A rework loop through a join is no spin when a branch of its fork waits
+/// (the join fires only once that branch arrives); with every branch
+/// instant, the same loop spins and is named.
+#[test]
+fn a_loop_through_a_join_that_waits_is_no_spin() {
+    let text = |review: &str| {
+        format!(
+            r#"code: T-REWORK
+name: Revisión en paralelo
+version: 1
+owner_role: agente
+roles: [{{id: agente, name: Agente}}]
+variables:
+  - {{name: rehacer, type: boolean}}
+nodes:
+  - id: inicio
+    kind: start
+    channels: [web]
+    next: dividir
+  - id: dividir
+    kind: fork
+    branches: [revisar, anotar]
+    join: unir
+{review}
+  - id: anotar
+    kind: exclusive_gate
+    branches:
+      - when: rehacer == true
+        next: unir
+    default: unir
+  - id: unir
+    kind: join
+    next: otra_vez
+  - id: otra_vez
+    kind: exclusive_gate
+    branches:
+      - when: rehacer == true
+        next: dividir
+    default: fin
+  - id: fin
+    kind: end
+    outcome: listo
+"#
+        )
+    };
+    let waits = "  - id: revisar\n    kind: user_task\n    role: agente\n    form:\n      - {name: rehacer, type: boolean}\n    outcomes:\n      - {id: ok, label: Listo, next: unir}";
+    let instant = "  - id: revisar\n    kind: exclusive_gate\n    branches:\n      - when: rehacer == true\n        next: unir\n    default: unir";
+    if let Err(d) = compile("rework.yaml", &text(waits)) {
+        panic!("a loop that waits at its join was refused:\n{d}");
+    }
+    let diagnostics = compile("spin.yaml", &text(instant)).expect_err("every branch instant");
+    let codes: Vec<Code> = diagnostics.items.iter().map(|d| d.code).collect();
+    assert!(codes.contains(&Code::SpinCycle), "{diagnostics}");
+}

@@ -320,6 +320,84 @@ async fn a_second_engine_on_one_sqlite_file_is_refused() {
     second.shutdown().await;
 }
 
+const REWORK: &str = r#"
+code: T-REWORK
+name: Revisión en paralelo
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables:
+  - {name: rehacer, type: boolean}
+nodes:
+  - id: inicio
+    kind: start
+    channels: [web]
+    next: dividir
+  - id: dividir
+    kind: fork
+    branches: [revisar, anotar]
+    join: unir
+  - id: revisar
+    kind: user_task
+    role: agente
+    form:
+      - {name: rehacer, type: boolean}
+    outcomes:
+      - {id: ok, label: Listo, next: unir}
+  - id: anotar
+    kind: exclusive_gate
+    branches:
+      - when: rehacer == true
+        next: unir
+    default: unir
+  - id: unir
+    kind: join
+    next: otra_vez
+  - id: otra_vez
+    kind: exclusive_gate
+    branches:
+      - when: rehacer == true
+        next: dividir
+    default: fin
+  - id: fin
+    kind: end
+    outcome: listo
+"#;
+
+/// A loop back through a fork whose join waits for a user task (accepted
+/// by validation since a join that waits counts as waiting) runs: each
+/// round waits at the task, the join fires once per round, and it ends.
+async fn a_rework_loop_through_a_join_runs_round_by_round(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![("rework.yaml".into(), REWORK.to_owned())])
+        .await
+        .expect("a loop that waits at its join deploys");
+    let id = h.start("T-REWORK", "web", json!({})).await;
+    for round in 0..3 {
+        h.complete(&id, "revisar", "ok", json!({"rehacer": round < 2}))
+            .await;
+    }
+    let instance = h.instance(&id).await;
+    assert_eq!(instance.outcome.as_deref(), Some("listo"));
+    assert!(!h.task_open(&id, "revisar").await);
+    let history = h.history(&id).await;
+    assert_eq!(
+        history.iter().filter(|k| *k == "joined").count(),
+        3,
+        "{history:?}"
+    );
+    assert_eq!(
+        history.iter().filter(|k| *k == "forked").count(),
+        3,
+        "{history:?}"
+    );
+}
+on_both_backends!(
+    rework_loop_through_a_join,
+    super::a_rework_loop_through_a_join_runs_round_by_round
+);
+
 async fn form_errors_change_nothing(db: Db) {
     let h = Harness::new(db).await;
     let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;

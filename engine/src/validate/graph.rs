@@ -142,8 +142,9 @@ fn trapped(c: &mut Checker<'_>, g: &Graph, reachable: &BTreeSet<usize>) {
 /// forever inside one command. Names the whole path.
 fn spin_cycles(c: &mut Checker<'_>, g: &Graph) {
     let nodes = &c.def.nodes;
+    let joins = waiting_joins(c, g);
     let instant = g.graph.filter_map(
-        |_, &i| (!nodes[i].kind.waits()).then_some(i),
+        |_, &i| (!nodes[i].kind.waits() && !joins.contains(&i)).then_some(i),
         |_, _| Some(()),
     );
     for scc in tarjan_scc(&instant) {
@@ -172,6 +173,58 @@ fn spin_cycles(c: &mut Checker<'_>, g: &Graph) {
             ),
         );
     }
+}
+
+/// Joins that wait every time a token reaches them: a branch of their fork
+/// cannot get there without passing a waiting node, and the join fires only
+/// once every branch has arrived. A rework loop through such a join
+/// (revise in parallel, join, decide, fork again) waits each time round.
+fn waiting_joins(c: &Checker<'_>, g: &Graph) -> BTreeSet<usize> {
+    let nodes = &c.def.nodes;
+    let mut joins = BTreeSet::new();
+    for n in nodes {
+        let NodeKind::Fork(fork) = &n.kind else {
+            continue;
+        };
+        let Some(&join) = c.nodes.get(fork.join.as_str()) else {
+            continue;
+        };
+        let waits = fork.branches.iter().any(|b| {
+            c.nodes
+                .get(b.as_str())
+                .is_some_and(|&first| !reaches_without_waiting(g, nodes, first, join))
+        });
+        if waits {
+            joins.insert(join);
+        }
+    }
+    joins
+}
+
+/// Whether a token at `from` can reach `to` through nodes that never wait.
+fn reaches_without_waiting(
+    g: &Graph,
+    nodes: &[crate::definition::Node],
+    from: usize,
+    to: usize,
+) -> bool {
+    if nodes[from].kind.waits() {
+        return false;
+    }
+    let mut seen = BTreeSet::from([from]);
+    let mut queue = VecDeque::from([from]);
+    while let Some(n) = queue.pop_front() {
+        if n == to {
+            return true;
+        }
+        for next in g.graph.neighbors(NodeIndex::new(n)) {
+            let k = g.graph[next];
+            if (k == to || !nodes[k].kind.waits()) && seen.insert(k) {
+                queue.push_back(k);
+            }
+        }
+    }
+    false
 }
 
 /// The shortest cycle from `start` back to itself inside `members`.
