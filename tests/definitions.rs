@@ -407,4 +407,17 @@ nodes:
     let diagnostics = compile("spin.yaml", &text(instant)).expect_err("every branch instant");
     let codes: Vec<Code> = diagnostics.items.iter().map(|d| d.code).collect();
     assert!(codes.contains(&Code::SpinCycle), "{diagnostics}");
+    // A token that reaches the join from outside its fork passes through
+    // it: a loop back to a branch rather than to the fork spins.
+    let past_the_fork = text(waits).replacen(
+        "      - when: rehacer == true\n        next: dividir",
+        "      - when: rehacer == true\n        next: anotar",
+        1,
+    );
+    let diagnostics = compile("spin.yaml", &past_the_fork).expect_err("a loop past the fork");
+    assert!(
+        diagnostics.items.iter().any(|d| d.code == Code::SpinCycle
+            && d.message.contains("anotar → unir → otra_vez → anotar")),
+        "{diagnostics}"
+    );
 }

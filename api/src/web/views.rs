@@ -782,7 +782,6 @@ pub(super) fn documents_of(
         .collect()
 }
 
-/// The instance status in words.
 /// A task's status in the page's words.
 pub(super) fn task_status_word<'a>(w: &Words, status: &'a str) -> &'a str {
     match status {
@@ -794,6 +793,7 @@ pub(super) fn task_status_word<'a>(w: &Words, status: &'a str) -> &'a str {
     }
 }
 
+/// The instance status in words.
 pub(super) fn status_word(w: &Words, status: &str) -> &'static str {
     match status {
         "running" => w.running,

@@ -230,15 +230,30 @@ impl PartialEq for ClaimedJob {
 #[derive(Debug, Default)]
 pub struct ProcessCache {
     by_id: RwLock<HashMap<i64, Arc<Process>>>,
+    /// A version was inserted since the last rollback.
+    inserted: std::sync::atomic::AtomicBool,
 }
 
 impl ProcessCache {
-    /// Forgets every process: a transaction was rolled back, and it may have
-    /// read a version it inserted itself, whose id SQLite gives the next
-    /// insert (`INTEGER PRIMARY KEY` takes the highest id plus one), maybe
-    /// of other content. Rollbacks are rare; compiling again is cheap.
-    pub fn forget_all(&self) {
-        self.by_id.write().expect("cache lock").clear();
+    /// A version row was inserted (deploy), not yet known to be committed.
+    pub fn inserted(&self) {
+        self.inserted
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// A transaction was rolled back. If a version was inserted since the
+    /// last rollback, every process is forgotten: the transaction may have
+    /// read the version it inserted, whose id SQLite gives the next insert
+    /// (`INTEGER PRIMARY KEY` takes the highest id plus one), maybe of other
+    /// content. Otherwise (a form error, a stale task: the common
+    /// rollbacks) the cache stays, as recompiling P06 costs milliseconds.
+    pub fn rolled_back(&self) {
+        if self
+            .inserted
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.by_id.write().expect("cache lock").clear();
+        }
     }
 
     /// The process of version `id`, loading and compiling it once.
@@ -742,6 +757,7 @@ async fn deploy(
                 now: ctx.now,
             })
             .await?;
+        ctx.processes.inserted();
         out.push(Deployed {
             code,
             version: row.version,

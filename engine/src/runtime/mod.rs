@@ -140,6 +140,10 @@ pub(crate) struct Inner {
     changes: tokio::sync::broadcast::Sender<Arc<str>>,
     /// SQLite: the lock file held while the writer runs (see [`lock_sqlite`]).
     lock: Mutex<Option<std::fs::File>>,
+    /// SQLite: a sync of the log failed. The lock is then kept until the
+    /// process exits: the log must be recovered by a new process, not read
+    /// through this one's shared index by an engine opened after this one.
+    log_failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Takes the lock beside a SQLite database that says one engine has it.
@@ -174,7 +178,13 @@ impl Engine {
     /// Opens the database (creating and migrating it as needed) and starts
     /// the writer. Workers start with [`Engine::start_workers`].
     pub async fn open(config: EngineConfig) -> Result<Engine, Error> {
+        // Before the migrations: a second engine must not touch the file.
+        let lock = match Store::sqlite_file_of(&config.database_url) {
+            Some(path) => Some(lock_sqlite(&path)?),
+            None => None,
+        };
         let store = Store::open_with_writers(&config.database_url, config.writers as u32).await?;
+        let log_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (sender, inbox) = mpsc::channel(config.max_batch * 4);
         let jobs_changed = Arc::new(Notify::new());
         let processes = Arc::new(ProcessCache::default());
@@ -190,22 +200,13 @@ impl Engine {
             stats: Arc::clone(&stats),
             changes: changes.clone(),
         };
-        let lock = match store.sqlite_path() {
-            Some(path) => match lock_sqlite(&path) {
-                Ok(file) => Some(file),
-                Err(e) => {
-                    store.close().await;
-                    return Err(e);
-                }
-            },
-            None => None,
-        };
         let handle = match store.sqlite_path() {
             Some(path) => WriterHandle::Thread(writer::spawn_sqlite(
                 writer,
                 &path,
                 inbox,
                 tokio::runtime::Handle::current(),
+                Arc::clone(&log_failed),
             )?),
             None => {
                 let inbox = Arc::new(tokio::sync::Mutex::new(inbox));
@@ -231,6 +232,7 @@ impl Engine {
                 stats,
                 changes,
                 lock: Mutex::new(lock),
+                log_failed,
             }),
         };
         // SQLite has one engine by construction: leases left by a previous
@@ -462,7 +464,17 @@ impl Engine {
         }
         self.inner.store.close().await;
         // Only once the writer and every connection are gone.
-        drop(self.inner.lock.lock().expect("lock lock").take());
+        let lock = self.inner.lock.lock().expect("lock lock").take();
+        if self
+            .inner
+            .log_failed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            tracing::error!("the database stays locked until this process exits: restart it");
+            std::mem::forget(lock);
+        } else {
+            drop(lock);
+        }
     }
 
     /// The engine's clock.

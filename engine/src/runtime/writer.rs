@@ -95,7 +95,7 @@ impl Writer {
             // Running them again could do them twice; answering success
             // could be a lie.
             Err(Error::CommitOutcomeUnknown) => {
-                self.processes.forget_all();
+                self.processes.rolled_back();
                 envelopes
                     .iter()
                     .map(|_| Err(Error::CommitOutcomeUnknown))
@@ -105,7 +105,7 @@ impl Writer {
                 // The commit itself failed (or the connection did): run each
                 // command alone so that one bad apple cannot sink the rest.
                 tracing::warn!(error = %e, size = envelopes.len(), "batch failed; running commands one by one");
-                self.processes.forget_all();
+                self.processes.rolled_back();
                 touched.lock().expect("touched lock").clear();
                 let mut results = Vec::with_capacity(envelopes.len());
                 for env in &envelopes {
@@ -184,7 +184,7 @@ impl Writer {
                 if let Err(e) = &result {
                     let retryable = commands::is_retryable(e);
                     tx.rollback().await?;
-                    self.processes.forget_all();
+                    self.processes.rolled_back();
                     if retryable {
                         return Err(Error::Concurrent {
                             instance: String::new(),
@@ -218,14 +218,14 @@ impl Writer {
                 }
                 Err(e) if commands::is_retryable(e) => {
                     savepoint.rollback().await?;
-                    self.processes.forget_all();
+                    self.processes.rolled_back();
                     return Err(Error::Concurrent {
                         instance: String::new(),
                     });
                 }
                 Err(_) => {
                     savepoint.rollback().await?;
-                    self.processes.forget_all();
+                    self.processes.rolled_back();
                     // The transaction's id stands whatever became of the
                     // command; its notice is undone with its savepoint.
                     receipt.merge(Receipt {
@@ -439,10 +439,13 @@ pub(crate) fn spawn_sqlite(
     path: &std::path::Path,
     mut inbox: mpsc::Receiver<Envelope>,
     runtime: tokio::runtime::Handle,
+    failed: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, Error> {
-    let mut conn = crate::store::sqlite_tx::Writing::open(path).map_err(Error::Store)?;
+    let mut conn = KeptIfFailed {
+        conn: Some(crate::store::sqlite_tx::Writing::open(path).map_err(Error::Store)?),
+        failed: Arc::clone(&failed),
+    };
     let log = crate::store::sqlite_tx::LogFile::open(path).map_err(Error::Store)?;
-    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let checkpoints = spawn_checkpointer(path, Arc::clone(&writer.stats), Arc::clone(&failed))?;
     let answers = writer.clone();
     let sync = spawn_log_sync(
@@ -481,21 +484,48 @@ pub(crate) fn spawn_sqlite(
             let _ = sync.thread.join();
             drop(checkpoints.stop);
             let _ = checkpoints.thread.join();
-            if failed.load(std::sync::atomic::Ordering::Acquire) {
-                // After a failed sync the log may hold pages the disk lost:
-                // copying it into the database (the last connection to
-                // close checkpoints) could write stale pages over good
-                // ones. The connection is left open until the process
-                // exits, so no connection of this process is the last to
-                // close; the next start recovers the log, whose checksums
-                // stop at the first frame that did not reach the disk.
-                tracing::error!(
-                    "the SQLite log was not synced: it is left for recovery at the next start"
-                );
-                std::mem::forget(conn);
-            }
+            drop(conn);
         })
         .map_err(|e| Error::Store(crate::store::Error::Thread(e.to_string())))
+}
+
+/// The writer's connection, closed when the writer ends, unless the log
+/// could not be synced (or the thread panics).
+///
+/// After a failed sync the log may hold pages the disk lost: copying it
+/// into the database (the last connection to close checkpoints) could
+/// write stale pages over good ones. The connection is then left open
+/// until the process exits, so no connection of this process is the last
+/// to close; the next process recovers the log, whose checksums stop at
+/// the first frame that did not reach the disk.
+struct KeptIfFailed {
+    conn: Option<crate::store::sqlite_tx::Writing>,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::ops::Deref for KeptIfFailed {
+    type Target = crate::store::sqlite_tx::Writing;
+    fn deref(&self) -> &Self::Target {
+        self.conn.as_ref().expect("open until dropped")
+    }
+}
+
+impl std::ops::DerefMut for KeptIfFailed {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.conn.as_mut().expect("open until dropped")
+    }
+}
+
+impl Drop for KeptIfFailed {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if self.failed.load(std::sync::atomic::Ordering::Acquire) || std::thread::panicking() {
+            tracing::error!("the SQLite log is left unchecked for recovery by the next process");
+            std::mem::forget(conn);
+        }
+    }
 }
 
 /// A batch, committed (or not) and waiting to be answered: on SQLite by
@@ -727,7 +757,7 @@ impl Writer {
                     tracing::warn!(error = %e, size = envelopes.len(), "batch failed; running commands one by one");
                 }
                 let _ = conn.rollback();
-                self.processes.forget_all();
+                self.processes.rolled_back();
                 touched.lock().expect("touched lock").clear();
                 scheduled.store(false, std::sync::atomic::Ordering::Relaxed);
                 envelopes
@@ -746,7 +776,7 @@ impl Writer {
                         .and_then(|r| r.and_then(|mut r| r.pop()).ok_or(Error::Stopped))
                         .unwrap_or_else(|e| {
                             let _ = conn.rollback();
-                            self.processes.forget_all();
+                            self.processes.rolled_back();
                             Err(e)
                         })
                     })
@@ -802,11 +832,11 @@ impl Writer {
                 (Ok(_), true) => conn.release()?,
                 (Err(_), true) => {
                     conn.rollback_to_savepoint()?;
-                    self.processes.forget_all();
+                    self.processes.rolled_back();
                 }
                 (Err(_), false) => {
                     conn.rollback()?;
-                    self.processes.forget_all();
+                    self.processes.rolled_back();
                     if !alone {
                         return Ok(None);
                     }

@@ -166,6 +166,13 @@ impl Store {
         })
     }
 
+    /// The SQLite database file `url` names, if it names one (not
+    /// PostgreSQL, not a database in memory), before anything is opened.
+    pub fn sqlite_file_of(url: &str) -> Option<std::path::PathBuf> {
+        (url.starts_with("sqlite:") && !url.contains(":memory:"))
+            .then(|| std::path::PathBuf::from(sqlite::file(&sqlite::url(url))))
+    }
+
     /// The SQLite database file, for the writer's own connection.
     pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
         (self.backend == Backend::Sqlite).then(|| std::path::PathBuf::from(&self.sqlite_file))

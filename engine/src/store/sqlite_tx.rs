@@ -1008,7 +1008,7 @@ mod tests {
 
     /// A version rolled back leaves its id to the next insert, maybe of
     /// other content: the writer's process cache must forget what such a
-    /// transaction read (the writer calls `forget_all` on every rollback).
+    /// transaction read (the writer calls `rolled_back` on every rollback).
     #[tokio::test]
     async fn a_rolled_back_version_id_is_given_again() {
         let (mut w, _, dir) = writer_with_instance().await;
@@ -1033,10 +1033,11 @@ mod tests {
             .insert_definition(deploy(&first, "a"))
             .await
             .expect("insert");
+        cache.inserted(); // as the deploy command says
         let read = cache.get(&mut w, a.id).await.expect("compiles");
         assert_eq!(read.definition.name.es, "Primera");
         w.rollback().expect("rollback");
-        cache.forget_all();
+        cache.rolled_back();
         w.begin().expect("begin");
         let b = w
             .insert_definition(deploy(&second, "b"))

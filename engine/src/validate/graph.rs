@@ -140,16 +140,41 @@ fn trapped(c: &mut Checker<'_>, g: &Graph, reachable: &BTreeSet<usize>) {
 
 /// Cycles made only of nodes that never wait: the engine would loop
 /// forever inside one command. Names the whole path.
+///
+/// A fork one of whose branches cannot reach its join without waiting
+/// counts as waiting: its tokens meet at the join, which fires only once
+/// that branch has arrived (a rework loop: revise in parallel, join,
+/// decide, fork again). Unless a cycle gets from the fork back to itself
+/// without its join, which is checked on its own.
 fn spin_cycles(c: &mut Checker<'_>, g: &Graph) {
     let nodes = &c.def.nodes;
-    let joins = waiting_joins(c, g);
-    let instant = g.graph.filter_map(
-        |_, &i| (!nodes[i].kind.waits() && !joins.contains(&i)).then_some(i),
-        |_, _| Some(()),
-    );
+    let forks = blocking_forks(c, g);
+    let instant = |i: usize| !nodes[i].kind.waits() && !forks.contains_key(&i);
+    report_spins(c, g, &instant, None);
+    for (&fork, &join) in &forks {
+        let around = |i: usize| i == fork || (i != join && instant(i));
+        report_spins(c, g, &around, Some(fork));
+    }
+}
+
+/// Reports one cycle per strongly connected group of the nodes `keep`
+/// selects (only groups holding `through`, when given).
+fn report_spins(
+    c: &mut Checker<'_>,
+    g: &Graph,
+    keep: &dyn Fn(usize) -> bool,
+    through: Option<usize>,
+) {
+    let nodes = &c.def.nodes;
+    let instant = g
+        .graph
+        .filter_map(|_, &i| keep(i).then_some(i), |_, _| Some(()));
     for scc in tarjan_scc(&instant) {
         let self_loop = scc.len() == 1 && instant.contains_edge(scc[0], scc[0]);
         if scc.len() < 2 && !self_loop {
+            continue;
+        }
+        if through.is_some_and(|t| !scc.iter().any(|&n| instant[n] == t)) {
             continue;
         }
         let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();
@@ -175,14 +200,12 @@ fn spin_cycles(c: &mut Checker<'_>, g: &Graph) {
     }
 }
 
-/// Joins that wait every time a token reaches them: a branch of their fork
-/// cannot get there without passing a waiting node, and the join fires only
-/// once every branch has arrived. A rework loop through such a join
-/// (revise in parallel, join, decide, fork again) waits each time round.
-fn waiting_joins(c: &Checker<'_>, g: &Graph) -> BTreeSet<usize> {
+/// Forks (with their join) one of whose branches cannot reach the join
+/// without passing a waiting node.
+fn blocking_forks(c: &Checker<'_>, g: &Graph) -> BTreeMap<usize, usize> {
     let nodes = &c.def.nodes;
-    let mut joins = BTreeSet::new();
-    for n in nodes {
+    let mut forks = BTreeMap::new();
+    for (i, n) in nodes.iter().enumerate() {
         let NodeKind::Fork(fork) = &n.kind else {
             continue;
         };
@@ -195,10 +218,10 @@ fn waiting_joins(c: &Checker<'_>, g: &Graph) -> BTreeSet<usize> {
                 .is_some_and(|&first| !reaches_without_waiting(g, nodes, first, join))
         });
         if waits {
-            joins.insert(join);
+            forks.insert(i, join);
         }
     }
-    joins
+    forks
 }
 
 /// Whether a token at `from` can reach `to` through nodes that never wait.
