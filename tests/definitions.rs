@@ -359,57 +359,23 @@ fn the_readme_shows_the_current_p06_diagram() {
 /// instant, the same loop spins and is named.
 #[test]
 fn a_loop_through_a_join_that_waits_is_no_spin() {
-    let text = |review: &str| {
-        format!(
-            r#"code: T-REWORK
-name: Revisión en paralelo
-version: 1
-owner_role: agente
-roles: [{{id: agente, name: Agente}}]
-variables:
-  - {{name: rehacer, type: boolean}}
-nodes:
-  - id: inicio
-    kind: start
-    channels: [web]
-    next: dividir
-  - id: dividir
-    kind: fork
-    branches: [revisar, anotar]
-    join: unir
-{review}
-  - id: anotar
-    kind: exclusive_gate
-    branches:
-      - when: rehacer == true
-        next: unir
-    default: unir
-  - id: unir
-    kind: join
-    next: otra_vez
-  - id: otra_vez
-    kind: exclusive_gate
-    branches:
-      - when: rehacer == true
-        next: dividir
-    default: fin
-  - id: fin
-    kind: end
-    outcome: listo
-"#
-        )
-    };
-    let waits = "  - id: revisar\n    kind: user_task\n    role: agente\n    form:\n      - {name: rehacer, type: boolean}\n    outcomes:\n      - {id: ok, label: Listo, next: unir}";
-    let instant = "  - id: revisar\n    kind: exclusive_gate\n    branches:\n      - when: rehacer == true\n        next: unir\n    default: unir";
-    if let Err(d) = compile("rework.yaml", &text(waits)) {
+    use tramite_tests::REWORK;
+    let review = "  - id: revisar\n    kind: user_task\n    role: agente\n    form:\n      - {name: rehacer, type: boolean}\n    outcomes:\n      - {id: ok, label: Listo, next: unir}";
+    assert!(REWORK.contains(review));
+    let instant = REWORK.replacen(
+        review,
+        "  - id: revisar\n    kind: exclusive_gate\n    branches:\n      - when: rehacer == true\n        next: unir\n    default: unir",
+        1,
+    );
+    if let Err(d) = compile("rework.yaml", REWORK) {
         panic!("a loop that waits at its join was refused:\n{d}");
     }
-    let diagnostics = compile("spin.yaml", &text(instant)).expect_err("every branch instant");
+    let diagnostics = compile("spin.yaml", &instant).expect_err("every branch instant");
     let codes: Vec<Code> = diagnostics.items.iter().map(|d| d.code).collect();
     assert!(codes.contains(&Code::SpinCycle), "{diagnostics}");
     // A token that reaches the join from outside its fork passes through
     // it: a loop back to a branch rather than to the fork spins.
-    let past_the_fork = text(waits).replacen(
+    let past_the_fork = REWORK.replacen(
         "      - when: rehacer == true\n        next: dividir",
         "      - when: rehacer == true\n        next: anotar",
         1,

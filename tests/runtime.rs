@@ -320,57 +320,16 @@ async fn a_second_engine_on_one_sqlite_file_is_refused() {
     second.shutdown().await;
 }
 
-const REWORK: &str = r#"
-code: T-REWORK
-name: Revisión en paralelo
-version: 1
-owner_role: agente
-roles: [{id: agente, name: Agente}]
-variables:
-  - {name: rehacer, type: boolean}
-nodes:
-  - id: inicio
-    kind: start
-    channels: [web]
-    next: dividir
-  - id: dividir
-    kind: fork
-    branches: [revisar, anotar]
-    join: unir
-  - id: revisar
-    kind: user_task
-    role: agente
-    form:
-      - {name: rehacer, type: boolean}
-    outcomes:
-      - {id: ok, label: Listo, next: unir}
-  - id: anotar
-    kind: exclusive_gate
-    branches:
-      - when: rehacer == true
-        next: unir
-    default: unir
-  - id: unir
-    kind: join
-    next: otra_vez
-  - id: otra_vez
-    kind: exclusive_gate
-    branches:
-      - when: rehacer == true
-        next: dividir
-    default: fin
-  - id: fin
-    kind: end
-    outcome: listo
-"#;
-
 /// A loop back through a fork whose join waits for a user task (accepted
 /// by validation since a join that waits counts as waiting) runs: each
 /// round waits at the task, the join fires once per round, and it ends.
 async fn a_rework_loop_through_a_join_runs_round_by_round(db: Db) {
     let h = Harness::new(db).await;
     h.engine
-        .deploy(vec![("rework.yaml".into(), REWORK.to_owned())])
+        .deploy(vec![(
+            "rework.yaml".into(),
+            tramite_tests::REWORK.to_owned(),
+        )])
         .await
         .expect("a loop that waits at its join deploys");
     let id = h.start("T-REWORK", "web", json!({})).await;

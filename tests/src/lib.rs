@@ -72,3 +72,50 @@ pub fn expectations(text: &str) -> Vec<Expected> {
     out.sort();
     out
 }
+
+/// A rework loop: revise (a user task) beside a note (a gate), join,
+/// decide, and fork again or end. Valid: the fork's join waits for the
+/// task each round.
+pub const REWORK: &str = r#"
+code: T-REWORK
+name: Revisión en paralelo
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables:
+  - {name: rehacer, type: boolean}
+nodes:
+  - id: inicio
+    kind: start
+    channels: [web]
+    next: dividir
+  - id: dividir
+    kind: fork
+    branches: [revisar, anotar]
+    join: unir
+  - id: revisar
+    kind: user_task
+    role: agente
+    form:
+      - {name: rehacer, type: boolean}
+    outcomes:
+      - {id: ok, label: Listo, next: unir}
+  - id: anotar
+    kind: exclusive_gate
+    branches:
+      - when: rehacer == true
+        next: unir
+    default: unir
+  - id: unir
+    kind: join
+    next: otra_vez
+  - id: otra_vez
+    kind: exclusive_gate
+    branches:
+      - when: rehacer == true
+        next: dividir
+    default: fin
+  - id: fin
+    kind: end
+    outcome: listo
+"#;
