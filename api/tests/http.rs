@@ -1589,3 +1589,34 @@ async fn task_pages_propose_defaults_and_close_once_done(db: Db) {
     assert_eq!(headers["location"], "/login");
 }
 both!(task_pages_propose_defaults_and_close_once_done);
+
+/// The web inbox shows the 100 tasks due soonest and says when there are
+/// more, on the page and in its 10-second refresh, instead of leaving the
+/// rest unseen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_says_when_it_shows_only_some_tasks() {
+    let api = Api::new(Db::Sqlite).await;
+    tramite_tests::p06::waiting_for_identification(&api.h, 100).await;
+    let (status, _, html) = page(&api, Method::GET, "/inbox", Some(AGENT), None, false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(html.matches("data-task=").count(), 100);
+    assert!(!html.contains(r#"id="more""#), "exactly 100: nothing more");
+    tramite_tests::p06::waiting_for_identification(&api.h, 1).await;
+    for uri in ["/inbox", "/inbox/rows"] {
+        let (status, _, html) = page(
+            &api,
+            Method::GET,
+            uri,
+            Some(AGENT),
+            None,
+            uri.ends_with("rows"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(html.matches("data-task=").count(), 100, "{uri}");
+        assert!(
+            html.contains(r#"id="more""#) && html.contains("hay más"),
+            "{uri}: {html}"
+        );
+    }
+}

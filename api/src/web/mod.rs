@@ -261,27 +261,34 @@ struct InboxQuery {
     done: Option<String>,
 }
 
+/// Rows the inbox shows at most (soonest due first); past that, the page
+/// says so rather than leaving the rest unseen.
+const INBOX_ROWS: usize = 100;
+
+/// The inbox's rows, and whether more tasks match than it shows.
 async fn inbox_model(
     s: &AppState,
     ses: &Session,
     q: &InboxQuery,
-) -> Result<Vec<TaskLine>, PageError> {
+) -> Result<(Vec<TaskLine>, bool), PageError> {
     let role = q.role.clone().filter(|r| !r.is_empty());
     let roles = ses.user.inbox_roles(role).map_err(|e| ses.fail(e))?;
     if roles.is_empty() {
-        return Ok(Vec::new()); // no roles, no inbox
+        return Ok((Vec::new(), false)); // no roles, no inbox
     }
-    let tasks = s
+    let mut tasks = s
         .engine
         .tasks(&Filter {
             roles,
             status: q.status.clone().filter(|x| x == "open" || x == "claimed"),
             business_key: q.business_key.clone().filter(|b| !b.is_empty()),
-            limit: 100,
+            limit: INBOX_ROWS as i64 + 1,
             ..Filter::default()
         })
         .await
         .map_err(|e| ses.fail(e))?;
+    let more = tasks.len() > INBOX_ROWS;
+    tasks.truncate(INBOX_ROWS);
     let mut processes = HashMap::new();
     let now = s.engine.now();
     let mut lines = Vec::with_capacity(tasks.len());
@@ -297,7 +304,7 @@ async fn inbox_model(
         let node = processes[&t.code].definition.node(&t.node_id);
         lines.push(TaskLine::new(&t, node, ses, now));
     }
-    Ok(lines)
+    Ok((lines, more))
 }
 
 async fn inbox(
@@ -306,7 +313,7 @@ async fn inbox(
     Query(q): Query<InboxQuery>,
 ) -> Result<Response, PageError> {
     let ses = session(&s, &headers)?;
-    let lines = inbox_model(&s, &ses, &q).await?;
+    let (lines, more) = inbox_model(&s, &ses, &q).await?;
     let mut roles = Vec::new();
     for r in &ses.user.roles {
         roles.push(Choice {
@@ -328,6 +335,7 @@ async fn inbox(
         status: q.status.clone().unwrap_or_default(),
         business_key: q.business_key.clone().unwrap_or_default(),
         lines,
+        more,
         query,
         done: q.done.is_some(),
     }))
@@ -339,8 +347,12 @@ async fn inbox_rows(
     Query(q): Query<InboxQuery>,
 ) -> Result<Response, PageError> {
     let ses = session(&s, &headers)?;
-    let lines = inbox_model(&s, &ses, &q).await?;
-    Ok(render(&InboxRows { w: ses.w, lines }))
+    let (lines, more) = inbox_model(&s, &ses, &q).await?;
+    Ok(render(&InboxRows {
+        w: ses.w,
+        lines,
+        more,
+    }))
 }
 
 async fn task_claim(

@@ -95,6 +95,8 @@ pub(super) struct InboxPage<'a> {
     pub(super) status: String,
     pub(super) business_key: String,
     pub(super) lines: Vec<TaskLine>,
+    /// More tasks match than the rows shown.
+    pub(super) more: bool,
     pub(super) query: String,
     pub(super) done: bool,
 }
@@ -104,6 +106,7 @@ pub(super) struct InboxPage<'a> {
 pub(super) struct InboxRows {
     pub(super) w: &'static Words,
     pub(super) lines: Vec<TaskLine>,
+    pub(super) more: bool,
 }
 
 /// One form field, ready for HTML.
