@@ -1620,3 +1620,53 @@ async fn the_inbox_says_when_it_shows_only_some_tasks() {
         );
     }
 }
+
+/// An inbox row is titled by its task's own version: a node renamed in a
+/// later version still shows its title for the tasks of the earlier one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_rows_are_titled_by_their_own_version() {
+    let api = Api::new(Db::Sqlite).await;
+    let v1 = r#"
+code: T-RENOMBRE
+name: Renombre
+version: 1
+owner_role: agente_ventas_digitales
+roles: [{id: agente_ventas_digitales, name: Agente}]
+nodes:
+  - id: inicio
+    kind: start
+    channels: [web]
+    next: revisar
+  - id: revisar
+    kind: user_task
+    label: {es: Revisar la primera versión, en: Review v1}
+    role: agente_ventas_digitales
+    outcomes:
+      - {id: ok, label: Listo, next: fin}
+  - id: fin
+    kind: end
+    outcome: listo
+"#;
+    let deploy = |text: String| {
+        let engine = api.h.engine.clone();
+        async move {
+            engine
+                .deploy(vec![("renombre.yaml".into(), text)])
+                .await
+                .expect("deploys")
+        }
+    };
+    deploy(v1.to_owned()).await;
+    let id = api.h.start("T-RENOMBRE", "web", json!({})).await;
+    deploy(
+        v1.replace("version: 1", "version: 2")
+            .replace("next: revisar", "next: revisar_todo")
+            .replace("id: revisar\n", "id: revisar_todo\n")
+            .replace("Revisar la primera versión", "Revisar todo"),
+    )
+    .await;
+    assert_eq!(api.h.instance(&id).await.version, 1);
+    let (status, _, html) = page(&api, Method::GET, "/inbox", Some(AGENT), None, false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("Revisar la primera versión"), "{html}");
+}

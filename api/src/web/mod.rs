@@ -301,8 +301,27 @@ async fn inbox_model(
                 .map_err(|e| ses.fail(e))?;
             processes.insert(t.code.clone(), p);
         }
-        let node = processes[&t.code].definition.node(&t.node_id);
-        lines.push(TaskLine::new(&t, node, ses, now));
+        let mut process = Arc::clone(&processes[&t.code]);
+        if process.definition.node(&t.node_id).is_none() {
+            // A node the latest version no longer has (renamed in v2): the
+            // task's own version names it. Rare, so read only then.
+            let instance = s
+                .engine
+                .instance(&t.instance_id)
+                .await
+                .map_err(|e| ses.fail(e))?;
+            process = s
+                .engine
+                .process(instance.definition_id)
+                .await
+                .map_err(|e| ses.fail(e))?;
+        }
+        lines.push(TaskLine::new(
+            &t,
+            process.definition.node(&t.node_id),
+            ses,
+            now,
+        ));
     }
     Ok((lines, more))
 }
