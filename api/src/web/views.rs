@@ -201,7 +201,8 @@ impl FieldView {
 
 /// A proposed value as its input takes it: a whole number without `.0`
 /// (a connector's `5.0` in an integer field would be refused on submit), a
-/// date as `YYYY-MM-DD` (a date input shows nothing for a timestamp).
+/// timestamp as its Bolivian day `YYYY-MM-DD` (a date input shows nothing
+/// for a timestamp).
 fn input_value(ty: VarType, value: &Value) -> String {
     match (ty, value) {
         (VarType::Integer, Value::Number(n)) => match n.as_f64() {
@@ -210,10 +211,17 @@ fn input_value(ty: VarType, value: &Value) -> String {
             }
             _ => n.to_string(),
         },
-        (VarType::Date, Value::String(s)) => match s.get(..10) {
-            Some(day) if s.len() > 10 && s.as_bytes()[10] == b'T' => day.to_owned(),
-            _ => s.clone(),
-        },
+        // A timestamp's day in Bolivia (UTC−4), as the pages show times.
+        (VarType::Date, Value::String(s)) => {
+            match tramite_engine::runtime::machine::timestamp_ms(value) {
+                Some(ms) => {
+                    let days = (ms - 4 * 3_600_000).div_euclid(86_400_000);
+                    let (y, m, d) = tramite_engine::runtime::indicators::civil(days);
+                    format!("{y:04}-{m:02}-{d:02}")
+                }
+                None => s.clone(),
+            }
+        }
         _ => plain(value),
     }
 }
@@ -846,6 +854,11 @@ mod tests {
         assert_eq!(input_value(VarType::Number, &json!(2.5)), "2.5");
         assert_eq!(
             input_value(VarType::Date, &json!("2026-12-06T14:30:00Z")),
+            "2026-12-06"
+        );
+        // 02:30 UTC on the 7th is 22:30 on the 6th in Bolivia.
+        assert_eq!(
+            input_value(VarType::Date, &json!("2026-12-07T02:30:00Z")),
             "2026-12-06"
         );
         assert_eq!(
