@@ -454,7 +454,8 @@ fn nodes(c: &mut Checker<'_>) {
                 }
             }
             NodeKind::Join(_) => {
-                if !forks.contains(n.id.as_str()) {
+                // A node that did not load may be the fork that names it.
+                if !forks.contains(n.id.as_str()) && c.broken.is_empty() {
                     c.error(
                         Code::JoinWithoutFork,
                         base.key("id"),
@@ -615,7 +616,8 @@ fn calls(c: &mut Checker<'_>) {
                 ),
             );
         }
-        if !linked {
+        // With a broken `links` section the procedure may be the broken entry.
+        if !linked && c.parsed.section_complete("links") {
             c.error(
                 Code::UnknownProcedure,
                 base.key("procedure"),
