@@ -225,37 +225,15 @@ impl PartialEq for ClaimedJob {
     }
 }
 
-/// Deployed processes, by version row id (immutable, so cached while the
-/// transactions that read them commit).
+/// Deployed processes, by version row id: immutable, and no id is ever
+/// given to two versions (not even after a rollback: see the SQLite
+/// writer's `insert_definition`), so cached forever.
 #[derive(Debug, Default)]
 pub struct ProcessCache {
     by_id: RwLock<HashMap<i64, Arc<Process>>>,
-    /// A version was inserted since the last rollback.
-    inserted: std::sync::atomic::AtomicBool,
 }
 
 impl ProcessCache {
-    /// A version row was inserted (deploy), not yet known to be committed.
-    pub fn inserted(&self) {
-        self.inserted
-            .store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    /// A transaction was rolled back. If a version was inserted since the
-    /// last rollback, every process is forgotten: the transaction may have
-    /// read the version it inserted, whose id SQLite gives the next insert
-    /// (`INTEGER PRIMARY KEY` takes the highest id plus one), maybe of other
-    /// content. Otherwise (a form error, a stale task: the common
-    /// rollbacks) the cache stays, as recompiling P06 costs milliseconds.
-    pub fn rolled_back(&self) {
-        if self
-            .inserted
-            .swap(false, std::sync::atomic::Ordering::AcqRel)
-        {
-            self.by_id.write().expect("cache lock").clear();
-        }
-    }
-
     /// The process of version `id`, loading and compiling it once.
     pub async fn get(&self, conn: &mut impl Tx, id: i64) -> Result<Arc<Process>, Error> {
         if let Some(p) = self.by_id.read().expect("cache lock").get(&id) {
@@ -757,7 +735,6 @@ async fn deploy(
                 now: ctx.now,
             })
             .await?;
-        ctx.processes.inserted();
         out.push(Deployed {
             code,
             version: row.version,

@@ -94,18 +94,14 @@ impl Writer {
             Ok(results) => results,
             // Running them again could do them twice; answering success
             // could be a lie.
-            Err(Error::CommitOutcomeUnknown) => {
-                self.processes.rolled_back();
-                envelopes
-                    .iter()
-                    .map(|_| Err(Error::CommitOutcomeUnknown))
-                    .collect()
-            }
+            Err(Error::CommitOutcomeUnknown) => envelopes
+                .iter()
+                .map(|_| Err(Error::CommitOutcomeUnknown))
+                .collect(),
             Err(e) => {
                 // The commit itself failed (or the connection did): run each
                 // command alone so that one bad apple cannot sink the rest.
                 tracing::warn!(error = %e, size = envelopes.len(), "batch failed; running commands one by one");
-                self.processes.rolled_back();
                 touched.lock().expect("touched lock").clear();
                 let mut results = Vec::with_capacity(envelopes.len());
                 for env in &envelopes {
@@ -184,7 +180,6 @@ impl Writer {
                 if let Err(e) = &result {
                     let retryable = commands::is_retryable(e);
                     tx.rollback().await?;
-                    self.processes.rolled_back();
                     if retryable {
                         return Err(Error::Concurrent {
                             instance: String::new(),
@@ -218,14 +213,12 @@ impl Writer {
                 }
                 Err(e) if commands::is_retryable(e) => {
                     savepoint.rollback().await?;
-                    self.processes.rolled_back();
                     return Err(Error::Concurrent {
                         instance: String::new(),
                     });
                 }
                 Err(_) => {
                     savepoint.rollback().await?;
-                    self.processes.rolled_back();
                     // The transaction's id stands whatever became of the
                     // command; its notice is undone with its savepoint.
                     receipt.merge(Receipt {
@@ -757,7 +750,6 @@ impl Writer {
                     tracing::warn!(error = %e, size = envelopes.len(), "batch failed; running commands one by one");
                 }
                 let _ = conn.rollback();
-                self.processes.rolled_back();
                 touched.lock().expect("touched lock").clear();
                 scheduled.store(false, std::sync::atomic::Ordering::Relaxed);
                 envelopes
@@ -776,7 +768,6 @@ impl Writer {
                         .and_then(|r| r.and_then(|mut r| r.pop()).ok_or(Error::Stopped))
                         .unwrap_or_else(|e| {
                             let _ = conn.rollback();
-                            self.processes.rolled_back();
                             Err(e)
                         })
                     })
@@ -830,13 +821,9 @@ impl Writer {
                 .swap(false, std::sync::atomic::Ordering::Relaxed);
             match (&result, savepoints) {
                 (Ok(_), true) => conn.release()?,
-                (Err(_), true) => {
-                    conn.rollback_to_savepoint()?;
-                    self.processes.rolled_back();
-                }
+                (Err(_), true) => conn.rollback_to_savepoint()?,
                 (Err(_), false) => {
                     conn.rollback()?;
-                    self.processes.rolled_back();
                     if !alone {
                         return Ok(None);
                     }
