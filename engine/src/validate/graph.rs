@@ -8,10 +8,10 @@ use petgraph::Direction;
 use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::unionfind::UnionFind;
-use petgraph::visit::{Bfs, EdgeRef, Reversed};
+use petgraph::visit::{Bfs, EdgeRef, NodeFiltered, Reversed};
 
 use super::{Checker, list};
-use crate::definition::NodeKind;
+use crate::definition::{Fork, NodeKind};
 use crate::diagnostic::Code;
 
 /// The definition as a petgraph graph; node weights are indexes into `def.nodes`.
@@ -200,28 +200,37 @@ fn report_spins(
     }
 }
 
+/// Every fork with the index of its join, where that names a join node.
+fn fork_joins<'a>(c: &'a Checker<'_>) -> Vec<(usize, &'a Fork, usize)> {
+    let nodes = &c.def.nodes;
+    nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| match &n.kind {
+            NodeKind::Fork(fork) => {
+                let &join = c.nodes.get(fork.join.as_str())?;
+                matches!(nodes[join].kind, NodeKind::Join(_)).then_some((i, fork, join))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Forks (with their join) one of whose branches cannot reach the join
 /// without passing a waiting node.
 fn blocking_forks(c: &Checker<'_>, g: &Graph) -> BTreeMap<usize, usize> {
     let nodes = &c.def.nodes;
-    let mut forks = BTreeMap::new();
-    for (i, n) in nodes.iter().enumerate() {
-        let NodeKind::Fork(fork) = &n.kind else {
-            continue;
-        };
-        let Some(&join) = c.nodes.get(fork.join.as_str()) else {
-            continue;
-        };
-        let waits = fork.branches.iter().any(|b| {
-            c.nodes
-                .get(b.as_str())
-                .is_some_and(|&first| !reaches_without_waiting(g, nodes, first, join))
-        });
-        if waits {
-            forks.insert(i, join);
-        }
-    }
-    forks
+    fork_joins(c)
+        .into_iter()
+        .filter(|(_, fork, join)| {
+            fork.branches.iter().any(|b| {
+                c.nodes
+                    .get(b.as_str())
+                    .is_some_and(|&first| !reaches_without_waiting(g, nodes, first, *join))
+            })
+        })
+        .map(|(i, _, join)| (i, join))
+        .collect()
 }
 
 /// Whether a token at `from` can reach `to` through nodes that never wait.
@@ -234,17 +243,13 @@ fn reaches_without_waiting(
     if nodes[from].kind.waits() {
         return false;
     }
-    let mut seen = BTreeSet::from([from]);
-    let mut queue = VecDeque::from([from]);
-    while let Some(n) = queue.pop_front() {
-        if n == to {
+    let instant = NodeFiltered::from_fn(&g.graph, |n: NodeIndex| {
+        n.index() == to || !nodes[n.index()].kind.waits()
+    });
+    let mut bfs = Bfs::new(&instant, NodeIndex::new(from));
+    while let Some(n) = bfs.next(&instant) {
+        if n.index() == to {
             return true;
-        }
-        for next in g.graph.neighbors(NodeIndex::new(n)) {
-            let k = g.graph[next];
-            if (k == to || !nodes[k].kind.waits()) && seen.insert(k) {
-                queue.push_back(k);
-            }
         }
     }
     false
@@ -284,16 +289,8 @@ fn cycle_through(
 fn forks(c: &mut Checker<'_>, g: &Graph) {
     let nodes = &c.def.nodes;
     let mut problems = Vec::new();
-    for (i, n) in nodes.iter().enumerate() {
-        let NodeKind::Fork(fork) = &n.kind else {
-            continue;
-        };
-        let Some(&join) = c.nodes.get(fork.join.as_str()) else {
-            continue;
-        };
-        if !matches!(nodes[join].kind, NodeKind::Join(_)) {
-            continue;
-        }
+    for (i, fork, join) in fork_joins(c) {
+        let n = &nodes[i];
         for (b, branch) in fork.branches.iter().enumerate() {
             let Some(&start) = c.nodes.get(branch.as_str()) else {
                 continue;
