@@ -574,14 +574,9 @@ impl HttpConnector {
                 let code = match body.pointer(&rule.code) {
                     Some(Value::String(code)) => code.clone(),
                     // `1001` and `1001.0` are one code, as `map` writes it.
-                    Some(Value::Number(code)) => match code.as_f64() {
-                        Some(f)
-                            if code.as_i64().is_none() && f.fract() == 0.0 && f.abs() < 9.0e15 =>
-                        {
-                            format!("{}", f as i64)
-                        }
-                        _ => code.to_string(),
-                    },
+                    Some(Value::Number(code)) => {
+                        tramite_engine::runtime::eval::whole_number_text(code)
+                    }
                     _ => continue,
                 };
                 let name = rule.map.get(&code).unwrap_or(&code);

@@ -205,12 +205,7 @@ impl FieldView {
 /// for a timestamp).
 fn input_value(ty: VarType, value: &Value) -> String {
     match (ty, value) {
-        (VarType::Integer, Value::Number(n)) => match n.as_f64() {
-            Some(f) if n.as_i64().is_none() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
-                format!("{}", f as i64)
-            }
-            _ => n.to_string(),
-        },
+        (VarType::Integer, Value::Number(n)) => tramite_engine::runtime::eval::whole_number_text(n),
         // A timestamp's day in Bolivia (UTC−4), as the pages show times.
         (VarType::Date, Value::String(s)) => {
             match tramite_engine::runtime::machine::timestamp_ms(value) {

@@ -131,6 +131,17 @@ fn to_cel(value: &Value) -> cel::Value {
     }
 }
 
+/// A JSON number as text, a whole one without `.0`: `5` and `5.0` both give
+/// `5` (a system's answer or a CEL division may give either), `5.5` stays.
+pub fn whole_number_text(n: &serde_json::Number) -> String {
+    match n.as_f64() {
+        Some(f) if n.as_i64().is_none() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+            format!("{}", f as i64)
+        }
+        _ => n.to_string(),
+    }
+}
+
 /// Evaluates a condition.
 pub fn condition(expr: &Expr, scope: &Scope<'_>) -> Result<bool, EvalError> {
     match eval(expr, scope)? {
