@@ -299,12 +299,7 @@ pub async fn second_engine(h: &Harness) -> Engine {
 
 /// Another engine on the same database, or why it could not open.
 pub async fn try_second_engine(h: &Harness) -> Result<Engine, tramite_engine::Error> {
-    let mut config = EngineConfig::new(h.db.url.clone());
-    config.catalog = tramite_connectors::catalog();
-    config.connectors = h.connectors.clone();
-    config.clock = Arc::clone(&h.clock) as Arc<dyn tramite_engine::runtime::clock::Clock>;
-    config.node_name = "second".to_owned();
-    Engine::open(config).await
+    try_open_with(&h.db, &h.connectors, &h.clock, |_| {}).await
 }
 
 /// Another engine on the same database with `lanes` write lanes
@@ -323,6 +318,17 @@ async fn open_with(
     clock: &Arc<ManualClock>,
     tweak: impl FnOnce(&mut EngineConfig),
 ) -> Engine {
+    try_open_with(db, connectors, clock, tweak)
+        .await
+        .expect("engine opens")
+}
+
+async fn try_open_with(
+    db: &TestDb,
+    connectors: &Connectors,
+    clock: &Arc<ManualClock>,
+    tweak: impl FnOnce(&mut EngineConfig),
+) -> Result<Engine, tramite_engine::Error> {
     let mut config = EngineConfig::new(db.url.clone());
     config.catalog = tramite_connectors::catalog();
     config.connectors = connectors.clone();
@@ -330,7 +336,7 @@ async fn open_with(
     config.lease = Duration::from_secs(30);
     config.node_name = "test".to_owned();
     tweak(&mut config);
-    Engine::open(config).await.expect("engine opens")
+    Engine::open(config).await
 }
 
 /// A JSON object from `json!({...})`.

@@ -302,19 +302,19 @@ fn operation_of(catalog: &Catalog, key: &str) -> bool {
 /// Scripted answers for an operation the catalog does not have: a misspelt
 /// key would otherwise only show as a call without answers.
 fn unknown_answers(scenario: &Scenario, catalog: &Catalog) -> Vec<String> {
+    let known: Vec<String> = catalog
+        .connectors()
+        .flat_map(|c| {
+            c.operations
+                .iter()
+                .map(move |o| format!("{}.{}", c.name, o.name))
+        })
+        .collect();
     scenario
         .answers
         .keys()
         .filter(|key| !operation_of(catalog, key))
         .map(|key| {
-            let known: Vec<String> = catalog
-                .connectors()
-                .flat_map(|c| {
-                    c.operations
-                        .iter()
-                        .map(move |o| format!("{}.{}", c.name, o.name))
-                })
-                .collect();
             format!(
                 "answers: `{key}` is not an operation of the catalog (known: {})",
                 known.join(", ")
