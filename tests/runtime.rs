@@ -143,6 +143,14 @@ async fn digital_lead(db: Db) {
     let id = h.start(P06, "facebook", json!({"telefono": PHONE})).await;
     h.complete(&id, "revisar_solicitud_digital", "sin_respuesta", json!({}))
         .await;
+    // Called again an hour later, twice; the third unanswered call closes it.
+    for _ in 0..2 {
+        assert!(!h.task_open(&id, "devolver_llamada").await);
+        h.advance(Duration::from_secs(3_600));
+        h.jobs().await;
+        h.complete(&id, "devolver_llamada", "sin_respuesta", json!({}))
+            .await;
+    }
     assert_eq!(
         h.instance(&id).await.outcome.as_deref(),
         Some("cliente_no_contactado")
@@ -1186,6 +1194,22 @@ async fn cancelling_a_child_stops_its_parent_with_an_incident(db: Db) {
             .message
             .contains("was cancelled: orden duplicada")
     );
+    // The installation was done under the other order: the team lead
+    // resolves with what P02 would have returned, and the sale goes on
+    // without a second installation order.
+    h.engine
+        .resolve_incident(
+            &incidents[0].id,
+            "jefe1",
+            tramite_tests::engine::object(
+                json!({"instalacion_realizada": true, "dias_ejecucion": 4}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.engine.children(&id).await.unwrap().len(), 1);
+    h.task(&id, "seguimiento_venta").await;
+    assert_eq!(h.instance(&id).await.state.variables["dias_ejecucion"], 4);
 }
 on_both_backends!(
     cancelling_a_child_stops_its_parent_with_an_incident,
@@ -1271,6 +1295,172 @@ async fn two_engines_publish_to_one_wait() {
     second.shutdown().await;
 }
 
+/// A command whose caller stopped waiting (an HTTP request past its time
+/// limit) before the writer reached it is not run: the caller was told it
+/// timed out, and sending it again must not do it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_caller_gave_up_is_not_run() {
+    use sqlx::Connection;
+    let h = Harness::new(Db::Postgres).await;
+    let ids = tramite_tests::p06::waiting_for_identification(&h, 2).await;
+    let lane = tramite_tests::engine::engine_with_lanes(&h, 1).await;
+    let mut holder = sqlx::PgConnection::connect(&h.db.url)
+        .await
+        .expect("PostgreSQL");
+    sqlx::query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT id FROM instances WHERE id = $1 FOR UPDATE")
+        .bind(&ids[0])
+        .execute(&mut holder)
+        .await
+        .expect("row lock");
+    let first = send_identification(&h, &lane, &ids[0], 0, false).await;
+    let mut waited = 0;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut holder)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 500, "the lane never waited on the row lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Queued behind the held lane, then abandoned by its caller.
+    let abandoned = send_identification(&h, &lane, &ids[1], 1, false).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    abandoned.abort();
+    assert!(abandoned.await.unwrap_err().is_cancelled());
+    sqlx::query("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("release");
+    assert!(first.await.expect("joins").is_ok());
+    // The lane has taken the next batch by the time a new command is answered.
+    lane.cancel(&ids[0], "fin de la prueba", "supervisora")
+        .await
+        .unwrap();
+    assert!(
+        h.task_open(&ids[1], "identificar_cliente").await,
+        "the abandoned completion was run"
+    );
+    lane.shutdown().await;
+}
+
+/// Managed PostgreSQL services often default to REPEATABLE READ; the
+/// engine's advisory-lock-then-read steps need a fresh snapshot per
+/// statement, so every connection sets READ COMMITTED for itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_read_committed_whatever_the_database_default() {
+    use sqlx::Connection;
+    let mut h = Harness::new(Db::Postgres).await;
+    let name = h.db.url.rsplit('/').next().unwrap().to_owned();
+    let mut admin = sqlx::PgConnection::connect(&h.db.url)
+        .await
+        .expect("PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {name} SET default_transaction_isolation = 'repeatable read'"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("alter database");
+    h.restart().await;
+    let mut conn = h.engine.store().pool().acquire().await.unwrap();
+    let level: String = sqlx::query_scalar("SELECT current_setting('transaction_isolation')")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(level, "read committed");
+    drop(conn);
+    // And the engine works on such a database: two nodes race to deliver.
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    h.complete(
+        &id,
+        "verificar_capacidad",
+        "continuar",
+        json!({"capacidad_confirmada": true}),
+    )
+    .await;
+    let second = tramite_tests::engine::second_engine(&h).await;
+    let subscribe = h.complete(
+        &id,
+        "solicitar_requisitos",
+        "requisitos_solicitados",
+        json!({}),
+    );
+    let publish = second.publish(tramite_engine::runtime::PublishMessage {
+        name: "requisitos_whatsapp".into(),
+        key: PHONE.into(),
+        payload: json!({"media": ["ci.jpg"]}),
+        id: "wamid.rr.1".into(),
+        ttl_ms: 3_600_000,
+    });
+    let ((), published) = tokio::join!(subscribe, publish);
+    published.unwrap();
+    h.task(&id, "imprimir_requisitos").await;
+    second.shutdown().await;
+}
+
+/// A photo kept from the client's earlier request (or a "hola" sent before
+/// any request existed) is not the requirements of a request started
+/// later: the new one still waits, and takes the next message.
+async fn a_message_from_before_the_instance_is_not_its_own(db: Db) {
+    let h = Harness::new(db).await;
+    let leftover = h
+        .publish(
+            "requisitos_whatsapp",
+            PHONE,
+            "wamid.semana.pasada",
+            json!({"media": ["foto_vieja.jpg"]}),
+        )
+        .await;
+    assert_eq!(leftover, Delivery::Kept);
+    h.advance(Duration::from_secs(3 * 86_400));
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    h.complete(
+        &id,
+        "verificar_capacidad",
+        "continuar",
+        json!({"capacidad_confirmada": true}),
+    )
+    .await;
+    // Kept since a message may arrive before its wait: but after the start.
+    let early = h
+        .publish(
+            "requisitos_whatsapp",
+            PHONE,
+            "wamid.temprano",
+            json!({"media": ["ci.jpg"]}),
+        )
+        .await;
+    assert_eq!(early, Delivery::Kept);
+    h.complete(
+        &id,
+        "solicitar_requisitos",
+        "requisitos_solicitados",
+        json!({}),
+    )
+    .await;
+    h.task(&id, "imprimir_requisitos").await;
+    let v = h.instance(&id).await.state.variables;
+    assert_eq!(v["requisitos_adjuntos"], json!(["ci.jpg"]), "{v:?}");
+    let pending = h.engine.messages("pending", 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, "wamid.semana.pasada");
+}
+on_both_backends!(
+    a_message_from_before_the_instance_is_not_its_own,
+    super::a_message_from_before_the_instance_is_not_its_own
+);
+
 async fn p06_indicator_for_days_with_a_known_mix(db: Db) {
     let h = Harness::new(db).await;
     const DAY: Duration = Duration::from_secs(86_400);
@@ -1281,6 +1471,18 @@ async fn p06_indicator_for_days_with_a_known_mix(db: Db) {
         }
         h.advance(DAY);
     }
+    // Day 4: two efficient sales, one request still waiting for its
+    // installation (it may yet fail: no verdict for the day) and one
+    // cancelled by an operator (in neither line).
+    tramite_tests::p06::sale(&h, true).await;
+    tramite_tests::p06::sale(&h, true).await;
+    let waiting = through_identification(&h, "4587213").await;
+    through_coverage(&h, &waiting, "Cala Cala").await;
+    let cancelled = through_identification(&h, "4587213").await;
+    h.engine
+        .cancel(&cancelled, "lead duplicado", "supervisora")
+        .await
+        .unwrap();
     let values = h
         .engine
         .indicator(&tramite_engine::runtime::IndicatorQuery {
@@ -1294,6 +1496,9 @@ async fn p06_indicator_for_days_with_a_known_mix(db: Db) {
         .await
         .unwrap();
     type Row = (String, u64, u64, Option<f64>, Option<String>);
+    let (open, cancelled): (Vec<u64>, Vec<u64>) =
+        values.iter().map(|v| (v.open, v.cancelled)).unzip();
+    assert_eq!((open, cancelled), (vec![0, 0, 0, 1], vec![0, 0, 0, 1]));
     let got: Vec<Row> = values
         .into_iter()
         .map(|v| {
@@ -1331,6 +1536,8 @@ async fn p06_indicator_for_days_with_a_known_mix(db: Db) {
                 Some(95.0),
                 Some("Aceptado".into())
             ),
+            // 100 % of what ended, provisional while one request runs.
+            ("2026-11-30".into(), 2, 2, Some(100.0), None),
         ]
     );
 }

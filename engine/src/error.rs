@@ -117,6 +117,13 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// An id that deduplicates (a start's request id, a message's id or
+    /// key) left empty: every later one would be taken for a repeat.
+    #[error("`{field}` may not be empty")]
+    EmptyId {
+        /// Which field.
+        field: &'static str,
+    },
     /// A message's id was used before by a message of another name or key.
     #[error("message id `{id}` was used before by another message (another name or key)")]
     MessageIdTaken {
@@ -184,6 +191,19 @@ pub enum Error {
         "the database's log could not be written to disk; the engine takes no more changes until it is restarted"
     )]
     LogSyncFailed,
+}
+
+impl Error {
+    /// The database was too busy to take the change (no free connection in
+    /// time, or a deadlock or serialisation failure that outlasted the
+    /// writer's retries): nothing was written, and sending it again is safe.
+    pub fn is_busy(&self) -> bool {
+        crate::runtime::commands::is_retryable(self) && !matches!(self, Error::Concurrent { .. })
+            || matches!(
+                self,
+                Error::Store(crate::store::Error::Database(sqlx::Error::PoolTimedOut))
+            )
+    }
 }
 
 impl From<sqlx::Error> for Error {

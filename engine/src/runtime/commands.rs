@@ -1015,8 +1015,12 @@ async fn apply(
                 now: ctx.now,
             })
             .await?;
-            // A message that came before the instance waited is delivered now.
-            if let Some(message) = conn.pending_message(&name, &key, ctx.now).await? {
+            // A message that came before the instance waited (but not before
+            // it started) is delivered now.
+            if let Some(message) = conn
+                .pending_message(&name, &key, row.started_at, ctx.now)
+                .await?
+            {
                 conn.message_delivered(&message.id, &row.id).await?;
                 followups.push_back(Followup::Deliver {
                     instance: row.id.clone(),
@@ -1853,7 +1857,17 @@ async fn settle_incident(
             };
             m.go(token, &next)?;
         }
-        (None, Some(vars)) if incident.after_effect => {
+        // A call's child failed to start or was cancelled: resolving it
+        // means the operator supplies what the child should have returned,
+        // and the token goes on. Running the call again would start a
+        // second child (a second installation order); that is what retry is for.
+        (None, Some(vars))
+            if incident.after_effect
+                || matches!(
+                    process.definition.node(&incident.node_id).map(|n| &n.kind),
+                    Some(NodeKind::Call(_))
+                ) =>
+        {
             // The step took effect; the operator supplies what it should have written.
             m.write(&vars);
             let next = match process.definition.node(&incident.node_id).map(|n| &n.kind) {

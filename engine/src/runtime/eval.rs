@@ -174,7 +174,7 @@ pub fn mapping(
 }
 
 /// Whether any text in `value` (a string, an object's key) holds U+0000.
-fn holds_nul(value: &Value) -> bool {
+pub fn holds_nul(value: &Value) -> bool {
     match value {
         Value::String(s) => s.contains('\0'),
         Value::Array(items) => items.iter().any(holds_nul),

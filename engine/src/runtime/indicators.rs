@@ -3,6 +3,13 @@
 //! What an indicator counts is written in the definition (which ends, which
 //! condition over the instance's variables); this module only buckets
 //! instances by the period they started in, counts, and judges.
+//!
+//! Only instances that have ended are counted: a request started today that
+//! waits two weeks for its installation would otherwise count against today
+//! until it ends, and every recent day would read as failing. A period with
+//! instances still running has a value but no verdict yet. Cancelled
+//! instances (an operator's decision, not an outcome of the procedure) are
+//! counted apart, in neither line.
 
 use std::collections::BTreeMap;
 
@@ -19,14 +26,35 @@ use crate::text::Text;
 pub struct IndicatorValue {
     /// The period's first day (`2026-11-27`; a week's Monday; a month's first day).
     pub period: String,
-    /// Instances counted above the line.
+    /// Ended instances counted above the line.
     pub numerator: u64,
-    /// Instances counted below the line.
+    /// Ended instances counted below the line.
     pub denominator: u64,
-    /// `numerator × scale / denominator`; absent when nothing entered.
+    /// Instances started in the period that are still running: counted in
+    /// neither line until they end.
+    pub open: u64,
+    /// Instances started in the period and cancelled: counted in neither line.
+    pub cancelled: u64,
+    /// `numerator × scale / denominator`; absent when nothing ended.
     pub value: Option<f64>,
-    /// The verdict (`Aceptado`, `Observado`); absent without a value.
+    /// The verdict (`Aceptado`, `Observado`); absent without a value and
+    /// while any instance of the period is still open (the value can move).
     pub verdict: Option<Text>,
+}
+
+impl IndicatorValue {
+    /// A period in which nothing started.
+    pub fn empty(period: String) -> IndicatorValue {
+        IndicatorValue {
+            period,
+            numerator: 0,
+            denominator: 0,
+            open: 0,
+            cancelled: 0,
+            value: None,
+            verdict: None,
+        }
+    }
 }
 
 /// How long a step took.
@@ -127,7 +155,7 @@ pub struct Tally<'a> {
     indicator: &'a Indicator,
     period: Period,
     utc_offset_minutes: i32,
-    buckets: BTreeMap<String, (u64, u64)>,
+    buckets: BTreeMap<String, IndicatorValue>,
 }
 
 impl<'a> Tally<'a> {
@@ -143,19 +171,22 @@ impl<'a> Tally<'a> {
 
     /// Counts `instance` in the period it started in.
     pub fn add(&mut self, instance: &InstanceRow) {
+        let period = period_of(instance.started_at, self.period, self.utc_offset_minutes);
         let bucket = self
             .buckets
-            .entry(period_of(
-                instance.started_at,
-                self.period,
-                self.utc_offset_minutes,
-            ))
-            .or_default();
-        if counts(&self.indicator.numerator, instance) {
-            bucket.0 += 1;
-        }
-        if counts(&self.indicator.denominator, instance) {
-            bucket.1 += 1;
+            .entry(period)
+            .or_insert_with_key(|p| IndicatorValue::empty(p.clone()));
+        match instance.status.as_str() {
+            "completed" => {
+                if counts(&self.indicator.numerator, instance) {
+                    bucket.numerator += 1;
+                }
+                if counts(&self.indicator.denominator, instance) {
+                    bucket.denominator += 1;
+                }
+            }
+            "cancelled" => bucket.cancelled += 1,
+            _ => bucket.open += 1,
         }
     }
 
@@ -163,17 +194,15 @@ impl<'a> Tally<'a> {
     pub fn finish(self) -> Vec<IndicatorValue> {
         let indicator = self.indicator;
         self.buckets
-            .into_iter()
-            .map(|(period, (numerator, denominator))| {
-                let value = (denominator > 0)
-                    .then(|| numerator as f64 * indicator.scale / denominator as f64);
-                IndicatorValue {
-                    period,
-                    numerator,
-                    denominator,
-                    verdict: value.map(|v| verdict(indicator, v)),
-                    value,
-                }
+            .into_values()
+            .map(|mut v| {
+                v.value = (v.denominator > 0)
+                    .then(|| v.numerator as f64 * indicator.scale / v.denominator as f64);
+                v.verdict = v
+                    .value
+                    .filter(|_| v.open == 0)
+                    .map(|value| verdict(indicator, value));
+                v
             })
             .collect()
     }

@@ -288,6 +288,15 @@ impl Engine {
     /// Starts an instance unless its request id started one before; returns
     /// the instance's id and whether it is new.
     pub async fn start_once(&self, start: StartInstance) -> Result<(String, bool), Error> {
+        if start
+            .request_id
+            .as_deref()
+            .is_some_and(|r| r.trim().is_empty())
+        {
+            return Err(Error::EmptyId {
+                field: "request_id",
+            });
+        }
         match self.submit(Command::Start(start)).await? {
             Reply::Started { id, new } => Ok((id, new)),
             other => unreachable!("start answered {other:?}"),
@@ -335,6 +344,12 @@ impl Engine {
 
     /// Publishes a message.
     pub async fn publish(&self, message: PublishMessage) -> Result<Delivery, Error> {
+        if message.id.trim().is_empty() {
+            return Err(Error::EmptyId { field: "id" });
+        }
+        if message.key.trim().is_empty() {
+            return Err(Error::EmptyId { field: "key" });
+        }
         match self.submit(Command::Publish(message)).await? {
             Reply::Published(d) => Ok(d),
             other => unreachable!("publish answered {other:?}"),

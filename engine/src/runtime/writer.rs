@@ -27,6 +27,21 @@ pub(crate) struct Envelope {
     pub(crate) reply: oneshot::Sender<Result<Reply, Error>>,
 }
 
+/// Drops the commands whose callers stopped waiting before the writer
+/// reached them (an HTTP request past its time limit, a client that hung
+/// up): they were never acknowledged, and a caller told "timed out" who
+/// sends the command again must not find the first one done as well.
+fn without_abandoned(batch: &mut Vec<Envelope>) {
+    let before = batch.len();
+    batch.retain(|env| !env.reply.is_closed());
+    if batch.len() < before {
+        tracing::info!(
+            commands = before - batch.len(),
+            "commands whose callers stopped waiting were not run"
+        );
+    }
+}
+
 /// Most commands a PostgreSQL lane takes into one transaction. Its
 /// statements are round trips one after another, so a batch's callers all
 /// wait for the whole batch: many small batches on parallel lanes answer
@@ -73,8 +88,11 @@ impl Writer {
             if got == 0 {
                 return;
             }
-            let envelopes = std::mem::take(&mut batch);
-            self.execute(envelopes).await;
+            let mut envelopes = std::mem::take(&mut batch);
+            without_abandoned(&mut envelopes);
+            if !envelopes.is_empty() {
+                self.execute(envelopes).await;
+            }
         }
     }
 
@@ -461,6 +479,10 @@ pub(crate) fn spawn_sqlite(
                     for env in batch {
                         let _ = env.reply.send(Err(Error::LogSyncFailed));
                     }
+                    continue;
+                }
+                without_abandoned(&mut batch);
+                if batch.is_empty() {
                     continue;
                 }
                 let settled = writer.execute_sqlite(&mut conn, batch, &runtime);

@@ -160,21 +160,27 @@ pub enum Recorded {
     },
 }
 
-/// The oldest pending, unexpired message for `name` and `key`.
+/// The oldest pending, unexpired message for `name` and `key` that arrived
+/// at `since` or later (the waiting instance's start: a message kept from
+/// before it, such as a photo left over from the client's last request,
+/// is not its own).
 pub async fn pending(
     conn: &mut Conn,
     name: &str,
     key: &str,
+    since: i64,
     now: i64,
 ) -> Result<Option<MessageRow>, Error> {
     let r = sqlx::query(
         "SELECT id, message_name, correlation_key, payload, status, instance_id, received_at, expires_at \
          FROM messages WHERE message_name = $1 AND correlation_key = $2 AND status = 'pending' \
-         AND (expires_at IS NULL OR expires_at > $3) ORDER BY received_at LIMIT 1",
+         AND (expires_at IS NULL OR expires_at > $3) AND received_at >= $4 \
+         ORDER BY received_at LIMIT 1",
     )
     .bind(name)
     .bind(key)
     .bind(now)
+    .bind(since)
     .fetch_optional(&mut *conn)
     .await?;
     r.map(|r| message_row(&r)).transpose()

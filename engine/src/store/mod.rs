@@ -120,8 +120,9 @@ impl Store {
                 .max_connections(size)
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
-                        if backend == Backend::Sqlite {
-                            sqlite::configure(conn).await?;
+                        match backend {
+                            Backend::Sqlite => sqlite::configure(conn).await?,
+                            Backend::Postgres => postgres::configure(conn).await?,
                         }
                         Ok(())
                     })

@@ -6,6 +6,22 @@ use std::borrow::Cow;
 use sqlx::SqlStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
+/// Every connection's session: the engine's advisory locks (starts by
+/// request id, deploys, message correlation) are taken and then the rows
+/// read, which finds the other node's commit only under READ COMMITTED, a
+/// fresh snapshot per statement. A database whose default is REPEATABLE READ
+/// (common on managed services) would otherwise lose message deliveries.
+/// A connection left inside a transaction by a frozen node holds its row
+/// locks only a minute.
+pub(super) async fn configure(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Executor;
+    conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .await?;
+    conn.execute("SET idle_in_transaction_session_timeout = '60s'")
+        .await?;
+    Ok(())
+}
+
 /// The embedded migrations (applied under PostgreSQL's advisory lock, so
 /// that several nodes starting at once migrate exactly once).
 pub(super) fn migrator() -> Migrator {

@@ -873,15 +873,17 @@ impl Tx for Writing {
         &mut self,
         name: &str,
         key: &str,
+        since: i64,
         now: i64,
     ) -> Result<Option<MessageRow>, Error> {
         let found = self
             .conn.prepare_cached(
                 "SELECT id, message_name, correlation_key, payload, status, instance_id, received_at, expires_at \
                  FROM messages WHERE message_name = ?1 AND correlation_key = ?2 AND status = 'pending' \
-                 AND (expires_at IS NULL OR expires_at > ?3) ORDER BY received_at LIMIT 1",
+                 AND (expires_at IS NULL OR expires_at > ?3) AND received_at >= ?4 \
+                 ORDER BY received_at LIMIT 1",
             )?
-            .query_row(params![name, key, now], |r| {
+            .query_row(params![name, key, now, since], |r| {
                 Ok((
                     MessageRow {
                         id: r.get("id")?,

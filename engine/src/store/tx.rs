@@ -201,11 +201,13 @@ pub trait Tx: Send {
         &mut self,
         m: &MessageRow,
     ) -> impl Future<Output = Result<Recorded, Error>> + Send;
-    /// The oldest pending, unexpired message for `name` and `key`.
+    /// The oldest pending, unexpired message for `name` and `key` that
+    /// arrived at `since` or later.
     fn pending_message(
         &mut self,
         name: &str,
         key: &str,
+        since: i64,
         now: i64,
     ) -> impl Future<Output = Result<Option<MessageRow>, Error>> + Send;
     /// Marks a message delivered.
@@ -552,9 +554,10 @@ impl Tx for sqlx::AnyConnection {
         &mut self,
         name: &str,
         key: &str,
+        since: i64,
         now: i64,
     ) -> Result<Option<MessageRow>, Error> {
-        super::messages::pending(self, name, key, now).await
+        super::messages::pending(self, name, key, since, now).await
     }
     async fn message_delivered(&mut self, id: &str, instance: &str) -> Result<(), Error> {
         super::messages::delivered(self, id, instance).await
