@@ -229,11 +229,16 @@ fn p06_models_every_step_of_the_original() {
             Some("14")
         );
     }
-    // The WhatsApp wait correlates on the client's phone and has a timeout route.
+    // The WhatsApp wait correlates on the mobile the agent wrote at step 8
+    // (the phone the client called from, unless that was a landline) and
+    // has a timeout route.
     let NodeKind::MessageWait(w) = &def.node("recibir_requisitos").unwrap().kind else {
         panic!("step 9 is a message wait");
     };
-    assert_eq!(w.correlation.source(), "telefono");
+    assert_eq!(
+        w.correlation.source(),
+        "whatsapp != null ? whatsapp : telefono"
+    );
     assert!(w.timeout.is_some());
     // Lost call → call back (1.2), with a deadline that escalates.
     let NodeKind::UserTask(t) = &def.node("devolver_llamada").unwrap().kind else {
