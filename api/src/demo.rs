@@ -1,5 +1,5 @@
 //! `tramite demo`: the engine with its embedded defaults — a SQLite file
-//! created on first start, the shipped procedures, the simulated NAF, GIS and
+//! created on first start, the procedures in `processes/`, the simulated NAF, GIS and
 //! Smartflex — taking one P06 request from the call to the quality-control
 //! call, then printing its history.
 
@@ -13,6 +13,7 @@ use tramite_engine::text::Lang;
 /// Runs the demo on `database_url`, printing to `out`.
 pub(crate) async fn run(
     database_url: &str,
+    processes: &std::path::Path,
     lang: Lang,
     out: &mut impl std::io::Write,
 ) -> Result<(), crate::Error> {
@@ -22,7 +23,7 @@ pub(crate) async fn run(
     config.connectors = sims.connectors();
     config.poll = Duration::from_millis(20);
     let engine = Engine::open(config).await?;
-    for d in engine.deploy_dir(std::path::Path::new("processes")).await? {
+    for d in engine.deploy_dir(processes).await? {
         writeln!(
             out,
             "deployed {} v{}{}",

@@ -159,6 +159,9 @@ enum Command {
         /// Database URL; the SQLite file is created on first start.
         #[arg(long, default_value = "sqlite://tramite.db")]
         database_url: String,
+        /// Where the procedures are (relative to the working directory).
+        #[arg(long, env = "TRAMITE_PROCESSES", default_value = "processes")]
+        processes: PathBuf,
         /// Language of labels.
         #[arg(long, value_enum, default_value_t = Language::Es)]
         lang: Language,
@@ -398,13 +401,17 @@ fn run(cli: Cli) -> Result<(), Error> {
             let runtime = runtime()?;
             runtime.block_on(scenarios(&paths, &processes, &mut stdout))
         }
-        Command::Demo { database_url, lang } => {
+        Command::Demo {
+            database_url,
+            processes,
+            lang,
+        } => {
             let runtime = runtime()?;
             let lang = match lang {
                 Language::Es => Lang::Es,
                 Language::En => Lang::En,
             };
-            runtime.block_on(demo::run(&database_url, lang, &mut stdout))
+            runtime.block_on(demo::run(&database_url, &processes, lang, &mut stdout))
         }
         Command::Bench {
             instances,

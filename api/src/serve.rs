@@ -56,7 +56,11 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
                 .map_err(|e| Error::Serve(format!("cannot read {}: {e}", path.display())))?;
             let file: UsersFile = serde_yaml::from_str(&text)
                 .map_err(|e| Error::Serve(format!("{}: {e}", path.display())))?;
-            (Users::from_file(file), Vec::new())
+            let users = Users::from_file(file).map_err(|problems| {
+                let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+                Error::Serve(format!("{}:\n{}", path.display(), lines.join("\n")))
+            })?;
+            (users, Vec::new())
         }
         None => {
             let demo = vec![

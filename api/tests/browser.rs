@@ -444,18 +444,27 @@ async fn agent_completes_p06_through_the_pages() {
     ui.click("#lang").await;
     assert!(ui.text("h2").await.contains("Diagram"));
     ui.screenshot("instance").await;
-    for page in [
-        "/inbox",
-        "/instances",
-        "/definitions",
-        "/incidents",
-        "/indicators",
-    ] {
+    let pages = ["/inbox", "/instances", "/definitions", "/indicators"];
+    // Incidents are for the team lead (`operator`): an agent has no link
+    // to them and is refused the page.
+    assert!(
+        ui.browser
+            .find(Locator::Css("a[href='/incidents']"))
+            .await
+            .is_err()
+    );
+    for page in pages {
         for _ in ["en", "es"] {
             ui.goto(page).await;
             ui.assert_fits().await;
             ui.click("#lang").await;
         }
+    }
+    ui.sign_in(LEAD).await;
+    for _ in ["en", "es"] {
+        ui.goto("/incidents").await;
+        ui.assert_fits().await;
+        ui.click("#lang").await;
     }
     ui.close().await;
 }

@@ -39,8 +39,11 @@ struct Api {
 
 impl Api {
     async fn new(db: Db) -> Api {
-        let h = Harness::new(db).await;
-        let users = Users::default()
+        Api::with_users(db, Api::users()).await
+    }
+
+    fn users() -> Users {
+        Users::default()
             .with("ana", AGENT, &["agente_ventas_digitales"])
             .with("bea", AGENT2, &["agente_ventas_digitales"])
             .with(
@@ -54,7 +57,11 @@ impl Api {
                 &["jefe_instalaciones", "tecnico_instalaciones"],
             )
             .with("ivr", CHANNEL, &["channel"])
-            .with("nadie", NO_ROLES, &[]);
+            .with("nadie", NO_ROLES, &[])
+    }
+
+    async fn with_users(db: Db, users: Users) -> Api {
+        let h = Harness::new(db).await;
         let app = router(Arc::new(AppState {
             engine: h.engine.clone(),
             users,
@@ -1669,4 +1676,169 @@ nodes:
     let (status, _, html) = page(&api, Method::GET, "/inbox", Some(AGENT), None, false).await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("Revisar la primera versión"), "{html}");
+}
+
+/// Review findings (6 December, night): metrics from the web form, gauges
+/// that go back to 0, assignments to people who exist, empty ids, a NUL
+/// spelt in JSON, the incidents page for operators only, and one refused
+/// WhatsApp message that does not hold back the event's others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_findings_over_http() {
+    const RITA: &str = "clave-rita";
+    let api = Api::with_users(Db::Sqlite, Api::users().with("rita", RITA, &["agente"])).await;
+    api.h
+        .engine
+        .deploy(vec![(
+            "rework.yaml".into(),
+            tramite_tests::REWORK.to_owned(),
+        )])
+        .await
+        .expect("deploys");
+    let id = api.h.start("T-REWORK", "web", json!({})).await;
+    let metrics = || async {
+        let response = api
+            .app
+            .clone()
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    };
+    let text = metrics().await;
+    assert!(
+        text.contains("tramite_tasks_open{role=\"agente\"} 1"),
+        "{text}"
+    );
+
+    // Assigning to a name nobody signs in with, or to someone without the
+    // task's role, is refused; the task stays open to its role.
+    let task = api.h.task(&id, "revisar").await;
+    for user in ["rtia", "ana"] {
+        let (status, problem) = api
+            .json(
+                Method::POST,
+                &format!("/api/v1/tasks/{}/assign", task.id),
+                LEAD,
+                json!({"user": user}),
+            )
+            .await;
+        // LEAD lacks T-REWORK's owner role `agente`: operators may assign.
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{user}: {problem}"
+        );
+        assert_eq!(
+            problem["type"],
+            "https://tramite.dev/problems/no-such-assignee"
+        );
+    }
+    assert!(api.h.task(&id, "revisar").await.assignee.is_none());
+    let (status, _) = api
+        .json(
+            Method::POST,
+            &format!("/api/v1/tasks/{}/assign", task.id),
+            LEAD,
+            json!({"user": "rita"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // Completed through the agent's form: counted like the API's.
+    let (status, headers, _) = page(
+        &api,
+        Method::POST,
+        &format!("/tasks/{}", task.id),
+        Some(RITA),
+        Some("outcome=ok&rehacer=false"),
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/inbox?done=1");
+    let text = metrics().await;
+    assert!(
+        text.contains("tramite_tasks_completed_total{process=\"T-REWORK\",node=\"revisar\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tramite_tasks_open{role=\"agente\"} 0"),
+        "{text}"
+    );
+
+    // Empty ids would make every later start or message a "repeat".
+    for (uri, body) in [
+        (
+            "/api/v1/instances",
+            json!({"code": "T-REWORK", "channel": "web", "request_id": " "}),
+        ),
+        (
+            "/webhooks/ivr",
+            json!({"id": "", "process": "OPE-SUM-VEN-P06", "data": {"telefono": "72345678"}}),
+        ),
+        (
+            "/api/v1/messages",
+            json!({"name": "requisitos_whatsapp", "key": "72345678", "id": ""}),
+        ),
+        (
+            "/api/v1/messages",
+            json!({"name": "requisitos_whatsapp", "key": "", "id": "wamid.x"}),
+        ),
+    ] {
+        let (status, problem) = api.json(Method::POST, uri, CHANNEL, body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{uri}: {problem}");
+        assert_eq!(problem["type"], "https://tramite.dev/problems/empty-id");
+    }
+
+    // NUL spelt as JSON inside the query's variable filter.
+    let (status, problem) = api
+        .get("/api/v1/tasks?variable=telefono:%22%5Cu0000%22", AGENT)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(
+        problem["type"],
+        "https://tramite.dev/problems/nul-character"
+    );
+
+    // The incidents page is the operators', as the JSON list is.
+    let (status, _, html) = page(&api, Method::GET, "/incidents", Some(AGENT), None, false).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(html.contains("No tiene acceso"), "{html}");
+    let (_, _, inbox) = page(&api, Method::GET, "/inbox", Some(AGENT), None, false).await;
+    assert!(!inbox.contains("href=\"/incidents\""));
+    let (status, _, html) = page(&api, Method::GET, "/incidents", Some(LEAD), None, false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("href=\"/incidents\""));
+
+    // A WhatsApp event of two messages whose first reuses a wamid taken by
+    // another message: refused for good, listed; the second still goes in.
+    api.h
+        .publish("otro_mensaje", "70000000", "wamid.tomado", json!({}))
+        .await;
+    let first =
+        serde_json::from_str::<Value>(&whatsapp_event("wamid.tomado", "59172345678")).unwrap();
+    let second =
+        serde_json::from_str::<Value>(&whatsapp_event("wamid.nuevo", "59172345678")).unwrap();
+    let mut event = first.clone();
+    event["entry"][0]["changes"][0]["value"]["messages"]
+        .as_array_mut()
+        .unwrap()
+        .push(second["entry"][0]["changes"][0]["value"]["messages"][0].clone());
+    let body = event.to_string();
+    let (status, answer) = api
+        .whatsapp(&body, Some(signature(WHATSAPP_SECRET, &body)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let messages = answer["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{answer}");
+    assert!(
+        messages[0]["refused"]
+            .as_str()
+            .unwrap()
+            .contains("wamid.tomado")
+    );
+    assert_eq!(messages[1]["delivery"]["status"], "kept", "{answer}");
 }

@@ -91,24 +91,99 @@ pub fn hash(token: &str) -> String {
         .collect()
 }
 
+/// A users file entry that would let the wrong person in, or nobody.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserProblem {
+    /// A user without a name (claims and the journal record names).
+    #[error("user {position} has no name")]
+    NoName {
+        /// 1-based position in the file.
+        position: usize,
+    },
+    /// Two entries with one name would be one person to claims and
+    /// assignments.
+    #[error("`{name}` is listed twice")]
+    NameTwice {
+        /// The name.
+        name: String,
+    },
+    /// Not 64 hexadecimal digits: the plain token pasted in, or a cut hash.
+    #[error("`{name}`: token_sha256 must be 64 hexadecimal digits (sha256sum of the token)")]
+    NotAHash {
+        /// The user.
+        name: String,
+    },
+    /// The hash of no text at all: an empty sign-in would pass.
+    #[error("`{name}`: token_sha256 is the hash of an empty token")]
+    EmptyToken {
+        /// The user.
+        name: String,
+    },
+    /// Two users with one token: one of them would sign in as the other.
+    #[error("`{name}` has the same token as `{other}`")]
+    SameToken {
+        /// The later user.
+        name: String,
+        /// The earlier one.
+        other: String,
+    },
+}
+
 impl Users {
-    /// From the users file.
-    pub fn from_file(file: UsersFile) -> Users {
-        Users {
-            by_hash: file
-                .users
-                .into_iter()
-                .map(|u| {
-                    (
-                        u.token_sha256.to_ascii_lowercase(),
-                        User {
-                            name: u.name,
-                            roles: u.roles,
-                        },
-                    )
-                })
-                .collect(),
+    /// From the users file; every entry that would let the wrong person in
+    /// (or nobody) is reported, not just the first.
+    pub fn from_file(file: UsersFile) -> Result<Users, Vec<UserProblem>> {
+        let empty = hash("");
+        let mut problems = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        let mut by_hash: HashMap<String, User> = HashMap::new();
+        for (n, u) in file.users.into_iter().enumerate() {
+            let name = u.name.trim().to_owned();
+            if name.is_empty() {
+                problems.push(UserProblem::NoName { position: n + 1 });
+                continue;
+            }
+            if !names.insert(name.clone()) {
+                problems.push(UserProblem::NameTwice { name: name.clone() });
+            }
+            let digest = u.token_sha256.trim().to_ascii_lowercase();
+            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                problems.push(UserProblem::NotAHash { name });
+                continue;
+            }
+            if digest == empty {
+                problems.push(UserProblem::EmptyToken { name });
+                continue;
+            }
+            if let Some(other) = by_hash.get(&digest) {
+                problems.push(UserProblem::SameToken {
+                    name,
+                    other: other.name.clone(),
+                });
+                continue;
+            }
+            by_hash.insert(
+                digest,
+                User {
+                    name,
+                    roles: u.roles,
+                },
+            );
         }
+        if problems.is_empty() {
+            Ok(Users { by_hash })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Whether a user of this name has `role` (assigning a task to someone
+    /// who could never open it would strand it).
+    pub fn named_with_role(&self, name: &str, role: &str) -> Option<bool> {
+        self.by_hash
+            .values()
+            .find(|u| u.name == name)
+            .map(|u| u.has(role))
     }
 
     /// Adds a user with a token (development mode, tests).
@@ -125,7 +200,11 @@ impl Users {
 
     /// The user a token belongs to.
     pub fn by_token(&self, token: &str) -> Option<User> {
-        self.by_hash.get(&hash(token.trim())).cloned()
+        let token = token.trim();
+        if token.is_empty() {
+            return None;
+        }
+        self.by_hash.get(&hash(token)).cloned()
     }
 
     /// The user a request's `Authorization: Bearer …` names.
@@ -135,9 +214,64 @@ impl Users {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(Error::Unauthorized)?;
-        self.by_hash
-            .get(&hash(token.trim()))
-            .cloned()
-            .ok_or(Error::Unauthorized)
+        self.by_token(token).ok_or(Error::Unauthorized)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, digest: &str) -> UserEntry {
+        UserEntry {
+            name: name.to_owned(),
+            token_sha256: digest.to_owned(),
+            roles: vec!["agente_ventas_digitales".to_owned()],
+        }
+    }
+
+    #[test]
+    fn a_users_file_that_lets_the_wrong_person_in_is_refused_whole() {
+        let ana = hash("clave-ana");
+        let file = UsersFile {
+            users: vec![
+                entry("ana", &ana.to_ascii_uppercase()),
+                entry("luis", &ana),
+                entry("", &hash("x")),
+                entry("rosa", "clave-rosa"),
+                entry("ana", &hash("otra")),
+                entry("vacio", &hash("")),
+            ],
+        };
+        let problems = Users::from_file(file).unwrap_err();
+        assert_eq!(
+            problems,
+            vec![
+                UserProblem::SameToken {
+                    name: "luis".into(),
+                    other: "ana".into()
+                },
+                UserProblem::NoName { position: 3 },
+                UserProblem::NotAHash {
+                    name: "rosa".into()
+                },
+                UserProblem::NameTwice { name: "ana".into() },
+                UserProblem::EmptyToken {
+                    name: "vacio".into()
+                },
+            ]
+        );
+        let users = Users::from_file(UsersFile {
+            users: vec![entry("ana", &format!(" {} ", ana.to_ascii_uppercase()))],
+        })
+        .unwrap();
+        assert_eq!(users.by_token("clave-ana").unwrap().name, "ana");
+        assert_eq!(users.by_token(""), None);
+        assert_eq!(
+            users.named_with_role("ana", "agente_ventas_digitales"),
+            Some(true)
+        );
+        assert_eq!(users.named_with_role("ana", "operator"), Some(false));
+        assert_eq!(users.named_with_role("anna", "operator"), None);
     }
 }

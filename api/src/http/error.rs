@@ -61,6 +61,15 @@ pub enum Error {
     /// The request took longer than the server allows.
     #[error("the request took longer than {0:?}")]
     Timeout(std::time::Duration),
+    /// An assignment to a name no user signs in with, or to a user
+    /// without the task's role.
+    #[error("no user `{user}` with the role `{role}` can take this task")]
+    NoSuchAssignee {
+        /// The name given.
+        user: String,
+        /// The task's role.
+        role: String,
+    },
     /// A webhook whose signature does not match its body.
     #[error("the request's signature does not match its body")]
     BadSignature,
@@ -76,6 +85,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// The HTTP status this error answers with (pages use it too).
+    pub(crate) fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
     /// Status, stable kind, message for the client and extra members.
     pub(crate) fn parts(&self) -> (StatusCode, &'static str, String, Value) {
         use tramite_engine::Error as E;
@@ -122,6 +136,12 @@ impl Error {
             Error::BadSignature => (
                 StatusCode::UNAUTHORIZED,
                 "bad-signature",
+                self.to_string(),
+                none,
+            ),
+            Error::NoSuchAssignee { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "no-such-assignee",
                 self.to_string(),
                 none,
             ),
@@ -201,6 +221,12 @@ impl Error {
                 E::TaskClaimedByOther { .. } => {
                     (StatusCode::CONFLICT, "task-claimed", e.to_string(), none)
                 }
+                E::EmptyId { .. } => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "empty-id",
+                    e.to_string(),
+                    none,
+                ),
                 E::MessageIdTaken { .. } => (
                     StatusCode::CONFLICT,
                     "message-id-taken",
@@ -240,6 +266,16 @@ impl Error {
                     e.to_string(),
                     none,
                 ),
+                e if e.is_busy() => {
+                    tracing::warn!(error = %e, "database busy");
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "busy",
+                        "the database is busy; nothing was changed, so the request can be sent again"
+                            .to_owned(),
+                        none,
+                    )
+                }
                 _ => {
                     // Database, expression and machine failures: log, never show.
                     tracing::error!(error = %e, "internal error");

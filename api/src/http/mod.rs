@@ -149,6 +149,10 @@ fn variable_filter(text: &str) -> Result<(String, Value), Error> {
         return Err(bad());
     }
     let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    // `"\u0000"` decodes to the NUL the guard refuses in the raw query.
+    if tramite_engine::runtime::eval::holds_nul(&value) {
+        return Err(Error::NulCharacter);
+    }
     Ok((name.to_owned(), value))
 }
 
@@ -227,17 +231,47 @@ async fn prometheus(State(s): Shared) -> Result<impl IntoResponse, Error> {
         .await
         .map_err(tramite_engine::Error::from)?;
     let store_error = |e| Error::Engine(tramite_engine::Error::from(e));
-    for (code, status, outcome, n) in tramite_engine::store::instances::census(&mut conn)
+    let instances = tramite_engine::store::instances::census(&mut conn)
         .await
-        .map_err(store_error)?
-    {
+        .map_err(store_error)?;
+    let open = tramite_engine::store::tasks::open_by_role(&mut conn)
+        .await
+        .map_err(store_error)?;
+    // A label set the database no longer has (the role's last task done, a
+    // procedure's last instance ended) reads 0, not its last count: the
+    // census's GROUP BY has no row for it, and a gauge keeps its value.
+    static SEEN: std::sync::Mutex<Census> = std::sync::Mutex::new(Census {
+        instances: std::collections::BTreeSet::new(),
+        roles: std::collections::BTreeSet::new(),
+    });
+    let now = Census {
+        instances: instances
+            .iter()
+            .map(|(c, s, o, _)| (c.clone(), s.clone(), o.clone().unwrap_or_default()))
+            .collect(),
+        roles: open.iter().map(|(r, _)| r.clone()).collect(),
+    };
+    let gone = {
+        let mut seen = SEEN.lock().expect("census lock");
+        let gone = Census {
+            instances: seen.instances.difference(&now.instances).cloned().collect(),
+            roles: seen.roles.difference(&now.roles).cloned().collect(),
+        };
+        *seen = now;
+        gone
+    };
+    for (code, status, outcome) in gone.instances {
+        metrics::gauge!("tramite_instances", "process" => code, "status" => status, "outcome" => outcome)
+            .set(0.0);
+    }
+    for role in gone.roles {
+        metrics::gauge!("tramite_tasks_open", "role" => role).set(0.0);
+    }
+    for (code, status, outcome, n) in instances {
         metrics::gauge!("tramite_instances", "process" => code, "status" => status, "outcome" => outcome.unwrap_or_default())
             .set(n as f64);
     }
-    for (role, n) in tramite_engine::store::tasks::open_by_role(&mut conn)
-        .await
-        .map_err(store_error)?
-    {
+    for (role, n) in open {
         metrics::gauge!("tramite_tasks_open", "role" => role).set(n as f64);
     }
     let incidents = tramite_engine::store::incidents::open_count(&mut conn)
@@ -555,6 +589,14 @@ async fn assign(
         });
     }
     let Json(r) = body?;
+    // A name nobody signs in with, or someone without the task's role,
+    // would hold the task where no one can complete it.
+    if s.users.named_with_role(&r.user, &task.role) != Some(true) {
+        return Err(Error::NoSuchAssignee {
+            user: r.user,
+            role: task.role,
+        });
+    }
     s.engine.assign(&id, &r.user, &user.name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -755,11 +797,23 @@ async fn complete(
             roles: Some(user.roles),
         })
         .await?;
-    let waited = (s.engine.now() - task.created_at).max(0) as f64 / 1_000.0;
+    record_completion(&s.engine, task);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The label sets the last scrape's census gave.
+struct Census {
+    instances: std::collections::BTreeSet<(String, String, String)>,
+    roles: std::collections::BTreeSet<String>,
+}
+
+/// Counts a completed task and how long it waited, whichever way (JSON or
+/// the agent's form) it was completed.
+pub(crate) fn record_completion(engine: &Engine, task: tramite_engine::runtime::CompletedTask) {
+    let waited = (engine.now() - task.created_at).max(0) as f64 / 1_000.0;
     metrics::histogram!("tramite_task_wait_seconds", "process" => task.code.clone(), "node" => task.node_id.clone())
         .record(waited);
     metrics::counter!("tramite_tasks_completed_total", "process" => task.code, "node" => task.node_id).increment(1);
-    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

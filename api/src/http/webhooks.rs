@@ -134,15 +134,15 @@ pub(super) async fn whatsapp_event(
     })?;
     let mut results = Vec::new();
     for message in messages(&event) {
-        let Some(id) = message["id"].as_str() else {
+        let (Some(id), Some(from)) = (message["id"].as_str(), message["from"].as_str()) else {
+            tracing::warn!("WhatsApp message without id or sender: ignored");
             continue;
         };
-        let from = message["from"].as_str().unwrap_or_default();
         let key = from
             .strip_prefix(&w.country_code)
             .unwrap_or(from)
             .to_owned();
-        let delivery = s
+        let published = s
             .engine
             .publish(PublishMessage {
                 name: w.message.clone(),
@@ -151,9 +151,25 @@ pub(super) async fn whatsapp_event(
                 id: id.to_owned(),
                 ttl_ms: w.ttl_ms,
             })
-            .await?;
-        tracing::info!(wamid = id, key = %key, ?delivery, "WhatsApp message");
-        results.push(json!({"id": id, "key": key, "delivery": delivery}));
+            .await;
+        match published {
+            Ok(delivery) => {
+                tracing::info!(wamid = id, key = %key, ?delivery, "WhatsApp message");
+                results.push(json!({"id": id, "key": key, "delivery": delivery}));
+            }
+            // Meta would send the same message again and again: say so in
+            // the log, answer for it, and go on with the event's others.
+            Err(
+                e @ (tramite_engine::Error::MessageIdTaken { .. }
+                | tramite_engine::Error::EmptyId { .. }),
+            ) => {
+                tracing::warn!(wamid = id, key = %key, error = %e, "WhatsApp message refused");
+                results.push(json!({"id": id, "key": key, "refused": e.to_string()}));
+            }
+            // Worth another try (the database, a restart): Meta redelivers
+            // the whole event, and the messages already kept are duplicates.
+            Err(e) => return Err(e.into()),
+        }
     }
     // WhatsApp redelivers anything not answered 200; statuses (sent, read)
     // and other events are acknowledged and ignored.
@@ -261,6 +277,9 @@ async fn channel_start(
     let user = s.users.authenticate(headers)?;
     user.require("channel")?;
     let Json(e) = body?;
+    if e.id.trim().is_empty() {
+        return Err(tramite_engine::Error::EmptyId { field: "id" }.into());
+    }
     let channel = match (channel, &e.source) {
         (Some(c), _) => c.to_owned(),
         (None, Some(source)) => source.clone(),

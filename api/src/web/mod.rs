@@ -558,20 +558,26 @@ async fn task_submit(
             })
             .await
         {
-            Ok(_) => return Ok(Redirect::to("/inbox?done=1").into_response()),
+            Ok(task) => {
+                crate::http::record_completion(&s.engine, task);
+                return Ok(Redirect::to("/inbox?done=1").into_response());
+            }
             Err(tramite_engine::Error::InvalidData { errors: e }) => errors = e,
-            Err(tramite_engine::Error::TaskNotOpen { .. }) => {
-                // Completed or cancelled meanwhile: the page says by whom.
+            Err(e @ tramite_engine::Error::TaskNotOpen { .. }) => {
+                // Completed or cancelled meanwhile: the page says by whom,
+                // with the JSON API's status for it.
+                let status = Error::from(e).status();
                 let mut page = task_model(&s, &ses, &id, None, &[]).await?;
                 page.user = Some(ses.user.clone());
-                return Ok((StatusCode::CONFLICT, render(&page)).into_response());
+                return Ok((status, render(&page)).into_response());
             }
             Err(e) => return Err(ses.fail(e)),
         }
     }
     let mut page = task_model(&s, &ses, &id, Some(&form), &errors).await?;
     page.user = Some(ses.user.clone());
-    Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&page)).into_response())
+    let status = Error::InvalidData { errors }.status();
+    Ok((status, render(&page)).into_response())
 }
 
 /// The form's values, typed as the fields declare; a value that cannot be
@@ -871,6 +877,9 @@ async fn definition_page(
 
 async fn incidents(State(s): Shared, headers: HeaderMap) -> Result<Response, PageError> {
     let ses = session(&s, &headers)?;
+    // As `GET /api/v1/incidents`: an incident's message is for the team
+    // that can act on it.
+    ses.user.require("operator").map_err(|e| ses.fail(e))?;
     let rows = s
         .engine
         .incidents(Some("open"), None)
@@ -956,12 +965,8 @@ async fn indicators(State(s): Shared, headers: HeaderMap) -> Result<Response, Pa
                         .iter()
                         .find(|v| v.period == period)
                         .cloned()
-                        .unwrap_or(tramite_engine::runtime::indicators::IndicatorValue {
-                            period,
-                            numerator: 0,
-                            denominator: 0,
-                            value: None,
-                            verdict: None,
+                        .unwrap_or_else(|| {
+                            tramite_engine::runtime::indicators::IndicatorValue::empty(period)
                         })
                 })
                 .collect();

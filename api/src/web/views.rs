@@ -479,9 +479,13 @@ pub(super) struct DayValue {
     pub(super) period: String,
     pub(super) numerator: u64,
     pub(super) denominator: u64,
+    /// Requests of the day still running, then cancelled ones.
+    pub(super) open: u64,
+    pub(super) cancelled: u64,
     pub(super) value: String,
     pub(super) verdict: String,
-    /// `ok`, `bad` or empty (no requests that day).
+    /// `ok`, `bad`, `provisional` (requests still running) or empty
+    /// (nothing ended that day).
     pub(super) class: String,
 }
 
@@ -512,19 +516,24 @@ impl Board {
                 period: v.period.clone(),
                 numerator: v.numerator,
                 denominator: v.denominator,
+                open: v.open,
+                cancelled: v.cancelled,
                 value: v
                     .value
                     .map(|x| format!("{x:.1}"))
                     .unwrap_or_else(|| "—".into()),
+                // Without a verdict while requests are still running, the
+                // template says "provisional".
                 verdict: v
                     .verdict
                     .as_ref()
                     .map(|t| t.get(lang).to_owned())
                     .unwrap_or_default(),
-                class: match v.value {
-                    Some(x) if crate::web::views::meets(ind, x) => "ok".into(),
-                    Some(_) => "bad".into(),
-                    None => String::new(),
+                class: match (v.value, &v.verdict) {
+                    (Some(x), Some(_)) if crate::web::views::meets(ind, x) => "ok".into(),
+                    (Some(_), Some(_)) => "bad".into(),
+                    _ if v.open > 0 => "provisional".into(),
+                    _ => String::new(),
                 },
             })
             .collect();
@@ -574,7 +583,10 @@ fn chart(values: &[IndicatorValue], threshold: f64, scale: f64) -> String {
     for (i, v) in values.iter().enumerate() {
         let x = left + i as f64 * slot + slot * 0.15;
         if let Some(value) = v.value {
-            let color = if value >= threshold {
+            // Grey while the day's requests have not all ended.
+            let color = if v.verdict.is_none() {
+                "#90a4ae"
+            } else if value >= threshold {
                 "#2e7d32"
             } else {
                 "#c62828"
