@@ -230,11 +230,16 @@ async fn refused_connections_then_incident_then_recovery(db: Db) {
     }
     let incidents = h.engine.incidents(Some("open"), Some(&id)).await.unwrap();
     assert_eq!(incidents.len(), 1, "retries exhausted: one incident");
+    // Readable by every signed-in user (the instance's incidents and
+    // history): the system and what went wrong, with the trace id that
+    // finds the log line, never the internal address.
+    let message = &incidents[0].message;
     assert!(
-        incidents[0].message.contains("could not connect"),
-        "{}",
-        incidents[0].message
+        message.contains("smartflex register_service_request: could not connect (trace 00-"),
+        "{message}"
     );
+    assert!(!message.contains(&address.to_string()), "{message}");
+    assert!(!message.contains("127.0.0.1"), "{message}");
     assert_eq!(h.sims.smartflex.registration_count(), 0);
     let _server = Server::start(address, h.sims.clone())
         .await

@@ -545,14 +545,18 @@ impl HttpConnector {
             } else {
                 "request failed"
             };
-            Failure::retry(format!("{what}: {url}"))
+            Failure::retry(what.to_owned(), format!("{what}: {url}"))
         })?;
         let status = response.status();
         let bytes = read_answer(response, &url).await?;
         let body: Option<Value> = serde_json::from_slice(&bytes).ok();
         if status.is_success() {
-            let body =
-                body.ok_or_else(|| Failure::stop(format!("HTTP {status} from {url} is not JSON")))?;
+            let body = body.ok_or_else(|| {
+                Failure::stop(
+                    format!("HTTP {status}, not JSON"),
+                    format!("HTTP {status} from {url} is not JSON"),
+                )
+            })?;
             return Ok(op
                 .output
                 .iter()
@@ -565,6 +569,7 @@ impl HttpConnector {
             .business_errors
             .get(call.operation)
             .map_or(&[][..], Vec::as_slice);
+        let mut undeclared = None;
         if let Some(body) = &body {
             for rule in op
                 .errors
@@ -597,16 +602,21 @@ impl HttpConnector {
                         message,
                     }));
                 }
+                undeclared = Some(code);
             }
         }
         let excerpt: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
-        let message = format!("HTTP {status} from {url}: {excerpt}");
+        let public = match undeclared {
+            Some(code) => format!("HTTP {status}, code `{code}` (not in the catalog)"),
+            None => format!("HTTP {status}"),
+        };
+        let detail = format!("HTTP {status} from {url}: {excerpt}");
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            Err(Failure::retry(message))
+            Err(Failure::retry(public, detail))
         } else {
             // Another 4xx: the request itself is wrong; retrying the same
             // request now will not help, so the engine's policy decides.
-            Err(Failure::stop(message))
+            Err(Failure::stop(public, detail))
         }
     }
 }
@@ -615,10 +625,11 @@ impl HttpConnector {
 /// holding more than that.
 async fn read_answer(mut response: reqwest::Response, url: &str) -> Result<Vec<u8>, Failure> {
     let too_large = || {
-        Failure::stop(format!(
-            "the answer of {url} is larger than {} MiB",
-            MAX_ANSWER_BYTES / (1024 * 1024)
-        ))
+        let limit = MAX_ANSWER_BYTES / (1024 * 1024);
+        Failure::stop(
+            format!("the answer is larger than {limit} MiB"),
+            format!("the answer of {url} is larger than {limit} MiB"),
+        )
     };
     if response
         .content_length()
@@ -627,11 +638,12 @@ async fn read_answer(mut response: reqwest::Response, url: &str) -> Result<Vec<u
         return Err(too_large());
     }
     let mut bytes = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| Failure::retry(format!("reading the answer of {url} failed: {e}")))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| {
+        Failure::retry(
+            "reading the answer failed".to_owned(),
+            format!("reading the answer of {url} failed: {e}"),
+        )
+    })? {
         if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(too_large());
         }
@@ -646,20 +658,29 @@ enum Failure {
     /// A business error: the definition routes it.
     Business(ConnectorError),
     /// Transient; `retry` says whether trying again now may help.
-    Transient { message: String, retry: bool },
+    /// `message` is what the engine records (an incident, the history, which
+    /// every signed-in user may read); `detail` adds what only the log gets:
+    /// internal addresses and the system's own words.
+    Transient {
+        message: String,
+        detail: String,
+        retry: bool,
+    },
 }
 
 impl Failure {
-    fn retry(message: String) -> Failure {
+    fn retry(message: String, detail: String) -> Failure {
         Failure::Transient {
             message,
+            detail,
             retry: true,
         }
     }
 
-    fn stop(message: String) -> Failure {
+    fn stop(message: String, detail: String) -> Failure {
         Failure::Transient {
             message,
+            detail,
             retry: false,
         }
     }
@@ -700,9 +721,17 @@ impl Connector for HttpConnector {
                     Ok(out)
                 }
                 Err(Failure::Business(e)) => Err(e),
-                Err(Failure::Transient { message, .. }) => {
-                    tracing::warn!(system = %self.config.system, operation = call.operation, %trace, elapsed_ms, %message, "failed");
-                    Err(ConnectorError::Transient { message })
+                Err(Failure::Transient {
+                    message, detail, ..
+                }) => {
+                    tracing::warn!(system = %self.config.system, operation = call.operation, %trace, elapsed_ms, %detail, "failed");
+                    // The trace id finds the log line with the details.
+                    Err(ConnectorError::Transient {
+                        message: format!(
+                            "{} {}: {message} (trace {trace})",
+                            self.config.system, call.operation
+                        ),
+                    })
                 }
             }
         })
@@ -820,15 +849,15 @@ fn render_path(path: &str, input: &Map<String, Value>) -> Result<String, Failure
     let mut rest = path;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
-        let close = rest[open..]
-            .find('}')
-            .map(|c| open + c)
-            .ok_or_else(|| Failure::stop(format!("unclosed `{{` in path `{path}`")))?;
+        let close = rest[open..].find('}').map(|c| open + c).ok_or_else(|| {
+            let m = format!("unclosed `{{` in path `{path}`");
+            Failure::stop(m.clone(), m)
+        })?;
         let name = &rest[open + 1..close];
-        let value = input
-            .get(name)
-            .filter(|v| !v.is_null())
-            .ok_or_else(|| Failure::stop(format!("input `{name}` of path `{path}` is missing")))?;
+        let value = input.get(name).filter(|v| !v.is_null()).ok_or_else(|| {
+            let m = format!("input `{name}` of path `{path}` is missing");
+            Failure::stop(m.clone(), m)
+        })?;
         out.push_str(&encode(&plain(value)));
         rest = &rest[close + 1..];
     }

@@ -1018,7 +1018,12 @@ async fn apply(
             // A message that came before the instance waited (but not before
             // it started) is delivered now.
             if let Some(message) = conn
-                .pending_message(&name, &key, row.started_at, ctx.now)
+                .pending_message(
+                    &name,
+                    &key,
+                    row.started_at - MESSAGE_CLOCK_SLACK_MS,
+                    ctx.now,
+                )
                 .await?
             {
                 conn.message_delivered(&message.id, &row.id).await?;
@@ -1892,6 +1897,13 @@ async fn settle_incident(
     row.state = state;
     save(conn, ctx, Change::of(row, effects, actor), followups).await
 }
+
+/// How much earlier than its instance's start a kept message may have
+/// arrived and still be the instance's: engine nodes stamp with their own
+/// clocks, and a client's message sent just after the start must not be
+/// lost to a node whose clock runs a little behind. A message left from an
+/// earlier request is days older.
+const MESSAGE_CLOCK_SLACK_MS: i64 = 60_000;
 
 /// The errors a command's storage can produce, for the writer's retry logic.
 pub fn is_retryable(e: &Error) -> bool {
