@@ -597,7 +597,16 @@ fn form_data(
             VarType::Boolean => match raw {
                 "" if !form.contains_key(&format!("{}__present", f.name)) => continue,
                 "true" | "on" | "1" => Value::Bool(true),
-                _ => Value::Bool(false),
+                "" | "false" | "off" | "0" => Value::Bool(false),
+                // A hand-made or tampered request: refused as the JSON API
+                // refuses it, not read as "no".
+                _ => {
+                    errors.push(tramite_engine::runtime::forms::FieldError {
+                        field: f.name.clone(),
+                        message: "must be yes or no".into(),
+                    });
+                    continue;
+                }
             },
             _ if raw.is_empty() => continue,
             VarType::Integer => match raw.parse::<i64>() {
@@ -610,9 +619,10 @@ fn form_data(
                     continue;
                 }
             },
+            // `NaN` and `inf` parse, and would be stored as null.
             VarType::Number => match raw.replace(',', ".").parse::<f64>() {
-                Ok(n) => Value::from(n),
-                Err(_) => {
+                Ok(n) if n.is_finite() => Value::from(n),
+                _ => {
                     errors.push(tramite_engine::runtime::forms::FieldError {
                         field: f.name.clone(),
                         message: "must be a number".into(),
@@ -1047,6 +1057,46 @@ fn safe_url(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn form_values_that_mean_nothing_are_refused_not_guessed() {
+        let fields: Vec<tramite_engine::definition::Field> = serde_yaml::from_str(
+            "- {name: satisfecho, type: boolean}\n- {name: deuda, type: number}",
+        )
+        .unwrap();
+        let form = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let (data, errors) = form_data(&fields, &form(&[("satisfecho", "on"), ("deuda", "12,5")]));
+        assert!(errors.is_empty());
+        assert_eq!(data["satisfecho"], true);
+        assert_eq!(data["deuda"], 12.5);
+        let (data, errors) = form_data(
+            &fields,
+            &form(&[("satisfecho__present", "1"), ("deuda", "")]),
+        );
+        assert!(errors.is_empty());
+        assert_eq!(data["satisfecho"], false);
+        assert!(!data.contains_key("deuda"));
+        let (data, errors) = form_data(&fields, &form(&[("satisfecho", "si"), ("deuda", "NaN")]));
+        assert!(data.is_empty(), "{data:?}");
+        let wrong: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| (e.field.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            wrong,
+            [
+                ("satisfecho", "must be yes or no"),
+                ("deuda", "must be a number")
+            ]
+        );
+        let (_, errors) = form_data(&fields, &form(&[("deuda", "inf")]));
+        assert_eq!(errors.len(), 1);
+    }
 
     #[test]
     fn instructions_link_only_to_safe_addresses() {

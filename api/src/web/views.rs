@@ -238,6 +238,7 @@ fn in_words(message: &str, lang: Lang) -> String {
         ),
         ("must be a whole number", "Debe ser un número entero."),
         ("must be a number", "Debe ser un número."),
+        ("must be yes or no", "Debe ser sí o no."),
     ];
     if let Some((_, es)) = known.iter().find(|(en, _)| *en == message) {
         return (*es).to_owned();

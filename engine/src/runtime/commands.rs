@@ -690,21 +690,24 @@ async fn deploy(
             text: text.clone(),
         })
         .collect();
-    // Calls resolve against what is being deployed and what is deployed already.
+    // Calls resolve against what is being deployed and what is deployed
+    // already: the latest version of every other code (the rows come
+    // latest first per code). Each file is parsed once, here in the writer,
+    // however many versions are stored.
+    let deploying: std::collections::HashSet<String> = files
+        .iter()
+        .map(|f| crate::loader::parse(&f.text).definition.code)
+        .collect();
+    let mut seen = std::collections::HashSet::new();
     let mut context = Vec::new();
     for row in conn.all_definitions().await? {
-        if !files
-            .iter()
-            .any(|f| crate::loader::parse(&f.text).definition.code == row.code)
-            && !context
-                .iter()
-                .any(|c: &SourceFile| crate::loader::parse(&c.text).definition.code == row.code)
-        {
-            context.push(SourceFile {
-                path: row.file_name.into(),
-                text: row.source,
-            });
+        if deploying.contains(&row.code) || !seen.insert(row.code.clone()) {
+            continue;
         }
+        context.push(SourceFile {
+            path: row.file_name.into(),
+            text: row.source,
+        });
     }
     let results = library::compile(&files, &context, ctx.catalog);
     let failures: Vec<_> = results

@@ -414,6 +414,7 @@ impl Engine {
         let owner = format!("{}:inline", self.inner.config.node_name);
         let mut ran = 0;
         loop {
+            let asked = tokio::time::Instant::now();
             let Reply::Jobs(jobs) = self
                 .submit(Command::ClaimJobs {
                     owner: owner.clone(),
@@ -431,7 +432,7 @@ impl Engine {
             ran += jobs.len();
             let runs = jobs.into_iter().map(|job| {
                 let engine = self.clone();
-                async move { worker::run_job(&engine, job).await }
+                async move { worker::run_job(&engine, job, asked).await }
             });
             for handle in runs.map(tokio::spawn).collect::<Vec<_>>() {
                 let _ = handle.await;

@@ -14,13 +14,14 @@ use crate::runtime::commands::{Command, Reply};
 use crate::runtime::connector::{ConnectorCall, ConnectorError};
 use crate::store::jobs::ClaimedJob;
 
-/// Runs one claimed job to its result command.
-pub(crate) async fn run_job(engine: &Engine, job: ClaimedJob) {
+/// Runs one claimed job to its result command. `asked`: when the claim
+/// was sent, which is no later than the lease's start.
+pub(crate) async fn run_job(engine: &Engine, job: ClaimedJob, asked: tokio::time::Instant) {
     let started = std::time::Instant::now();
     let result = if job.kind == "timer" {
         Ok(Map::new())
     } else {
-        call(engine, &job).await
+        call(engine, &job, asked).await
     };
     if job.kind != "timer" {
         let connector = job.connector.clone().unwrap_or_default();
@@ -52,6 +53,7 @@ pub(crate) async fn run_job(engine: &Engine, job: ClaimedJob) {
 async fn call(
     engine: &Engine,
     job: &ClaimedJob,
+    asked: tokio::time::Instant,
 ) -> Result<Map<String, serde_json::Value>, ConnectorError> {
     let name = job.connector.as_deref().unwrap_or_default();
     let Some(connector) = engine.inner.connectors.get(name) else {
@@ -70,10 +72,17 @@ async fn call(
         idempotency_key: &job.idempotency_key,
         attempt: job.attempts as u32,
     };
-    match tokio::time::timeout(timeout, connector.call(call)).await {
+    // The lease runs `lease + timeout` from the claim's transaction, which
+    // may have waited in a batch: a call that outlived it could overlap the
+    // one another node starts once the lease expires, so it ends first.
+    let lease_ends = asked + engine.inner.config.lease + timeout;
+    let budget = lease_ends
+        .saturating_duration_since(tokio::time::Instant::now())
+        .min(timeout);
+    match tokio::time::timeout(budget, connector.call(call)).await {
         Ok(result) => result,
         Err(_) => Err(ConnectorError::Transient {
-            message: format!("no answer within {} ms", timeout.as_millis()),
+            message: format!("no answer within {} ms", budget.as_millis()),
         }),
     }
 }
@@ -83,11 +92,16 @@ pub(crate) async fn pool(engine: Engine) {
     let owner = format!("{}:{}", engine.inner.config.node_name, uuid::Uuid::now_v7());
     let slots = Arc::new(Semaphore::new(engine.inner.config.workers.max(1)));
     let mut stop = engine.inner.stop.subscribe();
+    // Owned here, so that aborting the pool (`Engine::halt`, a simulated
+    // crash) aborts the calls in flight too: none reports afterwards.
+    let mut running = tokio::task::JoinSet::new();
     loop {
+        while running.try_join_next().is_some() {}
         if *stop.borrow() {
             break;
         }
         let free = slots.available_permits() as i64;
+        let asked = tokio::time::Instant::now();
         let claimed = if free == 0 {
             Vec::new()
         } else {
@@ -116,8 +130,8 @@ pub(crate) async fn pool(engine: Engine) {
                 .await
                 .expect("semaphore open");
             let engine = engine.clone();
-            tokio::spawn(async move {
-                run_job(&engine, job).await;
+            running.spawn(async move {
+                run_job(&engine, job, asked).await;
                 drop(permit);
             });
         }
@@ -131,7 +145,5 @@ pub(crate) async fn pool(engine: Engine) {
         }
     }
     // Let running jobs report before returning.
-    let _ = slots
-        .acquire_many(engine.inner.config.workers.max(1) as u32)
-        .await;
+    while running.join_next().await.is_some() {}
 }

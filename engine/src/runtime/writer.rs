@@ -418,18 +418,31 @@ pub(crate) async fn listen_for_jobs(
     loop {
         match sqlx::postgres::PgListener::connect(&url).await {
             Ok(mut listener) => match listener.listen(jobs::CHANNEL).await {
-                Ok(()) => loop {
-                    tokio::select! {
-                        got = listener.recv() => match got {
-                            Ok(_) => wake.notify_one(),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "job notifications interrupted; reconnecting");
-                                break;
-                            }
-                        },
-                        _ = stop.changed() => return,
+                Ok(()) => {
+                    // Jobs scheduled while this node was not listening (its
+                    // start, a lost connection) are found by the claim this
+                    // wakes, not a poll interval later.
+                    wake.notify_one();
+                    loop {
+                        tokio::select! {
+                            got = listener.try_recv() => match got {
+                                Ok(Some(_)) => wake.notify_one(),
+                                // The connection dropped; the next call
+                                // reconnects, and what was announced
+                                // meanwhile is lost: look now.
+                                Ok(None) => {
+                                    tracing::info!("job notifications: connection lost, reconnecting");
+                                    wake.notify_one();
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "job notifications interrupted; reconnecting");
+                                    break;
+                                }
+                            },
+                            _ = stop.changed() => return,
+                        }
                     }
-                },
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot listen for job notifications"),
             },
             Err(e) => tracing::warn!(error = %e, "cannot connect for job notifications"),
