@@ -927,12 +927,21 @@ async fn openapi_document_and_offline_docs_page() {
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
-    // Every route the router serves under /api/v1 is documented.
+    // Every route the router serves (the API, the webhooks, health and
+    // metrics; the web pages and the docs page apart) is documented.
     let source = include_str!("../src/http/mod.rs");
-    for line in source
-        .lines()
-        .filter(|l| l.trim_start().starts_with(".route(\"/api/v1"))
-    {
+    for line in source.lines().filter(|l| {
+        let l = l.trim_start();
+        [
+            ".route(\"/api/v1",
+            ".route(\"/webhooks",
+            ".route(\"/healthz",
+            ".route(\"/readyz",
+            ".route(\"/metrics",
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))
+    }) {
         let path = line.split('"').nth(1).unwrap();
         assert!(
             paths.contains_key(path),

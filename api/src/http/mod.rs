@@ -57,7 +57,7 @@ type Body<T> = Result<Json<T>, JsonRejection>;
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "tramite", description = "Workflow engine for business procedures written in YAML: task inboxes, instances, definitions, messages, incidents, indicators. Every error is application/problem+json."),
-    paths(readyz, prometheus, webhooks::lead, webhooks::ivr, webhooks::list_messages, list_definitions, deploy, definition, diagram, start, instances, instance, history, cancel, inbox, counts, task, claim, unclaim, assign, complete, publish, incidents, retry, resolve, indicator),
+    paths(healthz, readyz, prometheus, webhooks::whatsapp_verify, webhooks::whatsapp_event, webhooks::lead, webhooks::ivr, webhooks::list_messages, list_definitions, deploy, definition, diagram, start, instances, instance, history, cancel, inbox, counts, task, claim, unclaim, assign, complete, publish, incidents, retry, resolve, indicator),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -83,7 +83,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             utoipa_swagger_ui::SwaggerUi::new("/api/docs")
                 .url("/api/openapi.json", ApiDoc::openapi()),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
         .route("/api/v1/definitions", get(list_definitions).post(deploy))
@@ -164,6 +164,12 @@ fn bad_cursor() -> Error {
             message: "not a cursor from a previous page".into(),
         }],
     }
+}
+
+/// The process is up (it says nothing of the database: that is `/readyz`).
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "`ok`, as text/plain", content_type = "text/plain", body = String)))]
+async fn healthz() -> &'static str {
+    "ok"
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready: the database answers. `systems` has each connector's health (a system that is down does not make the engine unready: its jobs wait and retry)"), (status = 503, description = "The database does not answer")))]
@@ -335,7 +341,7 @@ async fn deploy(
     Ok((StatusCode::CREATED, Json(json!(deployed))))
 }
 
-#[utoipa::path(get, path = "/api/v1/definitions/{code}/diagram", tag = "definitions", params(("code" = String, Path)), responses((status = 200, description = "Mermaid diagram of the latest version"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/definitions/{code}/diagram", tag = "definitions", params(("code" = String, Path)), responses((status = 200, description = "Mermaid diagram of the latest version", content_type = "text/plain", body = String), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn diagram(
     State(s): Shared,
     headers: HeaderMap,

@@ -79,6 +79,7 @@ pub(super) struct Handshake {
 }
 
 /// `GET /webhooks/whatsapp`: echoes the challenge when the token matches.
+#[utoipa::path(get, path = "/webhooks/whatsapp", tag = "webhooks", params(("hub.mode" = String, Query), ("hub.verify_token" = String, Query), ("hub.challenge" = String, Query)), responses((status = 200, description = "The challenge, as text/plain", content_type = "text/plain", body = String), (status = 403, description = "Wrong mode or token (problem+json)"), (status = 404, description = "WhatsApp is not configured on this server (problem+json)")))]
 pub(super) async fn whatsapp_verify(
     State(s): Shared,
     query: Result<Query<Handshake>, QueryRejection>,
@@ -101,6 +102,7 @@ pub(super) async fn whatsapp_verify(
 }
 
 /// `POST /webhooks/whatsapp`: message events, signed by Meta.
+#[utoipa::path(post, path = "/webhooks/whatsapp", tag = "webhooks", request_body(content = Object, description = "A WhatsApp Business Cloud API event; `X-Hub-Signature-256` must sign the exact body"), params(("X-Hub-Signature-256" = String, Header)), responses((status = 200, description = "`{messages: [{id, key, delivery} or {id, key, refused}]}`"), (status = 401, description = "Bad or missing signature (problem+json)"), (status = 404, description = "WhatsApp is not configured on this server (problem+json)"), (status = 422, description = "Signed, but not JSON (problem+json)")))]
 pub(super) async fn whatsapp_event(
     State(s): Shared,
     headers: HeaderMap,
