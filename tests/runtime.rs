@@ -1216,6 +1216,99 @@ on_both_backends!(
     super::cancelling_a_child_stops_its_parent_with_an_incident
 );
 
+/// A child that could not start (its start data refused) leaves nothing to
+/// stand for: resolving the parent's incident with the missing value runs
+/// the call again, and the child starts.
+async fn resolving_a_call_whose_child_never_started_runs_it(db: Db) {
+    let h = Harness::new(db).await;
+    let parent = r#"
+code: T-PADRE
+name: Padre
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+links:
+  exit: [{code: T-HIJO, name: Hijo}]
+variables:
+  - {name: dato, type: string}
+  - {name: hecho, type: boolean}
+nodes:
+  - id: inicio
+    kind: start
+    channels: [web]
+    data: [{name: dato, type: string}]
+    next: llamar
+  - id: llamar
+    kind: call
+    procedure: T-HIJO
+    input: {dato: dato}
+    output: {hecho: output.hecho}
+    next: fin
+  - {id: fin, kind: end, outcome: listo}
+"#;
+    let child = r#"
+code: T-HIJO
+name: Hijo
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+links:
+  entry: [{code: T-PADRE, name: Padre}]
+variables:
+  - {name: dato, type: string}
+  - {name: hecho, type: boolean}
+nodes:
+  - id: inicio
+    kind: start
+    channels: [procedure]
+    data: [{name: dato, type: string, required: true}]
+    next: hacer
+  - id: hacer
+    kind: user_task
+    role: agente
+    form: [{name: hecho, type: boolean}]
+    outcomes: [{id: ok, label: Listo, next: fin}]
+  - {id: fin, kind: end, outcome: listo}
+"#;
+    h.engine
+        .deploy(vec![
+            ("padre.yaml".into(), parent.to_owned()),
+            ("hijo.yaml".into(), child.to_owned()),
+        ])
+        .await
+        .unwrap();
+    let id = h.start("T-PADRE", "web", json!({})).await;
+    let incidents = h.engine.incidents(Some("open"), Some(&id)).await.unwrap();
+    assert_eq!(incidents.len(), 1);
+    assert!(
+        incidents[0].message.contains("cannot start"),
+        "{}",
+        incidents[0].message
+    );
+    h.engine
+        .resolve_incident(
+            &incidents[0].id,
+            "operador1",
+            tramite_tests::engine::object(json!({"dato": "corregido"})),
+        )
+        .await
+        .unwrap();
+    let children = h.engine.children(&id).await.unwrap();
+    assert_eq!(
+        children.len(),
+        1,
+        "the call ran again and started its child"
+    );
+    assert_eq!(children[0].state.variables["dato"], "corregido");
+    h.complete(&children[0].id, "hacer", "ok", json!({"hecho": true}))
+        .await;
+    assert_eq!(h.instance(&id).await.outcome.as_deref(), Some("listo"));
+}
+on_both_backends!(
+    resolving_a_call_whose_child_never_started_runs_it,
+    super::resolving_a_call_whose_child_never_started_runs_it
+);
+
 /// Two nodes starting at once deploy the same definitions: both succeed,
 /// versions stay sequential, identical content stays one version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1301,6 +1394,7 @@ async fn two_engines_publish_to_one_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_whose_caller_gave_up_is_not_run() {
     use sqlx::Connection;
+    use std::sync::atomic::Ordering::Relaxed;
     let h = Harness::new(Db::Postgres).await;
     let ids = tramite_tests::p06::waiting_for_identification(&h, 2).await;
     let lane = tramite_tests::engine::engine_with_lanes(&h, 1).await;
@@ -1349,6 +1443,11 @@ async fn a_command_whose_caller_gave_up_is_not_run() {
     assert!(
         h.task_open(&ids[1], "identificar_cliente").await,
         "the abandoned completion was run"
+    );
+    assert_eq!(
+        lane.stats().abandoned.load(Relaxed),
+        1,
+        "the completion was queued, then dropped by the writer"
     );
     lane.shutdown().await;
 }

@@ -461,8 +461,18 @@ async fn agent_completes_p06_through_the_pages() {
         }
     }
     ui.sign_in(LEAD).await;
+    assert!(
+        ui.browser
+            .find(Locator::Css("a[href='/incidents']"))
+            .await
+            .is_ok()
+    );
     for _ in ["en", "es"] {
         ui.goto("/incidents").await;
+        assert!(
+            ui.text("h1").await.starts_with("Incident"),
+            "the team lead sees the incidents page"
+        );
         ui.assert_fits().await;
         ui.click("#lang").await;
     }

@@ -210,6 +210,12 @@ async fn drive_to_the_end(
                 }))
             })
             .await;
+            // The message after the start's answer: a client writes once
+            // the call has begun (a kept message reaches only a request
+            // that had started when it arrived).
+            if !matches!(start, Some((s, _)) if s.is_success()) {
+                continue;
+            }
             let message = call(ports, |b| {
                 client.post(format!("{b}/api/v1/messages")).json(&json!({
                     "name": "requisitos_whatsapp", "key": phone, "id": format!("wamid.crash.{n}"),
@@ -217,8 +223,7 @@ async fn drive_to_the_end(
                 }))
             })
             .await;
-            *started = matches!(start, Some((s, _)) if s.is_success())
-                && matches!(message, Some((s, _)) if s.is_success());
+            *started = matches!(message, Some((s, _)) if s.is_success());
         }
         let done = call(ports, |b| {
             client.get(format!(

@@ -927,27 +927,34 @@ async fn openapi_document_and_offline_docs_page() {
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
-    // Every route the router serves (the API, the webhooks, health and
-    // metrics; the web pages and the docs page apart) is documented.
+    // Every route the router serves, with each of its methods (the API,
+    // the webhooks, health and metrics; the web pages and the docs page
+    // apart), is documented.
     let source = include_str!("../src/http/mod.rs");
-    for line in source.lines().filter(|l| {
-        let l = l.trim_start();
-        [
-            ".route(\"/api/v1",
-            ".route(\"/webhooks",
-            ".route(\"/healthz",
-            ".route(\"/readyz",
-            ".route(\"/metrics",
-        ]
-        .iter()
-        .any(|p| l.starts_with(p))
-    }) {
-        let path = line.split('"').nth(1).unwrap();
-        assert!(
-            paths.contains_key(path),
-            "route {path} is not in the OpenAPI document"
-        );
+    let mut checked = 0;
+    for chunk in source.split(".route(").skip(1) {
+        let chunk = chunk.split(".layer(").next().unwrap();
+        let route = chunk.split('"').nth(1).unwrap();
+        if !["/api/v1", "/webhooks", "/healthz", "/readyz", "/metrics"]
+            .iter()
+            .any(|p| route.starts_with(p))
+        {
+            continue;
+        }
+        let path = paths
+            .get(route)
+            .unwrap_or_else(|| panic!("route {route} is not in the OpenAPI document"));
+        for (call, method) in [("get(", "get"), ("post(", "post")] {
+            if chunk.contains(call) {
+                assert!(
+                    path.get(method).is_some(),
+                    "{method} {route} is not in the OpenAPI document"
+                );
+                checked += 1;
+            }
+        }
     }
+    assert!(checked >= 29, "only {checked} routes found");
     // The docs page is served from the binary (nothing fetched from a CDN).
     let response = api
         .app

@@ -607,7 +607,12 @@ impl HttpConnector {
         }
         let excerpt: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
         let public = match undeclared {
-            Some(code) => format!("HTTP {status}, code `{code}` (not in the catalog)"),
+            // The system's own text: short, and printable, in what every
+            // signed-in user may read.
+            Some(code) => {
+                let code: String = code.chars().filter(|c| !c.is_control()).take(64).collect();
+                format!("HTTP {status}, code `{code}` (not in the catalog)")
+            }
             None => format!("HTTP {status}"),
         };
         let detail = format!("HTTP {status} from {url}: {excerpt}");

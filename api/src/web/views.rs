@@ -543,7 +543,7 @@ impl Board {
             code: def.code.clone(),
             name: ind.name.get(lang).to_owned(),
             threshold: format!("{threshold}"),
-            chart: chart(values, threshold, ind.scale),
+            chart: chart(ind, values),
             days,
             gates: gates
                 .iter()
@@ -565,7 +565,8 @@ pub(super) fn meets(ind: &Indicator, value: f64) -> bool {
 
 /// A bar per day, the threshold as a dashed line: an SVG drawn here, so the
 /// dashboard needs no chart library.
-fn chart(values: &[IndicatorValue], threshold: f64, scale: f64) -> String {
+fn chart(ind: &Indicator, values: &[IndicatorValue]) -> String {
+    let (threshold, scale) = (ind.verdict.threshold, ind.scale);
     let (w, h, left, bottom) = (720.0, 220.0, 36.0, 24.0);
     let top = scale.max(threshold);
     let n = values.len().max(1) as f64;
@@ -587,7 +588,7 @@ fn chart(values: &[IndicatorValue], threshold: f64, scale: f64) -> String {
             // Grey while the day's requests have not all ended.
             let color = if v.verdict.is_none() {
                 "#90a4ae"
-            } else if value >= threshold {
+            } else if meets(ind, value) {
                 "#2e7d32"
             } else {
                 "#c62828"

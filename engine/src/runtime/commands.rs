@@ -326,6 +326,8 @@ enum Followup {
         /// Only if the parent's token still waits for this child.
         child: String,
         message: String,
+        /// The child ran and was cancelled (not: it could not start).
+        cancelled: bool,
     },
 }
 
@@ -492,6 +494,7 @@ async fn run_followups(
                         token,
                         child: id,
                         message: format!("cannot start `{code}`: {e}"),
+                        cancelled: false,
                     }),
                 }
             }
@@ -558,6 +561,7 @@ async fn run_followups(
                 token,
                 child,
                 message,
+                cancelled,
             } => {
                 let row = load(conn, &parent).await?;
                 if row.status != "running" {
@@ -572,6 +576,14 @@ async fn run_followups(
                 };
                 let (row, effects) = run_machine(row, &process, ctx.now, |m| {
                     raise(m, token, &node_id, message, false);
+                    if cancelled
+                        && let Some(t) = m.state.token_mut(token)
+                        && let Wait::Incident {
+                            cancelled_child, ..
+                        } = &mut t.wait
+                    {
+                        *cancelled_child = Some(child);
+                    }
                     Ok(())
                 })?;
                 save(conn, ctx, Change::of(row, effects, "engine"), queue).await?;
@@ -639,6 +651,7 @@ fn raise(m: &mut Machine<'_>, token: u32, node: &str, message: String, after_eff
     if let Some(t) = m.state.token_mut(token) {
         t.wait = Wait::Incident {
             incident: id.clone(),
+            cancelled_child: None,
         };
     }
     m.note(
@@ -1797,6 +1810,7 @@ async fn cancel(
             token: token as u32,
             child: row.id.clone(),
             message: format!("called instance `{}` was cancelled: {reason}", row.id),
+            cancelled: true,
         });
     }
     save(conn, ctx, Change::of(row, effects, actor), followups).await
@@ -1838,6 +1852,13 @@ async fn settle_incident(
     }
     let process = ctx.processes.get(conn, row.definition_id).await?;
     let token = incident.token as u32;
+    let cancelled_child = matches!(
+        row.state.token(token).map(|t| &t.wait),
+        Some(Wait::Incident {
+            cancelled_child: Some(_),
+            ..
+        })
+    );
     let meta = InstanceMeta::from(&row);
     let mut state = row.state.clone();
     let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
@@ -1865,17 +1886,13 @@ async fn settle_incident(
             };
             m.go(token, &next)?;
         }
-        // A call's child failed to start or was cancelled: resolving it
-        // means the operator supplies what the child should have returned,
-        // and the token goes on. Running the call again would start a
-        // second child (a second installation order); that is what retry is for.
-        (None, Some(vars))
-            if incident.after_effect
-                || matches!(
-                    process.definition.node(&incident.node_id).map(|n| &n.kind),
-                    Some(NodeKind::Call(_))
-                ) =>
-        {
+        // A call's child ran and was cancelled: resolving means the
+        // operator supplies what the child should have returned, and the
+        // token goes on. Running the call again would start a second child
+        // (a second installation order); that is what retry is for. A child
+        // that never started leaves nothing to stand for: resolving fixes
+        // the input and runs the call again (below).
+        (None, Some(vars)) if incident.after_effect || cancelled_child => {
             // The step took effect; the operator supplies what it should have written.
             m.write(&vars);
             let next = match process.definition.node(&incident.node_id).map(|n| &n.kind) {

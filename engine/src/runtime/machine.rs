@@ -353,6 +353,7 @@ impl<'a> Machine<'a> {
         if let Some(t) = self.state.token_mut(token) {
             t.wait = Wait::Incident {
                 incident: id.clone(),
+                cancelled_child: None,
             };
         }
         self.journal(

@@ -113,5 +113,10 @@ pub enum Wait {
     Incident {
         /// The incident.
         incident: String,
+        /// At a call: the child that ran and was cancelled. Resolving then
+        /// stands for the child's result; without one (the child never
+        /// started), resolving fixes the input and runs the call again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cancelled_child: Option<String>,
     },
 }

@@ -75,10 +75,14 @@ async fn call(
     // The lease runs `lease + timeout` from the claim's transaction, which
     // may have waited in a batch: a call that outlived it could overlap the
     // one another node starts once the lease expires, so it ends first.
-    let lease_ends = asked + engine.inner.config.lease + timeout;
-    let budget = lease_ends
-        .saturating_duration_since(tokio::time::Instant::now())
-        .min(timeout);
+    let budget = asked
+        .checked_add(engine.inner.config.lease)
+        .and_then(|at| at.checked_add(timeout))
+        .map_or(timeout, |lease_ends| {
+            lease_ends
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(timeout)
+        });
     match tokio::time::timeout(budget, connector.call(call)).await {
         Ok(result) => result,
         Err(_) => Err(ConnectorError::Transient {

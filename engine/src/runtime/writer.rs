@@ -31,12 +31,16 @@ pub(crate) struct Envelope {
 /// reached them (an HTTP request past its time limit, a client that hung
 /// up): they were never acknowledged, and a caller told "timed out" who
 /// sends the command again must not find the first one done as well.
-fn without_abandoned(batch: &mut Vec<Envelope>) {
+fn without_abandoned(batch: &mut Vec<Envelope>, stats: &Stats) {
     let before = batch.len();
     batch.retain(|env| !env.reply.is_closed());
-    if batch.len() < before {
+    let dropped = before - batch.len();
+    if dropped > 0 {
+        stats
+            .abandoned
+            .fetch_add(dropped as u64, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
-            commands = before - batch.len(),
+            commands = dropped,
             "commands whose callers stopped waiting were not run"
         );
     }
@@ -71,6 +75,8 @@ pub struct Stats {
     pub commands: std::sync::atomic::AtomicU64,
     /// Transactions committed.
     pub commits: std::sync::atomic::AtomicU64,
+    /// Commands not run because their callers had stopped waiting.
+    pub abandoned: std::sync::atomic::AtomicU64,
 }
 
 impl Writer {
@@ -89,7 +95,7 @@ impl Writer {
                 return;
             }
             let mut envelopes = std::mem::take(&mut batch);
-            without_abandoned(&mut envelopes);
+            without_abandoned(&mut envelopes, &self.stats);
             if !envelopes.is_empty() {
                 self.execute(envelopes).await;
             }
@@ -494,7 +500,7 @@ pub(crate) fn spawn_sqlite(
                     }
                     continue;
                 }
-                without_abandoned(&mut batch);
+                without_abandoned(&mut batch, &writer.stats);
                 if batch.is_empty() {
                     continue;
                 }
