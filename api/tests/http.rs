@@ -1857,4 +1857,48 @@ async fn review_findings_over_http() {
             .contains("wamid.tomado")
     );
     assert_eq!(messages[1]["delivery"]["status"], "kept", "{answer}");
+
+    // A process owner checks a new version before deploying it: validated
+    // against what is deployed, the version it would become, nothing stored.
+    let v2 = tramite_tests::REWORK.replace("name: Revisión en paralelo", "name: Revisión v2");
+    let files = json!({"files": [{"name": "rework.yaml", "source": v2}]});
+    let (status, would) = api
+        .json(
+            Method::POST,
+            "/api/v1/definitions?dry_run=true",
+            LEAD,
+            files.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{would}");
+    assert_eq!(
+        would,
+        json!([{"code": "T-REWORK", "version": 2, "new": true}])
+    );
+    let (_, versions) = api.get("/api/v1/definitions/T-REWORK", LEAD).await;
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        1,
+        "{versions}"
+    );
+    let broken = v2.replace("default: fin", "default: fim");
+    assert_ne!(broken, v2);
+    let (status, problem) = api
+        .json(
+            Method::POST,
+            "/api/v1/definitions?dry_run=true",
+            LEAD,
+            json!({"files": [{"name": "rework.yaml", "source": broken}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem["errors"][0]["code"], "unknown-node", "{problem}");
+    let (status, deployed) = api
+        .json(Method::POST, "/api/v1/definitions", LEAD, files)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        deployed,
+        json!([{"code": "T-REWORK", "version": 2, "new": true}])
+    );
 }

@@ -320,25 +320,37 @@ struct DeployFile {
     source: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/definitions", tag = "definitions", request_body = DeployRequest, responses((status = 201, description = "Deployed (422 lists every problem with its line and column)"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/definitions", tag = "definitions", params(DeployQuery), request_body = DeployRequest, responses((status = 201, description = "Deployed: `[{code, version, new}]` (422 lists every problem with its line and column)"), (status = 200, description = "`dry_run=true`: the versions a deploy would make; nothing stored"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn deploy(
     State(s): Shared,
     headers: HeaderMap,
+    query: Result<Query<DeployQuery>, axum::extract::rejection::QueryRejection>,
     body: Body<DeployRequest>,
 ) -> Result<impl IntoResponse, Error> {
     s.users.authenticate(&headers)?.require("process_owner")?;
+    let Query(q) = query?;
     let Json(request) = body?;
-    let deployed = s
-        .engine
-        .deploy(
-            request
-                .files
-                .into_iter()
-                .map(|f| (f.name, f.source))
-                .collect(),
-        )
-        .await?;
+    let sources = request
+        .files
+        .into_iter()
+        .map(|f| (f.name, f.source))
+        .collect();
+    if q.dry_run {
+        let would = s.engine.check_deploy(sources).await?;
+        return Ok((StatusCode::OK, Json(json!(would))));
+    }
+    let deployed = s.engine.deploy(sources).await?;
     Ok((StatusCode::CREATED, Json(json!(deployed))))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct DeployQuery {
+    /// Validate against what is deployed and answer 200 with the versions a
+    /// deploy would make, storing nothing.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 #[utoipa::path(get, path = "/api/v1/definitions/{code}/diagram", tag = "definitions", params(("code" = String, Path)), responses((status = 200, description = "Mermaid diagram of the latest version", content_type = "text/plain", body = String), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]

@@ -29,6 +29,9 @@ pub enum Command {
     Deploy {
         /// `(file name, source)` of each definition, validated together.
         sources: Vec<(String, String)>,
+        /// Check only: validate against what is deployed and say which
+        /// versions a deploy would make, storing nothing.
+        dry_run: bool,
     },
     /// Start an instance.
     Start(StartInstance),
@@ -335,7 +338,7 @@ enum Followup {
 pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result<Reply, Error> {
     let mut followups = VecDeque::new();
     let reply = match command {
-        Command::Deploy { sources } => deploy(conn, ctx, &sources).await?,
+        Command::Deploy { sources, dry_run } => deploy(conn, ctx, &sources, dry_run).await?,
         Command::Start(start) => {
             if let Some(request) = &start.request_id {
                 conn.lock_key(&format!("start:{}:{request}", start.code))
@@ -692,6 +695,7 @@ async fn deploy(
     conn: &mut impl Tx,
     ctx: &Ctx<'_>,
     sources: &[(String, String)],
+    dry_run: bool,
 ) -> Result<Reply, Error> {
     use crate::library::{self, SourceFile};
     // Nodes deploying at once (all starting up) take turns, so versions stay sequential.
@@ -713,7 +717,9 @@ async fn deploy(
         .collect();
     let mut seen = std::collections::HashSet::new();
     let mut context = Vec::new();
+    let mut latest = std::collections::HashMap::new();
     for row in conn.all_definitions().await? {
+        latest.entry(row.code.clone()).or_insert(row.version);
         if deploying.contains(&row.code) || !seen.insert(row.code.clone()) {
             continue;
         }
@@ -739,6 +745,16 @@ async fn deploy(
                 code,
                 version: row.version,
                 new: false,
+            });
+            continue;
+        }
+        if dry_run {
+            // Two files of one code fail validation (`duplicate-id`), so
+            // each code here gets one new version.
+            out.push(Deployed {
+                version: latest.get(&code).map_or(1, |v| v + 1),
+                code,
+                new: true,
             });
             continue;
         }

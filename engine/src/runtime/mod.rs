@@ -262,7 +262,25 @@ impl Engine {
 
     /// Validates and stores definitions, together; unchanged ones keep their version.
     pub async fn deploy(&self, sources: Vec<(String, String)>) -> Result<Vec<Deployed>, Error> {
-        match self.submit(Command::Deploy { sources }).await? {
+        self.deploy_or_check(sources, false).await
+    }
+
+    /// Validates definitions as [`Engine::deploy`] would, against what is
+    /// deployed now (a `call` to a deployed procedure resolves), and says
+    /// which version each would become; stores nothing.
+    pub async fn check_deploy(
+        &self,
+        sources: Vec<(String, String)>,
+    ) -> Result<Vec<Deployed>, Error> {
+        self.deploy_or_check(sources, true).await
+    }
+
+    async fn deploy_or_check(
+        &self,
+        sources: Vec<(String, String)>,
+        dry_run: bool,
+    ) -> Result<Vec<Deployed>, Error> {
+        match self.submit(Command::Deploy { sources, dry_run }).await? {
             Reply::Deployed(d) => Ok(d),
             other => unreachable!("deploy answered {other:?}"),
         }
