@@ -138,6 +138,53 @@ on_both_backends!(
     super::lost_call_then_call_back
 );
 
+/// An agent who took the call-back just before its 30 minutes ran out is
+/// on the phone with the client: the escalation does not take the task
+/// away (it is overdue, and the agent completes it); given back unfinished,
+/// it escalates then.
+async fn an_overdue_claimed_task_stays_with_its_agent(db: Db) {
+    let h = Harness::new(db).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+        h.complete(&id, "recibir_llamada", "llamada_perdida", json!({}))
+            .await;
+        ids.push(id);
+    }
+    h.advance(Duration::from_secs(29 * 60));
+    for id in &ids {
+        let task = h.task(id, "devolver_llamada").await;
+        h.engine.claim(&task.id, "agente1").await.unwrap();
+    }
+    h.advance(Duration::from_secs(2 * 60));
+    h.jobs().await;
+    for id in &ids {
+        assert!(h.task_open(id, "devolver_llamada").await);
+        assert!(!h.task_open(id, "devolucion_vencida").await);
+        assert!(h.history(id).await.contains(&"task_overdue".to_owned()));
+    }
+    // The first agent reached the client.
+    h.complete(&ids[0], "devolver_llamada", "cliente_contactado", json!({}))
+        .await;
+    h.task(&ids[0], "identificar_cliente").await;
+    // The second gives the task back: overdue, it goes to the team lead.
+    let task = h.task(&ids[1], "devolver_llamada").await;
+    h.engine.unclaim(&task.id, "agente1").await.unwrap();
+    h.task(&ids[1], "devolucion_vencida").await;
+    assert!(!h.task_open(&ids[1], "devolver_llamada").await);
+    // An unclaimed task still escalates on time.
+    let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+    h.complete(&id, "recibir_llamada", "llamada_perdida", json!({}))
+        .await;
+    h.advance(Duration::from_secs(31 * 60));
+    h.jobs().await;
+    h.task(&id, "devolucion_vencida").await;
+}
+on_both_backends!(
+    an_overdue_claimed_task_stays_with_its_agent,
+    super::an_overdue_claimed_task_stays_with_its_agent
+);
+
 async fn digital_lead(db: Db) {
     let h = Harness::new(db).await;
     let id = h.start(P06, "facebook", json!({"telefono": PHONE})).await;
@@ -1211,6 +1258,81 @@ async fn cancelling_a_child_stops_its_parent_with_an_incident(db: Db) {
     h.task(&id, "seguimiento_venta").await;
     assert_eq!(h.instance(&id).await.state.variables["dias_ejecucion"], 4);
 }
+
+/// The same incident as stored before its token recorded the cancelled
+/// child (an upgrade, or an older node in a rolling one): resolving it
+/// still goes past the call, with no second installation order.
+async fn an_older_cancelled_child_incident_resolves_past_the_call(db: Db) {
+    use sqlx::Connection;
+    let h = Harness::new(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    h.jobs().await;
+    h.complete(
+        &id,
+        "comunicar_solicitud",
+        "comunicado",
+        json!({"dias_estimados": 5}),
+    )
+    .await;
+    let child = h.engine.children(&id).await.unwrap().remove(0);
+    h.engine
+        .cancel(&child.id, "orden duplicada", "jefe1")
+        .await
+        .unwrap();
+    // Rewrite the parent's state as the older code wrote it.
+    let mut row = h.instance(&id).await;
+    for t in &mut row.state.tokens {
+        if let tramite_engine::runtime::state::Wait::Incident {
+            cancelled_child, ..
+        } = &mut t.wait
+        {
+            assert!(cancelled_child.take().is_some());
+        }
+    }
+    let state = serde_json::to_string(&row.state).unwrap();
+    assert!(!state.contains("cancelled_child"), "{state}");
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&h.db.url).await.unwrap();
+    let sql = match h.db.kind {
+        Db::Postgres => "UPDATE instances SET state = $1::jsonb WHERE id = $2",
+        Db::Sqlite => "UPDATE instances SET state = $1 WHERE id = $2",
+    };
+    let updated = sqlx::query(sql)
+        .bind(&state)
+        .bind(&id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(updated.rows_affected(), 1);
+    drop(conn);
+    // The writer keeps the instances it wrote: a new engine reads the row.
+    let mut h = h;
+    h.restart().await;
+    let incident = h
+        .engine
+        .incidents(Some("open"), Some(&id))
+        .await
+        .unwrap()
+        .remove(0);
+    h.engine
+        .resolve_incident(
+            &incident.id,
+            "jefe1",
+            tramite_tests::engine::object(
+                json!({"instalacion_realizada": true, "dias_ejecucion": 4}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.engine.children(&id).await.unwrap().len(), 1);
+    h.task(&id, "seguimiento_venta").await;
+}
+on_both_backends!(
+    an_older_cancelled_child_incident_resolves_past_the_call,
+    super::an_older_cancelled_child_incident_resolves_past_the_call
+);
 on_both_backends!(
     cancelling_a_child_stops_its_parent_with_an_incident,
     super::cancelling_a_child_stops_its_parent_with_an_incident

@@ -359,7 +359,7 @@ pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result
             Reply::Done
         }
         Command::Unclaim { task, user } => {
-            unclaim(conn, ctx, &task, &user).await?;
+            unclaim(conn, ctx, &task, &user, &mut followups).await?;
             Reply::Done
         }
         Command::Assign { task, user, by } => {
@@ -1237,7 +1237,13 @@ async fn claim(conn: &mut impl Tx, ctx: &Ctx<'_>, id: &str, user: &str) -> Resul
     .await
 }
 
-async fn unclaim(conn: &mut impl Tx, ctx: &Ctx<'_>, id: &str, user: &str) -> Result<(), Error> {
+async fn unclaim(
+    conn: &mut impl Tx,
+    ctx: &Ctx<'_>,
+    id: &str,
+    user: &str,
+    followups: &mut VecDeque<Followup>,
+) -> Result<(), Error> {
     let task = open_task(conn, id).await?;
     match task.assignee.as_deref() {
         Some(holder) if holder == user => {}
@@ -1261,7 +1267,58 @@ async fn unclaim(conn: &mut impl Tx, ctx: &Ctx<'_>, id: &str, user: &str) -> Res
         &task.node_id,
         json!({"task": id}),
     )
-    .await
+    .await?;
+    escalate_if_overdue(conn, ctx, &task, user, followups).await
+}
+
+/// A task given back after its due time, whose interrupting escalation was
+/// held off while an agent had it (`fire_timer`), escalates now.
+async fn escalate_if_overdue(
+    conn: &mut impl Tx,
+    ctx: &Ctx<'_>,
+    task: &store::tasks::TaskRow,
+    user: &str,
+    followups: &mut VecDeque<Followup>,
+) -> Result<(), Error> {
+    if task.due_at.is_none_or(|due| due > ctx.now) {
+        return Ok(());
+    }
+    let row = load(conn, &task.instance_id).await?;
+    if row.status != "running" {
+        return Ok(());
+    }
+    let process = ctx.processes.get(conn, row.definition_id).await?;
+    let Some(NodeKind::UserTask(u)) = process.definition.node(&task.node_id).map(|n| &n.kind)
+    else {
+        return Ok(());
+    };
+    let Some(escalation) = u.escalation.as_ref().filter(|e| e.interrupting) else {
+        return Ok(());
+    };
+    // Held off: the token waits on the task with its timer spent. (A timer
+    // still pending fires by itself, and finds the task given back.)
+    let Some(token) = row.state.tokens.iter().find_map(|t| match &t.wait {
+        Wait::Task {
+            task: waited,
+            timer: None,
+        } if *waited == task.id => Some(t.id),
+        _ => None,
+    }) else {
+        return Ok(());
+    };
+    let (row, effects) = run_machine(row, &process, ctx.now, |m| {
+        m.note(
+            "task_overdue",
+            Some(&task.node_id),
+            json!({"task": task.id, "interrupting": true, "released": true}),
+        );
+        m.effects.push(Effect::CancelTask {
+            id: task.id.clone(),
+        });
+        m.go(token, &escalation.next)?;
+        Ok(())
+    })?;
+    save(conn, ctx, Change::of(row, effects, user), followups).await
 }
 
 async fn complete(
@@ -1502,6 +1559,14 @@ async fn apply_job_result(
         return Ok(()); // lease lost or job cancelled: this result is stale
     }
     let waiting = row.state.token(token).map(|t| t.wait.clone());
+    // An overdue task an agent is working keeps its agent (see `fire_timer`).
+    let claimed = match &waiting {
+        Some(Wait::Task { task, .. }) if job.kind == "timer" => conn
+            .task(task)
+            .await?
+            .is_some_and(|t| t.status == "claimed" || t.assignee.is_some()),
+        _ => false,
+    };
     let meta = InstanceMeta::from(&row);
     let mut state = row.state.clone();
     let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
@@ -1548,7 +1613,7 @@ async fn apply_job_result(
             }
         }
         ("timer", Some(wait), Some(kind)) => {
-            fire_timer(&mut m, token, &node_id, &job.id, &wait, kind)?
+            fire_timer(&mut m, token, &node_id, &job.id, &wait, kind, claimed)?
         }
         _ => return Ok(()), // the token moved on (cancelled, escalated): nothing to do
     }
@@ -1582,6 +1647,7 @@ async fn job_done(
     }
 }
 
+/// A timer came due. `claimed`: the task it guards is held by an agent.
 fn fire_timer(
     m: &mut Machine<'_>,
     token: u32,
@@ -1589,6 +1655,7 @@ fn fire_timer(
     job: &str,
     wait: &Wait,
     kind: &NodeKind,
+    claimed: bool,
 ) -> Result<(), Error> {
     match (wait, kind) {
         (
@@ -1601,12 +1668,23 @@ fn fire_timer(
             let Some(escalation) = &u.escalation else {
                 return Ok(());
             };
+            // An interrupting escalation does not take a task from the
+            // agent working it (on the phone with the client, say): it is
+            // overdue, and escalates if the agent gives it back unfinished.
+            let deferred = escalation.interrupting && claimed;
             m.note(
                 "task_overdue",
                 Some(node_id),
-                json!({"task": task, "interrupting": escalation.interrupting}),
+                json!({"task": task, "interrupting": escalation.interrupting, "deferred": deferred}),
             );
-            if escalation.interrupting {
+            if deferred {
+                if let Some(tk) = m.state.token_mut(token) {
+                    tk.wait = Wait::Task {
+                        task: task.clone(),
+                        timer: None,
+                    };
+                }
+            } else if escalation.interrupting {
                 m.effects.push(Effect::CancelTask { id: task.clone() });
                 m.go(token, &escalation.next)?;
             } else {
@@ -1825,7 +1903,7 @@ async fn cancel(
             parent,
             token: token as u32,
             child: row.id.clone(),
-            message: format!("called instance `{}` was cancelled: {reason}", row.id),
+            message: format!("{CANCELLED_CHILD}`{}` was cancelled: {reason}", row.id),
             cancelled: true,
         });
     }
@@ -1868,13 +1946,20 @@ async fn settle_incident(
     }
     let process = ctx.processes.get(conn, row.definition_id).await?;
     let token = incident.token as u32;
+    // Marked on the token since this version; an incident raised before it
+    // (or by an older node during a rolling upgrade) says so only in its
+    // text, which `cancel` writes.
     let cancelled_child = matches!(
         row.state.token(token).map(|t| &t.wait),
         Some(Wait::Incident {
             cancelled_child: Some(_),
             ..
         })
-    );
+    ) || (incident.message.starts_with(CANCELLED_CHILD)
+        && matches!(
+            process.definition.node(&incident.node_id).map(|n| &n.kind),
+            Some(NodeKind::Call(_))
+        ));
     let meta = InstanceMeta::from(&row);
     let mut state = row.state.clone();
     let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
@@ -1933,6 +2018,9 @@ async fn settle_incident(
     row.state = state;
     save(conn, ctx, Change::of(row, effects, actor), followups).await
 }
+
+/// How the incident of a parent whose waited-for child was cancelled begins.
+const CANCELLED_CHILD: &str = "called instance ";
 
 /// How much earlier than its instance's start a kept message may have
 /// arrived and still be the instance's: engine nodes stamp with their own
