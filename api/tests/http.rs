@@ -1902,3 +1902,70 @@ async fn review_findings_over_http() {
         json!([{"code": "T-REWORK", "version": 2, "new": true}])
     );
 }
+
+/// An agent gives back, from the task page, a call-back they took just
+/// before it was due: its escalation, held off while they had it, runs then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_releases_an_overdue_task_from_its_page() {
+    let api = Api::new(Db::Sqlite).await;
+    let id = api
+        .h
+        .start("OPE-SUM-VEN-P06", "ivr", json!({"telefono": "72345678"}))
+        .await;
+    api.h
+        .complete(&id, "recibir_llamada", "llamada_perdida", json!({}))
+        .await;
+    let task = api.h.task(&id, "devolver_llamada").await;
+    let uri = format!("/tasks/{}", task.id);
+    let (status, _, html) = page(&api, Method::GET, &uri, Some(AGENT), None, false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !html.contains(r#"id="release""#),
+        "not held yet: nothing to release"
+    );
+    let (status, _, _) = page(
+        &api,
+        Method::POST,
+        &format!("{uri}/claim"),
+        Some(AGENT),
+        Some(""),
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    api.h.advance(std::time::Duration::from_secs(31 * 60));
+    api.h.jobs().await;
+    assert!(
+        api.h.task_open(&id, "devolver_llamada").await,
+        "held: not escalated"
+    );
+    let (_, _, html) = page(&api, Method::GET, &uri, Some(AGENT), None, false).await;
+    assert!(
+        html.contains(r#"id="release""#) && html.contains("Liberar"),
+        "{html}"
+    );
+    // Another agent cannot release it.
+    let (status, _, _) = page(
+        &api,
+        Method::POST,
+        &format!("{uri}/unclaim"),
+        Some(AGENT2),
+        Some(""),
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, headers, _) = page(
+        &api,
+        Method::POST,
+        &format!("{uri}/unclaim"),
+        Some(AGENT),
+        Some(""),
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/inbox");
+    assert!(!api.h.task_open(&id, "devolver_llamada").await);
+    api.h.task(&id, "devolucion_vencida").await;
+}

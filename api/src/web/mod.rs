@@ -50,6 +50,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/inbox/rows", get(inbox_rows))
         .route("/tasks/{id}", get(task_page).post(task_submit))
         .route("/tasks/{id}/claim", post(task_claim))
+        .route("/tasks/{id}/unclaim", post(task_unclaim))
         .route("/instances", get(instances))
         .route("/instances/{id}", get(instance_page))
         .route("/instances/{id}/documents/{doc}", get(document_page))
@@ -391,6 +392,22 @@ async fn task_claim(
         .await
         .map_err(|e| ses.fail(e))?;
     Ok(Redirect::to(&format!("/tasks/{id}")).into_response())
+}
+
+/// The agent gives a task back (it escalates now if it is overdue and its
+/// escalation was held off while they had it).
+async fn task_unclaim(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let ses = session(&s, &headers)?;
+    user_task(&s, &ses, &id).await?;
+    s.engine
+        .unclaim(&id, &ses.user.name)
+        .await
+        .map_err(|e| ses.fail(e))?;
+    Ok(Redirect::to("/inbox").into_response())
 }
 
 /// A task the session's user may see and act on, with its instance and the
