@@ -592,6 +592,50 @@ async fn send_identification(
     })
 }
 
+/// Holds `id`'s row in a transaction of its own and sends a good
+/// identification for it through `lane` (a one-lane engine), returning once
+/// the lane waits on that lock: what is sent next queues behind it until
+/// the holder commits.
+async fn hold_the_lane(
+    h: &Harness,
+    lane: &tramite_engine::runtime::Engine,
+    id: &str,
+) -> (
+    sqlx::PgConnection,
+    tokio::task::JoinHandle<Result<tramite_engine::runtime::CompletedTask, Error>>,
+) {
+    use sqlx::Connection;
+    let mut holder = sqlx::PgConnection::connect(&h.db.url)
+        .await
+        .expect("PostgreSQL");
+    sqlx::query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT id FROM instances WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut holder)
+        .await
+        .expect("row lock");
+    let first = send_identification(h, lane, id, 0, false).await;
+    let mut waited = 0;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut holder)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 500, "the lane never waited on the row lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (holder, first)
+}
+
 /// A bad identification was refused and changed nothing (the instance at
 /// revision `before`, its task open); a good one committed.
 async fn settled(
@@ -625,7 +669,6 @@ async fn settled(
 /// commands queue up behind it and arrive as one batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_command_in_a_postgres_batch_leaves_the_others() {
-    use sqlx::Connection;
     use std::sync::atomic::Ordering::Relaxed;
     let h = Harness::new(Db::Postgres).await;
     let ids = tramite_tests::p06::waiting_for_identification(&h, 9).await;
@@ -639,34 +682,7 @@ async fn a_failing_command_in_a_postgres_batch_leaves_the_others() {
     };
 
     // Hold the first instance's row: the lane's first command waits on it.
-    let mut holder = sqlx::PgConnection::connect(&h.db.url)
-        .await
-        .expect("PostgreSQL");
-    sqlx::query("BEGIN")
-        .execute(&mut holder)
-        .await
-        .expect("begin");
-    sqlx::query("SELECT id FROM instances WHERE id = $1 FOR UPDATE")
-        .bind(&ids[0])
-        .execute(&mut holder)
-        .await
-        .expect("row lock");
-    let first = send_identification(&h, &lane, &ids[0], 0, false).await;
-    let mut waited = 0;
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&mut holder)
-        .await
-        .expect("pg_stat_activity");
-        if waiting > 0 {
-            break;
-        }
-        waited += 1;
-        assert!(waited < 500, "the lane never waited on the row lock");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (mut holder, first) = hold_the_lane(&h, &lane, &ids[0]).await;
     let commits = lane.stats().commits.load(Relaxed);
     let mut rest = Vec::new();
     for (n, id) in ids.iter().enumerate().skip(1) {
@@ -1515,39 +1531,11 @@ async fn two_engines_publish_to_one_wait() {
 /// timed out, and sending it again must not do it twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_whose_caller_gave_up_is_not_run() {
-    use sqlx::Connection;
     use std::sync::atomic::Ordering::Relaxed;
     let h = Harness::new(Db::Postgres).await;
     let ids = tramite_tests::p06::waiting_for_identification(&h, 2).await;
     let lane = tramite_tests::engine::engine_with_lanes(&h, 1).await;
-    let mut holder = sqlx::PgConnection::connect(&h.db.url)
-        .await
-        .expect("PostgreSQL");
-    sqlx::query("BEGIN")
-        .execute(&mut holder)
-        .await
-        .expect("begin");
-    sqlx::query("SELECT id FROM instances WHERE id = $1 FOR UPDATE")
-        .bind(&ids[0])
-        .execute(&mut holder)
-        .await
-        .expect("row lock");
-    let first = send_identification(&h, &lane, &ids[0], 0, false).await;
-    let mut waited = 0;
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&mut holder)
-        .await
-        .expect("pg_stat_activity");
-        if waiting > 0 {
-            break;
-        }
-        waited += 1;
-        assert!(waited < 500, "the lane never waited on the row lock");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (mut holder, first) = hold_the_lane(&h, &lane, &ids[0]).await;
     // Queued behind the held lane, then abandoned by its caller.
     let abandoned = send_identification(&h, &lane, &ids[1], 1, false).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
