@@ -1022,6 +1022,45 @@ async fn resolve_incident_by_hand(db: Db) {
 }
 on_both_backends!(resolve_incident_by_hand, super::resolve_incident_by_hand);
 
+/// A job's incident resolved by running the step again: a new call (with
+/// the variables written), once the system is back.
+async fn resolve_incident_by_running_it_again(db: Db) {
+    let h = Harness::new(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    h.sims.smartflex.faults().start_outage();
+    for _ in 0..20 {
+        h.jobs().await;
+        h.advance(Duration::from_secs(300));
+    }
+    let incident = h
+        .engine
+        .incidents(Some("open"), Some(&id))
+        .await
+        .unwrap()
+        .remove(0);
+    h.sims.smartflex.faults().end_outage();
+    h.engine
+        .resolve_incident_then(
+            &incident.id,
+            "operador1",
+            tramite_tests::engine::object(json!({"detalle_rechazo": "Smartflex volvió"})),
+            Some(tramite_engine::runtime::commands::Then::RunAgain),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.jobs().await, 1, "a new call");
+    assert_eq!(h.sims.smartflex.registration_count(), 1);
+    h.task(&id, "comunicar_solicitud").await;
+    let v = h.instance(&id).await.state.variables;
+    assert_eq!(v["detalle_rechazo"], "Smartflex volvió");
+}
+on_both_backends!(
+    resolve_incident_by_running_it_again,
+    super::resolve_incident_by_running_it_again
+);
+
 const SLOW: &str = r#"
 code: T-SLOW
 name: Consulta lenta
@@ -1155,6 +1194,21 @@ async fn incident_after_effect_is_resolved_not_retried(db: Db) {
         "{err:?}"
     );
     assert_eq!(h.sims.naf.calls(), 1);
+    // Nor resolved by running the step again.
+    let err = h
+        .engine
+        .resolve_incident_then(
+            &incident.id,
+            "operador1",
+            tramite_tests::engine::object(json!({"deuda_doble": 0.0})),
+            Some(tramite_engine::runtime::commands::Then::RunAgain),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::IncidentNeedsResolution { .. }),
+        "{err:?}"
+    );
     h.engine
         .resolve_incident(
             &incident.id,
@@ -1441,6 +1495,28 @@ nodes:
     h.complete(&children[0].id, "hacer", "ok", json!({"hecho": true}))
         .await;
     assert_eq!(h.instance(&id).await.outcome.as_deref(), Some("listo"));
+    // A child that can never start (the operator did it by other means):
+    // resolved going on, with what it would have returned.
+    let id = h.start("T-PADRE", "web", json!({})).await;
+    let incident = h
+        .engine
+        .incidents(Some("open"), Some(&id))
+        .await
+        .unwrap()
+        .remove(0);
+    h.engine
+        .resolve_incident_then(
+            &incident.id,
+            "operador1",
+            tramite_tests::engine::object(json!({"hecho": true})),
+            Some(tramite_engine::runtime::commands::Then::GoOn),
+        )
+        .await
+        .unwrap();
+    assert!(h.engine.children(&id).await.unwrap().is_empty());
+    let row = h.instance(&id).await;
+    assert_eq!(row.outcome.as_deref(), Some("listo"));
+    assert_eq!(row.state.variables["hecho"], true);
 }
 on_both_backends!(
     resolving_a_call_whose_child_never_started_runs_it,

@@ -1858,6 +1858,23 @@ async fn review_findings_over_http() {
     );
     assert_eq!(messages[1]["delivery"]["status"], "kept", "{answer}");
 
+    // Resolve says what the token does then: `go_on` or `run_again`.
+    for (then, status) in [
+        ("sideways", StatusCode::UNPROCESSABLE_ENTITY),
+        ("go_on", StatusCode::NOT_FOUND),
+        ("run_again", StatusCode::NOT_FOUND),
+    ] {
+        let (got, problem) = api
+            .json(
+                Method::POST,
+                "/api/v1/incidents/nope/resolve",
+                LEAD,
+                json!({"variables": {}, "then": then}),
+            )
+            .await;
+        assert_eq!(got, status, "{then}: {problem}");
+    }
+
     // A process owner checks a new version before deploying it: validated
     // against what is deployed, the version it would become, nothing stored.
     let v2 = tramite_tests::REWORK.replace("name: Revisión en paralelo", "name: Revisión v2");

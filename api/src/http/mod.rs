@@ -909,6 +909,10 @@ struct ResolveRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     variables: Map<String, Value>,
+    /// `go_on` (past the step) or `run_again` (the step, with the variables
+    /// written); absent: what the incident calls for (docs/api.md).
+    #[schema(value_type = Option<String>)]
+    then: Option<tramite_engine::runtime::commands::Then>,
 }
 
 #[utoipa::path(post, path = "/api/v1/incidents/{id}/resolve", tag = "incidents", params(("id" = String, Path)), request_body = ResolveRequest, responses((status = 204, description = "Resolved with the operator's variables"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
@@ -922,7 +926,7 @@ async fn resolve(
     user.require("operator")?;
     let Json(r) = body?;
     s.engine
-        .resolve_incident(&id, &user.name, r.variables)
+        .resolve_incident_then(&id, &user.name, r.variables, r.then)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -98,8 +98,8 @@ pub enum Command {
         /// Who.
         actor: String,
     },
-    /// Close an incident by hand, writing `variables` and going on as if
-    /// the failing step had succeeded.
+    /// Close an incident by hand, writing `variables`, then going on as if
+    /// the failing step had succeeded or running the step again.
     ResolveIncident {
         /// Incident.
         incident: String,
@@ -107,6 +107,9 @@ pub enum Command {
         actor: String,
         /// Variables to write.
         variables: Map<String, Value>,
+        /// What the token does then; `None`: what the incident calls for
+        /// (see [`Then`]).
+        then: Option<Then>,
     },
     /// Release the leases of jobs whose worker is gone (single-node start-up).
     ReleaseLeases,
@@ -424,13 +427,14 @@ pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result
             incident,
             actor,
             variables,
+            then,
         } => {
             settle_incident(
                 conn,
                 ctx,
                 &incident,
                 &actor,
-                Some(variables),
+                Some((variables, then)),
                 &mut followups,
             )
             .await?;
@@ -1915,7 +1919,7 @@ async fn settle_incident(
     ctx: &Ctx<'_>,
     id: &str,
     actor: &str,
-    resolve: Option<Map<String, Value>>,
+    resolve: Option<(Map<String, Value>, Option<Then>)>,
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
     let incident = conn.incident(id).await?.ok_or_else(|| Error::NotFound {
@@ -1970,15 +1974,29 @@ async fn settle_incident(
             "incident_retried"
         },
         Some(&incident.node_id),
-        json!({"incident": id, "variables": resolve}),
+        json!({"incident": id, "variables": resolve.as_ref().map(|(v, _)| v), "then": resolve.as_ref().and_then(|(_, t)| *t)}),
     );
+    // After its effect, a step must not run again; a job's failure or a
+    // cancelled child is settled by going on; anything else (an input that
+    // could not be computed, a child that could not start) by running the
+    // step again with the variables written.
+    let goes_on_by_default = incident.job_id.is_some() || incident.after_effect || cancelled_child;
+    let resolve = match resolve {
+        Some((_, Some(Then::RunAgain))) if incident.after_effect => {
+            return Err(Error::IncidentNeedsResolution {
+                incident: id.to_owned(),
+            });
+        }
+        Some((vars, then)) => Some((vars, then.map_or(goes_on_by_default, |t| t == Then::GoOn))),
+        None => None,
+    };
     match (&incident.job_id, resolve) {
         (Some(job), None) => {
             conn.revive_job(job, ctx.now).await?;
             ctx.scheduled
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        (Some(job), Some(vars)) => {
+        (Some(job), Some((vars, true))) => {
             conn.cancel_job(job).await?;
             m.write(&vars);
             let next = match process.definition.node(&incident.node_id).map(|n| &n.kind) {
@@ -1987,13 +2005,20 @@ async fn settle_incident(
             };
             m.go(token, &next)?;
         }
+        // Fixed input, a new call: a new job (its input is computed anew,
+        // and it has a new idempotency key: the failed call did nothing).
+        (Some(job), Some((vars, false))) => {
+            conn.cancel_job(job).await?;
+            m.write(&vars);
+            m.rerun(token)?;
+        }
         // A call's child ran and was cancelled: resolving means the
         // operator supplies what the child should have returned, and the
         // token goes on. Running the call again would start a second child
         // (a second installation order); that is what retry is for. A child
         // that never started leaves nothing to stand for: resolving fixes
         // the input and runs the call again (below).
-        (None, Some(vars)) if incident.after_effect || cancelled_child => {
+        (None, Some((vars, true))) => {
             // The step took effect; the operator supplies what it should have written.
             m.write(&vars);
             let next = match process.definition.node(&incident.node_id).map(|n| &n.kind) {
@@ -2008,7 +2033,7 @@ async fn settle_incident(
             }
         }
         (None, vars) => {
-            if let Some(vars) = vars {
+            if let Some((vars, _)) = vars {
                 m.write(&vars);
             }
             m.rerun(token)?;
@@ -2017,6 +2042,20 @@ async fn settle_incident(
     let effects = std::mem::take(&mut m.effects);
     row.state = state;
     save(conn, ctx, Change::of(row, effects, actor), followups).await
+}
+
+/// What a resolved incident's token does after the operator's variables are
+/// written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Then {
+    /// Past the step, as if it had succeeded (the default after a job's
+    /// failure, a cancelled child, or a step that took effect).
+    GoOn,
+    /// The step again, with the variables written (the default for an
+    /// input that could not be computed or a child that could not start);
+    /// refused after the step took effect.
+    RunAgain,
 }
 
 /// How the incident of a parent whose waited-for child was cancelled begins.

@@ -395,17 +395,33 @@ impl Engine {
         .map(drop)
     }
 
-    /// Closes an incident by hand with `variables`, going on past the failed step.
+    /// Closes an incident by hand with `variables`; the token then does what
+    /// the incident calls for (see [`commands::Then`]).
     pub async fn resolve_incident(
         &self,
         incident: &str,
         actor: &str,
         variables: Map<String, Value>,
     ) -> Result<(), Error> {
+        self.resolve_incident_then(incident, actor, variables, None)
+            .await
+    }
+
+    /// Resolves an incident, saying what its token does then: go on past
+    /// the step, or run it again with the variables written (`None`: what
+    /// the incident calls for, see [`commands::Then`]).
+    pub async fn resolve_incident_then(
+        &self,
+        incident: &str,
+        actor: &str,
+        variables: Map<String, Value>,
+        then: Option<commands::Then>,
+    ) -> Result<(), Error> {
         self.submit(Command::ResolveIncident {
             incident: incident.to_owned(),
             actor: actor.to_owned(),
             variables,
+            then,
         })
         .await
         .map(drop)
