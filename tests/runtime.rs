@@ -13,7 +13,7 @@ use tramite_tests::on_both_backends;
 
 use tramite_tests::p06::{
     P06, PHONE, through_coverage, through_identification, through_installation,
-    through_requirements,
+    through_requirements, with_capacity_confirmed, with_the_installation_cancelled,
 };
 
 async fn sale_made(db: Db) {
@@ -1290,19 +1290,7 @@ async fn cancelling_a_child_stops_its_parent_with_an_incident(db: Db) {
     let id = through_identification(&h, "4587213").await;
     through_coverage(&h, &id, "Cala Cala").await;
     through_requirements(&h, &id).await;
-    h.jobs().await;
-    h.complete(
-        &id,
-        "comunicar_solicitud",
-        "comunicado",
-        json!({"dias_estimados": 5}),
-    )
-    .await;
-    let child = h.engine.children(&id).await.unwrap().remove(0);
-    h.engine
-        .cancel(&child.id, "orden duplicada", "jefe1")
-        .await
-        .unwrap();
+    with_the_installation_cancelled(&h, &id).await;
     let incidents = h.engine.incidents(Some("open"), Some(&id)).await.unwrap();
     assert_eq!(incidents.len(), 1);
     assert_eq!(incidents[0].node_id, "instalacion");
@@ -1314,9 +1302,16 @@ async fn cancelling_a_child_stops_its_parent_with_an_incident(db: Db) {
     // The installation was done under the other order: the team lead
     // resolves with what P02 would have returned, and the sale goes on
     // without a second installation order.
+    resolved_with_the_installation_done(&h, &id, &incidents[0].id).await;
+}
+
+/// Resolves `incident` (a cancelled OPR-PAS-P02's) with what the
+/// installation would have returned: the sale goes on to step 12, with
+/// no second child.
+async fn resolved_with_the_installation_done(h: &Harness, id: &str, incident: &str) {
     h.engine
         .resolve_incident(
-            &incidents[0].id,
+            incident,
             "jefe1",
             tramite_tests::engine::object(
                 json!({"instalacion_realizada": true, "dias_ejecucion": 4}),
@@ -1324,9 +1319,9 @@ async fn cancelling_a_child_stops_its_parent_with_an_incident(db: Db) {
         )
         .await
         .unwrap();
-    assert_eq!(h.engine.children(&id).await.unwrap().len(), 1);
-    h.task(&id, "seguimiento_venta").await;
-    assert_eq!(h.instance(&id).await.state.variables["dias_ejecucion"], 4);
+    assert_eq!(h.engine.children(id).await.unwrap().len(), 1);
+    h.task(id, "seguimiento_venta").await;
+    assert_eq!(h.instance(id).await.state.variables["dias_ejecucion"], 4);
 }
 
 /// The same incident as stored before its token recorded the cancelled
@@ -1338,19 +1333,7 @@ async fn an_older_cancelled_child_incident_resolves_past_the_call(db: Db) {
     let id = through_identification(&h, "4587213").await;
     through_coverage(&h, &id, "Cala Cala").await;
     through_requirements(&h, &id).await;
-    h.jobs().await;
-    h.complete(
-        &id,
-        "comunicar_solicitud",
-        "comunicado",
-        json!({"dias_estimados": 5}),
-    )
-    .await;
-    let child = h.engine.children(&id).await.unwrap().remove(0);
-    h.engine
-        .cancel(&child.id, "orden duplicada", "jefe1")
-        .await
-        .unwrap();
+    with_the_installation_cancelled(&h, &id).await;
     // Rewrite the parent's state as the older code wrote it.
     let mut row = h.instance(&id).await;
     for t in &mut row.state.tokens {
@@ -1386,18 +1369,7 @@ async fn an_older_cancelled_child_incident_resolves_past_the_call(db: Db) {
         .await
         .unwrap()
         .remove(0);
-    h.engine
-        .resolve_incident(
-            &incident.id,
-            "jefe1",
-            tramite_tests::engine::object(
-                json!({"instalacion_realizada": true, "dias_ejecucion": 4}),
-            ),
-        )
-        .await
-        .unwrap();
-    assert_eq!(h.engine.children(&id).await.unwrap().len(), 1);
-    h.task(&id, "seguimiento_venta").await;
+    resolved_with_the_installation_done(&h, &id, &incident.id).await;
 }
 on_both_backends!(
     an_older_cancelled_child_incident_resolves_past_the_call,
@@ -1549,13 +1521,7 @@ async fn two_engines_publish_to_one_wait() {
     let h = Harness::new(Db::Postgres).await;
     let id = through_identification(&h, "4587213").await;
     through_coverage(&h, &id, "Cala Cala").await;
-    h.complete(
-        &id,
-        "verificar_capacidad",
-        "continuar",
-        json!({"capacidad_confirmada": true}),
-    )
-    .await;
+    with_capacity_confirmed(&h, &id).await;
     h.complete(
         &id,
         "solicitar_requisitos",
@@ -1666,13 +1632,7 @@ async fn connections_read_committed_whatever_the_database_default() {
     // And the engine works on such a database: two nodes race to deliver.
     let id = through_identification(&h, "4587213").await;
     through_coverage(&h, &id, "Cala Cala").await;
-    h.complete(
-        &id,
-        "verificar_capacidad",
-        "continuar",
-        json!({"capacidad_confirmada": true}),
-    )
-    .await;
+    with_capacity_confirmed(&h, &id).await;
     let second = tramite_tests::engine::second_engine(&h).await;
     let subscribe = h.complete(
         &id,
@@ -1710,13 +1670,7 @@ async fn a_message_from_before_the_instance_is_not_its_own(db: Db) {
     h.advance(Duration::from_secs(3 * 86_400));
     let id = through_identification(&h, "4587213").await;
     through_coverage(&h, &id, "Cala Cala").await;
-    h.complete(
-        &id,
-        "verificar_capacidad",
-        "continuar",
-        json!({"capacidad_confirmada": true}),
-    )
-    .await;
+    with_capacity_confirmed(&h, &id).await;
     // Kept since a message may arrive before its wait: but after the start.
     let early = h
         .publish(
@@ -1928,13 +1882,7 @@ async fn messages_early_twice_and_late(db: Db) {
     let h = Harness::new(db).await;
     let id = through_identification(&h, "4587213").await;
     through_coverage(&h, &id, "Cala Cala").await;
-    h.complete(
-        &id,
-        "verificar_capacidad",
-        "continuar",
-        json!({"capacidad_confirmada": true}),
-    )
-    .await;
+    with_capacity_confirmed(&h, &id).await;
     // The client sends the documents before the agent asks for them.
     let early = h
         .publish(

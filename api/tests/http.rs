@@ -1325,13 +1325,7 @@ async fn whatsapp_webhook_advances_a_waiting_p06(db: Db) {
     h.jobs().await;
     through_coverage(h, &id, "Cala Cala").await;
     h.jobs().await;
-    h.complete(
-        &id,
-        "verificar_capacidad",
-        "continuar",
-        json!({"capacidad_confirmada": true}),
-    )
-    .await;
+    tramite_tests::p06::with_capacity_confirmed(h, &id).await;
     h.complete(
         &id,
         "solicitar_requisitos",

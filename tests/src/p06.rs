@@ -57,8 +57,9 @@ pub async fn through_coverage(h: &Harness, id: &str, zone: &str) {
     assert_eq!(h.jobs().await, 1, "the GIS check runs");
 }
 
-/// From step 7.1 with capacity to the Smartflex registration (10).
-pub async fn through_requirements(h: &Harness, id: &str) {
+/// Step 7.1: the agent confirms the technical capacity GIS found; the
+/// request then waits for the agent to ask for the requirements (8).
+pub async fn with_capacity_confirmed(h: &Harness, id: &str) {
     h.complete(
         id,
         "verificar_capacidad",
@@ -66,6 +67,31 @@ pub async fn through_requirements(h: &Harness, id: &str) {
         json!({"capacidad_confirmada": true}),
     )
     .await;
+}
+
+/// Installs the sale of `through_requirements` (the Smartflex registration
+/// and step 11), then cancels its OPR-PAS-P02 as a duplicate order: the
+/// parent waits at `instalacion` with an incident. Returns the child.
+pub async fn with_the_installation_cancelled(h: &Harness, id: &str) -> String {
+    h.jobs().await;
+    h.complete(
+        id,
+        "comunicar_solicitud",
+        "comunicado",
+        json!({"dias_estimados": 5}),
+    )
+    .await;
+    let child = h.engine.children(id).await.unwrap().remove(0);
+    h.engine
+        .cancel(&child.id, "orden duplicada", "jefe1")
+        .await
+        .unwrap();
+    child.id
+}
+
+/// From step 7.1 with capacity to the Smartflex registration (10).
+pub async fn through_requirements(h: &Harness, id: &str) {
+    with_capacity_confirmed(h, id).await;
     h.complete(
         id,
         "solicitar_requisitos",

@@ -381,17 +381,23 @@ async fn task_claim(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let ses = session(&s, &headers)?;
-    let task = s.engine.task(&id).await.map_err(|e| ses.fail(e))?;
-    if !ses.user.has(&task.role) {
-        return Err(ses.fail(Error::Forbidden {
-            reason: "not your role".into(),
-        }));
-    }
+    of_my_role(&s, &ses, &id).await?;
     s.engine
         .claim(&id, &ses.user.name)
         .await
         .map_err(|e| ses.fail(e))?;
     Ok(Redirect::to(&format!("/tasks/{id}")).into_response())
+}
+
+/// Refuses (403) a task of a role the session's user does not have.
+async fn of_my_role(s: &AppState, ses: &Session, id: &str) -> Result<(), PageError> {
+    let task = s.engine.task(id).await.map_err(|e| ses.fail(e))?;
+    if !ses.user.has(&task.role) {
+        return Err(ses.fail(Error::Forbidden {
+            reason: "not your role".into(),
+        }));
+    }
+    Ok(())
 }
 
 /// The agent gives a task back (it escalates now if it is overdue and its
@@ -402,7 +408,7 @@ async fn task_unclaim(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let ses = session(&s, &headers)?;
-    user_task(&s, &ses, &id).await?;
+    of_my_role(&s, &ses, &id).await?;
     s.engine
         .unclaim(&id, &ses.user.name)
         .await

@@ -1563,9 +1563,18 @@ async fn apply_job_result(
         return Ok(()); // lease lost or job cancelled: this result is stale
     }
     let waiting = row.state.token(token).map(|t| t.wait.clone());
-    // An overdue task an agent is working keeps its agent (see `fire_timer`).
-    let claimed = match &waiting {
-        Some(Wait::Task { task, .. }) if job.kind == "timer" => conn
+    let node = process.definition.node(&node_id).map(|n| &n.kind);
+    // An overdue task an agent is working keeps its agent (see
+    // `fire_timer`): read only when this is the task's interrupting
+    // escalation coming due.
+    let claimed = match (&waiting, node) {
+        (
+            Some(Wait::Task {
+                task,
+                timer: Some(t),
+            }),
+            Some(NodeKind::UserTask(u)),
+        ) if *t == job.id && u.escalation.as_ref().is_some_and(|e| e.interrupting) => conn
             .task(task)
             .await?
             .is_some_and(|t| t.status == "claimed" || t.assignee.is_some()),
@@ -1574,7 +1583,6 @@ async fn apply_job_result(
     let meta = InstanceMeta::from(&row);
     let mut state = row.state.clone();
     let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
-    let node = process.definition.node(&node_id).map(|n| &n.kind);
     match (job.kind.as_str(), waiting, node) {
         ("service", Some(Wait::Job { job: j }), Some(NodeKind::ServiceTask(s))) if j == job.id => {
             match result {
