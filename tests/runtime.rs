@@ -981,11 +981,14 @@ on_both_backends!(
     super::workers_run_jobs_in_background
 );
 
-async fn resolve_incident_by_hand(db: Db) {
-    let h = Harness::new(db).await;
-    let id = through_identification(&h, "4587213").await;
-    through_coverage(&h, &id, "Cala Cala").await;
-    through_requirements(&h, &id).await;
+/// A P06 sale whose Smartflex registration fails with Smartflex down until
+/// the retries run out; the request and its incident.
+async fn smartflex_down_until_an_incident(
+    h: &Harness,
+) -> (String, tramite_engine::store::incidents::IncidentRow) {
+    let id = through_identification(h, "4587213").await;
+    through_coverage(h, &id, "Cala Cala").await;
+    through_requirements(h, &id).await;
     h.sims.smartflex.faults().start_outage();
     for _ in 0..20 {
         h.jobs().await;
@@ -997,6 +1000,12 @@ async fn resolve_incident_by_hand(db: Db) {
         .await
         .unwrap()
         .remove(0);
+    (id, incident)
+}
+
+async fn resolve_incident_by_hand(db: Db) {
+    let h = Harness::new(db).await;
+    let (id, incident) = smartflex_down_until_an_incident(&h).await;
     // The operator registered the sale in Smartflex by hand and records its number.
     h.engine
         .resolve_incident(
@@ -1026,20 +1035,7 @@ on_both_backends!(resolve_incident_by_hand, super::resolve_incident_by_hand);
 /// the variables written), once the system is back.
 async fn resolve_incident_by_running_it_again(db: Db) {
     let h = Harness::new(db).await;
-    let id = through_identification(&h, "4587213").await;
-    through_coverage(&h, &id, "Cala Cala").await;
-    through_requirements(&h, &id).await;
-    h.sims.smartflex.faults().start_outage();
-    for _ in 0..20 {
-        h.jobs().await;
-        h.advance(Duration::from_secs(300));
-    }
-    let incident = h
-        .engine
-        .incidents(Some("open"), Some(&id))
-        .await
-        .unwrap()
-        .remove(0);
+    let (id, incident) = smartflex_down_until_an_incident(&h).await;
     h.sims.smartflex.faults().end_outage();
     h.engine
         .resolve_incident_then(

@@ -74,14 +74,7 @@ pub async fn with_capacity_confirmed(h: &Harness, id: &str) {
 /// parent waits at `instalacion` with an incident. Returns the child.
 pub async fn with_the_installation_cancelled(h: &Harness, id: &str) -> String {
     h.jobs().await;
-    h.complete(
-        id,
-        "comunicar_solicitud",
-        "comunicado",
-        json!({"dias_estimados": 5}),
-    )
-    .await;
-    let child = h.engine.children(id).await.unwrap().remove(0);
+    let child = communicated(h, id).await;
     h.engine
         .cancel(&child.id, "orden duplicada", "jefe1")
         .await
@@ -128,9 +121,9 @@ pub async fn through_installation(h: &Harness, id: &str) {
     through_installation_rated(h, id, true).await;
 }
 
-/// From the request being communicated (11) to the end (13), the client
-/// `satisfied` or not at the quality-control call.
-pub async fn through_installation_rated(h: &Harness, id: &str, satisfied: bool) {
+/// Step 11: the request is communicated to the client, and the one
+/// installation order (OPR-PAS-P02) it starts is returned.
+pub async fn communicated(h: &Harness, id: &str) -> tramite_engine::store::instances::InstanceRow {
     h.complete(
         id,
         "comunicar_solicitud",
@@ -138,11 +131,18 @@ pub async fn through_installation_rated(h: &Harness, id: &str, satisfied: bool) 
         json!({"dias_estimados": 5}),
     )
     .await;
-    let children = h.engine.children(id).await.unwrap();
+    let mut children = h.engine.children(id).await.unwrap();
     assert_eq!(children.len(), 1);
-    let child = &children[0];
+    let child = children.remove(0);
     assert_eq!(child.code, "OPR-PAS-P02");
     assert_eq!(child.channel, "procedure");
+    child
+}
+
+/// From the request being communicated (11) to the end (13), the client
+/// `satisfied` or not at the quality-control call.
+pub async fn through_installation_rated(h: &Harness, id: &str, satisfied: bool) {
+    let child = &communicated(h, id).await;
     h.complete(
         &child.id,
         "programar",
