@@ -1057,6 +1057,259 @@ on_both_backends!(
     super::resolve_incident_by_running_it_again
 );
 
+/// Smartflex registered the sale but every answer was lost: running the
+/// step again with the same input asks with the same idempotency key, and
+/// Smartflex answers the registration it made instead of making a second
+/// (a second installation order for one sale). An input the operator
+/// changed is a new request.
+async fn running_again_a_call_that_took_effect_asks_with_its_key(db: Db) {
+    let h = Harness::new(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    h.sims.smartflex.faults().lose_next_replies(100);
+    for _ in 0..20 {
+        h.jobs().await;
+        h.advance(Duration::from_secs(300));
+    }
+    let incident = h
+        .engine
+        .incidents(Some("open"), Some(&id))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(
+        !incident.after_effect,
+        "a lost answer is not known to have taken effect"
+    );
+    assert_eq!(
+        h.sims.smartflex.registration_count(),
+        1,
+        "the calls took effect once"
+    );
+    h.sims.smartflex.faults().lose_next_replies(0);
+    h.engine
+        .resolve_incident_then(
+            &incident.id,
+            "operador1",
+            serde_json::Map::new(),
+            Some(tramite_engine::runtime::commands::Then::RunAgain),
+        )
+        .await
+        .unwrap();
+    h.jobs().await;
+    assert_eq!(
+        h.sims.smartflex.registration_count(),
+        1,
+        "asked again, not registered twice"
+    );
+    let twice = tramite_connectors::sim_http::duplicate_registrations(&h.sims);
+    assert!(twice.is_empty(), "Smartflex registered twice: {twice:?}");
+    h.task(&id, "comunicar_solicitud").await;
+}
+on_both_backends!(
+    running_again_a_call_that_took_effect_asks_with_its_key,
+    super::running_again_a_call_that_took_effect_asks_with_its_key
+);
+
+/// An operator's variables are checked like a form: only the procedure's
+/// variables, of their types; going on past Smartflex stands in for its
+/// answer, so both variables its output writes must be given (without
+/// them, step 11 would show no request number). A refusal changes nothing.
+async fn resolving_checks_the_variables(db: Db) {
+    let h = Harness::new(db).await;
+    let (id, incident) = smartflex_down_until_an_incident(&h).await;
+    let refused = |vars: serde_json::Value| {
+        let h = &h;
+        let incident = incident.id.clone();
+        async move {
+            match h
+                .engine
+                .resolve_incident(&incident, "operador1", tramite_tests::engine::object(vars))
+                .await
+            {
+                Err(Error::InvalidData { errors }) => {
+                    let mut e: Vec<(String, String)> =
+                        errors.into_iter().map(|e| (e.field, e.message)).collect();
+                    e.sort();
+                    e
+                }
+                other => panic!("expected InvalidData, got {other:?}"),
+            }
+        }
+    };
+    assert_eq!(
+        refused(json!({})).await,
+        [
+            (
+                "dias_estimados".to_owned(),
+                "this field is required".to_owned()
+            ),
+            (
+                "numero_solicitud".to_owned(),
+                "this field is required".to_owned()
+            ),
+        ]
+    );
+    assert_eq!(
+        refused(json!({"numero_solicitud": "SF-1", "dias_estimados": "siete"})).await,
+        [(
+            "dias_estimados".to_owned(),
+            "must be a whole number".to_owned()
+        )]
+    );
+    assert_eq!(
+        refused(json!({"numero_solicitud": "SF-1", "dias_estimados": 7, "dias_estimado": 7})).await,
+        [(
+            "dias_estimado".to_owned(),
+            "is not a variable of OPE-SUM-VEN-P06".to_owned()
+        )]
+    );
+    assert_eq!(
+        h.engine
+            .incidents(Some("open"), Some(&id))
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "nothing changed"
+    );
+    h.engine
+        .resolve_incident(
+            &incident.id,
+            "operador1",
+            tramite_tests::engine::object(json!({"numero_solicitud": "SF-1", "dias_estimados": 7})),
+        )
+        .await
+        .unwrap();
+    h.task(&id, "comunicar_solicitud").await;
+}
+on_both_backends!(
+    resolving_checks_the_variables,
+    super::resolving_checks_the_variables
+);
+
+const VISIT: &str = r#"
+code: T-VISITA
+name: Visita programada
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables:
+  - {name: fecha_visita, type: datetime}
+nodes:
+  - {id: inicio, kind: start, channels: [web], data: [{name: fecha_visita, type: datetime}], next: esperar_visita}
+  - {id: esperar_visita, kind: timer_wait, at: fecha_visita, next: visitar}
+  - id: visitar
+    kind: user_task
+    role: agente
+    outcomes: [{id: hecho, label: Hecho, next: fin}]
+  - {id: fin, kind: end, outcome: listo}
+"#;
+
+/// A timer whose time cannot be computed stops with an incident; resolving
+/// it with `go_on` goes past the wait, as the API promises, instead of
+/// computing the same time again and stopping at once.
+async fn going_on_past_a_timer_that_could_not_be_set(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![("visita.yaml".into(), VISIT.into())])
+        .await
+        .unwrap();
+    let id = h.start("T-VISITA", "web", json!({})).await;
+    let incident = h
+        .engine
+        .incidents(Some("open"), Some(&id))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(incident.node_id, "esperar_visita");
+    h.engine
+        .resolve_incident_then(
+            &incident.id,
+            "operador1",
+            serde_json::Map::new(),
+            Some(tramite_engine::runtime::commands::Then::GoOn),
+        )
+        .await
+        .unwrap();
+    assert!(
+        h.engine
+            .incidents(Some("open"), Some(&id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    h.task(&id, "visitar").await;
+}
+on_both_backends!(
+    going_on_past_a_timer_that_could_not_be_set,
+    super::going_on_past_a_timer_that_could_not_be_set
+);
+
+const CHILD_WITHOUT_RESULT: &str = r#"
+code: T-HIJO
+name: Revisión
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables:
+  - {name: aprobado, type: boolean}
+nodes:
+  - {id: inicio, kind: start, channels: [procedure], next: fin}
+  - {id: fin, kind: end, outcome: sin_revision}
+"#;
+
+const PARENT_READING_IT: &str = r#"
+code: T-PADRE
+name: Solicitud
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+links: {exit: [{code: T-HIJO, name: Revisión}]}
+variables:
+  - {name: aprobado, type: boolean}
+nodes:
+  - {id: inicio, kind: start, channels: [web], next: revisar}
+  - {id: revisar, kind: call, procedure: T-HIJO, wait: true, output: {aprobado: output.aprobado}, next: decidir}
+  - id: decidir
+    kind: user_task
+    role: agente
+    outcomes: [{id: hecho, label: Hecho, next: fin}]
+  - {id: fin, kind: end, outcome: listo}
+"#;
+
+/// A child that ends on a path that never wrote a variable it declares:
+/// the parent's `output.x` reads null (a variable not yet written is null)
+/// instead of stopping the parent with an incident only a person can clear.
+async fn a_child_variable_never_written_reads_null(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![
+            ("hijo.yaml".into(), CHILD_WITHOUT_RESULT.into()),
+            ("padre.yaml".into(), PARENT_READING_IT.into()),
+        ])
+        .await
+        .unwrap();
+    let id = h.start("T-PADRE", "web", json!({})).await;
+    assert!(
+        h.engine
+            .incidents(Some("open"), Some(&id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    h.task(&id, "decidir").await;
+    assert_eq!(
+        h.instance(&id).await.state.variables["aprobado"],
+        serde_json::Value::Null
+    );
+}
+on_both_backends!(
+    a_child_variable_never_written_reads_null,
+    super::a_child_variable_never_written_reads_null
+);
+
 const SLOW: &str = r#"
 code: T-SLOW
 name: Consulta lenta

@@ -940,11 +940,22 @@ async fn save(
             json!({"outcome": outcome}),
         ));
         if let (Some(parent), Some(token)) = (&row.parent_id, row.parent_token) {
+            // A variable the child declares but never wrote on the path it
+            // took reads as null in the parent's `output.x`, as a variable
+            // not yet written does everywhere else, rather than stopping
+            // the parent with an incident.
+            let mut variables = row.state.variables.clone();
+            let process = ctx.processes.get(conn, row.definition_id).await?;
+            for declared in &process.definition.variables {
+                variables
+                    .entry(declared.name.clone())
+                    .or_insert(Value::Null);
+            }
             followups.push_back(Followup::ChildEnded {
                 parent: parent.clone(),
                 token: token as u32,
                 child: row.id.clone(),
-                variables: row.state.variables.clone(),
+                variables,
             });
         }
     }
@@ -1164,7 +1175,10 @@ async fn job_row<'a>(
         connector,
         operation,
         input,
-        idempotency_key: format!("tramite:{}:{}:{}", row.id, job.node, job.id),
+        idempotency_key: job
+            .key
+            .clone()
+            .unwrap_or_else(|| format!("tramite:{}:{}:{}", row.id, job.node, job.id)),
         max_attempts: job.max_attempts,
         timeout_ms,
         run_at: job.run_at,
@@ -1998,6 +2012,12 @@ async fn settle_incident(
         Some((vars, then)) => Some((vars, then.map_or(goes_on_by_default, |t| t == Then::GoOn))),
         None => None,
     };
+    if let Some((vars, go_on)) = &resolve {
+        let errors = resolution_errors(&process, &incident.node_id, vars, *go_on);
+        if !errors.is_empty() {
+            return Err(Error::InvalidData { errors });
+        }
+    }
     match (&incident.job_id, resolve) {
         (Some(job), None) => {
             conn.revive_job(job, ctx.now).await?;
@@ -2013,12 +2033,28 @@ async fn settle_incident(
             };
             m.go(token, &next)?;
         }
-        // Fixed input, a new call: a new job (its input is computed anew,
-        // and it has a new idempotency key: the failed call did nothing).
+        // The step again: a new job, its input computed anew. A call that
+        // timed out or lost its answer may have taken effect, so the same
+        // input goes with the same idempotency key (the system answers
+        // what it did the first time instead of doing it twice); an input
+        // the operator changed is a new request, with a new key.
         (Some(job), Some((vars, false))) => {
+            let before = conn.job_request(job).await?;
             conn.cancel_job(job).await?;
             m.write(&vars);
             m.rerun(token)?;
+            if let Some(before) = before {
+                for effect in &mut m.effects {
+                    if let Effect::CreateJob(new) = effect
+                        && new.token == token
+                        && let JobKind::Service { input, .. } = &new.kind
+                        && before.input.as_deref()
+                            == Some(Value::Object(input.clone()).to_string().as_str())
+                    {
+                        new.key = Some(before.idempotency_key.clone());
+                    }
+                }
+            }
         }
         // A call's child ran and was cancelled: resolving means the
         // operator supplies what the child should have returned, and the
@@ -2033,6 +2069,7 @@ async fn settle_incident(
                 Some(NodeKind::ServiceTask(s)) => Some(s.next.clone()),
                 Some(NodeKind::Call(c)) => Some(c.next.clone()),
                 Some(NodeKind::MessageWait(w)) => Some(w.next.clone()),
+                Some(NodeKind::TimerWait(t)) => Some(t.next.clone()),
                 _ => None,
             };
             match next {
@@ -2050,6 +2087,66 @@ async fn settle_incident(
     let effects = std::mem::take(&mut m.effects);
     row.state = state;
     save(conn, ctx, Change::of(row, effects, actor), followups).await
+}
+
+/// What is wrong with an operator's variables: each must be a variable the
+/// procedure declares, of its type; and going on past a service task or a
+/// call stands in for its result, so every variable its `output` would have
+/// written must be given — else the steps after it read nothing, and the
+/// instance stops again at the next gate.
+fn resolution_errors(
+    process: &Process,
+    node: &str,
+    vars: &Map<String, Value>,
+    go_on: bool,
+) -> Vec<crate::runtime::forms::FieldError> {
+    use crate::definition::Field;
+    use crate::runtime::forms::{FieldError, Form};
+    let declared = &process.definition.variables;
+    let outputs: Vec<&str> = match (go_on, process.definition.node(node).map(|n| &n.kind)) {
+        (true, Some(NodeKind::ServiceTask(s))) => s.output.keys().map(String::as_str).collect(),
+        (true, Some(NodeKind::Call(c))) => c.output.keys().map(String::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let mut errors: Vec<FieldError> = vars
+        .keys()
+        .filter(|name| !declared.iter().any(|v| v.name == **name))
+        .map(|name| FieldError {
+            field: name.clone(),
+            message: format!("is not a variable of {}", process.definition.code),
+        })
+        .collect();
+    let fields: Vec<Field> = declared
+        .iter()
+        .map(|v| Field {
+            name: v.name.clone(),
+            ty: v.ty,
+            label: None,
+            hint: None,
+            required: outputs.contains(&v.name.as_str()),
+            pattern: None,
+            options: Vec::new(),
+            min: None,
+            max: None,
+            min_length: None,
+            max_length: None,
+            default: None,
+        })
+        .collect();
+    let known: Map<String, Value> = vars
+        .iter()
+        .filter(|(name, _)| declared.iter().any(|v| v.name == **name))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    match Form::new(&fields) {
+        Ok(form) => errors.extend(form.check(&Value::Object(known))),
+        // Declared types always compile; never let unchecked data through.
+        Err(_) => errors.push(FieldError {
+            field: String::new(),
+            message: "the procedure's variables cannot be checked".to_owned(),
+        }),
+    }
+    errors
 }
 
 /// What a resolved incident's token does after the operator's variables are

@@ -155,6 +155,13 @@ impl Form {
                     jsonschema::error::ValidationErrorKind::MaxLength { limit } => {
                         format!("must have at most {limit} characters")
                     }
+                    jsonschema::error::ValidationErrorKind::Type { kind } => {
+                        let types: Vec<jsonschema::JsonType> = match kind {
+                            jsonschema::error::TypeKind::Single(t) => vec![*t],
+                            jsonschema::error::TypeKind::Multiple(set) => set.iter().collect(),
+                        };
+                        must_be(&types)
+                    }
                     _ => e.to_string(),
                 };
                 FieldError { field, message }
@@ -169,6 +176,22 @@ impl Form {
         errors.sort_by_key(order);
         errors
     }
+}
+
+/// "must be a whole number" for a field typed `integer` (or `integer` or
+/// null: a value may always be cleared, so null is not named).
+fn must_be(types: &[jsonschema::JsonType]) -> String {
+    use jsonschema::JsonType;
+    let what = types.iter().find_map(|t| match t {
+        JsonType::Integer => Some("a whole number"),
+        JsonType::Number => Some("a number"),
+        JsonType::Boolean => Some("yes or no (true or false)"),
+        JsonType::String => Some("text"),
+        JsonType::Array => Some("a list"),
+        JsonType::Object => Some("an object"),
+        JsonType::Null => None,
+    });
+    format!("must be {}", what.unwrap_or("empty"))
 }
 
 #[cfg(test)]

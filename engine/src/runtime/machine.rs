@@ -121,6 +121,9 @@ pub struct NewJob {
     pub run_at: i64,
     /// Attempts in all.
     pub max_attempts: u32,
+    /// The idempotency key, when not the one derived from `id`: a step run
+    /// again with the same input asks its system with the earlier key.
+    pub key: Option<String>,
 }
 
 /// What a job does.
@@ -380,6 +383,7 @@ impl<'a> Machine<'a> {
             kind: JobKind::Timer,
             run_at: at,
             max_attempts: 1,
+            key: None,
         }));
         self.journal(
             "timer_scheduled",
@@ -563,6 +567,7 @@ impl<'a> Machine<'a> {
                         },
                         run_at: self.now,
                         max_attempts: attempts.max(1),
+                        key: None,
                     }));
                     self.set_wait(id, Wait::Job { job });
                     return Ok(());

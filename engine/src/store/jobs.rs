@@ -66,6 +66,29 @@ pub struct NewJob<'a> {
     pub created_at: i64,
 }
 
+/// What a job asked its system: read when an operator runs the step again,
+/// to ask with the same idempotency key when the input is the same.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRequest {
+    /// The key the system saw.
+    pub idempotency_key: String,
+    /// Input as JSON.
+    pub input: Option<String>,
+}
+
+/// A job's request, if the job exists.
+pub async fn request(conn: &mut Conn, id: &str) -> Result<Option<JobRequest>, Error> {
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT idempotency_key, input FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.map(|(idempotency_key, input)| JobRequest {
+        idempotency_key,
+        input,
+    }))
+}
+
 /// Schedules a job.
 pub async fn insert(conn: &mut Conn, j: &NewJob<'_>) -> Result<(), Error> {
     let mut sql = String::new();

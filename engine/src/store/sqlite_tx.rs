@@ -734,6 +734,19 @@ impl Tx for Writing {
         Ok(())
     }
 
+    async fn job_request(&mut self, id: &str) -> Result<Option<super::jobs::JobRequest>, Error> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT idempotency_key, input FROM jobs WHERE id = ?1")?
+            .query_row(params![id], |r| {
+                Ok(super::jobs::JobRequest {
+                    idempotency_key: r.get(0)?,
+                    input: r.get(1)?,
+                })
+            })
+            .optional()?)
+    }
+
     async fn release_leases(&mut self, now: i64) -> Result<u64, Error> {
         let n = self
             .conn.prepare_cached(

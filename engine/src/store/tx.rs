@@ -154,6 +154,11 @@ pub trait Tx: Send {
     ) -> impl Future<Output = Result<bool, Error>> + Send;
     /// Drops an unfinished job.
     fn cancel_job(&mut self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    /// What a job asked its system.
+    fn job_request(
+        &mut self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<super::jobs::JobRequest>, Error>> + Send;
     /// Releases every lease.
     fn release_leases(&mut self, now: i64) -> impl Future<Output = Result<u64, Error>> + Send;
 
@@ -507,6 +512,9 @@ impl Tx for sqlx::AnyConnection {
     }
     async fn cancel_job(&mut self, id: &str) -> Result<(), Error> {
         super::jobs::cancel(self, id).await
+    }
+    async fn job_request(&mut self, id: &str) -> Result<Option<super::jobs::JobRequest>, Error> {
+        super::jobs::request(self, id).await
     }
     async fn release_leases(&mut self, now: i64) -> Result<u64, Error> {
         super::jobs::release_all(self, now).await
