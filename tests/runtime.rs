@@ -1310,6 +1310,68 @@ on_both_backends!(
     super::a_child_variable_never_written_reads_null
 );
 
+/// A new version of a called procedure that its deployed callers cannot
+/// call any more (a start field they do not give, an output they read
+/// renamed) is refused — deploy and dry run alike — naming the caller's
+/// line: deployed, it would stop every P06 at step 11 with an incident.
+/// A change the callers do not notice deploys.
+async fn a_callee_its_callers_cannot_call_is_refused(db: Db) {
+    let h = Harness::new(db).await;
+    let p02 =
+        std::fs::read_to_string(tramite_tests::repo_root().join("processes/opr-pas-p02.yaml"))
+            .unwrap();
+    let needs_more = p02
+        .replace(
+            "      - {name: servicio, type: string, required: true}",
+            "      - {name: servicio, type: string, required: true}\n      - {name: ci, type: string, required: true}",
+        )
+        .replace("variables:\n", "variables:\n  - {name: ci, type: string}\n");
+    let renamed = p02.replace("dias_ejecucion", "dias_instalacion");
+    assert!(
+        needs_more != p02 && renamed != p02,
+        "the test's edits apply"
+    );
+    for (what, source) in [
+        ("a new start field", &needs_more),
+        ("an output renamed", &renamed),
+    ] {
+        for dry_run in [false, true] {
+            let files = vec![("opr-pas-p02.yaml".to_owned(), source.clone())];
+            let result = if dry_run {
+                h.engine.check_deploy(files).await
+            } else {
+                h.engine.deploy(files).await
+            };
+            match result {
+                Err(Error::Invalid(d)) => {
+                    assert_eq!(d.len(), 1, "{what}: {d:?}");
+                    assert!(
+                        d[0].file.contains("ope-sum-ven-p06.yaml"),
+                        "{what}: {d:?}"
+                    );
+                    assert!(
+                        d[0].items.iter().all(|i| i.pos.is_some()),
+                        "{what}: lines named"
+                    );
+                }
+                other => panic!("{what} (dry run {dry_run}): {other:?}"),
+            }
+        }
+    }
+    let relabelled = p02.replace("Instalaciones y traslados", "Instalaciones y mudanzas");
+    assert!(relabelled != p02);
+    let deployed = h
+        .engine
+        .deploy(vec![("opr-pas-p02.yaml".into(), relabelled)])
+        .await
+        .expect("a change the callers do not notice deploys");
+    assert!(deployed[0].new);
+}
+on_both_backends!(
+    a_callee_its_callers_cannot_call_is_refused,
+    super::a_callee_its_callers_cannot_call_is_refused
+);
+
 const SLOW: &str = r#"
 code: T-SLOW
 name: Consulta lenta

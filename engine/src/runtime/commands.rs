@@ -721,22 +721,41 @@ async fn deploy(
         .collect();
     let mut seen = std::collections::HashSet::new();
     let mut context = Vec::new();
+    // The latest deployed versions of the codes being deployed: what the
+    // callers were checked against until now.
+    let mut replaced = Vec::new();
     let mut latest = std::collections::HashMap::new();
     for row in conn.all_definitions().await? {
         latest.entry(row.code.clone()).or_insert(row.version);
-        if deploying.contains(&row.code) || !seen.insert(row.code.clone()) {
+        if !seen.insert(row.code.clone()) {
             continue;
         }
-        context.push(SourceFile {
+        let file = SourceFile {
             path: row.file_name.into(),
             text: row.source,
-        });
+        };
+        if deploying.contains(&row.code) {
+            replaced.push(file);
+        } else {
+            context.push(file);
+        }
     }
     let results = library::compile(&files, &context, ctx.catalog);
-    let failures: Vec<_> = results
+    let mut failures: Vec<_> = results
         .iter()
         .filter_map(|(_, r)| r.as_ref().err().cloned())
         .collect();
+    if failures.is_empty() {
+        failures = broken_callers(
+            &files,
+            &DeployedNow {
+                others: &context,
+                replaced: &replaced,
+            },
+            &deploying,
+            ctx.catalog,
+        );
+    }
     if !failures.is_empty() {
         return Err(Error::Invalid(failures));
     }
@@ -2087,6 +2106,62 @@ async fn settle_incident(
     let effects = std::mem::take(&mut m.effects);
     row.state = state;
     save(conn, ctx, Change::of(row, effects, actor), followups).await
+}
+
+/// What is deployed when a deploy begins: the latest version of each code.
+struct DeployedNow<'a> {
+    /// Of the codes not being deployed.
+    others: &'a [crate::library::SourceFile],
+    /// Of the codes being deployed (their versions until now).
+    replaced: &'a [crate::library::SourceFile],
+}
+
+/// The deployed procedures that call one being deployed and that the new
+/// version would break: a start field the call does not give, a channel
+/// taken away, an output renamed. Every instance of the caller would stop
+/// with an incident at its call; the deploy is refused instead, naming the
+/// caller's lines. Only what the new versions break is reported (what was
+/// already wrong with a caller is not this deploy's).
+fn broken_callers(
+    files: &[crate::library::SourceFile],
+    deployed: &DeployedNow<'_>,
+    deploying: &std::collections::HashSet<String>,
+    catalog: &crate::catalog::Catalog,
+) -> Vec<crate::diagnostic::Diagnostics> {
+    use crate::library::{self, SourceFile};
+    let (callers, others): (Vec<SourceFile>, Vec<SourceFile>) =
+        deployed.others.iter().cloned().partition(|f| {
+            crate::loader::parse(&f.text)
+                .definition
+                .nodes
+                .iter()
+                .any(|n| matches!(&n.kind, NodeKind::Call(c) if deploying.contains(&c.procedure)))
+        });
+    if callers.is_empty() {
+        return Vec::new();
+    }
+    let with_new: Vec<SourceFile> = files.iter().chain(&others).cloned().collect();
+    let with_old: Vec<SourceFile> = deployed.replaced.iter().chain(&others).cloned().collect();
+    let before = library::compile(&callers, &with_old, catalog);
+    let after = library::compile(&callers, &with_new, catalog);
+    let mut out = Vec::new();
+    for ((_, before), (_, after)) in before.into_iter().zip(after) {
+        let Err(mut broken) = after else { continue };
+        let known = before.err().map(|d| d.items).unwrap_or_default();
+        broken.items.retain(|d| {
+            !known
+                .iter()
+                .any(|k| k.message == d.message && k.pos == d.pos)
+        });
+        if !broken.items.is_empty() {
+            broken.file = format!(
+                "{} (deployed; calls a procedure being deployed)",
+                broken.file
+            );
+            out.push(broken);
+        }
+    }
+    out
 }
 
 /// What is wrong with an operator's variables: each must be a variable the
