@@ -1345,10 +1345,7 @@ async fn a_callee_its_callers_cannot_call_is_refused(db: Db) {
             match result {
                 Err(Error::Invalid(d)) => {
                     assert_eq!(d.len(), 1, "{what}: {d:?}");
-                    assert!(
-                        d[0].file.contains("ope-sum-ven-p06.yaml"),
-                        "{what}: {d:?}"
-                    );
+                    assert!(d[0].file.contains("ope-sum-ven-p06.yaml"), "{what}: {d:?}");
                     assert!(
                         d[0].items.iter().all(|i| i.pos.is_some()),
                         "{what}: lines named"
@@ -1594,6 +1591,68 @@ async fn non_interrupting_escalation_inside_a_fork(db: Db) {
 on_both_backends!(
     non_interrupting_escalation_inside_a_fork,
     super::non_interrupting_escalation_inside_a_fork
+);
+
+const ESCALATION_BESIDE: &str = r#"
+code: T-AVISO
+name: Aviso al responsable
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}, {id: jefe, name: Jefe}]
+nodes:
+  - {id: inicio, kind: start, channels: [web], next: atender}
+  - id: atender
+    kind: user_task
+    role: agente
+    outcomes: [{id: ok, label: Listo, next: hecho}]
+    due: 1h
+    escalation: {next: avisar_jefe, interrupting: false}
+  - id: avisar_jefe
+    kind: user_task
+    role: jefe
+    outcomes: [{id: visto, label: Visto, next: avisado}]
+  - {id: hecho, kind: end, outcome: venta_concretada}
+  - {id: avisado, kind: end, outcome: escalada}
+"#;
+
+/// A non-interrupting escalation outside a fork runs beside the task to
+/// its own end; the instance ends when both have, with the outcome of the
+/// main flow's end whichever ends last (a late sale must count as a sale
+/// in the indicator, not as "escalada").
+async fn a_side_escalation_does_not_decide_the_outcome(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![("aviso.yaml".into(), ESCALATION_BESIDE.into())])
+        .await
+        .unwrap();
+    for main_first in [true, false] {
+        let id = h.start("T-AVISO", "web", json!({})).await;
+        h.advance(Duration::from_secs(2 * 3_600));
+        h.jobs().await;
+        let order = if main_first {
+            [("atender", "ok"), ("avisar_jefe", "visto")]
+        } else {
+            [("avisar_jefe", "visto"), ("atender", "ok")]
+        };
+        h.complete(&id, order[0].0, order[0].1, json!({})).await;
+        assert_eq!(
+            h.instance(&id).await.status,
+            "running",
+            "one token still runs"
+        );
+        h.complete(&id, order[1].0, order[1].1, json!({})).await;
+        let i = h.instance(&id).await;
+        assert_eq!(
+            (i.status.as_str(), i.outcome.as_deref()),
+            ("completed", Some("venta_concretada")),
+            "main flow first: {main_first}"
+        );
+        assert!(i.state.outcome.is_none(), "nothing left in the state");
+    }
+}
+on_both_backends!(
+    a_side_escalation_does_not_decide_the_outcome,
+    super::a_side_escalation_does_not_decide_the_outcome
 );
 
 async fn cancelling_a_child_stops_its_parent_with_an_incident(db: Db) {

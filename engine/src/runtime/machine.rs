@@ -297,12 +297,12 @@ impl<'a> Machine<'a> {
             .process
             .start()
             .ok_or_else(|| MachineError::UnknownNode("start".to_owned()))?;
-        let id = self.spawn(start, Vec::new());
+        let id = self.spawn(start, Vec::new(), false);
         self.queue.push_back(id);
         self.run()
     }
 
-    fn spawn(&mut self, node: &str, scopes: Vec<ForkScope>) -> u32 {
+    fn spawn(&mut self, node: &str, scopes: Vec<ForkScope>, side: bool) -> u32 {
         let id = self.state.next_token;
         self.state.next_token += 1;
         self.state.tokens.push(Token {
@@ -310,6 +310,7 @@ impl<'a> Machine<'a> {
             node: node.to_owned(),
             wait: Wait::Moving,
             scopes,
+            side,
         });
         id
     }
@@ -346,7 +347,7 @@ impl<'a> Machine<'a> {
         {
             join.expected += 1;
         }
-        let id = self.spawn(node, scopes);
+        let id = self.spawn(node, scopes, true);
         self.queue.push_back(id);
         self.run()
     }
@@ -471,7 +472,7 @@ impl<'a> Machine<'a> {
                             group: group.clone(),
                             join: f.join.clone(),
                         });
-                        let t = self.spawn(branch, scopes);
+                        let t = self.spawn(branch, scopes, token.side);
                         self.queue.push_back(t);
                     }
                     self.journal("forked", Some(&node_id), json!({"branches": f.branches}));
@@ -484,7 +485,7 @@ impl<'a> Machine<'a> {
                         Some(s) if s.join == node_id => scopes.pop().expect("last exists"),
                         // A token reaching a join outside its fork passes through.
                         _ => {
-                            let t = self.spawn(&j.next, scopes);
+                            let t = self.spawn(&j.next, scopes, token.side);
                             self.queue.push_back(t);
                             return Ok(());
                         }
@@ -504,7 +505,7 @@ impl<'a> Machine<'a> {
                     if done {
                         self.state.joins.remove(&scope.group);
                         self.journal("joined", Some(&node_id), Value::Null);
-                        let t = self.spawn(&j.next, scopes);
+                        let t = self.spawn(&j.next, scopes, false);
                         self.queue.push_back(t);
                     }
                     return Ok(());
@@ -674,12 +675,18 @@ impl<'a> Machine<'a> {
                     return Ok(());
                 }
                 NodeKind::End(e) => {
-                    self.state.remove_token(id);
+                    let side = self.state.remove_token(id).is_some_and(|t| t.side);
                     self.journal("end_reached", Some(&node_id), json!({"outcome": e.outcome}));
+                    if !side {
+                        self.state.outcome = Some(e.outcome.clone());
+                    }
                     if self.state.tokens.is_empty() {
-                        self.effects.push(Effect::Ended {
-                            outcome: e.outcome.clone(),
-                        });
+                        let outcome = self
+                            .state
+                            .outcome
+                            .take()
+                            .unwrap_or_else(|| e.outcome.clone());
+                        self.effects.push(Effect::Ended { outcome });
                     }
                     return Ok(());
                 }

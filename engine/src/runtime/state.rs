@@ -20,6 +20,11 @@ pub struct InstanceState {
     /// Forks whose branches have not all arrived at their join, by group.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub joins: BTreeMap<String, JoinState>,
+    /// The outcome of the end the main flow reached, while side tokens (a
+    /// non-interrupting escalation's) still run: the instance ends with it
+    /// when they do, not with the outcome of the side path's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 impl InstanceState {
@@ -52,6 +57,10 @@ pub struct Token {
     /// Enclosing forks, innermost last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<ForkScope>,
+    /// Started by a non-interrupting escalation beside the main flow: its
+    /// end does not decide the instance's outcome.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub side: bool,
 }
 
 /// One fork a token is inside of.
