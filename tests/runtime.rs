@@ -185,6 +185,56 @@ on_both_backends!(
     super::an_overdue_claimed_task_stays_with_its_agent
 );
 
+/// Claims racing their tasks' escalations on parallel lanes: whichever
+/// commits first, a claim that was acknowledged keeps its task (the
+/// escalation is held off), and a task the escalation withdrew was not
+/// claimed. On PostgreSQL the escalation reads the task's row locked, so it
+/// sees a claim that committed while it waited.
+async fn a_claim_racing_its_escalation_keeps_the_task(db: Db) {
+    let h = Harness::new(db).await;
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+        h.complete(&id, "recibir_llamada", "llamada_perdida", json!({}))
+            .await;
+        ids.push(id);
+    }
+    let mut tasks = Vec::new();
+    for id in &ids {
+        tasks.push(h.task(id, "devolver_llamada").await.id);
+    }
+    h.advance(Duration::from_secs(31 * 60));
+    let claims: Vec<_> = tasks
+        .iter()
+        .map(|t| {
+            let (engine, t) = (h.engine.clone(), t.clone());
+            tokio::spawn(async move { engine.claim(&t, "agente1").await })
+        })
+        .collect();
+    h.engine.run_due_jobs().await.unwrap();
+    let mut claimed = Vec::new();
+    for c in claims {
+        claimed.push(c.await.unwrap());
+    }
+    h.jobs().await;
+    for (task, claim) in tasks.iter().zip(claimed) {
+        let row = h.engine.task(task).await.unwrap();
+        match claim {
+            Ok(()) => assert_eq!(
+                (row.status.as_str(), row.assignee.as_deref()),
+                ("claimed", Some("agente1")),
+                "an acknowledged claim lost its task to the escalation"
+            ),
+            Err(Error::TaskNotOpen { .. }) => assert_eq!(row.status, "cancelled"),
+            Err(e) => panic!("claim: {e:?}"),
+        }
+    }
+}
+on_both_backends!(
+    a_claim_racing_its_escalation_keeps_the_task,
+    super::a_claim_racing_its_escalation_keeps_the_task
+);
+
 async fn digital_lead(db: Db) {
     let h = Harness::new(db).await;
     let id = h.start(P06, "facebook", json!({"telefono": PHONE})).await;

@@ -143,6 +143,20 @@ pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<TaskRow>, Error> {
     r.as_ref().map(row).transpose()
 }
 
+/// PostgreSQL, in a write transaction: a task, its row locked for the rest
+/// of the transaction. A command that decides from a task's status (an
+/// escalation coming due: is an agent holding it?) must see a claim that
+/// committed while it waited, not the status before it: without the lock,
+/// READ COMMITTED shows the old status, and the withdrawal that follows
+/// still matches the claimed row once the claim commits.
+pub async fn get_for_update(conn: &mut Conn, id: &str) -> Result<Option<TaskRow>, Error> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE"
+    ));
+    let r = sqlx::query(sql).bind(id).fetch_optional(&mut *conn).await?;
+    r.as_ref().map(row).transpose()
+}
+
 /// PostgreSQL: a task and its instance, the instance's row locked for the
 /// rest of the transaction (as [`super::instances::get`] locks it), in one
 /// statement: a completion needs both, the task first to find its instance,

@@ -84,7 +84,9 @@ pub trait Tx: Send {
     /// Opens a task.
     fn insert_task(&mut self, task: &NewTask<'_>)
     -> impl Future<Output = Result<(), Error>> + Send;
-    /// A task.
+    /// A task, its row locked until the transaction ends (PostgreSQL; the
+    /// SQLite writer is alone), so that what a command decides from its
+    /// status still holds when it commits.
     fn task(&mut self, id: &str) -> impl Future<Output = Result<Option<TaskRow>, Error>> + Send;
     /// A task and its instance, the instance read for update as
     /// [`Tx::instance`] reads it with `lock`: a completion needs both, the
@@ -447,6 +449,9 @@ impl Tx for sqlx::AnyConnection {
         super::tasks::insert(self, task).await
     }
     async fn task(&mut self, id: &str) -> Result<Option<TaskRow>, Error> {
+        if Tx::backend(self) == Backend::Postgres {
+            return super::tasks::get_for_update(self, id).await;
+        }
         super::tasks::get(self, id).await
     }
     async fn task_and_instance(
