@@ -1934,8 +1934,9 @@ async fn two_engines_deploy_at_once() {
     second.shutdown().await;
 }
 
-/// Two nodes publish two messages for one waiting instance at once: one is
-/// delivered, the other kept for the next wait; none is lost.
+/// Two nodes publish two photos of one sending for one waiting instance at
+/// once: one is taken by the wait, the other (the rest of the sending, P06's
+/// `collect`) is added to its requirements; none is lost or taken twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_engines_publish_to_one_wait() {
     let h = Harness::new(Db::Postgres).await;
@@ -1959,24 +1960,53 @@ async fn two_engines_publish_to_one_wait() {
     };
     let (a, b) = tokio::join!(h.engine.publish(message(1)), second.publish(message(2)));
     let outcomes = [a.unwrap(), b.unwrap()];
-    let delivered = outcomes
-        .iter()
-        .filter(|d| matches!(d, Delivery::Delivered { .. }))
-        .count();
-    let kept = outcomes
-        .iter()
-        .filter(|d| matches!(d, Delivery::Kept))
-        .count();
-    assert_eq!((delivered, kept), (1, 1), "{outcomes:?}");
+    let to_it = Delivery::Delivered {
+        instance: id.clone(),
+    };
+    assert_eq!(outcomes, [to_it.clone(), to_it], "{outcomes:?}");
     h.task(&id, "imprimir_requisitos").await;
-    // The kept one reaches the instance the next time it waits.
-    h.complete(
-        &id,
-        "imprimir_requisitos",
-        "incompletos",
-        json!({"requisitos_impresos": false}),
+    let mut media: Vec<String> = serde_json::from_value(
+        h.instance(&id).await.state.variables["requisitos_adjuntos"].clone(),
     )
-    .await;
+    .unwrap();
+    media.sort();
+    assert_eq!(media, ["doc1.jpg", "doc2.jpg"]);
+    let history = h.history(&id).await;
+    assert_eq!(
+        history.iter().filter(|k| *k == "message_received").count(),
+        2
+    );
+    second.shutdown().await;
+}
+
+/// A client sends the requirements as several WhatsApp messages: P06's wait
+/// (`collect: 10m`) takes the first, and the rest of the sending — kept
+/// because it came before the wait, or coming after it while the agent is
+/// at 9.1, each within 10 minutes of the last — is added to the
+/// requirements. A message after 10 quiet minutes is a new sending, kept
+/// for the next wait.
+async fn a_sending_of_several_messages_is_one_request(db: Db) {
+    let h = Harness::new(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    with_capacity_confirmed(&h, &id).await;
+    let send = |n: &str| {
+        let h = &h;
+        let n = n.to_owned();
+        async move {
+            h.publish(
+                "requisitos_whatsapp",
+                PHONE,
+                &format!("wamid.{n}"),
+                json!({"media": [format!("{n}.jpg")]}),
+            )
+            .await
+        }
+    };
+    // Before the wait: kept.
+    assert_eq!(send("anverso").await, Delivery::Kept);
+    h.advance(Duration::from_secs(20));
+    assert_eq!(send("reverso").await, Delivery::Kept);
     h.complete(
         &id,
         "solicitar_requisitos",
@@ -1985,7 +2015,34 @@ async fn two_engines_publish_to_one_wait() {
     )
     .await;
     h.task(&id, "imprimir_requisitos").await;
-    second.shutdown().await;
+    let to_it = Delivery::Delivered {
+        instance: id.clone(),
+    };
+    assert_eq!(media(&h, &id).await, ["anverso.jpg", "reverso.jpg"]);
+    // After it, while the agent is at 9.1: each within 10 minutes of the last.
+    h.advance(Duration::from_secs(8 * 60));
+    assert_eq!(send("factura").await, to_it);
+    h.advance(Duration::from_secs(8 * 60));
+    assert_eq!(send("croquis").await, to_it);
+    assert_eq!(
+        media(&h, &id).await,
+        ["anverso.jpg", "reverso.jpg", "factura.jpg", "croquis.jpg"]
+    );
+    h.task(&id, "imprimir_requisitos").await;
+    // Ten quiet minutes later: another sending, for the next wait.
+    h.advance(Duration::from_secs(11 * 60));
+    assert_eq!(send("otro").await, Delivery::Kept);
+    assert_eq!(media(&h, &id).await.len(), 4);
+}
+on_both_backends!(
+    a_sending_of_several_messages_is_one_request,
+    super::a_sending_of_several_messages_is_one_request
+);
+
+/// The requirements a request has received.
+async fn media(h: &Harness, id: &str) -> Vec<String> {
+    serde_json::from_value(h.instance(id).await.state.variables["requisitos_adjuntos"].clone())
+        .unwrap()
 }
 
 /// A command whose caller stopped waiting (an HTTP request past its time

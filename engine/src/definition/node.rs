@@ -329,6 +329,14 @@ pub struct MessageWait {
     /// Where to go if the message does not come in time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Timeout>,
+    /// The rest of a sending: messages of the same name and key that come
+    /// after the wait took one, while no wait waits for them, until none
+    /// has come for this long, are the instance's too (a client sends
+    /// several photos as several messages). Each is stored as the first
+    /// was, a list appended to the list before; the instance does not wait
+    /// for them. Without it, they are kept for the next wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collect: Option<Duration>,
     /// The node after the message arrives.
     pub next: NodeId,
 }

@@ -1816,6 +1816,10 @@ async fn publish(
         }
     }
     let Some(s) = waiting else {
+        if let Some(instance) = rest_of_a_sending(conn, ctx, &row, followups).await? {
+            conn.message_delivered(&row.id, &instance).await?;
+            return Ok(Delivery::Delivered { instance });
+        }
         return Ok(Delivery::Kept);
     };
     let taken = hand_over(
@@ -1909,8 +1913,110 @@ async fn deliver(
         }
         Ok(())
     })?;
+    let started_at = row.started_at;
     save(conn, ctx, Change::of(row, effects, "engine"), followups).await?;
+    // The rest of the sending, kept because it came before the wait: the
+    // instance's too.
+    if w.collect.is_some() {
+        while let Some(more) = conn
+            .pending_message(
+                &message.message_name,
+                &message.correlation_key,
+                started_at - MESSAGE_CLOCK_SLACK_MS,
+                ctx.now,
+            )
+            .await?
+        {
+            conn.message_delivered(&more.id, instance).await?;
+            let row = load(conn, instance).await?;
+            attach(conn, ctx, row, &process, (&node_id, w), &more, followups).await?;
+        }
+    }
     Ok(true)
+}
+
+/// A message no wait waits for that is the rest of a sending whose start a
+/// `collect` wait took (same name and key, the last of them less than its
+/// `collect` ago, its instance still running): stored on that instance.
+/// Returns the instance, if so.
+async fn rest_of_a_sending(
+    conn: &mut impl Tx,
+    ctx: &Ctx<'_>,
+    message: &MessageRow,
+    followups: &mut VecDeque<Followup>,
+) -> Result<Option<String>, Error> {
+    let Some((instance, last)) = conn
+        .last_delivered(&message.message_name, &message.correlation_key)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let row = load(conn, &instance).await?;
+    if row.status != "running" {
+        return Ok(None);
+    }
+    let process = ctx.processes.get(conn, row.definition_id).await?;
+    let Some((node_id, w, quiet)) = process.definition.nodes.iter().find_map(|n| match &n.kind {
+        NodeKind::MessageWait(w) if w.message == message.message_name => w
+            .collect
+            .as_ref()
+            .map(|c| (n.id.as_str(), w, c.as_std().as_millis() as i64)),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    if message.received_at.saturating_sub(last) > quiet {
+        return Ok(None);
+    }
+    attach(conn, ctx, row, &process, (node_id, w), message, followups).await?;
+    Ok(Some(instance))
+}
+
+/// Stores a message of a sending on its instance as its wait stored the
+/// first (`store` again, a list appended to the list before), wherever the
+/// instance is now.
+async fn attach(
+    conn: &mut impl Tx,
+    ctx: &Ctx<'_>,
+    row: InstanceRow,
+    process: &Process,
+    (node_id, w): (&str, &crate::definition::MessageWait),
+    message: &MessageRow,
+    followups: &mut VecDeque<Followup>,
+) -> Result<(), Error> {
+    let (row, effects) = run_machine(row, process, ctx.now, |m| {
+        let before: Vec<(String, Value)> = w
+            .store
+            .keys()
+            .filter_map(|k| Some((k.clone(), m.state.variables.get(k)?.clone())))
+            .collect();
+        match m.assign(&w.store, Some(("message", &message.payload))) {
+            Ok(written) => {
+                for (name, old) in before {
+                    if let (Value::Array(mut all), Some(Value::Array(new))) =
+                        (old, m.state.variables.get_mut(&name))
+                    {
+                        all.append(new);
+                        *new = all;
+                    }
+                }
+                m.note(
+                    "message_received",
+                    Some(node_id),
+                    json!({"message": message.id, "name": message.message_name, "written": written, "late": true}),
+                );
+            }
+            // The instance has moved on: what could not be stored is noted,
+            // not an incident on a step it has left.
+            Err(e) => m.note(
+                "message_received",
+                Some(node_id),
+                json!({"message": message.id, "name": message.message_name, "error": e.to_string(), "late": true}),
+            ),
+        }
+        Ok(())
+    })?;
+    save(conn, ctx, Change::of(row, effects, "engine"), followups).await
 }
 
 async fn cancel(

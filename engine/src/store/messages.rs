@@ -186,6 +186,24 @@ pub async fn pending(
     r.map(|r| message_row(&r)).transpose()
 }
 
+/// The instance that took the last message of `name` and `key`, and when
+/// that message came: a `collect` wait's instance takes the rest of the
+/// sending.
+pub async fn last_delivered(
+    conn: &mut Conn,
+    name: &str,
+    key: &str,
+) -> Result<Option<(String, i64)>, Error> {
+    Ok(sqlx::query_as(
+        "SELECT instance_id, received_at FROM messages WHERE message_name = $1 AND correlation_key = $2 \
+         AND status = 'delivered' AND instance_id IS NOT NULL ORDER BY received_at DESC LIMIT 1",
+    )
+    .bind(name)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
 fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, Error> {
     let payload: String = r.try_get("payload")?;
     Ok(MessageRow {

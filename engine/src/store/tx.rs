@@ -217,6 +217,13 @@ pub trait Tx: Send {
         since: i64,
         now: i64,
     ) -> impl Future<Output = Result<Option<MessageRow>, Error>> + Send;
+    /// The instance that took the last message of `name` and `key`, and
+    /// when that message came.
+    fn last_delivered(
+        &mut self,
+        name: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<(String, i64)>, Error>> + Send;
     /// Marks a message delivered.
     fn message_delivered(
         &mut self,
@@ -571,6 +578,13 @@ impl Tx for sqlx::AnyConnection {
         now: i64,
     ) -> Result<Option<MessageRow>, Error> {
         super::messages::pending(self, name, key, since, now).await
+    }
+    async fn last_delivered(
+        &mut self,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<(String, i64)>, Error> {
+        super::messages::last_delivered(self, name, key).await
     }
     async fn message_delivered(&mut self, id: &str, instance: &str) -> Result<(), Error> {
         super::messages::delivered(self, id, instance).await
