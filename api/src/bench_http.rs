@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -160,9 +160,9 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, Error> {
             connectors: sims.connectors(),
             webhooks: tramite_api::http::Webhooks::default(),
         }));
-        servers.push(tokio::spawn(
-            async move { axum::serve(listener, app).await },
-        ));
+        servers.push(tokio::spawn(async move {
+            axum::serve(crate::serve::no_delay(listener), app).await
+        }));
         bases.push(format!("http://{address}"));
     }
     let bases = Arc::new(bases);
@@ -235,31 +235,42 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, Error> {
     // Completions: each request takes the next task of a shuffled list of
     // the copies' first tasks, so clients do not queue on one instance; each
     // client count gets tasks of its own.
-    let phases_of_completion = settings.completion_clients.len().max(1);
+    // One more share for the paced phase after them.
+    let phases_of_completion = settings.completion_clients.len().max(1) + 1;
     let mut all_ids = first_tasks(&engine, settings.requests * phases_of_completion).await?;
+    let complete = |ids: Arc<Vec<String>>| {
+        let next = Arc::new(AtomicUsize::new(0));
+        let (c, b) = (client.clone(), base_of.clone());
+        move |n: usize| {
+            let (client, base, ids, next) = (c.clone(), b(n), Arc::clone(&ids), Arc::clone(&next));
+            async move {
+                let id = ids.get(next.fetch_add(1, Ordering::Relaxed))?;
+                let r = client
+                    .post(format!("{base}/api/v1/tasks/{id}/complete"))
+                    .bearer_auth(AGENT_TOKEN)
+                    .json(&json!({"outcome": "atendida", "data": {}}))
+                    .send()
+                    .await
+                    .ok()?;
+                Some(r.status() == reqwest::StatusCode::NO_CONTENT)
+            }
+        }
+    };
     for &clients in &settings.completion_clients {
         let take = settings.requests.min(all_ids.len());
         let ids = Arc::new(all_ids.split_off(all_ids.len() - take));
-        let next = Arc::new(AtomicUsize::new(0));
-        let (c, b) = (client.clone(), base_of.clone());
-        phases.push(
-            measure("task completion", &settings, clients, move |n| {
-                let (client, base, ids, next) =
-                    (c.clone(), b(n), Arc::clone(&ids), Arc::clone(&next));
-                async move {
-                    let id = ids.get(next.fetch_add(1, Ordering::Relaxed))?;
-                    let r = client
-                        .post(format!("{base}/api/v1/tasks/{id}/complete"))
-                        .bearer_auth(AGENT_TOKEN)
-                        .json(&json!({"outcome": "atendida", "data": {}}))
-                        .send()
-                        .await
-                        .ok()?;
-                    Some(r.status() == reqwest::StatusCode::NO_CONTENT)
-                }
-            })
-            .await,
-        );
+        phases.push(measure("task completion", &settings, clients, complete(ids)).await);
+    }
+    // The same clients at half the rate the first of them reached, each
+    // request timed from when it was due to be sent: what agents see when
+    // the server is not saturated, with every stall counted for each
+    // request it delays (a client that waits on a stall sends nothing
+    // meanwhile, so the saturated runs count a stall once per client).
+    if let Some(first) = phases.iter().find(|p| p.name == "task completion") {
+        let (clients, rate) = (first.clients, first.per_second() / 2.0);
+        let take = settings.requests.min(all_ids.len());
+        let ids = Arc::new(all_ids.split_off(all_ids.len() - take));
+        phases.push(paced(PACED, take, clients, rate, complete(ids)).await);
     }
     let rss_mb = crate::bench::rss_mb();
     for server in servers {
@@ -340,6 +351,62 @@ where
         name,
         clients: count.max(1),
         seconds,
+        failures,
+        latencies_ms,
+    }
+}
+
+/// The paced completion phase's name.
+pub(crate) const PACED: &str = "task completion, paced";
+
+/// `requests` calls from `clients` clients at `rate` a second in all, each
+/// call due at its place in the schedule and timed from then, however late
+/// the client could send it (no coordinated omission).
+async fn paced<F, Fut>(
+    name: &'static str,
+    requests: usize,
+    clients: usize,
+    rate: f64,
+    call: F,
+) -> Phase
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Option<bool>> + Send,
+{
+    let clients = clients.max(1);
+    let rate = rate.max(1.0);
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for client_no in 0..clients {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failures = 0;
+            let mut index = client_no;
+            while index < requests {
+                let due = started + Duration::from_secs_f64(index as f64 / rate);
+                tokio::time::sleep_until(due).await;
+                let ok = call(client_no).await == Some(true);
+                latencies.push(due.elapsed().as_secs_f64() * 1_000.0);
+                failures += usize::from(!ok);
+                index += clients;
+            }
+            (latencies, failures)
+        }));
+    }
+    let mut latencies_ms = Vec::with_capacity(requests);
+    let mut failures = 0;
+    for t in tasks {
+        if let Ok((l, f)) = t.await {
+            latencies_ms.extend(l);
+            failures += f;
+        }
+    }
+    latencies_ms.sort_by(f64::total_cmp);
+    Phase {
+        name,
+        clients,
+        seconds: started.elapsed().as_secs_f64(),
         failures,
         latencies_ms,
     }

@@ -202,7 +202,7 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
             whatsapp: s.whatsapp,
         },
     }));
-    axum::serve(listener, app)
+    axum::serve(no_delay(listener), app)
         .with_graceful_shutdown(stop_signal())
         .await
         .map_err(Error::Output)?;
@@ -257,4 +257,18 @@ pub(crate) async fn simulators(
     stop_signal().await;
     server.stop().await;
     Ok(())
+}
+
+/// Accepted connections send each write at once (`TCP_NODELAY`): a
+/// response written in parts must not wait for the client's delayed
+/// acknowledgement of the first (Nagle's algorithm, up to 40 ms on Linux).
+pub(crate) fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    })
 }
