@@ -1228,7 +1228,10 @@ async fn resolving_checks_the_variables(db: Db) {
         .resolve_incident(
             &incident.id,
             "operador1",
-            tramite_tests::engine::object(json!({"numero_solicitud": "SF-1", "dias_estimados": 7})),
+            // Every output given; one may be empty (null), as a result can be.
+            tramite_tests::engine::object(
+                json!({"numero_solicitud": "SF-1", "dias_estimados": null}),
+            ),
         )
         .await
         .unwrap();
@@ -1657,16 +1660,22 @@ nodes:
     outcomes: [{id: ok, label: Listo, next: hecho}]
     due: 1h
     escalation: {next: avisar_jefe, interrupting: false}
-  - id: avisar_jefe
+  - {id: avisar_jefe, kind: fork, branches: [avisar, registrar], join: avisados}
+  - id: avisar
     kind: user_task
     role: jefe
-    outcomes: [{id: visto, label: Visto, next: avisado}]
+    outcomes: [{id: visto, label: Visto, next: avisados}]
+  - id: registrar
+    kind: user_task
+    role: jefe
+    outcomes: [{id: visto, label: Registrado, next: avisados}]
+  - {id: avisados, kind: join, next: avisado}
   - {id: hecho, kind: end, outcome: venta_concretada}
   - {id: avisado, kind: end, outcome: escalada}
 "#;
 
 /// A non-interrupting escalation outside a fork runs beside the task to
-/// its own end; the instance ends when both have, with the outcome of the
+/// its own end (through a fork and join of its own); the instance ends when both have, with the outcome of the
 /// main flow's end whichever ends last (a late sale must count as a sale
 /// in the indicator, not as "escalada").
 async fn a_side_escalation_does_not_decide_the_outcome(db: Db) {
@@ -1679,18 +1688,22 @@ async fn a_side_escalation_does_not_decide_the_outcome(db: Db) {
         let id = h.start("T-AVISO", "web", json!({})).await;
         h.advance(Duration::from_secs(2 * 3_600));
         h.jobs().await;
+        // The side path forks and joins before its end.
+        let side = [("avisar", "visto"), ("registrar", "visto")];
         let order = if main_first {
-            [("atender", "ok"), ("avisar_jefe", "visto")]
+            [("atender", "ok"), side[0], side[1]]
         } else {
-            [("avisar_jefe", "visto"), ("atender", "ok")]
+            [side[0], side[1], ("atender", "ok")]
         };
-        h.complete(&id, order[0].0, order[0].1, json!({})).await;
+        for (node, outcome) in &order[..2] {
+            h.complete(&id, node, outcome, json!({})).await;
+        }
         assert_eq!(
             h.instance(&id).await.status,
             "running",
             "one token still runs"
         );
-        h.complete(&id, order[1].0, order[1].1, json!({})).await;
+        h.complete(&id, order[2].0, order[2].1, json!({})).await;
         let i = h.instance(&id).await;
         assert_eq!(
             (i.status.as_str(), i.outcome.as_deref()),
@@ -1980,11 +1993,12 @@ async fn two_engines_publish_to_one_wait() {
 }
 
 /// A client sends the requirements as several WhatsApp messages: P06's wait
-/// (`collect: 10m`) takes the first, and the rest of the sending — kept
+/// (`collect: 3m`) takes the first, and the rest of the sending — kept
 /// because it came before the wait, or coming after it while the agent is
-/// at 9.1, each within 10 minutes of the last — is added to the
-/// requirements. A message after 10 quiet minutes is a new sending, kept
-/// for the next wait.
+/// at 9.1, each within 3 minutes of the last one taken (counted from when
+/// the wait took it, not from when a kept one arrived) — is added to the
+/// requirements. A message after 3 quiet minutes is a new sending, kept for
+/// the next wait.
 async fn a_sending_of_several_messages_is_one_request(db: Db) {
     let h = Harness::new(db).await;
     let id = through_identification(&h, "4587213").await;
@@ -2007,6 +2021,8 @@ async fn a_sending_of_several_messages_is_one_request(db: Db) {
     assert_eq!(send("anverso").await, Delivery::Kept);
     h.advance(Duration::from_secs(20));
     assert_eq!(send("reverso").await, Delivery::Kept);
+    // The agent asks for the requirements five minutes later.
+    h.advance(Duration::from_secs(5 * 60));
     h.complete(
         &id,
         "solicitar_requisitos",
@@ -2019,20 +2035,36 @@ async fn a_sending_of_several_messages_is_one_request(db: Db) {
         instance: id.clone(),
     };
     assert_eq!(media(&h, &id).await, ["anverso.jpg", "reverso.jpg"]);
-    // After it, while the agent is at 9.1: each within 10 minutes of the last.
-    h.advance(Duration::from_secs(8 * 60));
+    // After it, while the agent is at 9.1: each within 3 minutes of the last.
+    h.advance(Duration::from_secs(2 * 60));
     assert_eq!(send("factura").await, to_it);
-    h.advance(Duration::from_secs(8 * 60));
+    h.advance(Duration::from_secs(2 * 60));
     assert_eq!(send("croquis").await, to_it);
     assert_eq!(
         media(&h, &id).await,
         ["anverso.jpg", "reverso.jpg", "factura.jpg", "croquis.jpg"]
     );
     h.task(&id, "imprimir_requisitos").await;
-    // Ten quiet minutes later: another sending, for the next wait.
-    h.advance(Duration::from_secs(11 * 60));
+    // Three quiet minutes later: another sending, for the next wait.
+    h.advance(Duration::from_secs(4 * 60));
     assert_eq!(send("otro").await, Delivery::Kept);
     assert_eq!(media(&h, &id).await.len(), 4);
+    h.complete(
+        &id,
+        "imprimir_requisitos",
+        "incompletos",
+        json!({"requisitos_impresos": false}),
+    )
+    .await;
+    h.complete(
+        &id,
+        "solicitar_requisitos",
+        "requisitos_solicitados",
+        json!({}),
+    )
+    .await;
+    h.task(&id, "imprimir_requisitos").await;
+    assert_eq!(media(&h, &id).await, ["otro.jpg"], "the next wait took it");
 }
 on_both_backends!(
     a_sending_of_several_messages_is_one_request,

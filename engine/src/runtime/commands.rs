@@ -13,7 +13,7 @@ use crate::definition::{Channel, NodeKind};
 use crate::runtime::connector::ConnectorError;
 use crate::runtime::machine::{Effect, InstanceMeta, JobKind, Machine, default_retry, new_id};
 use crate::runtime::process::Process;
-use crate::runtime::state::{InstanceState, Wait};
+use crate::runtime::state::{InstanceState, Sending, Wait};
 use crate::store::instances::InstanceRow;
 use crate::store::jobs::ClaimedJob;
 use crate::store::messages::{MessageRow, Recorded};
@@ -1907,6 +1907,13 @@ async fn deliver(
                     Some(&node_id),
                     json!({"message": message.id, "name": message.message_name, "written": written}),
                 );
+                if w.collect.is_some() {
+                    m.state.sending = Some(Sending {
+                        node: node_id.clone(),
+                        message: message.message_name.clone(),
+                        at: ctx.now,
+                    });
+                }
                 m.go(token, &w.next)?;
             }
             Err(e) => raise(m, token, &node_id, e.to_string(), true),
@@ -1916,19 +1923,27 @@ async fn deliver(
     let started_at = row.started_at;
     save(conn, ctx, Change::of(row, effects, "engine"), followups).await?;
     // The rest of the sending, kept because it came before the wait: the
-    // instance's too.
+    // instance's too, as long as the wait took the first (a store that
+    // failed leaves the token at the wait with an incident, and the rest
+    // for when it is resolved) and the instance runs.
     if w.collect.is_some() {
-        while let Some(more) = conn
-            .pending_message(
-                &message.message_name,
-                &message.correlation_key,
-                started_at - MESSAGE_CLOCK_SLACK_MS,
-                ctx.now,
-            )
-            .await?
-        {
-            conn.message_delivered(&more.id, instance).await?;
+        loop {
             let row = load(conn, instance).await?;
+            if row.status != "running" || row.state.sending.is_none() {
+                break;
+            }
+            let Some(more) = conn
+                .pending_message(
+                    &message.message_name,
+                    &message.correlation_key,
+                    started_at - MESSAGE_CLOCK_SLACK_MS,
+                    ctx.now,
+                )
+                .await?
+            else {
+                break;
+            };
+            conn.message_delivered(&more.id, instance).await?;
             attach(conn, ctx, row, &process, (&node_id, w), &more, followups).await?;
         }
     }
@@ -1945,30 +1960,53 @@ async fn rest_of_a_sending(
     message: &MessageRow,
     followups: &mut VecDeque<Followup>,
 ) -> Result<Option<String>, Error> {
-    let Some((instance, last)) = conn
+    let Some((instance, _)) = conn
         .last_delivered(&message.message_name, &message.correlation_key)
         .await?
     else {
         return Ok(None);
     };
+    // Read first without a lock (this command holds the message key's
+    // lock; a command on the instance may hold its row and want the key),
+    // locked only once it is the sending's instance.
+    let candidate = |row: &InstanceRow| {
+        row.status == "running"
+            && row
+                .state
+                .sending
+                .as_ref()
+                .is_some_and(|s| s.message == message.message_name)
+    };
+    match conn.instance(&instance, false).await? {
+        Some(row) if candidate(&row) => {}
+        _ => return Ok(None),
+    }
     let row = load(conn, &instance).await?;
-    if row.status != "running" {
+    if !candidate(&row) {
         return Ok(None);
     }
+    let sending = row.state.sending.clone().expect("candidate");
     let process = ctx.processes.get(conn, row.definition_id).await?;
-    let Some((node_id, w, quiet)) = process.definition.nodes.iter().find_map(|n| match &n.kind {
-        NodeKind::MessageWait(w) if w.message == message.message_name => w
-            .collect
-            .as_ref()
-            .map(|c| (n.id.as_str(), w, c.as_std().as_millis() as i64)),
-        _ => None,
-    }) else {
+    let Some(NodeKind::MessageWait(w)) = process.definition.node(&sending.node).map(|n| &n.kind)
+    else {
         return Ok(None);
     };
-    if message.received_at.saturating_sub(last) > quiet {
+    let Some(quiet) = w.collect.as_ref() else {
+        return Ok(None);
+    };
+    if ctx.now.saturating_sub(sending.at) > quiet.as_std().as_millis() as i64 {
         return Ok(None);
     }
-    attach(conn, ctx, row, &process, (node_id, w), message, followups).await?;
+    attach(
+        conn,
+        ctx,
+        row,
+        &process,
+        (&sending.node, w),
+        message,
+        followups,
+    )
+    .await?;
     Ok(Some(instance))
 }
 
@@ -2005,6 +2043,9 @@ async fn attach(
                     Some(node_id),
                     json!({"message": message.id, "name": message.message_name, "written": written, "late": true}),
                 );
+                if let Some(s) = m.state.sending.as_mut() {
+                    s.at = ctx.now;
+                }
             }
             // The instance has moved on: what could not be stored is noted,
             // not an incident on a step it has left.
@@ -2254,11 +2295,9 @@ fn broken_callers(
     for ((_, before), (_, after)) in before.into_iter().zip(after) {
         let Err(mut broken) = after else { continue };
         let known = before.err().map(|d| d.items).unwrap_or_default();
-        broken.items.retain(|d| {
-            !known
-                .iter()
-                .any(|k| k.message == d.message && k.pos == d.pos)
-        });
+        broken
+            .items
+            .retain(|d| !known.iter().any(|k| k.code == d.code && k.pos == d.pos));
         if !broken.items.is_empty() {
             broken.file = format!(
                 "{} (deployed; calls a procedure being deployed)",
@@ -2297,6 +2336,17 @@ fn resolution_errors(
             message: format!("is not a variable of {}", process.definition.code),
         })
         .collect();
+    // Given, though it may be null: a result can be empty (a child's
+    // variable it never wrote reads as null).
+    errors.extend(
+        outputs
+            .iter()
+            .filter(|name| !vars.contains_key(**name))
+            .map(|name| FieldError {
+                field: (*name).to_owned(),
+                message: "this field is required".to_owned(),
+            }),
+    );
     let fields: Vec<Field> = declared
         .iter()
         .map(|v| Field {
@@ -2304,7 +2354,7 @@ fn resolution_errors(
             ty: v.ty,
             label: None,
             hint: None,
-            required: outputs.contains(&v.name.as_str()),
+            required: false,
             pattern: None,
             options: Vec::new(),
             min: None,

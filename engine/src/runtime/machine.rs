@@ -464,6 +464,7 @@ impl<'a> Machine<'a> {
                         JoinState {
                             arrived: 0,
                             expected: f.branches.len() as u32,
+                            side: token.side,
                         },
                     );
                     for branch in &f.branches {
@@ -490,7 +491,7 @@ impl<'a> Machine<'a> {
                             return Ok(());
                         }
                     };
-                    let done = {
+                    let (done, side) = {
                         let entry =
                             self.state
                                 .joins
@@ -498,14 +499,15 @@ impl<'a> Machine<'a> {
                                 .or_insert(JoinState {
                                     arrived: 0,
                                     expected: 1,
+                                    side: token.side,
                                 });
                         entry.arrived += 1;
-                        entry.arrived >= entry.expected
+                        (entry.arrived >= entry.expected, entry.side)
                     };
                     if done {
                         self.state.joins.remove(&scope.group);
                         self.journal("joined", Some(&node_id), Value::Null);
-                        let t = self.spawn(&j.next, scopes, false);
+                        let t = self.spawn(&j.next, scopes, side);
                         self.queue.push_back(t);
                     }
                     return Ok(());

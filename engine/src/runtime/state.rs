@@ -25,6 +25,21 @@ pub struct InstanceState {
     /// when they do, not with the outcome of the side path's end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
+    /// The last message a `collect` wait took (or took as the rest of its
+    /// sending): the rest of the sending is measured from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sending: Option<Sending>,
+}
+
+/// Where and when a `collect` wait last took a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sending {
+    /// The wait.
+    pub node: String,
+    /// The message's name.
+    pub message: String,
+    /// When, ms.
+    pub at: i64,
 }
 
 impl InstanceState {
@@ -79,6 +94,9 @@ pub struct JoinState {
     pub arrived: u32,
     /// Branches started.
     pub expected: u32,
+    /// Forked by a side token: the token after the join is one too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub side: bool,
 }
 
 /// What a token waits for.
