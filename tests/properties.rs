@@ -3,11 +3,12 @@
 //! proptest draws a sequence of what people and systems do to a few P06
 //! requests and to a procedure with parallel branches — start (some starts
 //! repeated with their request id), claim, unclaim, assign, complete (with
-//! good data or bad), WhatsApp messages (early, late, repeated), connector
-//! failures, incidents retried or resolved every way, cancellations (of
-//! parents and of the children they wait for), time passing, worker runs,
-//! engine restarts and crashes — and after every step checks what must
-//! always hold:
+//! good data or bad; two agents at once), WhatsApp messages (early, late,
+//! repeated), connector failures, incidents retried or resolved every way,
+//! cancellations (of parents and of the children they wait for), time
+//! passing, worker runs, a worker dying with the jobs it claimed, engine
+//! restarts and crashes — and after every step checks what must always
+//! hold:
 //!
 //! - each command has the answer its situation calls for: a claim, a
 //!   completion with good data, a cancellation succeed unless another agent
@@ -36,7 +37,7 @@ use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
 use tramite_engine::Error;
 use tramite_engine::definition::{NodeKind, VarType};
-use tramite_engine::runtime::commands::Then;
+use tramite_engine::runtime::commands::{Command, Reply, Then};
 use tramite_engine::runtime::state::Wait;
 use tramite_engine::runtime::{CompleteTask, StartInstance};
 use tramite_engine::store::incidents::IncidentRow;
@@ -126,6 +127,13 @@ enum Step {
     /// A team lead cancels the `pick`-th running instance (a parent, or a
     /// child its parent waits for).
     Cancel { pick: usize },
+    /// Two agents complete the `pick`-th open task at the same moment:
+    /// exactly one of them does.
+    Race { pick: usize },
+    /// A worker claims the due jobs and dies with them (its results never
+    /// come); the engine goes on, or is restarted after a crash. Its leases
+    /// must expire (or be released) and the jobs run again, once.
+    Ghost { crash: bool },
     /// The workers run what is due.
     Jobs,
     /// Time passes.
@@ -141,12 +149,14 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0..8usize, 0..3u8).prop_map(|(pick, user)| Step::Claim { pick, user }),
         1 => (0..8usize, 0..3u8).prop_map(|(pick, user)| Step::Unclaim { pick, user }),
         1 => (0..8usize, 0..3u8).prop_map(|(pick, user)| Step::Assign { pick, user }),
-        16 => (0..64usize, 0..3u8, prop::bool::weighted(0.9))
+        16 => (0..64usize, 0..3u8, prop::bool::weighted(0.8))
             .prop_map(|(pick, user, good)| Step::Complete { pick, user, good }),
         2 => (0..8usize, 0..2u8).prop_map(|(pick, copy)| Step::Whatsapp { pick, copy }),
         2 => (0..3u8, 1..12u8).prop_map(|(system, calls)| Step::Fault { system, calls }),
         2 => (0..4usize, 0..5u8).prop_map(|(pick, how)| Step::Settle { pick, how }),
         1 => (0..8usize).prop_map(|pick| Step::Cancel { pick }),
+        2 => (0..64usize).prop_map(|pick| Step::Race { pick }),
+        1 => any::<bool>().prop_map(|crash| Step::Ghost { crash }),
         6 => Just(Step::Jobs),
         2 => (1..3_000u16).prop_map(|minutes| Step::Advance { minutes }),
         1 => any::<bool>().prop_map(|crash| Step::Restart { crash }),
@@ -202,6 +212,8 @@ struct Reached {
     loops: AtomicUsize,
     incidents: AtomicUsize,
     refused: AtomicUsize,
+    races: AtomicUsize,
+    orphaned_jobs: AtomicUsize,
 }
 
 /// What the test remembers between steps.
@@ -419,6 +431,58 @@ async fn apply(h: &mut Harness, step: &Step, world: &mut World, reached: &Reache
                 h.engine.cancel(&i.id, "duplicada", "supervisor").await,
                 Expect::Ok,
             )
+        }
+        Step::Race { pick: p } => {
+            let tasks = open_tasks(h).await;
+            let Some(t) = pick(&tasks, *p) else { return };
+            if t.assignee.is_some() {
+                return;
+            }
+            let (outcome, data) = answer(&t.node_id, *p / 8, false);
+            let complete = |user: &str| {
+                h.engine.complete(CompleteTask {
+                    task: t.id.clone(),
+                    user: user.into(),
+                    outcome: outcome.to_owned(),
+                    data: object(data.clone()),
+                    roles: None,
+                })
+            };
+            let (a, b) = tokio::join!(complete(USERS[0]), complete(USERS[1]));
+            let done = [&a, &b].iter().filter(|r| r.is_ok()).count();
+            let refused = [&a, &b]
+                .iter()
+                .filter(|r| matches!(r, Err(Error::TaskNotOpen { .. })))
+                .count();
+            assert_eq!(
+                (done, refused),
+                (1, 1),
+                "two completions of one task: {a:?} {b:?}"
+            );
+            reached.races.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Step::Ghost { crash } => {
+            let claimed = h
+                .engine
+                .submit(Command::ClaimJobs {
+                    owner: "ghost".into(),
+                    lease_ms: 30_000,
+                    limit: 8,
+                    default_timeout_ms: 10_000,
+                })
+                .await
+                .expect("jobs claimed");
+            let Reply::Jobs(jobs) = claimed else {
+                panic!("{claimed:?}")
+            };
+            reached
+                .orphaned_jobs
+                .fetch_add(jobs.len(), Ordering::Relaxed);
+            if *crash {
+                h.crash().await;
+            }
+            return;
         }
         Step::Jobs => (h.engine.run_due_jobs().await.map(drop), Expect::Ok),
         Step::Advance { minutes } => {
@@ -896,13 +960,15 @@ fn property(db: Db, cases: u32) {
     }
     let n = |c: &AtomicUsize| c.load(Ordering::Relaxed);
     eprintln!(
-        "{cases} cases: {} sales, {} other ends, {} cancelled, {} loops over a fork, {} incidents settled, {} forms refused",
+        "{cases} cases: {} sales, {} other ends, {} cancelled, {} loops over a fork, {} incidents settled, {} forms refused, {} races, {} jobs left by a dead worker",
         n(&reached.sales),
         n(&reached.other_ends),
         n(&reached.cancelled),
         n(&reached.loops),
         n(&reached.incidents),
         n(&reached.refused),
+        n(&reached.races),
+        n(&reached.orphaned_jobs),
     );
     // Fewer than this would mean the generator stopped reaching the
     // states the invariants are about.
@@ -923,5 +989,5 @@ fn random_commands_keep_the_invariants_on_sqlite() {
 
 #[test]
 fn random_commands_keep_the_invariants_on_postgresql() {
-    property(Db::Postgres, 8);
+    property(Db::Postgres, 12);
 }

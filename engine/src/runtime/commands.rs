@@ -1900,6 +1900,9 @@ async fn deliver(
         if let Some(t) = timer {
             m.effects.push(Effect::CancelJob { id: t });
         }
+        // A new take ends the sending before it (of any wait); it starts
+        // one if it is a `collect` wait's and its store succeeds.
+        m.state.sending = None;
         match m.assign(&w.store, Some(("message", &message.payload))) {
             Ok(written) => {
                 m.note(
@@ -1911,6 +1914,7 @@ async fn deliver(
                     m.state.sending = Some(Sending {
                         node: node_id.clone(),
                         message: message.message_name.clone(),
+                        key: message.correlation_key.clone(),
                         at: ctx.now,
                     });
                 }
@@ -1923,9 +1927,9 @@ async fn deliver(
     let started_at = row.started_at;
     save(conn, ctx, Change::of(row, effects, "engine"), followups).await?;
     // The rest of the sending, kept because it came before the wait: the
-    // instance's too, as long as the wait took the first (a store that
-    // failed leaves the token at the wait with an incident, and the rest
-    // for when it is resolved) and the instance runs.
+    // instance's too, as long as the wait took the first (after a store
+    // that failed the token stops with an incident, and the rest stays
+    // kept, for the next wait) and the instance runs.
     if w.collect.is_some() {
         loop {
             let row = load(conn, instance).await?;
@@ -1971,11 +1975,9 @@ async fn rest_of_a_sending(
     // locked only once it is the sending's instance.
     let candidate = |row: &InstanceRow| {
         row.status == "running"
-            && row
-                .state
-                .sending
-                .as_ref()
-                .is_some_and(|s| s.message == message.message_name)
+            && row.state.sending.as_ref().is_some_and(|s| {
+                s.message == message.message_name && s.key == message.correlation_key
+            })
     };
     match conn.instance(&instance, false).await? {
         Some(row) if candidate(&row) => {}
@@ -2294,10 +2296,21 @@ fn broken_callers(
     let mut out = Vec::new();
     for ((_, before), (_, after)) in before.into_iter().zip(after) {
         let Err(mut broken) = after else { continue };
-        let known = before.err().map(|d| d.items).unwrap_or_default();
-        broken
-            .items
-            .retain(|d| !known.iter().any(|k| k.code == d.code && k.pos == d.pos));
+        // Each problem already there accounts for one of the same kind at
+        // the same place (several missing inputs share the call's line).
+        let mut known = before.err().map(|d| d.items).unwrap_or_default();
+        broken.items.retain(|d| {
+            match known
+                .iter()
+                .position(|k| k.code == d.code && k.pos == d.pos)
+            {
+                Some(i) => {
+                    known.swap_remove(i);
+                    false
+                }
+                None => true,
+            }
+        });
         if !broken.items.is_empty() {
             broken.file = format!(
                 "{} (deployed; calls a procedure being deployed)",

@@ -38,6 +38,8 @@ pub struct Sending {
     pub node: String,
     /// The message's name.
     pub message: String,
+    /// Its correlation key (a phone).
+    pub key: String,
     /// When, ms.
     pub at: i64,
 }
