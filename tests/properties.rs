@@ -298,7 +298,7 @@ async fn apply(h: &mut Harness, step: &Step, world: &mut World, reached: &Reache
             h.start("T-PARALELO", "web", json!({})).await;
             return;
         }
-        Step::Claim { pick: p, user } => {
+        Step::Claim { pick: p, user } | Step::Unclaim { pick: p, user } => {
             let tasks = open_tasks(h).await;
             let Some(t) = pick(&tasks, *p) else { return };
             let user = USERS[*user as usize];
@@ -307,18 +307,12 @@ async fn apply(h: &mut Harness, step: &Step, world: &mut World, reached: &Reache
             } else {
                 Expect::Ok
             };
-            (h.engine.claim(&t.id, user).await, expect)
-        }
-        Step::Unclaim { pick: p, user } => {
-            let tasks = open_tasks(h).await;
-            let Some(t) = pick(&tasks, *p) else { return };
-            let user = USERS[*user as usize];
-            let expect = if held_by_other(t, user) {
-                Expect::ClaimedByOther
+            let result = if matches!(step, Step::Claim { .. }) {
+                h.engine.claim(&t.id, user).await
             } else {
-                Expect::Ok
+                h.engine.unclaim(&t.id, user).await
             };
-            (h.engine.unclaim(&t.id, user).await, expect)
+            (result, expect)
         }
         Step::Assign { pick: p, user } => {
             let tasks = open_tasks(h).await;

@@ -2071,6 +2071,77 @@ on_both_backends!(
     super::a_sending_of_several_messages_is_one_request
 );
 
+/// One phone, two requests (a client asking for two services): each takes
+/// its own sending, and a late photo goes to the request whose sending is
+/// still open — counted from when each took its last message, not from when
+/// the messages arrived (B took a photo kept from before A existed).
+async fn the_rest_of_a_sending_goes_to_the_request_still_taking(db: Db) {
+    let h = Harness::new(db).await;
+    let b = through_identification(&h, "4587213").await;
+    through_coverage(&h, &b, "Cala Cala").await;
+    with_capacity_confirmed(&h, &b).await;
+    h.advance(Duration::from_secs(5 * 60));
+    let send = |n: &str| {
+        let h = &h;
+        let n = n.to_owned();
+        async move {
+            h.publish(
+                "requisitos_whatsapp",
+                PHONE,
+                &format!("wamid.{n}"),
+                json!({"media": [format!("{n}.jpg")]}),
+            )
+            .await
+        }
+    };
+    assert_eq!(send("de_b").await, Delivery::Kept, "nobody waits yet");
+    // A starts after that photo (and the minute of slack for clocks).
+    h.advance(Duration::from_secs(3 * 60));
+    let a = through_identification(&h, "4587213").await;
+    through_coverage(&h, &a, "Cala Cala").await;
+    with_capacity_confirmed(&h, &a).await;
+    h.complete(
+        &a,
+        "solicitar_requisitos",
+        "requisitos_solicitados",
+        json!({}),
+    )
+    .await;
+    assert!(
+        !h.task_open(&a, "imprimir_requisitos").await,
+        "B's photo is not A's"
+    );
+    assert_eq!(
+        send("de_a").await,
+        Delivery::Delivered {
+            instance: a.clone()
+        }
+    );
+    h.advance(Duration::from_secs(60));
+    h.complete(
+        &b,
+        "solicitar_requisitos",
+        "requisitos_solicitados",
+        json!({}),
+    )
+    .await;
+    assert_eq!(media(&h, &b).await, ["de_b.jpg"], "B took the kept photo");
+    // 2.5 minutes later: A's sending is over, B's is not.
+    h.advance(Duration::from_secs(150));
+    assert_eq!(
+        send("tarde").await,
+        Delivery::Delivered {
+            instance: b.clone()
+        }
+    );
+    assert_eq!(media(&h, &b).await, ["de_b.jpg", "tarde.jpg"]);
+    assert_eq!(media(&h, &a).await, ["de_a.jpg"]);
+}
+on_both_backends!(
+    the_rest_of_a_sending_goes_to_the_request_still_taking,
+    super::the_rest_of_a_sending_goes_to_the_request_still_taking
+);
+
 /// The requirements a request has received.
 async fn media(h: &Harness, id: &str) -> Vec<String> {
     serde_json::from_value(h.instance(id).await.state.variables["requisitos_adjuntos"].clone())

@@ -1964,12 +1964,6 @@ async fn rest_of_a_sending(
     message: &MessageRow,
     followups: &mut VecDeque<Followup>,
 ) -> Result<Option<String>, Error> {
-    let Some((instance, _)) = conn
-        .last_delivered(&message.message_name, &message.correlation_key)
-        .await?
-    else {
-        return Ok(None);
-    };
     // Read first without a lock (this command holds the message key's
     // lock; a command on the instance may hold its row and want the key),
     // locked only once it is the sending's instance.
@@ -1979,10 +1973,24 @@ async fn rest_of_a_sending(
                 s.message == message.message_name && s.key == message.correlation_key
             })
     };
-    match conn.instance(&instance, false).await? {
-        Some(row) if candidate(&row) => {}
-        _ => return Ok(None),
+    // Of the requests that took this phone's messages (a client may have
+    // two), the one whose sending took a message last.
+    let mut latest: Option<(i64, String)> = None;
+    for id in conn
+        .recent_takers(&message.message_name, &message.correlation_key)
+        .await?
+    {
+        if let Some(row) = conn.instance(&id, false).await?
+            && candidate(&row)
+            && let Some(s) = &row.state.sending
+            && latest.as_ref().is_none_or(|(at, _)| s.at > *at)
+        {
+            latest = Some((s.at, id));
+        }
     }
+    let Some((_, instance)) = latest else {
+        return Ok(None);
+    };
     let row = load(conn, &instance).await?;
     if !candidate(&row) {
         return Ok(None);

@@ -186,23 +186,20 @@ pub async fn pending(
     r.map(|r| message_row(&r)).transpose()
 }
 
-/// The instance that took the last message of `name` and `key`, and when
-/// that message came: a `collect` wait's instance takes the rest of the
-/// sending.
-pub async fn last_delivered(
-    conn: &mut Conn,
-    name: &str,
-    key: &str,
-) -> Result<Option<(String, i64)>, Error> {
-    Ok(sqlx::query_as(
-        "SELECT instance_id, received_at FROM messages WHERE message_name = $1 AND correlation_key = $2 \
-         AND status = 'delivered' AND instance_id IS NOT NULL ORDER BY received_at DESC LIMIT 1",
-    )
-    .bind(name)
-    .bind(key)
-    .fetch_optional(&mut *conn)
-    .await?)
+/// The instances that took messages of `name` and `key`, latest first (a
+/// few): one of them may be taking the rest of a sending (`collect`).
+pub async fn recent_takers(conn: &mut Conn, name: &str, key: &str) -> Result<Vec<String>, Error> {
+    Ok(sqlx::query_scalar(RECENT_TAKERS)
+        .bind(name)
+        .bind(key)
+        .fetch_all(&mut *conn)
+        .await?)
 }
+
+/// [`recent_takers`]' statement (both backends).
+pub(super) const RECENT_TAKERS: &str = "SELECT instance_id FROM messages WHERE message_name = $1 \
+     AND correlation_key = $2 AND status = 'delivered' AND instance_id IS NOT NULL \
+     GROUP BY instance_id ORDER BY MAX(received_at) DESC LIMIT 8";
 
 fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, Error> {
     let payload: String = r.try_get("payload")?;

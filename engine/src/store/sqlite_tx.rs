@@ -882,19 +882,10 @@ impl Tx for Writing {
         })
     }
 
-    async fn last_delivered(
-        &mut self,
-        name: &str,
-        key: &str,
-    ) -> Result<Option<(String, i64)>, Error> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT instance_id, received_at FROM messages WHERE message_name = ?1 AND correlation_key = ?2 \
-                 AND status = 'delivered' AND instance_id IS NOT NULL ORDER BY received_at DESC LIMIT 1",
-            )?
-            .query_row(params![name, key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
+    async fn recent_takers(&mut self, name: &str, key: &str) -> Result<Vec<String>, Error> {
+        let mut statement = self.conn.prepare_cached(super::messages::RECENT_TAKERS)?;
+        let rows = statement.query_map(params![name, key], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
     }
 
     async fn pending_message(

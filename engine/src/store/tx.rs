@@ -217,13 +217,13 @@ pub trait Tx: Send {
         since: i64,
         now: i64,
     ) -> impl Future<Output = Result<Option<MessageRow>, Error>> + Send;
-    /// The instance that took the last message of `name` and `key`, and
-    /// when that message came.
-    fn last_delivered(
+    /// The instances that took messages of `name` and `key`, latest first
+    /// (a few).
+    fn recent_takers(
         &mut self,
         name: &str,
         key: &str,
-    ) -> impl Future<Output = Result<Option<(String, i64)>, Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<String>, Error>> + Send;
     /// Marks a message delivered.
     fn message_delivered(
         &mut self,
@@ -579,12 +579,8 @@ impl Tx for sqlx::AnyConnection {
     ) -> Result<Option<MessageRow>, Error> {
         super::messages::pending(self, name, key, since, now).await
     }
-    async fn last_delivered(
-        &mut self,
-        name: &str,
-        key: &str,
-    ) -> Result<Option<(String, i64)>, Error> {
-        super::messages::last_delivered(self, name, key).await
+    async fn recent_takers(&mut self, name: &str, key: &str) -> Result<Vec<String>, Error> {
+        super::messages::recent_takers(self, name, key).await
     }
     async fn message_delivered(&mut self, id: &str, instance: &str) -> Result<(), Error> {
         super::messages::delivered(self, id, instance).await
