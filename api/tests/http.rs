@@ -1375,6 +1375,26 @@ async fn whatsapp_webhook_advances_a_waiting_p06(db: Db) {
         again["messages"][0]["delivery"]["status"], "duplicate",
         "{again}"
     );
+    // The other side of the CI, a minute later, as its own message: the
+    // rest of the sending reaches the same request (P06's `collect`).
+    h.advance(std::time::Duration::from_secs(60));
+    let reverso = whatsapp_event("wamid.reverso", "59172345678")
+        .replace("1234567890123456", "6543210987654321")
+        .replace("CI anverso", "CI reverso");
+    let (status, second) = api
+        .whatsapp(&reverso, Some(signature(WHATSAPP_SECRET, &reverso)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(
+        second["messages"][0]["delivery"]["instance"],
+        id.as_str(),
+        "{second}"
+    );
+    assert_eq!(
+        h.instance(&id).await.state.variables["requisitos_adjuntos"],
+        json!(["1234567890123456", "6543210987654321"]),
+        "both photos are on the request"
+    );
     // A message nobody waits for is kept and shown to operators.
     let stray = whatsapp_event("wamid.stray", "59170000001");
     let (_, kept) = api
