@@ -337,7 +337,17 @@ where
             (latencies, failures)
         }));
     }
-    let mut latencies_ms = Vec::with_capacity(settings.requests);
+    gather(name, clients, started).await
+}
+
+/// The phase its clients measured: their latencies and failures together.
+async fn gather(
+    name: &'static str,
+    clients: Vec<tokio::task::JoinHandle<(Vec<f64>, usize)>>,
+    started: Instant,
+) -> Phase {
+    let count = clients.len();
+    let mut latencies_ms = Vec::new();
     let mut failures = 0;
     for c in clients {
         if let Ok((l, f)) = c.await {
@@ -349,7 +359,7 @@ where
     latencies_ms.sort_by(f64::total_cmp);
     Phase {
         name,
-        clients: count.max(1),
+        clients: count,
         seconds,
         failures,
         latencies_ms,
@@ -394,22 +404,7 @@ where
             (latencies, failures)
         }));
     }
-    let mut latencies_ms = Vec::with_capacity(requests);
-    let mut failures = 0;
-    for t in tasks {
-        if let Ok((l, f)) = t.await {
-            latencies_ms.extend(l);
-            failures += f;
-        }
-    }
-    latencies_ms.sort_by(f64::total_cmp);
-    Phase {
-        name,
-        clients,
-        seconds: started.elapsed().as_secs_f64(),
-        failures,
-        latencies_ms,
-    }
+    gather(name, tasks, started.into_std()).await
 }
 
 /// Fills the database with `tasks` open tasks: [`TEMPLATES`] real P06

@@ -1925,31 +1925,28 @@ async fn deliver(
         Ok(())
     })?;
     let started_at = row.started_at;
-    save(conn, ctx, Change::of(row, effects, "engine"), followups).await?;
     // The rest of the sending, kept because it came before the wait: the
     // instance's too, as long as the wait took the first (after a store
     // that failed the token stops with an incident, and the rest stays
-    // kept, for the next wait) and the instance runs.
-    if w.collect.is_some() {
-        loop {
-            let row = load(conn, instance).await?;
-            if row.status != "running" || row.state.sending.is_none() {
-                break;
-            }
-            let Some(more) = conn
-                .pending_message(
-                    &message.message_name,
-                    &message.correlation_key,
-                    started_at - MESSAGE_CLOCK_SLACK_MS,
-                    ctx.now,
-                )
-                .await?
-            else {
-                break;
-            };
-            conn.message_delivered(&more.id, instance).await?;
-            attach(conn, ctx, row, &process, (&node_id, w), &more, followups).await?;
-        }
+    // kept, for the next wait) and the instance goes on running. Read only
+    // then, and the instance loaded only for a message to store: a
+    // delivery is on every P06 request's path.
+    let taking =
+        row.state.sending.is_some() && !effects.iter().any(|e| matches!(e, Effect::Ended { .. }));
+    save(conn, ctx, Change::of(row, effects, "engine"), followups).await?;
+    while taking
+        && let Some(more) = conn
+            .pending_message(
+                &message.message_name,
+                &message.correlation_key,
+                started_at - MESSAGE_CLOCK_SLACK_MS,
+                ctx.now,
+            )
+            .await?
+    {
+        conn.message_delivered(&more.id, instance).await?;
+        let row = load(conn, instance).await?;
+        attach(conn, ctx, row, &process, (&node_id, w), &more, followups).await?;
     }
     Ok(true)
 }

@@ -138,7 +138,11 @@ pub(super) fn bind<'q>(mut q: super::Query<'q>, tasks: &[NewTask<'_>]) -> super:
 
 /// A task by id.
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<TaskRow>, Error> {
-    let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM tasks WHERE id = $1"));
+    by_id(conn, id, "").await
+}
+
+async fn by_id(conn: &mut Conn, id: &str, suffix: &str) -> Result<Option<TaskRow>, Error> {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM tasks WHERE id = $1{suffix}"));
     let r = sqlx::query(sql).bind(id).fetch_optional(&mut *conn).await?;
     r.as_ref().map(row).transpose()
 }
@@ -150,11 +154,7 @@ pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<TaskRow>, Error> {
 /// READ COMMITTED shows the old status, and the withdrawal that follows
 /// still matches the claimed row once the claim commits.
 pub async fn get_for_update(conn: &mut Conn, id: &str) -> Result<Option<TaskRow>, Error> {
-    let sql = sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE"
-    ));
-    let r = sqlx::query(sql).bind(id).fetch_optional(&mut *conn).await?;
-    r.as_ref().map(row).transpose()
+    by_id(conn, id, " FOR UPDATE").await
 }
 
 /// PostgreSQL: a task and its instance, the instance's row locked for the
