@@ -110,15 +110,43 @@ impl Zone {
         !self.networks.is_empty()
     }
 
+    /// Whether a new line of `technology` can be connected in the zone now.
+    fn open(&self, technology: Technology) -> bool {
+        let full =
+            technology == Technology::Fibra && self.features.contains(&Feature::SinPuertosLibres);
+        !full
+            && !self.features.contains(&Feature::ZonaRestringida)
+            && self.networks.iter().any(|n| n.technology == technology)
+    }
+
+    /// The fastest speed `service` can be installed at now, in Mbps; 0 when
+    /// it cannot. A fibre network without free ports, or a network that
+    /// cannot carry the service, is no speed the client can be offered.
+    pub fn fastest_for(&self, service: Service) -> u32 {
+        if !self.can_install(service) {
+            return 0;
+        }
+        let carries = |t: Technology| match service {
+            Service::InternetFibra => t == Technology::Fibra,
+            Service::Television | Service::DuoInternetTv | Service::Trio => {
+                matches!(t, Technology::Fibra | Technology::Hfc)
+            }
+            Service::TelefoniaFija => matches!(t, Technology::Fibra | Technology::Cobre),
+        };
+        self.networks
+            .iter()
+            .filter(|n| carries(n.technology) && self.open(n.technology))
+            .map(|n| n.max_speed_mbps)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Whether `service` can be installed in the zone now.
     pub fn can_install(&self, service: Service) -> bool {
-        if !self.has_coverage() || self.features.contains(&Feature::ZonaRestringida) {
+        if !self.has_coverage() {
             return false;
         }
-        let full = self.features.contains(&Feature::SinPuertosLibres);
-        let has = |t: Technology| {
-            !(full && t == Technology::Fibra) && self.networks.iter().any(|n| n.technology == t)
-        };
+        let has = |t: Technology| self.open(t);
         let (fibra, hfc, cobre) = (
             has(Technology::Fibra),
             has(Technology::Hfc),
@@ -385,7 +413,7 @@ impl Simulator {
         out.insert("coverage".to_owned(), Value::Bool(!networks.is_empty()));
         out.insert(
             "max_speed_mbps".to_owned(),
-            Value::from(networks.iter().map(|n| n.max_speed_mbps).max().unwrap_or(0)),
+            Value::from(zone.zip(service).map_or(0, |(z, s)| z.fastest_for(s))),
         );
         out.insert(
             "technologies".to_owned(),
@@ -458,7 +486,7 @@ pub fn spec() -> ConnectorSpec {
                 ParamSpec::required(
                     "max_speed_mbps",
                     VarType::Integer,
-                    "highest speed of the networks at the address; 0 without coverage",
+                    "fastest speed the service can be installed at now; 0 when it cannot",
                 ),
                 ParamSpec::required(
                     "technologies",
@@ -559,6 +587,26 @@ mod tests {
             assert_eq!(
                 at(zone, service).await["has_capacity"],
                 json!(capacity),
+                "{zone} {service}"
+            );
+        }
+    }
+
+    /// The speed is what the client can be offered for the service asked:
+    /// not a fibre network without free ports, nor one that cannot carry it.
+    #[tokio::test]
+    async fn the_speed_is_the_one_the_service_can_get() {
+        for (zone, service, speed) in [
+            ("Cala Cala", "internet_fibra", 1000),
+            ("Hipódromo", "television", 200),
+            ("Hipódromo", "internet_fibra", 0),
+            ("Tupuraya", "duo_internet_tv", 100),
+            ("Pacata Alta", "television", 0),
+            ("Cala Cala", "internet_satelital", 0),
+        ] {
+            assert_eq!(
+                at(zone, service).await["max_speed_mbps"],
+                json!(speed),
                 "{zone} {service}"
             );
         }
