@@ -424,3 +424,41 @@ async fn an_oversized_answer_is_refused() {
         }
     }
 }
+
+/// A system that answers with a redirect (a gateway that moved, or adds a
+/// trailing slash) is not followed: following would turn the sale's POST
+/// into a bodiless GET and carry the credentials to the other host. The
+/// call stops, once, saying the connector's address must change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_followed() {
+    use tramite_engine::runtime::connector::ConnectorError;
+    let (elsewhere, followed) = canned("smartflex", answer("200 OK", r#"{"data":{}}"#));
+    let moved = format!(
+        "HTTP/1.1 301 Moved Permanently\r\nLocation: {elsewhere}/v1/solicitudes/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let (base, asked) = canned("smartflex", moved.into_bytes());
+    let connector = http_connector_at("smartflex", &base, |text| text);
+    match register(&connector).await {
+        Err(ConnectorError::Transient { message }) => {
+            assert!(
+                message.contains("301") && message.contains("base_url"),
+                "{message}"
+            );
+            assert!(
+                !message.contains("127.0.0.1"),
+                "no address in what users read: {message}"
+            );
+        }
+        other => panic!("expected the call to stop, got {other:?}"),
+    }
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "not retried"
+    );
+    assert_eq!(
+        followed.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "not followed"
+    );
+}

@@ -281,9 +281,32 @@ pub fn load_dir(dir: &Path, catalog: &Catalog) -> Result<Vec<HttpConnector>, Err
     // Every file is read, so that one broken file does not hide the next.
     let mut loaded = Vec::new();
     let mut problems = Vec::new();
+    let mut systems = std::collections::HashMap::new();
     for f in &files {
         match load_file(f, catalog) {
-            Ok(c) => loaded.push(c),
+            Ok(c) => {
+                // Two files of one system: which one served would depend
+                // on the files' names (a `smartflex.yaml` left beside
+                // `smartflex.prod.yaml` would quietly win).
+                if let Some(first) = systems.insert(c.system().to_owned(), f) {
+                    let line = std::fs::read_to_string(f)
+                        .ok()
+                        .and_then(|t| t.lines().position(|l| l.starts_with("system:")))
+                        .map_or(0, |n| n + 1);
+                    problems.push(Problem {
+                        path: f.clone(),
+                        line,
+                        column: usize::from(line > 0),
+                        at: "system".to_owned(),
+                        message: format!(
+                            "`{}` is also connected by {}: one file per system",
+                            c.system(),
+                            first.display()
+                        ),
+                    });
+                }
+                loaded.push(c)
+            }
             Err(Error::Invalid { problems: p }) => problems.extend(p),
             Err(Error::Syntax {
                 path,
@@ -357,13 +380,21 @@ impl HttpConnector {
                 format!("`{}` is not an http:// or https:// URL", config.base_url),
             );
         }
-        if let Some(r) = &config.retry
-            && r.attempts == 0
-        {
-            problem(
-                root.key("retry").key("attempts"),
-                "must be at least 1 (1: no retry)".to_owned(),
-            );
+        if let Some(r) = &config.retry {
+            if r.attempts == 0 {
+                problem(
+                    root.key("retry").key("attempts"),
+                    "must be at least 1 (1: no retry)".to_owned(),
+                );
+            }
+            // The first wait is not capped by `max_delay`: a longer one
+            // would make every estimate of the attempt's length wrong.
+            if r.first_delay.as_std() > r.max_delay.as_std() {
+                problem(
+                    root.key("retry").key("first_delay"),
+                    "must not be longer than `max_delay`".to_owned(),
+                );
+            }
         }
         match catalog.connector(&config.system) {
             None => {
@@ -426,6 +457,10 @@ impl HttpConnector {
             .timeout(timeout)
             .connect_timeout(connect)
             .user_agent(concat!("tramite/", env!("CARGO_PKG_VERSION")))
+            // A redirect would turn a POST into a bodiless GET, and carry an
+            // `api_key` header to whatever host it names: a system that
+            // moved is a configuration to change, not a hop to follow.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|source| Error::Client {
                 path: path.to_path_buf(),
@@ -545,9 +580,14 @@ impl HttpConnector {
             } else {
                 "request failed"
             };
-            Failure::retry(what.to_owned(), format!("{what}: {url}"))
+            Failure::retry(what.to_owned(), format!("{what}: {url}: {}", causes(&e)))
         })?;
         let status = response.status();
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = read_answer(response, &url).await?;
         let body: Option<Value> = serde_json::from_slice(&bytes).ok();
         if status.is_success() {
@@ -616,6 +656,17 @@ impl HttpConnector {
             None => format!("HTTP {status}"),
         };
         let detail = format!("HTTP {status} from {url}: {excerpt}");
+        if status.is_redirection() {
+            let to = location.as_deref().unwrap_or("nowhere");
+            return Err(Failure::stop(
+                format!(
+                    "HTTP {status}: the system answers from another address; its connector's `base_url` must change"
+                ),
+                format!(
+                    "HTTP {status} from {url}, redirected to {to} (redirects are not followed)"
+                ),
+            ));
+        }
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             Err(Failure::retry(public, detail))
         } else {
@@ -863,11 +914,35 @@ fn render_path(path: &str, input: &Map<String, Value>) -> Result<String, Failure
             let m = format!("input `{name}` of path `{path}` is missing");
             Failure::stop(m.clone(), m)
         })?;
-        out.push_str(&encode(&plain(value)));
+        let text = plain(value);
+        // URLs read `.` and `..` as "here" and "up" even percent-encoded:
+        // `/clientes/../cartera` would ask another resource, credentials and all.
+        if text.is_empty() || text == "." || text == ".." {
+            let m =
+                format!("input `{name}` of path `{path}` is `{text}`, which is no path segment");
+            return Err(Failure::stop(m.clone(), m));
+        }
+        out.push_str(&encode(&text));
         rest = &rest[close + 1..];
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// An error and its causes, `: `-separated: a TLS or DNS failure's reason
+/// is in its sources, not in reqwest's own text.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
@@ -906,8 +981,23 @@ fn check_auth(
         return Credentials::None;
     };
     let at = YamlPath::root().key("auth");
-    let mut secret = |key: YamlPath, var: &str| match env(var) {
-        Some(v) if !v.is_empty() => v,
+    // A secret mounted from a file often ends with a line break: the ends'
+    // white space is never part of a token. What is left must be sendable
+    // in a header, else every request would fail to build, retried as if
+    // the system were down.
+    let mut secret = |key: YamlPath, var: &str, sent_as: &dyn Fn(&str) -> String| match env(var) {
+        Some(v) if !v.trim().is_empty() => {
+            let v = v.trim().to_owned();
+            if reqwest::header::HeaderValue::from_str(&sent_as(&v)).is_err() {
+                problem(
+                    key,
+                    format!(
+                        "the value of `{var}` cannot be sent in an HTTP header (it holds a control character)"
+                    ),
+                );
+            }
+            v
+        }
         _ => {
             problem(key, format!("the environment variable `{var}` is not set"));
             String::new()
@@ -921,17 +1011,43 @@ fn check_auth(
     .iter()
     .filter(|s| **s)
     .count();
+    let as_is = |v: &str| v.to_owned();
     let credentials = if let Some(var) = &auth.bearer_env {
-        Credentials::Bearer(secret(at.key("bearer_env"), var))
+        Credentials::Bearer(secret(at.key("bearer_env"), var, &|v| {
+            format!("Bearer {v}")
+        }))
     } else if let Some(b) = &auth.basic {
+        // Basic credentials are base64: any password can be sent, but a
+        // `:` in the user would move the rest of it into the password.
+        let password = secret(
+            at.key("basic").key("password_env"),
+            &b.password_env,
+            &|_| String::new(),
+        );
+        if b.user.contains(':') || b.user.chars().any(char::is_control) {
+            problem(
+                at.key("basic").key("user"),
+                "must not hold `:` or control characters".to_owned(),
+            );
+        }
         Credentials::Basic {
             user: b.user.clone(),
-            password: secret(at.key("basic").key("password_env"), &b.password_env),
+            password,
         }
     } else if let Some(k) = &auth.api_key {
+        let value = secret(at.key("api_key").key("value_env"), &k.value_env, &as_is);
+        if reqwest::header::HeaderName::from_bytes(k.header.as_bytes()).is_err() {
+            problem(
+                at.key("api_key").key("header"),
+                format!(
+                    "`{}` is not an HTTP header name (letters, digits and `-`, no spaces)",
+                    k.header
+                ),
+            );
+        }
         Credentials::Header {
             name: k.header.clone(),
-            value: secret(at.key("api_key").key("value_env"), &k.value_env),
+            value,
         }
     } else {
         Credentials::None
@@ -1135,6 +1251,91 @@ operations:
         }
     }
 
+    /// What would make every request fail to build, or a retry wait longer
+    /// than its own estimate, is refused when the file loads; a secret's
+    /// trailing line break (a mounted file) is not part of it.
+    #[test]
+    fn credentials_and_waits_that_cannot_work_are_refused_at_load() {
+        let with = |text: &str, token: &str| {
+            let token = token.to_owned();
+            HttpConnector::from_yaml(Path::new("naf.yaml"), text, &crate::catalog(), &move |_| {
+                Some(token.clone())
+            })
+        };
+        let Ok(c) = with(GOOD, "secret\n") else {
+            panic!("a trailing line break is trimmed");
+        };
+        assert!(matches!(&c.credentials, Credentials::Bearer(t) if t == "secret"));
+        let problems = |r: Result<HttpConnector, Error>| match r {
+            Err(Error::Invalid { problems }) => problems
+                .iter()
+                .map(|p| format!("{}:{} {}: {}", p.line, p.column, p.at, p.message))
+                .collect::<Vec<_>>(),
+            other => panic!("expected problems, got {other:?}"),
+        };
+        let found = problems(with(GOOD, "sec\nret"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("3:20 auth.bearer_env: the value of `NAF_TOKEN` cannot be sent"),
+            "{found:?}"
+        );
+        assert!(
+            !found[0].contains("sec"),
+            "the secret is not shown: {found:?}"
+        );
+        let api_key = GOOD.replace(
+            "auth: {bearer_env: NAF_TOKEN}",
+            "auth: {api_key: {header: X Api Key, value_env: NAF_TOKEN}}",
+        );
+        let found = problems(with(&api_key, "ok"));
+        assert!(
+            found.len() == 1 && found[0].contains("`X Api Key` is not an HTTP header name"),
+            "{found:?}"
+        );
+        let basic = GOOD.replace(
+            "auth: {bearer_env: NAF_TOKEN}",
+            "auth: {basic: {user: \"a:b\", password_env: NAF_TOKEN}}",
+        );
+        let found = problems(with(&basic, "ok"));
+        assert!(
+            found.len() == 1 && found[0].contains("auth.basic.user: must not hold `:`"),
+            "{found:?}"
+        );
+        let waits = format!("{GOOD}retry: {{attempts: 3, first_delay: 10s, max_delay: 1s}}\n");
+        let found = problems(with(&waits, "ok"));
+        assert!(
+            found.len() == 1
+                && found[0].contains("retry.first_delay: must not be longer than `max_delay`"),
+            "{found:?}"
+        );
+    }
+
+    /// Two files of one system would leave which one serves to the files'
+    /// names; both are named instead.
+    #[test]
+    fn two_files_of_one_system_are_refused() {
+        let dir =
+            std::env::temp_dir().join(format!("tramite-connectors-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // `load_dir` reads secrets from the environment: PATH is always set.
+        for name in ["naf.prod.yaml", "naf.yaml"] {
+            std::fs::write(dir.join(name), GOOD.replace("NAF_TOKEN", "PATH")).unwrap();
+        }
+        let Err(Error::Invalid { problems }) = load_dir(&dir, &crate::catalog()) else {
+            panic!("expected problems");
+        };
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        let p = &problems[0];
+        assert_eq!(p.path.file_name().unwrap(), "naf.yaml");
+        assert_eq!((p.line, p.column), (1, 1));
+        assert!(
+            p.message.contains("also connected by") && p.message.contains("naf.prod.yaml"),
+            "{}",
+            p.message
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn an_unknown_field_names_its_line() {
         let bad = GOOD.replace("    method: GET", "    method: GET\n    timeout_ms: 5");
@@ -1187,6 +1388,12 @@ operations:
         };
         assert_eq!(path, "/c/45%2087%2F21/x/3");
         assert!(render_path("/c/{nope}", &input).is_err());
+        // `..` would climb out of the resource, encoded or not.
+        for dots in [".", "..", ""] {
+            let input: Map<String, Value> =
+                serde_json::from_value(serde_json::json!({ "ci": dots })).unwrap();
+            assert!(render_path("/c/{ci}/cartera", &input).is_err(), "{dots:?}");
+        }
         let t = traceparent();
         let parts: Vec<&str> = t.split('-').collect();
         assert_eq!(
