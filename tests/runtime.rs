@@ -1422,6 +1422,127 @@ on_both_backends!(
     super::a_callee_its_callers_cannot_call_is_refused
 );
 
+/// A caller's older version keeps running instances, which call the
+/// latest version of the callee when they reach their call. A callee that
+/// only the latest caller can call is refused while an instance of the
+/// older version has yet to reach its call (the message names the version
+/// and how many), and deploys once every such instance has called — one
+/// waiting on the child it called, or past it, is not held back by it.
+async fn a_callee_an_older_running_caller_cannot_call_is_refused(db: Db) {
+    let h = Harness::new(db).await;
+    let caller = |version: u32, input: &str| {
+        format!(
+            r#"
+code: T-PIDE
+name: Pide
+version: {version}
+owner_role: agente
+roles: [{{id: agente, name: Agente}}]
+links:
+  exit: [{{code: T-DA, name: Da}}]
+variables:
+  - {{name: a, type: string}}
+  - {{name: b, type: string}}
+nodes:
+  - {{id: inicio, kind: start, channels: [web], data: [{{name: a, type: string}}, {{name: b, type: string}}], next: preparar}}
+  - id: preparar
+    kind: user_task
+    role: agente
+    outcomes: [{{id: ok, label: Listo, next: llamar}}]
+  - {{id: llamar, kind: call, procedure: T-DA, input: {{{input}}}, next: revisar}}
+  - id: revisar
+    kind: user_task
+    role: agente
+    outcomes: [{{id: ok, label: Listo, next: fin}}]
+  - {{id: fin, kind: end, outcome: listo}}
+"#
+        )
+    };
+    let callee = |fields: &str| {
+        format!(
+            r#"
+code: T-DA
+name: Da
+version: 1
+owner_role: agente
+roles: [{{id: agente, name: Agente}}]
+links:
+  entry: [{{code: T-PIDE, name: Pide}}]
+variables:
+  - {{name: a, type: string}}
+  - {{name: b, type: string}}
+nodes:
+  - {{id: inicio, kind: start, channels: [procedure], data: [{fields}], next: hacer}}
+  - id: hacer
+    kind: user_task
+    role: agente
+    outcomes: [{{id: ok, label: Listo, next: fin}}]
+  - {{id: fin, kind: end, outcome: listo}}
+"#
+        )
+    };
+    let a_only = "{name: a, type: string, required: true}, {name: b, type: string}";
+    let a_and_b =
+        "{name: a, type: string, required: true}, {name: b, type: string, required: true}";
+    h.engine
+        .deploy(vec![
+            ("pide.yaml".into(), caller(1, "a: a")),
+            ("da.yaml".into(), callee(a_only)),
+        ])
+        .await
+        .unwrap();
+    // Version 1: one instance before its call, one waiting on its child.
+    let before = h.start("T-PIDE", "web", json!({"a": "x", "b": "y"})).await;
+    let waiting = h.start("T-PIDE", "web", json!({"a": "x", "b": "y"})).await;
+    h.complete(&waiting, "preparar", "ok", json!({})).await;
+    h.engine
+        .deploy(vec![("pide.yaml".into(), caller(2, "a: a, b: b"))])
+        .await
+        .unwrap();
+    let needs_b = vec![("da.yaml".to_owned(), callee(a_and_b))];
+    for dry_run in [true, false] {
+        let result = if dry_run {
+            h.engine.check_deploy(needs_b.clone()).await
+        } else {
+            h.engine.deploy(needs_b.clone()).await
+        };
+        match result {
+            Err(Error::Invalid(d)) => {
+                assert_eq!(d.len(), 1, "{d:?}");
+                assert!(
+                    d[0].file.contains(
+                        "version 1 of T-PIDE: 1 running instance(s) have yet to reach its call"
+                    ),
+                    "{d:?}"
+                );
+                assert!(d[0].items.iter().all(|i| i.pos.is_some()), "{d:?}");
+            }
+            other => panic!("dry run {dry_run}: {other:?}"),
+        }
+    }
+    // The last instance of version 1 calls (the callee deployed now, which
+    // it can call); then no instance of version 1 has a call ahead.
+    h.complete(&before, "preparar", "ok", json!({})).await;
+    let deployed = h
+        .engine
+        .deploy(needs_b)
+        .await
+        .expect("no instance left to break");
+    assert_eq!((deployed[0].version, deployed[0].new), (2, true));
+    // Both version-1 instances, past their call, go on to their end.
+    for id in [&before, &waiting] {
+        let children = h.engine.children(id).await.unwrap();
+        assert_eq!(children.len(), 1, "{id}");
+        h.complete(&children[0].id, "hacer", "ok", json!({})).await;
+        h.complete(id, "revisar", "ok", json!({})).await;
+        assert_eq!(h.instance(id).await.status, "completed");
+    }
+}
+on_both_backends!(
+    a_callee_an_older_running_caller_cannot_call_is_refused,
+    super::a_callee_an_older_running_caller_cannot_call_is_refused
+);
+
 const SLOW: &str = r#"
 code: T-SLOW
 name: Consulta lenta

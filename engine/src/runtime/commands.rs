@@ -724,37 +724,58 @@ async fn deploy(
     // The latest deployed versions of the codes being deployed: what the
     // callers were checked against until now.
     let mut replaced = Vec::new();
+    // Versions no new instance starts from, whose running instances still
+    // call the latest version of what they call when they reach the call.
+    let mut serving = Vec::new();
     let mut latest = std::collections::HashMap::new();
+    let mut latest_hash = std::collections::HashMap::new();
     for row in conn.all_definitions().await? {
         latest.entry(row.code.clone()).or_insert(row.version);
-        if !seen.insert(row.code.clone()) {
-            continue;
-        }
+        latest_hash
+            .entry(row.code.clone())
+            .or_insert(row.content_hash.clone());
         let file = SourceFile {
             path: row.file_name.into(),
             text: row.source,
         };
-        if deploying.contains(&row.code) {
-            replaced.push(file);
-        } else {
+        let newest = seen.insert(row.code.clone());
+        if newest && !deploying.contains(&row.code) {
             context.push(file);
+            continue;
         }
+        if newest {
+            replaced.push(file.clone());
+        }
+        serving.push(Serving {
+            code: row.code,
+            version: row.version,
+            file,
+        });
     }
     let results = library::compile(&files, &context, ctx.catalog);
     let mut failures: Vec<_> = results
         .iter()
         .filter_map(|(_, r)| r.as_ref().err().cloned())
         .collect();
-    if failures.is_empty() {
-        failures = broken_callers(
-            &files,
-            &DeployedNow {
-                others: &context,
-                replaced: &replaced,
-            },
-            &deploying,
-            ctx.catalog,
-        );
+    let now = DeployedNow {
+        others: &context,
+        replaced: &replaced,
+    };
+    // What deploys unchanged (every start-up deploys processes/ again)
+    // breaks no caller.
+    let changing: std::collections::HashSet<String> = results
+        .iter()
+        .zip(sources)
+        .filter_map(|((_, r), (_, text))| {
+            let code = &r.as_ref().ok()?.definition.code;
+            (latest_hash.get(code) != Some(&content_hash(text))).then(|| code.clone())
+        })
+        .collect();
+    if failures.is_empty() && !changing.is_empty() {
+        failures = broken_callers(&files, &now, &changing, ctx.catalog);
+    }
+    if failures.is_empty() && !changing.is_empty() {
+        failures = broken_running(conn, &files, &now, &serving, &changing, ctx.catalog).await?;
     }
     if !failures.is_empty() {
         return Err(Error::Invalid(failures));
@@ -2282,7 +2303,7 @@ fn broken_callers(
     deploying: &std::collections::HashSet<String>,
     catalog: &crate::catalog::Catalog,
 ) -> Vec<crate::diagnostic::Diagnostics> {
-    use crate::library::{self, SourceFile};
+    use crate::library::SourceFile;
     let (callers, others): (Vec<SourceFile>, Vec<SourceFile>) =
         deployed.others.iter().cloned().partition(|f| {
             crate::loader::parse(&f.text)
@@ -2296,8 +2317,146 @@ fn broken_callers(
     }
     let with_new: Vec<SourceFile> = files.iter().chain(&others).cloned().collect();
     let with_old: Vec<SourceFile> = deployed.replaced.iter().chain(&others).cloned().collect();
-    let before = library::compile(&callers, &with_old, catalog);
-    let after = library::compile(&callers, &with_new, catalog);
+    let mut out = new_problems(&callers, &with_old, &with_new, catalog);
+    for broken in &mut out {
+        broken.file = format!(
+            "{} (deployed; calls a procedure being deployed)",
+            broken.file
+        );
+    }
+    out
+}
+
+/// A version no new instance starts from: an older one, or the latest of a
+/// code being deployed.
+struct Serving {
+    code: String,
+    version: i64,
+    file: crate::library::SourceFile,
+}
+
+/// The versions already serving whose running instances the new versions
+/// would stop at a call they have yet to reach (a start field the old
+/// call does not give, an output it reads renamed). Instances past their
+/// call, or waiting on the child it started, are not affected: a version
+/// whose instances are all there does not hold the deploy back.
+async fn broken_running(
+    conn: &mut impl Tx,
+    files: &[crate::library::SourceFile],
+    deployed: &DeployedNow<'_>,
+    serving: &[Serving],
+    deploying: &std::collections::HashSet<String>,
+    catalog: &crate::catalog::Catalog,
+) -> Result<Vec<crate::diagnostic::Diagnostics>, Error> {
+    let with_new: Vec<_> = files.iter().chain(deployed.others).cloned().collect();
+    let with_old: Vec<_> = deployed
+        .replaced
+        .iter()
+        .chain(deployed.others)
+        .cloned()
+        .collect();
+    let mut out = Vec::new();
+    for s in serving {
+        let definition = crate::loader::parse(&s.file.text).definition;
+        let calls: Vec<&str> = definition
+            .nodes
+            .iter()
+            .filter(|n| matches!(&n.kind, NodeKind::Call(c) if deploying.contains(&c.procedure)))
+            .map(|n| n.id.as_str())
+            .collect();
+        if calls.is_empty() {
+            continue;
+        }
+        let broken = new_problems(std::slice::from_ref(&s.file), &with_old, &with_new, catalog);
+        if broken.is_empty() {
+            continue;
+        }
+        let (nodes, unless_called) = still_calling(&definition, &calls);
+        let running = conn
+            .still_to_reach(&crate::store::instances::StillToReach {
+                code: &s.code,
+                version: s.version,
+                nodes: &nodes,
+                unless_called: &unless_called,
+            })
+            .await?;
+        if running == 0 {
+            continue;
+        }
+        for mut d in broken {
+            d.file = format!(
+                "{} (version {} of {}: {running} running instance(s) have yet to reach its call)",
+                d.file, s.version, s.code
+            );
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// Where a token still has `calls` ahead of it: the nodes some path leads
+/// from to one of them, and apart, the calls no path leaves and comes back
+/// to a call by — a token waiting on the child it called there has passed.
+fn still_calling(
+    definition: &crate::definition::Definition,
+    calls: &[&str],
+) -> (Vec<String>, Vec<String>) {
+    let index: HashMap<&str, usize> = definition
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
+    let root = crate::position::YamlPath::root();
+    let next: Vec<Vec<usize>> = definition
+        .nodes
+        .iter()
+        .map(|n| {
+            n.edges(&root)
+                .iter()
+                .filter_map(|e| index.get(e.to).copied())
+                .collect()
+        })
+        .collect();
+    let mut before: Vec<Vec<usize>> = vec![Vec::new(); next.len()];
+    for (from, tos) in next.iter().enumerate() {
+        for &to in tos {
+            before[to].push(from);
+        }
+    }
+    let mut reaches = vec![false; next.len()];
+    let mut queue: VecDeque<usize> = calls.iter().filter_map(|c| index.get(c).copied()).collect();
+    while let Some(n) = queue.pop_front() {
+        if !std::mem::replace(&mut reaches[n], true) {
+            queue.extend(&before[n]);
+        }
+    }
+    let (mut nodes, mut unless_called) = (Vec::new(), Vec::new());
+    for (i, n) in definition.nodes.iter().enumerate() {
+        if !reaches[i] {
+            continue;
+        }
+        let is_call = calls.contains(&n.id.as_str());
+        if is_call && !next[i].iter().any(|&j| reaches[j]) {
+            unless_called.push(n.id.clone());
+        } else {
+            nodes.push(n.id.clone());
+        }
+    }
+    (nodes, unless_called)
+}
+
+/// What compiling `callers` against `with_new` reports that compiling them
+/// against `with_old` did not: only what the new versions break.
+fn new_problems(
+    callers: &[crate::library::SourceFile],
+    with_old: &[crate::library::SourceFile],
+    with_new: &[crate::library::SourceFile],
+    catalog: &crate::catalog::Catalog,
+) -> Vec<crate::diagnostic::Diagnostics> {
+    use crate::library;
+    let before = library::compile(callers, with_old, catalog);
+    let after = library::compile(callers, with_new, catalog);
     let mut out = Vec::new();
     for ((_, before), (_, after)) in before.into_iter().zip(after) {
         let Err(mut broken) = after else { continue };
@@ -2317,10 +2476,6 @@ fn broken_callers(
             }
         });
         if !broken.items.is_empty() {
-            broken.file = format!(
-                "{} (deployed; calls a procedure being deployed)",
-                broken.file
-            );
             out.push(broken);
         }
     }

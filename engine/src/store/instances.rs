@@ -366,6 +366,57 @@ pub struct InstanceFilter {
     pub limit: i64,
 }
 
+/// Running instances of one version that may still reach some nodes:
+/// those with a token at one of `nodes`, or at one of `unless_called` and
+/// not waiting on the child it called there.
+#[derive(Debug)]
+pub struct StillToReach<'a> {
+    /// Procedure code.
+    pub code: &'a str,
+    /// Its version.
+    pub version: i64,
+    /// Nodes from which the targets can be reached.
+    pub nodes: &'a [String],
+    /// Targets a token waiting on its call there has passed.
+    pub unless_called: &'a [String],
+}
+
+/// [`still_to_reach`]'s statement on SQLite (also the writer's).
+pub(super) const STILL_TO_REACH_SQLITE: &str = "SELECT COUNT(*) FROM instances \
+     WHERE code = $1 AND version = $2 AND status = 'running' AND EXISTS (\
+     SELECT 1 FROM json_each(instances.state, '$.tokens') t \
+     WHERE json_extract(t.value, '$.node') IN (SELECT value FROM json_each($3)) \
+     OR (json_extract(t.value, '$.node') IN (SELECT value FROM json_each($4)) \
+     AND json_extract(t.value, '$.wait.on') <> 'call'))";
+
+const STILL_TO_REACH_POSTGRES: &str = "SELECT COUNT(*) FROM instances \
+     WHERE code = $1 AND version = $2 AND status = 'running' AND EXISTS (\
+     SELECT 1 FROM jsonb_array_elements(state::jsonb -> 'tokens') t \
+     WHERE t ->> 'node' IN (SELECT jsonb_array_elements_text(($3)::jsonb)) \
+     OR (t ->> 'node' IN (SELECT jsonb_array_elements_text(($4)::jsonb)) \
+     AND t -> 'wait' ->> 'on' <> 'call'))";
+
+/// How many instances [`StillToReach`] describes. It reads every running
+/// instance of the code (its `(code, status)` index, then each state):
+/// a deploy that would break an older version asks it, nothing else.
+pub async fn still_to_reach(
+    conn: &mut Conn,
+    backend: Backend,
+    q: &StillToReach<'_>,
+) -> Result<i64, Error> {
+    let sql = match backend {
+        Backend::Sqlite => STILL_TO_REACH_SQLITE,
+        Backend::Postgres => STILL_TO_REACH_POSTGRES,
+    };
+    Ok(sqlx::query_scalar(sql)
+        .bind(q.code)
+        .bind(q.version)
+        .bind(serde_json::Value::from(q.nodes.to_vec()).to_string())
+        .bind(serde_json::Value::from(q.unless_called.to_vec()).to_string())
+        .fetch_one(&mut *conn)
+        .await?)
+}
+
 /// Instances matching `filter`, newest first.
 pub async fn list(conn: &mut Conn, f: &InstanceFilter) -> Result<Vec<InstanceRow>, Error> {
     let mut clauses = vec!["1 = 1".to_owned()];

@@ -957,6 +957,24 @@ impl Tx for Writing {
         Ok(())
     }
 
+    async fn still_to_reach(
+        &mut self,
+        q: &super::instances::StillToReach<'_>,
+    ) -> Result<i64, Error> {
+        let mut statement = self
+            .conn
+            .prepare_cached(super::instances::STILL_TO_REACH_SQLITE)?;
+        Ok(statement.query_row(
+            params![
+                q.code,
+                q.version,
+                serde_json::Value::from(q.nodes.to_vec()).to_string(),
+                serde_json::Value::from(q.unless_called.to_vec()).to_string()
+            ],
+            |r| r.get(0),
+        )?)
+    }
+
     async fn lock_key(&mut self, _key: &str) -> Result<(), Error> {
         Ok(()) // one writer: already serialized
     }

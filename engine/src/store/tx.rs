@@ -252,6 +252,13 @@ pub trait Tx: Send {
         request: &str,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// How many running instances of one version may still reach some
+    /// nodes (a deploy's check of the versions its callee serves).
+    fn still_to_reach(
+        &mut self,
+        q: &super::instances::StillToReach<'_>,
+    ) -> impl Future<Output = Result<i64, Error>> + Send;
+
     /// Serializes, until the transaction ends, every transaction that takes
     /// the same key (PostgreSQL advisory lock; a no-op on SQLite, whose single
     /// writer serializes everything anyway).
@@ -581,6 +588,13 @@ impl Tx for sqlx::AnyConnection {
     }
     async fn recent_takers(&mut self, name: &str, key: &str) -> Result<Vec<String>, Error> {
         super::messages::recent_takers(self, name, key).await
+    }
+    async fn still_to_reach(
+        &mut self,
+        q: &super::instances::StillToReach<'_>,
+    ) -> Result<i64, Error> {
+        let backend = Tx::backend(self);
+        super::instances::still_to_reach(self, backend, q).await
     }
     async fn message_delivered(&mut self, id: &str, instance: &str) -> Result<(), Error> {
         super::messages::delivered(self, id, instance).await
