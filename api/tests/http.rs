@@ -493,6 +493,54 @@ async fn bad_input_gets_problem_json(db: Db) {
     let id = api.start_p06().await;
     let task = api.task(&id, "recibir_llamada", AGENT).await;
     let url = format!("/api/v1/tasks/{task}/complete");
+    // A key longer than the database can index (PostgreSQL refuses a B-tree
+    // entry over ~2.7 KB) → 422 naming it, on both backends, not a 500.
+    let long = "k".repeat(8 * 1024);
+    for (uri, body, field) in [
+        (
+            "/api/v1/instances",
+            json!({"code": "OPE-SUM-VEN-P06", "channel": "ivr", "business_key": long}),
+            "business_key",
+        ),
+        (
+            "/api/v1/instances",
+            json!({"code": "OPE-SUM-VEN-P06", "channel": "ivr", "request_id": long}),
+            "request_id",
+        ),
+        (
+            "/api/v1/messages",
+            json!({"name": "requisitos_whatsapp", "key": "72345678", "id": long}),
+            "id",
+        ),
+        (
+            "/api/v1/messages",
+            json!({"name": "requisitos_whatsapp", "key": long, "id": "m-1"}),
+            "key",
+        ),
+        (
+            "/webhooks/leads",
+            json!({"id": long, "process": "OPE-SUM-VEN-P06", "source": "web", "data": {"telefono": "71234567"}}),
+            "request_id",
+        ),
+    ] {
+        let (status, problem) = api.json(Method::POST, uri, CHANNEL, body).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{uri} {field}: {problem}"
+        );
+        assert_eq!(
+            problem["type"], "https://tramite.dev/problems/too-long",
+            "{problem}"
+        );
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("`{field}` is longer than 512 bytes")),
+            "{problem}"
+        );
+    }
     // Malformed JSON → 400; wrong shape or unknown field → 422; not JSON → 415.
     let (status, problem, _) = api
         .call(

@@ -124,6 +124,16 @@ pub enum Error {
         /// Which field.
         field: &'static str,
     },
+    /// A key the database indexes (a business key, a request id, a
+    /// message's name, id or key) longer than [`MAX_KEY_BYTES`](crate::runtime::MAX_KEY_BYTES):
+    /// PostgreSQL cannot index it, and no real one is that long.
+    #[error("`{field}` is longer than {limit} bytes")]
+    TooLong {
+        /// Which field.
+        field: &'static str,
+        /// The longest allowed, in bytes.
+        limit: usize,
+    },
     /// A message's id was used before by a message of another name or key.
     #[error("message id `{id}` was used before by another message (another name or key)")]
     MessageIdTaken {

@@ -227,6 +227,12 @@ impl Error {
                     e.to_string(),
                     none,
                 ),
+                E::TooLong { .. } => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "too-long",
+                    e.to_string(),
+                    none,
+                ),
                 E::MessageIdTaken { .. } => (
                     StatusCode::CONFLICT,
                     "message-id-taken",

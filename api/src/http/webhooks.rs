@@ -163,7 +163,8 @@ pub(super) async fn whatsapp_event(
             // the log, answer for it, and go on with the event's others.
             Err(
                 e @ (tramite_engine::Error::MessageIdTaken { .. }
-                | tramite_engine::Error::EmptyId { .. }),
+                | tramite_engine::Error::EmptyId { .. }
+                | tramite_engine::Error::TooLong { .. }),
             ) => {
                 tracing::warn!(wamid = id, key = %key, error = %e, "WhatsApp message refused");
                 results.push(json!({"id": id, "key": key, "refused": e.to_string()}));

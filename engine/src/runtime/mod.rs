@@ -120,6 +120,21 @@ pub struct IndicatorQuery {
     pub utc_offset_minutes: i32,
 }
 
+/// The longest key the database indexes (business keys, request ids,
+/// messages' names, ids and keys), in bytes. PostgreSQL refuses a B-tree
+/// entry over about 2,700 bytes, and a key past this length is a mistake.
+pub const MAX_KEY_BYTES: usize = 512;
+
+fn not_too_long(field: &'static str, value: &str) -> Result<(), Error> {
+    if value.len() > MAX_KEY_BYTES {
+        return Err(Error::TooLong {
+            field,
+            limit: MAX_KEY_BYTES,
+        });
+    }
+    Ok(())
+}
+
 /// A running engine. Cheap to clone; all clones are the same engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -306,6 +321,11 @@ impl Engine {
     /// Starts an instance unless its request id started one before; returns
     /// the instance's id and whether it is new.
     pub async fn start_once(&self, start: StartInstance) -> Result<(String, bool), Error> {
+        not_too_long("business_key", &start.business_key)?;
+        not_too_long(
+            "request_id",
+            start.request_id.as_deref().unwrap_or_default(),
+        )?;
         if start
             .request_id
             .as_deref()
@@ -368,6 +388,9 @@ impl Engine {
         if message.key.trim().is_empty() {
             return Err(Error::EmptyId { field: "key" });
         }
+        not_too_long("name", &message.name)?;
+        not_too_long("id", &message.id)?;
+        not_too_long("key", &message.key)?;
         match self.submit(Command::Publish(message)).await? {
             Reply::Published(d) => Ok(d),
             other => unreachable!("publish answered {other:?}"),
