@@ -100,6 +100,7 @@ enum Command {
         #[arg(
             long,
             env = "TRAMITE_DATABASE_URL",
+            hide_env_values = true,
             default_value = "sqlite://tramite.db"
         )]
         database_url: String,

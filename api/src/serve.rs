@@ -110,6 +110,17 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
                 ));
             }
         }
+    } else {
+        // Without a folder every system is the engine's own simulator: fine
+        // to try tramite out, a disaster in production (a sale "registered"
+        // in memory exists nowhere else and is gone at the next start).
+        for system in catalog.connectors() {
+            tracing::warn!(system = %system.name, "no --connectors folder: the system is simulated in memory");
+            remote.push(format!(
+                "{} → SIMULATED in memory (no --connectors folder / TRAMITE_CONNECTORS)",
+                system.name
+            ));
+        }
     }
     let mut config = EngineConfig::new(s.database_url.clone());
     config.catalog = catalog;
@@ -137,7 +148,7 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
     writeln!(
         out,
         "tramite listening on http://{address}  (database {})",
-        s.database_url
+        without_password(&s.database_url)
     )?;
     for d in &deployed {
         writeln!(
@@ -201,6 +212,7 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
         webhooks: Webhooks {
             whatsapp: s.whatsapp,
         },
+        health: Default::default(),
     }));
     axum::serve(no_delay(listener), app)
         .with_graceful_shutdown(stop_signal())
@@ -209,6 +221,36 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
     health.abort();
     engine.shutdown().await;
     Ok(())
+}
+
+/// A database URL fit for a log: its password, if any, replaced by `***`.
+pub(crate) fn without_password(url: &str) -> String {
+    // `?password=…` (libpq's and sqlx's other spelling) first.
+    let url = match url.split_once('?') {
+        Some((base, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => p.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+        None => url.to_owned(),
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url;
+    };
+    // The user information ends at the last `@` before the path.
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url;
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url,
+    }
 }
 
 /// Ctrl-C, or SIGTERM (what `docker stop`, systemd and Kubernetes send
@@ -271,4 +313,28 @@ pub(crate) fn no_delay(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_database_url_is_logged_without_its_password() {
+        for (url, shown) in [
+            (
+                "postgres://tramite:s3cr@t@db:5432/tramite",
+                "postgres://tramite:***@db:5432/tramite",
+            ),
+            (
+                "postgres://tramite@db/tramite",
+                "postgres://tramite@db/tramite",
+            ),
+            (
+                "postgres://db/tramite?user=t&password=x&sslmode=require",
+                "postgres://db/tramite?user=t&password=***&sslmode=require",
+            ),
+            ("sqlite://tramite.db", "sqlite://tramite.db"),
+        ] {
+            assert_eq!(super::without_password(url), shown, "{url}");
+        }
+    }
 }

@@ -98,6 +98,7 @@ impl Ui {
             metrics: None,
             connectors: h.connectors.clone(),
             webhooks: Webhooks::default(),
+            health: Default::default(),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -48,6 +48,36 @@ pub struct AppState {
     pub connectors: Connectors,
     /// Inbound channels.
     pub webhooks: Webhooks,
+    /// The systems' last health checks, for `/readyz`.
+    pub health: SystemHealth,
+}
+
+/// How long a health check of the systems answers `/readyz` before the
+/// systems are asked again.
+pub const HEALTH_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The systems' last health checks. `/readyz` needs no token (load
+/// balancers call it): without this, every call, a balancer's each second
+/// or anyone's flood, would send a request to NAF, GIS and Smartflex.
+#[derive(Debug, Default)]
+pub struct SystemHealth {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Map<String, Value>)>>,
+}
+
+impl SystemHealth {
+    /// The systems' health, checked at most once per [`HEALTH_FRESH`];
+    /// callers that come during a check wait for its answer.
+    pub async fn get(&self, connectors: &Connectors) -> Map<String, Value> {
+        let mut last = self.last.lock().await;
+        if let Some((at, systems)) = &*last
+            && at.elapsed() < HEALTH_FRESH
+        {
+            return systems.clone();
+        }
+        let systems = check_systems(connectors).await;
+        *last = Some((std::time::Instant::now(), systems.clone()));
+        systems
+    }
 }
 
 type Shared = State<Arc<AppState>>;
@@ -172,9 +202,9 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready: the database answers. `systems` has each connector's health (a system that is down does not make the engine unready: its jobs wait and retry)"), (status = 503, description = "The database does not answer")))]
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready: the database answers. `systems` has each connector's health, checked at most every 5 s (a system that is down does not make the engine unready: its jobs wait and retry)"), (status = 503, description = "The database does not answer")))]
 async fn readyz(State(s): Shared) -> impl IntoResponse {
-    let (database, systems) = tokio::join!(sqlx_ping(&s.engine), check_systems(&s.connectors));
+    let (database, systems) = tokio::join!(sqlx_ping(&s.engine), s.health.get(&s.connectors));
     let status = if database {
         StatusCode::OK
     } else {
