@@ -1088,14 +1088,14 @@ async fn authorization_matrix(db: Db) {
             Method::GET,
             format!("/api/v1/instances/{id}"),
             "/api/v1/instances/{id}",
-            all.to_vec(),
+            vec![AGENT, LEAD],
             Value::Null,
         ),
         (
             Method::GET,
             format!("/api/v1/instances/{id}/history"),
             "/api/v1/instances/{id}/history",
-            all.to_vec(),
+            vec![AGENT, LEAD],
             Value::Null,
         ),
         (
@@ -1272,6 +1272,112 @@ async fn authorization_matrix(db: Db) {
     }
 }
 both!(authorization_matrix);
+
+/// A request holds a client's identity, address and documents: it is read
+/// by the roles its procedure names and by operators and process owners,
+/// not by a channel's token nor by another procedure's people; lists show
+/// only what the reader may open. An agent sees that a request is stopped
+/// and where, the operator what failed.
+async fn requests_are_read_by_the_people_of_their_procedure(db: Db) {
+    let api = Api::new(db).await;
+    let id = api.start_p06().await;
+    api.complete(&id, "recibir_llamada", AGENT, "atendida", json!({}))
+        .await;
+    api.h.sims.naf.faults().start_outage();
+    api.complete(&id, "identificar_cliente", AGENT, "continuar", json!({"nombre_cliente": "Juan Pérez", "servicio_solicitado": "internet_fibra", "ci": "4587213"})).await;
+    for _ in 0..20 {
+        api.h.jobs().await;
+        api.h.advance(std::time::Duration::from_secs(300));
+    }
+    let (status, seen) = api.get(&format!("/api/v1/instances/{id}"), AGENT).await;
+    assert_eq!(status, StatusCode::OK, "{seen}");
+    assert_eq!(seen["variables"]["ci"], "4587213");
+    let incident = &seen["incidents"][0];
+    assert_eq!(incident["node_id"], "consultar_naf", "{seen}");
+    assert!(incident.get("message").is_none(), "{incident}");
+    let (_, history) = api
+        .get(&format!("/api/v1/instances/{id}/history"), AGENT)
+        .await;
+    let raised: Vec<&Value> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "incident_raised")
+        .collect();
+    assert_eq!(raised.len(), 1, "{history}");
+    assert!(raised[0]["data"].get("message").is_none(), "{history}");
+    assert!(!history.to_string().contains("outage"), "{history}");
+    let (_, history) = api
+        .get(&format!("/api/v1/instances/{id}/history"), LEAD)
+        .await;
+    assert!(history.to_string().contains("outage"), "{history}");
+    let (_, seen) = api.get(&format!("/api/v1/instances/{id}"), LEAD).await;
+    assert!(
+        seen["incidents"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("attempt"),
+        "{seen}"
+    );
+    for token in [CHANNEL, INSTALLER, NO_ROLES] {
+        for uri in [
+            format!("/api/v1/instances/{id}"),
+            format!("/api/v1/instances/{id}/history"),
+            "/api/v1/instances?code=OPE-SUM-VEN-P06".to_owned(),
+        ] {
+            let (status, problem) = api.get(&uri, token).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{uri} as {token}: {problem}");
+            assert_eq!(
+                problem["type"], "https://tramite.dev/problems/forbidden",
+                "{problem}"
+            );
+        }
+        let (status, list) = api.get("/api/v1/instances", token).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(list["items"], json!([]), "{token} lists nothing of P06");
+        let (status, _, html) = page(
+            &api,
+            Method::GET,
+            &format!("/instances/{id}"),
+            Some(token),
+            None,
+            false,
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
+        assert!(!html.contains("4587213"), "{html}");
+    }
+    for token in [AGENT, LEAD] {
+        let (_, list) = api.get("/api/v1/instances", token).await;
+        assert_eq!(list["items"][0]["id"], id.as_str(), "{list}");
+    }
+    let (status, _, html) = page(
+        &api,
+        Method::GET,
+        &format!("/instances/{id}"),
+        Some(AGENT),
+        None,
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("el equipo de operaciones fue avisado"),
+        "{html}"
+    );
+    assert!(!html.contains("outage"), "{html}");
+    let (_, _, html) = page(
+        &api,
+        Method::GET,
+        &format!("/instances/{id}"),
+        Some(LEAD),
+        None,
+        false,
+    )
+    .await;
+    assert!(html.contains("outage"), "{html}");
+}
+both!(requests_are_read_by_the_people_of_their_procedure);
 
 /// A WhatsApp Business Cloud API message event, as Meta documents it: an
 /// image from the client's phone (with its country code).

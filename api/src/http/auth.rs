@@ -2,6 +2,8 @@
 //! SHA-256 hashes. Each user has roles: the procedure's roles (which tasks
 //! they see) and system roles: `process_owner` (deploy), `operator`
 //! (cancel, retry, resolve), `channel` (start instances, publish messages).
+//! Requests are read by the roles their procedure names, operators and
+//! process owners ([`User::may_read`]).
 
 use std::collections::HashMap;
 
@@ -75,7 +77,33 @@ impl User {
     pub fn require(&self, role: &str) -> Result<(), Error> {
         self.require_any(&[role], "this")
     }
+
+    /// Whether the user reads every request: operators act on any,
+    /// process owners answer for the procedures.
+    pub fn reads_all(&self) -> bool {
+        READS_ALL.iter().any(|r| self.has(r))
+    }
+
+    /// Refuses unless the user may read requests of `definition`: a
+    /// request holds a client's identity, address and documents, so only
+    /// the people the procedure names (its roles and owner) read it, and
+    /// those who read every request. A channel's token, kept inside a
+    /// third party's integration, starts requests but reads none.
+    pub fn may_read(&self, definition: &Definition) -> Result<(), Error> {
+        if self.reads_all() || self.roles.iter().any(|r| definition.names_role(r)) {
+            return Ok(());
+        }
+        Err(Error::Forbidden {
+            reason: format!(
+                "requests of {} are read by its roles, `operator` and `process_owner`",
+                definition.code
+            ),
+        })
+    }
 }
+
+/// The roles that read every request.
+pub const READS_ALL: [&str; 2] = ["operator", "process_owner"];
 
 /// Known users by token hash.
 #[derive(Debug, Clone, Default)]

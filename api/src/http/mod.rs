@@ -454,6 +454,37 @@ async fn start(
     Ok(started(&id, new))
 }
 
+/// What failed inside a system is for the team that can act on it (the
+/// operators): the others read in a history that a call failed or an
+/// incident was raised, where and when, without the failure's text.
+pub(crate) fn without_failures(user: &User, history: &mut [tramite_engine::store::journal::Entry]) {
+    if user.has("operator") {
+        return;
+    }
+    for entry in history.iter_mut() {
+        let field = match entry.kind.as_str() {
+            "incident_raised" => "message",
+            "job_failed" => "error",
+            _ => continue,
+        };
+        if let Some(data) = entry.data.as_object_mut() {
+            data.remove(field);
+        }
+    }
+}
+
+/// The procedures whose requests `user` may list: `None` for all (see
+/// [`User::may_read`]).
+pub(crate) async fn readable_codes(
+    engine: &Engine,
+    user: &User,
+) -> Result<Option<Vec<String>>, Error> {
+    if user.reads_all() {
+        return Ok(None);
+    }
+    Ok(Some(engine.codes_naming(&user.roles).await?))
+}
+
 /// The answer to a start: 201 for a new instance, 200 for the one an
 /// earlier start with the same request id made.
 pub(crate) fn started(id: &str, new: bool) -> (StatusCode, Json<Value>) {
@@ -471,8 +502,9 @@ async fn instance(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Error> {
-    s.users.authenticate(&headers)?;
+    let user = s.users.authenticate(&headers)?;
     let i = s.engine.instance(&id).await?;
+    user.may_read(&s.engine.process(i.definition_id).await?.definition)?;
     let tasks = s
         .engine
         .tasks(&Filter {
@@ -481,7 +513,17 @@ async fn instance(
             ..Filter::default()
         })
         .await?;
-    let incidents = s.engine.incidents(None, Some(&id)).await?;
+    let mut incidents = json!(s.engine.incidents(None, Some(&id)).await?);
+    if !user.has("operator") {
+        // What failed inside a system is for the team that can act on it;
+        // the others see that the request is stopped, where and since when.
+        for incident in incidents.as_array_mut().into_iter().flatten() {
+            if let Some(fields) = incident.as_object_mut() {
+                fields.remove("message");
+                fields.remove("resolution");
+            }
+        }
+    }
     let children: Vec<String> = s
         .engine
         .children(&id)
@@ -505,9 +547,12 @@ async fn history(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Error> {
-    s.users.authenticate(&headers)?;
-    s.engine.instance(&id).await?;
-    Ok(Json(json!(s.engine.history(&id).await?)))
+    let user = s.users.authenticate(&headers)?;
+    let i = s.engine.instance(&id).await?;
+    user.may_read(&s.engine.process(i.definition_id).await?.definition)?;
+    let mut history = s.engine.history(&id).await?;
+    without_failures(&user, &mut history);
+    Ok(Json(json!(history)))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -671,8 +716,18 @@ async fn instances(
     headers: HeaderMap,
     query: Result<Query<InstancesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, Error> {
-    s.users.authenticate(&headers)?;
+    let user = s.users.authenticate(&headers)?;
     let Query(q) = query?;
+    let codes = readable_codes(&s.engine, &user).await?;
+    if let (Some(code), Some(codes)) = (&q.code, &codes)
+        && !codes.contains(code)
+    {
+        return Err(Error::Forbidden {
+            reason: format!(
+                "requests of {code} are read by its roles, `operator` and `process_owner`"
+            ),
+        });
+    }
     let after = match &q.cursor {
         Some(c) => {
             let parsed = c
@@ -687,6 +742,7 @@ async fn instances(
         .engine
         .instances(&tramite_engine::store::instances::InstanceFilter {
             code: q.code,
+            codes,
             version: q.version,
             status: q.status,
             business_key: q.business_key,

@@ -673,10 +673,14 @@ async fn instances(
     Query(q): Query<InstancesQuery>,
 ) -> Result<Response, PageError> {
     let ses = session(&s, &headers)?;
+    let readable = crate::http::readable_codes(&s.engine, &ses.user)
+        .await
+        .map_err(|e| ses.fail(e))?;
     let rows = s
         .engine
         .instances(&tramite_engine::store::instances::InstanceFilter {
             code: q.code.clone().filter(|c| !c.is_empty()),
+            codes: readable.clone(),
             status: q.status.clone().filter(|c| !c.is_empty()),
             business_key: q.business_key.clone().filter(|c| !c.is_empty()),
             limit: 100,
@@ -684,7 +688,10 @@ async fn instances(
         })
         .await
         .map_err(|e| ses.fail(e))?;
-    let codes = codes(&s, &ses).await?;
+    let mut codes = codes(&s, &ses).await?;
+    if let Some(readable) = &readable {
+        codes.retain(|c| readable.contains(c));
+    }
     let lines = rows
         .iter()
         .map(|i| InstanceLine {
@@ -749,7 +756,9 @@ async fn instance_page(
         .await
         .map_err(|e| ses.fail(e))?;
     let def = &process.definition;
-    let history = s.engine.history(&id).await.map_err(|e| ses.fail(e))?;
+    ses.user.may_read(def).map_err(|e| ses.fail(e))?;
+    let mut history = s.engine.history(&id).await.map_err(|e| ses.fail(e))?;
+    crate::http::without_failures(&ses.user, &mut history);
     let incidents = s
         .engine
         .incidents(Some("open"), Some(&id))
@@ -783,7 +792,15 @@ async fn instance_page(
         documents: documents_of(def, &history, &i.id, ses.lang, None),
         incidents: incidents
             .iter()
-            .map(|x| (x.id.clone(), x.node_id.clone(), x.message.clone()))
+            .map(|x| {
+                // What failed inside a system is for those who can act on it.
+                let message = if ses.user.has("operator") {
+                    x.message.clone()
+                } else {
+                    ses.w.stopped_here.to_owned()
+                };
+                (x.id.clone(), x.node_id.clone(), message)
+            })
             .collect(),
         parent: i.parent_id.clone().unwrap_or_default(),
         children: children
@@ -806,6 +823,7 @@ async fn document_page(
         .await
         .map_err(|e| ses.fail(e))?;
     let def = &process.definition;
+    ses.user.may_read(def).map_err(|e| ses.fail(e))?;
     let Some(d) = def.documents.iter().find(|d| d.id == doc) else {
         return Err(ses.fail(tramite_engine::Error::NotFound {
             what: "document",

@@ -65,6 +65,10 @@ pub(crate) struct Words {
     pub(crate) message: &'static str,
     pub(crate) node: &'static str,
     pub(crate) no_incidents: &'static str,
+    /// An incident as those who cannot act on it see it.
+    pub(crate) stopped_here: &'static str,
+    /// A request the page could not read (a query, a form).
+    pub(crate) bad_request: &'static str,
     pub(crate) period: &'static str,
     pub(crate) value: &'static str,
     pub(crate) verdict: &'static str,
@@ -156,6 +160,8 @@ pub(crate) const ES: Words = Words {
     message: "Mensaje",
     node: "Paso",
     no_incidents: "No hay incidentes abiertos.",
+    stopped_here: "la solicitud está detenida en este paso; el equipo de operaciones fue avisado",
+    bad_request: "La página recibió datos que no puede leer. Vuelva atrás e inténtelo de nuevo.",
     period: "Día",
     value: "Valor",
     verdict: "Calificación",
@@ -246,6 +252,8 @@ pub(crate) const EN: Words = Words {
     message: "Message",
     node: "Step",
     no_incidents: "No open incidents.",
+    stopped_here: "the request is stopped at this step; the operations team has been told",
+    bad_request: "The page received data it cannot read. Go back and try again.",
     period: "Day",
     value: "Value",
     verdict: "Verdict",

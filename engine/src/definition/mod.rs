@@ -72,6 +72,12 @@ impl Definition {
     pub fn variable(&self, name: &str) -> Option<&Variable> {
         self.variables.iter().find(|v| v.name == name)
     }
+
+    /// Whether the procedure names `role`, as one of its roles or as its
+    /// owner: the people in it may read its requests.
+    pub fn names_role(&self, role: &str) -> bool {
+        self.owner_role == role || self.roles.iter().any(|r| r.id == role)
+    }
 }
 
 /// A role people (or systems) act in.

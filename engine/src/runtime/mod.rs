@@ -712,6 +712,22 @@ impl Engine {
         Ok(store::definitions::all(&mut conn).await?)
     }
 
+    /// The procedures any of whose versions names one of `roles` (see
+    /// [`Definition::names_role`](crate::definition::Definition::names_role)).
+    pub async fn codes_naming(&self, roles: &[String]) -> Result<Vec<String>, Error> {
+        let mut out: Vec<String> = Vec::new();
+        for row in self.definitions().await? {
+            if out.last() == Some(&row.code) {
+                continue;
+            }
+            let process = self.process(row.id).await?;
+            if roles.iter().any(|r| process.definition.names_role(r)) {
+                out.push(row.code);
+            }
+        }
+        Ok(out)
+    }
+
     /// The messages delivered to an instance (WhatsApp documents, …).
     pub async fn messages_of(
         &self,

@@ -348,6 +348,8 @@ pub async fn each_started_between(
 pub struct InstanceFilter {
     /// Procedure code.
     pub code: Option<String>,
+    /// Only these procedures (what the reader may read); empty matches none.
+    pub codes: Option<Vec<String>>,
     /// Version.
     pub version: Option<i64>,
     /// `running`, `completed`, `cancelled`.
@@ -428,6 +430,13 @@ pub async fn list(conn: &mut Conn, f: &InstanceFilter) -> Result<Vec<InstanceRow
     if f.code.is_some() {
         clauses.push(format!("code = {}", next()));
     }
+    if let Some(codes) = &f.codes {
+        if codes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = codes.iter().map(|_| next()).collect();
+        clauses.push(format!("code IN ({})", list.join(", ")));
+    }
     if f.version.is_some() {
         clauses.push(format!("version = {}", next()));
     }
@@ -463,6 +472,9 @@ pub async fn list(conn: &mut Conn, f: &InstanceFilter) -> Result<Vec<InstanceRow
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     if let Some(v) = &f.code {
         q = q.bind(v.clone());
+    }
+    for code in f.codes.iter().flatten() {
+        q = q.bind(code.clone());
     }
     if let Some(v) = f.version {
         q = q.bind(v);
