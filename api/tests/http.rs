@@ -2156,6 +2156,144 @@ async fn an_agent_releases_an_overdue_task_from_its_page() {
     api.h.task(&id, "devolucion_vencida").await;
 }
 
+/// A form posted from another site (a sibling subdomain that SameSite
+/// counts as the same site) is refused before it acts, sign-in included;
+/// one from the page's own host goes through, as does one behind a proxy
+/// that names the host in `X-Forwarded-Host`. Over HTTPS the session
+/// cookie is `Secure`; the API's scheme name is case-insensitive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_from_another_site_is_refused() {
+    let api = Api::new(Db::Sqlite).await;
+    let id = api.start_p06().await;
+    let task = api.task(&id, "recibir_llamada", AGENT).await;
+    let post = |uri: String, headers: Vec<(&'static str, &'static str)>, body: String| {
+        let app = api.app.clone();
+        async move {
+            let mut request = Request::builder()
+                .method(Method::POST)
+                .uri(uri)
+                .header("cookie", format!("tramite_token={AGENT}"))
+                .header("content-type", "application/x-www-form-urlencoded");
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            let response = app
+                .oneshot(request.body(Body::from(body)).unwrap())
+                .await
+                .unwrap();
+            (response.status(), response.headers().clone())
+        }
+    };
+    let claim = format!("/tasks/{task}/claim");
+    for from in [
+        vec![
+            ("host", "ventas.example.bo"),
+            ("origin", "https://evil.example.bo"),
+        ],
+        vec![
+            ("host", "ventas.example.bo"),
+            ("referer", "https://evil.example.bo/x"),
+        ],
+        vec![("host", "ventas.example.bo"), ("origin", "null")],
+    ] {
+        let (status, _) = post(claim.clone(), from.clone(), String::new()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{from:?}");
+    }
+    let (status, _) = post(
+        "/login".into(),
+        vec![
+            ("host", "ventas.example.bo"),
+            ("origin", "https://evil.example.bo"),
+        ],
+        format!("token={AGENT}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "sign-in from another site");
+    let (_, task_row) = api.get(&format!("/api/v1/tasks/{task}"), AGENT).await;
+    assert_eq!(
+        task_row["task"]["status"], "open",
+        "nothing was claimed: {task_row}"
+    );
+
+    let (status, _) = post(
+        claim.clone(),
+        vec![
+            ("host", "127.0.0.1:8080"),
+            ("x-forwarded-host", "ventas.example.bo"),
+            ("origin", "https://ventas.example.bo"),
+        ],
+        String::new(),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "the page's own host, through a proxy"
+    );
+    let (_, task_row) = api.get(&format!("/api/v1/tasks/{task}"), AGENT).await;
+    assert_eq!(task_row["task"]["status"], "claimed", "{task_row}");
+
+    let (status, headers) = post(
+        "/login".into(),
+        vec![
+            ("host", "ventas.example.bo"),
+            ("origin", "https://ventas.example.bo"),
+        ],
+        format!("token={AGENT}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let cookie = headers.get("set-cookie").unwrap().to_str().unwrap();
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    let (status, headers) = post("/login".into(), vec![], format!("token={AGENT}")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        !headers
+            .get("set-cookie")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("Secure")
+    );
+
+    let (status, _, _) = api.call(Method::GET, "/api/v1/tasks", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let request = Request::builder()
+        .uri("/api/v1/tasks")
+        .header("authorization", format!("bearer {AGENT}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = api.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "`bearer` in lower case");
+}
+
+/// A page asked with a query or a form it cannot read answers with a page
+/// in the agent's language, not axum's English text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_answer_what_they_cannot_read_with_a_page() {
+    let api = Api::new(Db::Sqlite).await;
+    for (method, uri, form) in [
+        (Method::GET, "/definitions/OPE-SUM-VEN-P06?version=x", None),
+        (Method::GET, "/inbox?role=a&role=b", None),
+        (Method::POST, "/login", Some("nada=1")),
+    ] {
+        let (status, headers, html) =
+            page(&api, method.clone(), uri, Some(AGENT), form, false).await;
+        assert!(status.is_client_error(), "{method} {uri}: {status}");
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{method} {uri}: {headers:?}"
+        );
+        assert!(
+            html.contains("La página recibió datos que no puede leer"),
+            "{method} {uri}: {html}"
+        );
+    }
+}
+
 /// `/readyz` needs no token, so it must not turn a balancer's polling (or
 /// anyone's flood) into load on the systems: calls at once, and again
 /// within `HEALTH_FRESH` (5 s), ask each system once.

@@ -11,6 +11,8 @@ use axum::http::HeaderMap;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use tramite_engine::definition::Definition;
+
 use super::error::Error;
 
 /// The users file.
@@ -240,7 +242,10 @@ impl Users {
         let token = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            // The scheme's name is case-insensitive (RFC 9110 §11.1).
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
             .ok_or(Error::Unauthorized)?;
         self.by_token(token).ok_or(Error::Unauthorized)
     }

@@ -69,6 +69,42 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
         .route("/assets/app.css", get(|| asset(CSS.as_bytes(), "text/css")))
         .layer(axum::middleware::from_fn(page_headers))
+        .layer(axum::middleware::from_fn(same_origin))
+}
+
+/// A form posted from another site is refused before its handler runs:
+/// the session cookie is `SameSite=Strict`, but SameSite counts every
+/// subdomain of one domain as one site, so a compromised sibling page
+/// could still complete tasks or sign an agent in as someone else.
+/// Browsers send `Origin` (or at least `Referer`) with every form POST; it
+/// must name the host the browser asked (`Host`, or `X-Forwarded-Host`
+/// behind a proxy that rewrites `Host`). A POST with neither is not a
+/// browser's and carries no ambient cookie to abuse.
+async fn same_origin(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let sent_from = text("origin").or_else(|| text("referer"));
+    if let Some(from) = sent_from {
+        let from_host = from
+            .split_once("://")
+            .map(|(_, rest)| rest.split('/').next().unwrap_or_default());
+        let asked = [text("host"), text("x-forwarded-host")];
+        if from_host.is_none_or(|h| !asked.contains(&Some(h))) {
+            tracing::warn!(origin = from, "a form posted from another site was refused");
+            let (w, _) = words(headers);
+            return PageError {
+                w,
+                error: Error::Forbidden {
+                    reason: "a form sent from another site".into(),
+                },
+            }
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// Pages hold clients' data, so none is kept by the browser: on a shared
@@ -78,7 +114,22 @@ pub fn routes() -> Router<Arc<AppState>> {
 /// sign-in page, instead of having it pasted into the task table.
 async fn page_headers(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let htmx = request.headers().contains_key("hx-request");
+    let (w, _) = words(request.headers());
     let mut response = next.run(request).await;
+    // axum's own refusals (a query or a form it cannot read, a wrong
+    // content type) are English text/plain: shown as a page instead.
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/plain"));
+    if response.status().is_client_error() && plain {
+        let page = ErrorPage {
+            w,
+            user: None,
+            message: w.bad_request,
+        };
+        response = (response.status(), render(&page)).into_response();
+    }
     let to_login = response.status() == StatusCode::SEE_OTHER
         && response
             .headers()
@@ -217,9 +268,17 @@ async fn login(State(s): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -
         return (StatusCode::UNAUTHORIZED, render(&page)).into_response();
     }
     let mut response = Redirect::to("/inbox").into_response();
+    // Over HTTPS (a proxy in front says so) the cookie never goes in clear.
+    let https = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"))
+        || headers
+            .get(header::ORIGIN)
+            .is_some_and(|o| o.as_bytes().starts_with(b"https://"));
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{TOKEN_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        f.token.trim()
+        "{TOKEN_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict{}",
+        f.token.trim(),
+        if https { "; Secure" } else { "" }
     )) {
         response.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -568,7 +627,14 @@ async fn task_submit(
     }
     let ut = user_task_node(&process, &task.node_id).map_err(|e| ses.fail(e))?;
     let outcome = form.get("outcome").cloned().unwrap_or_default();
-    let (data, mut errors) = form_data(&ut.form, &form);
+    let current = s
+        .engine
+        .instance(&task.instance_id)
+        .await
+        .map_err(|e| ses.fail(e))?
+        .state
+        .variables;
+    let (data, mut errors) = form_data(&ut.form, &form, &current);
     if errors.is_empty() {
         match s
             .engine
@@ -605,9 +671,12 @@ async fn task_submit(
 
 /// The form's values, typed as the fields declare; a value that cannot be
 /// read (letters in a number) is a field error, like the engine's own.
+/// `current` is the request's variables: an optional field the agent
+/// emptied clears the value it opened with, as `null` does in the API.
 fn form_data(
     fields: &[tramite_engine::definition::Field],
     form: &HashMap<String, String>,
+    current: &Map<String, Value>,
 ) -> (
     Map<String, Value>,
     Vec<tramite_engine::runtime::forms::FieldError>,
@@ -631,7 +700,16 @@ fn form_data(
                     continue;
                 }
             },
-            _ if raw.is_empty() => continue,
+            // A required field left empty is the engine's to report.
+            _ if raw.is_empty() => {
+                let emptied = !f.required
+                    && form.contains_key(&f.name)
+                    && current.get(&f.name).is_some_and(|v| !v.is_null());
+                if !emptied {
+                    continue;
+                }
+                Value::Null
+            }
             VarType::Integer => match raw.parse::<i64>() {
                 Ok(n) => Value::from(n),
                 Err(_) => {
@@ -1111,18 +1189,35 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect()
         };
-        let (data, errors) = form_data(&fields, &form(&[("satisfecho", "on"), ("deuda", "12,5")]));
+        let (data, errors) = form_data(
+            &fields,
+            &form(&[("satisfecho", "on"), ("deuda", "12,5")]),
+            &Map::new(),
+        );
         assert!(errors.is_empty());
         assert_eq!(data["satisfecho"], true);
         assert_eq!(data["deuda"], 12.5);
         let (data, errors) = form_data(
             &fields,
             &form(&[("satisfecho__present", "1"), ("deuda", "")]),
+            &Map::new(),
         );
         assert!(errors.is_empty());
         assert_eq!(data["satisfecho"], false);
         assert!(!data.contains_key("deuda"));
-        let (data, errors) = form_data(&fields, &form(&[("satisfecho", "si"), ("deuda", "NaN")]));
+        // Emptied where the request had a value: cleared, as `null` does
+        // in the API; an untouched field the form does not send stays.
+        let had: Map<String, Value> =
+            serde_json::from_value(serde_json::json!({"deuda": 3.5, "satisfecho": true})).unwrap();
+        let (data, errors) = form_data(&fields, &form(&[("deuda", " ")]), &had);
+        assert!(errors.is_empty());
+        assert_eq!(data.get("deuda"), Some(&Value::Null));
+        assert!(!data.contains_key("satisfecho"));
+        let (data, errors) = form_data(
+            &fields,
+            &form(&[("satisfecho", "si"), ("deuda", "NaN")]),
+            &Map::new(),
+        );
         assert!(data.is_empty(), "{data:?}");
         let wrong: Vec<(&str, &str)> = errors
             .iter()
@@ -1135,7 +1230,7 @@ mod tests {
                 ("deuda", "must be a number")
             ]
         );
-        let (_, errors) = form_data(&fields, &form(&[("deuda", "inf")]));
+        let (_, errors) = form_data(&fields, &form(&[("deuda", "inf")]), &Map::new());
         assert_eq!(errors.len(), 1);
     }
 
