@@ -942,9 +942,15 @@ fn property(db: Db, cases: u32) {
     let reached = Reached::default();
     let n = |c: &AtomicUsize| c.load(Ordering::Relaxed);
     let covered = |r: &Reached| {
-        [&r.sales, &r.other_ends, &r.cancelled, &r.refused, &r.incidents]
-            .iter()
-            .all(|c| n(c) > 0)
+        [
+            &r.sales,
+            &r.other_ends,
+            &r.cancelled,
+            &r.refused,
+            &r.incidents,
+        ]
+        .iter()
+        .all(|c| n(c) > 0)
     };
     // A short run can miss a rarer state (an incident takes a dozen faults
     // in a row): up to three more half batches run before coverage is
