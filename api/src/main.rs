@@ -370,6 +370,10 @@ fn run(cli: Cli) -> Result<(), Error> {
             let runtime = runtime()?;
             runtime.block_on(serve::run(
                 serve::Settings {
+                    // Like the WhatsApp secrets, from the environment only.
+                    session_key: std::env::var("TRAMITE_SESSION_KEY")
+                        .ok()
+                        .filter(|k| !k.trim().is_empty()),
                     database_url,
                     bind,
                     processes,

@@ -29,6 +29,8 @@ pub(crate) struct Settings {
     pub(crate) lease: std::time::Duration,
     /// PostgreSQL write lanes.
     pub(crate) writers: usize,
+    /// Signs web sessions (`TRAMITE_SESSION_KEY`); random when absent.
+    pub(crate) session_key: Option<String>,
 }
 
 fn token() -> String {
@@ -82,6 +84,19 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
                 users = users.with(name, t, roles);
             }
             (users, demo)
+        }
+    };
+    // Sessions signed with a key of this process alone end when it stops,
+    // and another node refuses them: fine for one node, not for several.
+    let users = match &s.session_key {
+        Some(key) => users.with_session_key(key),
+        None => {
+            if !s.database_url.starts_with("sqlite") {
+                tracing::warn!(
+                    "TRAMITE_SESSION_KEY is not set: a web session begun on this node is refused by the others, and ends when this one restarts"
+                );
+            }
+            users
         }
     };
     let sims = tramite_connectors::Simulators::new();

@@ -1672,6 +1672,25 @@ async fn language_switch_stays_on_the_site() {
 
 /// A web page request as the browser sends it: the session cookie, a form
 /// body where there is one; its status, headers and HTML.
+/// The session cookie a sign-in with `token` gives (one that names nobody
+/// when the sign-in is refused), as a `Cookie` header's value.
+async fn signed_in(api: &Api, token: &str) -> String {
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/login")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(format!("token={token}")))
+        .unwrap();
+    let response = api.app.clone().oneshot(request).await.unwrap();
+    response
+        .headers()
+        .get("set-cookie")
+        .and_then(|c| c.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .unwrap_or("tramite_session=none")
+        .to_owned()
+}
+
 async fn page(
     api: &Api,
     method: Method,
@@ -1682,7 +1701,7 @@ async fn page(
 ) -> (StatusCode, axum::http::HeaderMap, String) {
     let mut request = Request::builder().method(method).uri(uri);
     if let Some(t) = token {
-        request = request.header("cookie", format!("tramite_token={t}"));
+        request = request.header("cookie", signed_in(api, t).await);
     }
     if htmx {
         request = request.header("hx-request", "true");
@@ -2166,13 +2185,14 @@ async fn a_form_from_another_site_is_refused() {
     let api = Api::new(Db::Sqlite).await;
     let id = api.start_p06().await;
     let task = api.task(&id, "recibir_llamada", AGENT).await;
+    let cookie = signed_in(&api, AGENT).await;
     let post = |uri: String, headers: Vec<(&'static str, &'static str)>, body: String| {
-        let app = api.app.clone();
+        let (app, cookie) = (api.app.clone(), cookie.clone());
         async move {
             let mut request = Request::builder()
                 .method(Method::POST)
                 .uri(uri)
-                .header("cookie", format!("tramite_token={AGENT}"))
+                .header("cookie", cookie.clone())
                 .header("content-type", "application/x-www-form-urlencoded");
             for (name, value) in headers {
                 request = request.header(name, value);
@@ -2337,4 +2357,47 @@ async fn readyz_asks_the_systems_at_most_once_in_a_while() {
     }
     health.get(&connectors).await;
     assert_eq!(counted.0.load(Ordering::SeqCst), 1, "one check for 5 calls");
+}
+
+/// The web UI's cookie is a signed session, not the bearer token: stolen,
+/// it opens no API call, and it ends after a shift; a raw token in a
+/// cookie (what earlier versions kept) opens no page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_session_is_not_the_token_and_ends_after_a_shift() {
+    let api = Api::new(Db::Sqlite).await;
+    let cookie = signed_in(&api, AGENT).await;
+    let value = cookie.strip_prefix("tramite_session=").unwrap();
+    assert!(!value.contains(AGENT), "{cookie}");
+    let open = |cookie: String| {
+        let app = api.app.clone();
+        async move {
+            let request = Request::builder()
+                .uri("/inbox")
+                .header("cookie", cookie)
+                .body(Body::empty())
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            (
+                response.status(),
+                response.headers().get("location").cloned(),
+            )
+        }
+    };
+    assert_eq!(open(cookie.clone()).await.0, StatusCode::OK);
+    let (status, _, _) = api
+        .call(Method::GET, "/api/v1/tasks", Some(value), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the cookie is no API key");
+    let (status, to) = open(format!("tramite_session={AGENT}")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(to.unwrap(), "/login");
+    let (status, _) = open(format!("tramite_token={AGENT}")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "a raw token opens nothing");
+    api.h.advance(std::time::Duration::from_secs(12 * 3600));
+    let (status, to) = open(cookie).await;
+    assert_eq!(
+        (status, to.unwrap()),
+        (StatusCode::SEE_OTHER, "/login".parse().unwrap()),
+        "a shift later"
+    );
 }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use axum::http::HeaderMap;
+use hmac::Mac;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -107,10 +108,33 @@ impl User {
 /// The roles that read every request.
 pub const READS_ALL: [&str; 2] = ["operator", "process_owner"];
 
-/// Known users by token hash.
-#[derive(Debug, Clone, Default)]
+/// Known users by token hash, and the key that signs their web sessions.
+#[derive(Clone, Default)]
 pub struct Users {
     by_hash: HashMap<String, User>,
+    sessions: SessionKey,
+}
+
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Users")
+            .field("users", &self.by_hash.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a sign-in to the web UI lasts (ms): a working shift.
+pub const SESSION_MS: i64 = 12 * 3600 * 1000;
+
+/// The key web sessions are signed with: random for the process unless
+/// given ([`Users::with_session_key`]).
+#[derive(Clone)]
+struct SessionKey(std::sync::Arc<[u8; 32]>);
+
+impl Default for SessionKey {
+    fn default() -> SessionKey {
+        SessionKey(std::sync::Arc::new(rand::random()))
+    }
 }
 
 /// SHA-256 of a token, hex.
@@ -201,7 +225,10 @@ impl Users {
             );
         }
         if problems.is_empty() {
-            Ok(Users { by_hash })
+            Ok(Users {
+                by_hash,
+                sessions: SessionKey::default(),
+            })
         } else {
             Err(problems)
         }
@@ -237,6 +264,68 @@ impl Users {
         self.by_hash.get(&hash(token)).cloned()
     }
 
+    /// Signs web sessions with a key derived from `secret`: every node
+    /// serving one database needs the same, or a session begun on one is
+    /// refused by the others (and every restart ends the sessions).
+    pub fn with_session_key(mut self, secret: &str) -> Users {
+        self.sessions = SessionKey(std::sync::Arc::new(
+            Sha256::digest(secret.as_bytes()).into(),
+        ));
+        self
+    }
+
+    /// A web session for the holder of `token`, from `now` (ms) for
+    /// [`SESSION_MS`]; `None` when no user has the token. The cookie is not
+    /// the token: stolen, it opens the pages until it expires, not the API,
+    /// and a user given a new token loses the sessions of the old one.
+    pub fn session(&self, token: &str, now: i64) -> Option<String> {
+        let token = token.trim();
+        if token.is_empty() {
+            return None;
+        }
+        let digest = hash(token);
+        let user = self.by_hash.get(&digest)?;
+        let expires = now + SESSION_MS;
+        let name: String = user.name.bytes().map(|b| format!("{b:02x}")).collect();
+        let mac = self.session_mac(&user.name, &digest, expires).finalize();
+        let mac: String = mac
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Some(format!("{name}.{expires}.{mac}"))
+    }
+
+    /// The user a session cookie's value names, if it is ours, unexpired at
+    /// `now`, and the user still has the token it began with.
+    pub fn by_session(&self, value: &str, now: i64) -> Option<User> {
+        let mut parts = value.trim().split('.');
+        let (name, expires, mac) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let expires: i64 = expires.parse().ok()?;
+        if expires <= now || expires > now + SESSION_MS {
+            return None;
+        }
+        let name = String::from_utf8(unhex(name)?).ok()?;
+        let (digest, user) = self.by_hash.iter().find(|(_, u)| u.name == name)?;
+        self.session_mac(&name, digest, expires)
+            .verify_slice(&unhex(mac)?)
+            .ok()?;
+        Some(user.clone())
+    }
+
+    fn session_mac(&self, name: &str, digest: &str, expires: i64) -> hmac::Hmac<Sha256> {
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(self.sessions.0.as_slice())
+            .expect("HMAC takes any key");
+        for part in [name.as_bytes(), b"\n", digest.as_bytes(), b"\n"] {
+            mac.update(part);
+        }
+        mac.update(expires.to_string().as_bytes());
+        mac
+    }
+
     /// The user a request's `Authorization: Bearer …` names.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<User, Error> {
         let token = headers
@@ -251,9 +340,60 @@ impl Users {
     }
 }
 
+/// Bytes from lower- or upper-case hexadecimal.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A session names its user until it expires, only under the key that
+    /// signed it, and ends when the user's token changes; a tampered
+    /// cookie (another name, a later expiry) names nobody.
+    #[test]
+    fn a_session_is_signed_expires_and_ends_with_the_token() {
+        let users = Users::default().with("ana", "clave-ana", &["agente"]).with(
+            "luis",
+            "clave-luis",
+            &["operator"],
+        );
+        let now = 1_800_000_000_000;
+        let cookie = users.session("clave-ana", now).unwrap();
+        assert!(!cookie.contains("clave-ana"));
+        assert_eq!(users.by_session(&cookie, now + 1).unwrap().name, "ana");
+        assert_eq!(users.by_session(&cookie, now + SESSION_MS), None, "expired");
+        assert_eq!(users.session("nadie", now), None);
+        let [name, expires, mac]: [&str; 3] =
+            cookie.split('.').collect::<Vec<_>>().try_into().unwrap();
+        let luis: String = "luis".bytes().map(|b| format!("{b:02x}")).collect();
+        for forged in [
+            format!("{luis}.{expires}.{mac}"),
+            format!("{name}.{}.{mac}", now + 3_600_000),
+            format!("{name}.{expires}.{}", "0".repeat(64)),
+            format!("{name}.{expires}"),
+            "garbage".to_owned(),
+        ] {
+            assert_eq!(users.by_session(&forged, now + 1), None, "{forged}");
+        }
+        let other_key = users.clone().with_session_key("otra clave");
+        assert_eq!(other_key.by_session(&cookie, now + 1), None, "another key");
+        let mut replaced = users;
+        replaced.by_hash.remove(&hash("clave-ana"));
+        let replaced = replaced.with("ana", "clave-nueva", &["agente"]);
+        assert_eq!(
+            replaced.by_session(&cookie, now + 1),
+            None,
+            "a new token ends the old sessions"
+        );
+    }
 
     fn entry(name: &str, digest: &str) -> UserEntry {
         UserEntry {

@@ -33,7 +33,8 @@ use views::*;
 
 type Shared = State<Arc<AppState>>;
 
-const TOKEN_COOKIE: &str = "tramite_token";
+/// The web session (signed, not the token: see `Users::session`).
+const SESSION_COOKIE: &str = "tramite_session";
 const LANG_COOKIE: &str = "tramite_lang";
 const HTMX: &[u8] = include_bytes!("../../assets/htmx-2.0.11.min.js");
 const MERMAID: &[u8] = include_bytes!("../../assets/mermaid-11.17.2.min.js");
@@ -224,8 +225,8 @@ fn render(t: &impl Template) -> Response {
 
 fn session(s: &AppState, headers: &HeaderMap) -> Result<Session, PageError> {
     let (w, lang) = words(headers);
-    cookie(headers, TOKEN_COOKIE)
-        .and_then(|t| s.users.by_token(&t))
+    cookie(headers, SESSION_COOKIE)
+        .and_then(|v| s.users.by_session(&v, s.engine.now()))
         .map(|user| Session { user, w, lang })
         .ok_or(PageError {
             w,
@@ -258,7 +259,7 @@ struct LoginForm {
 
 async fn login(State(s): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
     let (w, _) = words(&headers);
-    if s.users.by_token(&f.token).is_none() {
+    let Some(session) = s.users.session(&f.token, s.engine.now()) else {
         tracing::info!("sign-in refused");
         let page = LoginPage {
             w,
@@ -266,7 +267,7 @@ async fn login(State(s): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -
             error: Some(w.bad_token),
         };
         return (StatusCode::UNAUTHORIZED, render(&page)).into_response();
-    }
+    };
     let mut response = Redirect::to("/inbox").into_response();
     // Over HTTPS (a proxy in front says so) the cookie never goes in clear.
     let https = headers
@@ -276,8 +277,8 @@ async fn login(State(s): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -
             .get(header::ORIGIN)
             .is_some_and(|o| o.as_bytes().starts_with(b"https://"));
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{TOKEN_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict{}",
-        f.token.trim(),
+        "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        crate::http::auth::SESSION_MS / 1000,
         if https { "; Secure" } else { "" }
     )) {
         response.headers_mut().append(header::SET_COOKIE, v);
@@ -287,10 +288,15 @@ async fn login(State(s): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -
 
 async fn logout() -> Response {
     let mut response = Redirect::to("/login").into_response();
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        HeaderValue::from_static("tramite_token=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
+    // The session cookie, and the bearer token earlier versions kept.
+    for gone in [
+        "tramite_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        "tramite_token=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+    ] {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, HeaderValue::from_static(gone));
+    }
     response
 }
 
