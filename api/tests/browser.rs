@@ -217,6 +217,18 @@ impl Ui {
             .find(Locator::Css(&css))
             .await
             .unwrap_or_else(|e| panic!("{css}: {e}"));
+        if el.tag_name().await.unwrap() == "fieldset" {
+            // A yes/no question: its Sí or No.
+            let choice = format!("#f-{name}-{value}");
+            self.browser
+                .find(Locator::Css(&choice))
+                .await
+                .unwrap_or_else(|e| panic!("{choice}: {e}"))
+                .click()
+                .await
+                .unwrap();
+            return;
+        }
         match el.attr("type").await.unwrap().as_deref() {
             Some("checkbox") => {
                 if el.is_selected().await.unwrap() != (value == "true") {

@@ -1751,10 +1751,22 @@ async fn task_pages_propose_defaults_and_close_once_done(db: Db) {
     assert_eq!(headers["cache-control"], "no-store");
     assert!(
         html.contains(
-            r#"id="f-capacidad_confirmada" name="capacidad_confirmada" value="true" checked>"#
+            r#"id="f-capacidad_confirmada-true" name="capacidad_confirmada" value="true" checked required>"#
         ),
-        "GIS's verdict is proposed: {html}"
+        "GIS's verdict is proposed, as the Sí of a required yes/no question: {html}"
     );
+    // Left unanswered, a required yes/no question is refused, not read as No.
+    let (status, _, refused) = page(
+        &api,
+        Method::POST,
+        &uri,
+        Some(AGENT),
+        Some("outcome=continuar"),
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(refused.contains("Este dato es obligatorio."), "{refused}");
     let title = &html[html.find("<title>").unwrap()..html.find("</title>").unwrap()];
     assert!(!title.contains("<script"), "{title}");
     assert!(html.contains(r#"id="task-form""#));

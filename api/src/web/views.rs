@@ -114,7 +114,7 @@ pub(super) struct FieldView {
     pub(super) name: String,
     pub(super) label: String,
     pub(super) hint: String,
-    /// `text`, `textarea`, `number`, `checkbox`, `select`, `date`.
+    /// `text`, `textarea`, `number`, `checkbox`, `yesno`, `select`, `date`.
     pub(super) kind: &'static str,
     pub(super) step: &'static str,
     pub(super) required: bool,
@@ -150,6 +150,9 @@ impl FieldView {
             match f.ty {
                 VarType::Text => "textarea",
                 VarType::Integer | VarType::Number => "number",
+                // A required question is answered Sí or No: a box left
+                // unticked would record "No" for a question never asked.
+                VarType::Boolean if f.required => "yesno",
                 VarType::Boolean => "checkbox",
                 VarType::Date => "date",
                 _ => "text",
@@ -169,7 +172,7 @@ impl FieldView {
                 .unwrap_or_default(),
             kind,
             step: if f.ty == VarType::Number { "any" } else { "1" },
-            required: f.required && f.ty != VarType::Boolean,
+            required: f.required,
             pattern: f.pattern.clone().unwrap_or_default(),
             min: num(f.min),
             max: num(f.max),
