@@ -2413,3 +2413,50 @@ async fn a_web_session_is_not_the_token_and_ends_after_a_shift() {
         "a shift later"
     );
 }
+
+/// A task another agent holds shows who holds it and no form; a submit
+/// refused because another agent took the task meanwhile keeps what was
+/// typed; an unclaimed task's page offers to claim it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_held_by_another_agent_says_by_whom_and_keeps_what_was_typed() {
+    let api = Api::new(Db::Sqlite).await;
+    let id = api.start_p06().await;
+    api.complete(&id, "recibir_llamada", AGENT, "atendida", json!({}))
+        .await;
+    let task = api.task(&id, "identificar_cliente", AGENT).await;
+    let uri = format!("/tasks/{task}");
+    let (_, _, html) = page(&api, Method::GET, &uri, Some(AGENT), None, false).await;
+    assert!(html.contains(r#"id="claim-first""#), "{html}");
+    assert!(html.contains(r#"id="task-form""#), "{html}");
+    let (status, _) = api
+        .json(
+            Method::POST,
+            &format!("/api/v1/tasks/{task}/claim"),
+            AGENT2,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, _, html) = page(&api, Method::GET, &uri, Some(AGENT), None, false).await;
+    assert!(
+        html.contains("Esta tarea está tomada por <strong>bea</strong>"),
+        "{html}"
+    );
+    assert!(
+        !html.contains(r#"id="task-form""#),
+        "no form to fill in vain: {html}"
+    );
+    assert!(!html.contains(r#"id="claim-first""#), "{html}");
+    let typed = "nombre_cliente=Juan+P%C3%A9rez&ci=4587213&servicio_solicitado=internet_fibra&outcome=continuar";
+    let (status, _, html) = page(&api, Method::POST, &uri, Some(AGENT), Some(typed), false).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{html}");
+    assert!(
+        html.contains("Esta tarea está tomada por <strong>bea</strong>"),
+        "{html}"
+    );
+    assert!(
+        html.contains(r#"value="Juan Pérez""#),
+        "what was typed stays: {html}"
+    );
+    assert!(html.contains(r#"value="4587213""#), "{html}");
+}

@@ -559,6 +559,11 @@ async fn task_model(
         .map(|f| FieldView::new(f, lang, &proposed, submitted, errors))
         .collect();
     let open = matches!(task.status.as_str(), "open" | "claimed");
+    let mine = task.assignee.as_deref() == Some(ses.user.name.as_str());
+    let held_by_other = match &task.assignee {
+        Some(who) if open && !mine => who.clone(),
+        _ => String::new(),
+    };
     Ok(TaskPage {
         w: ses.w,
         user: None,
@@ -578,7 +583,10 @@ async fn task_model(
         closed_by: task.completed_by.clone().unwrap_or_default(),
         closed_at: task.completed_at.map(local_time).unwrap_or_default(),
         assignee: task.assignee.clone().unwrap_or_default(),
-        mine: task.assignee.as_deref() == Some(ses.user.name.as_str()),
+        mine,
+        claimable: task.status == "open",
+        show_form: open && (held_by_other.is_empty() || submitted.is_some()),
+        held_by_other,
         instructions: ut
             .instructions
             .as_ref()
@@ -658,6 +666,14 @@ async fn task_submit(
                 return Ok(Redirect::to("/inbox?done=1").into_response());
             }
             Err(tramite_engine::Error::InvalidData { errors: e }) => errors = e,
+            Err(e @ tramite_engine::Error::TaskClaimedByOther { .. }) => {
+                // Another agent took it meanwhile: the page says who, with
+                // what this agent typed still in the form.
+                let status = Error::from(e).status();
+                let mut page = task_model(&s, &ses, &id, Some(&form), &[]).await?;
+                page.user = Some(ses.user.clone());
+                return Ok((status, render(&page)).into_response());
+            }
             Err(e @ tramite_engine::Error::TaskNotOpen { .. }) => {
                 // Completed or cancelled meanwhile: the page says by whom,
                 // with the JSON API's status for it.

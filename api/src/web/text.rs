@@ -70,6 +70,10 @@ pub(crate) struct Words {
     /// A request the page could not read (a query, a form).
     pub(crate) bad_request: &'static str,
     pub(crate) yes: &'static str,
+    /// Before the name of the agent holding a task.
+    pub(crate) held_by: &'static str,
+    /// On an unclaimed task's page.
+    pub(crate) claim_first: &'static str,
     pub(crate) no: &'static str,
     pub(crate) period: &'static str,
     pub(crate) value: &'static str,
@@ -165,6 +169,8 @@ pub(crate) const ES: Words = Words {
     stopped_here: "la solicitud está detenida en este paso; el equipo de operaciones fue avisado",
     bad_request: "La página recibió datos que no puede leer. Vuelva atrás e inténtelo de nuevo.",
     yes: "Sí",
+    held_by: "Esta tarea está tomada por",
+    claim_first: "Nadie tomó esta tarea todavía: tómela antes de llamar al cliente, así nadie más la trabaja.",
     no: "No",
     period: "Día",
     value: "Valor",
@@ -259,6 +265,8 @@ pub(crate) const EN: Words = Words {
     stopped_here: "the request is stopped at this step; the operations team has been told",
     bad_request: "The page received data it cannot read. Go back and try again.",
     yes: "Yes",
+    held_by: "This task is claimed by",
+    claim_first: "Nobody has claimed this task yet: claim it before calling the client, so nobody else works on it.",
     no: "No",
     period: "Day",
     value: "Value",

@@ -341,6 +341,12 @@ pub(super) struct TaskPage {
     pub(super) closed_at: String,
     pub(super) assignee: String,
     pub(super) mine: bool,
+    /// Nobody holds it yet: the page offers to claim it.
+    pub(super) claimable: bool,
+    /// Held by another agent: the form is shown only with what this agent
+    /// typed before the refusal, so nothing typed is lost.
+    pub(super) held_by_other: String,
+    pub(super) show_form: bool,
     pub(super) instructions: String,
     pub(super) context: Vec<(String, String)>,
     pub(super) earlier: Vec<(String, String, String)>,
