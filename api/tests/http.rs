@@ -2460,3 +2460,52 @@ async fn a_task_held_by_another_agent_says_by_whom_and_keeps_what_was_typed() {
     );
     assert!(html.contains(r#"value="4587213""#), "{html}");
 }
+
+/// A request's history reads as sentences: the outcome's label, the data
+/// with the variables' labels and the options' labels, the role's name,
+/// due times as the pages show them, "sistema" for the engine's own steps
+/// — no internal keys, ids, JSON or milliseconds. The client card shows an
+/// option's label, not its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_history_reads_as_sentences() {
+    let api = Api::new(Db::Sqlite).await;
+    let id = api.start_p06().await;
+    api.complete(&id, "recibir_llamada", AGENT, "atendida", json!({}))
+        .await;
+    api.complete(&id, "identificar_cliente", AGENT, "continuar", json!({"nombre_cliente": "Juan Pérez", "servicio_solicitado": "internet_fibra", "ci": "4587213"})).await;
+    api.h.jobs().await;
+    let (status, _, html) = page(
+        &api,
+        Method::GET,
+        &format!("/instances/{id}"),
+        Some(AGENT),
+        None,
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let timeline = &html[html.find(r#"id="timeline""#).unwrap()..html.find("</ol>").unwrap()];
+    for words in [
+        "Agente Ventas Digitales",
+        "«Verificar en NAF»",
+        "Internet por fibra óptica",
+        "(sistema)",
+        "(ana)",
+        "Juan Pérez",
+    ] {
+        assert!(timeline.contains(words), "{words}: {timeline}");
+    }
+    for raw in [
+        "agente_ventas_digitales",
+        "due_at",
+        "internet_fibra",
+        "{&quot;",
+        "(engine)",
+        "(worker)",
+        "1795",
+    ] {
+        assert!(!timeline.contains(raw), "{raw}: {timeline}");
+    }
+    let card = &html[html.find("</ol>").unwrap()..];
+    assert!(card.contains("Internet por fibra óptica"), "{card}");
+}

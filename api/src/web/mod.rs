@@ -888,7 +888,7 @@ async fn instance_page(
             .collect(),
         diagram,
         variables: context_lines(def, &i.state.variables, ses.lang),
-        timeline: timeline(def, &history, ses.lang),
+        timeline: timeline(def, &history, ses.w, ses.lang),
         documents: documents_of(def, &history, &i.id, ses.lang, None),
         incidents: incidents
             .iter()

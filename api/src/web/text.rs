@@ -70,6 +70,16 @@ pub(crate) struct Words {
     /// A request the page could not read (a query, a form).
     pub(crate) bad_request: &'static str,
     pub(crate) yes: &'static str,
+    /// Who did the engine's own steps, in a history.
+    pub(crate) the_system: &'static str,
+    /// "attempt 2" of a failed call.
+    pub(crate) attempt: &'static str,
+    /// When a failed call is tried again.
+    pub(crate) next_try: &'static str,
+    /// A timer's time.
+    pub(crate) until: &'static str,
+    /// A message that joined a request after its wait.
+    pub(crate) late: &'static str,
     /// Before the name of the agent holding a task.
     pub(crate) held_by: &'static str,
     /// On an unclaimed task's page.
@@ -169,6 +179,11 @@ pub(crate) const ES: Words = Words {
     stopped_here: "la solicitud está detenida en este paso; el equipo de operaciones fue avisado",
     bad_request: "La página recibió datos que no puede leer. Vuelva atrás e inténtelo de nuevo.",
     yes: "Sí",
+    the_system: "sistema",
+    attempt: "intento",
+    next_try: "nuevo intento",
+    until: "hasta",
+    late: "llegó después, con el resto del envío",
     held_by: "Esta tarea está tomada por",
     claim_first: "Nadie tomó esta tarea todavía: tómela antes de llamar al cliente, así nadie más la trabaja.",
     no: "No",
@@ -265,6 +280,11 @@ pub(crate) const EN: Words = Words {
     stopped_here: "the request is stopped at this step; the operations team has been told",
     bad_request: "The page received data it cannot read. Go back and try again.",
     yes: "Yes",
+    the_system: "system",
+    attempt: "attempt",
+    next_try: "next try",
+    until: "until",
+    late: "arrived later, with the rest of the sending",
     held_by: "This task is claimed by",
     claim_first: "Nobody has claimed this task yet: claim it before calling the client, so nobody else works on it.",
     no: "No",

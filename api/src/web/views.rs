@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use askama::Template;
 use serde_json::{Map, Value};
-use tramite_engine::definition::{Definition, Document, Field, Indicator, Node, VarType};
+use tramite_engine::definition::{Definition, Document, Field, Indicator, Node, NodeKind, VarType};
 use tramite_engine::runtime::forms::FieldError;
 use tramite_engine::runtime::indicators::{GateCount, IndicatorValue, StepDuration};
 use tramite_engine::store::journal::Entry;
@@ -660,10 +660,15 @@ pub(super) fn plain(v: &Value) -> String {
     }
 }
 
-fn value_text(v: &Value) -> String {
+fn value_text(def: &Definition, name: &str, v: &Value, lang: Lang) -> String {
+    let w = if lang == Lang::Es {
+        &super::text::ES
+    } else {
+        &super::text::EN
+    };
     match v {
         Value::Bool(b) => if *b { "✔" } else { "✘" }.to_owned(),
-        _ => plain(v),
+        _ => value_words(def, name, v, w, lang),
     }
 }
 
@@ -681,7 +686,7 @@ pub(super) fn context_lines(
                 .label
                 .as_ref()
                 .map_or_else(|| var.name.clone(), |l| l.get(lang).to_owned());
-            Some((label, value_text(v)))
+            Some((label, value_text(def, &var.name, v, lang)))
         })
         .collect()
 }
@@ -699,14 +704,28 @@ pub(super) fn earlier_steps(
             (
                 local_time(e.at),
                 node_title(e.node_id.as_deref().and_then(|n| def.node(n)), lang),
-                e.actor.clone(),
+                actor_words(
+                    &e.actor,
+                    if lang == Lang::Es {
+                        &super::text::ES
+                    } else {
+                        &super::text::EN
+                    },
+                ),
             )
         })
         .collect()
 }
 
-/// Every journal entry, as a timeline.
-pub(super) fn timeline(def: &Definition, history: &[Entry], lang: Lang) -> Vec<TimelineEntry> {
+/// Every journal entry, as a timeline a person reads: each kind of event
+/// in a line of its own, with the definition's labels for steps, outcomes,
+/// roles, variables and options, and times as the pages show them.
+pub(super) fn timeline(
+    def: &Definition,
+    history: &[Entry],
+    w: &Words,
+    lang: Lang,
+) -> Vec<TimelineEntry> {
     history
         .iter()
         .map(|e| {
@@ -717,26 +736,179 @@ pub(super) fn timeline(def: &Definition, history: &[Entry], lang: Lang) -> Vec<T
             } else {
                 ""
             };
-            let detail = match &e.data {
-                Value::Null => String::new(),
-                Value::Object(m) => m
-                    .iter()
-                    .filter(|(k, _)| !matches!(k.as_str(), "job" | "task" | "token"))
-                    .map(|(k, v)| format!("{k}: {}", plain(v)))
-                    .collect::<Vec<_>>()
-                    .join(" · "),
-                other => plain(other),
-            };
+            let detail = event_detail(def, e, w, lang);
             TimelineEntry {
                 at: local_time(e.at),
                 what: event_words(&e.kind, lang),
                 node: node_title(e.node_id.as_deref().and_then(|n| def.node(n)), lang),
-                actor: e.actor.clone(),
+                actor: actor_words(&e.actor, w),
                 detail: detail.chars().take(240).collect(),
                 class: class.to_owned(),
             }
         })
         .collect()
+}
+
+/// Who did it: a person's name, or "the system" for the engine's own steps.
+pub(super) fn actor_words(actor: &str, w: &Words) -> String {
+    match actor {
+        "engine" | "worker" => w.the_system.to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// What a history entry says beyond its kind and step.
+fn event_detail(def: &Definition, e: &Entry, w: &Words, lang: Lang) -> String {
+    let d = &e.data;
+    let node = e.node_id.as_deref().and_then(|n| def.node(n));
+    let time = |key: &str| d.get(key).and_then(Value::as_i64).map(local_time);
+    let values = |key: &str| match d.get(key) {
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(name, v)| {
+                let label = def
+                    .variable(name)
+                    .and_then(|v| v.label.as_ref())
+                    .map_or_else(|| name.clone(), |l| l.get(lang).to_owned());
+                format!("{label}: {}", value_words(def, name, v, w, lang))
+            })
+            .collect::<Vec<_>>(),
+        _ => Vec::new(),
+    };
+    let text = |key: &str| {
+        d.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let lines: Vec<String> = match e.kind.as_str() {
+        "task_completed" => {
+            let outcome = text("outcome");
+            let label = match node.map(|n| &n.kind) {
+                Some(NodeKind::UserTask(t)) => t
+                    .outcomes
+                    .iter()
+                    .find(|o| o.id == outcome)
+                    .map_or(outcome.clone(), |o| o.label.get(lang).to_owned()),
+                _ => outcome,
+            };
+            std::iter::once(format!("«{label}»"))
+                .chain(values("data"))
+                .collect()
+        }
+        "task_created" => {
+            let role = text("role");
+            let role = def
+                .roles
+                .iter()
+                .find(|r| r.id == role)
+                .map_or(role.clone(), |r| r.name.get(lang).to_owned());
+            std::iter::once(role)
+                .chain(time("due_at").map(|at| format!("{} {at}", w.due)))
+                .collect()
+        }
+        "task_assigned" => vec![format!("→ {}", text("to"))],
+        "gate_passed" => vec![format!(
+            "→ {}",
+            node_title(
+                d.get("next")
+                    .and_then(Value::as_str)
+                    .and_then(|n| def.node(n)),
+                lang
+            )
+        )],
+        "job_failed" => {
+            let attempt = d.get("attempt").and_then(Value::as_i64).unwrap_or_default();
+            std::iter::once(format!("{} {attempt}", w.attempt))
+                .chain(time("retry_at").map(|at| format!("{} {at}", w.next_try)))
+                .chain(d.get("error").map(plain))
+                .collect()
+        }
+        "job_business_error" => match d.get("error") {
+            Some(Value::Object(m)) => m
+                .get("message")
+                .or_else(|| m.get("code"))
+                .map(plain)
+                .into_iter()
+                .collect(),
+            Some(other) => vec![plain(other)],
+            None => Vec::new(),
+        },
+        "timer_scheduled" => time("at")
+            .map(|at| format!("{} {at}", w.until))
+            .into_iter()
+            .collect(),
+        "job_succeeded" | "child_ended" | "message_received" => {
+            let mut lines = values("written");
+            if d.get("late").and_then(Value::as_bool) == Some(true) {
+                lines.push(w.late.to_owned());
+            }
+            lines
+        }
+        "incident_resolved" => values("variables"),
+        "instance_started" => values("data"),
+        "instance_cancelled" | "incident_raised" => {
+            vec![text("reason") + &text("message")]
+        }
+        "child_started" => vec![text("procedure")],
+        // Nothing a person needs beyond the kind and the step.
+        _ => Vec::new(),
+    };
+    lines
+        .into_iter()
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+/// A variable's value as a person reads it: an option's label where a form
+/// offers it, Sí or No, a whole number without `.0`, lists joined.
+pub(super) fn value_words(
+    def: &Definition,
+    name: &str,
+    v: &Value,
+    w: &Words,
+    lang: Lang,
+) -> String {
+    match v {
+        Value::Bool(true) => w.yes.to_owned(),
+        Value::Bool(false) => w.no.to_owned(),
+        Value::Number(n)
+            if n.as_f64()
+                .is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e15) =>
+        {
+            tramite_engine::runtime::eval::whole_number_text(n)
+        }
+        Value::String(s) => option_label(def, name, s, lang).unwrap_or_else(|| s.clone()),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| value_words(def, name, i, w, lang))
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => plain(other),
+    }
+}
+
+/// The label a form of the definition gives `value` among `name`'s options.
+fn option_label(def: &Definition, name: &str, value: &str, lang: Lang) -> Option<String> {
+    def.nodes.iter().find_map(|n| {
+        let fields = match &n.kind {
+            NodeKind::UserTask(t) => &t.form,
+            NodeKind::Start(s) => &s.data,
+            _ => return None,
+        };
+        let option = fields
+            .iter()
+            .filter(|f| f.name == name)
+            .flat_map(|f| &f.options)
+            .find(|o| o.value == value)?;
+        Some(
+            option
+                .label
+                .as_ref()
+                .map_or_else(|| value.to_owned(), |l| l.get(lang).to_owned()),
+        )
+    })
 }
 
 /// A history entry's kind as a person reads it: in Spanish on Spanish
