@@ -60,6 +60,76 @@ pub(super) fn check(c: &mut Checker<'_>) {
     unreachable(c, &reachable);
     trapped(c, &g, &reachable);
     forks(c, &g);
+    side_paths(c, start);
+}
+
+/// A non-interrupting escalation's path runs as a side token beside the
+/// task it leaves open. Where it meets the main flow, every step from the
+/// meeting point on would run once for each token — Smartflex asked to
+/// register one sale twice — so the two may meet only at an `end` or a
+/// `join`. Reports each escalation with every step of the main flow its
+/// path reaches.
+fn side_paths(c: &mut Checker<'_>, start: usize) {
+    let nodes = &c.def.nodes;
+    let targets = |i: usize| -> Vec<(usize, bool)> {
+        let side = match &nodes[i].kind {
+            NodeKind::UserTask(t) => t
+                .escalation
+                .as_ref()
+                .filter(|e| !e.interrupting)
+                .map(|e| e.next.as_str()),
+            _ => None,
+        };
+        nodes[i]
+            .edges(&c.node_path(i))
+            .iter()
+            .filter_map(|e| {
+                let to = *c.nodes.get(e.to)?;
+                let is_side = side == Some(e.to)
+                    && matches!(e.label, crate::definition::EdgeLabel::Overdue(_));
+                Some((to, is_side))
+            })
+            .collect()
+    };
+    let walk = |from: usize, skip_side: bool| -> BTreeSet<usize> {
+        let mut seen = BTreeSet::new();
+        let mut queue = VecDeque::from([from]);
+        while let Some(i) = queue.pop_front() {
+            if seen.insert(i) {
+                queue.extend(
+                    targets(i)
+                        .into_iter()
+                        .filter(|(_, side)| !(skip_side && *side))
+                        .map(|(to, _)| to),
+                );
+            }
+        }
+        seen
+    };
+    let main = walk(start, true);
+    let mut found = Vec::new();
+    for i in 0..nodes.len() {
+        let Some((to, _)) = targets(i).into_iter().find(|(_, side)| *side) else {
+            continue;
+        };
+        let meets: Vec<&str> = walk(to, false)
+            .into_iter()
+            .filter(|j| {
+                main.contains(j) && !matches!(nodes[*j].kind, NodeKind::End(_) | NodeKind::Join(_))
+            })
+            .map(|j| nodes[j].id.as_str())
+            .collect();
+        if !meets.is_empty() {
+            let message = format!(
+                "this escalation leaves the task open, so its path runs beside the main flow; it reaches steps of the main flow ({}), which would then run twice. End the side path with an `end` of its own (or at the enclosing fork's `join`), or make the escalation interrupting",
+                list(&meets)
+            );
+            found.push((c.node_path(i).key("escalation").key("next"), message));
+        }
+    }
+    for (path, message) in found {
+        c.error(Code::InvalidSetting, path, message);
+    }
 }
 
 fn reach(g: &Graph, from: usize) -> BTreeSet<usize> {
