@@ -608,11 +608,30 @@ async fn task_model(
         general_errors: errors
             .iter()
             .filter(|e| !ut.form.iter().any(|f| f.name == e.field))
-            .map(|e| format!("{}: {}", e.field, e.message))
+            .map(|e| general_error(e, ses.w, lang))
             .collect(),
         received: received.iter().flat_map(Attachment::from_message).collect(),
         documents: documents_of(def, &history, &instance.id, lang, Some(&task.node_id)),
     })
+}
+
+/// A problem of the form as a whole, or of a field it does not show, as
+/// the agent reads it: what an outcome could not compute from the data is
+/// the agent's to complete; the rest in the page's language.
+fn general_error(e: &tramite_engine::runtime::forms::FieldError, w: &Words, lang: Lang) -> String {
+    if e.field.is_empty() && e.message.starts_with("the outcome ") {
+        return if lang == Lang::En {
+            e.message.clone()
+        } else {
+            w.outcome_needs_data.to_owned()
+        };
+    }
+    let message = views::in_words(&e.message, lang);
+    if e.field.is_empty() {
+        message
+    } else {
+        format!("{}: {message}", e.field)
+    }
 }
 
 async fn task_page(

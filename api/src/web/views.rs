@@ -225,7 +225,7 @@ fn input_value(ty: VarType, value: &Value) -> String {
 }
 
 /// The engine's field messages, in Spanish for Spanish pages.
-fn in_words(message: &str, lang: Lang) -> String {
+pub(super) fn in_words(message: &str, lang: Lang) -> String {
     if lang == Lang::En {
         return message.to_owned();
     }
@@ -242,6 +242,20 @@ fn in_words(message: &str, lang: Lang) -> String {
         ("must be a whole number", "Debe ser un número entero."),
         ("must be a number", "Debe ser un número."),
         ("must be yes or no", "Debe ser sí o no."),
+        ("must be yes or no (true or false)", "Debe ser sí o no."),
+        ("must be text", "Debe ser texto."),
+        (
+            "must be a date (YYYY-MM-DD)",
+            "Debe ser una fecha (día, mes y año).",
+        ),
+        (
+            "must be a date and time (YYYY-MM-DDTHH:MM:SSZ)",
+            "Debe ser una fecha con hora.",
+        ),
+        (
+            "this form has no such field",
+            "Este formulario no tiene ese dato.",
+        ),
     ];
     if let Some((_, es)) = known.iter().find(|(en, _)| *en == message) {
         return (*es).to_owned();

@@ -19,6 +19,8 @@ pub struct FieldError {
 pub struct Form {
     validator: jsonschema::Validator,
     fields: Vec<String>,
+    /// Required text fields: blank (empty or only spaces) is not an answer.
+    required_text: Vec<String>,
 }
 
 impl std::fmt::Debug for Form {
@@ -101,6 +103,11 @@ impl Form {
         Ok(Form {
             validator,
             fields: fields.iter().map(|f| f.name.clone()).collect(),
+            required_text: fields
+                .iter()
+                .filter(|f| f.required && matches!(f.ty, VarType::String | VarType::Text))
+                .map(|f| f.name.clone())
+                .collect(),
         })
     }
 
@@ -110,6 +117,7 @@ impl Form {
         Form {
             validator: jsonschema::validator_for(&Value::Bool(false)).expect("`false` is a schema"),
             fields: Vec::new(),
+            required_text: Vec::new(),
         }
     }
 
@@ -144,11 +152,18 @@ impl Form {
                         "is not one of the allowed values".to_owned()
                     }
                     jsonschema::error::ValidationErrorKind::Minimum { limit } => {
-                        format!("must be at least {limit}")
+                        format!("must be at least {}", bound(limit))
                     }
                     jsonschema::error::ValidationErrorKind::Maximum { limit } => {
-                        format!("must be at most {limit}")
+                        format!("must be at most {}", bound(limit))
                     }
+                    jsonschema::error::ValidationErrorKind::Format { format } => match format
+                        .as_str()
+                    {
+                        "date" => "must be a date (YYYY-MM-DD)".to_owned(),
+                        "date-time" => "must be a date and time (YYYY-MM-DDTHH:MM:SSZ)".to_owned(),
+                        _ => "does not have the expected format".to_owned(),
+                    },
                     jsonschema::error::ValidationErrorKind::MinLength { limit } => {
                         format!("must have at least {limit} characters")
                     }
@@ -167,6 +182,22 @@ impl Form {
                 FieldError { field, message }
             })
             .collect();
+        // Empty or only spaces is no answer to a required question (the
+        // web form trims; the API and scenarios must not store "").
+        let blank: Vec<&String> = self
+            .required_text
+            .iter()
+            .filter(|n| {
+                data.get(n.as_str())
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| s.trim().is_empty())
+            })
+            .collect();
+        errors.retain(|e| !blank.contains(&&e.field));
+        errors.extend(blank.into_iter().map(|n| FieldError {
+            field: n.clone(),
+            message: "this field is required".to_owned(),
+        }));
         let order = |f: &FieldError| {
             self.fields
                 .iter()
@@ -175,6 +206,14 @@ impl Form {
         };
         errors.sort_by_key(order);
         errors
+    }
+}
+
+/// A bound as a person writes it: `2`, not `2.0`.
+fn bound(limit: &Value) -> String {
+    match limit.as_f64() {
+        Some(n) if n.fract() == 0.0 && n.abs() < 1e15 => format!("{}", n as i64),
+        _ => limit.to_string(),
     }
 }
 
@@ -225,6 +264,41 @@ mod tests {
         let missing = f.check(&json!({}));
         assert_eq!(missing.len(), 2);
         assert_eq!(missing[0].message, "this field is required");
+        let messages: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| (e.field.as_str(), e.message.as_str()))
+            .collect();
+        assert!(
+            messages.contains(&("dias", "must be at most 15")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.contains(&("fecha", "must be a date (YYYY-MM-DD)")),
+            "{messages:?}"
+        );
+    }
+
+    /// A required text left empty or only spaces is no answer, in the API
+    /// and in scenarios as in the web form (which trims).
+    #[test]
+    fn a_blank_required_text_is_missing() {
+        let f = form(
+            r#"
+- {name: zona, type: string, required: true, pattern: "[A-Za-z ]+"}
+- {name: nota, type: text}
+"#,
+        );
+        for blank in ["", "   "] {
+            let errors = f.check(&json!({"zona": blank, "nota": ""}));
+            assert_eq!(
+                errors,
+                [FieldError {
+                    field: "zona".into(),
+                    message: "this field is required".into()
+                }],
+                "{blank:?}"
+            );
+        }
     }
 
     #[test]
