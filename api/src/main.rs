@@ -567,11 +567,27 @@ fn validate(
     style: Style,
     out: &mut impl Write,
 ) -> Result<(), Error> {
-    let files = library::read(paths)?;
+    // Every file is checked: one that cannot be read (missing, not UTF-8)
+    // is a problem of its own, not the end of the run.
+    let listed = library::list(paths)?;
+    if listed.is_empty() {
+        eprintln!("no definition files (*.yaml, *.yml) in the paths given");
+        return Err(Error::Invalid { count: 1 });
+    }
+    let mut problems = 0;
+    let mut files = Vec::new();
+    for path in listed {
+        match library::read_file(path) {
+            Ok(file) => files.push(file),
+            Err(e) => {
+                problems += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
     let mut context = library::neighbours(&files)?;
     context.extend(library::read(extra)?);
     let catalog = tramite_connectors::catalog();
-    let mut problems = 0;
     for ((path, result), file) in library::compile(&files, &context, &catalog)
         .into_iter()
         .zip(&files)

@@ -77,6 +77,39 @@ fn validate_reports_a_missing_file_without_panicking() {
     assert!(text(&out.stderr).contains("cannot read processes/nope.yaml"));
 }
 
+/// A file that cannot be read is one problem among the others: the files
+/// after it are still checked; a folder without definitions is a failure,
+/// not "0 definition(s) valid".
+#[test]
+fn validate_goes_on_past_an_unreadable_file_and_refuses_an_empty_folder() {
+    let dir = std::env::temp_dir().join(format!("tramite-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a-latin1.yaml"), b"code: T-\xd1\n").unwrap();
+    std::fs::write(
+        dir.join("b.YAML"),
+        "code: T-B\nname: B\nversion: 1\nowner_role: r\nroles: [{id: r, name: R}]\nnodes:\n  - {id: s, kind: start, channels: [web], next: e}\n  - {id: e, kind: end, outcome: ok}\n  - {id: x, kind: end, outcome: ok, surprise: 1}\n",
+    )
+    .unwrap();
+    let out = tramite(&["validate", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("a-latin1.yaml"), "{err}");
+    assert!(
+        err.contains("b.YAML") && err.contains("surprise"),
+        "the next file is checked: {err}"
+    );
+    let empty = dir.join("vacio");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = tramite(&["validate", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no definition files"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn graph_prints_mermaid_and_dot() {
     let out = tramite(&["graph", "processes/ope-sum-ven-p06.yaml"]);

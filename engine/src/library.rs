@@ -22,10 +22,9 @@ pub struct SourceFile {
 
 /// Whether `path` looks like a definition file.
 fn is_yaml(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
-    )
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
 }
 
 /// Reads the files named, and the YAML files directly inside the folders
@@ -97,7 +96,12 @@ pub fn neighbours(files: &[SourceFile]) -> Result<Vec<SourceFile>, Error> {
         .collect();
     dirs.sort();
     dirs.dedup();
-    let mut out = read(&dirs)?;
+    // Neighbours only resolve calls: one that cannot be read (a backup in
+    // another encoding) is left out rather than stopping the check.
+    let mut out: Vec<SourceFile> = list(&dirs)?
+        .into_iter()
+        .filter_map(|p| read_file(p).ok())
+        .collect();
     out.retain(|n| !files.iter().any(|f| same_file(&f.path, &n.path)));
     Ok(out)
 }
