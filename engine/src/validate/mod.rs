@@ -35,6 +35,8 @@ pub struct Context<'a> {
 pub struct ProcedureInterface {
     /// Start data fields, with whether each is required.
     pub start_fields: Vec<(String, bool)>,
+    /// The start data fields' types.
+    pub start_types: BTreeMap<String, VarType>,
     /// Declared variables and their types (readable by a caller as `output`).
     pub variables: BTreeMap<String, VarType>,
     /// Whether its start accepts the `procedure` channel, i.e. may be called.
@@ -52,6 +54,10 @@ impl ProcedureInterface {
             .clone()
             .flat_map(|s| s.data.iter().map(|f| (f.name.clone(), f.required)))
             .collect();
+        let start_types = starts
+            .clone()
+            .flat_map(|s| s.data.iter().map(|f| (f.name.clone(), f.ty)))
+            .collect();
         let callable = starts
             .clone()
             .any(|s| s.channels.contains(&crate::definition::Channel::Procedure));
@@ -62,6 +68,7 @@ impl ProcedureInterface {
             .collect();
         ProcedureInterface {
             start_fields,
+            start_types,
             variables,
             callable,
         }

@@ -545,6 +545,26 @@ fn services(c: &mut Checker<'_>) {
                 );
             }
         }
+        for (key, expr) in &s.input {
+            let Some(p) = op.inputs.iter().find(|p| &p.name == key) else {
+                continue;
+            };
+            if let Some(given) = super::variables::static_type(c, expr, None)
+                && !given.fits(p.ty)
+            {
+                c.error(
+                    Code::TypeMismatch,
+                    base.key("input").key(key),
+                    format!(
+                        "`{}` is `{given}` but `{}.{}` takes `{key}` as `{}`",
+                        expr.source().trim(),
+                        connector.name,
+                        op.name,
+                        p.ty
+                    ),
+                );
+            }
+        }
         for p in op.inputs.iter().filter(|p| p.required) {
             if !s.input.contains_key(&p.name) {
                 c.error(
@@ -641,6 +661,22 @@ fn calls(c: &mut Checker<'_>) {
                         "the start of `{}` takes no field `{key}`; it takes {}",
                         call.procedure,
                         list(&names)
+                    ),
+                );
+            }
+        }
+        for (key, expr) in &call.input {
+            if let Some(wanted) = target.start_types.get(key)
+                && let Some(given) = super::variables::static_type(c, expr, None)
+                && !given.fits(*wanted)
+            {
+                c.error(
+                    Code::TypeMismatch,
+                    base.key("input").key(key),
+                    format!(
+                        "`{}` is `{given}` but the start of `{}` takes `{key}` as `{wanted}`",
+                        expr.source().trim(),
+                        call.procedure
                     ),
                 );
             }

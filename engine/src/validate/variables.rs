@@ -116,26 +116,45 @@ fn mapping_writes_typed(
             continue;
         };
         out.insert(key.clone());
-        let Some((root, type_of)) = source else {
-            continue;
-        };
-        let plain = match expr.reads() {
-            [r] if r.root == root => r
-                .field
-                .as_deref()
-                .filter(|f| expr.source().trim() == format!("{root}.{f}")),
-            _ => None,
-        };
-        if let Some(field) = plain
-            && let Some(given) = type_of(field)
+        if let Some(given) = static_type(c, expr, source)
             && !given.fits(ty)
         {
             c.error(
                 Code::TypeMismatch,
                 base.key(key),
-                format!("`{root}.{field}` is `{given}` but `{key}` is declared `{ty}`"),
+                format!(
+                    "`{}` is `{given}` but `{key}` is declared `{ty}`",
+                    expr.source().trim()
+                ),
             );
         }
+    }
+}
+
+/// The type an expression surely has: a constant's, a declared variable
+/// read whole, or a field of a typed source (`result.x`, `output.x`).
+/// `None` where only running it would tell (an operation, a field of a
+/// variable, null).
+pub(super) fn static_type(
+    c: &Checker<'_>,
+    expr: &crate::expr::Expr,
+    source: Option<TypedSource<'_>>,
+) -> Option<VarType> {
+    use crate::expr::Form;
+    match expr.form() {
+        Form::Constant(serde_json::Value::String(_)) => Some(VarType::String),
+        Form::Constant(serde_json::Value::Bool(_)) => Some(VarType::Boolean),
+        Form::Constant(serde_json::Value::Number(n)) => Some(if n.is_i64() || n.is_u64() {
+            VarType::Integer
+        } else {
+            VarType::Number
+        }),
+        Form::Path { root, fields } if fields.is_empty() => c.def.variable(root).map(|v| v.ty),
+        Form::Path { root, fields } => match (source, fields.as_slice()) {
+            (Some((name, type_of)), [field]) if name == root => type_of(field),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
