@@ -4083,3 +4083,65 @@ on_both_backends!(
     an_outcome_that_cannot_record_its_values_refuses_the_data,
     super::an_outcome_that_cannot_record_its_values_refuses_the_data
 );
+
+/// A scenario's long `wait` lets every timer come due at its own time, in
+/// order: the task an escalation creates is due a day after it was
+/// created, so `wait: 3d` escalates twice, as production would, and the
+/// third task is still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_scenario_wait_fires_timers_in_order() {
+    let chain = r#"
+code: T-CADENA
+name: Cadena de escalamientos
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}, {id: jefe, name: Jefe}]
+nodes:
+  - {id: inicio, kind: start, channels: [web], next: llamar}
+  - id: llamar
+    kind: user_task
+    role: agente
+    due: 1d
+    escalation: {next: insistir}
+    outcomes: [{id: ok, label: Listo, next: fin}]
+  - id: insistir
+    kind: user_task
+    role: agente
+    due: 1d
+    escalation: {next: avisar_jefe}
+    outcomes: [{id: ok, label: Listo, next: fin}]
+  - id: avisar_jefe
+    kind: user_task
+    role: jefe
+    outcomes: [{id: ok, label: Listo, next: fin}]
+  - {id: fin, kind: end, outcome: listo}
+"#;
+    let scenario: tramite_engine::runtime::scenario::Scenario = serde_yaml::from_str(
+        r#"
+scenario: {es: Tres días sin respuesta, en: Three days without an answer}
+procedure: T-CADENA
+start: {channel: web}
+steps:
+  - wait: 3d
+expect:
+  end: running
+  path: [inicio, llamar, insistir, avisar_jefe]
+"#,
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("tramite-scenario-{}", uuid::Uuid::now_v7()));
+    let report = tramite_engine::runtime::scenario::run(
+        &scenario,
+        &[("cadena.yaml".to_owned(), chain.to_owned())],
+        &tramite_connectors::catalog(),
+        &dir,
+    )
+    .await
+    .unwrap();
+    assert!(
+        report.failures.is_empty(),
+        "{:?} {:?}",
+        report.failures,
+        report.path
+    );
+}

@@ -550,6 +550,12 @@ impl Engine {
         }
     }
 
+    /// When the earliest job or timer not yet done comes due (ms), if any.
+    pub async fn next_due_job(&self) -> Result<Option<i64>, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        Ok(store::jobs::next_due(&mut conn).await?)
+    }
+
     /// The engine's clock.
     pub fn now(&self) -> i64 {
         self.inner.config.clock.now()

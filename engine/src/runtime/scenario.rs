@@ -28,7 +28,7 @@ use serde_json::{Map, Value};
 use crate::Error;
 use crate::catalog::Catalog;
 use crate::duration::Duration;
-use crate::runtime::clock::ManualClock;
+use crate::runtime::clock::{Clock, ManualClock};
 use crate::runtime::connector::{BoxFuture, Connector, ConnectorCall, ConnectorError, Connectors};
 use crate::runtime::{CompleteTask, Engine, EngineConfig, PublishMessage, StartInstance};
 use crate::store::tasks::Filter;
@@ -435,7 +435,23 @@ async fn drive(
                     break;
                 }
             }
-            (None, None, Some(d)) => clock.advance(d.as_std()),
+            (None, None, Some(d)) => {
+                // Every timer comes due at its own time, in order: an
+                // escalation's task is due from when it was created, not
+                // from the end of the wait (`wait: 3d` fires two daily
+                // escalations in a row, as production would).
+                let until = clock.now() + d.as_std().as_millis() as i64;
+                for _ in 0..10_000 {
+                    match engine.next_due_job().await? {
+                        Some(at) if at > clock.now() && at <= until => {
+                            clock.set(at);
+                            engine.run_due_jobs().await?;
+                        }
+                        _ => break,
+                    }
+                }
+                clock.set(until);
+            }
             _ => {
                 failures.push(format!(
                     "{at}: a step has exactly one of `complete`, `message`, `wait`"
