@@ -436,7 +436,7 @@ async fn agent_completes_p06_through_the_pages() {
     assert_eq!(instance.outcome.as_deref(), Some("venta_concretada"));
     // The instance page: status, timeline, documents.
     ui.goto(&format!("/instances/{id}")).await;
-    assert_eq!(ui.text("#outcome").await, "venta_concretada");
+    assert_eq!(ui.text("#outcome").await, "Venta concretada");
     assert!(ui.text("#timeline").await.contains("tarea completada"));
     assert!(
         ui.text("#doc-contrato_servicios")

@@ -2428,6 +2428,13 @@ async fn a_task_held_by_another_agent_says_by_whom_and_keeps_what_was_typed() {
     let (_, _, html) = page(&api, Method::GET, &uri, Some(AGENT), None, false).await;
     assert!(html.contains(r#"id="claim-first""#), "{html}");
     assert!(html.contains(r#"id="task-form""#), "{html}");
+    // "El cliente desiste" closes the request without the form's checks:
+    // it asks first, naming the end; "Verificar en NAF" does not.
+    assert!(
+        html.contains(r#"id="outcome-cliente_desiste" formnovalidate class="danger" data-confirm="Esto cierra la solicitud como «"#),
+        "{html}"
+    );
+    assert!(html.contains(r#"id="outcome-continuar">"#), "{html}");
     let (status, _) = api
         .json(
             Method::POST,
@@ -2508,4 +2515,15 @@ async fn a_requests_history_reads_as_sentences() {
     }
     let card = &html[html.find("</ol>").unwrap()..];
     assert!(card.contains("Internet por fibra óptica"), "{card}");
+    // The list of requests names the step each waits at, the inbox's
+    // filter the role: by their labels, not their ids.
+    let (_, _, list) = page(&api, Method::GET, "/instances", Some(AGENT), None, false).await;
+    assert!(!list.contains("solicitar_domicilio"), "{list}");
+    let (_, _, inbox) = page(&api, Method::GET, "/inbox", Some(AGENT), None, false).await;
+    assert!(
+        inbox.contains(
+            r#"<option value="agente_ventas_digitales">Agente Ventas Digitales</option>"#
+        ),
+        "{inbox}"
+    );
 }

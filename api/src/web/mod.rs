@@ -399,14 +399,18 @@ async fn inbox(
 ) -> Result<Response, PageError> {
     let ses = session(&s, &headers)?;
     let (lines, more) = inbox_model(&s, &ses, &q).await?;
-    let mut roles = Vec::new();
-    for r in &ses.user.roles {
-        roles.push(Choice {
+    let names = role_names(&s, &ses.user.roles, ses.lang).await;
+    let roles: Vec<Choice> = ses
+        .user
+        .roles
+        .iter()
+        .zip(names)
+        .map(|(r, label)| Choice {
             value: r.clone(),
-            label: r.clone(),
+            label,
             selected: q.role.as_deref() == Some(r),
-        });
-    }
+        })
+        .collect();
     let query = format!(
         "role={}&status={}&business_key={}",
         enc(q.role.as_deref().unwrap_or_default()),
@@ -602,6 +606,13 @@ async fn task_model(
                 id: o.id.clone(),
                 label: o.label.get(lang).to_owned(),
                 validate: o.validate,
+                closes_as: match def.node(&o.next) {
+                    Some(end) if !o.validate && matches!(end.kind, NodeKind::End(_)) => end
+                        .label
+                        .as_ref()
+                        .map_or_else(|| end.id.clone(), |l| l.get(lang).to_owned()),
+                    _ => String::new(),
+                },
             })
             .collect(),
         has_errors: !errors.is_empty(),
@@ -811,9 +822,16 @@ async fn instances(
     if let Some(readable) = &readable {
         codes.retain(|c| readable.contains(c));
     }
-    let lines = rows
-        .iter()
-        .map(|i| InstanceLine {
+    let mut lines = Vec::with_capacity(rows.len());
+    for i in &rows {
+        // Each row in its own version's words (compiled versions are cached).
+        let process = s
+            .engine
+            .process(i.definition_id)
+            .await
+            .map_err(|e| ses.fail(e))?;
+        let def = &process.definition;
+        lines.push(InstanceLine {
             id: i.id.clone(),
             code: i.code.clone(),
             version: i.version,
@@ -821,17 +839,17 @@ async fn instances(
             channel: i.channel.clone(),
             status: status_word(ses.w, &i.status).to_owned(),
             status_class: i.status.clone(),
-            outcome: i.outcome.clone().unwrap_or_default(),
+            outcome: outcome_words(def, i.outcome.as_deref(), ses.lang),
             started: local_time(i.started_at),
             waits: i
                 .state
                 .tokens
                 .iter()
-                .map(|t| t.node.clone())
+                .map(|t| node_title(def.node(&t.node), ses.lang))
                 .collect::<Vec<_>>()
                 .join(", "),
-        })
-        .collect();
+        });
+    }
     Ok(render(&InstancesPage {
         w: ses.w,
         user: Some(&ses.user),
@@ -847,6 +865,51 @@ async fn instances(
         business_key: q.business_key.clone().unwrap_or_default(),
         lines,
     }))
+}
+
+/// An instance's outcome as its end names it (the end node's label), else
+/// the outcome's id.
+fn outcome_words(
+    def: &tramite_engine::definition::Definition,
+    outcome: Option<&str>,
+    lang: Lang,
+) -> String {
+    let Some(outcome) = outcome else {
+        return String::new();
+    };
+    def.nodes
+        .iter()
+        .find(|n| matches!(&n.kind, NodeKind::End(e) if e.outcome == outcome))
+        .and_then(|n| n.label.as_ref())
+        .map_or_else(|| outcome.to_owned(), |l| l.get(lang).to_owned())
+}
+
+/// Each role's name as a procedure that declares it writes it; its id
+/// where none does (a system role such as `operator`).
+async fn role_names(s: &AppState, roles: &[String], lang: Lang) -> Vec<String> {
+    let mut names: Vec<Option<String>> = vec![None; roles.len()];
+    if let Ok(rows) = s.engine.definitions().await {
+        for row in rows {
+            if names.iter().all(Option::is_some) {
+                break;
+            }
+            let Ok(process) = s.engine.process(row.id).await else {
+                continue;
+            };
+            for (role, name) in roles.iter().zip(names.iter_mut()) {
+                if name.is_none()
+                    && let Some(r) = process.definition.roles.iter().find(|r| r.id == *role)
+                {
+                    *name = Some(r.name.get(lang).to_owned());
+                }
+            }
+        }
+    }
+    roles
+        .iter()
+        .zip(names)
+        .map(|(role, name)| name.unwrap_or_else(|| role.clone()))
+        .collect()
 }
 
 async fn codes(s: &AppState, ses: &Session) -> Result<Vec<String>, PageError> {
@@ -898,7 +961,7 @@ async fn instance_page(
         business_key: i.business_key.clone(),
         channel: i.channel.clone(),
         status: status_word(ses.w, &i.status).to_owned(),
-        outcome: i.outcome.clone().unwrap_or_default(),
+        outcome: outcome_words(def, i.outcome.as_deref(), ses.lang),
         started: local_time(i.started_at),
         ended: i.ended_at.map(local_time).unwrap_or_default(),
         waits: waiting
@@ -918,7 +981,11 @@ async fn instance_page(
                 } else {
                     ses.w.stopped_here.to_owned()
                 };
-                (x.id.clone(), x.node_id.clone(), message)
+                (
+                    x.id.clone(),
+                    node_title(def.node(&x.node_id), ses.lang),
+                    message,
+                )
             })
             .collect(),
         parent: i.parent_id.clone().unwrap_or_default(),
@@ -1055,20 +1122,31 @@ async fn incidents(State(s): Shared, headers: HeaderMap) -> Result<Response, Pag
         .incidents(Some("open"), None)
         .await
         .map_err(|e| ses.fail(e))?;
+    let mut lines = Vec::with_capacity(rows.len());
+    for i in &rows {
+        // The step in its procedure's words, where the instance is there.
+        let node = match s.engine.instance(&i.instance_id).await {
+            Ok(instance) => s
+                .engine
+                .process(instance.definition_id)
+                .await
+                .map(|p| node_title(p.definition.node(&i.node_id), ses.lang))
+                .unwrap_or_else(|_| i.node_id.clone()),
+            Err(_) => i.node_id.clone(),
+        };
+        lines.push(IncidentLine {
+            id: i.id.clone(),
+            instance: i.instance_id.clone(),
+            node,
+            message: i.message.clone(),
+            at: local_time(i.created_at),
+        });
+    }
     Ok(render(&IncidentsPage {
         w: ses.w,
         user: Some(&ses.user),
         operator: ses.user.has("operator"),
-        lines: rows
-            .iter()
-            .map(|i| IncidentLine {
-                id: i.id.clone(),
-                instance: i.instance_id.clone(),
-                node: i.node_id.clone(),
-                message: i.message.clone(),
-                at: local_time(i.created_at),
-            })
-            .collect(),
+        lines,
     }))
 }
 

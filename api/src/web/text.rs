@@ -70,6 +70,9 @@ pub(crate) struct Words {
     /// A request the page could not read (a query, a form).
     pub(crate) bad_request: &'static str,
     pub(crate) yes: &'static str,
+    /// Before an end's name, on a button that closes the request.
+    pub(crate) closes_request: &'static str,
+    pub(crate) are_you_sure: &'static str,
     /// An outcome that cannot compute what it records from the form.
     pub(crate) outcome_needs_data: &'static str,
     /// Who did the engine's own steps, in a history.
@@ -181,6 +184,8 @@ pub(crate) const ES: Words = Words {
     stopped_here: "la solicitud está detenida en este paso; el equipo de operaciones fue avisado",
     bad_request: "La página recibió datos que no puede leer. Vuelva atrás e inténtelo de nuevo.",
     yes: "Sí",
+    closes_request: "Esto cierra la solicitud como",
+    are_you_sure: "¿Continuar?",
     outcome_needs_data: "Este botón necesita datos que faltan en el formulario: complételos y vuelva a intentarlo.",
     the_system: "sistema",
     attempt: "intento",
@@ -283,6 +288,8 @@ pub(crate) const EN: Words = Words {
     stopped_here: "the request is stopped at this step; the operations team has been told",
     bad_request: "The page received data it cannot read. Go back and try again.",
     yes: "Yes",
+    closes_request: "This closes the request as",
+    are_you_sure: "Go on?",
     outcome_needs_data: "This button needs data missing from the form: fill it in and try again.",
     the_system: "system",
     attempt: "attempt",

@@ -279,6 +279,9 @@ pub(super) struct OutcomeView {
     pub(super) id: String,
     pub(super) label: String,
     pub(super) validate: bool,
+    /// The end's name, for a button that skips the form's checks and
+    /// closes the request at once ("El cliente desiste"): it asks first.
+    pub(super) closes_as: String,
 }
 
 /// Something a client sent (a WhatsApp photo or file).
