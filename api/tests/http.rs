@@ -2527,3 +2527,45 @@ async fn a_requests_history_reads_as_sentences() {
         "{inbox}"
     );
 }
+
+/// A browser that asks for an address that is no page gets a page in its
+/// language; an API client still gets problem+json for the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_gets_pages_for_what_is_no_page() {
+    let api = Api::new(Db::Sqlite).await;
+    for (method, uri) in [
+        (Method::GET, "/inbox/"),
+        (Method::GET, "/tasks"),
+        (Method::DELETE, "/inbox"),
+    ] {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header("accept", "text/html,application/xhtml+xml")
+            .body(Body::empty())
+            .unwrap();
+        let response = api.app.clone().oneshot(request).await.unwrap();
+        assert!(response.status().is_client_error(), "{method} {uri}");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{method} {uri}"
+        );
+    }
+    let (status, problem, content_type) = api.call(Method::GET, "/inbox/", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(content_type, "application/problem+json", "{problem}");
+    let request = Request::builder()
+        .uri("/api/v1/nada")
+        .header("accept", "text/html")
+        .body(Body::empty())
+        .unwrap();
+    let response = api.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json",
+        "the API stays JSON"
+    );
+}

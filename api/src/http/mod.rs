@@ -156,6 +156,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 ))
                 .timeout(MAX_REQUEST_TIME),
         )
+        .layer(axum::middleware::from_fn(crate::web::as_page))
         .with_state(state)
 }
 

@@ -108,6 +108,45 @@ async fn same_origin(request: axum::extract::Request, next: axum::middleware::Ne
     next.run(request).await
 }
 
+/// A browser that asked for a page (`Accept: text/html`) outside the API
+/// gets a refusal made before any page handler (no such address, a wrong
+/// method, a body too large, a timeout) as a page in its language, not the
+/// API's problem+json.
+pub(crate) async fn as_page(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    let api = path.starts_with("/api/") || path.starts_with("/webhooks/");
+    let browser = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    let (w, _) = words(request.headers());
+    let response = next.run(request).await;
+    let problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/problem+json"));
+    if api || !browser || !problem {
+        return response;
+    }
+    let status = response.status();
+    let message = match status {
+        StatusCode::NOT_FOUND => w.not_found,
+        StatusCode::FORBIDDEN => w.forbidden,
+        s if s.is_client_error() => w.bad_request,
+        _ => w.error,
+    };
+    let page = ErrorPage {
+        w,
+        user: None,
+        message,
+    };
+    (status, render(&page)).into_response()
+}
+
 /// Pages hold clients' data, so none is kept by the browser: on a shared
 /// call-centre PC the Back button after "Salir" must not bring back the
 /// last agent's task (assets set their own caching). An htmx request

@@ -70,6 +70,8 @@ pub(crate) struct Words {
     /// A request the page could not read (a query, a form).
     pub(crate) bad_request: &'static str,
     pub(crate) yes: &'static str,
+    /// When an incident was raised (incidents page).
+    pub(crate) raised_at: &'static str,
     /// Before an end's name, on a button that closes the request.
     pub(crate) closes_request: &'static str,
     pub(crate) are_you_sure: &'static str,
@@ -133,7 +135,7 @@ pub(crate) const ES: Words = Words {
     sign_in: "Ingresar",
     sign_out: "Salir",
     token: "Clave de acceso",
-    token_hint: "La clave que le entregó el administrador (tramite serve la muestra en modo de demostración).",
+    token_hint: "La clave que le entregó el administrador del sistema.",
     bad_token: "La clave no es válida.",
     role: "Rol",
     all_roles: "Todos mis roles",
@@ -184,6 +186,7 @@ pub(crate) const ES: Words = Words {
     stopped_here: "la solicitud está detenida en este paso; el equipo de operaciones fue avisado",
     bad_request: "La página recibió datos que no puede leer. Vuelva atrás e inténtelo de nuevo.",
     yes: "Sí",
+    raised_at: "Detectado",
     closes_request: "Esto cierra la solicitud como",
     are_you_sure: "¿Continuar?",
     outcome_needs_data: "Este botón necesita datos que faltan en el formulario: complételos y vuelva a intentarlo.",
@@ -237,7 +240,7 @@ pub(crate) const EN: Words = Words {
     sign_in: "Sign in",
     sign_out: "Sign out",
     token: "Access key",
-    token_hint: "The key your administrator gave you (tramite serve prints it in demo mode).",
+    token_hint: "The key your system administrator gave you.",
     bad_token: "That key is not valid.",
     role: "Role",
     all_roles: "All my roles",
@@ -288,6 +291,7 @@ pub(crate) const EN: Words = Words {
     stopped_here: "the request is stopped at this step; the operations team has been told",
     bad_request: "The page received data it cannot read. Go back and try again.",
     yes: "Yes",
+    raised_at: "Raised",
     closes_request: "This closes the request as",
     are_you_sure: "Go on?",
     outcome_needs_data: "This button needs data missing from the form: fill it in and try again.",

@@ -503,7 +503,10 @@ pub(super) struct IncidentsPage<'a> {
 
 /// One day of an indicator.
 pub(super) struct DayValue {
+    /// The period's first day, ISO (`2026-11-27`).
     pub(super) period: String,
+    /// The same as the pages write dates (`27/11/2026`).
+    pub(super) day: String,
     pub(super) numerator: u64,
     pub(super) denominator: u64,
     /// Requests of the day still running, then cancelled ones.
@@ -541,6 +544,7 @@ impl Board {
             .iter()
             .map(|v| DayValue {
                 period: v.period.clone(),
+                day: day_words(&v.period),
                 numerator: v.numerator,
                 denominator: v.denominator,
                 open: v.open,
@@ -632,7 +636,7 @@ fn chart(ind: &Indicator, values: &[IndicatorValue]) -> String {
                 r##"<text x="{:.1}" y="{}" font-size="9" text-anchor="middle" fill="#555">{}</text>"##,
                 x + slot * 0.35,
                 h - 8.0,
-                v.period.get(5..).unwrap_or(&v.period)
+                day_words(&v.period).get(..5).unwrap_or_default()
             ));
         }
     }
@@ -1022,6 +1026,14 @@ pub(super) fn status_word(w: &Words, status: &str) -> &'static str {
 }
 
 /// `27/11/2026 09:30` in Bolivia (UTC−4).
+/// An ISO day (`2026-11-27`) as the pages write dates: `27/11/2026`.
+fn day_words(iso: &str) -> String {
+    match iso.splitn(3, '-').collect::<Vec<_>>().as_slice() {
+        [y, m, d] => format!("{d}/{m}/{y}"),
+        _ => iso.to_owned(),
+    }
+}
+
 pub(super) fn local_time(ms: i64) -> String {
     let local = ms - 4 * 3_600_000;
     let days = local.div_euclid(86_400_000);
