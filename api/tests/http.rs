@@ -2569,3 +2569,74 @@ async fn a_browser_gets_pages_for_what_is_no_page() {
         "the API stays JSON"
     );
 }
+
+/// Finishing or releasing a task comes back to the inbox as the agent had
+/// filtered it, not to the unfiltered inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_task_comes_back_to_the_filtered_inbox() {
+    let api = Api::new(Db::Sqlite).await;
+    let id = api.start_p06().await;
+    let task = api.task(&id, "recibir_llamada", AGENT).await;
+    let session = signed_in(&api, AGENT).await;
+    let send = |method: Method, uri: String, cookie: String, body: Option<&'static str>| {
+        let app = api.app.clone();
+        async move {
+            let mut request = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("cookie", cookie);
+            if body.is_some() {
+                request = request.header("content-type", "application/x-www-form-urlencoded");
+            }
+            let response = app
+                .oneshot(request.body(Body::from(body.unwrap_or_default())).unwrap())
+                .await
+                .unwrap();
+            response.headers().clone()
+        }
+    };
+    let headers = send(
+        Method::GET,
+        "/inbox?role=agente_ventas_digitales&status=claimed&business_key=LLAMADA+1".into(),
+        session.clone(),
+        None,
+    )
+    .await;
+    let kept = headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with("tramite_inbox="))
+        .expect("the inbox keeps its filters");
+    let cookies = format!("{session}; {kept}");
+    let headers = send(
+        Method::POST,
+        format!("/tasks/{task}/claim"),
+        cookies.clone(),
+        Some(""),
+    )
+    .await;
+    assert_eq!(headers["location"], format!("/tasks/{task}"));
+    let headers = send(
+        Method::POST,
+        format!("/tasks/{task}/unclaim"),
+        cookies.clone(),
+        Some(""),
+    )
+    .await;
+    assert_eq!(
+        headers["location"],
+        "/inbox?role=agente_ventas_digitales&status=claimed&business_key=LLAMADA%201"
+    );
+    let headers = send(
+        Method::POST,
+        format!("/tasks/{task}"),
+        cookies,
+        Some("outcome=atendida"),
+    )
+    .await;
+    assert_eq!(
+        headers["location"],
+        "/inbox?role=agente_ventas_digitales&status=claimed&business_key=LLAMADA%201&done=1"
+    );
+}

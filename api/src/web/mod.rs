@@ -36,6 +36,8 @@ type Shared = State<Arc<AppState>>;
 /// The web session (signed, not the token: see `Users::session`).
 const SESSION_COOKIE: &str = "tramite_session";
 const LANG_COOKIE: &str = "tramite_lang";
+/// The inbox's last filters.
+const INBOX_COOKIE: &str = "tramite_inbox";
 const HTMX: &[u8] = include_bytes!("../../assets/htmx-2.0.11.min.js");
 const MERMAID: &[u8] = include_bytes!("../../assets/mermaid-11.17.2.min.js");
 const CSS: &str = include_str!("../../assets/app.css");
@@ -456,7 +458,7 @@ async fn inbox(
         enc(q.status.as_deref().unwrap_or_default()),
         enc(q.business_key.as_deref().unwrap_or_default())
     );
-    Ok(render(&InboxPage {
+    let mut response = render(&InboxPage {
         w: ses.w,
         user: Some(&ses.user),
         roles,
@@ -464,9 +466,36 @@ async fn inbox(
         business_key: q.business_key.clone().unwrap_or_default(),
         lines,
         more,
-        query,
+        query: query.clone(),
         done: q.done.is_some(),
-    }))
+    });
+    // Kept so that finishing or releasing a task comes back to the same
+    // filters (its value is already URL-encoded).
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{INBOX_COOKIE}={query}; Path=/; HttpOnly; SameSite=Strict"
+    )) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(response)
+}
+
+/// The inbox as the agent last filtered it, `extra` appended.
+fn back_to_inbox(headers: &HeaderMap, extra: &str) -> Response {
+    let kept = cookie(headers, INBOX_COOKIE).filter(|q| {
+        q.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"=&%_-.+".contains(&b))
+    });
+    let query: Vec<&str> = kept
+        .as_deref()
+        .into_iter()
+        .chain([extra])
+        .filter(|q| !q.is_empty())
+        .collect();
+    if query.is_empty() {
+        Redirect::to("/inbox").into_response()
+    } else {
+        Redirect::to(&format!("/inbox?{}", query.join("&"))).into_response()
+    }
 }
 
 async fn inbox_rows(
@@ -521,7 +550,7 @@ async fn task_unclaim(
         .unclaim(&id, &ses.user.name)
         .await
         .map_err(|e| ses.fail(e))?;
-    Ok(Redirect::to("/inbox").into_response())
+    Ok(back_to_inbox(&headers, ""))
 }
 
 /// A task the session's user may see and act on, with its instance and the
@@ -706,7 +735,7 @@ async fn task_submit(
     if task.status == "completed" && task.completed_by.as_deref() == Some(ses.user.name.as_str()) {
         // A second click on the button (or a resent form): the first one
         // completed the task, which is what the agent asked for.
-        return Ok(Redirect::to("/inbox?done=1").into_response());
+        return Ok(back_to_inbox(&headers, "done=1"));
     }
     let ut = user_task_node(&process, &task.node_id).map_err(|e| ses.fail(e))?;
     let outcome = form.get("outcome").cloned().unwrap_or_default();
@@ -732,7 +761,7 @@ async fn task_submit(
         {
             Ok(task) => {
                 crate::http::record_completion(&s.engine, task);
-                return Ok(Redirect::to("/inbox?done=1").into_response());
+                return Ok(back_to_inbox(&headers, "done=1"));
             }
             Err(tramite_engine::Error::InvalidData { errors: e }) => errors = e,
             Err(e @ tramite_engine::Error::TaskClaimedByOther { .. }) => {
