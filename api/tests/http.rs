@@ -2628,6 +2628,15 @@ async fn a_finished_task_comes_back_to_the_filtered_inbox() {
         headers["location"],
         "/inbox?role=agente_ventas_digitales&status=claimed&business_key=LLAMADA%201"
     );
+    // The unfiltered inbox forgets the filters.
+    let headers = send(Method::GET, "/inbox".into(), session.clone(), None).await;
+    assert!(
+        headers
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().starts_with("tramite_inbox=;")),
+        "{headers:?}"
+    );
     let headers = send(
         Method::POST,
         format!("/tasks/{task}"),

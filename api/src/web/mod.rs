@@ -466,13 +466,26 @@ async fn inbox(
         business_key: q.business_key.clone().unwrap_or_default(),
         lines,
         more,
-        query: query.clone(),
+        query,
         done: q.done.is_some(),
     });
     // Kept so that finishing or releasing a task comes back to the same
-    // filters (its value is already URL-encoded).
+    // filters (the filters given, URL-encoded; none clears them).
+    let kept: Vec<String> = [
+        ("role", &q.role),
+        ("status", &q.status),
+        ("business_key", &q.business_key),
+    ]
+    .into_iter()
+    .filter_map(|(name, v)| {
+        v.as_deref()
+            .filter(|v| !v.is_empty())
+            .map(|v| format!("{name}={}", enc(v)))
+    })
+    .collect();
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{INBOX_COOKIE}={query}; Path=/; HttpOnly; SameSite=Strict"
+        "{INBOX_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+        kept.join("&")
     )) {
         response.headers_mut().append(header::SET_COOKIE, v);
     }
