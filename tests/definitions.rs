@@ -392,3 +392,48 @@ fn a_loop_through_a_join_that_waits_is_no_spin() {
         "{diagnostics}"
     );
 }
+
+/// What the checks added for side paths and known types must not refuse:
+/// a side path inside a fork ends at the fork's join, whatever follows the
+/// join (the side token is absorbed there); a date is written as text.
+#[test]
+fn side_paths_to_their_join_and_dates_written_as_text_validate() {
+    let text = r#"
+code: T-VALIDO
+name: Válido
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables:
+  - {name: fecha, type: date}
+  - {name: monto, type: number}
+  - {name: dias, type: integer}
+nodes:
+  - {id: inicio, kind: start, channels: [web], next: dividir}
+  - {id: dividir, kind: fork, branches: [lenta, rapida], join: unir}
+  - id: lenta
+    kind: user_task
+    role: agente
+    outcomes: [{id: ok, label: Listo, next: unir, set: {fecha: "'2026-12-01'", dias: monto}}]
+    due: 1h
+    escalation: {next: aviso, interrupting: false}
+  - id: aviso
+    kind: user_task
+    role: agente
+    outcomes: [{id: ok, label: Avisado, next: unir}]
+  - id: rapida
+    kind: user_task
+    role: agente
+    form: [{name: monto, type: number}]
+    outcomes: [{id: ok, label: Listo, next: unir}]
+  - {id: unir, kind: join, next: registrar}
+  - id: registrar
+    kind: user_task
+    role: agente
+    outcomes: [{id: ok, label: Listo, next: fin}]
+  - {id: fin, kind: end, outcome: listo}
+"#;
+    if let Err(d) = compile("valido.yaml", text) {
+        panic!("{}", d.render(text));
+    }
+}

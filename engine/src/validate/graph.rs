@@ -91,11 +91,13 @@ fn side_paths(c: &mut Checker<'_>, start: usize) {
             })
             .collect()
     };
-    let walk = |from: usize, skip_side: bool| -> BTreeSet<usize> {
+    // `stop_at`: nodes the walk reaches but does not pass (a side token is
+    // absorbed at the join of the fork it runs in).
+    let walk = |from: usize, skip_side: bool, stop_at: &dyn Fn(usize) -> bool| -> BTreeSet<usize> {
         let mut seen = BTreeSet::new();
         let mut queue = VecDeque::from([from]);
         while let Some(i) = queue.pop_front() {
-            if seen.insert(i) {
+            if seen.insert(i) && !stop_at(i) {
                 queue.extend(
                     targets(i)
                         .into_iter()
@@ -106,13 +108,14 @@ fn side_paths(c: &mut Checker<'_>, start: usize) {
         }
         seen
     };
-    let main = walk(start, true);
+    let main = walk(start, true, &|_| false);
+    let main_join = |j: usize| main.contains(&j) && matches!(nodes[j].kind, NodeKind::Join(_));
     let mut found = Vec::new();
     for i in 0..nodes.len() {
         let Some((to, _)) = targets(i).into_iter().find(|(_, side)| *side) else {
             continue;
         };
-        let meets: Vec<&str> = walk(to, false)
+        let meets: Vec<&str> = walk(to, false, &main_join)
             .into_iter()
             .filter(|j| {
                 main.contains(j) && !matches!(nodes[*j].kind, NodeKind::End(_) | NodeKind::Join(_))

@@ -550,7 +550,7 @@ fn services(c: &mut Checker<'_>) {
                 continue;
             };
             if let Some(given) = super::variables::static_type(c, expr, None)
-                && !given.fits(p.ty)
+                && !super::variables::fits_statically(given, p.ty)
             {
                 c.error(
                     Code::TypeMismatch,
@@ -668,7 +668,7 @@ fn calls(c: &mut Checker<'_>) {
         for (key, expr) in &call.input {
             if let Some(wanted) = target.start_types.get(key)
                 && let Some(given) = super::variables::static_type(c, expr, None)
-                && !given.fits(*wanted)
+                && !super::variables::fits_statically(given, *wanted)
             {
                 c.error(
                     Code::TypeMismatch,

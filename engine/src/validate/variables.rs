@@ -117,7 +117,7 @@ fn mapping_writes_typed(
         };
         out.insert(key.clone());
         if let Some(given) = static_type(c, expr, source)
-            && !given.fits(ty)
+            && !fits_statically(given, ty)
         {
             c.error(
                 Code::TypeMismatch,
@@ -129,6 +129,17 @@ fn mapping_writes_typed(
             );
         }
     }
+}
+
+/// Whether a value known to be `given` may go where `wanted` is declared,
+/// as far as can be told without running it: dates are written as text (CEL
+/// has no date literal), and a `number` may hold a whole value an `integer`
+/// takes; what is refused is what can never fit (text into a boolean, a
+/// number into a string).
+pub(super) fn fits_statically(given: VarType, wanted: VarType) -> bool {
+    use VarType::{Date, Datetime, Integer, Number, String, Text};
+    let texty = |t: VarType| matches!(t, String | Text | Date | Datetime);
+    given.fits(wanted) || (texty(given) && texty(wanted)) || (given == Number && wanted == Integer)
 }
 
 /// The type an expression surely has: a constant's, a declared variable
