@@ -987,18 +987,24 @@ fn check_auth(
     // the system were down.
     let mut secret = |key: YamlPath, var: &str, sent_as: &dyn Fn(&str) -> String| match env(var) {
         Some(v) if !v.trim().is_empty() => {
-            let v = v.trim().to_owned();
+            // Only a line break at the end goes: spaces may be part of a
+            // password.
+            let v = v.trim_end_matches(['\r', '\n']).to_owned();
             if reqwest::header::HeaderValue::from_str(&sent_as(&v)).is_err() {
                 problem(
                     key,
                     format!(
-                        "the value of `{var}` cannot be sent in an HTTP header (it holds a control character)"
+                        "the value of `{var}` cannot be sent in an HTTP header (it holds a control character, or a letter outside ASCII)"
                     ),
                 );
             }
             v
         }
-        _ => {
+        Some(_) => {
+            problem(key, format!("the environment variable `{var}` is empty"));
+            String::new()
+        }
+        None => {
             problem(key, format!("the environment variable `{var}` is not set"));
             String::new()
         }

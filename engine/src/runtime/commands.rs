@@ -240,6 +240,11 @@ pub struct ProcessCache {
 }
 
 impl ProcessCache {
+    /// The process of version `id` if it is compiled already.
+    pub fn cached(&self, id: i64) -> Option<Arc<Process>> {
+        self.by_id.read().expect("cache lock").get(&id).cloned()
+    }
+
     /// The process of version `id`, loading and compiling it once.
     pub async fn get(&self, conn: &mut impl Tx, id: i64) -> Result<Arc<Process>, Error> {
         if let Some(p) = self.by_id.read().expect("cache lock").get(&id) {
@@ -761,16 +766,20 @@ async fn deploy(
         others: &context,
         replaced: &replaced,
     };
-    // What deploys unchanged (every start-up deploys processes/ again)
-    // breaks no caller.
-    let changing: std::collections::HashSet<String> = results
-        .iter()
-        .zip(sources)
-        .filter_map(|((_, r), (_, text))| {
-            let code = &r.as_ref().ok()?.definition.code;
-            (latest_hash.get(code) != Some(&content_hash(text))).then(|| code.clone())
-        })
-        .collect();
+    // What deploys unchanged (every start-up deploys processes/ again),
+    // or as a version stored before (which the deploy answers without a
+    // new version), breaks no caller.
+    let mut changing = std::collections::HashSet::new();
+    for ((_, r), (_, text)) in results.iter().zip(sources) {
+        let Ok(compiled) = r else { continue };
+        let code = &compiled.definition.code;
+        let hash = content_hash(text);
+        if latest_hash.get(code) != Some(&hash)
+            && conn.definition_by_hash(code, &hash).await?.is_none()
+        {
+            changing.insert(code.clone());
+        }
+    }
     if failures.is_empty() && !changing.is_empty() {
         failures = broken_callers(&files, &now, &changing, ctx.catalog);
     }

@@ -441,14 +441,20 @@ async fn drive(
                 // from the end of the wait (`wait: 3d` fires two daily
                 // escalations in a row, as production would).
                 let until = clock.now() + d.as_std().as_millis() as i64;
-                for _ in 0..10_000 {
-                    match engine.next_due_job().await? {
-                        Some(at) if at > clock.now() && at <= until => {
-                            clock.set(at);
-                            engine.run_due_jobs().await?;
-                        }
-                        _ => break,
+                let mut fired = 0;
+                while let Some(due) = engine.next_due_job().await?
+                    && due > clock.now()
+                    && due <= until
+                {
+                    fired += 1;
+                    if fired > MAX_TIMERS_PER_WAIT {
+                        failures.push(format!(
+                            "{at}: more than {MAX_TIMERS_PER_WAIT} jobs and timers came due in one wait; split it"
+                        ));
+                        break;
                     }
+                    clock.set(due);
+                    engine.run_due_jobs().await?;
                 }
                 clock.set(until);
             }
@@ -492,12 +498,7 @@ async fn drive(
             continue;
         }
         let got = instance.state.variables.get(name).unwrap_or(&Value::Null);
-        // `0` and `0.0` are one number (a connector's amount is a float).
-        let same = match (got, want) {
-            (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-            _ => got == want,
-        };
-        if !same {
+        if !same_value(got, want) {
             failures.push(format!("variable `{name}`: expected {want}, got {got}"));
         }
     }
@@ -531,6 +532,29 @@ async fn drive(
         failures,
         path,
     })
+}
+
+/// How many jobs and timers one `wait` step runs before it is refused.
+const MAX_TIMERS_PER_WAIT: usize = 100_000;
+
+/// Equal as JSON, numbers as numbers at any depth: `0` is `0.0` (a
+/// connector's amount is a float), whole numbers compared exactly.
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
+    }
 }
 
 fn describe(e: &Error) -> String {
