@@ -17,6 +17,7 @@ const LEAD: &str = "token-responsable";
 const INSTALLER: &str = "token-instalaciones";
 const CHANNEL: &str = "token-canal";
 const NO_ROLES: &str = "token-sin-roles";
+const OWNER_ONLY: &str = "token-solo-procesos";
 const WHATSAPP_SECRET: &str = "whatsapp-app-secret";
 
 /// One recorder per test process (metrics are global).
@@ -58,6 +59,7 @@ impl Api {
             )
             .with("ivr", CHANNEL, &["channel"])
             .with("nadie", NO_ROLES, &[])
+            .with("pia", OWNER_ONLY, &["process_owner"])
     }
 
     async fn with_users(db: Db, users: Users) -> Api {
@@ -1311,6 +1313,13 @@ async fn requests_are_read_by_the_people_of_their_procedure(db: Db) {
         .get(&format!("/api/v1/instances/{id}/history"), LEAD)
         .await;
     assert!(history.to_string().contains("outage"), "{history}");
+    // A process owner reads every request, but what failed inside a
+    // system is the operators'.
+    let (status, seen) = api
+        .get(&format!("/api/v1/instances/{id}"), OWNER_ONLY)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(seen["incidents"][0].get("message").is_none(), "{seen}");
     let (_, seen) = api.get(&format!("/api/v1/instances/{id}"), LEAD).await;
     assert!(
         seen["incidents"][0]["message"]
@@ -2647,5 +2656,128 @@ async fn a_finished_task_comes_back_to_the_filtered_inbox() {
     assert_eq!(
         headers["location"],
         "/inbox?role=agente_ventas_digitales&status=claimed&business_key=LLAMADA%201&done=1"
+    );
+}
+
+/// A role a procedure's version 2 adds reads version 2's requests, not
+/// version 1's: the list shows only what the request's own version lets
+/// the user open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_reads_the_requests_of_the_versions_that_name_it() {
+    const SUPERVISOR: &str = "token-supervisor";
+    let api = Api::with_users(
+        Db::Sqlite,
+        Api::users().with("sara", SUPERVISOR, &["supervisor"]),
+    )
+    .await;
+    let version = |roles: &str| {
+        format!(
+            "code: T-VERSIONES\nname: Versiones\nversion: 1\nowner_role: agente\nroles: [{roles}]\nnodes:\n  - {{id: inicio, kind: start, channels: [web], next: hacer}}\n  - {{id: hacer, kind: user_task, role: agente, outcomes: [{{id: ok, label: Listo, next: fin}}]}}\n  - {{id: fin, kind: end, outcome: listo}}\n"
+        )
+    };
+    api.h
+        .engine
+        .deploy(vec![(
+            "v.yaml".into(),
+            version("{id: agente, name: Agente}"),
+        )])
+        .await
+        .unwrap();
+    let old = api.h.start("T-VERSIONES", "web", json!({})).await;
+    api.h
+        .engine
+        .deploy(vec![(
+            "v.yaml".into(),
+            version("{id: agente, name: Agente}, {id: supervisor, name: Supervisor}"),
+        )])
+        .await
+        .unwrap();
+    let new = api.h.start("T-VERSIONES", "web", json!({})).await;
+    let (status, list) = api
+        .get("/api/v1/instances?code=T-VERSIONES", SUPERVISOR)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [new.as_str()], "{list}");
+    let (status, _) = api
+        .get(&format!("/api/v1/instances/{old}"), SUPERVISOR)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api
+        .get(&format!("/api/v1/instances/{new}"), SUPERVISOR)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// The `/readyz` handler itself asks each system once for many calls made
+/// together and in quick succession.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_calls_share_one_check_of_the_systems() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tramite_engine::runtime::connector::{
+        BoxFuture, Connector, ConnectorCall, ConnectorError, Connectors, Health,
+    };
+    struct Counted(AtomicUsize);
+    impl Connector for Counted {
+        fn call<'a>(
+            &'a self,
+            _: ConnectorCall<'a>,
+        ) -> BoxFuture<'a, Result<serde_json::Map<String, Value>, ConnectorError>> {
+            Box::pin(async {
+                Err(ConnectorError::Transient {
+                    message: "not called here".into(),
+                })
+            })
+        }
+        fn health(&self) -> BoxFuture<'_, Health> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Health::Up { latency_ms: 50.0 }
+            })
+        }
+    }
+    let h = Harness::new(Db::Sqlite).await;
+    let counted = Arc::new(Counted(AtomicUsize::new(0)));
+    let app = router(Arc::new(AppState {
+        engine: h.engine.clone(),
+        users: Users::default(),
+        metrics: None,
+        connectors: Connectors::new().with("naf", counted.clone()),
+        webhooks: Webhooks::default(),
+        health: Default::default(),
+    }));
+    let ask = || {
+        let app = app.clone();
+        async move {
+            let response = app
+                .oneshot(
+                    Request::builder()
+                        .uri("/readyz")
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        }
+    };
+    let (a, b, c) = tokio::join!(ask(), ask(), ask());
+    let d = ask().await;
+    for answer in [a, b, c, d] {
+        assert_eq!(answer["systems"]["naf"]["status"], "up", "{answer}");
+    }
+    assert_eq!(
+        counted.0.load(Ordering::SeqCst),
+        1,
+        "one check for four calls"
     );
 }

@@ -126,6 +126,9 @@ impl std::fmt::Debug for Users {
 /// How long a sign-in to the web UI lasts (ms): a working shift.
 pub const SESSION_MS: i64 = 12 * 3600 * 1000;
 
+/// How far apart two nodes' clocks may be for a session to pass (ms).
+const CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
 /// The key web sessions are signed with: random for the process unless
 /// given ([`Users::with_session_key`]).
 #[derive(Clone)]
@@ -305,7 +308,10 @@ impl Users {
             return None;
         }
         let expires: i64 = expires.parse().ok()?;
-        if expires <= now || expires > now + SESSION_MS {
+        // Nodes' clocks differ by a little: a session minted on one a
+        // minute ahead is still good on the other (the signature covers
+        // the expiry; the bound only refuses the absurd).
+        if expires <= now || expires > now + SESSION_MS + CLOCK_SKEW_MS {
             return None;
         }
         let name = String::from_utf8(unhex(name)?).ok()?;

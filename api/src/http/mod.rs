@@ -61,22 +61,32 @@ pub const HEALTH_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
 /// or anyone's flood, would send a request to NAF, GIS and Smartflex.
 #[derive(Debug, Default)]
 pub struct SystemHealth {
-    last: tokio::sync::Mutex<Option<(std::time::Instant, Map<String, Value>)>>,
+    last: Arc<tokio::sync::Mutex<Option<Checked>>>,
 }
+
+/// When the systems were last checked, and what each answered.
+type Checked = (std::time::Instant, Map<String, Value>);
 
 impl SystemHealth {
     /// The systems' health, checked at most once per [`HEALTH_FRESH`];
-    /// callers that come during a check wait for its answer.
+    /// callers that come during a check wait for its answer. The check runs
+    /// in a task of its own that keeps the lock and stores its answer: a
+    /// caller that hangs up (a balancer's short timeout) neither leaves
+    /// the check unrecorded nor lets the next caller start another.
     pub async fn get(&self, connectors: &Connectors) -> Map<String, Value> {
-        let mut last = self.last.lock().await;
+        let mut last = Arc::clone(&self.last).lock_owned().await;
         if let Some((at, systems)) = &*last
             && at.elapsed() < HEALTH_FRESH
         {
             return systems.clone();
         }
-        let systems = check_systems(connectors).await;
-        *last = Some((std::time::Instant::now(), systems.clone()));
-        systems
+        let connectors = connectors.clone();
+        let check = tokio::spawn(async move {
+            let systems = check_systems(&connectors).await;
+            *last = Some((std::time::Instant::now(), systems.clone()));
+            systems
+        });
+        check.await.unwrap_or_default()
     }
 }
 
@@ -465,7 +475,7 @@ pub(crate) fn without_failures(user: &User, history: &mut [tramite_engine::store
     for entry in history.iter_mut() {
         let field = match entry.kind.as_str() {
             "incident_raised" => "message",
-            "job_failed" => "error",
+            "job_failed" | "message_received" => "error",
             _ => continue,
         };
         if let Some(data) = entry.data.as_object_mut() {
@@ -474,16 +484,16 @@ pub(crate) fn without_failures(user: &User, history: &mut [tramite_engine::store
     }
 }
 
-/// The procedures whose requests `user` may list: `None` for all (see
-/// [`User::may_read`]).
-pub(crate) async fn readable_codes(
+/// The versions (id and code) whose requests `user` may list: `None` for
+/// all (see [`User::may_read`], which judges an instance by its version).
+pub(crate) async fn readable_versions(
     engine: &Engine,
     user: &User,
-) -> Result<Option<Vec<String>>, Error> {
+) -> Result<Option<Vec<(i64, String)>>, Error> {
     if user.reads_all() {
         return Ok(None);
     }
-    Ok(Some(engine.codes_naming(&user.roles).await?))
+    Ok(Some(engine.versions_naming(&user.roles).await?))
 }
 
 /// The answer to a start: 201 for a new instance, 200 for the one an
@@ -719,9 +729,9 @@ async fn instances(
 ) -> Result<Json<Value>, Error> {
     let user = s.users.authenticate(&headers)?;
     let Query(q) = query?;
-    let codes = readable_codes(&s.engine, &user).await?;
-    if let (Some(code), Some(codes)) = (&q.code, &codes)
-        && !codes.contains(code)
+    let readable = readable_versions(&s.engine, &user).await?;
+    if let (Some(code), Some(readable)) = (&q.code, &readable)
+        && !readable.iter().any(|(_, c)| c == code)
     {
         return Err(Error::Forbidden {
             reason: format!(
@@ -743,7 +753,7 @@ async fn instances(
         .engine
         .instances(&tramite_engine::store::instances::InstanceFilter {
             code: q.code,
-            codes,
+            definitions: readable.map(|r| r.into_iter().map(|(id, _)| id).collect()),
             version: q.version,
             status: q.status,
             business_key: q.business_key,

@@ -3,8 +3,9 @@
 //! binary (templates compiled in, htmx and mermaid embedded); it calls the
 //! same engine functions as the JSON API, with the same role checks.
 //!
-//! Sign-in takes a user's token and keeps it in an HttpOnly, SameSite=Strict
-//! cookie; the language (Spanish by default) is another cookie. What a page
+//! Sign-in takes a user's token and keeps a signed session (not the token)
+//! in an HttpOnly, SameSite=Strict cookie; the language (Spanish by
+//! default) and the inbox's filters are other cookies. What a page
 //! shows of a procedure — steps, labels, forms, instructions, documents,
 //! indicators — comes from its definition; nothing here knows P06.
 
@@ -35,6 +36,10 @@ type Shared = State<Arc<AppState>>;
 
 /// The web session (signed, not the token: see `Users::session`).
 const SESSION_COOKIE: &str = "tramite_session";
+/// The same over HTTPS: a `__Host-` cookie cannot be set by a sibling
+/// subdomain (which could otherwise plant its own session under a longer
+/// path, sent before ours), so it is the one read when present.
+const HOST_SESSION_COOKIE: &str = "__Host-tramite_session";
 const LANG_COOKIE: &str = "tramite_lang";
 /// The inbox's last filters.
 const INBOX_COOKIE: &str = "tramite_inbox";
@@ -266,7 +271,8 @@ fn render(t: &impl Template) -> Response {
 
 fn session(s: &AppState, headers: &HeaderMap) -> Result<Session, PageError> {
     let (w, lang) = words(headers);
-    cookie(headers, SESSION_COOKIE)
+    cookie(headers, HOST_SESSION_COOKIE)
+        .or_else(|| cookie(headers, SESSION_COOKIE))
         .and_then(|v| s.users.by_session(&v, s.engine.now()))
         .map(|user| Session { user, w, lang })
         .ok_or(PageError {
@@ -317,10 +323,14 @@ async fn login(State(s): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -
         || headers
             .get(header::ORIGIN)
             .is_some_and(|o| o.as_bytes().starts_with(b"https://"));
+    let (name, secure) = if https {
+        (HOST_SESSION_COOKIE, "; Secure")
+    } else {
+        (SESSION_COOKIE, "")
+    };
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        "{name}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         crate::http::auth::SESSION_MS / 1000,
-        if https { "; Secure" } else { "" }
     )) {
         response.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -329,9 +339,13 @@ async fn login(State(s): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -
 
 async fn logout() -> Response {
     let mut response = Redirect::to("/login").into_response();
-    // The session cookie, and the bearer token earlier versions kept.
+    // The session cookies, the inbox's filters (a client's business key
+    // must not stay on a shared PC), and the bearer token earlier
+    // versions kept.
     for gone in [
         "tramite_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        "__Host-tramite_session=; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age=0",
+        "tramite_inbox=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
         "tramite_token=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
     ] {
         response
@@ -496,7 +510,7 @@ async fn inbox(
 fn back_to_inbox(headers: &HeaderMap, extra: &str) -> Response {
     let kept = cookie(headers, INBOX_COOKIE).filter(|q| {
         q.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"=&%_-.+".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"=&%_-.+~".contains(&b))
     });
     let query: Vec<&str> = kept
         .as_deref()
@@ -835,8 +849,11 @@ fn form_data(
             },
             // A required field left empty is the engine's to report.
             _ if raw.is_empty() => {
+                // Only a value the page showed (`__shown`) is cleared: one
+                // written after it was drawn (a message, another branch)
+                // was never in front of the agent to empty.
                 let emptied = !f.required
-                    && form.contains_key(&f.name)
+                    && form.contains_key(&format!("{}__shown", f.name))
                     && current.get(&f.name).is_some_and(|v| !v.is_null());
                 if !emptied {
                     continue;
@@ -884,14 +901,16 @@ async fn instances(
     Query(q): Query<InstancesQuery>,
 ) -> Result<Response, PageError> {
     let ses = session(&s, &headers)?;
-    let readable = crate::http::readable_codes(&s.engine, &ses.user)
+    let readable = crate::http::readable_versions(&s.engine, &ses.user)
         .await
         .map_err(|e| ses.fail(e))?;
     let rows = s
         .engine
         .instances(&tramite_engine::store::instances::InstanceFilter {
             code: q.code.clone().filter(|c| !c.is_empty()),
-            codes: readable.clone(),
+            definitions: readable
+                .as_ref()
+                .map(|r| r.iter().map(|(id, _)| *id).collect()),
             status: q.status.clone().filter(|c| !c.is_empty()),
             business_key: q.business_key.clone().filter(|c| !c.is_empty()),
             limit: 100,
@@ -901,7 +920,7 @@ async fn instances(
         .map_err(|e| ses.fail(e))?;
     let mut codes = codes(&s, &ses).await?;
     if let Some(readable) = &readable {
-        codes.retain(|c| readable.contains(c));
+        codes.retain(|c| readable.iter().any(|(_, r)| r == c));
     }
     let mut lines = Vec::with_capacity(rows.len());
     for i in &rows {
@@ -969,12 +988,12 @@ fn outcome_words(
 /// where none does (a system role such as `operator`).
 async fn role_names(s: &AppState, roles: &[String], lang: Lang) -> Vec<String> {
     let mut names: Vec<Option<String>> = vec![None; roles.len()];
-    if let Ok(rows) = s.engine.definitions().await {
-        for row in rows {
+    if let Ok(rows) = s.engine.definition_ids().await {
+        for (id, _) in rows {
             if names.iter().all(Option::is_some) {
                 break;
             }
-            let Ok(process) = s.engine.process(row.id).await else {
+            let Ok(process) = s.engine.process(id).await else {
                 continue;
             };
             for (role, name) in roles.iter().zip(names.iter_mut()) {
@@ -996,11 +1015,11 @@ async fn role_names(s: &AppState, roles: &[String], lang: Lang) -> Vec<String> {
 async fn codes(s: &AppState, ses: &Session) -> Result<Vec<String>, PageError> {
     let mut codes: Vec<String> = s
         .engine
-        .definitions()
+        .definition_ids()
         .await
         .map_err(|e| ses.fail(e))?
         .into_iter()
-        .map(|d| d.code)
+        .map(|(_, code)| code)
         .collect();
     codes.dedup();
     Ok(codes)
@@ -1409,10 +1428,17 @@ mod tests {
         // in the API; an untouched field the form does not send stays.
         let had: Map<String, Value> =
             serde_json::from_value(serde_json::json!({"deuda": 3.5, "satisfecho": true})).unwrap();
-        let (data, errors) = form_data(&fields, &form(&[("deuda", " ")]), &had);
+        let (data, errors) = form_data(
+            &fields,
+            &form(&[("deuda", " "), ("deuda__shown", "1")]),
+            &had,
+        );
         assert!(errors.is_empty());
         assert_eq!(data.get("deuda"), Some(&Value::Null));
         assert!(!data.contains_key("satisfecho"));
+        // A value the page did not show (written after it was drawn) stays.
+        let (data, _) = form_data(&fields, &form(&[("deuda", "")]), &had);
+        assert!(!data.contains_key("deuda"), "{data:?}");
         let (data, errors) = form_data(
             &fields,
             &form(&[("satisfecho", "si"), ("deuda", "NaN")]),

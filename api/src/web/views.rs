@@ -1025,7 +1025,6 @@ pub(super) fn status_word(w: &Words, status: &str) -> &'static str {
     }
 }
 
-/// `27/11/2026 09:30` in Bolivia (UTC−4).
 /// An ISO day (`2026-11-27`) as the pages write dates: `27/11/2026`.
 fn day_words(iso: &str) -> String {
     match iso.splitn(3, '-').collect::<Vec<_>>().as_slice() {
@@ -1034,6 +1033,7 @@ fn day_words(iso: &str) -> String {
     }
 }
 
+/// `27/11/2026 09:30` in Bolivia (UTC−4).
 pub(super) fn local_time(ms: i64) -> String {
     let local = ms - 4 * 3_600_000;
     let days = local.div_euclid(86_400_000);

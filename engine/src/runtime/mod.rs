@@ -587,6 +587,10 @@ impl Engine {
 
     /// A deployed version, compiled.
     pub async fn process(&self, definition_id: i64) -> Result<Arc<Process>, Error> {
+        // Compiled versions never change: no connection for a cached one.
+        if let Some(process) = self.inner.processes.cached(definition_id) {
+            return Ok(process);
+        }
         let mut conn = self.inner.store.pool().acquire().await?;
         self.inner.processes.get(&mut *conn, definition_id).await
     }
@@ -718,20 +722,24 @@ impl Engine {
         Ok(store::definitions::all(&mut conn).await?)
     }
 
-    /// The procedures any of whose versions names one of `roles` (see
-    /// [`Definition::names_role`](crate::definition::Definition::names_role)).
-    pub async fn codes_naming(&self, roles: &[String]) -> Result<Vec<String>, Error> {
-        let mut out: Vec<String> = Vec::new();
-        for row in self.definitions().await? {
-            if out.last() == Some(&row.code) {
-                continue;
-            }
-            let process = self.process(row.id).await?;
+    /// The versions (id and code) that name one of `roles` (see
+    /// [`Definition::names_role`](crate::definition::Definition::names_role)):
+    /// a role added in version 2 reads version 2's instances, not version 1's.
+    pub async fn versions_naming(&self, roles: &[String]) -> Result<Vec<(i64, String)>, Error> {
+        let mut out = Vec::new();
+        for (id, code) in self.definition_ids().await? {
+            let process = self.process(id).await?;
             if roles.iter().any(|r| process.definition.names_role(r)) {
-                out.push(row.code);
+                out.push((id, code));
             }
         }
         Ok(out)
+    }
+
+    /// Every version's id and code, newest version first per code.
+    pub async fn definition_ids(&self) -> Result<Vec<(i64, String)>, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        Ok(store::definitions::ids(&mut conn).await?)
     }
 
     /// The messages delivered to an instance (WhatsApp documents, …).

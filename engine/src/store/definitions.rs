@@ -92,6 +92,17 @@ pub async fn all(conn: &mut Conn) -> Result<Vec<DefinitionRow>, Error> {
     rows.iter().map(row).collect()
 }
 
+/// Every version's id and code, newest version first per code (without
+/// the sources: for lookups that use compiled, cached versions).
+pub async fn ids(conn: &mut Conn) -> Result<Vec<(i64, String)>, Error> {
+    let rows = sqlx::query("SELECT id, code FROM definitions ORDER BY code, version DESC")
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("id")?, r.try_get("code")?)))
+        .collect()
+}
+
 /// Stores the next version of `code`; returns its row.
 pub async fn insert(
     conn: &mut Conn,

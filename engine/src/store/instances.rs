@@ -348,8 +348,9 @@ pub async fn each_started_between(
 pub struct InstanceFilter {
     /// Procedure code.
     pub code: Option<String>,
-    /// Only these procedures (what the reader may read); empty matches none.
-    pub codes: Option<Vec<String>>,
+    /// Only these versions, by definition id (what the reader may read);
+    /// empty matches none.
+    pub definitions: Option<Vec<i64>>,
     /// Version.
     pub version: Option<i64>,
     /// `running`, `completed`, `cancelled`.
@@ -430,12 +431,12 @@ pub async fn list(conn: &mut Conn, f: &InstanceFilter) -> Result<Vec<InstanceRow
     if f.code.is_some() {
         clauses.push(format!("code = {}", next()));
     }
-    if let Some(codes) = &f.codes {
-        if codes.is_empty() {
+    if let Some(ids) = &f.definitions {
+        if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let list: Vec<String> = codes.iter().map(|_| next()).collect();
-        clauses.push(format!("code IN ({})", list.join(", ")));
+        let list: Vec<String> = ids.iter().map(|_| next()).collect();
+        clauses.push(format!("definition_id IN ({})", list.join(", ")));
     }
     if f.version.is_some() {
         clauses.push(format!("version = {}", next()));
@@ -473,8 +474,8 @@ pub async fn list(conn: &mut Conn, f: &InstanceFilter) -> Result<Vec<InstanceRow
     if let Some(v) = &f.code {
         q = q.bind(v.clone());
     }
-    for code in f.codes.iter().flatten() {
-        q = q.bind(code.clone());
+    for id in f.definitions.iter().flatten() {
+        q = q.bind(*id);
     }
     if let Some(v) = f.version {
         q = q.bind(v);
