@@ -4145,3 +4145,52 @@ expect:
         report.path
     );
 }
+
+/// A message wait's correlation key is indexed: one longer than the
+/// database can index stops the instance with an incident naming it (on
+/// PostgreSQL the whole command failed), and a shorter one waits.
+async fn a_correlation_key_too_long_is_an_incident(db: Db) {
+    let h = Harness::new(db).await;
+    let wait = r#"
+code: T-CLAVE
+name: Clave larga
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables:
+  - {name: clave, type: string}
+nodes:
+  - {id: inicio, kind: start, channels: [web], data: [{name: clave, type: string, required: true}], next: esperar}
+  - {id: esperar, kind: message_wait, message: aviso, correlation: clave, next: fin}
+  - {id: fin, kind: end, outcome: listo}
+"#;
+    h.engine
+        .deploy(vec![("clave.yaml".into(), wait.to_owned())])
+        .await
+        .unwrap();
+    let long = h
+        .start("T-CLAVE", "web", json!({"clave": "k".repeat(4_000)}))
+        .await;
+    let incidents = h.engine.incidents(Some("open"), Some(&long)).await.unwrap();
+    assert_eq!(incidents.len(), 1);
+    assert!(
+        incidents[0].message.contains("longer than 512 bytes"),
+        "{}",
+        incidents[0].message
+    );
+    let short = h
+        .start("T-CLAVE", "web", json!({"clave": "k".repeat(500)}))
+        .await;
+    assert!(
+        h.engine
+            .incidents(Some("open"), Some(&short))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(h.instance(&short).await.state.tokens[0].node, "esperar");
+}
+on_both_backends!(
+    a_correlation_key_too_long_is_an_incident,
+    super::a_correlation_key_too_long_is_an_incident
+);

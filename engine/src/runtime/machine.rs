@@ -592,6 +592,21 @@ impl<'a> Machine<'a> {
                             return Ok(());
                         }
                     };
+                    // The key is indexed: past the limit PostgreSQL refuses
+                    // it and the whole command would fail; an operator can
+                    // fix the variable it came from and retry.
+                    if key.len() > crate::runtime::MAX_KEY_BYTES {
+                        self.incident(
+                            id,
+                            &node_id,
+                            format!(
+                                "correlation `{}` is longer than {} bytes",
+                                w.correlation.source(),
+                                crate::runtime::MAX_KEY_BYTES
+                            ),
+                        );
+                        return Ok(());
+                    }
                     let subscription = new_id();
                     let timer = w.timeout.as_ref().map(|t| {
                         let at = self.now + t.after.as_std().as_millis() as i64;
