@@ -2437,6 +2437,11 @@ async fn a_task_held_by_another_agent_says_by_whom_and_keeps_what_was_typed() {
     let (_, _, html) = page(&api, Method::GET, &uri, Some(AGENT), None, false).await;
     assert!(html.contains(r#"id="claim-first""#), "{html}");
     assert!(html.contains(r#"id="task-form""#), "{html}");
+    // A field's hint is tied to its input for screen readers.
+    assert!(
+        html.contains(r#"aria-describedby="hint-ci""#) && html.contains(r#"id="hint-ci""#),
+        "{html}"
+    );
     // "El cliente desiste" closes the request without the form's checks:
     // it asks first, naming the end; "Verificar en NAF" does not.
     assert!(
@@ -2475,6 +2480,21 @@ async fn a_task_held_by_another_agent_says_by_whom_and_keeps_what_was_typed() {
         "what was typed stays: {html}"
     );
     assert!(html.contains(r#"value="4587213""#), "{html}");
+    // A refused field says so to screen readers too.
+    let wrong = "nombre_cliente=Juan&ci=12&servicio_solicitado=internet_fibra&outcome=continuar";
+    api.json(
+        Method::POST,
+        &format!("/api/v1/tasks/{task}/unclaim"),
+        AGENT2,
+        json!({}),
+    )
+    .await;
+    let (status, _, html) = page(&api, Method::POST, &uri, Some(AGENT), Some(wrong), false).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{html}");
+    assert!(
+        html.contains(r#"aria-describedby="hint-ci error-ci" aria-invalid="true""#),
+        "{html}"
+    );
 }
 
 /// A request's history reads as sentences: the outcome's label, the data
