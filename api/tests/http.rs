@@ -2335,51 +2335,6 @@ async fn pages_answer_what_they_cannot_read_with_a_page() {
     }
 }
 
-/// `/readyz` needs no token, so it must not turn a balancer's polling (or
-/// anyone's flood) into load on the systems: calls at once, and again
-/// within `HEALTH_FRESH` (5 s), ask each system once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_asks_the_systems_at_most_once_in_a_while() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tramite_engine::runtime::connector::{
-        BoxFuture, Connector, ConnectorCall, ConnectorError, Connectors, Health,
-    };
-    struct Counted(AtomicUsize);
-    impl Connector for Counted {
-        fn call<'a>(
-            &'a self,
-            _: ConnectorCall<'a>,
-        ) -> BoxFuture<'a, Result<serde_json::Map<String, Value>, ConnectorError>> {
-            Box::pin(async {
-                Err(ConnectorError::Transient {
-                    message: "not called here".into(),
-                })
-            })
-        }
-        fn health(&self) -> BoxFuture<'_, Health> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                Health::Up { latency_ms: 50.0 }
-            })
-        }
-    }
-    let counted = Arc::new(Counted(AtomicUsize::new(0)));
-    let health = tramite_api::http::SystemHealth::default();
-    let connectors = Connectors::new().with("naf", counted.clone());
-    let (a, b, c, d) = tokio::join!(
-        health.get(&connectors),
-        health.get(&connectors),
-        health.get(&connectors),
-        health.get(&connectors)
-    );
-    for answer in [a, b, c, d] {
-        assert_eq!(answer["naf"]["status"], "up", "{answer:?}");
-    }
-    health.get(&connectors).await;
-    assert_eq!(counted.0.load(Ordering::SeqCst), 1, "one check for 5 calls");
-}
-
 /// The web UI's cookie is a signed session, not the bearer token: stolen,
 /// it opens no API call, and it ends after a shift; a raw token in a
 /// cookie (what earlier versions kept) opens no page.

@@ -346,8 +346,9 @@ impl Users {
     }
 }
 
-/// Bytes from lower- or upper-case hexadecimal.
-fn unhex(text: &str) -> Option<Vec<u8>> {
+/// Bytes from lower- or upper-case hexadecimal (session cookies, webhook
+/// signatures).
+pub(super) fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }

@@ -113,7 +113,7 @@ pub(super) async fn whatsapp_event(
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("sha256="))
-        .and_then(hex);
+        .and_then(super::auth::unhex);
     let valid = signature.is_some_and(|sig| {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(w.app_secret.as_bytes()).expect("HMAC takes any key");
@@ -218,16 +218,6 @@ fn payload(message: &Value) -> Value {
         "media": media,
         "attachments": attachments,
     })
-}
-
-fn hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -361,9 +351,9 @@ mod tests {
 
     #[test]
     fn hex_and_equality() {
-        assert_eq!(hex("00ff10"), Some(vec![0, 255, 16]));
-        assert_eq!(hex("0g"), None);
-        assert_eq!(hex("abc"), None);
+        assert_eq!(crate::http::auth::unhex("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(crate::http::auth::unhex("0g"), None);
+        assert_eq!(crate::http::auth::unhex("abc"), None);
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));

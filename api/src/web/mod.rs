@@ -1025,20 +1025,39 @@ async fn codes(s: &AppState, ses: &Session) -> Result<Vec<String>, PageError> {
     Ok(codes)
 }
 
+/// An instance and its version, refused (403) unless the session's user
+/// may read its requests.
+async fn readable_instance(
+    s: &AppState,
+    ses: &Session,
+    id: &str,
+) -> Result<
+    (
+        tramite_engine::store::instances::InstanceRow,
+        Arc<tramite_engine::runtime::process::Process>,
+    ),
+    PageError,
+> {
+    let i = s.engine.instance(id).await.map_err(|e| ses.fail(e))?;
+    let process = s
+        .engine
+        .process(i.definition_id)
+        .await
+        .map_err(|e| ses.fail(e))?;
+    ses.user
+        .may_read(&process.definition)
+        .map_err(|e| ses.fail(e))?;
+    Ok((i, process))
+}
+
 async fn instance_page(
     State(s): Shared,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let ses = session(&s, &headers)?;
-    let i = s.engine.instance(&id).await.map_err(|e| ses.fail(e))?;
-    let process = s
-        .engine
-        .process(i.definition_id)
-        .await
-        .map_err(|e| ses.fail(e))?;
+    let (i, process) = readable_instance(&s, &ses, &id).await?;
     let def = &process.definition;
-    ses.user.may_read(def).map_err(|e| ses.fail(e))?;
     let mut history = s.engine.history(&id).await.map_err(|e| ses.fail(e))?;
     crate::http::without_failures(&ses.user, &mut history);
     let incidents = s
@@ -1102,14 +1121,8 @@ async fn document_page(
     Path((id, doc)): Path<(String, String)>,
 ) -> Result<Response, PageError> {
     let ses = session(&s, &headers)?;
-    let i = s.engine.instance(&id).await.map_err(|e| ses.fail(e))?;
-    let process = s
-        .engine
-        .process(i.definition_id)
-        .await
-        .map_err(|e| ses.fail(e))?;
+    let (i, process) = readable_instance(&s, &ses, &id).await?;
     let def = &process.definition;
-    ses.user.may_read(def).map_err(|e| ses.fail(e))?;
     let Some(d) = def.documents.iter().find(|d| d.id == doc) else {
         return Err(ses.fail(tramite_engine::Error::NotFound {
             what: "document",
