@@ -140,6 +140,10 @@ enum Command {
         /// the sum over all nodes to the database's cores (docs/scaling.md).
         #[arg(long, env = "TRAMITE_WRITERS", default_value_t = 8)]
         writers: usize,
+        /// Connector calls this node runs at once (each waits on a system:
+        /// more than the cores is normal; fewer caps the load on the systems).
+        #[arg(long, env = "TRAMITE_WORKERS", default_value_t = 32)]
+        workers: usize,
     },
     /// Serve the NAF, GIS and Smartflex simulators over HTTP (the systems
     /// connectors/config/*.yaml point at), with optional faults.
@@ -349,6 +353,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             whatsapp_country_code,
             lease_seconds,
             writers,
+            workers,
         } => {
             let whatsapp = match (
                 std::env::var("WHATSAPP_APP_SECRET"),
@@ -383,6 +388,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     whatsapp,
                     lease: std::time::Duration::from_secs(lease_seconds.max(1)),
                     writers,
+                    workers: workers.max(1),
                 },
                 &mut stdout,
             ))

@@ -29,6 +29,8 @@ pub(crate) struct Settings {
     pub(crate) lease: std::time::Duration,
     /// PostgreSQL write lanes.
     pub(crate) writers: usize,
+    /// Connector calls at once.
+    pub(crate) workers: usize,
     /// Signs web sessions (`TRAMITE_SESSION_KEY`); random when absent.
     pub(crate) session_key: Option<String>,
 }
@@ -143,6 +145,7 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
     let default_timeout = config.default_timeout;
     config.lease = s.lease;
     config.writers = s.writers;
+    config.workers = s.workers;
     config.node_name = format!("{}-{}", s.bind, std::process::id());
     let engine = Engine::open(config).await?;
     let deployed = engine.deploy_dir(&s.processes).await?;
