@@ -229,6 +229,8 @@ async fn gis_coverage(
 #[serde(deny_unknown_fields)]
 struct Solicitud {
     ci: Option<String>,
+    /// The department the CI was issued in.
+    expedido: Option<String>,
     nombre: Option<String>,
     telefono: Option<String>,
     direccion: Option<String>,
@@ -261,6 +263,7 @@ async fn smartflex_register(
     let repeat = sims.smartflex.registration(&key).is_some();
     let input = input([
         ("ci", s.ci.map(Value::String)),
+        ("ci_extension", s.expedido.map(Value::String)),
         ("client_name", s.nombre.map(Value::String)),
         ("phone", s.telefono.map(Value::String)),
         ("address", s.direccion.map(Value::String)),

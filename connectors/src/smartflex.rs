@@ -37,7 +37,8 @@ pub struct Restriction {
 /// What the Smartflex simulator knows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// CIs Smartflex refuses (`client_blocked`). By default NAF's
+    /// CIs Smartflex refuses (`client_blocked`): `CI-DEPARTMENT` (`5123987-CB`)
+    /// or a bare `CI` for every department. By default NAF's
     /// `central_riesgos` clients and `6543210`, listed in Smartflex before
     /// NAF's portfolio caught up.
     pub blocked_cis: Vec<String>,
@@ -57,10 +58,13 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
+        // The same people NAF knows: a CI with the department it was
+        // issued in (the same number in another department is another
+        // person).
         let mut blocked_cis: Vec<String> = naf::dataset()
             .into_iter()
             .filter(|c| c.impediments.contains(&Impediment::CentralRiesgos))
-            .map(|c| c.ci)
+            .map(|c| format!("{}-{}", c.ci, c.extension))
             .collect();
         blocked_cis.push("6543210".to_owned());
         let backlog = [
@@ -279,11 +283,12 @@ impl Simulator {
             field("service")?,
             field("channel")?,
         );
+        let extension = text(input, "ci_extension").map(str::to_uppercase);
         if self
             .config
             .blocked_cis
             .iter()
-            .any(|b| b.eq_ignore_ascii_case(&ci))
+            .any(|b| blocked(b, &ci, extension.as_deref()))
         {
             return Err(business(
                 "client_blocked",
@@ -354,6 +359,18 @@ impl Connector for Simulator {
     }
 }
 
+/// Whether the blocked entry `entry` (`CI` or `CI-DEPARTMENT`) is the
+/// client with `ci`, issued in `extension` when given: without it the
+/// number alone decides, as it did before Smartflex was told the department.
+fn blocked(entry: &str, ci: &str, extension: Option<&str>) -> bool {
+    match entry.split_once('-') {
+        Some((number, department)) => {
+            number.eq_ignore_ascii_case(ci)
+                && extension.is_none_or(|e| e.eq_ignore_ascii_case(department))
+        }
+        None => entry.eq_ignore_ascii_case(ci),
+    }
+}
 /// Smartflex's operations.
 pub fn spec() -> ConnectorSpec {
     ConnectorSpec {
@@ -366,6 +383,11 @@ pub fn spec() -> ConnectorSpec {
                 .to_owned(),
             inputs: vec![
                 ParamSpec::required("ci", VarType::String, "client's identity card"),
+                ParamSpec::optional(
+                    "ci_extension",
+                    VarType::String,
+                    "department the identity card was issued in (LP, CB, …): the same number in another department is another person",
+                ),
                 ParamSpec::required("client_name", VarType::String, "client's full name"),
                 ParamSpec::required("phone", VarType::String, "contact phone"),
                 ParamSpec::required("address", VarType::String, "installation address"),
@@ -549,6 +571,21 @@ mod tests {
             assert_eq!(code(answer), "client_blocked", "{ci}");
         }
         assert_eq!(sim.registration_count(), 0);
+        // With the department the CI was issued in, as NAF tells people
+        // apart: 5123987 of Cochabamba is blocked, 5123987 of La Paz is
+        // someone else; 6543210 is blocked in every department.
+        let with = |ci: &str, extension: &str| {
+            let mut sale = sale(ci, "Sarco", "trio");
+            sale.insert("ci_extension".into(), Value::from(extension));
+            sale
+        };
+        let answer = register(&sim, "cb", 1, &with("5123987", "cb")).await;
+        assert_eq!(code(answer), "client_blocked");
+        let answer = register(&sim, "any", 1, &with("6543210", "SC")).await;
+        assert_eq!(code(answer), "client_blocked");
+        let answer = register(&sim, "lp", 1, &with("5123987", "LP")).await;
+        assert!(answer.is_ok(), "{answer:?}");
+        assert_eq!(sim.registration_count(), 1);
     }
 
     #[tokio::test]
@@ -708,7 +745,7 @@ mod tests {
         for c in naf::dataset() {
             let listed = c.impediments.contains(&Impediment::CentralRiesgos);
             assert_eq!(
-                blocked.contains(&c.ci),
+                blocked.contains(&format!("{}-{}", c.ci, c.extension)) || blocked.contains(&c.ci),
                 listed || c.ci == "6543210",
                 "{}",
                 c.ci
