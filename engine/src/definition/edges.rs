@@ -1,6 +1,6 @@
 //! The edges that leave a node, with where each is written and how to label it.
 
-use super::{Node, NodeKind};
+use super::{Definition, Node, NodeKind};
 use crate::duration::Duration;
 use crate::expr::Expr;
 use crate::position::YamlPath;
@@ -110,5 +110,51 @@ impl Node {
             NodeKind::End(_) => {}
         }
         out
+    }
+}
+
+/// Where an edge leads, by node index, and whether it is a
+/// non-interrupting escalation's: its path runs as a side token beside the
+/// task it leaves open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Successor {
+    /// The index of the node it leads to.
+    pub to: usize,
+    /// A non-interrupting escalation's edge.
+    pub side: bool,
+}
+
+impl Definition {
+    /// Each node's successors, by index. An id shared by two nodes means
+    /// the first of them (as validation reads it, reporting the second); a
+    /// `next` naming no node leads nowhere.
+    pub fn successors(&self) -> Vec<Vec<Successor>> {
+        let mut index = std::collections::HashMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            index.entry(n.id.as_str()).or_insert(i);
+        }
+        let root = YamlPath::root();
+        self.nodes
+            .iter()
+            .map(|n| {
+                let side = match &n.kind {
+                    NodeKind::UserTask(t) => t
+                        .escalation
+                        .as_ref()
+                        .filter(|e| !e.interrupting)
+                        .map(|e| e.next.as_str()),
+                    _ => None,
+                };
+                n.edges(&root)
+                    .iter()
+                    .filter_map(|e| {
+                        Some(Successor {
+                            to: *index.get(e.to)?,
+                            side: side == Some(e.to) && matches!(e.label, EdgeLabel::Overdue(_)),
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
     }
 }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use edges::{Edge, EdgeLabel};
+pub use edges::{Edge, EdgeLabel, Successor};
 pub use field::{EnumOption, Field, VarType};
 pub use node::{
     Backoff, Branch, Call, Channel, End, ErrorRoute, Escalation, ExclusiveGate, Fork, Join,

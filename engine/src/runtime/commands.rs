@@ -247,8 +247,8 @@ impl ProcessCache {
 
     /// The process of version `id`, loading and compiling it once.
     pub async fn get(&self, conn: &mut impl Tx, id: i64) -> Result<Arc<Process>, Error> {
-        if let Some(p) = self.by_id.read().expect("cache lock").get(&id) {
-            return Ok(Arc::clone(p));
+        if let Some(p) = self.cached(id) {
+            return Ok(p);
         }
         let row = conn
             .definition_by_id(id)
@@ -733,12 +733,8 @@ async fn deploy(
     // call the latest version of what they call when they reach the call.
     let mut serving = Vec::new();
     let mut latest = std::collections::HashMap::new();
-    let mut latest_hash = std::collections::HashMap::new();
     for row in conn.all_definitions().await? {
         latest.entry(row.code.clone()).or_insert(row.version);
-        latest_hash
-            .entry(row.code.clone())
-            .or_insert(row.content_hash.clone());
         let file = SourceFile {
             path: row.file_name.into(),
             text: row.source,
@@ -766,20 +762,28 @@ async fn deploy(
         others: &context,
         replaced: &replaced,
     };
-    // What deploys unchanged (every start-up deploys processes/ again),
-    // or as a version stored before (which the deploy answers without a
-    // new version), breaks no caller.
-    let mut changing = std::collections::HashSet::new();
+    // Each file's version already stored with the same text, if any: the
+    // deploy answers it without a new version. What deploys unchanged
+    // (every start-up deploys processes/ again), or as a version stored
+    // before, breaks no caller.
+    let mut stored = Vec::with_capacity(results.len());
     for ((_, r), (_, text)) in results.iter().zip(sources) {
-        let Ok(compiled) = r else { continue };
-        let code = &compiled.definition.code;
-        let hash = content_hash(text);
-        if latest_hash.get(code) != Some(&hash)
-            && conn.definition_by_hash(code, &hash).await?.is_none()
-        {
-            changing.insert(code.clone());
-        }
+        stored.push(match r {
+            Ok(compiled) => {
+                conn.definition_by_hash(&compiled.definition.code, &content_hash(text))
+                    .await?
+            }
+            Err(_) => None,
+        });
     }
+    let changing: std::collections::HashSet<String> = results
+        .iter()
+        .zip(&stored)
+        .filter_map(|((_, r), stored)| match (r, stored) {
+            (Ok(compiled), None) => Some(compiled.definition.code.clone()),
+            _ => None,
+        })
+        .collect();
     if failures.is_empty() && !changing.is_empty() {
         failures = broken_callers(&files, &now, &changing, ctx.catalog);
     }
@@ -790,10 +794,10 @@ async fn deploy(
         return Err(Error::Invalid(failures));
     }
     let mut out = Vec::new();
-    for ((name, text), (_, result)) in sources.iter().zip(results) {
+    for (((name, text), (_, result)), stored) in sources.iter().zip(results).zip(stored) {
         let code = result.expect("checked").definition.code;
         let hash = content_hash(text);
-        if let Some(row) = conn.definition_by_hash(&code, &hash).await? {
+        if let Some(row) = stored {
             out.push(Deployed {
                 code,
                 version: row.version,
@@ -2410,31 +2414,21 @@ fn still_calling(
     definition: &crate::definition::Definition,
     calls: &[&str],
 ) -> (Vec<String>, Vec<String>) {
-    let index: HashMap<&str, usize> = definition
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.id.as_str(), i))
-        .collect();
-    let root = crate::position::YamlPath::root();
-    let next: Vec<Vec<usize>> = definition
-        .nodes
-        .iter()
-        .map(|n| {
-            n.edges(&root)
-                .iter()
-                .filter_map(|e| index.get(e.to).copied())
-                .collect()
-        })
-        .collect();
+    let next = definition.successors();
     let mut before: Vec<Vec<usize>> = vec![Vec::new(); next.len()];
-    for (from, tos) in next.iter().enumerate() {
-        for &to in tos {
-            before[to].push(from);
+    for (from, edges) in next.iter().enumerate() {
+        for e in edges {
+            before[e.to].push(from);
         }
     }
     let mut reaches = vec![false; next.len()];
-    let mut queue: VecDeque<usize> = calls.iter().filter_map(|c| index.get(c).copied()).collect();
+    let mut queue: VecDeque<usize> = definition
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| calls.contains(&n.id.as_str()))
+        .map(|(i, _)| i)
+        .collect();
     while let Some(n) = queue.pop_front() {
         if !std::mem::replace(&mut reaches[n], true) {
             queue.extend(&before[n]);
@@ -2446,7 +2440,7 @@ fn still_calling(
             continue;
         }
         let is_call = calls.contains(&n.id.as_str());
-        if is_call && !next[i].iter().any(|&j| reaches[j]) {
+        if is_call && !next[i].iter().any(|e| reaches[e.to]) {
             unless_called.push(n.id.clone());
         } else {
             nodes.push(n.id.clone());

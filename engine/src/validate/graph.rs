@@ -71,26 +71,7 @@ pub(super) fn check(c: &mut Checker<'_>) {
 /// path reaches.
 fn side_paths(c: &mut Checker<'_>, start: usize) {
     let nodes = &c.def.nodes;
-    let targets = |i: usize| -> Vec<(usize, bool)> {
-        let side = match &nodes[i].kind {
-            NodeKind::UserTask(t) => t
-                .escalation
-                .as_ref()
-                .filter(|e| !e.interrupting)
-                .map(|e| e.next.as_str()),
-            _ => None,
-        };
-        nodes[i]
-            .edges(&c.node_path(i))
-            .iter()
-            .filter_map(|e| {
-                let to = *c.nodes.get(e.to)?;
-                let is_side = side == Some(e.to)
-                    && matches!(e.label, crate::definition::EdgeLabel::Overdue(_));
-                Some((to, is_side))
-            })
-            .collect()
-    };
+    let successors = c.def.successors();
     // `stop_at`: nodes the walk reaches but does not pass (a side token is
     // absorbed at the join of the fork it runs in).
     let walk = |from: usize, skip_side: bool, stop_at: &dyn Fn(usize) -> bool| -> BTreeSet<usize> {
@@ -99,10 +80,10 @@ fn side_paths(c: &mut Checker<'_>, start: usize) {
         while let Some(i) = queue.pop_front() {
             if seen.insert(i) && !stop_at(i) {
                 queue.extend(
-                    targets(i)
-                        .into_iter()
-                        .filter(|(_, side)| !(skip_side && *side))
-                        .map(|(to, _)| to),
+                    successors[i]
+                        .iter()
+                        .filter(|e| !(skip_side && e.side))
+                        .map(|e| e.to),
                 );
             }
         }
@@ -111,11 +92,11 @@ fn side_paths(c: &mut Checker<'_>, start: usize) {
     let main = walk(start, true, &|_| false);
     let main_join = |j: usize| main.contains(&j) && matches!(nodes[j].kind, NodeKind::Join(_));
     let mut found = Vec::new();
-    for i in 0..nodes.len() {
-        let Some((to, _)) = targets(i).into_iter().find(|(_, side)| *side) else {
+    for (i, edges) in successors.iter().enumerate() {
+        let Some(side) = edges.iter().find(|e| e.side) else {
             continue;
         };
-        let meets: Vec<&str> = walk(to, false, &main_join)
+        let meets: Vec<&str> = walk(side.to, false, &main_join)
             .into_iter()
             .filter(|j| {
                 main.contains(j) && !matches!(nodes[*j].kind, NodeKind::End(_) | NodeKind::Join(_))
