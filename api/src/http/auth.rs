@@ -142,10 +142,12 @@ impl Default for SessionKey {
 
 /// SHA-256 of a token, hex.
 pub fn hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+/// Bytes as lower-case hexadecimal ([`unhex`] reads it back).
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A users file entry that would let the wrong person in, or nobody.
@@ -289,13 +291,11 @@ impl Users {
         let digest = hash(token);
         let user = self.by_hash.get(&digest)?;
         let expires = now + SESSION_MS;
-        let name: String = user.name.bytes().map(|b| format!("{b:02x}")).collect();
-        let mac = self.session_mac(&user.name, &digest, expires).finalize();
-        let mac: String = mac
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let name = hex(user.name.as_bytes());
+        let mac = hex(&self
+            .session_mac(&user.name, &digest, expires)
+            .finalize()
+            .into_bytes());
         Some(format!("{name}.{expires}.{mac}"))
     }
 
@@ -380,7 +380,7 @@ mod tests {
         assert_eq!(users.session("nadie", now), None);
         let [name, expires, mac]: [&str; 3] =
             cookie.split('.').collect::<Vec<_>>().try_into().unwrap();
-        let luis: String = "luis".bytes().map(|b| format!("{b:02x}")).collect();
+        let luis = hex(b"luis");
         for forged in [
             format!("{luis}.{expires}.{mac}"),
             format!("{name}.{}.{mac}", now + 3_600_000),

@@ -29,7 +29,7 @@ use tramite_engine::store::tasks::Filter;
 use tramite_engine::text::Lang;
 
 use crate::http::{AppState, Error, User};
-use text::{EN, ES, Words};
+use text::Words;
 use views::*;
 
 type Shared = State<Arc<AppState>>;
@@ -216,10 +216,11 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 fn words(headers: &HeaderMap) -> (&'static Words, Lang) {
-    match cookie(headers, LANG_COOKIE).as_deref() {
-        Some("en") => (&EN, Lang::En),
-        _ => (&ES, Lang::Es),
-    }
+    let lang = match cookie(headers, LANG_COOKIE).as_deref() {
+        Some("en") => Lang::En,
+        _ => Lang::Es,
+    };
+    (text::of(lang), lang)
 }
 
 /// Who is asking, and in which language.
@@ -758,7 +759,7 @@ async fn task_submit(
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response, PageError> {
     let ses = session(&s, &headers)?;
-    let (task, _, process) = user_task(&s, &ses, &id).await?;
+    let (task, instance, process) = user_task(&s, &ses, &id).await?;
     if task.status == "completed" && task.completed_by.as_deref() == Some(ses.user.name.as_str()) {
         // A second click on the button (or a resent form): the first one
         // completed the task, which is what the agent asked for.
@@ -766,14 +767,7 @@ async fn task_submit(
     }
     let ut = user_task_node(&process, &task.node_id).map_err(|e| ses.fail(e))?;
     let outcome = form.get("outcome").cloned().unwrap_or_default();
-    let current = s
-        .engine
-        .instance(&task.instance_id)
-        .await
-        .map_err(|e| ses.fail(e))?
-        .state
-        .variables;
-    let (data, mut errors) = form_data(&ut.form, &form, &current);
+    let (data, mut errors) = form_data(&ut.form, &form, &instance.state.variables);
     if errors.is_empty() {
         match s
             .engine

@@ -121,6 +121,14 @@ pub(crate) struct Words {
     pub(crate) steps_count: &'static str,
 }
 
+/// The words of a language.
+pub(crate) fn of(lang: tramite_engine::text::Lang) -> &'static Words {
+    match lang {
+        tramite_engine::text::Lang::En => &EN,
+        tramite_engine::text::Lang::Es => &ES,
+    }
+}
+
 /// Spanish (Bolivia): the default.
 pub(crate) const ES: Words = Words {
     lang: "es",

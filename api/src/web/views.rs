@@ -682,11 +682,7 @@ pub(super) fn plain(v: &Value) -> String {
 }
 
 fn value_text(def: &Definition, name: &str, v: &Value, lang: Lang) -> String {
-    let w = if lang == Lang::Es {
-        &super::text::ES
-    } else {
-        &super::text::EN
-    };
+    let w = super::text::of(lang);
     match v {
         Value::Bool(b) => if *b { "✔" } else { "✘" }.to_owned(),
         _ => value_words(def, name, v, w, lang),
@@ -725,14 +721,7 @@ pub(super) fn earlier_steps(
             (
                 local_time(e.at),
                 node_title(e.node_id.as_deref().and_then(|n| def.node(n)), lang),
-                actor_words(
-                    &e.actor,
-                    if lang == Lang::Es {
-                        &super::text::ES
-                    } else {
-                        &super::text::EN
-                    },
-                ),
+                actor_words(&e.actor, super::text::of(lang)),
             )
         })
         .collect()
