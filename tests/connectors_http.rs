@@ -23,15 +23,15 @@ fn http_connector(system: &str, server: &Server) -> HttpConnector {
     http_connector_at(system, &server.base_url(system), |text| text)
 }
 
-/// The shipped connector file of `system` at `base_url`, edited by `edit`,
-/// with the test's timeouts and retry waits.
+/// The shipped connector file of `system` at `base_url`, with the test's
+/// timeouts and retry waits, then edited by `edit`.
 fn http_connector_at(
     system: &str,
     base_url: &str,
     edit: impl FnOnce(String) -> String,
 ) -> HttpConnector {
     let path = tramite_tests::repo_root().join(format!("connectors/config/{system}.yaml"));
-    let text = edit(std::fs::read_to_string(&path).expect("connector file"));
+    let text = std::fs::read_to_string(&path).expect("connector file");
     let text: String = text
         .replace(&format!("http://127.0.0.1:8090/{system}"), base_url)
         .lines()
@@ -46,6 +46,7 @@ fn http_connector_at(
         })
         .collect::<Vec<_>>()
         .join("\n");
+    let text = edit(text);
     let secrets = |name: &str| {
         ["NAF_TOKEN", "GIS_API_KEY", "SMARTFLEX_PASSWORD"]
             .contains(&name)
@@ -265,7 +266,7 @@ fn canned(
     system: &str,
     answer: Vec<u8>,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}/{system}", listener.local_addr().unwrap());
@@ -274,29 +275,7 @@ fn canned(
     std::thread::spawn(move || {
         for socket in listener.incoming() {
             let Ok(mut socket) = socket else { return };
-            // Read the head and the body its Content-Length announces.
-            let mut seen = Vec::new();
-            let mut buf = [0_u8; 4096];
-            while let Ok(n) = socket.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                seen.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&seen).to_string();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let length = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            let (name, value) = l.split_once(':')?;
-                            name.eq_ignore_ascii_case("content-length")
-                                .then(|| value.trim().parse::<usize>().ok())?
-                        })
-                        .unwrap_or(0);
-                    if seen.len() >= end + 4 + length {
-                        break;
-                    }
-                }
-            }
+            read_request(&mut socket);
             counted.fetch_add(1, Ordering::SeqCst);
             let _ = socket.write_all(&answer);
             let _ = socket.shutdown(std::net::Shutdown::Both);
@@ -305,9 +284,75 @@ fn canned(
     (base, count)
 }
 
+/// Reads a request's head and the body its Content-Length announces.
+fn read_request(socket: &mut std::net::TcpStream) {
+    use std::io::Read;
+    let mut seen = Vec::new();
+    let mut buf = [0_u8; 4096];
+    while let Ok(n) = socket.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if seen.len() >= end + 4 + length {
+                break;
+            }
+        }
+    }
+}
+
+/// A server that holds every request `hold` before answering `answer`, each
+/// on a thread of its own; its base URL for `system` and the most requests
+/// it held at once.
+fn slow(
+    system: &str,
+    answer: Vec<u8>,
+    hold: Duration,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/{system}", listener.local_addr().unwrap());
+    let most = Arc::new(AtomicUsize::new(0));
+    let seen = most.clone();
+    let now = Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(mut socket) = socket else { return };
+            let (answer, most, now) = (answer.clone(), seen.clone(), now.clone());
+            std::thread::spawn(move || {
+                read_request(&mut socket);
+                let held = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(held, Ordering::SeqCst);
+                std::thread::sleep(hold);
+                now.fetch_sub(1, Ordering::SeqCst);
+                let _ = socket.write_all(&answer);
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (base, most)
+}
+
 fn answer(status: &str, body: &str) -> Vec<u8> {
+    answer_with(status, "", body)
+}
+
+/// An answer with extra header lines (each ending in `\r\n`).
+fn answer_with(status: &str, headers: &str, body: &str) -> Vec<u8> {
     format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -349,7 +394,7 @@ async fn only_declared_codes_are_business_errors() {
     );
     let connector = http_connector_at("smartflex", &base, |text| text);
     match register(&connector).await {
-        Err(ConnectorError::Transient { message }) => {
+        Err(ConnectorError::Transient { message, .. }) => {
             assert!(
                 message.contains("409") && message.contains("SOLICITUD_EN_PROCESO"),
                 "{message}"
@@ -417,7 +462,7 @@ async fn an_oversized_answer_is_refused() {
         let (base, _) = canned("smartflex", raw);
         let connector = http_connector_at("smartflex", &base, |text| text);
         match register(&connector).await {
-            Err(ConnectorError::Transient { message }) => {
+            Err(ConnectorError::Transient { message, .. }) => {
                 assert!(message.contains("larger than 4 MiB"), "{message}")
             }
             other => panic!("expected a refusal, got {other:?}"),
@@ -439,7 +484,7 @@ async fn a_redirect_is_not_followed() {
     let (base, asked) = canned("smartflex", moved.into_bytes());
     let connector = http_connector_at("smartflex", &base, |text| text);
     match register(&connector).await {
-        Err(ConnectorError::Transient { message }) => {
+        Err(ConnectorError::Transient { message, .. }) => {
             assert!(
                 message.contains("301") && message.contains("base_url"),
                 "{message}"
@@ -461,4 +506,130 @@ async fn a_redirect_is_not_followed() {
         0,
         "not followed"
     );
+}
+
+/// A throttled system's `Retry-After` is honoured: a wait longer than
+/// those inside an attempt (100 ms here) ends the attempt at once and goes
+/// to the engine, which schedules the next attempt no sooner; a shorter
+/// one is waited inside the attempt, not cut to the backoff's own wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_is_waited_or_handed_to_the_engine() {
+    use tramite_engine::runtime::connector::ConnectorError;
+    let (base, count) = canned(
+        "smartflex",
+        answer_with(
+            "503 Service Unavailable",
+            "Retry-After: 30\r\n",
+            r#"{"error":{"code":"NO_DISPONIBLE"}}"#,
+        ),
+    );
+    let connector = http_connector_at("smartflex", &base, |text| text);
+    match register(&connector).await {
+        Err(ConnectorError::Transient {
+            message,
+            retry_after,
+        }) => {
+            assert_eq!(retry_after, Some(Duration::from_secs(30)));
+            assert!(
+                message.contains("503") && message.contains("asked to wait 30 s"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "not asked again inside the attempt"
+    );
+
+    let (base, count) = canned(
+        "smartflex",
+        answer_with(
+            "429 Too Many Requests",
+            "Retry-After: 1\r\n",
+            r#"{"error":{"code":"DEMASIADAS"}}"#,
+        ),
+    );
+    let connector = http_connector_at("smartflex", &base, |text| {
+        text.replace(
+            "retry: {attempts: 3, first_delay: 20ms, max_delay: 100ms}",
+            "retry: {attempts: 2, first_delay: 20ms, max_delay: 2s}",
+        )
+    });
+    let started = std::time::Instant::now();
+    let failed = register(&connector).await;
+    assert!(
+        matches!(&failed, Err(ConnectorError::Transient { retry_after: Some(w), .. }) if *w == Duration::from_secs(1)),
+        "{failed:?}"
+    );
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the second try waited the second asked, not 20–40 ms: {:?}",
+        started.elapsed()
+    );
+}
+
+/// A system that answers a refusal with a 200 (`{"ok": false, "error":
+/// {...}}`) is routed like one answering 409, when its rule lists the 200;
+/// a 200 without the code (or with it `null`) is a result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_answered_with_a_success_status_is_a_business_error() {
+    use tramite_engine::runtime::connector::ConnectorError;
+    let refused = r#"{"ok":false,"error":{"code":"CLIENTE_BLOQUEADO","message":"bloqueado"}}"#;
+    let registered = r#"{"ok":true,"error":null,"data":{"request_number":"SF-2026-000042","registered_at":"2026-12-07T10:00:00Z","estimated_days":3}}"#;
+    let with_200 = |text: String| text.replace("status: [409, 422]", "status: [200, 409, 422]");
+    let (base, _) = canned("smartflex", answer("200 OK", refused));
+    match register(&http_connector_at("smartflex", &base, with_200)).await {
+        Err(ConnectorError::Business { code, message }) => {
+            assert_eq!(
+                (code.as_str(), message.as_str()),
+                ("client_blocked", "bloqueado")
+            )
+        }
+        other => panic!("expected client_blocked, got {other:?}"),
+    }
+    // The shipped file lists no 200: the same answer is a result (with no
+    // request number), which is why the rule must say so.
+    let (base, _) = canned("smartflex", answer("200 OK", refused));
+    let out = register(&http_connector_at("smartflex", &base, |t| t))
+        .await
+        .unwrap();
+    assert!(!out.contains_key("request_number"), "{out:?}");
+    let (base, _) = canned("smartflex", answer("200 OK", registered));
+    let out = register(&http_connector_at("smartflex", &base, with_200))
+        .await
+        .unwrap();
+    assert_eq!(out["request_number"], "SF-2026-000042");
+}
+
+/// `max_in_flight` caps the requests one node has under way at a system:
+/// six sales at once reach a system capped at two, two at a time, and all
+/// are answered; without the cap the system gets more at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_caps_the_requests_under_way() {
+    let registered = answer(
+        "201 Created",
+        r#"{"data":{"request_number":"SF-2026-000042","registered_at":"2026-12-07T10:00:00Z","estimated_days":3}}"#,
+    );
+    for (cap, most_expected) in [(Some(2), 2..=2), (None, 3..=6)] {
+        let (base, most) = slow("smartflex", registered.clone(), Duration::from_millis(150));
+        let connector =
+            std::sync::Arc::new(http_connector_at("smartflex", &base, |text| match cap {
+                Some(n) => format!("{text}\nmax_in_flight: {n}\n"),
+                None => text,
+            }));
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let connector = connector.clone();
+            calls.spawn(async move { register(&connector).await });
+        }
+        while let Some(done) = calls.join_next().await {
+            let out = done.unwrap().expect("answered");
+            assert_eq!(out["request_number"], "SF-2026-000042");
+        }
+        let most = most.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(most_expected.contains(&most), "cap {cap:?}: {most} at once");
+    }
 }

@@ -361,9 +361,9 @@ impl tramite_engine::runtime::connector::Connector for NulSmartflex {
         Result<serde_json::Map<String, serde_json::Value>, ConnectorError>,
     > {
         Box::pin(async {
-            Err(ConnectorError::Transient {
-                message: "HTTP 502 from http://proxy/v1/solicitudes: \u{1f}\u{8b}\0\0gz".to_owned(),
-            })
+            Err(ConnectorError::transient(
+                "HTTP 502 from http://proxy/v1/solicitudes: \u{1f}\u{8b}\0\0gz",
+            ))
         })
     }
 }
@@ -399,6 +399,84 @@ async fn a_connector_error_holding_nul_ends_in_an_incident(db: Db) {
 on_both_backends!(
     p06_connector_error_holding_nul,
     super::a_connector_error_holding_nul_ends_in_an_incident
+);
+
+/// A Smartflex that is throttling: its first answers ask to be left alone
+/// (90 s, then two days), then it registers.
+struct ThrottledSmartflex {
+    calls: std::sync::atomic::AtomicUsize,
+    then: std::sync::Arc<tramite_connectors::smartflex::Simulator>,
+}
+
+impl tramite_engine::runtime::connector::Connector for ThrottledSmartflex {
+    fn call<'a>(
+        &'a self,
+        call: tramite_engine::runtime::connector::ConnectorCall<'a>,
+    ) -> tramite_engine::runtime::connector::BoxFuture<
+        'a,
+        Result<serde_json::Map<String, serde_json::Value>, ConnectorError>,
+    > {
+        let wait = match self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => Some(Duration::from_secs(90)),
+            1 => Some(Duration::from_secs(2 * 86_400)),
+            _ => None,
+        };
+        match wait {
+            Some(wait) => Box::pin(async move {
+                Err(ConnectorError::Transient {
+                    message: "HTTP 429 Too Many Requests".to_owned(),
+                    retry_after: Some(wait),
+                })
+            }),
+            None => self.then.call(call),
+        }
+    }
+}
+
+/// The node's policy would retry Smartflex after 2 s; the system asked for
+/// 90 s, so nothing is sent before. A wait of two days is held to an hour.
+async fn a_system_asking_to_wait_is_not_asked_sooner(db: Db) {
+    let sims = tramite_connectors::Simulators::new();
+    let throttled = ThrottledSmartflex {
+        calls: Default::default(),
+        then: sims.smartflex.clone(),
+    };
+    let connectors = sims
+        .connectors()
+        .with("smartflex", std::sync::Arc::new(throttled));
+    let h = Harness::with_connectors(db, sims, connectors).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    assert_eq!(h.jobs().await, 1, "asked once, told to wait 90 s");
+    h.advance(Duration::from_secs(89));
+    assert_eq!(h.jobs().await, 0, "not asked again before 90 s");
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.jobs().await, 1, "asked after 90 s, told to wait two days");
+    h.advance(Duration::from_secs(3_590));
+    assert_eq!(h.jobs().await, 0, "not asked again before the hour");
+    h.advance(Duration::from_secs(20));
+    assert_eq!(h.jobs().await, 1, "two days held to an hour");
+    assert_eq!(h.sims.smartflex.registration_count(), 1);
+    h.task(&id, "comunicar_solicitud").await;
+    let history = h.engine.history(&id).await.unwrap();
+    let waits: Vec<i64> = history
+        .iter()
+        .filter(|e| e.kind == "job_failed")
+        .map(|e| e.data["retry_at"].as_i64().unwrap() - e.at)
+        .collect();
+    assert_eq!(waits, [90_000, 3_600_000], "each wait in the history");
+    assert!(
+        h.engine
+            .incidents(Some("open"), Some(&id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+on_both_backends!(
+    a_system_asking_to_wait,
+    super::a_system_asking_to_wait_is_not_asked_sooner
 );
 
 /// One SQLite file, one engine: a second `serve` on it (an overlapping

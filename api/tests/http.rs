@@ -2703,11 +2703,7 @@ async fn readyz_calls_share_one_check_of_the_systems() {
             &'a self,
             _: ConnectorCall<'a>,
         ) -> BoxFuture<'a, Result<serde_json::Map<String, Value>, ConnectorError>> {
-            Box::pin(async {
-                Err(ConnectorError::Transient {
-                    message: "not called here".into(),
-                })
-            })
+            Box::pin(async { Err(ConnectorError::transient("not called here")) })
         }
         fn health(&self) -> BoxFuture<'_, Health> {
             self.0.fetch_add(1, Ordering::SeqCst);

@@ -12,15 +12,19 @@
 //! fresh W3C `traceparent`. Connection failures, timeouts, 429 and 5xx are
 //! retried inside the attempt with exponential backoff (`backon`); when
 //! those retries run out the engine sees a transient failure and applies
-//! the node's own retry policy, then raises an incident.
+//! the node's own retry policy, then raises an incident. A `Retry-After`
+//! is honoured: waited inside the attempt when short, else handed to the
+//! engine, which schedules the next attempt no sooner.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
 use tramite_engine::catalog::{Catalog, OperationSpec};
 use tramite_engine::duration::Duration;
 use tramite_engine::position::{PositionIndex, YamlPath};
@@ -47,6 +51,10 @@ pub struct HttpConfig {
     pub retry: Option<Retry>,
     /// The health check shown in `/readyz` and in metrics (default `GET /health`).
     pub health: Option<HealthCheck>,
+    /// The most requests this node sends the system at once (no cap when
+    /// absent: the node's `--workers` bound all its calls). A request past
+    /// the cap waits for one to end, within the service task's `timeout`.
+    pub max_in_flight: Option<u32>,
     /// Each operation of the system that this file implements.
     pub operations: BTreeMap<String, Operation>,
 }
@@ -137,7 +145,8 @@ pub struct Operation {
     /// Output → JSON pointer into a 2xx answer (`/data/found`).
     #[serde(default)]
     pub output: BTreeMap<String, String>,
-    /// Which non-2xx answers are business errors.
+    /// Which answers are business errors: non-2xx ones, and 2xx ones that
+    /// carry the rule's `code`.
     #[serde(default)]
     pub errors: Vec<ErrorRule>,
 }
@@ -237,6 +246,11 @@ pub struct HttpConnector {
     client: reqwest::Client,
     credentials: Credentials,
     backoff: ExponentialBuilder,
+    /// The longest wait between tries inside an attempt (`retry.max_delay`):
+    /// a `Retry-After` beyond it ends the attempt instead.
+    longest_wait: StdDuration,
+    /// One permit per exchange under way, when the file caps them.
+    in_flight: Option<Arc<Semaphore>>,
     /// Operation → the business errors the catalog declares for it: an
     /// answer naming anything else is not routed as a business error.
     business_errors: BTreeMap<String, Vec<String>>,
@@ -396,6 +410,12 @@ impl HttpConnector {
                 );
             }
         }
+        if config.max_in_flight == Some(0) {
+            problem(
+                root.key("max_in_flight"),
+                "must be at least 1 (leave it out for no cap)".to_owned(),
+            );
+        }
         match catalog.connector(&config.system) {
             None => {
                 let known: Vec<&str> = catalog.connectors().map(|c| c.name.as_str()).collect();
@@ -477,11 +497,20 @@ impl HttpConnector {
                 .with_max_times(DEFAULT_TRIES as usize - 1),
         }
         .with_jitter();
+        let longest_wait = config
+            .retry
+            .as_ref()
+            .map_or(DEFAULT_MAX_DELAY, |r| r.max_delay.as_std());
+        let in_flight = config
+            .max_in_flight
+            .map(|n| Arc::new(Semaphore::new(n as usize)));
         Ok(HttpConnector {
             config,
             client,
             credentials,
             backoff,
+            longest_wait,
+            in_flight,
             business_errors,
         })
     }
@@ -572,6 +601,13 @@ impl HttpConnector {
                 .collect();
             request = request.json(&body);
         }
+        // Held until the answer is read: a cap counts requests the system
+        // is working on, not waits between tries.
+        // (The semaphore is never closed.)
+        let _permit = match &self.in_flight {
+            Some(slots) => slots.acquire().await.ok(),
+            None => None,
+        };
         let response = self.authorize(request).send().await.map_err(|e| {
             let what = if e.is_timeout() {
                 "timed out"
@@ -588,22 +624,36 @@ impl HttpConnector {
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let wait = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry_after(v, std::time::SystemTime::now()));
         let bytes = read_answer(response, &url).await?;
         let body: Option<Value> = serde_json::from_slice(&bytes).ok();
         if status.is_success() {
-            let body = body.ok_or_else(|| {
-                Failure::stop(
+            let Some(body) = &body else {
+                return Err(Failure::stop(
                     format!("HTTP {status}, not JSON"),
                     format!("HTTP {status} from {url} is not JSON"),
-                )
-            })?;
-            return Ok(op
-                .output
-                .iter()
-                .filter_map(|(name, pointer)| {
-                    body.pointer(pointer).map(|v| (name.clone(), v.clone()))
-                })
-                .collect());
+                ));
+            };
+            // A system that answers its refusals with a 2xx ("200, ok:
+            // false") names them by a code its rule points at; an answer
+            // without that code is a result.
+            let refused = op.errors.iter().any(|rule| {
+                rule.status.contains(&status.as_u16())
+                    && body.pointer(&rule.code).is_some_and(|c| !c.is_null())
+            });
+            if !refused {
+                return Ok(op
+                    .output
+                    .iter()
+                    .filter_map(|(name, pointer)| {
+                        body.pointer(pointer).map(|v| (name.clone(), v.clone()))
+                    })
+                    .collect());
+            }
         }
         let declared = self
             .business_errors
@@ -668,7 +718,15 @@ impl HttpConnector {
             ));
         }
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            Err(Failure::retry(public, detail))
+            match wait {
+                Some(wait) => Err(Failure::Transient {
+                    message: format!("{public}, asked to wait {} s", wait.as_secs()),
+                    detail,
+                    retry: true,
+                    wait: Some(wait),
+                }),
+                None => Err(Failure::retry(public, detail)),
+            }
         } else {
             // Another 4xx: the request itself is wrong; retrying the same
             // request now will not help, so the engine's policy decides.
@@ -717,10 +775,12 @@ enum Failure {
     /// `message` is what the engine records (an incident, the history, which
     /// every signed-in user may read); `detail` adds what only the log gets:
     /// internal addresses and the system's own words.
+    /// `wait`: the system's `Retry-After`, if it sent one.
     Transient {
         message: String,
         detail: String,
         retry: bool,
+        wait: Option<StdDuration>,
     },
 }
 
@@ -730,6 +790,7 @@ impl Failure {
             message,
             detail,
             retry: true,
+            wait: None,
         }
     }
 
@@ -738,8 +799,20 @@ impl Failure {
             message,
             detail,
             retry: false,
+            wait: None,
         }
     }
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date (a date already past
+/// is no wait). Anything else is ignored, as if the header were absent.
+fn retry_after(value: &str, now: std::time::SystemTime) -> Option<StdDuration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(StdDuration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
 }
 
 impl Connector for HttpConnector {
@@ -749,12 +822,10 @@ impl Connector for HttpConnector {
     ) -> BoxFuture<'a, Result<Map<String, Value>, ConnectorError>> {
         Box::pin(async move {
             let Some(op) = self.config.operations.get(call.operation) else {
-                return Err(ConnectorError::Transient {
-                    message: format!(
-                        "`{}` has no HTTP mapping for `{}`",
-                        self.config.system, call.operation
-                    ),
-                });
+                return Err(ConnectorError::transient(format!(
+                    "`{}` has no HTTP mapping for `{}`",
+                    self.config.system, call.operation
+                )));
             };
             let trace = traceparent();
             let started = Instant::now();
@@ -762,6 +833,16 @@ impl Connector for HttpConnector {
                 .retry(self.backoff)
                 .sleep(tokio::time::sleep)
                 .when(|f| matches!(f, Failure::Transient { retry: true, .. }))
+                // A system that says when to come back is not asked sooner;
+                // one that asks for longer than a wait inside the attempt
+                // may be (`max_delay`) gets the job back, so the engine
+                // waits it out without holding a worker.
+                .adjust(|f, next| match (f, next) {
+                    (Failure::Transient { wait: Some(wait), .. }, Some(next)) => {
+                        (*wait <= self.longest_wait).then(|| next.max(*wait))
+                    }
+                    _ => next,
+                })
                 .notify(|f, wait| {
                     // Per-attempt outcomes are the engine's job metrics;
                     // these are the HTTP retries inside an attempt.
@@ -778,7 +859,10 @@ impl Connector for HttpConnector {
                 }
                 Err(Failure::Business(e)) => Err(e),
                 Err(Failure::Transient {
-                    message, detail, ..
+                    message,
+                    detail,
+                    wait,
+                    ..
                 }) => {
                     tracing::warn!(system = %self.config.system, operation = call.operation, %trace, elapsed_ms, %detail, "failed");
                     // The trace id finds the log line with the details.
@@ -787,6 +871,7 @@ impl Connector for HttpConnector {
                             "{} {}: {message} (trace {trace})",
                             self.config.system, call.operation
                         ),
+                        retry_after: wait,
                     })
                 }
             }
@@ -1128,10 +1213,14 @@ fn check_operation(
     }
     for (i, rule) in op.errors.iter().enumerate() {
         let key = at.key("errors").index(i);
-        if let Some(bad) = rule.status.iter().find(|s| !(400..=599).contains(*s)) {
+        if let Some(bad) = rule
+            .status
+            .iter()
+            .find(|s| !(200..=299).contains(*s) && !(400..=599).contains(*s))
+        {
             problem(
                 key.key("status"),
-                format!("{bad} is not an error status (400–599)"),
+                format!("{bad} is neither a success (200–299) nor an error status (400–599)"),
             );
         }
         for (code, name) in &rule.map {
@@ -1314,6 +1403,38 @@ operations:
                 && found[0].contains("retry.first_delay: must not be longer than `max_delay`"),
             "{found:?}"
         );
+        // No request could ever be sent; and a rule on a redirect or an
+        // informational status could never be read (those are not answers).
+        let stuck =
+            format!("{GOOD}max_in_flight: 0\n").replace("status: [422]", "status: [200, 302, 422]");
+        let found = problems(with(&stuck, "ok"));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|f| f.starts_with("12:16 max_in_flight: must be at least 1")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|f| f.contains(
+                "errors[0].status: 302 is neither a success (200–299) nor an error status"
+            )),
+            "{found:?}"
+        );
+    }
+
+    /// `Retry-After` as seconds or as an HTTP date; a date already past is
+    /// no wait, and anything else is as if it were absent.
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = httpdate::parse_http_date("Mon, 07 Dec 2026 10:00:00 GMT").unwrap();
+        let secs = |s| Some(StdDuration::from_secs(s));
+        assert_eq!(retry_after("120", now), secs(120));
+        assert_eq!(retry_after(" 0 ", now), secs(0));
+        assert_eq!(retry_after("Mon, 07 Dec 2026 10:01:30 GMT", now), secs(90));
+        assert_eq!(retry_after("Mon, 07 Dec 2026 09:59:00 GMT", now), secs(0));
+        assert_eq!(retry_after("-5", now), None);
+        assert_eq!(retry_after("soon", now), None);
     }
 
     /// Two files of one system would leave which one serves to the files'

@@ -574,7 +574,7 @@ mod tests {
             .await
             .unwrap_err();
         match err {
-            ConnectorError::Transient { message } => assert!(message.contains("check_debts")),
+            ConnectorError::Transient { message, .. } => assert!(message.contains("check_debts")),
             other => panic!("{other:?}"),
         }
     }

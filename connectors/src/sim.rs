@@ -86,7 +86,7 @@ impl Harness {
 }
 
 fn transient(message: String) -> ConnectorError {
-    ConnectorError::Transient { message }
+    ConnectorError::transient(message)
 }
 
 /// A business error.

@@ -131,7 +131,7 @@ async fn answer(
                 None => error(StatusCode::UNPROCESSABLE_ENTITY, &code, &message),
             }
         }
-        Err(ConnectorError::Transient { message }) => {
+        Err(ConnectorError::Transient { message, .. }) => {
             error(StatusCode::SERVICE_UNAVAILABLE, "NO_DISPONIBLE", &message)
         }
     }

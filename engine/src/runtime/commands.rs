@@ -1562,13 +1562,21 @@ async fn apply_job_result(
     let token = job.token as u32;
     let node_id = job.node_id.clone();
     // Transient failure with attempts left: back in the queue, instance untouched.
-    if let Err(ConnectorError::Transient { message }) = &result {
+    if let Err(ConnectorError::Transient {
+        message,
+        retry_after,
+    }) = &result
+    {
         let policy = match process.definition.node(&node_id).map(|n| &n.kind) {
             Some(NodeKind::ServiceTask(s)) => s.retry.clone().unwrap_or_else(default_retry),
             _ => default_retry(),
         };
         if job.attempts < job.max_attempts {
-            let at = ctx.now + backoff(&policy, job.attempts as u32);
+            let asked = retry_after.map_or(0, |wait| {
+                wait.min(crate::runtime::connector::MAX_RETRY_AFTER)
+                    .as_millis() as i64
+            });
+            let at = ctx.now + backoff(&policy, job.attempts as u32).max(asked);
             if conn.reschedule_job(&job.id, owner, at, message).await? {
                 ctx.scheduled
                     .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -45,10 +46,27 @@ pub enum ConnectorError {
     Transient {
         /// What went wrong.
         message: String,
+        /// How long the system asked to be left alone (an HTTP
+        /// `Retry-After`): the next attempt waits at least this long, up to
+        /// [`MAX_RETRY_AFTER`], even where the node's policy would retry
+        /// sooner — retrying a throttled system early only spends attempts.
+        retry_after: Option<Duration>,
     },
 }
 
+/// The longest wait a system's `Retry-After` can impose on a job: one
+/// asking for a day would otherwise hold a client's request that long.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 impl ConnectorError {
+    /// A transient failure without a wait asked by the system.
+    pub fn transient(message: impl Into<String>) -> ConnectorError {
+        ConnectorError::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
     /// The same error with every U+0000 in its text replaced by U+FFFD.
     ///
     /// A system's text reaches the jobs', incidents' and journal's columns,
@@ -69,8 +87,12 @@ impl ConnectorError {
                 code: clean(code),
                 message: clean(message),
             },
-            ConnectorError::Transient { message } => ConnectorError::Transient {
+            ConnectorError::Transient {
+                message,
+                retry_after,
+            } => ConnectorError::Transient {
                 message: clean(message),
+                retry_after,
             },
         }
     }

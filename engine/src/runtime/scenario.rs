@@ -208,15 +208,13 @@ impl Connector for Scripted {
                     result: None,
                     business: None,
                     transient: Some(message),
-                }) => Err(ConnectorError::Transient { message }),
-                Some(_) => Err(ConnectorError::Transient {
-                    message: format!(
-                        "an answer for `{key}` needs exactly one of `result`, `business`, `transient`"
-                    ),
-                }),
-                None => Err(ConnectorError::Transient {
-                    message: format!("the scenario has no (more) answers for `{key}`"),
-                }),
+                }) => Err(ConnectorError::transient(message)),
+                Some(_) => Err(ConnectorError::transient(format!(
+                    "an answer for `{key}` needs exactly one of `result`, `business`, `transient`"
+                ))),
+                None => Err(ConnectorError::transient(format!(
+                    "the scenario has no (more) answers for `{key}`"
+                ))),
             }
         })
     }

@@ -57,9 +57,9 @@ async fn call(
 ) -> Result<Map<String, serde_json::Value>, ConnectorError> {
     let name = job.connector.as_deref().unwrap_or_default();
     let Some(connector) = engine.inner.connectors.get(name) else {
-        return Err(ConnectorError::Transient {
-            message: format!("no connector `{name}` is configured"),
-        });
+        return Err(ConnectorError::transient(format!(
+            "no connector `{name}` is configured"
+        )));
     };
     let timeout = job
         .timeout_ms
@@ -85,9 +85,10 @@ async fn call(
         });
     match tokio::time::timeout(budget, connector.call(call)).await {
         Ok(result) => result,
-        Err(_) => Err(ConnectorError::Transient {
-            message: format!("no answer within {} ms", budget.as_millis()),
-        }),
+        Err(_) => Err(ConnectorError::transient(format!(
+            "no answer within {} ms",
+            budget.as_millis()
+        ))),
     }
 }
 
