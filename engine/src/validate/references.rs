@@ -38,6 +38,33 @@ fn duplicate_ids<'a>(
     }
 }
 
+/// CEL's reserved words: the language's own and those kept for later.
+const CEL_RESERVED: [&str; 20] = [
+    "as",
+    "break",
+    "const",
+    "continue",
+    "else",
+    "false",
+    "for",
+    "function",
+    "if",
+    "import",
+    "in",
+    "let",
+    "loop",
+    "namespace",
+    "null",
+    "package",
+    "return",
+    "true",
+    "var",
+    "void",
+];
+
+/// What expressions read besides variables (see `variables::Scope`).
+const ROOTS: [&str; 5] = ["instance", "result", "error", "message", "output"];
+
 /// Whether `id` is letters, digits and `_`, starting with a letter.
 fn is_identifier(id: &str) -> bool {
     let mut chars = id.chars();
@@ -79,6 +106,32 @@ fn duplicates(c: &mut Checker<'_>) {
             .enumerate()
             .map(|(i, r)| (r.id.as_str(), p.item_path("roles", i).key("id"))),
     );
+    // Expressions read a variable by its bare name: a name CEL cannot parse
+    // as one (`nombre-cliente` is a subtraction, `teléfono` not a name at
+    // all), a reserved word, or a root an expression reads for something
+    // else could be declared and written but never read.
+    for (i, v) in def.variables.iter().enumerate() {
+        let why = if !is_identifier(&v.name) {
+            Some(
+                "must be letters (a–z, without accents), digits and `_`, starting with a letter (e.g. `nombre_cliente`): expressions read it by name",
+            )
+        } else if CEL_RESERVED.contains(&v.name.as_str()) {
+            Some("is a reserved word of expressions; choose another name")
+        } else if ROOTS.contains(&v.name.as_str()) {
+            Some(
+                "is what expressions call the instance, a system's result, an error, a message or a called procedure's output; choose another name",
+            )
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            c.error(
+                Code::InvalidValue,
+                p.item_path("variables", i).key("name"),
+                format!("variable `{}` {why}", v.name),
+            );
+        }
+    }
     duplicate_ids(
         c,
         "variable",
@@ -309,6 +362,25 @@ fn fields(c: &mut Checker<'_>, fields: &[Field], base: &YamlPath) {
                 path.key("min"),
                 format!("`min` ({min}) is greater than `max` ({max})"),
             );
+        }
+        // A length on a number or a date would be silently ignored: the
+        // owner meant a limit the form would not enforce.
+        for (key, limit) in [("min_length", f.min_length), ("max_length", f.max_length)] {
+            if limit.is_some() && !textual {
+                c.error(
+                    Code::InvalidSetting,
+                    path.key(key),
+                    format!(
+                        "`{key}` applies to text fields, not to `{}`{}",
+                        f.ty,
+                        if numeric {
+                            " (limit the value with `min` and `max`)"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            }
         }
         if let (Some(min), Some(max)) = (f.min_length, f.max_length)
             && min > max
