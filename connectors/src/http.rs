@@ -29,7 +29,7 @@ use tramite_engine::catalog::{Catalog, OperationSpec};
 use tramite_engine::duration::Duration;
 use tramite_engine::position::{PositionIndex, YamlPath};
 use tramite_engine::runtime::connector::{
-    BoxFuture, Connector, ConnectorCall, ConnectorError, Health,
+    BoxFuture, Connector, ConnectorCall, ConnectorError, Health, MAX_RETRY_AFTER,
 };
 
 /// A system reached over HTTP, as its YAML file describes it.
@@ -231,6 +231,25 @@ impl std::fmt::Display for Problem {
     }
 }
 
+impl ErrorRule {
+    /// The system's code in `body`, as text: a string, or a number
+    /// (`1001` and `1001.0` are one code, as `map` writes it).
+    fn code_in(&self, body: &Value) -> Option<String> {
+        match body.pointer(&self.code)? {
+            Value::String(code) => Some(code.clone()),
+            Value::Number(code) => Some(tramite_engine::runtime::eval::whole_number_text(code)),
+            _ => None,
+        }
+    }
+
+    /// The business error `body` names under this rule (through `map`
+    /// where it differs), whether or not the catalog declares it.
+    fn business_error(&self, body: &Value) -> Option<String> {
+        let code = self.code_in(body)?;
+        Some(self.map.get(&code).cloned().unwrap_or(code))
+    }
+}
+
 /// The resolved credentials of a connector.
 #[derive(Clone)]
 enum Credentials {
@@ -246,9 +265,6 @@ pub struct HttpConnector {
     client: reqwest::Client,
     credentials: Credentials,
     backoff: ExponentialBuilder,
-    /// The longest wait between tries inside an attempt (`retry.max_delay`):
-    /// a `Retry-After` beyond it ends the attempt instead.
-    longest_wait: StdDuration,
     /// One permit per exchange under way, when the file caps them.
     in_flight: Option<Arc<Semaphore>>,
     /// Operation → the business errors the catalog declares for it: an
@@ -362,6 +378,7 @@ impl HttpConnector {
         catalog: &Catalog,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<HttpConnector, Error> {
+        let text = tramite_engine::loader::without_bom(text);
         let index = PositionIndex::build(text);
         let config: HttpConfig = serde_yaml::from_str(text).map_err(|e| {
             let message = e.to_string();
@@ -497,10 +514,6 @@ impl HttpConnector {
                 .with_max_times(DEFAULT_TRIES as usize - 1),
         }
         .with_jitter();
-        let longest_wait = config
-            .retry
-            .as_ref()
-            .map_or(DEFAULT_MAX_DELAY, |r| r.max_delay.as_std());
         let in_flight = config
             .max_in_flight
             .map(|n| Arc::new(Semaphore::new(n as usize)));
@@ -509,10 +522,16 @@ impl HttpConnector {
             client,
             credentials,
             backoff,
-            longest_wait,
             in_flight,
             business_errors,
         })
+    }
+
+    /// Whether the catalog declares `name` a business error of `operation`.
+    fn declares(&self, operation: &str, name: &str) -> bool {
+        self.business_errors
+            .get(operation)
+            .is_some_and(|names| names.iter().any(|n| n == name))
     }
 
     /// The catalog system it implements.
@@ -628,7 +647,10 @@ impl HttpConnector {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| retry_after(v, std::time::SystemTime::now()));
+            .and_then(|v| retry_after(v, std::time::SystemTime::now()))
+            // No wait is no request; the engine holds a longer one to this.
+            .filter(|wait| !wait.is_zero())
+            .map(|wait| wait.min(MAX_RETRY_AFTER));
         let bytes = read_answer(response, &url).await?;
         let body: Option<Value> = serde_json::from_slice(&bytes).ok();
         if status.is_success() {
@@ -639,12 +661,16 @@ impl HttpConnector {
                 ));
             };
             // A system that answers its refusals with a 2xx ("200, ok:
-            // false") names them by a code its rule points at; an answer
-            // without that code is a result.
-            let refused = op.errors.iter().any(|rule| {
-                rule.status.contains(&status.as_u16())
-                    && body.pointer(&rule.code).is_some_and(|c| !c.is_null())
-            });
+            // false") names them by a code its rule points at; only a code
+            // naming a business error of the operation makes one a refusal
+            // (a system may put `"code": 0` or `"status": "OK"` on every
+            // success).
+            let refused = op
+                .errors
+                .iter()
+                .filter(|rule| rule.status.contains(&status.as_u16()))
+                .filter_map(|rule| rule.business_error(body))
+                .any(|name| self.declares(call.operation, &name));
             if !refused {
                 return Ok(op
                     .output
@@ -655,10 +681,6 @@ impl HttpConnector {
                     .collect());
             }
         }
-        let declared = self
-            .business_errors
-            .get(call.operation)
-            .map_or(&[][..], Vec::as_slice);
         let mut undeclared = None;
         if let Some(body) = &body {
             for rule in op
@@ -666,13 +688,8 @@ impl HttpConnector {
                 .iter()
                 .filter(|r| r.status.contains(&status.as_u16()))
             {
-                let code = match body.pointer(&rule.code) {
-                    Some(Value::String(code)) => code.clone(),
-                    // `1001` and `1001.0` are one code, as `map` writes it.
-                    Some(Value::Number(code)) => {
-                        tramite_engine::runtime::eval::whole_number_text(code)
-                    }
-                    _ => continue,
+                let Some(code) = rule.code_in(body) else {
+                    continue;
                 };
                 let name = rule.map.get(&code).unwrap_or(&code);
                 // A code the catalog does not declare ("request in
@@ -681,7 +698,7 @@ impl HttpConnector {
                 // the transient path below, so the engine retries it with
                 // the same idempotency key rather than an incident whose
                 // retry would start over with a new key.
-                if declared.contains(name) {
+                if self.declares(call.operation, name) {
                     let message = rule
                         .message
                         .as_deref()
@@ -833,13 +850,14 @@ impl Connector for HttpConnector {
                 .retry(self.backoff)
                 .sleep(tokio::time::sleep)
                 .when(|f| matches!(f, Failure::Transient { retry: true, .. }))
-                // A system that says when to come back is not asked sooner;
-                // one that asks for longer than a wait inside the attempt
-                // may be (`max_delay`) gets the job back, so the engine
-                // waits it out without holding a worker.
+                // A system that says when to come back is not asked sooner:
+                // a wait longer than the backoff's next one ends the attempt
+                // and the engine waits it out, without holding a worker —
+                // waiting it here would outgrow the attempt's time
+                // (`longest_attempt`, the service task's `timeout`).
                 .adjust(|f, next| match (f, next) {
                     (Failure::Transient { wait: Some(wait), .. }, Some(next)) => {
-                        (*wait <= self.longest_wait).then(|| next.max(*wait))
+                        (*wait <= next).then_some(next)
                     }
                     _ => next,
                 })
