@@ -39,7 +39,7 @@ fn duplicate_ids<'a>(
 }
 
 /// CEL's reserved words: the language's own and those kept for later.
-const CEL_RESERVED: [&str; 20] = [
+const CEL_RESERVED: [&str; 21] = [
     "as",
     "break",
     "const",
@@ -60,9 +60,12 @@ const CEL_RESERVED: [&str; 20] = [
     "true",
     "var",
     "void",
+    "while",
 ];
 
-/// What expressions read besides variables (see `variables::Scope`).
+/// What expressions read besides variables (see `variables::Scope`):
+/// `instance` everywhere, the others in the mappings that receive them,
+/// where a variable of that name could not be read.
 const ROOTS: [&str; 5] = ["instance", "result", "error", "message", "output"];
 
 /// Whether `id` is letters, digits and `_`, starting with a letter.
@@ -108,18 +111,20 @@ fn duplicates(c: &mut Checker<'_>) {
     );
     // Expressions read a variable by its bare name: a name CEL cannot parse
     // as one (`nombre-cliente` is a subtraction, `teléfono` not a name at
-    // all), a reserved word, or a root an expression reads for something
-    // else could be declared and written but never read.
+    // all) or a reserved word could be declared and written but never
+    // read, and a root an expression reads for something else hides it.
     for (i, v) in def.variables.iter().enumerate() {
-        let why = if !is_identifier(&v.name) {
+        // CEL's own rule: a leading `_` is a name too.
+        let name = v.name.strip_prefix('_').unwrap_or(&v.name);
+        let why = if !is_identifier(name) {
             Some(
-                "must be letters (a–z, without accents), digits and `_`, starting with a letter (e.g. `nombre_cliente`): expressions read it by name",
+                "must be letters (a–z, without accents), digits and `_`, starting with a letter or `_` (e.g. `nombre_cliente`): expressions read it by name",
             )
         } else if CEL_RESERVED.contains(&v.name.as_str()) {
             Some("is a reserved word of expressions; choose another name")
         } else if ROOTS.contains(&v.name.as_str()) {
             Some(
-                "is what expressions call the instance, a system's result, an error, a message or a called procedure's output; choose another name",
+                "is what expressions call the instance, or in some mappings a system's result, an error, a message or a called procedure's output, where this variable could not be read; choose another name",
             )
         } else {
             None
