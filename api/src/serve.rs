@@ -58,7 +58,7 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| Error::Serve(format!("cannot read {}: {e}", path.display())))?;
-            let file: UsersFile = serde_yaml::from_str(&text)
+            let file: UsersFile = serde_yaml::from_str(tramite_engine::loader::without_bom(&text))
                 .map_err(|e| Error::Serve(format!("{}: {e}", path.display())))?;
             let users = Users::from_file(file).map_err(|problems| {
                 let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();

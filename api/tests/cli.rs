@@ -222,6 +222,45 @@ fn demo_runs_p06_on_a_sqlite_file_created_on_first_start() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Definitions and scenarios saved by a Windows editor begin with a byte
+/// order mark; they validate and run as the same files without it.
+#[test]
+fn files_saved_with_a_byte_order_mark_validate_and_run() {
+    let dir = std::env::temp_dir().join(format!("tramite-cli-bom-{}", std::process::id()));
+    let scenarios = dir.join("scenarios");
+    std::fs::create_dir_all(&scenarios).unwrap();
+    for entry in std::fs::read_dir(repo().join("processes")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(
+                dir.join(path.file_name().unwrap()),
+                format!("\u{feff}{text}"),
+            )
+            .unwrap();
+        }
+    }
+    let scenario =
+        std::fs::read_to_string(repo().join("processes/scenarios/01-venta-concretada.yaml"))
+            .unwrap();
+    std::fs::write(scenarios.join("01.yaml"), format!("\u{feff}{scenario}")).unwrap();
+    let out = tramite(&["validate", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = tramite(&[
+        "test",
+        scenarios.to_str().unwrap(),
+        "--processes",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success() && text(&out.stdout).contains("1 passed, 0 failed"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn test_runs_every_p06_scenario() {
     let out = tramite(&["test", "processes/scenarios"]);

@@ -82,6 +82,12 @@ pub fn read_file(path: PathBuf) -> Result<SourceFile, Error> {
             column,
         }
     })?;
+    // Notepad and Excel save UTF-8 with a byte order mark; YAML read with it
+    // fails as "more than one document".
+    let text = match crate::loader::without_bom(&text) {
+        rest if rest.len() == text.len() => text,
+        rest => rest.to_owned(),
+    };
     Ok(SourceFile { path, text })
 }
 

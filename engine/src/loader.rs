@@ -93,8 +93,17 @@ pub fn locate(diagnostic: &mut Diagnostic, index: &PositionIndex) {
     diagnostic.pos = key.or_else(|| index.locate(&diagnostic.path));
 }
 
+/// `text` without a leading UTF-8 byte order mark. Windows editors
+/// (Notepad, Excel's "CSV UTF-8") write one; serde_yaml takes it for the
+/// start of a second document and refuses the whole file, and it is not
+/// part of anything a person sees on the first line.
+pub fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
 /// Reads a definition from YAML text.
 pub fn parse(text: &str) -> Parsed {
+    let text = without_bom(text);
     let index = PositionIndex::build(text);
     let mut parsed = Parsed {
         definition: blank(),
@@ -520,6 +529,22 @@ mod tests {
             ]
         );
         assert!(d[0].message.contains("did you mean `user_task`?"));
+    }
+
+    /// A file saved by Notepad starts with a byte order mark: it reads as
+    /// the same definition, its mistakes at the lines and columns a person
+    /// sees (the mark is invisible), not "more than one document".
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_definition() {
+        let text = format!(
+            "\u{feff}cde: X\n{}nodes:\n  - id: a\n    kind: user_task\n    rol: r\n    outcomes: []\n",
+            &HEAD["code: X\n".len()..]
+        );
+        let d = located(&text);
+        let got: Vec<_> = d.iter().map(at).collect();
+        assert!(got.contains(&(Code::UnknownField, 1, 1)), "{d:?}");
+        assert!(got.contains(&(Code::UnknownField, 9, 5)), "{d:?}");
+        assert!(d.iter().all(|d| d.code != Code::YamlSyntax), "{d:?}");
     }
 
     #[test]
