@@ -160,6 +160,7 @@ pub(crate) async fn run(settings: Settings) -> Result<Report, Error> {
             connectors: sims.connectors(),
             webhooks: tramite_api::http::Webhooks::default(),
             health: Default::default(),
+            census: Default::default(),
         }));
         servers.push(tokio::spawn(async move {
             axum::serve(crate::serve::no_delay(listener), app).await

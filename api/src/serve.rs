@@ -231,6 +231,7 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
             whatsapp: s.whatsapp,
         },
         health: Default::default(),
+        census: tramite_api::http::CensusCache::fresh_for(tramite_api::http::CENSUS_FRESH),
     }));
     axum::serve(no_delay(listener), app)
         .with_graceful_shutdown(stop_signal())

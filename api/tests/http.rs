@@ -79,6 +79,7 @@ impl Api {
                 }),
             },
             health: Default::default(),
+            census: Default::default(),
         }));
         Api { h, app }
     }
@@ -2722,6 +2723,7 @@ async fn readyz_calls_share_one_check_of_the_systems() {
         connectors: Connectors::new().with("naf", counted.clone()),
         webhooks: Webhooks::default(),
         health: Default::default(),
+        census: Default::default(),
     }));
     let ask = || {
         let app = app.clone();
@@ -2750,5 +2752,68 @@ async fn readyz_calls_share_one_check_of_the_systems() {
         counted.0.load(Ordering::SeqCst),
         1,
         "one check for four calls"
+    );
+}
+
+/// `/metrics` needs no token, so its census of the database (a count over
+/// every instance) is taken at most once per period: scrapes within it
+/// reuse the gauges, and the next one after it counts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapes_within_a_period_reuse_one_census() {
+    const CENSUS: &str = "code: T-CENSUS\nname: Censo\nversion: 1\nowner_role: agente\nroles: [{id: agente, name: Agente}]\nnodes:\n  - {id: inicio, kind: start, channels: [web], next: revisar}\n  - {id: revisar, kind: user_task, role: agente, outcomes: [{id: ok, label: Listo, next: fin}]}\n  - {id: fin, kind: end, outcome: listo}\n";
+    let h = Harness::new(Db::Sqlite).await;
+    h.engine
+        .deploy(vec![("censo.yaml".into(), CENSUS.to_owned())])
+        .await
+        .expect("deploys");
+    let app_with = |census| {
+        router(Arc::new(AppState {
+            engine: h.engine.clone(),
+            users: Users::default(),
+            metrics: Some(metrics_handle()),
+            connectors: h.connectors.clone(),
+            webhooks: Webhooks::default(),
+            health: Default::default(),
+            census,
+        }))
+    };
+    let running = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("tramite_instances{process=\"T-CENSUS\",status=\"running\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u32>().ok())
+    };
+    let scrape = |app: axum::Router| async move {
+        let response = app
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    };
+    let cached = app_with(tramite_api::http::CensusCache::fresh_for(
+        std::time::Duration::from_secs(1),
+    ));
+    h.start("T-CENSUS", "web", json!({})).await;
+    assert_eq!(running(&scrape(cached.clone()).await), Some(1));
+    h.start("T-CENSUS", "web", json!({})).await;
+    assert_eq!(
+        running(&scrape(cached.clone()).await),
+        Some(1),
+        "within the period: the last census"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert_eq!(
+        running(&scrape(cached).await),
+        Some(2),
+        "after it: counted again"
+    );
+    h.start("T-CENSUS", "web", json!({})).await;
+    assert_eq!(
+        running(&scrape(app_with(Default::default())).await),
+        Some(3),
+        "no period: every scrape counts"
     );
 }

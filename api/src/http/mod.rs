@@ -50,6 +50,8 @@ pub struct AppState {
     pub webhooks: Webhooks,
     /// The systems' last health checks, for `/readyz`.
     pub health: SystemHealth,
+    /// The database's last census, for `/metrics`.
+    pub census: CensusCache,
 }
 
 /// How long a health check of the systems answers `/readyz` before the
@@ -89,6 +91,31 @@ impl SystemHealth {
         check.await.unwrap_or_default()
     }
 }
+
+/// The last census of the database behind `/metrics`, which needs no token
+/// (the scraper has none): one census runs at a time, and scrapes within
+/// `fresh` of the last reuse its gauges, so a flood of scrapes (or several
+/// scrapers) costs one count per period, not one per request.
+#[derive(Debug, Default)]
+pub struct CensusCache {
+    fresh: std::time::Duration,
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Census)>>,
+}
+
+impl CensusCache {
+    /// Reuses a census for `fresh` (`tramite serve`: [`CENSUS_FRESH`]; the
+    /// default, zero, counts on every scrape).
+    pub fn fresh_for(fresh: std::time::Duration) -> CensusCache {
+        CensusCache {
+            fresh,
+            last: Default::default(),
+        }
+    }
+}
+
+/// How long `tramite serve` reuses a census: a third of Prometheus's
+/// usual 15 s scrape interval.
+pub const CENSUS_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 type Shared = State<Arc<AppState>>;
 type Body<T> = Result<Json<T>, JsonRejection>;
@@ -270,6 +297,23 @@ async fn prometheus(State(s): Shared) -> Result<impl IntoResponse, Error> {
     let Some(handle) = &s.metrics else {
         return Ok((StatusCode::NOT_FOUND, String::new()));
     };
+    let mut last = s.census.last.lock().await;
+    if last
+        .as_ref()
+        .is_none_or(|(at, _)| at.elapsed() >= s.census.fresh)
+    {
+        let none = Census::default();
+        let seen = last.as_ref().map_or(&none, |(_, seen)| seen);
+        let counted = take_census(&s, seen).await?;
+        *last = Some((std::time::Instant::now(), counted));
+    }
+    drop(last);
+    Ok((StatusCode::OK, handle.render()))
+}
+
+/// Counts instances, open tasks and open incidents into their gauges;
+/// `seen`: the label sets the last census set, returned for the next.
+async fn take_census(s: &AppState, seen: &Census) -> Result<Census, Error> {
     let mut conn = s
         .engine
         .store()
@@ -284,13 +328,6 @@ async fn prometheus(State(s): Shared) -> Result<impl IntoResponse, Error> {
     let open = tramite_engine::store::tasks::open_by_role(&mut conn)
         .await
         .map_err(store_error)?;
-    // A label set the database no longer has (the role's last task done, a
-    // procedure's last instance ended) reads 0, not its last count: the
-    // census's GROUP BY has no row for it, and a gauge keeps its value.
-    static SEEN: std::sync::Mutex<Census> = std::sync::Mutex::new(Census {
-        instances: std::collections::BTreeSet::new(),
-        roles: std::collections::BTreeSet::new(),
-    });
     let now = Census {
         instances: instances
             .iter()
@@ -298,14 +335,12 @@ async fn prometheus(State(s): Shared) -> Result<impl IntoResponse, Error> {
             .collect(),
         roles: open.iter().map(|(r, _)| r.clone()).collect(),
     };
-    let gone = {
-        let mut seen = SEEN.lock().expect("census lock");
-        let gone = Census {
-            instances: seen.instances.difference(&now.instances).cloned().collect(),
-            roles: seen.roles.difference(&now.roles).cloned().collect(),
-        };
-        *seen = now;
-        gone
+    // A label set the database no longer has (the role's last task done, a
+    // procedure's last instance ended) reads 0, not its last count: the
+    // census's GROUP BY has no row for it, and a gauge keeps its value.
+    let gone = Census {
+        instances: seen.instances.difference(&now.instances).cloned().collect(),
+        roles: seen.roles.difference(&now.roles).cloned().collect(),
     };
     for (code, status, outcome) in gone.instances {
         metrics::gauge!("tramite_instances", "process" => code, "status" => status, "outcome" => outcome)
@@ -325,7 +360,7 @@ async fn prometheus(State(s): Shared) -> Result<impl IntoResponse, Error> {
         .await
         .map_err(store_error)?;
     metrics::gauge!("tramite_incidents_open").set(incidents as f64);
-    Ok((StatusCode::OK, handle.render()))
+    Ok(now)
 }
 
 #[utoipa::path(get, path = "/api/v1/definitions", tag = "definitions", responses((status = 200, description = "Deployed versions"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
@@ -917,6 +952,7 @@ async fn complete(
 }
 
 /// The label sets the last scrape's census gave.
+#[derive(Debug, Default)]
 struct Census {
     instances: std::collections::BTreeSet<(String, String, String)>,
     roles: std::collections::BTreeSet<String>,
