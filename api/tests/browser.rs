@@ -99,6 +99,7 @@ impl Ui {
             connectors: h.connectors.clone(),
             webhooks: Webhooks::default(),
             health: Default::default(),
+            census: Default::default(),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -539,6 +540,45 @@ async fn a_wrong_ci_is_caught_inline_and_nothing_is_saved() {
     ui.wait_for("#diagram svg g.here").await;
     let marked = ui.text("#diagram svg g.here").await;
     assert!(marked.contains("Identificarse"), "{marked}");
+    ui.close().await;
+}
+
+/// "El cliente desiste" closes the request without the form's checks, so
+/// the browser asks first: cancelling sends nothing, accepting closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn giving_up_asks_before_closing_the_request() {
+    let ui = Ui::new().await;
+    let id =
+        ui.h.start("OPE-SUM-VEN-P06", "ivr", json!({"telefono": "72345678"}))
+            .await;
+    ui.h.complete(&id, "recibir_llamada", "atendida", json!({}))
+        .await;
+    let task = ui.h.task(&id, "identificar_cliente").await;
+    ui.sign_in(AGENT).await;
+    ui.goto(&format!("/tasks/{}", task.id)).await;
+    ui.fill("nombre_cliente", "Juan Pérez").await;
+    ui.click("#outcome-cliente_desiste").await;
+    let asked = ui.browser.get_alert_text().await.expect("a question");
+    assert!(
+        asked.contains("Esto cierra la solicitud como") && asked.contains("¿Continuar?"),
+        "{asked}"
+    );
+    ui.browser.dismiss_alert().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ui.path().await, format!("/tasks/{}", task.id), "stayed");
+    assert!(
+        ui.h.task_open(&id, "identificar_cliente").await,
+        "cancelled: nothing sent"
+    );
+    ui.click("#outcome-cliente_desiste").await;
+    ui.browser.accept_alert().await.unwrap();
+    assert_eq!(ui.wait_path("/inbox?done=1").await, "/inbox?done=1");
+    let instance = ui.h.instance(&id).await;
+    assert_eq!(instance.status, "completed");
+    assert_eq!(
+        instance.state.variables["motivo_rechazo"], "cliente_desiste",
+        "closed as the button says"
+    );
     ui.close().await;
 }
 
