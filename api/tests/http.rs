@@ -2817,3 +2817,29 @@ async fn scrapes_within_a_period_reuse_one_census() {
         "no period: every scrape counts"
     );
 }
+
+/// A definition posted with a byte order mark (a file saved by Notepad) is
+/// the definition read from disk without it: one version, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_order_mark_makes_no_new_version() {
+    const TEXT: &str = "code: T-BOM\nname: Marca\nversion: 1\nowner_role: agente\nroles: [{id: agente, name: Agente}]\nnodes:\n  - {id: inicio, kind: start, channels: [web], next: fin}\n  - {id: fin, kind: end, outcome: listo}\n";
+    let api = Api::new(Db::Sqlite).await;
+    let mut answers = Vec::new();
+    for source in [format!("\u{feff}{TEXT}"), TEXT.to_owned()] {
+        let (status, body) = api
+            .json(
+                Method::POST,
+                "/api/v1/definitions",
+                LEAD,
+                json!({"files": [{"name": "marca.yaml", "source": source}]}),
+            )
+            .await;
+        assert!(status.is_success(), "{status} {body}");
+        answers.push((body[0]["version"].clone(), body[0]["new"].clone()));
+    }
+    assert_eq!(
+        answers,
+        [(json!(1), json!(true)), (json!(1), json!(false))],
+        "the second is the first again"
+    );
+}

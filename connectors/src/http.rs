@@ -321,7 +321,11 @@ pub fn load_dir(dir: &Path, catalog: &Catalog) -> Result<Vec<HttpConnector>, Err
                 if let Some(first) = systems.insert(c.system().to_owned(), f) {
                     let line = std::fs::read_to_string(f)
                         .ok()
-                        .and_then(|t| t.lines().position(|l| l.starts_with("system:")))
+                        .and_then(|t| {
+                            tramite_engine::loader::without_bom(&t)
+                                .lines()
+                                .position(|l| l.starts_with("system:"))
+                        })
                         .map_or(0, |n| n + 1);
                     problems.push(Problem {
                         path: f.clone(),

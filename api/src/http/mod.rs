@@ -95,11 +95,21 @@ impl SystemHealth {
 /// The last census of the database behind `/metrics`, which needs no token
 /// (the scraper has none): one census runs at a time, and scrapes within
 /// `fresh` of the last reuse its gauges, so a flood of scrapes (or several
-/// scrapers) costs one count per period, not one per request.
+/// scrapers) costs one count per period, not one per request. A census
+/// that fails (the database unreachable) is logged and waits its period
+/// too; the scrape still answers, with the gauges' last counts and
+/// `tramite_census_up` 0.
 #[derive(Debug, Default)]
 pub struct CensusCache {
     fresh: std::time::Duration,
-    last: tokio::sync::Mutex<Option<(std::time::Instant, Census)>>,
+    last: Arc<tokio::sync::Mutex<LastCensus>>,
+}
+
+/// When the census was last taken (or tried), and the label sets it set.
+#[derive(Debug, Default)]
+struct LastCensus {
+    at: Option<std::time::Instant>,
+    seen: Census,
 }
 
 impl CensusCache {
@@ -297,70 +307,82 @@ async fn prometheus(State(s): Shared) -> Result<impl IntoResponse, Error> {
     let Some(handle) = &s.metrics else {
         return Ok((StatusCode::NOT_FOUND, String::new()));
     };
-    let mut last = s.census.last.lock().await;
-    if last
-        .as_ref()
-        .is_none_or(|(at, _)| at.elapsed() >= s.census.fresh)
-    {
-        let none = Census::default();
-        let seen = last.as_ref().map_or(&none, |(_, seen)| seen);
-        let counted = take_census(&s, seen).await?;
-        *last = Some((std::time::Instant::now(), counted));
+    let mut last = Arc::clone(&s.census.last).lock_owned().await;
+    if last.at.is_none_or(|at| at.elapsed() >= s.census.fresh) {
+        let engine = s.engine.clone();
+        // In a task of its own that keeps the lock: a scraper that hangs
+        // up (or a request past its time limit) neither loses the count
+        // nor lets the next scrape start another beside it.
+        let counting = tokio::spawn(async move {
+            let counted = count(&engine).await;
+            last.at = Some(std::time::Instant::now());
+            match counted {
+                Ok(counts) => {
+                    last.seen = counts.into_gauges(&last.seen);
+                    metrics::gauge!("tramite_census_up").set(1.0);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the census of the database failed; its gauges keep their last counts");
+                    metrics::gauge!("tramite_census_up").set(0.0);
+                }
+            }
+        });
+        let _ = counting.await;
     }
-    drop(last);
     Ok((StatusCode::OK, handle.render()))
 }
 
-/// Counts instances, open tasks and open incidents into their gauges;
-/// `seen`: the label sets the last census set, returned for the next.
-async fn take_census(s: &AppState, seen: &Census) -> Result<Census, Error> {
-    let mut conn = s
-        .engine
-        .store()
-        .pool()
-        .acquire()
-        .await
-        .map_err(tramite_engine::Error::from)?;
-    let store_error = |e| Error::Engine(tramite_engine::Error::from(e));
-    let instances = tramite_engine::store::instances::census(&mut conn)
-        .await
-        .map_err(store_error)?;
-    let open = tramite_engine::store::tasks::open_by_role(&mut conn)
-        .await
-        .map_err(store_error)?;
-    let now = Census {
-        instances: instances
-            .iter()
-            .map(|(c, s, o, _)| (c.clone(), s.clone(), o.clone().unwrap_or_default()))
-            .collect(),
-        roles: open.iter().map(|(r, _)| r.clone()).collect(),
-    };
-    // A label set the database no longer has (the role's last task done, a
-    // procedure's last instance ended) reads 0, not its last count: the
-    // census's GROUP BY has no row for it, and a gauge keeps its value.
-    let gone = Census {
-        instances: seen.instances.difference(&now.instances).cloned().collect(),
-        roles: seen.roles.difference(&now.roles).cloned().collect(),
-    };
-    for (code, status, outcome) in gone.instances {
-        metrics::gauge!("tramite_instances", "process" => code, "status" => status, "outcome" => outcome)
-            .set(0.0);
+/// What the database holds, for the census gauges.
+struct Counts {
+    instances: Vec<(String, String, Option<String>, i64)>,
+    open: Vec<(String, i64)>,
+    incidents: i64,
+}
+
+/// Counts instances, open tasks and open incidents, all before any gauge
+/// is set: a count that fails leaves every gauge as it was.
+async fn count(engine: &Engine) -> Result<Counts, tramite_engine::Error> {
+    let mut conn = engine.store().pool().acquire().await?;
+    Ok(Counts {
+        instances: tramite_engine::store::instances::census(&mut conn).await?,
+        open: tramite_engine::store::tasks::open_by_role(&mut conn).await?,
+        incidents: tramite_engine::store::incidents::open_count(&mut conn).await?,
+    })
+}
+
+impl Counts {
+    /// Sets the gauges; `seen`: the label sets the last census set.
+    /// Returns this census's, for the next.
+    fn into_gauges(self, seen: &Census) -> Census {
+        let now = Census {
+            instances: self
+                .instances
+                .iter()
+                .map(|(c, s, o, _)| (c.clone(), s.clone(), o.clone().unwrap_or_default()))
+                .collect(),
+            roles: self.open.iter().map(|(r, _)| r.clone()).collect(),
+        };
+        // A label set the database no longer has (the role's last task
+        // done, a procedure's last instance ended) reads 0, not its last
+        // count: the census's GROUP BY has no row for it, and a gauge keeps
+        // its value.
+        for (code, status, outcome) in seen.instances.difference(&now.instances) {
+            metrics::gauge!("tramite_instances", "process" => code.clone(), "status" => status.clone(), "outcome" => outcome.clone())
+                .set(0.0);
+        }
+        for role in seen.roles.difference(&now.roles) {
+            metrics::gauge!("tramite_tasks_open", "role" => role.clone()).set(0.0);
+        }
+        for (code, status, outcome, n) in self.instances {
+            metrics::gauge!("tramite_instances", "process" => code, "status" => status, "outcome" => outcome.unwrap_or_default())
+                .set(n as f64);
+        }
+        for (role, n) in self.open {
+            metrics::gauge!("tramite_tasks_open", "role" => role).set(n as f64);
+        }
+        metrics::gauge!("tramite_incidents_open").set(self.incidents as f64);
+        now
     }
-    for role in gone.roles {
-        metrics::gauge!("tramite_tasks_open", "role" => role).set(0.0);
-    }
-    for (code, status, outcome, n) in instances {
-        metrics::gauge!("tramite_instances", "process" => code, "status" => status, "outcome" => outcome.unwrap_or_default())
-            .set(n as f64);
-    }
-    for (role, n) in open {
-        metrics::gauge!("tramite_tasks_open", "role" => role).set(n as f64);
-    }
-    let incidents = tramite_engine::store::incidents::open_count(&mut conn)
-        .await
-        .map_err(store_error)?;
-    metrics::gauge!("tramite_incidents_open").set(incidents as f64);
-    Ok(now)
 }
 
 #[utoipa::path(get, path = "/api/v1/definitions", tag = "definitions", responses((status = 200, description = "Deployed versions"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]

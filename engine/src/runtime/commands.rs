@@ -707,6 +707,14 @@ async fn deploy(
     dry_run: bool,
 ) -> Result<Reply, Error> {
     use crate::library::{self, SourceFile};
+    // A text sent with a byte order mark (a Notepad file posted to the API)
+    // is the same definition as the file read from disk without it: one
+    // hash, one version, and no invisible character in the stored source.
+    let sources: Vec<(String, String)> = sources
+        .iter()
+        .map(|(name, text)| (name.clone(), crate::loader::without_bom(text).to_owned()))
+        .collect();
+    let sources = sources.as_slice();
     // Nodes deploying at once (all starting up) take turns, so versions stay sequential.
     conn.lock_key("deploy").await?;
     let files: Vec<SourceFile> = sources

@@ -78,6 +78,15 @@ pub(super) fn migrator() -> Migrator {
             )),
             false,
         ),
+        Migration::new(
+            7,
+            Cow::Borrowed("instances census"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/postgres/0007_instances_census.sql"
+            )),
+            false,
+        ),
     ])
 }
 

@@ -107,6 +107,15 @@ pub(super) fn migrator() -> Migrator {
             )),
             false,
         ),
+        Migration::new(
+            8,
+            Cow::Borrowed("instances census"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/sqlite/0008_instances_census.sql"
+            )),
+            false,
+        ),
     ])
 }
 

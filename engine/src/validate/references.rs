@@ -114,9 +114,13 @@ fn duplicates(c: &mut Checker<'_>) {
     // all) or a reserved word could be declared and written but never
     // read, and a root an expression reads for something else hides it.
     for (i, v) in def.variables.iter().enumerate() {
-        // CEL's own rule: a leading `_` is a name too.
-        let name = v.name.strip_prefix('_').unwrap_or(&v.name);
-        let why = if !is_identifier(name) {
+        // CEL's own rule: `[_a-zA-Z][_a-zA-Z0-9]*`.
+        let mut chars = v.name.chars();
+        let name_like = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let why = if !name_like {
             Some(
                 "must be letters (a–z, without accents), digits and `_`, starting with a letter or `_` (e.g. `nombre_cliente`): expressions read it by name",
             )
