@@ -372,8 +372,8 @@ fn fields(c: &mut Checker<'_>, fields: &[Field], base: &YamlPath) {
                 format!("`min` ({min}) is greater than `max` ({max})"),
             );
         }
-        // A length on a number or a date would be silently ignored: the
-        // owner meant a limit the form would not enforce.
+        // A length on a number was silently ignored, and on a date it
+        // measured the text: either way not the limit the owner meant.
         for (key, limit) in [("min_length", f.min_length), ("max_length", f.max_length)] {
             if limit.is_some() && !textual {
                 c.error(
