@@ -513,7 +513,7 @@ async fn a_redirect_is_not_followed() {
 /// the engine, which schedules the next attempt no sooner (a test in
 /// `runtime.rs`); no wait is asked by a date already past.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_after_is_waited_or_handed_to_the_engine() {
+async fn a_retry_after_longer_than_the_backoff_goes_to_the_engine() {
     use tramite_engine::runtime::connector::ConnectorError;
     let (base, count) = canned(
         "smartflex",

@@ -13,7 +13,7 @@
 //! retried inside the attempt with exponential backoff (`backon`); when
 //! those retries run out the engine sees a transient failure and applies
 //! the node's own retry policy, then raises an incident. A `Retry-After`
-//! is honoured: waited inside the attempt when short, else handed to the
+//! longer than the backoff's next wait ends the attempt and goes to the
 //! engine, which schedules the next attempt no sooner.
 
 use std::collections::BTreeMap;
@@ -240,13 +240,6 @@ impl ErrorRule {
             Value::Number(code) => Some(tramite_engine::runtime::eval::whole_number_text(code)),
             _ => None,
         }
-    }
-
-    /// The business error `body` names under this rule (through `map`
-    /// where it differs), whether or not the catalog declares it.
-    fn business_error(&self, body: &Value) -> Option<String> {
-        let code = self.code_in(body)?;
-        Some(self.map.get(&code).cloned().unwrap_or(code))
     }
 }
 
@@ -657,34 +650,6 @@ impl HttpConnector {
             .map(|wait| wait.min(MAX_RETRY_AFTER));
         let bytes = read_answer(response, &url).await?;
         let body: Option<Value> = serde_json::from_slice(&bytes).ok();
-        if status.is_success() {
-            let Some(body) = &body else {
-                return Err(Failure::stop(
-                    format!("HTTP {status}, not JSON"),
-                    format!("HTTP {status} from {url} is not JSON"),
-                ));
-            };
-            // A system that answers its refusals with a 2xx ("200, ok:
-            // false") names them by a code its rule points at; only a code
-            // naming a business error of the operation makes one a refusal
-            // (a system may put `"code": 0` or `"status": "OK"` on every
-            // success).
-            let refused = op
-                .errors
-                .iter()
-                .filter(|rule| rule.status.contains(&status.as_u16()))
-                .filter_map(|rule| rule.business_error(body))
-                .any(|name| self.declares(call.operation, &name));
-            if !refused {
-                return Ok(op
-                    .output
-                    .iter()
-                    .filter_map(|(name, pointer)| {
-                        body.pointer(pointer).map(|v| (name.clone(), v.clone()))
-                    })
-                    .collect());
-            }
-        }
         let mut undeclared = None;
         if let Some(body) = &body {
             for rule in op
@@ -698,10 +663,12 @@ impl HttpConnector {
                 let name = rule.map.get(&code).unwrap_or(&code);
                 // A code the catalog does not declare ("request in
                 // progress", a new code of the system's) is no business
-                // answer the definition could route: it falls through to
-                // the transient path below, so the engine retries it with
-                // the same idempotency key rather than an incident whose
-                // retry would start over with a new key.
+                // answer the definition could route: under an error status
+                // it falls through to the transient path below, so the
+                // engine retries it with the same idempotency key rather
+                // than an incident whose retry would start over with a new
+                // key; under a 2xx it is a result (a system may put
+                // `"code": 0` or `"status": "OK"` on every success).
                 if self.declares(call.operation, name) {
                     let message = rule
                         .message
@@ -715,6 +682,21 @@ impl HttpConnector {
                 }
                 undeclared = Some(code);
             }
+        }
+        if status.is_success() {
+            let Some(body) = &body else {
+                return Err(Failure::stop(
+                    format!("HTTP {status}, not JSON"),
+                    format!("HTTP {status} from {url} is not JSON"),
+                ));
+            };
+            return Ok(op
+                .output
+                .iter()
+                .filter_map(|(name, pointer)| {
+                    body.pointer(pointer).map(|v| (name.clone(), v.clone()))
+                })
+                .collect());
         }
         let excerpt: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
         let public = match undeclared {
