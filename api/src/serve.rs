@@ -105,20 +105,20 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
     let catalog = tramite_connectors::catalog();
     let mut connectors = sims.connectors();
     let mut remote = Vec::new();
-    let mut longest = std::collections::BTreeMap::new();
+    let mut from_files = std::collections::BTreeSet::new();
     if let Some(dir) = &s.connectors {
         for c in tramite_connectors::http::load_dir(dir, &catalog)
             .map_err(|e| Error::Serve(e.to_string()))?
         {
             remote.push(format!("{} → {}", c.system(), c.config().base_url));
             let name = c.system().to_owned();
-            longest.insert(name.clone(), c.longest_attempt());
             connectors = connectors.with(&name, Arc::new(c));
+            from_files.insert(name);
         }
         // A system left out of the folder is simulated: said out loud, as
         // a sale "registered" in the simulator exists nowhere else.
         for system in catalog.connectors() {
-            if !longest.contains_key(&system.name) {
+            if !from_files.contains(&system.name) {
                 tracing::warn!(system = %system.name, folder = %dir.display(), "no connector file: the system is simulated");
                 remote.push(format!(
                     "{} → SIMULATED (no file for it in {})",
@@ -142,22 +142,12 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
     let mut config = EngineConfig::new(s.database_url.clone());
     config.catalog = catalog;
     config.connectors = connectors.clone();
-    let default_timeout = config.default_timeout;
     config.lease = s.lease;
     config.writers = s.writers;
     config.workers = s.workers;
     config.node_name = format!("{}-{}", s.bind, std::process::id());
     let engine = Engine::open(config).await?;
     let deployed = engine.deploy_dir(&s.processes).await?;
-    let mut cut_short = Vec::new();
-    for d in &deployed {
-        let process = engine.latest_process(&d.code).await?;
-        cut_short.extend(tramite_connectors::http::attempts_cut_short(
-            &process.definition,
-            &longest,
-            default_timeout,
-        ));
-    }
     engine.start_workers();
     let listener = tokio::net::TcpListener::bind(&s.bind)
         .await
@@ -180,7 +170,7 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
     for r in &remote {
         writeln!(out, "  connector {r}")?;
     }
-    for problem in &cut_short {
+    for problem in deployed.iter().flat_map(|d| &d.warnings) {
         tracing::warn!(%problem, "a service task's timeout cuts its connector's tries short");
         writeln!(out, "  warning: {problem}")?;
     }

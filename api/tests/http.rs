@@ -63,7 +63,10 @@ impl Api {
     }
 
     async fn with_users(db: Db, users: Users) -> Api {
-        let h = Harness::new(db).await;
+        Api::over(Harness::new(db).await, users)
+    }
+
+    fn over(h: Harness, users: Users) -> Api {
         let app = router(Arc::new(AppState {
             engine: h.engine.clone(),
             users,
@@ -2100,7 +2103,7 @@ async fn review_findings_over_http() {
     assert_eq!(status, StatusCode::OK, "{would}");
     assert_eq!(
         would,
-        json!([{"code": "T-REWORK", "version": 2, "new": true}])
+        json!([{"code": "T-REWORK", "version": 2, "new": true, "warnings": []}])
     );
     let (_, versions) = api.get("/api/v1/definitions/T-REWORK", LEAD).await;
     assert_eq!(
@@ -2126,7 +2129,7 @@ async fn review_findings_over_http() {
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(
         deployed,
-        json!([{"code": "T-REWORK", "version": 2, "new": true}])
+        json!([{"code": "T-REWORK", "version": 2, "new": true, "warnings": []}])
     );
 }
 
@@ -2841,5 +2844,75 @@ async fn a_byte_order_mark_makes_no_new_version() {
         answers,
         [(json!(1), json!(true)), (json!(1), json!(false))],
         "the second is the first again"
+    );
+}
+
+/// A process owner who deploys a service task whose `timeout` is shorter
+/// than its connector's tries hears it in the deploy's answer (dry run
+/// included), not only in the log of the next start-up; the definition
+/// still deploys: it runs, its last tries are cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_warns_of_a_timeout_shorter_than_its_connectors_tries() {
+    let root = tramite_tests::repo_root();
+    let path = root.join("connectors/config/naf.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("timeout: 3s", "timeout: 5s");
+    let naf = tramite_connectors::http::HttpConnector::from_yaml(
+        &path,
+        &text,
+        &tramite_connectors::catalog(),
+        &|_| Some("secreto".to_owned()),
+    )
+    .expect("the edited file loads");
+    let sims = tramite_connectors::Simulators::new();
+    let connectors = sims.connectors().with("naf", Arc::new(naf));
+    let api = Api::over(
+        Harness::with_connectors(Db::Sqlite, sims, connectors).await,
+        Api::users(),
+    );
+    let p06 = std::fs::read_to_string(root.join("processes/ope-sum-ven-p06.yaml")).unwrap();
+    let post = |uri: &'static str, source: String| {
+        let api = &api;
+        async move {
+            api.json(
+                Method::POST,
+                uri,
+                LEAD,
+                json!({"files": [{"name": "p06.yaml", "source": source}]}),
+            )
+            .await
+        }
+    };
+    let (status, body) = post("/api/v1/definitions", p06.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body[0]["new"], false, "the shipped file again: {body}");
+    let warnings = body[0]["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{body}");
+    let warning = warnings[0].as_str().unwrap();
+    assert!(
+        warning.starts_with("OPE-SUM-VEN-P06 `consultar_naf`: its timeout (10 s) is shorter than naf's tries can take (15.6 s"),
+        "{warning}"
+    );
+    // A new version with room for the tries: no warning, and the dry run
+    // says the same as the deploy would.
+    let roomy = p06.replacen("timeout: 10s", "timeout: 20s", 1);
+    assert_ne!(roomy, p06, "P06 gives consultar_naf 10 s");
+    let (status, body) = post("/api/v1/definitions?dry_run=true", roomy.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body[0]["warnings"], json!([]), "{body}");
+    let (status, body) = post("/api/v1/definitions?dry_run=true", p06).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body[0]["warnings"].as_array().map(Vec::len),
+        Some(1),
+        "{body}"
+    );
+    let (status, body) = post("/api/v1/definitions", roomy).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        (&body[0]["new"], &body[0]["warnings"]),
+        (&json!(true), &json!([])),
+        "{body}"
     );
 }

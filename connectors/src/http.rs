@@ -541,27 +541,6 @@ impl HttpConnector {
         &self.config
     }
 
-    /// The longest one job attempt can take through this connector: every
-    /// try running to its timeout, with the longest waits between tries
-    /// (jitter at most doubles a wait). A service task whose own `timeout`
-    /// is shorter cuts the last tries off, and its incident then says "no
-    /// answer in time" instead of the system's own failure.
-    pub fn longest_attempt(&self) -> StdDuration {
-        let timeout = self
-            .config
-            .timeout
-            .as_ref()
-            .map_or(DEFAULT_TIMEOUT, Duration::as_std);
-        let (tries, first, max) = match &self.config.retry {
-            Some(r) => (r.attempts, r.first_delay.as_std(), r.max_delay.as_std()),
-            None => (DEFAULT_TRIES, DEFAULT_FIRST_DELAY, DEFAULT_MAX_DELAY),
-        };
-        let waits: StdDuration = (0..tries.saturating_sub(1))
-            .map(|i| first.saturating_mul(1 << i.min(20)).min(max) * 2)
-            .sum();
-        timeout.saturating_mul(tries) + waits
-    }
-
     fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.credentials {
             Credentials::None => request,
@@ -918,40 +897,28 @@ impl Connector for HttpConnector {
             }
         })
     }
-}
 
-/// The service tasks of `definition` whose attempt budget (their `timeout`,
-/// else `default_timeout`) is shorter than the longest attempt of the HTTP
-/// connector they call (`longest`, by system), one line each.
-pub fn attempts_cut_short(
-    definition: &tramite_engine::definition::Definition,
-    longest: &BTreeMap<String, StdDuration>,
-    default_timeout: StdDuration,
-) -> Vec<String> {
-    definition
-        .nodes
-        .iter()
-        .filter_map(|node| match &node.kind {
-            tramite_engine::definition::NodeKind::ServiceTask(task) => {
-                let longest = *longest.get(&task.connector)?;
-                let budget = task
-                    .timeout
-                    .as_ref()
-                    .map_or(default_timeout, Duration::as_std);
-                (longest >= budget).then(|| {
-                    format!(
-                        "{} `{}`: its timeout ({} s) is shorter than {}'s tries can take ({} s: `timeout` × `retry.attempts` and the waits)",
-                        definition.code,
-                        node.id,
-                        budget.as_secs_f64(),
-                        task.connector,
-                        longest.as_secs_f64()
-                    )
-                })
-            }
-            _ => None,
-        })
-        .collect()
+    /// The longest one job attempt can take through this connector: every
+    /// try running to its timeout, with the longest waits between tries
+    /// (jitter at most doubles a wait). A service task whose own `timeout`
+    /// is shorter cuts the last tries off, and its incident then says "no
+    /// answer in time" instead of the system's own failure
+    /// ([`tramite_engine::runtime::connector::attempts_cut_short`]).
+    fn longest_attempt(&self) -> Option<StdDuration> {
+        let timeout = self
+            .config
+            .timeout
+            .as_ref()
+            .map_or(DEFAULT_TIMEOUT, Duration::as_std);
+        let (tries, first, max) = match &self.config.retry {
+            Some(r) => (r.attempts, r.first_delay.as_std(), r.max_delay.as_std()),
+            None => (DEFAULT_TRIES, DEFAULT_FIRST_DELAY, DEFAULT_MAX_DELAY),
+        };
+        let waits: StdDuration = (0..tries.saturating_sub(1))
+            .map(|i| first.saturating_mul(1 << i.min(20)).min(max) * 2)
+            .sum();
+        Some(timeout.saturating_mul(tries) + waits)
+    }
 }
 
 /// Chooses rustls' ring provider for this process's HTTPS (once; later
@@ -1259,6 +1226,7 @@ fn check_operation(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tramite_engine::runtime::connector::{Connectors, attempts_cut_short};
 
     fn load(text: &str) -> Result<HttpConnector, Error> {
         HttpConnector::from_yaml(Path::new("naf.yaml"), text, &crate::catalog(), &|name| {
@@ -1295,19 +1263,23 @@ operations:
             let text = edit(std::fs::read_to_string(&path).unwrap());
             HttpConnector::from_yaml(&path, &text, &crate::catalog(), &secrets).unwrap()
         };
-        let longest = |edit: &dyn Fn(String) -> String| -> BTreeMap<String, StdDuration> {
+        let connectors = |edit: &dyn Fn(String) -> String| {
             ["naf", "gis", "smartflex"]
                 .into_iter()
-                .map(|s| (s.to_owned(), file(s, edit).longest_attempt()))
-                .collect()
+                .fold(Connectors::new(), |all, s| {
+                    all.with(s, Arc::new(file(s, edit)))
+                })
         };
         let default = StdDuration::from_secs(30);
         assert_eq!(
-            attempts_cut_short(&definition, &longest(&|t| t), default),
+            attempts_cut_short(&definition, &connectors(&|t| t), default),
             Vec::<String>::new()
         );
-        let slow = longest(&|t: String| t.replace("timeout: 3s", "timeout: 5s"));
-        assert_eq!(slow["naf"], StdDuration::from_millis(15_600));
+        let slow = connectors(&|t: String| t.replace("timeout: 3s", "timeout: 5s"));
+        assert_eq!(
+            slow.get("naf").unwrap().longest_attempt(),
+            Some(StdDuration::from_millis(15_600))
+        );
         let problems = attempts_cut_short(&definition, &slow, default);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(

@@ -418,7 +418,7 @@ struct DeployFile {
     source: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/definitions", tag = "definitions", params(DeployQuery), request_body = DeployRequest, responses((status = 201, description = "Deployed: `[{code, version, new}]` (422 lists every problem with its line and column)"), (status = 200, description = "`dry_run=true`: the versions a deploy would make; nothing stored"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/definitions", tag = "definitions", params(DeployQuery), request_body = DeployRequest, responses((status = 201, description = "Deployed: `[{code, version, new, warnings}]` (`warnings`: what will hurt it without stopping it, such as a service task's timeout shorter than its connector's tries; 422 lists every problem with its line and column)"), (status = 200, description = "`dry_run=true`: the versions a deploy would make; nothing stored"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn deploy(
     State(s): Shared,
     headers: HeaderMap,

@@ -208,6 +208,9 @@ pub struct Deployed {
     pub version: i64,
     /// False when the same content was deployed before.
     pub new: bool,
+    /// What will not stop the definition from running but will hurt it
+    /// (a service task's `timeout` shorter than its connector's tries).
+    pub warnings: Vec<String>,
 }
 
 /// Where a published message went.
@@ -810,6 +813,7 @@ async fn deploy(
                 code,
                 version: row.version,
                 new: false,
+                warnings: Vec::new(),
             });
             continue;
         }
@@ -820,6 +824,7 @@ async fn deploy(
                 version: latest.get(&code).map_or(1, |v| v + 1),
                 code,
                 new: true,
+                warnings: Vec::new(),
             });
             continue;
         }
@@ -836,6 +841,7 @@ async fn deploy(
             code,
             version: row.version,
             new: true,
+            warnings: Vec::new(),
         });
     }
     Ok(Reply::Deployed(out))

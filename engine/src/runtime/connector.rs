@@ -129,6 +129,13 @@ pub trait Connector: Send + Sync + 'static {
     fn health(&self) -> BoxFuture<'_, Health> {
         Box::pin(async { Health::InProcess })
     }
+
+    /// The longest one job attempt can take through this connector by its
+    /// own settings (every try to its timeout, the waits between them), if
+    /// they bound it; `None` for connectors inside the process.
+    fn longest_attempt(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// The connectors a running engine can call, by name.
@@ -160,6 +167,44 @@ impl Connectors {
         all.sort_by_key(|(n, _)| *n);
         all.into_iter()
     }
+}
+
+/// The service tasks of `definition` whose attempt (their `timeout`, else
+/// `default_timeout`) is no longer than the longest attempt of the connector
+/// they call, one line each: the connector's last tries would be cut off,
+/// and the incident would say "no answer in time" instead of the system's
+/// own failure. Said at start-up and in every deploy's answer, since either
+/// side may change: a definition deployed while the engine runs, or a
+/// connector's file read at the next start.
+pub fn attempts_cut_short(
+    definition: &crate::definition::Definition,
+    connectors: &Connectors,
+    default_timeout: Duration,
+) -> Vec<String> {
+    definition
+        .nodes
+        .iter()
+        .filter_map(|node| match &node.kind {
+            crate::definition::NodeKind::ServiceTask(task) => {
+                let longest = connectors.get(&task.connector)?.longest_attempt()?;
+                let budget = task
+                    .timeout
+                    .as_ref()
+                    .map_or(default_timeout, crate::duration::Duration::as_std);
+                (longest >= budget).then(|| {
+                    format!(
+                        "{} `{}`: its timeout ({} s) is shorter than {}'s tries can take ({} s: `timeout` × `retry.attempts` and the waits)",
+                        definition.code,
+                        node.id,
+                        budget.as_secs_f64(),
+                        task.connector,
+                        longest.as_secs_f64()
+                    )
+                })
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for Connectors {

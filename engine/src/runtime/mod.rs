@@ -295,8 +295,35 @@ impl Engine {
         sources: Vec<(String, String)>,
         dry_run: bool,
     ) -> Result<Vec<Deployed>, Error> {
+        // What the connectors make of each definition, by code: parsed
+        // here, off the writer (the writer validated them; a file that
+        // fails is refused before these are read), and only when a
+        // connector bounds its own attempts (simulators do not).
+        let bounded = self
+            .inner
+            .connectors
+            .iter()
+            .any(|(_, c)| c.longest_attempt().is_some());
+        let mut warnings: std::collections::HashMap<String, Vec<String>> = sources
+            .iter()
+            .filter(|_| bounded)
+            .map(|(_, text)| {
+                let definition = crate::loader::parse(text).definition;
+                let cut = connector::attempts_cut_short(
+                    &definition,
+                    &self.inner.connectors,
+                    self.inner.config.default_timeout,
+                );
+                (definition.code, cut)
+            })
+            .collect();
         match self.submit(Command::Deploy { sources, dry_run }).await? {
-            Reply::Deployed(d) => Ok(d),
+            Reply::Deployed(mut deployed) => {
+                for d in &mut deployed {
+                    d.warnings = warnings.remove(&d.code).unwrap_or_default();
+                }
+                Ok(deployed)
+            }
             other => unreachable!("deploy answered {other:?}"),
         }
     }
