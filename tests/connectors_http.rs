@@ -637,3 +637,62 @@ async fn max_in_flight_caps_the_requests_under_way() {
         assert!(most_expected.contains(&most), "cap {cap:?}: {most} at once");
     }
 }
+
+/// `tramite simulators --rate-limit`: a Smartflex over its limit answers
+/// 429 with `Retry-After`, registers nothing, and the HTTP connector hands
+/// the wait to the engine (it is longer than the file's next backoff); once
+/// the second has passed, the same request registers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_simulator_says_when_to_come_back() {
+    use tramite_engine::runtime::connector::ConnectorError;
+    tramite_connectors::http::install_tls_provider();
+    let sims = Simulators::new();
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), sims.clone())
+        .await
+        .unwrap();
+    let admin = reqwest::Client::new()
+        .post(format!(
+            "http://{}/_admin/smartflex/faults",
+            server.address()
+        ))
+        .json(&json!({"rate_limit_per_s": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 204);
+    // Straight at the socket: the status, the header and the system's code.
+    let raw = reqwest::Client::new();
+    let post = || {
+        raw.post(format!("{}/v1/solicitudes", server.base_url("smartflex")))
+            .header("idempotency-key", "k-raw")
+            .basic_auth("tramite", Some("test-secret"))
+            .json(
+                &json!({"ci": "4587213", "nombre": "María Elena Rojas Vargas",
+                "telefono": "71712345", "direccion": "Calle Baptista 345",
+                "zona": "Centro", "servicio": "trio", "canal": "telefono",
+                "referencia": "r"}),
+            )
+            .send()
+    };
+    assert!(post().await.unwrap().status().is_success());
+    let refused = post().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "LIMITE_EXCEDIDO", "{body}");
+    // Through the connector: the wait travels to the engine.
+    let connector = http_connector("smartflex", &server);
+    match register(&connector).await {
+        Err(ConnectorError::Transient {
+            retry_after: Some(wait),
+            message,
+        }) => {
+            assert_eq!(wait, Duration::from_secs(1), "{message}");
+        }
+        other => panic!("expected a transient failure with a wait, got {other:?}"),
+    }
+    assert_eq!(sims.smartflex.registration_count(), 1, "the raw one only");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    register(&connector).await.expect("let in after the wait");
+    assert_eq!(sims.smartflex.registration_count(), 2);
+}

@@ -4162,6 +4162,72 @@ on_both_backends!(
     super::an_outcome_that_cannot_record_its_values_refuses_the_data
 );
 
+/// A scenario scripts a system that asks to be called again later
+/// (`retry_after` beside `transient`): P06's Smartflex step, whose backoff
+/// would ask again after 2 s, waits the two minutes asked for. 90 s in it
+/// has not asked again; without the system's wait it would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scenario_scripts_a_system_asking_to_wait() {
+    let root = tramite_tests::repo_root();
+    let shipped =
+        std::fs::read_to_string(root.join("processes/scenarios/19-smartflex-pide-esperar.yaml"))
+            .unwrap();
+    // P06 and the procedures it links to, as `tramite test` deploys them.
+    let processes: Vec<(String, String)> = tramite_engine::library::read(&[root.join("processes")])
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.path.display().to_string(), f.text))
+        .collect();
+    let run = |text: String| {
+        let processes = processes.clone();
+        async move {
+            let scenario: tramite_engine::runtime::scenario::Scenario =
+                serde_yaml::from_str(&text).unwrap();
+            let dir =
+                std::env::temp_dir().join(format!("tramite-scenario-{}", uuid::Uuid::now_v7()));
+            tramite_engine::runtime::scenario::run(
+                &scenario,
+                &processes,
+                &tramite_connectors::catalog(),
+                &dir,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let report = run(shipped.clone()).await;
+    assert!(report.passed(), "{:?} {:?}", report.failures, report.path);
+    let registered = |path: &[String]| path.iter().any(|n| n == "comunicar_solicitud");
+    let sooner = shipped.replace(r#"{"wait": "2m"}"#, r#"{"wait": "90s"}"#);
+    assert_ne!(sooner, shipped);
+    let report = run(sooner.clone()).await;
+    assert_eq!(
+        report.path.last().map(String::as_str),
+        Some("registrar_venta_smartflex"),
+        "still waiting for the system: {:?}",
+        report.path
+    );
+    let unasked = sooner.replace(r#", "retry_after": "2m""#, "");
+    assert_ne!(unasked, sooner);
+    let report = run(unasked).await;
+    assert!(
+        registered(&report.path),
+        "without the system's wait the backoff asks again: {:?}",
+        report.path
+    );
+    let misplaced = shipped.replace(
+        r#"{"result": {"request_number""#,
+        r#"{"retry_after": "1m", "result": {"request_number""#,
+    );
+    let report = run(misplaced).await;
+    assert!(
+        !registered(&report.path) && !report.passed(),
+        "`retry_after` beside a result is no answer: {:?} {:?}",
+        report.failures,
+        report.path
+    );
+}
+
 /// A scenario's long `wait` lets every timer come due at its own time, in
 /// order: the task an escalation creates is due a day after it was
 /// created, so `wait: 3d` escalates twice, as production would, and the

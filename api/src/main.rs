@@ -157,6 +157,10 @@ enum Command {
         /// Probability (0–1) that a call fails with 503.
         #[arg(long, default_value_t = 0.0)]
         error_rate: f64,
+        /// Most calls a second each system takes; beyond, 429 with
+        /// `Retry-After` (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        rate_limit: u32,
     },
     /// Run the engine with its embedded defaults (SQLite file, simulated
     /// connectors) through one P06 request and print its history.
@@ -397,6 +401,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             bind,
             latency_ms,
             error_rate,
+            rate_limit,
         } => {
             let runtime = runtime()?;
             runtime.block_on(serve::simulators(
@@ -404,6 +409,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 tramite_connectors::sim_http::StartFaults {
                     latency: std::time::Duration::from_millis(latency_ms),
                     error_rate,
+                    rate_limit,
                 },
                 &mut stdout,
             ))

@@ -16,9 +16,10 @@ use std::time::Duration;
 /// handle is given to each).
 ///
 /// For each call, in this order: the fixed latency is waited; an outage
-/// fails it; else a pending "fail next" fails it (and is used up); else the
-/// error rate may fail it; else the system acts, and a pending "lose next
-/// reply" turns its answer into a transient failure.
+/// fails it; else a pending "fail next" fails it (and is used up); else a
+/// rate limit may refuse it, saying when to come back; else the error rate
+/// may fail it; else the system acts, and a pending "lose next reply" turns
+/// its answer into a transient failure.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     state: Arc<Mutex<State>>,
@@ -31,7 +32,34 @@ struct State {
     outage: bool,
     latency: Duration,
     rate: Option<Rate>,
+    limit: Option<Bucket>,
     injected: u64,
+}
+
+/// A token bucket: `per_second` calls a second, a burst of as many.
+#[derive(Debug)]
+struct Bucket {
+    per_second: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Bucket {
+    /// Takes a token, or says how long until one is there.
+    fn take(&mut self) -> Result<(), Duration> {
+        let now = tokio::time::Instant::now();
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / self.per_second,
+            ))
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -47,6 +75,10 @@ pub(crate) struct Plan {
     pub(crate) latency: Duration,
     /// Fail before the system acts, with this reason.
     pub(crate) fail: Option<&'static str>,
+    /// With `fail`: the rate limit refused the call, and a call after this
+    /// long would be let in (what a throttled system's `Retry-After` says,
+    /// in whole seconds).
+    pub(crate) retry_after: Option<Duration>,
     /// Let the system act, then fail as if the reply were lost.
     pub(crate) lose_reply: bool,
 }
@@ -113,6 +145,18 @@ impl Faults {
         self.lock().rate = None;
     }
 
+    /// At most `per_second` calls a second reach the system (0 turns the
+    /// limit off); a burst of as many may come at once. A call over it is
+    /// refused before the system acts, as a throttled system answers
+    /// (HTTP 429), with how long until a call would be let in.
+    pub fn set_rate_limit(&self, per_second: u32) {
+        self.lock().limit = (per_second > 0).then(|| Bucket {
+            per_second: f64::from(per_second),
+            tokens: f64::from(per_second),
+            at: tokio::time::Instant::now(),
+        });
+    }
+
     /// Turns every fault off (the count of injected failures is kept).
     pub fn clear(&self) {
         let mut state = self.lock();
@@ -133,11 +177,19 @@ impl Faults {
     pub(crate) fn plan(&self) -> Plan {
         let mut state = self.lock();
         let latency = state.latency;
+        let mut retry_after = None;
         let fail = if state.outage {
             Some("outage: the service is unavailable (HTTP 503)")
         } else if state.fail_next > 0 {
             state.fail_next -= 1;
             Some("connection reset by peer")
+        } else if let Some(Err(wait)) = state.limit.as_mut().map(Bucket::take) {
+            // A system says when to come back in whole seconds, rounded
+            // up: sooner would be refused again.
+            retry_after = Some(Duration::from_secs(
+                wait.as_secs_f64().ceil().max(1.0) as u64
+            ));
+            Some("too many requests (HTTP 429)")
         } else if let Some(rate) = state.rate.as_mut() {
             let draw = rate.rng.next_unit();
             (draw < rate.probability).then_some("bad gateway (HTTP 502)")
@@ -154,6 +206,7 @@ impl Faults {
         Plan {
             latency,
             fail,
+            retry_after,
             lose_reply,
         }
     }
@@ -212,10 +265,37 @@ mod tests {
             Plan {
                 latency: Duration::ZERO,
                 fail: None,
+                retry_after: None,
                 lose_reply: false
             }
         );
         assert_eq!(f.injected(), 0);
+    }
+
+    /// A limit of 2 a second lets a burst of two in, refuses the third with
+    /// a whole second to wait, and lets one more in half a second later
+    /// (a token refilled); turned off, everything passes.
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limit_refuses_what_is_over_it_and_says_when_to_come_back() {
+        let f = Faults::new();
+        f.set_rate_limit(2);
+        let outcomes = |n: usize| {
+            (0..n)
+                .map(|_| {
+                    let p = f.plan();
+                    assert_eq!(p.fail.is_some(), p.retry_after.is_some(), "{p:?}");
+                    p.retry_after
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(outcomes(3), [None, None, Some(Duration::from_secs(1))]);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(outcomes(2), [None, Some(Duration::from_secs(1))]);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(outcomes(3), [None, None, Some(Duration::from_secs(1))]);
+        assert_eq!(f.injected(), 3);
+        f.set_rate_limit(0);
+        assert_eq!(outcomes(5), [None; 5]);
     }
 
     #[test]

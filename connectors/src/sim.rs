@@ -51,7 +51,10 @@ impl Harness {
             tokio::time::sleep(plan.latency).await;
         }
         if let Some(reason) = plan.fail {
-            return Err(transient(format!("{} (simulated): {reason}", self.system)));
+            return Err(ConnectorError::Transient {
+                message: format!("{} (simulated): {reason}", self.system),
+                retry_after: plan.retry_after,
+            });
         }
         let answer = handle();
         if plan.lose_reply {

@@ -11,9 +11,11 @@
 //! | Smartflex | `POST /smartflex/v1/solicitudes` + `Idempotency-Key` | 201 (200 on a repeat); 422 `PRODUCTO_NO_DISPONIBLE`; 409 `CLIENTE_BLOQUEADO` |
 //!
 //! Errors are `{"error": {"code", "message"}}`; an injected fault answers
-//! 503 `NO_DISPONIBLE`. `GET /<system>/health` answers 503 during an outage.
-//! Faults are switched at run time with `POST /_admin/<system>/faults`
-//! (`{"latency_ms", "error_rate", "outage", "fail_next", "lose_next", "clear"}`)
+//! 503 `NO_DISPONIBLE`, a call over the rate limit 429 `LIMITE_EXCEDIDO`
+//! with `Retry-After` (seconds). `GET /<system>/health` answers 503 during
+//! an outage. Faults are switched at run time with
+//! `POST /_admin/<system>/faults` (`{"latency_ms", "error_rate",
+//! "rate_limit_per_s", "outage", "fail_next", "lose_next", "clear"}`)
 //! and calls counted at `GET /_admin/<system>/stats`.
 
 use std::collections::HashMap;
@@ -130,6 +132,17 @@ async fn answer(
                 Some((_, status, system_code)) => error(*status, system_code, &message),
                 None => error(StatusCode::UNPROCESSABLE_ENTITY, &code, &message),
             }
+        }
+        Err(ConnectorError::Transient {
+            message,
+            retry_after: Some(wait),
+        }) => {
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, "LIMITE_EXCEDIDO", &message);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(wait.as_secs().max(1)),
+            );
+            response
         }
         Err(ConnectorError::Transient { message, .. }) => {
             error(StatusCode::SERVICE_UNAVAILABLE, "NO_DISPONIBLE", &message)
@@ -326,6 +339,9 @@ struct FaultsRequest {
     latency_ms: Option<u64>,
     /// Probability (0–1) that a call fails; 0 switches it off.
     error_rate: Option<f64>,
+    /// Most calls a second the system takes (429 with `Retry-After`
+    /// beyond); 0 switches the limit off.
+    rate_limit_per_s: Option<u32>,
     /// Start (true) or end (false) an outage.
     outage: Option<bool>,
     /// The next N calls fail before reaching the system.
@@ -376,6 +392,9 @@ fn apply(f: &Faults, r: &FaultsRequest) {
         Some(false) => f.end_outage(),
         None => {}
     }
+    if let Some(n) = r.rate_limit_per_s {
+        f.set_rate_limit(n);
+    }
     if let Some(n) = r.fail_next {
         f.fail_next(n);
     }
@@ -391,6 +410,8 @@ pub struct StartFaults {
     pub latency: Duration,
     /// Probability that a call fails (0: never).
     pub error_rate: f64,
+    /// Most calls a second each system takes (0: no limit).
+    pub rate_limit: u32,
 }
 
 impl StartFaults {
@@ -403,6 +424,7 @@ impl StartFaults {
                     &FaultsRequest {
                         latency_ms: Some(self.latency.as_millis() as u64),
                         error_rate: Some(self.error_rate),
+                        rate_limit_per_s: Some(self.rate_limit),
                         outage: None,
                         fail_next: None,
                         lose_next: None,

@@ -79,6 +79,12 @@ pub struct Answer {
     /// A transient failure (timeout, refused, 5xx), with its message.
     #[serde(default)]
     pub transient: Option<String>,
+    /// Beside `transient`: the system asked to be called again no sooner
+    /// than this (HTTP `Retry-After`, as a throttled or closing system
+    /// answers); the engine waits it when it is longer than the step's
+    /// backoff, up to an hour.
+    #[serde(default)]
+    pub retry_after: Option<crate::duration::Duration>,
 }
 
 /// A scripted business error.
@@ -195,11 +201,13 @@ impl Connector for Scripted {
                     result: Some(r),
                     business: None,
                     transient: None,
+                    retry_after: None,
                 }) => Ok(r),
                 Some(Answer {
                     result: None,
                     business: Some(b),
                     transient: None,
+                    retry_after: None,
                 }) => Err(ConnectorError::Business {
                     code: b.code,
                     message: b.message,
@@ -208,9 +216,13 @@ impl Connector for Scripted {
                     result: None,
                     business: None,
                     transient: Some(message),
-                }) => Err(ConnectorError::transient(message)),
+                    retry_after,
+                }) => Err(ConnectorError::Transient {
+                    message,
+                    retry_after: retry_after.map(|d| d.as_std()),
+                }),
                 Some(_) => Err(ConnectorError::transient(format!(
-                    "an answer for `{key}` needs exactly one of `result`, `business`, `transient`"
+                    "an answer for `{key}` needs exactly one of `result`, `business`, `transient` (and `retry_after` only beside `transient`)"
                 ))),
                 None => Err(ConnectorError::transient(format!(
                     "the scenario has no (more) answers for `{key}`"
