@@ -582,6 +582,40 @@ async fn giving_up_asks_before_closing_the_request() {
     ui.close().await;
 }
 
+/// "Salir" in the header is a button that ends the session: the browser
+/// lands on the sign-in page, and the session cookie it held, put back
+/// (kept by a browser extension, copied off the PC), opens nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_ends_the_session_even_for_a_copy_of_the_cookie() {
+    let ui = Ui::new().await;
+    ui.sign_in(AGENT).await;
+    let copy = ui
+        .browser
+        .get_named_cookie("tramite_session")
+        .await
+        .expect("signed in: a session cookie");
+    assert_eq!(ui.text("#sign-out").await, "Salir");
+    ui.click("#sign-out").await;
+    assert_eq!(ui.wait_path("/login").await, "/login");
+    assert!(
+        ui.browser
+            .get_named_cookie("tramite_session")
+            .await
+            .is_err(),
+        "the browser forgot it"
+    );
+    ui.browser.add_cookie(copy).await.unwrap();
+    ui.goto("/inbox").await;
+    assert_eq!(
+        ui.wait_path("/login").await,
+        "/login",
+        "the copy is refused"
+    );
+    ui.sign_in(AGENT).await;
+    assert_eq!(ui.path().await, "/inbox", "a new sign-in works");
+    ui.close().await;
+}
+
 /// An agent cannot open a task of a role they do not have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_open_another_roles_task() {

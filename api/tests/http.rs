@@ -2382,6 +2382,93 @@ async fn a_web_session_is_not_the_token_and_ends_after_a_shift() {
     );
 }
 
+/// "Salir" ends the session itself, not only the browser's cookie: a copy
+/// kept or stolen before opens no page afterwards, on this node or on
+/// another sharing the database (PostgreSQL), while the agent's other
+/// sessions and a new sign-in still work.
+async fn signing_out_ends_the_session_on_every_node(db: Db) {
+    let users = Api::users().with_session_key("clave de las sesiones");
+    let api = Api::with_users(db, users.clone()).await;
+    let other_node = if db == Db::Postgres {
+        let engine = tramite_tests::engine::second_engine(&api.h).await;
+        Some(router(Arc::new(AppState {
+            engine,
+            users: users.clone(),
+            metrics: None,
+            connectors: api.h.connectors.clone(),
+            webhooks: Webhooks::default(),
+            health: Default::default(),
+            census: Default::default(),
+        })))
+    } else {
+        None
+    };
+    let send = |app: axum::Router, method: Method, uri: &'static str, cookie: String| async move {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("cookie", cookie)
+            .body(Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        let to = response
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_owned());
+        let cleared = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().starts_with("tramite_session=;"));
+        (response.status(), to, cleared)
+    };
+    let inbox = |app: axum::Router, cookie: String| send(app, Method::GET, "/inbox", cookie);
+    let kept = signed_in(&api, AGENT).await;
+    let elsewhere = signed_in(&api, AGENT).await;
+    assert_ne!(kept, elsewhere, "two sign-ins, two sessions");
+    assert_eq!(inbox(api.app.clone(), kept.clone()).await.0, StatusCode::OK);
+    if let Some(node) = &other_node {
+        assert_eq!(inbox(node.clone(), kept.clone()).await.0, StatusCode::OK);
+    }
+    let (status, to, cleared) = send(api.app.clone(), Method::POST, "/logout", kept.clone()).await;
+    assert_eq!(
+        (status, to.as_deref(), cleared),
+        (StatusCode::SEE_OTHER, Some("/login"), true)
+    );
+    let refused = (StatusCode::SEE_OTHER, Some("/login".to_owned()), false);
+    assert_eq!(
+        inbox(api.app.clone(), kept.clone()).await,
+        refused,
+        "the cookie kept from before signing out"
+    );
+    if let Some(node) = &other_node {
+        assert_eq!(
+            inbox(node.clone(), kept.clone()).await,
+            refused,
+            "on the other node too"
+        );
+        assert_eq!(
+            inbox(node.clone(), elsewhere.clone()).await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        inbox(api.app.clone(), elsewhere.clone()).await.0,
+        StatusCode::OK,
+        "the agent's other session goes on"
+    );
+    // Signing out again with the ended cookie, or by the typed address,
+    // is harmless; a new sign-in opens the inbox.
+    let (status, ..) = send(api.app.clone(), Method::GET, "/logout", kept).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, ..) = send(api.app.clone(), Method::GET, "/logout", elsewhere.clone()).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(inbox(api.app.clone(), elsewhere).await, refused);
+    let fresh = signed_in(&api, AGENT).await;
+    assert_eq!(inbox(api.app.clone(), fresh).await.0, StatusCode::OK);
+}
+both!(signing_out_ends_the_session_on_every_node);
+
 /// A task another agent holds shows who holds it and no form; a submit
 /// refused because another agent took the task meanwhile keeps what was
 /// typed; an unclaimed task's page offers to claim it first.

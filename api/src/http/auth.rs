@@ -36,6 +36,18 @@ pub struct UserEntry {
     pub roles: Vec<String>,
 }
 
+/// A web session whose cookie checked out: its user, its id (what
+/// signing out ends) and when it expires, ms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedSession {
+    /// Who.
+    pub user: User,
+    /// 32 hexadecimal digits, random.
+    pub id: String,
+    /// Expiry, ms.
+    pub expires: i64,
+}
+
 /// A signed-in user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -281,8 +293,10 @@ impl Users {
 
     /// A web session for the holder of `token`, from `now` (ms) for
     /// [`SESSION_MS`]; `None` when no user has the token. The cookie is not
-    /// the token: stolen, it opens the pages until it expires, not the API,
-    /// and a user given a new token loses the sessions of the old one.
+    /// the token: stolen, it opens the pages until it expires or its user
+    /// signs out, not the API, and a user given a new token loses the
+    /// sessions of the old one. Each session has a random id of its own,
+    /// which signing out ends ([`tramite_engine::Engine::end_session`]).
     pub fn session(&self, token: &str, now: i64) -> Option<String> {
         let token = token.trim();
         if token.is_empty() {
@@ -291,20 +305,22 @@ impl Users {
         let digest = hash(token);
         let user = self.by_hash.get(&digest)?;
         let expires = now + SESSION_MS;
+        let id = hex(&rand::random::<[u8; 16]>());
         let name = hex(user.name.as_bytes());
         let mac = hex(&self
-            .session_mac(&user.name, &digest, expires)
+            .session_mac(&user.name, &digest, expires, &id)
             .finalize()
             .into_bytes());
-        Some(format!("{name}.{expires}.{mac}"))
+        Some(format!("{name}.{expires}.{id}.{mac}"))
     }
 
-    /// The user a session cookie's value names, if it is ours, unexpired at
-    /// `now`, and the user still has the token it began with.
-    pub fn by_session(&self, value: &str, now: i64) -> Option<User> {
+    /// The session a cookie's value names, if it is ours, unexpired at
+    /// `now`, and its user still has the token it began with. Whether it
+    /// was signed out is the database's to say.
+    pub fn by_session(&self, value: &str, now: i64) -> Option<SignedSession> {
         let mut parts = value.trim().split('.');
-        let (name, expires, mac) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() {
+        let (name, expires, id, mac) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || id.len() != 32 || unhex(id).is_none() {
             return None;
         }
         let expires: i64 = expires.parse().ok()?;
@@ -316,16 +332,27 @@ impl Users {
         }
         let name = String::from_utf8(unhex(name)?).ok()?;
         let (digest, user) = self.by_hash.iter().find(|(_, u)| u.name == name)?;
-        self.session_mac(&name, digest, expires)
+        self.session_mac(&name, digest, expires, id)
             .verify_slice(&unhex(mac)?)
             .ok()?;
-        Some(user.clone())
+        Some(SignedSession {
+            user: user.clone(),
+            id: id.to_owned(),
+            expires,
+        })
     }
 
-    fn session_mac(&self, name: &str, digest: &str, expires: i64) -> hmac::Hmac<Sha256> {
+    fn session_mac(&self, name: &str, digest: &str, expires: i64, id: &str) -> hmac::Hmac<Sha256> {
         let mut mac = hmac::Hmac::<Sha256>::new_from_slice(self.sessions.0.as_slice())
             .expect("HMAC takes any key");
-        for part in [name.as_bytes(), b"\n", digest.as_bytes(), b"\n"] {
+        for part in [
+            name.as_bytes(),
+            b"\n",
+            digest.as_bytes(),
+            b"\n",
+            id.as_bytes(),
+            b"\n",
+        ] {
             mac.update(part);
         }
         mac.update(expires.to_string().as_bytes());
@@ -375,17 +402,30 @@ mod tests {
         let now = 1_800_000_000_000;
         let cookie = users.session("clave-ana", now).unwrap();
         assert!(!cookie.contains("clave-ana"));
-        assert_eq!(users.by_session(&cookie, now + 1).unwrap().name, "ana");
+        let session = users.by_session(&cookie, now + 1).unwrap();
+        assert_eq!(
+            (session.user.name.as_str(), session.expires),
+            ("ana", now + SESSION_MS)
+        );
         assert_eq!(users.by_session(&cookie, now + SESSION_MS), None, "expired");
         assert_eq!(users.session("nadie", now), None);
-        let [name, expires, mac]: [&str; 3] =
+        let again = users.session("clave-ana", now).unwrap();
+        assert_ne!(
+            users.by_session(&again, now + 1).unwrap().id,
+            session.id,
+            "each sign-in is a session of its own"
+        );
+        let [name, expires, id, mac]: [&str; 4] =
             cookie.split('.').collect::<Vec<_>>().try_into().unwrap();
         let luis = hex(b"luis");
+        let other_id = "f".repeat(32);
         for forged in [
-            format!("{luis}.{expires}.{mac}"),
-            format!("{name}.{}.{mac}", now + 3_600_000),
-            format!("{name}.{expires}.{}", "0".repeat(64)),
-            format!("{name}.{expires}"),
+            format!("{luis}.{expires}.{id}.{mac}"),
+            format!("{name}.{}.{id}.{mac}", now + 3_600_000),
+            format!("{name}.{expires}.{other_id}.{mac}"),
+            format!("{name}.{expires}.{id}.{}", "0".repeat(64)),
+            format!("{name}.{expires}.{mac}"),
+            format!("{name}.{expires}.{id}"),
             "garbage".to_owned(),
         ] {
             assert_eq!(users.by_session(&forged, now + 1), None, "{forged}");

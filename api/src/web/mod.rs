@@ -28,6 +28,7 @@ use tramite_engine::runtime::{CompleteTask, IndicatorQuery};
 use tramite_engine::store::tasks::Filter;
 use tramite_engine::text::Lang;
 
+use crate::http::auth::SignedSession;
 use crate::http::{AppState, Error, User};
 use text::Words;
 use views::*;
@@ -52,7 +53,9 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/inbox") }))
         .route("/login", get(login_page).post(login))
-        .route("/logout", get(logout))
+        // POST from the pages' button; GET for a typed address (the
+        // cookie is SameSite=Strict: another site cannot sign anyone out).
+        .route("/logout", get(logout).post(logout))
         .route("/lang/{lang}", get(set_lang))
         .route("/inbox", get(inbox))
         .route("/inbox/rows", get(inbox_rows))
@@ -270,16 +273,34 @@ fn render(t: &impl Template) -> Response {
     }
 }
 
-fn session(s: &AppState, headers: &HeaderMap) -> Result<Session, PageError> {
+/// The signed-in user of a page request: a session cookie that checks out
+/// (signature, expiry, the user's token unchanged) and that was not signed
+/// out on any node.
+async fn session(s: &AppState, headers: &HeaderMap) -> Result<Session, PageError> {
     let (w, lang) = words(headers);
+    let signed = signed_session(s, headers).ok_or(PageError {
+        w,
+        error: Error::Unauthorized,
+    })?;
+    match s.engine.session_ended(&signed.id).await {
+        Ok(false) => Ok(Session {
+            user: signed.user,
+            w,
+            lang,
+        }),
+        Ok(true) => Err(PageError {
+            w,
+            error: Error::Unauthorized,
+        }),
+        Err(e) => Err(PageError { w, error: e.into() }),
+    }
+}
+
+/// The session cookie's session, if it checks out (signed out or not).
+fn signed_session(s: &AppState, headers: &HeaderMap) -> Option<SignedSession> {
     cookie(headers, HOST_SESSION_COOKIE)
         .or_else(|| cookie(headers, SESSION_COOKIE))
         .and_then(|v| s.users.by_session(&v, s.engine.now()))
-        .map(|user| Session { user, w, lang })
-        .ok_or(PageError {
-            w,
-            error: Error::Unauthorized,
-        })
 }
 
 impl Session {
@@ -338,7 +359,17 @@ async fn login(State(s): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -
     response
 }
 
-async fn logout() -> Response {
+/// Signs out: the session ends on every node (a copy of the cookie, kept
+/// or stolen, opens nothing more), then the browser forgets it. If the end
+/// cannot be recorded (the database is down), the cookies stay and an
+/// error page says so: "Salir" must not look done when it is not.
+async fn logout(State(s): Shared, headers: HeaderMap) -> Response {
+    if let Some(signed) = signed_session(&s, &headers)
+        && let Err(e) = s.engine.end_session(&signed.id, signed.expires).await
+    {
+        let (w, _) = words(&headers);
+        return PageError { w, error: e.into() }.into_response();
+    }
     let mut response = Redirect::to("/login").into_response();
     // The session cookies, the inbox's filters (a client's business key
     // must not stay on a shared PC), and the bearer token earlier
@@ -453,7 +484,7 @@ async fn inbox(
     headers: HeaderMap,
     Query(q): Query<InboxQuery>,
 ) -> Result<Response, PageError> {
-    let ses = session(&s, &headers)?;
+    let ses = session(&s, &headers).await?;
     let (lines, more) = inbox_model(&s, &ses, &q).await?;
     let names = role_names(&s, &ses.user.roles, ses.lang).await;
     let roles: Vec<Choice> = ses
@@ -531,7 +562,7 @@ async fn inbox_rows(
     headers: HeaderMap,
     Query(q): Query<InboxQuery>,
 ) -> Result<Response, PageError> {
-    let ses = session(&s, &headers)?;
+    let ses = session(&s, &headers).await?;
     let (lines, more) = inbox_model(&s, &ses, &q).await?;
     Ok(render(&InboxRows {
         w: ses.w,
@@ -545,7 +576,7 @@ async fn task_claim(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let ses = session(&s, &headers)?;
+    let ses = session(&s, &headers).await?;
     of_my_role(&s, &ses, &id).await?;
     s.engine
         .claim(&id, &ses.user.name)
@@ -572,7 +603,7 @@ async fn task_unclaim(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let ses = session(&s, &headers)?;
+    let ses = session(&s, &headers).await?;
     of_my_role(&s, &ses, &id).await?;
     s.engine
         .unclaim(&id, &ses.user.name)
@@ -746,7 +777,7 @@ async fn task_page(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let ses = session(&s, &headers)?;
+    let ses = session(&s, &headers).await?;
     let mut page = task_model(&s, &ses, &id, None, &[]).await?;
     page.user = Some(ses.user.clone());
     Ok(render(&page))
@@ -758,7 +789,7 @@ async fn task_submit(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response, PageError> {
-    let ses = session(&s, &headers)?;
+    let ses = session(&s, &headers).await?;
     let (task, instance, process) = user_task(&s, &ses, &id).await?;
     if task.status == "completed" && task.completed_by.as_deref() == Some(ses.user.name.as_str()) {
         // A second click on the button (or a resent form): the first one
@@ -894,7 +925,7 @@ async fn instances(
     headers: HeaderMap,
     Query(q): Query<InstancesQuery>,
 ) -> Result<Response, PageError> {
-    let ses = session(&s, &headers)?;
+    let ses = session(&s, &headers).await?;
     let readable = crate::http::readable_versions(&s.engine, &ses.user)
         .await
         .map_err(|e| ses.fail(e))?;
@@ -1049,7 +1080,7 @@ async fn instance_page(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let ses = session(&s, &headers)?;
+    let ses = session(&s, &headers).await?;
     let (i, process) = readable_instance(&s, &ses, &id).await?;
     let def = &process.definition;
     let mut history = s.engine.history(&id).await.map_err(|e| ses.fail(e))?;
@@ -1114,7 +1145,7 @@ async fn document_page(
     headers: HeaderMap,
     Path((id, doc)): Path<(String, String)>,
 ) -> Result<Response, PageError> {
-    let ses = session(&s, &headers)?;
+    let ses = session(&s, &headers).await?;
     let (i, process) = readable_instance(&s, &ses, &id).await?;
     let def = &process.definition;
     let Some(d) = def.documents.iter().find(|d| d.id == doc) else {
@@ -1143,7 +1174,7 @@ async fn document_page(
 }
 
 async fn definitions(State(s): Shared, headers: HeaderMap) -> Result<Response, PageError> {
-    let ses = session(&s, &headers)?;
+    let ses = session(&s, &headers).await?;
     let rows = s.engine.definitions().await.map_err(|e| ses.fail(e))?;
     let mut lines: Vec<DefinitionLine> = Vec::new();
     for r in rows {
@@ -1177,7 +1208,7 @@ async fn definition_page(
     Path(code): Path<String>,
     Query(q): Query<VersionQuery>,
 ) -> Result<Response, PageError> {
-    let ses = session(&s, &headers)?;
+    let ses = session(&s, &headers).await?;
     let rows: Vec<_> = s
         .engine
         .definitions()
@@ -1220,7 +1251,7 @@ async fn definition_page(
 }
 
 async fn incidents(State(s): Shared, headers: HeaderMap) -> Result<Response, PageError> {
-    let ses = session(&s, &headers)?;
+    let ses = session(&s, &headers).await?;
     // As `GET /api/v1/incidents`: an incident's message is for the team
     // that can act on it.
     ses.user.require("operator").map_err(|e| ses.fail(e))?;
@@ -1262,7 +1293,7 @@ async fn incident_retry(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let ses = session(&s, &headers)?;
+    let ses = session(&s, &headers).await?;
     ses.user.require("operator").map_err(|e| ses.fail(e))?;
     s.engine
         .retry_incident(&id, &format!("operator:{}", ses.user.name))
@@ -1272,7 +1303,7 @@ async fn incident_retry(
 }
 
 async fn indicators(State(s): Shared, headers: HeaderMap) -> Result<Response, PageError> {
-    let ses = session(&s, &headers)?;
+    let ses = session(&s, &headers).await?;
     let now = s.engine.now();
     let day = 86_400_000;
     // The last 30 local days, today included.

@@ -113,6 +113,14 @@ pub enum Command {
     },
     /// Release the leases of jobs whose worker is gone (single-node start-up).
     ReleaseLeases,
+    /// Record that a person's web session has ended before its expiry
+    /// (they signed out), so that no node accepts it again.
+    EndSession {
+        /// The session's id.
+        id: String,
+        /// When it would have expired, ms.
+        expires_at: i64,
+    },
 }
 
 /// What starting an instance takes.
@@ -452,6 +460,10 @@ pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result
             conn.release_leases(ctx.now).await?;
             ctx.scheduled
                 .store(true, std::sync::atomic::Ordering::Relaxed);
+            Reply::Done
+        }
+        Command::EndSession { id, expires_at } => {
+            conn.end_session(&id, expires_at, ctx.now).await?;
             Reply::Done
         }
     };

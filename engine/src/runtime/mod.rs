@@ -435,6 +435,24 @@ impl Engine {
         .map(drop)
     }
 
+    /// Ends web session `id` (which would expire at `expires_at`, ms) on
+    /// every node sharing this database: [`Engine::session_ended`] says so
+    /// from then on. Ending it twice is ending it once.
+    pub async fn end_session(&self, id: &str, expires_at: i64) -> Result<(), Error> {
+        self.submit(Command::EndSession {
+            id: id.to_owned(),
+            expires_at,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Whether web session `id` was ended by [`Engine::end_session`].
+    pub async fn session_ended(&self, id: &str) -> Result<bool, Error> {
+        let mut conn = self.inner.store.pool().acquire().await?;
+        Ok(crate::store::sessions::ended(&mut conn, id).await?)
+    }
+
     /// Runs an incident's job (or node) again.
     pub async fn retry_incident(&self, incident: &str, actor: &str) -> Result<(), Error> {
         self.submit(Command::RetryIncident {

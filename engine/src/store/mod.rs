@@ -21,6 +21,7 @@ pub mod jobs;
 pub mod journal;
 pub mod messages;
 mod postgres;
+pub mod sessions;
 mod sqlite;
 pub mod sqlite_reads;
 pub mod sqlite_tx;

@@ -87,6 +87,15 @@ pub(super) fn migrator() -> Migrator {
             )),
             false,
         ),
+        Migration::new(
+            8,
+            Cow::Borrowed("ended sessions"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/postgres/0008_ended_sessions.sql"
+            )),
+            false,
+        ),
     ])
 }
 

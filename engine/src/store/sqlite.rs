@@ -116,6 +116,15 @@ pub(super) fn migrator() -> Migrator {
             )),
             false,
         ),
+        Migration::new(
+            9,
+            Cow::Borrowed("ended sessions"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/sqlite/0009_ended_sessions.sql"
+            )),
+            false,
+        ),
     ])
 }
 

@@ -957,6 +957,18 @@ impl Tx for Writing {
         Ok(())
     }
 
+    async fn end_session(&mut self, id: &str, expires_at: i64, now: i64) -> Result<(), Error> {
+        self.conn
+            .prepare_cached("DELETE FROM ended_sessions WHERE expires_at < ?1")?
+            .execute(params![now])?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO ended_sessions (id, expires_at) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![id, expires_at])?;
+        Ok(())
+    }
+
     async fn still_to_reach(
         &mut self,
         q: &super::instances::StillToReach<'_>,

@@ -245,6 +245,14 @@ pub trait Tx: Send {
         request: &str,
     ) -> impl Future<Output = Result<Option<String>, Error>> + Send;
 
+    /// Records that web session `id` has ended (see [`super::sessions`]).
+    fn end_session(
+        &mut self,
+        id: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
     /// Records the caller's id of an instance's start.
     fn set_instance_request(
         &mut self,
@@ -611,6 +619,9 @@ impl Tx for sqlx::AnyConnection {
     }
     async fn set_instance_request(&mut self, id: &str, request: &str) -> Result<(), Error> {
         super::instances::set_request(self, id, request).await
+    }
+    async fn end_session(&mut self, id: &str, expires_at: i64, now: i64) -> Result<(), Error> {
+        super::sessions::end(self, id, expires_at, now).await
     }
     async fn lock_key(&mut self, key: &str) -> Result<(), Error> {
         if Tx::backend(self) == Backend::Postgres {
