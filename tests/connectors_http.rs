@@ -660,39 +660,74 @@ async fn a_throttled_simulator_says_when_to_come_back() {
         .await
         .unwrap();
     assert_eq!(admin.status(), 204);
-    // Straight at the socket: the status, the header and the system's code.
+    // Straight at the socket: the status, the header and the system's
+    // code. Four requests at once against one a second: however slow the
+    // machine, they do not spread over the three seconds that would let
+    // them all in.
     let raw = reqwest::Client::new();
-    let post = || {
+    let post = |n: usize| {
         raw.post(format!("{}/v1/solicitudes", server.base_url("smartflex")))
-            .header("idempotency-key", "k-raw")
+            .header("idempotency-key", format!("k-raw-{n}"))
             .basic_auth("tramite", Some("test-secret"))
             .json(
                 &json!({"ci": "4587213", "nombre": "María Elena Rojas Vargas",
                 "telefono": "71712345", "direccion": "Calle Baptista 345",
                 "zona": "Centro", "servicio": "trio", "canal": "telefono",
-                "referencia": "r"}),
+                "referencia": format!("r-{n}")}),
             )
             .send()
     };
-    assert!(post().await.unwrap().status().is_success());
-    let refused = post().await.unwrap();
-    assert_eq!(refused.status(), 429);
-    assert_eq!(refused.headers()["retry-after"], "1");
-    let body: serde_json::Value = refused.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "LIMITE_EXCEDIDO", "{body}");
-    // Through the connector: the wait travels to the engine.
-    let connector = http_connector("smartflex", &server);
-    match register(&connector).await {
-        Err(ConnectorError::Transient {
-            retry_after: Some(wait),
-            message,
-        }) => {
-            assert_eq!(wait, Duration::from_secs(1), "{message}");
+    let (a, b, c, d) = tokio::join!(post(0), post(1), post(2), post(3));
+    let answers = [a, b, c, d];
+    let mut let_in = 0;
+    let mut refused = 0;
+    for answer in answers {
+        let answer = answer.unwrap();
+        if answer.status().is_success() {
+            let_in += 1;
+            continue;
         }
-        other => panic!("expected a transient failure with a wait, got {other:?}"),
+        assert_eq!(answer.status(), 429);
+        assert_eq!(answer.headers()["retry-after"], "1");
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "LIMITE_EXCEDIDO", "{body}");
+        refused += 1;
     }
-    assert_eq!(sims.smartflex.registration_count(), 1, "the raw one only");
+    assert!(
+        let_in >= 1 && refused >= 1,
+        "{let_in} let in, {refused} refused"
+    );
+    assert_eq!(
+        sims.smartflex.registration_count(),
+        let_in,
+        "a refusal registers nothing"
+    );
+    // Through the connector: three calls at once (one request, so one
+    // registration at most); a refused one hands the wait to the engine.
+    let connector = http_connector("smartflex", &server);
+    let (a, b, c) = tokio::join!(
+        register(&connector),
+        register(&connector),
+        register(&connector)
+    );
+    let calls = [a, b, c];
+    let waits: Vec<Duration> = calls
+        .iter()
+        .filter_map(|c| match c {
+            Err(ConnectorError::Transient {
+                retry_after: Some(wait),
+                ..
+            }) => Some(*wait),
+            Ok(_) => None,
+            other => panic!("expected a result or a wait, got {other:?}"),
+        })
+        .collect();
+    assert!(!waits.is_empty(), "{calls:?}");
+    assert!(
+        waits.iter().all(|w| *w == Duration::from_secs(1)),
+        "{waits:?}"
+    );
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     register(&connector).await.expect("let in after the wait");
-    assert_eq!(sims.smartflex.registration_count(), 2);
+    assert_eq!(sims.smartflex.registration_count(), let_in + 1);
 }

@@ -2457,12 +2457,30 @@ async fn signing_out_ends_the_session_on_every_node(db: Db) {
         StatusCode::OK,
         "the agent's other session goes on"
     );
-    // Signing out again with the ended cookie, or by the typed address,
-    // is harmless; a new sign-in opens the inbox.
-    let (status, ..) = send(api.app.clone(), Method::GET, "/logout", kept).await;
+    // The typed address only makes the browser forget: a GET changes
+    // nothing on the server.
+    let (status, _, cleared) =
+        send(api.app.clone(), Method::GET, "/logout", elsewhere.clone()).await;
+    assert_eq!((status, cleared), (StatusCode::SEE_OTHER, true));
+    assert_eq!(
+        inbox(api.app.clone(), elsewhere.clone()).await.0,
+        StatusCode::OK
+    );
+    // A browser holding both cookies (signed in over HTTP, later over
+    // HTTPS) signs both sessions out at once; the ended one again is
+    // harmless.
+    let https =
+        signed_in(&api, AGENT)
+            .await
+            .replacen("tramite_session=", "__Host-tramite_session=", 1);
+    assert_eq!(
+        inbox(api.app.clone(), https.clone()).await.0,
+        StatusCode::OK
+    );
+    let both = format!("{https}; {elsewhere}");
+    let (status, ..) = send(api.app.clone(), Method::POST, "/logout", both).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    let (status, ..) = send(api.app.clone(), Method::GET, "/logout", elsewhere.clone()).await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(inbox(api.app.clone(), https).await, refused);
     assert_eq!(inbox(api.app.clone(), elsewhere).await, refused);
     let fresh = signed_in(&api, AGENT).await;
     assert_eq!(inbox(api.app.clone(), fresh).await.0, StatusCode::OK);

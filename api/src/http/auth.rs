@@ -139,7 +139,7 @@ impl std::fmt::Debug for Users {
 pub const SESSION_MS: i64 = 12 * 3600 * 1000;
 
 /// How far apart two nodes' clocks may be for a session to pass (ms).
-const CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+pub const CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 
 /// The key web sessions are signed with: random for the process unless
 /// given ([`Users::with_session_key`]).

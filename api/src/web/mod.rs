@@ -53,9 +53,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/inbox") }))
         .route("/login", get(login_page).post(login))
-        // POST from the pages' button; GET for a typed address (the
-        // cookie is SameSite=Strict: another site cannot sign anyone out).
-        .route("/logout", get(logout).post(logout))
+        .route("/logout", get(forget).post(logout))
         .route("/lang/{lang}", get(set_lang))
         .route("/inbox", get(inbox))
         .route("/inbox/rows", get(inbox_rows))
@@ -360,16 +358,35 @@ async fn login(State(s): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -
 }
 
 /// Signs out: the session ends on every node (a copy of the cookie, kept
-/// or stolen, opens nothing more), then the browser forgets it. If the end
-/// cannot be recorded (the database is down), the cookies stay and an
-/// error page says so: "Salir" must not look done when it is not.
+/// or stolen, opens nothing more), then the browser forgets it. Both
+/// cookies are read: a browser that signed in over HTTP and later over
+/// HTTPS holds two sessions. If an end cannot be recorded (the database is
+/// down), the cookies stay and an error page says so: "Salir" must not
+/// look done when it is not.
 async fn logout(State(s): Shared, headers: HeaderMap) -> Response {
-    if let Some(signed) = signed_session(&s, &headers)
-        && let Err(e) = s.engine.end_session(&signed.id, signed.expires).await
-    {
-        let (w, _) = words(&headers);
-        return PageError { w, error: e.into() }.into_response();
+    for name in [HOST_SESSION_COOKIE, SESSION_COOKIE] {
+        let Some(signed) =
+            cookie(&headers, name).and_then(|v| s.users.by_session(&v, s.engine.now()))
+        else {
+            continue;
+        };
+        // Kept past its expiry by the skew nodes' clocks may have: a node
+        // whose clock is behind still takes the cookie until then.
+        let until = signed.expires + crate::http::auth::CLOCK_SKEW_MS;
+        if let Err(e) = s.engine.end_session(&signed.id, until).await {
+            let (w, _) = words(&headers);
+            return PageError { w, error: e.into() }.into_response();
+        }
     }
+    forget().await
+}
+
+/// `GET /logout` (a typed address, a bookmark): the browser forgets its
+/// session, which is not ended on the server — a GET must change nothing
+/// there (a page on a sibling subdomain counts as the same site for the
+/// SameSite cookie, and a browser may load an address before it is
+/// visited); the pages' "Salir" button posts.
+async fn forget() -> Response {
     let mut response = Redirect::to("/login").into_response();
     // The session cookies, the inbox's filters (a client's business key
     // must not stay on a shared PC), and the bearer token earlier

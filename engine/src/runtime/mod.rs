@@ -435,9 +435,10 @@ impl Engine {
         .map(drop)
     }
 
-    /// Ends web session `id` (which would expire at `expires_at`, ms) on
-    /// every node sharing this database: [`Engine::session_ended`] says so
-    /// from then on. Ending it twice is ending it once.
+    /// Ends web session `id` on every node sharing this database:
+    /// [`Engine::session_ended`] says so from then on, until `expires_at`
+    /// (ms: when the session would be refused anyway, with whatever margin
+    /// the caller's clocks need). Ending it twice is ending it once.
     pub async fn end_session(&self, id: &str, expires_at: i64) -> Result<(), Error> {
         self.submit(Command::EndSession {
             id: id.to_owned(),
