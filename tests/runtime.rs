@@ -4220,10 +4220,12 @@ async fn a_scenario_scripts_a_system_asking_to_wait() {
         r#"{"retry_after": "1m", "result": {"request_number""#,
     );
     let report = run(misplaced).await;
-    assert!(
-        !registered(&report.path) && !report.passed(),
-        "`retry_after` beside a result is no answer: {:?} {:?}",
+    assert_eq!(
         report.failures,
+        [
+            "answers: `smartflex.register_service_request` answer 2 has `retry_after`, which goes only beside `transient`"
+        ],
+        "refused before it runs: {:?}",
         report.path
     );
 }

@@ -519,7 +519,14 @@ async fn scenarios(
         .collect();
     let catalog = tramite_connectors::catalog();
     let (mut passed, mut failed) = (0, 0);
-    for path in library::list(paths)? {
+    let listed = library::list(paths)?;
+    // A run that finds nothing to test must not pass: scenarios moved into
+    // a subfolder (which is not searched) would leave CI green and untested.
+    if listed.is_empty() {
+        eprintln!("no scenario files (*.yaml, *.yml) in the paths given");
+        return Err(Error::Invalid { count: 1 });
+    }
+    for path in listed {
         let name = path.display().to_string();
         // One file that cannot be read (not UTF-8, say) fails alone.
         let file = match library::read_file(path) {

@@ -300,7 +300,7 @@ fn test_prints_expected_and_actual_paths_on_failure() {
 /// goes on to the next: a misspelt answer key, a start the procedure
 /// refuses, an outcome on a wait, an answer never used, an expected
 /// variable the procedure does not declare, a file not in UTF-8, an
-/// incident that `end: running` does not hide.
+/// incident that `end: running` does not hide, answers that are no answer.
 #[test]
 fn test_reports_every_scenario_mistake_and_goes_on() {
     let out = tramite(&[
@@ -320,13 +320,31 @@ fn test_reports_every_scenario_mistake_and_goes_on() {
         "ok   processes/scenarios/01-venta-concretada.yaml",
         "5-not-utf8.yaml:3:13: the file is not UTF-8",
         "open incidents: expected 0, got 1: registrar_venta_smartflex (8 attempt(s) failed",
-        "1 passed, 6 failed",
+        "answers: `naf.check_portfolio` answer 1 has `retry_after`, which goes only beside `transient`",
+        "answers: `naf.check_portfolio` answer 2 needs exactly one of `result`, `business`, `transient`",
+        "1 passed, 7 failed",
     ] {
         assert!(
             stdout.contains(expected),
             "`{expected}` missing from:\n{stdout}"
         );
     }
+}
+
+/// A run that finds no scenario fails: scenarios moved into a subfolder
+/// (which is not searched) must not leave CI green and untested.
+#[test]
+fn test_with_no_scenarios_fails() {
+    let dir = std::env::temp_dir().join(format!("tramite-empty-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("p06")).unwrap();
+    let out = tramite(&["test", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no scenario files"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `serve --connectors DIR` says which systems stay simulated (a folder

@@ -113,6 +113,47 @@ pub fn period_of(at_ms: i64, period: Period, utc_offset_minutes: i32) -> String 
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// The first instant (ms) of the local period `at_ms` falls in.
+fn period_start_ms(at_ms: i64, period: Period, utc_offset_minutes: i32) -> i64 {
+    const DAY: i64 = 86_400_000;
+    let offset = i64::from(utc_offset_minutes) * 60_000;
+    let local_days = at_ms.saturating_add(offset).div_euclid(DAY);
+    let start = match period {
+        Period::Daily => local_days,
+        Period::Weekly => local_days - (local_days + 3).rem_euclid(7),
+        Period::Monthly => {
+            let (_, _, d) = civil(local_days);
+            local_days - i64::from(d) + 1
+        }
+    };
+    start.saturating_mul(DAY).saturating_sub(offset)
+}
+
+/// `[from, to)` widened to whole local periods: a period cut by the range
+/// (a month asked from midnight UTC, four hours into Bolivia's last day of
+/// the month before) would otherwise get a value and a verdict from a part
+/// of it that reads like the whole.
+pub fn whole_periods(from: i64, to: i64, period: Period, utc_offset_minutes: i32) -> (i64, i64) {
+    let from = period_start_ms(from, period, utc_offset_minutes);
+    let last = period_start_ms(to, period, utc_offset_minutes);
+    if last == to {
+        return (from, to);
+    }
+    // The next period's start: a day, a week, or (a month's first day plus
+    // 32 days is in the next month) the next month's first day.
+    let step = match period {
+        Period::Daily => 1,
+        Period::Weekly => 7,
+        Period::Monthly => 32,
+    };
+    let next = period_start_ms(
+        last.saturating_add(step * 86_400_000),
+        period,
+        utc_offset_minutes,
+    );
+    (from, next)
+}
+
 fn counts(population: &Population, instance: &InstanceRow) -> bool {
     if !population.ends.is_empty()
         && !instance
@@ -299,5 +340,45 @@ mod tests {
         );
         assert_eq!(period_of(0, Period::Daily, 0), "1970-01-01");
         assert_eq!(period_of(59 * DAY, Period::Monthly, 0), "1970-03-01");
+    }
+
+    /// November asked in UTC from Bolivia (UTC−4) counts local November
+    /// whole: from its first local midnight (04:00 UTC) to December's, not
+    /// four hours of October 31st and November without its last evening.
+    #[test]
+    fn a_range_is_widened_to_whole_local_periods() {
+        let hour = 3_600_000;
+        let nov_1_utc = 1_793_491_200_000; // 2026-11-01 00:00 UTC
+        let dec_1_utc = 1_796_083_200_000; // 2026-12-01 00:00 UTC
+        assert_eq!(period_of(nov_1_utc, Period::Daily, 0), "2026-11-01");
+        assert_eq!(period_of(dec_1_utc, Period::Daily, 0), "2026-12-01");
+        let (from, to) = whole_periods(nov_1_utc, dec_1_utc, Period::Monthly, -240);
+        assert_eq!(
+            (from, to),
+            (nov_1_utc - 31 * DAY + 4 * hour, dec_1_utc + 4 * hour),
+            "October (from its first local midnight) and November, whole"
+        );
+        assert_eq!(period_of(from, Period::Monthly, -240), "2026-10-01");
+        assert_eq!(period_of(to - 1, Period::Monthly, -240), "2026-11-01");
+        // Aligned already: unchanged.
+        let local_nov = nov_1_utc + 4 * hour;
+        let local_dec = dec_1_utc + 4 * hour;
+        assert_eq!(
+            whole_periods(local_nov, local_dec, Period::Monthly, -240),
+            (local_nov, local_dec)
+        );
+        // Days and weeks: a range inside one is that whole day or week.
+        assert_eq!(
+            whole_periods(local_nov + hour, local_nov + 2 * hour, Period::Daily, -240),
+            (local_nov, local_nov + DAY)
+        );
+        // 2026-11-01 was a Sunday: its week began on Monday, October 26th.
+        let (from, to) =
+            whole_periods(local_nov + hour, local_nov + 2 * hour, Period::Weekly, -240);
+        assert_eq!((from, to), (local_nov - 6 * DAY, local_nov + DAY));
+        assert_eq!(period_of(from, Period::Weekly, -240), "2026-10-26");
+        // Far outside any real range: no overflow.
+        let (from, to) = whole_periods(i64::MIN, i64::MAX, Period::Monthly, -240);
+        assert!(from <= to);
     }
 }

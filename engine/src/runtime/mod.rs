@@ -705,7 +705,8 @@ impl Engine {
             })?;
         let period = q.period.unwrap_or(indicator.period);
         let mut tally = indicators::Tally::new(indicator, period, q.utc_offset_minutes);
-        store::instances::each_started_between(&mut conn, &q.code, q.from, q.to, |i| tally.add(&i))
+        let (from, to) = indicators::whole_periods(q.from, q.to, period, q.utc_offset_minutes);
+        store::instances::each_started_between(&mut conn, &q.code, from, to, |i| tally.add(&i))
             .await?;
         Ok(tally.finish())
     }

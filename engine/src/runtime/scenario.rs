@@ -254,6 +254,17 @@ pub async fn run(
     catalog: &Catalog,
     dir: &std::path::Path,
 ) -> Result<Report, Error> {
+    // A malformed answer would read as a transient failure, be retried
+    // with the next answer, and the run would pass on an answer its author
+    // did not mean: the scenario is refused before it runs.
+    let malformed = malformed_answers(scenario);
+    if !malformed.is_empty() {
+        return Ok(Report {
+            name: scenario.scenario.es.clone(),
+            failures: malformed,
+            path: Vec::new(),
+        });
+    }
     let script = Arc::new(Script {
         answers: Mutex::new(
             scenario
@@ -335,6 +346,34 @@ fn unknown_answers(scenario: &Scenario, catalog: &Catalog) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Scripted answers that are no answer: not exactly one of `result`,
+/// `business`, `transient`, or a `retry_after` beside anything but
+/// `transient`; one line each, with its place in its operation's list.
+fn malformed_answers(scenario: &Scenario) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, answers) in &scenario.answers {
+        for (i, a) in answers.iter().enumerate() {
+            let given = [
+                a.result.is_some(),
+                a.business.is_some(),
+                a.transient.is_some(),
+            ]
+            .into_iter()
+            .filter(|g| *g)
+            .count();
+            let problem = if given != 1 {
+                "needs exactly one of `result`, `business`, `transient`"
+            } else if a.retry_after.is_some() && a.transient.is_none() {
+                "has `retry_after`, which goes only beside `transient`"
+            } else {
+                continue;
+            };
+            out.push(format!("answers: `{key}` answer {} {problem}", i + 1));
+        }
+    }
+    out
 }
 
 /// Scripted answers no call took: the scenario expected calls that did
@@ -458,13 +497,18 @@ async fn drive(
                 {
                     fired += 1;
                     if fired > MAX_TIMERS_PER_WAIT {
-                        failures.push(format!(
-                            "{at}: more than {MAX_TIMERS_PER_WAIT} jobs and timers came due in one wait; split it"
-                        ));
                         break;
                     }
                     clock.set(due);
                     engine.run_due_jobs().await?;
+                }
+                if fired > MAX_TIMERS_PER_WAIT {
+                    // The rest would all run at once at the wait's end,
+                    // which is what the cap refuses: the run stops here.
+                    failures.push(format!(
+                        "{at}: more than {MAX_TIMERS_PER_WAIT} jobs and timers came due in one wait; split it"
+                    ));
+                    break;
                 }
                 clock.set(until);
             }
