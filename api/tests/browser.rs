@@ -623,7 +623,7 @@ async fn an_agent_cannot_open_another_roles_task() {
     let id =
         ui.h.start(
             "OPR-PAS-P02",
-            "procedure",
+            "other",
             json!({"numero_solicitud": "SF-2026-000001", "telefono": "72345678",
                    "direccion": "Av. América 1234", "zona": "Cala Cala", "servicio": "trio"}),
         )

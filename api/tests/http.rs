@@ -343,6 +343,18 @@ async fn p06_rejection_over_http(db: Db) {
     assert_eq!(values[0]["numerator"], 0);
     assert_eq!(values[0]["denominator"], 1);
     assert_eq!(values[0]["verdict"]["es"], "Observado");
+    // An offset no place on Earth has is refused, not dated in year 6000.
+    let (status, problem) = api
+        .get(
+            "/api/v1/indicators/OPE-SUM-VEN-P06/venta_digital_eficiente?from=0&to=1&utc_offset_minutes=2000000000",
+            LEAD,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(
+        problem.to_string().contains("utc_offset_minutes"),
+        "{problem}"
+    );
 }
 both!(p06_rejection_over_http);
 
@@ -1575,6 +1587,25 @@ async fn whatsapp_webhook_advances_a_waiting_p06(db: Db) {
     assert_eq!(list["items"][0]["key"], "70000001");
     let (status, _) = api.get("/api/v1/messages", AGENT).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // A NUL in a message (the database cannot store one) is replaced, not
+    // refused: a refusal would make Meta send the whole event again and
+    // again, holding back its other messages.
+    let nul = whatsapp_event("wamid.nul\u{0}x", "59170000002").replace("CI anverso", "CI\\u0000");
+    assert!(nul.contains("\\u0000"), "{nul}");
+    let (status, kept) = api
+        .whatsapp(&nul, Some(signature(WHATSAPP_SECRET, &nul)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{kept}");
+    assert_eq!(kept["messages"][0]["delivery"]["status"], "kept", "{kept}");
+    let (_, list) = api.get("/api/v1/messages?status=pending", LEAD).await;
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "wamid.nul\u{fffd}x"),
+        "{list}"
+    );
 }
 both!(whatsapp_webhook_advances_a_waiting_p06);
 
@@ -3020,4 +3051,53 @@ async fn a_deploy_warns_of_a_timeout_shorter_than_its_connectors_tries() {
         (&json!(true), &json!([])),
         "{body}"
     );
+}
+
+/// `procedure` is the engine's own channel, for a `call`: a start from
+/// outside naming it (the API, a lead's `source`) is refused, so a
+/// sub-procedure never runs without the request that called it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_procedure_channel_is_the_engines_own() {
+    let api = Api::new(Db::Sqlite).await;
+    let (status, body) = api
+        .json(
+            Method::POST,
+            "/api/v1/instances",
+            CHANNEL,
+            json!({"code": "OPR-PAS-P02", "channel": "procedure", "data": {}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("`procedure`") && d.contains("[\"other\"]")),
+        "{body}"
+    );
+    let (status, body) = api
+        .json(
+            Method::POST,
+            "/webhooks/leads",
+            CHANNEL,
+            json!({"id": "lead-1", "process": "OPE-SUM-VEN-P06", "source": "procedure", "data": {"telefono": "72345678"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (_, instances) = api.get("/api/v1/instances", LEAD).await;
+    assert_eq!(
+        instances["items"],
+        json!([]),
+        "nothing started: {instances}"
+    );
+    // A channel the start lists is still open (a `call` still starts
+    // OPR-PAS-P02: `p06_sale_over_http` reaches the installation).
+    let (status, body) = api
+        .json(
+            Method::POST,
+            "/api/v1/instances",
+            CHANNEL,
+            json!({"code": "OPE-SUM-VEN-P06", "channel": "web", "data": {"telefono": "72345678"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
 }

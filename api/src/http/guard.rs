@@ -1,6 +1,7 @@
 //! What every request passes before a handler sees it: a path that decodes
-//! to UTF-8, no NUL character in the path, the query or a body, a body
-//! within [`MAX_BODY`].
+//! to UTF-8, no NUL character in the path, the query or a body (the
+//! WhatsApp webhook's body excepted: it replaces them), a body within
+//! [`MAX_BODY`].
 //!
 //! One place rather than one check per extractor: PostgreSQL's `text`
 //! cannot hold U+0000 (a NUL reaching a query is a 500, and one written
@@ -53,7 +54,9 @@ pub(super) async fn check(request: Request, next: Next) -> Response {
             .into_response();
         }
     };
-    if has_nul(&bytes, form) {
+    // The WhatsApp webhook replaces NULs itself (a refusal would hold back
+    // the event's other messages: Meta sends it again and again).
+    if parts.uri.path() != "/webhooks/whatsapp" && has_nul(&bytes, form) {
         return Error::NulCharacter.into_response();
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))

@@ -1106,6 +1106,17 @@ async fn indicator(
 ) -> Result<Json<Value>, Error> {
     s.users.authenticate(&headers)?;
     let Query(q) = query?;
+    let utc_offset_minutes = q.utc_offset_minutes.unwrap_or(-240);
+    // Real offsets run from −12:00 to +14:00; beyond, periods would be
+    // dated in another millennium, not refused.
+    if !(-840..=840).contains(&utc_offset_minutes) {
+        return Err(Error::InvalidData {
+            errors: vec![tramite_engine::runtime::forms::FieldError {
+                field: "utc_offset_minutes".into(),
+                message: "must be between -840 and 840 (minutes from UTC)".into(),
+            }],
+        });
+    }
     let values = s
         .engine
         .indicator(&IndicatorQuery {
@@ -1114,7 +1125,7 @@ async fn indicator(
             from: q.from,
             to: q.to,
             period: q.period,
-            utc_offset_minutes: q.utc_offset_minutes.unwrap_or(-240),
+            utc_offset_minutes,
         })
         .await?;
     Ok(Json(json!(values)))

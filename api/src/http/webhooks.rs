@@ -128,12 +128,16 @@ pub(super) async fn whatsapp_event(
         );
         return Err(Error::BadSignature);
     }
-    let event: Value = serde_json::from_slice(&body).map_err(|_| Error::InvalidData {
+    let mut event: Value = serde_json::from_slice(&body).map_err(|_| Error::InvalidData {
         errors: vec![tramite_engine::runtime::forms::FieldError {
             field: "body".into(),
             message: "not JSON".into(),
         }],
     })?;
+    // Meta sends again whatever is not answered 200, for days: a NUL in one
+    // message's text must not hold back the event's others, so it is made
+    // U+FFFD here (the database cannot store it) instead of refused.
+    without_nul(&mut event);
     let mut results = Vec::new();
     for message in messages(&event) {
         let (Some(id), Some(from)) = (message["id"].as_str(), message["from"].as_str()) else {
@@ -180,6 +184,24 @@ pub(super) async fn whatsapp_event(
 }
 
 /// Every client message of an event (`entry[].changes[].value.messages[]`).
+/// `value` with every NUL in its strings and keys made U+FFFD.
+fn without_nul(value: &mut Value) {
+    match value {
+        Value::String(text) if text.contains('\0') => *text = text.replace('\0', "\u{fffd}"),
+        Value::Array(items) => items.iter_mut().for_each(without_nul),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, v)| (k.replace('\0', "\u{fffd}"), v))
+                    .collect();
+            }
+            map.values_mut().for_each(without_nul);
+        }
+        _ => {}
+    }
+}
+
 fn messages(event: &Value) -> Vec<&Value> {
     let list = |v: &Value, k: &str| v[k].as_array().cloned().unwrap_or_default();
     let mut out = Vec::new();

@@ -889,7 +889,14 @@ async fn start_instance(
         .iter()
         .map(|c| channel_name(*c))
         .collect();
-    if !allowed.contains(&start.channel) {
+    // `procedure` is the engine's own channel for a `call`: a start from
+    // outside claiming it would run a sub-procedure with no parent.
+    let internal = start.channel == channel_name(Channel::Procedure);
+    if !allowed.contains(&start.channel) || (internal && parent.is_none()) {
+        let allowed = allowed
+            .into_iter()
+            .filter(|c| parent.is_some() || *c != channel_name(Channel::Procedure))
+            .collect();
         return Err(Error::ChannelNotAllowed {
             code: start.code.clone(),
             channel: start.channel.clone(),
@@ -1353,7 +1360,17 @@ async fn unclaim(
         None => return Ok(()),
     }
     if !conn.unclaim_task(id, user).await? {
-        return Ok(());
+        // Changed since it was read (on PostgreSQL a lead's assignment or
+        // a completion can commit in between): answer what it is now, not
+        // "back in the inbox" for a task someone else holds.
+        let now = open_task(conn, id).await?;
+        return match now.assignee {
+            Some(holder) if holder != user => Err(Error::TaskClaimedByOther {
+                task: id.to_owned(),
+                assignee: holder,
+            }),
+            _ => Ok(()),
+        };
     }
     journal_one(
         conn,

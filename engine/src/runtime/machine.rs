@@ -766,6 +766,13 @@ impl<'a> Machine<'a> {
     }
 }
 
+/// Two digits (or one) of a clock, as a number; no sign, no more digits.
+fn number(text: &str) -> Option<i64> {
+    (!text.is_empty() && text.len() <= 2 && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse().ok())
+        .flatten()
+}
+
 /// Milliseconds since the epoch of an RFC 3339 timestamp (UTC `Z` or offset).
 pub fn timestamp_ms(value: &Value) -> Option<i64> {
     let s = value.as_str()?;
@@ -783,14 +790,17 @@ pub fn timestamp_ms(value: &Value) -> Option<i64> {
         let (c, off) = time.split_at(i);
         let sign = if off.starts_with('-') { -1 } else { 1 };
         let (h, mi) = off[1..].split_once(':')?;
-        (
-            c,
-            sign * (h.parse::<i64>().ok()? * 60 + mi.parse::<i64>().ok()?),
-        )
+        // Unsigned and bounded before any arithmetic: `-30` is no minute,
+        // and a huge hour would overflow.
+        let (h, mi) = (number(h)?, number(mi)?);
+        if h > 24 || mi > 59 {
+            return None;
+        }
+        (c, sign * (h * 60 + mi))
     };
     let mut parts = clock.splitn(3, ':');
-    let h: i64 = parts.next()?.parse().ok()?;
-    let mi: i64 = parts.next()?.parse().ok()?;
+    let h = number(parts.next()?)?;
+    let mi = number(parts.next()?)?;
     let sec: f64 = parts.next().unwrap_or("0").parse().ok()?;
     let valid = (1..=9999).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&day);
     if !valid || h > 23 || mi > 59 || !(0.0..61.0).contains(&sec) || offset_minutes.abs() > 24 * 60
@@ -825,6 +835,18 @@ mod tests {
             Some(1_795_788_000_000)
         );
         assert_eq!(timestamp_ms(&json!("mañana")), None);
+        // Signs inside a clock and absurd offsets are no time (they read
+        // as 09:30, or overflowed).
+        for bad in [
+            "2026-01-01T10:-30Z",
+            "2026-01-01T-1:00Z",
+            "2026-01-01T10:00+922337203685477580:00",
+            "2026-01-01T10:00+25:00",
+            "2026-01-01T10:00+04:-1",
+            "2026-01-01T100:00Z",
+        ] {
+            assert_eq!(timestamp_ms(&json!(bad)), None, "{bad}");
+        }
         assert_eq!(
             timestamp_ms(&json!("999999999999999-01-01T00:00:00Z")),
             None

@@ -10,6 +10,7 @@ use crate::diagnostic::{Code, did_you_mean};
 use crate::position::YamlPath;
 
 pub(super) fn check(c: &mut Checker<'_>) {
+    stored_names(c);
     duplicates(c);
     start_count(c);
     edges(c);
@@ -73,6 +74,59 @@ fn is_identifier(id: &str) -> bool {
     let mut chars = id.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The longest procedure code, node id, role id or end outcome, in
+/// characters. Each is stored in an indexed column (PostgreSQL refuses an
+/// index entry over about 2,700 bytes: the start or the end would fail at
+/// run time) and shown in diagrams, inboxes and metrics.
+const MAX_NAME_CHARS: usize = 100;
+
+/// Names the database stores and indexes, and the code that addresses
+/// name in URLs, must be short; the code must also be one path segment.
+fn stored_names(c: &mut Checker<'_>) {
+    let def = c.def;
+    let p = c.parsed;
+    let code = &def.code;
+    let code_like = code
+        .chars()
+        .next()
+        .is_some_and(|ch| ch.is_ascii_alphanumeric())
+        && code
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'));
+    if p.section_complete("code") && (!code_like || code.chars().count() > MAX_NAME_CHARS) {
+        c.error(
+            Code::InvalidValue,
+            YamlPath::root().key("code"),
+            format!(
+                "the code `{code}` must be letters, digits, `-`, `_` and `.`, starting with a letter or digit, at most {MAX_NAME_CHARS} characters (e.g. `OPE-SUM-VEN-P06`): it is the procedure's address in the API"
+            ),
+        );
+    }
+    let mut long = Vec::new();
+    for (i, n) in def.nodes.iter().enumerate() {
+        let base = p.item_path("nodes", i);
+        long.push(("node id", n.id.as_str(), base.key("id")));
+        if let NodeKind::End(e) = &n.kind {
+            long.push(("outcome", e.outcome.as_str(), base.key("outcome")));
+        }
+    }
+    for (i, r) in def.roles.iter().enumerate() {
+        long.push(("role id", r.id.as_str(), p.item_path("roles", i).key("id")));
+    }
+    for (what, name, path) in long {
+        if name.chars().count() > MAX_NAME_CHARS {
+            c.error(
+                Code::InvalidValue,
+                path,
+                format!(
+                    "this {what} is {} characters long; at most {MAX_NAME_CHARS}",
+                    name.chars().count()
+                ),
+            );
+        }
+    }
 }
 
 fn duplicates(c: &mut Checker<'_>) {
