@@ -319,7 +319,7 @@ fn test_reports_every_scenario_mistake_and_goes_on() {
         "variable `naf_impedimeto` is not declared by OPE-SUM-VEN-P06",
         "ok   processes/scenarios/01-venta-concretada.yaml",
         "5-not-utf8.yaml:3:13: the file is not UTF-8",
-        "open incidents: expected 0, got 1: registrar_venta_smartflex (8 attempt(s) failed",
+        "open incidents: expected 0, got 1: registrar_venta_smartflex in OPE-SUM-VEN-P06 (8 attempt(s) failed",
         "answers: `naf.check_portfolio` answer 1 has `retry_after`, which goes only beside `transient`",
         "answers: `naf.check_portfolio` answer 2 needs exactly one of `result`, `business`, `transient`",
         "1 passed, 7 failed",

@@ -669,6 +669,20 @@ async fn bad_input_gets_problem_json(db: Db) {
         ),
         (json!(10), json!(11))
     );
+    // A deploy of nothing is no deploy (it answered 201 with nothing made).
+    let (status, problem) = api
+        .json(
+            Method::POST,
+            "/api/v1/definitions",
+            LEAD,
+            json!({"files": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(
+        problem.to_string().contains("no definition to deploy"),
+        "{problem}"
+    );
 }
 both!(bad_input_gets_problem_json);
 
@@ -2233,8 +2247,8 @@ async fn an_agent_releases_an_overdue_task_from_its_page() {
 
 /// A form posted from another site (a sibling subdomain that SameSite
 /// counts as the same site) is refused before it acts, sign-in included;
-/// one from the page's own host goes through, as does one behind a proxy
-/// that names the host in `X-Forwarded-Host`. Over HTTPS the session
+/// one from the page's own host goes through, as does one behind proxies
+/// that name the host first in `X-Forwarded-Host`. Over HTTPS the session
 /// cookie is `Secure`; the API's scheme name is case-insensitive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_form_from_another_site_is_refused() {
@@ -2271,6 +2285,12 @@ async fn a_form_from_another_site_is_refused() {
             ("referer", "https://evil.example.bo/x"),
         ],
         vec![("host", "ventas.example.bo"), ("origin", "null")],
+        // Chained proxies: only the first host of the list is the page's.
+        vec![
+            ("host", "127.0.0.1:8080"),
+            ("x-forwarded-host", "ventas.example.bo, evil.example.bo"),
+            ("origin", "https://evil.example.bo"),
+        ],
     ] {
         let (status, _) = post(claim.clone(), from.clone(), String::new()).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{from:?}");
@@ -2295,7 +2315,7 @@ async fn a_form_from_another_site_is_refused() {
         claim.clone(),
         vec![
             ("host", "127.0.0.1:8080"),
-            ("x-forwarded-host", "ventas.example.bo"),
+            ("x-forwarded-host", "ventas.example.bo, 10.0.0.5:8080"),
             ("origin", "https://ventas.example.bo"),
         ],
         String::new(),
@@ -2304,7 +2324,7 @@ async fn a_form_from_another_site_is_refused() {
     assert_eq!(
         status,
         StatusCode::SEE_OTHER,
-        "the page's own host, through a proxy"
+        "the page's own host, through two proxies"
     );
     let (_, task_row) = api.get(&format!("/api/v1/tasks/{task}"), AGENT).await;
     assert_eq!(task_row["task"]["status"], "claimed", "{task_row}");

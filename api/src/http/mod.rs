@@ -428,6 +428,14 @@ async fn deploy(
     s.users.authenticate(&headers)?.require("process_owner")?;
     let Query(q) = query?;
     let Json(request) = body?;
+    if request.files.is_empty() {
+        return Err(Error::InvalidData {
+            errors: vec![tramite_engine::runtime::forms::FieldError {
+                field: "files".into(),
+                message: "no definition to deploy".into(),
+            }],
+        });
+    }
     let sources = request
         .files
         .into_iter()

@@ -100,7 +100,12 @@ async fn same_origin(request: axum::extract::Request, next: axum::middleware::Ne
         let from_host = from
             .split_once("://")
             .map(|(_, rest)| rest.split('/').next().unwrap_or_default());
-        let asked = [text("host"), text("x-forwarded-host")];
+        // Behind chained proxies `X-Forwarded-Host` is a list; its first
+        // entry is the host the browser asked.
+        let forwarded = text("x-forwarded-host")
+            .and_then(|v| v.split(',').next())
+            .map(str::trim);
+        let asked = [text("host"), forwarded];
         if from_host.is_none_or(|h| !asked.contains(&Some(h))) {
             tracing::warn!(origin = from, "a form posted from another site was refused");
             let (w, _) = words(headers);

@@ -559,16 +559,26 @@ async fn drive(
     // Open incidents anywhere in the request: a call that stopped in a
     // child counts, and `end: running` does not excuse one (a step still
     // retrying and one whose retries ran out have the same path).
+    // Each with its procedure: a parent and the procedure it called may
+    // both have a step of one name.
     let mut open_incidents = Vec::new();
-    let mut family = vec![id.clone()];
-    while let Some(member) = family.pop() {
-        open_incidents.extend(engine.incidents(Some("open"), Some(&member)).await?);
-        family.extend(engine.children(&member).await?.into_iter().map(|c| c.id));
+    let mut family = vec![(id.clone(), scenario.procedure.clone())];
+    while let Some((member, code)) = family.pop() {
+        for incident in engine.incidents(Some("open"), Some(&member)).await? {
+            open_incidents.push((code.clone(), incident));
+        }
+        family.extend(
+            engine
+                .children(&member)
+                .await?
+                .into_iter()
+                .map(|c| (c.id, c.code)),
+        );
     }
     if open_incidents.len() != scenario.expect.incidents {
         let what: Vec<String> = open_incidents
             .iter()
-            .map(|i| format!("{} ({})", i.node_id, i.message))
+            .map(|(code, i)| format!("{} in {code} ({})", i.node_id, i.message))
             .collect();
         failures.push(format!(
             "open incidents: expected {}, got {}{}",
