@@ -355,6 +355,14 @@ async fn p06_rejection_over_http(db: Db) {
         problem.to_string().contains("utc_offset_minutes"),
         "{problem}"
     );
+    // A range that ends where it begins asks for nothing.
+    let (status, problem) = api
+        .get(
+            "/api/v1/indicators/OPE-SUM-VEN-P06/venta_digital_eficiente?from=5&to=5",
+            LEAD,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
 }
 both!(p06_rejection_over_http);
 
@@ -2533,6 +2541,12 @@ async fn signing_out_ends_the_session_on_every_node(db: Db) {
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(inbox(api.app.clone(), https).await, refused);
     assert_eq!(inbox(api.app.clone(), elsewhere).await, refused);
+    let (status, _, cleared) = send(api.app.clone(), Method::POST, "/logout", kept).await;
+    assert_eq!(
+        (status, cleared),
+        (StatusCode::SEE_OTHER, true),
+        "an ended session signed out again"
+    );
     let fresh = signed_in(&api, AGENT).await;
     assert_eq!(inbox(api.app.clone(), fresh).await.0, StatusCode::OK);
 }

@@ -1117,6 +1117,14 @@ async fn indicator(
     let utc_offset_minutes = q.utc_offset_minutes.unwrap_or(-240);
     // Real offsets run from −12:00 to +14:00; beyond, periods would be
     // dated in another millennium, not refused.
+    if q.from >= q.to {
+        return Err(Error::InvalidData {
+            errors: vec![tramite_engine::runtime::forms::FieldError {
+                field: "to".into(),
+                message: "must be after `from`".into(),
+            }],
+        });
+    }
     if !(-840..=840).contains(&utc_offset_minutes) {
         return Err(Error::InvalidData {
             errors: vec![tramite_engine::runtime::forms::FieldError {

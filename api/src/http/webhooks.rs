@@ -183,7 +183,6 @@ pub(super) async fn whatsapp_event(
     Ok(Json(json!({"messages": results})))
 }
 
-/// Every client message of an event (`entry[].changes[].value.messages[]`).
 /// `value` with every NUL in its strings and keys made U+FFFD.
 fn without_nul(value: &mut Value) {
     match value {
@@ -202,6 +201,7 @@ fn without_nul(value: &mut Value) {
     }
 }
 
+/// Every client message of an event (`entry[].changes[].value.messages[]`).
 fn messages(event: &Value) -> Vec<&Value> {
     let list = |v: &Value, k: &str| v[k].as_array().cloned().unwrap_or_default();
     let mut out = Vec::new();

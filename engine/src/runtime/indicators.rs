@@ -134,7 +134,13 @@ fn period_start_ms(at_ms: i64, period: Period, utc_offset_minutes: i32) -> i64 {
 /// the month before) would otherwise get a value and a verdict from a part
 /// of it that reads like the whole.
 pub fn whole_periods(from: i64, to: i64, period: Period, utc_offset_minutes: i32) -> (i64, i64) {
-    let from = period_start_ms(from, period, utc_offset_minutes);
+    // An empty range stays empty: widened, it would answer a whole period.
+    if from >= to {
+        return (from, from);
+    }
+    // `min`/`max`: at the edges of time the arithmetic saturates; the range
+    // is then kept as asked, never narrower.
+    let from = period_start_ms(from, period, utc_offset_minutes).min(from);
     let last = period_start_ms(to, period, utc_offset_minutes);
     if last == to {
         return (from, to);
@@ -151,7 +157,7 @@ pub fn whole_periods(from: i64, to: i64, period: Period, utc_offset_minutes: i32
         period,
         utc_offset_minutes,
     );
-    (from, next)
+    (from, next.max(to))
 }
 
 fn counts(population: &Population, instance: &InstanceRow) -> bool {
@@ -342,9 +348,10 @@ mod tests {
         assert_eq!(period_of(59 * DAY, Period::Monthly, 0), "1970-03-01");
     }
 
-    /// November asked in UTC from Bolivia (UTC−4) counts local November
-    /// whole: from its first local midnight (04:00 UTC) to December's, not
-    /// four hours of October 31st and November without its last evening.
+    /// November asked in UTC from Bolivia (UTC−4), still October 31st
+    /// there at the range's start, counts October whole and November whole
+    /// (to December's first local midnight, 04:00 UTC), not four hours of
+    /// October and November without its last evening.
     #[test]
     fn a_range_is_widened_to_whole_local_periods() {
         let hour = 3_600_000;
@@ -377,8 +384,20 @@ mod tests {
             whole_periods(local_nov + hour, local_nov + 2 * hour, Period::Weekly, -240);
         assert_eq!((from, to), (local_nov - 6 * DAY, local_nov + DAY));
         assert_eq!(period_of(from, Period::Weekly, -240), "2026-10-26");
-        // Far outside any real range: no overflow.
+        // Far outside any real range: no overflow, never narrower.
         let (from, to) = whole_periods(i64::MIN, i64::MAX, Period::Monthly, -240);
-        assert!(from <= to);
+        assert_eq!((from, to), (i64::MIN, i64::MAX));
+        // An empty or backwards range stays empty.
+        assert_eq!(
+            whole_periods(local_nov + hour, local_nov + hour, Period::Daily, -240).0,
+            local_nov + hour
+        );
+        let (from, to) = whole_periods(
+            local_nov + 2 * hour,
+            local_nov + hour,
+            Period::Monthly,
+            -240,
+        );
+        assert_eq!(from, to);
     }
 }

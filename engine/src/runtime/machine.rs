@@ -766,11 +766,22 @@ impl<'a> Machine<'a> {
     }
 }
 
-/// Two digits (or one) of a clock, as a number; no sign, no more digits.
-fn number(text: &str) -> Option<i64> {
-    (!text.is_empty() && text.len() <= 2 && text.bytes().all(|b| b.is_ascii_digit()))
+/// A part of a date or clock of at most `digits` digits, as a number: no
+/// sign, no exponent, nothing else (Rust's parsers take `+5` and `1e1`).
+fn number(text: &str, digits: usize) -> Option<i64> {
+    (!text.is_empty() && text.len() <= digits && text.bytes().all(|b| b.is_ascii_digit()))
         .then(|| text.parse().ok())
         .flatten()
+}
+
+/// Seconds, with an optional fraction (`05`, `05.250`).
+fn seconds(text: &str) -> Option<f64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
+    number(whole, 2)?;
+    if fraction.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// Milliseconds since the epoch of an RFC 3339 timestamp (UTC `Z` or offset).
@@ -778,10 +789,10 @@ pub fn timestamp_ms(value: &Value) -> Option<i64> {
     let s = value.as_str()?;
     let (date, time) = s.split_once(['T', 't', ' '])?;
     let mut d = date.splitn(3, '-');
-    let (y, m, day): (i64, i64, i64) = (
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
+    let (y, m, day) = (
+        number(d.next()?, 4)?,
+        number(d.next()?, 2)?,
+        number(d.next()?, 2)?,
     );
     let (clock, offset_minutes) = if let Some(c) = time.strip_suffix(['Z', 'z']) {
         (c, 0)
@@ -792,16 +803,16 @@ pub fn timestamp_ms(value: &Value) -> Option<i64> {
         let (h, mi) = off[1..].split_once(':')?;
         // Unsigned and bounded before any arithmetic: `-30` is no minute,
         // and a huge hour would overflow.
-        let (h, mi) = (number(h)?, number(mi)?);
+        let (h, mi) = (number(h, 2)?, number(mi, 2)?);
         if h > 24 || mi > 59 {
             return None;
         }
         (c, sign * (h * 60 + mi))
     };
     let mut parts = clock.splitn(3, ':');
-    let h = number(parts.next()?)?;
-    let mi = number(parts.next()?)?;
-    let sec: f64 = parts.next().unwrap_or("0").parse().ok()?;
+    let h = number(parts.next()?, 2)?;
+    let mi = number(parts.next()?, 2)?;
+    let sec = seconds(parts.next().unwrap_or("0"))?;
     let valid = (1..=9999).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&day);
     if !valid || h > 23 || mi > 59 || !(0.0..61.0).contains(&sec) || offset_minutes.abs() > 24 * 60
     {
@@ -835,8 +846,8 @@ mod tests {
             Some(1_795_788_000_000)
         );
         assert_eq!(timestamp_ms(&json!("mañana")), None);
-        // Signs inside a clock and absurd offsets are no time (they read
-        // as 09:30, or overflowed).
+        // Signs, exponents and absurd offsets are no time (they read as
+        // 09:30, or overflowed).
         for bad in [
             "2026-01-01T10:-30Z",
             "2026-01-01T-1:00Z",
@@ -844,8 +855,20 @@ mod tests {
             "2026-01-01T10:00+25:00",
             "2026-01-01T10:00+04:-1",
             "2026-01-01T100:00Z",
+            "2026-+1-+1T10:00:+5Z",
+            "2026-01-01T10:00:1e1Z",
+            "2026-01-01T10:00:05.Z",
         ] {
             assert_eq!(timestamp_ms(&json!(bad)), None, "{bad}");
+        }
+        // What RFC 3339 allows still reads.
+        for good in [
+            "2026-01-01T10:00:05.250Z",
+            "2026-01-01t10:00:05z",
+            "2026-01-01T10:00+05:30",
+            "2026-01-01 10:00:05-04:00",
+        ] {
+            assert!(timestamp_ms(&json!(good)).is_some(), "{good}");
         }
         assert_eq!(
             timestamp_ms(&json!("999999999999999-01-01T00:00:00Z")),

@@ -112,7 +112,8 @@ pub struct IndicatorQuery {
     pub indicator: String,
     /// Instances started from (ms, inclusive)…
     pub from: i64,
-    /// …to (ms, exclusive).
+    /// …to (ms, exclusive); both widened to whole local periods (see
+    /// [`indicators::whole_periods`]).
     pub to: i64,
     /// Granularity; the indicator's own period when absent.
     pub period: Option<crate::definition::Period>,
@@ -682,7 +683,8 @@ impl Engine {
     }
 
     /// An indicator's values per period over instances started in
-    /// `[from, to)`, as the latest version of `code` declares it.
+    /// `[from, to)` widened to whole local periods (an empty range stays
+    /// empty), as the latest version of `code` declares it.
     pub async fn indicator(
         &self,
         q: &IndicatorQuery,
