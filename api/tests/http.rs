@@ -1423,6 +1423,28 @@ async fn requests_are_read_by_the_people_of_their_procedure(db: Db) {
     )
     .await;
     assert!(html.contains("outage"), "{html}");
+    // The operator retries it from the incidents page: an agent cannot,
+    // and the history names the operator as the API's retry would (the
+    // page wrote `operator:luis` where the API writes `luis`).
+    let incident = seen["incidents"][0]["id"].as_str().unwrap().to_owned();
+    let retry = format!("/incidents/{incident}/retry");
+    let (status, _, _) = page(&api, Method::POST, &retry, Some(AGENT), Some(""), false).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    api.h.sims.naf.faults().end_outage();
+    let (status, headers, _) = page(&api, Method::POST, &retry, Some(LEAD), Some(""), false).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/incidents");
+    let (_, history) = api
+        .get(&format!("/api/v1/instances/{id}/history"), LEAD)
+        .await;
+    let retried: Vec<&Value> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "incident_retried")
+        .collect();
+    assert_eq!(retried.len(), 1, "{history}");
+    assert_eq!(retried[0]["actor"], "luis", "{history}");
 }
 both!(requests_are_read_by_the_people_of_their_procedure);
 

@@ -1318,7 +1318,7 @@ async fn incident_retry(
     let ses = session(&s, &headers).await?;
     ses.user.require("operator").map_err(|e| ses.fail(e))?;
     s.engine
-        .retry_incident(&id, &format!("operator:{}", ses.user.name))
+        .retry_incident(&id, &ses.user.name)
         .await
         .map_err(|e| ses.fail(e))?;
     Ok(Redirect::to("/incidents").into_response())
