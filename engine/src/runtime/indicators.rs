@@ -97,10 +97,15 @@ pub fn civil(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// The period an instant falls in, as its first day, in local time.
-pub fn period_of(at_ms: i64, period: Period, utc_offset_minutes: i32) -> String {
-    let local_days = (at_ms + i64::from(utc_offset_minutes) * 60_000).div_euclid(86_400_000);
-    let start = match period {
+const DAY_MS: i64 = 86_400_000;
+
+/// The local day (days since the epoch) on which the period holding the
+/// instant `at_ms` begins.
+fn period_start_day(at_ms: i64, period: Period, utc_offset_minutes: i32) -> i64 {
+    let local_days = at_ms
+        .saturating_add(i64::from(utc_offset_minutes) * 60_000)
+        .div_euclid(DAY_MS);
+    match period {
         Period::Daily => local_days,
         // 1970-01-01 was a Thursday: Monday is 3 days before.
         Period::Weekly => local_days - (local_days + 3).rem_euclid(7),
@@ -108,25 +113,20 @@ pub fn period_of(at_ms: i64, period: Period, utc_offset_minutes: i32) -> String 
             let (_, _, d) = civil(local_days);
             local_days - i64::from(d) + 1
         }
-    };
-    let (y, m, d) = civil(start);
+    }
+}
+
+/// The period an instant falls in, as its first day, in local time.
+pub fn period_of(at_ms: i64, period: Period, utc_offset_minutes: i32) -> String {
+    let (y, m, d) = civil(period_start_day(at_ms, period, utc_offset_minutes));
     format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// The first instant (ms) of the local period `at_ms` falls in.
 fn period_start_ms(at_ms: i64, period: Period, utc_offset_minutes: i32) -> i64 {
-    const DAY: i64 = 86_400_000;
-    let offset = i64::from(utc_offset_minutes) * 60_000;
-    let local_days = at_ms.saturating_add(offset).div_euclid(DAY);
-    let start = match period {
-        Period::Daily => local_days,
-        Period::Weekly => local_days - (local_days + 3).rem_euclid(7),
-        Period::Monthly => {
-            let (_, _, d) = civil(local_days);
-            local_days - i64::from(d) + 1
-        }
-    };
-    start.saturating_mul(DAY).saturating_sub(offset)
+    period_start_day(at_ms, period, utc_offset_minutes)
+        .saturating_mul(DAY_MS)
+        .saturating_sub(i64::from(utc_offset_minutes) * 60_000)
 }
 
 /// `[from, to)` widened to whole local periods: a period cut by the range
@@ -153,7 +153,7 @@ pub fn whole_periods(from: i64, to: i64, period: Period, utc_offset_minutes: i32
         Period::Monthly => 32,
     };
     let next = period_start_ms(
-        last.saturating_add(step * 86_400_000),
+        last.saturating_add(step * DAY_MS),
         period,
         utc_offset_minutes,
     );
