@@ -1338,12 +1338,17 @@ async fn requests_are_read_by_the_people_of_their_procedure(db: Db) {
     let (_, history) = api
         .get(&format!("/api/v1/instances/{id}/history"), AGENT)
         .await;
-    let raised: Vec<&Value> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "incident_raised")
-        .collect();
+    // A history's entries of one kind.
+    let of_kind = |history: &Value, kind: &str| -> Vec<Value> {
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .cloned()
+            .collect()
+    };
+    let raised = of_kind(&history, "incident_raised");
     assert_eq!(raised.len(), 1, "{history}");
     assert!(raised[0]["data"].get("message").is_none(), "{history}");
     assert!(!history.to_string().contains("outage"), "{history}");
@@ -1437,12 +1442,7 @@ async fn requests_are_read_by_the_people_of_their_procedure(db: Db) {
     let (_, history) = api
         .get(&format!("/api/v1/instances/{id}/history"), LEAD)
         .await;
-    let retried: Vec<&Value> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "incident_retried")
-        .collect();
+    let retried = of_kind(&history, "incident_retried");
     assert_eq!(retried.len(), 1, "{history}");
     assert_eq!(retried[0]["actor"], "luis", "{history}");
 }

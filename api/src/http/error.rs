@@ -85,6 +85,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// One wrong field: a query parameter or a member of the body the
+    /// handler checks itself.
+    pub(crate) fn field(field: &str, message: &str) -> Error {
+        Error::InvalidData {
+            errors: vec![FieldError {
+                field: field.into(),
+                message: message.into(),
+            }],
+        }
+    }
+
     /// The HTTP status this error answers with (pages use it too).
     pub(crate) fn status(&self) -> StatusCode {
         self.parts().0

@@ -216,11 +216,11 @@ struct Page<T> {
 
 /// Parses `name:value` for the inbox's variable filter.
 fn variable_filter(text: &str) -> Result<(String, Value), Error> {
-    let bad = || Error::InvalidData {
-        errors: vec![tramite_engine::runtime::forms::FieldError {
-            field: "variable".into(),
-            message: "write `name:value`, with a name of letters, digits and `_`".into(),
-        }],
+    let bad = || {
+        Error::field(
+            "variable",
+            "write `name:value`, with a name of letters, digits and `_`",
+        )
     };
     let (name, value) = text.split_once(':').ok_or_else(bad)?;
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -236,12 +236,7 @@ fn variable_filter(text: &str) -> Result<(String, Value), Error> {
 
 /// The error for a `cursor` that no page produced.
 fn bad_cursor() -> Error {
-    Error::InvalidData {
-        errors: vec![tramite_engine::runtime::forms::FieldError {
-            field: "cursor".into(),
-            message: "not a cursor from a previous page".into(),
-        }],
-    }
+    Error::field("cursor", "not a cursor from a previous page")
 }
 
 /// The process is up (it says nothing of the database: that is `/readyz`).
@@ -429,12 +424,7 @@ async fn deploy(
     let Query(q) = query?;
     let Json(request) = body?;
     if request.files.is_empty() {
-        return Err(Error::InvalidData {
-            errors: vec![tramite_engine::runtime::forms::FieldError {
-                field: "files".into(),
-                message: "no definition to deploy".into(),
-            }],
-        });
+        return Err(Error::field("files", "no definition to deploy"));
     }
     let sources = request
         .files
@@ -1118,20 +1108,13 @@ async fn indicator(
     // Real offsets run from −12:00 to +14:00; beyond, periods would be
     // dated in another millennium, not refused.
     if q.from >= q.to {
-        return Err(Error::InvalidData {
-            errors: vec![tramite_engine::runtime::forms::FieldError {
-                field: "to".into(),
-                message: "must be after `from`".into(),
-            }],
-        });
+        return Err(Error::field("to", "must be after `from`"));
     }
     if !(-840..=840).contains(&utc_offset_minutes) {
-        return Err(Error::InvalidData {
-            errors: vec![tramite_engine::runtime::forms::FieldError {
-                field: "utc_offset_minutes".into(),
-                message: "must be between -840 and 840 (minutes from UTC)".into(),
-            }],
-        });
+        return Err(Error::field(
+            "utc_offset_minutes",
+            "must be between -840 and 840 (minutes from UTC)",
+        ));
     }
     let values = s
         .engine

@@ -128,12 +128,8 @@ pub(super) async fn whatsapp_event(
         );
         return Err(Error::BadSignature);
     }
-    let mut event: Value = serde_json::from_slice(&body).map_err(|_| Error::InvalidData {
-        errors: vec![tramite_engine::runtime::forms::FieldError {
-            field: "body".into(),
-            message: "not JSON".into(),
-        }],
-    })?;
+    let mut event: Value =
+        serde_json::from_slice(&body).map_err(|_| Error::field("body", "not JSON"))?;
     // Meta sends again whatever is not answered 200, for days: a NUL in one
     // message's text must not hold back the event's others, so it is made
     // U+FFFD here (the database cannot store it) instead of refused.
@@ -299,12 +295,10 @@ async fn channel_start(
         (Some(c), _) => c.to_owned(),
         (None, Some(source)) => source.clone(),
         (None, None) => {
-            return Err(Error::InvalidData {
-                errors: vec![tramite_engine::runtime::forms::FieldError {
-                    field: "source".into(),
-                    message: "a lead says where it came from (web, botmaker, facebook, …)".into(),
-                }],
-            });
+            return Err(Error::field(
+                "source",
+                "a lead says where it came from (web, botmaker, facebook, …)",
+            ));
         }
     };
     let (id, new) = s
@@ -343,12 +337,7 @@ pub(super) async fn list_messages(
     let Query(q) = query?;
     let status = q.status.unwrap_or_else(|| "pending".to_owned());
     if status != "pending" && status != "delivered" {
-        return Err(Error::InvalidData {
-            errors: vec![tramite_engine::runtime::forms::FieldError {
-                field: "status".into(),
-                message: "`pending` or `delivered`".into(),
-            }],
-        });
+        return Err(Error::field("status", "`pending` or `delivered`"));
     }
     let rows = s
         .engine

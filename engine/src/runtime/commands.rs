@@ -884,19 +884,17 @@ async fn start_instance(
     let (start_node, start_spec) = process.start().ok_or_else(|| Error::NotDeployed {
         code: start.code.clone(),
     })?;
+    // `procedure` is the engine's own channel for a `call`: from outside
+    // (no parent) it is not among the accepted, or a sub-procedure would
+    // run without its caller.
+    let internal = channel_name(Channel::Procedure);
     let allowed: Vec<String> = start_spec
         .channels
         .iter()
         .map(|c| channel_name(*c))
+        .filter(|c| parent.is_some() || *c != internal)
         .collect();
-    // `procedure` is the engine's own channel for a `call`: a start from
-    // outside claiming it would run a sub-procedure with no parent.
-    let internal = start.channel == channel_name(Channel::Procedure);
-    if !allowed.contains(&start.channel) || (internal && parent.is_none()) {
-        let allowed = allowed
-            .into_iter()
-            .filter(|c| parent.is_some() || *c != channel_name(Channel::Procedure))
-            .collect();
+    if !allowed.contains(&start.channel) {
         return Err(Error::ChannelNotAllowed {
             code: start.code.clone(),
             channel: start.channel.clone(),
