@@ -23,7 +23,8 @@ fn shipped_definitions_validate_clean() {
         .map(|f| {
             let name = f.path.display().to_string();
             match compile(&name, &f.text) {
-                Ok(c) => c.definition.code,
+                Ok(c) if c.warnings.items.is_empty() => c.definition.code,
+                Ok(c) => panic!("{name} has warnings:\n{}", c.warnings.render(&f.text)),
                 Err(d) => panic!("{name} does not validate:\n{}", d.render(&f.text)),
             }
         })
@@ -60,7 +61,7 @@ fn every_invalid_case_reports_exactly_its_expected_errors() {
             }
             Err(d) => d,
         };
-        let mut actual: Vec<(u32, u32, String, String)> = diagnostics
+        let actual: Vec<(u32, u32, String, String)> = diagnostics
             .items
             .iter()
             .map(|d| {
@@ -71,26 +72,7 @@ fn every_invalid_case_reports_exactly_its_expected_errors() {
                 (pos.line, pos.column, d.code.to_string(), d.message.clone())
             })
             .collect();
-        actual.sort();
-        let matches = actual.len() == expected.len()
-            && actual.iter().zip(&expected).all(|(a, e)| {
-                a.0 == e.line && a.1 == e.column && a.2 == e.code && a.3.contains(&e.contains)
-            });
-        if !matches {
-            failures.push(format!(
-                "{name}:\n  expected:\n{}\n  actual:\n{}",
-                expected
-                    .iter()
-                    .map(|e| format!("    {}:{} {} {:?}", e.line, e.column, e.code, e.contains))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                actual
-                    .iter()
-                    .map(|a| format!("    {}:{} {} {:?}", a.0, a.1, a.2, a.3))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            ));
-        }
+        failures.extend(mismatch(&name, &expected, actual));
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
     // The corpus exercises every check the validator has.
@@ -126,6 +108,75 @@ fn every_invalid_case_reports_exactly_its_expected_errors() {
     ];
     let missing: Vec<_> = all.iter().filter(|c| !codes_seen.contains(c)).collect();
     assert!(missing.is_empty(), "no corpus case covers {missing:?}");
+}
+
+/// What differs between a case's `# expect:` lines and what it got, as a
+/// message; `None` when they agree.
+fn mismatch(
+    name: &str,
+    expected: &[tramite_tests::Expected],
+    mut actual: Vec<(u32, u32, String, String)>,
+) -> Option<String> {
+    actual.sort();
+    let matches = actual.len() == expected.len()
+        && actual.iter().zip(expected).all(|(a, e)| {
+            a.0 == e.line && a.1 == e.column && a.2 == e.code && a.3.contains(&e.contains)
+        });
+    (!matches).then(|| {
+        format!(
+            "{name}:\n  expected:\n{}\n  actual:\n{}",
+            expected
+                .iter()
+                .map(|e| format!("    {}:{} {} {:?}", e.line, e.column, e.code, e.contains))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            actual
+                .iter()
+                .map(|a| format!("    {}:{} {} {:?}", a.0, a.1, a.2, a.3))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })
+}
+
+/// `tests/definitions/warnings/`: definitions that deploy, each with the
+/// warnings it must get, at their lines and columns.
+#[test]
+fn every_warning_case_deploys_with_exactly_its_expected_warnings() {
+    let dir = repo_root().join("tests/definitions/warnings");
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    for case in std::fs::read_dir(&dir).unwrap() {
+        let case = case.unwrap().path();
+        let text = std::fs::read_to_string(&case).unwrap();
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        cases += 1;
+        let compiled = match compile(&name, &text) {
+            Ok(c) => c,
+            Err(d) => {
+                failures.push(format!("{name} has errors:\n{}", d.render(&text)));
+                continue;
+            }
+        };
+        let actual = compiled
+            .warnings
+            .items
+            .iter()
+            .map(|d| {
+                let pos = d.pos.expect("a warning has a position");
+                (pos.line, pos.column, d.code.to_string(), d.message.clone())
+            })
+            .collect();
+        failures.extend(mismatch(&name, &expectations(&text), actual));
+        // Rendered like an error, but called a warning.
+        let rendered = compiled.warnings.render(&text);
+        assert!(
+            rendered.starts_with("warning[maybe-unwritten]: "),
+            "{rendered}"
+        );
+    }
+    assert!(cases >= 1);
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
 }
 
 #[test]

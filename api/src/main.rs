@@ -79,6 +79,11 @@ enum Command {
         /// besides those given and those beside them.
         #[arg(long = "library", value_name = "PATH")]
         library: Vec<PathBuf>,
+        /// Fail (exit 1) on warnings too, such as a read of a variable some
+        /// path leaves unwritten; without it they are printed and the
+        /// definitions still count as valid, as a deploy takes them.
+        #[arg(long)]
+        deny_warnings: bool,
     },
     /// Print a definition as a Mermaid or Graphviz diagram.
     Graph {
@@ -311,7 +316,16 @@ fn run(cli: Cli) -> Result<(), Error> {
             paths,
             style,
             library,
-        } => validate(&paths, &library, style, &mut stdout),
+            deny_warnings,
+        } => validate(
+            &Validation {
+                paths: &paths,
+                extra: &library,
+                style,
+                deny_warnings,
+            },
+            &mut stdout,
+        ),
         Command::Graph { file, format, lang } => {
             if file.is_dir() {
                 return Err(Error::NotAFile { path: file });
@@ -580,10 +594,22 @@ async fn scenarios(
     Ok(())
 }
 
-fn validate(
-    paths: &[PathBuf],
-    extra: &[PathBuf],
+/// What `tramite validate` was asked.
+struct Validation<'a> {
+    paths: &'a [PathBuf],
+    /// `--library`.
+    extra: &'a [PathBuf],
     style: Style,
+    deny_warnings: bool,
+}
+
+fn validate(
+    &Validation {
+        paths,
+        extra,
+        style,
+        deny_warnings,
+    }: &Validation<'_>,
     out: &mut impl Write,
 ) -> Result<(), Error> {
     // Every file is checked: one that cannot be read (missing, not UTF-8)
@@ -594,6 +620,7 @@ fn validate(
         return Err(Error::Invalid { count: 1 });
     }
     let mut problems = 0;
+    let mut warnings = 0;
     let mut files = Vec::new();
     for path in listed {
         match library::read_file(path) {
@@ -611,23 +638,39 @@ fn validate(
         .into_iter()
         .zip(&files)
     {
+        let report = |diagnostics: &tramite_engine::diagnostic::Diagnostics| match style {
+            Style::Human => eprint!("{}", diagnostics.render(&file.text)),
+            Style::Short => eprintln!("{diagnostics}"),
+        };
         match result {
-            Ok(compiled) => writeln!(
-                out,
-                "ok: {} ({} v{}, {} nodes)",
-                path.display(),
-                compiled.definition.code,
-                compiled.definition.version,
-                compiled.definition.nodes.len()
-            )?,
-            Err(diagnostics) => {
-                problems += diagnostics.items.len();
-                match style {
-                    Style::Human => eprint!("{}", diagnostics.render(&file.text)),
-                    Style::Short => eprintln!("{diagnostics}"),
+            Ok(compiled) => {
+                let n = compiled.warnings.items.len();
+                writeln!(
+                    out,
+                    "ok: {} ({} v{}, {} nodes{})",
+                    path.display(),
+                    compiled.definition.code,
+                    compiled.definition.version,
+                    compiled.definition.nodes.len(),
+                    if n > 0 {
+                        format!(", {n} warning(s)")
+                    } else {
+                        String::new()
+                    }
+                )?;
+                if n > 0 {
+                    warnings += n;
+                    report(&compiled.warnings);
                 }
             }
+            Err(diagnostics) => {
+                problems += diagnostics.items.len();
+                report(&diagnostics);
+            }
         }
+    }
+    if deny_warnings {
+        problems += warnings;
     }
     if problems > 0 {
         return Err(Error::Invalid { count: problems });

@@ -70,6 +70,33 @@ fn validate_prints_every_error_compiler_style_and_exits_1() {
     assert!(stderr.contains("error: 2 problem(s) found"), "{stderr}");
 }
 
+/// Warnings are printed, compiler-style, and pass; `--deny-warnings`
+/// makes them fail, for a process owner's CI.
+#[test]
+fn validate_prints_warnings_and_fails_on_them_only_when_asked() {
+    let file = "tests/definitions/warnings/maybe-unwritten.yaml";
+    let out = tramite(&["validate", "--style", "short", file]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("8 warning(s)"), "{stdout}");
+    assert!(stdout.contains("1 definition(s) valid"), "{stdout}");
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 8, "{stderr}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with(file) && l.contains(": warning[maybe-unwritten]: ")),
+        "{stderr}"
+    );
+
+    let out = tramite(&["validate", "--deny-warnings", file]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("error: 8 problem(s) found"), "{stderr}");
+    assert!(stderr.contains("warning[maybe-unwritten]: "), "{stderr}");
+}
+
 #[test]
 fn validate_reports_a_missing_file_without_panicking() {
     let out = tramite(&["validate", "processes/nope.yaml"]);

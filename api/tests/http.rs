@@ -2176,10 +2176,30 @@ async fn review_findings_over_http() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{would}");
-    assert_eq!(
-        would,
-        json!([{"code": "T-REWORK", "version": 2, "new": true, "warnings": []}])
-    );
+    // The gates read `rehacer`, an optional field of `revisar` (and one of
+    // them in the branch beside it): warned of, with line and column, and
+    // taken.
+    let warned = |answer: &Value| {
+        assert_eq!(
+            (&answer[0]["code"], &answer[0]["version"], &answer[0]["new"]),
+            (&json!("T-REWORK"), &json!(2), &json!(true)),
+            "{answer}"
+        );
+        let warnings: Vec<&str> = answer[0]["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap())
+            .collect();
+        assert_eq!(warnings.len(), 2, "{answer}");
+        assert!(
+            warnings[0].starts_with(
+                "rework.yaml:28:15: warning[maybe-unwritten]: `rehacer == true` reads `rehacer`"
+            ),
+            "{answer}"
+        );
+    };
+    warned(&would);
     let (_, versions) = api.get("/api/v1/definitions/T-REWORK", LEAD).await;
     assert_eq!(
         versions["versions"].as_array().unwrap().len(),
@@ -2202,10 +2222,7 @@ async fn review_findings_over_http() {
         .json(Method::POST, "/api/v1/definitions", LEAD, files)
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(
-        deployed,
-        json!([{"code": "T-REWORK", "version": 2, "new": true, "warnings": []}])
-    );
+    warned(&deployed);
 }
 
 /// An agent gives back, from the task page, a call-back they took just

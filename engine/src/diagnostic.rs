@@ -65,6 +65,9 @@ pub enum Code {
     UnknownDocument,
     /// A setting that is out of range or contradicts another one.
     InvalidSetting,
+    /// A warning: an expression reads a variable that some path from the
+    /// start leaves unwritten when the expression runs.
+    MaybeUnwritten,
 }
 
 impl Code {
@@ -99,6 +102,21 @@ impl Code {
             Code::UnknownEnd => "unknown-end",
             Code::UnknownDocument => "unknown-document",
             Code::InvalidSetting => "invalid-setting",
+            Code::MaybeUnwritten => "maybe-unwritten",
+        }
+    }
+
+    /// Whether the code is a warning: the definition deploys with it.
+    pub fn is_warning(self) -> bool {
+        matches!(self, Code::MaybeUnwritten)
+    }
+
+    /// `error` or `warning`, as printed before the code.
+    pub fn severity(self) -> &'static str {
+        if self.is_warning() {
+            "warning"
+        } else {
+            "error"
         }
     }
 }
@@ -150,7 +168,12 @@ impl Diagnostics {
         let lines: Vec<&str> = source.lines().collect();
         let mut out = String::new();
         for d in &self.items {
-            out.push_str(&format!("error[{}]: {}\n", d.code, d.message));
+            out.push_str(&format!(
+                "{}[{}]: {}\n",
+                d.code.severity(),
+                d.code,
+                d.message
+            ));
             match d.pos {
                 Some(pos) => {
                     out.push_str(&format!("  --> {}:{} ({})\n", self.file, pos, d.path));
@@ -170,18 +193,34 @@ impl Diagnostics {
     }
 }
 
+impl Diagnostics {
+    /// Each problem on one line: `file:line:column: error[code]: message
+    /// (at path)` (`warning[code]` for a warning).
+    pub fn lines(&self) -> impl Iterator<Item = String> + '_ {
+        self.items.iter().map(|d| {
+            let at = match d.pos {
+                Some(pos) => format!("{}:{}", self.file, pos),
+                None => self.file.clone(),
+            };
+            format!(
+                "{at}: {}[{}]: {} (at {})",
+                d.code.severity(),
+                d.code,
+                d.message,
+                d.path
+            )
+        })
+    }
+}
+
 impl fmt::Display for Diagnostics {
-    /// One line per problem: `file:line:column: error[code]: message`.
+    /// [`Diagnostics::lines`], one after the other.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, d) in self.items.iter().enumerate() {
+        for (i, line) in self.lines().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
-            match d.pos {
-                Some(pos) => write!(f, "{}:{}: ", self.file, pos)?,
-                None => write!(f, "{}: ", self.file)?,
-            }
-            write!(f, "error[{}]: {} (at {})", d.code, d.message, d.path)?;
+            f.write_str(&line)?;
         }
         Ok(())
     }

@@ -36,24 +36,51 @@ pub struct Edge<'a> {
     pub path: YamlPath,
     /// What the edge means.
     pub label: EdgeLabel<'a>,
+    /// The variables surely written when a token takes this edge: a
+    /// start's and a submitted form's required fields, an outcome's or
+    /// error route's `set`, a service task's or call's `output`, a
+    /// message's `store`. An optional field may be left out, so it is not
+    /// among them.
+    pub writes: Vec<&'a str>,
 }
 
 impl Node {
     /// Every edge leaving this node; `base` is the node's own path.
     pub fn edges(&self, base: &YamlPath) -> Vec<Edge<'_>> {
         fn edge<'a>(to: &'a str, path: YamlPath, label: EdgeLabel<'a>) -> Edge<'a> {
-            Edge { to, path, label }
+            Edge {
+                to,
+                path,
+                label,
+                writes: Vec::new(),
+            }
+        }
+        fn required(fields: &[super::Field]) -> impl Iterator<Item = &str> {
+            fields
+                .iter()
+                .filter(|f| f.required)
+                .map(|f| f.name.as_str())
+        }
+        fn keys(mapping: &super::Mapping) -> impl Iterator<Item = &str> {
+            mapping.keys().map(String::as_str)
         }
         let mut out = Vec::new();
         match &self.kind {
-            NodeKind::Start(s) => out.push(edge(&s.next, base.key("next"), EdgeLabel::Next)),
+            NodeKind::Start(s) => out.push(Edge {
+                writes: required(&s.data).collect(),
+                ..edge(&s.next, base.key("next"), EdgeLabel::Next)
+            }),
             NodeKind::UserTask(t) => {
                 for (i, o) in t.outcomes.iter().enumerate() {
-                    out.push(edge(
-                        &o.next,
-                        base.key("outcomes").index(i).key("next"),
-                        EdgeLabel::Outcome(&o.label),
-                    ));
+                    let form = required(&t.form).filter(|_| o.validate);
+                    out.push(Edge {
+                        writes: form.chain(keys(&o.set)).collect(),
+                        ..edge(
+                            &o.next,
+                            base.key("outcomes").index(i).key("next"),
+                            EdgeLabel::Outcome(&o.label),
+                        )
+                    });
                 }
                 if let Some(e) = &t.escalation {
                     out.push(edge(
@@ -64,13 +91,19 @@ impl Node {
                 }
             }
             NodeKind::ServiceTask(s) => {
-                out.push(edge(&s.next, base.key("next"), EdgeLabel::Next));
+                out.push(Edge {
+                    writes: keys(&s.output).collect(),
+                    ..edge(&s.next, base.key("next"), EdgeLabel::Next)
+                });
                 for (i, r) in s.errors.iter().enumerate() {
-                    out.push(edge(
-                        &r.next,
-                        base.key("errors").index(i).key("next"),
-                        EdgeLabel::Error(&r.error),
-                    ));
+                    out.push(Edge {
+                        writes: keys(&r.set).collect(),
+                        ..edge(
+                            &r.next,
+                            base.key("errors").index(i).key("next"),
+                            EdgeLabel::Error(&r.error),
+                        )
+                    });
                 }
             }
             NodeKind::ExclusiveGate(g) => {
@@ -96,7 +129,10 @@ impl Node {
             }
             NodeKind::Join(j) => out.push(edge(&j.next, base.key("next"), EdgeLabel::Next)),
             NodeKind::MessageWait(w) => {
-                out.push(edge(&w.next, base.key("next"), EdgeLabel::Next));
+                out.push(Edge {
+                    writes: keys(&w.store).collect(),
+                    ..edge(&w.next, base.key("next"), EdgeLabel::Next)
+                });
                 if let Some(t) = &w.timeout {
                     out.push(edge(
                         &t.next,
@@ -106,7 +142,10 @@ impl Node {
                 }
             }
             NodeKind::TimerWait(t) => out.push(edge(&t.next, base.key("next"), EdgeLabel::Next)),
-            NodeKind::Call(c) => out.push(edge(&c.next, base.key("next"), EdgeLabel::Next)),
+            NodeKind::Call(c) => out.push(Edge {
+                writes: keys(&c.output).collect(),
+                ..edge(&c.next, base.key("next"), EdgeLabel::Next)
+            }),
             NodeKind::End(_) => {}
         }
         out

@@ -216,8 +216,10 @@ pub struct Deployed {
     pub version: i64,
     /// False when the same content was deployed before.
     pub new: bool,
-    /// What will not stop the definition from running but will hurt it
-    /// (a service task's `timeout` shorter than its connector's tries).
+    /// What will not stop the definition from running but may hurt it: a
+    /// read of a variable some path leaves unwritten (`file:line:column:
+    /// warning[maybe-unwritten]: …`), a service task's `timeout` shorter
+    /// than its connector's tries.
     pub warnings: Vec<String>,
 }
 
@@ -818,14 +820,16 @@ async fn deploy(
     }
     let mut out = Vec::new();
     for (((name, text), (_, result)), stored) in sources.iter().zip(results).zip(stored) {
-        let code = result.expect("checked").definition.code;
+        let compiled = result.expect("checked");
+        let code = compiled.definition.code;
+        let warnings: Vec<String> = compiled.warnings.lines().collect();
         let hash = content_hash(text);
         if let Some(row) = stored {
             out.push(Deployed {
                 code,
                 version: row.version,
                 new: false,
-                warnings: Vec::new(),
+                warnings,
             });
             continue;
         }
@@ -836,7 +840,7 @@ async fn deploy(
                 version: latest.get(&code).map_or(1, |v| v + 1),
                 code,
                 new: true,
-                warnings: Vec::new(),
+                warnings,
             });
             continue;
         }
@@ -853,7 +857,7 @@ async fn deploy(
             code,
             version: row.version,
             new: true,
-            warnings: Vec::new(),
+            warnings,
         });
     }
     Ok(Reply::Deployed(out))

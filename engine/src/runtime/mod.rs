@@ -321,7 +321,8 @@ impl Engine {
         match self.submit(Command::Deploy { sources, dry_run }).await? {
             Reply::Deployed(mut deployed) => {
                 for d in &mut deployed {
-                    d.warnings = warnings.remove(&d.code).unwrap_or_default();
+                    d.warnings
+                        .extend(warnings.remove(&d.code).unwrap_or_default());
                 }
                 Ok(deployed)
             }

@@ -7,6 +7,7 @@
 //! role) runs only when that section loaded, so one broken node does not
 //! cascade into dozens of "unreachable" messages; every other check runs.
 
+mod assigned;
 mod graph;
 mod references;
 mod variables;
@@ -75,34 +76,43 @@ impl ProcedureInterface {
     }
 }
 
-/// A definition that loaded and validated without a single problem.
+/// A definition that loaded and validated without a single error.
 #[derive(Debug)]
 pub struct Compiled {
     /// The definition.
     pub definition: Definition,
     /// Positions in its text, for messages found later.
     pub index: PositionIndex,
+    /// What deploys but may go wrong at run time (a variable some path may
+    /// leave unwritten), with positions; empty when nothing does.
+    pub warnings: Diagnostics,
 }
 
-/// Parses and validates `text` (named `file` in messages).
+/// Parses and validates `text` (named `file` in messages). Errors refuse
+/// the definition; warnings come with it.
 pub fn compile(file: &str, text: &str, ctx: &Context<'_>) -> Result<Compiled, Diagnostics> {
     let parsed = loader::parse(text);
     let mut items = parsed.diagnostics.clone();
     items.extend(validate(&parsed, ctx));
-    if items.is_empty() {
-        return Ok(Compiled {
-            definition: parsed.definition,
-            index: parsed.index,
-        });
-    }
     for d in &mut items {
         loader::locate(d, &parsed.index);
     }
     items.sort_by(|a, b| (a.pos, a.code, &a.message).cmp(&(b.pos, b.code, &b.message)));
     items.dedup();
+    let (warnings, errors): (Vec<_>, Vec<_>) = items.into_iter().partition(|d| d.code.is_warning());
+    if errors.is_empty() {
+        return Ok(Compiled {
+            definition: parsed.definition,
+            index: parsed.index,
+            warnings: Diagnostics {
+                file: file.to_owned(),
+                items: warnings,
+            },
+        });
+    }
     Err(Diagnostics {
         file: file.to_owned(),
-        items,
+        items: errors,
     })
 }
 
@@ -117,6 +127,11 @@ pub fn validate(parsed: &Parsed, ctx: &Context<'_>) -> Vec<Diagnostic> {
     // The graph is only known when every node loaded and there is one start.
     if parsed.section_complete("nodes") && !checker.has(Code::StartCount) {
         graph::check(&mut checker);
+        // The data flow needs a whole, sound graph; warnings beside errors
+        // would only be noise.
+        if checker.diagnostics.is_empty() && parsed.diagnostics.is_empty() {
+            assigned::check(&mut checker);
+        }
     }
     checker.diagnostics
 }
@@ -149,6 +164,12 @@ impl<'a> Checker<'a> {
     }
 
     fn error(&mut self, code: Code, path: YamlPath, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic::new(code, path, message));
+    }
+
+    /// A warning: the same list, told apart by its code's severity.
+    fn warn(&mut self, code: Code, path: YamlPath, message: impl Into<String>) {
+        debug_assert!(code.is_warning());
         self.diagnostics.push(Diagnostic::new(code, path, message));
     }
 

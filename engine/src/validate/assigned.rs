@@ -1,0 +1,435 @@
+//! Definite assignment: an expression that reads a variable some path from
+//! the start reaches without writing it. A declared variable not yet
+//! written reads as null, so `intentos < 3` on such a path raises an
+//! incident at run time and `motivo == 'deuda'` is silently false. Reported
+//! as a warning, not an error: the path may be one that the gates' conditions
+//! never let a token take, which only running would tell.
+//!
+//! The analysis is the compilers' "must" data flow over the graph. Each edge
+//! writes what [`crate::definition::Edge::writes`] says; a node starts with
+//! what every edge into it surely wrote (their intersection), except a join,
+//! which waits for every branch of its fork and so starts with the union of
+//! what each branch surely wrote. It runs only on a definition without
+//! errors, whose graph is whole.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::Checker;
+use crate::definition::{Edge, Mapping, NodeKind};
+use crate::diagnostic::Code;
+use crate::expr::{Expr, Form};
+use crate::position::YamlPath;
+
+/// A set of variables; `None` is "every variable" (no path seen yet).
+type Vars<'a> = Option<BTreeSet<&'a str>>;
+
+/// One edge of the graph, by node index.
+struct Flow<'a> {
+    from: usize,
+    to: usize,
+    writes: BTreeSet<&'a str>,
+}
+
+pub(super) fn check(c: &mut Checker<'_>) {
+    let def = c.def;
+    let Some(start) = def
+        .nodes
+        .iter()
+        .position(|n| matches!(n.kind, NodeKind::Start(_)))
+    else {
+        return;
+    };
+    let mut flows = Vec::new();
+    for (i, n) in def.nodes.iter().enumerate() {
+        for (k, Edge { to, writes, .. }) in n.edges(&YamlPath::root()).into_iter().enumerate() {
+            let Some(&to) = c.nodes.get(to) else {
+                continue;
+            };
+            let mut writes: BTreeSet<&str> = writes.into_iter().collect();
+            // A gate's branch taken because `x != null` holds: x is known.
+            if let NodeKind::ExclusiveGate(g) = &n.kind
+                && let Some(b) = g.branches.get(k)
+            {
+                writes.extend(not_null(&b.when));
+            }
+            flows.push(Flow {
+                from: i,
+                to,
+                writes,
+            });
+        }
+    }
+    let groups = join_groups(c, &flows);
+    let assigned = solve(def.nodes.len(), start, &flows, &groups);
+
+    let mut found = Vec::new();
+    for (i, n) in def.nodes.iter().enumerate() {
+        let Some(before) = &assigned[i] else {
+            continue; // Unreachable: reported as an error elsewhere.
+        };
+        for read in reads(c, i, &n.kind) {
+            let sure: BTreeSet<&str> = before.iter().chain(&read.also).copied().collect();
+            for v in read.expr.reads().iter().map(|r| r.root.as_str()) {
+                if c.def.variable(v).is_none()
+                    || sure.contains(v)
+                    || guarded(read.expr, v)
+                    || (read.null_copies && read.copies(v))
+                {
+                    continue;
+                }
+                let path = witness(
+                    &Paths {
+                        def,
+                        flows: &flows,
+                        groups: &groups,
+                        assigned: &assigned,
+                    },
+                    start,
+                    i,
+                    v,
+                );
+                found.push((read.path.clone(), message(v, read.expr, &path)));
+            }
+        }
+    }
+    for (path, message) in found {
+        c.warn(Code::MaybeUnwritten, path, message);
+    }
+}
+
+fn message(v: &str, expr: &Expr, path: &[&str]) -> String {
+    let mut m = format!(
+        "`{}` reads `{v}`, which a path from the start leaves unwritten (it would read as null)",
+        expr.source().trim()
+    );
+    if !path.is_empty() {
+        m.push_str(&format!(": {}", path.join(" → ")));
+    }
+    m.push_str(&format!(
+        ". Write `{v}` on that path (a required field, a `set`, an `output`), or read it guarded: `{v} != null ? {v} : …`"
+    ));
+    m
+}
+
+/// The variables a condition, when true, says are not null: its top-level
+/// `&&` terms of the form `x != null` (or `null != x`).
+fn not_null(expr: &Expr) -> Vec<&str> {
+    let text: String = expr.source().split_whitespace().collect();
+    if text.contains("||") || text.contains('?') {
+        return Vec::new();
+    }
+    let terms: Vec<&str> = text.split("&&").collect();
+    expr.reads()
+        .iter()
+        .map(|r| r.root.as_str())
+        .filter(|v| {
+            terms.iter().any(|t| {
+                let t = t.trim_matches(|c| c == '(' || c == ')');
+                *t == format!("{v}!=null") || *t == format!("null!={v}")
+            })
+        })
+        .collect()
+}
+
+/// Whether the expression tests the variable against null itself, so a
+/// null there is expected (`intentos != null ? intentos : 0`).
+fn guarded(expr: &Expr, v: &str) -> bool {
+    let text: String = expr.source().split_whitespace().collect();
+    [
+        format!("{v}==null"),
+        format!("{v}!=null"),
+        format!("null=={v}"),
+        format!("null!={v}"),
+    ]
+    .iter()
+    .any(|g| {
+        text.match_indices(g.as_str()).any(|(at, _)| {
+            // `intentos==null` inside `max_intentos==null` is another name.
+            let before = text[..at].chars().next_back();
+            let after = text[at + g.len()..].chars().next();
+            let part = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+            !part(before) && !part(after)
+        })
+    })
+}
+
+/// An expression of a node, with what it may additionally count as
+/// written (an outcome's `set` runs after the form's required fields are
+/// stored), and whether copying a null through it is harmless.
+struct Read<'a> {
+    path: YamlPath,
+    expr: &'a Expr,
+    also: Vec<&'a str>,
+    /// A mapping whose value may be null: a variable copied whole (`zona:
+    /// zona`) then copies null, which is not a mistake. Anything computed
+    /// from it (`intentos + 1`, `ext.trim()`) fails or misleads.
+    null_copies: bool,
+}
+
+impl Read<'_> {
+    /// Whether the expression only copies `v`, whole.
+    fn copies(&self, v: &str) -> bool {
+        matches!(self.expr.form(), Form::Path { root, fields } if root == v && fields.is_empty())
+    }
+}
+
+/// The expressions node `i` evaluates when a token is there. Fields'
+/// `default`s are left out (a default that cannot be computed proposes
+/// nothing, by design), and so are indicators' conditions: they read
+/// finished instances, where an unanswered question is a fact to count.
+fn reads<'a>(c: &Checker<'a>, i: usize, kind: &'a NodeKind) -> Vec<Read<'a>> {
+    let base = c.node_path(i);
+    let mut out = Vec::new();
+    // `optional(key)`: whether the mapping's target takes a null.
+    let mapping = |m: &'a Mapping,
+                   path: YamlPath,
+                   also: &[&'a str],
+                   optional: &dyn Fn(&str) -> bool,
+                   out: &mut Vec<Read<'a>>| {
+        for (k, expr) in m {
+            out.push(Read {
+                path: path.key(k),
+                expr,
+                also: also.to_vec(),
+                null_copies: optional(k),
+            });
+        }
+    };
+    let checked = |path: YamlPath, expr: &'a Expr| Read {
+        path,
+        expr,
+        also: Vec::new(),
+        null_copies: false,
+    };
+    // A variable may hold null.
+    let variable = |_: &str| true;
+    match kind {
+        NodeKind::Start(_) | NodeKind::Fork(_) | NodeKind::Join(_) | NodeKind::End(_) => {}
+        NodeKind::UserTask(t) => {
+            for (j, o) in t.outcomes.iter().enumerate() {
+                let form: Vec<&str> = t
+                    .form
+                    .iter()
+                    .filter(|f| f.required && o.validate)
+                    .map(|f| f.name.as_str())
+                    .collect();
+                let path = base.key("outcomes").index(j).key("set");
+                mapping(&o.set, path, &form, &variable, &mut out);
+            }
+        }
+        NodeKind::ServiceTask(s) => {
+            let op = c
+                .ctx
+                .catalog
+                .connector(&s.connector)
+                .and_then(|k| k.operation(&s.operation));
+            // An input the operation does not require may be sent empty.
+            let optional =
+                |k: &str| op.is_some_and(|op| op.inputs.iter().any(|p| p.name == k && !p.required));
+            mapping(&s.input, base.key("input"), &[], &optional, &mut out);
+            mapping(&s.output, base.key("output"), &[], &variable, &mut out);
+            for (j, r) in s.errors.iter().enumerate() {
+                let path = base.key("errors").index(j).key("set");
+                mapping(&r.set, path, &[], &variable, &mut out);
+            }
+        }
+        NodeKind::ExclusiveGate(g) => {
+            for (j, b) in g.branches.iter().enumerate() {
+                out.push(checked(base.key("branches").index(j).key("when"), &b.when));
+            }
+        }
+        NodeKind::MessageWait(w) => {
+            out.push(checked(base.key("correlation"), &w.correlation));
+            mapping(&w.store, base.key("store"), &[], &variable, &mut out);
+        }
+        NodeKind::TimerWait(t) => {
+            if let Some(at) = &t.at {
+                out.push(checked(base.key("at"), at));
+            }
+        }
+        NodeKind::Call(call) => {
+            // A start field the called procedure does not require.
+            let child = c.ctx.procedures.get(&call.procedure);
+            let optional = |k: &str| {
+                child.is_some_and(|p| {
+                    p.start_fields
+                        .iter()
+                        .any(|(f, required)| f == k && !required)
+                })
+            };
+            mapping(&call.input, base.key("input"), &[], &optional, &mut out);
+            mapping(&call.output, base.key("output"), &[], &variable, &mut out);
+        }
+    }
+    out
+}
+
+/// For each join, the edges into it grouped by the branch of its fork they
+/// come from (edge indexes into `flows`). A join named by no fork, or by
+/// two, or an edge into it that no branch reaches, gets no groups: its
+/// edges are then intersected like any node's, which can only warn more.
+fn join_groups(c: &Checker<'_>, flows: &[Flow<'_>]) -> BTreeMap<usize, Vec<Vec<usize>>> {
+    let def = c.def;
+    let mut forks: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, n) in def.nodes.iter().enumerate() {
+        if let NodeKind::Fork(f) = &n.kind
+            && let Some(&join) = c.nodes.get(f.join.as_str())
+        {
+            forks.entry(join).or_default().push(i);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (join, named_by) in forks {
+        let [fork] = named_by[..] else { continue };
+        let NodeKind::Fork(f) = &def.nodes[fork].kind else {
+            continue;
+        };
+        let into: Vec<usize> = (0..flows.len()).filter(|&e| flows[e].to == join).collect();
+        let mut groups = Vec::new();
+        for branch in &f.branches {
+            let Some(&first) = c.nodes.get(branch.as_str()) else {
+                continue;
+            };
+            let group: Vec<usize> = if first == join {
+                into.iter()
+                    .copied()
+                    .filter(|&e| flows[e].from == fork)
+                    .collect()
+            } else {
+                let inside = within(first, join, flows);
+                into.iter()
+                    .copied()
+                    .filter(|&e| inside.contains(&flows[e].from))
+                    .collect()
+            };
+            groups.push(group);
+        }
+        let covered: BTreeSet<usize> = groups.iter().flatten().copied().collect();
+        if groups.iter().all(|g| !g.is_empty()) && covered.len() == into.len() {
+            out.insert(join, groups);
+        }
+    }
+    out
+}
+
+/// The nodes reachable from `first` without passing `join`.
+fn within(first: usize, join: usize, flows: &[Flow<'_>]) -> BTreeSet<usize> {
+    let mut seen = BTreeSet::from([first]);
+    let mut queue = VecDeque::from([first]);
+    while let Some(i) = queue.pop_front() {
+        for f in flows.iter().filter(|f| f.from == i && f.to != join) {
+            if seen.insert(f.to) {
+                queue.push_back(f.to);
+            }
+        }
+    }
+    seen
+}
+
+/// What each node surely has written when a token arrives: the fixed point
+/// of the data flow, from nothing at the start.
+fn solve<'a>(
+    nodes: usize,
+    start: usize,
+    flows: &[Flow<'a>],
+    groups: &BTreeMap<usize, Vec<Vec<usize>>>,
+) -> Vec<Vars<'a>> {
+    let mut at: Vec<Vars<'a>> = vec![None; nodes];
+    at[start] = Some(BTreeSet::new());
+    let out = |at: &[Vars<'a>], e: usize| -> Vars<'a> {
+        let f = &flows[e];
+        at[f.from]
+            .as_ref()
+            .map(|s| s.iter().chain(&f.writes).copied().collect())
+    };
+    let meet = |sets: &mut dyn Iterator<Item = Vars<'a>>| -> Vars<'a> {
+        sets.fold(None, |acc, s| match (acc, s) {
+            (None, s) | (s, None) => s,
+            (Some(a), Some(b)) => Some(a.intersection(&b).copied().collect()),
+        })
+    };
+    let mut queue: VecDeque<usize> = (0..nodes).collect();
+    let mut queued = vec![true; nodes];
+    while let Some(i) = queue.pop_front() {
+        queued[i] = false;
+        if i == start {
+            continue;
+        }
+        let into = (0..flows.len()).filter(|&e| flows[e].to == i);
+        let new = match groups.get(&i) {
+            // A join: each branch's intersection, then their union. A
+            // branch no token has reached yet holds back the whole join.
+            Some(groups) => groups
+                .iter()
+                .map(|g| meet(&mut g.iter().map(|&e| out(&at, e))))
+                .try_fold(BTreeSet::new(), |mut all, branch| {
+                    all.extend(branch?);
+                    Some(all)
+                }),
+            None => meet(&mut into.map(|e| out(&at, e))),
+        };
+        if new != at[i] {
+            at[i] = new;
+            for f in flows.iter().filter(|f| f.from == i) {
+                if !queued[f.to] {
+                    queued[f.to] = true;
+                    queue.push_back(f.to);
+                }
+            }
+        }
+    }
+    at
+}
+
+/// What [`witness`] walks.
+struct Paths<'a, 'd> {
+    def: &'d crate::definition::Definition,
+    flows: &'a [Flow<'d>],
+    groups: &'a BTreeMap<usize, Vec<Vec<usize>>>,
+    assigned: &'a [Vars<'d>],
+}
+
+/// A shortest path of node ids from the start to `node` on which no edge
+/// writes `v`, to show where the read can come unwritten: walked backwards
+/// over edges after which `v` is still unwritten. Into a join, the branch
+/// that writes `v` on some of its paths but not on this one goes first: it
+/// is where the gap is, more than a branch that never writes `v` at all.
+fn witness<'d>(p: &Paths<'_, 'd>, start: usize, node: usize, v: &str) -> Vec<&'d str> {
+    let out_has = |e: usize| {
+        let f = &p.flows[e];
+        f.writes.contains(v) || p.assigned[f.from].as_ref().is_none_or(|s| s.contains(v))
+    };
+    let mut next: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut queue = VecDeque::from([node]);
+    let mut seen = BTreeSet::from([node]);
+    while let Some(i) = queue.pop_front() {
+        if i == start {
+            let mut path = vec![p.def.nodes[i].id.as_str()];
+            let mut at = i;
+            while let Some(&n) = next.get(&at) {
+                path.push(p.def.nodes[n].id.as_str());
+                at = n;
+            }
+            return path;
+        }
+        let mut into: Vec<usize> = (0..p.flows.len())
+            .filter(|&e| p.flows[e].to == i && !out_has(e))
+            .collect();
+        if let Some(groups) = p.groups.get(&i) {
+            let gap = |e: &usize| {
+                groups
+                    .iter()
+                    .any(|g| g.contains(e) && g.iter().any(|&o| out_has(o)))
+            };
+            into.sort_by_key(|e| !gap(e));
+        }
+        for e in into {
+            let from = p.flows[e].from;
+            if seen.insert(from) {
+                next.insert(from, i);
+                queue.push_back(from);
+            }
+        }
+    }
+    Vec::new()
+}
