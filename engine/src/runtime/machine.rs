@@ -484,6 +484,15 @@ impl<'a> Machine<'a> {
                     let mut scopes = token.scopes;
                     let scope = match scopes.last() {
                         Some(s) if s.join == node_id => scopes.pop().expect("last exists"),
+                        // A side token passing a join not its own would run
+                        // the steps after it a second time, beside the
+                        // tokens the join lets through: its path ends here.
+                        // (Loading now refuses such a path; this keeps
+                        // versions deployed before that honest.)
+                        _ if token.side => {
+                            self.journal("side_path_ended", Some(&node_id), Value::Null);
+                            return self.side_path_over(scopes, None);
+                        }
                         // A token reaching a join outside its fork passes through.
                         _ => {
                             let t = self.spawn(&j.next, scopes, token.side);
@@ -692,10 +701,13 @@ impl<'a> Machine<'a> {
                     return Ok(());
                 }
                 NodeKind::End(e) => {
-                    let side = self.state.remove_token(id).is_some_and(|t| t.side);
+                    let token = self.state.remove_token(id);
                     self.journal("end_reached", Some(&node_id), json!({"outcome": e.outcome}));
-                    if !side {
-                        self.state.outcome = Some(e.outcome.clone());
+                    match token {
+                        Some(t) if t.side => {
+                            return self.side_path_over(t.scopes, Some(&e.outcome));
+                        }
+                        _ => self.state.outcome = Some(e.outcome.clone()),
                     }
                     if self.state.tokens.is_empty() {
                         let outcome = self
@@ -709,6 +721,47 @@ impl<'a> Machine<'a> {
                 }
             }
         }
+    }
+
+    /// A side token's path is over, at an `end` (`outcome`) or at a join
+    /// not its own. Inside a fork its join stops waiting for it (the
+    /// escalation raised the count it waits for), and goes on if every
+    /// other arrival is in; an instance with no token left ends, with the
+    /// outcome of its main flow's end.
+    fn side_path_over(
+        &mut self,
+        mut scopes: Vec<ForkScope>,
+        outcome: Option<&str>,
+    ) -> Result<(), MachineError> {
+        if let Some(scope) = scopes.pop()
+            && let Some(join) = self.state.joins.get_mut(&scope.group)
+        {
+            join.expected = join.expected.saturating_sub(1);
+            if join.arrived >= join.expected {
+                let side = join.side;
+                self.state.joins.remove(&scope.group);
+                let next = match self.process.definition.node(&scope.join).map(|n| &n.kind) {
+                    Some(NodeKind::Join(j)) => j.next.clone(),
+                    _ => return Err(MachineError::UnknownNode(scope.join)),
+                };
+                self.journal("joined", Some(&scope.join), Value::Null);
+                let t = self.spawn(&next, scopes, side);
+                self.queue.push_back(t);
+                return Ok(());
+            }
+        }
+        if self.state.tokens.is_empty() {
+            let outcome = match (self.state.outcome.take(), outcome) {
+                (Some(o), _) => o,
+                (None, Some(o)) => o.to_owned(),
+                // Only a side token was left and it ended at a join: the
+                // main flow's end already recorded its outcome, so this
+                // is unreachable in practice; the join's id is no outcome.
+                (None, None) => String::new(),
+            };
+            self.effects.push(Effect::Ended { outcome });
+        }
+        Ok(())
     }
 
     fn move_to(&mut self, id: u32, next: &str) {
@@ -833,6 +886,103 @@ pub fn timestamp_ms(value: &Value) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tasks a run of the machine opened, by node.
+    fn tasks(effects: &[Effect]) -> Vec<&str> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::CreateTask { node, .. } => Some(node.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The token waiting at `node`.
+    fn at(state: &InstanceState, node: &str) -> u32 {
+        state
+            .tokens
+            .iter()
+            .find(|t| t.node == node)
+            .unwrap_or_else(|| panic!("no token at {node}: {:?}", state.tokens))
+            .id
+    }
+
+    /// Side tokens that reach a join not their own (a version deployed
+    /// before loading refused it) end there instead of running the steps
+    /// after it twice; one that ends inside its fork releases the join.
+    #[test]
+    fn a_side_path_never_passes_a_join_twice_nor_holds_it_forever() {
+        let text = r#"
+code: T-SIDE
+name: Lados
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+nodes:
+  - {id: inicio, kind: start, channels: [web], next: revisar}
+  - id: revisar
+    kind: user_task
+    role: agente
+    outcomes: [{id: ok, label: Listo, next: abrir}]
+  - {id: abrir, kind: fork, branches: [a, b], join: juntar}
+  - {id: a, kind: user_task, role: agente, outcomes: [{id: ok, label: Ok, next: juntar}]}
+  - {id: b, kind: user_task, role: agente, outcomes: [{id: ok, label: Ok, next: juntar}]}
+  - {id: aviso, kind: user_task, role: agente, outcomes: [{id: ok, label: Ok, next: fin_aviso}]}
+  - {id: juntar, kind: join, next: registrar}
+  - {id: registrar, kind: user_task, role: agente, outcomes: [{id: ok, label: Ok, next: fin}]}
+  - {id: fin, kind: end, outcome: listo}
+  - {id: fin_aviso, kind: end, outcome: avisado}
+"#;
+        let process = Process::new(1, 1, crate::loader::parse(text).definition);
+        let meta = InstanceMeta {
+            id: "i".into(),
+            business_key: "k".into(),
+            channel: "web".into(),
+            started_at: 0,
+        };
+        let run = |state: &mut InstanceState, step: &dyn Fn(&mut Machine<'_>)| {
+            let mut m = Machine::new(&process, &meta, state, 0);
+            step(&mut m);
+            m.effects
+        };
+
+        // An escalation outside the fork whose path leads to its join.
+        let mut state = InstanceState::default();
+        run(&mut state, &|m| m.start().unwrap());
+        let revisar = at(&state, "revisar");
+        let effects = run(&mut state, &|m| m.branch(revisar, "juntar").unwrap());
+        assert!(tasks(&effects).is_empty(), "{effects:?}");
+        run(&mut state, &|m| m.go(revisar, "abrir").unwrap());
+        let (a, b) = (at(&state, "a"), at(&state, "b"));
+        run(&mut state, &|m| m.go(a, "juntar").unwrap());
+        let effects = run(&mut state, &|m| m.go(b, "juntar").unwrap());
+        assert_eq!(tasks(&effects), ["registrar"]);
+        assert_eq!(state.tokens.len(), 1, "{:?}", state.tokens);
+
+        // An escalation inside the fork whose path ends at an end of its
+        // own, before and after the branches arrive.
+        for side_first in [true, false] {
+            let mut state = InstanceState::default();
+            run(&mut state, &|m| m.start().unwrap());
+            let revisar = at(&state, "revisar");
+            run(&mut state, &|m| m.go(revisar, "abrir").unwrap());
+            let (a, b) = (at(&state, "a"), at(&state, "b"));
+            run(&mut state, &|m| m.branch(a, "aviso").unwrap());
+            let aviso = at(&state, "aviso");
+            let mut last = Vec::new();
+            let order = if side_first {
+                [(aviso, "fin_aviso"), (a, "juntar"), (b, "juntar")]
+            } else {
+                [(a, "juntar"), (b, "juntar"), (aviso, "fin_aviso")]
+            };
+            for (token, next) in order {
+                last = run(&mut state, &|m| m.go(token, next).unwrap());
+            }
+            assert_eq!(tasks(&last), ["registrar"], "side first: {side_first}");
+            assert!(state.joins.is_empty(), "{:?}", state.joins);
+        }
+    }
 
     #[test]
     fn parses_rfc3339() {

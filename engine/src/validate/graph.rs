@@ -91,22 +91,63 @@ fn side_paths(c: &mut Checker<'_>, start: usize) {
     };
     let main = walk(start, true, &|_| false);
     let main_join = |j: usize| main.contains(&j) && matches!(nodes[j].kind, NodeKind::Join(_));
+    // Each fork's region: what its branches reach before its join.
+    let regions: Vec<(usize, BTreeSet<usize>)> = nodes
+        .iter()
+        .filter_map(|n| match &n.kind {
+            NodeKind::Fork(f) => {
+                let join = *c.nodes.get(f.join.as_str())?;
+                let mut region = BTreeSet::new();
+                for b in &f.branches {
+                    if let Some(&first) = c.nodes.get(b.as_str()) {
+                        region.extend(walk(first, false, &|j| j == join));
+                    }
+                }
+                region.remove(&join);
+                Some((join, region))
+            }
+            _ => None,
+        })
+        .collect();
     let mut found = Vec::new();
     for (i, edges) in successors.iter().enumerate() {
         let Some(side) = edges.iter().find(|e| e.side) else {
             continue;
         };
-        let meets: Vec<&str> = walk(side.to, false, &main_join)
-            .into_iter()
+        // The join of the innermost fork around the task: the one join
+        // where the side token is counted in rather than let through.
+        let own_join = regions
+            .iter()
+            .filter(|(_, region)| region.contains(&i))
+            .min_by_key(|(_, region)| region.len())
+            .map(|(join, _)| *join);
+        let reached = walk(side.to, false, &main_join);
+        let meets: Vec<&str> = reached
+            .iter()
             .filter(|j| {
-                main.contains(j) && !matches!(nodes[*j].kind, NodeKind::End(_) | NodeKind::Join(_))
+                main.contains(j) && !matches!(nodes[**j].kind, NodeKind::End(_) | NodeKind::Join(_))
             })
-            .map(|j| nodes[j].id.as_str())
+            .map(|j| nodes[*j].id.as_str())
+            .collect();
+        let joins: Vec<&str> = reached
+            .iter()
+            .filter(|j| main_join(**j) && Some(**j) != own_join)
+            .map(|j| nodes[*j].id.as_str())
             .collect();
         if !meets.is_empty() {
             let message = format!(
                 "this escalation leaves the task open, so its path runs beside the main flow; it reaches steps of the main flow ({}), which would then run twice. End the side path with an `end` of its own (or at the enclosing fork's `join`), or make the escalation interrupting",
                 list(&meets)
+            );
+            found.push((c.node_path(i).key("escalation").key("next"), message));
+        } else if !joins.is_empty() {
+            let message = format!(
+                "this escalation leaves the task open, so its path runs beside the main flow; it reaches {}, the join of a fork the task is not inside: the side token would pass it beside the main flow's, and the steps after it would run twice. End the side path with an `end` of its own{}, or make the escalation interrupting",
+                list(&joins),
+                own_join.map_or(String::new(), |j| format!(
+                    " or at `{}`, the join of the fork around the task",
+                    nodes[j].id
+                )),
             );
             found.push((c.node_path(i).key("escalation").key("next"), message));
         }
