@@ -1785,6 +1785,86 @@ on_both_backends!(
     super::incident_after_effect_is_resolved_not_retried
 );
 
+const ROUTE_SET_FAILS: &str = r#"
+code: T-RUTA
+name: Ruta de error cuyo set falla
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables:
+  - {name: ci, type: string}
+  - {name: deuda, type: number}
+  - {name: motivo, type: integer}
+nodes:
+  - {id: inicio, kind: start, channels: [web], data: [{name: ci, type: string, required: true}], next: consultar}
+  - id: consultar
+    kind: service_task
+    connector: naf
+    operation: check_portfolio
+    input: {ci: ci}
+    output: {deuda: result.debt_bs}
+    errors:
+      - error: invalid_ci
+        next: corregir
+        set: {motivo: int(error.message)}
+    next: fin
+  - {id: corregir, kind: user_task, role: agente, outcomes: [{id: ok, label: Listo, next: fin}]}
+  - {id: fin, kind: end, outcome: listo}
+"#;
+
+/// NAF answered a business error whose route's `set` fails (the system's
+/// text is no number): the incident is resolved with what the `set` should
+/// have written, and the request goes on along the error's route — not
+/// past the step as if NAF had answered, nor asked for the answer's
+/// `output`.
+async fn a_failed_error_route_is_resolved_along_its_route(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![("ruta.yaml".into(), ROUTE_SET_FAILS.into())])
+        .await
+        .unwrap();
+    let id = h.start("T-RUTA", "web", json!({"ci": "no-es-ci"})).await;
+    h.jobs().await;
+    let incident = h
+        .engine
+        .incidents(Some("open"), Some(&id))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(incident.after_effect, "{incident:?}");
+    // What the route's `set` writes is what must be given.
+    let err = h
+        .engine
+        .resolve_incident(
+            &incident.id,
+            "operador1",
+            tramite_tests::engine::object(json!({"deuda": 0})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidData { errors } if errors.iter().any(|e| e.field == "motivo")),
+        "{err:?}"
+    );
+    h.engine
+        .resolve_incident(
+            &incident.id,
+            "operador1",
+            tramite_tests::engine::object(json!({"motivo": 1})),
+        )
+        .await
+        .unwrap();
+    h.task(&id, "corregir").await;
+    let i = h.instance(&id).await;
+    assert_eq!(i.state.variables["motivo"], json!(1));
+    assert!(i.state.variables.get("deuda").is_none(), "{i:?}");
+    assert_eq!(h.sims.naf.calls(), 1, "NAF was not asked again");
+}
+on_both_backends!(
+    a_failed_error_route_is_resolved_along_its_route,
+    super::a_failed_error_route_is_resolved_along_its_route
+);
+
 const ESCALATION_IN_FORK: &str = r#"
 code: T-ESCALATION
 name: Escalamiento en paralelo

@@ -681,6 +681,7 @@ fn raise(m: &mut Machine<'_>, token: u32, node: &str, message: String, after_eff
         t.wait = Wait::Incident {
             incident: id.clone(),
             cancelled_child: None,
+            route: None,
         };
     }
     m.note(
@@ -1722,7 +1723,14 @@ async fn apply_job_result(
                     match s.errors.iter().find(|r| r.error == code) {
                         Some(route) => match m.assign(&route.set, Some(("error", &error))) {
                             Ok(_) => m.go(token, &route.next)?,
-                            Err(e) => raise(&mut m, token, &node_id, e.to_string(), true),
+                            Err(e) => {
+                                raise(&mut m, token, &node_id, e.to_string(), true);
+                                if let Some(t) = m.state.token_mut(token)
+                                    && let Wait::Incident { route, .. } = &mut t.wait
+                                {
+                                    *route = Some(code.clone());
+                                }
+                            }
                         },
                         None => raise(
                             &mut m,
@@ -2255,6 +2263,16 @@ async fn settle_incident(
     // could not be computed, a child that could not start) by running the
     // step again with the variables written.
     let goes_on_by_default = incident.job_id.is_some() || incident.after_effect || cancelled_child;
+    // A business error whose route's `set` failed: going on takes its route.
+    let route = match row.state.token(token).map(|t| &t.wait) {
+        Some(Wait::Incident {
+            route: Some(code), ..
+        }) => match process.definition.node(&incident.node_id).map(|n| &n.kind) {
+            Some(NodeKind::ServiceTask(s)) => s.errors.iter().find(|r| &r.error == code),
+            _ => None,
+        },
+        _ => None,
+    };
     let resolve = match resolve {
         Some((_, Some(Then::RunAgain))) if incident.after_effect => {
             return Err(Error::IncidentNeedsResolution {
@@ -2265,7 +2283,7 @@ async fn settle_incident(
         None => None,
     };
     if let Some((vars, go_on)) = &resolve {
-        let errors = resolution_errors(&process, &incident.node_id, vars, *go_on);
+        let errors = resolution_errors(&process, &incident.node_id, route, vars, *go_on);
         if !errors.is_empty() {
             return Err(Error::InvalidData { errors });
         }
@@ -2318,7 +2336,7 @@ async fn settle_incident(
             // The step took effect; the operator supplies what it should have written.
             m.write(&vars);
             let next = match process.definition.node(&incident.node_id).map(|n| &n.kind) {
-                Some(NodeKind::ServiceTask(s)) => Some(s.next.clone()),
+                Some(NodeKind::ServiceTask(s)) => Some(route.map_or(&s.next, |r| &r.next).clone()),
                 Some(NodeKind::Call(c)) => Some(c.next.clone()),
                 Some(NodeKind::MessageWait(w)) => Some(w.next.clone()),
                 Some(NodeKind::TimerWait(t)) => Some(t.next.clone()),
@@ -2532,12 +2550,14 @@ fn new_problems(
 
 /// What is wrong with an operator's variables: each must be a variable the
 /// procedure declares, of its type; and going on past a service task or a
-/// call stands in for its result, so every variable its `output` would have
-/// written must be given — else the steps after it read nothing, and the
-/// instance stops again at the next gate.
+/// call stands in for its result, so every variable its `output` (or, after
+/// a business error, its route's `set`) would have written must be given —
+/// else the steps after it read nothing, and the instance stops again at
+/// the next gate.
 fn resolution_errors(
     process: &Process,
     node: &str,
+    route: Option<&crate::definition::ErrorRoute>,
     vars: &Map<String, Value>,
     go_on: bool,
 ) -> Vec<crate::runtime::forms::FieldError> {
@@ -2545,7 +2565,11 @@ fn resolution_errors(
     use crate::runtime::forms::{FieldError, Form};
     let declared = &process.definition.variables;
     let outputs: Vec<&str> = match (go_on, process.definition.node(node).map(|n| &n.kind)) {
-        (true, Some(NodeKind::ServiceTask(s))) => s.output.keys().map(String::as_str).collect(),
+        (true, Some(NodeKind::ServiceTask(s))) => route
+            .map_or(&s.output, |r| &r.set)
+            .keys()
+            .map(String::as_str)
+            .collect(),
         (true, Some(NodeKind::Call(c))) => c.output.keys().map(String::as_str).collect(),
         _ => Vec::new(),
     };

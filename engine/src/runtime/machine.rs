@@ -358,6 +358,7 @@ impl<'a> Machine<'a> {
             t.wait = Wait::Incident {
                 incident: id.clone(),
                 cancelled_child: None,
+                route: None,
             };
         }
         self.journal(

@@ -147,5 +147,10 @@ pub enum Wait {
         /// started), resolving fixes the input and runs the call again.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cancelled_child: Option<String>,
+        /// At a service task: the business error whose route's `set`
+        /// failed. The system answered with that error, so resolving goes
+        /// on along its route, with what its `set` would have written.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        route: Option<String>,
     },
 }

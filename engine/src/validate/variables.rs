@@ -12,6 +12,10 @@ use crate::position::YamlPath;
 /// Fields of the `instance` every expression can read.
 pub const INSTANCE_FIELDS: [&str; 4] = ["id", "business_key", "channel", "started_at"];
 
+/// Fields of the `error` a business error route's `set` can read: the
+/// operation's error code and the system's own text.
+const ERROR_FIELDS: [&str; 2] = ["code", "message"];
+
 /// CEL's type identifiers.
 const CEL_TYPES: [&str; 10] = [
     "bool",
@@ -376,7 +380,21 @@ fn reads(
                     );
                 }
             }
-            ("error", Scope::Error) | ("message", Scope::Message) => {}
+            ("error", Scope::Error) => {
+                if let Some(f) = field
+                    && !ERROR_FIELDS.contains(&f)
+                {
+                    c.error(
+                        Code::UnknownOutput,
+                        path.clone(),
+                        format!(
+                            "a business error has no field `{f}`; it has {}",
+                            list(ERROR_FIELDS)
+                        ),
+                    );
+                }
+            }
+            ("message", Scope::Message) => {}
             // CEL's type names (`type(x) == string`), unless a variable is called so.
             (name, _) if CEL_TYPES.contains(&name) && c.def.variable(name).is_none() => {}
             (name, _) => {
