@@ -1865,6 +1865,87 @@ on_both_backends!(
     super::a_failed_error_route_is_resolved_along_its_route
 );
 
+const COMPUTED_TYPES: &str = r#"
+code: T-TIPOS
+name: Valores calculados de otro tipo
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables:
+  - {name: ci, type: string}
+  - {name: monto, type: number}
+  - {name: cuotas, type: integer}
+nodes:
+  - {id: inicio, kind: start, channels: [web], data: [{name: ci, type: string, required: true}], next: pedir}
+  - id: pedir
+    kind: user_task
+    role: agente
+    form: [{name: monto, type: number, required: true}]
+    outcomes: [{id: ok, label: Listo, next: consultar, set: {cuotas: monto}}]
+  - id: consultar
+    kind: service_task
+    connector: naf
+    operation: check_portfolio
+    input: {ci: ci}
+    output: {cuotas: "result.debt_bs + 0.5"}
+    next: fin
+  - {id: fin, kind: end, outcome: listo}
+"#;
+
+/// What an outcome's `set` or a service task's `output` computes is
+/// checked against the variable's declared type when it runs: `2.5` into
+/// an `integer` is refused (the completion with 422, the answer with an
+/// incident), a whole `3.0` is taken.
+async fn computed_values_must_fit_their_variables(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![("tipos.yaml".into(), COMPUTED_TYPES.into())])
+        .await
+        .unwrap();
+    let id = h.start("T-TIPOS", "web", json!({"ci": "4587213"})).await;
+    let task = h.task(&id, "pedir").await;
+    let err = h
+        .engine
+        .complete(tramite_engine::runtime::commands::CompleteTask {
+            task: task.id.clone(),
+            user: "agente1".to_owned(),
+            outcome: "ok".to_owned(),
+            data: tramite_tests::engine::object(json!({"monto": 2.5})),
+            roles: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidData { errors } if errors[0].message.contains("does not fit `cuotas` (declared `integer`)")),
+        "{err:?}"
+    );
+    assert_eq!(
+        h.instance(&id).await.state.variables.get("monto"),
+        None,
+        "nothing was stored"
+    );
+    h.complete(&id, "pedir", "ok", json!({"monto": 3.0})).await;
+    assert_eq!(h.instance(&id).await.state.variables["cuotas"], json!(3.0));
+    // NAF's debt for this client is 0.0: `0.0 + 0.5` is no integer.
+    h.jobs().await;
+    let incident = h
+        .engine
+        .incidents(Some("open"), Some(&id))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(incident.after_effect, "{incident:?}");
+    assert!(
+        incident.message.contains("does not fit `cuotas`"),
+        "{incident:?}"
+    );
+    assert_eq!(h.instance(&id).await.state.variables["cuotas"], json!(3.0));
+}
+on_both_backends!(
+    computed_values_must_fit_their_variables,
+    super::computed_values_must_fit_their_variables
+);
+
 const ESCALATION_IN_FORK: &str = r#"
 code: T-ESCALATION
 name: Escalamiento en paralelo

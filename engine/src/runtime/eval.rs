@@ -34,6 +34,20 @@ pub enum EvalError {
         /// The expression.
         expression: String,
     },
+    /// A mapping gave a value that does not fit the variable it writes (a
+    /// system answering `"7"` where an integer is declared, `2.5` into an
+    /// `integer`): stored, it would break every step that reads it.
+    #[error("`{expression}` gave {value}, which does not fit `{variable}` (declared `{declared}`)")]
+    WrongType {
+        /// The expression.
+        expression: String,
+        /// The variable it writes.
+        variable: String,
+        /// The variable's declared type.
+        declared: crate::definition::VarType,
+        /// What it gave.
+        value: Value,
+    },
     /// A condition gave something other than true or false.
     #[error("`{expression}` gave {value} where true or false was expected")]
     NotBoolean {

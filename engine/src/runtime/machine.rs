@@ -278,6 +278,22 @@ impl<'a> Machine<'a> {
     ) -> Result<Map<String, Value>, EvalError> {
         let declared = |n: &str| self.process.declares(n);
         let values = eval::mapping(mapping, &self.scope(&declared, extra))?;
+        // Checked before anything is written: a value that does not fit
+        // would break every step that reads the variable.
+        for (k, v) in &values {
+            if let Some(var) = self.process.definition.variable(k)
+                && !admits(var.ty, v)
+            {
+                return Err(EvalError::WrongType {
+                    expression: mapping
+                        .get(k)
+                        .map_or_else(String::new, |e| e.source().to_owned()),
+                    variable: k.clone(),
+                    declared: var.ty,
+                    value: v.clone(),
+                });
+            }
+        }
         for (k, v) in &values {
             self.state.variables.insert(k.clone(), v.clone());
         }
@@ -838,6 +854,38 @@ fn seconds(text: &str) -> Option<f64> {
     text.parse().ok()
 }
 
+/// Whether `value` may be stored in a variable declared `ty`, as a form
+/// field of that type would accept it: null always (not yet known), a whole
+/// number as an `integer`, a date as `YYYY-MM-DD`, a date and time as RFC
+/// 3339.
+pub fn admits(ty: crate::definition::VarType, value: &Value) -> bool {
+    use crate::definition::VarType;
+    match (ty, value) {
+        (_, Value::Null) => true,
+        (VarType::String | VarType::Text, Value::String(_)) => true,
+        (VarType::Integer, Value::Number(n)) => {
+            n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0)
+        }
+        (VarType::Number, Value::Number(_)) => true,
+        (VarType::Boolean, Value::Bool(_)) => true,
+        (VarType::Date, Value::String(s)) => {
+            let mut parts = s.split('-');
+            let (y, m, d) = (parts.next(), parts.next(), parts.next());
+            parts.next().is_none()
+                && s.len() == 10
+                && y.and_then(|y| number(y, 4)).is_some()
+                && m.and_then(|m| number(m, 2))
+                    .is_some_and(|m| (1..=12).contains(&m))
+                && d.and_then(|d| number(d, 2))
+                    .is_some_and(|d| (1..=31).contains(&d))
+        }
+        (VarType::Datetime, v) => timestamp_ms(v).is_some(),
+        (VarType::List, Value::Array(_)) => true,
+        (VarType::Object, Value::Object(_)) => true,
+        _ => false,
+    }
+}
+
 /// Milliseconds since the epoch of an RFC 3339 timestamp (UTC `Z` or offset).
 pub fn timestamp_ms(value: &Value) -> Option<i64> {
     let s = value.as_str()?;
@@ -982,6 +1030,32 @@ nodes:
             }
             assert_eq!(tasks(&last), ["registrar"], "side first: {side_first}");
             assert!(state.joins.is_empty(), "{:?}", state.joins);
+        }
+    }
+
+    #[test]
+    fn a_variable_admits_only_values_of_its_type() {
+        use crate::definition::VarType::*;
+        for (ty, good, bad) in [
+            (Integer, json!(7), json!(2.5)),
+            (Integer, json!(7.0), json!("7")),
+            (Number, json!(2.5), json!("2.5")),
+            (String, json!("7"), json!(7)),
+            (Text, json!("a\nb"), json!(["a"])),
+            (Boolean, json!(false), json!("false")),
+            (Date, json!("2026-11-27"), json!("27/11/2026")),
+            (Date, json!("2026-02-28"), json!("2026-13-01")),
+            (
+                Datetime,
+                json!("2026-11-27T10:00:00-04:00"),
+                json!("2026-11-27"),
+            ),
+            (List, json!([]), json!({})),
+            (Object, json!({"a": 1}), json!([1])),
+        ] {
+            assert!(admits(ty, &good), "{ty} should take {good}");
+            assert!(!admits(ty, &bad), "{ty} should refuse {bad}");
+            assert!(admits(ty, &Value::Null), "{ty} takes null");
         }
     }
 
