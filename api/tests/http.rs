@@ -2439,7 +2439,8 @@ async fn pages_answer_what_they_cannot_read_with_a_page() {
 
 /// The web UI's cookie is a signed session, not the bearer token: stolen,
 /// it opens no API call, and it ends after a shift; a raw token in a
-/// cookie (what earlier versions kept) opens no page.
+/// cookie (what earlier versions kept) opens no page; over HTTPS the plain
+/// cookie (which a sibling subdomain can set) opens none either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_web_session_is_not_the_token_and_ends_after_a_shift() {
     let api = Api::new(Db::Sqlite).await;
@@ -2462,6 +2463,23 @@ async fn a_web_session_is_not_the_token_and_ends_after_a_shift() {
         }
     };
     assert_eq!(open(cookie.clone()).await.0, StatusCode::OK);
+    // Over HTTPS only the `__Host-` cookie counts: a sibling subdomain can
+    // plant the plain one (its own user's) in the agent's browser.
+    let over_https = |cookie: String| {
+        let app = api.app.clone();
+        async move {
+            let request = Request::builder()
+                .uri("/inbox")
+                .header("cookie", cookie)
+                .header("x-forwarded-proto", "https")
+                .body(Body::empty())
+                .unwrap();
+            app.oneshot(request).await.unwrap().status()
+        }
+    };
+    assert_eq!(over_https(cookie.clone()).await, StatusCode::SEE_OTHER);
+    let host = cookie.replacen("tramite_session=", "__Host-tramite_session=", 1);
+    assert_eq!(over_https(host).await, StatusCode::OK);
     let (status, _, _) = api
         .call(Method::GET, "/api/v1/tasks", Some(value), None)
         .await;

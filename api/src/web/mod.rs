@@ -300,10 +300,26 @@ async fn session(s: &AppState, headers: &HeaderMap) -> Result<Session, PageError
 }
 
 /// The session cookie's session, if it checks out (signed out or not).
+/// Over HTTPS only the `__Host-` cookie counts: the plain one can be set by
+/// a sibling subdomain (`Domain=example.com`), which would sign the
+/// browser's user in as someone else.
 fn signed_session(s: &AppState, headers: &HeaderMap) -> Option<SignedSession> {
     cookie(headers, HOST_SESSION_COOKIE)
-        .or_else(|| cookie(headers, SESSION_COOKIE))
+        .or_else(|| {
+            if forwarded_https(headers) {
+                None
+            } else {
+                cookie(headers, SESSION_COOKIE)
+            }
+        })
         .and_then(|v| s.users.by_session(&v, s.engine.now()))
+}
+
+/// Whether the proxy in front says the request came over HTTPS.
+fn forwarded_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
 impl Session {
@@ -342,9 +358,7 @@ async fn login(State(s): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -
     };
     let mut response = Redirect::to("/inbox").into_response();
     // Over HTTPS (a proxy in front says so) the cookie never goes in clear.
-    let https = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"))
+    let https = forwarded_https(&headers)
         || headers
             .get(header::ORIGIN)
             .is_some_and(|o| o.as_bytes().starts_with(b"https://"));
