@@ -1448,6 +1448,40 @@ async fn requests_are_read_by_the_people_of_their_procedure(db: Db) {
 }
 both!(requests_are_read_by_the_people_of_their_procedure);
 
+/// A system's refusal routed by the procedure (Smartflex: the client is
+/// blocked) shows its code to everyone who reads the request, and the
+/// system's own text to operators only, like any failure inside a system.
+async fn a_systems_refusal_text_is_the_operators(db: Db) {
+    use tramite_tests::p06::{through_coverage, through_identification, through_requirements};
+    let api = Api::new(db).await;
+    let id = through_identification(&api.h, "6543210").await;
+    through_coverage(&api.h, &id, "Cala Cala").await;
+    through_requirements(&api.h, &id).await;
+    api.h.jobs().await;
+    api.task(&id, "informar_imposibilidad", AGENT).await;
+    let refusal = |history: &Value| -> Value {
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "job_business_error")
+            .map(|e| e["data"]["error"].clone())
+            .unwrap_or_else(|| panic!("{history}"))
+    };
+    let uri = format!("/api/v1/instances/{id}/history");
+    let (_, history) = api.get(&uri, AGENT).await;
+    assert_eq!(refusal(&history), json!({"code": "client_blocked"}));
+    let (_, history) = api.get(&uri, LEAD).await;
+    assert!(
+        refusal(&history)["message"]
+            .as_str()
+            .unwrap()
+            .contains("central de riesgos"),
+        "{history}"
+    );
+}
+both!(a_systems_refusal_text_is_the_operators);
+
 /// A WhatsApp Business Cloud API message event, as Meta documents it: an
 /// image from the client's phone (with its country code).
 fn whatsapp_event(wamid: &str, from: &str) -> String {

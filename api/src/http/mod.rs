@@ -528,13 +528,20 @@ pub(crate) fn without_failures(user: &User, history: &mut [tramite_engine::store
         return;
     }
     for entry in history.iter_mut() {
-        let field = match entry.kind.as_str() {
-            "incident_raised" => "message",
-            "job_failed" | "message_received" => "error",
-            _ => continue,
+        let Some(data) = entry.data.as_object_mut() else {
+            continue;
         };
-        if let Some(data) = entry.data.as_object_mut() {
-            data.remove(field);
+        match entry.kind.as_str() {
+            "incident_raised" => _ = data.remove("message"),
+            "job_failed" | "message_received" => _ = data.remove("error"),
+            // The refusal's code is the procedure's (it routes on it); its
+            // text is the system's own.
+            "job_business_error" => {
+                if let Some(error) = data.get_mut("error").and_then(Value::as_object_mut) {
+                    error.remove("message");
+                }
+            }
+            _ => {}
         }
     }
 }
