@@ -221,8 +221,9 @@ struct Reached {
 struct World {
     /// The P06 requests' phones, in start order.
     phones: Vec<String>,
-    /// The last start's request id, data and instance.
-    last_start: Option<(String, Value, String)>,
+    /// The last start's request id, data, instance and whether it came
+    /// by the web (else by the IVR).
+    last_start: Option<(String, Value, String, bool)>,
     /// Each instance's history as last seen: sequence numbers and kinds.
     histories: HashMap<String, Vec<(i64, String)>>,
 }
@@ -268,17 +269,27 @@ enum Expect {
 async fn apply(h: &mut Harness, step: &Step, world: &mut World, reached: &Reached) {
     let (result, expect): (Result<(), Error>, Expect) = match step {
         Step::Start { web, again } => {
-            if let (true, Some((request, data, instance))) = (*again, &world.last_start) {
-                let (id, new) = h
+            if let (true, Some((request, data, instance, first_web))) = (*again, &world.last_start)
+            {
+                let repeat = h
                     .engine
                     .start_once(p06_start(*web, data.clone(), Some(request.clone())))
-                    .await
-                    .expect("a repeated start is answered");
-                assert_eq!(
-                    (&id, new),
-                    (instance, false),
-                    "a repeated start made another instance"
-                );
+                    .await;
+                // Answered to its own channel; another channel learns
+                // nothing of it, and starts nothing.
+                if web == first_web {
+                    let (id, new) = repeat.expect("a repeated start is answered");
+                    assert_eq!(
+                        (&id, new),
+                        (instance, false),
+                        "a repeated start made another instance"
+                    );
+                } else {
+                    assert!(
+                        matches!(repeat, Err(Error::RequestIdTaken { .. })),
+                        "a start from another channel with a taken request id: {repeat:?}"
+                    );
+                }
                 return;
             }
             let phone = format!("7{:07}", 100 + world.phones.len());
@@ -291,7 +302,7 @@ async fn apply(h: &mut Harness, step: &Step, world: &mut World, reached: &Reache
                 .await
                 .expect("a start is answered");
             assert!(new, "a new request id started nothing");
-            world.last_start = Some((request, data, id));
+            world.last_start = Some((request, data, id, *web));
             return;
         }
         Step::StartParallel => {

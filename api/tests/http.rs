@@ -1707,6 +1707,25 @@ async fn lead_and_ivr_webhooks_start_p06_once(db: Db) {
     );
     let instance = api.h.instance(first["id"].as_str().unwrap()).await;
     assert_eq!(instance.channel, "facebook");
+    // Another channel's start with that request id learns nothing of it
+    // (nor starts a second request).
+    let (status, problem) = api
+        .json(
+            Method::POST,
+            "/api/v1/instances",
+            CHANNEL,
+            json!({"code": "OPE-SUM-VEN-P06", "channel": "web", "request_id": "facebook:fb-lead-881", "data": {"telefono": "71234567"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(
+        problem["type"],
+        "https://tramite.dev/problems/request-id-taken"
+    );
+    assert!(
+        !problem.to_string().contains(first["id"].as_str().unwrap()),
+        "{problem}"
+    );
     let (status, _) = api.json(Method::POST, "/webhooks/leads", AGENT, lead).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "agents do not post leads");
     let (status, problem) = api

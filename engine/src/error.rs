@@ -140,6 +140,14 @@ pub enum Error {
         /// The id.
         id: String,
     },
+    /// A start's request id was used before by a start from another
+    /// channel: it is not answered with that request (whose id it would
+    /// reveal), nor does it start a second one.
+    #[error("request id `{request}` was used before by a start from another channel")]
+    RequestIdTaken {
+        /// The request id.
+        request: String,
+    },
     /// The incident was already retried or resolved.
     #[error("incident `{incident}` is not open")]
     IncidentNotOpen {

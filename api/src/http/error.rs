@@ -250,6 +250,12 @@ impl Error {
                     e.to_string(),
                     none,
                 ),
+                E::RequestIdTaken { .. } => (
+                    StatusCode::CONFLICT,
+                    "request-id-taken",
+                    e.to_string(),
+                    none,
+                ),
                 E::InstanceNotRunning { .. } => (
                     StatusCode::CONFLICT,
                     "instance-not-running",

@@ -365,6 +365,17 @@ pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result
                 conn.lock_key(&format!("start:{}:{request}", start.code))
                     .await?;
                 if let Some(id) = conn.instance_by_request(&start.code, request).await? {
+                    // A repeat is answered only to its own channel: another
+                    // channel's token would learn that request's instance.
+                    let same = conn
+                        .instance(&id, false)
+                        .await?
+                        .is_some_and(|row| row.channel == start.channel);
+                    if !same {
+                        return Err(Error::RequestIdTaken {
+                            request: request.clone(),
+                        });
+                    }
                     return Ok(Reply::Started { id, new: false });
                 }
             }
