@@ -2988,6 +2988,14 @@ async fn a_child_that_cannot_start_raises_an_incident_on_the_call(db: Db) {
         incidents[0].message
     );
     assert!(h.engine.children(&id).await.unwrap().is_empty());
+    // The history does not leave it at "started": it says no child came.
+    let history = h.history(&id).await;
+    let asked = history.iter().position(|k| k == "child_started");
+    let failed = history.iter().position(|k| k == "child_start_failed");
+    assert!(
+        matches!((asked, failed), (Some(a), Some(f)) if a < f),
+        "{history:?}"
+    );
     // Fixed by hand (the operator writes nothing: the call is re-run and fails again).
     h.engine
         .retry_incident(&incidents[0].id, "operador1")

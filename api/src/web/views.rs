@@ -950,6 +950,7 @@ fn event_words(kind: &str, lang: Lang) -> String {
         "timer_scheduled" => "espera programada",
         "timer_fired" => "plazo cumplido",
         "child_started" => "procedimiento iniciado",
+        "child_start_failed" => "el procedimiento no pudo iniciarse",
         "child_ended" => "procedimiento concluido",
         "end_reached" => "fin",
         _ => "",

@@ -615,6 +615,15 @@ async fn run_followups(
                     continue;
                 };
                 let (row, effects) = run_machine(row, &process, ctx.now, |m| {
+                    // The history said `child_started` when the call asked
+                    // for the child; it says too that no child came of it.
+                    if !cancelled {
+                        m.note(
+                            "child_start_failed",
+                            Some(&node_id),
+                            json!({"child": child}),
+                        );
+                    }
                     raise(m, token, &node_id, message, false);
                     if cancelled
                         && let Some(t) = m.state.token_mut(token)
