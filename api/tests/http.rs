@@ -1764,6 +1764,86 @@ async fn lead_and_ivr_webhooks_start_p06_once(db: Db) {
 }
 both!(lead_and_ivr_webhooks_start_p06_once);
 
+/// A token the users file ties to its channels starts requests by those
+/// only: Botmaker's token cannot pose as the IVR, by the API or by the lead
+/// webhook's `source`; a token without `channels` starts by any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channels_token_starts_requests_by_its_own_channels_only() {
+    use sha2::Digest;
+    let digest = |token: &str| -> String {
+        sha2::Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let file: tramite_api::http::auth::UsersFile = serde_yaml::from_str(&format!(
+        "users:\n  - {{name: botmaker, token_sha256: {}, roles: [channel], channels: [botmaker, web]}}\n  - {{name: cualquiera, token_sha256: {}, roles: [channel]}}\n",
+        digest("token-botmaker"),
+        digest("token-cualquiera"),
+    ))
+    .unwrap();
+    let users = Users::from_file(file).unwrap();
+    let api = Api::over(Harness::new(Db::Sqlite).await, users);
+    let start = |channel: &str, request: &str| json!({"code": "OPE-SUM-VEN-P06", "channel": channel, "request_id": request, "data": {"telefono": "71234567"}});
+    let (status, problem) = api
+        .json(
+            Method::POST,
+            "/api/v1/instances",
+            "token-botmaker",
+            start("ivr", "a"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("`botmaker`, `web` only"),
+        "{problem}"
+    );
+    let lead = json!({"id": "L-1", "process": "OPE-SUM-VEN-P06", "source": "ivr", "data": {"telefono": "71234567"}});
+    let (status, _) = api
+        .json(
+            Method::POST,
+            "/webhooks/leads",
+            "token-botmaker",
+            lead.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api
+        .json(Method::POST, "/webhooks/ivr", "token-botmaker", lead)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, started) = api
+        .json(
+            Method::POST,
+            "/api/v1/instances",
+            "token-botmaker",
+            start("botmaker", "b"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let (status, started) = api
+        .json(
+            Method::POST,
+            "/api/v1/instances",
+            "token-cualquiera",
+            start("ivr", "c"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let filter = tramite_engine::store::instances::InstanceFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(
+        api.h.engine.instances(&filter).await.unwrap().len(),
+        2,
+        "the refused starts started nothing"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_shows_each_system() {
     let api = Api::new(Db::Sqlite).await;

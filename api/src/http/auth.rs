@@ -34,6 +34,12 @@ pub struct UserEntry {
     pub token_sha256: String,
     /// Their roles.
     pub roles: Vec<String>,
+    /// The channels their starts may name (`[ivr]` for the IVR's token);
+    /// left out or empty: any the procedure accepts. A token that lives
+    /// in one integration should start requests as that channel only: a
+    /// leaked Botmaker token could otherwise pose as the IVR.
+    #[serde(default)]
+    pub channels: Vec<String>,
 }
 
 /// A web session whose cookie checked out: its user, its id (what
@@ -55,9 +61,28 @@ pub struct User {
     pub name: String,
     /// Roles.
     pub roles: Vec<String>,
+    /// The channels their starts may name; empty: any.
+    pub channels: Vec<String>,
 }
 
 impl User {
+    /// Refuses a start by `channel` unless the user may name it.
+    pub fn may_start_by(&self, channel: &str) -> Result<(), Error> {
+        if self.channels.is_empty() || self.channels.iter().any(|c| c == channel) {
+            return Ok(());
+        }
+        Err(Error::Forbidden {
+            reason: format!(
+                "this token starts requests by {} only",
+                self.channels
+                    .iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+    }
+
     /// Whether the user has `role`.
     pub fn has(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
@@ -238,6 +263,7 @@ impl Users {
                 User {
                     name,
                     roles: u.roles,
+                    channels: u.channels,
                 },
             );
         }
@@ -267,6 +293,7 @@ impl Users {
             User {
                 name: name.to_owned(),
                 roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+                channels: Vec::new(),
             },
         );
         self
@@ -447,6 +474,7 @@ mod tests {
             name: name.to_owned(),
             token_sha256: digest.to_owned(),
             roles: vec!["agente_ventas_digitales".to_owned()],
+            channels: Vec::new(),
         }
     }
 

@@ -506,6 +506,7 @@ async fn start(
     let user = s.users.authenticate(&headers)?;
     user.require_any(&["channel", "operator"], "starting instances")?;
     let Json(r) = body?;
+    user.may_start_by(&r.channel)?;
     let (id, new) = s
         .engine
         .start_once(StartInstance {

@@ -301,6 +301,7 @@ async fn channel_start(
             ));
         }
     };
+    user.may_start_by(&channel)?;
     let (id, new) = s
         .engine
         .start_once(StartInstance {
