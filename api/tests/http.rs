@@ -2298,7 +2298,15 @@ async fn review_findings_over_http() {
 
     // A process owner checks a new version before deploying it: validated
     // against what is deployed, the version it would become, nothing stored.
-    let v2 = tramite_tests::REWORK.replace("name: Revisión en paralelo", "name: Revisión v2");
+    // v2 decides on `rehacer` itself, an optional field: null there would
+    // be an incident, which the deploy warns of.
+    let v2 = tramite_tests::REWORK
+        .replace("name: Revisión en paralelo", "name: Revisión v2")
+        .replace(
+            "- when: rehacer == true\n        next: dividir",
+            "- when: rehacer\n        next: dividir",
+        );
+    assert_ne!(v2.matches("rehacer == true").count(), 2);
     let files = json!({"files": [{"name": "rework.yaml", "source": v2}]});
     let (status, would) = api
         .json(
@@ -2309,9 +2317,7 @@ async fn review_findings_over_http() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{would}");
-    // The gates read `rehacer`, an optional field of `revisar` (and one of
-    // them in the branch beside it): warned of, with line and column, and
-    // taken.
+    // Warned of, with line and column, and taken.
     let warned = |answer: &Value| {
         assert_eq!(
             (&answer[0]["code"], &answer[0]["version"], &answer[0]["new"]),
@@ -2327,7 +2333,7 @@ async fn review_findings_over_http() {
         assert_eq!(warnings.len(), 2, "{answer}");
         assert!(
             warnings[0].starts_with(
-                "rework.yaml:28:15: warning[maybe-unwritten]: `rehacer == true` reads `rehacer`"
+                "rework.yaml:37:15: warning[maybe-unwritten]: `rehacer` reads `rehacer`"
             ),
             "{answer}"
         );

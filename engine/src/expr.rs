@@ -121,6 +121,173 @@ impl Expr {
     pub fn form(&self) -> &Form {
         &self.form
     }
+
+    /// What the expression says about null, read from its syntax tree
+    /// (nothing for one that does not compile).
+    pub fn null_facts(&self) -> NullFacts {
+        let Ok(program) = &self.compiled else {
+            return NullFacts::default();
+        };
+        let root = program.expression();
+        let mut unsafe_reads = BTreeSet::new();
+        null_unsafe(root, &mut Vec::new(), &mut unsafe_reads);
+        NullFacts {
+            not_null_if_true: not_null_if_true(root),
+            null_test: null_test(root).map(str::to_owned),
+            null_safe: self
+                .reads
+                .iter()
+                .map(|r| r.root.clone())
+                .filter(|v| !unsafe_reads.contains(v))
+                .collect(),
+        }
+    }
+}
+
+/// What an expression says about null, for the check of variables a path
+/// may leave unwritten (which read as null).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NullFacts {
+    /// Variables that are not null whenever the expression is true: its
+    /// top-level `&&` terms `x != null` (or `null != x`).
+    pub not_null_if_true: Vec<String>,
+    /// The variable the whole expression tests for null (`x == null`), so
+    /// that it is not null wherever the expression was false.
+    pub null_test: Option<String>,
+    /// Variables whose every read is safe on null: compared with a literal
+    /// (`x == 'otro'`, false on null; not `x != ''`, true on null) or
+    /// guarded (`x != null ? x : 0`,
+    /// `x != null && x > 3`, `x == null || x > 3`).
+    pub null_safe: BTreeSet<String>,
+}
+
+/// `x` when `expr` is `x != null` or `null != x`.
+fn not_null_term(expr: &IdedExpr) -> Option<&str> {
+    compared_with_null(expr, "_!=_")
+}
+
+/// `x` when `expr` is `x == null` or `null == x`.
+fn null_test(expr: &IdedExpr) -> Option<&str> {
+    compared_with_null(expr, "_==_")
+}
+
+fn compared_with_null<'a>(expr: &'a IdedExpr, op: &str) -> Option<&'a str> {
+    let Ast::Call(call) = &expr.expr else {
+        return None;
+    };
+    if call.func_name != op || call.target.is_some() {
+        return None;
+    }
+    match call.args.as_slice() {
+        [a, b] => match (&a.expr, &b.expr) {
+            (Ast::Ident(v), Ast::Literal(LiteralValue::Null))
+            | (Ast::Literal(LiteralValue::Null), Ast::Ident(v)) => Some(v.as_str()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The variables the top-level `&&` terms of `expr` say are not null.
+fn not_null_if_true(expr: &IdedExpr) -> Vec<String> {
+    match &expr.expr {
+        Ast::Call(call) if call.func_name == "_&&_" && call.target.is_none() => {
+            call.args.iter().flat_map(not_null_if_true).collect()
+        }
+        _ => not_null_term(expr).map(str::to_owned).into_iter().collect(),
+    }
+}
+
+/// Collects the variables `expr` reads where a null would fail or mislead:
+/// any read but a comparison with a literal, outside a guard. `known`:
+/// variables a guard around this part has found not null (and names bound
+/// by a comprehension, which are not variables).
+fn null_unsafe(expr: &IdedExpr, known: &mut Vec<String>, out: &mut BTreeSet<String>) {
+    let under = |expr: &IdedExpr,
+                 more: Vec<String>,
+                 known: &mut Vec<String>,
+                 out: &mut BTreeSet<String>| {
+        let before = known.len();
+        known.extend(more);
+        null_unsafe(expr, known, out);
+        known.truncate(before);
+    };
+    match &expr.expr {
+        Ast::Unspecified | Ast::Literal(_) => {}
+        Ast::Ident(name) => {
+            if !known.contains(name) {
+                out.insert(name.clone());
+            }
+        }
+        Ast::Select(select) => null_unsafe(&select.operand, known, out),
+        Ast::Call(call) => {
+            let args = call.args.as_slice();
+            // `x == 'otro'` is false on null, as meant; `x != ''` is true
+            // on null, which is seldom what its author meant.
+            let literal = |e: &IdedExpr| matches!(e.expr, Ast::Literal(_));
+            let null = |e: &IdedExpr| matches!(e.expr, Ast::Literal(LiteralValue::Null));
+            let ident = |e: &IdedExpr| matches!(e.expr, Ast::Ident(_));
+            match (call.func_name.as_str(), args, &call.target) {
+                ("_==_", [a, b], None) if (ident(a) && literal(b)) || (literal(a) && ident(b)) => {}
+                ("_!=_", [a, b], None) if (ident(a) && null(b)) || (null(a) && ident(b)) => {}
+                ("_&&_", [l, r], None) => {
+                    null_unsafe(l, known, out);
+                    under(r, not_null_if_true(l), known, out);
+                }
+                ("_||_", [l, r], None) => {
+                    null_unsafe(l, known, out);
+                    let tested = null_test(l).map(str::to_owned).into_iter().collect();
+                    under(r, tested, known, out);
+                }
+                ("_?_:_", [c, t, f], None) => {
+                    null_unsafe(c, known, out);
+                    under(t, not_null_if_true(c), known, out);
+                    let tested = null_test(c).map(str::to_owned).into_iter().collect();
+                    under(f, tested, known, out);
+                }
+                _ => {
+                    if let Some(target) = &call.target {
+                        null_unsafe(target, known, out);
+                    }
+                    for arg in args {
+                        null_unsafe(arg, known, out);
+                    }
+                }
+            }
+        }
+        Ast::List(list) => {
+            for element in &list.elements {
+                null_unsafe(element, known, out);
+            }
+        }
+        Ast::Map(map) => null_unsafe_entries(&map.entries, known, out),
+        Ast::Struct(s) => null_unsafe_entries(&s.entries, known, out),
+        Ast::Comprehension(c) => {
+            null_unsafe(&c.iter_range, known, out);
+            null_unsafe(&c.accu_init, known, out);
+            let mut bound = vec![c.iter_var.clone(), c.accu_var.clone()];
+            bound.extend(c.iter_var2.clone());
+            under(&c.loop_cond, bound.clone(), known, out);
+            under(&c.loop_step, bound.clone(), known, out);
+            under(&c.result, bound, known, out);
+        }
+    }
+}
+
+fn null_unsafe_entries(
+    entries: &[cel::common::ast::IdedEntryExpr],
+    known: &mut Vec<String>,
+    out: &mut BTreeSet<String>,
+) {
+    for entry in entries {
+        match &entry.expr {
+            EntryExpr::StructField(field) => null_unsafe(&field.value, known, out),
+            EntryExpr::MapEntry(e) => {
+                null_unsafe(&e.key, known, out);
+                null_unsafe(&e.value, known, out);
+            }
+        }
+    }
 }
 
 /// The [`Form`] of a compiled expression.
@@ -296,6 +463,35 @@ mod tests {
             .iter()
             .map(|r| (r.root.as_str(), r.field.as_deref()))
             .collect()
+    }
+
+    #[test]
+    fn knows_what_an_expression_says_about_null() {
+        let facts = |s: &str| Expr::compile(s).null_facts();
+        assert_eq!(
+            facts("aprobado && telefono != null && null != ci").not_null_if_true,
+            ["telefono", "ci"]
+        );
+        // Negated, alternative or inside a comprehension: nothing known.
+        for s in ["!(a && x != null)", "x != null || y", "l.all(e, x != null)"] {
+            assert!(facts(s).not_null_if_true.is_empty(), "{s}");
+        }
+        assert_eq!(facts("x == null").null_test.as_deref(), Some("x"));
+        assert_eq!(facts("x == null && y").null_test, None);
+        let safe = |s: &str| facts(s).null_safe.into_iter().collect::<Vec<_>>();
+        assert_eq!(
+            safe("motivo == 'otro' || 3 == cuenta"),
+            ["cuenta", "motivo"]
+        );
+        assert!(safe("nota != ''").is_empty(), "true on null");
+        assert_eq!(safe("(n != null ? n : 0) + 1"), ["n"]);
+        assert_eq!(safe("n != null && n > 3"), ["n"]);
+        assert_eq!(safe("n == null || n > 3"), ["n"]);
+        // Unguarded: a broken guard, a field of another variable, arithmetic.
+        assert!(safe("n != null || n > 3").is_empty());
+        assert!(safe("cliente.email != null && email.endsWith('x')").is_empty());
+        assert!(safe("n + 1 > 3").is_empty());
+        assert!(safe("n.size() > 0 && n == 'a'").is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Definite assignment: an expression that reads a variable some path from
 //! the start reaches without writing it. A declared variable not yet
 //! written reads as null, so `intentos < 3` on such a path raises an
-//! incident at run time and `motivo == 'deuda'` is silently false. Reported
+//! incident at run time and `nota != ''` is silently true. Reported
 //! as a warning, not an error: the path may be one that the gates' conditions
 //! never let a token take, which only running would tell.
 //!
@@ -21,13 +21,14 @@ use crate::expr::{Expr, Form};
 use crate::position::YamlPath;
 
 /// A set of variables; `None` is "every variable" (no path seen yet).
-type Vars<'a> = Option<BTreeSet<&'a str>>;
+type Vars = Option<BTreeSet<String>>;
 
-/// One edge of the graph, by node index.
-struct Flow<'a> {
+/// One edge of the graph, by node index, with what a token surely has
+/// written (or found not null) once it takes it.
+struct Flow {
     from: usize,
     to: usize,
-    writes: BTreeSet<&'a str>,
+    writes: BTreeSet<String>,
 }
 
 pub(super) fn check(c: &mut Checker<'_>) {
@@ -45,12 +46,9 @@ pub(super) fn check(c: &mut Checker<'_>) {
             let Some(&to) = c.nodes.get(to) else {
                 continue;
             };
-            let mut writes: BTreeSet<&str> = writes.into_iter().collect();
-            // A gate's branch taken because `x != null` holds: x is known.
-            if let NodeKind::ExclusiveGate(g) = &n.kind
-                && let Some(b) = g.branches.get(k)
-            {
-                writes.extend(not_null(&b.when));
+            let mut writes: BTreeSet<String> = writes.into_iter().map(str::to_owned).collect();
+            if let NodeKind::ExclusiveGate(g) = &n.kind {
+                writes.extend(gate_knows(g, k));
             }
             flows.push(Flow {
                 from: i,
@@ -68,11 +66,12 @@ pub(super) fn check(c: &mut Checker<'_>) {
             continue; // Unreachable: reported as an error elsewhere.
         };
         for read in reads(c, i, &n.kind) {
-            let sure: BTreeSet<&str> = before.iter().chain(&read.also).copied().collect();
+            let facts = read.expr.null_facts();
             for v in read.expr.reads().iter().map(|r| r.root.as_str()) {
                 if c.def.variable(v).is_none()
-                    || sure.contains(v)
-                    || guarded(read.expr, v)
+                    || before.contains(v)
+                    || read.also.contains(&v)
+                    || facts.null_safe.contains(v)
                     || (read.null_copies && read.copies(v))
                 {
                     continue;
@@ -111,46 +110,22 @@ fn message(v: &str, expr: &Expr, path: &[&str]) -> String {
     m
 }
 
-/// The variables a condition, when true, says are not null: its top-level
-/// `&&` terms of the form `x != null` (or `null != x`).
-fn not_null(expr: &Expr) -> Vec<&str> {
-    let text: String = expr.source().split_whitespace().collect();
-    if text.contains("||") || text.contains('?') {
-        return Vec::new();
-    }
-    let terms: Vec<&str> = text.split("&&").collect();
-    expr.reads()
+/// What a token that leaves gate `g` by edge `k` knows is not null: a
+/// branch's own `x != null` terms, and — since a gate takes the first
+/// branch that holds — the `x` of every earlier branch that is exactly
+/// `x == null` (the default edge comes after all of them).
+fn gate_knows(g: &crate::definition::ExclusiveGate, k: usize) -> Vec<String> {
+    let own = g
+        .branches
+        .get(k)
+        .map(|b| b.when.null_facts().not_null_if_true)
+        .unwrap_or_default();
+    let earlier = g
+        .branches
         .iter()
-        .map(|r| r.root.as_str())
-        .filter(|v| {
-            terms.iter().any(|t| {
-                let t = t.trim_matches(|c| c == '(' || c == ')');
-                *t == format!("{v}!=null") || *t == format!("null!={v}")
-            })
-        })
-        .collect()
-}
-
-/// Whether the expression tests the variable against null itself, so a
-/// null there is expected (`intentos != null ? intentos : 0`).
-fn guarded(expr: &Expr, v: &str) -> bool {
-    let text: String = expr.source().split_whitespace().collect();
-    [
-        format!("{v}==null"),
-        format!("{v}!=null"),
-        format!("null=={v}"),
-        format!("null!={v}"),
-    ]
-    .iter()
-    .any(|g| {
-        text.match_indices(g.as_str()).any(|(at, _)| {
-            // `intentos==null` inside `max_intentos==null` is another name.
-            let before = text[..at].chars().next_back();
-            let after = text[at + g.len()..].chars().next();
-            let part = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
-            !part(before) && !part(after)
-        })
-    })
+        .take(k)
+        .filter_map(|b| b.when.null_facts().null_test);
+    own.into_iter().chain(earlier).collect()
 }
 
 /// An expression of a node, with what it may additionally count as
@@ -202,7 +177,7 @@ fn reads<'a>(c: &Checker<'a>, i: usize, kind: &'a NodeKind) -> Vec<Read<'a>> {
         null_copies: false,
     };
     // A variable may hold null.
-    let variable = |_: &str| true;
+    let takes_null = |_: &str| true;
     match kind {
         NodeKind::Start(_) | NodeKind::Fork(_) | NodeKind::Join(_) | NodeKind::End(_) => {}
         NodeKind::UserTask(t) => {
@@ -214,7 +189,7 @@ fn reads<'a>(c: &Checker<'a>, i: usize, kind: &'a NodeKind) -> Vec<Read<'a>> {
                     .map(|f| f.name.as_str())
                     .collect();
                 let path = base.key("outcomes").index(j).key("set");
-                mapping(&o.set, path, &form, &variable, &mut out);
+                mapping(&o.set, path, &form, &takes_null, &mut out);
             }
         }
         NodeKind::ServiceTask(s) => {
@@ -227,10 +202,10 @@ fn reads<'a>(c: &Checker<'a>, i: usize, kind: &'a NodeKind) -> Vec<Read<'a>> {
             let optional =
                 |k: &str| op.is_some_and(|op| op.inputs.iter().any(|p| p.name == k && !p.required));
             mapping(&s.input, base.key("input"), &[], &optional, &mut out);
-            mapping(&s.output, base.key("output"), &[], &variable, &mut out);
+            mapping(&s.output, base.key("output"), &[], &takes_null, &mut out);
             for (j, r) in s.errors.iter().enumerate() {
                 let path = base.key("errors").index(j).key("set");
-                mapping(&r.set, path, &[], &variable, &mut out);
+                mapping(&r.set, path, &[], &takes_null, &mut out);
             }
         }
         NodeKind::ExclusiveGate(g) => {
@@ -240,7 +215,7 @@ fn reads<'a>(c: &Checker<'a>, i: usize, kind: &'a NodeKind) -> Vec<Read<'a>> {
         }
         NodeKind::MessageWait(w) => {
             out.push(checked(base.key("correlation"), &w.correlation));
-            mapping(&w.store, base.key("store"), &[], &variable, &mut out);
+            mapping(&w.store, base.key("store"), &[], &takes_null, &mut out);
         }
         NodeKind::TimerWait(t) => {
             if let Some(at) = &t.at {
@@ -258,7 +233,7 @@ fn reads<'a>(c: &Checker<'a>, i: usize, kind: &'a NodeKind) -> Vec<Read<'a>> {
                 })
             };
             mapping(&call.input, base.key("input"), &[], &optional, &mut out);
-            mapping(&call.output, base.key("output"), &[], &variable, &mut out);
+            mapping(&call.output, base.key("output"), &[], &takes_null, &mut out);
         }
     }
     out
@@ -268,7 +243,7 @@ fn reads<'a>(c: &Checker<'a>, i: usize, kind: &'a NodeKind) -> Vec<Read<'a>> {
 /// come from (edge indexes into `flows`). A join named by no fork, or by
 /// two, or an edge into it that no branch reaches, gets no groups: its
 /// edges are then intersected like any node's, which can only warn more.
-fn join_groups(c: &Checker<'_>, flows: &[Flow<'_>]) -> BTreeMap<usize, Vec<Vec<usize>>> {
+fn join_groups(c: &Checker<'_>, flows: &[Flow]) -> BTreeMap<usize, Vec<Vec<usize>>> {
     let def = c.def;
     let mut forks: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, n) in def.nodes.iter().enumerate() {
@@ -313,7 +288,7 @@ fn join_groups(c: &Checker<'_>, flows: &[Flow<'_>]) -> BTreeMap<usize, Vec<Vec<u
 }
 
 /// The nodes reachable from `first` without passing `join`.
-fn within(first: usize, join: usize, flows: &[Flow<'_>]) -> BTreeSet<usize> {
+fn within(first: usize, join: usize, flows: &[Flow]) -> BTreeSet<usize> {
     let mut seen = BTreeSet::from([first]);
     let mut queue = VecDeque::from([first]);
     while let Some(i) = queue.pop_front() {
@@ -328,24 +303,24 @@ fn within(first: usize, join: usize, flows: &[Flow<'_>]) -> BTreeSet<usize> {
 
 /// What each node surely has written when a token arrives: the fixed point
 /// of the data flow, from nothing at the start.
-fn solve<'a>(
+fn solve(
     nodes: usize,
     start: usize,
-    flows: &[Flow<'a>],
+    flows: &[Flow],
     groups: &BTreeMap<usize, Vec<Vec<usize>>>,
-) -> Vec<Vars<'a>> {
-    let mut at: Vec<Vars<'a>> = vec![None; nodes];
+) -> Vec<Vars> {
+    let mut at: Vec<Vars> = vec![None; nodes];
     at[start] = Some(BTreeSet::new());
-    let out = |at: &[Vars<'a>], e: usize| -> Vars<'a> {
+    let out = |at: &[Vars], e: usize| -> Vars {
         let f = &flows[e];
         at[f.from]
             .as_ref()
-            .map(|s| s.iter().chain(&f.writes).copied().collect())
+            .map(|s| s.iter().chain(&f.writes).cloned().collect())
     };
-    let meet = |sets: &mut dyn Iterator<Item = Vars<'a>>| -> Vars<'a> {
+    let meet = |sets: &mut dyn Iterator<Item = Vars>| -> Vars {
         sets.fold(None, |acc, s| match (acc, s) {
             (None, s) | (s, None) => s,
-            (Some(a), Some(b)) => Some(a.intersection(&b).copied().collect()),
+            (Some(a), Some(b)) => Some(a.intersection(&b).cloned().collect()),
         })
     };
     let mut queue: VecDeque<usize> = (0..nodes).collect();
@@ -384,9 +359,9 @@ fn solve<'a>(
 /// What [`witness`] walks.
 struct Paths<'a, 'd> {
     def: &'d crate::definition::Definition,
-    flows: &'a [Flow<'d>],
+    flows: &'a [Flow],
     groups: &'a BTreeMap<usize, Vec<Vec<usize>>>,
-    assigned: &'a [Vars<'d>],
+    assigned: &'a [Vars],
 }
 
 /// A shortest path of node ids from the start to `node` on which no edge
