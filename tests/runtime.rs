@@ -1895,7 +1895,7 @@ nodes:
 /// What an outcome's `set` or a service task's `output` computes is
 /// checked against the variable's declared type when it runs: `2.5` into
 /// an `integer` is refused (the completion with 422, the answer with an
-/// incident), a whole `3.0` is taken.
+/// incident), a whole `3.0` is taken, as the integer 3.
 async fn computed_values_must_fit_their_variables(db: Db) {
     let h = Harness::new(db).await;
     h.engine
@@ -1916,7 +1916,7 @@ async fn computed_values_must_fit_their_variables(db: Db) {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::InvalidData { errors } if errors[0].message.contains("does not fit `cuotas` (declared `integer`)")),
+        matches!(&err, Error::InvalidData { errors } if errors[0].field == "cuotas" && errors[0].message.contains("does not fit `cuotas` (declared `integer`)")),
         "{err:?}"
     );
     assert_eq!(
@@ -1925,7 +1925,10 @@ async fn computed_values_must_fit_their_variables(db: Db) {
         "nothing was stored"
     );
     h.complete(&id, "pedir", "ok", json!({"monto": 3.0})).await;
-    assert_eq!(h.instance(&id).await.state.variables["cuotas"], json!(3.0));
+    // Stored as the integer it is: CEL adds no double to an int, so a later
+    // `cuotas + 1` would fail on 3.0.
+    let cuotas = &h.instance(&id).await.state.variables["cuotas"];
+    assert!(cuotas.is_i64() && cuotas == &json!(3), "{cuotas}");
     // NAF's debt for this client is 0.0: `0.0 + 0.5` is no integer.
     h.jobs().await;
     let incident = h
@@ -1939,11 +1942,78 @@ async fn computed_values_must_fit_their_variables(db: Db) {
         incident.message.contains("does not fit `cuotas`"),
         "{incident:?}"
     );
-    assert_eq!(h.instance(&id).await.state.variables["cuotas"], json!(3.0));
+    assert_eq!(h.instance(&id).await.state.variables["cuotas"], json!(3));
 }
 on_both_backends!(
     computed_values_must_fit_their_variables,
     super::computed_values_must_fit_their_variables
+);
+
+const STORE_FAILS: &str = r#"
+code: T-PAGO
+name: Pago con monto ilegible
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables:
+  - {name: ci, type: string}
+  - {name: monto, type: integer}
+nodes:
+  - {id: inicio, kind: start, channels: [web], data: [{name: ci, type: string, required: true}], next: esperar}
+  - {id: esperar, kind: message_wait, message: pago, correlation: ci, store: {monto: message.monto}, next: fin}
+  - {id: fin, kind: end, outcome: pagado}
+"#;
+
+/// A message whose `store` cannot be written (a text where the variable is
+/// an integer) stops the request; the message did come, so resolving goes
+/// on past the wait and must give what the `store` writes.
+async fn a_failed_store_is_resolved_with_what_it_writes(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![("pago.yaml".into(), STORE_FAILS.into())])
+        .await
+        .unwrap();
+    let id = h.start("T-PAGO", "web", json!({"ci": "4587213"})).await;
+    h.publish("pago", "4587213", "pago-1", json!({"monto": "diez"}))
+        .await;
+    let incident = h
+        .engine
+        .incidents(Some("open"), Some(&id))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(
+        incident.message.contains("does not fit `monto`"),
+        "{incident:?}"
+    );
+    let err = h
+        .engine
+        .resolve_incident(
+            &incident.id,
+            "operador1",
+            tramite_tests::engine::object(json!({})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidData { errors } if errors.iter().any(|e| e.field == "monto")),
+        "{err:?}"
+    );
+    h.engine
+        .resolve_incident(
+            &incident.id,
+            "operador1",
+            tramite_tests::engine::object(json!({"monto": 10})),
+        )
+        .await
+        .unwrap();
+    let i = h.instance(&id).await;
+    assert_eq!(i.outcome.as_deref(), Some("pagado"));
+    assert_eq!(i.state.variables["monto"], json!(10));
+}
+on_both_backends!(
+    a_failed_store_is_resolved_with_what_it_writes,
+    super::a_failed_store_is_resolved_with_what_it_writes
 );
 
 const ESCALATION_IN_FORK: &str = r#"

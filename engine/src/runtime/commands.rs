@@ -1547,7 +1547,13 @@ async fn complete(
             .assign(&outcome.set, None)
             .map_err(|e| Error::InvalidData {
                 errors: vec![crate::runtime::forms::FieldError {
-                    field: String::new(),
+                    // The variable a value of the wrong type was meant for.
+                    field: match &e {
+                        crate::runtime::eval::EvalError::WrongType { variable, .. } => {
+                            variable.clone()
+                        }
+                        _ => String::new(),
+                    },
                     message: format!(
                         "the outcome `{}` cannot record its values from this data: {e}",
                         outcome.id
@@ -2303,7 +2309,15 @@ async fn settle_incident(
         None => None,
     };
     if let Some((vars, go_on)) = &resolve {
-        let errors = resolution_errors(&process, &incident.node_id, route, vars, *go_on);
+        let errors = resolution_errors(
+            &process,
+            &Resolution {
+                node: &incident.node_id,
+                route,
+                vars,
+                go_on: *go_on,
+            },
+        );
         if !errors.is_empty() {
             return Err(Error::InvalidData { errors });
         }
@@ -2568,6 +2582,19 @@ fn new_problems(
     out
 }
 
+/// An operator's resolution of an incident, as [`resolution_errors`]
+/// checks it.
+struct Resolution<'a> {
+    /// The incident's step.
+    node: &'a str,
+    /// After a system's refusal whose route's `set` failed: that route.
+    route: Option<&'a crate::definition::ErrorRoute>,
+    /// The variables given.
+    vars: &'a Map<String, Value>,
+    /// Going on past the step (else running it again).
+    go_on: bool,
+}
+
 /// What is wrong with an operator's variables: each must be a variable the
 /// procedure declares, of its type; and going on past a service task or a
 /// call stands in for its result, so every variable its `output` (or, after
@@ -2576,10 +2603,12 @@ fn new_problems(
 /// the next gate.
 fn resolution_errors(
     process: &Process,
-    node: &str,
-    route: Option<&crate::definition::ErrorRoute>,
-    vars: &Map<String, Value>,
-    go_on: bool,
+    &Resolution {
+        node,
+        route,
+        vars,
+        go_on,
+    }: &Resolution<'_>,
 ) -> Vec<crate::runtime::forms::FieldError> {
     use crate::definition::Field;
     use crate::runtime::forms::{FieldError, Form};
@@ -2591,6 +2620,8 @@ fn resolution_errors(
             .map(String::as_str)
             .collect(),
         (true, Some(NodeKind::Call(c))) => c.output.keys().map(String::as_str).collect(),
+        // A message's `store` that failed: the message did come.
+        (true, Some(NodeKind::MessageWait(w))) => w.store.keys().map(String::as_str).collect(),
         _ => Vec::new(),
     };
     let mut errors: Vec<FieldError> = vars

@@ -280,6 +280,12 @@ impl<'a> Machine<'a> {
         let values = eval::mapping(mapping, &self.scope(&declared, extra))?;
         // Checked before anything is written: a value that does not fit
         // would break every step that reads the variable.
+        let mut values = values;
+        for (k, v) in values.iter_mut() {
+            if let Some(var) = self.process.definition.variable(k) {
+                normalize(var.ty, v);
+            }
+        }
         for (k, v) in &values {
             if let Some(var) = self.process.definition.variable(k)
                 && !admits(var.ty, v)
@@ -300,10 +306,16 @@ impl<'a> Machine<'a> {
         Ok(values)
     }
 
-    /// Writes variables as given (form data, start data, resolutions).
+    /// Writes variables as given (form data, start data, resolutions),
+    /// checked before by their forms; a whole number for an `integer` is
+    /// stored as one.
     pub fn write(&mut self, values: &Map<String, Value>) {
         for (k, v) in values {
-            self.state.variables.insert(k.clone(), v.clone());
+            let mut v = v.clone();
+            if let Some(var) = self.process.definition.variable(k) {
+                normalize(var.ty, &mut v);
+            }
+            self.state.variables.insert(k.clone(), v);
         }
     }
 
@@ -863,9 +875,7 @@ pub fn admits(ty: crate::definition::VarType, value: &Value) -> bool {
     match (ty, value) {
         (_, Value::Null) => true,
         (VarType::String | VarType::Text, Value::String(_)) => true,
-        (VarType::Integer, Value::Number(n)) => {
-            n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0)
-        }
+        (VarType::Integer, Value::Number(n)) => n.is_i64() || as_whole(n).is_some(),
         (VarType::Number, Value::Number(_)) => true,
         (VarType::Boolean, Value::Bool(_)) => true,
         (VarType::Date, Value::String(s)) => {
@@ -883,6 +893,26 @@ pub fn admits(ty: crate::definition::VarType, value: &Value) -> bool {
         (VarType::List, Value::Array(_)) => true,
         (VarType::Object, Value::Object(_)) => true,
         _ => false,
+    }
+}
+
+/// A whole `3.0` as the integer 3, when it fits CEL's int (a value past
+/// it, or a fraction, is no integer).
+fn as_whole(n: &serde_json::Number) -> Option<i64> {
+    let f = n.as_f64().filter(|f| f.fract() == 0.0)?;
+    // i64::MAX as f64 rounds up to 2^63, which is out of range.
+    (f >= i64::MIN as f64 && f < i64::MAX as f64).then_some(f as i64)
+}
+
+/// Stores a whole number given as `3.0` in an `integer` variable as `3`:
+/// CEL adds no double to an int, so `cuotas + 1` would fail on `3.0`.
+fn normalize(ty: crate::definition::VarType, value: &mut Value) {
+    if ty == crate::definition::VarType::Integer
+        && let Value::Number(n) = value
+        && !n.is_i64()
+        && let Some(whole) = as_whole(n)
+    {
+        *value = Value::from(whole);
     }
 }
 
@@ -1039,6 +1069,7 @@ nodes:
         for (ty, good, bad) in [
             (Integer, json!(7), json!(2.5)),
             (Integer, json!(7.0), json!("7")),
+            (Integer, json!(-3), json!(u64::MAX)),
             (Number, json!(2.5), json!("2.5")),
             (String, json!("7"), json!(7)),
             (Text, json!("a\nb"), json!(["a"])),
