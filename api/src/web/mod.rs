@@ -315,11 +315,15 @@ fn signed_session(s: &AppState, headers: &HeaderMap) -> Option<SignedSession> {
         .and_then(|v| s.users.by_session(&v, s.engine.now()))
 }
 
-/// Whether the proxy in front says the request came over HTTPS.
+/// Whether the proxy in front says the request came over HTTPS: the first
+/// entry of `X-Forwarded-Proto` (the client's side; proxies in a chain
+/// append theirs).
 fn forwarded_https(headers: &HeaderMap) -> bool {
     headers
         .get("x-forwarded-proto")
-        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"))
+        .and_then(|p| p.to_str().ok())
+        .and_then(|p| p.split(',').next())
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
 }
 
 impl Session {

@@ -951,6 +951,7 @@ fn event_words(kind: &str, lang: Lang) -> String {
         "timer_fired" => "plazo cumplido",
         "child_started" => "procedimiento iniciado",
         "child_start_failed" => "el procedimiento no pudo iniciarse",
+        "side_path_ended" => "escalamiento concluido en la unión",
         "child_ended" => "procedimiento concluido",
         "end_reached" => "fin",
         _ => "",
