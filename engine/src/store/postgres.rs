@@ -96,6 +96,15 @@ pub(super) fn migrator() -> Migrator {
             )),
             false,
         ),
+        Migration::new(
+            9,
+            Cow::Borrowed("list orders"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/postgres/0009_list_orders.sql"
+            )),
+            false,
+        ),
     ])
 }
 

@@ -125,6 +125,13 @@ pub(super) fn migrator() -> Migrator {
             )),
             false,
         ),
+        Migration::new(
+            10,
+            Cow::Borrowed("list orders"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!("../../migrations/sqlite/0010_list_orders.sql")),
+            false,
+        ),
     ])
 }
 
