@@ -1621,6 +1621,21 @@ async fn apply_job_result(
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
     let result = result.map_err(ConnectorError::printable);
+    // A task's escalation timer reads the task locked to decide (`claimed`
+    // below). A completion and an unclaim lock a task before its instance;
+    // so does this, or on PostgreSQL an agent giving back an overdue task as
+    // its escalation fires would deadlock with it.
+    if job.kind == "timer"
+        && conn.backend() == crate::store::Backend::Postgres
+        && let Some(peek) = conn.instance(&job.instance_id, false).await?
+        && let Some(Wait::Task {
+            task,
+            timer: Some(timer),
+        }) = peek.state.token(job.token as u32).map(|t| &t.wait)
+        && *timer == job.id
+    {
+        conn.task(task).await?;
+    }
     let mut row = load(conn, &job.instance_id).await?;
     let process = ctx.processes.get(conn, row.definition_id).await?;
     let token = job.token as u32;
@@ -2244,12 +2259,14 @@ async fn settle_incident(
     } else {
         "retried"
     };
+    // The instance first, then its incident: the order `cancel` takes them
+    // in, or on PostgreSQL a retry racing a cancellation deadlocks.
+    let mut row = load(conn, &incident.instance_id).await?;
     if !conn.close_incident(id, actor, resolution, ctx.now).await? {
         return Err(Error::IncidentNotOpen {
             incident: id.to_owned(),
         });
     }
-    let mut row = load(conn, &incident.instance_id).await?;
     if row.status != "running" {
         return Err(Error::InstanceNotRunning {
             instance: row.id.clone(),
