@@ -2016,6 +2016,78 @@ on_both_backends!(
     super::a_failed_store_is_resolved_with_what_it_writes
 );
 
+const GATE_FAILS: &str = r#"
+code: T-COMPUERTA
+name: Compuerta sin dato
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables:
+  - {name: n, type: integer}
+nodes:
+  - {id: inicio, kind: start, channels: [web], data: [{name: n, type: integer}], next: decidir}
+  - id: decidir
+    kind: exclusive_gate
+    branches:
+      - {when: n > 3, next: grande}
+    default: chico
+  - {id: grande, kind: end, outcome: grande}
+  - {id: chico, kind: end, outcome: chico}
+"#;
+
+/// A gate that could not decide (it read a null) is resolved by deciding
+/// again with the variables written; asked to "go on" past it, which it
+/// has no one way to do, the resolution is refused, and the history says
+/// what was done.
+async fn a_gate_incident_is_decided_again_not_gone_past(db: Db) {
+    let h = Harness::new(db).await;
+    h.engine
+        .deploy(vec![("compuerta.yaml".into(), GATE_FAILS.into())])
+        .await
+        .unwrap();
+    let id = h.start("T-COMPUERTA", "web", json!({})).await;
+    let incident = h
+        .engine
+        .incidents(Some("open"), Some(&id))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(incident.node_id, "decidir");
+    let err = h
+        .engine
+        .resolve_incident_then(
+            &incident.id,
+            "operador1",
+            tramite_tests::engine::object(json!({"n": 5})),
+            Some(tramite_engine::runtime::commands::Then::GoOn),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidData { errors } if errors[0].field == "then"),
+        "{err:?}"
+    );
+    h.engine
+        .resolve_incident(
+            &incident.id,
+            "operador1",
+            tramite_tests::engine::object(json!({"n": 5})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.instance(&id).await.outcome.as_deref(), Some("grande"));
+    let resolved = h.engine.history(&id).await.unwrap();
+    let entry = resolved
+        .iter()
+        .find(|e| e.kind == "incident_resolved")
+        .expect("resolved");
+    assert_eq!(entry.data["then"], "run_again", "{:?}", entry.data);
+}
+on_both_backends!(
+    a_gate_incident_is_decided_again_not_gone_past,
+    super::a_gate_incident_is_decided_again_not_gone_past
+);
+
 const ESCALATION_IN_FORK: &str = r#"
 code: T-ESCALATION
 name: Escalamiento en paralelo

@@ -2292,15 +2292,6 @@ async fn settle_incident(
     let meta = InstanceMeta::from(&row);
     let mut state = row.state.clone();
     let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
-    m.note(
-        if resolve.is_some() {
-            "incident_resolved"
-        } else {
-            "incident_retried"
-        },
-        Some(&incident.node_id),
-        json!({"incident": id, "variables": resolve.as_ref().map(|(v, _)| v), "then": resolve.as_ref().and_then(|(_, t)| *t)}),
-    );
     // After its effect, a step must not run again; a job's failure or a
     // cancelled child is settled by going on; anything else (an input that
     // could not be computed, a child that could not start) by running the
@@ -2316,15 +2307,53 @@ async fn settle_incident(
         },
         _ => None,
     };
+    // What a token can go on past: a step with a `next` of its own. A gate
+    // (or a task, a start) decides where the request goes; it is run again.
+    let passable = matches!(
+        process.definition.node(&incident.node_id).map(|n| &n.kind),
+        Some(
+            NodeKind::ServiceTask(_)
+                | NodeKind::Call(_)
+                | NodeKind::MessageWait(_)
+                | NodeKind::TimerWait(_)
+        )
+    );
     let resolve = match resolve {
         Some((_, Some(Then::RunAgain))) if incident.after_effect => {
             return Err(Error::IncidentNeedsResolution {
                 incident: id.to_owned(),
             });
         }
-        Some((vars, then)) => Some((vars, then.map_or(goes_on_by_default, |t| t == Then::GoOn))),
+        Some((_, Some(Then::GoOn))) if !passable => {
+            return Err(Error::InvalidData {
+                errors: vec![crate::runtime::forms::FieldError {
+                    field: "then".to_owned(),
+                    message: "this step decides where the request goes and cannot be gone past; \
+                              resolve with `run_again`"
+                        .to_owned(),
+                }],
+            });
+        }
+        Some((vars, then)) => Some((
+            vars,
+            passable && then.map_or(goes_on_by_default, |t| t == Then::GoOn),
+        )),
         None => None,
     };
+    // The history says what was done, not only what was asked.
+    m.note(
+        if resolve.is_some() {
+            "incident_resolved"
+        } else {
+            "incident_retried"
+        },
+        Some(&incident.node_id),
+        json!({
+            "incident": id,
+            "variables": resolve.as_ref().map(|(v, _)| v),
+            "then": resolve.as_ref().map(|(_, go_on)| if *go_on { Then::GoOn } else { Then::RunAgain }),
+        }),
+    );
     if let Some((vars, go_on)) = &resolve {
         let errors = resolution_errors(
             &process,
