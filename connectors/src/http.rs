@@ -402,10 +402,18 @@ impl HttpConnector {
         };
         let root = YamlPath::root();
         let credentials = check_auth(&config, env, &mut problem);
-        if !(config.base_url.starts_with("http://") || config.base_url.starts_with("https://")) {
+        if let Some(why) = bad_base_url(&config.base_url) {
+            problem(root.key("base_url"), format!("`{}` {why}", config.base_url));
+        }
+        if let Some(h) = &config.health
+            && !h.path.starts_with('/')
+        {
             problem(
-                root.key("base_url"),
-                format!("`{}` is not an http:// or https:// URL", config.base_url),
+                root.key("health").key("path"),
+                format!(
+                    "`{}` must start with `/` (it is put after `base_url`)",
+                    h.path
+                ),
             );
         }
         if let Some(r) = &config.retry {
@@ -1028,6 +1036,30 @@ fn placeholders(path: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Why `base_url` is no base for the operations' paths, if it is not:
+/// an http(s) URL (which has a host, or does not parse) and nothing after
+/// its path. User info would
+/// become Basic auth behind `auth`'s back (its secret in the file and in
+/// every log line that names the URL); a query or fragment would swallow
+/// the paths appended to it.
+fn bad_base_url(base: &str) -> Option<&'static str> {
+    let Ok(url) = reqwest::Url::parse(base) else {
+        return Some("is not a URL");
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        return Some("is not an http:// or https:// URL");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Some(
+            "holds a user name or password: give credentials under `auth`, from the environment",
+        );
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Some("has a query or fragment, which the operations' paths would be appended to");
+    }
+    None
+}
+
 fn check_auth(
     config: &HttpConfig,
     env: &dyn Fn(&str) -> Option<String>,
@@ -1184,6 +1216,27 @@ fn check_operation(
     }
     for (i, rule) in op.errors.iter().enumerate() {
         let key = at.key("errors").index(i);
+        // A pointer without its leading `/` finds nothing: the rule would
+        // be dead, and every business error a transient failure, retried.
+        for (field, pointer) in [
+            ("code", Some(&rule.code)),
+            ("message", rule.message.as_ref()),
+        ] {
+            if let Some(pointer) = pointer
+                && !pointer.starts_with('/')
+            {
+                problem(
+                    key.key(field),
+                    format!("`{pointer}` is not a JSON pointer (write `/{pointer}`)"),
+                );
+            }
+        }
+        if rule.status.is_empty() {
+            problem(
+                key.key("status"),
+                "names no status: the rule would never apply".to_owned(),
+            );
+        }
         if let Some(bad) = rule
             .status
             .iter()
@@ -1397,6 +1450,73 @@ operations:
             )),
             "{found:?}"
         );
+    }
+
+    /// A base URL that would carry a secret or swallow the paths, a health
+    /// path that would be glued to it, and error rules that could never
+    /// apply are refused at load, each at its line.
+    #[test]
+    fn urls_and_rules_that_cannot_work_are_refused_at_load() {
+        let load = |text: &str| match HttpConnector::from_yaml(
+            Path::new("naf.yaml"),
+            text,
+            &crate::catalog(),
+            &|_| Some("secreto".to_owned()),
+        ) {
+            Err(Error::Invalid { problems }) => problems
+                .iter()
+                .map(|p| format!("{}:{} {}: {}", p.line, p.column, p.at, p.message))
+                .collect::<Vec<_>>(),
+            Ok(_) => Vec::new(),
+            Err(other) => panic!("{other:?}"),
+        };
+        for (base, why) in [
+            (
+                "https://ana:clave@naf.example/naf",
+                "holds a user name or password",
+            ),
+            (
+                "https://naf.example/naf?tenant=1",
+                "has a query or fragment",
+            ),
+            ("https://", "is not a URL"),
+            ("ftp://naf.example", "is not an http:// or https:// URL"),
+        ] {
+            let found = load(&GOOD.replace("http://127.0.0.1:1/naf", base));
+            assert!(
+                found.len() == 1
+                    && found[0].starts_with("2:11 base_url: ")
+                    && found[0].contains(why),
+                "{base}: {found:?}"
+            );
+            assert!(
+                !found[0].contains("clave") || base.contains("clave"),
+                "{found:?}"
+            );
+        }
+        let found = load(&format!("{GOOD}health: {{path: health}}\n"));
+        assert!(
+            found.len() == 1 && found[0].contains("health.path: `health` must start with `/`"),
+            "{found:?}"
+        );
+        let found = load(&GOOD.replace(
+            "{status: [422], code: /error/code, message: /error/message}",
+            "{status: [], code: error/code, message: /error/message}",
+        ));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found.iter().any(|f| f.contains(
+                "errors[0].code: `error/code` is not a JSON pointer (write `/error/code`)"
+            )),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains("errors[0].status: names no status")),
+            "{found:?}"
+        );
+        assert!(load(GOOD).is_empty(), "the good file loads");
     }
 
     /// `Retry-After` as seconds or as an HTTP date; a date already past is

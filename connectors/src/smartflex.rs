@@ -363,7 +363,9 @@ impl Connector for Simulator {
 /// client with `ci`, issued in `extension` when given: without it the
 /// number alone decides, as it did before Smartflex was told the department.
 fn blocked(entry: &str, ci: &str, extension: Option<&str>) -> bool {
-    match entry.split_once('-') {
+    // The department is the last part: a CI may have a complement of its
+    // own (`5566778-2B-CB`).
+    match entry.rsplit_once('-') {
         Some((number, department)) => {
             number.eq_ignore_ascii_case(ci)
                 && extension.is_none_or(|e| e.eq_ignore_ascii_case(department))
@@ -737,6 +739,17 @@ mod tests {
         }
         assert!(answers.windows(2).all(|w| w[0] == w[1]));
         assert_eq!(sim.registration_count(), 1);
+    }
+
+    /// An entry is `CI-DEPARTMENT`, and a CI may have a complement of its
+    /// own: the department is what follows the last `-`.
+    #[test]
+    fn a_blocked_ci_with_a_complement_is_read_whole() {
+        assert!(blocked("5566778-2B-CB", "5566778-2B", Some("CB")));
+        assert!(blocked("5566778-2B-CB", "5566778-2B", None));
+        assert!(!blocked("5566778-2B-CB", "5566778", None), "another person");
+        assert!(!blocked("5566778-2B-CB", "5566778-2B", Some("LP")));
+        assert!(blocked("6543210", "6543210", Some("LP")));
     }
 
     #[test]
