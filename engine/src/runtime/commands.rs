@@ -1371,6 +1371,15 @@ async fn unclaim(
     user: &str,
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
+    // The instance before the task, the order a completion and a task's
+    // escalation timer take them in (on PostgreSQL an agent giving back an
+    // overdue task as its escalation fires would deadlock otherwise).
+    if conn.task_and_instance(id).await?.is_none() {
+        return Err(Error::NotFound {
+            what: "task",
+            id: id.to_owned(),
+        });
+    }
     let task = open_task(conn, id).await?;
     match task.assignee.as_deref() {
         Some(holder) if holder == user => {}
@@ -1621,21 +1630,6 @@ async fn apply_job_result(
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
     let result = result.map_err(ConnectorError::printable);
-    // A task's escalation timer reads the task locked to decide (`claimed`
-    // below). A completion and an unclaim lock a task before its instance;
-    // so does this, or on PostgreSQL an agent giving back an overdue task as
-    // its escalation fires would deadlock with it.
-    if job.kind == "timer"
-        && conn.backend() == crate::store::Backend::Postgres
-        && let Some(peek) = conn.instance(&job.instance_id, false).await?
-        && let Some(Wait::Task {
-            task,
-            timer: Some(timer),
-        }) = peek.state.token(job.token as u32).map(|t| &t.wait)
-        && *timer == job.id
-    {
-        conn.task(task).await?;
-    }
     let mut row = load(conn, &job.instance_id).await?;
     let process = ctx.processes.get(conn, row.definition_id).await?;
     let token = job.token as u32;
@@ -2644,7 +2638,8 @@ struct Resolution<'a> {
 /// What is wrong with an operator's variables: each must be a variable the
 /// procedure declares, of its type; and going on past a service task or a
 /// call stands in for its result, so every variable its `output` (or, after
-/// a business error, its route's `set`) would have written must be given —
+/// a business error, its route's `set`; past a message wait, its `store`)
+/// would have written must be given —
 /// else the steps after it read nothing, and the instance stops again at
 /// the next gate.
 fn resolution_errors(
@@ -2728,7 +2723,9 @@ fn resolution_errors(
 #[serde(rename_all = "snake_case")]
 pub enum Then {
     /// Past the step, as if it had succeeded (the default after a job's
-    /// failure, a cancelled child, or a step that took effect).
+    /// failure, a cancelled child, or a step that took effect). Only a step
+    /// with one way on has a past: a service task, a call, a message wait,
+    /// a timer; elsewhere (a gate) it is refused, and the step runs again.
     GoOn,
     /// The step again, with the variables written (the default for an
     /// input that could not be computed or a child that could not start);
