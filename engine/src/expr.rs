@@ -129,8 +129,9 @@ impl Expr {
             return NullFacts::default();
         };
         let root = program.expression();
-        let mut unsafe_reads = BTreeSet::new();
-        null_unsafe(root, &mut Vec::new(), &mut unsafe_reads);
+        let mut walk = NullWalk::default();
+        walk.visit(root, true);
+        let unsafe_reads = walk.unsafe_reads;
         NullFacts {
             not_null_if_true: not_null_if_true(root),
             null_test: null_test(root).map(str::to_owned),
@@ -198,93 +199,102 @@ fn not_null_if_true(expr: &IdedExpr) -> Vec<String> {
     }
 }
 
-/// Collects the variables `expr` reads where a null would fail or mislead:
-/// any read but a comparison with a literal, outside a guard. `known`:
-/// variables a guard around this part has found not null (and names bound
-/// by a comprehension, which are not variables).
-fn null_unsafe(expr: &IdedExpr, known: &mut Vec<String>, out: &mut BTreeSet<String>) {
-    let under = |expr: &IdedExpr,
-                 more: Vec<String>,
-                 known: &mut Vec<String>,
-                 out: &mut BTreeSet<String>| {
-        let before = known.len();
-        known.extend(more);
-        null_unsafe(expr, known, out);
-        known.truncate(before);
-    };
-    match &expr.expr {
-        Ast::Unspecified | Ast::Literal(_) => {}
-        Ast::Ident(name) => {
-            if !known.contains(name) {
-                out.insert(name.clone());
-            }
-        }
-        Ast::Select(select) => null_unsafe(&select.operand, known, out),
-        Ast::Call(call) => {
-            let args = call.args.as_slice();
-            // `x == 'otro'` is false on null, as meant; `x != ''` is true
-            // on null, which is seldom what its author meant.
-            let literal = |e: &IdedExpr| matches!(e.expr, Ast::Literal(_));
-            let null = |e: &IdedExpr| matches!(e.expr, Ast::Literal(LiteralValue::Null));
-            let ident = |e: &IdedExpr| matches!(e.expr, Ast::Ident(_));
-            match (call.func_name.as_str(), args, &call.target) {
-                ("_==_", [a, b], None) if (ident(a) && literal(b)) || (literal(a) && ident(b)) => {}
-                ("_!=_", [a, b], None) if (ident(a) && null(b)) || (null(a) && ident(b)) => {}
-                ("_&&_", [l, r], None) => {
-                    null_unsafe(l, known, out);
-                    under(r, not_null_if_true(l), known, out);
-                }
-                ("_||_", [l, r], None) => {
-                    null_unsafe(l, known, out);
-                    let tested = null_test(l).map(str::to_owned).into_iter().collect();
-                    under(r, tested, known, out);
-                }
-                ("_?_:_", [c, t, f], None) => {
-                    null_unsafe(c, known, out);
-                    under(t, not_null_if_true(c), known, out);
-                    let tested = null_test(c).map(str::to_owned).into_iter().collect();
-                    under(f, tested, known, out);
-                }
-                _ => {
-                    if let Some(target) = &call.target {
-                        null_unsafe(target, known, out);
-                    }
-                    for arg in args {
-                        null_unsafe(arg, known, out);
-                    }
-                }
-            }
-        }
-        Ast::List(list) => {
-            for element in &list.elements {
-                null_unsafe(element, known, out);
-            }
-        }
-        Ast::Map(map) => null_unsafe_entries(&map.entries, known, out),
-        Ast::Struct(s) => null_unsafe_entries(&s.entries, known, out),
-        Ast::Comprehension(c) => {
-            null_unsafe(&c.iter_range, known, out);
-            null_unsafe(&c.accu_init, known, out);
-            let mut bound = vec![c.iter_var.clone(), c.accu_var.clone()];
-            bound.extend(c.iter_var2.clone());
-            under(&c.loop_cond, bound.clone(), known, out);
-            under(&c.loop_step, bound.clone(), known, out);
-            under(&c.result, bound, known, out);
-        }
-    }
+/// Walks an expression for the reads a null would break ([`Expr::null_facts`]).
+#[derive(Default)]
+struct NullWalk {
+    /// Variables a guard around the part being walked has found not null,
+    /// and names a comprehension binds (which are no variables).
+    known: Vec<String>,
+    /// Variables read where a null would fail or mislead.
+    unsafe_reads: BTreeSet<String>,
 }
 
-fn null_unsafe_entries(
-    entries: &[cel::common::ast::IdedEntryExpr],
-    known: &mut Vec<String>,
-    out: &mut BTreeSet<String>,
-) {
-    for entry in entries {
-        match &entry.expr {
-            EntryExpr::StructField(field) => null_unsafe(&field.value, known, out),
-            EntryExpr::MapEntry(e) => {
-                null_unsafe(&e.key, known, out);
-                null_unsafe(&e.value, known, out);
+impl NullWalk {
+    /// Walks `expr` with `more` known.
+    fn under(&mut self, expr: &IdedExpr, more: Vec<String>, condition: bool) {
+        let before = self.known.len();
+        self.known.extend(more);
+        self.visit(expr, condition);
+        self.known.truncate(before);
+    }
+
+    /// `condition`: whether `expr`'s truth is what is used (the whole
+    /// expression, a side of `&&` or `||`, a ternary's test). There
+    /// `x == 'otro'` is false on null, as meant; under a `!` or compared
+    /// again it is not (`!(x == 'otro')` is true on null).
+    fn visit(&mut self, expr: &IdedExpr, condition: bool) {
+        match &expr.expr {
+            Ast::Unspecified | Ast::Literal(_) => {}
+            Ast::Ident(name) => {
+                if !self.known.contains(name) {
+                    self.unsafe_reads.insert(name.clone());
+                }
+            }
+            Ast::Select(select) => self.visit(&select.operand, false),
+            Ast::Call(call) => {
+                let args = call.args.as_slice();
+                // `x != ''` is true on null, which is seldom what its
+                // author meant; `x != null` is the test itself.
+                let literal = |e: &IdedExpr| matches!(e.expr, Ast::Literal(_));
+                let null = |e: &IdedExpr| matches!(e.expr, Ast::Literal(LiteralValue::Null));
+                let ident = |e: &IdedExpr| matches!(e.expr, Ast::Ident(_));
+                match (call.func_name.as_str(), args, &call.target) {
+                    ("_==_", [a, b], None)
+                        if (null(a) || null(b) || condition)
+                            && ((ident(a) && literal(b)) || (literal(a) && ident(b))) => {}
+                    ("_!=_", [a, b], None) if (ident(a) && null(b)) || (null(a) && ident(b)) => {}
+                    ("_&&_", [l, r], None) => {
+                        self.visit(l, condition);
+                        self.under(r, not_null_if_true(l), condition);
+                    }
+                    ("_||_", [l, r], None) => {
+                        self.visit(l, condition);
+                        let tested = null_test(l).map(str::to_owned).into_iter().collect();
+                        self.under(r, tested, condition);
+                    }
+                    ("_?_:_", [c, t, f], None) => {
+                        self.visit(c, true);
+                        self.under(t, not_null_if_true(c), false);
+                        let tested = null_test(c).map(str::to_owned).into_iter().collect();
+                        self.under(f, tested, false);
+                    }
+                    _ => {
+                        if let Some(target) = &call.target {
+                            self.visit(target, false);
+                        }
+                        for arg in args {
+                            self.visit(arg, false);
+                        }
+                    }
+                }
+            }
+            Ast::List(list) => {
+                for element in &list.elements {
+                    self.visit(element, false);
+                }
+            }
+            Ast::Map(map) => self.entries(&map.entries),
+            Ast::Struct(s) => self.entries(&s.entries),
+            Ast::Comprehension(c) => {
+                self.visit(&c.iter_range, false);
+                self.visit(&c.accu_init, false);
+                let mut bound = vec![c.iter_var.clone(), c.accu_var.clone()];
+                bound.extend(c.iter_var2.clone());
+                self.under(&c.loop_cond, bound.clone(), false);
+                self.under(&c.loop_step, bound.clone(), false);
+                self.under(&c.result, bound, false);
+            }
+        }
+    }
+
+    fn entries(&mut self, entries: &[cel::common::ast::IdedEntryExpr]) {
+        for entry in entries {
+            match &entry.expr {
+                EntryExpr::StructField(field) => self.visit(&field.value, false),
+                EntryExpr::MapEntry(e) => {
+                    self.visit(&e.key, false);
+                    self.visit(&e.value, false);
+                }
             }
         }
     }
@@ -484,6 +494,10 @@ mod tests {
             ["cuenta", "motivo"]
         );
         assert!(safe("nota != ''").is_empty(), "true on null");
+        // Negated or compared again, an equality is true on null.
+        assert!(safe("!(motivo == 'otro')").is_empty());
+        assert!(safe("(motivo == 'otro') == false").is_empty());
+        assert_eq!(safe("x == null ? 0 : 1"), ["x"]);
         assert_eq!(safe("(n != null ? n : 0) + 1"), ["n"]);
         assert_eq!(safe("n != null && n > 3"), ["n"]);
         assert_eq!(safe("n == null || n > 3"), ["n"]);
