@@ -193,11 +193,7 @@ fn reads<'a>(c: &Checker<'a>, i: usize, kind: &'a NodeKind) -> Vec<Read<'a>> {
             }
         }
         NodeKind::ServiceTask(s) => {
-            let op = c
-                .ctx
-                .catalog
-                .connector(&s.connector)
-                .and_then(|k| k.operation(&s.operation));
+            let op = c.operation(s);
             // An input the operation does not require may be sent empty.
             let optional =
                 |k: &str| op.is_some_and(|op| op.inputs.iter().any(|p| p.name == k && !p.required));

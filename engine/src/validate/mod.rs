@@ -182,6 +182,18 @@ impl<'a> Checker<'a> {
         self.diagnostics.iter().any(|d| d.code == code)
     }
 
+    /// The catalog's entry for a service task's operation, if both its
+    /// connector and its operation are known.
+    fn operation(
+        &self,
+        s: &crate::definition::ServiceTask,
+    ) -> Option<&'a crate::catalog::OperationSpec> {
+        self.ctx
+            .catalog
+            .connector(&s.connector)
+            .and_then(|k| k.operation(&s.operation))
+    }
+
     /// The path of node `i` of the definition, in the file.
     fn node_path(&self, i: usize) -> YamlPath {
         self.parsed.item_path("nodes", i)

@@ -192,11 +192,7 @@ fn writes(c: &mut Checker<'_>) -> BTreeSet<String> {
                 }
             }
             NodeKind::ServiceTask(s) => {
-                let op = c
-                    .ctx
-                    .catalog
-                    .connector(&s.connector)
-                    .and_then(|k| k.operation(&s.operation));
+                let op = c.operation(s);
                 let type_of = |f: &str| {
                     op.and_then(|o| o.outputs.iter().find(|p| p.name == f))
                         .map(|p| p.ty)
@@ -258,12 +254,7 @@ fn expressions<'a>(c: &Checker<'a>) -> Vec<(YamlPath, &'a Expr, Scope<'a>)> {
                 }
             }
             NodeKind::ServiceTask(s) => {
-                let outputs = c
-                    .ctx
-                    .catalog
-                    .connector(&s.connector)
-                    .and_then(|k| k.operation(&s.operation))
-                    .map(|op| op.outputs.as_slice());
+                let outputs = c.operation(s).map(|op| op.outputs.as_slice());
                 mapping(&s.input, base.key("input"), Scope::Instance, &mut out);
                 mapping(
                     &s.output,
