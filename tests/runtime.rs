@@ -1122,12 +1122,7 @@ async fn smartflex_down_until_an_incident(
         h.jobs().await;
         h.advance(Duration::from_secs(300));
     }
-    let incident = h
-        .engine
-        .incidents(Some("open"), Some(&id))
-        .await
-        .unwrap()
-        .remove(0);
+    let incident = h.open_incident(&id).await;
     (id, incident)
 }
 
@@ -1200,12 +1195,7 @@ async fn running_again_a_call_that_took_effect_asks_with_its_key(db: Db) {
         h.jobs().await;
         h.advance(Duration::from_secs(300));
     }
-    let incident = h
-        .engine
-        .incidents(Some("open"), Some(&id))
-        .await
-        .unwrap()
-        .remove(0);
+    let incident = h.open_incident(&id).await;
     assert!(
         !incident.after_effect,
         "a lost answer is not known to have taken effect"
@@ -1348,12 +1338,7 @@ async fn going_on_past_a_timer_that_could_not_be_set(db: Db) {
         .await
         .unwrap();
     let id = h.start("T-VISITA", "web", json!({})).await;
-    let incident = h
-        .engine
-        .incidents(Some("open"), Some(&id))
-        .await
-        .unwrap()
-        .remove(0);
+    let incident = h.open_incident(&id).await;
     assert_eq!(incident.node_id, "esperar_visita");
     h.engine
         .resolve_incident_then(
@@ -1737,12 +1722,7 @@ async fn incident_after_effect_is_resolved_not_retried(db: Db) {
     // 4587213 has no debt: `debt_bs` is 0.0, and `0.0 * 2` (double times int) fails in CEL.
     let id = h.start("T-AFTER", "web", json!({"ci": "4587213"})).await;
     h.jobs().await;
-    let incident = h
-        .engine
-        .incidents(Some("open"), Some(&id))
-        .await
-        .unwrap()
-        .remove(0);
+    let incident = h.open_incident(&id).await;
     assert!(incident.after_effect, "{incident:?}");
     let err = h
         .engine
@@ -1825,12 +1805,7 @@ async fn a_failed_error_route_is_resolved_along_its_route(db: Db) {
         .unwrap();
     let id = h.start("T-RUTA", "web", json!({"ci": "no-es-ci"})).await;
     h.jobs().await;
-    let incident = h
-        .engine
-        .incidents(Some("open"), Some(&id))
-        .await
-        .unwrap()
-        .remove(0);
+    let incident = h.open_incident(&id).await;
     assert!(incident.after_effect, "{incident:?}");
     // What the route's `set` writes is what must be given.
     let err = h
@@ -1931,12 +1906,7 @@ async fn computed_values_must_fit_their_variables(db: Db) {
     assert!(cuotas.is_i64() && cuotas == &json!(3), "{cuotas}");
     // NAF's debt for this client is 0.0: `0.0 + 0.5` is no integer.
     h.jobs().await;
-    let incident = h
-        .engine
-        .incidents(Some("open"), Some(&id))
-        .await
-        .unwrap()
-        .remove(0);
+    let incident = h.open_incident(&id).await;
     assert!(incident.after_effect, "{incident:?}");
     assert!(
         incident.message.contains("does not fit `cuotas`"),
@@ -1976,12 +1946,7 @@ async fn a_failed_store_is_resolved_with_what_it_writes(db: Db) {
     let id = h.start("T-PAGO", "web", json!({"ci": "4587213"})).await;
     h.publish("pago", "4587213", "pago-1", json!({"monto": "diez"}))
         .await;
-    let incident = h
-        .engine
-        .incidents(Some("open"), Some(&id))
-        .await
-        .unwrap()
-        .remove(0);
+    let incident = h.open_incident(&id).await;
     assert!(
         incident.message.contains("does not fit `monto`"),
         "{incident:?}"
@@ -2046,12 +2011,7 @@ async fn a_gate_incident_is_decided_again_not_gone_past(db: Db) {
         .await
         .unwrap();
     let id = h.start("T-COMPUERTA", "web", json!({})).await;
-    let incident = h
-        .engine
-        .incidents(Some("open"), Some(&id))
-        .await
-        .unwrap()
-        .remove(0);
+    let incident = h.open_incident(&id).await;
     assert_eq!(incident.node_id, "decidir");
     let err = h
         .engine
@@ -2298,12 +2258,7 @@ async fn an_older_cancelled_child_incident_resolves_past_the_call(db: Db) {
     // The writer keeps the instances it wrote: a new engine reads the row.
     let mut h = h;
     h.restart().await;
-    let incident = h
-        .engine
-        .incidents(Some("open"), Some(&id))
-        .await
-        .unwrap()
-        .remove(0);
+    let incident = h.open_incident(&id).await;
     resolved_with_the_installation_done(&h, &id, &incident.id).await;
 }
 on_both_backends!(
@@ -2405,12 +2360,7 @@ nodes:
     // A child that can never start (the operator did it by other means):
     // resolved going on, with what it would have returned.
     let id = h.start("T-PADRE", "web", json!({})).await;
-    let incident = h
-        .engine
-        .incidents(Some("open"), Some(&id))
-        .await
-        .unwrap()
-        .remove(0);
+    let incident = h.open_incident(&id).await;
     h.engine
         .resolve_incident_then(
             &incident.id,

@@ -280,6 +280,17 @@ impl Harness {
         self.engine.instance(id).await.expect("instance")
     }
 
+    /// The first open incident of instance `id` (the test expects one).
+    pub async fn open_incident(&self, id: &str) -> tramite_engine::store::incidents::IncidentRow {
+        self.engine
+            .incidents(Some("open"), Some(id))
+            .await
+            .expect("incidents")
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("instance {id} has no open incident"))
+    }
+
     /// The journal kinds of an instance, in order.
     pub async fn history(&self, id: &str) -> Vec<String> {
         self.engine
