@@ -675,6 +675,12 @@ impl HttpConnector {
         }
         if status.is_success() {
             let Some(body) = &body else {
+                // Nothing to read is no failure when nothing was to be read
+                // (a 204, an operation that maps no output): retried, the
+                // call would act again each time, then raise an incident.
+                if status == reqwest::StatusCode::NO_CONTENT || op.output.is_empty() {
+                    return Ok(Map::new());
+                }
                 return Err(Failure::stop(
                     format!("HTTP {status}, not JSON"),
                     format!("HTTP {status} from {url} is not JSON"),
