@@ -277,19 +277,15 @@ impl<'a> Machine<'a> {
         extra: Option<(&str, &Value)>,
     ) -> Result<Map<String, Value>, EvalError> {
         let declared = |n: &str| self.process.declares(n);
-        let values = eval::mapping(mapping, &self.scope(&declared, extra))?;
+        let mut values = eval::mapping(mapping, &self.scope(&declared, extra))?;
         // Checked before anything is written: a value that does not fit
         // would break every step that reads the variable.
-        let mut values = values;
         for (k, v) in values.iter_mut() {
-            if let Some(var) = self.process.definition.variable(k) {
-                normalize(var.ty, v);
-            }
-        }
-        for (k, v) in &values {
-            if let Some(var) = self.process.definition.variable(k)
-                && !admits(var.ty, v)
-            {
+            let Some(var) = self.process.definition.variable(k) else {
+                continue;
+            };
+            normalize(var.ty, v);
+            if !admits(var.ty, v) {
                 return Err(EvalError::WrongType {
                     expression: mapping
                         .get(k)
