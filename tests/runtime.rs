@@ -1057,10 +1057,7 @@ nodes:
 
 async fn gates(db: Db) {
     let h = Harness::new(db).await;
-    h.engine
-        .deploy(vec![("parallel.yaml".into(), PARALLEL.into())])
-        .await
-        .unwrap();
+    h.deploy("parallel.yaml", PARALLEL).await;
     let small = h.start("T-PARALLEL", "web", json!({"monto": 10})).await;
     assert_eq!(h.instance(&small).await.outcome.as_deref(), Some("chico"));
     let big = h.start("T-PARALLEL", "web", json!({"monto": 5000.5})).await;
@@ -1333,10 +1330,7 @@ nodes:
 /// computing the same time again and stopping at once.
 async fn going_on_past_a_timer_that_could_not_be_set(db: Db) {
     let h = Harness::new(db).await;
-    h.engine
-        .deploy(vec![("visita.yaml".into(), VISIT.into())])
-        .await
-        .unwrap();
+    h.deploy("visita.yaml", VISIT).await;
     let id = h.start("T-VISITA", "web", json!({})).await;
     let incident = h.open_incident(&id).await;
     assert_eq!(incident.node_id, "esperar_visita");
@@ -1631,10 +1625,7 @@ nodes:
 
 async fn connector_timeout_is_a_transient_failure(db: Db) {
     let h = Harness::new(db).await;
-    h.engine
-        .deploy(vec![("slow.yaml".into(), SLOW.into())])
-        .await
-        .unwrap();
+    h.deploy("slow.yaml", SLOW).await;
     h.sims.naf.faults().set_latency(Duration::from_secs(5));
     let id = h.start("T-SLOW", "web", json!({"ci": "4587213"})).await;
     let started = std::time::Instant::now();
@@ -1670,10 +1661,7 @@ on_both_backends!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_engines_never_run_the_same_job() {
     let h = Harness::new(Db::Postgres).await;
-    h.engine
-        .deploy(vec![("slow.yaml".into(), SLOW.into())])
-        .await
-        .unwrap();
+    h.deploy("slow.yaml", SLOW).await;
     let mut ids = Vec::new();
     for n in 0..40 {
         ids.push(
@@ -1715,10 +1703,7 @@ nodes:
 
 async fn incident_after_effect_is_resolved_not_retried(db: Db) {
     let h = Harness::new(db).await;
-    h.engine
-        .deploy(vec![("after.yaml".into(), AFTER_EFFECT.into())])
-        .await
-        .unwrap();
+    h.deploy("after.yaml", AFTER_EFFECT).await;
     // 4587213 has no debt: `debt_bs` is 0.0, and `0.0 * 2` (double times int) fails in CEL.
     let id = h.start("T-AFTER", "web", json!({"ci": "4587213"})).await;
     h.jobs().await;
@@ -1799,10 +1784,7 @@ nodes:
 /// `output`.
 async fn a_failed_error_route_is_resolved_along_its_route(db: Db) {
     let h = Harness::new(db).await;
-    h.engine
-        .deploy(vec![("ruta.yaml".into(), ROUTE_SET_FAILS.into())])
-        .await
-        .unwrap();
+    h.deploy("ruta.yaml", ROUTE_SET_FAILS).await;
     let id = h.start("T-RUTA", "web", json!({"ci": "no-es-ci"})).await;
     h.jobs().await;
     let incident = h.open_incident(&id).await;
@@ -1873,10 +1855,7 @@ nodes:
 /// incident), a whole `3.0` is taken, as the integer 3.
 async fn computed_values_must_fit_their_variables(db: Db) {
     let h = Harness::new(db).await;
-    h.engine
-        .deploy(vec![("tipos.yaml".into(), COMPUTED_TYPES.into())])
-        .await
-        .unwrap();
+    h.deploy("tipos.yaml", COMPUTED_TYPES).await;
     let id = h.start("T-TIPOS", "web", json!({"ci": "4587213"})).await;
     let task = h.task(&id, "pedir").await;
     let err = h
@@ -1939,10 +1918,7 @@ nodes:
 /// on past the wait and must give what the `store` writes.
 async fn a_failed_store_is_resolved_with_what_it_writes(db: Db) {
     let h = Harness::new(db).await;
-    h.engine
-        .deploy(vec![("pago.yaml".into(), STORE_FAILS.into())])
-        .await
-        .unwrap();
+    h.deploy("pago.yaml", STORE_FAILS).await;
     let id = h.start("T-PAGO", "web", json!({"ci": "4587213"})).await;
     h.publish("pago", "4587213", "pago-1", json!({"monto": "diez"}))
         .await;
@@ -2006,10 +1982,7 @@ nodes:
 /// what was done.
 async fn a_gate_incident_is_decided_again_not_gone_past(db: Db) {
     let h = Harness::new(db).await;
-    h.engine
-        .deploy(vec![("compuerta.yaml".into(), GATE_FAILS.into())])
-        .await
-        .unwrap();
+    h.deploy("compuerta.yaml", GATE_FAILS).await;
     let id = h.start("T-COMPUERTA", "web", json!({})).await;
     let incident = h.open_incident(&id).await;
     assert_eq!(incident.node_id, "decidir");
@@ -2077,10 +2050,7 @@ nodes:
 
 async fn non_interrupting_escalation_inside_a_fork(db: Db) {
     let h = Harness::new(db).await;
-    h.engine
-        .deploy(vec![("escalation.yaml".into(), ESCALATION_IN_FORK.into())])
-        .await
-        .unwrap();
+    h.deploy("escalation.yaml", ESCALATION_IN_FORK).await;
     let id = h.start("T-ESCALATION", "web", json!({})).await;
     h.advance(Duration::from_secs(2 * 3_600));
     h.jobs().await;
@@ -2142,10 +2112,7 @@ nodes:
 /// in the indicator, not as "escalada").
 async fn a_side_escalation_does_not_decide_the_outcome(db: Db) {
     let h = Harness::new(db).await;
-    h.engine
-        .deploy(vec![("aviso.yaml".into(), ESCALATION_BESIDE.into())])
-        .await
-        .unwrap();
+    h.deploy("aviso.yaml", ESCALATION_BESIDE).await;
     for main_first in [true, false] {
         let id = h.start("T-AVISO", "web", json!({})).await;
         h.advance(Duration::from_secs(2 * 3_600));
@@ -3306,10 +3273,7 @@ nodes:
 /// and without due times, in due order (none last), each task exactly once.
 async fn inbox_pages_merge_roles_and_statuses_in_due_order(db: Db) {
     let h = Harness::new(db).await;
-    h.engine
-        .deploy(vec![("inbox.yaml".into(), INBOX_LANES.into())])
-        .await
-        .unwrap();
+    h.deploy("inbox.yaml", INBOX_LANES).await;
     let mut ids = Vec::new();
     for _ in 0..5 {
         ids.push(h.start("T-INBOX", "web", json!({})).await);
@@ -4251,10 +4215,7 @@ nodes:
 /// publisher would have read it.
 async fn a_message_for_a_withdrawn_wait_is_not_dropped(db: Db) {
     let h = Harness::new(db).await;
-    h.engine
-        .deploy(vec![("pago.yaml".into(), WAITS_FOR_PAYMENT.into())])
-        .await
-        .unwrap();
+    h.deploy("pago.yaml", WAITS_FOR_PAYMENT).await;
     let gone = h.start("T-PAGO", "web", json!({"telefono": PHONE})).await;
     let mut conn = h.engine.store().pool().acquire().await.unwrap();
     let stale: (String, i64, String, i64) = sqlx::query_as(

@@ -280,6 +280,15 @@ impl Harness {
         self.engine.instance(id).await.expect("instance")
     }
 
+    /// Deploys one definition, `text` named `name` (the test expects it
+    /// valid).
+    pub async fn deploy(&self, name: &str, text: &str) {
+        self.engine
+            .deploy(vec![(name.to_owned(), text.to_owned())])
+            .await
+            .unwrap_or_else(|e| panic!("deploying {name}: {e}"));
+    }
+
     /// The first open incident of instance `id` (the test expects one).
     pub async fn open_incident(&self, id: &str) -> tramite_engine::store::incidents::IncidentRow {
         self.engine
