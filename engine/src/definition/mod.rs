@@ -5,6 +5,7 @@
 //! built by [`crate::loader`], which reports every problem of a file at once.
 
 mod edges;
+mod expressions;
 mod field;
 mod node;
 
@@ -14,6 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use edges::{Edge, EdgeLabel, Successor};
+pub use expressions::{NodeExpr, Purpose};
 pub use field::{EnumOption, Field, VarType};
 pub use node::{
     Backoff, Branch, Call, Channel, End, ErrorRoute, Escalation, ExclusiveGate, Fork, Join,

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::Checker;
-use crate::definition::{Edge, Mapping, NodeKind};
+use crate::definition::{Edge, Node, NodeKind, Purpose};
 use crate::diagnostic::Code;
 use crate::expr::{Expr, Form};
 use crate::position::YamlPath;
@@ -65,7 +65,7 @@ pub(super) fn check(c: &mut Checker<'_>) {
         let Some(before) = &assigned[i] else {
             continue; // Unreachable: reported as an error elsewhere.
         };
-        for read in reads(c, i, &n.kind) {
+        for read in reads(c, i, n) {
             let facts = read.expr.null_facts();
             for v in read.expr.reads().iter().map(|r| r.root.as_str()) {
                 if c.def.variable(v).is_none()
@@ -152,87 +152,45 @@ impl Read<'_> {
 /// `default`s are left out (a default that cannot be computed proposes
 /// nothing, by design), and so are indicators' conditions: they read
 /// finished instances, where an unanswered question is a fact to count.
-fn reads<'a>(c: &Checker<'a>, i: usize, kind: &'a NodeKind) -> Vec<Read<'a>> {
-    let base = c.node_path(i);
-    let mut out = Vec::new();
-    // `optional(key)`: whether the mapping's target takes a null.
-    let mapping = |m: &'a Mapping,
-                   path: YamlPath,
-                   also: &[&'a str],
-                   optional: &dyn Fn(&str) -> bool,
-                   out: &mut Vec<Read<'a>>| {
-        for (k, expr) in m {
-            out.push(Read {
-                path: path.key(k),
-                expr,
-                also: also.to_vec(),
-                null_copies: optional(k),
-            });
-        }
+fn reads<'a>(c: &Checker<'a>, i: usize, node: &'a Node) -> Vec<Read<'a>> {
+    // An input the operation (or the called procedure) does not require
+    // may be sent empty.
+    let optional_input = |k: &str| match &node.kind {
+        NodeKind::ServiceTask(s) => c
+            .operation(s)
+            .is_some_and(|op| op.inputs.iter().any(|p| p.name == k && !p.required)),
+        NodeKind::Call(call) => c.ctx.procedures.get(&call.procedure).is_some_and(|p| {
+            p.start_fields
+                .iter()
+                .any(|(f, required)| f == k && !required)
+        }),
+        _ => false,
     };
-    let checked = |path: YamlPath, expr: &'a Expr| Read {
-        path,
-        expr,
-        also: Vec::new(),
-        null_copies: false,
-    };
-    // A variable may hold null.
-    let takes_null = |_: &str| true;
-    match kind {
-        NodeKind::Start(_) | NodeKind::Fork(_) | NodeKind::Join(_) | NodeKind::End(_) => {}
-        NodeKind::UserTask(t) => {
-            for (j, o) in t.outcomes.iter().enumerate() {
-                let form: Vec<&str> = t
-                    .form
-                    .iter()
-                    .filter(|f| f.required && o.validate)
-                    .map(|f| f.name.as_str())
-                    .collect();
-                let path = base.key("outcomes").index(j).key("set");
-                mapping(&o.set, path, &form, &takes_null, &mut out);
-            }
-        }
-        NodeKind::ServiceTask(s) => {
-            let op = c.operation(s);
-            // An input the operation does not require may be sent empty.
-            let optional =
-                |k: &str| op.is_some_and(|op| op.inputs.iter().any(|p| p.name == k && !p.required));
-            mapping(&s.input, base.key("input"), &[], &optional, &mut out);
-            mapping(&s.output, base.key("output"), &[], &takes_null, &mut out);
-            for (j, r) in s.errors.iter().enumerate() {
-                let path = base.key("errors").index(j).key("set");
-                mapping(&r.set, path, &[], &takes_null, &mut out);
-            }
-        }
-        NodeKind::ExclusiveGate(g) => {
-            for (j, b) in g.branches.iter().enumerate() {
-                out.push(checked(base.key("branches").index(j).key("when"), &b.when));
-            }
-        }
-        NodeKind::MessageWait(w) => {
-            out.push(checked(base.key("correlation"), &w.correlation));
-            mapping(&w.store, base.key("store"), &[], &takes_null, &mut out);
-        }
-        NodeKind::TimerWait(t) => {
-            if let Some(at) = &t.at {
-                out.push(checked(base.key("at"), at));
-            }
-        }
-        NodeKind::Call(call) => {
-            // A start field the called procedure does not require.
-            let child = c.ctx.procedures.get(&call.procedure);
-            let optional = |k: &str| {
-                child.is_some_and(|p| {
-                    p.start_fields
-                        .iter()
-                        .any(|(f, required)| f == k && !required)
-                })
+    node.expressions(&c.node_path(i))
+        .into_iter()
+        .filter_map(|e| {
+            let key = e.key.unwrap_or_default();
+            let (also, null_copies) = match e.purpose {
+                Purpose::Default => return None,
+                Purpose::OutcomeSet { form, validated } => {
+                    let required = form.iter().filter(|f| f.required && validated);
+                    (required.map(|f| f.name.as_str()).collect(), true)
+                }
+                Purpose::Input | Purpose::CallInput => (Vec::new(), optional_input(key)),
+                // A variable may hold null.
+                Purpose::Output | Purpose::ErrorSet | Purpose::Store | Purpose::CallOutput => {
+                    (Vec::new(), true)
+                }
+                Purpose::Condition | Purpose::Correlation | Purpose::TimerAt => (Vec::new(), false),
             };
-            mapping(&call.input, base.key("input"), &[], &optional, &mut out);
-            mapping(&call.output, base.key("output"), &[], &takes_null, &mut out);
-        }
-    }
-    out
+            Some(Read {
+                path: e.path,
+                expr: e.expr,
+                also,
+                null_copies,
+            })
+        })
+        .collect()
 }
 
 /// For each join, the edges into it grouped by the branch of its fork they

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Checker, list};
-use crate::definition::{Field, Mapping, NodeKind, VarType};
+use crate::definition::{Field, NodeKind, Purpose, VarType};
 use crate::diagnostic::{Code, did_you_mean};
 use crate::expr::Expr;
 use crate::position::YamlPath;
@@ -94,44 +94,34 @@ fn field_writes(
     }
 }
 
-fn mapping_writes(
-    c: &mut Checker<'_>,
-    mapping: &Mapping,
-    base: &YamlPath,
-    out: &mut BTreeSet<String>,
-) {
-    mapping_writes_typed(c, mapping, base, out, None);
-}
-
 /// A root (`result`, `output`) and the type of each of its fields.
 type TypedSource<'a> = (&'a str, &'a dyn Fn(&str) -> Option<VarType>);
 
-/// Like `mapping_writes`; where a value is a plain `<source>.<field>` with a
-/// known type, that type must fit the variable's.
-fn mapping_writes_typed(
+/// A mapping's entry that stores `expr` into variable `key`, written at
+/// `path`: the variable must be declared, and where the value is a plain
+/// `<source>.<field>` (or a constant, or a variable) with a known type,
+/// that type must fit the variable's.
+fn mapping_write(
     c: &mut Checker<'_>,
-    mapping: &Mapping,
-    base: &YamlPath,
+    (key, expr, path): (&str, &Expr, &YamlPath),
     out: &mut BTreeSet<String>,
     source: Option<TypedSource<'_>>,
 ) {
-    for (key, expr) in mapping {
-        let Some(ty) = declared(c, key, base.key(key)) else {
-            continue;
-        };
-        out.insert(key.clone());
-        if let Some(given) = static_type(c, expr, source)
-            && !fits_statically(given, ty)
-        {
-            c.error(
-                Code::TypeMismatch,
-                base.key(key),
-                format!(
-                    "`{}` is `{given}` but `{key}` is declared `{ty}`",
-                    expr.source().trim()
-                ),
-            );
-        }
+    let Some(ty) = declared(c, key, path.clone()) else {
+        return;
+    };
+    out.insert(key.to_owned());
+    if let Some(given) = static_type(c, expr, source)
+        && !fits_statically(given, ty)
+    {
+        c.error(
+            Code::TypeMismatch,
+            path.clone(),
+            format!(
+                "`{}` is `{given}` but `{key}` is declared `{ty}`",
+                expr.source().trim()
+            ),
+        );
     }
 }
 
@@ -176,126 +166,77 @@ pub(super) fn static_type(
 /// Every variable some node writes.
 fn writes(c: &mut Checker<'_>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    for (i, n) in c.def.nodes.iter().enumerate() {
+    let def = c.def;
+    for (i, n) in def.nodes.iter().enumerate() {
         let base = c.node_path(i);
         match &n.kind {
             NodeKind::Start(s) => field_writes(c, &s.data, &base.key("data"), &mut out),
-            NodeKind::UserTask(t) => {
-                field_writes(c, &t.form, &base.key("form"), &mut out);
-                for (j, o) in t.outcomes.iter().enumerate() {
-                    mapping_writes(
-                        c,
-                        &o.set,
-                        &base.key("outcomes").index(j).key("set"),
-                        &mut out,
-                    );
-                }
-            }
-            NodeKind::ServiceTask(s) => {
-                let op = c.operation(s);
-                let type_of = |f: &str| {
-                    op.and_then(|o| o.outputs.iter().find(|p| p.name == f))
-                        .map(|p| p.ty)
-                };
-                mapping_writes_typed(
-                    c,
-                    &s.output,
-                    &base.key("output"),
-                    &mut out,
-                    Some(("result", &type_of)),
-                );
-                for (j, r) in s.errors.iter().enumerate() {
-                    mapping_writes(c, &r.set, &base.key("errors").index(j).key("set"), &mut out);
-                }
-            }
-            NodeKind::MessageWait(w) => mapping_writes(c, &w.store, &base.key("store"), &mut out),
-            NodeKind::Call(call) => {
-                let child = c.ctx.procedures.get(&call.procedure);
-                let type_of = |f: &str| child.and_then(|p| p.variables.get(f).copied());
-                mapping_writes_typed(
-                    c,
-                    &call.output,
-                    &base.key("output"),
-                    &mut out,
-                    Some(("output", &type_of)),
-                );
-            }
+            NodeKind::UserTask(t) => field_writes(c, &t.form, &base.key("form"), &mut out),
             _ => {}
+        }
+        let (outputs, child) = sources(c, &n.kind);
+        let result_type = |f: &str| {
+            outputs
+                .and_then(|o| o.iter().find(|p| p.name == f))
+                .map(|p| p.ty)
+        };
+        let output_type = |f: &str| child.and_then(|vars| vars.get(f).copied());
+        for e in n.expressions(&base) {
+            let Some(key) = e.writes() else {
+                continue;
+            };
+            let source: Option<TypedSource<'_>> = match e.purpose {
+                Purpose::Output => Some(("result", &result_type)),
+                Purpose::CallOutput => Some(("output", &output_type)),
+                _ => None,
+            };
+            mapping_write(c, (key, e.expr, &e.path), &mut out, source);
         }
     }
     out
+}
+
+/// What a node's expressions read besides variables, where the catalog or
+/// the called procedure tells: a service task operation's outputs
+/// (`result`), a call's child variables (`output`).
+fn sources<'a>(
+    c: &Checker<'a>,
+    kind: &'a NodeKind,
+) -> (
+    Option<&'a [crate::catalog::ParamSpec]>,
+    Option<&'a BTreeMap<String, VarType>>,
+) {
+    match kind {
+        NodeKind::ServiceTask(s) => (c.operation(s).map(|op| op.outputs.as_slice()), None),
+        NodeKind::Call(call) => (
+            None,
+            c.ctx.procedures.get(&call.procedure).map(|p| &p.variables),
+        ),
+        _ => (None, None),
+    }
 }
 
 /// Every expression of the definition, with its path and scope.
 fn expressions<'a>(c: &Checker<'a>) -> Vec<(YamlPath, &'a Expr, Scope<'a>)> {
     let def = c.def;
     let mut out = Vec::new();
-    let mapping = |m: &'a Mapping, base: YamlPath, scope, out: &mut Vec<_>| {
-        for (k, e) in m {
-            out.push((base.key(k), e, scope));
-        }
-    };
     for (i, n) in def.nodes.iter().enumerate() {
-        let base = c.node_path(i);
-        let defaults = |fields: &'a [Field], base: YamlPath, out: &mut Vec<_>| {
-            for (j, f) in fields.iter().enumerate() {
-                if let Some(d) = &f.default {
-                    out.push((base.index(j).key("default"), d, Scope::Instance));
-                }
-            }
-        };
-        match &n.kind {
-            NodeKind::Start(s) => defaults(&s.data, base.key("data"), &mut out),
-            NodeKind::UserTask(t) => {
-                defaults(&t.form, base.key("form"), &mut out);
-                for (j, o) in t.outcomes.iter().enumerate() {
-                    let p = base.key("outcomes").index(j).key("set");
-                    mapping(&o.set, p, Scope::Instance, &mut out);
-                }
-            }
-            NodeKind::ServiceTask(s) => {
-                let outputs = c.operation(s).map(|op| op.outputs.as_slice());
-                mapping(&s.input, base.key("input"), Scope::Instance, &mut out);
-                mapping(
-                    &s.output,
-                    base.key("output"),
-                    Scope::Result(outputs),
-                    &mut out,
-                );
-                for (j, r) in s.errors.iter().enumerate() {
-                    let p = base.key("errors").index(j).key("set");
-                    mapping(&r.set, p, Scope::Error, &mut out);
-                }
-            }
-            NodeKind::ExclusiveGate(g) => {
-                for (j, b) in g.branches.iter().enumerate() {
-                    out.push((
-                        base.key("branches").index(j).key("when"),
-                        &b.when,
-                        Scope::Instance,
-                    ));
-                }
-            }
-            NodeKind::MessageWait(w) => {
-                out.push((base.key("correlation"), &w.correlation, Scope::Instance));
-                mapping(&w.store, base.key("store"), Scope::Message, &mut out);
-            }
-            NodeKind::TimerWait(t) => {
-                if let Some(at) = &t.at {
-                    out.push((base.key("at"), at, Scope::Instance));
-                }
-            }
-            NodeKind::Call(call) => {
-                let child = c.ctx.procedures.get(&call.procedure).map(|p| &p.variables);
-                mapping(&call.input, base.key("input"), Scope::Instance, &mut out);
-                mapping(
-                    &call.output,
-                    base.key("output"),
-                    Scope::Output(child),
-                    &mut out,
-                );
-            }
-            NodeKind::Fork(_) | NodeKind::Join(_) | NodeKind::End(_) => {}
+        let (outputs, child) = sources(c, &n.kind);
+        for e in n.expressions(&c.node_path(i)) {
+            let scope = match e.purpose {
+                Purpose::Output => Scope::Result(outputs),
+                Purpose::ErrorSet => Scope::Error,
+                Purpose::Store => Scope::Message,
+                Purpose::CallOutput => Scope::Output(child),
+                Purpose::Default
+                | Purpose::OutcomeSet { .. }
+                | Purpose::Input
+                | Purpose::Condition
+                | Purpose::Correlation
+                | Purpose::TimerAt
+                | Purpose::CallInput => Scope::Instance,
+            };
+            out.push((e.path, e.expr, scope));
         }
     }
     for (i, ind) in def.indicators.iter().enumerate() {
