@@ -54,6 +54,10 @@ pub enum ConnectorError {
     },
 }
 
+/// The most characters of a system's error text that are kept (the rest
+/// is cut, marked with `…`): enough for any message meant for a person.
+pub const MAX_ERROR_TEXT: usize = 2000;
+
 /// The longest wait a system's `Retry-After` can impose on a job: one
 /// asking for a day would otherwise hold a client's request that long.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -67,20 +71,28 @@ impl ConnectorError {
         }
     }
 
-    /// The same error with every U+0000 in its text replaced by U+FFFD.
+    /// The same error with every U+0000 in its text replaced by U+FFFD,
+    /// and its text cut to [`MAX_ERROR_TEXT`] characters.
     ///
     /// A system's text reaches the jobs', incidents' and journal's columns,
     /// and PostgreSQL refuses a NUL in text and JSON: one such character
     /// (a proxy's gzip page, a remote message) would make recording the
     /// result fail on every attempt, so the call would run again and again
-    /// with no incident.
+    /// with no incident. A system that answers a megabyte of text as its
+    /// message (a stack trace, an HTML page) would have it copied into the
+    /// job, the history and every inbox and incident page that shows it.
     pub fn printable(self) -> ConnectorError {
         fn clean(text: String) -> String {
-            if text.contains('\0') {
+            let mut text = if text.contains('\0') {
                 text.replace('\0', "\u{FFFD}")
             } else {
                 text
+            };
+            if let Some((cut, _)) = text.char_indices().nth(MAX_ERROR_TEXT) {
+                text.truncate(cut);
+                text.push('…');
             }
+            text
         }
         match self {
             ConnectorError::Business { code, message } => ConnectorError::Business {
@@ -212,5 +224,27 @@ impl std::fmt::Debug for Connectors {
         let mut names: Vec<&String> = self.by_name.keys().collect();
         names.sort();
         f.debug_struct("Connectors").field("names", &names).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ConnectorError, MAX_ERROR_TEXT};
+
+    #[test]
+    fn a_systems_long_error_text_is_cut_at_a_character_and_marked() {
+        let page = "ñ".repeat(100_000);
+        let ConnectorError::Business { code, message } = ConnectorError::Business {
+            code: "rechazo".to_owned(),
+            message: page,
+        }
+        .printable() else {
+            panic!("still a business error");
+        };
+        assert_eq!(code, "rechazo");
+        assert_eq!(message.chars().count(), MAX_ERROR_TEXT + 1);
+        assert!(message.ends_with("ñ…"), "cut at a character, marked");
+        let short = ConnectorError::transient("HTTP 503\0").printable();
+        assert_eq!(short, ConnectorError::transient("HTTP 503\u{FFFD}"));
     }
 }
