@@ -675,6 +675,43 @@ async fn max_in_flight_caps_the_requests_under_way() {
     }
 }
 
+/// Two tries of one request at once (a retry after a lost reply, while
+/// the first is still being answered): Smartflex registers it once and
+/// says "created" (201) to one of them only, the other getting the same
+/// request with 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tries_of_one_request_are_created_once() {
+    let sims = Simulators::new();
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), sims.clone())
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let admin = client
+        .post(format!("http://{}/_admin/smartflex/faults", server.address()))
+        .json(&json!({"latency_ms": 300}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 204);
+    let post = || {
+        client
+            .post(format!("{}/v1/solicitudes", server.base_url("smartflex")))
+            .header("idempotency-key", "k-twice")
+            .basic_auth("tramite", Some("test-secret"))
+            .json(
+                &json!({"ci": "4587213", "nombre": "María Elena Rojas Vargas",
+                "telefono": "71712345", "direccion": "Calle Baptista 345",
+                "zona": "Centro", "servicio": "trio", "canal": "telefono"}),
+            )
+            .send()
+    };
+    let (a, b) = tokio::join!(post(), post());
+    let mut statuses = [a.unwrap().status().as_u16(), b.unwrap().status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 201]);
+    assert_eq!(sims.smartflex.registration_count(), 1);
+}
+
 /// `tramite simulators --rate-limit`: a Smartflex over its limit answers
 /// 429 with `Retry-After`, registers nothing, and the HTTP connector hands
 /// the wait to the engine (it is longer than the file's next backoff); once

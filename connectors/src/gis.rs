@@ -364,9 +364,11 @@ impl Simulator {
     pub fn find_zone(&self, zone: &str, city: Option<&str>) -> Option<&Zone> {
         let wanted = zone_key(zone);
         let wanted = wanted.as_str();
+        // Names and aliases are keys too: the alias "Zona Central" is
+        // typed "Central" as often as not.
         let names = |z: &'_ Zone| {
-            std::iter::once(fold(&z.name))
-                .chain(z.aliases.iter().map(|a| fold(a)))
+            std::iter::once(zone_key(&z.name))
+                .chain(z.aliases.iter().map(|a| zone_key(a)))
                 .collect::<Vec<_>>()
         };
         let city = city.map(fold).filter(|c| !c.is_empty());
@@ -759,11 +761,25 @@ mod tests {
         }
         let mut names: Vec<String> = zones
             .iter()
-            .flat_map(|z| std::iter::once(&z.name).chain(&z.aliases).map(|n| fold(n)))
+            .flat_map(|z| std::iter::once(&z.name).chain(&z.aliases).map(|n| zone_key(n)))
             .collect();
         let total = names.len();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), total, "zone names and aliases are unique");
+    }
+
+    #[test]
+    fn every_name_and_alias_finds_its_own_zone() {
+        let sim = Simulator::default();
+        for z in dataset() {
+            for name in std::iter::once(&z.name).chain(&z.aliases) {
+                let found = sim.find_zone(name, None).map(|f| f.name.as_str());
+                assert_eq!(found, Some(z.name.as_str()), "`{name}`");
+                let found = sim.find_zone(name, Some(&z.municipality));
+                assert_eq!(found.map(|f| f.name.as_str()), Some(z.name.as_str()), "`{name}` in {}", z.municipality);
+            }
+        }
+        assert_eq!(sim.find_zone("Central", None).map(|z| z.name.as_str()), Some("Centro"));
     }
 }

@@ -125,7 +125,17 @@ async fn answer(
     ok: StatusCode,
     business: &[(&str, StatusCode, &str)],
 ) -> Response {
-    match sim.call(call).await {
+    respond(sim.call(call).await, ok, business)
+}
+
+/// A simulator's answer as its system's HTTP answer: `ok` for a result,
+/// `business`'s status and code for a business error.
+fn respond(
+    result: Result<Map<String, Value>, ConnectorError>,
+    ok: StatusCode,
+    business: &[(&str, StatusCode, &str)],
+) -> Response {
+    match result {
         Ok(out) => (ok, Json(json!({"data": out}))).into_response(),
         Err(ConnectorError::Business { code, message }) => {
             match business.iter().find(|(name, ..)| *name == code) {
@@ -273,7 +283,6 @@ async fn smartflex_register(
             "Smartflex requires an Idempotency-Key header",
         );
     }
-    let repeat = sims.smartflex.registration(&key).is_some();
     let input = input([
         ("ci", s.ci.map(Value::String)),
         ("ci_extension", s.expedido.map(Value::String)),
@@ -285,18 +294,21 @@ async fn smartflex_register(
         ("channel", s.canal.map(Value::String)),
         ("reference", s.referencia.map(Value::String)),
     ]);
-    answer(
-        sims.smartflex.as_ref(),
-        ConnectorCall {
+    let (result, created) = sims
+        .smartflex
+        .call_telling_new(ConnectorCall {
             operation: crate::smartflex::OPERATION,
             input: &input,
             idempotency_key: &key,
             attempt: 1,
-        },
-        if repeat {
-            StatusCode::OK
-        } else {
+        })
+        .await;
+    respond(
+        result,
+        if created {
             StatusCode::CREATED
+        } else {
+            StatusCode::OK
         },
         &[
             (
@@ -307,7 +319,6 @@ async fn smartflex_register(
             ("client_blocked", StatusCode::CONFLICT, "CLIENTE_BLOQUEADO"),
         ],
     )
-    .await
 }
 
 fn faults_of<'a>(sims: &'a Simulators, system: &str) -> Option<&'a Faults> {

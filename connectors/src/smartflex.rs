@@ -16,6 +16,7 @@ use tramite_engine::definition::VarType;
 use tramite_engine::runtime::connector::{BoxFuture, Connector, ConnectorCall, ConnectorError};
 
 use crate::faults::Faults;
+use crate::gis;
 use crate::naf::{self, Impediment};
 use crate::service::Service;
 use crate::sim::{Answer, Harness, business, rfc3339_utc, text, zone_key};
@@ -49,6 +50,11 @@ pub struct Config {
     pub zone_backlog_days: Vec<(String, u32)>,
     /// Backlog of a zone not in `zone_backlog_days`.
     pub default_backlog_days: u32,
+    /// Other names of zones, `(alias, zone)`: a request for a zone by one
+    /// of them is for the zone. By default GIS's, the company's one map
+    /// (`Casco Viejo` is `Centro`), so that what GIS finds, Smartflex
+    /// prices and refuses alike.
+    pub zone_aliases: Vec<(String, String)>,
     /// The sequence number of the first request (1: `SF-2026-000001`).
     pub first_number: u64,
     /// When set, every request is registered at this instant (reproducible
@@ -102,6 +108,13 @@ impl Default for Config {
                 .map(|&(zone, days)| (zone.to_owned(), days))
                 .collect(),
             default_backlog_days: 3,
+            zone_aliases: gis::dataset()
+                .into_iter()
+                .flat_map(|z| {
+                    let name = z.name;
+                    z.aliases.into_iter().map(move |a| (a, name.clone()))
+                })
+                .collect(),
             first_number: 1,
             fixed_clock: None,
         }
@@ -119,13 +132,23 @@ impl Config {
             Service::DuoInternetTv => 4,
             Service::Trio => 5,
         };
-        let zone = zone_key(zone);
+        let zone = self.zone_key(zone);
         let backlog = self
             .zone_backlog_days
             .iter()
             .find(|(z, _)| zone_key(z) == zone)
             .map_or(self.default_backlog_days, |&(_, days)| days);
         (lead + backlog).clamp(2, 15)
+    }
+
+    /// `zone` as compared: folded, a leading "zona" dropped, and an alias
+    /// read as its zone.
+    fn zone_key(&self, zone: &str) -> String {
+        let key = zone_key(zone);
+        self.zone_aliases
+            .iter()
+            .find(|(alias, _)| zone_key(alias) == key)
+            .map_or(key, |(_, zone)| zone_key(zone))
     }
 }
 
@@ -263,12 +286,56 @@ impl Simulator {
         attempt: u32,
         input: &Map<String, Value>,
     ) -> Answer {
+        self.register_telling(idempotency_key, attempt, input).0
+    }
+
+    /// Like [`Connector::call`] (faults included), also telling whether
+    /// this call registered the request (`false`: the key's request was
+    /// answered again). Decided under the lock that registers, so that of
+    /// two concurrent tries with one key only one is told it created it.
+    pub async fn call_telling_new(&self, call: ConnectorCall<'_>) -> (Answer, bool) {
+        let created = std::sync::atomic::AtomicBool::new(false);
+        let answer = self
+            .harness
+            .run(|| {
+                if call.operation != OPERATION {
+                    return Err(self.harness.unknown_operation(call.operation));
+                }
+                let (answer, new) =
+                    self.register_telling(call.idempotency_key, call.attempt, call.input);
+                created.store(new, std::sync::atomic::Ordering::Relaxed);
+                answer
+            })
+            .await;
+        (answer, created.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// [`Simulator::register`], and whether it registered a new request.
+    fn register_telling(
+        &self,
+        idempotency_key: &str,
+        attempt: u32,
+        input: &Map<String, Value>,
+    ) -> (Answer, bool) {
         // One lock for look-up and insertion: concurrent attempts with one
         // key register once.
         let mut book = self.book();
         if let Some(&i) = book.by_key.get(idempotency_key) {
-            return Ok(book.list[i].answer());
+            return (Ok(book.list[i].answer()), false);
         }
+        let answer = self.register_new(&mut book, idempotency_key, attempt, input);
+        let new = answer.is_ok();
+        (answer, new)
+    }
+
+    /// Registers a request under a key not seen before.
+    fn register_new(
+        &self,
+        book: &mut Book,
+        idempotency_key: &str,
+        attempt: u32,
+        input: &Map<String, Value>,
+    ) -> Answer {
         let field = |name: &str| {
             text(input, name)
                 .map(str::to_owned)
@@ -301,7 +368,7 @@ impl Simulator {
                 format!("`{service_code}` is not a product on sale"),
             ));
         };
-        let folded_zone = zone_key(&zone);
+        let folded_zone = self.config.zone_key(&zone);
         if let Some(r) = self
             .config
             .not_sold
@@ -363,9 +430,14 @@ impl Connector for Simulator {
 /// client with `ci`, issued in `extension` when given: without it the
 /// number alone decides, as it did before Smartflex was told the department.
 fn blocked(entry: &str, ci: &str, extension: Option<&str>) -> bool {
-    // The department is the last part: a CI may have a complement of its
-    // own (`5566778-2B-CB`).
-    match entry.rsplit_once('-') {
+    // The department is the last part, when it is one: a CI may have a
+    // complement of its own (`5566778-2B-CB`, or bare `5566778-2B`).
+    let department = entry.rsplit_once('-').filter(|(_, d)| {
+        naf::EXTENSIONS
+            .iter()
+            .any(|known| known.eq_ignore_ascii_case(d))
+    });
+    match department {
         Some((number, department)) => {
             number.eq_ignore_ascii_case(ci)
                 && extension.is_none_or(|e| e.eq_ignore_ascii_case(department))
@@ -616,6 +688,33 @@ mod tests {
         );
     }
 
+    /// Every name GIS finds a zone by is that zone here too: a sale GIS
+    /// placed in Tiquipaya by "Tiquipaya Centro" is priced and refused as
+    /// Tiquipaya's.
+    #[tokio::test]
+    async fn gis_aliases_are_their_zones() {
+        let config = Config::default();
+        let sim = simulator();
+        for zone in crate::gis::dataset() {
+            for alias in zone.aliases.iter().chain([&format!("Zona {}", zone.aliases.first().unwrap_or(&zone.name))]) {
+                for service in Service::ALL {
+                    assert_eq!(
+                        config.estimated_days(alias, service),
+                        config.estimated_days(&zone.name, service),
+                        "{alias} {service}"
+                    );
+                    // Keys of their own: a key seen before answers as it did.
+                    let key = format!("{alias} {service}");
+                    let sale_in = |zone: &str| sale("4587213", zone, service.code());
+                    let by_alias = register(&sim, &format!("{key} alias"), 1, &sale_in(alias)).await;
+                    let by_name = register(&sim, &format!("{key} name"), 1, &sale_in(&zone.name)).await;
+                    assert_eq!(by_alias.is_ok(), by_name.is_ok(), "{alias} {service}");
+                }
+            }
+        }
+        assert_eq!(config.estimated_days("Tiquipaya Centro", Service::Television), 9);
+    }
+
     #[tokio::test]
     async fn missing_input_is_transient_and_registers_nothing() {
         let sim = simulator();
@@ -750,6 +849,8 @@ mod tests {
         assert!(!blocked("5566778-2B-CB", "5566778", None), "another person");
         assert!(!blocked("5566778-2B-CB", "5566778-2B", Some("LP")));
         assert!(blocked("6543210", "6543210", Some("LP")));
+        assert!(blocked("5566778-2B", "5566778-2B", Some("LP")), "a bare CI with a complement");
+        assert!(!blocked("5566778-2B", "5566778", Some("LP")));
     }
 
     #[test]
