@@ -472,6 +472,20 @@ impl HttpConnector {
                         Some(op_spec) => check_operation(op, op_spec, &at, &mut problem),
                     }
                 }
+                // Definitions are checked against the catalog: an operation
+                // the file leaves out would pass every check, then fail at
+                // every call.
+                for op in &spec.operations {
+                    if !config.operations.contains_key(&op.name) {
+                        problem(
+                            root.key("operations"),
+                            format!(
+                                "`{}` of `{}` is not mapped: every call of it would fail",
+                                op.name, config.system
+                            ),
+                        );
+                    }
+                }
             }
         }
         if !problems.is_empty() {
@@ -1283,6 +1297,20 @@ fn check_operation(
             }
         }
     }
+    // What the catalog says an operation always returns, definitions read
+    // unguarded (`result.request_number`): left unmapped, it would be
+    // missing from every answer, after the system had acted.
+    for required in spec.outputs.iter().filter(|p| p.required) {
+        if !op.output.contains_key(&required.name) {
+            problem(
+                at.clone(),
+                format!(
+                    "the output `{}`, which `{}` always returns, is read from nowhere (add it under `output`)",
+                    required.name, spec.name
+                ),
+            );
+        }
+    }
     for required in spec.inputs.iter().filter(|p| p.required) {
         let sent = placeholders(&op.path).contains(&required.name.as_str())
             || op.query.values().any(|v| *v == required.name)
@@ -1319,7 +1347,8 @@ operations:
     method: GET
     path: /v1/clientes/{ci}/cartera
     query: {extension: ci_extension}
-    output: {found: /data/found}
+    output: {found: /data/found, member: /data/member, has_impediment: /data/has_impediment,
+             impediments: /data/impediments, debt_bs: /data/debt_bs}
     errors:
       - {status: [422], code: /error/code, message: /error/message}
 ";
@@ -1370,6 +1399,31 @@ operations:
         assert_eq!(c.system(), "naf");
     }
 
+    /// A file must give what the catalog promises definitions: every
+    /// operation of its system, and every output the operation always
+    /// returns (definitions read them unguarded).
+    #[test]
+    fn an_operation_or_an_output_left_unmapped_is_refused() {
+        let without_debt = GOOD.replace(", debt_bs: /data/debt_bs", "");
+        let Err(Error::Invalid { problems }) = load(&without_debt) else {
+            panic!("expected problems");
+        };
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            ["naf.yaml:6:5: operations.check_portfolio: the output `debt_bs`, which `check_portfolio` always returns, is read from nowhere (add it under `output`)"]
+        );
+        assert!(load(GOOD).is_ok(), "the optional `client_name` may be left out");
+        let Err(Error::Invalid { problems }) = load(&GOOD.replace("check_portfolio:", "check_cartera:")) else {
+            panic!("expected problems");
+        };
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter().any(|t| t.ends_with("operations: `check_portfolio` of `naf` is not mapped: every call of it would fail")),
+            "{text:#?}"
+        );
+    }
+
     #[test]
     fn every_mistake_is_reported_with_its_line_and_column() {
         let bad = GOOD
@@ -1387,6 +1441,7 @@ operations:
             "naf.yaml:8:24: operations.check_portfolio.query.extension: `ext` is not an input",
             "naf.yaml:9:26: operations.check_portfolio.output.encontrado: `encontrado` is not an output",
             "naf.yaml:9:26: operations.check_portfolio.output.encontrado: `data.found` is not a JSON pointer",
+            "naf.yaml:6:5: operations.check_portfolio: the output `found`, which `check_portfolio` always returns, is read from nowhere",
             "naf.yaml:6:5: operations.check_portfolio: the required input `ci` is sent nowhere",
         ];
         assert_eq!(text.len(), expect.len(), "{text:#?}");
@@ -1464,7 +1519,7 @@ operations:
         assert!(
             found
                 .iter()
-                .any(|f| f.starts_with("12:16 max_in_flight: must be at least 1")),
+                .any(|f| f.starts_with("13:16 max_in_flight: must be at least 1")),
             "{found:?}"
         );
         assert!(
