@@ -946,6 +946,25 @@ fn form_data(
                     continue;
                 }
             },
+            // One item per line, as the page shows a list.
+            VarType::List => Value::Array(
+                raw.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(|l| Value::String(l.to_owned()))
+                    .collect(),
+            ),
+            VarType::Object => match serde_json::from_str::<Value>(raw) {
+                Ok(object @ Value::Object(_)) => object,
+                _ => {
+                    errors.push(tramite_engine::runtime::forms::FieldError {
+                        field: f.name.clone(),
+                        message: "must be an object, written as JSON ({\"name\": value, …})"
+                            .into(),
+                    });
+                    continue;
+                }
+            },
             _ => Value::String(raw.to_owned()),
         };
         data.insert(f.name.clone(), value);
@@ -1536,6 +1555,33 @@ mod tests {
         );
         let (_, errors) = form_data(&fields, &form(&[("deuda", "inf")]), &Map::new());
         assert_eq!(errors.len(), 1);
+    }
+
+    /// A list is written one item per line and an object as JSON, as the
+    /// page shows them, and both come back with their types (as text,
+    /// every submit of a list or object field was refused).
+    #[test]
+    fn lists_and_objects_come_back_typed() {
+        let fields: Vec<tramite_engine::definition::Field> = serde_yaml::from_str(
+            "- {name: etiquetas, type: list}\n- {name: extra, type: object}",
+        )
+        .unwrap();
+        let form: HashMap<String, String> = [
+            ("etiquetas", "fibra\r\n  poste  \n\n"),
+            ("extra", r#"{"piso": 3}"#),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let (data, errors) = form_data(&fields, &form, &Map::new());
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(data["etiquetas"], serde_json::json!(["fibra", "poste"]));
+        assert_eq!(data["extra"], serde_json::json!({"piso": 3}));
+        let form: HashMap<String, String> = [("extra".to_owned(), "[1, 2]".to_owned())].into();
+        let (data, errors) = form_data(&fields, &form, &Map::new());
+        assert!(data.is_empty());
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].message.starts_with("must be an object"), "{errors:?}");
     }
 
     #[test]

@@ -148,7 +148,8 @@ impl FieldView {
             "select"
         } else {
             match f.ty {
-                VarType::Text => "textarea",
+                // A list one item per line; an object as JSON.
+                VarType::Text | VarType::List | VarType::Object => "textarea",
                 VarType::Integer | VarType::Number => "number",
                 // A required question is answered Sí or No: a box left
                 // unticked would record "No" for a question never asked.
@@ -220,6 +221,17 @@ fn input_value(ty: VarType, value: &Value) -> String {
                 None => s.clone(),
             }
         }
+        (VarType::List, Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        (VarType::Object, Value::Object(_)) => {
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        }
         _ => plain(value),
     }
 }
@@ -244,6 +256,16 @@ pub(super) fn in_words(message: &str, lang: Lang) -> String {
         ("must be yes or no", "Debe ser sí o no."),
         ("must be yes or no (true or false)", "Debe ser sí o no."),
         ("must be text", "Debe ser texto."),
+        ("must be a list", "Debe ser una lista."),
+        ("must be an object", "Debe ser un objeto."),
+        (
+            "must be an object, written as JSON ({\"name\": value, …})",
+            "Debe ser un objeto, escrito como JSON ({\"nombre\": valor, …}).",
+        ),
+        (
+            "is too large for a whole number",
+            "Es demasiado grande para un número entero.",
+        ),
         (
             "must be a date (YYYY-MM-DD)",
             "Debe ser una fecha (día, mes y año).",
@@ -1061,6 +1083,10 @@ mod tests {
         use serde_json::json;
         assert_eq!(input_value(VarType::Integer, &json!(5.0)), "5");
         assert_eq!(input_value(VarType::Integer, &json!(7)), "7");
+        // As the form reads them back: a list one item per line, an
+        // object as JSON.
+        assert_eq!(input_value(VarType::List, &json!(["fibra", 3])), "fibra\n3");
+        assert_eq!(input_value(VarType::Object, &json!({"piso": 3})), "{\n  \"piso\": 3\n}");
         assert_eq!(input_value(VarType::Number, &json!(2.5)), "2.5");
         assert_eq!(
             input_value(VarType::Date, &json!("2026-12-06T14:30:00Z")),

@@ -19,6 +19,10 @@ pub struct FieldError {
 pub struct Form {
     validator: jsonschema::Validator,
     fields: Vec<String>,
+    /// Each field's type, for what JSON Schema lets through but a
+    /// variable cannot hold (a whole number past CEL's int, a date-time
+    /// without a day the engine can count from).
+    types: Vec<(String, VarType)>,
     /// Required text fields: blank (empty or only spaces) is not an answer.
     required_text: Vec<String>,
 }
@@ -103,6 +107,7 @@ impl Form {
         Ok(Form {
             validator,
             fields: fields.iter().map(|f| f.name.clone()).collect(),
+            types: fields.iter().map(|f| (f.name.clone(), f.ty)).collect(),
             required_text: fields
                 .iter()
                 .filter(|f| f.required && matches!(f.ty, VarType::String | VarType::Text))
@@ -117,6 +122,7 @@ impl Form {
         Form {
             validator: jsonschema::validator_for(&Value::Bool(false)).expect("`false` is a schema"),
             fields: Vec::new(),
+            types: Vec::new(),
             required_text: Vec::new(),
         }
     }
@@ -194,6 +200,25 @@ impl Form {
             })
             .collect();
         errors.retain(|e| !blank.contains(&&e.field));
+        // What the schema let through that the field's variable would
+        // refuse: stored, it would fail every expression that reads it.
+        for (name, ty) in &self.types {
+            if let Some(value) = data.get(name.as_str())
+                && !super::machine::admits(*ty, value)
+                && !errors.iter().any(|e| e.field == *name)
+            {
+                let message = match ty {
+                    VarType::Integer => "is too large for a whole number",
+                    VarType::Date => "must be a date (YYYY-MM-DD)",
+                    VarType::Datetime => "must be a date and time (YYYY-MM-DDTHH:MM:SSZ)",
+                    _ => "does not have the expected type",
+                };
+                errors.push(FieldError {
+                    field: name.clone(),
+                    message: message.to_owned(),
+                });
+            }
+        }
         errors.extend(blank.into_iter().map(|n| FieldError {
             field: n.clone(),
             message: "this field is required".to_owned(),
@@ -240,6 +265,24 @@ mod tests {
     fn form(yaml: &str) -> Form {
         let fields: Vec<Field> = serde_yaml::from_str(yaml).unwrap();
         Form::new(&fields).unwrap()
+    }
+
+    /// A whole number JSON Schema takes but no variable could hold (CEL's
+    /// int is 64 bits) is refused at the form, not stored to fail every
+    /// expression that reads it later.
+    #[test]
+    fn a_whole_number_past_the_engines_range_is_refused() {
+        let f = form("- {name: n, type: integer}\n- {name: m, type: integer}");
+        let big: Value = serde_json::from_str(r#"{"n": 18446744073709551615, "m": 1e19}"#).unwrap();
+        let errors = f.check(&big);
+        assert_eq!(
+            errors,
+            ["n", "m"].map(|field| FieldError {
+                field: field.to_owned(),
+                message: "is too large for a whole number".to_owned(),
+            })
+        );
+        assert!(f.check(&json!({"n": 9_223_372_036_854_775_807_i64, "m": 3.0})).is_empty());
     }
 
     #[test]
