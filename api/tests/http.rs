@@ -523,31 +523,42 @@ async fn bad_input_gets_problem_json(db: Db) {
     // A key longer than the database can index (PostgreSQL refuses a B-tree
     // entry over ~2.7 KB) → 422 naming it, on both backends, not a 500.
     let long = "k".repeat(8 * 1024);
-    for (uri, body, field) in [
+    for (uri, body, field, limit) in [
         (
             "/api/v1/instances",
             json!({"code": "OPE-SUM-VEN-P06", "channel": "ivr", "business_key": long}),
             "business_key",
+            512,
         ),
         (
             "/api/v1/instances",
             json!({"code": "OPE-SUM-VEN-P06", "channel": "ivr", "request_id": long}),
             "request_id",
+            512,
         ),
         (
             "/api/v1/messages",
             json!({"name": "requisitos_whatsapp", "key": "72345678", "id": long}),
             "id",
+            512,
         ),
         (
             "/api/v1/messages",
             json!({"name": "requisitos_whatsapp", "key": long, "id": "m-1"}),
             "key",
+            512,
         ),
         (
             "/webhooks/leads",
             json!({"id": long, "process": "OPE-SUM-VEN-P06", "source": "web", "data": {"telefono": "71234567"}}),
-            "request_id",
+            "id",
+            508, // 512 less `web:`, under which it is kept
+        ),
+        (
+            "/webhooks/leads",
+            json!({"id": "k".repeat(509), "process": "OPE-SUM-VEN-P06", "source": "web", "data": {"telefono": "71234567"}}),
+            "id",
+            508,
         ),
     ] {
         let (status, problem) = api.json(Method::POST, uri, CHANNEL, body).await;
@@ -564,7 +575,7 @@ async fn bad_input_gets_problem_json(db: Db) {
             problem["detail"]
                 .as_str()
                 .unwrap()
-                .contains(&format!("`{field}` is longer than 512 bytes")),
+                .contains(&format!("`{field}` is longer than {limit} bytes")),
             "{problem}"
         );
     }
@@ -1398,6 +1409,9 @@ async fn requests_are_read_by_the_people_of_their_procedure(db: Db) {
         .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
         assert!(!html.contains("4587213"), "{html}");
+        let list = "/instances?code=OPE-SUM-VEN-P06";
+        let (status, _, html) = page(&api, Method::GET, list, Some(token), None, false).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{list} as {token}: {html}");
     }
     for token in [AGENT, LEAD] {
         let (_, list) = api.get("/api/v1/instances", token).await;
@@ -1947,7 +1961,8 @@ async fn page(
 /// verdict ticked), as the API's task does; once completed, the page says
 /// so instead of offering the form again, a second click of the same
 /// agent lands in the inbox, and another agent's late submit is a 409 that
-/// shows the task closed. Pages are never cached by the browser.
+/// shows the task closed. Pages are never cached by the browser, nor
+/// framed by another site.
 async fn task_pages_propose_defaults_and_close_once_done(db: Db) {
     use tramite_tests::p06::{through_coverage, through_identification};
     let api = Api::new(db).await;
@@ -1970,6 +1985,9 @@ async fn task_pages_propose_defaults_and_close_once_done(db: Db) {
     let (status, headers, html) = page(&api, Method::GET, &uri, Some(AGENT), None, false).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["cache-control"], "no-store");
+    // Nor shown in another site's frame (clickjacking an agent's buttons).
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["content-security-policy"], "frame-ancestors 'none'");
     assert!(
         html.contains(
             r#"id="f-capacidad_confirmada-true" name="capacidad_confirmada" value="true" checked required>"#
@@ -3136,6 +3154,18 @@ async fn readyz_calls_share_one_check_of_the_systems() {
         1,
         "one check for four calls"
     );
+    // Without metrics, `/metrics` is a 404 that says so, like every error.
+    let response = app
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let problem: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(problem["type"], "https://tramite.dev/problems/not-configured", "{problem}");
 }
 
 /// `/metrics` needs no token, so its census of the database (a count over

@@ -298,9 +298,9 @@ async fn sqlx_ping(engine: &Engine) -> bool {
 /// Prometheus text: what the engine counted (connector calls, task waits)
 /// and a census of the database (instances, open tasks, open incidents).
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text (no token: for the scraper)"), (status = 404, description = "Metrics are not enabled")))]
-async fn prometheus(State(s): Shared) -> (StatusCode, String) {
+async fn prometheus(State(s): Shared) -> Result<(StatusCode, String), Error> {
     let Some(handle) = &s.metrics else {
-        return (StatusCode::NOT_FOUND, String::new());
+        return Err(Error::NotConfigured { what: "metrics" });
     };
     let mut last = Arc::clone(&s.census.last).lock_owned().await;
     if last.at.is_none_or(|at| at.elapsed() >= s.census.fresh) {
@@ -324,7 +324,7 @@ async fn prometheus(State(s): Shared) -> (StatusCode, String) {
         });
         let _ = counting.await;
     }
-    (StatusCode::OK, handle.render())
+    Ok((StatusCode::OK, handle.render()))
 }
 
 /// What the database holds, for the census gauges.

@@ -302,6 +302,16 @@ async fn channel_start(
         }
     };
     user.may_start_by(&channel)?;
+    // The caller's id is kept under its channel (`facebook:…`): its own
+    // limit is what the channel leaves of the request id's.
+    let room = tramite_engine::runtime::MAX_KEY_BYTES.saturating_sub(channel.len() + 1);
+    if e.id.len() > room {
+        return Err(tramite_engine::Error::TooLong {
+            field: "id",
+            limit: room,
+        }
+        .into());
+    }
     let (id, new) = s
         .engine
         .start_once(StartInstance {

@@ -160,7 +160,8 @@ pub(crate) async fn as_page(
     (status, render(&page)).into_response()
 }
 
-/// Pages hold clients' data, so none is kept by the browser: on a shared
+/// Pages hold clients' data, so none is kept by the browser, and none is
+/// shown inside another site's frame: on a shared
 /// call-centre PC the Back button after "Salir" must not bring back the
 /// last agent's task (assets set their own caching). An htmx request
 /// whose session has ended (the inbox's refresh) is told to load the
@@ -196,6 +197,19 @@ async fn page_headers(request: axum::extract::Request, next: axum::middleware::N
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
+    // No page inside another's frame: a sibling site (same-site for the
+    // cookie, and its clicks carry our own Origin) could lay a transparent
+    // task page over its own and have an agent press "Tomar" or an outcome.
+    let headers = response.headers_mut();
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     response
 }
 
@@ -988,6 +1002,16 @@ async fn instances(
     let readable = crate::http::readable_versions(&s.engine, &ses.user)
         .await
         .map_err(|e| ses.fail(e))?;
+    // As the API does: another procedure's requests are not "none".
+    if let (Some(code), Some(readable)) = (q.code.as_deref().filter(|c| !c.is_empty()), &readable)
+        && !readable.iter().any(|(_, c)| c == code)
+    {
+        return Err(ses.fail(Error::Forbidden {
+            reason: format!(
+                "requests of {code} are read by its roles, `operator` and `process_owner`"
+            ),
+        }));
+    }
     let rows = s
         .engine
         .instances(&tramite_engine::store::instances::InstanceFilter {
