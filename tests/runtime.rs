@@ -401,6 +401,79 @@ on_both_backends!(
     super::a_connector_error_holding_nul_ends_in_an_incident
 );
 
+/// A NAF whose answer holds a NUL in a field (`"A\u0000"`, decoded).
+struct NulNaf;
+
+impl tramite_engine::runtime::connector::Connector for NulNaf {
+    fn call<'a>(
+        &'a self,
+        _call: tramite_engine::runtime::connector::ConnectorCall<'a>,
+    ) -> tramite_engine::runtime::connector::BoxFuture<
+        'a,
+        Result<serde_json::Map<String, serde_json::Value>, ConnectorError>,
+    > {
+        Box::pin(async {
+            Ok(json!({"found": true, "member": false, "client_name": "A\u{0}",
+                      "has_impediment": false, "impediments": [], "debt_bs": 0})
+            .as_object()
+            .cloned()
+            .unwrap())
+        })
+    }
+}
+
+/// An output mapping that fails on what a system sent, quoting it (CEL's
+/// "no such key" names the key): the NUL in it is replaced, and the
+/// instance stops with one incident — on PostgreSQL, which refuses NUL in
+/// text and JSON, recording it failed, and the call ran again at every
+/// lease without end.
+async fn a_mapping_error_quoting_a_nul_ends_in_one_incident(db: Db) {
+    let sims = tramite_connectors::Simulators::new();
+    let connectors = sims.connectors().with("naf", std::sync::Arc::new(NulNaf));
+    let h = Harness::with_connectors(db, sims, connectors).await;
+    h.deploy(
+        "plan.yaml",
+        r#"
+code: T-PLAN
+name: Plan
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables:
+  - {name: ci, type: string}
+  - {name: plan, type: string}
+nodes:
+  - {id: inicio, kind: start, channels: [web], data: [{name: ci, type: string, required: true}], next: naf}
+  - id: naf
+    kind: service_task
+    connector: naf
+    operation: check_portfolio
+    input: {ci: ci}
+    output: {plan: "{'A': 'hogar'}[result.client_name]"}
+    next: fin
+  - {id: fin, kind: end, outcome: listo}
+"#,
+    )
+    .await;
+    let id = h.start("T-PLAN", "web", json!({"ci": "4587213"})).await;
+    let mut ran = 0;
+    for _ in 0..5 {
+        ran += h.jobs().await;
+        h.advance(Duration::from_secs(300));
+    }
+    assert_eq!(ran, 1, "the call ran once");
+    let incident = h.open_incident(&id).await;
+    assert!(
+        incident.message.contains('\u{FFFD}') && !incident.message.contains('\0'),
+        "{:?}",
+        incident.message
+    );
+}
+on_both_backends!(
+    a_mapping_error_quoting_a_nul_ends_in_one_incident,
+    super::a_mapping_error_quoting_a_nul_ends_in_one_incident
+);
+
 /// A Smartflex that is throttling: its first answers ask to be left alone
 /// (90 s, then two days), then it registers.
 struct ThrottledSmartflex {
@@ -4516,7 +4589,9 @@ expect:
 
 /// A message wait's correlation key is indexed: one longer than the
 /// database can index stops the instance with an incident naming it (on
-/// PostgreSQL the whole command failed), and a shorter one waits.
+/// PostgreSQL the whole command failed), and a shorter one waits. A blank
+/// one, under which no message can be published, is an incident too, not
+/// a wait that nothing could end.
 async fn a_correlation_key_too_long_is_an_incident(db: Db) {
     let h = Harness::new(db).await;
     let wait = r#"
@@ -4528,7 +4603,7 @@ roles: [{id: agente, name: Agente}]
 variables:
   - {name: clave, type: string}
 nodes:
-  - {id: inicio, kind: start, channels: [web], data: [{name: clave, type: string, required: true}], next: esperar}
+  - {id: inicio, kind: start, channels: [web], data: [{name: clave, type: string}], next: esperar}
   - {id: esperar, kind: message_wait, message: aviso, correlation: clave, next: fin}
   - {id: fin, kind: end, outcome: listo}
 "#;
@@ -4557,6 +4632,10 @@ nodes:
             .is_empty()
     );
     assert_eq!(h.instance(&short).await.state.tokens[0].node, "esperar");
+    let blank = h.start("T-CLAVE", "web", json!({"clave": "  "})).await;
+    let incidents = h.engine.incidents(Some("open"), Some(&blank)).await.unwrap();
+    assert_eq!(incidents.len(), 1);
+    assert_eq!(incidents[0].message, "correlation `clave` is empty");
 }
 on_both_backends!(
     a_correlation_key_too_long_is_an_incident,

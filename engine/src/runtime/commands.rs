@@ -571,7 +571,7 @@ async fn run_followups(
                             );
                             m.go(token, &call.next)?;
                         }
-                        Err(e) => raise(m, token, &node_id, e.to_string(), true),
+                        Err(e) => m.raise(token, &node_id, e.to_string(), true),
                     }
                     Ok(())
                 })?;
@@ -624,7 +624,7 @@ async fn run_followups(
                             json!({"child": child}),
                         );
                     }
-                    raise(m, token, &node_id, message, false);
+                    m.raise(token, &node_id, message, false);
                     if cancelled
                         && let Some(t) = m.state.token_mut(token)
                         && let Wait::Incident {
@@ -691,32 +691,6 @@ fn run_machine(
         std::mem::take(&mut m.effects)
     };
     Ok((row, effects))
-}
-
-/// Stops token `token` at `node` with an incident. `after_effect`: the
-/// step's side effect already happened, so the step must not run again.
-fn raise(m: &mut Machine<'_>, token: u32, node: &str, message: String, after_effect: bool) {
-    let id = new_id();
-    if let Some(t) = m.state.token_mut(token) {
-        t.wait = Wait::Incident {
-            incident: id.clone(),
-            cancelled_child: None,
-            route: None,
-        };
-    }
-    m.note(
-        "incident_raised",
-        Some(node),
-        json!({"incident": id, "message": message}),
-    );
-    m.effects.push(Effect::Incident {
-        id,
-        token,
-        node: node.to_owned(),
-        job: None,
-        message,
-        after_effect,
-    });
 }
 
 async fn load(conn: &mut impl Tx, id: &str) -> Result<InstanceRow, Error> {
@@ -1745,7 +1719,7 @@ async fn apply_job_result(
                             );
                             m.go(token, &s.next)?;
                         }
-                        Err(e) => raise(&mut m, token, &node_id, e.to_string(), true),
+                        Err(e) => m.raise(token, &node_id, e.to_string(), true),
                     }
                 }
                 Err(ConnectorError::Business { code, message }) => {
@@ -1759,7 +1733,7 @@ async fn apply_job_result(
                         Some(route) => match m.assign(&route.set, Some(("error", &error))) {
                             Ok(_) => m.go(token, &route.next)?,
                             Err(e) => {
-                                raise(&mut m, token, &node_id, e.to_string(), true);
+                                m.raise(token, &node_id, e.to_string(), true);
                                 if let Some(t) = m.state.token_mut(token)
                                     && let Wait::Incident { route, .. } = &mut t.wait
                                 {
@@ -1767,8 +1741,7 @@ async fn apply_job_result(
                                 }
                             }
                         },
-                        None => raise(
-                            &mut m,
+                        None => m.raise(
                             token,
                             &node_id,
                             format!("unrouted business error `{code}`: {message}"),
@@ -1805,7 +1778,15 @@ async fn job_done(
             let row = load(conn, &job.instance_id).await?;
             let process = ctx.processes.get(conn, row.definition_id).await?;
             let (row, effects) = run_machine(row, &process, ctx.now, |m| {
-                raise(m, job.token as u32, &job.node_id, e.to_string(), true);
+                // What the token waited on is withdrawn, as the discarded
+                // run would have done: an escalation's task left open
+                // would stay in the inbox, and resolving the incident
+                // would open a second one beside it.
+                let token = job.token as u32;
+                if let Some(wait) = m.state.token(token).map(|t| t.wait.clone()) {
+                    m.withdraw(&wait);
+                }
+                m.raise(token, &job.node_id, e.to_string(), true);
                 Ok(())
             })?;
             save(conn, ctx, Change::of(row, effects, "worker"), followups).await
@@ -2042,7 +2023,7 @@ async fn deliver(
                 }
                 m.go(token, &w.next)?;
             }
-            Err(e) => raise(m, token, &node_id, e.to_string(), true),
+            Err(e) => m.raise(token, &node_id, e.to_string(), true),
         }
         Ok(())
     })?;

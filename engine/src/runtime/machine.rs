@@ -377,6 +377,23 @@ impl<'a> Machine<'a> {
     }
 
     fn incident(&mut self, token: u32, node: &str, message: String) {
+        self.raise(token, node, message, false);
+    }
+
+    /// Stops `token` at `node` with an incident saying `message`;
+    /// `after_effect`: the step had already acted (its system answered), so
+    /// it must not simply run again.
+    ///
+    /// The message may quote what a system sent (a key CEL did not find):
+    /// a NUL in it, which PostgreSQL refuses in text and JSON, would make
+    /// the whole command fail, and a job's result would then be applied
+    /// again and again with no incident.
+    pub(crate) fn raise(&mut self, token: u32, node: &str, message: String, after_effect: bool) {
+        let message = if message.contains('\0') {
+            message.replace('\0', "\u{FFFD}")
+        } else {
+            message
+        };
         let id = new_id();
         if let Some(t) = self.state.token_mut(token) {
             t.wait = Wait::Incident {
@@ -396,7 +413,7 @@ impl<'a> Machine<'a> {
             node: node.to_owned(),
             job: None,
             message,
-            after_effect: false,
+            after_effect,
         });
     }
 
@@ -611,6 +628,16 @@ impl<'a> Machine<'a> {
                 }
                 NodeKind::MessageWait(w) => {
                     let key = match self.eval(&w.correlation, None) {
+                        // No message can be published under a blank key
+                        // (refused as an empty id): the wait could never end.
+                        Ok(Value::String(s)) if s.trim().is_empty() => {
+                            self.incident(
+                                id,
+                                &node_id,
+                                format!("correlation `{}` is empty", w.correlation.source()),
+                            );
+                            return Ok(());
+                        }
                         Ok(Value::String(s)) => s,
                         Ok(Value::Null) => {
                             self.incident(
