@@ -2151,6 +2151,39 @@ on_both_backends!(
     super::non_interrupting_escalation_inside_a_fork
 );
 
+/// Inside a fork, a side path may also end at an `end` of its own (the
+/// definition format allows it; loading refused it as a branch "reaching an
+/// end without passing its join"): the join waits for the main flow's
+/// tokens only, and the instance ends with the main flow's outcome once
+/// the side token has ended too.
+async fn a_side_path_inside_a_fork_may_end_at_its_own_end(db: Db) {
+    let h = Harness::new(db).await;
+    let own_end = ESCALATION_IN_FORK
+        .replace(
+            "outcomes: [{id: ok, label: Avisado, next: unir}]",
+            "outcomes: [{id: ok, label: Avisado, next: avisado}]",
+        )
+        .replace(
+            "  - {id: fin, kind: end, outcome: listo}",
+            "  - {id: fin, kind: end, outcome: listo}\n  - {id: avisado, kind: end, outcome: escalada}",
+        );
+    assert_ne!(own_end, ESCALATION_IN_FORK);
+    h.deploy("escalation.yaml", &own_end).await;
+    let id = h.start("T-ESCALATION", "web", json!({})).await;
+    h.advance(Duration::from_secs(2 * 3_600));
+    h.jobs().await;
+    h.complete(&id, "aviso", "ok", json!({})).await;
+    h.complete(&id, "rapida", "ok", json!({})).await;
+    assert_eq!(h.instance(&id).await.status, "running", "`lenta` is still open");
+    h.complete(&id, "lenta", "ok", json!({})).await;
+    let i = h.instance(&id).await;
+    assert_eq!((i.status.as_str(), i.outcome.as_deref()), ("completed", Some("listo")));
+}
+on_both_backends!(
+    a_side_path_inside_a_fork_may_end_at_its_own_end,
+    super::a_side_path_inside_a_fork_may_end_at_its_own_end
+);
+
 const ESCALATION_BESIDE: &str = r#"
 code: T-AVISO
 name: Aviso al responsable

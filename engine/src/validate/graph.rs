@@ -59,7 +59,7 @@ pub(super) fn check(c: &mut Checker<'_>) {
     let reachable = reach(&g, start);
     unreachable(c, &reachable);
     trapped(c, &g, &reachable);
-    forks(c, &g);
+    forks(c);
     side_paths(c, start);
 }
 
@@ -381,8 +381,11 @@ fn cycle_through(
 
 /// Every branch of a fork must reach its join, and no branch may reach an
 /// end without passing it (the join would wait forever).
-fn forks(c: &mut Checker<'_>, g: &Graph) {
+fn forks(c: &mut Checker<'_>) {
     let nodes = &c.def.nodes;
+    // A non-interrupting escalation's path is a side token's, which may
+    // end at an `end` of its own inside a fork: `side_paths` checks it.
+    let successors = c.def.successors();
     let mut problems = Vec::new();
     for (i, fork, join) in fork_joins(c) {
         let n = &nodes[i];
@@ -402,9 +405,9 @@ fn forks(c: &mut Checker<'_>, g: &Graph) {
                 if matches!(nodes[x].kind, NodeKind::End(_)) && escaped.is_none() {
                     escaped = Some(x);
                 }
-                for y in g.graph.neighbors(NodeIndex::new(x)) {
-                    if seen.insert(y.index()) {
-                        queue.push_back(y.index());
+                for y in successors[x].iter().filter(|e| !e.side).map(|e| e.to) {
+                    if seen.insert(y) {
+                        queue.push_back(y);
                     }
                 }
             }
