@@ -678,7 +678,10 @@ async fn concurrent_tries_of_one_request_are_created_once() {
         .unwrap();
     let client = reqwest::Client::new();
     let admin = client
-        .post(format!("http://{}/_admin/smartflex/faults", server.address()))
+        .post(format!(
+            "http://{}/_admin/smartflex/faults",
+            server.address()
+        ))
         .json(&json!({"latency_ms": 300}))
         .send()
         .await

@@ -413,11 +413,13 @@ impl tramite_engine::runtime::connector::Connector for NulNaf {
         Result<serde_json::Map<String, serde_json::Value>, ConnectorError>,
     > {
         Box::pin(async {
-            Ok(json!({"found": true, "member": false, "client_name": "A\u{0}",
+            Ok(
+                json!({"found": true, "member": false, "client_name": "A\u{0}",
                       "has_impediment": false, "impediments": [], "debt_bs": 0})
-            .as_object()
-            .cloned()
-            .unwrap())
+                .as_object()
+                .cloned()
+                .unwrap(),
+            )
         })
     }
 }
@@ -2174,10 +2176,17 @@ async fn a_side_path_inside_a_fork_may_end_at_its_own_end(db: Db) {
     h.jobs().await;
     h.complete(&id, "aviso", "ok", json!({})).await;
     h.complete(&id, "rapida", "ok", json!({})).await;
-    assert_eq!(h.instance(&id).await.status, "running", "`lenta` is still open");
+    assert_eq!(
+        h.instance(&id).await.status,
+        "running",
+        "`lenta` is still open"
+    );
     h.complete(&id, "lenta", "ok", json!({})).await;
     let i = h.instance(&id).await;
-    assert_eq!((i.status.as_str(), i.outcome.as_deref()), ("completed", Some("listo")));
+    assert_eq!(
+        (i.status.as_str(), i.outcome.as_deref()),
+        ("completed", Some("listo"))
+    );
 }
 on_both_backends!(
     a_side_path_inside_a_fork_may_end_at_its_own_end,
@@ -4666,7 +4675,11 @@ nodes:
     );
     assert_eq!(h.instance(&short).await.state.tokens[0].node, "esperar");
     let blank = h.start("T-CLAVE", "web", json!({"clave": "  "})).await;
-    let incidents = h.engine.incidents(Some("open"), Some(&blank)).await.unwrap();
+    let incidents = h
+        .engine
+        .incidents(Some("open"), Some(&blank))
+        .await
+        .unwrap();
     assert_eq!(incidents.len(), 1);
     assert_eq!(incidents[0].message, "correlation `clave` is empty");
 }

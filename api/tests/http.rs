@@ -3160,12 +3160,18 @@ async fn readyz_calls_share_one_check_of_the_systems() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
         .unwrap();
     let problem: Value = serde_json::from_slice(&bytes).unwrap();
-    assert_eq!(problem["type"], "https://tramite.dev/problems/not-configured", "{problem}");
+    assert_eq!(
+        problem["type"], "https://tramite.dev/problems/not-configured",
+        "{problem}"
+    );
 }
 
 /// `/metrics` needs no token, so its census of the database (a count over

@@ -761,7 +761,11 @@ mod tests {
         }
         let mut names: Vec<String> = zones
             .iter()
-            .flat_map(|z| std::iter::once(&z.name).chain(&z.aliases).map(|n| zone_key(n)))
+            .flat_map(|z| {
+                std::iter::once(&z.name)
+                    .chain(&z.aliases)
+                    .map(|n| zone_key(n))
+            })
             .collect();
         let total = names.len();
         names.sort();
@@ -777,9 +781,17 @@ mod tests {
                 let found = sim.find_zone(name, None).map(|f| f.name.as_str());
                 assert_eq!(found, Some(z.name.as_str()), "`{name}`");
                 let found = sim.find_zone(name, Some(&z.municipality));
-                assert_eq!(found.map(|f| f.name.as_str()), Some(z.name.as_str()), "`{name}` in {}", z.municipality);
+                assert_eq!(
+                    found.map(|f| f.name.as_str()),
+                    Some(z.name.as_str()),
+                    "`{name}` in {}",
+                    z.municipality
+                );
             }
         }
-        assert_eq!(sim.find_zone("Central", None).map(|z| z.name.as_str()), Some("Centro"));
+        assert_eq!(
+            sim.find_zone("Central", None).map(|z| z.name.as_str()),
+            Some("Centro")
+        );
     }
 }

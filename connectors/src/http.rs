@@ -1411,15 +1411,24 @@ operations:
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert_eq!(
             text,
-            ["naf.yaml:6:5: operations.check_portfolio: the output `debt_bs`, which `check_portfolio` always returns, is read from nowhere (add it under `output`)"]
+            [
+                "naf.yaml:6:5: operations.check_portfolio: the output `debt_bs`, which `check_portfolio` always returns, is read from nowhere (add it under `output`)"
+            ]
         );
-        assert!(load(GOOD).is_ok(), "the optional `client_name` may be left out");
-        let Err(Error::Invalid { problems }) = load(&GOOD.replace("check_portfolio:", "check_cartera:")) else {
+        assert!(
+            load(GOOD).is_ok(),
+            "the optional `client_name` may be left out"
+        );
+        let Err(Error::Invalid { problems }) =
+            load(&GOOD.replace("check_portfolio:", "check_cartera:"))
+        else {
             panic!("expected problems");
         };
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert!(
-            text.iter().any(|t| t.ends_with("operations: `check_portfolio` of `naf` is not mapped: every call of it would fail")),
+            text.iter().any(|t| t.ends_with(
+                "operations: `check_portfolio` of `naf` is not mapped: every call of it would fail"
+            )),
             "{text:#?}"
         );
     }

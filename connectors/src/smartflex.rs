@@ -696,7 +696,10 @@ mod tests {
         let config = Config::default();
         let sim = simulator();
         for zone in crate::gis::dataset() {
-            for alias in zone.aliases.iter().chain([&format!("Zona {}", zone.aliases.first().unwrap_or(&zone.name))]) {
+            for alias in zone.aliases.iter().chain([&format!(
+                "Zona {}",
+                zone.aliases.first().unwrap_or(&zone.name)
+            )]) {
                 for service in Service::ALL {
                     assert_eq!(
                         config.estimated_days(alias, service),
@@ -706,13 +709,18 @@ mod tests {
                     // Keys of their own: a key seen before answers as it did.
                     let key = format!("{alias} {service}");
                     let sale_in = |zone: &str| sale("4587213", zone, service.code());
-                    let by_alias = register(&sim, &format!("{key} alias"), 1, &sale_in(alias)).await;
-                    let by_name = register(&sim, &format!("{key} name"), 1, &sale_in(&zone.name)).await;
+                    let by_alias =
+                        register(&sim, &format!("{key} alias"), 1, &sale_in(alias)).await;
+                    let by_name =
+                        register(&sim, &format!("{key} name"), 1, &sale_in(&zone.name)).await;
                     assert_eq!(by_alias.is_ok(), by_name.is_ok(), "{alias} {service}");
                 }
             }
         }
-        assert_eq!(config.estimated_days("Tiquipaya Centro", Service::Television), 9);
+        assert_eq!(
+            config.estimated_days("Tiquipaya Centro", Service::Television),
+            9
+        );
     }
 
     #[tokio::test]
@@ -849,7 +857,10 @@ mod tests {
         assert!(!blocked("5566778-2B-CB", "5566778", None), "another person");
         assert!(!blocked("5566778-2B-CB", "5566778-2B", Some("LP")));
         assert!(blocked("6543210", "6543210", Some("LP")));
-        assert!(blocked("5566778-2B", "5566778-2B", Some("LP")), "a bare CI with a complement");
+        assert!(
+            blocked("5566778-2B", "5566778-2B", Some("LP")),
+            "a bare CI with a complement"
+        );
         assert!(!blocked("5566778-2B", "5566778", Some("LP")));
     }
 

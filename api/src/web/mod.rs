@@ -973,8 +973,7 @@ fn form_data(
                 _ => {
                     errors.push(tramite_engine::runtime::forms::FieldError {
                         field: f.name.clone(),
-                        message: "must be an object, written as JSON ({\"name\": value, …})"
-                            .into(),
+                        message: "must be an object, written as JSON ({\"name\": value, …})".into(),
                     });
                     continue;
                 }
@@ -1586,10 +1585,9 @@ mod tests {
     /// every submit of a list or object field was refused).
     #[test]
     fn lists_and_objects_come_back_typed() {
-        let fields: Vec<tramite_engine::definition::Field> = serde_yaml::from_str(
-            "- {name: etiquetas, type: list}\n- {name: extra, type: object}",
-        )
-        .unwrap();
+        let fields: Vec<tramite_engine::definition::Field> =
+            serde_yaml::from_str("- {name: etiquetas, type: list}\n- {name: extra, type: object}")
+                .unwrap();
         let form: HashMap<String, String> = [
             ("etiquetas", "fibra\r\n  poste  \n\n"),
             ("extra", r#"{"piso": 3}"#),
@@ -1605,7 +1603,10 @@ mod tests {
         let (data, errors) = form_data(&fields, &form, &Map::new());
         assert!(data.is_empty());
         assert_eq!(errors.len(), 1);
-        assert!(errors[0].message.starts_with("must be an object"), "{errors:?}");
+        assert!(
+            errors[0].message.starts_with("must be an object"),
+            "{errors:?}"
+        );
     }
 
     #[test]

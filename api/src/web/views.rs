@@ -1086,7 +1086,10 @@ mod tests {
         // As the form reads them back: a list one item per line, an
         // object as JSON.
         assert_eq!(input_value(VarType::List, &json!(["fibra", 3])), "fibra\n3");
-        assert_eq!(input_value(VarType::Object, &json!({"piso": 3})), "{\n  \"piso\": 3\n}");
+        assert_eq!(
+            input_value(VarType::Object, &json!({"piso": 3})),
+            "{\n  \"piso\": 3\n}"
+        );
         assert_eq!(input_value(VarType::Number, &json!(2.5)), "2.5");
         assert_eq!(
             input_value(VarType::Date, &json!("2026-12-06T14:30:00Z")),

@@ -81,7 +81,7 @@ impl Node {
     pub fn expressions(&self, base: &YamlPath) -> Vec<NodeExpr<'_>> {
         fn mapping<'a>(
             m: &'a super::Mapping,
-            base: YamlPath,
+            base: &YamlPath,
             purpose: Purpose<'a>,
             out: &mut Vec<NodeExpr<'a>>,
         ) {
@@ -94,7 +94,7 @@ impl Node {
                 });
             }
         }
-        fn defaults<'a>(fields: &'a [Field], base: YamlPath, out: &mut Vec<NodeExpr<'a>>) {
+        fn defaults<'a>(fields: &'a [Field], base: &YamlPath, out: &mut Vec<NodeExpr<'a>>) {
             for (j, f) in fields.iter().enumerate() {
                 if let Some(expr) = &f.default {
                     out.push(NodeExpr {
@@ -116,23 +116,28 @@ impl Node {
         }
         let mut out = Vec::new();
         match &self.kind {
-            NodeKind::Start(s) => defaults(&s.data, base.key("data"), &mut out),
+            NodeKind::Start(s) => defaults(&s.data, &base.key("data"), &mut out),
             NodeKind::UserTask(t) => {
-                defaults(&t.form, base.key("form"), &mut out);
+                defaults(&t.form, &base.key("form"), &mut out);
                 for (j, o) in t.outcomes.iter().enumerate() {
                     let purpose = Purpose::OutcomeSet {
                         form: &t.form,
                         validated: o.validate,
                     };
-                    mapping(&o.set, base.key("outcomes").index(j).key("set"), purpose, &mut out);
+                    mapping(
+                        &o.set,
+                        &base.key("outcomes").index(j).key("set"),
+                        purpose,
+                        &mut out,
+                    );
                 }
             }
             NodeKind::ServiceTask(s) => {
-                mapping(&s.input, base.key("input"), Purpose::Input, &mut out);
-                mapping(&s.output, base.key("output"), Purpose::Output, &mut out);
+                mapping(&s.input, &base.key("input"), Purpose::Input, &mut out);
+                mapping(&s.output, &base.key("output"), Purpose::Output, &mut out);
                 for (j, r) in s.errors.iter().enumerate() {
                     let path = base.key("errors").index(j).key("set");
-                    mapping(&r.set, path, Purpose::ErrorSet, &mut out);
+                    mapping(&r.set, &path, Purpose::ErrorSet, &mut out);
                 }
             }
             NodeKind::ExclusiveGate(g) => {
@@ -142,8 +147,12 @@ impl Node {
                 }
             }
             NodeKind::MessageWait(w) => {
-                out.push(single(base.key("correlation"), &w.correlation, Purpose::Correlation));
-                mapping(&w.store, base.key("store"), Purpose::Store, &mut out);
+                out.push(single(
+                    base.key("correlation"),
+                    &w.correlation,
+                    Purpose::Correlation,
+                ));
+                mapping(&w.store, &base.key("store"), Purpose::Store, &mut out);
             }
             NodeKind::TimerWait(t) => {
                 if let Some(at) = &t.at {
@@ -151,8 +160,18 @@ impl Node {
                 }
             }
             NodeKind::Call(call) => {
-                mapping(&call.input, base.key("input"), Purpose::CallInput, &mut out);
-                mapping(&call.output, base.key("output"), Purpose::CallOutput, &mut out);
+                mapping(
+                    &call.input,
+                    &base.key("input"),
+                    Purpose::CallInput,
+                    &mut out,
+                );
+                mapping(
+                    &call.output,
+                    &base.key("output"),
+                    Purpose::CallOutput,
+                    &mut out,
+                );
             }
             NodeKind::Fork(_) | NodeKind::Join(_) | NodeKind::End(_) => {}
         }

@@ -282,7 +282,10 @@ mod tests {
                 message: "is too large for a whole number".to_owned(),
             })
         );
-        assert!(f.check(&json!({"n": 9_223_372_036_854_775_807_i64, "m": 3.0})).is_empty());
+        assert!(
+            f.check(&json!({"n": 9_223_372_036_854_775_807_i64, "m": 3.0}))
+                .is_empty()
+        );
     }
 
     #[test]
