@@ -450,10 +450,11 @@ async fn only_declared_codes_are_business_errors() {
 
 /// An answer larger than the connector reads is refused, whether its size
 /// is announced or only streamed, instead of being held in memory.
-/// A success with no body, a 204, is a success with nothing in it, not a
-/// failure retried into an incident (what the definition then reads from it
-/// is its output mapping's to refuse, saying the system acted); a 200 whose
-/// body is no JSON, where outputs are mapped, is still a failure.
+/// A success with no body — a 204, or any 2xx of an operation that maps no
+/// output — is a success with nothing in it, not a failure retried into an
+/// incident (what the definition then reads from it is its output
+/// mapping's to refuse, saying the system acted); a 200 whose body is no
+/// JSON, where outputs are mapped, is still a failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_success_with_nothing_to_read_is_a_success() {
     let empty = |status: &str| {
@@ -476,6 +477,48 @@ async fn a_success_with_nothing_to_read_is_a_success() {
         ),
         "outputs to read and no JSON"
     );
+    // An operation that returns nothing it always returns (a notice sent)
+    // may map no output: any 2xx of it is a success, body or none.
+    use tramite_engine::catalog::{Catalog, ConnectorSpec, OperationSpec, ParamSpec};
+    use tramite_engine::definition::VarType;
+    let catalog = Catalog::new().with(ConnectorSpec {
+        name: "avisos".to_owned(),
+        title: "Avisos".to_owned(),
+        operations: vec![OperationSpec {
+            name: "notify".to_owned(),
+            description: "sends a notice".to_owned(),
+            inputs: vec![ParamSpec::required("to", VarType::String, "whom")],
+            outputs: vec![ParamSpec::optional(
+                "ticket",
+                VarType::String,
+                "its ticket, if any",
+            )],
+            errors: Vec::new(),
+        }],
+    });
+    let (base, _) = canned("avisos", empty("200 OK"));
+    let text = format!(
+        "system: avisos\nbase_url: {base}\noperations:\n  notify:\n    method: POST\n    path: /v1/avisos\n    body: {{to: to}}\n"
+    );
+    let connector = HttpConnector::from_yaml(
+        std::path::Path::new("avisos.yaml"),
+        &text,
+        &catalog,
+        &|_| None,
+    )
+    .expect("an operation with no output it always returns may map none");
+    let input = json!({"to": "72345678"}).as_object().cloned().unwrap();
+    let answer = tramite_engine::runtime::connector::Connector::call(
+        &connector,
+        tramite_engine::runtime::connector::ConnectorCall {
+            operation: "notify",
+            input: &input,
+            idempotency_key: "k-aviso",
+            attempt: 1,
+        },
+    )
+    .await;
+    assert_eq!(answer.unwrap(), serde_json::Map::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -136,7 +136,7 @@ impl Config {
         let backlog = self
             .zone_backlog_days
             .iter()
-            .find(|(z, _)| zone_key(z) == zone)
+            .find(|(z, _)| self.zone_key(z) == zone)
             .map_or(self.default_backlog_days, |&(_, days)| days);
         (lead + backlog).clamp(2, 15)
     }
@@ -373,7 +373,7 @@ impl Simulator {
             .config
             .not_sold
             .iter()
-            .find(|r| r.service == service && zone_key(&r.zone) == folded_zone)
+            .find(|r| r.service == service && self.config.zone_key(&r.zone) == folded_zone)
         {
             return Err(business(
                 "product_not_available",
@@ -721,6 +721,12 @@ mod tests {
             config.estimated_days("Tiquipaya Centro", Service::Television),
             9
         );
+        // An entry written under an alias is its zone's too.
+        let by_alias = Config {
+            zone_backlog_days: vec![("Casco Viejo".to_owned(), 6)],
+            ..Config::default()
+        };
+        assert_eq!(by_alias.estimated_days("Centro", Service::Television), 8);
     }
 
     #[tokio::test]

@@ -1778,12 +1778,20 @@ async fn job_done(
             let row = load(conn, &job.instance_id).await?;
             let process = ctx.processes.get(conn, row.definition_id).await?;
             let (row, effects) = run_machine(row, &process, ctx.now, |m| {
-                // What the token waited on is withdrawn, as the discarded
-                // run would have done: an escalation's task left open
-                // would stay in the inbox, and resolving the incident
-                // would open a second one beside it.
+                // What the token waited on is withdrawn where the discarded
+                // run would have withdrawn it: an interrupting escalation's
+                // task left open would stay in the inbox, and resolving the
+                // incident would open a second one beside it. A task whose
+                // escalation runs beside it stays (its agent may be on the
+                // phone); only the escalation's path failed.
                 let token = job.token as u32;
-                if let Some(wait) = m.state.token(token).map(|t| t.wait.clone()) {
+                let beside = matches!(
+                    process.definition.node(&job.node_id).map(|n| &n.kind),
+                    Some(NodeKind::UserTask(u)) if u.escalation.as_ref().is_some_and(|e| !e.interrupting)
+                );
+                if let Some(wait) = m.state.token(token).map(|t| t.wait.clone())
+                    && !beside
+                {
                     m.withdraw(&wait);
                 }
                 m.raise(token, &job.node_id, e.to_string(), true);

@@ -54,6 +54,22 @@ pub enum ConnectorError {
     },
 }
 
+/// `text` as a system's text is kept: every U+0000 replaced by U+FFFD
+/// (PostgreSQL refuses NUL in text and JSON), cut to [`MAX_ERROR_TEXT`]
+/// characters, marked `…`.
+pub fn clean(text: String) -> String {
+    let mut text = if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    };
+    if let Some((cut, _)) = text.char_indices().nth(MAX_ERROR_TEXT) {
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
 /// The most characters of a system's error text that are kept (the rest
 /// is cut, marked with `…`): enough for any message meant for a person.
 pub const MAX_ERROR_TEXT: usize = 2000;
@@ -82,18 +98,6 @@ impl ConnectorError {
     /// message (a stack trace, an HTML page) would have it copied into the
     /// job, the history and every inbox and incident page that shows it.
     pub fn printable(self) -> ConnectorError {
-        fn clean(text: String) -> String {
-            let mut text = if text.contains('\0') {
-                text.replace('\0', "\u{FFFD}")
-            } else {
-                text
-            };
-            if let Some((cut, _)) = text.char_indices().nth(MAX_ERROR_TEXT) {
-                text.truncate(cut);
-                text.push('…');
-            }
-            text
-        }
         match self {
             ConnectorError::Business { code, message } => ConnectorError::Business {
                 code: clean(code),

@@ -384,16 +384,13 @@ impl<'a> Machine<'a> {
     /// `after_effect`: the step had already acted (its system answered), so
     /// it must not simply run again.
     ///
-    /// The message may quote what a system sent (a key CEL did not find):
-    /// a NUL in it, which PostgreSQL refuses in text and JSON, would make
-    /// the whole command fail, and a job's result would then be applied
-    /// again and again with no incident.
+    /// The message may quote what a system sent (a key CEL did not find),
+    /// so it is kept as a system's text is: a NUL in it, which PostgreSQL
+    /// refuses in text and JSON, would make the whole command fail (and a
+    /// job's result would then be applied again and again with no
+    /// incident), and a page of it would be copied into every view.
     pub(crate) fn raise(&mut self, token: u32, node: &str, message: String, after_effect: bool) {
-        let message = if message.contains('\0') {
-            message.replace('\0', "\u{FFFD}")
-        } else {
-            message
-        };
+        let message = crate::runtime::connector::clean(message);
         let id = new_id();
         if let Some(t) = self.state.token_mut(token) {
             t.wait = Wait::Incident {
