@@ -231,9 +231,20 @@ pub fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
-    let candidates: Vec<&str> = candidates.into_iter().collect();
+    // A name people type is short; the distance costs the product of the
+    // lengths in time and memory, and an 80 KB definition of two 40,000
+    // letter names would otherwise ask for gigabytes.
+    const LONGEST: usize = 64;
+    if word.len() > LONGEST * 4 {
+        return None;
+    }
+    let candidates: Vec<&str> = candidates
+        .into_iter()
+        .filter(|c| c.len() <= LONGEST * 4)
+        .collect();
     let close = candidates
         .iter()
+        .filter(|c| c.chars().count() <= LONGEST && word.chars().count() <= LONGEST)
         .map(|c| (edit_distance(word, c), *c))
         .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
         .min_by_key(|(d, _)| *d)
@@ -288,5 +299,16 @@ mod tests {
             Some("owner_role")
         );
         assert_eq!(did_you_mean("final", ["inicio", "fin"]), Some("fin"));
+    }
+
+    /// Two very long names are compared in no time and no memory: no
+    /// suggestion, rather than a distance matrix of their lengths' product.
+    #[test]
+    fn long_names_get_no_suggestion() {
+        let long_a = "a".repeat(40_000);
+        let long_b = "b".repeat(40_000);
+        assert_eq!(did_you_mean(&long_b, [long_a.as_str(), "inicio"]), None);
+        let near = format!("{}x", "a".repeat(63));
+        assert_eq!(did_you_mean(&"a".repeat(64), [near.as_str()]), Some(near.as_str()));
     }
 }

@@ -403,6 +403,14 @@ fn fields(c: &mut Checker<'_>, fields: &[Field], base: &YamlPath) {
                 );
             }
         }
+        duplicate_ids(
+            c,
+            "option",
+            f.options
+                .iter()
+                .enumerate()
+                .map(|(j, o)| (o.value.as_str(), path.key("enum").index(j))),
+        );
         if !f.options.is_empty() && !textual {
             c.error(
                 Code::InvalidSetting,
@@ -482,6 +490,9 @@ fn fields(c: &mut Checker<'_>, fields: &[Field], base: &YamlPath) {
 
 fn nodes(c: &mut Checker<'_>) {
     let def = c.def;
+    // A join counts one fork's tokens: named by two, the first fork to
+    // fill it would let the flow on while the other's branches still work.
+    let mut joined: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
     let forks: BTreeSet<&str> = def
         .nodes
         .iter()
@@ -567,6 +578,26 @@ fn nodes(c: &mut Checker<'_>) {
                         Code::InvalidSetting,
                         base.key("branches"),
                         "a fork needs at least two branches",
+                    );
+                }
+                let mut started = BTreeSet::new();
+                for (j, b) in f.branches.iter().enumerate() {
+                    if !started.insert(b.as_str()) {
+                        c.error(
+                            Code::InvalidSetting,
+                            base.key("branches").index(j),
+                            format!("fork `{}` starts `{b}` twice: its step would run twice", n.id),
+                        );
+                    }
+                }
+                if let Some(other) = joined.insert(f.join.as_str(), n.id.as_str()) {
+                    c.error(
+                        Code::InvalidSetting,
+                        base.key("join"),
+                        format!(
+                            "`{}` is already the join of fork `{other}`: each fork needs a join of its own (the first fork to fill a shared one would let the flow on while the other's branches still work)",
+                            f.join
+                        ),
                     );
                 }
                 if let Some(&j) = c.nodes.get(f.join.as_str()) {
@@ -712,6 +743,14 @@ fn services(c: &mut Checker<'_>) {
                 );
             }
         }
+        duplicate_ids(
+            c,
+            "the route of business error",
+            s.errors
+                .iter()
+                .enumerate()
+                .map(|(j, r)| (r.error.as_str(), base.key("errors").index(j).key("error"))),
+        );
         for (j, route) in s.errors.iter().enumerate() {
             if !op.errors.iter().any(|e| e.name == route.error) {
                 let names: Vec<&str> = op.errors.iter().map(|e| e.name.as_str()).collect();
@@ -861,11 +900,20 @@ fn indicators(c: &mut Checker<'_>) {
                 }
             }
         }
-        if ind.scale <= 0.0 {
+        // `.nan` compares false with everything: every verdict would be
+        // "below" whatever the value.
+        if !(ind.scale > 0.0 && ind.scale.is_finite()) {
             c.error(
                 Code::InvalidSetting,
                 base.key("scale"),
-                "`scale` must be positive",
+                "`scale` must be a positive number",
+            );
+        }
+        if !ind.verdict.threshold.is_finite() {
+            c.error(
+                Code::InvalidSetting,
+                base.key("verdict").key("threshold"),
+                "`threshold` must be a number (not `.nan` or `.inf`)",
             );
         }
     }
