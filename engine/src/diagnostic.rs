@@ -309,6 +309,9 @@ mod tests {
         let long_b = "b".repeat(40_000);
         assert_eq!(did_you_mean(&long_b, [long_a.as_str(), "inicio"]), None);
         let near = format!("{}x", "a".repeat(63));
-        assert_eq!(did_you_mean(&"a".repeat(64), [near.as_str()]), Some(near.as_str()));
+        assert_eq!(
+            did_you_mean(&"a".repeat(64), [near.as_str()]),
+            Some(near.as_str())
+        );
     }
 }

@@ -244,28 +244,122 @@ fn syntax_message(e: &serde_yaml::Error) -> String {
     }
 }
 
-/// Deserializes one value, reporting its first problem at its own path.
+/// Deserializes one item. Every unknown field in it is reported, each
+/// removed and the rest read again (serde stops at the first, and a
+/// misspelt `lable`, `rol` and `nxt` in one node are three mistakes to fix
+/// at once); after them, the first other problem.
 fn one<T: DeserializeOwned>(
     value: Value,
     base: &YamlPath,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let mut path = base.clone();
-            for segment in e.path().iter() {
-                match segment {
-                    serde_path_to_error::Segment::Seq { index } => path = path.index(*index),
-                    serde_path_to_error::Segment::Map { key } => path = path.key(key.clone()),
-                    serde_path_to_error::Segment::Enum { .. }
-                    | serde_path_to_error::Segment::Unknown => {}
-                }
+    read(value, base, diags, &[])
+}
+
+/// [`one`], where `also` are fields read apart (a node's `id`, `kind`,
+/// `step`, `label`), named among the expected ones of an unknown field at
+/// the item's own level.
+fn read<T: DeserializeOwned>(
+    mut value: Value,
+    base: &YamlPath,
+    diags: &mut Vec<Diagnostic>,
+    also: &[&str],
+) -> Option<T> {
+    let mut unknown = false;
+    // Where a field was not known: a "missing field" there, once it is
+    // removed, is most likely the same mistake (`rol` for `role`, `nombre`
+    // for `name`), not another to fix.
+    let mut misspelt: Vec<YamlPath> = Vec::new();
+    // Each round removes a mapping's unknown fields, so a round per
+    // mapping at most; a bound all the same.
+    for _ in 0..256 {
+        let e = match serde_path_to_error::deserialize::<_, T>(&value) {
+            Ok(v) => return (!unknown).then_some(v),
+            Err(e) => e,
+        };
+        let segments: Vec<serde_path_to_error::Segment> = e.path().iter().cloned().collect();
+        let path = followed(base, &segments);
+        let message = e.into_inner().to_string();
+        if !message.starts_with("unknown field") {
+            let same_mistake = message.starts_with("missing field") && misspelt.contains(&path);
+            if !same_mistake {
+                diags.push(serde_diagnostic(path, &message, &[]));
             }
-            diags.push(serde_diagnostic(path, &e.into_inner().to_string()));
-            None
+            return None;
+        }
+        let words = backticked(&message);
+        let field = words.first().copied().unwrap_or_default();
+        let parent = match segments.split_last() {
+            Some((serde_path_to_error::Segment::Map { key }, rest)) if key == field => rest,
+            _ => segments.as_slice(),
+        };
+        let mut expected: Vec<&str> = words.iter().skip(1).copied().collect();
+        if parent.is_empty() {
+            expected.extend(also.iter().filter(|a| !words.contains(a)));
+        }
+        // Every unknown field of that mapping at once: serde would stop at
+        // the first again, and a misspelt sibling deeper down (a "missing
+        // field") would end the reading before the next was seen.
+        let Some(removed) = remove_unknown(&mut value, parent, &expected) else {
+            diags.push(serde_diagnostic(path, &message, &[]));
+            return None;
+        };
+        let at = followed(base, parent);
+        for key in &removed {
+            diags.push(unknown_field(&at, key, &expected));
+        }
+        misspelt.push(at);
+        unknown = true;
+    }
+    None
+}
+
+/// `base` followed by serde's path into it.
+fn followed(base: &YamlPath, segments: &[serde_path_to_error::Segment]) -> YamlPath {
+    let mut path = base.clone();
+    for segment in segments {
+        match segment {
+            serde_path_to_error::Segment::Seq { index } => path = path.index(*index),
+            serde_path_to_error::Segment::Map { key } => path = path.key(key.clone()),
+            serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
         }
     }
+    path
+}
+
+/// Removes from the mapping at `at` inside `value` every key not in
+/// `known`, returning them in their order; `None` where the path cannot be
+/// followed or nothing was removed.
+fn remove_unknown(
+    value: &mut Value,
+    at: &[serde_path_to_error::Segment],
+    known: &[&str],
+) -> Option<Vec<String>> {
+    let mut here = value;
+    for segment in at {
+        here = match (segment, here) {
+            (serde_path_to_error::Segment::Map { key }, Value::Mapping(m)) => {
+                m.get_mut(Value::String(key.clone()))?
+            }
+            (serde_path_to_error::Segment::Seq { index }, Value::Sequence(items)) => {
+                items.get_mut(*index)?
+            }
+            _ => return None,
+        };
+    }
+    let Value::Mapping(m) = here else {
+        return None;
+    };
+    let unknown: Vec<String> = m
+        .keys()
+        .filter_map(Value::as_str)
+        .filter(|k| !known.contains(k))
+        .map(str::to_owned)
+        .collect();
+    for k in &unknown {
+        m.remove(Value::String(k.clone()));
+    }
+    (!unknown.is_empty()).then_some(unknown)
 }
 
 /// Deserializes a list item by item, so that every broken item is reported.
@@ -302,11 +396,17 @@ fn backticked(message: &str) -> Vec<&str> {
     message.split('`').skip(1).step_by(2).collect()
 }
 
-fn serde_diagnostic(path: YamlPath, message: &str) -> Diagnostic {
+fn serde_diagnostic(path: YamlPath, message: &str, also: &[&str]) -> Diagnostic {
     let words = backticked(message);
     if message.starts_with("unknown field") {
         let field = words.first().copied().unwrap_or_default();
-        let expected = &words[1.min(words.len())..];
+        let mut expected = words[1.min(words.len())..].to_vec();
+        for a in also {
+            if !expected.contains(a) {
+                expected.push(a);
+            }
+        }
+        let expected = expected.as_slice();
         let at = match path.segments().last() {
             Some(Segment::Key(k)) if k == field => path.clone(),
             _ => path.key(field),
@@ -439,18 +539,26 @@ fn node(item: Value, path: &YamlPath, diags: &mut Vec<Diagnostic>) -> Option<Nod
     let rest = Value::Mapping(rest);
     let kind = match kind_name.as_deref() {
         None => None,
-        Some("start") => one::<Start>(rest, path, diags).map(NodeKind::Start),
-        Some("user_task") => one::<UserTask>(rest, path, diags).map(NodeKind::UserTask),
-        Some("service_task") => one::<ServiceTask>(rest, path, diags).map(NodeKind::ServiceTask),
-        Some("exclusive_gate") => {
-            one::<ExclusiveGate>(rest, path, diags).map(NodeKind::ExclusiveGate)
+        Some("start") => read::<Start>(rest, path, diags, &NODE_COMMON).map(NodeKind::Start),
+        Some("user_task") => {
+            read::<UserTask>(rest, path, diags, &NODE_COMMON).map(NodeKind::UserTask)
         }
-        Some("fork") => one::<Fork>(rest, path, diags).map(NodeKind::Fork),
-        Some("join") => one::<Join>(rest, path, diags).map(NodeKind::Join),
-        Some("message_wait") => one::<MessageWait>(rest, path, diags).map(NodeKind::MessageWait),
-        Some("timer_wait") => one::<TimerWait>(rest, path, diags).map(NodeKind::TimerWait),
-        Some("call") => one::<Call>(rest, path, diags).map(NodeKind::Call),
-        Some("end") => one::<End>(rest, path, diags).map(NodeKind::End),
+        Some("service_task") => {
+            read::<ServiceTask>(rest, path, diags, &NODE_COMMON).map(NodeKind::ServiceTask)
+        }
+        Some("exclusive_gate") => {
+            read::<ExclusiveGate>(rest, path, diags, &NODE_COMMON).map(NodeKind::ExclusiveGate)
+        }
+        Some("fork") => read::<Fork>(rest, path, diags, &NODE_COMMON).map(NodeKind::Fork),
+        Some("join") => read::<Join>(rest, path, diags, &NODE_COMMON).map(NodeKind::Join),
+        Some("message_wait") => {
+            read::<MessageWait>(rest, path, diags, &NODE_COMMON).map(NodeKind::MessageWait)
+        }
+        Some("timer_wait") => {
+            read::<TimerWait>(rest, path, diags, &NODE_COMMON).map(NodeKind::TimerWait)
+        }
+        Some("call") => read::<Call>(rest, path, diags, &NODE_COMMON).map(NodeKind::Call),
+        Some("end") => read::<End>(rest, path, diags, &NODE_COMMON).map(NodeKind::End),
         Some(other) => {
             let mut text = format!("unknown node kind `{other}`");
             if let Some(close) = did_you_mean(other, NodeKind::NAMES) {

@@ -586,7 +586,10 @@ fn nodes(c: &mut Checker<'_>) {
                         c.error(
                             Code::InvalidSetting,
                             base.key("branches").index(j),
-                            format!("fork `{}` starts `{b}` twice: its step would run twice", n.id),
+                            format!(
+                                "fork `{}` starts `{b}` twice: its step would run twice",
+                                n.id
+                            ),
                         );
                     }
                 }
