@@ -4629,6 +4629,85 @@ expect:
     );
 }
 
+/// The inbox's `variable=name:value` filter compares JSON on both
+/// backends alike: `true` is not `1`, `null` finds a variable set to null,
+/// `3.0` is the whole number 3, and digits find the same digits stored as
+/// text (on SQLite `true` matched `1` and `null` matched nothing).
+async fn the_variable_filter_compares_json_alike_on_both_backends(db: Db) {
+    let h = Harness::new(db).await;
+    h.deploy(
+        "filtro.yaml",
+        r#"
+code: T-FILTRO
+name: Filtro
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables:
+  - {name: activo, type: boolean}
+  - {name: nota, type: string}
+  - {name: cuotas, type: integer}
+nodes:
+  - id: inicio
+    kind: start
+    channels: [web]
+    data: [{name: activo, type: boolean}, {name: nota, type: string}, {name: cuotas, type: integer}]
+    next: revisar
+  - {id: revisar, kind: user_task, role: agente, outcomes: [{id: ok, label: Listo, next: fin}]}
+  - {id: fin, kind: end, outcome: listo}
+"#,
+    )
+    .await;
+    let on = h
+        .start(
+            "T-FILTRO",
+            "web",
+            json!({"activo": true, "nota": "1", "cuotas": 3}),
+        )
+        .await;
+    let cleared = h
+        .start("T-FILTRO", "web", json!({"activo": false, "nota": null}))
+        .await;
+    let found = |name: &str, value: serde_json::Value| {
+        let h = &h;
+        let name = name.to_owned();
+        async move {
+            let mut ids: Vec<String> = h
+                .engine
+                .tasks(&Filter {
+                    code: Some("T-FILTRO".into()),
+                    variable: Some((name, value)),
+                    limit: 10,
+                    ..Filter::default()
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|t| t.instance_id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(found("activo", json!(true)).await, [on.clone()]);
+    assert!(found("activo", json!(1)).await.is_empty(), "true is not 1");
+    assert_eq!(found("nota", json!(null)).await, [cleared.clone()]);
+    assert_eq!(
+        found("nota", json!(1)).await,
+        [on.clone()],
+        "digits stored as text"
+    );
+    assert_eq!(found("cuotas", json!(3.0)).await, [on.clone()]);
+    assert!(
+        found("cuotas", json!("3")).await.is_empty(),
+        "text is not a number"
+    );
+}
+on_both_backends!(
+    the_variable_filter_compares_json_alike_on_both_backends,
+    super::the_variable_filter_compares_json_alike_on_both_backends
+);
+
 /// A message wait's correlation key is indexed: one longer than the
 /// database can index stops the instance with an incident naming it (on
 /// PostgreSQL the whole command failed), and a shorter one waits. A blank

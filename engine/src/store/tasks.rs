@@ -391,6 +391,12 @@ fn condition_values(filter: &Filter, values: &mut Vec<Value>) {
         values.push(Value::Int(at));
     }
     if let Some((name, value)) = &filter.variable {
+        // `3.0` is the whole number 3, as the engine stores it.
+        let whole = value
+            .as_f64()
+            .filter(|f| !value.is_i64() && !value.is_u64() && f.fract() == 0.0 && f.abs() < 9e15)
+            .map(|f| serde_json::Value::from(f as i64));
+        let value = whole.as_ref().unwrap_or(value);
         let text = match value {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
@@ -539,15 +545,18 @@ fn conditions(
     }
     if filter.variable.is_some() {
         let (name, value, text) = (next(), next(), next());
-        // JSON in TEXT: each backend reads it its own way. A value that looks
-        // like a number also matches the same digits stored as text.
+        // JSON in TEXT, compared as JSON on both backends: `true` is not
+        // `1` and `null` matches a variable set to null (SQLite's
+        // `json_extract` gives SQL values, which made both wrong there). A
+        // value that looks like a number also matches the same digits
+        // stored as text.
         let test = if postgres {
             format!(
                 "(i.state::jsonb -> 'variables' -> {name}) IN (({value})::jsonb, to_jsonb(({text})::text))"
             )
         } else {
             format!(
-                "json_extract(i.state, '$.variables.' || {name}) IN (json_extract({value}, '$'), {text})"
+                "(i.state -> ('$.variables.' || {name})) IN (json({value}), json_quote({text}))"
             )
         };
         clauses.push(format!(
