@@ -8,7 +8,7 @@ use tramite_engine::Error;
 use tramite_engine::runtime::connector::ConnectorError;
 use tramite_engine::runtime::{CompleteTask, Delivery, PublishMessage};
 use tramite_engine::store::tasks::Filter;
-use tramite_tests::engine::{Db, Harness};
+use tramite_tests::engine::{Always, Db, Harness};
 use tramite_tests::on_both_backends;
 
 use tramite_tests::p06::{
@@ -349,30 +349,17 @@ on_both_backends!(
     super::smartflex_incident_then_retry
 );
 
-/// A Smartflex behind a proxy that answers its error page with NUL bytes.
-struct NulSmartflex;
-
-impl tramite_engine::runtime::connector::Connector for NulSmartflex {
-    fn call<'a>(
-        &'a self,
-        _call: tramite_engine::runtime::connector::ConnectorCall<'a>,
-    ) -> tramite_engine::runtime::connector::BoxFuture<
-        'a,
-        Result<serde_json::Map<String, serde_json::Value>, ConnectorError>,
-    > {
-        Box::pin(async {
-            Err(ConnectorError::transient(
-                "HTTP 502 from http://proxy/v1/solicitudes: \u{1f}\u{8b}\0\0gz",
-            ))
-        })
-    }
-}
-
 async fn a_connector_error_holding_nul_ends_in_an_incident(db: Db) {
     let sims = tramite_connectors::Simulators::new();
     let connectors = sims
         .connectors()
-        .with("smartflex", std::sync::Arc::new(NulSmartflex));
+        // A Smartflex behind a proxy that answers its error page with NUL bytes.
+        .with(
+            "smartflex",
+            std::sync::Arc::new(Always(Err(ConnectorError::transient(
+                "HTTP 502 from http://proxy/v1/solicitudes: \u{1f}\u{8b}\0\0gz",
+            )))),
+        );
     let h = Harness::with_connectors(db, sims, connectors).await;
     let id = through_identification(&h, "4587213").await;
     through_coverage(&h, &id, "Cala Cala").await;
@@ -401,29 +388,6 @@ on_both_backends!(
     super::a_connector_error_holding_nul_ends_in_an_incident
 );
 
-/// A NAF whose answer holds a NUL in a field (`"A\u0000"`, decoded).
-struct NulNaf;
-
-impl tramite_engine::runtime::connector::Connector for NulNaf {
-    fn call<'a>(
-        &'a self,
-        _call: tramite_engine::runtime::connector::ConnectorCall<'a>,
-    ) -> tramite_engine::runtime::connector::BoxFuture<
-        'a,
-        Result<serde_json::Map<String, serde_json::Value>, ConnectorError>,
-    > {
-        Box::pin(async {
-            Ok(
-                json!({"found": true, "member": false, "client_name": "A\u{0}",
-                      "has_impediment": false, "impediments": [], "debt_bs": 0})
-                .as_object()
-                .cloned()
-                .unwrap(),
-            )
-        })
-    }
-}
-
 /// An output mapping that fails on what a system sent, quoting it (CEL's
 /// "no such key" names the key): the NUL in it is replaced, and the
 /// instance stops with one incident — on PostgreSQL, which refuses NUL in
@@ -431,7 +395,11 @@ impl tramite_engine::runtime::connector::Connector for NulNaf {
 /// lease without end.
 async fn a_mapping_error_quoting_a_nul_ends_in_one_incident(db: Db) {
     let sims = tramite_connectors::Simulators::new();
-    let connectors = sims.connectors().with("naf", std::sync::Arc::new(NulNaf));
+    // A NAF whose answer holds a NUL in a field (`"A\u0000"`, decoded).
+    let answer = json!({"found": true, "member": false, "client_name": "A\u{0}",
+                        "has_impediment": false, "impediments": [], "debt_bs": 0});
+    let naf = Always(Ok(answer.as_object().cloned().unwrap()));
+    let connectors = sims.connectors().with("naf", std::sync::Arc::new(naf));
     let h = Harness::with_connectors(db, sims, connectors).await;
     h.deploy(
         "plan.yaml",

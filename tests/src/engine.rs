@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 use sqlx::Connection;
 use tramite_connectors::Simulators;
 use tramite_engine::runtime::clock::ManualClock;
-use tramite_engine::runtime::connector::Connectors;
+use tramite_engine::runtime::connector::{
+    BoxFuture, Connector, ConnectorCall, ConnectorError, Connectors,
+};
 use tramite_engine::runtime::{CompleteTask, Engine, EngineConfig, PublishMessage, StartInstance};
 use tramite_engine::store::instances::InstanceRow;
 use tramite_engine::store::tasks::{Filter, TaskRow};
@@ -383,4 +385,17 @@ macro_rules! on_both_backends {
             }
         }
     };
+}
+
+/// A system that answers every call alike: a result, or a failure.
+pub struct Always(pub Result<Map<String, Value>, ConnectorError>);
+
+impl Connector for Always {
+    fn call<'a>(
+        &'a self,
+        _call: ConnectorCall<'a>,
+    ) -> BoxFuture<'a, Result<Map<String, Value>, ConnectorError>> {
+        let answer = self.0.clone();
+        Box::pin(async move { answer })
+    }
 }
