@@ -127,8 +127,15 @@ pub fn parse(text: &str) -> Parsed {
                 .contains("duplicate entry")
                 .then(|| parsed.index.first_duplicate())
                 .flatten();
+            let second = message
+                .contains("more than one document")
+                .then(|| parsed.index.second_document())
+                .flatten();
+            if second.is_some() {
+                message.push_str(" (a `---` line starts another: one definition per file)");
+            }
             let mut d = Diagnostic::new(Code::YamlSyntax, YamlPath::root(), message);
-            d.pos = duplicate.or_else(|| {
+            d.pos = duplicate.or(second).or_else(|| {
                 e.location().map(|l| crate::position::Pos {
                     line: l.line() as u32,
                     column: l.column() as u32,

@@ -94,6 +94,9 @@ pub struct PositionIndex {
     keys: HashMap<YamlPath, Pos>,
     /// The first key written a second time in its mapping.
     duplicate: Option<Pos>,
+    /// Where a second document starts (a stray `---`): serde_yaml says
+    /// there is one, but not where.
+    second_document: Option<Pos>,
 }
 
 impl PositionIndex {
@@ -108,9 +111,13 @@ impl PositionIndex {
         // nesting itself, so the index stops there. A parse error leaves
         // the positions found so far; good enough.
         while let Ok((event, mark)) = parser.next_token() {
-            if matches!(event, Event::StreamEnd | Event::DocumentEnd)
-                || builder.stack.len() > MAX_DEPTH
-            {
+            if event == Event::DocumentEnd {
+                if let Ok((Event::DocumentStart, mark)) = parser.next_token() {
+                    builder.index.second_document = Some(pos(mark));
+                }
+                break;
+            }
+            if event == Event::StreamEnd || builder.stack.len() > MAX_DEPTH {
                 break;
             }
             builder.on_event(event, mark);
@@ -127,6 +134,11 @@ impl PositionIndex {
     /// reports a duplicate at the mapping's start, which may be far above).
     pub fn first_duplicate(&self) -> Option<Pos> {
         self.duplicate
+    }
+
+    /// Where a second document starts, if the text holds one.
+    pub fn second_document(&self) -> Option<Pos> {
+        self.second_document
     }
 
     /// Where the key of the entry at `path` is.
