@@ -2121,6 +2121,101 @@ on_both_backends!(
     super::non_interrupting_escalation_inside_a_fork
 );
 
+/// A version stored before loading refused loops without a wait (written
+/// here straight into the table): the path of a non-interrupting
+/// escalation spins when its timer fires. The incident is the path's, on a
+/// side token of its own; the task it left open stays its agent's, who
+/// completes it, and no second task is opened. An interrupting one's task
+/// is withdrawn with the incident, as the escalation would have done.
+async fn a_side_path_that_cannot_run_leaves_the_task_to_its_agent(db: Db) {
+    const BESIDE: &str = r#"
+code: T-CICLO
+name: Ciclo
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+nodes:
+  - {id: inicio, kind: start, channels: [web], next: atender}
+  - id: atender
+    kind: user_task
+    role: agente
+    outcomes: [{id: ok, label: Listo, next: fin}]
+    due: 1h
+    escalation: {next: avisar, interrupting: false}
+  - {id: avisar, kind: user_task, role: agente, outcomes: [{id: ok, label: Visto, next: avisado}]}
+  - {id: avisado, kind: end, outcome: avisado}
+  - {id: fin, kind: end, outcome: listo}
+"#;
+    let h = Harness::new(db).await;
+    h.deploy("ciclo.yaml", BESIDE).await;
+    let spinning = BESIDE
+        .replace("escalation: {next: avisar,", "escalation: {next: g1,")
+        .replace(
+            "  - {id: fin, kind: end, outcome: listo}",
+            "  - {id: fin, kind: end, outcome: listo}\n  - {id: g1, kind: exclusive_gate, branches: [{when: 'false', next: fin}], default: g2}\n  - {id: g2, kind: exclusive_gate, branches: [{when: 'false', next: fin}], default: g1}",
+        );
+    assert_ne!(spinning, BESIDE);
+    let mut conn = h.engine.store().pool().acquire().await.unwrap();
+    sqlx::query(
+        "INSERT INTO definitions (code, version, content_hash, file_name, source, deployed_at) \
+         VALUES ('T-CICLO', 2, 'antes-de-la-regla', 'ciclo.yaml', $1, 0)",
+    )
+    .bind(&spinning)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let id = h.start("T-CICLO", "web", json!({})).await;
+    assert_eq!(h.instance(&id).await.version, 2);
+    h.advance(Duration::from_secs(2 * 3_600));
+    h.jobs().await;
+    let incident = h.open_incident(&id).await;
+    assert!(incident.message.contains("loops"), "{}", incident.message);
+    assert_eq!(
+        incident.node_id, "g1",
+        "the path's incident, where the path starts"
+    );
+    // The agent still has the task, and completes it.
+    h.complete(&id, "atender", "ok", json!({})).await;
+    let history = h.history(&id).await;
+    assert_eq!(
+        history.iter().filter(|k| *k == "task_created").count(),
+        1,
+        "{history:?}"
+    );
+    // Interrupting, the escalation takes the task: it leaves the inbox
+    // with the incident (it stayed there, and completing it was refused).
+    let interrupting = spinning.replace("interrupting: false", "interrupting: true");
+    let mut conn = h.engine.store().pool().acquire().await.unwrap();
+    sqlx::query(
+        "INSERT INTO definitions (code, version, content_hash, file_name, source, deployed_at) \
+         VALUES ('T-CICLO', 3, 'antes-de-la-regla-3', 'ciclo.yaml', $1, 0)",
+    )
+    .bind(&interrupting)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let taken = h.start("T-CICLO", "web", json!({})).await;
+    h.advance(Duration::from_secs(2 * 3_600));
+    h.jobs().await;
+    assert_eq!(h.open_incident(&taken).await.node_id, "atender");
+    let open = h
+        .engine
+        .tasks(&Filter {
+            instance_id: Some(taken.clone()),
+            limit: 10,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert!(open.is_empty(), "{open:?}");
+}
+on_both_backends!(
+    a_side_path_that_cannot_run_leaves_the_task_to_its_agent,
+    super::a_side_path_that_cannot_run_leaves_the_task_to_its_agent
+);
+
 /// Inside a fork, a side path may also end at an `end` of its own (the
 /// definition format allows it; loading refused it as a branch "reaching an
 /// end without passing its join"): the join waits for the main flow's

@@ -1778,23 +1778,43 @@ async fn job_done(
             let row = load(conn, &job.instance_id).await?;
             let process = ctx.processes.get(conn, row.definition_id).await?;
             let (row, effects) = run_machine(row, &process, ctx.now, |m| {
-                // What the token waited on is withdrawn where the discarded
-                // run would have withdrawn it: an interrupting escalation's
-                // task left open would stay in the inbox, and resolving the
-                // incident would open a second one beside it. A task whose
-                // escalation runs beside it stays (its agent may be on the
-                // phone); only the escalation's path failed.
                 let token = job.token as u32;
-                let beside = matches!(
-                    process.definition.node(&job.node_id).map(|n| &n.kind),
-                    Some(NodeKind::UserTask(u)) if u.escalation.as_ref().is_some_and(|e| !e.interrupting)
-                );
-                if let Some(wait) = m.state.token(token).map(|t| t.wait.clone())
-                    && !beside
-                {
-                    m.withdraw(&wait);
+                let wait = m.state.token(token).map(|t| t.wait.clone());
+                let beside = match process.definition.node(&job.node_id).map(|n| &n.kind) {
+                    Some(NodeKind::UserTask(u)) => {
+                        u.escalation.as_ref().filter(|e| !e.interrupting)
+                    }
+                    _ => None,
+                };
+                match (wait, beside) {
+                    // A task whose escalation runs beside it stays its
+                    // agent's (they may be on the phone): only the
+                    // escalation's path failed, and its incident is on a
+                    // side token of its own, which resolving runs again.
+                    (
+                        Some(Wait::Task {
+                            task,
+                            timer: Some(t),
+                        }),
+                        Some(escalation),
+                    ) if t == job.id => {
+                        if let Some(tk) = m.state.token_mut(token) {
+                            tk.wait = Wait::Task { task, timer: None };
+                        }
+                        m.branch_stopped(token, &escalation.next, e.to_string());
+                    }
+                    // Otherwise what the token waited on is withdrawn, as
+                    // the discarded run would have done: an interrupting
+                    // escalation's task left open would stay in the inbox
+                    // (completing it refused), and resolving the incident
+                    // would open a second one beside it.
+                    (wait, _) => {
+                        if let Some(wait) = wait {
+                            m.withdraw(&wait);
+                        }
+                        m.raise(token, &job.node_id, e.to_string(), true);
+                    }
                 }
-                m.raise(token, &job.node_id, e.to_string(), true);
                 Ok(())
             })?;
             save(conn, ctx, Change::of(row, effects, "worker"), followups).await

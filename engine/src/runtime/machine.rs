@@ -380,6 +380,26 @@ impl<'a> Machine<'a> {
         self.raise(token, node, message, false);
     }
 
+    /// A side token from `from` stopped at `node` with an incident, as
+    /// [`Machine::branch`] would have started it there: what a
+    /// non-interrupting escalation's path leaves when it could not run
+    /// (the task it left open stays its agent's, and resolving the incident
+    /// runs the path again, not the task).
+    pub(crate) fn branch_stopped(&mut self, from: u32, node: &str, message: String) {
+        let scopes = self
+            .state
+            .token(from)
+            .map(|t| t.scopes.clone())
+            .unwrap_or_default();
+        if let Some(scope) = scopes.last()
+            && let Some(join) = self.state.joins.get_mut(&scope.group)
+        {
+            join.expected += 1;
+        }
+        let id = self.spawn(node, scopes, true);
+        self.raise(id, node, message, false);
+    }
+
     /// Stops `token` at `node` with an incident saying `message`;
     /// `after_effect`: the step had already acted (its system answered), so
     /// it must not simply run again.
