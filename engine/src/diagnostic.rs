@@ -235,16 +235,15 @@ pub fn did_you_mean<'a>(
     // lengths in time and memory, and an 80 KB definition of two 40,000
     // letter names would otherwise ask for gigabytes.
     const LONGEST: usize = 64;
-    if word.len() > LONGEST * 4 {
+    if word.chars().count() > LONGEST {
         return None;
     }
     let candidates: Vec<&str> = candidates
         .into_iter()
-        .filter(|c| c.len() <= LONGEST * 4)
+        .filter(|c| c.chars().count() <= LONGEST)
         .collect();
     let close = candidates
         .iter()
-        .filter(|c| c.chars().count() <= LONGEST && word.chars().count() <= LONGEST)
         .map(|c| (edit_distance(word, c), *c))
         .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
         .min_by_key(|(d, _)| *d)

@@ -290,7 +290,7 @@ fn read<T: DeserializeOwned>(
         if !message.starts_with("unknown field") {
             let same_mistake = message.starts_with("missing field") && misspelt.contains(&path);
             if !same_mistake {
-                diags.push(serde_diagnostic(path, &message, &[]));
+                diags.push(serde_diagnostic(path, &message));
             }
             return None;
         }
@@ -300,15 +300,24 @@ fn read<T: DeserializeOwned>(
             Some((serde_path_to_error::Segment::Map { key }, rest)) if key == field => rest,
             _ => segments.as_slice(),
         };
-        let mut expected: Vec<&str> = words.iter().skip(1).copied().collect();
+        let own: Vec<&str> = words.iter().skip(1).copied().collect();
+        let mut expected = own.clone();
         if parent.is_empty() {
             expected.extend(also.iter().filter(|a| !words.contains(a)));
         }
         // Every unknown field of that mapping at once: serde would stop at
         // the first again, and a misspelt sibling deeper down (a "missing
         // field") would end the reading before the next was seen.
-        let Some(removed) = remove_unknown(&mut value, parent, &expected) else {
-            diags.push(serde_diagnostic(path, &message, &[]));
+        let Some(removed) = remove_unknown(
+            &mut value,
+            parent,
+            Known {
+                field,
+                own: &own,
+                expected: &expected,
+            },
+        ) else {
+            diags.push(serde_diagnostic(path, &message));
             return None;
         };
         let at = followed(base, parent);
@@ -334,13 +343,27 @@ fn followed(base: &YamlPath, segments: &[serde_path_to_error::Segment]) -> YamlP
     path
 }
 
-/// Removes from the mapping at `at` inside `value` every key not in
-/// `known`, returning them in their order; `None` where the path cannot be
-/// followed or nothing was removed.
+/// What serde said a mapping may hold, and the field it stopped at.
+struct Known<'a> {
+    /// The unknown field serde named (it must be a key of the mapping,
+    /// else its message was misread: a key holding a backtick).
+    field: &'a str,
+    /// The mapping's own fields, which a misspelt key is read as.
+    own: &'a [&'a str],
+    /// Every field it may hold (its own, and those read apart).
+    expected: &'a [&'a str],
+}
+
+/// Takes from the mapping at `at` inside `value` every key not expected,
+/// returning them in their order: one close to a field of its own that is
+/// not there (`rol` for `role`) is read as that field, so that what it
+/// holds is still checked and its absence is no second mistake; any other
+/// is removed. `None` where the path cannot be followed or serde's field
+/// is not among the keys.
 fn remove_unknown(
     value: &mut Value,
     at: &[serde_path_to_error::Segment],
-    known: &[&str],
+    known: Known<'_>,
 ) -> Option<Vec<String>> {
     let mut here = value;
     for segment in at {
@@ -357,16 +380,30 @@ fn remove_unknown(
     let Value::Mapping(m) = here else {
         return None;
     };
-    let unknown: Vec<String> = m
+    let keys: Vec<String> = m
         .keys()
         .filter_map(Value::as_str)
-        .filter(|k| !known.contains(k))
         .map(str::to_owned)
         .collect();
-    for k in &unknown {
-        m.remove(Value::String(k.clone()));
+    if !keys.iter().any(|k| k == known.field) {
+        return None;
     }
-    (!unknown.is_empty()).then_some(unknown)
+    let unknown: Vec<String> = keys
+        .iter()
+        .filter(|k| !known.expected.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for k in &unknown {
+        let Some(v) = m.remove(Value::String(k.clone())) else {
+            continue;
+        };
+        if let Some(meant) = did_you_mean(k, known.own.iter().copied())
+            && !m.contains_key(Value::String(meant.to_owned()))
+        {
+            m.insert(Value::String(meant.to_owned()), v);
+        }
+    }
+    Some(unknown)
 }
 
 /// Deserializes a list item by item, so that every broken item is reported.
@@ -403,17 +440,11 @@ fn backticked(message: &str) -> Vec<&str> {
     message.split('`').skip(1).step_by(2).collect()
 }
 
-fn serde_diagnostic(path: YamlPath, message: &str, also: &[&str]) -> Diagnostic {
+fn serde_diagnostic(path: YamlPath, message: &str) -> Diagnostic {
     let words = backticked(message);
     if message.starts_with("unknown field") {
         let field = words.first().copied().unwrap_or_default();
-        let mut expected = words[1.min(words.len())..].to_vec();
-        for a in also {
-            if !expected.contains(a) {
-                expected.push(a);
-            }
-        }
-        let expected = expected.as_slice();
+        let expected = &words[1.min(words.len())..];
         let at = match path.segments().last() {
             Some(Segment::Key(k)) if k == field => path.clone(),
             _ => path.key(field),
@@ -617,8 +648,8 @@ mod tests {
         let text =
             format!("{HEAD}nodes:\n  - id: a\n    kind: user_task\n    rol: r\n    outcomes: []\n");
         let d = located(&text);
-        // serde stops inside a node at its first problem: the missing `role`
-        // shows once `rol` is fixed.
+        // `rol` is read as the `role` it stands for: no "missing field"
+        // beside it.
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(at(&d[0]), (Code::UnknownField, 9, 5));
         assert!(
