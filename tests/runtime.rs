@@ -4710,11 +4710,12 @@ variables:
   - {name: activo, type: boolean}
   - {name: nota, type: string}
   - {name: cuotas, type: integer}
+  - {name: monto, type: number}
 nodes:
   - id: inicio
     kind: start
     channels: [web]
-    data: [{name: activo, type: boolean}, {name: nota, type: string}, {name: cuotas, type: integer}]
+    data: [{name: activo, type: boolean}, {name: nota, type: string}, {name: cuotas, type: integer}, {name: monto, type: number}]
     next: revisar
   - {id: revisar, kind: user_task, role: agente, outcomes: [{id: ok, label: Listo, next: fin}]}
   - {id: fin, kind: end, outcome: listo}
@@ -4725,12 +4726,14 @@ nodes:
         .start(
             "T-FILTRO",
             "web",
-            json!({"activo": true, "nota": "1", "cuotas": 3}),
+            json!({"activo": true, "nota": "1", "cuotas": 3, "monto": 250.0}),
         )
         .await;
     let cleared = h
         .start("T-FILTRO", "web", json!({"activo": false, "nota": null}))
         .await;
+    let quoted = "María \"la Ñ\" \\ 7";
+    let named = h.start("T-FILTRO", "web", json!({"nota": quoted})).await;
     let found = |name: &str, value: serde_json::Value| {
         let h = &h;
         let name = name.to_owned();
@@ -4765,6 +4768,11 @@ nodes:
         found("cuotas", json!("3")).await.is_empty(),
         "text is not a number"
     );
+    // A `number` keeps `250.0`: still 250, as a number.
+    assert_eq!(found("monto", json!(250)).await, [on.as_str()]);
+    assert!(found("monto", json!(250.5)).await.is_empty());
+    // Quotes, a backslash and letters outside ASCII, as stored.
+    assert_eq!(found("nota", json!(quoted)).await, [named.as_str()]);
 }
 on_both_backends!(
     the_variable_filter_compares_json_alike_on_both_backends,

@@ -555,8 +555,15 @@ fn conditions(
                 "(i.state::jsonb -> 'variables' -> {name}) IN (({value})::jsonb, to_jsonb(({text})::text))"
             )
         } else {
+            // `->` gives JSON text, which tells `true` from `1`; numbers
+            // are compared by value besides (a `number` holding `250.0`
+            // is 250, as PostgreSQL's jsonb has it).
+            let at = format!("'$.variables.' || {name}");
             format!(
-                "(i.state -> ('$.variables.' || {name})) IN (json({value}), json_quote({text}))"
+                "((i.state -> ({at})) IN (json({value}), json_quote({text})) \
+                 OR (json_type({value}) IN ('integer', 'real') \
+                     AND json_type(i.state, {at}) IN ('integer', 'real') \
+                     AND (i.state ->> ({at})) = ({value} ->> '$')))"
             )
         };
         clauses.push(format!(

@@ -218,8 +218,9 @@ fn reads<'a>(c: &Checker<'a>, i: usize, node: &'a Node) -> Vec<Read<'a>> {
 }
 
 /// For each join, the edges into it grouped by the branch of its fork they
-/// come from (edge indexes into `flows`). A join named by no fork, or by
-/// two, or an edge into it that no branch reaches, gets no groups: its
+/// come from (edge indexes into `flows`). A join named by no fork (or by
+/// two, which loading refuses), or an edge into it that no branch reaches,
+/// gets no groups: its
 /// edges are then intersected like any node's, which can only warn more.
 fn join_groups(
     c: &Checker<'_>,
