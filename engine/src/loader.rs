@@ -344,6 +344,7 @@ fn followed(base: &YamlPath, segments: &[serde_path_to_error::Segment]) -> YamlP
 }
 
 /// What serde said a mapping may hold, and the field it stopped at.
+#[derive(Clone, Copy)]
 struct Known<'a> {
     /// The unknown field serde named (it must be a key of the mapping,
     /// else its message was misread: a key holding a backtick).
