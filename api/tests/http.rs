@@ -1409,6 +1409,8 @@ async fn requests_are_read_by_the_people_of_their_procedure(db: Db) {
         .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
         assert!(!html.contains("4587213"), "{html}");
+        // The refusal keeps the header: who is signed in, and "Salir".
+        assert!(html.contains(r#"id="user""#), "{html}");
         let list = "/instances?code=OPE-SUM-VEN-P06";
         let (status, _, html) = page(&api, Method::GET, list, Some(token), None, false).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{list} as {token}: {html}");
@@ -2421,6 +2423,16 @@ async fn an_agent_releases_an_overdue_task_from_its_page() {
     let (_, _, html) = page(&api, Method::GET, &uri, Some(AGENT), None, false).await;
     assert!(
         html.contains(r#"id="release""#) && html.contains("Liberar"),
+        "{html}"
+    );
+    // Overdue, and released it goes on to the team lead, not back to the
+    // inbox: the page says so and the button asks first.
+    assert!(
+        html.contains(r#"<span class="badge overdue">Vencida</span>"#),
+        "{html}"
+    );
+    assert!(
+        html.contains("data-confirm=\"La tarea está vencida: al liberarla no vuelve a la bandeja, pasa a «1.2. Devolución de llamada vencida»."),
         "{html}"
     );
     // Another agent cannot release it.

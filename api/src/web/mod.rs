@@ -114,6 +114,7 @@ async fn same_origin(request: axum::extract::Request, next: axum::middleware::Ne
                 error: Error::Forbidden {
                     reason: "a form sent from another site".into(),
                 },
+                user: None,
             }
             .into_response();
         }
@@ -254,6 +255,10 @@ struct Session {
 struct PageError {
     w: &'static Words,
     error: Error,
+    /// Who is signed in, when the page knows: the error page keeps the
+    /// header with "Salir" (on a shared PC, an agent leaving from a 403
+    /// must still be able to sign out there).
+    user: Option<User>,
 }
 
 impl IntoResponse for PageError {
@@ -273,7 +278,7 @@ impl IntoResponse for PageError {
         };
         let page = ErrorPage {
             w: self.w,
-            user: None,
+            user: self.user,
             message,
         };
         (status, render(&page)).into_response()
@@ -298,6 +303,7 @@ async fn session(s: &AppState, headers: &HeaderMap) -> Result<Session, PageError
     let signed = signed_session(s, headers).ok_or(PageError {
         w,
         error: Error::Unauthorized,
+        user: None,
     })?;
     match s.engine.session_ended(&signed.id).await {
         Ok(false) => Ok(Session {
@@ -308,8 +314,13 @@ async fn session(s: &AppState, headers: &HeaderMap) -> Result<Session, PageError
         Ok(true) => Err(PageError {
             w,
             error: Error::Unauthorized,
+            user: None,
         }),
-        Err(e) => Err(PageError { w, error: e.into() }),
+        Err(e) => Err(PageError {
+            w,
+            error: e.into(),
+            user: None,
+        }),
     }
 }
 
@@ -345,6 +356,7 @@ impl Session {
         PageError {
             w: self.w,
             error: error.into(),
+            user: Some(self.user.clone()),
         }
     }
 }
@@ -412,7 +424,12 @@ async fn logout(State(s): Shared, headers: HeaderMap) -> Response {
         let until = signed.expires + crate::http::auth::CLOCK_SKEW_MS;
         if let Err(e) = s.engine.end_session(&signed.id, until).await {
             let (w, _) = words(&headers);
-            return PageError { w, error: e.into() }.into_response();
+            return PageError {
+                w,
+                error: e.into(),
+                user: None,
+            }
+            .into_response();
         }
     }
     forget().await
@@ -745,6 +762,11 @@ async fn task_model(
         .collect();
     let open = matches!(task.status.as_str(), "open" | "claimed");
     let mine = task.assignee.as_deref() == Some(ses.user.name.as_str());
+    let overdue = open && task.due_at.is_some_and(|d| d <= s.engine.now());
+    let release_escalates_to = match &ut.escalation {
+        Some(e) if overdue && e.interrupting => node_title(def.node(&e.next), lang),
+        _ => String::new(),
+    };
     let held_by_other = match &task.assignee {
         Some(who) if open && !mine => who.clone(),
         _ => String::new(),
@@ -753,6 +775,9 @@ async fn task_model(
         w: ses.w,
         user: None,
         id: task.id.clone(),
+        due: task.due_at.map(local_time).unwrap_or_default(),
+        overdue,
+        release_escalates_to,
         title: node_title(node, lang),
         step: node
             .and_then(|n| n.step.as_ref())
@@ -1240,7 +1265,7 @@ async fn document_page(
     let received = s.engine.messages_of(&id).await.map_err(|e| ses.fail(e))?;
     Ok(render(&DocumentPage {
         w: ses.w,
-        user: None,
+        user: Some(ses.user.clone()),
         title: d.name.get(ses.lang).to_owned(),
         procedure: format!("{} — {}", def.code, def.name.get(ses.lang)),
         business_key: i.business_key.clone(),

@@ -126,6 +126,10 @@ pub(super) struct FieldView {
     pub(super) options: Vec<Choice>,
     pub(super) value: String,
     pub(super) checked: bool,
+    /// The form opened with a value here: emptying it clears the variable
+    /// (a page drawn again after a mistake keeps saying so, though the
+    /// field may now be empty).
+    pub(super) shown: bool,
     pub(super) error: String,
 }
 
@@ -192,6 +196,8 @@ impl FieldView {
                 })
                 .collect(),
             checked: matches!(value.as_str(), "true" | "on" | "1"),
+            shown: !value.is_empty()
+                || submitted.is_some_and(|form| form.contains_key(&format!("{}__shown", f.name))),
             error: errors
                 .iter()
                 .filter(|e| e.field == f.name)
@@ -365,6 +371,12 @@ pub(super) struct TaskPage {
     pub(super) w: &'static Words,
     pub(super) user: Option<User>,
     pub(super) id: String,
+    /// When it is due (Bolivian time), if it has a due time.
+    pub(super) due: String,
+    pub(super) overdue: bool,
+    /// The step an overdue task goes to when released (its interrupting
+    /// escalation, held off while the agent had it): the release asks first.
+    pub(super) release_escalates_to: String,
     pub(super) title: String,
     pub(super) step: String,
     pub(super) code: String,
@@ -911,7 +923,16 @@ pub(super) fn value_words(
         {
             tramite_engine::runtime::eval::whole_number_text(n)
         }
-        Value::String(s) => option_label(def, name, s, lang).unwrap_or_else(|| s.clone()),
+        Value::String(s) => match def.variable(name).map(|d| d.ty) {
+            // As every other date on the pages: day/month/year, and a time
+            // in Bolivia's.
+            Some(VarType::Date) if s.len() == 10 && s.is_ascii() && s.as_bytes()[4] == b'-' => {
+                format!("{}/{}/{}", &s[8..10], &s[5..7], &s[0..4])
+            }
+            Some(VarType::Datetime) => tramite_engine::runtime::machine::timestamp_ms(v)
+                .map_or_else(|| s.clone(), local_time),
+            _ => option_label(def, name, s, lang).unwrap_or_else(|| s.clone()),
+        },
         Value::Array(items) => items
             .iter()
             .map(|i| value_words(def, name, i, w, lang))
@@ -1076,6 +1097,51 @@ mod tests {
         assert_eq!(local_time(1_795_784_400_000), "27/11/2026 09:00");
         assert_eq!(span(90_000), "1 min");
         assert_eq!(span(3_900_000), "1 h 5 min");
+    }
+
+    /// A field the form opened with a value, emptied by the agent, is
+    /// still known as shown when the page comes back after a mistake
+    /// elsewhere: sent again, it clears the value, as the first time.
+    #[test]
+    fn an_emptied_field_stays_shown_across_a_mistake() {
+        let field: Field = serde_yaml::from_str("{name: deuda, type: number}").unwrap();
+        let proposed: Map<String, Value> =
+            serde_json::from_value(serde_json::json!({"deuda": 3.5})).unwrap();
+        let opened = FieldView::new(&field, Lang::Es, &proposed, None, &[]);
+        assert!(opened.shown);
+        let sent: HashMap<String, String> = [
+            ("deuda".to_owned(), String::new()),
+            ("deuda__shown".to_owned(), "1".to_owned()),
+        ]
+        .into();
+        let again = FieldView::new(&field, Lang::Es, &proposed, Some(&sent), &[]);
+        assert!(again.value.is_empty() && again.shown);
+        let never: HashMap<String, String> = [("deuda".to_owned(), String::new())].into();
+        assert!(!FieldView::new(&field, Lang::Es, &Map::new(), Some(&never), &[]).shown);
+    }
+
+    /// A date variable reads as every other date on the pages
+    /// (day/month/year), a date-time in Bolivia's time.
+    #[test]
+    fn dates_read_as_every_other_date() {
+        let def = tramite_engine::loader::parse(
+            "code: X\nname: X\nversion: 1\nowner_role: r\nroles: [{id: r, name: R}]\nvariables:\n  - {name: fecha, type: date}\n  - {name: hora, type: datetime}\nnodes: []\n",
+        )
+        .definition;
+        let w = super::super::text::of(Lang::Es);
+        let text = |s: &str| Value::String(s.to_owned());
+        assert_eq!(
+            value_words(&def, "fecha", &text("2026-12-06"), w, Lang::Es),
+            "06/12/2026"
+        );
+        assert_eq!(
+            value_words(&def, "hora", &text("2026-11-27T13:00:00Z"), w, Lang::Es),
+            "27/11/2026 09:00"
+        );
+        assert_eq!(
+            value_words(&def, "fecha", &text("mañana"), w, Lang::Es),
+            "mañana"
+        );
     }
 
     #[test]
