@@ -1,9 +1,15 @@
-//! `tramite`: the command line of the engine.
+//! `tramite`: the command line of the engine (README.md, "The command
+//! line", lists every command with its flags).
 //!
 //! - `tramite validate <files|dirs>`: every problem of every definition,
 //!   compiler-style, exit 1 if any;
 //! - `tramite graph <file> --format mermaid|dot`: the procedure as a diagram;
-//! - `tramite schema`: the JSON Schema of the definition format.
+//! - `tramite schema`, `tramite openapi`: the definition format's JSON
+//!   Schema, the HTTP API's OpenAPI document;
+//! - `tramite serve`: the engine behind the HTTP API and the web UI;
+//!   `tramite simulators`: NAF, GIS and Smartflex over HTTP;
+//! - `tramite test`: scenario tests; `tramite demo`: one P06 request;
+//! - `tramite bench`, `tramite bench-http`, `tramite perf`: the benchmarks.
 
 mod bench;
 mod bench_http;

@@ -425,3 +425,27 @@ fn serve_names_simulated_systems_and_short_timeouts() {
         );
     }
 }
+
+/// The example in docs/scenarios.md is a scenario that runs and passes, not
+/// only an illustration of the format.
+#[test]
+fn the_format_guides_scenario_passes() {
+    let guide = std::fs::read_to_string(repo().join("docs/scenarios.md")).unwrap();
+    let example = guide
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("a yaml block");
+    let dir = std::env::temp_dir().join(format!("tramite-guide-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("guide.yaml");
+    std::fs::write(&file, example).unwrap();
+    let out = tramite(&["test", file.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success() && stdout.contains("1 passed, 0 failed"),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+}

@@ -1,5 +1,6 @@
 //! The tramite engine: process definitions (model, YAML loader, validation,
-//! diagrams) and, in later layers, the durable runtime.
+//! diagrams) and the durable runtime that runs them (instances, tasks, jobs,
+//! messages, incidents) on SQLite or PostgreSQL.
 //!
 //! The engine is a library with no knowledge of HTTP, of any particular
 //! procedure, or of any particular external system: connectors describe
