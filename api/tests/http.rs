@@ -1963,7 +1963,7 @@ async fn page(
 /// verdict ticked), as the API's task does; once completed, the page says
 /// so instead of offering the form again, a second click of the same
 /// agent lands in the inbox, and another agent's late submit is a 409 that
-/// shows the task closed. Pages are never cached by the browser, nor
+/// shows the task closed and what they had typed. Pages are never cached by the browser, nor
 /// framed by another site.
 async fn task_pages_propose_defaults_and_close_once_done(db: Db) {
     use tramite_tests::p06::{through_coverage, through_identification};
@@ -2041,6 +2041,14 @@ async fn task_pages_propose_defaults_and_close_once_done(db: Db) {
     let (status, _, html) = page(&api, Method::POST, &uri, Some(AGENT2), Some(form), false).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(html.contains(r#"id="task-closed""#), "{html}");
+    // What the late agent had typed is shown to copy, not lost.
+    let typed = &html[html.find(r#"id="typed""#).expect("what was typed")..];
+    assert!(
+        typed.contains(
+            "<dt>¿Existe capacidad técnica para lo que el cliente requiere?</dt><dd>Sí</dd>"
+        ),
+        "{typed}"
+    );
 
     // The inbox's refresh after the session ended goes to the sign-in page
     // rather than pasting it into the table.

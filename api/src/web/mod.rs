@@ -776,6 +776,7 @@ async fn task_model(
         user: None,
         id: task.id.clone(),
         due: task.due_at.map(local_time).unwrap_or_default(),
+        typed: Vec::new(),
         overdue,
         release_escalates_to,
         title: node_title(node, lang),
@@ -836,7 +837,9 @@ async fn task_model(
 /// the agent reads it: what an outcome could not compute from the data is
 /// the agent's to complete; the rest in the page's language.
 fn general_error(e: &tramite_engine::runtime::forms::FieldError, w: &Words, lang: Lang) -> String {
-    if e.field.is_empty() && e.message.starts_with("the outcome ") {
+    // Whether or not it names the variable the value was meant for: the
+    // expression and CEL's words are for the process owner, not the agent.
+    if e.message.starts_with("the outcome ") {
         return if lang == Lang::En {
             e.message.clone()
         } else {
@@ -905,10 +908,29 @@ async fn task_submit(
             }
             Err(e @ tramite_engine::Error::TaskNotOpen { .. }) => {
                 // Completed or cancelled meanwhile: the page says by whom,
-                // with the JSON API's status for it.
+                // with the JSON API's status for it, and shows what the
+                // agent had typed (call notes), to copy where the case
+                // goes on.
                 let status = Error::from(e).status();
                 let mut page = task_model(&s, &ses, &id, None, &[]).await?;
                 page.user = Some(ses.user.clone());
+                page.typed = ut
+                    .form
+                    .iter()
+                    .filter_map(|f| {
+                        let value = form.get(&f.name)?.trim();
+                        let label = f
+                            .label
+                            .as_ref()
+                            .map_or_else(|| f.name.clone(), |l| l.get(ses.lang).to_owned());
+                        let value = match (f.ty, value) {
+                            (VarType::Boolean, "true" | "on" | "1") => ses.w.yes,
+                            (VarType::Boolean, "false" | "off" | "0") => ses.w.no,
+                            (_, v) => v,
+                        };
+                        (!value.is_empty()).then(|| (label, value.to_owned()))
+                    })
+                    .collect();
                 return Ok((status, render(&page)).into_response());
             }
             Err(e) => return Err(ses.fail(e)),
@@ -1137,10 +1159,18 @@ async fn role_names(s: &AppState, roles: &[String], lang: Lang) -> Vec<String> {
             }
         }
     }
+    let w = text::of(lang);
     roles
         .iter()
         .zip(names)
-        .map(|(role, name)| name.unwrap_or_else(|| role.clone()))
+        .map(|(role, name)| {
+            name.unwrap_or_else(|| match role.as_str() {
+                // The engine's own roles, which no procedure names.
+                "operator" => w.role_operator.to_owned(),
+                "process_owner" => w.role_process_owner.to_owned(),
+                _ => role.clone(),
+            })
+        })
         .collect()
 }
 

@@ -288,6 +288,11 @@ pub(super) fn in_words(message: &str, lang: Lang) -> String {
     if let Some((_, es)) = known.iter().find(|(en, _)| *en == message) {
         return (*es).to_owned();
     }
+    // What an outcome could not record from the data (its expression and
+    // CEL's words are the process owner's, not the agent's).
+    if message.starts_with("the outcome ") {
+        return "Con este dato el paso no puede registrar su resultado: revíselo.".to_owned();
+    }
     for (en, es) in [
         ("must have at least ", "Debe tener al menos "),
         ("must have at most ", "Debe tener como máximo "),
@@ -373,6 +378,9 @@ pub(super) struct TaskPage {
     pub(super) id: String,
     /// When it is due (Bolivian time), if it has a due time.
     pub(super) due: String,
+    /// What the agent had typed when the task closed under them (label,
+    /// value): shown to copy, not lost.
+    pub(super) typed: Vec<(String, String)>,
     pub(super) overdue: bool,
     /// The step an overdue task goes to when released (its interrupting
     /// escalation, held off while the agent had it): the release asks first.
@@ -794,6 +802,19 @@ pub(super) fn timeline(
 }
 
 /// Who did it: a person's name, or "the system" for the engine's own steps.
+/// Why a request was cancelled, as the page says it: the engine's own
+/// reason for a child cancelled with its parent in the page's language, an
+/// operator's as they wrote it.
+fn cancel_reason(reason: &str, lang: Lang) -> String {
+    let parent = reason
+        .strip_prefix("parent `")
+        .and_then(|r| r.strip_suffix("` was cancelled"));
+    match parent {
+        Some(id) if lang == Lang::Es => format!("se canceló la solicitud que la inició ({id})"),
+        _ => reason.to_owned(),
+    }
+}
+
 pub(super) fn actor_words(actor: &str, w: &Words) -> String {
     match actor {
         "engine" | "worker" => w.the_system.to_owned(),
@@ -891,9 +912,10 @@ fn event_detail(def: &Definition, e: &Entry, w: &Words, lang: Lang) -> String {
         }
         "incident_resolved" => values("variables"),
         "instance_started" => values("data"),
-        "instance_cancelled" | "incident_raised" => {
-            vec![text("reason") + &text("message")]
-        }
+        // The engine's own reason for a child cancelled with its parent,
+        // in the page's words; an operator's reason as they wrote it.
+        "instance_cancelled" => vec![cancel_reason(&text("reason"), lang)],
+        "incident_raised" => vec![text("reason") + &text("message")],
         "child_started" => vec![text("procedure")],
         // Nothing a person needs beyond the kind and the step.
         _ => Vec::new(),
@@ -1142,6 +1164,27 @@ mod tests {
             value_words(&def, "fecha", &text("mañana"), w, Lang::Es),
             "mañana"
         );
+    }
+
+    /// The engine's English, where an agent reads it, in Spanish.
+    #[test]
+    fn the_engines_own_words_are_said_in_spanish() {
+        assert_eq!(
+            cancel_reason("parent `abc` was cancelled", Lang::Es),
+            "se canceló la solicitud que la inició (abc)"
+        );
+        assert_eq!(
+            cancel_reason("cliente duplicado", Lang::Es),
+            "cliente duplicado"
+        );
+        assert_eq!(
+            cancel_reason("parent `abc` was cancelled", Lang::En),
+            "parent `abc` was cancelled"
+        );
+        let outcome =
+            "the outcome `ok` cannot record its values from this data: `monto` takes a number";
+        assert!(in_words(outcome, Lang::Es).starts_with("Con este dato"));
+        assert_eq!(in_words(outcome, Lang::En), outcome);
     }
 
     #[test]
