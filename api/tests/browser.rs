@@ -509,6 +509,8 @@ async fn a_wrong_ci_is_caught_inline_and_nothing_is_saved() {
     ui.fill("nombre_cliente", "Juan Pérez").await;
     ui.fill("servicio_solicitado", "trio").await;
     ui.fill("ci", "12A4").await;
+    // Typing shows no error yet: the browser checks when the form is sent.
+    assert!(ui.browser.find(Locator::Css("#error-ci")).await.is_err());
     ui.click("#outcome-continuar").await;
     // The browser refused to send it and said why under the field.
     assert_eq!(ui.path().await, format!("/tasks/{}", task.id));
@@ -527,6 +529,22 @@ async fn a_wrong_ci_is_caught_inline_and_nothing_is_saved() {
     let message = ui.text("#error-ci").await;
     assert_eq!(message, "No tiene el formato esperado (vea la indicación).");
     ui.screenshot_at("task-error", "#task-form").await;
+    // The mistake is focused, and once corrected it stops showing.
+    let focused = ui
+        .browser
+        .execute("return document.activeElement.id;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(focused, json!("f-ci"));
+    ui.fill("ci", "4587213").await;
+    ui.browser
+        .execute(
+            "document.getElementById('f-ci').dispatchEvent(new Event('change', {bubbles: true}));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ui.text("#error-ci").await, "");
     // Nothing was saved: the task is still open, the CI never written.
     assert!(ui.h.task_open(&id, "identificar_cliente").await);
     assert!(!ui.h.instance(&id).await.state.variables.contains_key("ci"));

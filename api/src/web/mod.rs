@@ -914,23 +914,7 @@ async fn task_submit(
                 let status = Error::from(e).status();
                 let mut page = task_model(&s, &ses, &id, None, &[]).await?;
                 page.user = Some(ses.user.clone());
-                page.typed = ut
-                    .form
-                    .iter()
-                    .filter_map(|f| {
-                        let value = form.get(&f.name)?.trim();
-                        let label = f
-                            .label
-                            .as_ref()
-                            .map_or_else(|| f.name.clone(), |l| l.get(ses.lang).to_owned());
-                        let value = match (f.ty, value) {
-                            (VarType::Boolean, "true" | "on" | "1") => ses.w.yes,
-                            (VarType::Boolean, "false" | "off" | "0") => ses.w.no,
-                            (_, v) => v,
-                        };
-                        (!value.is_empty()).then(|| (label, value.to_owned()))
-                    })
-                    .collect();
+                page.typed = typed(&ut.form, &form, &ses);
                 return Ok((status, render(&page)).into_response());
             }
             Err(e) => return Err(ses.fail(e)),
@@ -938,8 +922,50 @@ async fn task_submit(
     }
     let mut page = task_model(&s, &ses, &id, Some(&form), &errors).await?;
     page.user = Some(ses.user.clone());
+    if !page.open {
+        // Closed under the agent, with a value the page could not read:
+        // what they typed is shown all the same.
+        page.typed = typed(&ut.form, &form, &ses);
+    }
     let status = Error::InvalidData { errors }.status();
     Ok((status, render(&page)).into_response())
+}
+
+/// What the agent typed into `fields`, as they read it (an option by its
+/// label, a yes/no in words, a date as dd/mm/yyyy), to show when the task
+/// closed under them.
+fn typed(
+    fields: &[tramite_engine::definition::Field],
+    form: &HashMap<String, String>,
+    ses: &Session,
+) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .filter_map(|f| {
+            let value = form.get(&f.name)?.trim();
+            if value.is_empty() {
+                return None;
+            }
+            let label = f
+                .label
+                .as_ref()
+                .map_or_else(|| f.name.clone(), |l| l.get(ses.lang).to_owned());
+            let option = f.options.iter().find(|o| o.value == value);
+            let value = match (f.ty, value, option) {
+                (_, _, Some(o)) => o
+                    .label
+                    .as_ref()
+                    .map_or_else(|| o.value.clone(), |l| l.get(ses.lang).to_owned()),
+                (VarType::Boolean, "true" | "on" | "1", _) => ses.w.yes.to_owned(),
+                (VarType::Boolean, "false" | "off" | "0", _) => ses.w.no.to_owned(),
+                (VarType::Date, v, _) if v.len() == 10 && v.is_ascii() => {
+                    format!("{}/{}/{}", &v[8..10], &v[5..7], &v[0..4])
+                }
+                (_, v, _) => v.to_owned(),
+            };
+            Some((label, value))
+        })
+        .collect()
 }
 
 /// The form's values, typed as the fields declare; a value that cannot be
@@ -1138,8 +1164,9 @@ fn outcome_words(
         .map_or_else(|| outcome.to_owned(), |l| l.get(lang).to_owned())
 }
 
-/// Each role's name as a procedure that declares it writes it; its id
-/// where none does (a system role such as `operator`).
+/// Each role's name as a procedure that declares it writes it; the
+/// engine's own roles (`operator`, `process_owner`) by the page's words;
+/// any other by its id.
 async fn role_names(s: &AppState, roles: &[String], lang: Lang) -> Vec<String> {
     let mut names: Vec<Option<String>> = vec![None; roles.len()];
     if let Ok(rows) = s.engine.definition_ids().await {

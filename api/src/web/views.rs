@@ -801,7 +801,6 @@ pub(super) fn timeline(
         .collect()
 }
 
-/// Who did it: a person's name, or "the system" for the engine's own steps.
 /// Why a request was cancelled, as the page says it: the engine's own
 /// reason for a child cancelled with its parent in the page's language, an
 /// operator's as they wrote it.
@@ -815,6 +814,7 @@ fn cancel_reason(reason: &str, lang: Lang) -> String {
     }
 }
 
+/// Who did it: a person's name, or "the system" for the engine's own steps.
 pub(super) fn actor_words(actor: &str, w: &Words) -> String {
     match actor {
         "engine" | "worker" => w.the_system.to_owned(),
@@ -948,7 +948,16 @@ pub(super) fn value_words(
         Value::String(s) => match def.variable(name).map(|d| d.ty) {
             // As every other date on the pages: day/month/year, and a time
             // in Bolivia's.
-            Some(VarType::Date) if s.len() == 10 && s.is_ascii() && s.as_bytes()[4] == b'-' => {
+            Some(VarType::Date)
+                if s.len() == 10
+                    && s.bytes().enumerate().all(|(i, b)| {
+                        if i == 4 || i == 7 {
+                            b == b'-'
+                        } else {
+                            b.is_ascii_digit()
+                        }
+                    }) =>
+            {
                 format!("{}/{}/{}", &s[8..10], &s[5..7], &s[0..4])
             }
             Some(VarType::Datetime) => tramite_engine::runtime::machine::timestamp_ms(v)
