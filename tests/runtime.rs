@@ -4692,6 +4692,31 @@ expect:
     );
 }
 
+/// Step 5's municipality reaches GIS: "Centro" in Sacaba is Sacaba's
+/// centre (fibre up to 300 Mbps), not Cercado's (1,000).
+async fn p06_asks_gis_in_the_clients_municipality(db: Db) {
+    let h = Harness::new(db).await;
+    let mut speeds = Vec::new();
+    for municipio in ["Sacaba", "Cercado"] {
+        let id = through_identification(&h, "4587213").await;
+        h.complete(
+            &id,
+            "solicitar_domicilio",
+            "continuar",
+            json!({"direccion": "Calle Bolívar 210", "zona": "Centro", "municipio": municipio}),
+        )
+        .await;
+        assert_eq!(h.jobs().await, 1, "the GIS check runs");
+        let vars = h.instance(&id).await.state.variables;
+        speeds.push(vars["gis_velocidad_max_mbps"].clone());
+    }
+    assert_eq!(speeds, [json!(300), json!(1000)]);
+}
+on_both_backends!(
+    p06_asks_gis_in_the_clients_municipality,
+    super::p06_asks_gis_in_the_clients_municipality
+);
+
 /// The inbox's `variable=name:value` filter compares JSON on both
 /// backends alike: `true` is not `1`, `null` finds a variable set to null,
 /// `3.0` is the whole number 3, and digits find the same digits stored as
