@@ -4385,6 +4385,62 @@ nodes:
   - {id: fin, kind: end, outcome: pagado}
 "#;
 
+/// On PostgreSQL a publisher locks the waiting instance before the
+/// message's key, as a subscribing command does (its instance, then the
+/// key). Here a transaction holds the instance, as a batch that also
+/// subscribes another request of the same phone would, and then asks for
+/// the key: it gets it at once, and the message is delivered after. With
+/// the publisher taking the key first, the two waited on each other until
+/// PostgreSQL's deadlock detection killed one, a second later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_takes_the_waiting_instance_before_the_key() {
+    let h = Harness::new(Db::Postgres).await;
+    h.deploy("pago.yaml", WAITS_FOR_PAYMENT).await;
+    let waiting = h.start("T-PAGO", "web", json!({"telefono": PHONE})).await;
+    let mut holder = h.engine.store().pool().begin().await.unwrap();
+    sqlx::query("SELECT id FROM instances WHERE id = $1 FOR UPDATE")
+        .bind(&waiting)
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    let engine = h.engine.clone();
+    let publishing = tokio::spawn(async move {
+        engine
+            .publish(tramite_engine::runtime::PublishMessage {
+                name: "pago".to_owned(),
+                key: PHONE.to_owned(),
+                payload: json!({"monto": 120}),
+                id: "pago-1".to_owned(),
+                ttl_ms: 3_600_000,
+            })
+            .await
+    });
+    // The publisher is under way, waiting for the instance.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("SET LOCAL lock_timeout = '500ms'")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS locked")
+        .bind(format!("message:pago:{PHONE}"))
+        .fetch_one(&mut *holder)
+        .await
+        .expect("the key is free: the publisher waits for the instance first");
+    holder.commit().await.unwrap();
+    let delivered = publishing.await.unwrap().expect("published");
+    assert!(
+        matches!(
+            delivered,
+            tramite_engine::runtime::Delivery::Delivered { .. }
+        ),
+        "{delivered:?}"
+    );
+    assert_eq!(
+        h.instance(&waiting).await.outcome.as_deref(),
+        Some("pagado")
+    );
+}
+
 /// A message published to a wait that was withdrawn after the publisher
 /// read it (on PostgreSQL, another lane's or node's timeout or cancellation
 /// committing in between) goes to the next wait, or is kept: it used to be

@@ -1907,6 +1907,17 @@ async fn publish(
     msg: &PublishMessage,
     followups: &mut VecDeque<Followup>,
 ) -> Result<Delivery, Error> {
+    // On PostgreSQL the instance a wait belongs to is locked before the
+    // key, in the order a subscribing command takes them (it holds its
+    // instance, then asks for the key). The other order deadlocked a
+    // publisher against a batch that held that instance and subscribed
+    // another one under the same key (a second request from one phone):
+    // a second of deadlock detection and a retry each time.
+    if ctx.backend == Backend::Postgres
+        && let Some(peek) = conn.find_subscription(&msg.name, &msg.key).await?
+    {
+        conn.instance(&peek.instance_id, true).await?;
+    }
     // Publishers and subscribers of one key take turns (several nodes on
     // PostgreSQL): neither can miss the other's uncommitted row.
     conn.lock_key(&format!("message:{}:{}", msg.name, msg.key))
