@@ -557,15 +557,29 @@ async fn scenarios(
                 continue;
             }
         };
-        let scenario: tramite_engine::runtime::scenario::Scenario =
-            match serde_yaml::from_str(&file.text) {
-                Ok(s) => s,
-                Err(e) => {
-                    failed += 1;
-                    writeln!(out, "FAIL {name}: {e}")?;
-                    continue;
+        // Read as plain YAML first: only there does serde_yaml refuse a key
+        // written twice (into the scenario's maps the last one silently
+        // wins: a second `answers` entry for one operation dropped the
+        // first, and the retry it scripted was never tested).
+        let read = serde_yaml::from_str::<serde_yaml::Value>(&file.text)
+            .and_then(|_| serde_yaml::from_str(&file.text));
+        let scenario: tramite_engine::runtime::scenario::Scenario = match read {
+            Ok(s) => s,
+            Err(e) => {
+                failed += 1;
+                let mut text = e.to_string();
+                // serde_yaml names the mapping's first line; the repeat is
+                // further down.
+                if text.contains("duplicate entry")
+                    && let Some(at) =
+                        tramite_engine::position::PositionIndex::build(&file.text).first_duplicate()
+                {
+                    text.push_str(&format!(" (written again at {at})"));
                 }
-            };
+                writeln!(out, "FAIL {name}: {text}")?;
+                continue;
+            }
+        };
         let dir = std::env::temp_dir().join(format!(
             "tramite-scenario-{}",
             uuid::Uuid::now_v7().simple()

@@ -327,7 +327,9 @@ fn test_prints_expected_and_actual_paths_on_failure() {
 /// goes on to the next: a misspelt answer key, a start the procedure
 /// refuses, an outcome on a wait, an answer never used, an expected
 /// variable the procedure does not declare, a file not in UTF-8, an
-/// incident that `end: running` does not hide, answers that are no answer.
+/// incident that `end: running` does not hide, answers that are no answer,
+/// answers written twice for one operation (the second silently replaced
+/// the first), a message that reuses an earlier one's id (it did nothing).
 #[test]
 fn test_reports_every_scenario_mistake_and_goes_on() {
     let out = tramite(&[
@@ -349,7 +351,9 @@ fn test_reports_every_scenario_mistake_and_goes_on() {
         "open incidents: expected 0, got 1: registrar_venta_smartflex in OPE-SUM-VEN-P06 (8 attempt(s) failed",
         "answers: `naf.check_portfolio` answer 1 has `retry_after`, which goes only beside `transient`",
         "answers: `naf.check_portfolio` answer 2 needs exactly one of `result`, `business`, `transient`",
-        "1 passed, 7 failed",
+        "duplicate entry with key \"smartflex.register_service_request\" at line 8 column 3 (written again at 12:3)",
+        "step 7: message `requisitos_whatsapp` has the id of one published before, so it did nothing",
+        "1 passed, 9 failed",
     ] {
         assert!(
             stdout.contains(expected),

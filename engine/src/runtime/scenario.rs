@@ -475,13 +475,26 @@ async fn drive(
                         ttl_ms: 7 * 86_400_000,
                     })
                     .await;
-                if let Err(e) = published {
-                    failures.push(format!(
-                        "{at}: publishing `{}` failed: {}",
-                        m.name,
-                        describe(&e)
-                    ));
-                    break;
+                match published {
+                    Err(e) => {
+                        failures.push(format!(
+                            "{at}: publishing `{}` failed: {}",
+                            m.name,
+                            describe(&e)
+                        ));
+                        break;
+                    }
+                    // An id used before: the engine takes it for the
+                    // provider's retry and does nothing, so the step would
+                    // pass having done nothing.
+                    Ok(crate::runtime::Delivery::Duplicate) => {
+                        failures.push(format!(
+                            "{at}: message `{}` has the id of one published before, so it did nothing (give each message its own `id`)",
+                            m.name
+                        ));
+                        break;
+                    }
+                    Ok(_) => {}
                 }
             }
             (None, None, Some(d)) => {
