@@ -906,6 +906,43 @@ async fn restart_mid_process(db: Db) {
 }
 on_both_backends!(p06_restart_mid_process, super::restart_mid_process);
 
+/// A full worker pool goes on as soon as a slot frees, not at its next
+/// poll: with one worker and a poll of an hour, three NAF checks due at
+/// once all run (a finished job wakes nobody unless it scheduled another,
+/// so the second waited the hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_worker_pool_goes_on_when_a_slot_frees() {
+    let h = Harness::new(Db::Postgres).await;
+    let mut started = Vec::new();
+    for ci in ["4587213", "3021457", "7788990"] {
+        let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
+        h.complete(&id, "recibir_llamada", "atendida", json!({}))
+            .await;
+        h.complete(
+            &id,
+            "identificar_cliente",
+            "continuar",
+            json!({"nombre_cliente": "Ana", "servicio_solicitado": "television", "ci": ci}),
+        )
+        .await;
+        started.push(id);
+    }
+    let node = tramite_tests::engine::engine_with(&h, |c| {
+        c.workers = 1;
+        c.poll = Duration::from_secs(3_600);
+    })
+    .await;
+    node.start_workers();
+    for _ in 0..500 {
+        if h.sims.naf.calls() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.sims.naf.calls(), 3, "every due check ran, one at a time");
+    node.shutdown().await;
+}
+
 async fn restart_mid_connector_call(db: Db) {
     let mut h = Harness::new(db).await;
     let id = through_identification(&h, "4587213").await;

@@ -324,6 +324,11 @@ pub async fn try_second_engine(h: &Harness) -> Result<Engine, tramite_engine::Er
     try_open_with(&h.db, &h.connectors, &h.clock, |_| {}).await
 }
 
+/// Another engine on the same database, its configuration tweaked.
+pub async fn engine_with(h: &Harness, tweak: impl FnOnce(&mut EngineConfig)) -> Engine {
+    open_with(&h.db, &h.connectors, &h.clock, tweak).await
+}
+
 /// Another engine on the same database with `lanes` write lanes
 /// (PostgreSQL; SQLite has one writer whatever the setting).
 pub async fn engine_with_lanes(h: &Harness, lanes: usize) -> Engine {

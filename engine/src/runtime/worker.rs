@@ -106,26 +106,33 @@ pub(crate) async fn pool(engine: Engine) {
             break;
         }
         let free = slots.available_permits() as i64;
+        if free == 0 {
+            // Every slot is busy: go on when one frees, not at the next
+            // poll. Jobs may already be waiting, and a finished job wakes
+            // nobody unless it scheduled another, so a full pool started
+            // at most `workers` calls per poll interval.
+            tokio::select! {
+                _ = running.join_next() => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
         let asked = tokio::time::Instant::now();
-        let claimed = if free == 0 {
-            Vec::new()
-        } else {
-            match engine
-                .submit(Command::ClaimJobs {
-                    owner: owner.clone(),
-                    lease_ms: engine.inner.config.lease.as_millis() as i64,
-                    limit: free,
-                    default_timeout_ms: engine.inner.config.default_timeout.as_millis() as i64,
-                })
-                .await
-            {
-                Ok(Reply::Jobs(jobs)) => jobs,
-                Ok(_) => Vec::new(),
-                Err(crate::Error::Stopped) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim jobs");
-                    Vec::new()
-                }
+        let claimed = match engine
+            .submit(Command::ClaimJobs {
+                owner: owner.clone(),
+                lease_ms: engine.inner.config.lease.as_millis() as i64,
+                limit: free,
+                default_timeout_ms: engine.inner.config.default_timeout.as_millis() as i64,
+            })
+            .await
+        {
+            Ok(Reply::Jobs(jobs)) => jobs,
+            Ok(_) => Vec::new(),
+            Err(crate::Error::Stopped) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim jobs");
+                Vec::new()
             }
         };
         let idle = claimed.is_empty();
