@@ -586,19 +586,29 @@ async fn check(h: &Harness, world: &mut World) {
     let instances = instances(h).await;
     let by_id: HashMap<&str, &InstanceRow> = instances.iter().map(|i| (i.id.as_str(), i)).collect();
     let tasks = open_tasks(h).await;
-    let open: HashMap<&str, &str> = tasks
+    // What each open task, job, subscription and incident belongs to:
+    // the instance, and the node its token waits at.
+    let open: HashMap<&str, (&str, &str)> = tasks
         .iter()
-        .map(|t| (t.id.as_str(), t.instance_id.as_str()))
+        .map(|t| (t.id.as_str(), (t.instance_id.as_str(), t.node_id.as_str())))
         .collect();
     let pool = h.engine.store().pool();
-    let jobs: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT id, instance_id, status FROM jobs WHERE status IN ('ready', 'running', 'incident')",
+    let job_rows: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT id, instance_id, node_id, status FROM jobs WHERE status IN ('ready', 'running', 'incident')",
     )
     .fetch_all(pool)
     .await
     .unwrap();
-    let subscriptions: Vec<(String, String)> =
-        sqlx::query_as("SELECT id, instance_id FROM subscriptions")
+    let job_places: HashMap<&str, (&str, &str)> = job_rows
+        .iter()
+        .map(|(j, i, n, _)| (j.as_str(), (i.as_str(), n.as_str())))
+        .collect();
+    let jobs: Vec<(String, String, String)> = job_rows
+        .iter()
+        .map(|(j, i, _, s)| (j.clone(), i.clone(), s.clone()))
+        .collect();
+    let subscriptions: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT id, instance_id, node_id FROM subscriptions")
             .fetch_all(pool)
             .await
             .unwrap();
@@ -606,8 +616,8 @@ async fn check(h: &Harness, world: &mut World) {
 
     let mut waited_tasks = HashSet::new();
     let mut waited_jobs: HashMap<String, (String, String, Wait)> = HashMap::new();
-    let mut waited_subscriptions = HashSet::new();
-    let mut waited_incidents = HashSet::new();
+    let mut waited_subscriptions: HashMap<String, (String, String)> = HashMap::new();
+    let mut waited_incidents: HashMap<String, (String, String)> = HashMap::new();
     for i in &instances {
         if i.status != "running" {
             assert!(i.state.tokens.is_empty(), "{} ended with tokens", i.id);
@@ -637,9 +647,10 @@ async fn check(h: &Harness, world: &mut World) {
                 Wait::Task { task, timer } => {
                     assert_eq!(
                         open.get(task.as_str()),
-                        Some(&i.id.as_str()),
-                        "{} waits on task {task}, which is not open",
-                        i.id
+                        Some(&(i.id.as_str(), token.node.as_str())),
+                        "{} at `{}` waits on task {task}, which is not open there",
+                        i.id,
+                        token.node
                     );
                     timer.iter().all(|t| {
                         waited_jobs
@@ -667,7 +678,9 @@ async fn check(h: &Harness, world: &mut World) {
                                 (i.id.clone(), token.node.clone(), token.wait.clone()),
                             )
                             .is_none()
-                    }) && waited_subscriptions.insert(subscription.clone())
+                    }) && waited_subscriptions
+                        .insert(subscription.clone(), (i.id.clone(), token.node.clone()))
+                        .is_none()
                 }
                 Wait::Call { child } => {
                     let c = by_id.get(child.as_str()).unwrap_or_else(|| {
@@ -677,7 +690,9 @@ async fn check(h: &Harness, world: &mut World) {
                     assert_eq!(c.parent_id.as_deref(), Some(i.id.as_str()));
                     true
                 }
-                Wait::Incident { incident, .. } => waited_incidents.insert(incident.clone()),
+                Wait::Incident { incident, .. } => waited_incidents
+                    .insert(incident.clone(), (i.id.clone(), token.node.clone()))
+                    .is_none(),
             };
             assert!(once, "{}: two waits on one row ({:?})", i.id, token.wait);
         }
@@ -720,6 +735,14 @@ async fn check(h: &Harness, world: &mut World) {
     for (job, (instance, node, wait)) in &waited_jobs {
         let stopped_is_fine =
             matches!(wait, Wait::Job { .. }) || !stopped_jobs.contains(job.as_str());
+        // The job is the one of this instance, at this node.
+        if let Some(&(of, at)) = job_places.get(job.as_str()) {
+            assert_eq!(
+                (of, at),
+                (instance.as_str(), node.as_str()),
+                "{instance} at `{node}` waits on job {job}, which belongs elsewhere"
+            );
+        }
         if !pending.contains(job.as_str()) || !stopped_is_fine {
             let status: Option<(String, String)> =
                 sqlx::query_as("SELECT status, kind FROM jobs WHERE id = $1")
@@ -732,7 +755,18 @@ async fn check(h: &Harness, world: &mut World) {
     }
     let mut incident_jobs = HashSet::new();
     for incident in &incidents {
-        let at_token = waited_incidents.contains(&incident.id);
+        let at_token = match waited_incidents.get(&incident.id) {
+            Some((of, at)) => {
+                assert_eq!(
+                    (of.as_str(), at.as_str()),
+                    (incident.instance_id.as_str(), incident.node_id.as_str()),
+                    "incident {} is not where its token stopped",
+                    incident.id
+                );
+                true
+            }
+            None => false,
+        };
         let at_job = incident
             .job_id
             .as_deref()
@@ -752,17 +786,23 @@ async fn check(h: &Harness, world: &mut World) {
         "jobs stopped and the open incidents about them differ"
     );
     let open_incidents: HashSet<&str> = incidents.iter().map(|i| i.id.as_str()).collect();
-    for incident in &waited_incidents {
+    for incident in waited_incidents.keys() {
         assert!(
             open_incidents.contains(incident.as_str()),
             "a token is stopped at incident {incident}, which is not open"
         );
     }
-    let subscribed: HashSet<&str> = subscriptions.iter().map(|(s, _)| s.as_str()).collect();
+    let subscribed: HashMap<&str, (&str, &str)> = subscriptions
+        .iter()
+        .map(|(s, i, n)| (s.as_str(), (i.as_str(), n.as_str())))
+        .collect();
     assert_eq!(
         subscribed,
-        waited_subscriptions.iter().map(String::as_str).collect(),
-        "subscriptions and the tokens waiting for messages differ"
+        waited_subscriptions
+            .iter()
+            .map(|(s, (i, n))| (s.as_str(), (i.as_str(), n.as_str())))
+            .collect(),
+        "subscriptions and the tokens waiting for messages differ (or wait elsewhere)"
     );
 
     let mut completions: HashMap<String, usize> = HashMap::new();
