@@ -360,20 +360,25 @@ impl<'a> Machine<'a> {
 
     /// Starts a new token at `node` beside the others (non-interrupting escalation).
     pub fn branch(&mut self, from: u32, node: &str) -> Result<(), MachineError> {
+        let id = self.side_token(from, node);
+        self.queue.push_back(id);
+        self.run()
+    }
+
+    /// A side token at `node`, in `from`'s forks: inside one, it is one
+    /// more arrival its join must wait for.
+    fn side_token(&mut self, from: u32, node: &str) -> u32 {
         let scopes = self
             .state
             .token(from)
             .map(|t| t.scopes.clone())
             .unwrap_or_default();
-        // Inside a fork, the new token is one more arrival its join must wait for.
         if let Some(scope) = scopes.last()
             && let Some(join) = self.state.joins.get_mut(&scope.group)
         {
             join.expected += 1;
         }
-        let id = self.spawn(node, scopes, true);
-        self.queue.push_back(id);
-        self.run()
+        self.spawn(node, scopes, true)
     }
 
     fn incident(&mut self, token: u32, node: &str, message: String) {
@@ -386,17 +391,7 @@ impl<'a> Machine<'a> {
     /// (the task it left open stays its agent's, and resolving the incident
     /// runs the path again, not the task).
     pub(crate) fn branch_stopped(&mut self, from: u32, node: &str, message: String) {
-        let scopes = self
-            .state
-            .token(from)
-            .map(|t| t.scopes.clone())
-            .unwrap_or_default();
-        if let Some(scope) = scopes.last()
-            && let Some(join) = self.state.joins.get_mut(&scope.group)
-        {
-            join.expected += 1;
-        }
-        let id = self.spawn(node, scopes, true);
+        let id = self.side_token(from, node);
         self.raise(id, node, message, false);
     }
 
