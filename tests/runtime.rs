@@ -913,19 +913,8 @@ on_both_backends!(p06_restart_mid_process, super::restart_mid_process);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_worker_pool_goes_on_when_a_slot_frees() {
     let h = Harness::new(Db::Postgres).await;
-    let mut started = Vec::new();
     for ci in ["4587213", "3021457", "7788990"] {
-        let id = h.start(P06, "ivr", json!({"telefono": PHONE})).await;
-        h.complete(&id, "recibir_llamada", "atendida", json!({}))
-            .await;
-        h.complete(
-            &id,
-            "identificar_cliente",
-            "continuar",
-            json!({"nombre_cliente": "Ana", "servicio_solicitado": "television", "ci": ci}),
-        )
-        .await;
-        started.push(id);
+        tramite_tests::p06::at_the_naf_check(&h, ci).await;
     }
     let node = tramite_tests::engine::engine_with(&h, |c| {
         c.workers = 1;
@@ -2192,16 +2181,24 @@ nodes:
             "  - {id: fin, kind: end, outcome: listo}\n  - {id: g1, kind: exclusive_gate, branches: [{when: 'false', next: fin}], default: g2}\n  - {id: g2, kind: exclusive_gate, branches: [{when: 'false', next: fin}], default: g1}",
         );
     assert_ne!(spinning, BESIDE);
-    let mut conn = h.engine.store().pool().acquire().await.unwrap();
-    sqlx::query(
-        "INSERT INTO definitions (code, version, content_hash, file_name, source, deployed_at) \
-         VALUES ('T-CICLO', 2, 'antes-de-la-regla', 'ciclo.yaml', $1, 0)",
-    )
-    .bind(&spinning)
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    drop(conn);
+    // A version stored as it is, past the checks a deploy makes.
+    let store = |version: i64, source: String| {
+        let h = &h;
+        async move {
+            let mut conn = h.engine.store().pool().acquire().await.unwrap();
+            sqlx::query(
+                "INSERT INTO definitions (code, version, content_hash, file_name, source, deployed_at) \
+                 VALUES ('T-CICLO', $1, $2, 'ciclo.yaml', $3, 0)",
+            )
+            .bind(version)
+            .bind(format!("antes-de-la-regla-{version}"))
+            .bind(source)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        }
+    };
+    store(2, spinning.clone()).await;
     let id = h.start("T-CICLO", "web", json!({})).await;
     assert_eq!(h.instance(&id).await.version, 2);
     h.advance(Duration::from_secs(2 * 3_600));
@@ -2222,30 +2219,16 @@ nodes:
     );
     // Interrupting, the escalation takes the task: it leaves the inbox
     // with the incident (it stayed there, and completing it was refused).
-    let interrupting = spinning.replace("interrupting: false", "interrupting: true");
-    let mut conn = h.engine.store().pool().acquire().await.unwrap();
-    sqlx::query(
-        "INSERT INTO definitions (code, version, content_hash, file_name, source, deployed_at) \
-         VALUES ('T-CICLO', 3, 'antes-de-la-regla-3', 'ciclo.yaml', $1, 0)",
+    store(
+        3,
+        spinning.replace("interrupting: false", "interrupting: true"),
     )
-    .bind(&interrupting)
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    drop(conn);
+    .await;
     let taken = h.start("T-CICLO", "web", json!({})).await;
     h.advance(Duration::from_secs(2 * 3_600));
     h.jobs().await;
     assert_eq!(h.open_incident(&taken).await.node_id, "atender");
-    let open = h
-        .engine
-        .tasks(&Filter {
-            instance_id: Some(taken.clone()),
-            limit: 10,
-            ..Filter::default()
-        })
-        .await
-        .unwrap();
+    let open = h.open_tasks(&taken).await;
     assert!(open.is_empty(), "{open:?}");
 }
 on_both_backends!(

@@ -202,17 +202,21 @@ impl Harness {
             .expect("instance starts")
     }
 
-    /// The open task of `instance` at `node` (panics if there is none).
-    pub async fn task(&self, instance: &str, node: &str) -> TaskRow {
-        let tasks = self
-            .engine
+    /// The open (or claimed) tasks of `instance`.
+    pub async fn open_tasks(&self, instance: &str) -> Vec<TaskRow> {
+        self.engine
             .tasks(&Filter {
                 instance_id: Some(instance.to_owned()),
                 limit: 100,
                 ..Filter::default()
             })
             .await
-            .expect("tasks");
+            .expect("tasks")
+    }
+
+    /// The open task of `instance` at `node` (panics if there is none).
+    pub async fn task(&self, instance: &str, node: &str) -> TaskRow {
+        let tasks = self.open_tasks(instance).await;
         let open: Vec<&TaskRow> = tasks.iter().collect();
         open.iter()
             .find(|t| t.node_id == node)
@@ -240,14 +244,8 @@ impl Harness {
 
     /// Whether `instance` has an open task at `node`.
     pub async fn task_open(&self, instance: &str, node: &str) -> bool {
-        self.engine
-            .tasks(&Filter {
-                instance_id: Some(instance.to_owned()),
-                limit: 100,
-                ..Filter::default()
-            })
+        self.open_tasks(instance)
             .await
-            .expect("tasks")
             .iter()
             .any(|t| t.node_id == node)
     }

@@ -12,6 +12,14 @@ pub const PHONE: &str = "72345678";
 
 /// Starts P06 by IVR and walks it to the NAF check with `ci`.
 pub async fn through_identification(h: &Harness, ci: &str) -> String {
+    let id = at_the_naf_check(h, ci).await;
+    assert_eq!(h.jobs().await, 1, "the NAF check runs");
+    id
+}
+
+/// Starts P06 by IVR and walks it until its NAF check with `ci` is due,
+/// not yet run.
+pub async fn at_the_naf_check(h: &Harness, ci: &str) -> String {
     let id = h
         .start(
             P06,
@@ -28,7 +36,6 @@ pub async fn through_identification(h: &Harness, ci: &str) -> String {
         json!({"nombre_cliente": "Juan Pérez Rojas", "servicio_solicitado": "internet_fibra", "ci": ci}),
     )
     .await;
-    assert_eq!(h.jobs().await, 1, "the NAF check runs");
     id
 }
 
