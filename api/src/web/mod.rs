@@ -914,7 +914,7 @@ async fn task_submit(
                 let status = Error::from(e).status();
                 let mut page = task_model(&s, &ses, &id, None, &[]).await?;
                 page.user = Some(ses.user.clone());
-                page.typed = typed(&ut.form, &form, &ses);
+                page.typed = typed(&process.definition, &ut.form, &form, &ses);
                 return Ok((status, render(&page)).into_response());
             }
             Err(e) => return Err(ses.fail(e)),
@@ -925,16 +925,17 @@ async fn task_submit(
     if !page.open {
         // Closed under the agent, with a value the page could not read:
         // what they typed is shown all the same.
-        page.typed = typed(&ut.form, &form, &ses);
+        page.typed = typed(&process.definition, &ut.form, &form, &ses);
     }
     let status = Error::InvalidData { errors }.status();
     Ok((status, render(&page)).into_response())
 }
 
-/// What the agent typed into `fields`, as they read it (an option by its
-/// label, a yes/no in words, a date as dd/mm/yyyy), to show when the task
-/// closed under them.
+/// What the agent typed into `fields` of `def`, as the pages show values
+/// (an option by its label, a yes/no in words, a date as dd/mm/yyyy), to
+/// show when the task closed under them.
 fn typed(
+    def: &tramite_engine::definition::Definition,
     fields: &[tramite_engine::definition::Field],
     form: &HashMap<String, String>,
     ses: &Session,
@@ -942,28 +943,23 @@ fn typed(
     fields
         .iter()
         .filter_map(|f| {
-            let value = form.get(&f.name)?.trim();
-            if value.is_empty() {
+            let raw = form.get(&f.name)?.trim();
+            if raw.is_empty() {
                 return None;
             }
             let label = f
                 .label
                 .as_ref()
                 .map_or_else(|| f.name.clone(), |l| l.get(ses.lang).to_owned());
-            let option = f.options.iter().find(|o| o.value == value);
-            let value = match (f.ty, value, option) {
-                (_, _, Some(o)) => o
-                    .label
-                    .as_ref()
-                    .map_or_else(|| o.value.clone(), |l| l.get(ses.lang).to_owned()),
-                (VarType::Boolean, "true" | "on" | "1", _) => ses.w.yes.to_owned(),
-                (VarType::Boolean, "false" | "off" | "0", _) => ses.w.no.to_owned(),
-                (VarType::Date, v, _) if v.len() == 10 && v.is_ascii() => {
-                    format!("{}/{}/{}", &v[8..10], &v[5..7], &v[0..4])
-                }
-                (_, v, _) => v.to_owned(),
+            let value = match (f.ty, raw) {
+                (VarType::Boolean, "true" | "on" | "1") => Value::Bool(true),
+                (VarType::Boolean, "false" | "off" | "0") => Value::Bool(false),
+                _ => Value::String(raw.to_owned()),
             };
-            Some((label, value))
+            Some((
+                label,
+                views::value_words(def, &f.name, &value, ses.w, ses.lang),
+            ))
         })
         .collect()
 }
