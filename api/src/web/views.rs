@@ -805,10 +805,7 @@ pub(super) fn timeline(
 /// reason for a child cancelled with its parent in the page's language, an
 /// operator's as they wrote it.
 fn cancel_reason(reason: &str, lang: Lang) -> String {
-    let parent = reason
-        .strip_prefix("parent `")
-        .and_then(|r| r.strip_suffix("` was cancelled"));
-    match parent {
+    match tramite_engine::runtime::commands::cancelled_with_parent(reason) {
         Some(id) if lang == Lang::Es => format!("se canceló la solicitud que la inició ({id})"),
         _ => reason.to_owned(),
     }

@@ -1182,7 +1182,7 @@ async fn apply(
         }),
         Effect::CancelChild { id } => followups.push_back(Followup::Cancel {
             instance: id,
-            reason: format!("parent `{}` was cancelled", row.id),
+            reason: parent_cancelled(&row.id),
         }),
         Effect::Incident {
             id,
@@ -2755,6 +2755,19 @@ pub enum Then {
 
 /// How the incident of a parent whose waited-for child was cancelled begins.
 const CANCELLED_CHILD: &str = "called instance ";
+
+/// The reason a child cancelled with its parent records.
+fn parent_cancelled(parent: &str) -> String {
+    format!("parent `{parent}` was cancelled")
+}
+
+/// The parent a cancellation's `reason` names, if it is the one a child
+/// cancelled with its parent records (for pages that word it themselves).
+pub fn cancelled_with_parent(reason: &str) -> Option<&str> {
+    reason
+        .strip_prefix("parent `")
+        .and_then(|r| r.strip_suffix("` was cancelled"))
+}
 
 /// How much earlier than its instance's start a kept message may have
 /// arrived and still be the instance's: engine nodes stamp with their own
