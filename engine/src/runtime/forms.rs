@@ -18,11 +18,10 @@ pub struct FieldError {
 /// A compiled form.
 pub struct Form {
     validator: jsonschema::Validator,
-    fields: Vec<String>,
-    /// Each field's type, for what JSON Schema lets through but a
-    /// variable cannot hold (a whole number past CEL's int, a date-time
-    /// without a day the engine can count from).
-    types: Vec<(String, VarType)>,
+    /// Each field, in the form's order, with its type: for what JSON
+    /// Schema lets through but a variable cannot hold (a whole number past
+    /// CEL's int, a date-time without a day the engine can count from).
+    fields: Vec<(String, VarType)>,
     /// Required text fields: blank (empty or only spaces) is not an answer.
     required_text: Vec<String>,
 }
@@ -106,8 +105,7 @@ impl Form {
             .build(&schema(fields))?;
         Ok(Form {
             validator,
-            fields: fields.iter().map(|f| f.name.clone()).collect(),
-            types: fields.iter().map(|f| (f.name.clone(), f.ty)).collect(),
+            fields: fields.iter().map(|f| (f.name.clone(), f.ty)).collect(),
             required_text: fields
                 .iter()
                 .filter(|f| f.required && matches!(f.ty, VarType::String | VarType::Text))
@@ -122,7 +120,6 @@ impl Form {
         Form {
             validator: jsonschema::validator_for(&Value::Bool(false)).expect("`false` is a schema"),
             fields: Vec::new(),
-            types: Vec::new(),
             required_text: Vec::new(),
         }
     }
@@ -202,7 +199,7 @@ impl Form {
         errors.retain(|e| !blank.contains(&&e.field));
         // What the schema let through that the field's variable would
         // refuse: stored, it would fail every expression that reads it.
-        for (name, ty) in &self.types {
+        for (name, ty) in &self.fields {
             if let Some(value) = data.get(name.as_str())
                 && !super::machine::admits(*ty, value)
                 && !errors.iter().any(|e| e.field == *name)
@@ -226,7 +223,7 @@ impl Form {
         let order = |f: &FieldError| {
             self.fields
                 .iter()
-                .position(|n| *n == f.field)
+                .position(|(n, _)| *n == f.field)
                 .unwrap_or(usize::MAX)
         };
         errors.sort_by_key(order);
