@@ -417,12 +417,7 @@ impl Connector for Simulator {
         &'a self,
         call: ConnectorCall<'a>,
     ) -> BoxFuture<'a, Result<Map<String, Value>, ConnectorError>> {
-        Box::pin(self.harness.run(move || {
-            if call.operation != OPERATION {
-                return Err(self.harness.unknown_operation(call.operation));
-            }
-            self.register(call.idempotency_key, call.attempt, call.input)
-        }))
+        Box::pin(async move { self.call_telling_new(call).await.0 })
     }
 }
 
