@@ -7,8 +7,11 @@
 //! [`ConnectorError::Transient`](tramite_engine::runtime::connector::ConnectorError::Transient);
 //! only [`Faults::lose_next_replies`] lets the system act before failing —
 //! every other fault fails the call before the system sees it, so nothing
-//! is registered.
+//! is registered. [`Faults::hold_next_replies`] fails nothing: it keeps a
+//! reply back after the system acted, so that a test can kill the caller
+//! in the one window where a crash must not make the system act twice.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -19,16 +22,21 @@ use std::time::Duration;
 /// fails it; else a pending "fail next" fails it (and is used up); else a
 /// rate limit may refuse it, saying when to come back; else the error rate
 /// may fail it; else the system acts, and a pending "lose next reply" turns
-/// its answer into a transient failure.
+/// its answer into a transient failure, or a pending "hold next reply"
+/// keeps its answer back for a while.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     state: Arc<Mutex<State>>,
+    /// Replies being held back right now (see [`Faults::holding`]).
+    holding: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     fail_next: u32,
     lose_next: u32,
+    hold_next: u32,
+    hold: Duration,
     outage: bool,
     latency: Duration,
     rate: Option<Rate>,
@@ -81,6 +89,8 @@ pub(crate) struct Plan {
     pub(crate) retry_after: Option<Duration>,
     /// Let the system act, then fail as if the reply were lost.
     pub(crate) lose_reply: bool,
+    /// Let the system act, then keep its answer back this long.
+    pub(crate) hold_reply: Duration,
 }
 
 impl Faults {
@@ -101,6 +111,38 @@ impl Faults {
     /// idempotency key must then get the original answer.
     pub fn lose_next_replies(&self, n: u32) {
         self.lock().lose_next = n;
+    }
+
+    /// The next `n` calls that reach the system act (Smartflex registers)
+    /// and their answer is then kept back for `hold` before it is sent:
+    /// the window in which a caller that dies has had the system act but
+    /// has not recorded it. Nothing fails; see [`Faults::holding`].
+    pub fn hold_next_replies(&self, n: u32, hold: Duration) {
+        let mut state = self.lock();
+        state.hold_next = n;
+        state.hold = hold;
+    }
+
+    /// How many answers are being kept back right now by
+    /// [`Faults::hold_next_replies`]: the system has acted on each, and its
+    /// caller is waiting.
+    pub fn holding(&self) -> u64 {
+        self.holding.load(Ordering::SeqCst)
+    }
+
+    /// Keeps an answer back for `hold`, counted in [`Faults::holding`]
+    /// while it waits (and no longer once the wait ends or is dropped,
+    /// as when the caller hangs up).
+    pub(crate) async fn hold(&self, hold: Duration) {
+        struct Held<'a>(&'a AtomicU64);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.holding.fetch_add(1, Ordering::SeqCst);
+        let _held = Held(&self.holding);
+        tokio::time::sleep(hold).await;
     }
 
     /// Every call fails transiently until [`Faults::end_outage`].
@@ -200,6 +242,12 @@ impl Faults {
         if lose_reply {
             state.lose_next -= 1;
         }
+        let hold_reply = if fail.is_none() && !lose_reply && state.hold_next > 0 {
+            state.hold_next -= 1;
+            state.hold
+        } else {
+            Duration::ZERO
+        };
         if fail.is_some() || lose_reply {
             state.injected += 1;
         }
@@ -208,6 +256,7 @@ impl Faults {
             fail,
             retry_after,
             lose_reply,
+            hold_reply,
         }
     }
 
@@ -266,7 +315,8 @@ mod tests {
                 latency: Duration::ZERO,
                 fail: None,
                 retry_after: None,
-                lose_reply: false
+                lose_reply: false,
+                hold_reply: Duration::ZERO,
             }
         );
         assert_eq!(f.injected(), 0);

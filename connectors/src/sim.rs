@@ -57,6 +57,9 @@ impl Harness {
             });
         }
         let answer = handle();
+        if !plan.hold_reply.is_zero() {
+            self.faults.hold(plan.hold_reply).await;
+        }
         if plan.lose_reply {
             return Err(transient(format!(
                 "{} (simulated): timed out waiting for the reply (the request may have been \

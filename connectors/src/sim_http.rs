@@ -15,8 +15,9 @@
 //! with `Retry-After` (seconds). `GET /<system>/health` answers 503 during
 //! an outage. Faults are switched at run time with
 //! `POST /_admin/<system>/faults` (`{"latency_ms", "error_rate",
-//! "rate_limit_per_s", "outage", "fail_next", "lose_next", "clear"}`)
-//! and calls counted at `GET /_admin/<system>/stats`.
+//! "rate_limit_per_s", "outage", "fail_next", "lose_next", "hold_next",
+//! "hold_ms", "clear"}`) and calls counted at `GET /_admin/<system>/stats`
+//! (with `holding`, the answers being held back right now).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -359,6 +360,10 @@ struct FaultsRequest {
     fail_next: Option<u32>,
     /// The next N calls act but their reply is lost.
     lose_next: Option<u32>,
+    /// The next N calls act, then their reply is held back `hold_ms`.
+    hold_next: Option<u32>,
+    /// How long `hold_next` holds each reply, ms (required with it).
+    hold_ms: Option<u64>,
     /// Clear every fault first.
     #[serde(default)]
     clear: bool,
@@ -382,6 +387,13 @@ async fn set_faults(
             );
         }
     };
+    if r.hold_next.is_some() != r.hold_ms.is_some() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "FALLAS_MAL_FORMADAS",
+            "hold_next and hold_ms go together: how many replies to hold, and for how long",
+        );
+    }
     apply(f, &r);
     StatusCode::NO_CONTENT.into_response()
 }
@@ -412,6 +424,9 @@ fn apply(f: &Faults, r: &FaultsRequest) {
     if let Some(n) = r.lose_next {
         f.lose_next_replies(n);
     }
+    if let (Some(n), Some(ms)) = (r.hold_next, r.hold_ms) {
+        f.hold_next_replies(n, Duration::from_millis(ms));
+    }
 }
 
 /// Faults for every system at start-up (`tramite simulators --latency …`).
@@ -439,6 +454,8 @@ impl StartFaults {
                         outage: None,
                         fail_next: None,
                         lose_next: None,
+                        hold_next: None,
+                        hold_ms: None,
                         clear: false,
                     },
                 );
@@ -449,15 +466,20 @@ impl StartFaults {
 
 async fn stats(State(sims): Shared, Path(system): Path<String>) -> Response {
     let body = match system.as_str() {
-        "naf" => {
-            json!({"calls": sims.naf.calls(), "faults_injected": sims.naf.faults().injected()})
-        }
-        "gis" => {
-            json!({"calls": sims.gis.calls(), "faults_injected": sims.gis.faults().injected()})
-        }
+        "naf" => json!({
+            "calls": sims.naf.calls(),
+            "faults_injected": sims.naf.faults().injected(),
+            "holding": sims.naf.faults().holding(),
+        }),
+        "gis" => json!({
+            "calls": sims.gis.calls(),
+            "faults_injected": sims.gis.faults().injected(),
+            "holding": sims.gis.faults().holding(),
+        }),
         "smartflex" => json!({
             "calls": sims.smartflex.calls(),
             "faults_injected": sims.smartflex.faults().injected(),
+            "holding": sims.smartflex.faults().holding(),
             "registrations": sims.smartflex.registration_count(),
             "duplicates": duplicate_registrations(&sims),
         }),

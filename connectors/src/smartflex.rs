@@ -801,6 +801,34 @@ mod tests {
         assert_eq!(sim.registration_count(), 1);
     }
 
+    /// A held reply: Smartflex has registered while its caller still
+    /// waits, and a caller that hangs up then (a killed node) leaves the
+    /// registration for the retry to find.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_reply_comes_after_the_registration() {
+        let sim = std::sync::Arc::new(simulator());
+        sim.faults()
+            .hold_next_replies(1, std::time::Duration::from_secs(5));
+        let input = sale("4587213", "Sarco", "trio");
+        let call = {
+            let (sim, input) = (std::sync::Arc::clone(&sim), input.clone());
+            tokio::spawn(async move { register(&sim, "job-1", 1, &input).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert_eq!(sim.registration_count(), 1);
+        assert_eq!(sim.faults().holding(), 1);
+        // The caller dies: its reply is never sent.
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        assert_eq!(sim.faults().holding(), 0);
+        // Only the next call was held: the retry is answered at once, with
+        // the original registration.
+        let out = register(&sim, "job-1", 2, &input).await.unwrap();
+        assert_eq!(out["request_number"], json!("SF-2026-000001"));
+        assert_eq!(sim.registration_count(), 1);
+        assert_eq!(sim.faults().injected(), 0, "holding fails nothing");
+    }
+
     #[tokio::test]
     async fn random_failures_with_retries_register_each_key_once() {
         let sim = simulator();
