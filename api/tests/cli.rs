@@ -329,7 +329,8 @@ fn test_prints_expected_and_actual_paths_on_failure() {
 /// variable the procedure does not declare, a file not in UTF-8, an
 /// incident that `end: running` does not hide, answers that are no answer,
 /// answers written twice for one operation (the second silently replaced
-/// the first), a message that reuses an earlier one's id (it did nothing).
+/// the first), a message that reuses an earlier one's id (it did nothing),
+/// answers the catalog says no system gives.
 #[test]
 fn test_reports_every_scenario_mistake_and_goes_on() {
     let out = tramite(&[
@@ -353,7 +354,12 @@ fn test_reports_every_scenario_mistake_and_goes_on() {
         "answers: `naf.check_portfolio` answer 2 needs exactly one of `result`, `business`, `transient`",
         "duplicate entry with key \"smartflex.register_service_request\" at line 8 column 3 (written again at 12:3)",
         "step 7: message `requisitos_whatsapp` has the id of one published before, so it did nothing",
-        "1 passed, 9 failed",
+        "answers: `naf.check_portfolio` answer 1 lacks `member`, which the catalog says the system always returns",
+        "answers: `naf.check_portfolio` answer 1 lacks `debt_bs`",
+        "answers: `naf.check_portfolio` answer 1 returns `deuda_bs`, which is not an output of the operation (outputs: found, member, client_name, has_impediment, impediments, debt_bs)",
+        "answers: `naf.check_portfolio` answer 1 gives `found` the value \"si\", which is not of its type, boolean",
+        "answers: `smartflex.register_service_request` answer 1 is the business error `cliente_moroso`, which the operation does not raise (it raises: product_not_available, client_blocked)",
+        "1 passed, 10 failed",
     ] {
         assert!(
             stdout.contains(expected),

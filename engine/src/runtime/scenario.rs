@@ -257,7 +257,8 @@ pub async fn run(
     // A malformed answer would read as a transient failure, be retried
     // with the next answer, and the run would pass on an answer its author
     // did not mean: the scenario is refused before it runs.
-    let malformed = malformed_answers(scenario);
+    let mut malformed = malformed_answers(scenario);
+    malformed.extend(answers_off_the_catalog(scenario, catalog));
     if !malformed.is_empty() {
         return Ok(Report {
             name: scenario.scenario.es.clone(),
@@ -371,6 +372,68 @@ fn malformed_answers(scenario: &Scenario) -> Vec<String> {
                 continue;
             };
             out.push(format!("answers: `{key}` answer {} {problem}", i + 1));
+        }
+    }
+    out
+}
+
+/// Scripted answers no system could give, by its catalog: a result without
+/// an output the system always returns, with one it does not have, or with
+/// a value of the wrong type; a business error the operation does not
+/// raise. Run, such an answer would pass a scenario that the real system
+/// can never play out (or fail it with an incident far from the mistake).
+fn answers_off_the_catalog(scenario: &Scenario, catalog: &Catalog) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, answers) in &scenario.answers {
+        let (connector, operation) = key.split_once('.').unwrap_or((key, ""));
+        let Some(op) = catalog
+            .connector(connector)
+            .and_then(|c| c.operation(operation))
+        else {
+            continue; // reported as an unknown operation
+        };
+        let names = |list: &[String]| list.join(", ");
+        for (i, a) in answers.iter().enumerate() {
+            let at = format!("answers: `{key}` answer {}", i + 1);
+            if let Some(result) = &a.result {
+                for p in op.outputs.iter().filter(|p| p.required) {
+                    if result.get(&p.name).is_none_or(Value::is_null) {
+                        out.push(format!(
+                            "{at} lacks `{}`, which the catalog says the system always returns",
+                            p.name
+                        ));
+                    }
+                }
+                for (name, value) in result {
+                    match op.outputs.iter().find(|p| &p.name == name) {
+                        None => out.push(format!(
+                            "{at} returns `{name}`, which is not an output of the operation (outputs: {})",
+                            names(&op.outputs.iter().map(|p| p.name.clone()).collect::<Vec<_>>())
+                        )),
+                        Some(p) if !crate::runtime::machine::admits(p.ty, value) => {
+                            out.push(format!(
+                                "{at} gives `{name}` the value {value}, which is not of its type, {}",
+                                p.ty
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            if let Some(b) = &a.business
+                && !op.errors.iter().any(|e| e.name == b.code)
+            {
+                let raised: Vec<String> = op.errors.iter().map(|e| e.name.clone()).collect();
+                out.push(format!(
+                    "{at} is the business error `{}`, which the operation does not raise (it raises: {})",
+                    b.code,
+                    if raised.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names(&raised)
+                    }
+                ));
+            }
         }
     }
     out
