@@ -986,6 +986,64 @@ on_both_backends!(
     super::restart_mid_connector_call
 );
 
+/// A call whose node dies every time it runs it (a response that crashes
+/// the process, say) is not run forever: once it was claimed as often as
+/// its attempts allow, the next claim raises an incident instead of calling
+/// again. Retried by an operator, it runs, and registers once.
+async fn a_call_that_kills_its_node_each_time_ends_in_an_incident(db: Db) {
+    let mut h = Harness::new(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    // `registrar_venta_smartflex` allows 8 attempts.
+    h.sims
+        .smartflex
+        .faults()
+        .set_latency(Duration::from_secs(3_600));
+    for attempt in 1..=8u64 {
+        h.engine.start_workers();
+        for _ in 0..300 {
+            if h.sims.smartflex.calls() >= attempt {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            h.sims.smartflex.calls(),
+            attempt,
+            "attempt {attempt} is in flight"
+        );
+        h.crash().await;
+        if db == Db::Postgres {
+            // The dead engine's lease: 30 s + the step's 20 s timeout.
+            h.advance(Duration::from_secs(51));
+        }
+    }
+    h.sims.smartflex.faults().set_latency(Duration::ZERO);
+    assert_eq!(h.jobs().await, 0, "not called a ninth time");
+    assert_eq!(h.sims.smartflex.calls(), 8);
+    let incident = h.open_incident(&id).await;
+    assert_eq!(incident.node_id, "registrar_venta_smartflex");
+    assert!(
+        incident
+            .message
+            .starts_with("8 attempt(s) ended without a result"),
+        "{}",
+        incident.message
+    );
+    h.engine
+        .retry_incident(&incident.id, "operador1")
+        .await
+        .unwrap();
+    assert_eq!(h.jobs().await, 1);
+    h.task(&id, "comunicar_solicitud").await;
+    assert_eq!(h.sims.smartflex.registration_count(), 1);
+}
+on_both_backends!(
+    a_call_that_kills_its_node_each_time,
+    super::a_call_that_kills_its_node_each_time_ends_in_an_incident
+);
+
 async fn versions(db: Db) {
     let h = Harness::new(db).await;
     let path = tramite_tests::repo_root().join("processes/opr-pas-p02.yaml");

@@ -424,16 +424,36 @@ pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result
             // A lease owner per claim: a job claimed again (its lease expired)
             // by the same pool must not accept the earlier run's result.
             let owner = format!("{owner}/{}", new_id());
-            Reply::Jobs(
-                conn.claim_jobs(store::JobClaim {
+            let claimed = conn
+                .claim_jobs(store::JobClaim {
                     owner: &owner,
                     now: ctx.now,
                     lease_until: ctx.now + lease_ms,
                     limit,
                     default_timeout_ms,
                 })
-                .await?,
-            )
+                .await?;
+            let mut run = Vec::with_capacity(claimed.len());
+            for job in claimed {
+                // Each claim counts as an attempt. A call claimed more often
+                // than its attempts allow had every earlier run end without
+                // a result (its node died calling, or could not record
+                // what it heard): running it again could go on forever, a
+                // node crashing on the same call each time. An operator
+                // looks at it instead.
+                if job.kind != "timer" && job.attempts > job.max_attempts {
+                    let message = format!(
+                        "{} attempt(s) ended without a result: the node running the call stopped \
+                         or could not record its answer (the system may have acted; a retry asks \
+                         again with the same idempotency key)",
+                        job.attempts - 1
+                    );
+                    raise_job_incident(conn, ctx, &job, &owner, &message).await?;
+                } else {
+                    run.push(job);
+                }
+            }
+            Reply::Jobs(run)
         }
         Command::JobDone { job, owner, result } => {
             job_done(conn, ctx, &job, &owner, result, &mut followups).await?;
@@ -1595,6 +1615,51 @@ fn backoff(policy: &crate::definition::RetryPolicy, attempt: u32) -> i64 {
     }
 }
 
+/// Ends `job`, claimed under `owner`, in an incident with `message` (kept
+/// as a system's text is), for an operator to retry or resolve; nothing if
+/// the lease was lost meanwhile (another worker owns the outcome).
+async fn raise_job_incident(
+    conn: &mut impl Tx,
+    ctx: &Ctx<'_>,
+    job: &ClaimedJob,
+    owner: &str,
+    message: &str,
+) -> Result<(), Error> {
+    if !conn
+        .finish_job(&job.id, owner, "incident", Some(message))
+        .await?
+    {
+        return Ok(());
+    }
+    let incident = new_id();
+    let text = crate::runtime::connector::clean(message.to_owned());
+    conn.insert_incident(&incidents::IncidentRow {
+        id: incident.clone(),
+        instance_id: job.instance_id.clone(),
+        job_id: Some(job.id.clone()),
+        node_id: job.node_id.clone(),
+        token: job.token,
+        message: text.clone(),
+        after_effect: false,
+        status: "open".to_owned(),
+        created_at: ctx.now,
+        resolved_at: None,
+        resolved_by: None,
+        resolution: None,
+    })
+    .await?;
+    journal_one(
+        conn,
+        ctx,
+        &job.instance_id,
+        "worker",
+        "incident_raised",
+        &job.node_id,
+        json!({"incident": incident, "job": job.id, "message": text}),
+    )
+    .await
+}
+
 async fn apply_job_result(
     conn: &mut impl Tx,
     ctx: &Ctx<'_>,
@@ -1640,39 +1705,8 @@ async fn apply_job_result(
             }
             return Ok(());
         }
-        if !conn
-            .finish_job(&job.id, owner, "incident", Some(message))
-            .await?
-        {
-            return Ok(()); // lease lost: another worker owns the outcome
-        }
-        let incident = new_id();
         let text = format!("{} attempt(s) failed; last: {message}", job.attempts);
-        conn.insert_incident(&incidents::IncidentRow {
-            id: incident.clone(),
-            instance_id: row.id.clone(),
-            job_id: Some(job.id.clone()),
-            node_id: node_id.clone(),
-            token: job.token,
-            message: text.clone(),
-            after_effect: false,
-            status: "open".to_owned(),
-            created_at: ctx.now,
-            resolved_at: None,
-            resolved_by: None,
-            resolution: None,
-        })
-        .await?;
-        return journal_one(
-            conn,
-            ctx,
-            &row.id,
-            "worker",
-            "incident_raised",
-            &node_id,
-            json!({"incident": incident, "job": job.id, "message": text}),
-        )
-        .await;
+        return raise_job_incident(conn, ctx, job, owner, &text).await;
     }
     let error_text = match &result {
         Err(e) => Some(e.to_string()),
