@@ -596,10 +596,12 @@ struct LogSync {
 /// window loses it, and no caller has been told it was done.
 ///
 /// When a sync fails, the batches it covered are answered
-/// [`Error::CommitOutcomeUnknown`] (their commands that failed keep their
-/// own error: they changed nothing), every later batch too without syncing
+/// [`Error::CommitOutcomeUnknown`], every later batch too without syncing
 /// again, and `failed` tells the writer to refuse everything
-/// ([`Error::LogSyncFailed`]) until the engine restarts.
+/// ([`Error::LogSyncFailed`]) until the engine restarts. Commands that
+/// failed are answered so too: they changed nothing, but their error may
+/// rest on a commit that was lost (a task "not open" because a completion
+/// in the lost log closed it).
 fn spawn_log_sync<S, A>(
     mut sync: S,
     failed: Arc<std::sync::atomic::AtomicBool>,
@@ -627,13 +629,15 @@ where
                             failed.store(true, std::sync::atomic::Ordering::Release);
                             false
                         }
-                    };
+                    }
+                    // The checkpointer's own sync of the log may have failed
+                    // meanwhile: where the kernel reports a write error to
+                    // one descriptor only, ours would not hear of it.
+                    && !failed.load(std::sync::atomic::Ordering::Acquire);
                 for mut settled in group {
                     if !durable {
                         for result in &mut settled.results {
-                            if result.is_ok() {
-                                *result = Err(Error::CommitOutcomeUnknown);
-                            }
+                            *result = Err(Error::CommitOutcomeUnknown);
                         }
                         // Nothing durable happened to announce.
                         settled.touched.clear();
@@ -1072,7 +1076,9 @@ mod tests {
             failed.load(Ordering::SeqCst),
             "the writer is told to stop taking changes"
         );
-        // A command that failed on its own changed nothing: its error stands.
+        // A command that failed changed nothing, but its error may rest on
+        // what the lost log held (a task closed by a lost completion): it
+        // is not told either.
         let (refused, refused_answer) = batch(Err(Error::Stopped), true);
         // A later commit is not acknowledged either, and not synced again:
         // a sync after a failed one proves nothing about the pages lost.
@@ -1081,7 +1087,7 @@ mod tests {
         sync.batches.send(later).expect("queued");
         assert!(matches!(
             refused_answer.blocking_recv(),
-            Ok(Err(Error::Stopped))
+            Ok(Err(Error::CommitOutcomeUnknown))
         ));
         assert!(matches!(
             later_answer.blocking_recv(),
