@@ -873,11 +873,6 @@ async fn task_submit(
 ) -> Result<Response, PageError> {
     let ses = session(&s, &headers).await?;
     let (task, instance, process) = user_task(&s, &ses, &id).await?;
-    if task.status == "completed" && task.completed_by.as_deref() == Some(ses.user.name.as_str()) {
-        // A second click on the button (or a resent form): the first one
-        // completed the task, which is what the agent asked for.
-        return Ok(back_to_inbox(&headers, "done=1"));
-    }
     let ut = user_task_node(&process, &task.node_id).map_err(|e| ses.fail(e))?;
     let outcome = form.get("outcome").cloned().unwrap_or_default();
     let (data, mut errors) = form_data(&ut.form, &form, &instance.state.variables);
@@ -907,6 +902,17 @@ async fn task_submit(
                 return Ok((status, render(&page)).into_response());
             }
             Err(e @ tramite_engine::Error::TaskNotOpen { .. }) => {
+                // A second click on the button (or a resent form): the
+                // first one completed the task, which is what the agent
+                // asked for. Asked of the engine, not read first: its
+                // answer comes only once that completion is on disk, where
+                // a read may see it a moment before.
+                if s.engine.task(&id).await.is_ok_and(|t| {
+                    t.status == "completed"
+                        && t.completed_by.as_deref() == Some(ses.user.name.as_str())
+                }) {
+                    return Ok(back_to_inbox(&headers, "done=1"));
+                }
                 // Completed or cancelled meanwhile: the page says by whom,
                 // with the JSON API's status for it, and shows what the
                 // agent had typed (call notes), to copy where the case
