@@ -1866,9 +1866,28 @@ async fn readyz_shows_each_system() {
     let (status, body, _) = api.call(Method::GET, "/readyz", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["database"], "up");
+    assert_eq!(body["writer"], "up");
     for system in ["naf", "gis", "smartflex"] {
         assert_eq!(body["systems"][system]["status"], "in_process", "{body}");
     }
+    let (status, _, _) = api.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// A node that takes no more changes (here its engine stopped; a failed
+/// sync of the SQLite log does the same) fails its liveness check, so that
+/// an orchestrator restarts it, and is not ready, so that a balancer
+/// sends it nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_takes_no_changes_is_neither_live_nor_ready() {
+    let api = Api::new(Db::Sqlite).await;
+    api.h.engine.shutdown().await;
+    let (status, _, _) = api.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, body, _) = api.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["status"], "not ready", "{body}");
+    assert_eq!(body["writer"], "stopped", "{body}");
 }
 
 /// The language switch goes back to the page it came from, and only to a

@@ -239,16 +239,28 @@ fn bad_cursor() -> Error {
     Error::field("cursor", "not a cursor from a previous page")
 }
 
-/// The process is up (it says nothing of the database: that is `/readyz`).
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "`ok`, as text/plain", content_type = "text/plain", body = String)))]
-async fn healthz() -> &'static str {
-    "ok"
+/// The process is up and can still take changes (whether the database
+/// answers is `/readyz`). A node whose SQLite log failed to sync, or whose
+/// writer stopped, refuses every change until it restarts: its liveness
+/// check fails, so that an orchestrator restarts it.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "`ok`, as text/plain", content_type = "text/plain", body = String), (status = 503, description = "The engine takes no more changes (a failed sync of the SQLite log, or its writer stopped): restart the process", content_type = "text/plain", body = String)))]
+async fn healthz(State(s): Shared) -> (StatusCode, &'static str) {
+    if s.engine.writable() {
+        (StatusCode::OK, "ok")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the engine takes no more changes: restart it",
+        )
+    }
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready: the database answers. `systems` has each connector's health, checked at most every 5 s (a system that is down does not make the engine unready: its jobs wait and retry)"), (status = 503, description = "The database does not answer")))]
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready: the database answers and the engine takes changes. `systems` has each connector's health, checked at most every 5 s (a system that is down does not make the engine unready: its jobs wait and retry)"), (status = 503, description = "The database does not answer, or the engine takes no more changes (`writer`: `stopped`)")))]
 async fn readyz(State(s): Shared) -> impl IntoResponse {
     let (database, systems) = tokio::join!(sqlx_ping(&s.engine), s.health.get(&s.connectors));
-    let status = if database {
+    let writable = s.engine.writable();
+    let ready = database && writable;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -256,8 +268,9 @@ async fn readyz(State(s): Shared) -> impl IntoResponse {
     (
         status,
         Json(json!({
-            "status": if database { "ready" } else { "not ready" },
+            "status": if ready { "ready" } else { "not ready" },
             "database": if database { "up" } else { "down" },
+            "writer": if writable { "up" } else { "stopped" },
             "systems": systems,
         })),
     )

@@ -259,6 +259,24 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Whether the engine can still take changes: false once a sync of the
+    /// SQLite log failed, or its writer (every PostgreSQL write lane) has
+    /// stopped, or the engine is shutting down. Only a restart brings such
+    /// a node back, which is what its health check says.
+    pub fn writable(&self) -> bool {
+        !self
+            .inner
+            .log_failed
+            .load(std::sync::atomic::Ordering::Acquire)
+            && self
+                .inner
+                .sender
+                .lock()
+                .expect("sender lock")
+                .as_ref()
+                .is_some_and(|s| !s.is_closed())
+    }
+
     /// Sends a command to the writer; returns once it is committed.
     pub async fn submit(&self, command: Command) -> Result<Reply, Error> {
         let sender = self
