@@ -24,8 +24,10 @@ const REQUESTS: usize = 24;
 /// Kills at random moments, besides the one of a node waiting on Smartflex.
 const KILLS: usize = 3;
 /// How long Smartflex keeps back the answer of the one registration whose
-/// node is killed: long enough to find and kill that node.
-const HOLD_MS: u64 = 4_000;
+/// node is killed: long enough to find that node and kill it, behind random
+/// kills queued before (each waits for its node to come back), and shorter
+/// than the step's 20 s timeout.
+const HOLD_MS: u64 = 15_000;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -182,7 +184,7 @@ async fn call(
 
 /// Drives `REQUESTS` P06 requests to their end through whichever node
 /// answers, while `chaos` kills and restarts nodes.
-async fn drive(ports: &[u16], kill: tokio::sync::mpsc::Sender<Target>) -> Vec<String> {
+async fn drive(ports: &[u16], kill: tokio::sync::mpsc::Sender<Kill>) -> Vec<String> {
     // The kills come at random points of the work: after a random share
     // (10–90 %) of the task completions, so they always hit a running load.
     let total = (REQUESTS * TASKS_PER_REQUEST) as f64;
@@ -199,7 +201,7 @@ const TASKS_PER_REQUEST: usize = 11;
 async fn drive_to_the_end(
     ports: &[u16],
     kill_at: &mut Vec<usize>,
-    kill: &tokio::sync::mpsc::Sender<Target>,
+    kill: &tokio::sync::mpsc::Sender<Kill>,
 ) -> Vec<String> {
     // The tasks whose completion was answered 2xx: each must be completed,
     // once, whatever the kills did after the answer.
@@ -287,16 +289,21 @@ async fn drive_to_the_end(
                 completed += 1;
                 if kill_at.first().is_some_and(|k| completed >= *k) {
                     kill_at.remove(0);
-                    let _ = kill.try_send(None);
+                    let _ = kill.try_send(Kill::Victim);
                 }
             }
         }
     }
 }
 
-/// Which node a kill is for: the one picked as the victim, or the one on a
-/// given port.
-type Target = Option<u16>;
+/// Which node a kill is for.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    /// The one picked as the victim of the random kills.
+    Victim,
+    /// The one on this port.
+    Port(u16),
+}
 
 /// Kills a node (SIGKILL) each time it is told to, and starts it again on
 /// its port; `nodes` are (port, process), the first the victim. Returns the
@@ -305,16 +312,17 @@ async fn chaos(
     setup: &Setup,
     url: &str,
     mut nodes: Vec<(u16, Option<Process>)>,
-    mut kill: tokio::sync::mpsc::Receiver<Target>,
+    mut kill: tokio::sync::mpsc::Receiver<Kill>,
 ) -> (Vec<(u16, Option<Process>)>, usize) {
     let mut kills = 0;
     while let Some(target) = kill.recv().await {
-        let i = target.map_or(0, |port| {
-            nodes
+        let i = match target {
+            Kill::Victim => 0,
+            Kill::Port(port) => nodes
                 .iter()
                 .position(|(p, _)| *p == port)
-                .expect("a kill for a node of the test")
-        });
+                .expect("a kill for a node of the test"),
+        };
         let port = nodes[i].0;
         // SIGKILL: no graceful anything. The old process is gone before
         // the new one binds its port.
@@ -328,16 +336,17 @@ async fn chaos(
 }
 
 /// Waits until Smartflex holds back the answer of a registration it has
-/// made, then has the node that is waiting for it killed: that sale's job
-/// must be taken over after its lease expires. Returns the job's id.
+/// made, then has the node waiting for it killed, if a random kill has not
+/// already done so: that sale's job must be taken over after its lease
+/// expires. Returns the job's id and whether this killed a node.
 async fn kill_the_node_waiting_on_smartflex(
     setup: &Setup,
     url: &str,
-    kill: &tokio::sync::mpsc::Sender<Target>,
-) -> String {
+    kill: &tokio::sync::mpsc::Sender<Kill>,
+) -> (String, bool) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let key = loop {
         assert!(
             Instant::now() < deadline,
             "Smartflex never held a registration's answer"
@@ -353,33 +362,33 @@ async fn kill_the_node_waiting_on_smartflex(
             .json()
             .await
             .unwrap();
-        if stats["holding"].as_u64() >= Some(1) {
-            break;
+        if let Some(key) = stats["held"][0].as_str() {
+            break key.to_owned();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Other registrations in flight end within the simulators' latency;
-    // the held one is the running job claimed first.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     sqlx::any::install_default_drivers();
     let mut db = <sqlx::AnyConnection as sqlx::Connection>::connect(url)
         .await
         .unwrap();
-    let (job, owner): (String, String) = sqlx::query_as(
-        "SELECT id, lease_owner FROM jobs WHERE connector = 'smartflex' AND status = 'running' \
-         ORDER BY lease_until LIMIT 1",
-    )
-    .fetch_one(&mut db)
-    .await
-    .expect("the held registration's job is running");
+    let (job, status, owner): (String, String, Option<String>) =
+        sqlx::query_as("SELECT id, status, lease_owner FROM jobs WHERE idempotency_key = $1")
+            .bind(&key)
+            .fetch_one(&mut db)
+            .await
+            .expect("the held registration's job");
+    // A random kill that hit its node first has already had it taken over.
+    let Some(owner) = owner.filter(|_| status == "running") else {
+        return (job, false);
+    };
     // A lease's owner is `<bind>-<pid>:<worker>`, the bind `127.0.0.1:<port>`.
     let port = owner
         .strip_prefix("127.0.0.1:")
         .and_then(|rest| rest.split('-').next())
         .and_then(|port| port.parse().ok())
         .unwrap_or_else(|| panic!("no port in the lease owner {owner}"));
-    kill.send(Some(port)).await.unwrap();
-    job
+    kill.send(Kill::Port(port)).await.unwrap();
+    (job, true)
 }
 
 /// The invariants, read from the database and from Smartflex.
@@ -489,12 +498,16 @@ async fn survive(setup: &Setup, url: &str, nodes: Vec<(u16, Option<Process>)>) -
     let ports: Vec<u16> = nodes.iter().map(|(port, _)| *port).collect();
     let (kill, killed) = tokio::sync::mpsc::channel(KILLS + 1);
     let watcher = kill.clone();
-    let ((nodes, kills), acknowledged, held) = tokio::join!(
+    let ((nodes, kills), acknowledged, (held, watcher_killed)) = tokio::join!(
         chaos(setup, url, nodes, killed),
         drive(&ports, kill),
         async move { kill_the_node_waiting_on_smartflex(setup, url, &watcher).await },
     );
-    assert_eq!(kills, KILLS + 1, "every kill hit the running load");
+    assert_eq!(
+        kills,
+        KILLS + usize::from(watcher_killed),
+        "every kill hit the running load"
+    );
     drop(nodes);
     check(setup, url, &acknowledged).await;
     // The node was killed after Smartflex registered and before it heard:

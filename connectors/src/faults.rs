@@ -11,7 +11,6 @@
 //! reply back after the system acted, so that a test can kill the caller
 //! in the one window where a crash must not make the system act twice.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -27,8 +26,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     state: Arc<Mutex<State>>,
-    /// Replies being held back right now (see [`Faults::holding`]).
-    holding: Arc<AtomicU64>,
+    /// The idempotency keys of the calls whose replies are being held back
+    /// right now (see [`Faults::held`]).
+    held: Arc<Mutex<Vec<String>>>,
 }
 
 #[derive(Debug, Default)]
@@ -116,32 +116,41 @@ impl Faults {
     /// The next `n` calls that reach the system act (Smartflex registers)
     /// and their answer is then kept back for `hold` before it is sent:
     /// the window in which a caller that dies has had the system act but
-    /// has not recorded it. Nothing fails; see [`Faults::holding`].
+    /// has not recorded it. Nothing fails; see [`Faults::held`].
     pub fn hold_next_replies(&self, n: u32, hold: Duration) {
         let mut state = self.lock();
         state.hold_next = n;
         state.hold = hold;
     }
 
-    /// How many answers are being kept back right now by
-    /// [`Faults::hold_next_replies`]: the system has acted on each, and its
-    /// caller is waiting.
-    pub fn holding(&self) -> u64 {
-        self.holding.load(Ordering::SeqCst)
+    /// The idempotency keys of the calls whose answers are being kept back
+    /// right now by [`Faults::hold_next_replies`]: the system has acted on
+    /// each, and its caller is waiting.
+    pub fn held(&self) -> Vec<String> {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    /// Keeps an answer back for `hold`, counted in [`Faults::holding`]
-    /// while it waits (and no longer once the wait ends or is dropped,
-    /// as when the caller hangs up).
-    pub(crate) async fn hold(&self, hold: Duration) {
-        struct Held<'a>(&'a AtomicU64);
+    /// Keeps the answer to the call with `key` back for `hold`, listed in
+    /// [`Faults::held`] while it waits (and no longer once the wait ends or
+    /// is dropped, as when the caller hangs up).
+    pub(crate) async fn hold(&self, key: &str, hold: Duration) {
+        struct Held<'a>(&'a Mutex<Vec<String>>, String);
         impl Drop for Held<'_> {
             fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
+                let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(i) = held.iter().position(|k| *k == self.1) {
+                    held.swap_remove(i);
+                }
             }
         }
-        self.holding.fetch_add(1, Ordering::SeqCst);
-        let _held = Held(&self.holding);
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(key.to_owned());
+        let _held = Held(&self.held, key.to_owned());
         tokio::time::sleep(hold).await;
     }
 

@@ -441,7 +441,7 @@ impl Connector for Simulator {
         &'a self,
         call: ConnectorCall<'a>,
     ) -> BoxFuture<'a, Result<Map<String, Value>, ConnectorError>> {
-        Box::pin(self.harness.run(move || {
+        Box::pin(self.harness.run(call.idempotency_key, move || {
             if call.operation != OPERATION {
                 return Err(self.harness.unknown_operation(call.operation));
             }

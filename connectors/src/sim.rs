@@ -42,9 +42,10 @@ impl Harness {
         self.calls.load(Ordering::Relaxed)
     }
 
-    /// Runs one call: counts it, waits the latency, fails it if a fault
-    /// says so (before `handle` runs, or after it for a lost reply).
-    pub(crate) async fn run(&self, handle: impl FnOnce() -> Answer) -> Answer {
+    /// Runs one call (`key`: its idempotency key): counts it, waits the
+    /// latency, fails it if a fault says so (before `handle` runs, or after
+    /// it for a lost reply), holds its answer back if one says so.
+    pub(crate) async fn run(&self, key: &str, handle: impl FnOnce() -> Answer) -> Answer {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let plan = self.faults.plan();
         if !plan.latency.is_zero() {
@@ -58,7 +59,7 @@ impl Harness {
         }
         let answer = handle();
         if !plan.hold_reply.is_zero() {
-            self.faults.hold(plan.hold_reply).await;
+            self.faults.hold(key, plan.hold_reply).await;
         }
         if plan.lose_reply {
             return Err(transient(format!(

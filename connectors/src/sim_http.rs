@@ -17,7 +17,7 @@
 //! `POST /_admin/<system>/faults` (`{"latency_ms", "error_rate",
 //! "rate_limit_per_s", "outage", "fail_next", "lose_next", "hold_next",
 //! "hold_ms", "clear"}`) and calls counted at `GET /_admin/<system>/stats`
-//! (with `holding`, the answers being held back right now).
+//! (with `held`, the idempotency keys of the answers held back right now).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -469,17 +469,17 @@ async fn stats(State(sims): Shared, Path(system): Path<String>) -> Response {
         "naf" => json!({
             "calls": sims.naf.calls(),
             "faults_injected": sims.naf.faults().injected(),
-            "holding": sims.naf.faults().holding(),
+            "held": sims.naf.faults().held(),
         }),
         "gis" => json!({
             "calls": sims.gis.calls(),
             "faults_injected": sims.gis.faults().injected(),
-            "holding": sims.gis.faults().holding(),
+            "held": sims.gis.faults().held(),
         }),
         "smartflex" => json!({
             "calls": sims.smartflex.calls(),
             "faults_injected": sims.smartflex.faults().injected(),
-            "holding": sims.smartflex.faults().holding(),
+            "held": sims.smartflex.faults().held(),
             "registrations": sims.smartflex.registration_count(),
             "duplicates": duplicate_registrations(&sims),
         }),

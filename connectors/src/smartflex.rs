@@ -297,7 +297,7 @@ impl Simulator {
         let created = std::sync::atomic::AtomicBool::new(false);
         let answer = self
             .harness
-            .run(|| {
+            .run(call.idempotency_key, || {
                 if call.operation != OPERATION {
                     return Err(self.harness.unknown_operation(call.operation));
                 }
@@ -816,11 +816,11 @@ mod tests {
         };
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         assert_eq!(sim.registration_count(), 1);
-        assert_eq!(sim.faults().holding(), 1);
+        assert_eq!(sim.faults().held(), ["job-1"]);
         // The caller dies: its reply is never sent.
         call.abort();
         assert!(call.await.unwrap_err().is_cancelled());
-        assert_eq!(sim.faults().holding(), 0);
+        assert!(sim.faults().held().is_empty());
         // Only the next call was held: the retry is answered at once, with
         // the original registration.
         let out = register(&sim, "job-1", 2, &input).await.unwrap();
