@@ -1027,7 +1027,7 @@ async fn a_call_that_kills_its_node_each_time_ends_in_an_incident(db: Db) {
     assert!(
         incident
             .message
-            .starts_with("8 attempt(s) ended without a result"),
+            .starts_with("attempt 8 of 8 ended without a recorded result"),
         "{}",
         incident.message
     );

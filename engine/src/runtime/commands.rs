@@ -435,20 +435,23 @@ pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result
                 .await?;
             let mut run = Vec::with_capacity(claimed.len());
             for job in claimed {
-                // Each claim counts as an attempt. A call claimed more often
-                // than its attempts allow had every earlier run end without
-                // a result (its node died calling, or could not record
-                // what it heard): running it again could go on forever, a
-                // node crashing on the same call each time. An operator
-                // looks at it instead.
+                // Each claim counts as an attempt, so a call claimed once more
+                // than its attempts allow had its last run end unrecorded (its
+                // node died calling, say): a call that crashes its node every
+                // time must not run forever. An operator looks at it instead.
                 if job.kind != "timer" && job.attempts > job.max_attempts {
                     let message = format!(
-                        "{} attempt(s) ended without a result: the node running the call stopped \
-                         or could not record its answer (the system may have acted; a retry asks \
-                         again with the same idempotency key)",
-                        job.attempts - 1
+                        "attempt {max} of {max} ended without a recorded result: the node running \
+                         the call stopped or could not record its answer (the system may have \
+                         acted; a retry asks again with the same idempotency key; earlier attempts \
+                         are in the history)",
+                        max = job.max_attempts
                     );
                     raise_job_incident(conn, ctx, &job, &owner, &message).await?;
+                    // Other jobs may be due behind it: the pool looks again
+                    // at once rather than after its poll.
+                    ctx.scheduled
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                 } else {
                     run.push(job);
                 }
