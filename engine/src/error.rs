@@ -193,12 +193,12 @@ pub enum Error {
     /// The engine is shutting down and takes no more commands.
     #[error("the engine is shutting down")]
     Stopped,
-    /// The connection broke while committing and the database could not be
-    /// asked afterwards whether the commit happened: the command may or may
-    /// not have taken effect. Never answered as success, never run again.
-    #[error(
-        "the database connection was lost while committing; the change may or may not have been made"
-    )]
+    /// Whether the command took effect cannot be confirmed: on PostgreSQL
+    /// the connection broke while committing and the database could not be
+    /// asked afterwards; on SQLite the log holding the commit (or what the
+    /// command read) could not be synced to disk. Never answered as success,
+    /// never run again.
+    #[error("the change could not be confirmed as committed; it may or may not have been made")]
     CommitOutcomeUnknown,
     /// The database's log could not be synced to disk. Commits since the
     /// last good sync may not survive a power loss, and a later sync

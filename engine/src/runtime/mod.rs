@@ -829,3 +829,31 @@ impl Engine {
         Ok(store::incidents::list(&mut conn, status, instance, 500).await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node whose log failed to sync says it takes no more changes (what
+    /// its `/healthz` reports), as it does once stopped.
+    #[tokio::test]
+    async fn a_failed_log_sync_makes_the_engine_unwritable() {
+        let dir = std::env::temp_dir().join(format!("tramite-writable-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let engine = Engine::open(EngineConfig::new(format!(
+            "sqlite://{}/t.db",
+            dir.display()
+        )))
+        .await
+        .unwrap();
+        assert!(engine.writable());
+        let failed = &engine.inner.log_failed;
+        failed.store(true, std::sync::atomic::Ordering::Release);
+        assert!(!engine.writable());
+        // Not a real failure: the lock is let go at shutdown as usual.
+        failed.store(false, std::sync::atomic::Ordering::Release);
+        engine.shutdown().await;
+        assert!(!engine.writable(), "stopped");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
