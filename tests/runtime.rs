@@ -3435,13 +3435,30 @@ nodes:
         )
     };
     let h = Harness::new(db).await;
-    h.engine
+    let deployed = h
+        .engine
         .deploy(vec![
             ("a.yaml".into(), ring("T-RING-A", "T-RING-B")),
             ("b.yaml".into(), ring("T-RING-B", "T-RING-A")),
         ])
         .await
         .unwrap();
+    // Deployed, each with a warning naming the whole cycle.
+    assert!(
+        deployed[0].warnings.iter().any(|w| w.contains(
+            "warning[call-cycle]: calling `T-RING-B` closes a cycle of calls: T-RING-A → T-RING-B → T-RING-A"
+        )),
+        "{:?}",
+        deployed[0].warnings
+    );
+    assert!(
+        deployed[1]
+            .warnings
+            .iter()
+            .any(|w| w.contains("closes a cycle of calls: T-RING-B → T-RING-A → T-RING-B")),
+        "{:?}",
+        deployed[1].warnings
+    );
     let first = h.start("T-RING-A", "web", json!({})).await;
     let limit = tramite_engine::runtime::commands::MAX_STARTS_PER_COMMAND;
     // Walk the chain: each instance's one child, down to the last.

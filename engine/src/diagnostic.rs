@@ -68,6 +68,9 @@ pub enum Code {
     /// A warning: an expression reads a variable that some path from the
     /// start leaves unwritten when the expression runs.
     MaybeUnwritten,
+    /// A warning: a `call` leads, through the procedures it calls, back to
+    /// the calling procedure.
+    CallCycle,
 }
 
 impl Code {
@@ -103,12 +106,13 @@ impl Code {
             Code::UnknownDocument => "unknown-document",
             Code::InvalidSetting => "invalid-setting",
             Code::MaybeUnwritten => "maybe-unwritten",
+            Code::CallCycle => "call-cycle",
         }
     }
 
     /// Whether the code is a warning: the definition deploys with it.
     pub fn is_warning(self) -> bool {
-        matches!(self, Code::MaybeUnwritten)
+        matches!(self, Code::MaybeUnwritten | Code::CallCycle)
     }
 
     /// `error` or `warning`, as printed before the code.

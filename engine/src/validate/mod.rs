@@ -42,6 +42,9 @@ pub struct ProcedureInterface {
     pub variables: BTreeMap<String, VarType>,
     /// Whether its start accepts the `procedure` channel, i.e. may be called.
     pub callable: bool,
+    /// The procedures its `call` nodes start, by code (for cycles of calls
+    /// across procedures).
+    pub calls: Vec<String>,
 }
 
 impl ProcedureInterface {
@@ -67,11 +70,22 @@ impl ProcedureInterface {
             .iter()
             .map(|v| (v.name.clone(), v.ty))
             .collect();
+        let mut calls: Vec<String> = definition
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.kind {
+                NodeKind::Call(c) => Some(c.procedure.clone()),
+                _ => None,
+            })
+            .collect();
+        calls.sort();
+        calls.dedup();
         ProcedureInterface {
             start_fields,
             start_types,
             variables,
             callable,
+            calls,
         }
     }
 }

@@ -1,10 +1,10 @@
 //! Ids, references and settings: everything one node can get wrong alone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use regex::Regex;
 
-use super::{Checker, list};
+use super::{Checker, ProcedureInterface, list};
 use crate::definition::{EdgeLabel, Field, NodeKind, VarType};
 use crate::diagnostic::{Code, did_you_mean};
 use crate::position::YamlPath;
@@ -785,12 +785,8 @@ fn calls(c: &mut Checker<'_>) {
             continue;
         };
         let base = c.node_path(i);
-        let linked = def
-            .links
-            .entry
-            .iter()
-            .chain(&def.links.exit)
-            .any(|l| l.code == call.procedure);
+        let linked = def.links.exit.iter().any(|l| l.code == call.procedure);
+        let before = def.links.entry.iter().any(|l| l.code == call.procedure);
         let Some(target) = procedures.get(&call.procedure) else {
             let mut msg = format!("there is no procedure `{}`", call.procedure);
             if let Some(close) =
@@ -815,12 +811,31 @@ fn calls(c: &mut Checker<'_>) {
         }
         // With a broken `links` section the procedure may be the broken entry.
         if !linked && c.parsed.section_complete("links") {
-            c.error(
-                Code::UnknownProcedure,
+            let message = if before {
+                format!(
+                    "`{}` is listed under `links.entry`, the procedures that lead to this one; \
+                     a call starts one that follows it: list it under `exit`",
+                    call.procedure
+                )
+            } else {
+                format!(
+                    "`{}` is called but not listed under `links` (exit)",
+                    call.procedure
+                )
+            };
+            c.error(Code::UnknownProcedure, base.key("procedure"), message);
+        }
+        if let Some(cycle) = call_cycle(procedures, &def.code, &call.procedure) {
+            c.warn(
+                Code::CallCycle,
                 base.key("procedure"),
                 format!(
-                    "`{}` is called but not listed under `links` (entry or exit)",
-                    call.procedure
+                    "calling `{}` closes a cycle of calls: {}; every round starts another \
+                     instance, so a decision on the way must end it (one command starts at \
+                     most {} instances, then the call stops at an incident)",
+                    call.procedure,
+                    cycle.join(" → "),
+                    crate::runtime::commands::MAX_STARTS_PER_COMMAND
                 ),
             );
         }
@@ -871,6 +886,45 @@ fn calls(c: &mut Checker<'_>) {
             }
         }
     }
+}
+
+/// The shortest cycle of calls through `caller`'s call to `callee`, as the
+/// codes in order from `caller` back to it (`A → B → A`); `None` when the
+/// procedures `callee` leads to never call `caller`.
+fn call_cycle<'a>(
+    procedures: &'a BTreeMap<String, ProcedureInterface>,
+    caller: &'a str,
+    callee: &'a str,
+) -> Option<Vec<String>> {
+    if callee == caller {
+        return Some(vec![caller.to_owned(), caller.to_owned()]);
+    }
+    // Breadth first from the callee; each code keeps the one it was reached from.
+    let mut came_from: BTreeMap<&'a str, &'a str> = BTreeMap::from([(callee, caller)]);
+    let mut queue = std::collections::VecDeque::from([callee]);
+    while let Some(code) = queue.pop_front() {
+        for next in procedures.get(code).into_iter().flat_map(|p| &p.calls) {
+            if next == caller {
+                let mut path = vec![caller.to_owned()];
+                let mut at = code;
+                loop {
+                    path.push(at.to_owned());
+                    if at == callee {
+                        break;
+                    }
+                    at = came_from[at];
+                }
+                path.push(caller.to_owned());
+                path.reverse();
+                return Some(path);
+            }
+            if !came_from.contains_key(next.as_str()) {
+                came_from.insert(next, code);
+                queue.push_back(next);
+            }
+        }
+    }
+    None
 }
 
 fn indicators(c: &mut Checker<'_>) {
