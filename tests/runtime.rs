@@ -3413,6 +3413,125 @@ on_both_backends!(
     super::a_call_that_does_not_wait_moves_on_once_its_child_started
 );
 
+/// A parent that calls one child without waiting (`avisar`) and waits for
+/// another (`revisar`), whose output is read as a number.
+const LINKED_PARENT: &str = r#"
+code: T-LP
+name: Padre
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+links: {exit: [{code: T-LH, name: Hijo}]}
+variables: [{name: numero, type: integer}]
+nodes:
+  - {id: inicio, kind: start, channels: [web], next: avisar}
+  - {id: avisar, kind: call, procedure: T-LH, wait: false, next: revisar}
+  - {id: revisar, kind: call, procedure: T-LH, wait: true, output: {numero: "int(output.texto)"}, next: fin}
+  - {id: fin, kind: end, outcome: listo}
+"#;
+
+/// The child of [`LINKED_PARENT`]: an agent writes a text.
+const LINKED_CHILD: &str = r#"
+code: T-LH
+name: Hijo
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables: [{name: texto, type: string}]
+nodes:
+  - {id: inicio, kind: start, channels: [procedure], next: escribir}
+  - id: escribir
+    kind: user_task
+    role: agente
+    form: [{name: texto, type: string, required: true}]
+    outcomes: [{id: hecho, label: Hecho, next: fin}]
+  - {id: fin, kind: end, outcome: listo}
+"#;
+
+/// The child `parent` started at its call `node`.
+async fn child_at(h: &Harness, parent: &str, node: &str) -> String {
+    let history = h.engine.history(parent).await.unwrap();
+    history
+        .iter()
+        .find(|e| e.kind == "child_started" && e.node_id.as_deref() == Some(node))
+        .and_then(|e| e.data["child"].as_str())
+        .unwrap_or_else(|| panic!("no child started at `{node}`: {history:?}"))
+        .to_owned()
+}
+
+/// Children stay on the version they started with when the called procedure
+/// is deployed again; an `output` that fails on what the child returned
+/// stops the parent at the call with an incident (the child has ended: it is
+/// not run again), resolved with the value the parent should have read.
+async fn a_child_keeps_its_version_and_a_failed_output_stops_its_parent(db: Db) {
+    let h = Harness::new(db).await;
+    h.deploy("hijo.yaml", LINKED_CHILD).await;
+    h.deploy("padre.yaml", LINKED_PARENT).await;
+    let id = h.start("T-LP", "web", json!({})).await;
+    let waited = child_at(&h, &id, "revisar").await;
+    h.deploy(
+        "hijo.yaml",
+        &LINKED_CHILD.replace("name: Hijo", "name: Hijo nuevo"),
+    )
+    .await;
+    let child = h.instance(&waited).await;
+    assert_eq!(child.version, 1, "started before the deploy");
+    h.complete(&waited, "escribir", "hecho", json!({"texto": "tres"}))
+        .await;
+    assert_eq!(h.instance(&waited).await.status, "completed");
+    let parent = h.instance(&id).await;
+    assert_eq!(parent.status, "running");
+    let incident = h.open_incident(&id).await;
+    assert_eq!(incident.node_id, "revisar");
+    assert!(incident.after_effect, "the child ended: not run again");
+    h.engine
+        .resolve_incident(
+            &incident.id,
+            "operador1",
+            tramite_tests::engine::object(json!({"numero": 3})),
+        )
+        .await
+        .unwrap();
+    let parent = h.instance(&id).await;
+    assert_eq!(parent.status, "completed");
+    assert_eq!(parent.state.variables["numero"], json!(3));
+    assert_eq!(
+        h.engine.children(&id).await.unwrap().len(),
+        2,
+        "no child again"
+    );
+}
+on_both_backends!(
+    a_child_keeps_its_version_and_a_failed_output_stops_its_parent,
+    super::a_child_keeps_its_version_and_a_failed_output_stops_its_parent
+);
+
+/// Cancelling a parent cancels the child it waits for, not the one it
+/// started without waiting: that one goes on, and can still be worked.
+async fn cancelling_a_parent_leaves_the_child_it_did_not_wait_for(db: Db) {
+    let h = Harness::new(db).await;
+    h.deploy("hijo.yaml", LINKED_CHILD).await;
+    h.deploy("padre.yaml", LINKED_PARENT).await;
+    let id = h.start("T-LP", "web", json!({})).await;
+    let told = child_at(&h, &id, "avisar").await;
+    let waited = child_at(&h, &id, "revisar").await;
+    h.engine
+        .cancel(&id, "duplicada", "supervisor1")
+        .await
+        .unwrap();
+    assert_eq!(h.instance(&id).await.status, "cancelled");
+    assert_eq!(h.instance(&waited).await.status, "cancelled");
+    assert_eq!(h.instance(&told).await.status, "running");
+    h.complete(&told, "escribir", "hecho", json!({"texto": "listo"}))
+        .await;
+    assert_eq!(h.instance(&told).await.status, "completed");
+    assert_eq!(h.instance(&id).await.status, "cancelled", "nothing woke it");
+}
+on_both_backends!(
+    cancelling_a_parent_leaves_the_child_it_did_not_wait_for,
+    super::cancelling_a_parent_leaves_the_child_it_did_not_wait_for
+);
+
 /// Procedures that call each other in a ring: one command starts at most
 /// `MAX_STARTS_PER_COMMAND` instances, and the call that would start one
 /// more gets an incident (the writer used to start instances without end).
