@@ -4966,7 +4966,7 @@ expect:
 /// centre (fibre up to 300 Mbps), not Cercado's (1,000).
 async fn p06_asks_gis_in_the_clients_municipality(db: Db) {
     let h = Harness::new(db).await;
-    let mut speeds = Vec::new();
+    let (mut speeds, mut days) = (Vec::new(), Vec::new());
     for municipio in ["Sacaba", "Cercado"] {
         let id = through_identification(&h, "4587213").await;
         h.complete(
@@ -4979,8 +4979,18 @@ async fn p06_asks_gis_in_the_clients_municipality(db: Db) {
         assert_eq!(h.jobs().await, 1, "the GIS check runs");
         let vars = h.instance(&id).await.state.variables;
         speeds.push(vars["gis_velocidad_max_mbps"].clone());
+        // Smartflex is told the municipality too, and prices the zone's
+        // backlog by it.
+        tramite_tests::p06::through_requirements(&h, &id).await;
+        assert_eq!(h.jobs().await, 1, "the sale is registered");
+        let sale = h.sims.smartflex.registrations().pop().unwrap();
+        assert_eq!(sale.city.as_deref(), Some(municipio));
+        days.push(sale.estimated_days);
     }
     assert_eq!(speeds, [json!(300), json!(1000)]);
+    // Fibre internet: 3 days, and Sacaba Centro's backlog of 5 where
+    // Cercado's Centro has none.
+    assert_eq!(days, [8, 3]);
 }
 on_both_backends!(
     p06_asks_gis_in_the_clients_municipality,

@@ -174,6 +174,34 @@ impl Default for Config {
     }
 }
 
+/// The zone of `zones` called `zone` in `city`: see [`Simulator::find_zone`].
+/// Smartflex reads zones by the same map and the same rule.
+pub fn find_zone<'a>(zones: &'a [Zone], zone: &str, city: Option<&str>) -> Option<&'a Zone> {
+    let wanted = zone_key(zone);
+    let wanted = wanted.as_str();
+    // Names and aliases are keys too: the alias "Zona Central" is
+    // typed "Central" as often as not.
+    let names = |z: &'_ Zone| {
+        std::iter::once(zone_key(&z.name))
+            .chain(z.aliases.iter().map(|a| zone_key(a)))
+            .collect::<Vec<_>>()
+    };
+    let city = city.map(fold).filter(|c| !c.is_empty());
+    match city.as_deref() {
+        None | Some("cochabamba" | "cercado") => {
+            zones.iter().find(|z| names(z).iter().any(|n| n == wanted))
+        }
+        Some(city) if MUNICIPALITIES.contains(&city) => {
+            let prefixed = format!("{city} {wanted}");
+            zones
+                .iter()
+                .filter(|z| fold(&z.municipality) == city)
+                .find(|z| names(z).iter().any(|n| *n == wanted || *n == prefixed))
+        }
+        Some(_) => None,
+    }
+}
+
 /// Municipalities of the footprint, folded. Any other city is outside it.
 const MUNICIPALITIES: [&str; 4] = ["cercado", "sacaba", "quillacollo", "tiquipaya"];
 
@@ -362,32 +390,7 @@ impl Simulator {
     /// or `Tiquipaya`, the zones of that municipality (so `Centro` in
     /// `Sacaba` is `Sacaba Centro`); any other city is outside it.
     pub fn find_zone(&self, zone: &str, city: Option<&str>) -> Option<&Zone> {
-        let wanted = zone_key(zone);
-        let wanted = wanted.as_str();
-        // Names and aliases are keys too: the alias "Zona Central" is
-        // typed "Central" as often as not.
-        let names = |z: &'_ Zone| {
-            std::iter::once(zone_key(&z.name))
-                .chain(z.aliases.iter().map(|a| zone_key(a)))
-                .collect::<Vec<_>>()
-        };
-        let city = city.map(fold).filter(|c| !c.is_empty());
-        match city.as_deref() {
-            None | Some("cochabamba" | "cercado") => self
-                .config
-                .zones
-                .iter()
-                .find(|z| names(z).iter().any(|n| n == wanted)),
-            Some(city) if MUNICIPALITIES.contains(&city) => {
-                let prefixed = format!("{city} {wanted}");
-                self.config
-                    .zones
-                    .iter()
-                    .filter(|z| fold(&z.municipality) == city)
-                    .find(|z| names(z).iter().any(|n| *n == wanted || *n == prefixed))
-            }
-            Some(_) => None,
-        }
+        find_zone(&self.config.zones, zone, city)
     }
 
     /// `check_coverage`, without faults.

@@ -259,6 +259,8 @@ struct Solicitud {
     telefono: Option<String>,
     direccion: Option<String>,
     zona: Option<String>,
+    /// The zone's municipality (`Sacaba`); none: the city of Cochabamba.
+    ciudad: Option<String>,
     servicio: Option<String>,
     canal: Option<String>,
     referencia: Option<String>,
@@ -291,6 +293,7 @@ async fn smartflex_register(
         ("phone", s.telefono.map(Value::String)),
         ("address", s.direccion.map(Value::String)),
         ("zone", s.zona.map(Value::String)),
+        ("city", s.ciudad.map(Value::String)),
         ("service", s.servicio.map(Value::String)),
         ("channel", s.canal.map(Value::String)),
         ("reference", s.referencia.map(Value::String)),

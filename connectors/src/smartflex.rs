@@ -50,11 +50,12 @@ pub struct Config {
     pub zone_backlog_days: Vec<(String, u32)>,
     /// Backlog of a zone not in `zone_backlog_days`.
     pub default_backlog_days: u32,
-    /// Other names of zones, `(alias, zone)`: a request for a zone by one
-    /// of them is for the zone. By default GIS's, the company's one map
-    /// (`Casco Viejo` is `Centro`), so that what GIS finds, Smartflex
-    /// prices and refuses alike.
-    pub zone_aliases: Vec<(String, String)>,
+    /// The map zones are read by, GIS's by default (the company's one map):
+    /// a request for a zone by another of its names, or by its name in a
+    /// municipality (`Centro` in Sacaba is `Sacaba Centro`), is for that
+    /// zone, as GIS reads it (`Casco Viejo` is `Centro`): what GIS finds,
+    /// Smartflex prices and refuses alike.
+    pub map: Vec<gis::Zone>,
     /// The sequence number of the first request (1: `SF-2026-000001`).
     pub first_number: u64,
     /// When set, every request is registered at this instant (reproducible
@@ -108,13 +109,7 @@ impl Default for Config {
                 .map(|&(zone, days)| (zone.to_owned(), days))
                 .collect(),
             default_backlog_days: 3,
-            zone_aliases: gis::dataset()
-                .into_iter()
-                .flat_map(|z| {
-                    let name = z.name;
-                    z.aliases.into_iter().map(move |a| (a, name.clone()))
-                })
-                .collect(),
+            map: gis::dataset(),
             first_number: 1,
             fixed_clock: None,
         }
@@ -122,33 +117,30 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Estimated days to install `service` in `zone`: the product's lead
-    /// time (television 2, internet_fibra and telefonia_fija 3,
-    /// duo_internet_tv 4, trio 5) plus the zone's backlog, within 2–15.
-    pub fn estimated_days(&self, zone: &str, service: Service) -> u32 {
+    /// Estimated days to install `service` in `zone` of `city` (none: the
+    /// city of Cochabamba): the product's lead time (television 2,
+    /// internet_fibra and telefonia_fija 3, duo_internet_tv 4, trio 5) plus
+    /// the zone's backlog, within 2–15.
+    pub fn estimated_days(&self, zone: &str, city: Option<&str>, service: Service) -> u32 {
         let lead = match service {
             Service::Television => 2,
             Service::InternetFibra | Service::TelefoniaFija => 3,
             Service::DuoInternetTv => 4,
             Service::Trio => 5,
         };
-        let zone = self.zone_key(zone);
+        let zone = self.zone_key(zone, city);
         let backlog = self
             .zone_backlog_days
             .iter()
-            .find(|(z, _)| self.zone_key(z) == zone)
+            .find(|(z, _)| self.zone_key(z, None) == zone)
             .map_or(self.default_backlog_days, |&(_, days)| days);
         (lead + backlog).clamp(2, 15)
     }
 
-    /// `zone` as compared: folded, a leading "zona" dropped, and an alias
-    /// read as its zone.
-    fn zone_key(&self, zone: &str) -> String {
-        let key = zone_key(zone);
-        self.zone_aliases
-            .iter()
-            .find(|(alias, _)| zone_key(alias) == key)
-            .map_or(key, |(_, zone)| zone_key(zone))
+    /// `zone` of `city` as compared: the map's zone it names, folded; a
+    /// zone the map does not have, folded with a leading "zona" dropped.
+    fn zone_key(&self, zone: &str, city: Option<&str>) -> String {
+        gis::find_zone(&self.map, zone, city).map_or_else(|| zone_key(zone), |z| zone_key(&z.name))
     }
 }
 
@@ -175,6 +167,8 @@ pub struct Registration {
     pub address: String,
     /// Installation zone.
     pub zone: String,
+    /// Its municipality, if given (`Sacaba`); none: the city of Cochabamba.
+    pub city: Option<String>,
     /// Product.
     pub service: Service,
     /// Channel the request came by.
@@ -368,12 +362,12 @@ impl Simulator {
                 format!("`{service_code}` is not a product on sale"),
             ));
         };
-        let folded_zone = self.config.zone_key(&zone);
-        if let Some(r) = self
-            .config
-            .not_sold
-            .iter()
-            .find(|r| r.service == service && self.config.zone_key(&r.zone) == folded_zone)
+        let city = text(input, "city").map(str::to_owned);
+        let folded_zone = self.config.zone_key(&zone, city.as_deref());
+        if let Some(r) =
+            self.config.not_sold.iter().find(|r| {
+                r.service == service && self.config.zone_key(&r.zone, None) == folded_zone
+            })
         {
             return Err(business(
                 "product_not_available",
@@ -387,7 +381,7 @@ impl Simulator {
         let registration = Registration {
             request_number: format!("SF-{year:04}-{number:06}"),
             registered_at,
-            estimated_days: self.config.estimated_days(&zone, service),
+            estimated_days: self.config.estimated_days(&zone, city.as_deref(), service),
             idempotency_key: idempotency_key.to_owned(),
             attempt,
             ci,
@@ -395,6 +389,7 @@ impl Simulator {
             phone,
             address,
             zone,
+            city,
             service,
             channel,
             reference: text(input, "reference").map(str::to_owned),
@@ -461,6 +456,11 @@ pub fn spec() -> ConnectorSpec {
                 ParamSpec::required("phone", VarType::String, "contact phone"),
                 ParamSpec::required("address", VarType::String, "installation address"),
                 ParamSpec::required("zone", VarType::String, "installation zone"),
+                ParamSpec::optional(
+                    "city",
+                    VarType::String,
+                    "municipality of the zone (Cercado, Sacaba, Quillacollo, Tiquipaya); the city of Cochabamba when absent",
+                ),
                 ParamSpec::required("service", VarType::String, "product code"),
                 ParamSpec::required("channel", VarType::String, "channel the request came by"),
                 ParamSpec::optional("reference", VarType::String, "the instance's business key"),
@@ -697,8 +697,8 @@ mod tests {
             )]) {
                 for service in Service::ALL {
                     assert_eq!(
-                        config.estimated_days(alias, service),
-                        config.estimated_days(&zone.name, service),
+                        config.estimated_days(alias, None, service),
+                        config.estimated_days(&zone.name, None, service),
                         "{alias} {service}"
                     );
                     // Keys of their own: a key seen before answers as it did.
@@ -713,15 +713,32 @@ mod tests {
             }
         }
         assert_eq!(
-            config.estimated_days("Tiquipaya Centro", Service::Television),
+            config.estimated_days("Tiquipaya Centro", None, Service::Television),
             9
+        );
+        // A zone's name in a municipality is that municipality's zone:
+        // "Centro" in Sacaba waits Sacaba Centro's backlog, not Cercado's.
+        assert_eq!(
+            config.estimated_days("Centro", None, Service::Television),
+            2
+        );
+        assert_eq!(
+            config.estimated_days("Centro", Some("Sacaba"), Service::Television),
+            7
+        );
+        assert_eq!(
+            config.estimated_days("Centro", Some("Cercado"), Service::Television),
+            2
         );
         // An entry written under an alias is its zone's too.
         let by_alias = Config {
             zone_backlog_days: vec![("Casco Viejo".to_owned(), 6)],
             ..Config::default()
         };
-        assert_eq!(by_alias.estimated_days("Centro", Service::Television), 8);
+        assert_eq!(
+            by_alias.estimated_days("Centro", None, Service::Television),
+            8
+        );
     }
 
     #[tokio::test]
@@ -743,14 +760,20 @@ mod tests {
             .chain(["Zona Desconocida"])
         {
             for service in Service::ALL {
-                let days = config.estimated_days(zone, service);
+                let days = config.estimated_days(zone, None, service);
                 assert!((2..=15).contains(&days), "{zone} {service}: {days}");
             }
         }
-        assert_eq!(config.estimated_days("HIPODROMO", Service::Television), 3);
-        assert_eq!(config.estimated_days("Zona Desconocida", Service::Trio), 8);
         assert_eq!(
-            config.estimated_days("Zona Tiquipaya", Service::Television),
+            config.estimated_days("HIPODROMO", None, Service::Television),
+            3
+        );
+        assert_eq!(
+            config.estimated_days("Zona Desconocida", None, Service::Trio),
+            8
+        );
+        assert_eq!(
+            config.estimated_days("Zona Tiquipaya", None, Service::Television),
             9
         );
     }
