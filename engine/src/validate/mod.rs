@@ -142,8 +142,11 @@ pub fn validate(parsed: &Parsed, ctx: &Context<'_>) -> Vec<Diagnostic> {
     if parsed.section_complete("nodes") && !checker.has(Code::StartCount) {
         graph::check(&mut checker);
         // The data flow needs a whole, sound graph; warnings beside errors
-        // would only be noise.
-        if checker.diagnostics.is_empty() && parsed.diagnostics.is_empty() {
+        // would only be noise (beside other warnings, such as a cycle of
+        // calls, they are not).
+        if !checker.diagnostics.iter().any(|d| !d.code.is_warning())
+            && parsed.diagnostics.is_empty()
+        {
             assigned::check(&mut checker);
         }
     }
