@@ -670,6 +670,11 @@ mod tests {
             let answer = register(&sim, "k", 1, &sale("4587213", zone, service)).await;
             assert_eq!(code(answer), "product_not_available", "{zone} {service}");
         }
+        // Its centre, named in its municipality, is Tiquipaya too.
+        let mut in_tiquipaya = sale("4587213", "Centro", "trio");
+        in_tiquipaya.insert("city".to_owned(), json!("Tiquipaya"));
+        let answer = register(&sim, "k", 1, &in_tiquipaya).await;
+        assert_eq!(code(answer), "product_not_available");
         assert_eq!(sim.registration_count(), 0);
         assert!(
             register(
