@@ -51,7 +51,7 @@ pub enum NodeKind {
     MessageWait(MessageWait),
     /// Waits for a duration or until a point in time.
     TimerWait(TimerWait),
-    /// Starts a linked procedure.
+    /// Starts a procedure listed under `links.exit`.
     Call(Call),
     /// Ends the instance with an outcome.
     End(End),
@@ -366,7 +366,7 @@ pub struct TimerWait {
     pub next: NodeId,
 }
 
-/// Starts a linked procedure.
+/// Starts a procedure listed under `links.exit`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Call {

@@ -218,8 +218,9 @@ pub struct Deployed {
     pub new: bool,
     /// What will not stop the definition from running but may hurt it: a
     /// read of a variable some path leaves unwritten (`file:line:column:
-    /// warning[maybe-unwritten]: …`), a service task's `timeout` shorter
-    /// than its connector's tries.
+    /// warning[maybe-unwritten]: …`), a call that leads back to its caller
+    /// (`warning[call-cycle]`), a service task's `timeout` shorter than its
+    /// connector's tries.
     pub warnings: Vec<String>,
 }
 
