@@ -27,8 +27,9 @@ use std::time::Duration;
 pub struct Faults {
     state: Arc<Mutex<State>>,
     /// The idempotency keys of the calls whose replies are being held back
-    /// right now (see [`Faults::held`]).
-    held: Arc<Mutex<Vec<String>>>,
+    /// right now, and of those whose callers hung up while they were (see
+    /// [`Faults::held`], [`Faults::cut`]).
+    held: Arc<Mutex<Holds>>,
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +43,13 @@ struct State {
     rate: Option<Rate>,
     limit: Option<Bucket>,
     injected: u64,
+}
+
+/// Answers held back: now, and cut off by their callers.
+#[derive(Debug, Default)]
+struct Holds {
+    now: Vec<String>,
+    cut: Vec<String>,
 }
 
 /// A token bucket: `per_second` calls a second, a burst of as many.
@@ -89,8 +97,6 @@ pub(crate) struct Plan {
     pub(crate) retry_after: Option<Duration>,
     /// Let the system act, then fail as if the reply were lost.
     pub(crate) lose_reply: bool,
-    /// Let the system act, then keep its answer back this long.
-    pub(crate) hold_reply: Duration,
 }
 
 impl Faults {
@@ -127,31 +133,48 @@ impl Faults {
     /// right now by [`Faults::hold_next_replies`]: the system has acted on
     /// each, and its caller is waiting.
     pub fn held(&self) -> Vec<String> {
-        self.held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.holds().now.clone()
+    }
+
+    /// The idempotency keys of the calls whose callers hung up (a node
+    /// killed, say) while their answers were held back: the system acted,
+    /// and the caller never heard.
+    pub fn cut(&self) -> Vec<String> {
+        self.holds().cut.clone()
+    }
+
+    fn holds(&self) -> MutexGuard<'_, Holds> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Keeps the answer to the call with `key` back for `hold`, listed in
-    /// [`Faults::held`] while it waits (and no longer once the wait ends or
-    /// is dropped, as when the caller hangs up).
+    /// [`Faults::held`] while it waits; no longer once the wait ends, and
+    /// in [`Faults::cut`] if it is dropped first (the caller hung up).
     pub(crate) async fn hold(&self, key: &str, hold: Duration) {
-        struct Held<'a>(&'a Mutex<Vec<String>>, String);
+        struct Held<'a> {
+            faults: &'a Faults,
+            key: String,
+            waited: bool,
+        }
         impl Drop for Held<'_> {
             fn drop(&mut self) {
-                let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some(i) = held.iter().position(|k| *k == self.1) {
-                    held.swap_remove(i);
+                let mut holds = self.faults.holds();
+                if let Some(i) = holds.now.iter().position(|k| *k == self.key) {
+                    holds.now.swap_remove(i);
+                }
+                if !self.waited {
+                    holds.cut.push(std::mem::take(&mut self.key));
                 }
             }
         }
-        self.held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(key.to_owned());
-        let _held = Held(&self.held, key.to_owned());
+        self.holds().now.push(key.to_owned());
+        let mut held = Held {
+            faults: self,
+            key: key.to_owned(),
+            waited: false,
+        };
         tokio::time::sleep(hold).await;
+        held.waited = true;
     }
 
     /// Every call fails transiently until [`Faults::end_outage`].
@@ -251,12 +274,6 @@ impl Faults {
         if lose_reply {
             state.lose_next -= 1;
         }
-        let hold_reply = if fail.is_none() && !lose_reply && state.hold_next > 0 {
-            state.hold_next -= 1;
-            state.hold
-        } else {
-            Duration::ZERO
-        };
         if fail.is_some() || lose_reply {
             state.injected += 1;
         }
@@ -265,8 +282,20 @@ impl Faults {
             fail,
             retry_after,
             lose_reply,
-            hold_reply,
         }
+    }
+
+    /// Whether the answer of a call that has just reached the system is
+    /// to be held back, and how long ([`Faults::hold_next_replies`]). Taken
+    /// once the system acted, not when the call came in: a call whose
+    /// caller hung up during its latency never reached the system, and
+    /// must not use the hold up.
+    pub(crate) fn take_hold(&self) -> Option<Duration> {
+        let mut state = self.lock();
+        (state.hold_next > 0).then(|| {
+            state.hold_next -= 1;
+            state.hold
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -325,7 +354,6 @@ mod tests {
                 fail: None,
                 retry_after: None,
                 lose_reply: false,
-                hold_reply: Duration::ZERO,
             }
         );
         assert_eq!(f.injected(), 0);

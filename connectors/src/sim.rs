@@ -58,15 +58,15 @@ impl Harness {
             });
         }
         let answer = handle();
-        if !plan.hold_reply.is_zero() {
-            self.faults.hold(key, plan.hold_reply).await;
-        }
         if plan.lose_reply {
             return Err(transient(format!(
                 "{} (simulated): timed out waiting for the reply (the request may have been \
                  processed)",
                 self.system
             )));
+        }
+        if let Some(hold) = self.faults.take_hold() {
+            self.faults.hold(key, hold).await;
         }
         answer
     }

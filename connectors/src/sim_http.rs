@@ -17,7 +17,8 @@
 //! `POST /_admin/<system>/faults` (`{"latency_ms", "error_rate",
 //! "rate_limit_per_s", "outage", "fail_next", "lose_next", "hold_next",
 //! "hold_ms", "clear"}`) and calls counted at `GET /_admin/<system>/stats`
-//! (with `held`, the idempotency keys of the answers held back right now).
+//! (with `held`, the idempotency keys of the answers held back right now,
+//! and `cut`, those whose callers hung up while they were).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -473,16 +474,19 @@ async fn stats(State(sims): Shared, Path(system): Path<String>) -> Response {
             "calls": sims.naf.calls(),
             "faults_injected": sims.naf.faults().injected(),
             "held": sims.naf.faults().held(),
+            "cut": sims.naf.faults().cut(),
         }),
         "gis" => json!({
             "calls": sims.gis.calls(),
             "faults_injected": sims.gis.faults().injected(),
             "held": sims.gis.faults().held(),
+            "cut": sims.gis.faults().cut(),
         }),
         "smartflex" => json!({
             "calls": sims.smartflex.calls(),
             "faults_injected": sims.smartflex.faults().injected(),
             "held": sims.smartflex.faults().held(),
+            "cut": sims.smartflex.faults().cut(),
             "registrations": sims.smartflex.registration_count(),
             "duplicates": duplicate_registrations(&sims),
         }),

@@ -849,12 +849,38 @@ mod tests {
         call.abort();
         assert!(call.await.unwrap_err().is_cancelled());
         assert!(sim.faults().held().is_empty());
+        assert_eq!(sim.faults().cut(), ["job-1"]);
         // Only the next call was held: the retry is answered at once, with
         // the original registration.
         let out = register(&sim, "job-1", 2, &input).await.unwrap();
         assert_eq!(out["request_number"], json!("SF-2026-000001"));
         assert_eq!(sim.registration_count(), 1);
         assert_eq!(sim.faults().injected(), 0, "holding fails nothing");
+    }
+
+    /// A call whose caller hangs up during the system's latency never
+    /// reached it: the hold is kept for the next call that does.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_never_reached_the_system_does_not_use_up_the_hold() {
+        let sim = std::sync::Arc::new(simulator());
+        sim.faults().set_latency(std::time::Duration::from_secs(1));
+        sim.faults()
+            .hold_next_replies(1, std::time::Duration::from_secs(5));
+        let input = sale("4587213", "Sarco", "trio");
+        let call = |key: &'static str| {
+            let (sim, input) = (std::sync::Arc::clone(&sim), input.clone());
+            tokio::spawn(async move { register(&sim, key, 1, &input).await })
+        };
+        let gone = call("job-1");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        gone.abort();
+        assert!(gone.await.unwrap_err().is_cancelled());
+        let held = call("job-2");
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        assert_eq!(sim.registration_count(), 1);
+        assert_eq!(sim.faults().held(), ["job-2"]);
+        assert!(held.await.unwrap().is_ok());
+        assert!(sim.faults().cut().is_empty(), "answered in the end");
     }
 
     #[tokio::test]
