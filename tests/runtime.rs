@@ -444,6 +444,54 @@ on_both_backends!(
     super::a_mapping_error_quoting_a_nul_ends_in_one_incident
 );
 
+/// A NAF that answers without `member` (which it always returns) and with
+/// `debt_bs` as text: not taken as an answer, but as a failure naming both,
+/// retried with the same key, and an incident once the attempts run out —
+/// where storing the text as `naf_deuda_bs` stopped the request after the
+/// call, with an incident that could not be retried and named neither NAF
+/// nor its answer.
+async fn an_answer_off_the_catalog_is_a_failure_that_names_it(db: Db) {
+    let sims = tramite_connectors::Simulators::new();
+    let answer = json!({"found": true, "has_impediment": false, "impediments": [],
+                        "debt_bs": "0.00"});
+    let naf = Always(Ok(answer.as_object().cloned().unwrap()));
+    let connectors = sims.connectors().with("naf", std::sync::Arc::new(naf));
+    let h = Harness::with_connectors(db, sims, connectors).await;
+    let id = tramite_tests::p06::at_the_naf_check(&h, "4587213").await;
+    let mut ran = 0;
+    for _ in 0..8 {
+        ran += h.jobs().await;
+        h.advance(Duration::from_secs(300));
+    }
+    assert_eq!(ran, 5, "P06's NAF check allows 5 attempts");
+    let incident = h.open_incident(&id).await;
+    assert_eq!(incident.node_id, "consultar_naf");
+    assert!(!incident.after_effect, "a retry may ask again");
+    for expected in [
+        "naf.check_portfolio answered, but not as the catalog says it answers",
+        "lacks `member`, which the catalog says the system always returns",
+        "gives `debt_bs` the value \"0.00\", which is not of its type, number",
+    ] {
+        assert!(
+            incident.message.contains(expected),
+            "{expected}: {}",
+            incident.message
+        );
+    }
+    assert!(
+        h.instance(&id)
+            .await
+            .state
+            .variables
+            .get("naf_deuda_bs")
+            .is_none_or(serde_json::Value::is_null)
+    );
+}
+on_both_backends!(
+    an_answer_off_the_catalog_is_a_failure_that_names_it,
+    super::an_answer_off_the_catalog_is_a_failure_that_names_it
+);
+
 /// A Smartflex that is throttling: its first answers ask to be left alone
 /// (90 s, then two days), then it registers.
 struct ThrottledSmartflex {

@@ -71,6 +71,40 @@ pub struct OperationSpec {
     pub errors: Vec<ErrorSpec>,
 }
 
+impl OperationSpec {
+    /// What in `result` no answer of this operation can hold, one line
+    /// each: an output the catalog says is always returned that is missing
+    /// (or null), or a value its output's type does not admit. Names the
+    /// catalog does not list are not looked at: a system may answer more.
+    pub fn result_problems(
+        &self,
+        result: &serde_json::Map<String, serde_json::Value>,
+    ) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .outputs
+            .iter()
+            .filter(|p| p.required && result.get(&p.name).is_none_or(serde_json::Value::is_null))
+            .map(|p| {
+                format!(
+                    "lacks `{}`, which the catalog says the system always returns",
+                    p.name
+                )
+            })
+            .collect();
+        for p in &self.outputs {
+            if let Some(value) = result.get(&p.name)
+                && !crate::runtime::machine::admits(p.ty, value)
+            {
+                problems.push(format!(
+                    "gives `{}` the value {value}, which is not of its type, {}",
+                    p.name, p.ty
+                ));
+            }
+        }
+        problems
+    }
+}
+
 /// An input or output of an operation.
 #[derive(Debug, Clone)]
 pub struct ParamSpec {

@@ -1664,6 +1664,38 @@ async fn raise_job_incident(
     .await
 }
 
+/// `out`, if the catalog says the job's operation can answer it; else a
+/// transient failure naming what is wrong. A system (or its HTTP file) that
+/// answers without an output it always returns, or with a value of the
+/// wrong type, has not answered as its steps expect: asked again with the
+/// same key, it may answer right, and if it never does the incident says
+/// what was wrong, not a mapping error far from it (or a gate silently
+/// taking the wrong branch on a null).
+fn as_catalogued(
+    catalog: &crate::catalog::Catalog,
+    job: &ClaimedJob,
+    out: Map<String, Value>,
+) -> Result<Map<String, Value>, ConnectorError> {
+    let (Some(connector), Some(operation)) = (&job.connector, &job.operation) else {
+        return Ok(out);
+    };
+    let Some(spec) = catalog
+        .connector(connector)
+        .and_then(|c| c.operation(operation))
+    else {
+        return Ok(out);
+    };
+    let problems = spec.result_problems(&out);
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConnectorError::transient(format!(
+            "{connector}.{operation} answered, but not as the catalog says it answers: the answer {}",
+            problems.join("; it ")
+        )))
+    }
+}
+
 async fn apply_job_result(
     conn: &mut impl Tx,
     ctx: &Ctx<'_>,
@@ -1672,7 +1704,9 @@ async fn apply_job_result(
     result: Result<Map<String, Value>, ConnectorError>,
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
-    let result = result.map_err(ConnectorError::printable);
+    let result = result
+        .and_then(|out| as_catalogued(ctx.catalog, job, out))
+        .map_err(ConnectorError::printable);
     let mut row = load(conn, &job.instance_id).await?;
     let process = ctx.processes.get(conn, row.definition_id).await?;
     let token = job.token as u32;
