@@ -916,13 +916,14 @@ pub fn admits(ty: crate::definition::VarType, value: &Value) -> bool {
         (VarType::Date, Value::String(s)) => {
             let mut parts = s.split('-');
             let (y, m, d) = (parts.next(), parts.next(), parts.next());
-            parts.next().is_none()
-                && s.len() == 10
-                && y.and_then(|y| number(y, 4)).is_some()
-                && m.and_then(|m| number(m, 2))
-                    .is_some_and(|m| (1..=12).contains(&m))
-                && d.and_then(|d| number(d, 2))
-                    .is_some_and(|d| (1..=31).contains(&d))
+            let (Some(y), Some(m), Some(d)) = (
+                y.and_then(|y| number(y, 4)),
+                m.and_then(|m| number(m, 2)),
+                d.and_then(|d| number(d, 2)),
+            ) else {
+                return false;
+            };
+            parts.next().is_none() && s.len() == 10 && is_day(y, m, d)
         }
         (VarType::Datetime, v) => timestamp_ms(v).is_some(),
         (VarType::List, Value::Array(_)) => true,
@@ -949,6 +950,20 @@ fn normalize(ty: crate::definition::VarType, value: &mut Value) {
     {
         *value = Value::from(whole);
     }
+}
+
+/// Whether `y-m-d` is a day of the calendar: 30 February is not (it used to
+/// pass as 2 March, and a timer set for it fired on the wrong day).
+fn is_day(y: i64, m: i64, d: i64) -> bool {
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let last = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=last).contains(&d)
 }
 
 /// Milliseconds since the epoch of an RFC 3339 timestamp (UTC `Z` or offset).
@@ -980,8 +995,8 @@ pub fn timestamp_ms(value: &Value) -> Option<i64> {
     let h = number(parts.next()?, 2)?;
     let mi = number(parts.next()?, 2)?;
     let sec = seconds(parts.next().unwrap_or("0"))?;
-    let valid = (1..=9999).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&day);
-    if !valid || h > 23 || mi > 59 || !(0.0..61.0).contains(&sec) || offset_minutes.abs() > 24 * 60
+    let valid = (1..=9999).contains(&y) && is_day(y, m, day);
+    if !valid || h > 23 || mi > 59 || !(0.0..61.0).contains(&sec) || offset_minutes.abs() >= 24 * 60
     {
         return None;
     }
@@ -1165,5 +1180,32 @@ nodes:
             timestamp_ms(&json!("999999999999999-01-01T00:00:00Z")),
             None
         );
+    }
+
+    /// Only days of the calendar are dates: 30 February used to pass, and
+    /// a timer set for it fired on 2 March.
+    #[test]
+    fn a_date_is_a_day_of_the_calendar() {
+        use crate::definition::VarType;
+        for (date, ok) in [
+            ("2026-02-28", true),
+            ("2026-02-29", false),
+            ("2028-02-29", true),
+            ("2100-02-29", false),
+            ("2000-02-29", true),
+            ("2026-02-30", false),
+            ("2026-04-30", true),
+            ("2026-04-31", false),
+            ("2026-12-31", true),
+            ("2026-13-01", false),
+            ("2026-01-00", false),
+        ] {
+            assert_eq!(admits(VarType::Date, &json!(date)), ok, "{date}");
+            let at = format!("{date}T10:00:00-04:00");
+            assert_eq!(timestamp_ms(&json!(at)).is_some(), ok, "{at}");
+        }
+        // An offset is less than a day.
+        assert_eq!(timestamp_ms(&json!("2026-01-01T10:00+24:00")), None);
+        assert!(timestamp_ms(&json!("2026-01-01T10:00+23:59")).is_some());
     }
 }
