@@ -570,6 +570,59 @@ on_both_backends!(
     super::a_system_asking_to_wait_is_not_asked_sooner
 );
 
+/// A NAF that keeps answering "come back in 30 s" (a throttling gateway)
+/// does not use up the step's 5 attempts while it does, for an hour from
+/// the call's start: a short throttle is waited out, not an incident. After
+/// the hour its refusals count, and the fifth ends in one.
+async fn throttling_uses_no_attempts_for_an_hour(db: Db) {
+    let sims = tramite_connectors::Simulators::new();
+    let naf = Always(Err(ConnectorError::Transient {
+        message: "too many requests (HTTP 429)".to_owned(),
+        retry_after: Some(Duration::from_secs(30)),
+    }));
+    let connectors = sims.connectors().with("naf", std::sync::Arc::new(naf));
+    let h = Harness::with_connectors(db, sims, connectors).await;
+    let id = tramite_tests::p06::at_the_naf_check(&h, "4587213").await;
+    let mut calls = 0;
+    // Within the hour: asked every minute, nothing counted.
+    for _ in 0..60 {
+        calls += h.jobs().await;
+        h.advance(Duration::from_secs(60));
+    }
+    assert_eq!(calls, 60, "asked again and again");
+    assert!(
+        h.engine
+            .incidents(Some("open"), Some(&id))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no incident within the hour"
+    );
+    // Past it: five more refusals, then the incident.
+    let mut after = 0;
+    for _ in 0..20 {
+        after += h.jobs().await;
+        h.advance(Duration::from_secs(60));
+    }
+    assert_eq!(after, 5, "the step's 5 attempts, counted from then");
+    let incident = h.open_incident(&id).await;
+    assert!(
+        incident.message.starts_with("5 attempt(s) failed"),
+        "{}",
+        incident.message
+    );
+    let history = h.engine.history(&id).await.unwrap();
+    let counted = history
+        .iter()
+        .filter(|e| e.kind == "job_failed" && e.data["counted"] == json!(true))
+        .count();
+    assert_eq!(counted, 4, "the history says which refusals counted");
+}
+on_both_backends!(
+    throttling_uses_no_attempts_for_an_hour,
+    super::throttling_uses_no_attempts_for_an_hour
+);
+
 /// One SQLite file, one engine: a second `serve` on it (an overlapping
 /// restart, two pods on one volume) is refused before it releases the
 /// first one's leases; once the first has stopped, it opens.

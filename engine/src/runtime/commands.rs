@@ -1619,6 +1619,12 @@ fn backoff(policy: &crate::definition::RetryPolicy, attempt: u32) -> i64 {
     }
 }
 
+/// How long from a job's start a system that asks to be called later
+/// (`Retry-After`) is waited out without its refusals counting against the
+/// step's attempts: an hour, as long as one such wait may be
+/// ([`crate::runtime::connector::MAX_RETRY_AFTER`]).
+pub const THROTTLE_PATIENCE_MS: i64 = 3_600_000;
+
 /// Ends `job`, claimed under `owner`, in an incident with `message` (kept
 /// as a system's text is), for an operator to retry or resolve; nothing if
 /// the lease was lost meanwhile (another worker owns the outcome).
@@ -1721,13 +1727,26 @@ async fn apply_job_result(
             Some(NodeKind::ServiceTask(s)) => s.retry.clone().unwrap_or_else(default_retry),
             _ => default_retry(),
         };
-        if job.attempts < job.max_attempts {
+        // A system that asked to be left alone for a while (throttled,
+        // closing for the night) is up, not failing: waited out without
+        // using up the step's attempts, for `THROTTLE_PATIENCE_MS` from the
+        // job's start. After that its refusals count like any failure, so
+        // one that never lets the call in still ends in an incident.
+        let throttled = retry_after.is_some() && ctx.now - job.created_at < THROTTLE_PATIENCE_MS;
+        if job.attempts < job.max_attempts || throttled {
             let asked = retry_after.map_or(0, |wait| {
                 wait.min(crate::runtime::connector::MAX_RETRY_AFTER)
                     .as_millis() as i64
             });
             let at = ctx.now + backoff(&policy, job.attempts as u32).max(asked);
-            if conn.reschedule_job(&job.id, owner, at, message).await? {
+            let retry = store::JobRetry {
+                id: &job.id,
+                owner,
+                run_at: at,
+                error: message,
+                counted: !throttled,
+            };
+            if conn.reschedule_job(retry).await? {
                 ctx.scheduled
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 journal_one(
@@ -1737,7 +1756,7 @@ async fn apply_job_result(
                     "worker",
                     "job_failed",
                     &node_id,
-                    json!({"job": job.id, "attempt": job.attempts, "error": message, "retry_at": at}),
+                    json!({"job": job.id, "attempt": job.attempts, "error": message, "retry_at": at, "counted": !throttled}),
                 )
                 .await?;
             }

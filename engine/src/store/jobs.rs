@@ -33,7 +33,15 @@ pub struct ClaimedJob {
     pub timeout_ms: Option<i64>,
     /// This claim's lease owner: a result is applied only under it.
     pub lease_owner: String,
+    /// When the job was made, ms.
+    pub created_at: i64,
 }
+
+/// [`reschedule`]'s statement (both backends); `$5` is 1 to give the
+/// claim's attempt back.
+pub(super) const RESCHEDULE: &str = "UPDATE jobs SET status = 'ready', lease_owner = NULL, \
+     lease_until = NULL, run_at = $3, last_error = $4, attempts = attempts - $5 \
+     WHERE id = $1 AND lease_owner = $2 AND status = 'running'";
 
 /// A new job.
 #[derive(Debug, Clone)]
@@ -206,6 +214,7 @@ pub async fn claim(
                 max_attempts: r.try_get("max_attempts")?,
                 timeout_ms: r.try_get("timeout_ms")?,
                 lease_owner: owner.to_owned(),
+                created_at: r.try_get("created_at")?,
             })
         })
         .collect()
@@ -233,24 +242,16 @@ pub async fn finish(
     Ok(done.rows_affected() == 1)
 }
 
-/// Puts a job held by `owner` back in the queue for `run_at`.
-pub async fn reschedule(
-    conn: &mut Conn,
-    id: &str,
-    owner: &str,
-    run_at: i64,
-    error: &str,
-) -> Result<bool, Error> {
-    let done = sqlx::query(
-        "UPDATE jobs SET status = 'ready', lease_owner = NULL, lease_until = NULL, run_at = $3, \
-         last_error = $4 WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
-    )
-    .bind(id)
-    .bind(owner)
-    .bind(run_at)
-    .bind(error)
-    .execute(&mut *conn)
-    .await?;
+/// Puts a job held by `retry.owner` back in the queue for `retry.run_at`.
+pub async fn reschedule(conn: &mut Conn, retry: super::JobRetry<'_>) -> Result<bool, Error> {
+    let done = sqlx::query(RESCHEDULE)
+        .bind(retry.id)
+        .bind(retry.owner)
+        .bind(retry.run_at)
+        .bind(retry.error)
+        .bind(i64::from(!retry.counted))
+        .execute(&mut *conn)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 

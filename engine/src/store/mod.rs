@@ -28,7 +28,9 @@ pub mod sqlite_tx;
 pub mod tasks;
 mod tx;
 
-pub use tx::{InstanceWrite, JobClaim, NewDefinition, Receipt, TaskCompletion, Tx, Written};
+pub use tx::{
+    InstanceWrite, JobClaim, JobRetry, NewDefinition, Receipt, TaskCompletion, Tx, Written,
+};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, ConnectOptions};

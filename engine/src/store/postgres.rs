@@ -117,4 +117,4 @@ pub(super) const CLAIM_JOBS: &str = "WITH due AS ( \
          attempts = j.attempts + 1 \
      FROM due WHERE j.id = due.id \
      RETURNING j.id, j.instance_id, j.token, j.node_id, j.kind, j.connector, j.operation, \
-               j.input, j.idempotency_key, j.attempts, j.max_attempts, j.timeout_ms";
+               j.input, j.idempotency_key, j.attempts, j.max_attempts, j.timeout_ms, j.created_at";

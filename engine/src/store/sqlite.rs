@@ -141,7 +141,7 @@ pub(super) const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', lease_o
      WHERE id IN (SELECT id FROM jobs WHERE status IN ('ready', 'running') AND run_at <= $3 \
                   ORDER BY run_at LIMIT CAST($4 AS BIGINT)) \
      RETURNING id, instance_id, token, node_id, kind, connector, operation, input, \
-               idempotency_key, attempts, max_attempts, timeout_ms";
+               idempotency_key, attempts, max_attempts, timeout_ms, created_at";
 
 #[cfg(test)]
 mod tests {

@@ -671,6 +671,7 @@ impl Tx for Writing {
                         max_attempts: col(r, 10, "max_attempts")?,
                         timeout_ms: col(r, 11, "timeout_ms")?,
                         lease_owner: c.owner.to_owned(),
+                        created_at: col(r, 12, "created_at")?,
                     },
                     col::<Option<String>>(r, 7, "input")?,
                 ))
@@ -703,19 +704,15 @@ impl Tx for Writing {
         Ok(n == 1)
     }
 
-    async fn reschedule_job(
-        &mut self,
-        id: &str,
-        owner: &str,
-        run_at: i64,
-        error: &str,
-    ) -> Result<bool, Error> {
-        let n = self
-            .conn.prepare_cached(
-                "UPDATE jobs SET status = 'ready', lease_owner = NULL, lease_until = NULL, run_at = ?3, \
-                 last_error = ?4 WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
-            )?
-            .execute(params![id, owner, run_at, error])?;
+    async fn reschedule_job(&mut self, retry: super::JobRetry<'_>) -> Result<bool, Error> {
+        let sql = super::jobs::RESCHEDULE.replace('$', "?");
+        let n = self.conn.prepare_cached(&sql)?.execute(params![
+            retry.id,
+            retry.owner,
+            retry.run_at,
+            retry.error,
+            i64::from(!retry.counted)
+        ])?;
         Ok(n == 1)
     }
 

@@ -140,13 +140,10 @@ pub trait Tx: Send {
         status: &str,
         error: Option<&str>,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
-    /// Puts a job held by `owner` back in the queue.
+    /// Puts a job back in the queue; false if its lease was lost.
     fn reschedule_job(
         &mut self,
-        id: &str,
-        owner: &str,
-        run_at: i64,
-        error: &str,
+        retry: JobRetry<'_>,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
     /// Makes a job in an incident runnable again.
     fn revive_job(
@@ -390,6 +387,22 @@ pub struct NewDefinition<'a> {
     pub now: i64,
 }
 
+/// A job put back in the queue after a transient failure.
+#[derive(Debug, Clone, Copy)]
+pub struct JobRetry<'a> {
+    /// Job.
+    pub id: &'a str,
+    /// The lease it was claimed under: nothing happens if it was lost.
+    pub owner: &'a str,
+    /// When it is due again, ms.
+    pub run_at: i64,
+    /// The failure, kept as the job's last error.
+    pub error: &'a str,
+    /// Whether the failed attempt counts against the step's attempts
+    /// (false: the claim's count is given back).
+    pub counted: bool,
+}
+
 /// A claim of due jobs.
 #[derive(Debug, Clone, Copy)]
 pub struct JobClaim<'a> {
@@ -525,14 +538,8 @@ impl Tx for sqlx::AnyConnection {
     ) -> Result<bool, Error> {
         super::jobs::finish(self, id, owner, status, error).await
     }
-    async fn reschedule_job(
-        &mut self,
-        id: &str,
-        owner: &str,
-        run_at: i64,
-        error: &str,
-    ) -> Result<bool, Error> {
-        super::jobs::reschedule(self, id, owner, run_at, error).await
+    async fn reschedule_job(&mut self, retry: JobRetry<'_>) -> Result<bool, Error> {
+        super::jobs::reschedule(self, retry).await
     }
     async fn revive_job(&mut self, id: &str, now: i64) -> Result<bool, Error> {
         super::jobs::revive(self, id, now).await
