@@ -273,11 +273,11 @@ pub(super) fn in_words(message: &str, lang: Lang) -> String {
             "Es demasiado grande para un número entero.",
         ),
         (
-            "must be a date (YYYY-MM-DD)",
+            tramite_engine::runtime::forms::NOT_A_DATE,
             "Debe ser una fecha (día, mes y año).",
         ),
         (
-            "must be a date and time (YYYY-MM-DDTHH:MM:SSZ)",
+            tramite_engine::runtime::forms::NOT_A_DATETIME,
             "Debe ser una fecha con hora.",
         ),
         (

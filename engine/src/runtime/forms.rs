@@ -6,6 +6,15 @@ use serde_json::{Map, Value, json};
 
 use crate::definition::{Field, VarType};
 
+/// What a field error says of a value that is no day of the calendar.
+pub const NOT_A_DATE: &str = "must be a date (YYYY-MM-DD)";
+
+/// What a field error says of a value that is no date and time: the
+/// offset is asked for, Bolivia's first, since a time typed as UTC by
+/// mistake is four hours off.
+pub const NOT_A_DATETIME: &str =
+    "must be a date and time with its offset (YYYY-MM-DDTHH:MM:SS-04:00 in Bolivia, or Z for UTC)";
+
 /// A problem with one field of submitted data.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FieldError {
@@ -160,13 +169,13 @@ impl Form {
                     jsonschema::error::ValidationErrorKind::Maximum { limit } => {
                         format!("must be at most {}", bound(limit))
                     }
-                    jsonschema::error::ValidationErrorKind::Format { format } => match format
-                        .as_str()
-                    {
-                        "date" => "must be a date (YYYY-MM-DD)".to_owned(),
-                        "date-time" => "must be a date and time (YYYY-MM-DDTHH:MM:SSZ)".to_owned(),
-                        _ => "does not have the expected format".to_owned(),
-                    },
+                    jsonschema::error::ValidationErrorKind::Format { format } => {
+                        match format.as_str() {
+                            "date" => NOT_A_DATE.to_owned(),
+                            "date-time" => NOT_A_DATETIME.to_owned(),
+                            _ => "does not have the expected format".to_owned(),
+                        }
+                    }
                     jsonschema::error::ValidationErrorKind::MinLength { limit } => {
                         format!("must have at least {limit} characters")
                     }
@@ -206,8 +215,8 @@ impl Form {
             {
                 let message = match ty {
                     VarType::Integer => "is too large for a whole number",
-                    VarType::Date => "must be a date (YYYY-MM-DD)",
-                    VarType::Datetime => "must be a date and time (YYYY-MM-DDTHH:MM:SSZ)",
+                    VarType::Date => NOT_A_DATE,
+                    VarType::Datetime => NOT_A_DATETIME,
                     _ => "does not have the expected type",
                 };
                 errors.push(FieldError {
@@ -319,6 +328,34 @@ mod tests {
             messages.contains(&("fecha", "must be a date (YYYY-MM-DD)")),
             "{messages:?}"
         );
+    }
+
+    /// A day not of the calendar is no date, and a time without its offset
+    /// is refused with Bolivia's offset shown (typed as UTC, it would be
+    /// four hours off).
+    #[test]
+    fn dates_are_days_and_times_carry_their_offset() {
+        let f = form(
+            r#"
+- {name: fecha, type: date}
+- {name: cita, type: datetime}
+"#,
+        );
+        assert!(
+            f.check(&json!({"fecha": "2028-02-29", "cita": "2026-12-07T10:00:00-04:00"}))
+                .is_empty()
+        );
+        let errors = f.check(&json!({"fecha": "2026-02-30", "cita": "2026-12-07T10:00:00"}));
+        let messages: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| (e.field.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            messages,
+            [("fecha", NOT_A_DATE), ("cita", NOT_A_DATETIME)],
+            "{errors:?}"
+        );
+        assert!(NOT_A_DATETIME.contains("-04:00"));
     }
 
     /// A required text left empty or only spaces is no answer, in the API
