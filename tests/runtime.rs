@@ -2774,7 +2774,8 @@ async fn two_engines_publish_to_one_wait() {
 /// at 9.1, each within 3 minutes of the last one taken (counted from when
 /// the wait took it, not from when a kept one arrived) — is added to the
 /// requirements. A message after 3 quiet minutes is a new sending, kept for
-/// the next wait.
+/// the next wait, which takes it in place of the first sending: that one is
+/// kept beside it (`requisitos_anteriores`) when the agent asks for more.
 async fn a_sending_of_several_messages_is_one_request(db: Db) {
     let h = Harness::new(db).await;
     let id = through_identification(&h, "4587213").await;
@@ -2841,6 +2842,11 @@ async fn a_sending_of_several_messages_is_one_request(db: Db) {
     .await;
     h.task(&id, "imprimir_requisitos").await;
     assert_eq!(media(&h, &id).await, ["otro.jpg"], "the next wait took it");
+    // What came in the first sending is kept beside it, to print with it.
+    assert_eq!(
+        h.instance(&id).await.state.variables["requisitos_anteriores"],
+        json!(["anverso.jpg", "reverso.jpg", "factura.jpg", "croquis.jpg"])
+    );
 }
 on_both_backends!(
     a_sending_of_several_messages_is_one_request,
