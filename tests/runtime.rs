@@ -617,6 +617,23 @@ async fn throttling_uses_no_attempts_for_an_hour(db: Db) {
         .filter(|e| e.kind == "job_failed" && e.data["counted"] == json!(true))
         .count();
     assert_eq!(counted, 4, "the history says which refusals counted");
+    // An operator's retry starts the hour again.
+    h.engine
+        .retry_incident(&incident.id, "operador1")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(h.jobs().await, 1);
+        h.advance(Duration::from_secs(60));
+    }
+    assert!(
+        h.engine
+            .incidents(Some("open"), Some(&id))
+            .await
+            .unwrap()
+            .is_empty(),
+        "ten refusals after the retry, none counted"
+    );
 }
 on_both_backends!(
     throttling_uses_no_attempts_for_an_hour,

@@ -1730,8 +1730,9 @@ async fn apply_job_result(
         // A system that asked to be left alone for a while (throttled,
         // closing for the night) is up, not failing: waited out without
         // using up the step's attempts, for `THROTTLE_PATIENCE_MS` from the
-        // job's start. After that its refusals count like any failure, so
-        // one that never lets the call in still ends in an incident.
+        // job's start (or an operator's retry). After that its refusals
+        // count like any failure, so one that never lets the call in still
+        // ends in an incident.
         let throttled = retry_after.is_some() && ctx.now - job.created_at < THROTTLE_PATIENCE_MS;
         if job.attempts < job.max_attempts || throttled {
             let asked = retry_after.map_or(0, |wait| {

@@ -33,7 +33,8 @@ pub struct ClaimedJob {
     pub timeout_ms: Option<i64>,
     /// This claim's lease owner: a result is applied only under it.
     pub lease_owner: String,
-    /// When the job was made, ms.
+    /// When the job was made, or an operator last retried it, ms: a
+    /// throttling system's patience counts from it.
     pub created_at: i64,
 }
 
@@ -258,7 +259,7 @@ pub async fn reschedule(conn: &mut Conn, retry: super::JobRetry<'_>) -> Result<b
 /// Makes a job in an incident runnable again, with a fresh set of attempts.
 pub async fn revive(conn: &mut Conn, id: &str, now: i64) -> Result<bool, Error> {
     let done = sqlx::query(
-        "UPDATE jobs SET status = 'ready', attempts = 0, run_at = $2 WHERE id = $1 AND status = 'incident'",
+        "UPDATE jobs SET status = 'ready', attempts = 0, run_at = $2, created_at = $2 WHERE id = $1 AND status = 'incident'",
     )
     .bind(id)
     .bind(now)

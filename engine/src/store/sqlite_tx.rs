@@ -718,7 +718,7 @@ impl Tx for Writing {
 
     async fn revive_job(&mut self, id: &str, now: i64) -> Result<bool, Error> {
         let n = self
-            .conn.prepare_cached("UPDATE jobs SET status = 'ready', attempts = 0, run_at = ?2 WHERE id = ?1 AND status = 'incident'")?
+            .conn.prepare_cached("UPDATE jobs SET status = 'ready', attempts = 0, run_at = ?2, created_at = ?2 WHERE id = ?1 AND status = 'incident'")?
             .execute(params![id, now])?;
         Ok(n == 1)
     }
