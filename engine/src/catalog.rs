@@ -95,8 +95,15 @@ impl OperationSpec {
             if let Some(value) = result.get(&p.name)
                 && !crate::runtime::machine::admits(p.ty, value)
             {
+                // Quoted short: a system's whole answer is not for every
+                // reader of incidents and histories.
+                let mut shown = value.to_string();
+                if let Some((cut, _)) = shown.char_indices().nth(64) {
+                    shown.truncate(cut);
+                    shown.push('…');
+                }
                 problems.push(format!(
-                    "gives `{}` the value {value}, which is not of its type, {}",
+                    "gives `{}` the value {shown}, which is not of its type, {}",
                     p.name, p.ty
                 ));
             }

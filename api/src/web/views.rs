@@ -278,7 +278,7 @@ pub(super) fn in_words(message: &str, lang: Lang) -> String {
         ),
         (
             tramite_engine::runtime::forms::NOT_A_DATETIME,
-            "Debe ser una fecha con hora.",
+            "Debe ser una fecha y hora con su desfase horario (por ejemplo 2026-12-07T10:00:00-04:00, hora de Bolivia).",
         ),
         (
             "this form has no such field",
