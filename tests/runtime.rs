@@ -141,7 +141,7 @@ on_both_backends!(
 /// An agent who took the call-back just before its 30 minutes ran out is
 /// on the phone with the client: the escalation does not take the task
 /// away (it is overdue, and the agent completes it); given back unfinished,
-/// it escalates then.
+/// it escalates then, whatever the clock of the node it is given back on.
 async fn an_overdue_claimed_task_stays_with_its_agent(db: Db) {
     let h = Harness::new(db).await;
     let mut ids = Vec::new();
@@ -167,9 +167,15 @@ async fn an_overdue_claimed_task_stays_with_its_agent(db: Db) {
     h.complete(&ids[0], "devolver_llamada", "cliente_contactado", json!({}))
         .await;
     h.task(&ids[0], "identificar_cliente").await;
-    // The second gives the task back: overdue, it goes to the team lead.
+    // The second gives the task back: overdue, it goes to the team lead —
+    // even through a node whose clock is behind its due time: that the
+    // escalation came due is the token's to say (its timer fired and was
+    // held off), not this node's clock.
     let task = h.task(&ids[1], "devolver_llamada").await;
+    let now = tramite_engine::runtime::clock::Clock::now(&*h.clock);
+    h.clock.set(now - 3 * 60_000);
     h.engine.unclaim(&task.id, "agente1").await.unwrap();
+    h.clock.set(now);
     h.task(&ids[1], "devolucion_vencida").await;
     assert!(!h.task_open(&ids[1], "devolver_llamada").await);
     // An unclaimed task still escalates on time.
