@@ -3052,7 +3052,9 @@ async fn a_message_from_before_the_instance_is_not_its_own(db: Db) {
         )
         .await;
     assert_eq!(leftover, Delivery::Kept);
-    h.advance(Duration::from_secs(3 * 86_400));
+    // Two hours later, still within its day of keeping (an expired one
+    // would not be taken anyway).
+    h.advance(Duration::from_secs(2 * 3_600));
     let id = through_identification(&h, "4587213").await;
     through_coverage(&h, &id, "Cala Cala").await;
     with_capacity_confirmed(&h, &id).await;
@@ -3079,6 +3081,14 @@ async fn a_message_from_before_the_instance_is_not_its_own(db: Db) {
     let pending = h.engine.messages("pending", 10).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].id, "wamid.semana.pasada");
+    // Kept past its time (a day here), no wait will take it: listed as
+    // expired, no longer as pending.
+    h.advance(Duration::from_secs(25 * 3_600));
+    assert!(h.engine.messages("pending", 10).await.unwrap().is_empty());
+    let expired = h.engine.messages("expired", 10).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].id, "wamid.semana.pasada");
+    assert_eq!(h.engine.messages("delivered", 10).await.unwrap().len(), 1);
 }
 on_both_backends!(
     a_message_from_before_the_instance_is_not_its_own,

@@ -330,14 +330,15 @@ async fn channel_start(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MessagesQuery {
-    /// `pending` (kept, no instance waited yet: the default) or `delivered`.
+    /// `pending` (kept, no instance waited yet, still takeable: the
+    /// default), `expired` (kept past its time) or `delivered`.
     status: Option<String>,
     /// At most this many (≤ 500).
     limit: Option<i64>,
 }
 
 /// `GET /api/v1/messages`: what arrived, newest first.
-#[utoipa::path(get, path = "/api/v1/messages", tag = "messages", params(("status" = Option<String>, Query, description = "`pending` (default) or `delivered`"), ("limit" = Option<i64>, Query)), responses((status = 200, description = "Messages, newest first (needs `operator`)"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/messages", tag = "messages", params(("status" = Option<String>, Query, description = "`pending` (default), `expired` or `delivered`"), ("limit" = Option<i64>, Query)), responses((status = 200, description = "Messages, newest first (needs `operator`)"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 pub(super) async fn list_messages(
     State(s): Shared,
     headers: HeaderMap,
@@ -347,8 +348,11 @@ pub(super) async fn list_messages(
     user.require("operator")?;
     let Query(q) = query?;
     let status = q.status.unwrap_or_else(|| "pending".to_owned());
-    if status != "pending" && status != "delivered" {
-        return Err(Error::field("status", "`pending` or `delivered`"));
+    if !["pending", "expired", "delivered"].contains(&status.as_str()) {
+        return Err(Error::field(
+            "status",
+            "`pending`, `expired` or `delivered`",
+        ));
     }
     let rows = s
         .engine

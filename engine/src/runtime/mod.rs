@@ -746,15 +746,17 @@ impl Engine {
         Ok(stats.finish())
     }
 
-    /// Messages with `status`: `pending` lists those no instance has taken yet.
-    /// At most `limit`, newest first.
+    /// Messages with `status`: `pending` lists those no instance has taken
+    /// yet and a wait may still take, `expired` those kept past their time
+    /// (none will), `delivered` the rest. At most `limit`, newest first.
     pub async fn messages(
         &self,
         status: &str,
         limit: i64,
     ) -> Result<Vec<store::messages::MessageRow>, Error> {
         let mut conn = self.inner.store.pool().acquire().await?;
-        Ok(store::messages::list(&mut conn, status, limit).await?)
+        let now = self.inner.config.clock.now();
+        Ok(store::messages::list(&mut conn, status, now, limit).await?)
     }
 
     /// Instances matching `filter`, newest first.

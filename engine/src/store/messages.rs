@@ -237,17 +237,30 @@ pub async fn kept(conn: &mut Conn, id: &str, expires_at: i64) -> Result<(), Erro
     Ok(())
 }
 
-/// Received messages with `status` (`pending`: kept, no instance waited yet;
-/// `delivered`), newest first.
-pub async fn list(conn: &mut Conn, status: &str, limit: i64) -> Result<Vec<MessageRow>, Error> {
-    let rows = sqlx::query(
+/// Received messages with `status`, newest first: `pending` (kept, no
+/// instance waited yet, a wait may still take it), `expired` (kept past its
+/// time at `now`: no wait will take it), `delivered`.
+pub async fn list(
+    conn: &mut Conn,
+    status: &str,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<MessageRow>, Error> {
+    let (stored, when) = match status {
+        "pending" => ("pending", "(expires_at IS NULL OR expires_at > $2)"),
+        "expired" => ("pending", "expires_at <= $2"),
+        other => (other, "$2 = $2"),
+    };
+    let sql = format!(
         "SELECT id, message_name, correlation_key, payload, status, instance_id, received_at, expires_at \
-         FROM messages WHERE status = $1 ORDER BY received_at DESC LIMIT CAST($2 AS BIGINT)",
-    )
-    .bind(status)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
+         FROM messages WHERE status = $1 AND {when} ORDER BY received_at DESC LIMIT CAST($3 AS BIGINT)"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(stored)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
     rows.iter().map(message_row).collect()
 }
 
