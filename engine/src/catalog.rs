@@ -32,6 +32,11 @@ impl Catalog {
         self.connectors.get(name)
     }
 
+    /// The operation `operation` of connector `connector`, if both exist.
+    pub fn operation(&self, connector: &str, operation: &str) -> Option<&OperationSpec> {
+        self.connector(connector)?.operation(operation)
+    }
+
     /// Every connector, by name.
     pub fn connectors(&self) -> impl Iterator<Item = &ConnectorSpec> {
         self.connectors.values()

@@ -1688,10 +1688,7 @@ fn as_catalogued(
     let (Some(connector), Some(operation)) = (&job.connector, &job.operation) else {
         return Ok(out);
     };
-    let Some(spec) = catalog
-        .connector(connector)
-        .and_then(|c| c.operation(operation))
-    else {
+    let Some(spec) = catalog.operation(connector, operation) else {
         return Ok(out);
     };
     let problems = spec.result_problems(&out);

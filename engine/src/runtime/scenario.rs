@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::Error;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, OperationSpec};
 use crate::duration::Duration;
 use crate::runtime::clock::{Clock, ManualClock};
 use crate::runtime::connector::{BoxFuture, Connector, ConnectorCall, ConnectorError, Connectors};
@@ -316,13 +316,10 @@ pub async fn run(
     result
 }
 
-/// Whether `key` is a `connector.operation` of the catalog.
-fn operation_of(catalog: &Catalog, key: &str) -> bool {
+/// The operation of the catalog that `key` (`connector.operation`) names.
+fn operation_of<'a>(catalog: &'a Catalog, key: &str) -> Option<&'a OperationSpec> {
     let (connector, operation) = key.split_once('.').unwrap_or((key, ""));
-    catalog
-        .connector(connector)
-        .and_then(|c| c.operation(operation))
-        .is_some()
+    catalog.operation(connector, operation)
 }
 
 /// Scripted answers for an operation the catalog does not have: a misspelt
@@ -339,7 +336,7 @@ fn unknown_answers(scenario: &Scenario, catalog: &Catalog) -> Vec<String> {
     scenario
         .answers
         .keys()
-        .filter(|key| !operation_of(catalog, key))
+        .filter(|key| operation_of(catalog, key).is_none())
         .map(|key| {
             format!(
                 "answers: `{key}` is not an operation of the catalog (known: {})",
@@ -385,14 +382,11 @@ fn malformed_answers(scenario: &Scenario) -> Vec<String> {
 fn answers_off_the_catalog(scenario: &Scenario, catalog: &Catalog) -> Vec<String> {
     let mut out = Vec::new();
     for (key, answers) in &scenario.answers {
-        let (connector, operation) = key.split_once('.').unwrap_or((key, ""));
-        let Some(op) = catalog
-            .connector(connector)
-            .and_then(|c| c.operation(operation))
-        else {
+        let Some(op) = operation_of(catalog, key) else {
             continue; // reported as an unknown operation
         };
-        let names = |list: &[String]| list.join(", ");
+        let outputs: Vec<&str> = op.outputs.iter().map(|p| p.name.as_str()).collect();
+        let raised: Vec<&str> = op.errors.iter().map(|e| e.name.as_str()).collect();
         for (i, a) in answers.iter().enumerate() {
             let at = format!("answers: `{key}` answer {}", i + 1);
             if let Some(result) = &a.result {
@@ -404,25 +398,24 @@ fn answers_off_the_catalog(scenario: &Scenario, catalog: &Catalog) -> Vec<String
                 // A system may answer more than the catalog lists, but a
                 // scripted name it does not list is a misspelt output.
                 for name in result.keys() {
-                    if !op.outputs.iter().any(|p| &p.name == name) {
+                    if !outputs.contains(&name.as_str()) {
                         out.push(format!(
                             "{at} returns `{name}`, which is not an output of the operation (outputs: {})",
-                            names(&op.outputs.iter().map(|p| p.name.clone()).collect::<Vec<_>>())
+                            outputs.join(", ")
                         ));
                     }
                 }
             }
             if let Some(b) = &a.business
-                && !op.errors.iter().any(|e| e.name == b.code)
+                && !raised.contains(&b.code.as_str())
             {
-                let raised: Vec<String> = op.errors.iter().map(|e| e.name.clone()).collect();
                 out.push(format!(
                     "{at} is the business error `{}`, which the operation does not raise (it raises: {})",
                     b.code,
                     if raised.is_empty() {
                         "none".to_owned()
                     } else {
-                        names(&raised)
+                        raised.join(", ")
                     }
                 ));
             }
@@ -438,7 +431,7 @@ fn unused_answers(script: &Script, catalog: &Catalog) -> Vec<String> {
     let left = script.answers.lock().expect("script lock");
     let mut keys: Vec<_> = left
         .iter()
-        .filter(|(key, a)| !a.is_empty() && operation_of(catalog, key))
+        .filter(|(key, a)| !a.is_empty() && operation_of(catalog, key).is_some())
         .collect();
     keys.sort_by_key(|(k, _)| k.as_str());
     keys.into_iter()

@@ -205,10 +205,7 @@ impl<'a> Checker<'a> {
         &self,
         s: &crate::definition::ServiceTask,
     ) -> Option<&'a crate::catalog::OperationSpec> {
-        self.ctx
-            .catalog
-            .connector(&s.connector)
-            .and_then(|k| k.operation(&s.operation))
+        self.ctx.catalog.operation(&s.connector, &s.operation)
     }
 
     /// The path of node `i` of the definition, in the file.
