@@ -469,29 +469,25 @@ impl StartFaults {
 }
 
 async fn stats(State(sims): Shared, Path(system): Path<String>) -> Response {
-    let body = match system.as_str() {
-        "naf" => json!({
-            "calls": sims.naf.calls(),
-            "faults_injected": sims.naf.faults().injected(),
-            "held": sims.naf.faults().held(),
-            "cut": sims.naf.faults().cut(),
-        }),
-        "gis" => json!({
-            "calls": sims.gis.calls(),
-            "faults_injected": sims.gis.faults().injected(),
-            "held": sims.gis.faults().held(),
-            "cut": sims.gis.faults().cut(),
-        }),
-        "smartflex" => json!({
-            "calls": sims.smartflex.calls(),
-            "faults_injected": sims.smartflex.faults().injected(),
-            "held": sims.smartflex.faults().held(),
-            "cut": sims.smartflex.faults().cut(),
-            "registrations": sims.smartflex.registration_count(),
-            "duplicates": duplicate_registrations(&sims),
-        }),
+    let calls = match system.as_str() {
+        "naf" => sims.naf.calls(),
+        "gis" => sims.gis.calls(),
+        "smartflex" => sims.smartflex.calls(),
         _ => return error(StatusCode::NOT_FOUND, "SISTEMA_DESCONOCIDO", &system),
     };
+    let Some(faults) = faults_of(&sims, &system) else {
+        return error(StatusCode::NOT_FOUND, "SISTEMA_DESCONOCIDO", &system);
+    };
+    let mut body = json!({
+        "calls": calls,
+        "faults_injected": faults.injected(),
+        "held": faults.held(),
+        "cut": faults.cut(),
+    });
+    if system == "smartflex" {
+        body["registrations"] = json!(sims.smartflex.registration_count());
+        body["duplicates"] = json!(duplicate_registrations(&sims));
+    }
     Json(body).into_response()
 }
 
