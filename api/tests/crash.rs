@@ -344,10 +344,9 @@ async fn chaos(
     (nodes, kills)
 }
 
-/// Smartflex's counts of the answers it holds back: `held` now, and `cut`,
-/// those whose caller died waiting.
-async fn smartflex_holds(setup: &Setup) -> (Vec<String>, Vec<String>) {
-    let stats: Value = reqwest::get(format!(
+/// What the Smartflex simulator counted (`/_admin/smartflex/stats`).
+async fn smartflex_stats(setup: &Setup) -> Value {
+    reqwest::get(format!(
         "http://127.0.0.1:{}/_admin/smartflex/stats",
         setup.simulators
     ))
@@ -355,7 +354,13 @@ async fn smartflex_holds(setup: &Setup) -> (Vec<String>, Vec<String>) {
     .unwrap()
     .json()
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// Smartflex's counts of the answers it holds back: `held` now, and `cut`,
+/// those whose caller died waiting.
+async fn smartflex_holds(setup: &Setup) -> (Vec<String>, Vec<String>) {
+    let stats = smartflex_stats(setup).await;
     let keys = |list: &Value| -> Vec<String> {
         list.as_array()
             .into_iter()
@@ -497,15 +502,7 @@ async fn check(setup: &Setup, url: &str, acknowledged: &[String]) {
         .await
         .unwrap();
     assert_eq!(incidents, 0);
-    let stats: Value = reqwest::get(format!(
-        "http://127.0.0.1:{}/_admin/smartflex/stats",
-        setup.simulators
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let stats = smartflex_stats(setup).await;
     assert_eq!(stats["registrations"], json!(REQUESTS), "{stats}");
     assert_eq!(stats["duplicates"], json!([]), "{stats}");
 }
