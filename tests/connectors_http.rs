@@ -555,7 +555,7 @@ async fn a_redirect_is_not_followed() {
     let (base, asked) = canned("smartflex", moved.into_bytes());
     let connector = http_connector_at("smartflex", &base, |text| text);
     match register(&connector).await {
-        Err(ConnectorError::Transient { message, .. }) => {
+        Err(ConnectorError::Refused { message }) => {
             assert!(
                 message.contains("301") && message.contains("base_url"),
                 "{message}"
@@ -578,6 +578,85 @@ async fn a_redirect_is_not_followed() {
         "not followed"
     );
 }
+
+/// A 4xx that the same request would get again is a refusal, sent once and
+/// never retried (the engine raises the step's incident at once); one that
+/// says "not now" (408, 409, 423, 425) is a failure the next attempt may
+/// get past. Neither is retried inside the attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_cannot_pass_is_refused_not_retried() {
+    use tramite_engine::runtime::connector::ConnectorError;
+    let body = r#"{"error":{"code":"X","message":"no"}}"#;
+    for (status, refused) in [
+        ("400 Bad Request", true),
+        ("401 Unauthorized", true),
+        ("403 Forbidden", true),
+        ("404 Not Found", true),
+        ("410 Gone", true),
+        ("422 Unprocessable Entity", true),
+        ("408 Request Timeout", false),
+        ("409 Conflict", false),
+        ("423 Locked", false),
+        ("425 Too Early", false),
+    ] {
+        let (base, count) = canned("smartflex", answer(status, body));
+        let connector = http_connector_at("smartflex", &base, |text| text);
+        let code = &status[..3];
+        match (register(&connector).await, refused) {
+            (Err(ConnectorError::Refused { message }), true)
+            | (Err(ConnectorError::Transient { message, .. }), false) => {
+                assert!(
+                    message.starts_with("smartflex register_service_request: HTTP ")
+                        && message.contains(code)
+                        && message.contains("(trace 00-"),
+                    "{status}: {message}"
+                );
+                assert!(!message.contains("127.0.0.1"), "{status}: {message}");
+            }
+            (other, _) => panic!("{status}: expected refused = {refused}, got {other:?}"),
+        }
+        assert_eq!(
+            count.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{status} is sent once"
+        );
+    }
+}
+
+/// Smartflex no longer takes the engine's credentials (403 over real HTTP):
+/// the sale's step stops with an incident at its first attempt, none of the
+/// others spent; retried once the credentials are fixed, it registers once.
+async fn a_refusal_over_http_is_an_incident_at_once(db: Db) {
+    let (h, _server) = remote(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    h.sims.smartflex.faults().refuse_next(1);
+    assert_eq!(h.jobs().await, 1);
+    let incidents = h.engine.incidents(Some("open"), Some(&id)).await.unwrap();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    let message = &incidents[0].message;
+    assert!(
+        message.starts_with("attempt 1 refused, not retried")
+            && message
+                .contains("smartflex register_service_request: HTTP 403 Forbidden (trace 00-"),
+        "{message}"
+    );
+    h.advance(Duration::from_secs(3600));
+    assert_eq!(h.jobs().await, 0, "not retried");
+    assert_eq!(h.sims.smartflex.registration_count(), 0);
+    h.engine
+        .retry_incident(&incidents[0].id, "operador1")
+        .await
+        .unwrap();
+    assert_eq!(h.jobs().await, 1);
+    h.task(&id, "comunicar_solicitud").await;
+    assert_eq!(h.sims.smartflex.registration_count(), 1);
+}
+on_both_backends!(
+    p06_a_refusal_over_http_is_an_incident_at_once,
+    super::a_refusal_over_http_is_an_incident_at_once
+);
 
 /// A throttled system's `Retry-After` is honoured: a wait longer than the
 /// backoff's next one (20–40 ms here) ends the attempt at once and goes to

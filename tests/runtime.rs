@@ -355,6 +355,47 @@ on_both_backends!(
     super::smartflex_incident_then_retry
 );
 
+/// A refusal (credentials Smartflex no longer takes) is the same on every
+/// attempt: the step stops with an incident at the first, its seven other
+/// attempts and their backoff unspent, and nothing is registered. Retried
+/// once the credentials are fixed, it registers once.
+async fn a_refused_call_is_an_incident_at_once(db: Db) {
+    let h = Harness::new(db).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    h.sims.smartflex.faults().refuse_next(1);
+    assert_eq!(h.jobs().await, 1);
+    let incidents = h.engine.incidents(Some("open"), Some(&id)).await.unwrap();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0].node_id, "registrar_venta_smartflex");
+    let message = &incidents[0].message;
+    assert!(
+        message.starts_with("attempt 1 refused, not retried")
+            && message.contains("the credentials were refused"),
+        "{message}"
+    );
+    // No attempt is left waiting: hours later, still nothing has run.
+    for _ in 0..5 {
+        h.advance(Duration::from_secs(3600));
+        assert_eq!(h.jobs().await, 0, "a refusal is not retried");
+    }
+    assert_eq!(h.sims.smartflex.registration_count(), 0);
+    let history = h.history(&id).await;
+    assert!(!history.contains(&"job_failed".to_owned()), "{history:?}");
+    h.engine
+        .retry_incident(&incidents[0].id, "operador1")
+        .await
+        .unwrap();
+    assert_eq!(h.jobs().await, 1);
+    h.task(&id, "comunicar_solicitud").await;
+    assert_eq!(h.sims.smartflex.registration_count(), 1);
+}
+on_both_backends!(
+    a_refused_call_is_an_incident_at_once,
+    super::a_refused_call_is_an_incident_at_once
+);
+
 async fn a_connector_error_holding_nul_ends_in_an_incident(db: Db) {
     let sims = tramite_connectors::Simulators::new();
     let connectors = sims

@@ -302,7 +302,7 @@ pub(crate) async fn simulators(
     }
     writeln!(
         out,
-        "faults: POST /_admin/<system>/faults {{\"latency_ms\", \"error_rate\", \"rate_limit_per_s\", \"outage\", \"fail_next\", \"lose_next\", \"hold_next\", \"hold_ms\", \"clear\"}}"
+        "faults: POST /_admin/<system>/faults {{\"latency_ms\", \"error_rate\", \"rate_limit_per_s\", \"outage\", \"fail_next\", \"refuse_next\", \"lose_next\", \"hold_next\", \"hold_ms\", \"clear\"}}"
     )?;
     out.flush()?;
     stop_signal().await;

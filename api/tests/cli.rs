@@ -351,7 +351,7 @@ fn test_reports_every_scenario_mistake_and_goes_on() {
         "5-not-utf8.yaml:3:13: the file is not UTF-8",
         "open incidents: expected 0, got 1: registrar_venta_smartflex in OPE-SUM-VEN-P06 (8 attempt(s) failed",
         "answers: `naf.check_portfolio` answer 1 has `retry_after`, which goes only beside `transient`",
-        "answers: `naf.check_portfolio` answer 2 needs exactly one of `result`, `business`, `transient`",
+        "answers: `naf.check_portfolio` answer 2 needs exactly one of `result`, `business`, `transient`, `refused`",
         "duplicate entry with key \"smartflex.register_service_request\" at line 8 column 3 (written again at 12:3)",
         "step 7: message `requisitos_whatsapp` has the id of one published before, so it did nothing",
         "answers: `naf.check_portfolio` answer 1 lacks `member`, which the catalog says the system always returns",

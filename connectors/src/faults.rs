@@ -4,8 +4,8 @@
 //! A [`Faults`] is a cheap handle (clones share one state), so a test can
 //! keep one while the simulator it was given to is registered in the
 //! engine's connectors. Every injected failure is a
-//! [`ConnectorError::Transient`](tramite_engine::runtime::connector::ConnectorError::Transient);
-//! only [`Faults::lose_next_replies`] lets the system act before failing —
+//! [`ConnectorError::Transient`](tramite_engine::runtime::connector::ConnectorError::Transient)
+//! but [`Faults::refuse_next`]'s, a refusal; only [`Faults::lose_next_replies`] lets the system act before failing —
 //! every other fault fails the call before the system sees it, so nothing
 //! is registered. [`Faults::hold_next_replies`] fails nothing: it keeps a
 //! reply back after the system acted, so that a test can kill the caller
@@ -18,7 +18,8 @@ use std::time::Duration;
 /// handle is given to each).
 ///
 /// For each call, in this order: the fixed latency is waited; an outage
-/// fails it; else a pending "fail next" fails it (and is used up); else a
+/// fails it; else a pending "refuse next" refuses it, then a pending "fail
+/// next" fails it (each used up as it is taken); else a
 /// rate limit may refuse it, saying when to come back; else the error rate
 /// may fail it; else the system acts, and a pending "lose next reply" turns
 /// its answer into a transient failure, or a pending "hold next reply"
@@ -34,6 +35,7 @@ pub struct Faults {
 
 #[derive(Debug, Default)]
 struct State {
+    refuse_next: u32,
     fail_next: u32,
     lose_next: u32,
     hold_next: u32,
@@ -91,6 +93,9 @@ pub(crate) struct Plan {
     pub(crate) latency: Duration,
     /// Fail before the system acts, with this reason.
     pub(crate) fail: Option<&'static str>,
+    /// With `fail`: the system refused the call as it stands (credentials
+    /// it no longer takes), so that sending it again cannot pass.
+    pub(crate) refused: bool,
     /// With `fail`: the rate limit refused the call, and a call after this
     /// long would be let in (what a throttled system's `Retry-After` says,
     /// in whole seconds).
@@ -109,6 +114,14 @@ impl Faults {
     /// (replaces any count still pending; 0 cancels it).
     pub fn fail_next(&self, n: u32) {
         self.lock().fail_next = n;
+    }
+
+    /// The next `n` calls are refused before reaching the system, as a
+    /// system that no longer takes the caller's credentials answers (HTTP
+    /// 403): a refusal, which the engine does not retry (replaces any count
+    /// still pending; 0 cancels it).
+    pub fn refuse_next(&self, n: u32) {
+        self.lock().refuse_next = n;
     }
 
     /// The next `n` calls that reach the system act (Smartflex registers)
@@ -252,8 +265,13 @@ impl Faults {
         let mut state = self.lock();
         let latency = state.latency;
         let mut retry_after = None;
+        let mut refused = false;
         let fail = if state.outage {
             Some("outage: the service is unavailable (HTTP 503)")
+        } else if state.refuse_next > 0 {
+            state.refuse_next -= 1;
+            refused = true;
+            Some("access denied: the credentials were refused (HTTP 403)")
         } else if state.fail_next > 0 {
             state.fail_next -= 1;
             Some("connection reset by peer")
@@ -280,6 +298,7 @@ impl Faults {
         Plan {
             latency,
             fail,
+            refused,
             retry_after,
             lose_reply,
         }
@@ -352,6 +371,7 @@ mod tests {
             Plan {
                 latency: Duration::ZERO,
                 fail: None,
+                refused: false,
                 retry_after: None,
                 lose_reply: false,
             }
@@ -391,6 +411,22 @@ mod tests {
         f.fail_next(2);
         assert_eq!(failures(&f, 4), [true, true, false, false]);
         assert_eq!(f.injected(), 2);
+    }
+
+    #[test]
+    fn refusals_come_before_failures_and_are_used_up() {
+        let f = Faults::new();
+        f.fail_next(1);
+        f.refuse_next(2);
+        let plans: Vec<(bool, bool)> = (0..4)
+            .map(|_| f.plan())
+            .map(|p| (p.fail.is_some(), p.refused))
+            .collect();
+        assert_eq!(
+            plans,
+            [(true, true), (true, true), (true, false), (false, false)]
+        );
+        assert_eq!(f.injected(), 3);
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //! those retries run out the engine sees a transient failure and applies
 //! the node's own retry policy, then raises an incident. A `Retry-After`
 //! longer than the backoff's next wait ends the attempt and goes to the
-//! engine, which schedules the next attempt no sooner.
+//! engine, which schedules the next attempt no sooner. A 4xx that the same
+//! request would get again (400, 401, 403, 404, 422…) and a redirect are a
+//! refusal: not retried at all, the step's incident is raised at once. 408,
+//! 409, 423 and 425 say "not now" and go the transient way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -721,7 +724,7 @@ impl HttpConnector {
         let detail = format!("HTTP {status} from {url}: {excerpt}");
         if status.is_redirection() {
             let to = location.as_deref().unwrap_or("nowhere");
-            return Err(Failure::stop(
+            return Err(Failure::refused(
                 format!(
                     "HTTP {status}: the system answers from another address; its connector's `base_url` must change"
                 ),
@@ -740,10 +743,16 @@ impl HttpConnector {
                 }),
                 None => Err(Failure::retry(public, detail)),
             }
-        } else {
-            // Another 4xx: the request itself is wrong; retrying the same
-            // request now will not help, so the engine's policy decides.
+        } else if matches!(status.as_u16(), 408 | 409 | 423 | 425) {
+            // "Not now": timed out waiting for the request, busy with the
+            // same key, locked, too early. Not worth a retry within the
+            // attempt, but the next attempt may pass.
             Err(Failure::stop(public, detail))
+        } else {
+            // Another 4xx: the request as it stands is wrong or not
+            // allowed, and sending it again gets the same answer until
+            // someone changes something.
+            Err(Failure::refused(public, detail))
         }
     }
 }
@@ -784,6 +793,8 @@ async fn read_answer(mut response: reqwest::Response, url: &str) -> Result<Vec<u
 enum Failure {
     /// A business error: the definition routes it.
     Business(ConnectorError),
+    /// A refusal, never retried; `message` and `detail` as for `Transient`.
+    Refused { message: String, detail: String },
     /// Transient; `retry` says whether trying again now may help.
     /// `message` is what the engine records (an incident, the history, which
     /// every signed-in user may read); `detail` adds what only the log gets:
@@ -805,6 +816,10 @@ impl Failure {
             retry: true,
             wait: None,
         }
+    }
+
+    fn refused(message: String, detail: String) -> Failure {
+        Failure::Refused { message, detail }
     }
 
     fn stop(message: String, detail: String) -> Failure {
@@ -872,6 +887,15 @@ impl Connector for HttpConnector {
                     Ok(out)
                 }
                 Err(Failure::Business(e)) => Err(e),
+                Err(Failure::Refused { message, detail }) => {
+                    tracing::warn!(system = %self.config.system, operation = call.operation, %trace, elapsed_ms, %detail, "refused");
+                    Err(ConnectorError::Refused {
+                        message: format!(
+                            "{} {}: {message} (trace {trace})",
+                            self.config.system, call.operation
+                        ),
+                    })
+                }
                 Err(Failure::Transient {
                     message,
                     detail,
@@ -994,12 +1018,12 @@ fn render_path(path: &str, input: &Map<String, Value>) -> Result<String, Failure
         out.push_str(&rest[..open]);
         let close = rest[open..].find('}').map(|c| open + c).ok_or_else(|| {
             let m = format!("unclosed `{{` in path `{path}`");
-            Failure::stop(m.clone(), m)
+            Failure::refused(m.clone(), m)
         })?;
         let name = &rest[open + 1..close];
         let value = input.get(name).filter(|v| !v.is_null()).ok_or_else(|| {
             let m = format!("input `{name}` of path `{path}` is missing");
-            Failure::stop(m.clone(), m)
+            Failure::refused(m.clone(), m)
         })?;
         let text = plain(value);
         // URLs read `.` and `..` as "here" and "up" even percent-encoded:
@@ -1007,7 +1031,7 @@ fn render_path(path: &str, input: &Map<String, Value>) -> Result<String, Failure
         if text.is_empty() || text == "." || text == ".." {
             let m =
                 format!("input `{name}` of path `{path}` is `{text}`, which is no path segment");
-            return Err(Failure::stop(m.clone(), m));
+            return Err(Failure::refused(m.clone(), m));
         }
         out.push_str(&encode(&text));
         rest = &rest[close + 1..];

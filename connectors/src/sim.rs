@@ -52,6 +52,11 @@ impl Harness {
             tokio::time::sleep(plan.latency).await;
         }
         if let Some(reason) = plan.fail {
+            if plan.refused {
+                return Err(ConnectorError::Refused {
+                    message: format!("{} (simulated): {reason}", self.system),
+                });
+            }
             return Err(ConnectorError::Transient {
                 message: format!("{} (simulated): {reason}", self.system),
                 retry_after: plan.retry_after,

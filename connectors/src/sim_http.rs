@@ -11,12 +11,13 @@
 //! | Smartflex | `POST /smartflex/v1/solicitudes` + `Idempotency-Key` | 201 (200 on a repeat); 422 `PRODUCTO_NO_DISPONIBLE`; 409 `CLIENTE_BLOQUEADO` |
 //!
 //! Errors are `{"error": {"code", "message"}}`; an injected fault answers
-//! 503 `NO_DISPONIBLE`, a call over the rate limit 429 `LIMITE_EXCEDIDO`
+//! 503 `NO_DISPONIBLE`, an injected refusal 403 `ACCESO_DENEGADO`, a call
+//! over the rate limit 429 `LIMITE_EXCEDIDO`
 //! with `Retry-After` (seconds). `GET /<system>/health` answers 503 during
 //! an outage. Faults are switched at run time with
 //! `POST /_admin/<system>/faults` (`{"latency_ms", "error_rate",
-//! "rate_limit_per_s", "outage", "fail_next", "lose_next", "hold_next",
-//! "hold_ms", "clear"}`) and calls counted at `GET /_admin/<system>/stats`
+//! "rate_limit_per_s", "outage", "fail_next", "refuse_next", "lose_next",
+//! "hold_next", "hold_ms", "clear"}`) and calls counted at `GET /_admin/<system>/stats`
 //! (with `held`, the idempotency keys of the answers held back right now,
 //! and `cut`, those whose callers hung up while they were).
 
@@ -158,6 +159,9 @@ fn respond(
         }
         Err(ConnectorError::Transient { message, .. }) => {
             error(StatusCode::SERVICE_UNAVAILABLE, "NO_DISPONIBLE", &message)
+        }
+        Err(ConnectorError::Refused { message }) => {
+            error(StatusCode::FORBIDDEN, "ACCESO_DENEGADO", &message)
         }
     }
 }
@@ -362,6 +366,8 @@ struct FaultsRequest {
     outage: Option<bool>,
     /// The next N calls fail before reaching the system.
     fail_next: Option<u32>,
+    /// The next N calls are refused before reaching the system (HTTP 403).
+    refuse_next: Option<u32>,
     /// The next N calls act but their reply is lost.
     lose_next: Option<u32>,
     /// The next N calls act, then their reply is held back `hold_ms`.
@@ -425,6 +431,9 @@ fn apply(f: &Faults, r: &FaultsRequest) {
     if let Some(n) = r.fail_next {
         f.fail_next(n);
     }
+    if let Some(n) = r.refuse_next {
+        f.refuse_next(n);
+    }
     if let Some(n) = r.lose_next {
         f.lose_next_replies(n);
     }
@@ -457,6 +466,7 @@ impl StartFaults {
                         rate_limit_per_s: Some(self.rate_limit),
                         outage: None,
                         fail_next: None,
+                        refuse_next: None,
                         lose_next: None,
                         hold_next: None,
                         hold_ms: None,

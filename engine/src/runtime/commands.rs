@@ -1717,6 +1717,15 @@ async fn apply_job_result(
     let process = ctx.processes.get(conn, row.definition_id).await?;
     let token = job.token as u32;
     let node_id = job.node_id.clone();
+    // A refusal is the same on every attempt: the attempts left would only
+    // delay the incident by their backoff, and the operator's fix.
+    if let Err(ConnectorError::Refused { message }) = &result {
+        let text = format!(
+            "attempt {} refused, not retried (retry the incident once the request can pass): {message}",
+            job.attempts
+        );
+        return raise_job_incident(conn, ctx, job, owner, &text).await;
+    }
     // Transient failure with attempts left: back in the queue, instance untouched.
     if let Err(ConnectorError::Transient {
         message,
@@ -1841,7 +1850,9 @@ async fn apply_job_result(
                         ),
                     }
                 }
-                Err(ConnectorError::Transient { .. }) => unreachable!("handled above"),
+                Err(ConnectorError::Transient { .. } | ConnectorError::Refused { .. }) => {
+                    unreachable!("handled above")
+                }
             }
         }
         ("timer", Some(wait), Some(kind)) => {

@@ -3,8 +3,9 @@
 //! The trait lives in the engine (the engine calls it); the `connectors`
 //! crate implements it for NAF, GIS, Smartflex and HTTP. A connector's
 //! answer is either a result, a **business error** (an answer the
-//! definition routes, never retried) or a **transient** failure (retried per
-//! the node's policy, then an incident).
+//! definition routes, never retried), a **transient** failure (retried per
+//! the node's policy, then an incident) or a **refusal** (the request as it
+//! stands can never pass: an incident at once, without the attempts left).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -51,6 +52,18 @@ pub enum ConnectorError {
         /// [`MAX_RETRY_AFTER`], even where the node's policy would retry
         /// sooner — retrying a throttled system early only spends attempts.
         retry_after: Option<Duration>,
+    },
+    /// The request cannot pass as it stands: the system refused it (HTTP
+    /// 400, 401, 403, 404, a 422 without a business code the catalog
+    /// declares, a redirect) or it cannot be built (a path's input
+    /// missing). Sent again, it fails the same way until someone changes
+    /// something (the connector's file, a credential, the system's data). The step stops with an incident at once rather than
+    /// spending its attempts and their backoff, and an operator retries it
+    /// after the fix.
+    #[error("refused: {message}")]
+    Refused {
+        /// What the system answered, and what to change.
+        message: String,
     },
 }
 
@@ -109,6 +122,9 @@ impl ConnectorError {
             } => ConnectorError::Transient {
                 message: clean(message),
                 retry_after,
+            },
+            ConnectorError::Refused { message } => ConnectorError::Refused {
+                message: clean(message),
             },
         }
     }

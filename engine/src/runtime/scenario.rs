@@ -66,7 +66,7 @@ pub struct Start {
 }
 
 /// One scripted answer of an operation: exactly one of `result`,
-/// `business` or `transient`.
+/// `business`, `transient` or `refused`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Answer {
@@ -85,6 +85,10 @@ pub struct Answer {
     /// backoff, up to an hour.
     #[serde(default)]
     pub retry_after: Option<crate::duration::Duration>,
+    /// A refusal (HTTP 400, 401, 403, 404…), with its message: the step
+    /// stops with an incident at once, its attempts left unused.
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 /// A scripted business error.
@@ -202,12 +206,14 @@ impl Connector for Scripted {
                     business: None,
                     transient: None,
                     retry_after: None,
+                    refused: None,
                 }) => Ok(r),
                 Some(Answer {
                     result: None,
                     business: Some(b),
                     transient: None,
                     retry_after: None,
+                    refused: None,
                 }) => Err(ConnectorError::Business {
                     code: b.code,
                     message: b.message,
@@ -217,12 +223,20 @@ impl Connector for Scripted {
                     business: None,
                     transient: Some(message),
                     retry_after,
+                    refused: None,
                 }) => Err(ConnectorError::Transient {
                     message,
                     retry_after: retry_after.map(|d| d.as_std()),
                 }),
+                Some(Answer {
+                    result: None,
+                    business: None,
+                    transient: None,
+                    retry_after: None,
+                    refused: Some(message),
+                }) => Err(ConnectorError::Refused { message }),
                 Some(_) => Err(ConnectorError::transient(format!(
-                    "an answer for `{key}` needs exactly one of `result`, `business`, `transient` (and `retry_after` only beside `transient`)"
+                    "an answer for `{key}` needs exactly one of `result`, `business`, `transient`, `refused` (and `retry_after` only beside `transient`)"
                 ))),
                 None => Err(ConnectorError::transient(format!(
                     "the scenario has no (more) answers for `{key}`"
@@ -347,7 +361,7 @@ fn unknown_answers(scenario: &Scenario, catalog: &Catalog) -> Vec<String> {
 }
 
 /// Scripted answers that are no answer: not exactly one of `result`,
-/// `business`, `transient`, or a `retry_after` beside anything but
+/// `business`, `transient`, `refused`, or a `retry_after` beside anything but
 /// `transient`; one line each, with its place in its operation's list.
 fn malformed_answers(scenario: &Scenario) -> Vec<String> {
     let mut out = Vec::new();
@@ -357,12 +371,13 @@ fn malformed_answers(scenario: &Scenario) -> Vec<String> {
                 a.result.is_some(),
                 a.business.is_some(),
                 a.transient.is_some(),
+                a.refused.is_some(),
             ]
             .into_iter()
             .filter(|g| *g)
             .count();
             let problem = if given != 1 {
-                "needs exactly one of `result`, `business`, `transient`"
+                "needs exactly one of `result`, `business`, `transient`, `refused`"
             } else if a.retry_after.is_some() && a.transient.is_none() {
                 "has `retry_after`, which goes only beside `transient`"
             } else {

@@ -32,6 +32,7 @@ pub(crate) async fn run_job(engine: &Engine, job: ClaimedJob, asked: tokio::time
             Ok(_) => "ok",
             Err(ConnectorError::Business { .. }) => "business_error",
             Err(ConnectorError::Transient { .. }) => "transient_failure",
+            Err(ConnectorError::Refused { .. }) => "refused",
         };
         metrics::counter!("tramite_jobs_total", "connector" => connector, "operation" => operation, "outcome" => outcome)
             .increment(1);
