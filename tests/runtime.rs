@@ -3431,6 +3431,131 @@ on_both_backends!(
     super::entry_procedure_starts_p06_without_waiting
 );
 
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Retention: a purge deletes each instance that ended before its time,
+/// with its tasks, jobs, messages and history, and each message no instance
+/// took once it expired before then; a running instance (however old), one
+/// that ended since, and one whose called procedure still runs are kept.
+async fn a_purge_deletes_what_ended_before_its_time(db: Db) {
+    let h = Harness::new(db).await;
+    // Ended ten days ago, having received the client's WhatsApp message.
+    let old = through_identification(&h, "4587213").await;
+    through_coverage(&h, &old, "Cala Cala").await;
+    through_requirements(&h, &old).await;
+    assert_eq!(h.engine.messages_of(&old).await.unwrap().len(), 1);
+    h.engine
+        .cancel(&old, "cliente desistió", "operador1")
+        .await
+        .unwrap();
+    // Started ten days ago and still running.
+    let running = through_identification(&h, "4587213").await;
+    // A message nobody waits for, kept a day.
+    let kept = h
+        .publish("requisitos_whatsapp", "70000001", "wamid.nadie", json!({}))
+        .await;
+    assert_eq!(kept, Delivery::Kept);
+    // An entry procedure that ended at once, its P06 still running.
+    let parent = h.start("COM-GCM-P01", "other", json!({})).await;
+    h.complete(
+        &parent,
+        "definir_producto",
+        "registrar",
+        json!({"codigo_producto": "internet_fibra", "aprobado": true, "telefono_interesado": PHONE}),
+    )
+    .await;
+    let child = h.engine.children(&parent).await.unwrap().remove(0).id;
+    assert!(h.instance(&parent).await.ended_at.is_some());
+    h.advance(10 * DAY);
+    // Ended now: kept.
+    let recent = through_identification(&h, "4587213").await;
+    h.engine
+        .cancel(&recent, "duplicada", "operador1")
+        .await
+        .unwrap();
+
+    let before = h.engine.now() - (5 * DAY).as_millis() as i64;
+    let purged = h.engine.purge(before).await.unwrap();
+    assert_eq!(purged.instances, vec![old.clone()]);
+    assert_eq!(purged.messages, 1, "the message nobody took");
+    let gone = h.engine.instance(&old).await.unwrap_err();
+    assert!(matches!(gone, Error::NotFound { .. }), "{gone:?}");
+    assert!(h.engine.history(&old).await.unwrap().is_empty());
+    assert!(h.engine.messages_of(&old).await.unwrap().is_empty());
+    let tasks = h
+        .engine
+        .tasks(&Filter {
+            instance_id: Some(old.clone()),
+            status: Some("completed".to_owned()),
+            limit: 100,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert!(tasks.is_empty(), "{tasks:?}");
+    assert!(h.engine.messages("expired", 10).await.unwrap().is_empty());
+    for id in [&running, &recent, &parent, &child] {
+        h.instance(id).await;
+    }
+    h.task(&running, "solicitar_domicilio").await;
+    assert_eq!(
+        h.engine.purge(before).await.unwrap(),
+        Default::default(),
+        "nothing more is due"
+    );
+
+    // Once its P06 has ended, the entry procedure goes; the P06, ended
+    // just now, stays until its own time comes.
+    h.engine
+        .cancel(&child, "sin interés", "operador1")
+        .await
+        .unwrap();
+    let purged = h.engine.purge(before).await.unwrap();
+    assert_eq!(purged.instances, vec![parent.clone()]);
+    assert_eq!(h.instance(&child).await.status, "cancelled");
+    h.advance(10 * DAY);
+    let before = h.engine.now() - (5 * DAY).as_millis() as i64;
+    let mut purged = h.engine.purge(before).await.unwrap().instances;
+    purged.sort();
+    let mut expected = vec![recent.clone(), child.clone()];
+    expected.sort();
+    assert_eq!(purged, expected);
+    h.instance(&running).await;
+}
+on_both_backends!(
+    a_purge_deletes_what_ended_before_its_time,
+    super::a_purge_deletes_what_ended_before_its_time
+);
+
+/// A running engine purges on its own when `retention` is set: an
+/// instance that ended longer ago is gone within a pass of the loop.
+async fn retention_purges_on_its_own(db: Db) {
+    let mut h = Harness::new(db).await;
+    let old = through_identification(&h, "4587213").await;
+    h.engine
+        .cancel(&old, "cliente desistió", "operador1")
+        .await
+        .unwrap();
+    let kept = through_identification(&h, "4587213").await;
+    h.advance(10 * DAY);
+    h.restart_with(|c| c.retention = Some(5 * DAY)).await;
+    h.engine.start_workers();
+    let mut gone = false;
+    for _ in 0..500 {
+        if matches!(h.engine.instance(&old).await, Err(Error::NotFound { .. })) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gone, "the loop purged the instance");
+    h.instance(&kept).await;
+}
+on_both_backends!(
+    retention_purges_on_its_own,
+    super::retention_purges_on_its_own
+);
+
 const PARENT: &str = r#"
 code: T-PARENT
 name: Padre

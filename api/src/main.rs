@@ -155,6 +155,11 @@ enum Command {
         /// more than the cores is normal; fewer caps the load on the systems).
         #[arg(long, env = "TRAMITE_WORKERS", default_value_t = 32)]
         workers: usize,
+        /// Delete instances that ended longer ago than this (`180d`), with
+        /// their tasks, history and messages, and messages no instance took
+        /// once expired that long; kept for ever when absent (README, "Retention").
+        #[arg(long, env = "TRAMITE_RETENTION")]
+        retention: Option<tramite_engine::duration::Duration>,
     },
     /// Serve the NAF, GIS and Smartflex simulators over HTTP (the systems
     /// connectors/config/*.yaml point at), with optional faults.
@@ -378,6 +383,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             lease_seconds,
             writers,
             workers,
+            retention,
         } => {
             let whatsapp = match (
                 std::env::var("WHATSAPP_APP_SECRET"),
@@ -413,6 +419,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     lease: std::time::Duration::from_secs(lease_seconds.max(1)),
                     writers,
                     workers: workers.max(1),
+                    retention: retention.map(|d| d.as_std()),
                 },
                 &mut stdout,
             ))

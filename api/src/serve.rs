@@ -33,6 +33,8 @@ pub(crate) struct Settings {
     pub(crate) workers: usize,
     /// Signs web sessions (`TRAMITE_SESSION_KEY`); random when absent.
     pub(crate) session_key: Option<String>,
+    /// How long ended instances are kept; for ever when absent.
+    pub(crate) retention: Option<std::time::Duration>,
 }
 
 fn token() -> String {
@@ -143,6 +145,7 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
     config.catalog = catalog;
     config.connectors = connectors.clone();
     config.lease = s.lease;
+    config.retention = s.retention;
     config.writers = s.writers;
     config.workers = s.workers;
     config.node_name = format!("{}-{}", s.bind, std::process::id());

@@ -176,6 +176,13 @@ impl Harness {
         self.engine = open(&self.db, &self.connectors, &self.clock).await;
     }
 
+    /// Stops the engine gracefully and opens a new one on the same
+    /// database, its configuration tweaked.
+    pub async fn restart_with(&mut self, tweak: impl FnOnce(&mut EngineConfig)) {
+        self.engine.shutdown().await;
+        self.engine = open_with(&self.db, &self.connectors, &self.clock, tweak).await;
+    }
+
     /// Kills the engine (running jobs never report) and opens a new one.
     pub async fn crash(&mut self) {
         self.engine.halt().await;

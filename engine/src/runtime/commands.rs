@@ -121,6 +121,16 @@ pub enum Command {
         /// When it would have expired, ms.
         expires_at: i64,
     },
+    /// Delete what retention keeps no longer: one batch of instances that
+    /// ended before `before` (ms), with their tasks, jobs, incidents,
+    /// messages and history, and of messages no instance took that expired
+    /// before then (see [`crate::store::Tx::purge`]).
+    Purge {
+        /// Ended (or expired) before this, ms.
+        before: i64,
+        /// At most this many instances, and as many messages.
+        limit: i64,
+    },
 }
 
 /// What starting an instance takes.
@@ -205,6 +215,8 @@ pub enum Reply {
     Published(Delivery),
     /// A task completed.
     Completed(CompletedTask),
+    /// What a purge deleted.
+    Purged(store::Purged),
 }
 
 /// One deployed definition.
@@ -502,6 +514,9 @@ pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result
         Command::EndSession { id, expires_at } => {
             conn.end_session(&id, expires_at, ctx.now).await?;
             Reply::Done
+        }
+        Command::Purge { before, limit } => {
+            Reply::Purged(conn.purge(store::Purge { before, limit }).await?)
         }
     };
     run_followups(conn, ctx, &mut followups).await?;

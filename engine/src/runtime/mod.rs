@@ -18,6 +18,7 @@ pub mod forms;
 pub mod indicators;
 pub mod machine;
 pub mod process;
+pub mod retention;
 pub mod scenario;
 pub mod state;
 mod worker;
@@ -75,6 +76,11 @@ pub struct EngineConfig {
     pub writers: usize,
     /// This engine's name in leases and logs.
     pub node_name: String,
+    /// How long an ended instance is kept, with its tasks, history and
+    /// messages (and a message no instance took, past its expiry), before
+    /// [`Engine::start_workers`]' purge deletes it; kept for ever when
+    /// `None`. See [`retention`].
+    pub retention: Option<Duration>,
 }
 
 impl EngineConfig {
@@ -93,6 +99,7 @@ impl EngineConfig {
             max_batch: 1024,
             writers: 8,
             node_name: "tramite".to_owned(),
+            retention: None,
         }
     }
 }
@@ -522,12 +529,34 @@ impl Engine {
         let handle = tokio::spawn(worker::pool(self.clone()));
         let mut workers = self.inner.workers.lock().expect("workers lock");
         workers.push(handle);
+        if let Some(keep) = self.inner.config.retention {
+            workers.push(tokio::spawn(retention::run(self.clone(), keep)));
+        }
         if self.inner.store.backend() == store::Backend::Postgres {
             workers.push(tokio::spawn(writer::listen_for_jobs(
                 self.inner.config.database_url.clone(),
                 Arc::clone(&self.inner.jobs_changed),
                 self.inner.stop.subscribe(),
             )));
+        }
+    }
+
+    /// Deletes one batch ([`retention::PURGE_BATCH`]) of what ended before
+    /// `before` (ms): instances with their tasks, jobs, incidents, messages
+    /// and history, oldest first, and messages no instance took that
+    /// expired. An instance whose caller or called procedure still runs is
+    /// kept. Committed when it returns; [`EngineConfig::retention`] runs it
+    /// periodically.
+    pub async fn purge(&self, before: i64) -> Result<store::Purged, Error> {
+        match self
+            .submit(Command::Purge {
+                before,
+                limit: retention::PURGE_BATCH,
+            })
+            .await?
+        {
+            Reply::Purged(purged) => Ok(purged),
+            other => unreachable!("a purge answers what it purged, not {other:?}"),
         }
     }
 

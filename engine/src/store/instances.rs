@@ -520,3 +520,72 @@ pub async fn census(conn: &mut Conn) -> Result<Vec<(String, String, Option<Strin
         })
         .collect()
 }
+
+/// The instances a purge takes: ended before `$1`, oldest first, at most
+/// `$2`; not one whose caller or whose called procedure still runs (both
+/// backends; PostgreSQL adds `FOR UPDATE SKIP LOCKED`, so that nodes
+/// purging at once take different instances). `instances_by_end` holds
+/// only ended instances, so the running ones are never read.
+pub(super) const PURGEABLE: &str = "SELECT id FROM instances i \
+     WHERE ended_at IS NOT NULL AND ended_at < $1 AND status IN ('completed', 'cancelled') \
+     AND NOT EXISTS (SELECT 1 FROM instances c WHERE c.parent_id = i.id AND c.ended_at IS NULL) \
+     AND (i.parent_id IS NULL OR NOT EXISTS \
+          (SELECT 1 FROM instances p WHERE p.id = i.parent_id AND p.ended_at IS NULL)) \
+     ORDER BY ended_at LIMIT CAST($2 AS BIGINT)";
+
+/// The tables a purged instance is deleted from, and their column naming
+/// it: what hangs off it first (its foreign keys), itself last.
+pub(super) const PURGED_WITH: [(&str, &str); 7] = [
+    ("journal", "instance_id"),
+    ("subscriptions", "instance_id"),
+    ("messages", "instance_id"),
+    ("incidents", "instance_id"),
+    ("jobs", "instance_id"),
+    ("tasks", "instance_id"),
+    ("instances", "id"),
+];
+
+/// Messages no instance took that expired before `$1`, at most `$2` (both
+/// backends): found through `messages_by_status`, since a message cannot
+/// expire before it was received.
+pub(super) const PURGE_EXPIRED_MESSAGES: &str = "DELETE FROM messages WHERE id IN \
+     (SELECT id FROM messages WHERE status = 'pending' AND received_at < $1 \
+      AND expires_at IS NOT NULL AND expires_at < $1 LIMIT CAST($2 AS BIGINT))";
+
+/// See [`super::Tx::purge`].
+pub async fn purge(conn: &mut Conn, p: super::Purge) -> Result<super::Purged, Error> {
+    let choose = if conn.backend_name() == "PostgreSQL" {
+        format!("{PURGEABLE} FOR UPDATE SKIP LOCKED")
+    } else {
+        PURGEABLE.to_owned()
+    };
+    let instances: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(choose))
+        .bind(p.before)
+        .bind(p.limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    if !instances.is_empty() {
+        let list = (1..=instances.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for (table, column) in PURGED_WITH {
+            let sql = format!("DELETE FROM {table} WHERE {column} IN ({list})");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in &instances {
+                q = q.bind(id.clone());
+            }
+            q.execute(&mut *conn).await?;
+        }
+    }
+    let messages = sqlx::query(PURGE_EXPIRED_MESSAGES)
+        .bind(p.before)
+        .bind(p.limit)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    Ok(super::Purged {
+        instances,
+        messages,
+    })
+}

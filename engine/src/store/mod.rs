@@ -29,7 +29,8 @@ pub mod tasks;
 mod tx;
 
 pub use tx::{
-    InstanceWrite, JobClaim, JobRetry, NewDefinition, Receipt, TaskCompletion, Tx, Written,
+    InstanceWrite, JobClaim, JobRetry, NewDefinition, Purge, Purged, Receipt, TaskCompletion, Tx,
+    Written,
 };
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};

@@ -105,6 +105,13 @@ pub(super) fn migrator() -> Migrator {
             )),
             false,
         ),
+        Migration::new(
+            10,
+            Cow::Borrowed("retention"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!("../../migrations/postgres/0010_retention.sql")),
+            false,
+        ),
     ])
 }
 

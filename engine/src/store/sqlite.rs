@@ -132,6 +132,13 @@ pub(super) fn migrator() -> Migrator {
             SqlStr::from_static(include_str!("../../migrations/sqlite/0010_list_orders.sql")),
             false,
         ),
+        Migration::new(
+            11,
+            Cow::Borrowed("retention"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!("../../migrations/sqlite/0011_retention.sql")),
+            false,
+        ),
     ])
 }
 

@@ -12,7 +12,7 @@ use super::instances::InstanceRow;
 use super::jobs::{ClaimedJob, NewJob};
 use super::messages::{MessageRow, NewSubscription, Recorded, Subscription};
 use super::tasks::{NewTask, TaskRow};
-use super::tx::{JobClaim, NewDefinition, TaskCompletion, Tx};
+use super::tx::{JobClaim, NewDefinition, Purge, Purged, TaskCompletion, Tx};
 use super::{Backend, Error, journal, json};
 
 /// Opens the writer's connection on the database file at `path`.
@@ -952,6 +952,40 @@ impl Tx for Writing {
             .prepare_cached("UPDATE instances SET request_id = ?2 WHERE id = ?1")?
             .execute(params![id, request])?;
         Ok(())
+    }
+
+    async fn purge(&mut self, p: Purge) -> Result<Purged, Error> {
+        let instances = self
+            .conn
+            .prepare_cached(super::instances::PURGEABLE)?
+            .query_map(params![p.before, p.limit], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        for id in &instances {
+            // Not kept once ended, but the copies must not outlive the rows
+            // whatever happened before.
+            self.instances.forget(id);
+            let tasks = self
+                .conn
+                .prepare_cached("SELECT id FROM tasks WHERE instance_id = ?1")?
+                .query_map(params![id], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            for task in &tasks {
+                self.tasks.forget(task);
+            }
+            for (table, column) in super::instances::PURGED_WITH {
+                self.conn
+                    .prepare_cached(&format!("DELETE FROM {table} WHERE {column} = ?1"))?
+                    .execute(params![id])?;
+            }
+        }
+        let messages = self
+            .conn
+            .prepare_cached(super::instances::PURGE_EXPIRED_MESSAGES)?
+            .execute(params![p.before, p.limit])?;
+        Ok(Purged {
+            instances,
+            messages: messages as u64,
+        })
     }
 
     async fn end_session(&mut self, id: &str, expires_at: i64, now: i64) -> Result<(), Error> {

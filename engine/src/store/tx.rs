@@ -274,6 +274,13 @@ pub trait Tx: Send {
         &mut self,
         entries: &[journal::NewEntry<'_>],
     ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Deletes, oldest first, up to `p.limit` instances that ended before
+    /// `p.before` with everything that hangs off them, and as many messages
+    /// that no instance took and that expired before then. An instance
+    /// that ended is kept while a procedure it called, or its caller,
+    /// still runs: the one may report to it, the other read it.
+    fn purge(&mut self, p: Purge) -> impl Future<Output = Result<Purged, Error>> + Send;
 }
 
 /// What a backend does statement by statement that PostgreSQL does in one.
@@ -385,6 +392,27 @@ pub struct NewDefinition<'a> {
     pub source: &'a str,
     /// Now, ms.
     pub now: i64,
+}
+
+/// A purge of what retention keeps no longer (see [`Tx::purge`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Purge {
+    /// Instances that ended before this (ms) go, and messages never taken
+    /// that expired before it.
+    pub before: i64,
+    /// At most this many instances (and as many messages) in one go, so
+    /// that the transaction stays short beside the commands batched with it.
+    pub limit: i64,
+}
+
+/// What a purge deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// The instances, each with its tasks, jobs, incidents, subscriptions,
+    /// messages and history.
+    pub instances: Vec<String>,
+    /// Messages no instance took, expired.
+    pub messages: u64,
 }
 
 /// A job put back in the queue after a transient failure.
@@ -629,6 +657,9 @@ impl Tx for sqlx::AnyConnection {
     }
     async fn end_session(&mut self, id: &str, expires_at: i64, now: i64) -> Result<(), Error> {
         super::sessions::end(self, id, expires_at, now).await
+    }
+    async fn purge(&mut self, p: Purge) -> Result<Purged, Error> {
+        super::instances::purge(self, p).await
     }
     async fn lock_key(&mut self, key: &str) -> Result<(), Error> {
         if Tx::backend(self) == Backend::Postgres {
