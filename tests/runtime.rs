@@ -1046,6 +1046,39 @@ async fn a_failing_command_in_a_postgres_batch_leaves_the_others() {
     );
 }
 
+/// On PostgreSQL a completion locks the instance, a claim only the task: an
+/// agent's completion that waited on the instance while a colleague
+/// claimed the task on another node is refused naming the colleague, not
+/// told that the task, still open, is completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_that_lost_the_task_to_a_claim_names_the_holder() {
+    let h = Harness::new(Db::Postgres).await;
+    let id = tramite_tests::p06::waiting_for_identification(&h, 1)
+        .await
+        .remove(0);
+    let lane = tramite_tests::engine::engine_with_lanes(&h, 1).await;
+    let other = tramite_tests::engine::second_engine(&h).await;
+    let task = h.task(&id, "identificar_cliente").await;
+    // agente1's completion waits on the held instance row…
+    let (mut holder, first) = hold_the_lane(&h, &lane, &id).await;
+    // …while agente2 claims the task through another node.
+    other.claim(&task.id, "agente2").await.unwrap();
+    sqlx::query("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("release");
+    let result = first.await.expect("joins");
+    assert!(
+        matches!(&result, Err(Error::TaskClaimedByOther { assignee, .. }) if assignee == "agente2"),
+        "{result:?}"
+    );
+    let now = h.task(&id, "identificar_cliente").await;
+    assert_eq!(
+        (now.status.as_str(), now.assignee.as_deref()),
+        ("claimed", Some("agente2"))
+    );
+}
+
 async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::with_capacity(handles.len());
     for h in handles {

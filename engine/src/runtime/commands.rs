@@ -1132,12 +1132,31 @@ async fn save(
                 instance: row.id.clone(),
             });
         }
-        // Claimed by someone else since it was read (a claim does not
-        // lock the instance).
+        // Claimed, assigned or closed by someone else since it was read
+        // (PostgreSQL: a claim locks the task, not the instance): the task
+        // as it is now says which, so that the caller is not told a task
+        // held by a colleague is completed.
         Written::TaskNotOpen => {
-            return Err(Error::TaskNotOpen {
-                task: completes.map_or_else(String::new, |c| c.id.to_owned()),
-                status: "completed".to_owned(),
+            let id = completes.map_or_else(String::new, |c| c.id.to_owned());
+            let now = conn.task(&id).await?;
+            return Err(match (now, completes) {
+                (Some(t), Some(c))
+                    if t.status == "claimed"
+                        && t.assignee.as_deref().is_some_and(|a| a != c.user) =>
+                {
+                    Error::TaskClaimedByOther {
+                        task: id,
+                        assignee: t.assignee.unwrap_or_default(),
+                    }
+                }
+                (Some(t), _) if t.status != "open" && t.status != "claimed" => Error::TaskNotOpen {
+                    task: id,
+                    status: t.status,
+                },
+                _ => Error::TaskNotOpen {
+                    task: id,
+                    status: "completed".to_owned(),
+                },
             });
         }
     }
