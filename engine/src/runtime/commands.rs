@@ -2521,7 +2521,14 @@ async fn settle_incident(
     }
     match (&incident.job_id, resolve) {
         (Some(job), None) => {
-            conn.revive_job(job, ctx.now).await?;
+            // Only a job stopped at its incident runs again. Should it have
+            // left that state some other way, closing the incident would
+            // leave the token waiting on a job that never runs.
+            if !conn.revive_job(job, ctx.now).await? {
+                return Err(Error::IncidentNotOpen {
+                    incident: id.to_owned(),
+                });
+            }
             ctx.scheduled
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
