@@ -1860,6 +1860,75 @@ async fn a_channels_token_starts_requests_by_its_own_channels_only() {
     );
 }
 
+/// A token tied to its channels publishes only the messages its users entry
+/// lists: the IVR's token cannot deliver a client's WhatsApp documents to
+/// the request waiting on that phone; a token without `channels` publishes
+/// any message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channels_token_publishes_only_its_own_messages() {
+    use sha2::Digest;
+    let digest = |token: &str| -> String {
+        sha2::Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let file: tramite_api::http::auth::UsersFile = serde_yaml::from_str(&format!(
+        "users:\n  - {{name: ivr, token_sha256: {}, roles: [channel], channels: [ivr]}}\n  - {{name: botmaker, token_sha256: {}, roles: [channel], channels: [botmaker], messages: [respuesta_cliente]}}\n  - {{name: cualquiera, token_sha256: {}, roles: [channel]}}\n",
+        digest("token-ivr"),
+        digest("token-botmaker"),
+        digest("token-cualquiera"),
+    ))
+    .unwrap();
+    let users = Users::from_file(file).unwrap();
+    let api = Api::over(Harness::new(Db::Sqlite).await, users);
+    let message = |name: &str, id: &str| json!({"name": name, "key": "72345678", "id": id, "payload": {"media": ["ci.jpg"]}});
+    for (token, name, refused) in [
+        ("token-ivr", "requisitos_whatsapp", "publishes no messages"),
+        (
+            "token-botmaker",
+            "requisitos_whatsapp",
+            "publishes `respuesta_cliente` only",
+        ),
+    ] {
+        let (status, problem) = api
+            .json(
+                Method::POST,
+                "/api/v1/messages",
+                token,
+                message(name, token),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{token}: {problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(refused), "{token}: {detail}");
+    }
+    assert!(
+        api.h
+            .engine
+            .messages("pending", 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the refused messages were not kept"
+    );
+    for (token, name) in [
+        ("token-botmaker", "respuesta_cliente"),
+        ("token-cualquiera", "requisitos_whatsapp"),
+    ] {
+        let (status, body) = api
+            .json(
+                Method::POST,
+                "/api/v1/messages",
+                token,
+                message(name, token),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{token}: {body}");
+        assert_eq!(body["status"], "kept", "{token}: {body}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_shows_each_system() {
     let api = Api::new(Db::Sqlite).await;

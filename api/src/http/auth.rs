@@ -40,6 +40,12 @@ pub struct UserEntry {
     /// leaked Botmaker token could otherwise pose as the IVR.
     #[serde(default)]
     pub channels: Vec<String>,
+    /// The messages they may publish (`POST /api/v1/messages`). Left out
+    /// or empty: none if `channels` ties the token to its channels (the
+    /// IVR's token must not deliver a client's WhatsApp documents, which
+    /// only the signed webhook brings), any otherwise.
+    #[serde(default)]
+    pub messages: Vec<String>,
 }
 
 /// A web session whose cookie checked out: its user, its id (what
@@ -63,6 +69,9 @@ pub struct User {
     pub roles: Vec<String>,
     /// The channels their starts may name; empty: any.
     pub channels: Vec<String>,
+    /// The messages they may publish; empty: none if `channels` is not,
+    /// any otherwise.
+    pub messages: Vec<String>,
 }
 
 impl User {
@@ -81,6 +90,29 @@ impl User {
                     .join(", ")
             ),
         })
+    }
+
+    /// Refuses publishing message `name` unless the user may (see
+    /// [`UserEntry::messages`]).
+    pub fn may_publish(&self, name: &str) -> Result<(), Error> {
+        if self.messages.iter().any(|m| m == name)
+            || (self.messages.is_empty() && self.channels.is_empty())
+        {
+            return Ok(());
+        }
+        let reason = if self.messages.is_empty() {
+            "this token is tied to its channels and publishes no messages (its users entry lists none under `messages`)".to_owned()
+        } else {
+            format!(
+                "this token publishes {} only",
+                self.messages
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        Err(Error::Forbidden { reason })
     }
 
     /// Whether the user has `role`.
@@ -264,6 +296,7 @@ impl Users {
                     name,
                     roles: u.roles,
                     channels: u.channels,
+                    messages: u.messages,
                 },
             );
         }
@@ -294,6 +327,7 @@ impl Users {
                 name: name.to_owned(),
                 roles: roles.iter().map(|r| (*r).to_owned()).collect(),
                 channels: Vec::new(),
+                messages: Vec::new(),
             },
         );
         self
@@ -475,6 +509,7 @@ mod tests {
             token_sha256: digest.to_owned(),
             roles: vec!["agente_ventas_digitales".to_owned()],
             channels: Vec::new(),
+            messages: Vec::new(),
         }
     }
 

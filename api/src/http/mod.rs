@@ -1029,6 +1029,7 @@ async fn publish(
     let user = s.users.authenticate(&headers)?;
     user.require_any(&["channel", "operator"], "publishing messages")?;
     let Json(r) = body?;
+    user.may_publish(&r.name)?;
     let delivery = s
         .engine
         .publish(PublishMessage {
