@@ -355,6 +355,19 @@ async fn p06_rejection_over_http(db: Db) {
         problem.to_string().contains("utc_offset_minutes"),
         "{problem}"
     );
+    // One past what a 32-bit number holds is the same mistake, not a
+    // malformed query.
+    let (status, problem) = api
+        .get(
+            "/api/v1/indicators/OPE-SUM-VEN-P06/venta_digital_eficiente?from=0&to=1&utc_offset_minutes=9999999999",
+            LEAD,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(
+        problem.to_string().contains("between -840 and 840"),
+        "{problem}"
+    );
     // A range that ends where it begins asks for nothing.
     let (status, problem) = api
         .get(
@@ -462,9 +475,15 @@ async fn authentication_and_roles(db: Db) {
         StatusCode::FORBIDDEN,
         "another role's task cannot be opened"
     );
-    // An installer's inbox does not show the agent's task.
-    let (_, tasks) = api.get("/api/v1/tasks", INSTALLER).await;
-    assert!(tasks["items"].as_array().unwrap().is_empty());
+    // An installer's inbox does not show the agent's task, whether or not
+    // it names an (empty) role.
+    for path in ["/api/v1/tasks", "/api/v1/tasks?role="] {
+        let (status, tasks) = api.get(path, INSTALLER).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {tasks}");
+        assert!(tasks["items"].as_array().unwrap().is_empty(), "{path}");
+    }
+    let (_, tasks) = api.get("/api/v1/tasks?role=", AGENT).await;
+    assert_eq!(tasks["items"][0]["id"], task.as_str(), "{tasks}");
     // A claimed task is completed only by its assignee.
     let (status, _) = api
         .json(

@@ -136,7 +136,9 @@ impl User {
     /// the caller must read as no inbox: the engine's task filter reads no
     /// roles as any role.
     pub fn inbox_roles(&self, asked: Option<String>) -> Result<Vec<String>, Error> {
-        match asked {
+        // `?role=` (a form's empty choice, as the web inbox sends it) is
+        // no filter, not a role called "".
+        match asked.filter(|r| !r.is_empty()) {
             Some(role) if self.has(&role) => Ok(vec![role]),
             Some(role) => Err(Error::Forbidden {
                 reason: format!("you do not have the role `{role}`"),

@@ -1114,7 +1114,9 @@ struct IndicatorParams {
     to: i64,
     #[param(value_type = Option<String>)]
     period: Option<tramite_engine::definition::Period>,
-    utc_offset_minutes: Option<i32>,
+    /// Wider than an offset can be, so that one far out of range gets the
+    /// range's 422, not a parse error's 400.
+    utc_offset_minutes: Option<i64>,
 }
 
 #[utoipa::path(get, path = "/api/v1/indicators/{code}/{indicator}", tag = "indicators", params(("code" = String, Path), ("indicator" = String, Path), IndicatorParams), responses((status = 200, description = "Values per period with their verdict"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
@@ -1132,12 +1134,15 @@ async fn indicator(
     if q.from >= q.to {
         return Err(Error::field("to", "must be after `from`"));
     }
-    if !(-840..=840).contains(&utc_offset_minutes) {
+    let Some(utc_offset_minutes) = i32::try_from(utc_offset_minutes)
+        .ok()
+        .filter(|m| (-840..=840).contains(m))
+    else {
         return Err(Error::field(
             "utc_offset_minutes",
             "must be between -840 and 840 (minutes from UTC)",
         ));
-    }
+    };
     let values = s
         .engine
         .indicator(&IndicatorQuery {
