@@ -580,31 +580,73 @@ async fn a_redirect_is_not_followed() {
 }
 
 /// A 4xx that the same request would get again is a refusal, sent once and
-/// never retried (the engine raises the step's incident at once); one that
-/// says "not now" (408, 409, 423, 425) is a failure the next attempt may
-/// get past. Neither is retried inside the attempt.
+/// never retried (the engine raises the step's incident at once). One that
+/// says "not now" (408, 409, 421, 423, 425), says when to come back
+/// (`Retry-After`), or is a web page (a balancer's 404 during a deploy, not
+/// the system's answer) is a failure the next attempt may get past. None is
+/// retried inside the attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_cannot_pass_is_refused_not_retried() {
     use tramite_engine::runtime::connector::ConnectorError;
     let body = r#"{"error":{"code":"X","message":"no"}}"#;
-    for (status, refused) in [
-        ("400 Bad Request", true),
-        ("401 Unauthorized", true),
-        ("403 Forbidden", true),
-        ("404 Not Found", true),
-        ("410 Gone", true),
-        ("422 Unprocessable Entity", true),
-        ("408 Request Timeout", false),
-        ("409 Conflict", false),
-        ("423 Locked", false),
-        ("425 Too Early", false),
+    let page = |status: &str| {
+        let html = "<html><body>404 Not Found</body></html>";
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
+            html.len()
+        )
+        .into_bytes()
+    };
+    for (status, raw, refused, wait) in [
+        (
+            "400 Bad Request",
+            answer("400 Bad Request", body),
+            true,
+            None,
+        ),
+        (
+            "401 Unauthorized",
+            answer("401 Unauthorized", body),
+            true,
+            None,
+        ),
+        ("403 Forbidden", answer("403 Forbidden", body), true, None),
+        ("404 Not Found", answer("404 Not Found", body), true, None),
+        ("410 Gone", answer("410 Gone", body), true, None),
+        (
+            "422 Unprocessable Entity",
+            answer("422 Unprocessable Entity", body),
+            true,
+            None,
+        ),
+        (
+            "408 Request Timeout",
+            answer("408 Request Timeout", body),
+            false,
+            None,
+        ),
+        ("409 Conflict", answer("409 Conflict", body), false, None),
+        (
+            "421 Misdirected Request",
+            answer("421 Misdirected Request", body),
+            false,
+            None,
+        ),
+        ("423 Locked", answer("423 Locked", body), false, None),
+        ("425 Too Early", answer("425 Too Early", body), false, None),
+        ("404 Not Found", page("404 Not Found"), false, None),
+        (
+            "403 Forbidden",
+            answer_with("403 Forbidden", "Retry-After: 60\r\n", body),
+            false,
+            Some(Duration::from_secs(60)),
+        ),
     ] {
-        let (base, count) = canned("smartflex", answer(status, body));
+        let (base, count) = canned("smartflex", raw);
         let connector = http_connector_at("smartflex", &base, |text| text);
         let code = &status[..3];
         match (register(&connector).await, refused) {
-            (Err(ConnectorError::Refused { message }), true)
-            | (Err(ConnectorError::Transient { message, .. }), false) => {
+            (Err(ConnectorError::Refused { message }), true) => {
                 assert!(
                     message.starts_with("smartflex register_service_request: HTTP ")
                         && message.contains(code)
@@ -612,6 +654,20 @@ async fn a_request_that_cannot_pass_is_refused_not_retried() {
                     "{status}: {message}"
                 );
                 assert!(!message.contains("127.0.0.1"), "{status}: {message}");
+            }
+            (
+                Err(ConnectorError::Transient {
+                    message,
+                    retry_after,
+                }),
+                false,
+            ) => {
+                assert!(
+                    message.starts_with("smartflex register_service_request: HTTP ")
+                        && message.contains(code),
+                    "{status}: {message}"
+                );
+                assert_eq!(retry_after, wait, "{status}: {message}");
             }
             (other, _) => panic!("{status}: expected refused = {refused}, got {other:?}"),
         }

@@ -655,6 +655,13 @@ impl HttpConnector {
             // No wait is no request; the engine holds a longer one to this.
             .filter(|wait| !wait.is_zero())
             .map(|wait| wait.min(MAX_RETRY_AFTER));
+        // A web page is a proxy's or a balancer's answer (a 404 or 403
+        // while a deploy or a DNS change is under way), not the system's.
+        let page = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/html"));
         let bytes = read_answer(response, &url).await?;
         let body: Option<Value> = serde_json::from_slice(&bytes).ok();
         let mut undeclared = None;
@@ -671,11 +678,13 @@ impl HttpConnector {
                 // A code the catalog does not declare ("request in
                 // progress", a new code of the system's) is no business
                 // answer the definition could route: under an error status
-                // it falls through to the transient path below, so the
-                // engine retries it with the same idempotency key rather
-                // than an incident whose retry would start over with a new
-                // key; under a 2xx it is a result (a system may put
-                // `"code": 0` or `"status": "OK"` on every success).
+                // it falls through to the status's own path below (408,
+                // 409, 423, 425, 429 and 5xx retried with the same
+                // idempotency key, any other 4xx a refusal, whose incident's
+                // retry keeps the key too), rather than an unrouted business
+                // error, whose way out runs the step again under a new key;
+                // under a 2xx it is a result (a system may put `"code": 0`
+                // or `"status": "OK"` on every success).
                 if self.declares(call.operation, name) {
                     let message = rule
                         .message
@@ -743,10 +752,19 @@ impl HttpConnector {
                 }),
                 None => Err(Failure::retry(public, detail)),
             }
-        } else if matches!(status.as_u16(), 408 | 409 | 423 | 425) {
+        } else if let Some(wait) = wait {
+            // A 4xx that says when to come back (a gateway's own limit).
+            Err(Failure::Transient {
+                message: format!("{public}, asked to wait {} s", wait.as_secs()),
+                detail,
+                retry: true,
+                wait: Some(wait),
+            })
+        } else if matches!(status.as_u16(), 408 | 409 | 421 | 423 | 425) || page {
             // "Not now": timed out waiting for the request, busy with the
-            // same key, locked, too early. Not worth a retry within the
-            // attempt, but the next attempt may pass.
+            // same key, sent on the wrong connection, locked, too early; or
+            // a page from something in front of the system. Not worth a
+            // retry within the attempt, but the next attempt may pass.
             Err(Failure::stop(public, detail))
         } else {
             // Another 4xx: the request as it stands is wrong or not

@@ -1755,7 +1755,7 @@ async fn apply_job_result(
     // delay the incident by their backoff, and the operator's fix.
     if let Err(ConnectorError::Refused { message }) = &result {
         let text = format!(
-            "attempt {} refused, not retried (retry the incident once the request can pass): {message}",
+            "attempt {} refused, not retried (fix the cause, then retry or resolve the incident): {message}",
             job.attempts
         );
         return raise_job_incident(conn, ctx, job, owner, &text).await;
