@@ -102,7 +102,7 @@ pub struct BusinessAnswer {
     pub message: String,
 }
 
-/// One step. Exactly one of `complete`, `message` or `wait`.
+/// One step. Exactly one of `complete`, `message`, `wait` or `retry`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
@@ -122,6 +122,10 @@ pub struct Step {
     /// Move the clock.
     #[serde(default)]
     pub wait: Option<Duration>,
+    /// Retry the open incident at this node (of the instance or of a
+    /// procedure it called), as an operator would once its cause is fixed.
+    #[serde(default)]
+    pub retry: Option<String>,
 }
 
 /// A message to publish.
@@ -498,8 +502,8 @@ async fn drive(
             ));
             break;
         }
-        match (&step.complete, &step.message, &step.wait) {
-            (Some(node), None, None) => {
+        match (&step.complete, &step.message, &step.wait, &step.retry) {
+            (Some(node), None, None, None) => {
                 let Some(task) = open_task(engine, &id, node).await? else {
                     failures.push(format!(
                         "{at}: no open task at `{node}`; open: {:?}",
@@ -525,7 +529,7 @@ async fn drive(
                     break;
                 }
             }
-            (None, Some(m), None) => {
+            (None, Some(m), None, None) => {
                 let published = engine
                     .publish(PublishMessage {
                         name: m.name.clone(),
@@ -560,7 +564,27 @@ async fn drive(
                     Ok(_) => {}
                 }
             }
-            (None, None, Some(d)) => {
+            (None, None, None, Some(node)) => {
+                let mut open = Vec::new();
+                for instance in family(engine, &id).await? {
+                    open.extend(engine.incidents(Some("open"), Some(&instance)).await?);
+                }
+                let Some(incident) = open.iter().find(|i| i.node_id == *node) else {
+                    let at_nodes: Vec<&str> = open.iter().map(|i| i.node_id.as_str()).collect();
+                    failures.push(format!(
+                        "{at}: no open incident at `{node}`; open incidents are at {at_nodes:?}"
+                    ));
+                    break;
+                };
+                if let Err(e) = engine.retry_incident(&incident.id, "scenario").await {
+                    failures.push(format!(
+                        "{at}: retrying the incident at `{node}` failed: {}",
+                        describe(&e)
+                    ));
+                    break;
+                }
+            }
+            (None, None, Some(d), None) => {
                 // Every timer comes due at its own time, in order: an
                 // escalation's task is due from when it was created, not
                 // from the end of the wait (`wait: 3d` fires two daily
@@ -590,7 +614,7 @@ async fn drive(
             }
             _ => {
                 failures.push(format!(
-                    "{at}: a step has exactly one of `complete`, `message`, `wait`"
+                    "{at}: a step has exactly one of `complete`, `message`, `wait`, `retry`"
                 ));
                 break;
             }
