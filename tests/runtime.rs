@@ -1476,6 +1476,43 @@ async fn resolve_incident_by_hand(db: Db) {
 }
 on_both_backends!(resolve_incident_by_hand, super::resolve_incident_by_hand);
 
+/// An incident whose job is no longer stopped at it (here moved by hand in
+/// the database) is not "retried" into a token waiting for good on a job
+/// that never runs: the retry is refused, changes nothing, and the incident
+/// stays open to be resolved.
+async fn retrying_an_incident_whose_job_moved_on_is_refused(db: Db) {
+    use sqlx::Connection;
+    let h = Harness::new(db).await;
+    let (id, incident) = smartflex_down_until_an_incident(&h).await;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&h.db.url).await.unwrap();
+    let moved = sqlx::query("UPDATE jobs SET status = 'done' WHERE id = $1")
+        .bind(incident.job_id.clone().unwrap())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(moved.rows_affected(), 1);
+    drop(conn);
+    let before = h.instance(&id).await.revision;
+    let err = h
+        .engine
+        .retry_incident(&incident.id, "operador1")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::IncidentJobGone { .. }), "{err:?}");
+    assert_eq!(h.instance(&id).await.revision, before, "nothing changed");
+    assert_eq!(h.open_incident(&id).await.id, incident.id, "still open");
+    assert!(
+        !h.history(&id)
+            .await
+            .contains(&"incident_retried".to_owned())
+    );
+}
+on_both_backends!(
+    retrying_an_incident_whose_job_moved_on_is_refused,
+    super::retrying_an_incident_whose_job_moved_on_is_refused
+);
+
 /// A job's incident resolved by running the step again: a new call (with
 /// the variables written), once the system is back.
 async fn resolve_incident_by_running_it_again(db: Db) {

@@ -164,6 +164,15 @@ pub enum Error {
         /// Incident.
         incident: String,
     },
+    /// The incident's job is no longer stopped at it, so a retry has
+    /// nothing to run; the incident stays open, to be resolved.
+    #[error(
+        "incident `{incident}` has no stopped call to run again; resolve it instead of retrying"
+    )]
+    IncidentJobGone {
+        /// Incident.
+        incident: String,
+    },
     /// An expression failed while evaluating a command's own input.
     #[error(transparent)]
     Expression(#[from] EvalError),

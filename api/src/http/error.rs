@@ -262,7 +262,9 @@ impl Error {
                     e.to_string(),
                     none,
                 ),
-                E::IncidentNotOpen { .. } | E::IncidentNeedsResolution { .. } => {
+                E::IncidentNotOpen { .. }
+                | E::IncidentNeedsResolution { .. }
+                | E::IncidentJobGone { .. } => {
                     (StatusCode::CONFLICT, "incident-state", e.to_string(), none)
                 }
                 E::Concurrent { .. } => (

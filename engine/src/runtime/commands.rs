@@ -2525,7 +2525,7 @@ async fn settle_incident(
             // left that state some other way, closing the incident would
             // leave the token waiting on a job that never runs.
             if !conn.revive_job(job, ctx.now).await? {
-                return Err(Error::IncidentNotOpen {
+                return Err(Error::IncidentJobGone {
                     incident: id.to_owned(),
                 });
             }
