@@ -419,7 +419,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     lease: std::time::Duration::from_secs(lease_seconds.max(1)),
                     writers,
                     workers: workers.max(1),
-                    retention: retention.map(|d| d.as_std()),
+                    retention,
                 },
                 &mut stdout,
             ))

@@ -17,6 +17,9 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+/// The shortest retention `serve` takes.
+pub(crate) const MIN_RETENTION: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 /// What `serve` needs.
 pub(crate) struct Settings {
     pub(crate) database_url: String,
@@ -34,7 +37,7 @@ pub(crate) struct Settings {
     /// Signs web sessions (`TRAMITE_SESSION_KEY`); random when absent.
     pub(crate) session_key: Option<String>,
     /// How long ended instances are kept; for ever when absent.
-    pub(crate) retention: Option<std::time::Duration>,
+    pub(crate) retention: Option<tramite_engine::duration::Duration>,
 }
 
 fn token() -> String {
@@ -46,6 +49,15 @@ fn token() -> String {
 /// Runs until Ctrl-C (or SIGTERM): then stops taking requests, lets those in
 /// flight finish, and shuts the engine down (workers, then the writer).
 pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<(), Error> {
+    // A purge cannot be undone: `180m` (minutes) typed for 180 months would
+    // delete everything older than three hours.
+    if let Some(keep) = &s.retention
+        && keep.as_std() < MIN_RETENTION
+    {
+        return Err(Error::Serve(format!(
+            "--retention {keep}: ended requests are kept at least a day (`1d`); `m` is minutes"
+        )));
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr; stdout has the banner (and stays locked by the caller).
@@ -145,7 +157,7 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
     config.catalog = catalog;
     config.connectors = connectors.clone();
     config.lease = s.lease;
-    config.retention = s.retention;
+    config.retention = s.retention.as_ref().map(|d| d.as_std());
     config.writers = s.writers;
     config.workers = s.workers;
     config.node_name = format!("{}-{}", s.bind, std::process::id());

@@ -438,6 +438,32 @@ fn serve_names_simulated_systems_and_short_timeouts() {
 
 /// The example in docs/scenarios.md is a scenario that runs and passes, not
 /// only an illustration of the format.
+/// A purge cannot be undone: a retention under a day (`180m`, minutes,
+/// typed for months) stops `serve` before it opens anything.
+#[test]
+fn serve_refuses_a_retention_under_a_day() {
+    let dir = std::env::temp_dir().join(format!("tramite-retention-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}/t.db", dir.display());
+    let out = tramite(&[
+        "serve",
+        "--database-url",
+        &url,
+        "--bind",
+        "127.0.0.1:0",
+        "--retention",
+        "180m",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--retention 180m: ended requests are kept at least a day"),
+        "{stderr}"
+    );
+    assert!(!dir.join("t.db").exists(), "nothing was opened");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn the_format_guides_scenario_passes() {
     let guide = std::fs::read_to_string(repo().join("docs/scenarios.md")).unwrap();

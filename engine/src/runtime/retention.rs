@@ -33,6 +33,7 @@ pub(crate) async fn run(engine: Engine, keep: Duration) {
             return;
         }
         let before = engine.now().saturating_sub(keep_ms);
+        let started = std::time::Instant::now();
         let pause = match engine.purge(before).await {
             Ok(purged) => {
                 let instances = purged.instances.len() as u64;
@@ -45,6 +46,7 @@ pub(crate) async fn run(engine: Engine, keep: Duration) {
                         instances,
                         messages = purged.messages,
                         before,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
                         "purged what ended before the retention period"
                     );
                 }
