@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use super::Engine;
 
-/// Instances (and expired messages) per batch: one batch is a few
-/// milliseconds of the writer's time.
+/// Instances (and expired messages) per batch. Measured on SQLite (P06
+/// requests of 21 history entries, 5 tasks and 2 jobs each, with the
+/// commit): 7–20 ms a batch, median 12 ms — about as long as the writer's
+/// usual batch, so the commands batched with it wait that much once.
 pub const PURGE_BATCH: i64 = 100;
 
 /// How often a node looks for what to purge when the last look found less
