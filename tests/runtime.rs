@@ -4096,6 +4096,26 @@ async fn inbox_pages_merge_roles_and_statuses_in_due_order(db: Db) {
         3,
         "claimed tasks are in the inbox too"
     );
+    // No role named: every role's tasks, in the same pages (a lane per role
+    // the deployed versions name, since no index orders all tasks alone).
+    let mut every = Vec::new();
+    let mut after = None;
+    loop {
+        let page = h
+            .engine
+            .tasks(&Filter {
+                limit: 3,
+                after: after.clone(),
+                ..Filter::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(tramite_engine::store::tasks::TaskCursor::after(last));
+        every.extend(page.into_iter().map(|t| t.id));
+    }
+    let ids: Vec<String> = seen.iter().map(|t| t.id.clone()).collect();
+    assert_eq!(every, ids);
     // One role, one status, due before a moment.
     let lead = h
         .engine

@@ -350,10 +350,11 @@ struct Counts {
 /// Counts instances, open tasks and open incidents, all before any gauge
 /// is set: a count that fails leaves every gauge as it was.
 async fn count(engine: &Engine) -> Result<Counts, tramite_engine::Error> {
+    let roles = engine.roles().await?;
     let mut conn = engine.store().pool().acquire().await?;
     Ok(Counts {
         instances: tramite_engine::store::instances::census(&mut conn).await?,
-        open: tramite_engine::store::tasks::open_by_role(&mut conn).await?,
+        open: tramite_engine::store::tasks::open_by_role(&mut conn, &roles).await?,
         incidents: tramite_engine::store::incidents::open_count(&mut conn).await?,
     })
 }

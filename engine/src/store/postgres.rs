@@ -112,6 +112,15 @@ pub(super) fn migrator() -> Migrator {
             SqlStr::from_static(include_str!("../../migrations/postgres/0010_retention.sql")),
             false,
         ),
+        Migration::new(
+            11,
+            Cow::Borrowed("no tasks queue"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/postgres/0011_no_tasks_queue.sql"
+            )),
+            false,
+        ),
     ])
 }
 

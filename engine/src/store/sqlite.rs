@@ -139,6 +139,15 @@ pub(super) fn migrator() -> Migrator {
             SqlStr::from_static(include_str!("../../migrations/sqlite/0011_retention.sql")),
             false,
         ),
+        Migration::new(
+            12,
+            Cow::Borrowed("no tasks queue"),
+            MigrationType::Simple,
+            SqlStr::from_static(include_str!(
+                "../../migrations/sqlite/0012_no_tasks_queue.sql"
+            )),
+            false,
+        ),
     ])
 }
 

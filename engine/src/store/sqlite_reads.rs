@@ -292,7 +292,7 @@ mod tests {
             "{steps:?}"
         );
         assert!(
-            !steps.iter().any(|s| s.contains("tasks_queue")),
+            !steps.iter().any(|s| s.contains("tasks_inbox")),
             "{steps:?}"
         );
         assert_eq!(
