@@ -582,9 +582,11 @@ async fn a_redirect_is_not_followed() {
 /// A 4xx that the same request would get again is a refusal, sent once and
 /// never retried (the engine raises the step's incident at once). One that
 /// says "not now" (408, 409, 421, 423, 425), says when to come back
-/// (`Retry-After`), or is a web page (a balancer's 404 during a deploy, not
-/// the system's answer) is a failure the next attempt may get past. None is
-/// retried inside the attempt.
+/// (`Retry-After`), or is a 404 web page (a balancer's during a deploy, not
+/// the system's answer) is a failure the next attempt may get past; a 401
+/// page (a proxy's answer to a refused credential) is still a refusal. None
+/// is retried inside the attempt (the wait asked here is longer than the
+/// backoff's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_cannot_pass_is_refused_not_retried() {
     use tramite_engine::runtime::connector::ConnectorError;
@@ -635,6 +637,7 @@ async fn a_request_that_cannot_pass_is_refused_not_retried() {
         ("423 Locked", answer("423 Locked", body), false, None),
         ("425 Too Early", answer("425 Too Early", body), false, None),
         ("404 Not Found", page("404 Not Found"), false, None),
+        ("401 Unauthorized", page("401 Unauthorized"), true, None),
         (
             "403 Forbidden",
             answer_with("403 Forbidden", "Retry-After: 60\r\n", body),

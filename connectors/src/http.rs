@@ -655,13 +655,16 @@ impl HttpConnector {
             // No wait is no request; the engine holds a longer one to this.
             .filter(|wait| !wait.is_zero())
             .map(|wait| wait.min(MAX_RETRY_AFTER));
-        // A web page is a proxy's or a balancer's answer (a 404 or 403
+        // A 404 web page is a balancer's or a proxy's answer (a route gone
         // while a deploy or a DNS change is under way), not the system's.
-        let page = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/html"));
+        // (A 401 or 403 page is not: proxies in front of an API answer a
+        // refused credential with their own page, and it is a refusal.)
+        let page = status == reqwest::StatusCode::NOT_FOUND
+            && response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/html"));
         let bytes = read_answer(response, &url).await?;
         let body: Option<Value> = serde_json::from_slice(&bytes).ok();
         let mut undeclared = None;
@@ -679,9 +682,10 @@ impl HttpConnector {
                 // progress", a new code of the system's) is no business
                 // answer the definition could route: under an error status
                 // it falls through to the status's own path below (408,
-                // 409, 423, 425, 429 and 5xx retried with the same
-                // idempotency key, any other 4xx a refusal, whose incident's
-                // retry keeps the key too), rather than an unrouted business
+                // 409, 421, 423, 425, 429, 5xx and a 4xx with Retry-After
+                // retried with the same idempotency key, any other 4xx a
+                // refusal, whose incident's retry keeps the key too), rather
+                // than an unrouted business
                 // error, whose way out runs the step again under a new key;
                 // under a 2xx it is a result (a system may put `"code": 0`
                 // or `"status": "OK"` on every success).
@@ -753,7 +757,9 @@ impl HttpConnector {
                 None => Err(Failure::retry(public, detail)),
             }
         } else if let Some(wait) = wait {
-            // A 4xx that says when to come back (a gateway's own limit).
+            // A 4xx that says when to come back (a gateway's own limit): as
+            // a 429, retried within the attempt if the wait is short, else
+            // left to the engine (which counts it as throttling).
             Err(Failure::Transient {
                 message: format!("{public}, asked to wait {} s", wait.as_secs()),
                 detail,
