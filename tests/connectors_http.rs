@@ -592,88 +592,58 @@ async fn a_request_that_cannot_pass_is_refused_not_retried() {
     use tramite_engine::runtime::connector::ConnectorError;
     let body = r#"{"error":{"code":"X","message":"no"}}"#;
     let page = |status: &str| {
-        let html = "<html><body>404 Not Found</body></html>";
+        let html = format!("<html><body>{status}</body></html>");
         format!(
             "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
             html.len()
         )
         .into_bytes()
     };
-    for (status, raw, refused, wait) in [
-        (
-            "400 Bad Request",
-            answer("400 Bad Request", body),
-            true,
-            None,
-        ),
-        (
-            "401 Unauthorized",
-            answer("401 Unauthorized", body),
-            true,
-            None,
-        ),
-        ("403 Forbidden", answer("403 Forbidden", body), true, None),
-        ("404 Not Found", answer("404 Not Found", body), true, None),
-        ("410 Gone", answer("410 Gone", body), true, None),
-        (
-            "422 Unprocessable Entity",
-            answer("422 Unprocessable Entity", body),
-            true,
-            None,
-        ),
-        (
-            "408 Request Timeout",
-            answer("408 Request Timeout", body),
-            false,
-            None,
-        ),
-        ("409 Conflict", answer("409 Conflict", body), false, None),
-        (
-            "421 Misdirected Request",
-            answer("421 Misdirected Request", body),
-            false,
-            None,
-        ),
-        ("423 Locked", answer("423 Locked", body), false, None),
-        ("425 Too Early", answer("425 Too Early", body), false, None),
-        ("404 Not Found", page("404 Not Found"), false, None),
-        ("401 Unauthorized", page("401 Unauthorized"), true, None),
-        (
-            "403 Forbidden",
-            answer_with("403 Forbidden", "Retry-After: 60\r\n", body),
-            false,
-            Some(Duration::from_secs(60)),
-        ),
+    // (status, the answer a web page, its Retry-After in seconds, refused)
+    for (status, html, retry_after, refused) in [
+        ("400 Bad Request", false, None, true),
+        ("401 Unauthorized", false, None, true),
+        ("403 Forbidden", false, None, true),
+        ("404 Not Found", false, None, true),
+        ("410 Gone", false, None, true),
+        ("422 Unprocessable Entity", false, None, true),
+        ("408 Request Timeout", false, None, false),
+        ("409 Conflict", false, None, false),
+        ("421 Misdirected Request", false, None, false),
+        ("423 Locked", false, None, false),
+        ("425 Too Early", false, None, false),
+        ("404 Not Found", true, None, false),
+        ("401 Unauthorized", true, None, true),
+        ("403 Forbidden", false, Some(60), false),
     ] {
+        let raw = match (html, retry_after) {
+            (true, _) => page(status),
+            (false, Some(s)) => answer_with(status, &format!("Retry-After: {s}\r\n"), body),
+            (false, None) => answer(status, body),
+        };
+        let wait = retry_after.map(Duration::from_secs);
         let (base, count) = canned("smartflex", raw);
         let connector = http_connector_at("smartflex", &base, |text| text);
         let code = &status[..3];
-        match (register(&connector).await, refused) {
-            (Err(ConnectorError::Refused { message }), true) => {
-                assert!(
-                    message.starts_with("smartflex register_service_request: HTTP ")
-                        && message.contains(code)
-                        && message.contains("(trace 00-"),
-                    "{status}: {message}"
-                );
-                assert!(!message.contains("127.0.0.1"), "{status}: {message}");
-            }
+        let (message, asked) = match (register(&connector).await, refused) {
+            (Err(ConnectorError::Refused { message }), true) => (message, None),
             (
                 Err(ConnectorError::Transient {
                     message,
                     retry_after,
                 }),
                 false,
-            ) => {
-                assert!(
-                    message.starts_with("smartflex register_service_request: HTTP ")
-                        && message.contains(code),
-                    "{status}: {message}"
-                );
-                assert_eq!(retry_after, wait, "{status}: {message}");
-            }
+            ) => (message, retry_after),
             (other, _) => panic!("{status}: expected refused = {refused}, got {other:?}"),
-        }
+        };
+        assert!(
+            message.starts_with("smartflex register_service_request: HTTP ")
+                && message.contains(code)
+                && message.contains("(trace 00-"),
+            "{status}: {message}"
+        );
+        assert!(!message.contains("127.0.0.1"), "{status}: {message}");
+        assert_eq!(asked, wait, "{status}: {message}");
         assert_eq!(
             count.load(std::sync::atomic::Ordering::SeqCst),
             1,

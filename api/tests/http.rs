@@ -1799,18 +1799,20 @@ async fn lead_and_ivr_webhooks_start_p06_once(db: Db) {
 }
 both!(lead_and_ivr_webhooks_start_p06_once);
 
+/// A token as the users file keeps it: the hex SHA-256 of the token.
+fn digest(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A token the users file ties to its channels starts requests by those
 /// only: Botmaker's token cannot pose as the IVR, by the API or by the lead
 /// webhook's `source`; a token without `channels` starts by any.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channels_token_starts_requests_by_its_own_channels_only() {
-    use sha2::Digest;
-    let digest = |token: &str| -> String {
-        sha2::Sha256::digest(token.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
     let file: tramite_api::http::auth::UsersFile = serde_yaml::from_str(&format!(
         "users:\n  - {{name: botmaker, token_sha256: {}, roles: [channel], channels: [botmaker, web]}}\n  - {{name: cualquiera, token_sha256: {}, roles: [channel]}}\n",
         digest("token-botmaker"),
@@ -1885,13 +1887,6 @@ async fn a_channels_token_starts_requests_by_its_own_channels_only() {
 /// any message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channels_token_publishes_only_its_own_messages() {
-    use sha2::Digest;
-    let digest = |token: &str| -> String {
-        sha2::Sha256::digest(token.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
     let file: tramite_api::http::auth::UsersFile = serde_yaml::from_str(&format!(
         "users:\n  - {{name: ivr, token_sha256: {}, roles: [channel], channels: [ivr]}}\n  - {{name: botmaker, token_sha256: {}, roles: [channel], channels: [botmaker], messages: [respuesta_cliente]}}\n  - {{name: cualquiera, token_sha256: {}, roles: [channel]}}\n",
         digest("token-ivr"),
