@@ -598,6 +598,40 @@ async fn bad_input_gets_problem_json(db: Db) {
             "{problem}"
         );
     }
+    // A value nested deeper than the engine stores safely (JSON readers
+    // stop at 128 levels, and a value is kept deeper than it came) → 422
+    // naming it, and nothing stored; as deep as allowed → taken.
+    let deep = |levels: usize| {
+        let mut v = json!("x");
+        for _ in 0..levels {
+            v = json!([v]);
+        }
+        v
+    };
+    let message = |payload, id: &str| json!({"name": "requisitos_whatsapp", "key": "70000002", "id": id, "payload": payload});
+    let start = |value| json!({"code": "OPE-SUM-VEN-P06", "channel": "ivr", "data": {"telefono": "71234567", "notas": value}});
+    for (uri, body, field) in [
+        ("/api/v1/messages", message(deep(65), "deep-1"), "payload"),
+        ("/api/v1/instances", start(deep(64)), "data"),
+    ] {
+        let (status, problem) = api.json(Method::POST, uri, CHANNEL, body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{uri}: {problem}");
+        assert_eq!(problem["type"], "https://tramite.dev/problems/too-deep");
+        assert_eq!(
+            problem["detail"],
+            format!("`{field}` is nested deeper than 64 levels"),
+            "{problem}"
+        );
+    }
+    let (status, kept) = api
+        .json(
+            Method::POST,
+            "/api/v1/messages",
+            CHANNEL,
+            message(deep(64), "deep-2"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{kept}");
     // Malformed JSON → 400; wrong shape or unknown field → 422; not JSON → 415.
     let (status, problem, _) = api
         .call(

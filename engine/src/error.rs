@@ -134,6 +134,18 @@ pub enum Error {
         /// The longest allowed, in bytes.
         limit: usize,
     },
+    /// A value given to the engine (start data, form data, a message's
+    /// payload, an operator's variables) is nested deeper than
+    /// [`crate::runtime::MAX_NESTING`]: stored a few levels deeper still
+    /// (in the state, the history), it could exceed what JSON readers
+    /// take and leave the instance unreadable.
+    #[error("`{field}` is nested deeper than {limit} levels")]
+    TooDeep {
+        /// Which value.
+        field: &'static str,
+        /// The deepest allowed.
+        limit: usize,
+    },
     /// A message's id was used before by a message of another name or key.
     #[error("message id `{id}` was used before by another message (another name or key)")]
     MessageIdTaken {

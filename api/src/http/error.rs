@@ -244,6 +244,12 @@ impl Error {
                     e.to_string(),
                     none,
                 ),
+                E::TooDeep { .. } => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "too-deep",
+                    e.to_string(),
+                    none,
+                ),
                 E::MessageIdTaken { .. } => (
                     StatusCode::CONFLICT,
                     "message-id-taken",

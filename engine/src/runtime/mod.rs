@@ -133,6 +133,37 @@ pub struct IndicatorQuery {
 /// entry over about 2,700 bytes, and a key past this length is a mistake.
 pub const MAX_KEY_BYTES: usize = 512;
 
+/// The deepest nesting of arrays and objects a value given to the engine
+/// may have. JSON readers stop at 128 levels (serde_json's limit), and a
+/// value is stored deeper than it came (the state's `variables`, a
+/// mapping's wrapping, a history entry): one at the limit would be
+/// written, then refused on every read, and its instance lost. No form or
+/// message needs more than a few levels.
+pub const MAX_NESTING: usize = 64;
+
+/// Refuses the values of a map given to the engine (start data, form
+/// data, an operator's variables) if one nests deeper than
+/// [`MAX_NESTING`], the map's own level counted.
+fn map_not_too_deep(field: &'static str, map: &Map<String, Value>) -> Result<(), Error> {
+    if map.values().any(|v| nests_deeper(v, MAX_NESTING - 1)) {
+        return Err(Error::TooDeep {
+            field,
+            limit: MAX_NESTING,
+        });
+    }
+    Ok(())
+}
+
+/// Whether `v` has more than `room` levels of arrays and objects; it looks
+/// no further than that.
+fn nests_deeper(v: &Value, room: usize) -> bool {
+    match v {
+        Value::Array(items) => room == 0 || items.iter().any(|i| nests_deeper(i, room - 1)),
+        Value::Object(fields) => room == 0 || fields.values().any(|i| nests_deeper(i, room - 1)),
+        _ => false,
+    }
+}
+
 fn not_too_long(field: &'static str, value: &str) -> Result<(), Error> {
     if value.len() > MAX_KEY_BYTES {
         return Err(Error::TooLong {
@@ -376,6 +407,7 @@ impl Engine {
     /// the instance's id and whether it is new.
     pub async fn start_once(&self, start: StartInstance) -> Result<(String, bool), Error> {
         not_too_long("business_key", &start.business_key)?;
+        map_not_too_deep("data", &start.data)?;
         not_too_long(
             "request_id",
             start.request_id.as_deref().unwrap_or_default(),
@@ -428,6 +460,7 @@ impl Engine {
 
     /// Completes a task with an outcome and the form's data.
     pub async fn complete(&self, complete: CompleteTask) -> Result<CompletedTask, Error> {
+        map_not_too_deep("data", &complete.data)?;
         match self.submit(Command::Complete(complete)).await? {
             Reply::Completed(c) => Ok(c),
             other => unreachable!("complete answered {other:?}"),
@@ -445,6 +478,12 @@ impl Engine {
         not_too_long("name", &message.name)?;
         not_too_long("id", &message.id)?;
         not_too_long("key", &message.key)?;
+        if nests_deeper(&message.payload, MAX_NESTING) {
+            return Err(Error::TooDeep {
+                field: "payload",
+                limit: MAX_NESTING,
+            });
+        }
         match self.submit(Command::Publish(message)).await? {
             Reply::Published(d) => Ok(d),
             other => unreachable!("publish answered {other:?}"),
@@ -513,6 +552,7 @@ impl Engine {
         variables: Map<String, Value>,
         then: Option<commands::Then>,
     ) -> Result<(), Error> {
+        map_not_too_deep("variables", &variables)?;
         self.submit(Command::ResolveIncident {
             incident: incident.to_owned(),
             actor: actor.to_owned(),
@@ -894,6 +934,38 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn nested(levels: usize) -> Value {
+        let mut v = Value::from("x");
+        for n in 0..levels {
+            v = if n % 2 == 0 {
+                Value::Array(vec![v])
+            } else {
+                serde_json::json!({ "a": v })
+            };
+        }
+        v
+    }
+
+    /// A value as deep as the engine takes is taken, one level deeper is
+    /// refused, in a map (its own level counted) or alone (a payload).
+    #[test]
+    fn values_nested_past_the_limit_are_refused() {
+        assert!(!nests_deeper(&nested(MAX_NESTING), MAX_NESTING));
+        assert!(nests_deeper(&nested(MAX_NESTING + 1), MAX_NESTING));
+        assert!(!nests_deeper(&Value::from(3), 0));
+        let mut data = Map::new();
+        data.insert("f".to_owned(), nested(MAX_NESTING - 1));
+        assert!(map_not_too_deep("data", &data).is_ok());
+        data.insert("g".to_owned(), nested(MAX_NESTING));
+        assert!(matches!(
+            map_not_too_deep("data", &data),
+            Err(Error::TooDeep {
+                field: "data",
+                limit: MAX_NESTING
+            })
+        ));
+    }
 
     /// A node whose log failed to sync says it takes no more changes (what
     /// its `/healthz` reports), as it does once stopped.
