@@ -578,6 +578,16 @@ impl HttpConnector {
         }
     }
 
+    /// A failure as every signed-in user reads it (the history, the
+    /// incident): the system, the operation, what went wrong and the trace
+    /// id that finds the log line with the details.
+    fn public(&self, call: &ConnectorCall<'_>, message: &str, trace: &str) -> String {
+        format!(
+            "{} {}: {message} (trace {trace})",
+            self.config.system, call.operation
+        )
+    }
+
     /// One exchange: build, send, read and classify.
     async fn exchange(
         &self,
@@ -746,7 +756,13 @@ impl HttpConnector {
                 ),
             ));
         }
-        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        // Any 4xx that says when to come back (a gateway's own limit) is
+        // taken as a 429: retried within the attempt if the wait is short,
+        // else left to the engine (which counts it as throttling).
+        if status.is_server_error()
+            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || wait.is_some()
+        {
             match wait {
                 Some(wait) => Err(Failure::Transient {
                     message: format!("{public}, asked to wait {} s", wait.as_secs()),
@@ -756,16 +772,6 @@ impl HttpConnector {
                 }),
                 None => Err(Failure::retry(public, detail)),
             }
-        } else if let Some(wait) = wait {
-            // A 4xx that says when to come back (a gateway's own limit): as
-            // a 429, retried within the attempt if the wait is short, else
-            // left to the engine (which counts it as throttling).
-            Err(Failure::Transient {
-                message: format!("{public}, asked to wait {} s", wait.as_secs()),
-                detail,
-                retry: true,
-                wait: Some(wait),
-            })
         } else if matches!(status.as_u16(), 408 | 409 | 421 | 423 | 425) || page {
             // "Not now": timed out waiting for the request, busy with the
             // same key, sent on the wrong connection, locked, too early; or
@@ -914,10 +920,7 @@ impl Connector for HttpConnector {
                 Err(Failure::Refused { message, detail }) => {
                     tracing::warn!(system = %self.config.system, operation = call.operation, %trace, elapsed_ms, %detail, "refused");
                     Err(ConnectorError::Refused {
-                        message: format!(
-                            "{} {}: {message} (trace {trace})",
-                            self.config.system, call.operation
-                        ),
+                        message: self.public(&call, &message, &trace),
                     })
                 }
                 Err(Failure::Transient {
@@ -927,12 +930,8 @@ impl Connector for HttpConnector {
                     ..
                 }) => {
                     tracing::warn!(system = %self.config.system, operation = call.operation, %trace, elapsed_ms, %detail, "failed");
-                    // The trace id finds the log line with the details.
                     Err(ConnectorError::Transient {
-                        message: format!(
-                            "{} {}: {message} (trace {trace})",
-                            self.config.system, call.operation
-                        ),
+                        message: self.public(&call, &message, &trace),
                         retry_after: wait,
                     })
                 }
