@@ -14,7 +14,8 @@ use tramite_engine::runtime::connector::{Connectors, Health};
 use tramite_tests::engine::{Db, Harness};
 use tramite_tests::on_both_backends;
 use tramite_tests::p06::{
-    through_coverage, through_identification, through_installation, through_requirements,
+    refused_at_the_sale, retried_registers_once, through_coverage, through_identification,
+    through_installation, through_requirements,
 };
 
 /// The shipped connector file of `system`, pointed at `server`, with the
@@ -245,13 +246,7 @@ async fn refused_connections_then_incident_then_recovery(db: Db) {
     let _server = Server::start(address, h.sims.clone())
         .await
         .expect("back on the same port");
-    h.engine
-        .retry_incident(&incidents[0].id, "operador1")
-        .await
-        .unwrap();
-    assert_eq!(h.jobs().await, 1);
-    h.task(&id, "comunicar_solicitud").await;
-    assert_eq!(h.sims.smartflex.registration_count(), 1);
+    retried_registers_once(&h, &id, &incidents[0].id).await;
     assert!(duplicate_registrations(&h.sims).is_empty());
 }
 on_both_backends!(
@@ -662,25 +657,15 @@ async fn a_refusal_over_http_is_an_incident_at_once(db: Db) {
     through_requirements(&h, &id).await;
     h.sims.smartflex.faults().refuse_next(1);
     assert_eq!(h.jobs().await, 1);
-    let incidents = h.engine.incidents(Some("open"), Some(&id)).await.unwrap();
-    assert_eq!(incidents.len(), 1, "{incidents:?}");
-    let message = &incidents[0].message;
+    let (message, incident) = refused_at_the_sale(&h, &id).await;
     assert!(
-        message.starts_with("attempt 1 refused, not retried")
-            && message
-                .contains("smartflex register_service_request: HTTP 403 Forbidden (trace 00-"),
+        message.contains("smartflex register_service_request: HTTP 403 Forbidden (trace 00-"),
         "{message}"
     );
     h.advance(Duration::from_secs(3600));
     assert_eq!(h.jobs().await, 0, "not retried");
     assert_eq!(h.sims.smartflex.registration_count(), 0);
-    h.engine
-        .retry_incident(&incidents[0].id, "operador1")
-        .await
-        .unwrap();
-    assert_eq!(h.jobs().await, 1);
-    h.task(&id, "comunicar_solicitud").await;
-    assert_eq!(h.sims.smartflex.registration_count(), 1);
+    retried_registers_once(&h, &id, &incident).await;
 }
 on_both_backends!(
     p06_a_refusal_over_http_is_an_incident_at_once,

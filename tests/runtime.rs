@@ -12,8 +12,9 @@ use tramite_tests::engine::{Always, Db, Harness};
 use tramite_tests::on_both_backends;
 
 use tramite_tests::p06::{
-    P06, PHONE, through_coverage, through_identification, through_installation,
-    through_requirements, with_capacity_confirmed, with_the_installation_cancelled,
+    P06, PHONE, refused_at_the_sale, retried_registers_once, through_coverage,
+    through_identification, through_installation, through_requirements, with_capacity_confirmed,
+    with_the_installation_cancelled,
 };
 
 async fn sale_made(db: Db) {
@@ -366,13 +367,9 @@ async fn a_refused_call_is_an_incident_at_once(db: Db) {
     through_requirements(&h, &id).await;
     h.sims.smartflex.faults().refuse_next(1);
     assert_eq!(h.jobs().await, 1);
-    let incidents = h.engine.incidents(Some("open"), Some(&id)).await.unwrap();
-    assert_eq!(incidents.len(), 1, "{incidents:?}");
-    assert_eq!(incidents[0].node_id, "registrar_venta_smartflex");
-    let message = &incidents[0].message;
+    let (message, incident) = refused_at_the_sale(&h, &id).await;
     assert!(
-        message.starts_with("attempt 1 refused, not retried")
-            && message.contains("the credentials were refused"),
+        message.contains("the credentials were refused"),
         "{message}"
     );
     // No attempt is left waiting: hours later, still nothing has run.
@@ -383,13 +380,7 @@ async fn a_refused_call_is_an_incident_at_once(db: Db) {
     assert_eq!(h.sims.smartflex.registration_count(), 0);
     let history = h.history(&id).await;
     assert!(!history.contains(&"job_failed".to_owned()), "{history:?}");
-    h.engine
-        .retry_incident(&incidents[0].id, "operador1")
-        .await
-        .unwrap();
-    assert_eq!(h.jobs().await, 1);
-    h.task(&id, "comunicar_solicitud").await;
-    assert_eq!(h.sims.smartflex.registration_count(), 1);
+    retried_registers_once(&h, &id, &incident).await;
 }
 on_both_backends!(
     a_refused_call_is_an_incident_at_once,

@@ -223,3 +223,38 @@ pub fn answer(node: &str, n: usize) -> Option<(&'static str, Value)> {
         _ => return None,
     })
 }
+
+/// The one open incident of `id`: Smartflex's registration stopped at its
+/// first attempt by a refusal, not retried. Returns its message and id.
+pub async fn refused_at_the_sale(h: &Harness, id: &str) -> (String, String) {
+    let incidents = h
+        .engine
+        .incidents(Some("open"), Some(id))
+        .await
+        .expect("incidents");
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    let incident = &incidents[0];
+    assert_eq!(incident.node_id, "registrar_venta_smartflex");
+    assert!(
+        incident
+            .message
+            .starts_with("attempt 1 refused, not retried"),
+        "{}",
+        incident.message
+    );
+    assert_eq!(h.sims.smartflex.registration_count(), 0);
+    (incident.message.clone(), incident.id.clone())
+}
+
+/// Retries `incident` of `id` as an operator, once Smartflex takes the
+/// call again: one call registers the sale once, and the agent is asked to
+/// tell the client.
+pub async fn retried_registers_once(h: &Harness, id: &str, incident: &str) {
+    h.engine
+        .retry_incident(incident, "operador1")
+        .await
+        .expect("the incident is retried");
+    assert_eq!(h.jobs().await, 1);
+    h.task(id, "comunicar_solicitud").await;
+    assert_eq!(h.sims.smartflex.registration_count(), 1);
+}
