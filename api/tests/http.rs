@@ -675,21 +675,41 @@ async fn bad_input_gets_problem_json(db: Db) {
             .to_string();
     let (status, _, _) = api.call(Method::POST, &url, Some(AGENT), Some(huge)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    // Wrong outcome → 422; then a correct completion; the stale one → 409.
+    // Wrong outcome → 422; then a correct completion. The same completion
+    // again (a retry after a lost answer) → 204, and nothing more happens;
+    // another outcome, other data or another agent → 409.
     let (status, _) = api
         .json(Method::POST, &url, AGENT, json!({"outcome": "vender"}))
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     api.complete(&id, "recibir_llamada", AGENT, "atendida", json!({}))
         .await;
-    let (status, problem) = api
+    let (status, _) = api
         .json(Method::POST, &url, AGENT, json!({"outcome": "atendida"}))
         .await;
-    assert_eq!(status, StatusCode::CONFLICT);
-    assert_eq!(
-        problem["type"],
-        "https://tramite.dev/problems/task-not-open"
-    );
+    assert_eq!(status, StatusCode::NO_CONTENT, "the same completion again");
+    for (token, body) in [
+        (AGENT, json!({"outcome": "llamada_perdida"})),
+        (AGENT, json!({"outcome": "atendida", "data": {"nota": "x"}})),
+        (AGENT2, json!({"outcome": "atendida"})),
+    ] {
+        let (status, problem) = api.json(Method::POST, &url, token, body.clone()).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{token} {body}");
+        assert_eq!(
+            problem["type"],
+            "https://tramite.dev/problems/task-not-open"
+        );
+    }
+    let (_, history) = api
+        .get(&format!("/api/v1/instances/{id}/history"), LEAD)
+        .await;
+    let completions = history
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|e| e["kind"] == "task_completed" && e["data"]["task"] == task.as_str())
+        .count();
+    assert_eq!(completions, 1, "completed once: {history}");
     // A form with wrong fields → 422 with a message per field; nothing changes.
     let next = api.task(&id, "identificar_cliente", AGENT).await;
     let (status, problem) = api

@@ -968,7 +968,7 @@ struct CompleteRequest {
     data: Map<String, Value>,
 }
 
-#[utoipa::path(post, path = "/api/v1/tasks/{id}/complete", tag = "tasks", params(("id" = String, Path)), request_body = CompleteRequest, responses((status = 204, description = "Completed (422: a message per wrong field; 409: no longer open or claimed by someone else)"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/complete", tag = "tasks", params(("id" = String, Path)), request_body = CompleteRequest, responses((status = 204, description = "Completed, or this completion was already made by this user with this outcome and data (a retry is safe); 422: a message per wrong field; 409: no longer open, or claimed by someone else"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn complete(
     State(s): Shared,
     headers: HeaderMap,
@@ -1003,6 +1003,10 @@ struct Census {
 /// Counts a completed task and how long it waited, whichever way (JSON or
 /// the agent's form) it was completed.
 pub(crate) fn record_completion(engine: &Engine, task: tramite_engine::runtime::CompletedTask) {
+    if task.repeated {
+        // Counted when it was made.
+        return;
+    }
     let waited = (engine.now() - task.created_at).max(0) as f64 / 1_000.0;
     metrics::histogram!("tramite_task_wait_seconds", "process" => task.code.clone(), "node" => task.node_id.clone())
         .record(waited);

@@ -178,6 +178,11 @@ pub struct CompletedTask {
     pub node_id: String,
     /// When the task was created (ms).
     pub created_at: i64,
+    /// The same completion had already been made (the same user, outcome
+    /// and data): nothing was written this time. A client that retries
+    /// after losing the first answer learns it succeeded, and metrics count
+    /// it once.
+    pub repeated: bool,
 }
 
 /// A message for waiting instances.
@@ -1516,6 +1521,14 @@ async fn complete(
             role: task.role,
         });
     }
+    if is_repeat(&task, c) {
+        return Ok(CompletedTask {
+            code: task.code,
+            node_id: task.node_id,
+            created_at: task.created_at,
+            repeated: true,
+        });
+    }
     let task = still_open(task)?;
     // The task's token must still wait on it. On PostgreSQL a completion
     // that waited for another's lock on the instance reads the instance
@@ -1635,7 +1648,21 @@ async fn complete(
         code: task.code,
         node_id: task.node_id,
         created_at: task.created_at,
+        repeated: false,
     })
+}
+
+/// Whether `c` is the completion `task` already had: the same user, outcome
+/// and data. Anything else on a closed task is a conflict, so that a second
+/// agent, or a changed answer, is never told it was recorded.
+fn is_repeat(task: &tasks::TaskRow, c: &CompleteTask) -> bool {
+    task.status == "completed"
+        && task.completed_by.as_deref() == Some(c.user.as_str())
+        && task.outcome.as_deref() == Some(c.outcome.as_str())
+        && task
+            .data
+            .as_ref()
+            .is_some_and(|d| d.as_object() == Some(&c.data))
 }
 
 /// Delay before attempt `attempt + 1`, with equal jitter (half fixed, half random).
