@@ -1386,6 +1386,23 @@ async fn authorization_matrix(db: Db) {
             }
         }
     }
+    // Who may assign no task learns nothing of which tasks exist: a task
+    // that does not is 403 to them, 404 only to who may assign.
+    for (token, expected) in [
+        (AGENT, StatusCode::FORBIDDEN),
+        (CHANNEL, StatusCode::FORBIDDEN),
+        (LEAD, StatusCode::NOT_FOUND),
+    ] {
+        let (status, problem) = api
+            .json(
+                Method::POST,
+                "/api/v1/tasks/nope/assign",
+                token,
+                json!({"user": "ana"}),
+            )
+            .await;
+        assert_eq!(status, expected, "{token}: {problem}");
+    }
 }
 both!(authorization_matrix);
 

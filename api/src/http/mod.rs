@@ -758,6 +758,13 @@ async fn assign(
     body: Body<AssignRequest>,
 ) -> Result<StatusCode, Error> {
     let user = s.users.authenticate(&headers)?;
+    // Who may assign no task at all learns nothing of which exist.
+    let owners = s.engine.owner_roles().await?;
+    if !user.has("operator") && !owners.iter().any(|r| user.has(r)) {
+        return Err(Error::Forbidden {
+            reason: "assigning needs a procedure's owner role or `operator`".to_owned(),
+        });
+    }
     let task = s.engine.task(&id).await?;
     let instance = s.engine.instance(&task.instance_id).await?;
     let process = s.engine.process(instance.definition_id).await?;

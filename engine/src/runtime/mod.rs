@@ -794,6 +794,16 @@ impl Engine {
         Ok(roles.into_iter().collect())
     }
 
+    /// The owner role of every deployed version, sorted: the roles that may
+    /// assign tasks (with `operator`).
+    pub async fn owner_roles(&self) -> Result<Vec<String>, Error> {
+        let mut roles = std::collections::BTreeSet::new();
+        for (id, _) in self.definition_ids().await? {
+            roles.insert(self.process(id).await?.definition.owner_role.clone());
+        }
+        Ok(roles.into_iter().collect())
+    }
+
     /// An instance's history, in order.
     pub async fn history(&self, instance: &str) -> Result<Vec<Entry>, Error> {
         let mut conn = self.inner.store.pool().acquire().await?;
