@@ -2479,6 +2479,28 @@ async fn review_findings_over_http() {
             .await;
         assert_eq!(got, status, "{then}: {problem}");
     }
+    // The body may be left out (what the incident calls for, no
+    // variables); a body that is not JSON is still refused.
+    let (got, problem, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/incidents/nope/resolve",
+            Some(LEAD),
+            None,
+        )
+        .await;
+    assert_eq!(got, StatusCode::NOT_FOUND, "no body: {problem}");
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/incidents/nope/resolve")
+        .header("authorization", format!("Bearer {LEAD}"))
+        .header("content-type", "text/plain")
+        .body(Body::from("go on"))
+        .unwrap();
+    assert_eq!(
+        api.app.clone().oneshot(request).await.unwrap().status(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
 
     // A process owner checks a new version before deploying it: validated
     // against what is deployed, the version it would become, nothing stored.

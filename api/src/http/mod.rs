@@ -130,6 +130,29 @@ pub const CENSUS_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
 type Shared = State<Arc<AppState>>;
 type Body<T> = Result<Json<T>, JsonRejection>;
 
+/// A JSON body that may be left out: a request with neither a body nor a
+/// `Content-Type` reads as `T::default()` (an operator's bare `curl -X
+/// POST`); anything else is read as [`Json`], with its errors.
+struct MaybeBody<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> axum::extract::FromRequest<S>
+    for MaybeBody<T>
+{
+    type Rejection = JsonRejection;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, JsonRejection> {
+        use axum::body::HttpBody;
+        if !req.headers().contains_key(axum::http::header::CONTENT_TYPE)
+            && req.body().size_hint().exact() == Some(0)
+        {
+            return Ok(MaybeBody(T::default()));
+        }
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(t)| MaybeBody(t))
+    }
+}
+
 /// The OpenAPI 3.1 document, generated from the handlers.
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -1090,7 +1113,7 @@ async fn retry(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResolveRequest {
     #[serde(default)]
@@ -1107,11 +1130,11 @@ async fn resolve(
     State(s): Shared,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Body<ResolveRequest>,
+    body: Result<MaybeBody<ResolveRequest>, JsonRejection>,
 ) -> Result<StatusCode, Error> {
     let user = s.users.authenticate(&headers)?;
     user.require("operator")?;
-    let Json(r) = body?;
+    let MaybeBody(r) = body?;
     s.engine
         .resolve_incident_then(&id, &user.name, r.variables, r.then)
         .await?;
