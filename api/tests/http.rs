@@ -3459,6 +3459,28 @@ async fn a_byte_order_mark_makes_no_new_version() {
         [(json!(1), json!(true)), (json!(1), json!(false))],
         "the second is the first again"
     );
+    // A JSON body that starts with a byte-order mark (as some Windows tools
+    // write it) is read, not refused as malformed; a mark inside is not
+    // dropped.
+    let body = json!({"code": "OPE-SUM-VEN-P06", "channel": "ivr", "business_key": "bom-1", "data": {"telefono": "72345678"}}).to_string();
+    let (status, started, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/instances",
+            Some(CHANNEL),
+            Some(format!("\u{feff}{body}")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let (status, problem, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/instances",
+            Some(CHANNEL),
+            Some(format!(" \u{feff}{body}")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
 }
 
 /// A process owner who deploys a service task whose `timeout` is shorter

@@ -1,7 +1,7 @@
 //! What every request passes before a handler sees it: a path that decodes
 //! to UTF-8, no NUL character in the path, the query or a body (the
 //! WhatsApp webhook's body excepted: it replaces them), a body within
-//! [`MAX_BODY`].
+//! [`MAX_BODY`]; a JSON body's byte-order mark is dropped.
 //!
 //! One place rather than one check per extractor: PostgreSQL's `text`
 //! cannot hold U+0000 (a NUL reaching a query is a 500, and one written
@@ -34,11 +34,15 @@ pub(super) async fn check(request: Request, next: Next) -> Response {
     ) {
         return next.run(request).await;
     }
-    let form = request
+    let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+        .map(|t| t.split(';').next().unwrap_or(t).trim().to_ascii_lowercase());
+    let form = content_type.as_deref() == Some("application/x-www-form-urlencoded");
+    let json = content_type
+        .as_deref()
+        .is_some_and(|t| t == "application/json" || t.ends_with("+json"));
     let (parts, body) = request.into_parts();
     // Handlers buffer their bodies anyway; reading it here costs no copy.
     let bytes: Bytes = match axum::body::to_bytes(body, MAX_BODY).await {
@@ -56,9 +60,17 @@ pub(super) async fn check(request: Request, next: Next) -> Response {
     };
     // The WhatsApp webhook replaces NULs itself (a refusal would hold back
     // the event's other messages: Meta sends it again and again).
-    if parts.uri.path() != "/webhooks/whatsapp" && has_nul(&bytes, form) {
+    let signed = parts.uri.path() == "/webhooks/whatsapp";
+    if !signed && has_nul(&bytes, form) {
         return Error::NulCharacter.into_response();
     }
+    // A byte-order mark before JSON (what some Windows tools write) is
+    // dropped, as RFC 8259 allows, rather than refused as a syntax error.
+    // Not from a signed body: its signature covers the bytes as sent.
+    let bytes = match bytes.strip_prefix(b"\xEF\xBB\xBF") {
+        Some(rest) if json && !signed => bytes.slice(bytes.len() - rest.len()..),
+        _ => bytes,
+    };
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
 }
