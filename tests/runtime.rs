@@ -1070,6 +1070,48 @@ async fn a_completion_that_lost_the_task_to_a_claim_names_the_holder() {
     );
 }
 
+/// A client that sends a completion again while its first try still waits
+/// on the instance (on another node, say, after its own timeout) is told it
+/// is done, and the task is completed once: on PostgreSQL the retry reads
+/// the task as it was before the first committed, and must read it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_met_its_first_try_running_is_a_repeat() {
+    let h = Harness::new(Db::Postgres).await;
+    let id = tramite_tests::p06::waiting_for_identification(&h, 1)
+        .await
+        .remove(0);
+    let lane = tramite_tests::engine::engine_with_lanes(&h, 1).await;
+    let other = tramite_tests::engine::second_engine(&h).await;
+    let task = h.task(&id, "identificar_cliente").await;
+    let (mut holder, first) = hold_the_lane(&h, &lane, &id).await;
+    let again = send_identification(&h, &other, &id, 0, false).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("release");
+    let answers = [first.await.expect("joins"), again.await.expect("joins")];
+    let repeated: Vec<bool> = answers
+        .iter()
+        .map(|a| a.as_ref().map(|c| c.repeated))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("both succeed: {e:?} in {answers:?}"));
+    assert_eq!(
+        repeated.iter().filter(|r| **r).count(),
+        1,
+        "one made it, one repeated it: {answers:?}"
+    );
+    let completions = h
+        .engine
+        .history(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "task_completed" && e.data["task"] == task.id.as_str())
+        .count();
+    assert_eq!(completions, 1);
+}
+
 async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::with_capacity(handles.len());
     for h in handles {

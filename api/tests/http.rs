@@ -885,37 +885,52 @@ async fn a_user_without_roles_sees_no_inbox(db: Db) {
 }
 both!(a_user_without_roles_sees_no_inbox);
 
+/// Twenty clients complete one task at once, half with each outcome: one
+/// completion is made; who sent the same one is told it is done (a repeat
+/// changes nothing), who sent the other outcome gets 409.
 async fn twenty_clients_complete_one_task(db: Db) {
     let api = Arc::new(Api::new(db).await);
     let id = api.start_p06().await;
     let task = api.task(&id, "recibir_llamada", AGENT).await;
     let mut handles = Vec::new();
-    for _ in 0..20 {
+    for k in 0..20 {
         let api = Arc::clone(&api);
         let url = format!("/api/v1/tasks/{task}/complete");
+        let outcome = if k % 2 == 0 {
+            "atendida"
+        } else {
+            "llamada_perdida"
+        };
         handles.push(tokio::spawn(async move {
-            api.json(Method::POST, &url, AGENT, json!({"outcome": "atendida"}))
-                .await
-                .0
+            let (status, _) = api
+                .json(Method::POST, &url, AGENT, json!({"outcome": outcome}))
+                .await;
+            (outcome, status)
         }));
     }
-    let mut codes = Vec::new();
+    let mut answers = Vec::new();
     for h in handles {
-        codes.push(h.await.unwrap());
+        answers.push(h.await.unwrap());
     }
-    assert_eq!(
-        codes
-            .iter()
-            .filter(|c| **c == StatusCode::NO_CONTENT)
-            .count(),
-        1,
-        "{codes:?}"
-    );
-    assert_eq!(
-        codes.iter().filter(|c| **c == StatusCode::CONFLICT).count(),
-        19,
-        "{codes:?}"
-    );
+    let (_, history) = api
+        .get(&format!("/api/v1/instances/{id}/history"), LEAD)
+        .await;
+    let completions: Vec<&Value> = history
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|e| e["kind"] == "task_completed")
+        .collect();
+    assert_eq!(completions.len(), 1, "completed once: {history}");
+    let made = completions[0]["data"]["outcome"].as_str().unwrap();
+    for (outcome, status) in &answers {
+        let expected = if *outcome == made {
+            StatusCode::NO_CONTENT
+        } else {
+            StatusCode::CONFLICT
+        };
+        assert_eq!(*status, expected, "{outcome} after {made}: {answers:?}");
+    }
 }
 both!(twenty_clients_complete_one_task);
 
@@ -1391,7 +1406,11 @@ async fn authorization_matrix(db: Db) {
     for (token, expected) in [
         (AGENT, StatusCode::FORBIDDEN),
         (CHANNEL, StatusCode::FORBIDDEN),
+        (NO_ROLES, StatusCode::FORBIDDEN),
+        (OWNER_ONLY, StatusCode::FORBIDDEN),
+        // An operator, and the owner of another procedure (OPR-PAS-P02).
         (LEAD, StatusCode::NOT_FOUND),
+        (INSTALLER, StatusCode::NOT_FOUND),
     ] {
         let (status, problem) = api
             .json(
@@ -2380,6 +2399,18 @@ async fn review_findings_over_http() {
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(headers["location"], "/inbox?done=1");
+    // The same completion sent again over the API (a retry): done, and
+    // not counted twice.
+    let done = api.h.engine.task(&task.id).await.unwrap();
+    let (status, problem) = api
+        .json(
+            Method::POST,
+            &format!("/api/v1/tasks/{}/complete", task.id),
+            RITA,
+            json!({"outcome": done.outcome, "data": done.data}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{problem}");
     let text = metrics().await;
     assert!(
         text.contains("tramite_tasks_completed_total{process=\"T-REWORK\",node=\"revisar\"} 1"),

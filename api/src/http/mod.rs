@@ -141,13 +141,17 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> axum::extract::Fr
     type Rejection = JsonRejection;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, JsonRejection> {
-        use axum::body::HttpBody;
-        if !req.headers().contains_key(axum::http::header::CONTENT_TYPE)
-            && req.body().size_hint().exact() == Some(0)
-        {
+        if req.headers().contains_key(axum::http::header::CONTENT_TYPE) {
+            return Json::<T>::from_request(req, state)
+                .await
+                .map(|Json(t)| MaybeBody(t));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state).await?;
+        if bytes.is_empty() {
             return Ok(MaybeBody(T::default()));
         }
-        Json::<T>::from_request(req, state)
+        // A body without a type: `Json`'s own refusal (415).
+        Json::<T>::from_request(axum::extract::Request::new(bytes.into()), state)
             .await
             .map(|Json(t)| MaybeBody(t))
     }
@@ -782,8 +786,7 @@ async fn assign(
 ) -> Result<StatusCode, Error> {
     let user = s.users.authenticate(&headers)?;
     // Who may assign no task at all learns nothing of which exist.
-    let owners = s.engine.owner_roles().await?;
-    if !user.has("operator") && !owners.iter().any(|r| user.has(r)) {
+    if !user.has("operator") && !s.engine.owner_roles().await?.iter().any(|r| user.has(r)) {
         return Err(Error::Forbidden {
             reason: "assigning needs a procedure's owner role or `operator`".to_owned(),
         });
@@ -1125,7 +1128,7 @@ struct ResolveRequest {
     then: Option<tramite_engine::runtime::commands::Then>,
 }
 
-#[utoipa::path(post, path = "/api/v1/incidents/{id}/resolve", tag = "incidents", params(("id" = String, Path)), request_body = ResolveRequest, responses((status = 204, description = "Resolved with the operator's variables"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/resolve", tag = "incidents", params(("id" = String, Path)), request_body(content = Option<ResolveRequest>, description = "Optional: a request with no body and no Content-Type is {}"), responses((status = 204, description = "Resolved with the operator's variables"), (status = "4XX", description = "Problem (application/problem+json)")), security(("bearer" = [])))]
 async fn resolve(
     State(s): Shared,
     headers: HeaderMap,

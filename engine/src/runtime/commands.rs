@@ -1522,27 +1522,29 @@ async fn complete(
         });
     }
     if is_repeat(&task, c) {
-        return Ok(CompletedTask {
-            code: task.code,
-            node_id: task.node_id,
-            created_at: task.created_at,
-            repeated: true,
-        });
+        return Ok(repeated(task));
     }
     let task = still_open(task)?;
     // The task's token must still wait on it. On PostgreSQL a completion
     // that waited for another's lock on the instance reads the instance
     // as that one left it but the task as it was before (only the locked
     // row is read again): the task looks open, its token has moved on.
+    // The task read again now is as that one left it: the same completion
+    // (a client's retry that met its first try still running) is a repeat.
     let waits_here = row
         .state
         .token(task.token as u32)
         .is_some_and(|t| matches!(&t.wait, Wait::Task { task: waited, .. } if *waited == task.id));
     if !waits_here {
-        return Err(Error::TaskNotOpen {
-            task: c.task.clone(),
-            status: "completed".to_owned(),
-        });
+        return match conn.task(&c.task).await? {
+            Some(now) if is_repeat(&now, c) => Ok(repeated(now)),
+            now => Err(Error::TaskNotOpen {
+                task: c.task.clone(),
+                status: now
+                    .filter(|t| t.status != "open" && t.status != "claimed")
+                    .map_or_else(|| "completed".to_owned(), |t| t.status),
+            }),
+        };
     }
     if let Some(holder) = task.assignee.as_deref()
         && holder != c.user
@@ -1650,6 +1652,16 @@ async fn complete(
         created_at: task.created_at,
         repeated: false,
     })
+}
+
+/// The answer to a completion `task` already had: nothing written.
+fn repeated(task: tasks::TaskRow) -> CompletedTask {
+    CompletedTask {
+        code: task.code,
+        node_id: task.node_id,
+        created_at: task.created_at,
+        repeated: true,
+    }
 }
 
 /// Whether `c` is the completion `task` already had: the same user, outcome
