@@ -25,6 +25,42 @@ pub struct CompileError {
     pub column: u32,
 }
 
+/// Operators and field selections one expression may hold. CEL's parser
+/// limits nesting by parentheses, not a chain (`1+1+…`, `a.b.b…`): its tree
+/// nests one level per operator of a chain, and parsing, checking,
+/// evaluating and dropping it recurse once per level. About 4,000 overflowed
+/// a 2 MB thread stack in a debug build — aborting `tramite validate`, or a
+/// server on a deploy — where no real condition or mapping has a hundred.
+pub const MAX_OPERATORS: usize = 1_000;
+
+/// The operator characters of `source` outside its string literals (`==`
+/// counts two: a bound, not a parse).
+fn operators(source: &str) -> usize {
+    let mut quote = None;
+    let mut escaped = false;
+    let mut n = 0;
+    for c in source.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '\'' | '"' => quote = Some(c),
+                '+' | '-' | '*' | '/' | '%' | '.' | '[' | '<' | '>' | '=' | '!' | '&' | '|'
+                | '?' => n += 1,
+                _ => {}
+            },
+        }
+    }
+    n
+}
+
 /// A variable an expression reads: `naf.debt` reads root `naf`, field `debt`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct VarRef {
@@ -71,6 +107,22 @@ impl Expr {
     /// Compiles `source`; a compile error is kept inside and reported by
     /// [`Expr::program`] and by validation.
     pub fn compile(source: &str) -> Expr {
+        let chained = operators(source);
+        if chained > MAX_OPERATORS {
+            return Expr {
+                source: source.to_owned(),
+                compiled: Err(CompileError {
+                    message: format!(
+                        "the expression has {chained} operators and field selections; at most \
+                         {MAX_OPERATORS} are allowed (compute it in steps, in variables)"
+                    ),
+                    line: 1,
+                    column: 1,
+                }),
+                reads: Vec::new(),
+                form: Form::General,
+            };
+        }
         match cel::Program::compile(source) {
             Ok(program) => {
                 let mut reads = BTreeSet::new();
@@ -506,6 +558,42 @@ mod tests {
         assert!(safe("cliente.email != null && email.endsWith('x')").is_empty());
         assert!(safe("n + 1 > 3").is_empty());
         assert!(safe("n.size() > 0 && n == 'a'").is_empty());
+    }
+
+    /// On a thread of a server's stack size (2 MB): a chain long enough to
+    /// overflow it is refused with a message, one at the bound compiles and
+    /// runs; operators inside strings do not count.
+    #[test]
+    fn a_chain_too_long_is_refused_not_a_stack_overflow() {
+        let on_small_stack = |source: String| {
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || {
+                    let e = Expr::compile(&source);
+                    let value = e
+                        .program()
+                        .map_err(|c| c.message.clone())?
+                        .execute(&cel::Context::default())
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>(value)
+                })
+                .unwrap()
+                .join()
+                .expect("no overflow")
+        };
+        let chain = |n: usize| vec!["1"; n].join("+");
+        let refused = on_small_stack(format!("{} == 1", chain(100_000))).unwrap_err();
+        assert!(refused.contains("at most 1000 are allowed"), "{refused}");
+        let refused = on_small_stack(format!("a{} == 1", ".b".repeat(20_000))).unwrap_err();
+        assert!(refused.contains("field selections"), "{refused}");
+        // 998 `+` and the `==`'s two characters: the bound.
+        let n = MAX_OPERATORS - 1;
+        assert_eq!(
+            on_small_stack(format!("{} == {n}", chain(n))),
+            Ok(cel::Value::Bool(true))
+        );
+        let text = format!("'{}' != ''", "+.".repeat(5_000));
+        assert_eq!(on_small_stack(text), Ok(cel::Value::Bool(true)));
     }
 
     #[test]
