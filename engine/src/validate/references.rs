@@ -322,13 +322,17 @@ fn role_exists(c: &Checker<'_>, role: &str) -> bool {
 }
 
 fn unknown_role(c: &mut Checker<'_>, role: &str, path: YamlPath) {
-    // An empty role is a missing field, reported by the loader; with a
-    // broken `roles` section, the role may be the broken one.
-    if role.is_empty() || role_exists(c, role) || !c.parsed.section_complete("roles") {
+    // With a broken `roles` section, the role may be the broken one.
+    if role_exists(c, role) || !c.parsed.section_complete("roles") {
         return;
     }
     let ids: Vec<&str> = c.def.roles.iter().map(|r| r.id.as_str()).collect();
-    let mut msg = format!("role `{role}` is not declared under `roles`");
+    // An empty one (`role: ""`) would make tasks no role can take.
+    let mut msg = if role.is_empty() {
+        "the role is empty: it must be one declared under `roles`".to_owned()
+    } else {
+        format!("role `{role}` is not declared under `roles`")
+    };
     if let Some(close) = did_you_mean(role, ids.iter().copied()) {
         msg.push_str(&format!("; did you mean `{close}`?"));
     }
@@ -337,7 +341,12 @@ fn unknown_role(c: &mut Checker<'_>, role: &str, path: YamlPath) {
 
 fn roles(c: &mut Checker<'_>) {
     let def = c.def;
-    unknown_role(c, &def.owner_role, YamlPath::root().key("owner_role"));
+    // A missing `owner_role` is the loader's `missing-field`, not a second
+    // problem here.
+    let owner = YamlPath::root().key("owner_role");
+    if c.parsed.index.value(&owner).is_some() {
+        unknown_role(c, &def.owner_role, owner);
+    }
     for (i, n) in def.nodes.iter().enumerate() {
         if let NodeKind::UserTask(t) = &n.kind {
             unknown_role(c, &t.role, c.node_path(i).key("role"));
