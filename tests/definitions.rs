@@ -485,3 +485,25 @@ nodes:
         panic!("{}", d.render(text));
     }
 }
+
+/// A form's `pattern` is ECMA-262, as the docs say and as the submission
+/// check and the browser read it: a look-ahead validates and is enforced.
+#[test]
+fn an_ecma_pattern_validates_and_is_enforced() {
+    let text = "code: T-PATTERN\nname: Patrón\nversion: 1\nowner_role: agente\nroles: [{id: agente, name: Agente}]\nvariables:\n  - {name: telefono, type: string}\nnodes:\n  - {id: inicio, kind: start, channels: [web], next: tarea}\n  - id: tarea\n    kind: user_task\n    role: agente\n    form:\n      - {name: telefono, type: string, pattern: \"^(?!0)[0-9]{7,8}$\"}\n    outcomes:\n      - {id: ok, label: Listo, next: fin}\n  - {id: fin, kind: end, outcome: listo}\n";
+    let compiled = compile("pattern.yaml", text).unwrap_or_else(|d| panic!("{}", d.render(text)));
+    let NodeKind::UserTask(task) = &compiled.definition.node("tarea").unwrap().kind else {
+        panic!("a user task");
+    };
+    let form = tramite_engine::runtime::forms::Form::new(&task.form).unwrap();
+    assert!(
+        form.check(&serde_json::json!({"telefono": "71234567"}))
+            .is_empty()
+    );
+    assert_eq!(
+        form.check(&serde_json::json!({"telefono": "01234567"}))
+            .len(),
+        1,
+        "a leading zero is refused"
+    );
+}

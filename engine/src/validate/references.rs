@@ -2,8 +2,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use regex::Regex;
-
 use super::{Checker, ProcedureInterface, list};
 use crate::definition::{EdgeLabel, Field, NodeKind, VarType};
 use crate::diagnostic::{Code, did_you_mean};
@@ -403,7 +401,11 @@ fn fields(c: &mut Checker<'_>, fields: &[Field], base: &YamlPath) {
                     path.key("pattern"),
                     format!("`pattern` applies to text fields, not to `{}`", f.ty),
                 );
-            } else if let Err(e) = Regex::new(pattern) {
+            } else if let Err(e) = jsonschema::options()
+                .build(&serde_json::json!({"type": "string", "pattern": pattern}))
+            {
+                // Compiled by the engine that checks submissions (ECMA-262's
+                // look-around and back-references included), not another.
                 let reason = e.to_string().lines().last().unwrap_or_default().to_owned();
                 c.error(
                     Code::InvalidSetting,
