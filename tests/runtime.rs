@@ -5270,6 +5270,28 @@ on_both_backends!(
     super::an_outcome_that_cannot_record_its_values_refuses_the_data
 );
 
+/// A scenario's path ends where the instance stopped: a gate whose
+/// condition fails when evaluated raises an incident before anything says
+/// it was entered, and the path still names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scenario_path_names_the_node_an_incident_stopped() {
+    let definition = "code: T-GATE-FAILS\nname: Puerta que falla\nversion: 1\nowner_role: agente\nroles: [{id: agente, name: Agente}]\nvariables:\n  - {name: cuota, type: integer}\nnodes:\n  - id: inicio\n    kind: start\n    channels: [web]\n    data: [{name: cuota, type: integer, required: true}]\n    next: decidir\n  - id: decidir\n    kind: exclusive_gate\n    branches:\n      - {when: \"100 / cuota > 1\", next: fin}\n    default: fin\n  - {id: fin, kind: end, outcome: listo}\n";
+    let scenario: tramite_engine::runtime::scenario::Scenario = serde_yaml::from_str(
+        "scenario: La puerta divide por cero\nprocedure: T-GATE-FAILS\nstart: {channel: web, data: {cuota: 0}}\nexpect:\n  end: running\n  incidents: 1\n  path: [inicio, decidir]\n",
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("tramite-scenario-{}", uuid::Uuid::now_v7()));
+    let report = tramite_engine::runtime::scenario::run(
+        &scenario,
+        &[("gate.yaml".to_owned(), definition.to_owned())],
+        &tramite_connectors::catalog(),
+        &dir,
+    )
+    .await
+    .unwrap();
+    assert!(report.passed(), "{:?} {:?}", report.failures, report.path);
+}
+
 /// A scenario scripts a system that asks to be called again later
 /// (`retry_after` beside `transient`): P06's Smartflex step, whose backoff
 /// would ask again after 2 s, waits the two minutes asked for. 90 s in it

@@ -785,12 +785,13 @@ async fn family(engine: &Engine, root: &str) -> Result<Vec<String>, Error> {
 async fn path_of(engine: &Engine, id: &str) -> Result<Vec<String>, Error> {
     let mut path: Vec<String> = Vec::new();
     for entry in engine.history(id).await? {
-        if !ENTERED.contains(&entry.kind.as_str()) {
-            continue;
-        }
-        if let Some(node) = entry.node_id
-            && path.last() != Some(&node)
-        {
+        let Some(node) = entry.node_id else { continue };
+        // A node that stops with an incident while it is entered (a gate's
+        // condition, a service's input, a wait's key failing) records the
+        // incident and nothing else: the path still ends there.
+        let entered = ENTERED.contains(&entry.kind.as_str())
+            || (entry.kind == "incident_raised" && !path.contains(&node));
+        if entered && path.last() != Some(&node) {
             path.push(node);
         }
     }
