@@ -507,3 +507,44 @@ fn an_ecma_pattern_validates_and_is_enforced() {
         "a leading zero is refused"
     );
 }
+
+/// A called procedure with problems of its own (here a misspelt `channels`
+/// in its start, or a file that is not YAML) is not read as one that takes
+/// no fields and cannot be called: the caller gets one line that sends the
+/// owner to it, not a false error per input.
+#[test]
+fn a_broken_callee_is_named_not_misread() {
+    use tramite_engine::library::{SourceFile, compile as compile_all};
+    let root = repo_root().join("processes");
+    let file = |name: &str, text: String| SourceFile {
+        path: root.join(name),
+        text,
+    };
+    let p02 = std::fs::read_to_string(root.join("opr-pas-p02.yaml")).unwrap();
+    let misspelt = p02.replacen("channels:", "chanels:", 1);
+    assert_ne!(misspelt, p02);
+    for callee in [
+        misspelt,
+        "code: \"OPR-PAS-P02\"\nname: [sin cerrar\n".to_owned(),
+    ] {
+        let results = compile_all(
+            &[file("ope-sum-ven-p06.yaml", p06_text())],
+            &[file("opr-pas-p02.yaml", callee.clone())],
+            &tramite_connectors::catalog(),
+        );
+        let Err(d) = &results[0].1 else {
+            panic!("P06 cannot be checked against a broken OPR-PAS-P02");
+        };
+        let found: Vec<(Code, &str)> = d
+            .items
+            .iter()
+            .map(|d| (d.code, d.message.as_str()))
+            .collect();
+        assert_eq!(found.len(), 1, "{callee}: {found:?}");
+        assert_eq!(found[0].0, Code::UnknownProcedure);
+        assert!(
+            found[0].1.contains("`OPR-PAS-P02` has problems of its own"),
+            "{found:?}"
+        );
+    }
+}

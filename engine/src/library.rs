@@ -126,12 +126,38 @@ pub fn interfaces<'a>(
     let mut out = BTreeMap::new();
     for f in files {
         let parsed = loader::parse(&f.text);
-        if !parsed.definition.code.is_empty() {
-            out.entry(parsed.definition.code.clone())
-                .or_insert_with(|| ProcedureInterface::of(&parsed.definition));
-        }
+        let starts = parsed
+            .definition
+            .nodes
+            .iter()
+            .any(|n| matches!(n.kind, crate::definition::NodeKind::Start(_)));
+        let complete = parsed.readable
+            && parsed.section_complete("variables")
+            && (starts || parsed.section_complete("nodes"));
+        let code = if parsed.definition.code.is_empty() {
+            // A file that is not YAML still says which procedure it is.
+            match declared_code(&f.text) {
+                Some(code) => code,
+                None => continue,
+            }
+        } else {
+            parsed.definition.code.clone()
+        };
+        out.entry(code).or_insert_with(|| ProcedureInterface {
+            complete,
+            ..ProcedureInterface::of(&parsed.definition)
+        });
     }
     out
+}
+
+/// The value of a top-level `code:` line, read from the text alone.
+fn declared_code(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix("code:")?.split(" #").next()?.trim();
+        let value = value.trim_matches(|c| c == '"' || c == '\'');
+        (!value.is_empty()).then(|| value.to_owned())
+    })
 }
 
 /// Validates `files` together, `context` files only resolving calls.

@@ -45,6 +45,11 @@ pub struct ProcedureInterface {
     /// The procedures its `call` nodes start, by code (for cycles of calls
     /// across procedures).
     pub calls: Vec<String>,
+    /// Whether its start and variables loaded whole. A file with problems
+    /// of its own (a misspelt `channels:`, say) reads as a procedure with no
+    /// start fields that cannot be called: a caller's call is not checked
+    /// against it, it is told to validate that file.
+    pub complete: bool,
 }
 
 impl ProcedureInterface {
@@ -86,6 +91,7 @@ impl ProcedureInterface {
             variables,
             callable,
             calls,
+            complete: true,
         }
     }
 }

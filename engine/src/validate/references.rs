@@ -796,8 +796,6 @@ fn calls(c: &mut Checker<'_>) {
             continue;
         };
         let base = c.node_path(i);
-        let linked = def.links.exit.iter().any(|l| l.code == call.procedure);
-        let before = def.links.entry.iter().any(|l| l.code == call.procedure);
         let Some(target) = procedures.get(&call.procedure) else {
             let mut msg = format!("there is no procedure `{}`", call.procedure);
             if let Some(close) =
@@ -809,6 +807,21 @@ fn calls(c: &mut Checker<'_>) {
             c.error(Code::UnknownProcedure, base.key("procedure"), msg);
             continue;
         };
+        if !target.complete {
+            c.error(
+                Code::UnknownProcedure,
+                base.key("procedure"),
+                format!(
+                    "`{}` has problems of its own (its start or variables could not be read): \
+                     validate it and fix them; then this call is checked against it",
+                    call.procedure
+                ),
+            );
+        }
+        links_of_call(c, &base, &call.procedure);
+        if !target.complete {
+            continue;
+        }
         if !target.callable {
             // Checked against the called procedure's start channels.
             c.error(
@@ -819,22 +832,6 @@ fn calls(c: &mut Checker<'_>) {
                     call.procedure
                 ),
             );
-        }
-        // With a broken `links` section the procedure may be the broken entry.
-        if !linked && c.parsed.section_complete("links") {
-            let message = if before {
-                format!(
-                    "`{}` is listed under `links.entry`, the procedures that lead to this one; \
-                     a call starts one that follows it: list it under `exit`",
-                    call.procedure
-                )
-            } else {
-                format!(
-                    "`{}` is called but not listed under `links` (exit)",
-                    call.procedure
-                )
-            };
-            c.error(Code::UnknownProcedure, base.key("procedure"), message);
         }
         if let Some(cycle) = call_cycle(procedures, &def.code, &call.procedure) {
             c.warn(
@@ -896,6 +893,25 @@ fn calls(c: &mut Checker<'_>) {
                 );
             }
         }
+    }
+}
+
+/// A call's procedure must be listed under `links.exit`.
+fn links_of_call(c: &mut Checker<'_>, base: &YamlPath, procedure: &str) {
+    let def = c.def;
+    let linked = def.links.exit.iter().any(|l| l.code == procedure);
+    let before = def.links.entry.iter().any(|l| l.code == procedure);
+    // With a broken `links` section the procedure may be the broken entry.
+    if !linked && c.parsed.section_complete("links") {
+        let message = if before {
+            format!(
+                "`{procedure}` is listed under `links.entry`, the procedures that lead to this \
+                 one; a call starts one that follows it: list it under `exit`"
+            )
+        } else {
+            format!("`{procedure}` is called but not listed under `links` (exit)")
+        };
+        c.error(Code::UnknownProcedure, base.key("procedure"), message);
     }
 }
 

@@ -210,7 +210,11 @@ fn sources<'a>(
         NodeKind::ServiceTask(s) => (c.operation(s).map(|op| op.outputs.as_slice()), None),
         NodeKind::Call(call) => (
             None,
-            c.ctx.procedures.get(&call.procedure).map(|p| &p.variables),
+            c.ctx
+                .procedures
+                .get(&call.procedure)
+                .filter(|p| p.complete)
+                .map(|p| &p.variables),
         ),
         _ => (None, None),
     }
