@@ -273,9 +273,9 @@ fn read<T: DeserializeOwned>(
     also: &[&str],
 ) -> Option<T> {
     let mut unknown = false;
-    // Where a field was not known: a "missing field" there, once it is
-    // removed, is most likely the same mistake (`rol` for `role`, `nombre`
-    // for `name`), not another to fix.
+    // Where a field that was not known was dropped: a "missing field"
+    // there is most likely the same mistake (`nombre` for `name`), not
+    // another to fix.
     let mut misspelt: Vec<YamlPath> = Vec::new();
     // Each round removes a mapping's unknown fields, so a round per
     // mapping at most; a bound all the same.
@@ -321,10 +321,15 @@ fn read<T: DeserializeOwned>(
             return None;
         };
         let at = followed(base, parent);
-        for key in &removed {
+        for key in &removed.keys {
             diags.push(unknown_field(&at, key, &expected));
         }
-        misspelt.push(at);
+        // A key read again under the field it was close to (`rol` as
+        // `role`) leaves nothing missing on its account: a field missing
+        // there after it is another mistake, reported now.
+        if removed.dropped {
+            misspelt.push(at);
+        }
         unknown = true;
     }
     None
@@ -365,7 +370,7 @@ fn remove_unknown(
     value: &mut Value,
     at: &[serde_path_to_error::Segment],
     known: Known<'_>,
-) -> Option<Vec<String>> {
+) -> Option<Removed> {
     let mut here = value;
     for segment in at {
         here = match (segment, here) {
@@ -394,6 +399,7 @@ fn remove_unknown(
         .filter(|k| !known.expected.contains(&k.as_str()))
         .cloned()
         .collect();
+    let mut dropped = false;
     for k in &unknown {
         let Some(v) = m.remove(Value::String(k.clone())) else {
             continue;
@@ -402,9 +408,22 @@ fn remove_unknown(
             && !m.contains_key(Value::String(meant.to_owned()))
         {
             m.insert(Value::String(meant.to_owned()), v);
+        } else {
+            dropped = true;
         }
     }
-    Some(unknown)
+    Some(Removed {
+        keys: unknown,
+        dropped,
+    })
+}
+
+/// The unknown keys [`remove_unknown`] took out of a mapping.
+struct Removed {
+    keys: Vec<String>,
+    /// Whether one of them was dropped, not read again under the field it
+    /// was close to.
+    dropped: bool,
 }
 
 /// Deserializes a list item by item, so that every broken item is reported.
