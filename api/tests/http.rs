@@ -2195,6 +2195,12 @@ async fn task_pages_propose_defaults_and_close_once_done(db: Db) {
         assert_eq!(status, StatusCode::SEE_OTHER);
         assert_eq!(headers["location"], "/inbox?done=1");
     }
+    // The same agent's stale tab, with another answer: not recorded, and
+    // the page says the task is closed rather than "completed".
+    let other = form.replace("capacidad_confirmada=true", "capacidad_confirmada=false");
+    let (status, _, html) = page(&api, Method::POST, &uri, Some(AGENT), Some(&other), false).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(html.contains(r#"id="task-closed""#), "{html}");
     let history = api.h.history(&id).await;
     assert_eq!(
         history.iter().filter(|k| *k == "task_completed").count(),

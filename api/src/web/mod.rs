@@ -865,6 +865,23 @@ async fn task_page(
     Ok(render(&page))
 }
 
+/// Whether `task` was completed with `outcome` and `data`, a field left
+/// out the same as one sent empty: the page sends an emptied field as null
+/// only when its variable held a value, which the first completion may
+/// have changed.
+fn same_answer(
+    task: &tramite_engine::store::tasks::TaskRow,
+    outcome: &str,
+    data: &serde_json::Map<String, Value>,
+) -> bool {
+    let null = Value::Null;
+    let stored = task.data.as_ref().and_then(Value::as_object);
+    let stored_value = |k: &str| stored.and_then(|m| m.get(k)).unwrap_or(&null);
+    task.outcome.as_deref() == Some(outcome)
+        && data.iter().all(|(k, v)| stored_value(k) == v)
+        && stored.is_none_or(|m| m.iter().all(|(k, v)| data.get(k).unwrap_or(&null) == v))
+}
+
 async fn task_submit(
     State(s): Shared,
     headers: HeaderMap,
@@ -877,6 +894,7 @@ async fn task_submit(
     let outcome = form.get("outcome").cloned().unwrap_or_default();
     let (data, mut errors) = form_data(&ut.form, &form, &instance.state.variables);
     if errors.is_empty() {
+        let sent = (outcome.clone(), data.clone());
         match s
             .engine
             .complete(CompleteTask {
@@ -903,13 +921,16 @@ async fn task_submit(
             }
             Err(e @ tramite_engine::Error::TaskNotOpen { .. }) => {
                 // A second click on the button (or a resent form): the
-                // first one completed the task, which is what the agent
-                // asked for. Asked of the engine, not read first: its
-                // answer comes only once that completion is on disk, where
-                // a read may see it a moment before.
+                // first one completed the task with this answer, which is
+                // what the agent asked for. Asked of the engine, not read
+                // first: its answer comes only once that completion is on
+                // disk, where a read may see it a moment before. Another
+                // answer (a stale tab, a value changed between two clicks)
+                // was not recorded: the page says so below.
                 if s.engine.task(&id).await.is_ok_and(|t| {
                     t.status == "completed"
                         && t.completed_by.as_deref() == Some(ses.user.name.as_str())
+                        && same_answer(&t, &sent.0, &sent.1)
                 }) {
                     return Ok(back_to_inbox(&headers, "done=1"));
                 }
