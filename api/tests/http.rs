@@ -3269,6 +3269,37 @@ async fn a_finished_task_comes_back_to_the_filtered_inbox() {
         headers["location"],
         "/inbox?role=agente_ventas_digitales&status=claimed&business_key=LLAMADA%201&done=1"
     );
+    // The next person to sign in on this PC starts without those filters.
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/login")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", kept)
+        .body(Body::from(format!("token={AGENT2}")))
+        .unwrap();
+    let response = api.app.clone().oneshot(request).await.unwrap();
+    assert!(
+        response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().starts_with("tramite_inbox=;")),
+        "{:?}",
+        response.headers()
+    );
+    // A reference typed with a stray space still finds its request.
+    let next = api.task(&id, "identificar_cliente", AGENT).await;
+    let (status, _, html) = page(
+        &api,
+        Method::GET,
+        "/inbox?business_key=%20LLAMADA-1%20",
+        Some(AGENT),
+        None,
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains(&format!("/tasks/{next}")), "{html}");
 }
 
 /// A role a procedure's version 2 adds reads version 2's requests, not

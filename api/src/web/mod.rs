@@ -403,6 +403,12 @@ async fn login(State(s): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -
     )) {
         response.headers_mut().append(header::SET_COOKIE, v);
     }
+    // The inbox's filters were the last user's (a client's business key, a
+    // role this one may not hold): a new sign-in starts without them.
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_static("tramite_inbox=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
     response
 }
 
@@ -505,7 +511,12 @@ async fn inbox_model(
         .tasks(&Filter {
             roles,
             status: q.status.clone().filter(|x| x == "open" || x == "claimed"),
-            business_key: q.business_key.clone().filter(|b| !b.is_empty()),
+            business_key: q
+                .business_key
+                .as_deref()
+                .map(str::trim)
+                .filter(|b| !b.is_empty())
+                .map(str::to_owned),
             limit: INBOX_ROWS as i64 + 1,
             ..Filter::default()
         })
@@ -1074,7 +1085,10 @@ fn form_data(
                     continue;
                 }
             },
-            _ => Value::String(raw.to_owned()),
+            // A browser sends a line break as CRLF and counts it as one
+            // character against `maxlength`: stored as one, it counts as
+            // one against `max_length` too.
+            _ => Value::String(raw.replace("\r\n", "\n")),
         };
         data.insert(f.name.clone(), value);
     }
@@ -1115,7 +1129,12 @@ async fn instances(
                 .as_ref()
                 .map(|r| r.iter().map(|(id, _)| *id).collect()),
             status: q.status.clone().filter(|c| !c.is_empty()),
-            business_key: q.business_key.clone().filter(|c| !c.is_empty()),
+            business_key: q
+                .business_key
+                .as_deref()
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned),
             limit: 100,
             ..Default::default()
         })
@@ -1620,6 +1639,25 @@ fn safe_url(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A note of 1,000 characters over several lines, as a browser counts
+    /// them against `maxlength`, is 1,000 against `max_length` too: the
+    /// CRLF the browser sends for each line break is stored as one.
+    #[test]
+    fn line_breaks_count_as_the_browser_counts_them() {
+        let fields: Vec<tramite_engine::definition::Field> =
+            serde_yaml::from_str("- {name: nota, type: text, max_length: 1000}").unwrap();
+        let typed = vec!["x".repeat(99); 10].join("\r\n");
+        assert_eq!(typed.len(), 1_008);
+        let sent = HashMap::from([("nota".to_owned(), typed)]);
+        let (data, errors) = form_data(&fields, &sent, &Map::new());
+        assert!(errors.is_empty());
+        let stored = data["nota"].as_str().unwrap();
+        assert_eq!(stored.chars().count(), 999);
+        assert!(!stored.contains('\r'));
+        let form = tramite_engine::runtime::forms::Form::new(&fields).unwrap();
+        assert!(form.check(&Value::Object(data)).is_empty());
+    }
 
     #[test]
     fn form_values_that_mean_nothing_are_refused_not_guessed() {
