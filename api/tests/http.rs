@@ -2254,7 +2254,18 @@ async fn the_inbox_says_when_it_shows_only_some_tasks() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(html.matches("data-task=").count(), 100);
     assert!(!html.contains(r#"id="more""#), "exactly 100: nothing more");
+    // So does the list of requests (the 100 newest).
+    let requests = |html: &str| html.matches(r#"<tr><td><a href="/instances/"#).count();
+    let (_, _, list) = page(&api, Method::GET, "/instances", Some(LEAD), None, false).await;
+    assert_eq!(requests(&list), 100, "{list}");
+    assert!(!list.contains(r#"id="more""#), "exactly 100: nothing more");
     tramite_tests::p06::waiting_for_identification(&api.h, 1).await;
+    let (_, _, list) = page(&api, Method::GET, "/instances", Some(LEAD), None, false).await;
+    assert_eq!(requests(&list), 100);
+    assert!(
+        list.contains(r#"id="more""#) && list.contains("solicitudes más recientes; hay más"),
+        "{list}"
+    );
     for uri in ["/inbox", "/inbox/rows"] {
         let (status, _, html) = page(
             &api,

@@ -1121,7 +1121,7 @@ async fn instances(
             ),
         }));
     }
-    let rows = s
+    let mut rows = s
         .engine
         .instances(&tramite_engine::store::instances::InstanceFilter {
             code: q.code.clone().filter(|c| !c.is_empty()),
@@ -1135,11 +1135,14 @@ async fn instances(
                 .map(str::trim)
                 .filter(|c| !c.is_empty())
                 .map(str::to_owned),
-            limit: 100,
+            // One more than the page shows, to say that there are more.
+            limit: INSTANCES_SHOWN as i64 + 1,
             ..Default::default()
         })
         .await
         .map_err(|e| ses.fail(e))?;
+    let more = rows.len() > INSTANCES_SHOWN;
+    rows.truncate(INSTANCES_SHOWN);
     let mut codes = codes(&s, &ses).await?;
     if let Some(readable) = &readable {
         codes.retain(|c| readable.iter().any(|(_, r)| r == c));
@@ -1186,8 +1189,12 @@ async fn instances(
         status: q.status.clone().unwrap_or_default(),
         business_key: q.business_key.clone().unwrap_or_default(),
         lines,
+        more,
     }))
 }
+
+/// Requests the list shows, newest first.
+const INSTANCES_SHOWN: usize = 100;
 
 /// An instance's outcome as its end names it (the end node's label), else
 /// the outcome's id.

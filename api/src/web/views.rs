@@ -440,6 +440,8 @@ pub(super) struct InstancesPage<'a> {
     pub(super) status: String,
     pub(super) business_key: String,
     pub(super) lines: Vec<InstanceLine>,
+    /// More requests match than the page shows.
+    pub(super) more: bool,
 }
 
 /// One entry of an instance's timeline.
