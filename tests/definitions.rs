@@ -523,6 +523,16 @@ fn a_broken_callee_is_named_not_misread() {
     let p02 = std::fs::read_to_string(root.join("opr-pas-p02.yaml")).unwrap();
     let misspelt = p02.replacen("channels:", "chanels:", 1);
     assert_ne!(misspelt, p02);
+    // A broken draft beside the real file does not hide it.
+    let results = compile_all(
+        &[file("ope-sum-ven-p06.yaml", p06_text())],
+        &[
+            file("opr-pas-p02-borrador.yaml", misspelt.clone()),
+            file("opr-pas-p02.yaml", p02),
+        ],
+        &tramite_connectors::catalog(),
+    );
+    assert!(results[0].1.is_ok(), "{:?}", results[0].1);
     for callee in [
         misspelt,
         "code: \"OPR-PAS-P02\"\nname: [sin cerrar\n".to_owned(),

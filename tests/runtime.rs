@@ -5275,21 +5275,37 @@ on_both_backends!(
 /// it was entered, and the path still names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scenario_path_names_the_node_an_incident_stopped() {
-    let definition = "code: T-GATE-FAILS\nname: Puerta que falla\nversion: 1\nowner_role: agente\nroles: [{id: agente, name: Agente}]\nvariables:\n  - {name: cuota, type: integer}\nnodes:\n  - id: inicio\n    kind: start\n    channels: [web]\n    data: [{name: cuota, type: integer, required: true}]\n    next: decidir\n  - id: decidir\n    kind: exclusive_gate\n    branches:\n      - {when: \"100 / cuota > 1\", next: fin}\n    default: fin\n  - {id: fin, kind: end, outcome: listo}\n";
-    let scenario: tramite_engine::runtime::scenario::Scenario = serde_yaml::from_str(
-        "scenario: La puerta divide por cero\nprocedure: T-GATE-FAILS\nstart: {channel: web, data: {cuota: 0}}\nexpect:\n  end: running\n  incidents: 1\n  path: [inicio, decidir]\n",
-    )
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("tramite-scenario-{}", uuid::Uuid::now_v7()));
-    let report = tramite_engine::runtime::scenario::run(
-        &scenario,
-        &[("gate.yaml".to_owned(), definition.to_owned())],
-        &tramite_connectors::catalog(),
-        &dir,
-    )
-    .await
-    .unwrap();
-    assert!(report.passed(), "{:?} {:?}", report.failures, report.path);
+    // `decidir` sends a large fee back to `revisar`, which may change it;
+    // a fee of 0 makes its condition fail.
+    let definition = "code: T-GATE-FAILS\nname: Puerta que falla\nversion: 1\nowner_role: agente\nroles: [{id: agente, name: Agente}]\nvariables:\n  - {name: cuota, type: integer}\nnodes:\n  - id: inicio\n    kind: start\n    channels: [web]\n    data: [{name: cuota, type: integer, required: true}]\n    next: decidir\n  - id: decidir\n    kind: exclusive_gate\n    branches:\n      - {when: \"100 / cuota > 50\", next: revisar}\n    default: fin\n  - id: revisar\n    kind: user_task\n    role: agente\n    form: [{name: cuota, type: integer, required: true}]\n    outcomes:\n      - {id: ok, label: Listo, next: decidir}\n  - {id: fin, kind: end, outcome: listo}\n";
+    for (name, scenario) in [
+        (
+            "at the first visit",
+            "scenario: La puerta divide por cero\nprocedure: T-GATE-FAILS\nstart: {channel: web, data: {cuota: 0}}\nexpect:\n  end: running\n  incidents: 1\n  path: [inicio, decidir]\n",
+        ),
+        (
+            "at the second, through a loop",
+            "scenario: La puerta divide por cero la segunda vez\nprocedure: T-GATE-FAILS\nstart: {channel: web, data: {cuota: 1}}\nsteps:\n  - {complete: revisar, outcome: ok, data: {cuota: 0}}\nexpect:\n  end: running\n  incidents: 1\n  path: [inicio, decidir, revisar, decidir]\n",
+        ),
+    ] {
+        let scenario: tramite_engine::runtime::scenario::Scenario =
+            serde_yaml::from_str(scenario).unwrap();
+        let dir = std::env::temp_dir().join(format!("tramite-scenario-{}", uuid::Uuid::now_v7()));
+        let report = tramite_engine::runtime::scenario::run(
+            &scenario,
+            &[("gate.yaml".to_owned(), definition.to_owned())],
+            &tramite_connectors::catalog(),
+            &dir,
+        )
+        .await
+        .unwrap();
+        assert!(
+            report.passed(),
+            "{name}: {:?} {:?}",
+            report.failures,
+            report.path
+        );
+    }
 }
 
 /// A scenario scripts a system that asks to be called again later

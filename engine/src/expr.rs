@@ -26,37 +26,69 @@ pub struct CompileError {
 }
 
 /// Operators and field selections one expression may hold. CEL's parser
-/// limits nesting by parentheses, not a chain (`1+1+…`, `a.b.b…`): its tree
-/// nests one level per operator of a chain, and parsing, checking,
-/// evaluating and dropping it recurse once per level. About 4,000 overflowed
-/// a 2 MB thread stack in a debug build — aborting `tramite validate`, or a
-/// server on a deploy — where no real condition or mapping has a hundred.
+/// limits nesting by parentheses, not a chain (`1+1+…`, `a.b.b…`, `a in b
+/// in …`): its tree nests one level per operator of a chain, and parsing,
+/// checking, evaluating and dropping it recurse once per level. On a 2 MB
+/// thread stack (a server's) in a debug build, evaluating 1,500 compiled
+/// and ran and 2,100 overflowed — aborting `tramite validate`, or a server
+/// on a deploy — where no real condition or mapping has twenty.
 pub const MAX_OPERATORS: usize = 1_000;
 
-/// The operator characters of `source` outside its string literals (`==`
-/// counts two: a bound, not a parse).
+/// Bytes one expression may hold: a bound on any chain whatever the
+/// operator count makes of it (two bytes a level at least).
+pub const MAX_EXPRESSION_BYTES: usize = 4_096;
+
+/// The operators of `source` as CEL reads it: each operator character
+/// (`==` counts two: a bound, not a parse) and each word `in`, outside
+/// string literals (`'…'`, `"…"`, triple-quoted, raw `r'…'` without
+/// escapes) and `//` comments.
 fn operators(source: &str) -> usize {
-    let mut quote = None;
-    let mut escaped = false;
+    let chars: Vec<char> = source.chars().collect();
+    let at = |i: usize| chars.get(i).copied();
     let mut n = 0;
-    for c in source.chars() {
-        match quote {
-            Some(q) => {
-                if escaped {
-                    escaped = false;
-                } else if c == '\\' {
-                    escaped = true;
-                } else if c == q {
-                    quote = None;
+    let mut i = 0;
+    while let Some(c) = at(i) {
+        match c {
+            '\'' | '"' => {
+                let raw = i > 0 && matches!(chars[i - 1], 'r' | 'R');
+                let triple = at(i + 1) == Some(c) && at(i + 2) == Some(c);
+                let quote = if triple { 3 } else { 1 };
+                i += quote;
+                while let Some(d) = at(i) {
+                    if d == '\\' && !raw {
+                        i += 2;
+                    } else if d == c && (!triple || (at(i + 1) == Some(c) && at(i + 2) == Some(c)))
+                    {
+                        i += quote;
+                        break;
+                    } else {
+                        i += 1;
+                    }
                 }
+                continue;
             }
-            None => match c {
-                '\'' | '"' => quote = Some(c),
-                '+' | '-' | '*' | '/' | '%' | '.' | '[' | '<' | '>' | '=' | '!' | '&' | '|'
-                | '?' => n += 1,
-                _ => {}
-            },
+            '/' if at(i + 1) == Some('/') => {
+                while at(i).is_some_and(|d| d != '\n') {
+                    i += 1;
+                }
+                continue;
+            }
+            '+' | '-' | '*' | '/' | '%' | '.' | '[' | '<' | '>' | '=' | '!' | '&' | '|' | '?' => {
+                n += 1;
+            }
+            c if c.is_alphanumeric() || c == '_' => {
+                let word = i;
+                while at(i).is_some_and(|d| d.is_alphanumeric() || d == '_') {
+                    i += 1;
+                }
+                if chars[word..i] == ['i', 'n'] {
+                    n += 1;
+                }
+                continue;
+            }
+            _ => {}
         }
+        i += 1;
     }
     n
 }
@@ -108,14 +140,25 @@ impl Expr {
     /// [`Expr::program`] and by validation.
     pub fn compile(source: &str) -> Expr {
         let chained = operators(source);
-        if chained > MAX_OPERATORS {
+        let too_big = if source.len() > MAX_EXPRESSION_BYTES {
+            Some(format!(
+                "the expression is {} bytes long; at most {MAX_EXPRESSION_BYTES} are allowed \
+                 (compute it in steps, in variables)",
+                source.len()
+            ))
+        } else if chained > MAX_OPERATORS {
+            Some(format!(
+                "the expression has {chained} operators and field selections; at most \
+                 {MAX_OPERATORS} are allowed (compute it in steps, in variables)"
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = too_big {
             return Expr {
                 source: source.to_owned(),
                 compiled: Err(CompileError {
-                    message: format!(
-                        "the expression has {chained} operators and field selections; at most \
-                         {MAX_OPERATORS} are allowed (compute it in steps, in variables)"
-                    ),
+                    message,
                     line: 1,
                     column: 1,
                 }),
@@ -583,8 +626,10 @@ mod tests {
         };
         let chain = |n: usize| vec!["1"; n].join("+");
         let refused = on_small_stack(format!("{} == 1", chain(100_000))).unwrap_err();
+        assert!(refused.contains("bytes long"), "{refused}");
+        let refused = on_small_stack(format!("{} == 1", chain(1_500))).unwrap_err();
         assert!(refused.contains("at most 1000 are allowed"), "{refused}");
-        let refused = on_small_stack(format!("a{} == 1", ".b".repeat(20_000))).unwrap_err();
+        let refused = on_small_stack(format!("a{} == 1", ".b".repeat(1_500))).unwrap_err();
         assert!(refused.contains("field selections"), "{refused}");
         // 998 `+` and the `==`'s two characters: the bound.
         let n = MAX_OPERATORS - 1;
@@ -592,8 +637,22 @@ mod tests {
             on_small_stack(format!("{} == {n}", chain(n))),
             Ok(cel::Value::Bool(true))
         );
-        let text = format!("'{}' != ''", "+.".repeat(5_000));
+        let text = format!("'{}' != ''", "+.".repeat(1_000));
         assert_eq!(on_small_stack(text), Ok(cel::Value::Bool(true)));
+        // Read as CEL lexes: `in` chains count, and no string or comment
+        // hides a chain.
+        let chain = format!("{} == 0", vec!["1"; 1_500].join("+"));
+        for hidden in [
+            format!(r"r'\' == '' || {chain}"),
+            format!("'''it's''' == '' || {chain}"),
+            format!("// the client's debt\n{chain}"),
+        ] {
+            assert!(operators(&hidden) > MAX_OPERATORS, "{}", &hidden[..30]);
+        }
+        assert_eq!(operators(&format!("a{}", " in a".repeat(1_200))), 1_200);
+        assert_eq!(operators(r#"'a+b' + r"c\" + '''d'e''' // +-+"#), 2);
+        let refused = on_small_stack(format!("'{}' != ''", "x".repeat(5_000))).unwrap_err();
+        assert!(refused.contains("bytes long"), "{refused}");
     }
 
     #[test]

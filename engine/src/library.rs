@@ -143,10 +143,22 @@ pub fn interfaces<'a>(
         } else {
             parsed.definition.code.clone()
         };
-        out.entry(code).or_insert_with(|| ProcedureInterface {
+        // The first file of a code, unless a later one loads whole where
+        // it did not (a broken draft beside the real file).
+        let found = ProcedureInterface {
             complete,
             ..ProcedureInterface::of(&parsed.definition)
-        });
+        };
+        match out.entry(code) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(found);
+            }
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                if !e.get().complete && found.complete {
+                    e.insert(found);
+                }
+            }
+        }
     }
     out
 }

@@ -950,10 +950,11 @@ async fn start_instance(
             return Err(Error::InvalidData { errors });
         }
     }
-    let business_key = if start.business_key.trim().is_empty() {
-        id.to_owned()
-    } else {
-        start.business_key.clone()
+    // Without stray spaces, which no one filtering by it would type (the
+    // inbox and the requests list trim what is typed).
+    let business_key = match start.business_key.trim() {
+        "" => id.to_owned(),
+        key => key.to_owned(),
     };
     let mut row = InstanceRow {
         id: id.to_owned(),

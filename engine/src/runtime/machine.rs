@@ -381,8 +381,11 @@ impl<'a> Machine<'a> {
         self.spawn(node, scopes, true)
     }
 
+    /// Stops `token` with an incident as it enters `node` (a gate's
+    /// condition, a step's input, a wait's key failing): nothing else says
+    /// it got there, so the history's entry says so (`entering`).
     fn incident(&mut self, token: u32, node: &str, message: String) {
-        self.raise(token, node, message, false);
+        self.stop(token, node, message, false, true);
     }
 
     /// A side token from `from` stopped at `node` with an incident, as
@@ -392,7 +395,7 @@ impl<'a> Machine<'a> {
     /// runs the path again, not the task).
     pub(crate) fn branch_stopped(&mut self, from: u32, node: &str, message: String) {
         let id = self.side_token(from, node);
-        self.raise(id, node, message, false);
+        self.stop(id, node, message, false, true);
     }
 
     /// Stops `token` at `node` with an incident saying `message`;
@@ -405,6 +408,19 @@ impl<'a> Machine<'a> {
     /// job's result would then be applied again and again with no
     /// incident), and a page of it would be copied into every view.
     pub(crate) fn raise(&mut self, token: u32, node: &str, message: String, after_effect: bool) {
+        self.stop(token, node, message, after_effect, false);
+    }
+
+    /// [`Machine::raise`]; `entering`: the token stopped as it entered
+    /// `node`, which nothing else in the history records.
+    fn stop(
+        &mut self,
+        token: u32,
+        node: &str,
+        message: String,
+        after_effect: bool,
+        entering: bool,
+    ) {
         let message = crate::runtime::connector::clean(message);
         let id = new_id();
         if let Some(t) = self.state.token_mut(token) {
@@ -417,7 +433,11 @@ impl<'a> Machine<'a> {
         self.journal(
             "incident_raised",
             Some(node),
-            json!({"incident": id, "message": message}),
+            if entering {
+                json!({"incident": id, "message": message, "entering": true})
+            } else {
+                json!({"incident": id, "message": message})
+            },
         );
         self.effects.push(Effect::Incident {
             id,

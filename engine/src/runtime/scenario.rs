@@ -788,9 +788,9 @@ async fn path_of(engine: &Engine, id: &str) -> Result<Vec<String>, Error> {
         let Some(node) = entry.node_id else { continue };
         // A node that stops with an incident while it is entered (a gate's
         // condition, a service's input, a wait's key failing) records the
-        // incident and nothing else: the path still ends there.
+        // incident and nothing else: the path still goes there.
         let entered = ENTERED.contains(&entry.kind.as_str())
-            || (entry.kind == "incident_raised" && !path.contains(&node));
+            || (entry.kind == "incident_raised" && entry.data["entering"] == true);
         if entered && path.last() != Some(&node) {
             path.push(node);
         }

@@ -320,8 +320,9 @@ fn role_exists(c: &Checker<'_>, role: &str) -> bool {
 }
 
 fn unknown_role(c: &mut Checker<'_>, role: &str, path: YamlPath) {
-    // With a broken `roles` section, the role may be the broken one.
-    if role_exists(c, role) || !c.parsed.section_complete("roles") {
+    // With a broken `roles` section, the role may be the broken one. An
+    // empty one is refused even if a role was declared with an empty id.
+    if (role_exists(c, role) && !role.is_empty()) || !c.parsed.section_complete("roles") {
         return;
     }
     let ids: Vec<&str> = c.def.roles.iter().map(|r| r.id.as_str()).collect();
@@ -339,11 +340,10 @@ fn unknown_role(c: &mut Checker<'_>, role: &str, path: YamlPath) {
 
 fn roles(c: &mut Checker<'_>) {
     let def = c.def;
-    // A missing `owner_role` is the loader's `missing-field`, not a second
-    // problem here.
-    let owner = YamlPath::root().key("owner_role");
-    if c.parsed.index.value(&owner).is_some() {
-        unknown_role(c, &def.owner_role, owner);
+    // A missing or mistyped `owner_role` is the loader's problem, not a
+    // second one here.
+    if c.parsed.section_complete("owner_role") {
+        unknown_role(c, &def.owner_role, YamlPath::root().key("owner_role"));
     }
     for (i, n) in def.nodes.iter().enumerate() {
         if let NodeKind::UserTask(t) = &n.kind {

@@ -268,7 +268,7 @@ fn reads(
         c.error(
             Code::Expression,
             path.clone(),
-            format!("`{}` does not compile: {e}", expr.source()),
+            format!("`{}` does not compile: {e}", shown(expr.source())),
         );
         return;
     }
@@ -349,5 +349,14 @@ fn reads(
                 }
             }
         }
+    }
+}
+
+/// An expression as a message quotes it: its first 80 characters (one
+/// refused for its length may be kilobytes long).
+fn shown(source: &str) -> std::borrow::Cow<'_, str> {
+    match source.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}…", &source[..cut]).into(),
+        None => source.into(),
     }
 }
