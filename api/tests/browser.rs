@@ -693,7 +693,7 @@ async fn the_dashboard_shows_a_known_days_value_and_verdict() {
         .text(".board[data-code='OPE-SUM-VEN-P06'] tr[data-day='2026-11-27']")
         .await;
     assert!(row.contains("1 / 2"), "{row}");
-    assert!(row.contains("50.0"), "{row}");
+    assert!(row.contains("50,0"), "Spanish decimals: {row}");
     assert!(row.contains("Observado"), "{row}");
     ui.screenshot("indicators").await;
     ui.goto("/definitions/OPE-SUM-VEN-P06").await;

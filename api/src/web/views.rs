@@ -595,7 +595,7 @@ impl Board {
                 cancelled: v.cancelled,
                 value: v
                     .value
-                    .map(|x| format!("{x:.1}"))
+                    .map(|x| decimal(format!("{x:.1}"), lang))
                     .unwrap_or_else(|| "—".into()),
                 // Without a verdict while requests are still running, the
                 // template says "provisional".
@@ -968,7 +968,17 @@ pub(super) fn value_words(
             .map(|i| value_words(def, name, i, w, lang))
             .collect::<Vec<_>>()
             .join(", "),
+        Value::Number(n) => decimal(n.to_string(), lang),
         other => plain(other),
+    }
+}
+
+/// A number's text with the language's decimal mark: a comma in Spanish,
+/// as Bolivia writes it (and as the forms accept it).
+pub(super) fn decimal(text: String, lang: Lang) -> String {
+    match lang {
+        Lang::Es => text.replace('.', ","),
+        Lang::En => text,
     }
 }
 
@@ -1120,6 +1130,18 @@ fn span(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Spanish pages write decimals with a comma, English ones with a
+    /// point; whole numbers have neither.
+    #[test]
+    fn decimals_are_written_as_each_language_writes_them() {
+        let def = tramite_engine::loader::parse("code: T\nname: T\nversion: 1\n").definition;
+        let words =
+            |v: Value, lang| value_words(&def, "deuda", &v, super::super::text::of(lang), lang);
+        assert_eq!(words(serde_json::json!(1234.5), Lang::Es), "1234,5");
+        assert_eq!(words(serde_json::json!(1234.5), Lang::En), "1234.5");
+        assert_eq!(words(serde_json::json!(120.0), Lang::Es), "120");
+    }
 
     #[test]
     fn times_are_bolivian() {
