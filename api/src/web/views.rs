@@ -300,7 +300,7 @@ pub(super) fn in_words(message: &str, lang: Lang) -> String {
         ("must be at most ", "Debe ser como máximo "),
     ] {
         if let Some(rest) = message.strip_prefix(en) {
-            let rest = rest.replace(" characters", " caracteres");
+            let rest = decimal(rest.replace(" characters", " caracteres"), Lang::Es);
             return format!("{es}{rest}.");
         }
     }
@@ -617,7 +617,7 @@ impl Board {
             code: def.code.clone(),
             name: ind.name.get(lang).to_owned(),
             threshold: format!("{threshold}"),
-            chart: chart(ind, values),
+            chart: chart(ind, values, lang),
             days,
             gates: gates
                 .iter()
@@ -639,7 +639,7 @@ pub(super) fn meets(ind: &Indicator, value: f64) -> bool {
 
 /// A bar per day, the threshold as a dashed line: an SVG drawn here, so the
 /// dashboard needs no chart library.
-fn chart(ind: &Indicator, values: &[IndicatorValue]) -> String {
+fn chart(ind: &Indicator, values: &[IndicatorValue], lang: Lang) -> String {
     let (threshold, scale) = (ind.verdict.threshold, ind.scale);
     let (w, h, left, bottom) = (720.0, 220.0, 36.0, 24.0);
     let top = scale.max(threshold);
@@ -668,11 +668,12 @@ fn chart(ind: &Indicator, values: &[IndicatorValue]) -> String {
                 "#c62828"
             };
             svg.push_str(&format!(
-                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{}: {value:.1}</title></rect>"#,
+                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{}: {}</title></rect>"#,
                 y(value),
                 slot * 0.7,
                 (h - bottom) - y(value),
-                v.period
+                v.period,
+                decimal(format!("{value:.1}"), lang)
             ));
         }
         if i % 5 == 0 || i + 1 == values.len() {
@@ -1271,6 +1272,10 @@ mod tests {
         assert_eq!(
             in_words("must be at least 1", Lang::Es),
             "Debe ser al menos 1."
+        );
+        assert_eq!(
+            in_words("must be at most 99.5", Lang::Es),
+            "Debe ser como máximo 99,5."
         );
         assert_eq!(
             in_words("must have at least 3 characters", Lang::En),
