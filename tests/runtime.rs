@@ -963,6 +963,31 @@ async fn hold_the_lane(
     (holder, first)
 }
 
+/// Commits the holder's transaction: the lane it held goes on.
+async fn release(mut holder: sqlx::PgConnection) {
+    sqlx::query("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("release");
+}
+
+/// One P06 request waiting for identification on PostgreSQL, with an
+/// engine of one write lane and a second node on the same database.
+async fn one_request_two_nodes() -> (
+    Harness,
+    String,
+    tramite_engine::runtime::Engine,
+    tramite_engine::runtime::Engine,
+) {
+    let h = Harness::new(Db::Postgres).await;
+    let id = tramite_tests::p06::waiting_for_identification(&h, 1)
+        .await
+        .remove(0);
+    let lane = tramite_tests::engine::engine_with_lanes(&h, 1).await;
+    let other = tramite_tests::engine::second_engine(&h).await;
+    (h, id, lane, other)
+}
+
 /// A bad identification was refused and changed nothing (the instance at
 /// revision `before`, its task open); a good one committed.
 async fn settled(
@@ -1009,7 +1034,7 @@ async fn a_failing_command_in_a_postgres_batch_leaves_the_others() {
     };
 
     // Hold the first instance's row: the lane's first command waits on it.
-    let (mut holder, first) = hold_the_lane(&h, &lane, &ids[0]).await;
+    let (holder, first) = hold_the_lane(&h, &lane, &ids[0]).await;
     let commits = lane.stats().commits.load(Relaxed);
     let mut rest = Vec::new();
     for (n, id) in ids.iter().enumerate().skip(1) {
@@ -1017,10 +1042,7 @@ async fn a_failing_command_in_a_postgres_batch_leaves_the_others() {
     }
     // The eight commands are queued behind the held lane.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    sqlx::query("COMMIT")
-        .execute(&mut holder)
-        .await
-        .expect("release");
+    release(holder).await;
     assert!(first.await.expect("joins").is_ok());
     let mut results = Vec::new();
     for r in rest {
@@ -1043,21 +1065,13 @@ async fn a_failing_command_in_a_postgres_batch_leaves_the_others() {
 /// told that the task, still open, is completed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_that_lost_the_task_to_a_claim_names_the_holder() {
-    let h = Harness::new(Db::Postgres).await;
-    let id = tramite_tests::p06::waiting_for_identification(&h, 1)
-        .await
-        .remove(0);
-    let lane = tramite_tests::engine::engine_with_lanes(&h, 1).await;
-    let other = tramite_tests::engine::second_engine(&h).await;
+    let (h, id, lane, other) = one_request_two_nodes().await;
     let task = h.task(&id, "identificar_cliente").await;
     // agente1's completion waits on the held instance row…
-    let (mut holder, first) = hold_the_lane(&h, &lane, &id).await;
+    let (holder, first) = hold_the_lane(&h, &lane, &id).await;
     // …while agente2 claims the task through another node.
     other.claim(&task.id, "agente2").await.unwrap();
-    sqlx::query("COMMIT")
-        .execute(&mut holder)
-        .await
-        .expect("release");
+    release(holder).await;
     let result = first.await.expect("joins");
     assert!(
         matches!(&result, Err(Error::TaskClaimedByOther { assignee, .. }) if assignee == "agente2"),
@@ -1076,20 +1090,12 @@ async fn a_completion_that_lost_the_task_to_a_claim_names_the_holder() {
 /// the task as it was before the first committed, and must read it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_that_met_its_first_try_running_is_a_repeat() {
-    let h = Harness::new(Db::Postgres).await;
-    let id = tramite_tests::p06::waiting_for_identification(&h, 1)
-        .await
-        .remove(0);
-    let lane = tramite_tests::engine::engine_with_lanes(&h, 1).await;
-    let other = tramite_tests::engine::second_engine(&h).await;
+    let (h, id, lane, other) = one_request_two_nodes().await;
     let task = h.task(&id, "identificar_cliente").await;
-    let (mut holder, first) = hold_the_lane(&h, &lane, &id).await;
+    let (holder, first) = hold_the_lane(&h, &lane, &id).await;
     let again = send_identification(&h, &other, &id, 0, false).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    sqlx::query("COMMIT")
-        .execute(&mut holder)
-        .await
-        .expect("release");
+    release(holder).await;
     let answers = [first.await.expect("joins"), again.await.expect("joins")];
     let repeated: Vec<bool> = answers
         .iter()
@@ -3106,16 +3112,13 @@ async fn a_command_whose_caller_gave_up_is_not_run() {
     let h = Harness::new(Db::Postgres).await;
     let ids = tramite_tests::p06::waiting_for_identification(&h, 2).await;
     let lane = tramite_tests::engine::engine_with_lanes(&h, 1).await;
-    let (mut holder, first) = hold_the_lane(&h, &lane, &ids[0]).await;
+    let (holder, first) = hold_the_lane(&h, &lane, &ids[0]).await;
     // Queued behind the held lane, then abandoned by its caller.
     let abandoned = send_identification(&h, &lane, &ids[1], 1, false).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     abandoned.abort();
     assert!(abandoned.await.unwrap_err().is_cancelled());
-    sqlx::query("COMMIT")
-        .execute(&mut holder)
-        .await
-        .expect("release");
+    release(holder).await;
     assert!(first.await.expect("joins").is_ok());
     // The lane has taken the next batch by the time a new command is answered.
     lane.cancel(&ids[0], "fin de la prueba", "supervisora")
