@@ -145,19 +145,17 @@ pub fn interfaces<'a>(
         };
         // The first file of a code, unless a later one loads whole where
         // it did not (a broken draft beside the real file).
-        let found = ProcedureInterface {
-            complete,
-            ..ProcedureInterface::of(&parsed.definition)
-        };
-        match out.entry(code) {
-            std::collections::btree_map::Entry::Vacant(e) => {
-                e.insert(found);
-            }
-            std::collections::btree_map::Entry::Occupied(mut e) => {
-                if !e.get().complete && found.complete {
-                    e.insert(found);
-                }
-            }
+        let kept = out
+            .get(&code)
+            .is_some_and(|p: &ProcedureInterface| p.complete || !complete);
+        if !kept {
+            out.insert(
+                code,
+                ProcedureInterface {
+                    complete,
+                    ..ProcedureInterface::of(&parsed.definition)
+                },
+            );
         }
     }
     out

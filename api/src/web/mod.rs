@@ -511,12 +511,7 @@ async fn inbox_model(
         .tasks(&Filter {
             roles,
             status: q.status.clone().filter(|x| x == "open" || x == "claimed"),
-            business_key: q
-                .business_key
-                .as_deref()
-                .map(str::trim)
-                .filter(|b| !b.is_empty())
-                .map(str::to_owned),
+            business_key: typed_key(q.business_key.as_deref()),
             limit: INBOX_ROWS as i64 + 1,
             ..Filter::default()
         })
@@ -1129,12 +1124,7 @@ async fn instances(
                 .as_ref()
                 .map(|r| r.iter().map(|(id, _)| *id).collect()),
             status: q.status.clone().filter(|c| !c.is_empty()),
-            business_key: q
-                .business_key
-                .as_deref()
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .map(str::to_owned),
+            business_key: typed_key(q.business_key.as_deref()),
             // One more than the page shows, to say that there are more.
             limit: INSTANCES_SHOWN as i64 + 1,
             ..Default::default()
@@ -1191,6 +1181,15 @@ async fn instances(
         lines,
         more,
     }))
+}
+
+/// A business key typed in a filter, without stray spaces (keys are
+/// stored without them); none when left empty.
+fn typed_key(typed: Option<&str>) -> Option<String> {
+    typed
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
 }
 
 /// Requests the list shows, newest first.
