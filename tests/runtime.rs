@@ -1552,6 +1552,57 @@ on_both_backends!(
     super::retrying_an_incident_whose_job_moved_on_is_refused
 );
 
+/// A job whose stored input no longer reads as JSON (a row edited by hand,
+/// a fault of the disk) stops at an incident of its own rather than failing
+/// every claim (and so every job of every node): the check due beside it
+/// still runs, and running the step again computes its input anew.
+async fn an_unreadable_job_stops_at_an_incident_and_the_rest_run(db: Db) {
+    use sqlx::Connection;
+    let h = Harness::new(db).await;
+    let broken = tramite_tests::p06::at_the_naf_check(&h, "4587213").await;
+    let other = tramite_tests::p06::at_the_naf_check(&h, "9876543").await;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&h.db.url).await.unwrap();
+    let edited = sqlx::query("UPDATE jobs SET input = '{\"ci\": 45872' WHERE instance_id = $1")
+        .bind(&broken)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(edited.rows_affected(), 1);
+    drop(conn);
+    assert_eq!(h.jobs().await, 1, "the other request's check runs");
+    assert_eq!(h.sims.naf.calls(), 1, "the unreadable one was not called");
+    h.task(&other, "solicitar_domicilio").await;
+    let incident = h.open_incident(&broken).await;
+    assert!(
+        incident.message.contains("its stored input cannot be read"),
+        "{}",
+        incident.message
+    );
+    assert!(
+        h.history(&broken)
+            .await
+            .contains(&"incident_raised".to_owned())
+    );
+    assert_eq!(h.jobs().await, 0, "nor is it claimed again");
+    h.engine
+        .resolve_incident_then(
+            &incident.id,
+            "operador1",
+            serde_json::Map::new(),
+            Some(tramite_engine::runtime::commands::Then::RunAgain),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.jobs().await, 1, "run again, its input computed anew");
+    assert_eq!(h.sims.naf.calls(), 2);
+    h.task(&broken, "solicitar_domicilio").await;
+}
+on_both_backends!(
+    an_unreadable_job_stops_at_an_incident_and_the_rest_run,
+    super::an_unreadable_job_stops_at_an_incident_and_the_rest_run
+);
+
 /// A job's incident resolved by running the step again: a new call (with
 /// the variables written), once the system is back.
 async fn resolve_incident_by_running_it_again(db: Db) {

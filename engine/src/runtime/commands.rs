@@ -457,7 +457,19 @@ pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result
                 // than its attempts allow had its last run end unrecorded (its
                 // node died calling, say): a call that crashes its node every
                 // time must not run forever. An operator looks at it instead.
-                if job.kind != "timer" && job.attempts > job.max_attempts {
+                if let Some(why) = &job.unreadable {
+                    // Not run (with what input?), nor left to fail every
+                    // claim: the jobs due behind it still run.
+                    tracing::error!(job = %job.id, instance = %job.instance_id, error = %why, "a job's stored input is unreadable");
+                    let message = format!(
+                        "the call was not made: its stored input cannot be read ({why}); resolve \
+                         the incident to run the step again (its input computed anew), or with the \
+                         variables the step would have written"
+                    );
+                    raise_job_incident(conn, ctx, &job, &owner, &message).await?;
+                    ctx.scheduled
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                } else if job.kind != "timer" && job.attempts > job.max_attempts {
                     let message = format!(
                         "attempt {max} of {max} ended without a recorded result: the node running \
                          the call stopped or could not record its answer (the system may have \

@@ -23,6 +23,10 @@ pub struct ClaimedJob {
     pub operation: Option<String>,
     /// Input.
     pub input: serde_json::Map<String, serde_json::Value>,
+    /// Why the stored input could not be read, if it could not (a row
+    /// edited by hand, a fault of the disk): such a job is not run but
+    /// stops at an incident, so that one bad row never stops every claim.
+    pub unreadable: Option<String>,
     /// Stable across retries.
     pub idempotency_key: String,
     /// This attempt's number, from 1.
@@ -198,6 +202,7 @@ pub async fn claim(
     rows.iter()
         .map(|r| {
             let input: Option<String> = r.try_get("input")?;
+            let (input, unreadable) = read_input(input.as_deref());
             Ok(ClaimedJob {
                 id: r.try_get("id")?,
                 instance_id: r.try_get("instance_id")?,
@@ -206,10 +211,8 @@ pub async fn claim(
                 kind: r.try_get("kind")?,
                 connector: r.try_get("connector")?,
                 operation: r.try_get("operation")?,
-                input: match input {
-                    Some(i) => json(&i, "jobs", "input")?,
-                    None => serde_json::Map::new(),
-                },
+                input,
+                unreadable,
                 idempotency_key: r.try_get("idempotency_key")?,
                 attempts: r.try_get("attempts")?,
                 max_attempts: r.try_get("max_attempts")?,
@@ -219,6 +222,18 @@ pub async fn claim(
             })
         })
         .collect()
+}
+
+/// A claimed job's stored input, or why it cannot be read: the claim
+/// goes on either way (see [`ClaimedJob::unreadable`]).
+pub(super) fn read_input(
+    text: Option<&str>,
+) -> (serde_json::Map<String, serde_json::Value>, Option<String>) {
+    match text.map(|t| json(t, "jobs", "input")) {
+        None => (serde_json::Map::new(), None),
+        Some(Ok(input)) => (input, None),
+        Some(Err(e)) => (serde_json::Map::new(), Some(e.to_string())),
+    }
 }
 
 /// Marks a job done if `owner` still holds its lease; false if the lease

@@ -666,6 +666,7 @@ impl Tx for Writing {
                         connector: col(r, 5, "connector")?,
                         operation: col(r, 6, "operation")?,
                         input: serde_json::Map::new(),
+                        unreadable: None,
                         idempotency_key: col(r, 8, "idempotency_key")?,
                         attempts: col(r, 9, "attempts")?,
                         max_attempts: col(r, 10, "max_attempts")?,
@@ -680,9 +681,7 @@ impl Tx for Writing {
         let mut out = Vec::new();
         for row in rows {
             let (mut job, input) = row?;
-            if let Some(input) = input {
-                job.input = json(&input, "jobs", "input")?;
-            }
+            (job.input, job.unreadable) = super::jobs::read_input(input.as_deref());
             out.push(job);
         }
         Ok(out)
