@@ -536,6 +536,49 @@ async fn an_oversized_answer_is_refused() {
     }
 }
 
+/// An error answer is judged by its status, however large or broken its
+/// body (a gateway's page, a body cut short): a 429 still says when to come
+/// back, and a refused credential is still a refusal, not a failure to
+/// retry (the body is read only as far as a code and message need).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_answer_is_judged_by_its_status_whatever_its_body() {
+    use tramite_engine::runtime::connector::ConnectorError;
+    let big = "x".repeat(tramite_connectors::http::MAX_ANSWER_BYTES + 1);
+    let (base, asked) = canned(
+        "smartflex",
+        answer_with("429 Too Many Requests", "Retry-After: 120\r\n", &big),
+    );
+    let connector = http_connector_at("smartflex", &base, |text| text);
+    match register(&connector).await {
+        Err(ConnectorError::Transient {
+            retry_after,
+            message,
+        }) => {
+            assert_eq!(
+                retry_after,
+                Some(std::time::Duration::from_secs(120)),
+                "{message}"
+            );
+        }
+        other => panic!("expected a wait of 120 s, got {other:?}"),
+    }
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let cut = format!(
+        "HTTP/1.1 401 Unauthorized\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n<html>",
+        big.len()
+    );
+    for raw in [answer("401 Unauthorized", &big), cut.into_bytes()] {
+        let (base, _) = canned("smartflex", raw);
+        let connector = http_connector_at("smartflex", &base, |text| text);
+        match register(&connector).await {
+            Err(ConnectorError::Refused { message }) => {
+                assert!(message.contains("401"), "{message}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}
+
 /// A system that answers with a redirect (a gateway that moved, or adds a
 /// trailing slash) is not followed: following would turn the sale's POST
 /// into a bodiless GET and carry the credentials to the other host. The

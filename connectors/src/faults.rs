@@ -89,8 +89,6 @@ struct Rate {
 /// What the faults decided for one call.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Plan {
-    /// Wait this long before answering.
-    pub(crate) latency: Duration,
     /// Fail before the system acts, with this reason.
     pub(crate) fail: Option<&'static str>,
     /// With `fail`: the system refused the call as it stands (credentials
@@ -260,10 +258,17 @@ impl Faults {
         self.lock().injected
     }
 
-    /// Decides the fate of one call.
+    /// How long a call waits before it reaches the system.
+    pub(crate) fn latency(&self) -> Duration {
+        self.lock().latency
+    }
+
+    /// Decides the fate of one call that has waited its latency: decided
+    /// then, not when it came in, so that a call whose caller hung up
+    /// during its latency never reached the system and uses up no fault,
+    /// and an outage begun meanwhile fails it.
     pub(crate) fn plan(&self) -> Plan {
         let mut state = self.lock();
-        let latency = state.latency;
         let mut retry_after = None;
         let mut refused = false;
         let fail = if state.outage {
@@ -296,7 +301,6 @@ impl Faults {
             state.injected += 1;
         }
         Plan {
-            latency,
             fail,
             refused,
             retry_after,
@@ -369,7 +373,6 @@ mod tests {
         assert_eq!(
             f.plan(),
             Plan {
-                latency: Duration::ZERO,
                 fail: None,
                 refused: false,
                 retry_after: None,
@@ -479,7 +482,7 @@ mod tests {
         f.set_error_rate(1.0, 7);
         f.set_latency(Duration::from_millis(5));
         f.clear();
-        assert_eq!(f.plan().latency, Duration::ZERO);
+        assert_eq!(f.latency(), Duration::ZERO);
         assert!(failures(&f, 10).iter().all(|x| !*x));
         assert_eq!(f.injected(), 50);
     }

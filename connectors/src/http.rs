@@ -95,11 +95,15 @@ pub struct ApiKey {
     pub value_env: String,
 }
 
+/// The most tries one job attempt may make: more would only hold a worker
+/// (the job's own attempts, with their backoff, are the long retries).
+pub const MAX_TRIES: u32 = 100;
+
 /// Retries inside one attempt of a job.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Retry {
-    /// Tries in all (1: no retry).
+    /// Tries in all (1: no retry), at most [`MAX_TRIES`].
     pub attempts: u32,
     /// Wait before the second try; doubles each time.
     pub first_delay: Duration,
@@ -423,10 +427,10 @@ impl HttpConnector {
             );
         }
         if let Some(r) = &config.retry {
-            if r.attempts == 0 {
+            if r.attempts == 0 || r.attempts > MAX_TRIES {
                 problem(
                     root.key("retry").key("attempts"),
-                    "must be at least 1 (1: no retry)".to_owned(),
+                    format!("must be from 1 (no retry) to {MAX_TRIES}"),
                 );
             }
             // The first wait is not capped by `max_delay`: a longer one
@@ -675,7 +679,11 @@ impl HttpConnector {
                 .get(reqwest::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/html"));
-        let bytes = read_answer(response, &url).await?;
+        let bytes = if status.is_success() {
+            read_answer(response, &url).await?
+        } else {
+            read_error_answer(response).await
+        };
         let body: Option<Value> = serde_json::from_slice(&bytes).ok();
         let mut undeclared = None;
         if let Some(body) = &body {
@@ -816,6 +824,27 @@ async fn read_answer(mut response: reqwest::Response, url: &str) -> Result<Vec<u
         bytes.extend_from_slice(&chunk);
     }
     Ok(bytes)
+}
+
+/// The most of an error answer's body that is read: enough for any code
+/// and message, however large the page around them.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
+
+/// Reads what an error answer's body holds, up to [`MAX_ERROR_BYTES`]:
+/// whatever it is (a proxy's large page, a body cut short), the status —
+/// and the `Retry-After` with it — still decides what the failure is. A
+/// body cut off reads as no JSON.
+async fn read_error_answer(mut response: reqwest::Response) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = MAX_ERROR_BYTES - bytes.len();
+        if chunk.len() > room {
+            bytes.extend_from_slice(&chunk[..room]);
+            break;
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    bytes
 }
 
 /// What one exchange ended with, short of a result.
@@ -992,10 +1021,16 @@ impl Connector for HttpConnector {
             Some(r) => (r.attempts, r.first_delay.as_std(), r.max_delay.as_std()),
             None => (DEFAULT_TRIES, DEFAULT_FIRST_DELAY, DEFAULT_MAX_DELAY),
         };
-        let waits: StdDuration = (0..tries.saturating_sub(1))
-            .map(|i| first.saturating_mul(1 << i.min(20)).min(max) * 2)
-            .sum();
-        Some(timeout.saturating_mul(tries) + waits)
+        // Saturating: durations are bounded at load, but not their sums.
+        let waits = (0..tries.saturating_sub(1))
+            .map(|i| {
+                first
+                    .saturating_mul(1 << i.min(20))
+                    .min(max)
+                    .saturating_mul(2)
+            })
+            .fold(StdDuration::ZERO, StdDuration::saturating_add);
+        Some(timeout.saturating_mul(tries).saturating_add(waits))
     }
 }
 
@@ -1565,6 +1600,26 @@ operations:
             found.len() == 1
                 && found[0].contains("retry.first_delay: must not be longer than `max_delay`"),
             "{found:?}"
+        );
+        // Billions of tries of a century each: refused at load, where
+        // estimating the attempt's length (start-up, every deploy) once
+        // overflowed and panicked.
+        let endless = format!(
+            "{GOOD}retry: {{attempts: 4000000000, first_delay: 36500d, max_delay: 36500d}}\n"
+        );
+        let found = problems(with(&endless, "ok"));
+        assert!(
+            found.len() == 1
+                && found[0].contains("retry.attempts: must be from 1 (no retry) to 100"),
+            "{found:?}"
+        );
+        let most =
+            format!("{GOOD}retry: {{attempts: 100, first_delay: 36500d, max_delay: 36500d}}\n");
+        let c = load(&most).expect("100 tries load");
+        let longest = c.longest_attempt().expect("bounded");
+        assert!(
+            longest >= StdDuration::from_secs(99 * 2 * 36_500 * 86_400),
+            "{longest:?}"
         );
         // No request could ever be sent; and a rule on a redirect or an
         // informational status could never be read (those are not answers).

@@ -47,10 +47,11 @@ impl Harness {
     /// it for a lost reply), holds its answer back if one says so.
     pub(crate) async fn run(&self, key: &str, handle: impl FnOnce() -> Answer) -> Answer {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let plan = self.faults.plan();
-        if !plan.latency.is_zero() {
-            tokio::time::sleep(plan.latency).await;
+        let latency = self.faults.latency();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
         }
+        let plan = self.faults.plan();
         if let Some(reason) = plan.fail {
             if plan.refused {
                 return Err(ConnectorError::Refused {
@@ -130,12 +131,15 @@ pub(crate) fn zone_key(zone: &str) -> String {
 
 /// A name folded for comparison: lower case, without accents, every run of
 /// other characters than letters and digits made one space, trimmed.
-/// `"  Hipódromo "` and `"HIPODROMO"` fold alike.
+/// `"  Hipódromo "` and `"HIPODROMO"` fold alike, and so does a name typed
+/// or pasted with its accents apart (`o` then U+0301, Unicode's NFD).
 pub(crate) fn fold(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut space = false;
     for c in s.chars().flat_map(char::to_lowercase) {
         let c = match c {
+            // Combining accents: the letter before them is kept bare.
+            '\u{300}'..='\u{36f}' => continue,
             'á' | 'à' | 'ä' | 'â' | 'ã' => 'a',
             'é' | 'è' | 'ë' | 'ê' => 'e',
             'í' | 'ì' | 'ï' | 'î' => 'i',
@@ -281,6 +285,8 @@ pub(crate) mod tests {
         assert_eq!(fold("Queru-Queru"), "queru queru");
         assert_eq!(fold("cala   CALA"), "cala cala");
         assert_eq!(fold("Ñuflo de Chávez"), "nuflo de chavez");
+        assert_eq!(fold("Hipo\u{301}dromo"), "hipodromo");
+        assert_eq!(fold("N\u{303}uflo de Cha\u{301}vez"), "nuflo de chavez");
         assert_eq!(fold(""), "");
     }
 

@@ -138,9 +138,22 @@ impl Config {
     }
 
     /// `zone` of `city` as compared: the map's zone it names, folded; a
-    /// zone the map does not have, folded with a leading "zona" dropped.
+    /// zone the map does not have, folded with a leading "zona" dropped —
+    /// and, in another city than Cochabamba, under that city's name, so
+    /// that it never takes the backlog or the refusals of a zone of the
+    /// same name elsewhere (the tables name the map's zones).
     fn zone_key(&self, zone: &str, city: Option<&str>) -> String {
-        gis::find_zone(&self.map, zone, city).map_or_else(|| zone_key(zone), |z| zone_key(&z.name))
+        if let Some(z) = gis::find_zone(&self.map, zone, city) {
+            return zone_key(&z.name);
+        }
+        match city
+            .map(crate::sim::fold)
+            .filter(|c| !matches!(c.as_str(), "" | "cochabamba" | "cercado"))
+        {
+            // `/` is in no folded name.
+            Some(city) => format!("{city}/{}", zone_key(zone)),
+            None => zone_key(zone),
+        }
     }
 }
 
@@ -735,6 +748,22 @@ mod tests {
             config.estimated_days("Centro", Some("Cercado"), Service::Television),
             2
         );
+        // A zone GIS does not have in the city given is no zone of the
+        // tables: any other zone's backlog (3), and nothing refused.
+        assert_eq!(
+            config.estimated_days("Centro", Some("Oruro"), Service::Television),
+            5
+        );
+        assert!(
+            register(&sim, "elsewhere", 1, &{
+                let mut s = sale("4587213", "Tiquipaya", "trio");
+                s.insert("city".to_owned(), Value::from("Sacaba"));
+                s
+            })
+            .await
+            .is_ok(),
+            "Tiquipaya's refusal is not Sacaba's"
+        );
         // An entry written under an alias is its zone's too.
         let by_alias = Config {
             zone_backlog_days: vec![("Casco Viejo".to_owned(), 6)],
@@ -881,6 +910,34 @@ mod tests {
         assert_eq!(sim.faults().held(), ["job-2"]);
         assert!(held.await.unwrap().is_ok());
         assert!(sim.faults().cut().is_empty(), "answered in the end");
+    }
+
+    /// Faults are decided once a call has waited its latency, as the system
+    /// would meet them: a call whose caller hung up meanwhile uses up no
+    /// "lose the next reply", and an outage begun meanwhile fails it.
+    #[tokio::test(start_paused = true)]
+    async fn faults_meet_a_call_after_its_latency() {
+        let sim = std::sync::Arc::new(simulator());
+        sim.faults().set_latency(std::time::Duration::from_secs(1));
+        sim.faults().lose_next_replies(1);
+        let input = sale("4587213", "Sarco", "trio");
+        let call = |key: &'static str| {
+            let (sim, input) = (std::sync::Arc::clone(&sim), input.clone());
+            tokio::spawn(async move { register(&sim, key, 1, &input).await })
+        };
+        let gone = call("job-1");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        gone.abort();
+        assert!(gone.await.unwrap_err().is_cancelled());
+        assert_eq!(sim.faults().injected(), 0, "it never reached the system");
+        let lost = call("job-2").await.unwrap();
+        assert!(is_transient(&lost), "the reply is lost: {lost:?}");
+        assert_eq!(sim.registration_count(), 1, "after the system acted");
+        let during = call("job-3");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        sim.faults().start_outage();
+        assert!(is_transient(&during.await.unwrap()));
+        assert_eq!(sim.registration_count(), 1, "the outage came first");
     }
 
     #[tokio::test]
