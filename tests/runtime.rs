@@ -530,6 +530,38 @@ on_both_backends!(
     super::an_answer_off_the_catalog_is_a_failure_that_names_it
 );
 
+/// A system that answers with a value nested deeper than the engine keeps
+/// (here NAF's `impediments`, a list, nested 100 levels) has not answered
+/// as any step can store: a failure that says so, retried, then an
+/// incident — stored, it would have left the request unreadable for good.
+async fn an_answer_nested_too_deep_is_a_failure(db: Db) {
+    let sims = tramite_connectors::Simulators::new();
+    let deep = (0..100).fold(json!("deuda"), |v, _| json!([v]));
+    let answer = json!({"found": true, "member": true, "has_impediment": true,
+                        "impediments": deep, "debt_bs": 10.0});
+    let naf = Always(Ok(answer.as_object().cloned().unwrap()));
+    let connectors = sims.connectors().with("naf", std::sync::Arc::new(naf));
+    let h = Harness::with_connectors(db, sims, connectors).await;
+    let id = tramite_tests::p06::at_the_naf_check(&h, "4587213").await;
+    for _ in 0..8 {
+        h.jobs().await;
+        h.advance(Duration::from_secs(300));
+    }
+    let incident = h.open_incident(&id).await;
+    assert!(
+        incident
+            .message
+            .contains("naf.check_portfolio answered with values nested deeper than 64 levels"),
+        "{}",
+        incident.message
+    );
+    assert_eq!(h.instance(&id).await.status, "running", "still readable");
+}
+on_both_backends!(
+    an_answer_nested_too_deep_is_a_failure,
+    super::an_answer_nested_too_deep_is_a_failure
+);
+
 /// A Smartflex that is throttling: its first answers ask to be left alone
 /// (90 s, then two days), then it registers.
 struct ThrottledSmartflex {

@@ -1774,6 +1774,18 @@ fn as_catalogued(
     let (Some(connector), Some(operation)) = (&job.connector, &job.operation) else {
         return Ok(out);
     };
+    // Stored as it came, a value past the limit would leave its instance
+    // unreadable (see `MAX_NESTING`).
+    if out
+        .values()
+        .any(|v| super::nests_deeper(v, super::MAX_NESTING - 1))
+    {
+        return Err(ConnectorError::transient(format!(
+            "{connector}.{operation} answered with values nested deeper than {} levels of \
+             arrays and objects",
+            super::MAX_NESTING
+        )));
+    }
     let Some(spec) = catalog.operation(connector, operation) else {
         return Ok(out);
     };
