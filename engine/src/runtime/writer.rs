@@ -486,6 +486,7 @@ pub(crate) fn spawn_sqlite(
     std::thread::Builder::new()
         .name("tramite-writer".to_owned())
         .spawn(move || {
+            crate::store::sqlite_tx::watch_log_sync(Arc::clone(&failed));
             while let Some(first) = inbox.blocking_recv() {
                 let mut batch = vec![first];
                 while batch.len() < writer.max_batch {
@@ -579,7 +580,7 @@ pub(crate) struct Settled {
 /// The log sync thread and its queue (dropping `batches` stops it once the
 /// queue is answered).
 struct LogSync {
-    batches: std::sync::mpsc::Sender<Settled>,
+    batches: std::sync::mpsc::SyncSender<Settled>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -611,7 +612,11 @@ where
     S: FnMut() -> std::io::Result<()> + Send + 'static,
     A: FnMut(Settled) + Send + 'static,
 {
-    let (batches, queue) = std::sync::mpsc::channel::<Settled>();
+    // Bounded: a sync that hangs (a disk that stopped answering) stops the
+    // writer at the next batch, and the callers behind it wait at its inbox
+    // until their time runs out (over HTTP, 503 `timeout`), rather than
+    // commits piling up that nobody can be told of.
+    let (batches, queue) = std::sync::mpsc::sync_channel::<Settled>(SYNC_QUEUE);
     let thread = std::thread::Builder::new()
         .name("tramite-log-sync".to_owned())
         .spawn(move || {
@@ -651,6 +656,9 @@ where
     Ok(LogSync { batches, thread })
 }
 
+/// Committed batches that may wait for the log's sync: a few syncs' worth.
+const SYNC_QUEUE: usize = 64;
+
 /// How often the checkpointer looks for new commits.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -665,7 +673,8 @@ struct Checkpoints {
 /// committing connection's COMMIT, and was 7 % of the writer's time in a
 /// profile of the P06 benchmark (page copies and the database file's
 /// fsync), time every waiting caller paid. A passive checkpoint never
-/// blocks the writer; the writer's own automatic checkpoint stays, at a
+/// blocks the writer; the writer's own checkpoint stays
+/// (`sqlite_tx::backstop`), at a
 /// higher mark, should this thread fall behind.
 ///
 /// Once a sync of the log has failed (`failed`), it copies nothing more:
@@ -1049,6 +1058,43 @@ mod tests {
             !checkpointed(true),
             "after a failed sync nothing is copied, not even at the end"
         );
+    }
+
+    /// A sync that hangs stops the writer once [`super::SYNC_QUEUE`]
+    /// batches wait behind it: commits do not pile up that nobody can be
+    /// told of (nor memory with them).
+    #[test]
+    fn a_hanging_sync_holds_the_writer_back() {
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (entered, syncing) = std::sync::mpsc::channel::<()>();
+        let sync = spawn_log_sync(
+            move || {
+                let _ = entered.send(());
+                let _ = hold.recv();
+                Ok(())
+            },
+            Arc::new(AtomicBool::new(false)),
+            |_| {},
+        )
+        .expect("sync thread");
+        // The first is taken, and its sync hangs.
+        sync.batches
+            .send(batch(Ok(Reply::Done), true).0)
+            .expect("queued");
+        syncing.recv().expect("the sync began");
+        let mut queued = 0;
+        let full = loop {
+            match sync.batches.try_send(batch(Ok(Reply::Done), true).0) {
+                Ok(()) => queued += 1,
+                Err(e) => break e,
+            }
+            assert!(queued <= super::SYNC_QUEUE, "never full");
+        };
+        assert!(matches!(full, std::sync::mpsc::TrySendError::Full(_)));
+        assert_eq!(queued, super::SYNC_QUEUE);
+        drop(release);
+        drop(sync.batches);
+        sync.thread.join().expect("sync thread ends");
     }
 
     #[test]

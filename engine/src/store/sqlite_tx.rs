@@ -22,9 +22,9 @@ use super::{Backend, Error, journal, json};
 /// and the commit that follows then walks the cache's whole hash table
 /// (`pcache1TruncateUnsafe`) — 5 % of the writer's time with a 64 MB cache
 /// in a profile of the P06 benchmark, none visible with 16 MB. Pages the
-/// cache misses come from the operating system's cache. The automatic
-/// checkpoint is a backstop at 10,000 pages: a thread of its own
-/// checkpoints (see `runtime::writer`).
+/// cache misses come from the operating system's cache. The writer's own
+/// checkpoint is a backstop at [`BACKSTOP_PAGES`] ([`backstop`]): a thread
+/// of its own checkpoints (see `runtime::writer`).
 ///
 /// `synchronous = NORMAL`: COMMIT writes the log without waiting for the
 /// disk, and the writer's caller syncs the log with [`LogFile`] before it
@@ -34,11 +34,63 @@ fn open(path: &std::path::Path) -> Result<Connection, Error> {
     let conn = Connection::open(path)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; \
-         PRAGMA foreign_keys = ON; PRAGMA cache_size = -16000; PRAGMA temp_store = MEMORY; \
-         PRAGMA wal_autocheckpoint = 10000;",
+         PRAGMA foreign_keys = ON; PRAGMA cache_size = -16000; PRAGMA temp_store = MEMORY;",
     )?;
+    // In place of SQLite's automatic checkpoint (which this replaces).
+    conn.wal_hook(Some(backstop));
     conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
+}
+
+/// The log's length, in pages, from which the writer's commits checkpoint
+/// it themselves: the checkpoint thread does it all along, but under
+/// continuous load the log only starts over after a checkpoint by the
+/// writer (docs/benchmarks.md, "The completion tail on SQLite").
+pub const BACKSTOP_PAGES: std::ffi::c_int = 10_000;
+
+thread_local! {
+    /// This thread's "the log could not be synced" flag: the writer's
+    /// thread sets it ([`watch_log_sync`]) for [`backstop`], which SQLite
+    /// calls with no room for state of its own.
+    static LOG_SYNC_FAILED: std::cell::RefCell<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Tells the commits of this thread's connections whether a sync of the
+/// log has failed (the writer's flag).
+pub fn watch_log_sync(failed: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    LOG_SYNC_FAILED.with(|f| *f.borrow_mut() = Some(failed));
+}
+
+/// SQLite's automatic checkpoint, as SQLite runs it after a commit (a
+/// passive checkpoint from [`BACKSTOP_PAGES`] on), but none once a sync
+/// of the log has failed — the log may hold frames the disk never got,
+/// and a checkpoint copies them without checking their checksums — and an
+/// I/O error of its own counts as such a failure (SQLite's own checkpoint
+/// drops it). Always `Ok`: the commit before it stands either way, and an
+/// error here would make it look failed, and its commands run again.
+fn backstop(wal: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    use std::sync::atomic::Ordering;
+    if pages < BACKSTOP_PAGES {
+        return Ok(());
+    }
+    let failed = LOG_SYNC_FAILED.with(|f| f.borrow().clone());
+    if failed.as_ref().is_some_and(|f| f.load(Ordering::Acquire)) {
+        return Ok(());
+    }
+    match wal.checkpoint() {
+        Ok(()) => {}
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::SystemIoFailure =>
+        {
+            tracing::error!(error = %e, "the writer's WAL checkpoint could not write or sync; the engine takes no more changes until it is restarted");
+            if let Some(failed) = failed {
+                failed.store(true, Ordering::Release);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "the writer's WAL checkpoint failed"),
+    }
+    Ok(())
 }
 
 /// The SQLite writer's connection, with the running instances and the open
