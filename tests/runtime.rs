@@ -4425,6 +4425,73 @@ async fn a_lost_commit_answer_is_looked_up_not_guessed() {
     engine.shutdown().await;
 }
 
+/// A PostgreSQL database that takes no changes (a standby the nodes were
+/// pointed at after a fail-over, here a database set read only) refuses a
+/// start as a storage refusal (503 `storage-unavailable` over HTTP), not an
+/// internal error, and nothing is written; reads go on.
+#[tokio::test]
+async fn a_read_only_database_refuses_changes_as_such() {
+    use sqlx::Connection;
+    use tramite_engine::runtime::StartInstance;
+    let h = Harness::new(Db::Postgres).await;
+    let name = h.db.url.rsplit('/').next().unwrap().to_owned();
+    let mut admin = sqlx::PgConnection::connect(&tramite_tests::engine::postgres_url())
+        .await
+        .unwrap();
+    let read_only = |on: &str| {
+        sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {name} SET default_transaction_read_only = {on}"
+        ))
+    };
+    sqlx::query(read_only("on"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    // The sessions open now are not read only; new ones are.
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&name)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut errors = Vec::new();
+    for attempt in 0..3 {
+        let started = h
+            .engine
+            .start(StartInstance {
+                code: P06.to_owned(),
+                business_key: format!("SOLO-LECTURA-{attempt}"),
+                channel: "ivr".to_owned(),
+                data: tramite_tests::engine::object(json!({"telefono": PHONE})),
+                actor: "test".to_owned(),
+                request_id: None,
+            })
+            .await;
+        // The first may meet a connection the server ended.
+        match started {
+            Ok(id) => panic!("started {id} on a read-only database"),
+            Err(e) if e.is_storage_refusal() => {
+                errors.clear();
+                break;
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    assert!(errors.is_empty(), "never refused as storage: {errors:?}");
+    let running = h
+        .engine
+        .instances(&tramite_engine::store::instances::InstanceFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(running.is_empty(), "nothing written: {running:?}");
+    sqlx::query(read_only("off"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
 /// SQLite serves a task, an instance, its children and inbox pages on
 /// read connections of its own, in place (`store::sqlite_reads`): they
 /// must read exactly what the sqlx pool reads, for every shape of filter

@@ -245,6 +245,29 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The database takes no changes just now: its disk is full, or it is
+    /// read only (a PostgreSQL standby the engine was pointed at after a
+    /// fail-over, a file system remounted read only). Nothing was written,
+    /// and the same request passes once an operator has made room or
+    /// pointed the engine at the primary.
+    pub fn is_storage_refusal(&self) -> bool {
+        match self {
+            Error::Store(crate::store::Error::Sqlite(rusqlite::Error::SqliteFailure(e, _))) => {
+                matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::ReadOnly
+                )
+            }
+            // disk_full, read_only_sql_transaction.
+            Error::Store(crate::store::Error::Database(sqlx::Error::Database(d))) => d
+                .code()
+                .is_some_and(|c| matches!(c.as_ref(), "53100" | "25006")),
+            _ => false,
+        }
+    }
+}
+
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Error {
         Error::Store(crate::store::Error::Database(e))

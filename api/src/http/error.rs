@@ -297,6 +297,16 @@ impl Error {
                     e.to_string(),
                     none,
                 ),
+                e if e.is_storage_refusal() => {
+                    tracing::error!(error = %e, "the database takes no changes");
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "storage-unavailable",
+                        "the database takes no changes just now (its disk is full, or it is read only); nothing was changed, so the request can be sent again once it does"
+                            .to_owned(),
+                        none,
+                    )
+                }
                 e if e.is_busy() => {
                     tracing::warn!(error = %e, "database busy");
                     (

@@ -1104,6 +1104,67 @@ impl Tx for Writing {
 mod tests {
     use serde_json::json;
 
+    /// Whether rows committed past [`super::BACKSTOP_PAGES`] of log reach
+    /// the database file (read from a copy of it alone), with the writer's
+    /// flag as given.
+    fn backstop_copies(failed: bool) -> bool {
+        let dir = std::env::temp_dir().join(format!("tramite-backstop-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("temporary folder");
+        let path = dir.join("t.db");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(failed));
+                super::watch_log_sync(flag);
+                let conn = super::open(&path).expect("writer");
+                conn.execute_batch("CREATE TABLE t (b BLOB)").expect("table");
+                // 4 MiB a row: the log passes the mark in one commit.
+                let rows = super::BACKSTOP_PAGES as usize * 4096 / (4 << 20) + 1;
+                conn.execute_batch(&format!(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) \
+                     INSERT INTO t SELECT zeroblob(4194304) FROM n"
+                ))
+                .expect("rows");
+                let copy = dir.join("copy.db");
+                std::fs::copy(&path, &copy).expect("copy");
+                let found = rusqlite::Connection::open(&copy)
+                    .and_then(|c| c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0)))
+                    .is_ok_and(|n| n > 0);
+                drop(conn);
+                let _ = std::fs::remove_dir_all(&dir);
+                found
+            })
+            .join()
+            .expect("writer thread")
+        })
+    }
+
+    /// A full disk (here SQLite's page cap) refuses the change: callers
+    /// hear 503 `storage-unavailable`, not an internal error.
+    #[test]
+    fn a_full_database_is_a_storage_refusal() {
+        let dir = std::env::temp_dir().join(format!("tramite-full-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("temporary folder");
+        let conn = super::open(&dir.join("t.db")).expect("writer");
+        conn.execute_batch("CREATE TABLE t (b BLOB); PRAGMA max_page_count = 8;")
+            .expect("table");
+        let e = conn
+            .execute_batch("INSERT INTO t VALUES (zeroblob(100000))")
+            .expect_err("past the cap");
+        let e = crate::Error::Store(super::Error::Sqlite(e));
+        assert!(e.is_storage_refusal(), "{e:?}");
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The writer's own checkpoint copies a long log into the database
+    /// file, but not once a sync of the log has failed: SQLite's automatic
+    /// one did regardless, and dropped its own I/O errors.
+    #[test]
+    fn the_writers_checkpoint_stops_after_a_failed_sync() {
+        assert!(backstop_copies(false), "a long log is copied");
+        assert!(!backstop_copies(true), "nothing once a sync failed");
+    }
+
     use super::super::instances::InstanceRow;
     use super::super::tx::{NewDefinition, Tx};
     use super::Writing;
