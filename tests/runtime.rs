@@ -4309,7 +4309,11 @@ async fn an_idle_node_is_woken_by_another_nodes_job() {
 /// Armed with 1, the next COMMIT reaches the server and the connection is
 /// cut before the server's answer comes back (committed, but the engine
 /// cannot know); armed with 2, the connection is cut instead of sending it
-/// (never committed). Returns the relay's port and its trigger.
+/// (never committed); armed with 3, the same, and from then on every
+/// connection through the relay is a hole (what each side sends is
+/// dropped, nothing is closed: a network that silently lost the server),
+/// until the trigger is set to something else than [`HOLE`]. Returns the
+/// relay's port and its trigger.
 async fn lossy_relay(upstream: String) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU8>) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::SeqCst};
@@ -4330,17 +4334,28 @@ async fn lossy_relay(upstream: String) -> (u16, std::sync::Arc<std::sync::atomic
                 let (mut server_in, mut server_out) = server.into_split();
                 let cut = Arc::new(AtomicBool::new(false));
                 let cut_down = Arc::clone(&cut);
-                let down = tokio::spawn(async move {
-                    let mut buf = vec![0u8; 65_536];
-                    while let Ok(n @ 1..) = server_in.read(&mut buf).await {
-                        if cut_down.load(SeqCst) || client_out.write_all(&buf[..n]).await.is_err() {
-                            return;
+                let down = {
+                    let armed = Arc::clone(&armed);
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 65_536];
+                        while let Ok(n @ 1..) = server_in.read(&mut buf).await {
+                            if armed.load(SeqCst) == HOLE {
+                                continue;
+                            }
+                            if cut_down.load(SeqCst)
+                                || client_out.write_all(&buf[..n]).await.is_err()
+                            {
+                                return;
+                            }
                         }
-                    }
-                });
+                    })
+                };
                 let mut buf = vec![0u8; 65_536];
                 while let Ok(n @ 1..) = client_in.read(&mut buf).await {
                     let chunk = &buf[..n];
+                    if armed.load(SeqCst) == HOLE {
+                        continue;
+                    }
                     // The simple-protocol query `COMMIT`, as sqlx sends it.
                     if chunk.windows(COMMIT.len()).any(|w| w == COMMIT) {
                         match armed.swap(0, SeqCst) {
@@ -4352,6 +4367,11 @@ async fn lossy_relay(upstream: String) -> (u16, std::sync::Arc<std::sync::atomic
                                 break;
                             }
                             2 => {
+                                cut.store(true, SeqCst);
+                                break;
+                            }
+                            3 => {
+                                armed.store(HOLE, SeqCst);
                                 cut.store(true, SeqCst);
                                 break;
                             }
@@ -4368,6 +4388,58 @@ async fn lossy_relay(upstream: String) -> (u16, std::sync::Arc<std::sync::atomic
         }
     });
     (port, trigger)
+}
+
+/// The trigger of [`lossy_relay`] while it is a hole.
+const HOLE: u8 = 255;
+
+/// A commit whose answer is lost, where the database cannot be asked
+/// either (the network silently drops everything: no error, no answer), is
+/// answered 503 `commit-outcome-unknown` after the engine's patience, not
+/// after as long as the dead connections take to time out: the lane holds
+/// its batch meanwhile.
+#[tokio::test]
+async fn a_lost_commit_answer_that_cannot_be_looked_up_is_answered_in_time() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tramite_engine::runtime::{Engine, EngineConfig, StartInstance};
+    use tramite_tests::engine::TestDb;
+    let db = TestDb::new(Db::Postgres).await;
+    let authority_start = db
+        .url
+        .find('@')
+        .map_or(db.url.find("://").unwrap() + 3, |i| i + 1);
+    let authority_end = authority_start + db.url[authority_start..].find('/').unwrap();
+    let upstream = db.url[authority_start..authority_end].to_owned();
+    let (port, trigger) = lossy_relay(upstream.clone()).await;
+    let mut config = EngineConfig::new(db.url.replace(&upstream, &format!("127.0.0.1:{port}")));
+    config.catalog = tramite_connectors::catalog();
+    config.connectors = tramite_connectors::Simulators::new().connectors();
+    let engine = Engine::open(config).await.unwrap();
+    engine
+        .deploy_dir(&tramite_tests::repo_root().join("processes"))
+        .await
+        .unwrap();
+    trigger.store(3, SeqCst);
+    let start = engine.start(StartInstance {
+        code: P06.to_owned(),
+        business_key: "SIN-RED-1".to_owned(),
+        channel: "ivr".to_owned(),
+        data: tramite_tests::engine::object(json!({"telefono": PHONE})),
+        actor: "test".to_owned(),
+        request_id: None,
+    });
+    // Ten seconds: twice the patience; without it the lookup waits on the
+    // dead connections for good.
+    let answer = tokio::time::timeout(Duration::from_secs(10), start)
+        .await
+        .expect("answered within twice the engine's patience");
+    assert_eq!(trigger.load(SeqCst), HOLE, "the relay cut a COMMIT");
+    assert!(
+        matches!(answer, Err(Error::CommitOutcomeUnknown)),
+        "{answer:?}"
+    );
+    trigger.store(0, SeqCst);
+    engine.halt().await;
 }
 
 /// A commit whose answer is lost is looked up (PostgreSQL's `txid_status`),
@@ -5189,6 +5261,55 @@ nodes:
     next: fin
   - {id: fin, kind: end, outcome: pagado}
 "#;
+
+/// A command that panics (a bug, or a row edited by hand that no command
+/// expects: here a token at a step the procedure does not have) fails
+/// alone and changes nothing; the engine goes on taking every other
+/// command. It used to end the SQLite writer's thread, or the PostgreSQL
+/// lane's task, and with it the engine.
+async fn a_command_that_panics_fails_alone(db: Db) {
+    use sqlx::Connection;
+    let mut h = Harness::new(db).await;
+    h.deploy("pago.yaml", WAITS_FOR_PAYMENT).await;
+    let broken = h.start("T-PAGO", "web", json!({"telefono": PHONE})).await;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&h.db.url).await.unwrap();
+    let edited = sqlx::query(
+        "UPDATE instances SET state = replace(state, '\"node\":\"esperar\"', '\"node\":\"no_existe\"') \
+         WHERE id = $1",
+    )
+    .bind(&broken)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(edited.rows_affected(), 1);
+    drop(conn);
+    // The SQLite writer keeps its own copy of the row it wrote.
+    h.restart().await;
+    let before = h.instance(&broken).await.revision;
+    let message = |id: &str| PublishMessage {
+        name: "pago".to_owned(),
+        key: PHONE.to_owned(),
+        payload: json!({"monto": 120}),
+        id: id.to_owned(),
+        ttl_ms: 3_600_000,
+    };
+    let err = h.engine.publish(message("pago-1")).await.unwrap_err();
+    assert!(matches!(err, Error::CommandPanicked), "{err:?}");
+    assert_eq!(h.instance(&broken).await.revision, before, "nothing kept");
+    let other = h
+        .start("T-PAGO", "web", json!({"telefono": "70000001"}))
+        .await;
+    assert_eq!(
+        h.instance(&other).await.status,
+        "running",
+        "the engine goes on"
+    );
+}
+on_both_backends!(
+    a_command_that_panics_fails_alone,
+    super::a_command_that_panics_fails_alone
+);
 
 /// On PostgreSQL a publisher locks the waiting instance before the
 /// message's key, as a subscribing command does (its instance, then the

@@ -230,6 +230,10 @@ pub enum Error {
         "the database's log could not be written to disk; the engine takes no more changes until it is restarted"
     )]
     LogSyncFailed,
+    /// The command stopped on an internal fault (logged): nothing it did
+    /// was kept, and the engine goes on with the others.
+    #[error("the command stopped on an internal fault; nothing it did was kept")]
+    CommandPanicked,
 }
 
 impl Error {

@@ -200,7 +200,7 @@ impl Writer {
         let alone = envelopes.len() == 1;
         if alone || isolation == Isolation::Optimistic {
             for env in envelopes {
-                let result = commands::exec(&mut *tx, &ctx, env.command.clone()).await;
+                let result = exec_caught(&mut *tx, &ctx, env.command.clone()).await;
                 if let Err(e) = &result {
                     let retryable = commands::is_retryable(e);
                     tx.rollback().await?;
@@ -220,7 +220,7 @@ impl Writer {
         let mut receipt = Receipt::default();
         for env in envelopes {
             let mut savepoint = tx.begin().await?;
-            let result = commands::exec(&mut *savepoint, &ctx, env.command.clone()).await;
+            let result = exec_caught(&mut *savepoint, &ctx, env.command.clone()).await;
             let mut changed = std::mem::take(&mut *ctx.touched.lock().expect("touched lock"));
             let made_jobs = ctx
                 .scheduled
@@ -279,7 +279,7 @@ impl Writer {
                     scheduled: std::sync::atomic::AtomicBool::new(false),
                     receipt: std::sync::Mutex::default(),
                 };
-                let reply = commands::exec(&mut *tx, &ctx, command.clone()).await?;
+                let reply = exec_caught(&mut *tx, &ctx, command.clone()).await?;
                 self.commit_and_announce(tx, &ctx, touched, scheduled)
                     .await?;
                 Ok::<_, Error>(reply)
@@ -356,9 +356,18 @@ impl Writer {
     }
 
     /// Whether PostgreSQL's transaction `xid` committed (`None`: it could
-    /// not be told within a few seconds).
+    /// not be told within [`OUTCOME_PATIENCE`]). Bounded as a whole, not
+    /// per try: a try may wait for a pool connection, or hang on one the
+    /// network silently dropped, while the lane holds its batch.
     async fn transaction_status(&self, xid: i64) -> Option<bool> {
-        for _ in 0..50 {
+        tokio::time::timeout(OUTCOME_PATIENCE, self.ask_transaction_status(xid))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn ask_transaction_status(&self, xid: i64) -> Option<bool> {
+        loop {
             let status: Result<Option<String>, sqlx::Error> =
                 sqlx::query_scalar("SELECT txid_status($1)")
                     .bind(xid)
@@ -372,9 +381,32 @@ impl Writer {
                 _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
             }
         }
-        None
     }
 }
+
+/// Runs one command. A panic in it (a bug, or stored data no command
+/// expects, such as a row edited by hand) fails that command alone, as an
+/// error does — rolled back with its savepoint or its batch — instead of
+/// ending the lane's task or the SQLite writer's thread, and with it every
+/// command after.
+async fn exec_caught(
+    conn: &mut impl crate::store::Tx,
+    ctx: &commands::Ctx<'_>,
+    command: Command,
+) -> Result<Reply, Error> {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(commands::exec(conn, ctx, command))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!("a command panicked; it was rolled back and failed alone");
+            Err(Error::CommandPanicked)
+        })
+}
+
+/// How long a commit whose answer was lost is looked up before its caller
+/// hears `commit-outcome-unknown`.
+const OUTCOME_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// PostgreSQL, just before COMMIT and in one round trip: the transaction's
 /// id, so that the outcome of a commit whose answer is lost can be asked
@@ -868,7 +900,7 @@ impl Writer {
             if savepoints {
                 conn.savepoint()?;
             }
-            let result = runtime.block_on(commands::exec(conn, &ctx, env.command.clone()));
+            let result = runtime.block_on(exec_caught(conn, &ctx, env.command.clone()));
             let mut changed = std::mem::take(&mut *ctx.touched.lock().expect("touched lock"));
             let made_jobs = ctx
                 .scheduled
