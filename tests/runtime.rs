@@ -5367,6 +5367,105 @@ async fn a_publisher_takes_the_waiting_instance_before_the_key() {
     );
 }
 
+/// The same order for a message no wait waits for that is the rest of a
+/// sending (P06's `collect`): the publisher locks the instance that took
+/// the sending, then the key. A transaction holding that instance, as a
+/// completion that subscribes it again would ("faltan requisitos"), gets the
+/// key at once; the other order deadlocked them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_takes_the_sending_instance_before_the_key() {
+    let h = Harness::new(Db::Postgres).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    let mut holder = h.engine.store().pool().begin().await.unwrap();
+    sqlx::query("SELECT id FROM instances WHERE id = $1 FOR UPDATE")
+        .bind(&id)
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    let engine = h.engine.clone();
+    let publishing = tokio::spawn(async move {
+        engine
+            .publish(PublishMessage {
+                name: "requisitos_whatsapp".to_owned(),
+                key: PHONE.to_owned(),
+                payload: json!({"media": ["croquis.jpg"]}),
+                id: "wamid.resto".to_owned(),
+                ttl_ms: 3_600_000,
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("SET LOCAL lock_timeout = '500ms'")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS locked")
+        .bind(format!("message:requisitos_whatsapp:{PHONE}"))
+        .fetch_one(&mut *holder)
+        .await
+        .expect("the key is free: the publisher waits for the instance first");
+    holder.commit().await.unwrap();
+    let delivered = publishing.await.unwrap().expect("published");
+    assert_eq!(
+        delivered,
+        Delivery::Delivered {
+            instance: id.clone()
+        }
+    );
+    let media = h.instance(&id).await.state.variables["requisitos_adjuntos"].clone();
+    assert_eq!(
+        media,
+        json!([
+            "ci_anverso.jpg",
+            "ci_reverso.jpg",
+            "factura.pdf",
+            "croquis.jpg"
+        ])
+    );
+}
+
+/// On PostgreSQL a cancel locks the children it will cancel before their
+/// parent, in the order a child that ends takes them (itself, then its
+/// parent). Here a transaction holds the OPR-PAS-P02 child, as the child's
+/// last completion would, and then asks for the parent: it gets it at once,
+/// and the cancel goes on after. A cancel that held the parent first
+/// waited on the child while the child's completion waited on the parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_takes_the_child_before_the_parent() {
+    let h = Harness::new(Db::Postgres).await;
+    let id = through_identification(&h, "4587213").await;
+    through_coverage(&h, &id, "Cala Cala").await;
+    through_requirements(&h, &id).await;
+    assert_eq!(h.jobs().await, 1, "the Smartflex registration runs");
+    let child = tramite_tests::p06::communicated(&h, &id).await;
+    let mut holder = h.engine.store().pool().begin().await.unwrap();
+    sqlx::query("SELECT id FROM instances WHERE id = $1 FOR UPDATE")
+        .bind(&child.id)
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    let engine = h.engine.clone();
+    let parent = id.clone();
+    let cancelling =
+        tokio::spawn(async move { engine.cancel(&parent, "cliente desiste", "jefe1").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("SET LOCAL lock_timeout = '500ms'")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    sqlx::query("SELECT id FROM instances WHERE id = $1 FOR UPDATE")
+        .bind(&id)
+        .fetch_one(&mut *holder)
+        .await
+        .expect("the parent is free: the cancel waits for the child first");
+    holder.commit().await.unwrap();
+    cancelling.await.unwrap().expect("cancelled");
+    assert_eq!(h.instance(&id).await.status, "cancelled");
+    assert_eq!(h.instance(&child.id).await.status, "cancelled");
+}
+
 /// A message published to a wait that was withdrawn after the publisher
 /// read it (on PostgreSQL, another lane's or node's timeout or cancellation
 /// committing in between) goes to the next wait, or is kept: it used to be

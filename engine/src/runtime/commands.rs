@@ -2114,10 +2114,16 @@ async fn publish(
     // publisher against a batch that held that instance and subscribed
     // another one under the same key (a second request from one phone):
     // a second of deadlock detection and a retry each time.
-    if ctx.backend == Backend::Postgres
-        && let Some(peek) = conn.find_subscription(&msg.name, &msg.key).await?
-    {
-        conn.instance(&peek.instance_id, true).await?;
+    // Likewise the instance a message with no wait would go to as the rest
+    // of a sending: it is looked for unlocked, and locked first.
+    if ctx.backend == Backend::Postgres {
+        let first = match conn.find_subscription(&msg.name, &msg.key).await? {
+            Some(peek) => Some(peek.instance_id),
+            None => sending_taker(conn, ctx, &msg.name, &msg.key).await?,
+        };
+        if let Some(instance) = first {
+            conn.instance(&instance, true).await?;
+        }
     }
     // Publishers and subscribers of one key take turns (several nodes on
     // PostgreSQL): neither can miss the other's uncommitted row.
@@ -2304,60 +2310,83 @@ async fn rest_of_a_sending(
     message: &MessageRow,
     followups: &mut VecDeque<Followup>,
 ) -> Result<Option<String>, Error> {
-    // Read first without a lock (this command holds the message key's
-    // lock; a command on the instance may hold its row and want the key),
-    // locked only once it is the sending's instance.
-    let candidate = |row: &InstanceRow| {
-        row.status == "running"
-            && row.state.sending.as_ref().is_some_and(|s| {
-                s.message == message.message_name && s.key == message.correlation_key
-            })
+    let Some(instance) =
+        sending_taker(conn, ctx, &message.message_name, &message.correlation_key).await?
+    else {
+        return Ok(None);
     };
-    // Of the requests that took this phone's messages (a client may have
-    // two), the one whose sending took a message last.
+    // Read again, locked: it may have moved on since.
+    let row = load(conn, &instance).await?;
+    let process = ctx.processes.get(conn, row.definition_id).await?;
+    let Some((node, w)) = open_sending(
+        &row,
+        &process,
+        ctx.now,
+        &message.message_name,
+        &message.correlation_key,
+    ) else {
+        return Ok(None);
+    };
+    let node = node.to_owned();
+    attach(conn, ctx, row, &process, (&node, w), message, followups).await?;
+    Ok(Some(instance))
+}
+
+/// The instance a message of `name` and `key` that no wait waits for goes
+/// to as the rest of a sending, if any: of the requests that took this
+/// phone's messages (a client may have two), the one whose sending took a
+/// message last, if its `collect` window is still open. Read without
+/// locks: a command on the instance may hold its row and want the
+/// message's key, so the caller locks the instance (before the key, on
+/// PostgreSQL) and checks again.
+async fn sending_taker(
+    conn: &mut impl Tx,
+    ctx: &Ctx<'_>,
+    name: &str,
+    key: &str,
+) -> Result<Option<String>, Error> {
     let mut latest: Option<(i64, String)> = None;
-    for id in conn
-        .recent_takers(&message.message_name, &message.correlation_key)
-        .await?
-    {
-        if let Some(row) = conn.instance(&id, false).await?
-            && candidate(&row)
+    for id in conn.recent_takers(name, key).await? {
+        let Some(row) = conn.instance(&id, false).await? else {
+            continue;
+        };
+        let theirs = |s: &Sending| s.message == name && s.key == key;
+        if row.status != "running" || !row.state.sending.as_ref().is_some_and(theirs) {
+            continue;
+        }
+        let process = ctx.processes.get(conn, row.definition_id).await?;
+        if open_sending(&row, &process, ctx.now, name, key).is_some()
             && let Some(s) = &row.state.sending
             && latest.as_ref().is_none_or(|(at, _)| s.at > *at)
         {
             latest = Some((s.at, id));
         }
     }
-    let Some((_, instance)) = latest else {
-        return Ok(None);
+    Ok(latest.map(|(_, id)| id))
+}
+
+/// The wait of `row`'s sending of `name` and `key`, if it is still open at
+/// `now` (the instance running, the last message taken less than the
+/// wait's `collect` ago).
+fn open_sending<'p>(
+    row: &InstanceRow,
+    process: &'p Process,
+    now: i64,
+    name: &str,
+    key: &str,
+) -> Option<(&'p str, &'p crate::definition::MessageWait)> {
+    let sending = row
+        .state
+        .sending
+        .as_ref()
+        .filter(|s| row.status == "running" && s.message == name && s.key == key)?;
+    let node = process.definition.node(&sending.node)?;
+    let NodeKind::MessageWait(w) = &node.kind else {
+        return None;
     };
-    let row = load(conn, &instance).await?;
-    if !candidate(&row) {
-        return Ok(None);
-    }
-    let sending = row.state.sending.clone().expect("candidate");
-    let process = ctx.processes.get(conn, row.definition_id).await?;
-    let Some(NodeKind::MessageWait(w)) = process.definition.node(&sending.node).map(|n| &n.kind)
-    else {
-        return Ok(None);
-    };
-    let Some(quiet) = w.collect.as_ref() else {
-        return Ok(None);
-    };
-    if ctx.now.saturating_sub(sending.at) > quiet.as_std().as_millis() as i64 {
-        return Ok(None);
-    }
-    attach(
-        conn,
-        ctx,
-        row,
-        &process,
-        (&sending.node, w),
-        message,
-        followups,
-    )
-    .await?;
-    Ok(Some(instance))
+    let quiet = w.collect.as_ref()?;
+    (now.saturating_sub(sending.at) <= quiet.as_std().as_millis() as i64)
+        .then_some((node.id.as_str(), w))
 }
 
 /// Stores a message of a sending on its instance as its wait stored the
@@ -2419,6 +2448,9 @@ async fn cancel(
     strict: bool,
     followups: &mut VecDeque<Followup>,
 ) -> Result<(), Error> {
+    if ctx.backend == Backend::Postgres {
+        lock_descendants(conn, id).await?;
+    }
     let row = load(conn, id).await?;
     if row.status != "running" {
         if strict {
@@ -2450,6 +2482,32 @@ async fn cancel(
         });
     }
     save(conn, ctx, Change::of(row, effects, actor), followups).await
+}
+
+/// Locks the children a cancel of `id` reaches (those its tokens wait
+/// for, theirs, and so on), read without locks, descendants before their
+/// ancestors: the order a child that ends takes them in (itself, then its
+/// parent). A cancel that locked the parent first deadlocked against its
+/// child's last step on another lane or node.
+async fn lock_descendants(conn: &mut impl Tx, id: &str) -> Result<(), Error> {
+    let mut found = Vec::new();
+    let mut next = vec![id.to_owned()];
+    while let Some(at) = next.pop() {
+        let Some(row) = conn.instance(&at, false).await? else {
+            continue;
+        };
+        for token in &row.state.tokens {
+            if let Wait::Call { child } = &token.wait {
+                found.push(child.clone());
+                next.push(child.clone());
+            }
+        }
+    }
+    // Each was found after its parent.
+    for child in found.iter().rev() {
+        conn.instance(child, true).await?;
+    }
+    Ok(())
 }
 
 async fn settle_incident(
