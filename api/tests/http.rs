@@ -3100,6 +3100,82 @@ async fn a_task_held_by_another_agent_says_by_whom_and_keeps_what_was_typed() {
     );
 }
 
+/// A form the engine cannot take just then (here the database was set
+/// read only, as a PostgreSQL standby is after a fail-over) comes back with
+/// what the agent typed and a line saying it was not saved, with the API's
+/// status (503) — not an error page that loses a call's notes. Sent again
+/// once the database takes changes, it completes the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_the_engine_cannot_take_keeps_what_was_typed() {
+    use sqlx::Connection;
+    let api = Api::new(Db::Postgres).await;
+    let id = api.start_p06().await;
+    api.complete(&id, "recibir_llamada", AGENT, "atendida", json!({}))
+        .await;
+    let task = api.task(&id, "identificar_cliente", AGENT).await;
+    let uri = format!("/tasks/{task}");
+    let name = api.h.db.url.rsplit('/').next().unwrap().to_owned();
+    // New sessions only: the ones open are ended, and the pool opens new.
+    let read_only = |on: &'static str| {
+        let name = name.clone();
+        async move {
+            let mut admin = sqlx::PgConnection::connect(&tramite_tests::engine::postgres_url())
+                .await
+                .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE {name} SET default_transaction_read_only = {on}"
+            )))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            )
+            .bind(&name)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        }
+    };
+    read_only("on").await;
+    let typed = "nombre_cliente=Juan+P%C3%A9rez&ci=4587213&servicio_solicitado=internet_fibra&outcome=continuar";
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let (status, _, html) =
+            page(&api, Method::POST, &uri, Some(AGENT), Some(typed), false).await;
+        // The first may meet a connection the server ended.
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(html.contains(r#"id="not-saved""#), "{html}");
+            assert!(html.contains("No se guardó"), "{html}");
+            assert!(
+                html.contains(r#"value="Juan Pérez""#),
+                "what was typed stays: {html}"
+            );
+            assert!(html.contains(r#"value="4587213""#), "{html}");
+            answers.clear();
+            break;
+        }
+        answers.push(status);
+    }
+    assert!(
+        answers.is_empty(),
+        "never refused as not saved: {answers:?}"
+    );
+    assert!(api.h.task_open(&id, "identificar_cliente").await);
+    read_only("off").await;
+    let mut sent = None;
+    for _ in 0..3 {
+        let (status, headers, _) =
+            page(&api, Method::POST, &uri, Some(AGENT), Some(typed), false).await;
+        if status == StatusCode::SEE_OTHER {
+            sent = Some(headers["location"].to_str().unwrap().to_owned());
+            break;
+        }
+    }
+    assert_eq!(sent.as_deref(), Some("/inbox?done=1"));
+    assert!(!api.h.task_open(&id, "identificar_cliente").await);
+}
+
 /// A request's history reads as sentences: the outcome's label, the data
 /// with the variables' labels and the options' labels, the role's name,
 /// due times as the pages show them, "sistema" for the engine's own steps

@@ -111,6 +111,11 @@ pub(crate) struct Words {
     pub(crate) forbidden: &'static str,
     pub(crate) not_found: &'static str,
     pub(crate) conflict: &'static str,
+    /// A completion the engine could not take just then (busy, a change
+    /// at the same moment, a database that takes no changes).
+    pub(crate) not_saved: &'static str,
+    /// A completion whose commit could not be confirmed either way.
+    pub(crate) not_confirmed: &'static str,
     pub(crate) error: &'static str,
     pub(crate) back: &'static str,
     pub(crate) completed_ok: &'static str,
@@ -230,6 +235,8 @@ pub(crate) const ES: Words = Words {
     forbidden: "No tiene acceso a esta página.",
     not_found: "No existe.",
     conflict: "Esta tarea ya no está disponible (otra persona la tomó o la completó).",
+    not_saved: "No se guardó: el sistema no pudo tomar el cambio en este momento. Lo que escribió sigue en el formulario; vuelva a enviarlo en unos segundos.",
+    not_confirmed: "No se pudo confirmar si se guardó. Lo que escribió sigue en el formulario: vuelva a enviarlo; si ya se guardó, la página lo dirá.",
     error: "Algo salió mal; intente de nuevo.",
     back: "Volver a la bandeja",
     completed_ok: "Tarea completada.",
@@ -340,6 +347,8 @@ pub(crate) const EN: Words = Words {
     forbidden: "You do not have access to this page.",
     not_found: "It does not exist.",
     conflict: "This task is no longer available (someone else claimed or completed it).",
+    not_saved: "Not saved: the system could not take the change just now. What you typed is still in the form; send it again in a few seconds.",
+    not_confirmed: "Whether it was saved could not be confirmed. What you typed is still in the form: send it again; if it was saved, the page will say so.",
     error: "Something went wrong; try again.",
     back: "Back to the inbox",
     completed_ok: "Task completed.",

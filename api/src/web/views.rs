@@ -413,6 +413,9 @@ pub(super) struct TaskPage {
     pub(super) outcomes: Vec<OutcomeView>,
     pub(super) has_errors: bool,
     pub(super) general_errors: Vec<String>,
+    /// Why the form came back with what was typed though nothing in it
+    /// was wrong: the engine could not take it just then.
+    pub(super) not_saved: &'static str,
     pub(super) received: Vec<Attachment>,
     pub(super) documents: Vec<DocView>,
 }
