@@ -3147,6 +3147,7 @@ async fn a_form_the_engine_cannot_take_keeps_what_was_typed() {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             assert!(html.contains(r#"id="not-saved""#), "{html}");
             assert!(html.contains("No se guardó"), "{html}");
+            assert!(html.contains("avise a soporte"), "someone must act: {html}");
             assert!(
                 html.contains(r#"value="Juan Pérez""#),
                 "what was typed stays: {html}"

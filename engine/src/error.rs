@@ -237,15 +237,34 @@ pub enum Error {
 }
 
 impl Error {
-    /// The database was too busy to take the change (no free connection in
-    /// time, or a deadlock or serialisation failure that outlasted the
-    /// writer's retries): nothing was written, and sending it again is safe.
+    /// The database was too busy, or out of reach, to take the change: no
+    /// free connection in time, a deadlock or serialisation failure that
+    /// outlasted the writer's retries, a connection lost or refused (a
+    /// PostgreSQL fail-over or restart, its connection limit), a SQLite
+    /// read that waited out another's lock. Nothing was written — a commit
+    /// whose answer was lost is looked up, and answered as it happened or
+    /// `CommitOutcomeUnknown` — so sending it again is safe.
     pub fn is_busy(&self) -> bool {
-        crate::runtime::commands::is_retryable(self) && !matches!(self, Error::Concurrent { .. })
-            || matches!(
-                self,
-                Error::Store(crate::store::Error::Database(sqlx::Error::PoolTimedOut))
-            )
+        use crate::store::Error as S;
+        match self {
+            Error::Store(S::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_),
+            )) => true,
+            // Admin shutdown, crash shutdown, cannot connect now (a server
+            // restarting or failing over), too many connections, and the
+            // connection exceptions.
+            Error::Store(S::Database(sqlx::Error::Database(d))) => {
+                d.code().is_some_and(|c| {
+                    matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+                        || c.starts_with("08")
+                }) || crate::runtime::commands::is_retryable(self)
+            }
+            Error::Store(S::Sqlite(rusqlite::Error::SqliteFailure(e, _))) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            _ => false,
+        }
     }
 }
 

@@ -352,3 +352,44 @@ impl IntoResponse for Error {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tramite_engine::store::Error as Store;
+
+    fn kind(e: tramite_engine::Error) -> (StatusCode, &'static str) {
+        let (status, kind, _, _) = Error::from(e).parts();
+        (status, kind)
+    }
+
+    /// A database out of reach (a connection lost in a fail-over, refused
+    /// while the server restarts or is at its connection limit) changed
+    /// nothing: 503 `busy`, which clients send again, not 500 `internal`,
+    /// which they do not.
+    #[test]
+    fn a_database_out_of_reach_is_busy_not_internal() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let lost = tramite_engine::Error::Store(Store::Database(sqlx::Error::Io(reset)));
+        assert_eq!(kind(lost), (StatusCode::SERVICE_UNAVAILABLE, "busy"));
+        let timed_out = tramite_engine::Error::Store(Store::Database(sqlx::Error::PoolTimedOut));
+        assert_eq!(kind(timed_out), (StatusCode::SERVICE_UNAVAILABLE, "busy"));
+        let locked = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        let locked = tramite_engine::Error::Store(Store::Sqlite(locked));
+        assert_eq!(kind(locked), (StatusCode::SERVICE_UNAVAILABLE, "busy"));
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        let full = tramite_engine::Error::Store(Store::Sqlite(full));
+        assert_eq!(
+            kind(full),
+            (StatusCode::SERVICE_UNAVAILABLE, "storage-unavailable")
+        );
+        let bug = tramite_engine::Error::CommandPanicked;
+        assert_eq!(kind(bug), (StatusCode::INTERNAL_SERVER_ERROR, "internal"));
+    }
+}

@@ -951,20 +951,39 @@ async fn task_submit(
                 page.typed = typed(&process.definition, &ut.form, &form, &ses);
                 return Ok((status, render(&page)).into_response());
             }
-            Err(e) if not_taken(&e) || matches!(e, tramite_engine::Error::CommitOutcomeUnknown) => {
+            Err(e)
+                if not_taken(&e)
+                    || matches!(
+                        e,
+                        tramite_engine::Error::CommitOutcomeUnknown
+                            | tramite_engine::Error::Stopped
+                    ) =>
+            {
                 // The engine could not take it just then: the form comes
                 // back with what was typed (a call's notes), not an error
                 // page that loses it. Sent again after a commit that may
                 // have happened, it is recognised as done (above).
-                let notice = if matches!(e, tramite_engine::Error::CommitOutcomeUnknown) {
-                    ses.w.not_confirmed
-                } else {
-                    ses.w.not_saved
+                let notice = match &e {
+                    // `Stopped` may also be a reply lost after a commit.
+                    tramite_engine::Error::CommitOutcomeUnknown
+                    | tramite_engine::Error::Stopped => ses.w.not_confirmed,
+                    // Not a matter of seconds: someone must act.
+                    e if e.is_storage_refusal()
+                        || matches!(e, tramite_engine::Error::LogSyncFailed) =>
+                    {
+                        ses.w.not_saved_down
+                    }
+                    _ => ses.w.not_saved,
                 };
                 let status = Error::from(e).status();
                 let mut page = task_model(&s, &ses, &id, Some(&form), &[]).await?;
                 page.user = Some(ses.user.clone());
                 page.not_saved = notice;
+                if !page.open {
+                    // Closed meanwhile (or by this very commit): the notes
+                    // are shown all the same.
+                    page.typed = typed(&process.definition, &ut.form, &form, &ses);
+                }
                 return Ok((status, render(&page)).into_response());
             }
             Err(e) => return Err(ses.fail(e)),
@@ -983,13 +1002,11 @@ async fn task_submit(
 
 /// Whether a completion failed without being taken, so that sending the
 /// same form again is safe: the database was busy or takes no changes, the
-/// request changed at the same moment, or the engine is stopping or has
-/// stopped taking changes.
+/// request changed at the same moment, or the engine has stopped taking
+/// changes.
 fn not_taken(e: &tramite_engine::Error) -> bool {
     use tramite_engine::Error as E;
-    e.is_busy()
-        || e.is_storage_refusal()
-        || matches!(e, E::Concurrent { .. } | E::Stopped | E::LogSyncFailed)
+    e.is_busy() || e.is_storage_refusal() || matches!(e, E::Concurrent { .. } | E::LogSyncFailed)
 }
 
 /// What the agent typed into `fields` of `def`, as the pages show values

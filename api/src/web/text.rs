@@ -114,6 +114,9 @@ pub(crate) struct Words {
     /// A completion the engine could not take just then (busy, a change
     /// at the same moment, a database that takes no changes).
     pub(crate) not_saved: &'static str,
+    /// A completion refused until someone acts (a full or read-only
+    /// database, a disk that failed).
+    pub(crate) not_saved_down: &'static str,
     /// A completion whose commit could not be confirmed either way.
     pub(crate) not_confirmed: &'static str,
     pub(crate) error: &'static str,
@@ -236,6 +239,7 @@ pub(crate) const ES: Words = Words {
     not_found: "No existe.",
     conflict: "Esta tarea ya no está disponible (otra persona la tomó o la completó).",
     not_saved: "No se guardó: el sistema no pudo tomar el cambio en este momento. Lo que escribió sigue en el formulario; vuelva a enviarlo en unos segundos.",
+    not_saved_down: "No se guardó: el sistema no acepta cambios por ahora; avise a soporte. Lo que escribió sigue en el formulario, para enviarlo cuando vuelva a funcionar o copiarlo.",
     not_confirmed: "No se pudo confirmar si se guardó. Lo que escribió sigue en el formulario: vuelva a enviarlo; si ya se guardó, la página lo dirá.",
     error: "Algo salió mal; intente de nuevo.",
     back: "Volver a la bandeja",
@@ -348,6 +352,7 @@ pub(crate) const EN: Words = Words {
     not_found: "It does not exist.",
     conflict: "This task is no longer available (someone else claimed or completed it).",
     not_saved: "Not saved: the system could not take the change just now. What you typed is still in the form; send it again in a few seconds.",
+    not_saved_down: "Not saved: the system takes no changes for now; tell support. What you typed is still in the form, to send once it works again or to copy.",
     not_confirmed: "Whether it was saved could not be confirmed. What you typed is still in the form: send it again; if it was saved, the page will say so.",
     error: "Something went wrong; try again.",
     back: "Back to the inbox",

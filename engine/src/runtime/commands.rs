@@ -133,6 +133,29 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The command's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Deploy { .. } => "deploy",
+            Command::Start(_) => "start",
+            Command::Claim { .. } => "claim",
+            Command::Unclaim { .. } => "unclaim",
+            Command::Assign { .. } => "assign",
+            Command::Complete(_) => "complete",
+            Command::ClaimJobs { .. } => "claim_jobs",
+            Command::JobDone { .. } => "job_done",
+            Command::Publish(_) => "publish",
+            Command::Cancel { .. } => "cancel",
+            Command::RetryIncident { .. } => "retry_incident",
+            Command::ResolveIncident { .. } => "resolve_incident",
+            Command::ReleaseLeases => "release_leases",
+            Command::EndSession { .. } => "end_session",
+            Command::Purge { .. } => "purge",
+        }
+    }
+}
+
 /// What starting an instance takes.
 #[derive(Debug, Clone)]
 pub struct StartInstance {
@@ -2333,36 +2356,40 @@ async fn rest_of_a_sending(
 }
 
 /// The instance a message of `name` and `key` that no wait waits for goes
-/// to as the rest of a sending, if any: of the requests that took this
-/// phone's messages (a client may have two), the one whose sending took a
-/// message last, if its `collect` window is still open. Read without
-/// locks: a command on the instance may hold its row and want the
-/// message's key, so the caller locks the instance (before the key, on
-/// PostgreSQL) and checks again.
+/// to as the rest of a sending, if any: of the running requests that took
+/// this phone's messages (a client may have two), the one whose sending
+/// took a message last — if its `collect` window is still open; else the
+/// message is kept, for the next wait. Read without locks: a command on
+/// the instance may hold its row and want the message's key, so the
+/// caller locks the instance (before the key, on PostgreSQL) and checks
+/// again.
 async fn sending_taker(
     conn: &mut impl Tx,
     ctx: &Ctx<'_>,
     name: &str,
     key: &str,
 ) -> Result<Option<String>, Error> {
-    let mut latest: Option<(i64, String)> = None;
+    let mut latest: Option<(i64, InstanceRow)> = None;
     for id in conn.recent_takers(name, key).await? {
         let Some(row) = conn.instance(&id, false).await? else {
             continue;
         };
-        let theirs = |s: &Sending| s.message == name && s.key == key;
-        if row.status != "running" || !row.state.sending.as_ref().is_some_and(theirs) {
-            continue;
-        }
-        let process = ctx.processes.get(conn, row.definition_id).await?;
-        if open_sending(&row, &process, ctx.now, name, key).is_some()
+        if row.status == "running"
             && let Some(s) = &row.state.sending
+            && s.message == name
+            && s.key == key
             && latest.as_ref().is_none_or(|(at, _)| s.at > *at)
         {
-            latest = Some((s.at, id));
+            latest = Some((s.at, row));
         }
     }
-    Ok(latest.map(|(_, id)| id))
+    let Some((_, row)) = latest else {
+        return Ok(None);
+    };
+    let process = ctx.processes.get(conn, row.definition_id).await?;
+    Ok(open_sending(&row, &process, ctx.now, name, key)
+        .is_some()
+        .then_some(row.id))
 }
 
 /// The wait of `row`'s sending of `name` and `key`, if it is still open at

@@ -395,11 +395,17 @@ async fn exec_caught(
     command: Command,
 ) -> Result<Reply, Error> {
     use futures_util::FutureExt;
+    let what = command.kind();
     std::panic::AssertUnwindSafe(commands::exec(conn, ctx, command))
         .catch_unwind()
         .await
-        .unwrap_or_else(|_| {
-            tracing::error!("a command panicked; it was rolled back and failed alone");
+        .unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(command = what, panic = %why, "a command panicked; it was rolled back and failed alone");
             Err(Error::CommandPanicked)
         })
 }
@@ -538,10 +544,15 @@ pub(crate) fn spawn_sqlite(
                     continue;
                 }
                 let settled = writer.execute_sqlite(&mut conn, batch, &runtime);
-                if sync.batches.send(settled).is_err() {
-                    // Only a panic ends the sync thread early; its callers
-                    // then hear `Stopped` from their dropped reply channels.
+                if let Err(std::sync::mpsc::SendError(settled)) = sync.batches.send(settled) {
+                    // Only a panic ends the sync thread early. This batch
+                    // committed, and nobody can tell whether its log is on
+                    // disk: its callers hear so, not `Stopped` (which would
+                    // read as "not taken").
                     tracing::error!("the log sync thread is gone; the writer stops");
+                    for env in settled.envelopes {
+                        let _ = env.reply.send(Err(Error::CommitOutcomeUnknown));
+                    }
                     break;
                 }
             }
