@@ -767,6 +767,34 @@ async fn bad_input_gets_problem_json(db: Db) {
         problem.to_string().contains("no definition to deploy"),
         "{problem}"
     );
+    // A message kept for no time (lost at once) or past a year: refused,
+    // where it was quietly clamped and answered "kept".
+    for ttl in [-5, 0, 400 * 86_400] {
+        let (status, problem) = api
+            .json(
+                Method::POST,
+                "/api/v1/messages",
+                LEAD,
+                json!({"name": "requisitos_whatsapp", "key": "70000000", "id": format!("ttl-{ttl}"), "ttl_seconds": ttl}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{ttl}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], "ttl_seconds", "{problem}");
+    }
+    // A status no task, request or incident has (a typo, Spanish) is a
+    // 422 naming the ones there are, not an empty list.
+    for uri in [
+        "/api/v1/tasks?status=abierto",
+        "/api/v1/tasks?status=",
+        "/api/v1/instances?status=finished",
+        "/api/v1/incidents?status=abierto",
+    ] {
+        let (status, problem) = api.get(uri, LEAD).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{uri}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], "status", "{uri}: {problem}");
+    }
+    let (status, _) = api.get("/api/v1/incidents?status=resolved", LEAD).await;
+    assert_eq!(status, StatusCode::OK);
 }
 both!(bad_input_gets_problem_json);
 

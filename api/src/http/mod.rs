@@ -690,6 +690,33 @@ async fn cancel(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The statuses a task, an instance and an incident can have: a filter
+/// naming another (`abierto`, a typo) is a 422, not an empty list.
+const TASK_STATUSES: &[&str] = &["open", "claimed", "completed", "cancelled"];
+const INSTANCE_STATUSES: &[&str] = &["running", "completed", "cancelled"];
+const INCIDENT_STATUSES: &[&str] = &["open", "resolved", "retried"];
+
+/// The longest a message no wait takes is kept: a year.
+const MAX_TTL_SECONDS: i64 = 365 * 86_400;
+
+/// Refuses a filter `value` of `field` that is not one of `allowed`.
+fn one_of(field: &str, value: Option<&str>, allowed: &[&str]) -> Result<(), Error> {
+    match value {
+        Some(v) if !allowed.contains(&v) => Err(Error::field(
+            field,
+            &format!(
+                "one of {}",
+                allowed
+                    .iter()
+                    .map(|a| format!("`{a}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -716,6 +743,7 @@ async fn inbox(
 ) -> Result<Json<Page<tramite_engine::store::tasks::TaskRow>>, Error> {
     let user = s.users.authenticate(&headers)?;
     let Query(q) = query?;
+    one_of("status", q.status.as_deref(), TASK_STATUSES)?;
     // Agents see the tasks of their roles only; no roles, no inbox.
     let roles = user.inbox_roles(q.role)?;
     if roles.is_empty() {
@@ -839,6 +867,7 @@ async fn instances(
 ) -> Result<Json<Value>, Error> {
     let user = s.users.authenticate(&headers)?;
     let Query(q) = query?;
+    one_of("status", q.status.as_deref(), INSTANCE_STATUSES)?;
     let readable = readable_versions(&s.engine, &user).await?;
     if let (Some(code), Some(readable)) = (&q.code, &readable)
         && !readable.iter().any(|(_, c)| c == code)
@@ -1068,6 +1097,15 @@ async fn publish(
     user.require_any(&["channel", "operator"], "publishing messages")?;
     let Json(r) = body?;
     user.may_publish(&r.name)?;
+    let ttl_seconds = r.ttl_seconds.unwrap_or(7 * 86_400);
+    if !(1..=MAX_TTL_SECONDS).contains(&ttl_seconds) {
+        // Kept for no time, a message no wait takes at once is lost; for
+        // more than a year, no request of the client's is still waiting.
+        return Err(Error::field(
+            "ttl_seconds",
+            "must be from 1 to 31536000 (365 days)",
+        ));
+    }
     let delivery = s
         .engine
         .publish(PublishMessage {
@@ -1075,7 +1113,7 @@ async fn publish(
             key: r.key,
             payload: r.payload,
             id: r.id,
-            ttl_ms: r.ttl_seconds.unwrap_or(7 * 86_400).clamp(0, 365 * 86_400) * 1_000,
+            ttl_ms: ttl_seconds * 1_000,
         })
         .await?;
     Ok(Json(json!(delivery)))
@@ -1097,6 +1135,7 @@ async fn incidents(
 ) -> Result<Json<Value>, Error> {
     s.users.authenticate(&headers)?.require("operator")?;
     let Query(q) = query?;
+    one_of("status", q.status.as_deref(), INCIDENT_STATUSES)?;
     Ok(Json(json!(
         s.engine
             .incidents(q.status.as_deref(), q.instance.as_deref())
