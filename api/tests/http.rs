@@ -1163,6 +1163,19 @@ async fn openapi_document_and_offline_docs_page() {
         }
     }
     assert!(checked >= 29, "only {checked} routes found");
+    // Every operation says it can answer 503 and 500, and which problems
+    // those are (commit-outcome-unknown must be told apart).
+    for (route, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            let server = &operation["responses"]["5XX"]["description"];
+            assert!(
+                server
+                    .as_str()
+                    .is_some_and(|d| d.contains("commit-outcome-unknown")),
+                "{method} {route} does not document its 5xx answers"
+            );
+        }
+    }
     // The docs page is served from the binary (nothing fetched from a CDN).
     let response = api
         .app

@@ -162,9 +162,46 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> axum::extract::Fr
 #[openapi(
     info(title = "tramite", description = "Workflow engine for business procedures written in YAML: task inboxes, instances, definitions, messages, incidents, indicators. Every error is application/problem+json."),
     paths(healthz, readyz, prometheus, webhooks::whatsapp_verify, webhooks::whatsapp_event, webhooks::lead, webhooks::ivr, webhooks::list_messages, list_definitions, deploy, definition, diagram, start, instances, instance, history, cancel, inbox, counts, task, claim, unclaim, assign, complete, publish, incidents, retry, resolve, indicator),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &ServerProblems)
 )]
 pub struct ApiDoc;
+
+/// Every operation can answer 503 (nothing changed: `busy`, `timeout`,
+/// `storage-unavailable`, `log-sync-failed`, `shutting-down`; or
+/// `commit-outcome-unknown`, which clients must tell apart) and 500: said
+/// once here rather than on each path.
+struct ServerProblems;
+
+impl utoipa::Modify for ServerProblems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, ResponseBuilder};
+        let problem = ResponseBuilder::new()
+            .description(
+                "Problem (application/problem+json). 503: `busy`, `timeout`, \
+                 `storage-unavailable`, `log-sync-failed`, `shutting-down` (nothing was \
+                 changed: send it again) or `commit-outcome-unknown` (the change may or may \
+                 not have been made: look before sending it again); 500: `internal`",
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .entry("5XX".to_owned())
+                    .or_insert_with(|| RefOr::T(problem.clone()));
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 
