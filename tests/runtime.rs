@@ -4564,6 +4564,34 @@ async fn a_read_only_database_refuses_changes_as_such() {
         .unwrap();
 }
 
+/// On PostgreSQL a read stops when its caller has given up (an HTTP
+/// request ends at 30 s): the read connections carry a statement timeout,
+/// and a read it cancels is 503 `busy`, not 500. Sent again, it is safe.
+#[tokio::test]
+async fn a_read_past_its_time_stops_and_is_busy() {
+    let h = Harness::new(Db::Postgres).await;
+    let mut conn = h.engine.store().pool().acquire().await.unwrap();
+    let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(timeout, "30s");
+    sqlx::query("SET statement_timeout = '50ms'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let cancelled = sqlx::query("SELECT pg_sleep(1)")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    let e = Error::Store(tramite_engine::store::Error::Database(cancelled));
+    assert!(e.is_busy(), "{e:?}");
+    sqlx::query("SET statement_timeout = '30s'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+}
+
 /// SQLite serves a task, an instance, its children and inbox pages on
 /// read connections of its own, in place (`store::sqlite_reads`): they
 /// must read exactly what the sqlx pool reads, for every shape of filter

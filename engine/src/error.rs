@@ -251,11 +251,12 @@ impl Error {
                 sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_),
             )) => true,
             // Admin shutdown, crash shutdown, cannot connect now (a server
-            // restarting or failing over), too many connections, and the
-            // connection exceptions.
+            // restarting or failing over), too many connections, a read
+            // past its time (`statement_timeout`), and the connection
+            // exceptions.
             Error::Store(S::Database(sqlx::Error::Database(d))) => {
                 d.code().is_some_and(|c| {
-                    matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+                    matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300" | "57014")
                         || c.starts_with("08")
                 }) || crate::runtime::commands::is_retryable(self)
             }

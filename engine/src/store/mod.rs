@@ -119,14 +119,14 @@ impl Store {
             Backend::Postgres => url.to_owned(),
         };
         let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
-        let pool = |size: u32| {
+        let pool = |size: u32, reads: bool| {
             AnyPoolOptions::new()
                 .max_connections(size)
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
                         match backend {
                             Backend::Sqlite => sqlite::configure(conn).await?,
-                            Backend::Postgres => postgres::configure(conn).await?,
+                            Backend::Postgres => postgres::configure(conn, reads).await?,
                         }
                         Ok(())
                     })
@@ -134,10 +134,13 @@ impl Store {
                 .connect_with(options.clone())
         };
         // Reads never make the writer wait for a connection: it has its own.
-        let writes = pool(match backend {
-            Backend::Sqlite => 1,
-            Backend::Postgres => writers.max(1),
-        })
+        let writes = pool(
+            match backend {
+                Backend::Sqlite => 1,
+                Backend::Postgres => writers.max(1),
+            },
+            false,
+        )
         .await?;
         match backend {
             Backend::Sqlite => sqlite::migrator().run(&writes).await?,
@@ -145,10 +148,13 @@ impl Store {
         }
         // PostgreSQL: 12 for reads, with 8 write lanes and one listener a
         // node holds 21 connections, so 4 nodes fit the server's default 100.
-        let pool = pool(match backend {
-            Backend::Sqlite => 8,
-            Backend::Postgres => 12,
-        })
+        let pool = pool(
+            match backend {
+                Backend::Sqlite => 8,
+                Backend::Postgres => 12,
+            },
+            true,
+        )
         .await?;
         let sqlite_file = sqlite::file(&url);
         let reads = match backend {

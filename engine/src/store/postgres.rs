@@ -13,14 +13,31 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 /// (common on managed services) would otherwise lose message deliveries.
 /// A connection left inside a transaction by a frozen node holds its row
 /// locks only a minute.
-pub(super) async fn configure(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+pub(super) async fn configure(
+    conn: &mut sqlx::AnyConnection,
+    reads: bool,
+) -> Result<(), sqlx::Error> {
     use sqlx::Executor;
     conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED")
         .await?;
     conn.execute("SET idle_in_transaction_session_timeout = '60s'")
         .await?;
+    if reads {
+        // A read whose caller gave up (an HTTP request ends at 30 s) stops
+        // too, rather than scanning on for nobody (an inbox filtered by a
+        // variable reads instances' states). Not on the write connections:
+        // a migration building an index on a large table may take longer.
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "SET statement_timeout = '{}s'",
+            READ_TIMEOUT.as_secs()
+        )))
+        .await?;
+    }
     Ok(())
 }
+
+/// The longest a statement on the read connections may run.
+pub(crate) const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The embedded migrations (applied under PostgreSQL's advisory lock, so
 /// that several nodes starting at once migrate exactly once).
