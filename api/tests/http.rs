@@ -2551,6 +2551,27 @@ async fn review_findings_over_http() {
             .contains("wamid.tomado")
     );
     assert_eq!(messages[1]["delivery"]["status"], "kept", "{answer}");
+    // Likewise a message nested past what the engine keeps (its caption an
+    // object 70 levels deep): refused for good, the other still goes in.
+    let mut deep =
+        serde_json::from_str::<Value>(&whatsapp_event("wamid.hondo", "59172345678")).unwrap();
+    deep["entry"][0]["changes"][0]["value"]["messages"][0]["image"]["caption"] =
+        (0..70).fold(json!("CI"), |v, _| json!({"a": v}));
+    let mut event = deep.clone();
+    let third =
+        serde_json::from_str::<Value>(&whatsapp_event("wamid.otro", "59172345678")).unwrap();
+    event["entry"][0]["changes"][0]["value"]["messages"]
+        .as_array_mut()
+        .unwrap()
+        .push(third["entry"][0]["changes"][0]["value"]["messages"][0].clone());
+    let body = event.to_string();
+    let (status, answer) = api
+        .whatsapp(&body, Some(signature(WHATSAPP_SECRET, &body)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let messages = answer["messages"].as_array().unwrap();
+    assert!(messages[0]["refused"].is_string(), "{answer}");
+    assert_eq!(messages[1]["delivery"]["status"], "kept", "{answer}");
 
     // Resolve says what the token does then: `go_on` or `run_again`.
     for (then, status) in [

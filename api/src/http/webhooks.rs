@@ -164,7 +164,8 @@ pub(super) async fn whatsapp_event(
             Err(
                 e @ (tramite_engine::Error::MessageIdTaken { .. }
                 | tramite_engine::Error::EmptyId { .. }
-                | tramite_engine::Error::TooLong { .. }),
+                | tramite_engine::Error::TooLong { .. }
+                | tramite_engine::Error::TooDeep { .. }),
             ) => {
                 tracing::warn!(wamid = id, key = %key, error = %e, "WhatsApp message refused");
                 results.push(json!({"id": id, "key": key, "refused": e.to_string()}));
