@@ -4566,9 +4566,9 @@ async fn a_read_only_database_refuses_changes_as_such() {
 
 /// On PostgreSQL a read stops when its caller has given up (an HTTP
 /// request ends at 30 s): the read connections carry a statement timeout,
-/// and a read it cancels is 503 `busy`, not 500. Sent again, it is safe.
+/// and a read it cancels is a read timeout (503 `timeout`), not 500.
 #[tokio::test]
-async fn a_read_past_its_time_stops_and_is_busy() {
+async fn a_read_past_its_time_stops() {
     let h = Harness::new(Db::Postgres).await;
     let mut conn = h.engine.store().pool().acquire().await.unwrap();
     let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
@@ -4585,11 +4585,45 @@ async fn a_read_past_its_time_stops_and_is_busy() {
         .await
         .unwrap_err();
     let e = Error::Store(tramite_engine::store::Error::Database(cancelled));
-    assert!(e.is_busy(), "{e:?}");
+    assert!(e.is_read_timeout() && !e.is_busy(), "{e:?}");
     sqlx::query("SET statement_timeout = '30s'")
         .execute(&mut *conn)
         .await
         .unwrap();
+}
+
+/// A SQLite read that meets another's lock (through sqlx, whose SQLite
+/// codes are numbers) is `busy`, as a rusqlite one is: 503, send it again.
+#[tokio::test]
+async fn a_sqlite_read_that_meets_a_lock_is_busy() {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let dir = std::env::temp_dir().join(format!("tramite-busy-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}/b.db?mode=rwc", dir.display());
+    let mut holder = sqlx::AnyConnection::connect(&url).await.unwrap();
+    sqlx::query("CREATE TABLE t (x INTEGER)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut reader = sqlx::AnyConnection::connect(&url).await.unwrap();
+    sqlx::query("PRAGMA busy_timeout = 0")
+        .execute(&mut reader)
+        .await
+        .unwrap();
+    let locked = sqlx::query("SELECT COUNT(*) FROM t")
+        .execute(&mut reader)
+        .await
+        .unwrap_err();
+    let e = Error::Store(tramite_engine::store::Error::Database(locked));
+    assert!(e.is_busy(), "{e:?}");
+    drop(reader);
+    drop(holder);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// SQLite serves a task, an instance, its children and inbox pages on

@@ -250,14 +250,18 @@ impl Error {
             Error::Store(S::Database(
                 sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_),
             )) => true,
-            // Admin shutdown, crash shutdown, cannot connect now (a server
-            // restarting or failing over), too many connections, a read
-            // past its time (`statement_timeout`), and the connection
-            // exceptions.
+            // PostgreSQL: admin shutdown, crash shutdown, cannot connect now
+            // (a server restarting or failing over), too many connections,
+            // and the connection exceptions (not 08P01, a protocol
+            // violation: a bug). SQLite through sqlx (its codes are numbers,
+            // PostgreSQL's five characters): busy or locked, extended codes
+            // included.
             Error::Store(S::Database(sqlx::Error::Database(d))) => {
                 d.code().is_some_and(|c| {
-                    matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300" | "57014")
-                        || c.starts_with("08")
+                    matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+                        || (c.starts_with("08") && c != "08P01")
+                        || (c.len() < 5
+                            && c.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6)))
                 }) || crate::runtime::commands::is_retryable(self)
             }
             Error::Store(S::Sqlite(rusqlite::Error::SqliteFailure(e, _))) => matches!(
@@ -270,6 +274,14 @@ impl Error {
 }
 
 impl Error {
+    /// A read stopped at its time limit (PostgreSQL's `statement_timeout`
+    /// on the read connections): the same read would stop again, so not
+    /// `busy` — a narrower filter is the way on.
+    pub fn is_read_timeout(&self) -> bool {
+        matches!(self, Error::Store(crate::store::Error::Database(sqlx::Error::Database(d)))
+            if d.code().is_some_and(|c| c == "57014"))
+    }
+
     /// The database takes no changes just now: its disk is full, or it is
     /// read only (a PostgreSQL standby the engine was pointed at after a
     /// fail-over, a file system remounted read only). Nothing was written,

@@ -297,6 +297,13 @@ impl Error {
                     e.to_string(),
                     none,
                 ),
+                e if e.is_read_timeout() => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    "the read took longer than the database allows (30 s); narrow it (a `code` or `business_key` with a `variable` filter) rather than send it again"
+                        .to_owned(),
+                    none,
+                ),
                 e if e.is_storage_refusal() => {
                     tracing::error!(error = %e, "the database takes no changes");
                     (

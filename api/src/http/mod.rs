@@ -177,10 +177,11 @@ impl utoipa::Modify for ServerProblems {
         use utoipa::openapi::{RefOr, ResponseBuilder};
         let problem = ResponseBuilder::new()
             .description(
-                "Problem (application/problem+json). 503: `busy`, `timeout`, \
-                 `storage-unavailable`, `log-sync-failed`, `shutting-down` (nothing was \
-                 changed: send it again) or `commit-outcome-unknown` (the change may or may \
-                 not have been made: look before sending it again); 500: `internal`",
+                "Problem (application/problem+json). 503: `busy`, `storage-unavailable`, \
+                 `log-sync-failed` (nothing was changed: send it again) or `timeout`, \
+                 `shutting-down`, `commit-outcome-unknown` (the change may or may not have \
+                 been made: look before sending it again, or send starts with a \
+                 `request_id`); 500: `internal`",
             )
             .build();
         for item in openapi.paths.paths.values_mut() {
@@ -731,7 +732,7 @@ async fn cancel(
 /// naming another (`abierto`, a typo) is a 422, not an empty list.
 const TASK_STATUSES: &[&str] = &["open", "claimed", "completed", "cancelled"];
 const INSTANCE_STATUSES: &[&str] = &["running", "completed", "cancelled"];
-const INCIDENT_STATUSES: &[&str] = &["open", "resolved", "retried"];
+const INCIDENT_STATUSES: &[&str] = &["open", "resolved"];
 
 /// The longest a message no wait takes is kept: a year.
 const MAX_TTL_SECONDS: i64 = 365 * 86_400;
@@ -1135,12 +1136,12 @@ async fn publish(
     let Json(r) = body?;
     user.may_publish(&r.name)?;
     let ttl_seconds = r.ttl_seconds.unwrap_or(7 * 86_400);
-    if !(1..=MAX_TTL_SECONDS).contains(&ttl_seconds) {
-        // Kept for no time, a message no wait takes at once is lost; for
-        // more than a year, no request of the client's is still waiting.
+    if !(0..=MAX_TTL_SECONDS).contains(&ttl_seconds) {
+        // 0: for a wait now or never. Past a year no request of the
+        // client's is still waiting; below zero is a mistake.
         return Err(Error::field(
             "ttl_seconds",
-            "must be from 1 to 31536000 (365 days)",
+            "must be from 0 (only a wait now) to 31536000 (365 days)",
         ));
     }
     let delivery = s
