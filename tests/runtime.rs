@@ -1809,6 +1809,57 @@ nodes:
   - {id: fin, kind: end, outcome: listo}
 "#;
 
+/// A timer whose firing fails inside the engine every time (here its
+/// request's row no longer reads, edited by hand) is not fired every lease
+/// for ever: after `TIMER_FIRINGS` claims it becomes an incident an
+/// operator sees.
+async fn a_timer_that_never_fires_becomes_an_incident(db: Db) {
+    use sqlx::Connection;
+    use tramite_engine::runtime::commands::TIMER_FIRINGS;
+    let mut h = Harness::new(db).await;
+    h.deploy("visita.yaml", VISIT).await;
+    let id = h
+        .start(
+            "T-VISITA",
+            "web",
+            json!({"fecha_visita": "2026-11-27T14:00:00Z"}),
+        )
+        .await;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&h.db.url).await.unwrap();
+    let edited = sqlx::query("UPDATE instances SET state = '{\"tokens\": [' WHERE id = $1")
+        .bind(&id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(edited.rows_affected(), 1);
+    // The SQLite writer keeps its own copy of the row it wrote.
+    h.restart().await;
+    h.advance(Duration::from_secs(3_600));
+    let mut claims = 0;
+    for _ in 0..2 * TIMER_FIRINGS {
+        claims += h.jobs().await;
+        // Past the lease of the claim whose firing was not recorded.
+        h.advance(Duration::from_secs(600));
+    }
+    assert_eq!(
+        claims as i64, TIMER_FIRINGS,
+        "fired up to the cap, then no more"
+    );
+    let message: String = sqlx::query_scalar(
+        "SELECT message FROM incidents WHERE instance_id = $1 AND status = 'open'",
+    )
+    .bind(&id)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(message.contains("the timer fired 10 times"), "{message}");
+}
+on_both_backends!(
+    a_timer_that_never_fires_becomes_an_incident,
+    super::a_timer_that_never_fires_becomes_an_incident
+);
+
 /// A timer whose time cannot be computed stops with an incident; resolving
 /// it with `go_on` goes past the wait, as the API promises, instead of
 /// computing the same time again and stopping at once.

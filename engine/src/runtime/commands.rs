@@ -133,6 +133,10 @@ pub enum Command {
     },
 }
 
+/// How many times a timer is claimed without its firing being recorded
+/// before it becomes an incident.
+pub const TIMER_FIRINGS: i64 = 10;
+
 impl Command {
     /// The command's name, for logs.
     pub fn kind(&self) -> &'static str {
@@ -488,6 +492,20 @@ pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result
                         "the call was not made: its stored input cannot be read ({why}); resolve \
                          the incident to run the step again (its input computed anew), or with the \
                          variables the step would have written"
+                    );
+                    raise_job_incident(conn, ctx, &job, &owner, &message).await?;
+                    ctx.scheduled
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                } else if job.kind == "timer" && job.attempts > TIMER_FIRINGS {
+                    // Firing a timer again is harmless, so a node that died
+                    // firing it is no reason to stop; a firing that fails
+                    // inside the engine every time (its request's row
+                    // unreadable, say) is, rather than being tried every
+                    // lease for ever.
+                    let message = format!(
+                        "the timer fired {TIMER_FIRINGS} times without its firing being recorded \
+                         (each time it failed inside the engine: see the server's log); a retry \
+                         fires it again"
                     );
                     raise_job_incident(conn, ctx, &job, &owner, &message).await?;
                     ctx.scheduled
