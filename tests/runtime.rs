@@ -4444,15 +4444,14 @@ async fn lossy_relay(upstream: String) -> (u16, std::sync::Arc<std::sync::atomic
 /// The trigger of [`lossy_relay`] while it is a hole.
 const HOLE: u8 = 255;
 
-/// A commit whose answer is lost, where the database cannot be asked
-/// either (the network silently drops everything: no error, no answer), is
-/// answered 503 `commit-outcome-unknown` after the engine's patience, not
-/// after as long as the dead connections take to time out: the lane holds
-/// its batch meanwhile.
-#[tokio::test]
-async fn a_lost_commit_answer_that_cannot_be_looked_up_is_answered_in_time() {
-    use std::sync::atomic::Ordering::SeqCst;
-    use tramite_engine::runtime::{Engine, EngineConfig, StartInstance};
+/// A new PostgreSQL database, and an engine (the shipped processes
+/// deployed) that reaches it through a [`lossy_relay`], with its trigger.
+async fn engine_behind_a_lossy_relay() -> (
+    tramite_tests::engine::TestDb,
+    tramite_engine::runtime::Engine,
+    std::sync::Arc<std::sync::atomic::AtomicU8>,
+) {
+    use tramite_engine::runtime::{Engine, EngineConfig};
     use tramite_tests::engine::TestDb;
     let db = TestDb::new(Db::Postgres).await;
     let authority_start = db
@@ -4470,6 +4469,19 @@ async fn a_lost_commit_answer_that_cannot_be_looked_up_is_answered_in_time() {
         .deploy_dir(&tramite_tests::repo_root().join("processes"))
         .await
         .unwrap();
+    (db, engine, trigger)
+}
+
+/// A commit whose answer is lost, where the database cannot be asked
+/// either (the network silently drops everything: no error, no answer), is
+/// answered 503 `commit-outcome-unknown` after the engine's patience, not
+/// after as long as the dead connections take to time out: the lane holds
+/// its batch meanwhile.
+#[tokio::test]
+async fn a_lost_commit_answer_that_cannot_be_looked_up_is_answered_in_time() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tramite_engine::runtime::StartInstance;
+    let (_db, engine, trigger) = engine_behind_a_lossy_relay().await;
     trigger.store(3, SeqCst);
     let start = engine.start(StartInstance {
         code: P06.to_owned(),
@@ -4500,24 +4512,8 @@ async fn a_lost_commit_answer_that_cannot_be_looked_up_is_answered_in_time() {
 async fn a_lost_commit_answer_is_looked_up_not_guessed() {
     use sqlx::Connection;
     use std::sync::atomic::Ordering::SeqCst;
-    use tramite_engine::runtime::{Engine, EngineConfig, StartInstance};
-    use tramite_tests::engine::TestDb;
-    let db = TestDb::new(Db::Postgres).await;
-    let authority_start = db
-        .url
-        .find('@')
-        .map_or(db.url.find("://").unwrap() + 3, |i| i + 1);
-    let authority_end = authority_start + db.url[authority_start..].find('/').unwrap();
-    let upstream = db.url[authority_start..authority_end].to_owned();
-    let (port, trigger) = lossy_relay(upstream.clone()).await;
-    let mut config = EngineConfig::new(db.url.replace(&upstream, &format!("127.0.0.1:{port}")));
-    config.catalog = tramite_connectors::catalog();
-    config.connectors = tramite_connectors::Simulators::new().connectors();
-    let engine = Engine::open(config).await.unwrap();
-    engine
-        .deploy_dir(&tramite_tests::repo_root().join("processes"))
-        .await
-        .unwrap();
+    use tramite_engine::runtime::StartInstance;
+    let (db, engine, trigger) = engine_behind_a_lossy_relay().await;
     let mut direct = sqlx::PgConnection::connect(&db.url).await.unwrap();
     for (mode, key) in [(1, "RESPUESTA-PERDIDA-1"), (2, "RESPUESTA-PERDIDA-2")] {
         trigger.store(mode, SeqCst);

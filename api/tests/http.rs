@@ -1673,6 +1673,26 @@ fn whatsapp_event(wamid: &str, from: &str) -> String {
     .to_string()
 }
 
+/// Sends, signed, a WhatsApp event of `first`'s message and a plain one
+/// `wamid` (from the same phone): the event is answered 200, the second
+/// message kept. Returns the answer's messages.
+async fn first_and_another(api: &Api, mut first: Value, wamid: &str) -> Vec<Value> {
+    let second = serde_json::from_str::<Value>(&whatsapp_event(wamid, "59172345678")).unwrap();
+    first["entry"][0]["changes"][0]["value"]["messages"]
+        .as_array_mut()
+        .unwrap()
+        .push(second["entry"][0]["changes"][0]["value"]["messages"][0].clone());
+    let body = first.to_string();
+    let (status, answer) = api
+        .whatsapp(&body, Some(signature(WHATSAPP_SECRET, &body)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let messages = answer["messages"].as_array().unwrap().clone();
+    assert_eq!(messages.len(), 2, "{answer}");
+    assert_eq!(messages[1]["delivery"]["status"], "kept", "{answer}");
+    messages
+}
+
 fn signature(secret: &str, body: &str) -> String {
     use hmac::Mac;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
@@ -2531,48 +2551,21 @@ async fn review_findings_over_http() {
         .await;
     let first =
         serde_json::from_str::<Value>(&whatsapp_event("wamid.tomado", "59172345678")).unwrap();
-    let second =
-        serde_json::from_str::<Value>(&whatsapp_event("wamid.nuevo", "59172345678")).unwrap();
-    let mut event = first.clone();
-    event["entry"][0]["changes"][0]["value"]["messages"]
-        .as_array_mut()
-        .unwrap()
-        .push(second["entry"][0]["changes"][0]["value"]["messages"][0].clone());
-    let body = event.to_string();
-    let (status, answer) = api
-        .whatsapp(&body, Some(signature(WHATSAPP_SECRET, &body)))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    let messages = answer["messages"].as_array().unwrap();
-    assert_eq!(messages.len(), 2, "{answer}");
+    let messages = first_and_another(&api, first, "wamid.nuevo").await;
     assert!(
         messages[0]["refused"]
             .as_str()
             .unwrap()
             .contains("wamid.tomado")
     );
-    assert_eq!(messages[1]["delivery"]["status"], "kept", "{answer}");
     // Likewise a message nested past what the engine keeps (its caption an
     // object 70 levels deep): refused for good, the other still goes in.
     let mut deep =
         serde_json::from_str::<Value>(&whatsapp_event("wamid.hondo", "59172345678")).unwrap();
     deep["entry"][0]["changes"][0]["value"]["messages"][0]["image"]["caption"] =
         (0..70).fold(json!("CI"), |v, _| json!({"a": v}));
-    let mut event = deep.clone();
-    let third =
-        serde_json::from_str::<Value>(&whatsapp_event("wamid.otro", "59172345678")).unwrap();
-    event["entry"][0]["changes"][0]["value"]["messages"]
-        .as_array_mut()
-        .unwrap()
-        .push(third["entry"][0]["changes"][0]["value"]["messages"][0].clone());
-    let body = event.to_string();
-    let (status, answer) = api
-        .whatsapp(&body, Some(signature(WHATSAPP_SECRET, &body)))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    let messages = answer["messages"].as_array().unwrap();
-    assert!(messages[0]["refused"].is_string(), "{answer}");
-    assert_eq!(messages[1]["delivery"]["status"], "kept", "{answer}");
+    let messages = first_and_another(&api, deep, "wamid.otro").await;
+    assert!(messages[0]["refused"].is_string(), "{messages:?}");
 
     // Resolve says what the token does then: `go_on` or `run_again`.
     for (then, status) in [
