@@ -5420,6 +5420,39 @@ on_both_backends!(
     super::a_command_that_panics_fails_alone
 );
 
+/// Publishes `message` while a transaction holds `instance` (as a batch
+/// that subscribes it would), then has that transaction ask for the
+/// message's key, which it must get at once (the publisher waits for the
+/// instance before taking the key); the delivery once it lets go.
+async fn publish_holding_its_instance(
+    h: &Harness,
+    instance: &str,
+    message: PublishMessage,
+) -> Delivery {
+    let key = format!("message:{}:{}", message.name, message.key);
+    let mut holder = h.engine.store().pool().begin().await.unwrap();
+    sqlx::query("SELECT id FROM instances WHERE id = $1 FOR UPDATE")
+        .bind(instance)
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    let engine = h.engine.clone();
+    let publishing = tokio::spawn(async move { engine.publish(message).await });
+    // The publisher is under way, waiting for the instance.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("SET LOCAL lock_timeout = '500ms'")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS locked")
+        .bind(key)
+        .fetch_one(&mut *holder)
+        .await
+        .expect("the key is free: the publisher waits for the instance first");
+    holder.commit().await.unwrap();
+    publishing.await.unwrap().expect("published")
+}
+
 /// On PostgreSQL a publisher locks the waiting instance before the
 /// message's key, as a subscribing command does (its instance, then the
 /// key). Here a transaction holds the instance, as a batch that also
@@ -5432,37 +5465,18 @@ async fn a_publisher_takes_the_waiting_instance_before_the_key() {
     let h = Harness::new(Db::Postgres).await;
     h.deploy("pago.yaml", WAITS_FOR_PAYMENT).await;
     let waiting = h.start("T-PAGO", "web", json!({"telefono": PHONE})).await;
-    let mut holder = h.engine.store().pool().begin().await.unwrap();
-    sqlx::query("SELECT id FROM instances WHERE id = $1 FOR UPDATE")
-        .bind(&waiting)
-        .fetch_one(&mut *holder)
-        .await
-        .unwrap();
-    let engine = h.engine.clone();
-    let publishing = tokio::spawn(async move {
-        engine
-            .publish(tramite_engine::runtime::PublishMessage {
-                name: "pago".to_owned(),
-                key: PHONE.to_owned(),
-                payload: json!({"monto": 120}),
-                id: "pago-1".to_owned(),
-                ttl_ms: 3_600_000,
-            })
-            .await
-    });
-    // The publisher is under way, waiting for the instance.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    sqlx::query("SET LOCAL lock_timeout = '500ms'")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS locked")
-        .bind(format!("message:pago:{PHONE}"))
-        .fetch_one(&mut *holder)
-        .await
-        .expect("the key is free: the publisher waits for the instance first");
-    holder.commit().await.unwrap();
-    let delivered = publishing.await.unwrap().expect("published");
+    let delivered = publish_holding_its_instance(
+        &h,
+        &waiting,
+        tramite_engine::runtime::PublishMessage {
+            name: "pago".to_owned(),
+            key: PHONE.to_owned(),
+            payload: json!({"monto": 120}),
+            id: "pago-1".to_owned(),
+            ttl_ms: 3_600_000,
+        },
+    )
+    .await;
     assert!(
         matches!(
             delivered,
@@ -5487,36 +5501,18 @@ async fn a_publisher_takes_the_sending_instance_before_the_key() {
     let id = through_identification(&h, "4587213").await;
     through_coverage(&h, &id, "Cala Cala").await;
     through_requirements(&h, &id).await;
-    let mut holder = h.engine.store().pool().begin().await.unwrap();
-    sqlx::query("SELECT id FROM instances WHERE id = $1 FOR UPDATE")
-        .bind(&id)
-        .fetch_one(&mut *holder)
-        .await
-        .unwrap();
-    let engine = h.engine.clone();
-    let publishing = tokio::spawn(async move {
-        engine
-            .publish(PublishMessage {
-                name: "requisitos_whatsapp".to_owned(),
-                key: PHONE.to_owned(),
-                payload: json!({"media": ["croquis.jpg"]}),
-                id: "wamid.resto".to_owned(),
-                ttl_ms: 3_600_000,
-            })
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    sqlx::query("SET LOCAL lock_timeout = '500ms'")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS locked")
-        .bind(format!("message:requisitos_whatsapp:{PHONE}"))
-        .fetch_one(&mut *holder)
-        .await
-        .expect("the key is free: the publisher waits for the instance first");
-    holder.commit().await.unwrap();
-    let delivered = publishing.await.unwrap().expect("published");
+    let delivered = publish_holding_its_instance(
+        &h,
+        &id,
+        PublishMessage {
+            name: "requisitos_whatsapp".to_owned(),
+            key: PHONE.to_owned(),
+            payload: json!({"media": ["croquis.jpg"]}),
+            id: "wamid.resto".to_owned(),
+            ttl_ms: 3_600_000,
+        },
+    )
+    .await;
     assert_eq!(
         delivered,
         Delivery::Delivered {
