@@ -5748,6 +5748,25 @@ on_both_backends!(
     super::an_outcome_that_cannot_record_its_values_refuses_the_data
 );
 
+/// Runs the scenario `text` against `processes` (file name, YAML), as
+/// `tramite test` does: a new database of its own, the catalog's
+/// simulated answers.
+async fn run_scenario(
+    text: &str,
+    processes: &[(String, String)],
+) -> tramite_engine::runtime::scenario::Report {
+    let scenario: tramite_engine::runtime::scenario::Scenario = serde_yaml::from_str(text).unwrap();
+    let dir = std::env::temp_dir().join(format!("tramite-scenario-{}", uuid::Uuid::now_v7()));
+    tramite_engine::runtime::scenario::run(
+        &scenario,
+        processes,
+        &tramite_connectors::catalog(),
+        &dir,
+    )
+    .await
+    .unwrap()
+}
+
 /// A scenario's path ends where the instance stopped: a gate whose
 /// condition fails when evaluated raises an incident before anything says
 /// it was entered, and the path still names it.
@@ -5766,17 +5785,8 @@ async fn a_scenario_path_names_the_node_an_incident_stopped() {
             "scenario: La puerta divide por cero la segunda vez\nprocedure: T-GATE-FAILS\nstart: {channel: web, data: {cuota: 1}}\nsteps:\n  - {complete: revisar, outcome: ok, data: {cuota: 0}}\nexpect:\n  end: running\n  incidents: 1\n  path: [inicio, decidir, revisar, decidir]\n",
         ),
     ] {
-        let scenario: tramite_engine::runtime::scenario::Scenario =
-            serde_yaml::from_str(scenario).unwrap();
-        let dir = std::env::temp_dir().join(format!("tramite-scenario-{}", uuid::Uuid::now_v7()));
-        let report = tramite_engine::runtime::scenario::run(
-            &scenario,
-            &[("gate.yaml".to_owned(), definition.to_owned())],
-            &tramite_connectors::catalog(),
-            &dir,
-        )
-        .await
-        .unwrap();
+        let report =
+            run_scenario(scenario, &[("gate.yaml".to_owned(), definition.to_owned())]).await;
         assert!(
             report.passed(),
             "{name}: {:?} {:?}",
@@ -5804,20 +5814,7 @@ async fn a_scenario_scripts_a_system_asking_to_wait() {
         .collect();
     let run = |text: String| {
         let processes = processes.clone();
-        async move {
-            let scenario: tramite_engine::runtime::scenario::Scenario =
-                serde_yaml::from_str(&text).unwrap();
-            let dir =
-                std::env::temp_dir().join(format!("tramite-scenario-{}", uuid::Uuid::now_v7()));
-            tramite_engine::runtime::scenario::run(
-                &scenario,
-                &processes,
-                &tramite_connectors::catalog(),
-                &dir,
-            )
-            .await
-            .unwrap()
-        }
+        async move { run_scenario(&text, &processes).await }
     };
     let report = run(shipped.clone()).await;
     assert!(report.passed(), "{:?} {:?}", report.failures, report.path);
@@ -5886,7 +5883,7 @@ nodes:
     outcomes: [{id: ok, label: Listo, next: fin}]
   - {id: fin, kind: end, outcome: listo}
 "#;
-    let scenario: tramite_engine::runtime::scenario::Scenario = serde_yaml::from_str(
+    let report = run_scenario(
         r#"
 scenario: {es: Tres días sin respuesta, en: Three days without an answer}
 procedure: T-CADENA
@@ -5897,17 +5894,9 @@ expect:
   end: running
   path: [inicio, llamar, insistir, avisar_jefe]
 "#,
-    )
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("tramite-scenario-{}", uuid::Uuid::now_v7()));
-    let report = tramite_engine::runtime::scenario::run(
-        &scenario,
         &[("cadena.yaml".to_owned(), chain.to_owned())],
-        &tramite_connectors::catalog(),
-        &dir,
     )
-    .await
-    .unwrap();
+    .await;
     assert!(
         report.failures.is_empty(),
         "{:?} {:?}",

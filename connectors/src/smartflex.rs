@@ -887,6 +887,26 @@ mod tests {
         assert_eq!(sim.faults().injected(), 0, "holding fails nothing");
     }
 
+    /// Registers a sale under `key` on a task of its own, as a caller that
+    /// may hang up (abort it).
+    fn calling(
+        sim: &std::sync::Arc<Simulator>,
+        key: &'static str,
+    ) -> tokio::task::JoinHandle<Answer> {
+        let sim = std::sync::Arc::clone(sim);
+        let input = sale("4587213", "Sarco", "trio");
+        tokio::spawn(async move { register(&sim, key, 1, &input).await })
+    }
+
+    /// A call (`job-1`) whose caller hangs up 100 ms into the system's
+    /// latency.
+    async fn hang_up_during_latency(sim: &std::sync::Arc<Simulator>) {
+        let gone = calling(sim, "job-1");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        gone.abort();
+        assert!(gone.await.unwrap_err().is_cancelled());
+    }
+
     /// A call whose caller hangs up during the system's latency never
     /// reached it: the hold is kept for the next call that does.
     #[tokio::test(start_paused = true)]
@@ -895,15 +915,8 @@ mod tests {
         sim.faults().set_latency(std::time::Duration::from_secs(1));
         sim.faults()
             .hold_next_replies(1, std::time::Duration::from_secs(5));
-        let input = sale("4587213", "Sarco", "trio");
-        let call = |key: &'static str| {
-            let (sim, input) = (std::sync::Arc::clone(&sim), input.clone());
-            tokio::spawn(async move { register(&sim, key, 1, &input).await })
-        };
-        let gone = call("job-1");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        gone.abort();
-        assert!(gone.await.unwrap_err().is_cancelled());
+        let call = |key: &'static str| calling(&sim, key);
+        hang_up_during_latency(&sim).await;
         let held = call("job-2");
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         assert_eq!(sim.registration_count(), 1);
@@ -920,15 +933,8 @@ mod tests {
         let sim = std::sync::Arc::new(simulator());
         sim.faults().set_latency(std::time::Duration::from_secs(1));
         sim.faults().lose_next_replies(1);
-        let input = sale("4587213", "Sarco", "trio");
-        let call = |key: &'static str| {
-            let (sim, input) = (std::sync::Arc::clone(&sim), input.clone());
-            tokio::spawn(async move { register(&sim, key, 1, &input).await })
-        };
-        let gone = call("job-1");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        gone.abort();
-        assert!(gone.await.unwrap_err().is_cancelled());
+        let call = |key: &'static str| calling(&sim, key);
+        hang_up_during_latency(&sim).await;
         assert_eq!(sim.faults().injected(), 0, "it never reached the system");
         let lost = call("job-2").await.unwrap();
         assert!(is_transient(&lost), "the reply is lost: {lost:?}");
