@@ -349,12 +349,11 @@ pub(super) async fn list_messages(
     user.require("operator")?;
     let Query(q) = query?;
     let status = q.status.unwrap_or_else(|| "pending".to_owned());
-    if !["pending", "expired", "delivered"].contains(&status.as_str()) {
-        return Err(Error::field(
-            "status",
-            "`pending`, `expired` or `delivered`",
-        ));
-    }
+    super::one_of(
+        "status",
+        Some(&status),
+        &["pending", "expired", "delivered"],
+    )?;
     let rows = s
         .engine
         .messages(&status, q.limit.unwrap_or(50).clamp(1, 500))
