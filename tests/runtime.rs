@@ -1617,15 +1617,7 @@ async fn an_unreadable_job_stops_at_an_incident_and_the_rest_run(db: Db) {
             .contains(&"incident_raised".to_owned())
     );
     assert_eq!(h.jobs().await, 0, "nor is it claimed again");
-    h.engine
-        .resolve_incident_then(
-            &incident.id,
-            "operador1",
-            serde_json::Map::new(),
-            Some(tramite_engine::runtime::commands::Then::RunAgain),
-        )
-        .await
-        .unwrap();
+    h.run_again(&incident.id).await;
     assert_eq!(h.jobs().await, 1, "run again, its input computed anew");
     assert_eq!(h.sims.naf.calls(), 2);
     h.task(&broken, "solicitar_domicilio").await;
@@ -1687,15 +1679,7 @@ async fn running_again_a_call_that_took_effect_asks_with_its_key(db: Db) {
         "the calls took effect once"
     );
     h.sims.smartflex.faults().lose_next_replies(0);
-    h.engine
-        .resolve_incident_then(
-            &incident.id,
-            "operador1",
-            serde_json::Map::new(),
-            Some(tramite_engine::runtime::commands::Then::RunAgain),
-        )
-        .await
-        .unwrap();
+    h.run_again(&incident.id).await;
     h.jobs().await;
     assert_eq!(
         h.sims.smartflex.registration_count(),

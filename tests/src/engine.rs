@@ -307,6 +307,20 @@ impl Harness {
             .unwrap_or_else(|| panic!("instance {id} has no open incident"))
     }
 
+    /// Resolves `incident` by running its step again, with no variables
+    /// (operador1).
+    pub async fn run_again(&self, incident: &str) {
+        self.engine
+            .resolve_incident_then(
+                incident,
+                "operador1",
+                Map::new(),
+                Some(tramite_engine::runtime::commands::Then::RunAgain),
+            )
+            .await
+            .expect("resolved by running the step again");
+    }
+
     /// The journal kinds of an instance, in order.
     pub async fn history(&self, id: &str) -> Vec<String> {
         self.engine
