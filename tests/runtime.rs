@@ -5555,6 +5555,54 @@ async fn a_cancel_takes_the_child_before_the_parent() {
     assert_eq!(h.instance(&child.id).await.status, "cancelled");
 }
 
+/// On PostgreSQL a job that is claimed but must not run (here its stored
+/// input is unreadable; the same goes for a call claimed past its attempts)
+/// is stopped at its incident by a command that locks the instance before
+/// the job, as a cancel does. Here a transaction holds the instance, as a
+/// cancel would, and then asks for the job: it gets it at once, and the
+/// incident is raised after. Raised inside the claim, which held the job,
+/// the incident waited on the instance while the cancel waited on the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_job_takes_its_instance_before_the_job() {
+    let h = Harness::new(Db::Postgres).await;
+    let id = tramite_tests::p06::at_the_naf_check(&h, "4587213").await;
+    let pool = h.engine.store().pool();
+    sqlx::query("UPDATE jobs SET input = '{\"ci\": 45872' WHERE instance_id = $1")
+        .bind(&id)
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM instances WHERE id = $1 FOR UPDATE")
+        .bind(&id)
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    let engine = h.engine.clone();
+    let running = tokio::spawn(async move { engine.run_due_jobs().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("SET LOCAL lock_timeout = '500ms'")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM jobs WHERE instance_id = $1 FOR UPDATE")
+            .bind(&id)
+            .fetch_one(&mut *holder)
+            .await
+            .expect("the job is free: its incident waits for the instance first");
+    assert_eq!(status, "running", "claimed, not yet stopped");
+    holder.commit().await.unwrap();
+    assert_eq!(running.await.unwrap().unwrap(), 0, "nothing ran");
+    assert_eq!(h.sims.naf.calls(), 0);
+    let incident = h.open_incident(&id).await;
+    assert!(
+        incident.message.contains("its stored input cannot be read"),
+        "{}",
+        incident.message
+    );
+}
+
 /// A message published to a wait that was withdrawn after the publisher
 /// read it (on PostgreSQL, another lane's or node's timeout or cancellation
 /// committing in between) goes to the next wait, or is kept: it used to be

@@ -80,6 +80,16 @@ pub enum Command {
         /// What the connector answered (timers: `Ok` with nothing).
         result: Result<Map<String, Value>, ConnectorError>,
     },
+    /// Stop a claimed job at an incident instead of running it (see
+    /// [`ClaimedJob::stop`]).
+    StopJob {
+        /// The job as claimed.
+        job: Box<ClaimedJob>,
+        /// The lease owner.
+        owner: String,
+        /// The incident's message.
+        why: String,
+    },
     /// Publish a message.
     Publish(PublishMessage),
     /// Cancel a running instance.
@@ -149,6 +159,7 @@ impl Command {
             Command::Complete(_) => "complete",
             Command::ClaimJobs { .. } => "claim_jobs",
             Command::JobDone { .. } => "job_done",
+            Command::StopJob { .. } => "stop_job",
             Command::Publish(_) => "publish",
             Command::Cancel { .. } => "cancel",
             Command::RetryIncident { .. } => "retry_incident",
@@ -478,59 +489,28 @@ pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result
                     default_timeout_ms,
                 })
                 .await?;
-            let mut run = Vec::with_capacity(claimed.len());
-            for job in claimed {
-                // Each claim counts as an attempt, so a call claimed once more
-                // than its attempts allow had its last run end unrecorded (its
-                // node died calling, say): a call that crashes its node every
-                // time must not run forever. An operator looks at it instead.
-                if let Some(why) = &job.unreadable {
-                    // Not run (with what input?), nor left to fail every
-                    // claim: the jobs due behind it still run.
-                    tracing::error!(job = %job.id, instance = %job.instance_id, error = %why, "a job's stored input is unreadable");
-                    let message = format!(
-                        "the call was not made: its stored input cannot be read ({why}); resolve \
-                         the incident to run the step again (its input computed anew), or with the \
-                         variables the step would have written"
-                    );
-                    raise_job_incident(conn, ctx, &job, &owner, &message).await?;
-                    ctx.scheduled
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                } else if job.kind == "timer" && job.attempts > TIMER_FIRINGS {
-                    // Firing a timer again is harmless, so a node that died
-                    // firing it is no reason to stop; a firing that fails
-                    // inside the engine every time (its request's row
-                    // unreadable, say) is, rather than being tried every
-                    // lease for ever.
-                    let message = format!(
-                        "the timer fired {TIMER_FIRINGS} times without its firing being recorded \
-                         (each time it failed inside the engine: see the server's log); a retry \
-                         fires it again"
-                    );
-                    raise_job_incident(conn, ctx, &job, &owner, &message).await?;
-                    ctx.scheduled
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                } else if job.kind != "timer" && job.attempts > job.max_attempts {
-                    let message = format!(
-                        "attempt {max} of {max} ended without a recorded result: the node running \
-                         the call stopped or could not record its answer (the system may have \
-                         acted; a retry asks again with the same idempotency key; earlier attempts \
-                         are in the history)",
-                        max = job.max_attempts
-                    );
-                    raise_job_incident(conn, ctx, &job, &owner, &message).await?;
-                    // Other jobs may be due behind it: the pool looks again
-                    // at once rather than after its poll.
-                    ctx.scheduled
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                } else {
-                    run.push(job);
-                }
-            }
+            // A job that is not to run is handed back marked, and stopped at
+            // its incident by a command of its own (`StopJob`): raised here,
+            // with the job held, the incident's rows would wait on the
+            // instance a cancel holds while the cancel waits on the job.
+            let run = claimed
+                .into_iter()
+                .map(|mut job| {
+                    job.stop = why_not_run(&job);
+                    job
+                })
+                .collect();
             Reply::Jobs(run)
         }
         Command::JobDone { job, owner, result } => {
             job_done(conn, ctx, &job, &owner, result, &mut followups).await?;
+            Reply::Done
+        }
+        Command::StopJob { job, owner, why } => {
+            // The instance first, as a cancel and a job's result take them;
+            // not read: its row may be why the job stops (a timer's).
+            conn.lock_instance(&job.instance_id).await?;
+            raise_job_incident(conn, ctx, &job, &owner, &why).await?;
             Reply::Done
         }
         Command::Publish(m) => Reply::Published(publish(conn, ctx, &m, &mut followups).await?),
@@ -1758,6 +1738,42 @@ pub const THROTTLE_PATIENCE_MS: i64 = 3_600_000;
 /// Ends `job`, claimed under `owner`, in an incident with `message` (kept
 /// as a system's text is), for an operator to retry or resolve; nothing if
 /// the lease was lost meanwhile (another worker owns the outcome).
+/// Why a claimed job must not run but stop at an incident, if it must.
+fn why_not_run(job: &ClaimedJob) -> Option<String> {
+    if let Some(why) = &job.unreadable {
+        // Not run (with what input?), nor left to fail every claim: the
+        // jobs due behind it still run.
+        tracing::error!(job = %job.id, instance = %job.instance_id, error = %why, "a job's stored input is unreadable");
+        Some(format!(
+            "the call was not made: its stored input cannot be read ({why}); resolve the \
+             incident to run the step again (its input computed anew), or with the variables \
+             the step would have written"
+        ))
+    } else if job.kind == "timer" && job.attempts > TIMER_FIRINGS {
+        // Firing a timer again is harmless, so a node that died firing it
+        // is no reason to stop; a firing that fails inside the engine every
+        // time (its request's row unreadable, say) is, rather than being
+        // tried every lease for ever.
+        Some(format!(
+            "the timer fired {TIMER_FIRINGS} times without its firing being recorded (each \
+             time it failed inside the engine: see the server's log); a retry fires it again"
+        ))
+    } else if job.kind != "timer" && job.attempts > job.max_attempts {
+        // Each claim counts as an attempt, so a call claimed once more than
+        // its attempts allow had its last run end unrecorded (its node died
+        // calling, say): a call that crashes its node every time must not
+        // run forever. An operator looks at it instead.
+        Some(format!(
+            "attempt {max} of {max} ended without a recorded result: the node running the call \
+             stopped or could not record its answer (the system may have acted; a retry asks \
+             again with the same idempotency key; earlier attempts are in the history)",
+            max = job.max_attempts
+        ))
+    } else {
+        None
+    }
+}
+
 async fn raise_job_incident(
     conn: &mut impl Tx,
     ctx: &Ctx<'_>,

@@ -621,7 +621,8 @@ impl Engine {
             if jobs.is_empty() {
                 return Ok(ran);
             }
-            ran += jobs.len();
+            // Jobs stopped at an incident were not run.
+            ran += jobs.iter().filter(|job| job.stop.is_none()).count();
             let runs = jobs.into_iter().map(|job| {
                 let engine = self.clone();
                 async move { worker::run_job(&engine, job, asked).await }

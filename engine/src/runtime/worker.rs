@@ -16,7 +16,20 @@ use crate::store::jobs::ClaimedJob;
 
 /// Runs one claimed job to its result command. `asked`: when the claim
 /// was sent, which is no later than the lease's start.
-pub(crate) async fn run_job(engine: &Engine, job: ClaimedJob, asked: tokio::time::Instant) {
+pub(crate) async fn run_job(engine: &Engine, mut job: ClaimedJob, asked: tokio::time::Instant) {
+    if let Some(why) = job.stop.take() {
+        let command = Command::StopJob {
+            owner: job.lease_owner.clone(),
+            job: Box::new(job),
+            why,
+        };
+        if let Err(e) = engine.submit(command).await {
+            // Not recorded: its lease will expire, and the next claim
+            // stops it again.
+            tracing::warn!(error = %e, "a job's incident not recorded; it will be raised again");
+        }
+        return;
+    }
     let started = std::time::Instant::now();
     let result = if job.kind == "timer" {
         Ok(Map::new())

@@ -40,6 +40,12 @@ pub struct ClaimedJob {
     /// When the job was made, or an operator last retried it, ms: a
     /// throttling system's patience counts from it.
     pub created_at: i64,
+    /// Set by the claim, never by the store: why this job is not run but
+    /// stops at an incident. The incident is raised by a command of its
+    /// own, which locks the instance before the job as every other command
+    /// does; raised inside the claim, which already holds the job, it
+    /// deadlocked on PostgreSQL with a cancel holding the instance.
+    pub stop: Option<String>,
 }
 
 /// [`reschedule`]'s statement (both backends); `$5` is 1 to give the
@@ -213,6 +219,7 @@ pub async fn claim(
                 operation: r.try_get("operation")?,
                 input,
                 unreadable,
+                stop: None,
                 idempotency_key: r.try_get("idempotency_key")?,
                 attempts: r.try_get("attempts")?,
                 max_attempts: r.try_get("max_attempts")?,

@@ -490,6 +490,10 @@ impl Tx for Writing {
         )?)
     }
 
+    async fn lock_instance(&mut self, _id: &str) -> Result<(), Error> {
+        Ok(()) // one writer: nothing to wait for
+    }
+
     async fn instance(&mut self, id: &str, lock: bool) -> Result<Option<InstanceRow>, Error> {
         // A read for update takes the copy rather than cloning it (two
         // copies of the state per command were 3 % of the writer's
@@ -719,6 +723,7 @@ impl Tx for Writing {
                         operation: col(r, 6, "operation")?,
                         input: serde_json::Map::new(),
                         unreadable: None,
+                        stop: None,
                         idempotency_key: col(r, 8, "idempotency_key")?,
                         attempts: col(r, 9, "attempts")?,
                         max_attempts: col(r, 10, "max_attempts")?,

@@ -51,6 +51,9 @@ pub trait Tx: Send {
         id: &str,
         lock: bool,
     ) -> impl Future<Output = Result<Option<InstanceRow>, Error>> + Send;
+    /// Takes `id`'s row lock where the backend has them, without reading
+    /// the row (whose state may be what is wrong with it).
+    fn lock_instance(&mut self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// Inserts an instance.
     fn insert_instance(
         &mut self,
@@ -492,6 +495,15 @@ impl Tx for sqlx::AnyConnection {
     async fn instance(&mut self, id: &str, lock: bool) -> Result<Option<InstanceRow>, Error> {
         let backend = Tx::backend(self);
         super::instances::get(self, backend, id, lock).await
+    }
+    async fn lock_instance(&mut self, id: &str) -> Result<(), Error> {
+        if Tx::backend(self) == super::Backend::Postgres {
+            sqlx::query("SELECT id FROM instances WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *self)
+                .await?;
+        }
+        Ok(())
     }
     async fn insert_instance(&mut self, row: &InstanceRow) -> Result<(), Error> {
         super::instances::insert(self, row).await
