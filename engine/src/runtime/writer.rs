@@ -645,7 +645,8 @@ struct LogSync {
 /// ([`Error::LogSyncFailed`]) until the engine restarts. Commands that
 /// failed are answered so too: they changed nothing, but their error may
 /// rest on a commit that was lost (a task "not open" because a completion
-/// in the lost log closed it).
+/// in the lost log closed it). A sync that panics counts as one that
+/// failed.
 fn spawn_log_sync<S, A>(
     mut sync: S,
     failed: Arc<std::sync::atomic::AtomicBool>,
@@ -666,8 +667,16 @@ where
             while let Ok(first) = queue.recv() {
                 let mut group = vec![first];
                 group.extend(queue.try_iter());
+                // A sync that panics is a sync that failed: the thread
+                // stays to answer this group and every batch queued behind
+                // it, which would otherwise be dropped unanswered (their
+                // callers told `Stopped`, "not taken", of commits made).
+                let synced = || {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut sync))
+                        .unwrap_or_else(|_| Err(std::io::Error::other("the log's sync panicked")))
+                };
                 let durable = !failed.load(std::sync::atomic::Ordering::Acquire)
-                    && match group.iter().any(|b| b.committed).then(&mut sync) {
+                    && match group.iter().any(|b| b.committed).then(synced) {
                         None | Some(Ok(())) => true,
                         Some(Err(e)) => {
                             tracing::error!(
@@ -1138,6 +1147,52 @@ mod tests {
         drop(release);
         drop(sync.batches);
         sync.thread.join().expect("sync thread ends");
+    }
+
+    /// A sync that panics is a failed sync: the batch it covered and the
+    /// batches queued behind it hear that their outcome is unknown, not
+    /// `Stopped` (which reads "not taken" of commits made), and the writer
+    /// takes no more changes.
+    #[test]
+    fn a_sync_that_panics_answers_every_batch_queued_behind_it() {
+        let (entered, syncing) = std::sync::mpsc::channel::<()>();
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let failed = Arc::new(AtomicBool::new(false));
+        let sync = spawn_log_sync(
+            move || {
+                let _ = entered.send(());
+                let _ = gate.recv();
+                panic!("a sync that panics");
+            },
+            Arc::clone(&failed),
+            answer_into(Arc::default()),
+        )
+        .expect("sync thread");
+        let (first, first_answer) = batch(Ok(Reply::Done), true);
+        sync.batches.send(first).expect("queued");
+        syncing.recv().expect("the sync began");
+        let behind: Vec<_> = (0..3)
+            .map(|_| {
+                let (queued, answer) = batch(Ok(Reply::Done), true);
+                sync.batches.send(queued).expect("queued");
+                answer
+            })
+            .collect();
+        release.send(()).expect("released");
+        for answer in std::iter::once(first_answer).chain(behind) {
+            assert!(matches!(
+                answer.blocking_recv(),
+                Ok(Err(Error::CommitOutcomeUnknown))
+            ));
+        }
+        assert!(
+            failed.load(Ordering::SeqCst),
+            "the writer stops taking changes"
+        );
+        drop(sync.batches);
+        sync.thread
+            .join()
+            .expect("the sync thread outlives the panic");
     }
 
     #[test]
