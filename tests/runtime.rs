@@ -530,6 +530,50 @@ on_both_backends!(
     super::an_answer_off_the_catalog_is_a_failure_that_names_it
 );
 
+/// An output the catalog says a system may leave out (NAF's `client_name`,
+/// absent for a CI it does not know) reads as null when it is left out, so
+/// the guard the validator suggests works: a missing key failed every read,
+/// guarded or not, with an incident only resolving could close.
+async fn an_output_left_out_reads_as_null(db: Db) {
+    let h = Harness::new(db).await;
+    h.deploy(
+        "nombre.yaml",
+        r#"
+code: T-NOMBRE
+name: Nombre
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+variables:
+  - {name: ci, type: string}
+  - {name: nombre, type: string}
+nodes:
+  - {id: inicio, kind: start, channels: [web], data: [{name: ci, type: string, required: true}], next: naf}
+  - id: naf
+    kind: service_task
+    connector: naf
+    operation: check_portfolio
+    input: {ci: ci}
+    output: {nombre: "result.client_name != null ? result.client_name : 'sin nombre'"}
+    next: fin
+  - {id: fin, kind: end, outcome: listo}
+"#,
+    )
+    .await;
+    let unknown = h.start("T-NOMBRE", "web", json!({"ci": "1000001"})).await;
+    let known = h.start("T-NOMBRE", "web", json!({"ci": "4587213"})).await;
+    assert_eq!(h.jobs().await, 2);
+    for (id, name) in [(unknown, "sin nombre"), (known, "María Elena Rojas Vargas")] {
+        let row = h.instance(&id).await;
+        assert_eq!(row.status, "completed", "{id}: {:?}", row.state);
+        assert_eq!(row.state.variables["nombre"], name);
+    }
+}
+on_both_backends!(
+    an_output_left_out_reads_as_null,
+    super::an_output_left_out_reads_as_null
+);
+
 /// A system that answers with a value nested deeper than the engine keeps
 /// (here NAF's `impediments`, a list, nested 100 levels) has not answered
 /// as any step can store: a failure that says so, retried, then an

@@ -1848,6 +1848,14 @@ fn as_catalogued(
     };
     let problems = spec.result_problems(&out);
     if problems.is_empty() {
+        // An output the system may leave out reads as null when it does, as
+        // a called procedure's unwritten variable does: `result.x != null`
+        // guards it, where a missing key failed every read, guarded or
+        // not, with an incident only resolving could close.
+        let mut out = out;
+        for p in &spec.outputs {
+            out.entry(p.name.as_str()).or_insert(Value::Null);
+        }
         Ok(out)
     } else {
         Err(ConnectorError::transient(format!(
