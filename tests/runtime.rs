@@ -1920,6 +1920,153 @@ on_both_backends!(
     super::going_on_past_a_timer_that_could_not_be_set
 );
 
+/// Claims `instance`'s due jobs past their firings without reporting any
+/// (a node that dies firing, again and again), until its timer stops at an
+/// incident.
+async fn timer_stopped_at_an_incident(
+    h: &Harness,
+    instance: &str,
+) -> tramite_engine::store::incidents::IncidentRow {
+    use tramite_engine::runtime::commands::{Command, TIMER_FIRINGS};
+    for _ in 0..TIMER_FIRINGS {
+        h.engine
+            .submit(Command::ClaimJobs {
+                owner: "muere".into(),
+                lease_ms: 1_000,
+                limit: 8,
+                default_timeout_ms: 1_000,
+            })
+            .await
+            .expect("claimed");
+        h.advance(Duration::from_secs(600));
+    }
+    assert_eq!(h.jobs().await, 0, "stopped, not fired");
+    h.open_incident(instance).await
+}
+
+/// A timer that could not fire is settled by firing it, by retry or by
+/// resolve alike: the wait goes on to its next step. Resolving used to go
+/// "past" the wait by entering it again, its time started over.
+async fn a_timer_stopped_at_an_incident_is_settled_by_firing_it(db: Db) {
+    let h = Harness::new(db).await;
+    h.deploy("visita.yaml", VISIT).await;
+    let start = json!({"fecha_visita": "2026-11-27T14:00:00Z"});
+    let retried = h.start("T-VISITA", "web", start.clone()).await;
+    let resolved = h.start("T-VISITA", "web", start).await;
+    h.advance(Duration::from_secs(3_600));
+    for (id, resolve) in [(retried, false), (resolved, true)] {
+        let incident = timer_stopped_at_an_incident(&h, &id).await;
+        assert_eq!(incident.node_id, "esperar_visita");
+        if resolve {
+            let written = h
+                .engine
+                .resolve_incident(
+                    &incident.id,
+                    "operador1",
+                    tramite_tests::engine::object(json!({"fecha_visita": "2026-12-01T10:00:00Z"})),
+                )
+                .await;
+            assert!(
+                matches!(written, Err(Error::InvalidData { .. })),
+                "{written:?}"
+            );
+            h.engine
+                .resolve_incident(&incident.id, "operador1", serde_json::Map::new())
+                .await
+                .unwrap();
+        } else {
+            h.engine
+                .retry_incident(&incident.id, "operador1")
+                .await
+                .unwrap();
+        }
+        assert_eq!(h.jobs().await, 1, "fired");
+        h.task(&id, "visitar").await;
+        let history = h.history(&id).await;
+        assert_eq!(
+            history.iter().filter(|k| *k == "timer_scheduled").count(),
+            1,
+            "its time not started over: {history:?}"
+        );
+    }
+}
+on_both_backends!(
+    a_timer_stopped_at_an_incident_is_settled_by_firing_it,
+    super::a_timer_stopped_at_an_incident_is_settled_by_firing_it
+);
+
+/// An escalation's timer stopped at an incident, and the agent completed
+/// the task meanwhile: settling the incident moves nothing (it opened a
+/// second task beside the first, which could never be completed) and
+/// closes it as withdrawn.
+async fn an_incident_whose_step_was_left_is_withdrawn(db: Db) {
+    let h = Harness::new(db).await;
+    h.deploy(
+        "llamar.yaml",
+        r#"
+code: T-LLAMAR
+name: Llamar
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+nodes:
+  - {id: inicio, kind: start, channels: [web], next: llamar}
+  - id: llamar
+    kind: user_task
+    role: agente
+    due: 1h
+    escalation: {next: insistir}
+    outcomes: [{id: ok, label: Listo, next: revisar}]
+  - id: insistir
+    kind: user_task
+    role: agente
+    outcomes: [{id: ok, label: Listo, next: revisar}]
+  - id: revisar
+    kind: user_task
+    role: agente
+    outcomes: [{id: ok, label: Listo, next: fin}]
+  - {id: fin, kind: end, outcome: listo}
+"#,
+    )
+    .await;
+    let id = h.start("T-LLAMAR", "web", json!({})).await;
+    h.advance(Duration::from_secs(3_600));
+    let incident = timer_stopped_at_an_incident(&h, &id).await;
+    h.complete(&id, "llamar", "ok", json!({})).await;
+    h.engine
+        .resolve_incident(&incident.id, "operador1", serde_json::Map::new())
+        .await
+        .unwrap();
+    let open: Vec<String> = h
+        .open_tasks(&id)
+        .await
+        .into_iter()
+        .map(|t| t.node_id)
+        .collect();
+    assert_eq!(open, ["revisar"], "nothing opened or moved");
+    let closed = h
+        .engine
+        .incidents(Some("resolved"), Some(&id))
+        .await
+        .unwrap();
+    assert_eq!(closed[0].resolution.as_deref(), Some("withdrawn"));
+    assert!(
+        h.history(&id)
+            .await
+            .contains(&"incident_withdrawn".to_owned())
+    );
+    // Closed, it is not settled twice.
+    let again = h.engine.retry_incident(&incident.id, "operador1").await;
+    assert!(
+        matches!(again, Err(Error::IncidentNotOpen { .. })),
+        "{again:?}"
+    );
+}
+on_both_backends!(
+    an_incident_whose_step_was_left_is_withdrawn,
+    super::an_incident_whose_step_was_left_is_withdrawn
+);
+
 const CHILD_WITHOUT_RESULT: &str = r#"
 code: T-HIJO
 name: Revisión

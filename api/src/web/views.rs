@@ -1031,6 +1031,7 @@ fn event_words(kind: &str, lang: Lang) -> String {
         "incident_raised" => "incidente",
         "incident_retried" => "incidente reintentado",
         "incident_resolved" => "incidente resuelto",
+        "incident_withdrawn" => "incidente cerrado (el paso ya se dejó)",
         "message_awaited" => "espera de mensaje",
         "message_received" => "mensaje recibido",
         "message_timed_out" => "mensaje no llegó a tiempo",

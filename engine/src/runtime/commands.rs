@@ -2596,18 +2596,51 @@ async fn settle_incident(
             incident: id.to_owned(),
         });
     }
-    let resolution = if resolve.is_some() {
-        "resolved"
-    } else {
-        "retried"
-    };
     // The instance first, then its incident: the order `cancel` takes them
     // in, or on PostgreSQL a retry racing a cancellation deadlocks.
     let mut row = load(conn, &incident.instance_id).await?;
+    let token = incident.token as u32;
+    let wait = row.state.token(token).map(|t| &t.wait);
+    let job = incident.job_id.as_deref();
+    // A timer's incident (one that could not fire) leaves its wait in
+    // place, and the token may move on past it: the task completed, the
+    // message come. Settling it then must move nothing (a second task, a
+    // second call to a system): it is closed as withdrawn.
+    let stale = match (wait, job) {
+        (Some(Wait::Incident { incident, .. }), _) => incident != id,
+        (Some(Wait::Job { job: j } | Wait::Timer { job: j }), Some(job)) => j != job,
+        (
+            Some(Wait::Task { timer: Some(t), .. } | Wait::Message { timer: Some(t), .. }),
+            Some(job),
+        ) => t != job,
+        _ => true,
+    };
+    let timer = !stale
+        && matches!(
+            wait,
+            Some(Wait::Timer { .. } | Wait::Task { .. } | Wait::Message { .. })
+        );
+    let resolution = match (stale, &resolve) {
+        (true, _) => "withdrawn",
+        (false, Some(_)) => "resolved",
+        (false, None) => "retried",
+    };
     if !conn.close_incident(id, actor, resolution, ctx.now).await? {
         return Err(Error::IncidentNotOpen {
             incident: id.to_owned(),
         });
+    }
+    if stale {
+        return journal_one(
+            conn,
+            ctx,
+            &row.id,
+            actor,
+            "incident_withdrawn",
+            &incident.node_id,
+            json!({"incident": id}),
+        )
+        .await;
     }
     if row.status != "running" {
         return Err(Error::InstanceNotRunning {
@@ -2615,8 +2648,15 @@ async fn settle_incident(
             status: row.status,
         });
     }
+    if let (true, Some(job)) = (timer, job) {
+        let stopped = StoppedTimer {
+            incident: id,
+            job,
+            node: &incident.node_id,
+        };
+        return fire_stopped_timer(conn, ctx, row, stopped, actor, resolve, followups).await;
+    }
     let process = ctx.processes.get(conn, row.definition_id).await?;
-    let token = incident.token as u32;
     // Marked on the token since this version; an incident raised before it
     // (or by an older node during a rolling upgrade) says so only in its
     // text, which `cancel` writes.
@@ -2783,6 +2823,68 @@ async fn settle_incident(
             m.rerun(token)?;
         }
     }
+    let effects = std::mem::take(&mut m.effects);
+    row.state = state;
+    save(conn, ctx, Change::of(row, effects, actor), followups).await
+}
+
+/// A timer's incident, and where it stopped.
+struct StoppedTimer<'a> {
+    incident: &'a str,
+    job: &'a str,
+    node: &'a str,
+}
+
+/// Settles the incident of a timer that could not fire by firing it now,
+/// whether retried or resolved: the firing does what the wait calls for
+/// (the escalation, the timeout's path, the step after the wait). Going on
+/// past the wait, or running it again, would leave what it waited on (the
+/// task, the subscription) behind it, and start a timer wait's time over.
+async fn fire_stopped_timer(
+    conn: &mut impl Tx,
+    ctx: &Ctx<'_>,
+    mut row: InstanceRow,
+    StoppedTimer {
+        incident,
+        job,
+        node,
+    }: StoppedTimer<'_>,
+    actor: &str,
+    resolve: Option<(Map<String, Value>, Option<Then>)>,
+    followups: &mut VecDeque<Followup>,
+) -> Result<(), Error> {
+    if let Some((vars, _)) = &resolve
+        && !vars.is_empty()
+    {
+        return Err(Error::InvalidData {
+            errors: vec![crate::runtime::forms::FieldError {
+                field: "variables".to_owned(),
+                message: "a timer that could not fire is settled by firing it, which writes \
+                          no variables; resolve with none"
+                    .to_owned(),
+            }],
+        });
+    }
+    if !conn.revive_job(job, ctx.now).await? {
+        return Err(Error::IncidentJobGone {
+            incident: incident.to_owned(),
+        });
+    }
+    ctx.scheduled
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let process = ctx.processes.get(conn, row.definition_id).await?;
+    let meta = InstanceMeta::from(&row);
+    let mut state = row.state.clone();
+    let mut m = Machine::new(&process, &meta, &mut state, ctx.now);
+    m.note(
+        if resolve.is_some() {
+            "incident_resolved"
+        } else {
+            "incident_retried"
+        },
+        Some(node),
+        json!({"incident": incident, "then": "fire"}),
+    );
     let effects = std::mem::take(&mut m.effects);
     row.state = state;
     save(conn, ctx, Change::of(row, effects, actor), followups).await
