@@ -393,25 +393,55 @@ fn forks(c: &mut Checker<'_>) {
             let Some(&start) = c.nodes.get(branch.as_str()) else {
                 continue;
             };
-            let mut seen = BTreeSet::from([start]);
+            // Each step found, and the step it was found from: the way back
+            // to the fork, if the branch has one, is named in full.
+            let mut from = BTreeMap::from([(start, start)]);
             let mut queue = VecDeque::from([start]);
             let mut met_join = start == join;
             let mut escaped = None;
+            let mut reentered = false;
             while let Some(x) = queue.pop_front() {
                 if x == join {
                     met_join = true;
+                    continue;
+                }
+                if x == i {
+                    // Not followed further: past the fork is every branch.
+                    reentered = true;
                     continue;
                 }
                 if matches!(nodes[x].kind, NodeKind::End(_)) && escaped.is_none() {
                     escaped = Some(x);
                 }
                 for y in successors[x].iter().filter(|e| !e.side).map(|e| e.to) {
-                    if seen.insert(y) {
+                    if let std::collections::btree_map::Entry::Vacant(v) = from.entry(y) {
+                        v.insert(x);
                         queue.push_back(y);
                     }
                 }
             }
             let path = c.node_path(i).key("branches").index(b);
+            if reentered {
+                let mut way = vec![i];
+                while let Some(&before) = from.get(way.last().expect("not empty"))
+                    && way.last() != Some(&start)
+                {
+                    way.push(before);
+                }
+                way.reverse();
+                let way: Vec<_> = way.iter().map(|&x| nodes[x].id.as_str()).collect();
+                problems.push((
+                    path.clone(),
+                    format!(
+                        "branch `{branch}` of fork `{}` leads back to the fork before join `{}` \
+                         ({}): the fork would start every branch again while the others still \
+                         run, and the join would wait for the first round forever",
+                        n.id,
+                        fork.join,
+                        way.join(" → ")
+                    ),
+                ));
+            }
             if let Some(end) = escaped {
                 problems.push((
                     path,
