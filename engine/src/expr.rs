@@ -443,6 +443,78 @@ impl PartialEq for Expr {
     }
 }
 
+impl Expr {
+    /// The functions the expression calls that `declared` does not know, by
+    /// name. CEL's parser takes any name as a call (`lenght(x)`,
+    /// `motivos.lowerAscii()`): without this, each fails only when it runs,
+    /// at an incident. Operators are left out; a call on a qualified name
+    /// (`optional.of(x)`) counts as known if either name is.
+    pub fn undeclared_functions(&self, declared: impl Fn(&str) -> bool) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let Ok(program) = &self.compiled else {
+            return out;
+        };
+        let mut stack = vec![program.expression()];
+        while let Some(e) = stack.pop() {
+            if let Ast::Call(call) = &e.expr
+                && call
+                    .func_name
+                    .starts_with(|c: char| c.is_ascii_alphabetic())
+                && !declared(&call.func_name)
+                && !call
+                    .target
+                    .as_deref()
+                    .and_then(qualified_name)
+                    .is_some_and(|q| declared(&format!("{q}.{}", call.func_name)))
+            {
+                out.insert(call.func_name.clone());
+            }
+            stack.extend(children(e));
+        }
+        out
+    }
+}
+
+/// `a.b.c` for an expression that spells a name, else `None`.
+fn qualified_name(e: &IdedExpr) -> Option<String> {
+    match &e.expr {
+        Ast::Ident(name) => Some(name.clone()),
+        Ast::Select(s) if !s.test => qualified_name(&s.operand).map(|q| format!("{q}.{}", s.field)),
+        _ => None,
+    }
+}
+
+/// The keys and values of a map's or a struct's entries.
+fn entry_exprs(entries: &[cel::common::ast::IdedEntryExpr]) -> Vec<&IdedExpr> {
+    entries
+        .iter()
+        .flat_map(|entry| match &entry.expr {
+            EntryExpr::StructField(field) => vec![&field.value],
+            EntryExpr::MapEntry(e) => vec![&e.key, &e.value],
+        })
+        .collect()
+}
+
+/// The expressions directly inside `expr`.
+fn children(expr: &IdedExpr) -> Vec<&IdedExpr> {
+    let entries = entry_exprs;
+    match &expr.expr {
+        Ast::Unspecified | Ast::Literal(_) | Ast::Ident(_) => Vec::new(),
+        Ast::Select(s) => vec![&s.operand],
+        Ast::Call(c) => c.target.as_deref().into_iter().chain(&c.args).collect(),
+        Ast::List(list) => list.elements.iter().collect(),
+        Ast::Map(map) => entries(&map.entries),
+        Ast::Struct(s) => entries(&s.entries),
+        Ast::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+    }
+}
+
 fn free_variables(expr: &IdedExpr, bound: &mut Vec<String>, out: &mut BTreeSet<VarRef>) {
     match &expr.expr {
         Ast::Unspecified | Ast::Literal(_) => {}

@@ -486,6 +486,18 @@ fn serde_diagnostic(path: YamlPath, message: &str) -> Diagnostic {
         text.push_str(&format!("; expected one of: {}", expected.join(", ")));
         return Diagnostic::new(Code::InvalidValue, path, text);
     }
+    if message.starts_with("invalid type: enum") {
+        // serde_yaml reads `!x` as a tag, which reaches a field as an enum:
+        // in an expression it is usually a negation written unquoted.
+        return Diagnostic::new(
+            Code::InvalidValue,
+            path,
+            format!(
+                "{message} (a value that starts with `!` is a YAML tag: put it in quotes, \
+                 `\"!impedimento\"`)"
+            ),
+        );
+    }
     Diagnostic::new(Code::InvalidValue, path, message.to_owned())
 }
 

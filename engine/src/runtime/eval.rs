@@ -10,6 +10,41 @@ use crate::expr::{Expr, Form};
 /// function and is far too slow to do per evaluation.
 static ENV: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
 
+/// Whether the environment expressions run in declares a function (global
+/// or member) called `name`. CEL offers no look-up by name alone; declaring
+/// one of that name on a throwaway context is refused exactly when the
+/// environment has one.
+pub(crate) fn declares_function(name: &str) -> bool {
+    cel::Context::with_env(Arc::clone(&ENV))
+        .add_function(name, |a: i64| a)
+        .is_err()
+}
+
+/// Functions a process owner may mean, for "did you mean" (each is checked
+/// to be declared by a test).
+pub(crate) const COMMON_FUNCTIONS: &[&str] = &[
+    "size",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "matches",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bool",
+    "type",
+    "dyn",
+    "timestamp",
+    "duration",
+    "getFullYear",
+    "getMonth",
+    "getDayOfMonth",
+    "getDayOfWeek",
+    "getHours",
+    "getMinutes",
+];
+
 /// Why an expression could not be evaluated.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EvalError {
@@ -202,6 +237,30 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn the_functions_suggested_are_declared_and_a_misspelt_one_is_not() {
+        for name in COMMON_FUNCTIONS {
+            assert!(declares_function(name), "{name}");
+        }
+        for name in ["lenght", "lowerAscii", "trim", "optional.of"] {
+            assert_eq!(declares_function(name), name == "optional.of", "{name}");
+        }
+        let undeclared = |source: &str| {
+            Expr::compile(source)
+                .undeclared_functions(declares_function)
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            undeclared("lenght(zona) > 2 && [zona.lowerAscii()].all(z, size(z) > 0)"),
+            ["lenght", "lowerAscii"]
+        );
+        assert!(
+            undeclared("optional.of(1).hasValue() && zona.startsWith('C') && 1 in [1] ? -1 : 2")
+                .is_empty()
+        );
+    }
 
     fn run(source: &str, vars: &Value) -> Result<Value, EvalError> {
         let variables = vars.as_object().unwrap().clone();

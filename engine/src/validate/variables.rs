@@ -51,6 +51,35 @@ pub(super) fn check(c: &mut Checker<'_>) {
     for (path, expr, scope) in exprs {
         reads(c, &written, &path, expr, scope);
     }
+    conditions(c);
+}
+
+/// A gate's condition whose type is known without running it (a variable
+/// read whole, a constant) must be a boolean: `when: zona` stopped every
+/// request that reached the gate with "gave … where true or false was
+/// expected".
+fn conditions(c: &mut Checker<'_>) {
+    let def = c.def;
+    for (i, n) in def.nodes.iter().enumerate() {
+        for e in n.expressions(&c.node_path(i)) {
+            if !matches!(e.purpose, Purpose::Condition) {
+                continue;
+            }
+            if let Some(ty) = static_type(c, e.expr, None)
+                && ty != VarType::Boolean
+            {
+                c.error(
+                    Code::TypeMismatch,
+                    e.path.clone(),
+                    format!(
+                        "`{}` is `{ty}`, and a condition must be true or false (compare it: \
+                         `{0} == …`)",
+                        e.expr.source().trim()
+                    ),
+                );
+            }
+        }
+    }
 }
 
 fn declared(c: &mut Checker<'_>, name: &str, path: YamlPath) -> Option<VarType> {
@@ -272,6 +301,33 @@ fn reads(
         );
         return;
     }
+    for name in expr.undeclared_functions(crate::runtime::eval::declares_function) {
+        let mut msg = format!(
+            "`{}` calls `{name}`, which is no function an expression can call",
+            shown(expr.source())
+        );
+        // Other languages' names for CEL's, which spelling alone misses.
+        let meant = match name.as_str() {
+            "len" | "length" | "lenght" | "count" => Some("size"),
+            "includes" | "indexOf" => Some("contains"),
+            "startswith" | "starts_with" => Some("startsWith"),
+            "endswith" | "ends_with" => Some("endsWith"),
+            _ => None,
+        };
+        if let Some(close) = meant.or_else(|| {
+            did_you_mean(
+                &name,
+                crate::runtime::eval::COMMON_FUNCTIONS.iter().copied(),
+            )
+        }) {
+            msg.push_str(&format!("; did you mean `{close}`?"));
+        }
+        msg.push_str(
+            " (CEL's standard functions, without extensions: a list's membership is \
+             `x in list`, not `list.contains(x)`)",
+        );
+        c.error(Code::Expression, path.clone(), msg);
+    }
     for r in expr.reads() {
         let field = r.field.as_deref();
         match (r.root.as_str(), scope) {
@@ -333,6 +389,25 @@ fn reads(
             ("message", Scope::Message) => {}
             // CEL's type names (`type(x) == string`), unless a variable is called so.
             (name, _) if CEL_TYPES.contains(&name) && c.def.variable(name).is_none() => {}
+            // A root read outside the one place it means something: where
+            // it can be read, rather than "declare it" (which is refused:
+            // the name is reserved).
+            (root @ ("result" | "error" | "message" | "output"), _) => {
+                let place = match root {
+                    "result" => "a service task's `output`, which maps what the system answered",
+                    "error" => "the `set` of a service task's `errors` route",
+                    "message" => "a message wait's `store`",
+                    _ => "a call's `output`, which maps what the called procedure ended with",
+                };
+                c.error(
+                    Code::UnknownVariable,
+                    path.clone(),
+                    format!(
+                        "`{root}` can be read only in {place}; map what you need there to a \
+                         variable, and read that here"
+                    ),
+                );
+            }
             (name, _) => {
                 // When some node failed to load, its writes are unknown.
                 let complete = c.parsed.section_complete("nodes");
