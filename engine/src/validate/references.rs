@@ -487,14 +487,34 @@ fn fields(c: &mut Checker<'_>, fields: &[Field], base: &YamlPath) {
         // The runtime checks submissions with a JSON Schema built from the
         // fields; one that does not compile would refuse every submission,
         // so it is refused here, where the owner can fix it.
-        if c.error_count() == before
-            && let Err(e) = crate::runtime::forms::Form::new(std::slice::from_ref(f))
-        {
-            c.error(
-                Code::InvalidSetting,
-                path.clone(),
-                format!("the field cannot be checked at run time: {e}"),
-            );
+        if c.error_count() == before {
+            match crate::runtime::forms::Form::new(std::slice::from_ref(f)) {
+                Err(e) => c.error(
+                    Code::InvalidSetting,
+                    path.clone(),
+                    format!("the field cannot be checked at run time: {e}"),
+                ),
+                // An option the field's own limits refuse is offered and
+                // then refused whichever agent picks it.
+                Ok(form) => {
+                    for (j, o) in f.options.iter().enumerate() {
+                        let mut sent = serde_json::Map::new();
+                        sent.insert(f.name.clone(), o.value.clone().into());
+                        let refused = form.check(&serde_json::Value::Object(sent));
+                        if let Some(why) = refused.first() {
+                            c.error(
+                                Code::InvalidSetting,
+                                path.key("enum").index(j),
+                                format!(
+                                    "option `{}` is refused by the field's own checks ({}): \
+                                     offered to agents, it could never be sent",
+                                    o.value, why.message
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -967,6 +987,31 @@ fn indicators(c: &mut Checker<'_>) {
             _ => None,
         })
         .collect();
+    // A request's outcome is its main path's end: an end only a
+    // non-interrupting escalation's side path reaches ends that path alone.
+    let successors = def.successors();
+    let mut seen: BTreeSet<usize> = def
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.kind, NodeKind::Start(_)))
+        .map(|(i, _)| i)
+        .collect();
+    let mut queue: Vec<usize> = seen.iter().copied().collect();
+    while let Some(x) = queue.pop() {
+        for e in successors[x].iter().filter(|e| !e.side) {
+            if seen.insert(e.to) {
+                queue.push(e.to);
+            }
+        }
+    }
+    let ending: BTreeSet<&str> = seen
+        .iter()
+        .filter_map(|&i| match &def.nodes[i].kind {
+            NodeKind::End(e) => Some(e.outcome.as_str()),
+            _ => None,
+        })
+        .collect();
     for (i, ind) in def.indicators.iter().enumerate() {
         let base = c.parsed.item_path("indicators", i);
         for (part, population) in [
@@ -974,7 +1019,18 @@ fn indicators(c: &mut Checker<'_>) {
             ("denominator", &ind.denominator),
         ] {
             for (j, end) in population.ends.iter().enumerate() {
-                if !outcomes.contains(end.as_str()) {
+                if outcomes.contains(end.as_str()) && !ending.contains(end.as_str()) {
+                    c.error(
+                        Code::UnknownEnd,
+                        base.key(part).key("ends").index(j),
+                        format!(
+                            "outcome `{end}` is reached only by an escalation's side path, which \
+                             does not end the request (its outcome is its main path's end): the \
+                             indicator would never count it; the requests end as {}",
+                            list(&ending)
+                        ),
+                    );
+                } else if !outcomes.contains(end.as_str()) {
                     let mut msg = format!("no end node has outcome `{end}`");
                     if let Some(close) = did_you_mean(end, outcomes.iter().copied()) {
                         msg.push_str(&format!("; did you mean `{close}`?"));
