@@ -649,17 +649,22 @@ fn validate(
     let mut problems = 0;
     let mut warnings = 0;
     let mut files = Vec::new();
-    for path in listed {
-        match library::read_file(path) {
-            Ok(file) => files.push(file),
-            Err(e) => {
-                problems += 1;
-                eprintln!("{e}");
-            }
+    let mut read = |path, into: &mut Vec<library::SourceFile>| match library::read_file(path) {
+        Ok(file) => into.push(file),
+        Err(e) => {
+            problems += 1;
+            eprintln!("{e}");
         }
+    };
+    for path in listed {
+        read(path, &mut files);
     }
     let mut context = library::neighbours(&files)?;
-    context.extend(library::read(extra)?);
+    // The library's files too: one that cannot be read is a problem, and
+    // the rest are still checked against what can be.
+    for path in library::list(extra)? {
+        read(path, &mut context);
+    }
     let catalog = tramite_connectors::catalog();
     for ((path, result), file) in library::compile(&files, &context, &catalog)
         .into_iter()

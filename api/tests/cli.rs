@@ -125,6 +125,21 @@ fn validate_goes_on_past_an_unreadable_file_and_refuses_an_empty_folder() {
         err.contains("b.YAML") && err.contains("surprise"),
         "the next file is checked: {err}"
     );
+    // The same for a file of the library the definitions are checked
+    // against: the definition is still checked.
+    let library = dir.join("biblioteca");
+    std::fs::create_dir_all(&library).unwrap();
+    std::fs::write(library.join("latin1.yaml"), b"code: T-\xd1\n").unwrap();
+    let out = tramite(&[
+        "validate",
+        "--library",
+        library.to_str().unwrap(),
+        dir.join("b.YAML").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("latin1.yaml"), "{err}");
+    assert!(err.contains("surprise"), "the definition is checked: {err}");
     let empty = dir.join("vacio");
     std::fs::create_dir_all(&empty).unwrap();
     let out = tramite(&["validate", empty.to_str().unwrap()]);
