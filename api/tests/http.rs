@@ -1604,6 +1604,11 @@ async fn requests_are_read_by_the_people_of_their_procedure(db: Db) {
     let retried = of_kind(&history, "incident_retried");
     assert_eq!(retried.len(), 1, "{history}");
     assert_eq!(retried[0]["actor"], "luis", "{history}");
+    // A second click finds it settled: back to the list, not a page about
+    // a task someone else took.
+    let (status, headers, _) = page(&api, Method::POST, &retry, Some(LEAD), Some(""), false).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/incidents");
 }
 both!(requests_are_read_by_the_people_of_their_procedure);
 

@@ -114,6 +114,7 @@ async fn same_origin(request: axum::extract::Request, next: axum::middleware::Ne
                 error: Error::Forbidden {
                     reason: "a form sent from another site".into(),
                 },
+                saying: None,
                 user: None,
             }
             .into_response();
@@ -255,6 +256,9 @@ struct Session {
 struct PageError {
     w: &'static Words,
     error: Error,
+    /// What the page says, where its status alone would mislead (a 409 on
+    /// an incident is not about a task).
+    saying: Option<&'static str>,
     /// Who is signed in, when the page knows: the error page keeps the
     /// header with "Salir" (on a shared PC, an agent leaving from a 403
     /// must still be able to sign out there).
@@ -271,6 +275,7 @@ impl IntoResponse for PageError {
             tracing::error!(error = %self.error, "page failed");
         }
         let message = match status {
+            _ if let Some(saying) = self.saying => saying,
             StatusCode::FORBIDDEN => self.w.forbidden,
             StatusCode::NOT_FOUND => self.w.not_found,
             StatusCode::CONFLICT => self.w.conflict,
@@ -303,6 +308,7 @@ async fn session(s: &AppState, headers: &HeaderMap) -> Result<Session, PageError
     let signed = signed_session(s, headers).ok_or(PageError {
         w,
         error: Error::Unauthorized,
+        saying: None,
         user: None,
     })?;
     match s.engine.session_ended(&signed.id).await {
@@ -314,11 +320,13 @@ async fn session(s: &AppState, headers: &HeaderMap) -> Result<Session, PageError
         Ok(true) => Err(PageError {
             w,
             error: Error::Unauthorized,
+            saying: None,
             user: None,
         }),
         Err(e) => Err(PageError {
             w,
             error: e.into(),
+            saying: None,
             user: None,
         }),
     }
@@ -356,7 +364,18 @@ impl Session {
         PageError {
             w: self.w,
             error: error.into(),
+            saying: None,
             user: Some(self.user.clone()),
+        }
+    }
+}
+
+impl PageError {
+    /// The same failure, with a page that says `message`.
+    fn saying(self, message: &'static str) -> PageError {
+        PageError {
+            saying: Some(message),
+            ..self
         }
     }
 }
@@ -433,6 +452,7 @@ async fn logout(State(s): Shared, headers: HeaderMap) -> Response {
             return PageError {
                 w,
                 error: e.into(),
+                saying: None,
                 user: None,
             }
             .into_response();
@@ -1535,6 +1555,7 @@ async fn incidents(State(s): Shared, headers: HeaderMap) -> Result<Response, Pag
             node,
             message: i.message.clone(),
             at: local_time(i.created_at),
+            after_effect: i.after_effect,
         });
     }
     Ok(render(&IncidentsPage {
@@ -1552,11 +1573,21 @@ async fn incident_retry(
 ) -> Result<Response, PageError> {
     let ses = session(&s, &headers).await?;
     ses.user.require("operator").map_err(|e| ses.fail(e))?;
-    s.engine
-        .retry_incident(&id, &ses.user.name)
-        .await
-        .map_err(|e| ses.fail(e))?;
-    Ok(Redirect::to("/incidents").into_response())
+    match s.engine.retry_incident(&id, &ses.user.name).await {
+        // Settled meanwhile (a second click, another operator): the list
+        // says how things stand now.
+        Ok(()) | Err(tramite_engine::Error::IncidentNotOpen { .. }) => {
+            Ok(Redirect::to("/incidents").into_response())
+        }
+        Err(e @ tramite_engine::Error::IncidentNeedsResolution { .. }) => {
+            Err(ses.fail(e).saying(ses.w.incident_needs_resolution))
+        }
+        Err(
+            e @ (tramite_engine::Error::InstanceNotRunning { .. }
+            | tramite_engine::Error::IncidentJobGone { .. }),
+        ) => Err(ses.fail(e).saying(ses.w.incident_not_retriable)),
+        Err(e) => Err(ses.fail(e)),
+    }
 }
 
 async fn indicators(State(s): Shared, headers: HeaderMap) -> Result<Response, PageError> {

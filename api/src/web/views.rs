@@ -537,6 +537,10 @@ pub(super) struct IncidentLine {
     pub(super) node: String,
     pub(super) message: String,
     pub(super) at: String,
+    /// Raised after the step took effect: running it again would repeat
+    /// the effect, so only resolving (with what it should have written,
+    /// through the API) settles it, and the page offers no retry.
+    pub(super) after_effect: bool,
 }
 
 #[derive(Template)]
@@ -1146,6 +1150,31 @@ mod tests {
         assert_eq!(words(serde_json::json!(1234.5), Lang::Es), "1234,5");
         assert_eq!(words(serde_json::json!(1234.5), Lang::En), "1234.5");
         assert_eq!(words(serde_json::json!(120.0), Lang::Es), "120");
+    }
+
+    /// An incident raised after its step took effect offers no retry (the
+    /// engine refuses it: it would repeat the effect), only what to do.
+    #[test]
+    fn an_incident_after_its_effect_offers_no_retry() {
+        let line = |id: &str, after_effect| IncidentLine {
+            id: id.to_owned(),
+            instance: "i1".to_owned(),
+            node: "registrar".to_owned(),
+            message: "falló".to_owned(),
+            at: "27/11/2026 09:00".to_owned(),
+            after_effect,
+        };
+        let html = IncidentsPage {
+            w: super::super::text::of(Lang::Es),
+            user: None,
+            operator: true,
+            lines: vec![line("a", false), line("b", true)],
+        }
+        .render()
+        .unwrap();
+        assert!(html.contains(r#"action="/incidents/a/retry""#), "{html}");
+        assert!(!html.contains(r#"action="/incidents/b/retry""#), "{html}");
+        assert!(html.contains(r#"id="resolve-b""#), "{html}");
     }
 
     #[test]
