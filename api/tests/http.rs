@@ -1612,6 +1612,46 @@ async fn requests_are_read_by_the_people_of_their_procedure(db: Db) {
 }
 both!(requests_are_read_by_the_people_of_their_procedure);
 
+/// A link on a request's page leads somewhere. The installation
+/// (OPR-PAS-P02) a P06 agent may not read is named without a link, and an
+/// installer sees no link up to the P06 sale; someone who reads both gets
+/// both links.
+async fn links_between_requests_lead_where_the_reader_may_go(db: Db) {
+    use tramite_tests::p06::{through_coverage, through_identification, through_requirements};
+    let api = Api::new(db).await;
+    let id = through_identification(&api.h, "4587213").await;
+    through_coverage(&api.h, &id, "Cala Cala").await;
+    through_requirements(&api.h, &id).await;
+    api.h.jobs().await;
+    let child = tramite_tests::p06::communicated(&api.h, &id).await;
+    let html = |uri: String, token: &'static str| {
+        let api = &api;
+        async move {
+            let (status, _, html) = page(api, Method::GET, &uri, Some(token), None, false).await;
+            assert_eq!(status, StatusCode::OK, "{uri}: {html}");
+            html
+        }
+    };
+    let to_child = format!(r#"href="/instances/{}""#, child.id);
+    let to_parent = format!(r#"href="/instances/{id}""#);
+    let sale = html(format!("/instances/{id}"), AGENT).await;
+    assert!(!sale.contains(&to_child), "{sale}");
+    assert!(sale.contains("OPR-PAS-P02"), "{sale}");
+    let installation = html(format!("/instances/{}", child.id), INSTALLER).await;
+    assert!(!installation.contains(&to_parent), "{installation}");
+    assert!(
+        html(format!("/instances/{id}"), LEAD)
+            .await
+            .contains(&to_child)
+    );
+    assert!(
+        html(format!("/instances/{}", child.id), LEAD)
+            .await
+            .contains(&to_parent)
+    );
+}
+both!(links_between_requests_lead_where_the_reader_may_go);
+
 /// A system's refusal routed by the procedure (Smartflex: the client is
 /// blocked) shows its code to everyone who reads the request, and the
 /// system's own text to operators only, like any failure inside a system.

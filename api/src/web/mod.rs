@@ -1367,7 +1367,20 @@ async fn instance_page(
         .incidents(Some("open"), Some(&id))
         .await
         .map_err(|e| ses.fail(e))?;
-    let children = s.engine.children(&id).await.map_err(|e| ses.fail(e))?;
+    let mut children = Vec::new();
+    for c in s.engine.children(&id).await.map_err(|e| ses.fail(e))? {
+        let shown = readable(&s, &ses, &c).await?.then_some(c.id);
+        children.push((shown.unwrap_or_default(), c.code));
+    }
+    let parent = match &i.parent_id {
+        Some(parent) => match s.engine.instance(parent).await {
+            Ok(p) if readable(&s, &ses, &p).await? => p.id,
+            // Purged by retention, or another procedure's people's.
+            Ok(_) | Err(tramite_engine::Error::NotFound { .. }) => String::new(),
+            Err(e) => return Err(ses.fail(e)),
+        },
+        None => String::new(),
+    };
     let waiting: Vec<&str> = i.state.tokens.iter().map(|t| t.node.as_str()).collect();
     let mut diagram =
         tramite_engine::diagram::render(def, tramite_engine::diagram::Format::Mermaid, ses.lang);
@@ -1409,12 +1422,24 @@ async fn instance_page(
                 )
             })
             .collect(),
-        parent: i.parent_id.clone().unwrap_or_default(),
-        children: children
-            .iter()
-            .map(|c| (c.id.clone(), c.code.clone()))
-            .collect(),
+        parent,
+        children,
     }))
+}
+
+/// Whether the session's user may read `instance`, so that a link to it
+/// leads somewhere.
+async fn readable(
+    s: &AppState,
+    ses: &Session,
+    instance: &tramite_engine::store::instances::InstanceRow,
+) -> Result<bool, PageError> {
+    let process = s
+        .engine
+        .process(instance.definition_id)
+        .await
+        .map_err(|e| ses.fail(e))?;
+    Ok(ses.user.may_read(&process.definition).is_ok())
 }
 
 async fn document_page(

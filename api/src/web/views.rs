@@ -478,7 +478,11 @@ pub(super) struct InstancePage<'a> {
     pub(super) timeline: Vec<TimelineEntry>,
     pub(super) documents: Vec<DocView>,
     pub(super) incidents: Vec<(String, String, String)>,
+    /// The calling request, if it is still kept and this user may read it
+    /// (else no link: it would lead to a 404 or a 403).
     pub(super) parent: String,
+    /// Called requests: id (empty where this user may not read it: the
+    /// code is shown without a link) and code.
     pub(super) children: Vec<(String, String)>,
 }
 
