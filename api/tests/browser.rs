@@ -561,6 +561,44 @@ async fn a_wrong_ci_is_caught_inline_and_nothing_is_saved() {
     ui.close().await;
 }
 
+/// What an agent types before pressing "Tomar" (the call has begun) is
+/// still in the form once the task is theirs: the claim is a form of its
+/// own, and the page after it used to draw the form empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_typed_before_taking_the_task_is_kept() {
+    let ui = Ui::new().await;
+    let id =
+        ui.h.start("OPE-SUM-VEN-P06", "ivr", json!({"telefono": "72345678"}))
+            .await;
+    ui.h.complete(&id, "recibir_llamada", "atendida", json!({}))
+        .await;
+    let task = ui.h.task(&id, "identificar_cliente").await;
+    ui.sign_in(AGENT).await;
+    ui.goto(&format!("/tasks/{}", task.id)).await;
+    ui.fill("nombre_cliente", "Juan Pérez").await;
+    ui.fill("servicio_solicitado", "trio").await;
+    ui.click("#claim").await;
+    ui.wait_for("#release").await;
+    let value = |name: &'static str| {
+        let ui = &ui;
+        async move {
+            ui.browser
+                .execute(
+                    "return document.getElementById(arguments[0]).value;",
+                    vec![json!(format!("f-{name}"))],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(value("nombre_cliente").await, json!("Juan Pérez"));
+    assert_eq!(value("servicio_solicitado").await, json!("trio"));
+    // Once only: the page drawn again later shows what is saved.
+    ui.goto(&format!("/tasks/{}", task.id)).await;
+    assert_eq!(value("nombre_cliente").await, json!(""));
+    ui.close().await;
+}
+
 /// "El cliente desiste" closes the request without the form's checks, so
 /// the browser asks first: cancelling sends nothing, accepting closes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
