@@ -385,6 +385,8 @@ async fn agent_completes_p06_through_the_pages() {
     ui.goto(&format!("/tasks/{}", task.id)).await;
     let received = ui.text("#received").await;
     assert!(received.contains("CI anverso"), "{received}");
+    // WhatsApp's kind of media, in the page's language.
+    assert!(received.contains("imagen"), "{received}");
     ui.work(
         &id,
         "imprimir_requisitos",

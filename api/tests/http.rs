@@ -2165,6 +2165,10 @@ async fn language_switch_stays_on_the_site() {
         ),
         ("http://tramite.local//evil.example/x", "/inbox"),
         ("http://tramite.local/\\evil.example", "/inbox"),
+        // A page that answered a form: its address takes only a POST.
+        ("http://tramite.local/tasks/t1/claim", "/tasks/t1"),
+        ("http://tramite.local/tasks/t1/unclaim", "/tasks/t1"),
+        ("http://tramite.local/incidents/i1/retry", "/incidents"),
     ] {
         let response = api
             .app

@@ -494,6 +494,14 @@ async fn set_lang(Path(lang): Path<String>, headers: HeaderMap) -> Response {
         // Back to a page of this site only (`//host` would leave it).
         .filter(|p| !p.starts_with("//") && !p.contains('\\'))
         .unwrap_or_else(|| "/inbox".to_owned());
+    // A page that answered a form (a claim refused, a retry that failed)
+    // has the form's address, which only takes a POST: back to the page
+    // the form was on.
+    let back = match back.rsplit_once('/') {
+        Some((page, "claim" | "unclaim")) if page.starts_with("/tasks/") => page.to_owned(),
+        Some((page, "retry")) if page.starts_with("/incidents/") => "/incidents".to_owned(),
+        _ => back,
+    };
     let mut response = Redirect::to(&back).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{LANG_COOKIE}={lang}; Path=/; SameSite=Strict; Max-Age=31536000"
@@ -855,7 +863,10 @@ async fn task_model(
             .filter(|e| !ut.form.iter().any(|f| f.name == e.field))
             .map(|e| general_error(e, ses.w, lang))
             .collect(),
-        received: received.iter().flat_map(Attachment::from_message).collect(),
+        received: received
+            .iter()
+            .flat_map(|m| Attachment::of_message(m, lang))
+            .collect(),
         documents: documents_of(def, &history, &instance.id, lang, Some(&task.node_id)),
     })
 }
@@ -867,11 +878,7 @@ fn general_error(e: &tramite_engine::runtime::forms::FieldError, w: &Words, lang
     // Whether or not it names the variable the value was meant for: the
     // expression and CEL's words are for the process owner, not the agent.
     if e.message.starts_with("the outcome ") {
-        return if lang == Lang::En {
-            e.message.clone()
-        } else {
-            w.outcome_needs_data.to_owned()
-        };
+        return w.outcome_needs_data.to_owned();
     }
     let message = views::in_words(&e.message, lang);
     if e.field.is_empty() {
@@ -1471,7 +1478,10 @@ async fn document_page(
         status: document_done(d, &history),
         copies: format!("{} + {}", d.originals, d.copies),
         lines: context_lines(def, &i.state.variables, ses.lang),
-        received: received.iter().flat_map(Attachment::from_message).collect(),
+        received: received
+            .iter()
+            .flat_map(|m| Attachment::of_message(m, ses.lang))
+            .collect(),
     }))
 }
 

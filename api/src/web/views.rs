@@ -326,7 +326,16 @@ pub(super) struct Attachment {
 }
 
 impl Attachment {
-    pub(super) fn from_message(m: &MessageRow) -> Vec<Attachment> {
+    /// What `m` carried, its kinds in `lang`'s words.
+    pub(super) fn of_message(m: &MessageRow, lang: Lang) -> Vec<Attachment> {
+        let mut listed = Attachment::from_message(m);
+        for a in &mut listed {
+            a.kind = media_word(&a.kind, lang).unwrap_or(&a.kind).to_owned();
+        }
+        listed
+    }
+
+    fn from_message(m: &MessageRow) -> Vec<Attachment> {
         let at = local_time(m.received_at);
         let listed = m.payload["attachments"]
             .as_array()
@@ -359,6 +368,19 @@ impl Attachment {
             })
             .collect()
     }
+}
+
+/// WhatsApp's kind of a message's media, as a person says it.
+fn media_word(kind: &str, lang: Lang) -> Option<&'static str> {
+    let (es, en) = match kind {
+        "image" => ("imagen", "image"),
+        "document" => ("documento", "document"),
+        "audio" => ("audio", "audio"),
+        "video" => ("video", "video"),
+        "sticker" => ("sticker", "sticker"),
+        _ => return None,
+    };
+    Some(if lang == Lang::Es { es } else { en })
 }
 
 /// A document of the procedure on an instance.
@@ -627,7 +649,7 @@ impl Board {
         Board {
             code: def.code.clone(),
             name: ind.name.get(lang).to_owned(),
-            threshold: format!("{threshold}"),
+            threshold: decimal(format!("{threshold}"), lang),
             chart: chart(ind, values, lang),
             days,
             gates: gates
@@ -697,8 +719,9 @@ fn chart(ind: &Indicator, values: &[IndicatorValue], lang: Lang) -> String {
         }
     }
     svg.push_str(&format!(
-        r##"<line x1="{left}" x2="{w}" y1="{t:.1}" y2="{t:.1}" stroke="#1565c0" stroke-width="2" stroke-dasharray="6 4"/><text x="{w}" y="{:.1}" font-size="10" text-anchor="end" fill="#1565c0">{threshold}</text></svg>"##,
+        r##"<line x1="{left}" x2="{w}" y1="{t:.1}" y2="{t:.1}" stroke="#1565c0" stroke-width="2" stroke-dasharray="6 4"/><text x="{w}" y="{:.1}" font-size="10" text-anchor="end" fill="#1565c0">{}</text></svg>"##,
         y(threshold) - 4.0,
+        decimal(format!("{threshold}"), lang),
         t = y(threshold)
     ));
     svg
