@@ -1223,7 +1223,26 @@ async fn apply(
 ) -> Result<(), Error> {
     match effect {
         Effect::CancelTask { id } => conn.cancel_task(&id, ctx.now).await?,
-        Effect::CancelJob { id } => conn.cancel_job(&id).await?,
+        Effect::CancelJob { id } => {
+            // A timer stopped at an incident is left behind by the token
+            // (its task completed, its message come): the incident goes
+            // with it, rather than staying open for an operator to settle
+            // something that no longer waits.
+            if conn.cancel_job(&id).await? {
+                for (incident, node) in conn.withdraw_incidents_of_job(&id, ctx.now).await? {
+                    journal_one(
+                        conn,
+                        ctx,
+                        &row.id,
+                        "engine",
+                        "incident_withdrawn",
+                        &node,
+                        json!({"incident": incident, "job": id}),
+                    )
+                    .await?;
+                }
+            }
+        }
         Effect::Subscribe {
             id,
             token,

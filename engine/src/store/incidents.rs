@@ -101,6 +101,25 @@ pub async fn close(
     Ok(done.rows_affected() == 1)
 }
 
+/// [`withdraw_of_job`]'s statement (both backends).
+pub(super) const WITHDRAW_OF_JOB: &str = "UPDATE incidents SET status = 'resolved', resolved_at = $2, \
+     resolved_by = 'engine', resolution = 'withdrawn' WHERE job_id = $1 AND status = 'open' RETURNING id, node_id";
+
+/// Closes the open incidents of job `job` as withdrawn (its token left the
+/// step); their ids and steps.
+pub async fn withdraw_of_job(
+    conn: &mut Conn,
+    job: &str,
+    now: i64,
+) -> Result<Vec<(String, String)>, Error> {
+    let ids = sqlx::query_as(WITHDRAW_OF_JOB)
+        .bind(job)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(ids)
+}
+
 /// Closes every open incident of an instance (it was cancelled).
 pub async fn close_all(conn: &mut Conn, instance: &str, by: &str, now: i64) -> Result<(), Error> {
     sqlx::query(

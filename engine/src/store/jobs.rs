@@ -290,16 +290,28 @@ pub async fn revive(conn: &mut Conn, id: &str, now: i64) -> Result<bool, Error> 
     Ok(done.rows_affected() == 1)
 }
 
-/// Drops a job that has not finished.
-pub async fn cancel(conn: &mut Conn, id: &str) -> Result<(), Error> {
-    sqlx::query(
-        "UPDATE jobs SET status = 'cancelled', lease_owner = NULL WHERE id = $1 AND status IN ('ready', 'running', 'incident')",
-    )
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+/// Drops a job that has not finished; whether it was stopped at an
+/// incident (the common case, a job due or running, is one statement).
+pub async fn cancel(conn: &mut Conn, id: &str) -> Result<bool, Error> {
+    let pending = sqlx::query(CANCEL_PENDING)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    if pending.rows_affected() == 1 {
+        return Ok(false);
+    }
+    let stopped = sqlx::query(CANCEL_STOPPED)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(stopped.rows_affected() == 1)
 }
+
+/// [`cancel`]'s statements (both backends: `$1` is SQLite's first
+/// parameter too).
+pub(super) const CANCEL_PENDING: &str = "UPDATE jobs SET status = 'cancelled', lease_owner = NULL \
+     WHERE id = $1 AND status IN ('ready', 'running')";
+pub(super) const CANCEL_STOPPED: &str = "UPDATE jobs SET status = 'cancelled', lease_owner = NULL WHERE id = $1 AND status = 'incident'";
 
 /// Releases every lease (a single-node SQLite engine starting up: whoever
 /// held them is gone).

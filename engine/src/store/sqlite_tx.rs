@@ -779,12 +779,33 @@ impl Tx for Writing {
         Ok(n == 1)
     }
 
-    async fn cancel_job(&mut self, id: &str) -> Result<(), Error> {
-        self.conn.prepare_cached(
-            "UPDATE jobs SET status = 'cancelled', lease_owner = NULL WHERE id = ?1 AND status IN ('ready', 'running', 'incident')",
-        )?
-        .execute(params![id])?;
-        Ok(())
+    async fn cancel_job(&mut self, id: &str) -> Result<bool, Error> {
+        if self
+            .conn
+            .prepare_cached(super::jobs::CANCEL_PENDING)?
+            .execute(params![id])?
+            == 1
+        {
+            return Ok(false);
+        }
+        Ok(self
+            .conn
+            .prepare_cached(super::jobs::CANCEL_STOPPED)?
+            .execute(params![id])?
+            == 1)
+    }
+
+    async fn withdraw_incidents_of_job(
+        &mut self,
+        job: &str,
+        now: i64,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let sql = super::incidents::WITHDRAW_OF_JOB.replace('$', "?");
+        let mut statement = self.conn.prepare_cached(&sql)?;
+        let ids = statement
+            .query_map(params![job, now], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(ids)
     }
 
     async fn job_request(&mut self, id: &str) -> Result<Option<super::jobs::JobRequest>, Error> {

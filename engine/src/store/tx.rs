@@ -155,7 +155,15 @@ pub trait Tx: Send {
         now: i64,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
     /// Drops an unfinished job.
-    fn cancel_job(&mut self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Whether it had stopped at an incident.
+    fn cancel_job(&mut self, id: &str) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Closes the open incidents of job `job`, which its token has left,
+    /// as `withdrawn`; their ids and steps.
+    fn withdraw_incidents_of_job(
+        &mut self,
+        job: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, Error>> + Send;
     /// What a job asked its system.
     fn job_request(
         &mut self,
@@ -584,8 +592,15 @@ impl Tx for sqlx::AnyConnection {
     async fn revive_job(&mut self, id: &str, now: i64) -> Result<bool, Error> {
         super::jobs::revive(self, id, now).await
     }
-    async fn cancel_job(&mut self, id: &str) -> Result<(), Error> {
+    async fn cancel_job(&mut self, id: &str) -> Result<bool, Error> {
         super::jobs::cancel(self, id).await
+    }
+    async fn withdraw_incidents_of_job(
+        &mut self,
+        job: &str,
+        now: i64,
+    ) -> Result<Vec<(String, String)>, Error> {
+        super::incidents::withdraw_of_job(self, job, now).await
     }
     async fn job_request(&mut self, id: &str) -> Result<Option<super::jobs::JobRequest>, Error> {
         super::jobs::request(self, id).await
