@@ -475,6 +475,30 @@ impl Expr {
     }
 }
 
+impl Expr {
+    /// The fields the expression tests for presence with `has(root.field)`.
+    pub fn presence_tests(&self) -> Vec<VarRef> {
+        let mut out = Vec::new();
+        let Ok(program) = &self.compiled else {
+            return out;
+        };
+        let mut stack = vec![program.expression()];
+        while let Some(e) = stack.pop() {
+            if let Ast::Select(s) = &e.expr
+                && s.test
+                && let Ast::Ident(root) = &s.operand.expr
+            {
+                out.push(VarRef {
+                    root: root.clone(),
+                    field: Some(s.field.clone()),
+                });
+            }
+            stack.extend(children(e));
+        }
+        out
+    }
+}
+
 /// `a.b.c` for an expression that spells a name, else `None`.
 fn qualified_name(e: &IdedExpr) -> Option<String> {
     match &e.expr {

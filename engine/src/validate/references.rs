@@ -1005,13 +1005,26 @@ fn indicators(c: &mut Checker<'_>) {
             }
         }
     }
-    let ending: BTreeSet<&str> = seen
-        .iter()
-        .filter_map(|&i| match &def.nodes[i].kind {
-            NodeKind::End(e) => Some(e.outcome.as_str()),
-            _ => None,
-        })
-        .collect();
+    let ends_of = |seen: &BTreeSet<usize>| -> BTreeSet<&str> {
+        seen.iter()
+            .filter_map(|&i| match &def.nodes[i].kind {
+                NodeKind::End(e) => Some(e.outcome.as_str()),
+                _ => None,
+            })
+            .collect()
+    };
+    let ending = ends_of(&seen);
+    // And with side paths: an end no path reaches is `unreachable`'s
+    // problem, not a side path's.
+    let mut queue: Vec<usize> = seen.iter().copied().collect();
+    while let Some(x) = queue.pop() {
+        for e in &successors[x] {
+            if seen.insert(e.to) {
+                queue.push(e.to);
+            }
+        }
+    }
+    let reached = ends_of(&seen);
     for (i, ind) in def.indicators.iter().enumerate() {
         let base = c.parsed.item_path("indicators", i);
         for (part, population) in [
@@ -1019,7 +1032,7 @@ fn indicators(c: &mut Checker<'_>) {
             ("denominator", &ind.denominator),
         ] {
             for (j, end) in population.ends.iter().enumerate() {
-                if outcomes.contains(end.as_str()) && !ending.contains(end.as_str()) {
+                if reached.contains(end.as_str()) && !ending.contains(end.as_str()) {
                     c.error(
                         Code::UnknownEnd,
                         base.key(part).key("ends").index(j),

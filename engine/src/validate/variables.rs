@@ -301,6 +301,24 @@ fn reads(
         );
         return;
     }
+    // Every output the catalog lists is in `result`, null when the system
+    // left it out: testing its presence is always true.
+    if let Scope::Result(Some(outputs)) = scope {
+        for test in expr.presence_tests() {
+            if let ("result", Some(field)) = (test.root.as_str(), test.field.as_deref())
+                && outputs.iter().any(|o| o.name == field)
+            {
+                c.error(
+                    Code::Expression,
+                    path.clone(),
+                    format!(
+                        "`has(result.{field})` is always true: an output the catalog lists is \
+                         null when the system leaves it out; test `result.{field} != null`"
+                    ),
+                );
+            }
+        }
+    }
     for name in expr.undeclared_functions(crate::runtime::eval::declares_function) {
         let mut msg = format!(
             "`{}` calls `{name}`, which is no function an expression can call",
