@@ -598,6 +598,18 @@ async fn what_was_typed_before_taking_the_task_is_kept() {
     // Once only: the page drawn again later shows what is saved.
     ui.goto(&format!("/tasks/{}", task.id)).await;
     assert_eq!(value("nombre_cliente").await, json!(""));
+    // A send whose session had ended (another tab's "Salir", the 12 hours)
+    // goes to the sign-in page; signed in again, the task has it all.
+    ui.fill("nombre_cliente", "Juan Pérez").await;
+    ui.fill("servicio_solicitado", "trio").await;
+    ui.fill("ci", "4587213").await;
+    ui.browser.delete_all_cookies().await.unwrap();
+    ui.click("#outcome-continuar").await;
+    assert_eq!(ui.wait_path("/login").await, "/login");
+    assert!(ui.h.task_open(&id, "identificar_cliente").await);
+    ui.sign_in(AGENT).await;
+    ui.goto(&format!("/tasks/{}", task.id)).await;
+    assert_eq!(value("nombre_cliente").await, json!("Juan Pérez"));
     ui.close().await;
 }
 

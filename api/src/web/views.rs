@@ -1202,6 +1202,10 @@ mod tests {
         assert!(html.contains(r#"action="/incidents/a/retry""#), "{html}");
         assert!(!html.contains(r#"action="/incidents/b/retry""#), "{html}");
         assert!(html.contains(r#"id="resolve-b""#), "{html}");
+        assert!(
+            html.contains("<code>b</code>"),
+            "its id, for the API: {html}"
+        );
     }
 
     #[test]
