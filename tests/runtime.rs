@@ -5798,6 +5798,63 @@ async fn a_stopped_job_takes_its_instance_before_the_job() {
     );
 }
 
+/// A cancel that lands between a claim and its `StopJob` leaves no
+/// incident behind: the job went with its request, and the stop finds
+/// nothing to stop.
+async fn a_job_cancelled_before_it_is_stopped_raises_nothing(db: Db) {
+    use sqlx::Connection;
+    use tramite_engine::runtime::commands::{Command, Reply};
+    let h = Harness::new(db).await;
+    let id = tramite_tests::p06::at_the_naf_check(&h, "4587213").await;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&h.db.url).await.unwrap();
+    sqlx::query("UPDATE jobs SET input = '{\"ci\": 45872' WHERE instance_id = $1")
+        .bind(&id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let claimed = h
+        .engine
+        .submit(Command::ClaimJobs {
+            owner: "n1".into(),
+            lease_ms: 30_000,
+            limit: 8,
+            default_timeout_ms: 10_000,
+        })
+        .await
+        .unwrap();
+    let Reply::Jobs(mut jobs) = claimed else {
+        panic!("{claimed:?}")
+    };
+    let job = jobs.pop().expect("the NAF check");
+    let why = job.stop.clone().expect("marked to stop, not to run");
+    h.engine
+        .cancel(&id, "cliente desiste", "jefe1")
+        .await
+        .unwrap();
+    h.engine
+        .submit(Command::StopJob {
+            owner: job.lease_owner.clone(),
+            job: Box::new(job),
+            why,
+        })
+        .await
+        .unwrap();
+    assert!(
+        h.engine
+            .incidents(Some("open"), Some(&id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(h.instance(&id).await.status, "cancelled");
+}
+on_both_backends!(
+    a_job_cancelled_before_it_is_stopped_raises_nothing,
+    super::a_job_cancelled_before_it_is_stopped_raises_nothing
+);
+
 /// A message published to a wait that was withdrawn after the publisher
 /// read it (on PostgreSQL, another lane's or node's timeout or cancellation
 /// committing in between) goes to the next wait, or is kept: it used to be
