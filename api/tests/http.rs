@@ -44,7 +44,9 @@ impl Api {
     }
 
     fn users() -> Users {
+        // These tests refuse credentials on purpose, by the dozen.
         Users::default()
+            .with_refusal_delay(std::time::Duration::ZERO)
             .with("ana", AGENT, &["agente_ventas_digitales"])
             .with("bea", AGENT2, &["agente_ventas_digitales"])
             .with(

@@ -179,11 +179,56 @@ impl User {
 /// The roles that read every request.
 pub const READS_ALL: [&str; 2] = ["operator", "process_owner"];
 
-/// Known users by token hash, and the key that signs their web sessions.
+/// Known users by token hash, the key that signs their web sessions, and
+/// how refused credentials are slowed down.
 #[derive(Clone, Default)]
 pub struct Users {
     by_hash: HashMap<String, User>,
     sessions: SessionKey,
+    refusals: Refusals,
+}
+
+/// How answers that refuse credentials (401: a wrong token, over the API
+/// or at the sign-in page) are slowed: each waits [`Refusals::delay`],
+/// [`REFUSALS_AT_ONCE`] at a time, so that a node answers at most a few
+/// guesses a second, however many connections ask. A caller with a good
+/// token is never slowed. Per node: two nodes answer twice as many.
+#[derive(Clone, Debug)]
+pub struct Refusals {
+    delay: std::time::Duration,
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// How long a refusal waits by default.
+pub const REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How many refusals wait at once (the others queue behind them).
+pub const REFUSALS_AT_ONCE: usize = 4;
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Refusals {
+            delay: REFUSAL_DELAY,
+            gate: std::sync::Arc::new(tokio::sync::Semaphore::new(REFUSALS_AT_ONCE)),
+        }
+    }
+}
+
+/// Middleware: an answer that refuses credentials (401) goes out only
+/// after its turn at the gate and the delay.
+pub(super) async fn slow_refusals(
+    axum::extract::State(refusals): axum::extract::State<Refusals>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    if response.status() == axum::http::StatusCode::UNAUTHORIZED
+        && !refusals.delay.is_zero()
+        && let Ok(_turn) = refusals.gate.acquire().await
+    {
+        tokio::time::sleep(refusals.delay).await;
+    }
+    response
 }
 
 impl std::fmt::Debug for Users {
@@ -306,6 +351,7 @@ impl Users {
             Ok(Users {
                 by_hash,
                 sessions: SessionKey::default(),
+                refusals: Refusals::default(),
             })
         } else {
             Err(problems)
@@ -342,6 +388,18 @@ impl Users {
             return None;
         }
         self.by_hash.get(&hash(token)).cloned()
+    }
+
+    /// Refusals of credentials wait `delay` each (see [`Refusals`]); zero
+    /// answers them at once (tests that refuse on purpose).
+    pub fn with_refusal_delay(mut self, delay: std::time::Duration) -> Users {
+        self.refusals.delay = delay;
+        self
+    }
+
+    /// How refusals of credentials are slowed, for [`slow_refusals`].
+    pub(super) fn refusals(&self) -> Refusals {
+        self.refusals.clone()
     }
 
     /// Signs web sessions with a key derived from `secret`: every node
@@ -451,6 +509,42 @@ pub(super) fn unhex(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Refusals of credentials go out a few at a time, each after the
+    /// delay; an answer that refuses nothing is not slowed.
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_slowed_a_few_at_a_time() {
+        use axum::http::{Request, StatusCode};
+        use tower::ServiceExt;
+        let app = axum::Router::new()
+            .route(
+                "/no",
+                axum::routing::get(|| async { StatusCode::UNAUTHORIZED }),
+            )
+            .route("/yes", axum::routing::get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(
+                Refusals::default(),
+                slow_refusals,
+            ));
+        let call = |uri: &'static str| {
+            let app = app.clone();
+            async move {
+                let request = Request::get(uri).body(axum::body::Body::empty()).unwrap();
+                app.oneshot(request).await.unwrap().status()
+            }
+        };
+        let start = tokio::time::Instant::now();
+        assert_eq!(call("/yes").await, StatusCode::OK);
+        assert_eq!(start.elapsed(), std::time::Duration::ZERO);
+        let mut guesses = tokio::task::JoinSet::new();
+        for _ in 0..2 * REFUSALS_AT_ONCE {
+            guesses.spawn(call("/no"));
+        }
+        while let Some(status) = guesses.join_next().await {
+            assert_eq!(status.unwrap(), StatusCode::UNAUTHORIZED);
+        }
+        assert_eq!(start.elapsed(), 2 * REFUSAL_DELAY, "two rounds of four");
+    }
 
     /// A session names its user until it expires, only under the key that
     /// signed it, and ends when the user's token changes; a tampered

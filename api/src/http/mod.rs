@@ -220,6 +220,7 @@ impl utoipa::Modify for BearerAuth {
 /// The API's router.
 pub fn router(state: Arc<AppState>) -> Router {
     use utoipa::OpenApi;
+    let refusals = state.users.refusals();
     Router::new()
         .merge(
             utoipa_swagger_ui::SwaggerUi::new("/api/docs")
@@ -260,6 +261,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { Error::NoRoute })
         .method_not_allowed_fallback(|| async { Error::WrongMethod })
         .layer(axum::middleware::from_fn(guard::check))
+        .layer(axum::middleware::from_fn_with_state(
+            refusals,
+            auth::slow_refusals,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(
             tower::ServiceBuilder::new()
