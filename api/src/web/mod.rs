@@ -1152,6 +1152,10 @@ fn form_data(
                     continue;
                 }
             },
+            // A `datetime-local` input sends Bolivia's wall clock without an
+            // offset (`2026-12-07T09:05`): it is that time in UTC−4. Anything
+            // else (a full timestamp typed by hand) is the engine's to judge.
+            VarType::Datetime if is_wall_clock(raw) => Value::String(format!("{raw}:00-04:00")),
             // A browser sends a line break as CRLF and counts it as one
             // character against `maxlength`: stored as one, it counts as
             // one against `max_length` too.
@@ -1160,6 +1164,18 @@ fn form_data(
         data.insert(f.name.clone(), value);
     }
     (data, errors)
+}
+
+/// Whether `text` is `YYYY-MM-DDTHH:MM`, as a `datetime-local` input sends.
+fn is_wall_clock(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 16
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 => *c == b':',
+            _ => c.is_ascii_digit(),
+        })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1774,6 +1790,29 @@ mod tests {
         assert!(!stored.contains('\r'));
         let form = tramite_engine::runtime::forms::Form::new(&fields).unwrap();
         assert!(form.check(&Value::Object(data)).is_empty());
+    }
+
+    /// A datetime field's input sends Bolivia's wall clock without an
+    /// offset; it is stored as that time in UTC−4, the instant the agent
+    /// meant. A full timestamp typed by hand goes on as it came.
+    #[test]
+    fn a_wall_clock_time_is_bolivian() {
+        let fields: Vec<tramite_engine::definition::Field> =
+            serde_yaml::from_str("- {name: cita, type: datetime}").unwrap();
+        let sent = |v: &str| -> HashMap<String, String> {
+            [("cita".to_owned(), v.to_owned())].into_iter().collect()
+        };
+        let (data, errors) = form_data(&fields, &sent("2026-12-07T09:05"), &Map::new());
+        assert!(errors.is_empty());
+        assert_eq!(data["cita"], "2026-12-07T09:05:00-04:00");
+        assert_eq!(
+            tramite_engine::runtime::machine::timestamp_ms(&data["cita"]),
+            tramite_engine::runtime::machine::timestamp_ms(&serde_json::json!(
+                "2026-12-07T13:05:00Z"
+            ))
+        );
+        let (data, _) = form_data(&fields, &sent("2026-12-07T13:05:00Z"), &Map::new());
+        assert_eq!(data["cita"], "2026-12-07T13:05:00Z");
     }
 
     #[test]

@@ -160,6 +160,8 @@ impl FieldView {
                 VarType::Boolean if f.required => "yesno",
                 VarType::Boolean => "checkbox",
                 VarType::Date => "date",
+                // Bolivian wall-clock time; the page adds the offset.
+                VarType::Datetime => "datetime-local",
                 _ => "text",
             }
         };
@@ -223,6 +225,20 @@ fn input_value(ty: VarType, value: &Value) -> String {
                     let days = (ms - 4 * 3_600_000).div_euclid(86_400_000);
                     let (y, m, d) = tramite_engine::runtime::indicators::civil(days);
                     format!("{y:04}-{m:02}-{d:02}")
+                }
+                None => s.clone(),
+            }
+        }
+        // A timestamp as Bolivia's wall clock (UTC−4), to the minute, as a
+        // `datetime-local` input takes it.
+        (VarType::Datetime, Value::String(s)) => {
+            match tramite_engine::runtime::machine::timestamp_ms(value) {
+                Some(ms) => {
+                    let local = ms - 4 * 3_600_000;
+                    let days = local.div_euclid(86_400_000);
+                    let minute = local.rem_euclid(86_400_000) / 60_000;
+                    let (y, m, d) = tramite_engine::runtime::indicators::civil(days);
+                    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}", minute / 60, minute % 60)
                 }
                 None => s.clone(),
             }
@@ -1309,6 +1325,15 @@ mod tests {
             "2026-12-06"
         );
         assert_eq!(input_value(VarType::Date, &json!("mañana")), "mañana");
+        // A timestamp in a datetime field: Bolivia's wall clock, to the minute.
+        assert_eq!(
+            input_value(VarType::Datetime, &json!("2026-12-07T13:05:30Z")),
+            "2026-12-07T09:05"
+        );
+        assert_eq!(
+            input_value(VarType::Datetime, &json!("2026-12-07T02:30:00Z")),
+            "2026-12-06T22:30"
+        );
         assert_eq!(input_value(VarType::Boolean, &json!(true)), "true");
         assert_eq!(
             input_value(VarType::String, &json!("Cala Cala")),
