@@ -276,6 +276,22 @@ impl Ui {
         );
     }
 
+    /// A P06 call answered, its identification task open on the page of
+    /// an agent signed in: the request's id and the task.
+    async fn at_the_identification(&self) -> (String, tramite_engine::store::tasks::TaskRow) {
+        let id = self
+            .h
+            .start("OPE-SUM-VEN-P06", "ivr", json!({"telefono": "72345678"}))
+            .await;
+        self.h
+            .complete(&id, "recibir_llamada", "atendida", json!({}))
+            .await;
+        let task = self.h.task(&id, "identificar_cliente").await;
+        self.sign_in(AGENT).await;
+        self.goto(&format!("/tasks/{}", task.id)).await;
+        (id, task)
+    }
+
     async fn screenshot(&self, name: &str) {
         self.screenshot_at(name, "body").await;
     }
@@ -500,14 +516,7 @@ async fn agent_completes_p06_through_the_pages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_ci_is_caught_inline_and_nothing_is_saved() {
     let ui = Ui::new().await;
-    let id =
-        ui.h.start("OPE-SUM-VEN-P06", "ivr", json!({"telefono": "72345678"}))
-            .await;
-    ui.h.complete(&id, "recibir_llamada", "atendida", json!({}))
-        .await;
-    let task = ui.h.task(&id, "identificar_cliente").await;
-    ui.sign_in(AGENT).await;
-    ui.goto(&format!("/tasks/{}", task.id)).await;
+    let (id, task) = ui.at_the_identification().await;
     ui.fill("nombre_cliente", "Juan Pérez").await;
     ui.fill("servicio_solicitado", "trio").await;
     ui.fill("ci", "12A4").await;
@@ -569,14 +578,7 @@ async fn a_wrong_ci_is_caught_inline_and_nothing_is_saved() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_was_typed_before_taking_the_task_is_kept() {
     let ui = Ui::new().await;
-    let id =
-        ui.h.start("OPE-SUM-VEN-P06", "ivr", json!({"telefono": "72345678"}))
-            .await;
-    ui.h.complete(&id, "recibir_llamada", "atendida", json!({}))
-        .await;
-    let task = ui.h.task(&id, "identificar_cliente").await;
-    ui.sign_in(AGENT).await;
-    ui.goto(&format!("/tasks/{}", task.id)).await;
+    let (id, task) = ui.at_the_identification().await;
     ui.fill("nombre_cliente", "Juan Pérez").await;
     ui.fill("servicio_solicitado", "trio").await;
     ui.click("#claim").await;
@@ -618,14 +620,7 @@ async fn what_was_typed_before_taking_the_task_is_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn giving_up_asks_before_closing_the_request() {
     let ui = Ui::new().await;
-    let id =
-        ui.h.start("OPE-SUM-VEN-P06", "ivr", json!({"telefono": "72345678"}))
-            .await;
-    ui.h.complete(&id, "recibir_llamada", "atendida", json!({}))
-        .await;
-    let task = ui.h.task(&id, "identificar_cliente").await;
-    ui.sign_in(AGENT).await;
-    ui.goto(&format!("/tasks/{}", task.id)).await;
+    let (id, task) = ui.at_the_identification().await;
     ui.fill("nombre_cliente", "Juan Pérez").await;
     ui.click("#outcome-cliente_desiste").await;
     let asked = ui.browser.get_alert_text().await.expect("a question");
