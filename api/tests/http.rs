@@ -2216,6 +2216,61 @@ async fn signed_in(api: &Api, token: &str) -> String {
         .to_owned()
 }
 
+/// A web session unused for `IDLE_MS` ends (an agent who walked away from
+/// a shared PC without "Salir"); opening a page renews it, in a new cookie
+/// for the same session, while the inbox refreshing itself does not.
+async fn an_unused_session_ends_and_a_used_one_goes_on(db: Db) {
+    let api = Api::new(db).await;
+    let first = signed_in(&api, AGENT).await;
+    let inbox = |cookie: String, htmx: bool| {
+        let api = &api;
+        async move {
+            let mut request = Request::builder().uri("/inbox").header("cookie", cookie);
+            if htmx {
+                request = request.header("hx-request", "true");
+            }
+            let response = api
+                .app
+                .clone()
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let renewed = response
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .filter_map(|c| c.to_str().ok())
+                .filter_map(|c| c.split(';').next())
+                .find(|c| c.starts_with("tramite_session="))
+                .map(str::to_owned);
+            (response.status(), renewed)
+        }
+    };
+    let minutes = |n: u64| std::time::Duration::from_secs(60 * n);
+    api.h.advance(minutes(20));
+    assert_eq!(
+        inbox(first.clone(), true).await,
+        (StatusCode::OK, None),
+        "refreshing itself is no use"
+    );
+    let (status, renewed) = inbox(first.clone(), false).await;
+    assert_eq!(status, StatusCode::OK);
+    let renewed = renewed.expect("a page opened renews the session");
+    api.h.advance(minutes(20));
+    // Signed out, the refreshing inbox is sent to the sign-in page
+    // (htmx's `HX-Redirect`).
+    assert_eq!(
+        inbox(first, true).await.0,
+        StatusCode::UNAUTHORIZED,
+        "40 minutes unused: signed out"
+    );
+    assert_eq!(inbox(renewed.clone(), true).await.0, StatusCode::OK);
+    api.h.advance(minutes(11));
+    assert_eq!(inbox(renewed.clone(), true).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(inbox(renewed, false).await.0, StatusCode::SEE_OTHER);
+}
+both!(an_unused_session_ends_and_a_used_one_goes_on);
+
 async fn page(
     api: &Api,
     method: Method,

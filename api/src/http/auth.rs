@@ -58,6 +58,9 @@ pub struct SignedSession {
     pub id: String,
     /// Expiry, ms.
     pub expires: i64,
+    /// When it ends unless used before, ms ([`IDLE_MS`] after its last
+    /// use, never past `expires`).
+    pub idle: i64,
 }
 
 /// A signed-in user.
@@ -242,6 +245,13 @@ impl std::fmt::Debug for Users {
 /// How long a sign-in to the web UI lasts (ms): a working shift.
 pub const SESSION_MS: i64 = 12 * 3600 * 1000;
 
+/// How long a web session lasts unused (ms): on a shared PC, an agent who
+/// walks away without "Salir" leaves it open for this long, not for the
+/// rest of the shift. A page opened, a form sent, or typing in a task's form
+/// (the page tells the server every few minutes) counts as use; the inbox
+/// refreshing itself does not.
+pub const IDLE_MS: i64 = 30 * 60 * 1000;
+
 /// How far apart two nodes' clocks may be for a session to pass (ms).
 pub const CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 
@@ -425,45 +435,83 @@ impl Users {
         }
         let digest = hash(token);
         let user = self.by_hash.get(&digest)?;
-        let expires = now + SESSION_MS;
         let id = hex(&rand::random::<[u8; 16]>());
-        let name = hex(user.name.as_bytes());
-        let mac = hex(&self
-            .session_mac(&user.name, &digest, expires, &id)
-            .finalize()
-            .into_bytes());
-        Some(format!("{name}.{expires}.{id}.{mac}"))
+        Some(self.cookie(&user.name, &digest, now + SESSION_MS, &id, now))
     }
 
-    /// The session a cookie's value names, if it is ours, unexpired at
-    /// `now`, and its user still has the token it began with. Whether it
-    /// was signed out is the database's to say.
+    /// The cookie of session `id`, used at `now`: its idle deadline moved
+    /// on, its expiry and id as they were.
+    fn cookie(&self, name: &str, digest: &str, expires: i64, id: &str, now: i64) -> String {
+        let idle = (now + IDLE_MS).min(expires);
+        let mac = hex(&self
+            .session_mac(name, digest, (expires, idle), id)
+            .finalize()
+            .into_bytes());
+        format!("{}.{expires}.{idle}.{id}.{mac}", hex(name.as_bytes()))
+    }
+
+    /// The cookie of `session`, used again at `now`; `None` if its user is
+    /// gone.
+    pub fn used(&self, session: &SignedSession, now: i64) -> Option<String> {
+        let (digest, _) = self
+            .by_hash
+            .iter()
+            .find(|(_, u)| u.name == session.user.name)?;
+        Some(self.cookie(
+            &session.user.name,
+            digest,
+            session.expires,
+            &session.id,
+            now,
+        ))
+    }
+
+    /// The session a cookie's value names, if it is ours, unexpired and
+    /// used within [`IDLE_MS`] at `now`, and its user still has the token
+    /// it began with. Whether it was signed out is the database's to say.
     pub fn by_session(&self, value: &str, now: i64) -> Option<SignedSession> {
         let mut parts = value.trim().split('.');
-        let (name, expires, id, mac) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let (name, expires, idle, id, mac) = (
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+        );
         if parts.next().is_some() || id.len() != 32 || unhex(id).is_none() {
             return None;
         }
         let expires: i64 = expires.parse().ok()?;
+        let idle: i64 = idle.parse().ok()?;
         // Nodes' clocks differ by a little: a session minted on one a
         // minute ahead is still good on the other (the signature covers
         // the expiry; the bound only refuses the absurd).
         if expires <= now || expires > now + SESSION_MS + CLOCK_SKEW_MS {
             return None;
         }
+        if idle <= now || idle > expires || idle > now + IDLE_MS + CLOCK_SKEW_MS {
+            return None;
+        }
         let name = String::from_utf8(unhex(name)?).ok()?;
         let (digest, user) = self.by_hash.iter().find(|(_, u)| u.name == name)?;
-        self.session_mac(&name, digest, expires, id)
+        self.session_mac(&name, digest, (expires, idle), id)
             .verify_slice(&unhex(mac)?)
             .ok()?;
         Some(SignedSession {
             user: user.clone(),
             id: id.to_owned(),
             expires,
+            idle,
         })
     }
 
-    fn session_mac(&self, name: &str, digest: &str, expires: i64, id: &str) -> hmac::Hmac<Sha256> {
+    fn session_mac(
+        &self,
+        name: &str,
+        digest: &str,
+        (expires, idle): (i64, i64),
+        id: &str,
+    ) -> hmac::Hmac<Sha256> {
         let mut mac = hmac::Hmac::<Sha256>::new_from_slice(self.sessions.0.as_slice())
             .expect("HMAC takes any key");
         for part in [
@@ -477,6 +525,8 @@ impl Users {
             mac.update(part);
         }
         mac.update(expires.to_string().as_bytes());
+        mac.update(b"\n");
+        mac.update(idle.to_string().as_bytes());
         mac
     }
 
@@ -561,10 +611,25 @@ mod tests {
         assert!(!cookie.contains("clave-ana"));
         let session = users.by_session(&cookie, now + 1).unwrap();
         assert_eq!(
-            (session.user.name.as_str(), session.expires),
-            ("ana", now + SESSION_MS)
+            (session.user.name.as_str(), session.expires, session.idle),
+            ("ana", now + SESSION_MS, now + IDLE_MS)
         );
-        assert_eq!(users.by_session(&cookie, now + SESSION_MS), None, "expired");
+        assert_eq!(users.by_session(&cookie, now + IDLE_MS), None, "unused");
+        // Used, it lasts another IDLE_MS from then, up to its expiry.
+        let mut at = now;
+        let mut used = cookie.clone();
+        while at + IDLE_MS < now + SESSION_MS {
+            at += IDLE_MS - 1;
+            let session = users.by_session(&used, at).expect("used in time");
+            used = users.used(&session, at).unwrap();
+        }
+        let last = users.by_session(&used, at).unwrap();
+        assert_eq!(
+            (last.id, last.expires, last.idle),
+            (session.id.clone(), now + SESSION_MS, now + SESSION_MS),
+            "the same session, never past its expiry"
+        );
+        assert_eq!(users.by_session(&used, now + SESSION_MS), None, "expired");
         assert_eq!(users.session("nadie", now), None);
         let again = users.session("clave-ana", now).unwrap();
         assert_ne!(
@@ -572,17 +637,19 @@ mod tests {
             session.id,
             "each sign-in is a session of its own"
         );
-        let [name, expires, id, mac]: [&str; 4] =
+        let [name, expires, idle, id, mac]: [&str; 5] =
             cookie.split('.').collect::<Vec<_>>().try_into().unwrap();
         let luis = hex(b"luis");
         let other_id = "f".repeat(32);
         for forged in [
-            format!("{luis}.{expires}.{id}.{mac}"),
-            format!("{name}.{}.{id}.{mac}", now + 3_600_000),
-            format!("{name}.{expires}.{other_id}.{mac}"),
-            format!("{name}.{expires}.{id}.{}", "0".repeat(64)),
-            format!("{name}.{expires}.{mac}"),
-            format!("{name}.{expires}.{id}"),
+            format!("{luis}.{expires}.{idle}.{id}.{mac}"),
+            format!("{name}.{}.{idle}.{id}.{mac}", now + 3_600_000),
+            format!("{name}.{expires}.{}.{id}.{mac}", now + 3_600_000),
+            format!("{name}.{expires}.{idle}.{other_id}.{mac}"),
+            format!("{name}.{expires}.{idle}.{id}.{}", "0".repeat(64)),
+            // A cookie from before the idle deadline existed.
+            format!("{name}.{expires}.{id}.{mac}"),
+            format!("{name}.{expires}.{idle}.{id}"),
             "garbage".to_owned(),
         ] {
             assert_eq!(users.by_session(&forged, now + 1), None, "{forged}");

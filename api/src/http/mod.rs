@@ -257,7 +257,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/incidents/{id}/retry", post(retry))
         .route("/api/v1/incidents/{id}/resolve", post(resolve))
         .route("/api/v1/indicators/{code}/{indicator}", get(indicator))
-        .merge(crate::web::routes())
+        .merge(
+            crate::web::routes().layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&state),
+                crate::web::renew_session,
+            )),
+        )
         .fallback(|| async { Error::NoRoute })
         .method_not_allowed_fallback(|| async { Error::WrongMethod })
         .layer(axum::middleware::from_fn(guard::check))

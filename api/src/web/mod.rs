@@ -68,6 +68,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/incidents", get(incidents))
         .route("/incidents/{id}/retry", post(incident_retry))
         .route("/indicators", get(indicators))
+        .route("/keepalive", get(keep_alive))
         .route(
             "/assets/htmx.min.js",
             get(|| asset(HTMX, "text/javascript")),
@@ -337,15 +338,81 @@ async fn session(s: &AppState, headers: &HeaderMap) -> Result<Session, PageError
 /// a sibling subdomain (`Domain=example.com`), which would sign the
 /// browser's user in as someone else.
 fn signed_session(s: &AppState, headers: &HeaderMap) -> Option<SignedSession> {
-    cookie(headers, HOST_SESSION_COOKIE)
+    session_cookie(s, headers).map(|(_, signed)| signed)
+}
+
+/// [`signed_session`], with the name of the cookie that holds it.
+fn session_cookie(s: &AppState, headers: &HeaderMap) -> Option<(&'static str, SignedSession)> {
+    let named = |name: &'static str| cookie(headers, name).map(|value| (name, value));
+    named(HOST_SESSION_COOKIE)
         .or_else(|| {
             if forwarded_https(headers) {
                 None
             } else {
-                cookie(headers, SESSION_COOKIE)
+                named(SESSION_COOKIE)
             }
         })
-        .and_then(|v| s.users.by_session(&v, s.engine.now()))
+        .and_then(|(name, v)| Some((name, s.users.by_session(&v, s.engine.now())?)))
+}
+
+/// How long after its last renewal a session's cookie is renewed again:
+/// not on every request (each would carry a `Set-Cookie`).
+const RENEW_AFTER_MS: i64 = 60_000;
+
+/// Middleware on the pages: a page opened or a form sent with a session
+/// that checks out moves the session's idle deadline on
+/// ([`crate::http::auth::IDLE_MS`]): the same session, in a new cookie.
+/// The inbox refreshing itself (an htmx request) is no use of it, and an
+/// answer that sets the cookie itself (signing in or out) keeps its own.
+pub(crate) async fn renew_session(
+    State(s): Shared,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let used = if headers.contains_key("hx-request") {
+        None
+    } else {
+        session_cookie(&s, headers)
+    };
+    let mut response = next.run(request).await;
+    let now = s.engine.now();
+    let Some((name, signed)) = used else {
+        return response;
+    };
+    let renewed_at = signed.idle - crate::http::auth::IDLE_MS;
+    let sets_its_own = response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .any(|v| v.as_bytes().starts_with(format!("{name}=").as_bytes()));
+    if now - renewed_at < RENEW_AFTER_MS || sets_its_own {
+        return response;
+    }
+    let secure = if name == HOST_SESSION_COOKIE {
+        "; Secure"
+    } else {
+        ""
+    };
+    if let Some(value) = s.users.used(&signed, now)
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+            (signed.expires - now) / 1000,
+        ))
+    {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// `GET /keepalive`: nothing but a use of the session (the task page calls
+/// it while the agent types, so that a long call is not idleness).
+async fn keep_alive(State(s): Shared, headers: HeaderMap) -> StatusCode {
+    if signed_session(&s, &headers).is_some() {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::UNAUTHORIZED
+    }
 }
 
 /// Whether the proxy in front says the request came over HTTPS: the first
