@@ -1920,6 +1920,60 @@ on_both_backends!(
     super::going_on_past_a_timer_that_could_not_be_set
 );
 
+/// Going back: the text of an earlier version, deployed again through the
+/// API, becomes a new version, the latest, and new requests start from it
+/// (it was answered as the earlier version, and the later one stayed
+/// live). A node starting up with a file behind the latest leaves the
+/// latest where it is, and says so.
+async fn an_earlier_text_deployed_again_becomes_the_latest(db: Db) {
+    let h = Harness::new(db).await;
+    let changed = VISIT.replace("name: Visita programada", "name: Visita programada (b)");
+    let deploy = |text: String| {
+        let h = &h;
+        async move {
+            let deployed = h
+                .engine
+                .deploy(vec![("visita.yaml".to_owned(), text)])
+                .await
+                .unwrap();
+            (deployed[0].version, deployed[0].new)
+        }
+    };
+    assert_eq!(deploy(VISIT.to_owned()).await, (1, true));
+    assert_eq!(deploy(changed.clone()).await, (2, true));
+    assert_eq!(
+        deploy(VISIT.to_owned()).await,
+        (3, true),
+        "back to the first"
+    );
+    assert_eq!(deploy(VISIT.to_owned()).await, (3, false), "unchanged");
+    let id = h.start("T-VISITA", "web", json!({})).await;
+    assert_eq!(h.instance(&id).await.version, 3);
+    let dir = std::env::temp_dir().join(format!(
+        "tramite-behind-{}",
+        tramite_engine::runtime::machine::new_id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("visita.yaml"), &changed).unwrap();
+    let started = h.engine.deploy_dir(&dir).await.unwrap();
+    assert_eq!((started[0].version, started[0].new), (2, false));
+    assert!(
+        started[0]
+            .warnings
+            .iter()
+            .any(|w| w.contains("not of the latest (3)")),
+        "{:?}",
+        started[0].warnings
+    );
+    let id = h.start("T-VISITA", "web", json!({})).await;
+    assert_eq!(h.instance(&id).await.version, 3, "still the latest");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+on_both_backends!(
+    an_earlier_text_deployed_again_becomes_the_latest,
+    super::an_earlier_text_deployed_again_becomes_the_latest
+);
+
 /// Claims `instance`'s due jobs past their firings without reporting any
 /// (a node that dies firing, again and again), until its timer stops at an
 /// incident.

@@ -32,6 +32,11 @@ pub enum Command {
         /// Check only: validate against what is deployed and say which
         /// versions a deploy would make, storing nothing.
         dry_run: bool,
+        /// A text that is an earlier version's becomes a new version (a
+        /// process owner going back to it), rather than answering that
+        /// version: not for start-up, where a node's stale files would
+        /// otherwise roll the procedure back.
+        again: bool,
     },
     /// Start an instance.
     Start(StartInstance),
@@ -269,7 +274,8 @@ pub struct Deployed {
     pub code: String,
     /// Version.
     pub version: i64,
-    /// False when the same content was deployed before.
+    /// False when the text is the latest version's (or, at start-up, an
+    /// earlier version's, which stays where it is).
     pub new: bool,
     /// What will not stop the definition from running but may hurt it: a
     /// read of a variable some path leaves unwritten (`file:line:column:
@@ -415,7 +421,11 @@ enum Followup {
 pub async fn exec(conn: &mut impl Tx, ctx: &Ctx<'_>, command: Command) -> Result<Reply, Error> {
     let mut followups = VecDeque::new();
     let reply = match command {
-        Command::Deploy { sources, dry_run } => deploy(conn, ctx, &sources, dry_run).await?,
+        Command::Deploy {
+            sources,
+            dry_run,
+            again,
+        } => deploy(conn, ctx, &sources, DeployMode { dry_run, again }).await?,
         Command::Start(start) => {
             if let Some(request) = &start.request_id {
                 conn.lock_key(&format!("start:{}:{request}", start.code))
@@ -779,6 +789,12 @@ async fn load(conn: &mut impl Tx, id: &str) -> Result<InstanceRow, Error> {
         })
 }
 
+/// A stored content hash without the version a redeployed text adds to
+/// it (`…@3`, see `deploy`).
+fn base_hash(stored: &str) -> &str {
+    stored.split('@').next().unwrap_or(stored)
+}
+
 /// FNV-1a: a stable content hash, so identical sources map to one version.
 fn content_hash(text: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -789,11 +805,18 @@ fn content_hash(text: &str) -> String {
     format!("{h:016x}-{}", text.len())
 }
 
+/// How a deploy treats what it is given (see [`Command::Deploy`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeployMode {
+    pub(crate) dry_run: bool,
+    pub(crate) again: bool,
+}
+
 async fn deploy(
     conn: &mut impl Tx,
     ctx: &Ctx<'_>,
     sources: &[(String, String)],
-    dry_run: bool,
+    DeployMode { dry_run, again }: DeployMode,
 ) -> Result<Reply, Error> {
     use crate::library::{self, SourceFile};
     // A text sent with a byte order mark (a Notepad file posted to the API)
@@ -830,8 +853,13 @@ async fn deploy(
     // call the latest version of what they call when they reach the call.
     let mut serving = Vec::new();
     let mut latest = std::collections::HashMap::new();
+    // The latest version's text, by its hash, of each code.
+    let mut latest_hash = std::collections::HashMap::new();
     for row in conn.all_definitions().await? {
         latest.entry(row.code.clone()).or_insert(row.version);
+        latest_hash
+            .entry(row.code.clone())
+            .or_insert_with(|| base_hash(&row.content_hash).to_owned());
         let file = SourceFile {
             path: row.file_name.into(),
             text: row.source,
@@ -859,18 +887,29 @@ async fn deploy(
         others: &context,
         replaced: &replaced,
     };
-    // Each file's version already stored with the same text, if any: the
-    // deploy answers it without a new version. What deploys unchanged
-    // (every start-up deploys processes/ again), or as a version stored
-    // before, breaks no caller.
+    // A file whose text is its code's latest version's deploys nothing new
+    // (every start-up deploys processes/ again) and breaks no caller: the
+    // deploy answers that version. The text of an earlier version is a new
+    // version (going back to it): answered as the earlier one, it changed
+    // nothing, and new requests kept starting from the latest.
+    // At start-up (`again` false) such a text keeps its version, with a
+    // warning: a node whose files are behind must not roll it back.
     let mut stored = Vec::with_capacity(results.len());
     for ((_, r), (_, text)) in results.iter().zip(sources) {
-        stored.push(match r {
-            Ok(compiled) => {
-                conn.definition_by_hash(&compiled.definition.code, &content_hash(text))
-                    .await?
-            }
-            Err(_) => None,
+        let Ok(compiled) = r else {
+            stored.push(None);
+            continue;
+        };
+        let code = &compiled.definition.code;
+        let hash = content_hash(text);
+        stored.push(if latest_hash.get(code) == Some(&hash) {
+            latest.get(code).copied()
+        } else if again {
+            None
+        } else {
+            conn.definition_by_hash(code, &hash)
+                .await?
+                .map(|row| row.version)
         });
     }
     let changing: std::collections::HashSet<String> = results
@@ -895,11 +934,19 @@ async fn deploy(
         let compiled = result.expect("checked");
         let code = compiled.definition.code;
         let warnings: Vec<String> = compiled.warnings.lines().collect();
-        let hash = content_hash(text);
-        if let Some(row) = stored {
+        let mut hash = content_hash(text);
+        if let Some(version) = stored {
+            let mut warnings = warnings;
+            if let Some(newest) = latest.get(&code).filter(|v| **v != version) {
+                warnings.push(format!(
+                    "{name} is the text of version {version}, not of the latest ({newest}), which \
+                     new requests start from: left as it is; deploy it through the API to make \
+                     it the latest again"
+                ));
+            }
             out.push(Deployed {
                 code,
-                version: row.version,
+                version,
                 new: false,
                 warnings,
             });
@@ -915,6 +962,12 @@ async fn deploy(
                 warnings,
             });
             continue;
+        }
+        // One text, one hash, per code (a unique key): the same text
+        // again, as a later version, is told apart by that version.
+        if conn.definition_by_hash(&code, &hash).await?.is_some() {
+            let next = latest.get(&code).map_or(1, |v| v + 1);
+            hash = format!("{hash}@{next}");
         }
         let row = conn
             .insert_definition(NewDefinition {

@@ -45,7 +45,7 @@ use crate::store::journal::Entry;
 use crate::store::tasks::{Filter, TaskRow};
 use crate::store::{self, Store};
 use clock::{Clock, SystemClock};
-use commands::ProcessCache;
+use commands::{DeployMode, ProcessCache};
 use connector::Connectors;
 use process::Process;
 use writer::{Envelope, Writer};
@@ -332,9 +332,15 @@ impl Engine {
         answer.await.map_err(|_| Error::Stopped)?
     }
 
-    /// Validates and stores definitions, together; unchanged ones keep their version.
+    /// Validates and stores definitions, together: a text that is its
+    /// code's latest version's keeps that version; any other, an earlier
+    /// version's included (going back to it), becomes a new version.
     pub async fn deploy(&self, sources: Vec<(String, String)>) -> Result<Vec<Deployed>, Error> {
-        self.deploy_or_check(sources, false).await
+        let mode = DeployMode {
+            dry_run: false,
+            again: true,
+        };
+        self.deploy_or_check(sources, mode).await
     }
 
     /// Validates definitions as [`Engine::deploy`] would, against what is
@@ -344,13 +350,17 @@ impl Engine {
         &self,
         sources: Vec<(String, String)>,
     ) -> Result<Vec<Deployed>, Error> {
-        self.deploy_or_check(sources, true).await
+        let mode = DeployMode {
+            dry_run: true,
+            again: true,
+        };
+        self.deploy_or_check(sources, mode).await
     }
 
     async fn deploy_or_check(
         &self,
         sources: Vec<(String, String)>,
-        dry_run: bool,
+        DeployMode { dry_run, again }: DeployMode,
     ) -> Result<Vec<Deployed>, Error> {
         // What the connectors make of each definition, by code: parsed
         // here, off the writer (the writer validated them; a file that
@@ -374,7 +384,12 @@ impl Engine {
                 (definition.code, cut)
             })
             .collect();
-        match self.submit(Command::Deploy { sources, dry_run }).await? {
+        let deploy = Command::Deploy {
+            sources,
+            dry_run,
+            again,
+        };
+        match self.submit(deploy).await? {
             Reply::Deployed(mut deployed) => {
                 for d in &mut deployed {
                     d.warnings
@@ -386,16 +401,21 @@ impl Engine {
         }
     }
 
-    /// Deploys every definition directly in `dir`.
+    /// Deploys every definition directly in `dir`, as a node starting up
+    /// does: a file holding an earlier version's text leaves that version
+    /// where it is, with a warning (a node whose files are behind must not
+    /// roll the procedure back).
     pub async fn deploy_dir(&self, dir: &Path) -> Result<Vec<Deployed>, Error> {
         let files = crate::library::read(&[dir.to_path_buf()])?;
-        self.deploy(
-            files
-                .into_iter()
-                .map(|f| (f.path.display().to_string(), f.text))
-                .collect(),
-        )
-        .await
+        let sources = files
+            .into_iter()
+            .map(|f| (f.path.display().to_string(), f.text))
+            .collect();
+        let mode = DeployMode {
+            dry_run: false,
+            again: false,
+        };
+        self.deploy_or_check(sources, mode).await
     }
 
     /// Starts an instance; returns its id.
