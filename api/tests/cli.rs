@@ -158,11 +158,9 @@ fn graph_prints_mermaid_and_dot() {
     assert!(out.status.success());
     let mermaid = text(&out.stdout);
     assert!(mermaid.contains("flowchart TD"));
-    assert!(
-        mermaid.contains(
-            "tiene_impedimento -->|\"Con impedimento → paso 14\"| informar_imposibilidad"
-        )
-    );
+    assert!(mermaid.contains(
+        "n_tiene_impedimento -->|\"Con impedimento → paso 14\"| n_informar_imposibilidad"
+    ));
 
     let out = tramite(&[
         "graph",

@@ -83,27 +83,35 @@ pub fn mermaid_highlight(nodes: &[&str]) -> String {
     )
 }
 
-/// Mermaid reads a node called `end` as the end of a subgraph.
+/// A node's Mermaid id: prefixed, as Mermaid reads a bare `end`, `style`,
+/// `class`, `click`, `subgraph`, `graph`… as its own keywords (the whole
+/// diagram then fails to parse), and renaming only those would collide with
+/// a node already called so.
 fn mermaid_id(id: &str) -> String {
-    if id.eq_ignore_ascii_case("end") {
-        format!("{id}_")
-    } else {
-        id.to_owned()
-    }
+    format!("n_{id}")
 }
 
+/// A label's text as Mermaid shows it literally: its entity codes for the
+/// quote that would close the label, for `<` and `>` (its HTML sanitiser
+/// reads `<limite…` as a tag and drops the rest), and for `#` (so that a
+/// literal `#quot;` stays text); line breaks as `<br/>`.
 fn mermaid_escape(text: &str) -> String {
-    text.replace('"', "#quot;").replace('\n', "<br/>")
+    text.replace('#', "#35;")
+        .replace('"', "#quot;")
+        .replace('<', "#lt;")
+        .replace('>', "#gt;")
+        .replace('\n', "<br/>")
 }
 
 fn mermaid(def: &Definition, lang: Lang) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "---\ntitle: \"{} — {}\"\n---",
-        def.code,
-        mermaid_escape(def.name.get(lang))
-    );
+    // The front matter is YAML: a single-quoted string takes any text but
+    // its own quote, doubled (a backslash in a double-quoted one is an
+    // escape, and `\D` none YAML knows).
+    let title = format!("{} — {}", def.code, def.name.get(lang))
+        .replace('\n', " ")
+        .replace('\'', "''");
+    let _ = writeln!(out, "---\ntitle: '{title}'\n---");
     out.push_str("flowchart TD\n");
     for node in &def.nodes {
         let text = mermaid_escape(&node_text(node, lang));
@@ -234,4 +242,50 @@ fn dot(def: &Definition, lang: Lang) -> String {
     }
     out.push_str("}\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids Mermaid reads as its own words, text it reads as HTML or as its
+    /// entity codes, and a title YAML reads as an escape, all draw as
+    /// written.
+    #[test]
+    fn mermaid_draws_keywords_markup_and_titles_as_text() {
+        let yaml = r#"
+code: T-DIBUJO
+name: 'Ventas\Digitales "uno"'
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+nodes:
+  - {id: inicio, kind: start, channels: [web], next: style}
+  - id: style
+    kind: exclusive_gate
+    label: "¿Deuda<limite? Ver <Anexo 1> #quot;"
+    branches:
+      - {when: "true", next: end}
+    default: end_
+  - {id: end, kind: end, outcome: listo}
+  - {id: end_, kind: end, outcome: otro}
+"#;
+        let def = crate::loader::parse(yaml).definition;
+        let text = mermaid(&def, Lang::Es);
+        assert!(
+            text.starts_with("---\ntitle: 'T-DIBUJO — Ventas\\Digitales \"uno\"'\n---\n"),
+            "{text}"
+        );
+        for line in [
+            "    n_style{\"¿Deuda#lt;limite? Ver #lt;Anexo 1#gt; #35;quot;\"}:::gate",
+            "    n_style -->|\"true\"| n_end",
+            "    n_style -->|\"en otro caso\"| n_end_",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
+        assert_eq!(
+            mermaid_highlight(&["style"]).lines().nth(1),
+            Some("    class n_style here")
+        );
+    }
 }
