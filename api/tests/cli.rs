@@ -343,7 +343,8 @@ fn test_prints_expected_and_actual_paths_on_failure() {
 /// incident that `end: running` does not hide, answers that are no answer,
 /// answers written twice for one operation (the second silently replaced
 /// the first), a message that reuses an earlier one's id (it did nothing),
-/// answers the catalog says no system gives.
+/// a message no step waits for (kept, it did nothing), answers the catalog
+/// says no system gives.
 #[test]
 fn test_reports_every_scenario_mistake_and_goes_on() {
     let out = tramite(&[
@@ -372,7 +373,8 @@ fn test_reports_every_scenario_mistake_and_goes_on() {
         "answers: `naf.check_portfolio` answer 1 returns `deuda_bs`, which is not an output of the operation (outputs: found, member, client_name, has_impediment, impediments, debt_bs)",
         "answers: `naf.check_portfolio` answer 1 gives `found` the value \"si\", which is not of its type, boolean",
         "answers: `smartflex.register_service_request` answer 1 is the business error `cliente_moroso`, which the operation does not raise (it raises: product_not_available, client_blocked)",
-        "1 passed, 10 failed",
+        "step 6: no step of the procedures waits for a message `requisitos_whatsap` (they wait for `requisitos_whatsapp`",
+        "1 passed, 11 failed",
     ] {
         assert!(
             stdout.contains(expected),

@@ -2266,7 +2266,10 @@ async fn an_unused_session_ends_and_a_used_one_goes_on(db: Db) {
     );
     assert_eq!(inbox(renewed.clone(), true).await.0, StatusCode::OK);
     api.h.advance(minutes(11));
-    assert_eq!(inbox(renewed.clone(), true).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        inbox(renewed.clone(), true).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(inbox(renewed, false).await.0, StatusCode::SEE_OTHER);
 }
 both!(an_unused_session_ends_and_a_used_one_goes_on);

@@ -493,6 +493,17 @@ async fn drive(
         Err(e) => return Ok(report_failure(scenario, format!("start: {}", describe(&e)))),
     };
     let mut failures = Vec::new();
+    // The messages some step of the procedures waits for: one no step
+    // waits for (a misspelt name) is kept for ever, and the step that
+    // published it would pass having done nothing.
+    let waited: std::collections::BTreeSet<String> = definitions
+        .iter()
+        .flat_map(|(_, text)| crate::loader::parse(text).definition.nodes)
+        .filter_map(|node| match node.kind {
+            crate::definition::NodeKind::MessageWait(w) => Some(w.message),
+            _ => None,
+        })
+        .collect();
     engine.run_due_jobs().await?;
     for (n, step) in scenario.steps.iter().enumerate() {
         let at = format!("step {}", n + 1);
@@ -558,6 +569,15 @@ async fn drive(
                         failures.push(format!(
                             "{at}: message `{}` has the id of one published before, so it did nothing (give each message its own `id`)",
                             m.name
+                        ));
+                        break;
+                    }
+                    Ok(crate::runtime::Delivery::Kept) if !waited.contains(&m.name) => {
+                        failures.push(format!(
+                            "{at}: no step of the procedures waits for a message `{}` (they wait \
+                             for {}), so it was kept and did nothing",
+                            m.name,
+                            crate::validate::list(&waited)
                         ));
                         break;
                     }

@@ -226,7 +226,7 @@ impl<'a> Checker<'a> {
 }
 
 /// Formats names as `a`, `b`, `c` for messages.
-fn list(names: impl IntoIterator<Item = impl AsRef<str>>) -> String {
+pub(crate) fn list(names: impl IntoIterator<Item = impl AsRef<str>>) -> String {
     names
         .into_iter()
         .map(|n| format!("`{}`", n.as_ref()))
