@@ -145,15 +145,18 @@ enum Command {
         whatsapp_country_code: String,
         /// How long a node holds a job it claimed before another node may
         /// take it over (plus the job's own timeout), seconds.
-        #[arg(long, env = "TRAMITE_LEASE_SECONDS", default_value_t = 30)]
+        #[arg(long, env = "TRAMITE_LEASE_SECONDS", default_value_t = 30,
+              value_parser = clap::value_parser!(u64).range(1..))]
         lease_seconds: u64,
         /// PostgreSQL: write transactions this node runs side by side. Size
         /// the sum over all nodes to the database's cores (docs/scaling.md).
-        #[arg(long, env = "TRAMITE_WRITERS", default_value_t = 8)]
+        #[arg(long, env = "TRAMITE_WRITERS", default_value_t = 8,
+              value_parser = at_least_one)]
         writers: usize,
         /// Connector calls this node runs at once (each waits on a system:
         /// more than the cores is normal; fewer caps the load on the systems).
-        #[arg(long, env = "TRAMITE_WORKERS", default_value_t = 32)]
+        #[arg(long, env = "TRAMITE_WORKERS", default_value_t = 32,
+              value_parser = at_least_one)]
         workers: usize,
         /// Delete instances that ended longer ago than this (`180d`), with
         /// their tasks, history and messages, and messages no instance took
@@ -416,9 +419,9 @@ fn run(cli: Cli) -> Result<(), Error> {
                     log_format,
                     connectors,
                     whatsapp,
-                    lease: std::time::Duration::from_secs(lease_seconds.max(1)),
+                    lease: std::time::Duration::from_secs(lease_seconds),
                     writers,
-                    workers: workers.max(1),
+                    workers,
                     retention,
                 },
                 &mut stdout,
@@ -709,4 +712,13 @@ fn validate(
     }
     writeln!(out, "{} definition(s) valid", files.len())?;
     Ok(())
+}
+
+/// A count of at least one (`--workers 0` was quietly read as 1).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }

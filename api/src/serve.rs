@@ -58,8 +58,17 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
             "--retention {keep}: ended requests are kept at least a day (`1d`); `m` is minutes"
         )));
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A `RUST_LOG` that does not parse is said so, not quietly read as `info`.
+    let (filter, bad_filter) = match std::env::var("RUST_LOG") {
+        Ok(text) => match tracing_subscriber::EnvFilter::try_new(&text) {
+            Ok(filter) => (filter, None),
+            Err(e) => (
+                tracing_subscriber::EnvFilter::new("info"),
+                Some(format!("RUST_LOG={text}: {e}")),
+            ),
+        },
+        Err(_) => (tracing_subscriber::EnvFilter::new("info"), None),
+    };
     // Logs go to stderr; stdout has the banner (and stays locked by the caller).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -68,6 +77,9 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    if let Some(why) = bad_filter {
+        tracing::warn!(%why, "RUST_LOG not understood: logging at info");
+    }
     let (users, demo) = match &s.users {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -81,6 +93,19 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
             (users, Vec::new())
         }
         None => {
+            // Demo users (one deploys and settles incidents) with their
+            // tokens printed are for a server only this machine reaches.
+            if !only_this_machine(&s.bind) {
+                return Err(Error::Serve(format!(
+                    "--bind {}: without --users (or TRAMITE_USERS) the server makes demo users \
+                     and prints their tokens, which is only for a server this machine alone \
+                     reaches (--bind 127.0.0.1:8080); pass --users FILE (docs/api.md)",
+                    s.bind
+                )));
+            }
+            tracing::warn!(
+                "development mode: demo users, tokens printed on stdout (pass --users FILE for real ones)"
+            );
             let demo = vec![
                 ("agente", token(), vec!["agente_ventas_digitales"]),
                 (

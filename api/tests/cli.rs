@@ -402,6 +402,44 @@ fn test_with_no_scenarios_fails() {
 /// `serve --connectors DIR` says which systems stay simulated (a folder
 /// without Smartflex's file must not go unnoticed in production) and warns
 /// of a service task whose timeout would cut its connector's tries short.
+/// Demo users, one of whom deploys procedures and settles incidents, with
+/// their tokens printed, are only for a server this machine alone reaches:
+/// bound to every address without `--users`, `serve` refuses to start.
+#[test]
+fn serve_refuses_demo_users_where_others_can_reach_them() {
+    let dir = std::env::temp_dir().join(format!("tramite-serve-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("tramite.db").display());
+    let out = Command::new(env!("CARGO_BIN_EXE_tramite"))
+        .args(["serve", "--database-url", &url, "--bind", "0.0.0.0:0"])
+        .current_dir(repo())
+        .env_remove("TRAMITE_USERS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("pass --users FILE"), "{err}");
+    assert!(
+        !text(&out.stdout).contains("responsable"),
+        "no token printed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A count of zero is refused at start-up, not quietly read as one.
+#[test]
+fn serve_refuses_zero_workers_writers_and_lease() {
+    for flag in ["--workers", "--writers", "--lease-seconds"] {
+        let out = tramite(&["serve", flag, "0"]);
+        assert!(!out.status.success(), "{flag} 0");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("invalid value '0' for '{flag}")),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn serve_names_simulated_systems_and_short_timeouts() {
     use std::io::BufRead;
