@@ -241,7 +241,21 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
             writeln!(out, "  {name:<14} {t}  {}", roles.join(", "))?;
         }
     }
+    // Histograms with buckets, not per-node quantiles: buckets add up
+    // across the nodes sharing a database, quantiles do not.
+    use metrics_exporter_prometheus::Matcher;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("tramite_task_wait_seconds".to_owned()),
+            &TASK_WAIT_BUCKETS,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("tramite_job_duration_seconds".to_owned()),
+                &JOB_DURATION_BUCKETS,
+            )
+        })
+        .map_err(|e| Error::Serve(format!("cannot set the metrics' buckets: {e}")))?
         .install_recorder()
         .map_err(|e| Error::Serve(format!("cannot install the metrics recorder: {e}")))?;
     // Systems' health in the metrics even when nobody asks /readyz.
@@ -263,13 +277,52 @@ pub(crate) async fn run(s: Settings, out: &mut impl std::io::Write) -> Result<()
         health: Default::default(),
         census: tramite_api::http::CensusCache::fresh_for(tramite_api::http::CENSUS_FRESH),
     }));
-    axum::serve(no_delay(listener), app)
-        .with_graceful_shutdown(stop_signal())
-        .await
-        .map_err(Error::Output)?;
+    // After the signal, requests in flight get `DRAIN` to finish; a client
+    // that never finishes sending one (or a connection kept open) does not
+    // hold the engine's own shutdown back past it.
+    let (signalled, heard) = tokio::sync::oneshot::channel::<()>();
+    let server = std::future::IntoFuture::into_future(
+        axum::serve(no_delay(listener), app).with_graceful_shutdown(async move {
+            stop_signal().await;
+            let _ = signalled.send(());
+        }),
+    );
+    tokio::select! {
+        served = server => served.map_err(Error::Output)?,
+        () = async {
+            if heard.await.is_ok() {
+                tokio::time::sleep(DRAIN).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(seconds = DRAIN.as_secs(), "connections still open after the stop signal: stopping without them");
+        }
+    }
     health.abort();
     engine.shutdown().await;
     Ok(())
+}
+
+/// `tramite_task_wait_seconds`' buckets: from a task taken at once to one
+/// left for days.
+const TASK_WAIT_BUCKETS: [f64; 10] = [
+    5.0, 30.0, 60.0, 300.0, 900.0, 3_600.0, 14_400.0, 28_800.0, 86_400.0, 259_200.0,
+];
+
+/// `tramite_job_duration_seconds`' buckets: a system's answer, up to the
+/// longest timeouts.
+const JOB_DURATION_BUCKETS: [f64; 11] =
+    [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// How long requests in flight may take to finish after the stop signal.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether `bind` listens on loopback addresses only.
+fn only_this_machine(bind: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    bind.to_socket_addrs()
+        .is_ok_and(|mut addresses| addresses.all(|a| a.ip().is_loopback()))
 }
 
 /// A database URL fit for a log: its password, if any, replaced by `***`.

@@ -599,6 +599,7 @@ async fn one_node_on_sqlite_survives_kill_9() {
 
 /// SIGTERM (what `docker stop`, systemd and Kubernetes send first) stops a
 /// node gracefully: it exits with status 0 instead of dying of the signal,
+/// within its drain time even while a client holds a request half sent,
 /// and its database opens again with what it had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stops_gracefully_on_sigterm() {
@@ -617,6 +618,37 @@ async fn a_node_stops_gracefully_on_sigterm() {
     .expect("the node answers");
     assert_eq!(status, reqwest::StatusCode::CREATED, "{started}");
     let id = started["id"].as_str().expect("an instance id").to_owned();
+    // The call answered: how long its task waited is a histogram, with
+    // buckets that add up across nodes (not per-node quantiles).
+    let (_, tasks) = call(&[port], |base| client.get(format!("{base}/api/v1/tasks")))
+        .await
+        .expect("the inbox");
+    let task = tasks["items"][0]["id"].as_str().expect("the call's task");
+    let (status, done) = call(&[port], |base| {
+        client
+            .post(format!("{base}/api/v1/tasks/{task}/complete"))
+            .json(&json!({"outcome": "atendida"}))
+    })
+    .await
+    .expect("completed");
+    assert!(status.is_success(), "{done}");
+    let metrics = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("# TYPE tramite_task_wait_seconds histogram")
+            && metrics.contains("tramite_task_wait_seconds_bucket{"),
+        "{metrics}"
+    );
+    // A client that never finishes sending its request holds the server's
+    // graceful stop open: it must not hold the node's shutdown for ever.
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut stalled, b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
     let term = Command::new("kill")
         .args(["-TERM", &serving.0.id().to_string()])
         .status()
@@ -634,6 +666,7 @@ async fn a_node_stops_gracefully_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status.code(), Some(0), "{status:?}");
+    drop(stalled);
     drop(serving);
     let port = free_port();
     let _again = node(&setup, &url, port);

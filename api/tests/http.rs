@@ -3302,7 +3302,29 @@ async fn a_form_the_engine_cannot_take_keeps_what_was_typed() {
             .unwrap();
         }
     };
+    let readyz = || async {
+        let response = api
+            .app
+            .clone()
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        (status, body["writer"].clone())
+    };
+    assert_eq!(readyz().await, (StatusCode::OK, json!("up")));
     read_only("on").await;
+    // Not ready while it takes no changes: a balancer sends the agents
+    // elsewhere (the first probe may meet a connection the server ended).
+    let mut seen = readyz().await;
+    if seen.0 == StatusCode::SERVICE_UNAVAILABLE && seen.1 != json!("read-only") {
+        seen = readyz().await;
+    }
+    assert_eq!(seen, (StatusCode::SERVICE_UNAVAILABLE, json!("read-only")));
     let typed = "nombre_cliente=Juan+P%C3%A9rez&ci=4587213&servicio_solicitado=internet_fibra&outcome=continuar";
     let mut answers = Vec::new();
     for _ in 0..3 {
@@ -3329,6 +3351,11 @@ async fn a_form_the_engine_cannot_take_keeps_what_was_typed() {
     );
     assert!(api.h.task_open(&id, "identificar_cliente").await);
     read_only("off").await;
+    let mut seen = readyz().await;
+    if seen.0 != StatusCode::OK {
+        seen = readyz().await;
+    }
+    assert_eq!(seen, (StatusCode::OK, json!("up")));
     let mut sent = None;
     for _ in 0..3 {
         let (status, headers, _) =

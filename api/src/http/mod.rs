@@ -330,11 +330,18 @@ async fn healthz(State(s): Shared) -> (StatusCode, &'static str) {
     }
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready: the database answers and the engine takes changes. `systems` has each connector's health, checked at most every 5 s (a system that is down does not make the engine unready: its jobs wait and retry)"), (status = 503, description = "The database does not answer, or the engine takes no more changes (`writer`: `stopped`)")))]
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready: the database answers and the engine takes changes. `systems` has each connector's health, checked at most every 5 s (a system that is down does not make the engine unready: its jobs wait and retry)"), (status = 503, description = "The database does not answer, or the engine takes no more changes (`writer`: `stopped`), or the database takes none (`writer`: `read-only`: a PostgreSQL standby, or transactions read-only by default)")))]
 async fn readyz(State(s): Shared) -> impl IntoResponse {
-    let (database, systems) = tokio::join!(sqlx_ping(&s.engine), s.health.get(&s.connectors));
+    let (database, systems, takes_changes) = tokio::join!(
+        sqlx_ping(&s.engine),
+        s.health.get(&s.connectors),
+        s.engine.takes_changes()
+    );
     let writable = s.engine.writable();
-    let ready = database && writable;
+    // A database that answers but takes no changes (a standby after a
+    // fail-over) would fail every command with 503: not ready either.
+    let read_only = database && matches!(takes_changes, Ok(false));
+    let ready = database && writable && !read_only;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -345,7 +352,7 @@ async fn readyz(State(s): Shared) -> impl IntoResponse {
         Json(json!({
             "status": if ready { "ready" } else { "not ready" },
             "database": if database { "up" } else { "down" },
-            "writer": if writable { "up" } else { "stopped" },
+            "writer": if !writable { "stopped" } else if read_only { "read-only" } else { "up" },
             "systems": systems,
         })),
     )

@@ -315,6 +315,25 @@ impl Engine {
                 .is_some_and(|s| !s.is_closed())
     }
 
+    /// Whether the database takes changes: on PostgreSQL, not a standby in
+    /// recovery nor a database whose transactions are read-only by
+    /// default (a fail-over to a replica, an operator's switch); commands
+    /// would fail with 503 `storage-unavailable`. SQLite's refusals (a full
+    /// disk) show only when a change is tried.
+    pub async fn takes_changes(&self) -> Result<bool, Error> {
+        if self.inner.store.backend() != store::Backend::Postgres {
+            return Ok(true);
+        }
+        let mut conn = self.inner.store.pool().acquire().await?;
+        let takes: bool = sqlx::query_scalar(
+            "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| Error::Store(e.into()))?;
+        Ok(takes)
+    }
+
     /// Sends a command to the writer; returns once it is committed.
     pub async fn submit(&self, command: Command) -> Result<Reply, Error> {
         let sender = self
