@@ -156,7 +156,10 @@ pub(super) async fn whatsapp_event(
             .await;
         match published {
             Ok(delivery) => {
-                tracing::info!(wamid = id, key = %key, ?delivery, "WhatsApp message");
+                // The key is the client's phone number: not in the logs,
+                // which outlive the retention that deletes it from the
+                // database (the message's id and its delivery tell the rest).
+                tracing::info!(wamid = id, ?delivery, "WhatsApp message");
                 results.push(json!({"id": id, "key": key, "delivery": delivery}));
             }
             // Meta would send the same message again and again: say so in
@@ -167,7 +170,7 @@ pub(super) async fn whatsapp_event(
                 | tramite_engine::Error::TooLong { .. }
                 | tramite_engine::Error::TooDeep { .. }),
             ) => {
-                tracing::warn!(wamid = id, key = %key, error = %e, "WhatsApp message refused");
+                tracing::warn!(wamid = id, error = %e, "WhatsApp message refused");
                 results.push(json!({"id": id, "key": key, "refused": e.to_string()}));
             }
             // Worth another try (the database, a restart): Meta redelivers
