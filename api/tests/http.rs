@@ -3783,6 +3783,45 @@ async fn scrapes_within_a_period_reuse_one_census() {
     );
 }
 
+/// A census the database holds up (a table locked, a slow disk) does not
+/// hold up the scrape: it answers within the census's patience with the
+/// last counts, where it waited out the request's 30 s and lost every
+/// metric with a 503; a scrape while that census still runs answers at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_census_does_not_hold_up_the_scrape() {
+    let h = Harness::new(Db::Postgres).await;
+    let app = router(Arc::new(AppState {
+        engine: h.engine.clone(),
+        users: Users::default(),
+        metrics: Some(metrics_handle()),
+        connectors: h.connectors.clone(),
+        webhooks: Webhooks::default(),
+        health: Default::default(),
+        census: Default::default(),
+    }));
+    let mut holder = h.engine.store().pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    for patience in [10, 2] {
+        let asked = std::time::Instant::now();
+        let response = app
+            .clone()
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(patience),
+            "{:?}",
+            asked.elapsed()
+        );
+    }
+    holder.rollback().await.unwrap();
+}
+
 /// A definition posted with a byte order mark (a file saved by Notepad) is
 /// the definition read from disk without it: one version, not two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

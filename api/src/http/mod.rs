@@ -397,7 +397,11 @@ async fn prometheus(State(s): Shared) -> Result<(StatusCode, String), Error> {
     let Some(handle) = &s.metrics else {
         return Err(Error::NotConfigured { what: "metrics" });
     };
-    let mut last = Arc::clone(&s.census.last).lock_owned().await;
+    // A census under way (a slow one: the database busy, a table locked)
+    // is not waited for: the scrape answers at once with the last counts.
+    let Ok(mut last) = Arc::clone(&s.census.last).try_lock_owned() else {
+        return Ok((StatusCode::OK, handle.render()));
+    };
     if last.at.is_none_or(|at| at.elapsed() >= s.census.fresh) {
         let engine = s.engine.clone();
         // In a task of its own that keeps the lock: a scraper that hangs
@@ -417,10 +421,25 @@ async fn prometheus(State(s): Shared) -> Result<(StatusCode, String), Error> {
                 }
             }
         });
-        let _ = counting.await;
+        // Waited for only so long (a scraper gives up after 10 s by
+        // default, and every other metric would be lost with it): past
+        // that, the last counts go out with `tramite_census_up` 0, and the
+        // census goes on to set the gauges when it ends.
+        if tokio::time::timeout(CENSUS_PATIENCE, counting)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the census of the database is slow; the scrape answers with its last counts"
+            );
+            metrics::gauge!("tramite_census_up").set(0.0);
+        }
     }
     Ok((StatusCode::OK, handle.render()))
 }
+
+/// How long a scrape waits for the census it started.
+const CENSUS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the database holds, for the census gauges.
 struct Counts {
