@@ -388,22 +388,29 @@ fn run(cli: Cli) -> Result<(), Error> {
             workers,
             retention,
         } => {
+            let secret = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
             let whatsapp = match (
-                std::env::var("WHATSAPP_APP_SECRET"),
-                std::env::var("WHATSAPP_VERIFY_TOKEN"),
+                secret("WHATSAPP_APP_SECRET"),
+                secret("WHATSAPP_VERIFY_TOKEN"),
             ) {
-                (Ok(app_secret), Ok(verify_token))
-                    if !app_secret.is_empty() && !verify_token.is_empty() =>
-                {
-                    Some(tramite_api::http::WhatsApp {
-                        app_secret,
-                        verify_token,
-                        message: whatsapp_message,
-                        country_code: whatsapp_country_code,
-                        ttl_ms: 7 * 86_400_000,
-                    })
+                (Some(app_secret), Some(verify_token)) => Some(tramite_api::http::WhatsApp {
+                    app_secret,
+                    verify_token,
+                    message: whatsapp_message,
+                    country_code: whatsapp_country_code,
+                    ttl_ms: 7 * 86_400_000,
+                }),
+                (None, None) => None,
+                // One without the other was the webhook quietly off, with
+                // clients' documents never arriving.
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(Error::Serve(
+                        "WHATSAPP_APP_SECRET and WHATSAPP_VERIFY_TOKEN go together: one is set \
+                         and the other is not, so the WhatsApp webhook would be off; set both \
+                         (or neither)"
+                            .to_owned(),
+                    ));
                 }
-                _ => None,
             };
             let runtime = runtime()?;
             runtime.block_on(serve::run(

@@ -426,6 +426,22 @@ fn serve_refuses_demo_users_where_others_can_reach_them() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// One of the WhatsApp webhook's two secrets without the other is refused
+/// at start-up: the webhook was quietly off.
+#[test]
+fn serve_refuses_half_the_whatsapp_secrets() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tramite"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .current_dir(repo())
+        .env("WHATSAPP_APP_SECRET", "secreto")
+        .env_remove("WHATSAPP_VERIFY_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("go together"), "{err}");
+}
+
 /// A count of zero is refused at start-up, not quietly read as one.
 #[test]
 fn serve_refuses_zero_workers_writers_and_lease() {
