@@ -36,7 +36,25 @@ fn node_text(node: &Node, lang: Lang) -> String {
     };
     match &node.kind {
         NodeKind::ServiceTask(s) => text.push_str(&format!("\n{}.{}", s.connector, s.operation)),
-        NodeKind::Call(c) => text.push_str(&format!("\n→ {}", c.procedure)),
+        NodeKind::Call(c) => {
+            text.push_str(&format!("\n→ {}", c.procedure));
+            // One that does not wait goes on at once: its child's end
+            // reports nothing back.
+            if !c.wait {
+                text.push_str(if lang == Lang::Es {
+                    " (sin esperar)"
+                } else {
+                    " (no wait)"
+                });
+            }
+        }
+        NodeKind::TimerWait(t) => {
+            if let Some(after) = &t.after {
+                text.push_str(&format!("\n⏱ {after}"));
+            } else if let Some(at) = &t.at {
+                text.push_str(&format!("\n⏱ {}", at.source()));
+            }
+        }
         NodeKind::MessageWait(w) => text.push_str(&format!("\n✉ {}", w.message)),
         NodeKind::End(e) => text.push_str(&format!("\n[{}]", e.outcome)),
         _ => {}
@@ -61,12 +79,24 @@ fn edge_text(label: EdgeLabel<'_>, lang: Lang) -> Option<String> {
         } else {
             format!("no answer within {d}")
         }),
-        EdgeLabel::Overdue(d) => Some(match (d, es) {
-            (Some(d), true) => format!("vencida ({d})"),
-            (Some(d), false) => format!("overdue ({d})"),
-            (None, true) => "vencida".to_owned(),
-            (None, false) => "overdue".to_owned(),
-        }),
+        EdgeLabel::Overdue { due, interrupting } => {
+            let mut text = match (due, es) {
+                (Some(d), true) => format!("vencida ({d})"),
+                (Some(d), false) => format!("overdue ({d})"),
+                (None, true) => "vencida".to_owned(),
+                (None, false) => "overdue".to_owned(),
+            };
+            // A side path leaves the task where it is: drawn alike, the two
+            // kinds read the same and do not behave so.
+            if !interrupting {
+                text.push_str(if es {
+                    ", sin quitar la tarea"
+                } else {
+                    ", the task stays"
+                });
+            }
+            Some(text)
+        }
     }
 }
 
@@ -135,7 +165,10 @@ fn mermaid(def: &Definition, lang: Lang) -> String {
     for (i, node) in def.nodes.iter().enumerate() {
         let base = YamlPath::root().key("nodes").index(i);
         for edge in node.edges(&base) {
-            let arrow = if matches!(edge.label, EdgeLabel::Overdue(_) | EdgeLabel::Timeout(_)) {
+            let arrow = if matches!(
+                edge.label,
+                EdgeLabel::Overdue { .. } | EdgeLabel::Timeout(_)
+            ) {
                 "-.->"
             } else {
                 "-->"
@@ -218,7 +251,10 @@ fn dot(def: &Definition, lang: Lang) -> String {
     for (i, node) in def.nodes.iter().enumerate() {
         let base = YamlPath::root().key("nodes").index(i);
         for edge in node.edges(&base) {
-            let style = if matches!(edge.label, EdgeLabel::Overdue(_) | EdgeLabel::Timeout(_)) {
+            let style = if matches!(
+                edge.label,
+                EdgeLabel::Overdue { .. } | EdgeLabel::Timeout(_)
+            ) {
                 ", style=dashed"
             } else {
                 ""
@@ -287,5 +323,42 @@ nodes:
             mermaid_highlight(&["style"]).lines().nth(1),
             Some("    class n_style here")
         );
+    }
+
+    /// What changes how a step behaves is drawn: an escalation that leaves
+    /// the task open, a call that does not wait, a timer's time.
+    #[test]
+    fn side_escalations_calls_that_do_not_wait_and_timers_are_told_apart() {
+        let yaml = r#"
+code: T-DIBUJO
+name: Dibujo
+version: 1
+owner_role: agente
+roles: [{id: agente, name: Agente}]
+nodes:
+  - {id: inicio, kind: start, channels: [web], next: llamar}
+  - id: llamar
+    kind: user_task
+    role: agente
+    due: 1h
+    escalation: {next: avisar, interrupting: false}
+    outcomes: [{id: ok, label: Listo, next: esperar}]
+  - {id: avisar, kind: end, outcome: avisado}
+  - {id: esperar, kind: timer_wait, after: 2d, next: instalar}
+  - {id: instalar, kind: call, procedure: OPR-PAS-P02, wait: false, next: fin}
+  - {id: fin, kind: end, outcome: listo}
+"#;
+        let def = crate::loader::parse(yaml).definition;
+        let es = mermaid(&def, Lang::Es);
+        for line in [
+            "    n_llamar -.->|\"vencida (1h), sin quitar la tarea\"| n_avisar",
+            "    n_esperar[/\"esperar<br/>⏱ 2d\"/]:::waitNode",
+            "    n_instalar[[\"instalar<br/>→ OPR-PAS-P02 (sin esperar)\"]]:::callNode",
+        ] {
+            assert!(es.lines().any(|l| l == line), "{line}\n{es}");
+        }
+        let en = dot(&def, Lang::En);
+        assert!(en.contains("overdue (1h), the task stays"), "{en}");
+        assert!(en.contains("(no wait)"), "{en}");
     }
 }

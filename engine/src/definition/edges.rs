@@ -23,8 +23,14 @@ pub enum EdgeLabel<'a> {
     Error(&'a str),
     /// A message wait's timeout.
     Timeout(&'a Duration),
-    /// An overdue task's escalation.
-    Overdue(Option<&'a Duration>),
+    /// An overdue task's escalation: its due time, and whether it takes
+    /// the task away (else a side path runs beside it).
+    Overdue {
+        /// The task's due time.
+        due: Option<&'a Duration>,
+        /// Whether the task is withdrawn.
+        interrupting: bool,
+    },
 }
 
 /// An edge from one node to another.
@@ -86,7 +92,10 @@ impl Node {
                     out.push(edge(
                         &e.next,
                         base.key("escalation").key("next"),
-                        EdgeLabel::Overdue(t.due.as_ref()),
+                        EdgeLabel::Overdue {
+                            due: t.due.as_ref(),
+                            interrupting: e.interrupting,
+                        },
                     ));
                 }
             }
@@ -189,7 +198,8 @@ impl Definition {
                     .filter_map(|e| {
                         Some(Successor {
                             to: *index.get(e.to)?,
-                            side: side == Some(e.to) && matches!(e.label, EdgeLabel::Overdue(_)),
+                            side: side == Some(e.to)
+                                && matches!(e.label, EdgeLabel::Overdue { .. }),
                         })
                     })
                     .collect()
