@@ -344,7 +344,8 @@ fn test_prints_expected_and_actual_paths_on_failure() {
 /// answers written twice for one operation (the second silently replaced
 /// the first), a message that reuses an earlier one's id (it did nothing),
 /// a message no step waits for (kept, it did nothing), answers the catalog
-/// says no system gives.
+/// says no system gives, a task that never opens because a call has no
+/// answer (the failure names the call).
 #[test]
 fn test_reports_every_scenario_mistake_and_goes_on() {
     let out = tramite(&[
@@ -374,7 +375,8 @@ fn test_reports_every_scenario_mistake_and_goes_on() {
         "answers: `naf.check_portfolio` answer 1 gives `found` the value \"si\", which is not of its type, boolean",
         "answers: `smartflex.register_service_request` answer 1 is the business error `cliente_moroso`, which the operation does not raise (it raises: product_not_available, client_blocked)",
         "step 6: no step of the procedures waits for a message `requisitos_whatsap` (they wait for `requisitos_whatsapp`",
-        "1 passed, 11 failed",
+        "step 4: no open task at `verificar_capacidad`; open: []; waiting at `consultar_gis` on a call that failed: the scenario has no (more) answers for `gis.check_coverage`",
+        "1 passed, 12 failed",
     ] {
         assert!(
             stdout.contains(expected),

@@ -516,10 +516,14 @@ async fn drive(
         match (&step.complete, &step.message, &step.wait, &step.retry) {
             (Some(node), None, None, None) => {
                 let Some(task) = open_task(engine, &id, node).await? else {
-                    failures.push(format!(
+                    let mut failure = format!(
                         "{at}: no open task at `{node}`; open: {:?}",
                         open_nodes(engine, &id).await?
-                    ));
+                    );
+                    for waiting in waits(engine, &id).await? {
+                        failure.push_str(&format!("; {waiting}"));
+                    }
+                    failures.push(failure);
                     break;
                 };
                 let outcome = step.outcome.clone().unwrap_or_default();
@@ -784,6 +788,43 @@ async fn open_nodes(engine: &Engine, root: &str) -> Result<Vec<String>, Error> {
             })
             .await?;
         out.extend(tasks.into_iter().map(|t| t.node_id));
+    }
+    Ok(out)
+}
+
+/// Where the instance (and what it called) waits on something other than
+/// a person, in words: a call failing (with its last error: a scenario's
+/// missing answer says so there), a message, a time, an incident.
+async fn waits(engine: &Engine, root: &str) -> Result<Vec<String>, Error> {
+    use crate::runtime::state::Wait;
+    let mut out = Vec::new();
+    for instance in family(engine, root).await? {
+        let row = engine.instance(&instance).await?;
+        let history = engine.history(&instance).await?;
+        for token in &row.state.tokens {
+            let node = &token.node;
+            let said = match &token.wait {
+                Wait::Job { .. } => {
+                    let last = history.iter().rev().find(|e| {
+                        e.kind == "job_failed" && e.node_id.as_deref() == Some(node.as_str())
+                    });
+                    match last
+                        .and_then(|e| e.data.get("error"))
+                        .and_then(Value::as_str)
+                    {
+                        Some(error) => {
+                            format!("waiting at `{node}` on a call that failed: {error}")
+                        }
+                        None => format!("waiting at `{node}` on a call"),
+                    }
+                }
+                Wait::Message { .. } => format!("waiting at `{node}` for a message"),
+                Wait::Timer { .. } => format!("waiting at `{node}` for its time"),
+                Wait::Incident { .. } => format!("stopped at `{node}` by an incident"),
+                Wait::Task { .. } | Wait::Call { .. } | Wait::Moving => continue,
+            };
+            out.push(said);
+        }
     }
     Ok(out)
 }
