@@ -101,6 +101,10 @@ enum Command {
         /// Language of labels.
         #[arg(long, value_enum, default_value_t = Language::Es)]
         lang: Language,
+        /// More definitions (files or folders) that its `call` nodes may
+        /// name, besides those beside it (a draft drawn away from them).
+        #[arg(long = "library", value_name = "PATH")]
+        library: Vec<PathBuf>,
     },
     /// Print the JSON Schema of the definition format.
     Schema,
@@ -340,12 +344,18 @@ fn run(cli: Cli) -> Result<(), Error> {
             },
             &mut stdout,
         ),
-        Command::Graph { file, format, lang } => {
+        Command::Graph {
+            file,
+            format,
+            lang,
+            library: extra,
+        } => {
             if file.is_dir() {
                 return Err(Error::NotAFile { path: file });
             }
             let files = library::read(std::slice::from_ref(&file))?;
-            let context = library::neighbours(&files)?;
+            let mut context = library::neighbours(&files)?;
+            context.extend(library::read(&extra)?);
             let catalog = tramite_connectors::catalog();
             let (_, result) = library::compile(&files, &context, &catalog)
                 .into_iter()

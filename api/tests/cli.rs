@@ -180,6 +180,18 @@ fn graph_prints_mermaid_and_dot() {
         "{dot}"
     );
 
+    // A draft away from the procedures it calls draws with `--library`.
+    let alone = std::env::temp_dir().join(format!("tramite-graph-{}", std::process::id()));
+    std::fs::create_dir_all(&alone).unwrap();
+    let draft = alone.join("p06.yaml");
+    std::fs::copy(repo().join("processes/ope-sum-ven-p06.yaml"), &draft).unwrap();
+    let out = tramite(&["graph", draft.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "OPR-PAS-P02 is not beside it");
+    let out = tramite(&["graph", "--library", "processes/", draft.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("flowchart TD"));
+    let _ = std::fs::remove_dir_all(&alone);
+
     let out = tramite(&["graph", "tests/definitions/invalid/unreachable.yaml"]);
     assert_eq!(
         out.status.code(),
