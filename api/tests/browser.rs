@@ -607,10 +607,20 @@ async fn what_was_typed_before_taking_the_task_is_kept() {
     ui.fill("ci", "4587213").await;
     ui.browser.delete_all_cookies().await.unwrap();
     ui.click("#outcome-continuar").await;
-    assert_eq!(ui.wait_path("/login").await, "/login");
+    let sign_in = format!("/login?next=/tasks/{}", task.id);
+    assert_eq!(ui.wait_path(&sign_in).await, sign_in);
     assert!(ui.h.task_open(&id, "identificar_cliente").await);
-    ui.sign_in(AGENT).await;
-    ui.goto(&format!("/tasks/{}", task.id)).await;
+    // Signed in again, the agent is back on the task, with what they typed.
+    ui.browser
+        .find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(AGENT)
+        .await
+        .unwrap();
+    ui.click("#sign-in").await;
+    let page = format!("/tasks/{}", task.id);
+    assert_eq!(ui.wait_path(&page).await, page);
     assert_eq!(value("nombre_cliente").await, json!("Juan Pérez"));
     ui.close().await;
 }

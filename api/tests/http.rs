@@ -2216,6 +2216,75 @@ async fn signed_in(api: &Api, token: &str) -> String {
         .to_owned()
 }
 
+/// Sent to sign in, an agent comes back to the page they were on (a task's
+/// page then gives back what they had typed), not to the inbox; a form's
+/// page for a form; a `next` that would leave the site is not followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_again_goes_back_to_the_page() {
+    let api = Api::new(Db::Sqlite).await;
+    let send = |method: Method, uri: String, form: Option<String>| {
+        let api = &api;
+        async move {
+            let mut request = Request::builder().method(method).uri(uri);
+            if form.is_some() {
+                request = request.header("content-type", "application/x-www-form-urlencoded");
+            }
+            let body = form.map_or_else(Body::empty, Body::from);
+            let response = api
+                .app
+                .clone()
+                .oneshot(request.body(body).unwrap())
+                .await
+                .unwrap();
+            let location = response
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_owned());
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (status, location, String::from_utf8(bytes.to_vec()).unwrap())
+        }
+    };
+    let to_sign_in = Some("/login?next=/tasks/t1".to_owned());
+    let (status, location, _) = send(Method::GET, "/tasks/t1".into(), None).await;
+    assert_eq!(
+        (status, location),
+        (StatusCode::SEE_OTHER, to_sign_in.clone())
+    );
+    let (_, location, _) = send(Method::POST, "/tasks/t1/claim".into(), Some(String::new())).await;
+    assert_eq!(location, to_sign_in, "a form's page, not its address");
+    let (_, _, html) = send(Method::GET, "/login?next=/tasks/t1".into(), None).await;
+    assert!(html.contains(r#"name="next" value="/tasks/t1""#), "{html}");
+    let signed = |next: &str| format!("token={AGENT}&next={next}");
+    let (status, location, _) =
+        send(Method::POST, "/login".into(), Some(signed("/tasks/t1"))).await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/tasks/t1"))
+    );
+    for away in [
+        "//evil.example/x",
+        "/%5Cevil.example",
+        "https://evil.example",
+    ] {
+        let (_, location, _) = send(Method::POST, "/login".into(), Some(signed(away))).await;
+        assert_eq!(location.as_deref(), Some("/inbox"), "{away}");
+    }
+    let (status, _, html) = send(
+        Method::POST,
+        "/login".into(),
+        Some("token=wrong&next=/tasks/t1".into()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        html.contains(r#"name="next" value="/tasks/t1""#),
+        "kept for the next try: {html}"
+    );
+}
+
 /// A web session unused for `IDLE_MS` ends (an agent who walked away from
 /// a shared PC without "Salir"); opening a page renews it, in a new cookie
 /// for the same session, while the inbox refreshing itself does not.

@@ -171,6 +171,7 @@ pub(crate) async fn as_page(
 /// sign-in page, instead of having it pasted into the task table.
 async fn page_headers(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let htmx = request.headers().contains_key("hx-request");
+    let back = back_after_sign_in(&request);
     let (w, _) = words(request.headers());
     let mut response = next.run(request).await;
     // axum's own refusals (a query or a form it cannot read, a wrong
@@ -194,6 +195,13 @@ async fn page_headers(request: axum::extract::Request, next: axum::middleware::N
             .is_some_and(|l| l == "/login");
     if htmx && to_login {
         response = (StatusCode::UNAUTHORIZED, [("hx-redirect", "/login")]).into_response();
+    } else if to_login
+        && let Some(back) = back
+        && let Ok(location) = HeaderValue::from_str(&format!("/login?next={}", query_value(&back)))
+    {
+        // Signed in again, the agent lands where they were (a task's page
+        // then gives back what they had typed).
+        response.headers_mut().insert(header::LOCATION, location);
     }
     if !response.headers().contains_key(header::CACHE_CONTROL) {
         response
@@ -447,32 +455,88 @@ impl PageError {
     }
 }
 
-async fn login_page(headers: HeaderMap) -> Response {
+#[derive(Deserialize)]
+struct LoginQuery {
+    next: Option<String>,
+}
+
+async fn login_page(headers: HeaderMap, Query(q): Query<LoginQuery>) -> Response {
     let (w, _) = words(&headers);
     render(&LoginPage {
         w,
         user: None,
         error: None,
+        next: q.next.filter(|n| safe_next(n)).unwrap_or_default(),
     })
 }
 
 #[derive(Deserialize)]
 struct LoginForm {
     token: String,
+    /// The page to go back to (see [`back_after_sign_in`]).
+    next: Option<String>,
+}
+
+/// Whether `next` is a page of this site to go back to after signing in:
+/// a path, not `//host` nor `/\host` (either leaves the site), nothing a
+/// header could not carry.
+fn safe_next(next: &str) -> bool {
+    next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.contains('\\')
+        && next.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The page a request that found no session should come back to once
+/// signed in: the page itself, or, for a form, the page it was on (a
+/// form's address takes only a POST). `None` for signing in and out.
+fn back_after_sign_in(request: &axum::extract::Request) -> Option<String> {
+    let path = request.uri().path();
+    if matches!(path, "/" | "/login" | "/logout" | "/keepalive") || path.starts_with("/assets/") {
+        return None;
+    }
+    if request.method() == axum::http::Method::GET {
+        return request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned());
+    }
+    let page = match path.rsplit_once('/') {
+        Some((page, "claim" | "unclaim")) if page.starts_with("/tasks/") => page,
+        Some((_, "retry")) if path.starts_with("/incidents/") => "/incidents",
+        _ if path.starts_with("/tasks/") => path,
+        _ => return None,
+    };
+    Some(page.to_owned())
+}
+
+/// `text` for a query string: everything but unreserved characters and `/`
+/// percent-encoded.
+fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 async fn login(State(s): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
     let (w, _) = words(&headers);
+    let next = f.next.filter(|n| safe_next(n));
     let Some(session) = s.users.session(&f.token, s.engine.now()) else {
         tracing::info!("sign-in refused");
         let page = LoginPage {
             w,
             user: None,
             error: Some(w.bad_token),
+            next: next.unwrap_or_default(),
         };
         return (StatusCode::UNAUTHORIZED, render(&page)).into_response();
     };
-    let mut response = Redirect::to("/inbox").into_response();
+    let mut response = Redirect::to(next.as_deref().unwrap_or("/inbox")).into_response();
     // Over HTTPS (a proxy in front says so) the cookie never goes in clear.
     let https = forwarded_https(&headers)
         || headers

@@ -30,6 +30,8 @@ pub(super) struct LoginPage {
     pub(super) w: &'static Words,
     pub(super) user: Option<User>,
     pub(super) error: Option<&'static str>,
+    /// The page to go back to once signed in (empty: the inbox).
+    pub(super) next: String,
 }
 
 #[derive(Template)]
