@@ -315,8 +315,10 @@ const TASK_WAIT_BUCKETS: [f64; 10] = [
 const JOB_DURATION_BUCKETS: [f64; 11] =
     [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-/// How long requests in flight may take to finish after the stop signal.
-const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long requests in flight may take to finish after the stop signal:
+/// well inside `docker stop`'s 10 s and Kubernetes' 30 s before SIGKILL,
+/// so that the engine's own shutdown still runs.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether `bind` listens on loopback addresses only.
 fn only_this_machine(bind: &str) -> bool {

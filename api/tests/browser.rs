@@ -607,7 +607,7 @@ async fn what_was_typed_before_taking_the_task_is_kept() {
     ui.fill("ci", "4587213").await;
     ui.browser.delete_all_cookies().await.unwrap();
     ui.click("#outcome-continuar").await;
-    let sign_in = format!("/login?next=/tasks/{}", task.id);
+    let sign_in = format!("/login?next=%2Ftasks%2F{}", task.id);
     assert_eq!(ui.wait_path(&sign_in).await, sign_in);
     assert!(ui.h.task_open(&id, "identificar_cliente").await);
     // Signed in again, the agent is back on the task, with what they typed.
@@ -682,9 +682,9 @@ async fn signing_out_ends_the_session_even_for_a_copy_of_the_cookie() {
     ui.browser.add_cookie(copy).await.unwrap();
     ui.goto("/inbox").await;
     assert_eq!(
-        ui.wait_path("/login").await,
-        "/login",
-        "the copy is refused"
+        ui.wait_path("/login?next=%2Finbox").await,
+        "/login?next=%2Finbox",
+        "the copy is refused (signing in again comes back to the inbox)"
     );
     ui.sign_in(AGENT).await;
     assert_eq!(ui.path().await, "/inbox", "a new sign-in works");

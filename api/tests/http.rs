@@ -2247,7 +2247,7 @@ async fn signing_in_again_goes_back_to_the_page() {
             (status, location, String::from_utf8(bytes.to_vec()).unwrap())
         }
     };
-    let to_sign_in = Some("/login?next=/tasks/t1".to_owned());
+    let to_sign_in = Some("/login?next=%2Ftasks%2Ft1".to_owned());
     let (status, location, _) = send(Method::GET, "/tasks/t1".into(), None).await;
     assert_eq!(
         (status, location),
@@ -2255,7 +2255,7 @@ async fn signing_in_again_goes_back_to_the_page() {
     );
     let (_, location, _) = send(Method::POST, "/tasks/t1/claim".into(), Some(String::new())).await;
     assert_eq!(location, to_sign_in, "a form's page, not its address");
-    let (_, _, html) = send(Method::GET, "/login?next=/tasks/t1".into(), None).await;
+    let (_, _, html) = send(Method::GET, "/login?next=%2Ftasks%2Ft1".into(), None).await;
     assert!(html.contains(r#"name="next" value="/tasks/t1""#), "{html}");
     let signed = |next: &str| format!("token={AGENT}&next={next}");
     let (status, location, _) =
@@ -2264,10 +2264,16 @@ async fn signing_in_again_goes_back_to_the_page() {
         (status, location.as_deref()),
         (StatusCode::SEE_OTHER, Some("/tasks/t1"))
     );
+    // The inbox's filter (a client's number) is no part of where to go
+    // back to.
+    let (_, location, _) = send(Method::GET, "/inbox?business_key=72345678".into(), None).await;
+    assert_eq!(location.as_deref(), Some("/login?next=%2Finbox"));
     for away in [
         "//evil.example/x",
         "/%5Cevil.example",
         "https://evil.example",
+        "/logout",
+        "/login?next=/logout",
     ] {
         let (_, location, _) = send(Method::POST, "/login".into(), Some(signed(away))).await;
         assert_eq!(location.as_deref(), Some("/inbox"), "{away}");
@@ -2283,6 +2289,18 @@ async fn signing_in_again_goes_back_to_the_page() {
         html.contains(r#"name="next" value="/tasks/t1""#),
         "kept for the next try: {html}"
     );
+    // Someone else signing in on the PC the last session was on starts in
+    // the inbox, not on the page that session asked for.
+    let earlier = signed_in(&api, AGENT).await;
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/login")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", earlier)
+        .body(Body::from(format!("token={LEAD}&next=/tasks/t1")))
+        .unwrap();
+    let response = api.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.headers()["location"], "/inbox?new_user=1");
 }
 
 /// A web session unused for `IDLE_MS` ends (an agent who walked away from
@@ -2479,7 +2497,8 @@ async fn task_pages_propose_defaults_and_close_once_done(db: Db) {
     assert!(html.is_empty());
     let (status, headers, _) = page(&api, Method::GET, "/inbox/rows", None, None, false).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    assert_eq!(headers["location"], "/login");
+    // The rows are a part of the inbox: signed in, back to the inbox.
+    assert_eq!(headers["location"], "/login?next=%2Finbox");
 }
 both!(task_pages_propose_defaults_and_close_once_done);
 
@@ -3137,14 +3156,17 @@ async fn a_web_session_is_not_the_token_and_ends_after_a_shift() {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "the cookie is no API key");
     let (status, to) = open(format!("tramite_session={AGENT}")).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    assert_eq!(to.unwrap(), "/login");
+    assert_eq!(to.unwrap(), "/login?next=%2Finbox");
     let (status, _) = open(format!("tramite_token={AGENT}")).await;
     assert_eq!(status, StatusCode::SEE_OTHER, "a raw token opens nothing");
     api.h.advance(std::time::Duration::from_secs(12 * 3600));
     let (status, to) = open(cookie).await;
     assert_eq!(
         (status, to.unwrap()),
-        (StatusCode::SEE_OTHER, "/login".parse().unwrap()),
+        (
+            StatusCode::SEE_OTHER,
+            "/login?next=%2Finbox".parse().unwrap()
+        ),
         "a shift later"
     );
 }
@@ -3202,7 +3224,11 @@ async fn signing_out_ends_the_session_on_every_node(db: Db) {
         (status, to.as_deref(), cleared),
         (StatusCode::SEE_OTHER, Some("/login"), true)
     );
-    let refused = (StatusCode::SEE_OTHER, Some("/login".to_owned()), false);
+    let refused = (
+        StatusCode::SEE_OTHER,
+        Some("/login?next=%2Finbox".to_owned()),
+        false,
+    );
     assert_eq!(
         inbox(api.app.clone(), kept.clone()).await,
         refused,

@@ -470,6 +470,30 @@ impl Users {
     /// used within [`IDLE_MS`] at `now`, and its user still has the token
     /// it began with. Whether it was signed out is the database's to say.
     pub fn by_session(&self, value: &str, now: i64) -> Option<SignedSession> {
+        let signed = self.signed(value)?;
+        // Nodes' clocks differ by a little: a session minted on one a
+        // minute ahead is still good on the other (the signature covers
+        // the expiry; the bound only refuses the absurd).
+        let (expires, idle) = (signed.expires, signed.idle);
+        if expires <= now || expires > now + SESSION_MS + CLOCK_SKEW_MS {
+            return None;
+        }
+        if idle <= now || idle > expires || idle > now + IDLE_MS + CLOCK_SKEW_MS {
+            return None;
+        }
+        Some(signed)
+    }
+
+    /// Who a cookie's session was, ended or not, if it is ours: to tell
+    /// whether the person signing in again is the one it was (the page it
+    /// asked for is theirs to go back to, not the next person's).
+    pub fn whose(&self, value: &str) -> Option<String> {
+        self.signed(value).map(|s| s.user.name)
+    }
+
+    /// The session a cookie's value names if its signature is ours,
+    /// whatever its times.
+    fn signed(&self, value: &str) -> Option<SignedSession> {
         let mut parts = value.trim().split('.');
         let (name, expires, idle, id, mac) = (
             parts.next()?,
@@ -483,15 +507,6 @@ impl Users {
         }
         let expires: i64 = expires.parse().ok()?;
         let idle: i64 = idle.parse().ok()?;
-        // Nodes' clocks differ by a little: a session minted on one a
-        // minute ahead is still good on the other (the signature covers
-        // the expiry; the bound only refuses the absurd).
-        if expires <= now || expires > now + SESSION_MS + CLOCK_SKEW_MS {
-            return None;
-        }
-        if idle <= now || idle > expires || idle > now + IDLE_MS + CLOCK_SKEW_MS {
-            return None;
-        }
         let name = String::from_utf8(unhex(name)?).ok()?;
         let (digest, user) = self.by_hash.iter().find(|(_, u)| u.name == name)?;
         self.session_mac(&name, digest, (expires, idle), id)

@@ -423,8 +423,9 @@ async fn prometheus(State(s): Shared) -> Result<(StatusCode, String), Error> {
         });
         // Waited for only so long (a scraper gives up after 10 s by
         // default, and every other metric would be lost with it): past
-        // that, the last counts go out with `tramite_census_up` 0, and the
-        // census goes on to set the gauges when it ends.
+        // that, the last counts go out, and the census goes on to set the
+        // gauges (and `tramite_census_up`, which only its outcome sets:
+        // slow is not down) when it ends.
         if tokio::time::timeout(CENSUS_PATIENCE, counting)
             .await
             .is_err()
@@ -432,7 +433,6 @@ async fn prometheus(State(s): Shared) -> Result<(StatusCode, String), Error> {
             tracing::warn!(
                 "the census of the database is slow; the scrape answers with its last counts"
             );
-            metrics::gauge!("tramite_census_up").set(0.0);
         }
     }
     Ok((StatusCode::OK, handle.render()))

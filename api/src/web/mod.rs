@@ -197,7 +197,7 @@ async fn page_headers(request: axum::extract::Request, next: axum::middleware::N
         response = (StatusCode::UNAUTHORIZED, [("hx-redirect", "/login")]).into_response();
     } else if to_login
         && let Some(back) = back
-        && let Ok(location) = HeaderValue::from_str(&format!("/login?next={}", query_value(&back)))
+        && let Ok(location) = HeaderValue::from_str(&format!("/login?next={}", enc(&back)))
     {
         // Signed in again, the agent lands where they were (a task's page
         // then gives back what they had typed).
@@ -485,6 +485,9 @@ fn safe_next(next: &str) -> bool {
         && !next.starts_with("//")
         && !next.contains('\\')
         && next.bytes().all(|b| b.is_ascii_graphic())
+        && !matches!(next, "/login" | "/logout" | "/keepalive")
+        && !next.starts_with("/login?")
+        && !next.starts_with("/assets/")
 }
 
 /// The page a request that found no session should come back to once
@@ -495,11 +498,18 @@ fn back_after_sign_in(request: &axum::extract::Request) -> Option<String> {
     if matches!(path, "/" | "/login" | "/logout" | "/keepalive") || path.starts_with("/assets/") {
         return None;
     }
+    // The path alone: a query may hold a client's number (the inbox's
+    // filter), which is no part of where to go back to.
     if request.method() == axum::http::Method::GET {
-        return request
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_owned());
+        // The inbox's rows are a part of its page.
+        return Some(
+            if path == "/inbox/rows" {
+                "/inbox"
+            } else {
+                path
+            }
+            .to_owned(),
+        );
     }
     let page = match path.rsplit_once('/') {
         Some((page, "claim" | "unclaim")) if page.starts_with("/tasks/") => page,
@@ -510,22 +520,15 @@ fn back_after_sign_in(request: &axum::extract::Request) -> Option<String> {
     Some(page.to_owned())
 }
 
-/// `text` for a query string: everything but unreserved characters and `/`
-/// percent-encoded.
-fn query_value(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 async fn login(State(s): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
     let (w, _) = words(&headers);
     let next = f.next.filter(|n| safe_next(n));
+    // Who the browser's last session was: only they go back to the page it
+    // asked for; someone else on the same PC starts in the inbox, and the
+    // last person's typed values are dropped (`new_user`: base.html).
+    let was = [HOST_SESSION_COOKIE, SESSION_COOKIE]
+        .into_iter()
+        .find_map(|name| cookie(&headers, name).and_then(|v| s.users.whose(&v)));
     let Some(session) = s.users.session(&f.token, s.engine.now()) else {
         tracing::info!("sign-in refused");
         let page = LoginPage {
@@ -536,7 +539,15 @@ async fn login(State(s): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -
         };
         return (StatusCode::UNAUTHORIZED, render(&page)).into_response();
     };
-    let mut response = Redirect::to(next.as_deref().unwrap_or("/inbox")).into_response();
+    let same_person = was
+        .as_deref()
+        .is_none_or(|was| s.users.by_token(&f.token).is_some_and(|u| u.name == was));
+    let to = match (&next, same_person) {
+        (Some(next), true) => next.as_str(),
+        (_, true) => "/inbox",
+        (_, false) => "/inbox?new_user=1",
+    };
+    let mut response = Redirect::to(to).into_response();
     // Over HTTPS (a proxy in front says so) the cookie never goes in clear.
     let https = forwarded_https(&headers)
         || headers

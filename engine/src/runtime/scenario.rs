@@ -804,9 +804,11 @@ async fn waits(engine: &Engine, root: &str) -> Result<Vec<String>, Error> {
         for token in &row.state.tokens {
             let node = &token.node;
             let said = match &token.wait {
-                Wait::Job { .. } => {
+                Wait::Job { job } => {
+                    // This job's failures, not an earlier pass's at the node.
                     let last = history.iter().rev().find(|e| {
-                        e.kind == "job_failed" && e.node_id.as_deref() == Some(node.as_str())
+                        e.kind == "job_failed"
+                            && e.data.get("job").and_then(Value::as_str) == Some(job.as_str())
                     });
                     match last
                         .and_then(|e| e.data.get("error"))
