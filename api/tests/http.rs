@@ -2292,14 +2292,7 @@ async fn signing_in_again_goes_back_to_the_page() {
     // Someone else signing in on the PC the last session was on starts in
     // the inbox, not on the page that session asked for.
     let earlier = signed_in(&api, AGENT).await;
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri("/login")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("cookie", earlier)
-        .body(Body::from(format!("token={LEAD}&next=/tasks/t1")))
-        .unwrap();
-    let response = api.app.clone().oneshot(request).await.unwrap();
+    let response = sign_in_after(&api, earlier, format!("token={LEAD}&next=/tasks/t1")).await;
     assert_eq!(response.headers()["location"], "/inbox?new_user=1");
 }
 
@@ -2360,6 +2353,19 @@ async fn an_unused_session_ends_and_a_used_one_goes_on(db: Db) {
     assert_eq!(inbox(renewed, false).await.0, StatusCode::SEE_OTHER);
 }
 both!(an_unused_session_ends_and_a_used_one_goes_on);
+
+/// A sign-in (`form`) from a browser that holds `cookie`, as another
+/// person on the same PC would send it.
+async fn sign_in_after(api: &Api, cookie: String, form: String) -> axum::response::Response {
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/login")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", cookie)
+        .body(Body::from(form))
+        .unwrap();
+    api.app.clone().oneshot(request).await.unwrap()
+}
 
 async fn page(
     api: &Api,
@@ -3645,14 +3651,7 @@ async fn a_finished_task_comes_back_to_the_filtered_inbox() {
         "/inbox?role=agente_ventas_digitales&status=claimed&business_key=LLAMADA%201&done=1"
     );
     // The next person to sign in on this PC starts without those filters.
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri("/login")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("cookie", kept)
-        .body(Body::from(format!("token={AGENT2}")))
-        .unwrap();
-    let response = api.app.clone().oneshot(request).await.unwrap();
+    let response = sign_in_after(&api, kept, format!("token={AGENT2}")).await;
     assert!(
         response
             .headers()
