@@ -450,50 +450,54 @@ impl Expr {
     /// at an incident. Operators are left out; a call on a qualified name
     /// (`optional.of(x)`) counts as known if either name is.
     pub fn undeclared_functions(&self, declared: impl Fn(&str) -> bool) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        let Ok(program) = &self.compiled else {
-            return out;
-        };
-        let mut stack = vec![program.expression()];
-        while let Some(e) = stack.pop() {
-            if let Ast::Call(call) = &e.expr
-                && call
-                    .func_name
+        self.subexpressions()
+            .into_iter()
+            .filter_map(|e| match &e.expr {
+                Ast::Call(call) => Some(call),
+                _ => None,
+            })
+            .filter(|call| {
+                call.func_name
                     .starts_with(|c: char| c.is_ascii_alphabetic())
-                && !declared(&call.func_name)
-                && !call
-                    .target
-                    .as_deref()
-                    .and_then(qualified_name)
-                    .is_some_and(|q| declared(&format!("{q}.{}", call.func_name)))
-            {
-                out.insert(call.func_name.clone());
-            }
-            stack.extend(children(e));
-        }
-        out
+                    && !declared(&call.func_name)
+                    && !call
+                        .target
+                        .as_deref()
+                        .and_then(qualified_name)
+                        .is_some_and(|q| declared(&format!("{q}.{}", call.func_name)))
+            })
+            .map(|call| call.func_name.clone())
+            .collect()
     }
-}
 
-impl Expr {
     /// The fields the expression tests for presence with `has(root.field)`.
     pub fn presence_tests(&self) -> Vec<VarRef> {
-        let mut out = Vec::new();
+        self.subexpressions()
+            .into_iter()
+            .filter_map(|e| match &e.expr {
+                Ast::Select(s) if s.test => match &s.operand.expr {
+                    Ast::Ident(root) => Some(VarRef {
+                        root: root.clone(),
+                        field: Some(s.field.clone()),
+                    }),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every expression inside the compiled one, itself included (none for
+    /// one that does not compile).
+    fn subexpressions(&self) -> Vec<&IdedExpr> {
         let Ok(program) = &self.compiled else {
-            return out;
+            return Vec::new();
         };
+        let mut out = Vec::new();
         let mut stack = vec![program.expression()];
         while let Some(e) = stack.pop() {
-            if let Ast::Select(s) = &e.expr
-                && s.test
-                && let Ast::Ident(root) = &s.operand.expr
-            {
-                out.push(VarRef {
-                    root: root.clone(),
-                    field: Some(s.field.clone()),
-                });
-            }
             stack.extend(children(e));
+            out.push(e);
         }
         out
     }
@@ -521,14 +525,13 @@ fn entry_exprs(entries: &[cel::common::ast::IdedEntryExpr]) -> Vec<&IdedExpr> {
 
 /// The expressions directly inside `expr`.
 fn children(expr: &IdedExpr) -> Vec<&IdedExpr> {
-    let entries = entry_exprs;
     match &expr.expr {
         Ast::Unspecified | Ast::Literal(_) | Ast::Ident(_) => Vec::new(),
         Ast::Select(s) => vec![&s.operand],
         Ast::Call(c) => c.target.as_deref().into_iter().chain(&c.args).collect(),
         Ast::List(list) => list.elements.iter().collect(),
-        Ast::Map(map) => entries(&map.entries),
-        Ast::Struct(s) => entries(&s.entries),
+        Ast::Map(map) => entry_exprs(&map.entries),
+        Ast::Struct(s) => entry_exprs(&s.entries),
         Ast::Comprehension(c) => vec![
             &c.iter_range,
             &c.accu_init,
