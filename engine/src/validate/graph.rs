@@ -11,7 +11,7 @@ use petgraph::unionfind::UnionFind;
 use petgraph::visit::{Bfs, EdgeRef, NodeFiltered, Reversed};
 
 use super::{Checker, list};
-use crate::definition::{Fork, NodeKind};
+use crate::definition::{Fork, NodeKind, Successor};
 use crate::diagnostic::Code;
 
 /// The definition as a petgraph graph; node weights are indexes into `def.nodes`.
@@ -61,6 +61,7 @@ pub(super) fn check(c: &mut Checker<'_>) {
     trapped(c, &g, &reachable);
     forks(c);
     side_paths(c, start);
+    side_path_ends(c, start);
 }
 
 /// A non-interrupting escalation's path runs as a side token beside the
@@ -69,25 +70,76 @@ pub(super) fn check(c: &mut Checker<'_>) {
 /// register one sale twice — so the two may meet only at an `end` or a
 /// `join`. Reports each escalation with every step of the main flow its
 /// path reaches.
+/// The nodes reachable from `from` along `successors`, leaving out side
+/// edges if `skip_side`; `stop_at`: nodes reached but not passed (a side
+/// token is absorbed at the join of the fork it runs in).
+fn walk(
+    successors: &[Vec<Successor>],
+    from: usize,
+    skip_side: bool,
+    stop_at: &dyn Fn(usize) -> bool,
+) -> BTreeSet<usize> {
+    let mut seen = BTreeSet::new();
+    let mut queue = VecDeque::from([from]);
+    while let Some(i) = queue.pop_front() {
+        if seen.insert(i) && !stop_at(i) {
+            queue.extend(
+                successors[i]
+                    .iter()
+                    .filter(|e| !(skip_side && e.side))
+                    .map(|e| e.to),
+            );
+        }
+    }
+    seen
+}
+
+/// A request's outcome is its main path's end: an end only a
+/// non-interrupting escalation's side path reaches ends that path alone,
+/// so an indicator counting it would never count anything. (An end no
+/// path reaches is `unreachable`'s to report.)
+fn side_path_ends(c: &mut Checker<'_>, start: usize) {
+    let def = c.def;
+    let successors = def.successors();
+    let ends = |seen: BTreeSet<usize>| -> BTreeSet<&str> {
+        seen.into_iter()
+            .filter_map(|i| match &def.nodes[i].kind {
+                NodeKind::End(e) => Some(e.outcome.as_str()),
+                _ => None,
+            })
+            .collect()
+    };
+    let main = ends(walk(&successors, start, true, &|_| false));
+    let any = ends(walk(&successors, start, false, &|_| false));
+    for (i, ind) in def.indicators.iter().enumerate() {
+        let base = c.parsed.item_path("indicators", i);
+        for (part, population) in [
+            ("numerator", &ind.numerator),
+            ("denominator", &ind.denominator),
+        ] {
+            for (j, end) in population.ends.iter().enumerate() {
+                if any.contains(end.as_str()) && !main.contains(end.as_str()) {
+                    c.error(
+                        Code::UnknownEnd,
+                        base.key(part).key("ends").index(j),
+                        format!(
+                            "outcome `{end}` is reached only by an escalation's side path, which \
+                             does not end the request (its outcome is its main path's end): the \
+                             indicator would never count it; the requests end as {}",
+                            list(&main)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn side_paths(c: &mut Checker<'_>, start: usize) {
     let nodes = &c.def.nodes;
     let successors = c.def.successors();
-    // `stop_at`: nodes the walk reaches but does not pass (a side token is
-    // absorbed at the join of the fork it runs in).
-    let walk = |from: usize, skip_side: bool, stop_at: &dyn Fn(usize) -> bool| -> BTreeSet<usize> {
-        let mut seen = BTreeSet::new();
-        let mut queue = VecDeque::from([from]);
-        while let Some(i) = queue.pop_front() {
-            if seen.insert(i) && !stop_at(i) {
-                queue.extend(
-                    successors[i]
-                        .iter()
-                        .filter(|e| !(skip_side && e.side))
-                        .map(|e| e.to),
-                );
-            }
-        }
-        seen
+    let walk = |from: usize, skip_side: bool, stop_at: &dyn Fn(usize) -> bool| {
+        walk(&successors, from, skip_side, stop_at)
     };
     let main = walk(start, true, &|_| false);
     let main_join = |j: usize| main.contains(&j) && matches!(nodes[j].kind, NodeKind::Join(_));

@@ -987,44 +987,6 @@ fn indicators(c: &mut Checker<'_>) {
             _ => None,
         })
         .collect();
-    // A request's outcome is its main path's end: an end only a
-    // non-interrupting escalation's side path reaches ends that path alone.
-    let successors = def.successors();
-    let mut seen: BTreeSet<usize> = def
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| matches!(n.kind, NodeKind::Start(_)))
-        .map(|(i, _)| i)
-        .collect();
-    let mut queue: Vec<usize> = seen.iter().copied().collect();
-    while let Some(x) = queue.pop() {
-        for e in successors[x].iter().filter(|e| !e.side) {
-            if seen.insert(e.to) {
-                queue.push(e.to);
-            }
-        }
-    }
-    let ends_of = |seen: &BTreeSet<usize>| -> BTreeSet<&str> {
-        seen.iter()
-            .filter_map(|&i| match &def.nodes[i].kind {
-                NodeKind::End(e) => Some(e.outcome.as_str()),
-                _ => None,
-            })
-            .collect()
-    };
-    let ending = ends_of(&seen);
-    // And with side paths: an end no path reaches is `unreachable`'s
-    // problem, not a side path's.
-    let mut queue: Vec<usize> = seen.iter().copied().collect();
-    while let Some(x) = queue.pop() {
-        for e in &successors[x] {
-            if seen.insert(e.to) {
-                queue.push(e.to);
-            }
-        }
-    }
-    let reached = ends_of(&seen);
     for (i, ind) in def.indicators.iter().enumerate() {
         let base = c.parsed.item_path("indicators", i);
         for (part, population) in [
@@ -1032,18 +994,7 @@ fn indicators(c: &mut Checker<'_>) {
             ("denominator", &ind.denominator),
         ] {
             for (j, end) in population.ends.iter().enumerate() {
-                if reached.contains(end.as_str()) && !ending.contains(end.as_str()) {
-                    c.error(
-                        Code::UnknownEnd,
-                        base.key(part).key("ends").index(j),
-                        format!(
-                            "outcome `{end}` is reached only by an escalation's side path, which \
-                             does not end the request (its outcome is its main path's end): the \
-                             indicator would never count it; the requests end as {}",
-                            list(&ending)
-                        ),
-                    );
-                } else if !outcomes.contains(end.as_str()) {
+                if !outcomes.contains(end.as_str()) {
                     let mut msg = format!("no end node has outcome `{end}`");
                     if let Some(close) = did_you_mean(end, outcomes.iter().copied()) {
                         msg.push_str(&format!("; did you mean `{close}`?"));
