@@ -492,32 +492,30 @@ fn safe_next(next: &str) -> bool {
 
 /// The page a request that found no session should come back to once
 /// signed in: the page itself, or, for a form, the page it was on (a
-/// form's address takes only a POST). `None` for signing in and out.
+/// form's address takes only a POST). `None` for signing in and out, and
+/// for what is no page.
 fn back_after_sign_in(request: &axum::extract::Request) -> Option<String> {
     let path = request.uri().path();
-    if matches!(path, "/" | "/login" | "/logout" | "/keepalive") || path.starts_with("/assets/") {
-        return None;
-    }
     // The path alone: a query may hold a client's number (the inbox's
     // filter), which is no part of where to go back to.
-    if request.method() == axum::http::Method::GET {
+    let page = match page_of_form(path) {
+        Some(page) => page,
         // The inbox's rows are a part of its page.
-        return Some(
-            if path == "/inbox/rows" {
-                "/inbox"
-            } else {
-                path
-            }
-            .to_owned(),
-        );
-    }
-    let page = match path.rsplit_once('/') {
-        Some((page, "claim" | "unclaim")) if page.starts_with("/tasks/") => page,
-        Some((_, "retry")) if path.starts_with("/incidents/") => "/incidents",
-        _ if path.starts_with("/tasks/") => path,
-        _ => return None,
+        None if path == "/inbox/rows" => "/inbox",
+        None if request.method() == axum::http::Method::GET || path.starts_with("/tasks/") => path,
+        None => return None,
     };
-    Some(page.to_owned())
+    Some(page.to_owned()).filter(|p| p != "/" && safe_next(p))
+}
+
+/// The page whose form posts to `path`, where `path` is a form's address
+/// that takes only a POST (a claim, a release, an incident's retry).
+fn page_of_form(path: &str) -> Option<&str> {
+    match path.rsplit_once('/') {
+        Some((page, "claim" | "unclaim")) if page.starts_with("/tasks/") => Some(page),
+        Some((page, "retry")) if page.starts_with("/incidents/") => Some("/incidents"),
+        _ => None,
+    }
 }
 
 async fn login(State(s): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
@@ -639,11 +637,7 @@ async fn set_lang(Path(lang): Path<String>, headers: HeaderMap) -> Response {
     // A page that answered a form (a claim refused, a retry that failed)
     // has the form's address, which only takes a POST: back to the page
     // the form was on.
-    let back = match back.rsplit_once('/') {
-        Some((page, "claim" | "unclaim")) if page.starts_with("/tasks/") => page.to_owned(),
-        Some((page, "retry")) if page.starts_with("/incidents/") => "/incidents".to_owned(),
-        _ => back,
-    };
+    let back = page_of_form(&back).map_or(back.clone(), str::to_owned);
     let mut response = Redirect::to(&back).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{LANG_COOKIE}={lang}; Path=/; SameSite=Strict; Max-Age=31536000"
